@@ -1,0 +1,136 @@
+//! Client of the mesh CA's `isthmus.ca.v1.CertificateService`, over TLS that verifies the CA's
+//! own SPIFFE identity. It is the [`CertificateSource`] a proxy's certificate manager uses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::identity::{
+    CertificateSource, IssueError, IssuedChain, PeerPolicy, SharedBundles, SpiffeVerifier,
+    client_config, pem::certs_from_pem,
+};
+use crate::proto::ca::CreateCertificateRequest;
+use crate::proto::ca::certificate_service_client::CertificateServiceClient;
+
+/// The credential a workload proves itself with.
+#[derive(Debug, Clone)]
+pub enum BearerToken {
+    /// Read from this file at every request, so a rotated token is picked up.
+    File(PathBuf),
+    Value(String),
+}
+
+impl BearerToken {
+    fn load(&self) -> Result<String, IssueError> {
+        let token = match self {
+            Self::Value(v) => v.clone(),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| IssueError::Local(format!("token file {}: {e}", path.display())))?,
+        };
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            return Err(IssueError::Local("the bootstrap token is empty".into()));
+        }
+        Ok(token)
+    }
+}
+
+/// A connection (made lazily, re-made on failure) to the CA.
+#[derive(Debug, Clone)]
+pub struct CaClient {
+    client: CertificateServiceClient<Channel>,
+    token: BearerToken,
+}
+
+impl CaClient {
+    /// `address` is `host:port`. The CA must present a certificate that verifies against
+    /// `bundles` and satisfies `server`.
+    pub fn new(
+        address: &str,
+        bundles: SharedBundles,
+        server: PeerPolicy,
+        token: BearerToken,
+    ) -> Result<Self, IssueError> {
+        let verifier = Arc::new(SpiffeVerifier::new(bundles, server));
+        let tls = client_config(None, verifier, &[b"h2"])
+            .map_err(|e| IssueError::Local(format!("TLS configuration: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let connect = tower::service_fn(move |uri: Uri| {
+            let connector = connector.clone();
+            async move {
+                let host = uri
+                    .host()
+                    .unwrap_or_default()
+                    .trim_matches(|c| c == '[' || c == ']');
+                let port = uri.port_u16().unwrap_or(15012);
+                let tcp = TcpStream::connect((host, port)).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        });
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| IssueError::Local(format!("CA address {address:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15));
+        Ok(Self {
+            client: CertificateServiceClient::new(endpoint.connect_with_connector_lazy(connect)),
+            token,
+        })
+    }
+}
+
+impl CertificateSource for CaClient {
+    async fn issue(&self, csr_pem: String, ttl: Duration) -> Result<IssuedChain, IssueError> {
+        let token = self.token.load()?;
+        let mut request = tonic::Request::new(CreateCertificateRequest {
+            csr: csr_pem,
+            validity_seconds: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+        });
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            IssueError::Local("the bootstrap token has characters not allowed in a header".into())
+        })?;
+        request.metadata_mut().insert("authorization", value);
+        let response = self
+            .client
+            .clone()
+            .create_certificate(request)
+            .await
+            .map_err(status_to_error)?
+            .into_inner();
+        let parse = |pems: &[String], what: &str| {
+            certs_from_pem(pems.concat().as_bytes(), what)
+                .map_err(|e| IssueError::InvalidResponse(e.to_string()))
+        };
+        Ok(IssuedChain {
+            chain: parse(&response.cert_chain, "cert_chain")?,
+            roots: parse(&response.roots, "roots")?,
+        })
+    }
+}
+
+fn status_to_error(status: tonic::Status) -> IssueError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
+            let mut message = status.message().to_owned();
+            let mut source = std::error::Error::source(&status);
+            while let Some(e) = source {
+                message.push_str(&format!(": {e}"));
+                source = e.source();
+            }
+            IssueError::Unavailable(message)
+        }
+        code => IssueError::Refused {
+            code: format!("{code:?}"),
+            message: status.message().to_owned(),
+        },
+    }
+}

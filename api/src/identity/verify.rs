@@ -1,0 +1,122 @@
+//! Verifying a peer's certificate chain as an X.509 SVID.
+//!
+//! The leaf's SPIFFE ID names a trust domain; only that trust domain's bundle is offered to path
+//! building. That is what keeps a peer mesh's root from vouching for anyone outside its own
+//! trust domain.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use super::bundle::TrustBundles;
+use super::cert::{CertError, CertInfo, format_time};
+use super::spiffe::{SpiffeId, TrustDomain};
+
+/// Why a peer's certificate was not accepted. Carried inside the rustls error, so a caller can
+/// tell exactly why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("peer certificate: {0}")]
+    Cert(#[from] CertError),
+    #[error("peer certificate for {id} is a CA certificate; a workload identity must be a leaf")]
+    LeafIsCa { id: SpiffeId },
+    #[error("peer identity {id}: no trust bundle for trust domain {trust_domain}")]
+    UnknownTrustDomain {
+        id: SpiffeId,
+        trust_domain: TrustDomain,
+    },
+    #[error("peer certificate for {id} expired at {not_after}")]
+    Expired { id: SpiffeId, not_after: String },
+    #[error("peer certificate for {id} is not valid before {not_before}")]
+    NotYetValid { id: SpiffeId, not_before: String },
+    #[error(
+        "peer certificate for {id} does not chain to a root of trust domain {trust_domain}: {reason}"
+    )]
+    UntrustedChain {
+        id: SpiffeId,
+        trust_domain: TrustDomain,
+        reason: String,
+    },
+    #[error("peer identity {actual} is not the expected {expected}")]
+    UnexpectedIdentity { actual: SpiffeId, expected: String },
+}
+
+/// Which way the peer's certificate is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// We are the server; the peer is a client.
+    ClientAuth,
+    /// We are the client; the peer is a server.
+    ServerAuth,
+}
+
+/// Verifies `end_entity` (with `intermediates`) against the bundle of the trust domain it
+/// claims, at time `now`, and returns the verified SPIFFE ID.
+pub fn verify_svid(
+    bundles: &TrustBundles,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: Usage,
+) -> Result<SpiffeId, VerifyError> {
+    let info = CertInfo::parse(end_entity)?;
+    let id = info.spiffe_id()?;
+    if info.is_ca {
+        return Err(VerifyError::LeafIsCa { id });
+    }
+    let Some(bundle) = bundles.get(id.trust_domain()) else {
+        return Err(VerifyError::UnknownTrustDomain {
+            trust_domain: id.trust_domain().clone(),
+            id,
+        });
+    };
+    let ee = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(|e| CertError::Malformed(format!("{e:?}")))?;
+    let eku = match usage {
+        Usage::ClientAuth => webpki::KeyUsage::client_auth(),
+        Usage::ServerAuth => webpki::KeyUsage::server_auth(),
+    };
+    let algorithms = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    ee.verify_for_usage(
+        algorithms,
+        bundle.anchors(),
+        intermediates,
+        now,
+        eku,
+        None,
+        None,
+    )
+    .map_err(|e| match e {
+        webpki::Error::CertExpired { not_after, .. } => VerifyError::Expired {
+            id: id.clone(),
+            not_after: format_unix(not_after),
+        },
+        webpki::Error::CertNotValidYet { not_before, .. } => VerifyError::NotYetValid {
+            id: id.clone(),
+            not_before: format_unix(not_before),
+        },
+        other => VerifyError::UntrustedChain {
+            id: id.clone(),
+            trust_domain: id.trust_domain().clone(),
+            reason: describe_webpki_error(&other),
+        },
+    })?;
+    Ok(id)
+}
+
+fn format_unix(t: UnixTime) -> String {
+    format_time(UNIX_EPOCH + Duration::from_secs(t.as_secs()))
+}
+
+fn describe_webpki_error(e: &webpki::Error) -> String {
+    match e {
+        webpki::Error::UnknownIssuer => "issuer unknown to this trust domain's roots".to_owned(),
+        webpki::Error::InvalidSignatureForPublicKey => "bad signature".to_owned(),
+        webpki::Error::RequiredEkuNotFoundContext(_) => {
+            "extended key usage does not allow this use".to_owned()
+        }
+        other => format!("{other:?}"),
+    }
+}

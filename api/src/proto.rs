@@ -1,0 +1,12 @@
+//! Code generated from the `.proto` files in the workspace's `proto/` folder.
+
+/// `isthmus.ca.v1`: workload certificate issuance.
+pub mod ca {
+    #![allow(
+        missing_docs,
+        missing_debug_implementations,
+        clippy::all,
+        clippy::pedantic
+    )]
+    tonic::include_proto!("isthmus.ca.v1");
+}

@@ -1,0 +1,98 @@
+//! `isthmusd`: the control plane daemon. Parses flags and runs `isthmus_controlplane::daemon`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use isthmus_api::identity::TrustDomain;
+use isthmus_controlplane::ca::TtlPolicy;
+use isthmus_controlplane::daemon::{DaemonConfig, run};
+
+/// Isthmus control plane: mesh CA and (as it grows) config sources, xDS server and federation.
+#[derive(Debug, Parser)]
+#[command(name = "isthmusd", version, about, long_about = None)]
+struct Args {
+    /// Directory of mesh configuration (YAML).
+    #[arg(long, env = "ISTHMUS_CONFIG_DIR")]
+    config_dir: PathBuf,
+    /// Directory for state: the generated CA, bootstrap token records, the published root.
+    #[arg(long, env = "ISTHMUS_STATE_DIR")]
+    state_dir: PathBuf,
+    /// This mesh's SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local", env = "ISTHMUS_TRUST_DOMAIN")]
+    trust_domain: TrustDomain,
+    /// Namespace isthmusd runs in; its identity is spiffe://<td>/ns/<namespace>/sa/isthmusd.
+    #[arg(long, default_value = "isthmus-system")]
+    namespace: String,
+    /// Plugged-in CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+    /// Without it, a root is generated in the state directory on first start.
+    #[arg(long, env = "ISTHMUS_CACERTS")]
+    cacerts: Option<PathBuf>,
+    /// Address of the mTLS gRPC port (certificates; xDS).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    grpc_addr: SocketAddr,
+    /// Address of the debug port (metrics, readiness).
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    debug_addr: SocketAddr,
+    /// Lifetime of workload certificates when the request names none.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    workload_cert_ttl: Duration,
+    /// Longest lifetime a workload may request.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    max_workload_cert_ttl: Duration,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    if args.workload_cert_ttl > args.max_workload_cert_ttl {
+        eprintln!("isthmusd: --workload-cert-ttl is longer than --max-workload-cert-ttl");
+        return std::process::ExitCode::FAILURE;
+    }
+    let config = DaemonConfig {
+        config_dir: args.config_dir,
+        state_dir: args.state_dir,
+        trust_domain: args.trust_domain,
+        namespace: args.namespace,
+        cacerts: args.cacerts,
+        grpc_addr: args.grpc_addr,
+        debug_addr: args.debug_addr,
+        ttl: TtlPolicy {
+            default: args.workload_cert_ttl,
+            max: args.max_workload_cert_ttl,
+        },
+    };
+    match run(config, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("isthmusd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

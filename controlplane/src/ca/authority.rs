@@ -1,0 +1,272 @@
+//! Signing workload certificates. The CA never copies what a CSR asks for: it checks the request
+//! against the identity the caller is entitled to, then builds the certificate from the mesh's
+//! own profile with only the CSR's public key taken over.
+
+use std::time::{Duration, SystemTime};
+
+use isthmus_api::identity::pem::cert_to_pem;
+use isthmus_api::identity::{SpiffeId, TrustDomain, profile};
+use rcgen::{CertificateSigningRequestParams, IsCa, Issuer, KeyPair, SanType};
+use rustls_pki_types::CertificateSigningRequestDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::material::CaMaterial;
+
+/// A CSR larger than this is refused before parsing.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+/// Certificates start this long before issuance, to absorb clock skew between hosts.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
+/// Lifetimes of issued certificates.
+#[derive(Debug, Clone, Copy)]
+pub struct TtlPolicy {
+    pub default: Duration,
+    pub max: Duration,
+}
+
+impl Default for TtlPolicy {
+    fn default() -> Self {
+        Self {
+            default: Duration::from_secs(24 * 3600),
+            max: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+/// Why a CSR was not signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("the CSR is larger than {MAX_CSR_BYTES} bytes")]
+    TooLarge,
+    #[error("malformed CSR: {0}")]
+    Malformed(String),
+    #[error("the CSR's signature does not verify with its own public key")]
+    BadSignature,
+    #[error("the CSR has no URI SAN: it must ask for the caller's SPIFFE ID")]
+    NoIdentity,
+    #[error("the CSR's URI SAN is not a valid SPIFFE ID: {0}")]
+    BadIdentity(String),
+    #[error("the CSR asks for trust domain {requested}; this CA signs only for {local}")]
+    ForeignTrustDomain {
+        requested: TrustDomain,
+        local: TrustDomain,
+    },
+    #[error("the CSR asks for {requested}, but the caller is entitled only to {entitled}")]
+    IdentityMismatch {
+        requested: SpiffeId,
+        entitled: SpiffeId,
+    },
+    #[error("the CSR asks for names beyond the caller's SPIFFE ID: {0}")]
+    ExtraNames(String),
+    #[error("the CSR asks for a CA certificate; workloads get leaf certificates only")]
+    CaRequested,
+    #[error("requested lifetime {requested_s}s exceeds the maximum {max_s}s")]
+    TtlTooLong { requested_s: u64, max_s: u64 },
+    #[error("requested lifetime {0}s is negative")]
+    NegativeTtl(i64),
+    #[error("signing failed: {0}")]
+    Internal(String),
+}
+
+impl SignError {
+    /// A short stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge => "csr_too_large",
+            Self::Malformed(_) => "malformed_csr",
+            Self::BadSignature => "bad_csr_signature",
+            Self::NoIdentity => "no_identity",
+            Self::BadIdentity(_) => "bad_identity",
+            Self::ForeignTrustDomain { .. } => "wrong_trust_domain",
+            Self::IdentityMismatch { .. } => "identity_mismatch",
+            Self::ExtraNames(_) => "extra_names",
+            Self::CaRequested => "ca_requested",
+            Self::TtlTooLong { .. } => "ttl_too_long",
+            Self::NegativeTtl(_) => "bad_ttl",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The gRPC status this refusal is reported with.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::TooLarge
+            | Self::Malformed(_)
+            | Self::BadSignature
+            | Self::NoIdentity
+            | Self::BadIdentity(_)
+            | Self::TtlTooLong { .. }
+            | Self::NegativeTtl(_) => Code::InvalidArgument,
+            Self::ForeignTrustDomain { .. }
+            | Self::IdentityMismatch { .. }
+            | Self::ExtraNames(_)
+            | Self::CaRequested => Code::PermissionDenied,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// A signed chain, PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Leaf first, then intermediates (no root).
+    pub chain: Vec<String>,
+    pub roots: Vec<String>,
+    pub spiffe_id: SpiffeId,
+}
+
+/// The mesh's signing authority.
+#[derive(Debug)]
+pub struct Authority {
+    trust_domain: TrustDomain,
+    issuer: Issuer<'static, KeyPair>,
+    /// PEM of the signing CA and intermediates, appended to every leaf.
+    chain_tail: Vec<String>,
+    roots: Vec<String>,
+    ca_not_after: SystemTime,
+    ttl: TtlPolicy,
+}
+
+impl Authority {
+    pub fn new(
+        trust_domain: TrustDomain,
+        material: CaMaterial,
+        ttl: TtlPolicy,
+    ) -> Result<Self, SignError> {
+        let mut chain_tail = Vec::new();
+        // A self-signed root signs directly; its certificate is the root, not part of the chain.
+        if !material.roots.contains(&material.cert) {
+            chain_tail.push(cert_to_pem(&material.cert));
+        }
+        chain_tail.extend(material.intermediates.iter().map(|c| cert_to_pem(c)));
+        let roots = material.roots.iter().map(|c| cert_to_pem(c)).collect();
+        let issuer = Issuer::from_ca_cert_der(&material.cert, material.key)
+            .map_err(|e| SignError::Internal(format!("CA certificate: {e}")))?;
+        Ok(Self {
+            trust_domain,
+            issuer,
+            chain_tail,
+            roots,
+            ca_not_after: material.not_after,
+            ttl,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The trust domain's roots, PEM.
+    pub fn roots_pem(&self) -> &[String] {
+        &self.roots
+    }
+
+    /// Signs `csr_pem` if it asks for exactly `entitled` and nothing more. `requested_ttl_s` of
+    /// 0 means the default lifetime.
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        entitled: &SpiffeId,
+        requested_ttl_s: i64,
+    ) -> Result<Issued, SignError> {
+        let ttl = self.ttl_for(requested_ttl_s)?;
+        let mut csr = parse_csr(csr_pem)?;
+        let requested = requested_identity(&csr)?;
+        if requested.trust_domain() != &self.trust_domain {
+            return Err(SignError::ForeignTrustDomain {
+                requested: requested.trust_domain().clone(),
+                local: self.trust_domain.clone(),
+            });
+        }
+        if &requested != entitled {
+            return Err(SignError::IdentityMismatch {
+                requested,
+                entitled: entitled.clone(),
+            });
+        }
+        if matches!(csr.params.is_ca, IsCa::Ca(_)) {
+            return Err(SignError::CaRequested);
+        }
+        let now = SystemTime::now();
+        let not_after = (now + ttl).min(self.ca_not_after);
+        csr.params =
+            profile::workload_cert_params(&entitled.to_string(), now - BACKDATE, not_after)
+                .map_err(|e| SignError::Internal(e.to_string()))?;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .map_err(|e| SignError::Internal(e.to_string()))?;
+        let mut chain = Vec::with_capacity(1 + self.chain_tail.len());
+        chain.push(cert_to_pem(cert.der()));
+        chain.extend(self.chain_tail.iter().cloned());
+        Ok(Issued {
+            chain,
+            roots: self.roots.clone(),
+            spiffe_id: entitled.clone(),
+        })
+    }
+
+    fn ttl_for(&self, requested_s: i64) -> Result<Duration, SignError> {
+        let requested_s =
+            u64::try_from(requested_s).map_err(|_| SignError::NegativeTtl(requested_s))?;
+        if requested_s == 0 {
+            return Ok(self.ttl.default);
+        }
+        if requested_s > self.ttl.max.as_secs() {
+            return Err(SignError::TtlTooLong {
+                requested_s,
+                max_s: self.ttl.max.as_secs(),
+            });
+        }
+        Ok(Duration::from_secs(requested_s))
+    }
+}
+
+fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, SignError> {
+    if csr_pem.len() > MAX_CSR_BYTES {
+        return Err(SignError::TooLarge);
+    }
+    if csr_pem.trim().is_empty() {
+        return Err(SignError::Malformed("empty".into()));
+    }
+    let der =
+        CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|e| match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                SignError::Malformed("no PEM CERTIFICATE REQUEST block".into())
+            }
+            other => SignError::Malformed(format!("bad PEM: {other}")),
+        })?;
+    // rcgen parses the request and verifies its self-signature.
+    CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
+        rcgen::Error::InvalidCertificationRequestSignature => SignError::BadSignature,
+        rcgen::Error::UnsupportedExtension => {
+            SignError::Malformed("it carries an extension this CA does not accept".into())
+        }
+        rcgen::Error::UnsupportedSignatureAlgorithm => {
+            SignError::Malformed("unsupported signature algorithm".into())
+        }
+        other => SignError::Malformed(other.to_string()),
+    })
+}
+
+fn requested_identity(csr: &CertificateSigningRequestParams) -> Result<SpiffeId, SignError> {
+    let mut uris = Vec::new();
+    let mut others = Vec::new();
+    for san in &csr.params.subject_alt_names {
+        match san {
+            SanType::URI(uri) => uris.push(uri.as_str().to_owned()),
+            SanType::DnsName(name) => others.push(format!("DNS:{}", name.as_str())),
+            SanType::IpAddress(ip) => others.push(format!("IP:{ip}")),
+            SanType::Rfc822Name(mail) => others.push(format!("email:{}", mail.as_str())),
+            other => others.push(format!("{other:?}")),
+        }
+    }
+    if !others.is_empty() {
+        return Err(SignError::ExtraNames(others.join(", ")));
+    }
+    match uris.as_slice() {
+        [] => Err(SignError::NoIdentity),
+        [uri] => SpiffeId::parse(uri).map_err(|e| SignError::BadIdentity(e.to_string())),
+        many => Err(SignError::ExtraNames(many.join(", "))),
+    }
+}

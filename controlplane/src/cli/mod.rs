@@ -1,0 +1,34 @@
+//! `isthmusctl`: the operator's command line. Each subcommand lives in its own module.
+#![allow(clippy::print_stdout)]
+
+pub mod cert;
+pub mod token;
+
+use clap::{Parser, Subcommand};
+
+/// Operate Isthmus meshes: bootstrap tokens, workload certificates.
+#[derive(Debug, Parser)]
+#[command(name = "isthmusctl", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bootstrap tokens: the credential a workload presents to the CA in local mode.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Workload certificates: request one from a running isthmusd, or inspect PEM files.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Token(cmd) => cmd.run(),
+            Command::Cert(cmd) => cmd.run().await,
+        }
+    }
+}

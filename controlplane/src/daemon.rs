@@ -1,0 +1,175 @@
+//! `isthmusd`'s life: load the CA, obtain its own serving certificate, serve the certificate
+//! service on the mTLS port and metrics on the debug port, stop cleanly on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_api::identity::{
+    CertManager, CertManagerConfig, PeerPolicy, SpiffeId, SpiffeVerifier, TrustBundle,
+    TrustBundles, TrustDomain, server_config, shared_bundles,
+};
+use isthmus_api::proto::ca::certificate_service_server::CertificateServiceServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::auth::tokens::TokenStore;
+use crate::ca::local_source::LocalSource;
+use crate::ca::material::{create_private_dir, write_private};
+use crate::ca::metrics::CaMetrics;
+use crate::ca::service::CaService;
+use crate::ca::{Authority, CaLoadError, CaMaterial, TtlPolicy};
+use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
+
+/// Everything `isthmusd` is started with.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub trust_domain: TrustDomain,
+    /// Namespace `isthmusd` runs in; its own identity is `…/ns/<namespace>/sa/isthmusd`.
+    pub namespace: String,
+    /// A plugged-in CA (`cacerts` layout); otherwise a root is generated in the state directory.
+    pub cacerts: Option<PathBuf>,
+    pub grpc_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
+    pub ttl: TtlPolicy,
+}
+
+/// Why `isthmusd` could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("--config-dir {0}: {1}")]
+    ConfigDir(PathBuf, String),
+    #[error("--state-dir {0}: {1}")]
+    StateDir(PathBuf, String),
+    #[error("CA: {0}")]
+    Ca(#[from] CaLoadError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Serve(String),
+}
+
+/// The identity `isthmusd` presents on its mTLS port.
+pub fn control_plane_identity(
+    trust_domain: &TrustDomain,
+    namespace: &str,
+) -> Result<SpiffeId, DaemonError> {
+    SpiffeId::workload(trust_domain, namespace, "isthmusd")
+        .map_err(|e| DaemonError::Setup(e.to_string()))
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    check_config_dir(&config)?;
+    create_private_dir(&config.state_dir)
+        .map_err(|e| DaemonError::StateDir(config.state_dir.clone(), e.to_string()))?;
+
+    let material = match &config.cacerts {
+        Some(dir) => CaMaterial::load_plugged(dir)?,
+        None => CaMaterial::load_or_generate(&config.state_dir, &config.trust_domain)?,
+    };
+    tracing::info!(origin = %material.origin, trust_domain = %config.trust_domain, "CA loaded");
+    let roots_pem = material.roots_pem();
+    let roots = material.roots.clone();
+    let authority = Arc::new(
+        Authority::new(config.trust_domain.clone(), material, config.ttl)
+            .map_err(|e| DaemonError::Setup(e.to_string()))?,
+    );
+    // Workloads bootstrap their trust in the CA from this file (local mode's answer to Istio's
+    // `istio-ca-root-cert` ConfigMap).
+    let root_file = config.state_dir.join("root-cert.pem");
+    write_private(&root_file, roots_pem.as_bytes())
+        .map_err(|e| DaemonError::StateDir(root_file.clone(), e.to_string()))?;
+
+    let identity = control_plane_identity(&config.trust_domain, &config.namespace)?;
+    let (mut certs, _renewal) = CertManager::spawn(
+        identity.clone(),
+        LocalSource {
+            authority: authority.clone(),
+            identity: identity.clone(),
+        },
+        CertManagerConfig::default(),
+    );
+    certs.ready().await.ok_or_else(|| {
+        DaemonError::Setup("could not issue the control plane's certificate".into())
+    })?;
+
+    let bundle = TrustBundle::new(config.trust_domain.clone(), roots)
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let bundles = shared_bundles(TrustBundles::new(bundle));
+    // Callers without a certificate are let through the handshake: a bootstrapping workload has
+    // none yet and authenticates with its token.
+    let verifier = SpiffeVerifier::new(bundles, PeerPolicy::AnyTrusted).allow_anonymous_clients();
+    let tls = server_config(certs.resolver(), Arc::new(verifier), &[b"h2"])
+        .map_err(|e| DaemonError::Setup(format!("TLS: {e}")))?;
+
+    let mut registry = Registry::default();
+    let ca_metrics = CaMetrics::register(&mut registry);
+    let service = CaService::new(authority, TokenStore::new(&config.state_dir), ca_metrics);
+
+    let grpc_listener = bind(config.grpc_addr).await?;
+    let debug_listener = bind(config.debug_addr).await?;
+    tracing::info!(
+        grpc = %grpc_listener.local_addr().map_err(|e| DaemonError::Serve(e.to_string()))?,
+        debug = %debug_listener.local_addr().map_err(|e| DaemonError::Serve(e.to_string()))?,
+        identity = %identity,
+        "isthmusd ready"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(CertificateServiceServer::new(service).max_decoding_message_size(64 * 1024))
+        .serve_with_incoming_shutdown(
+            tls_incoming(grpc_listener, Arc::new(tls), HandshakeLimits::default()),
+            stopped(stop_rx.clone()),
+        );
+    let debug = axum::serve(
+        debug_listener,
+        crate::server::debug::router(Arc::new(registry)),
+    )
+    .with_graceful_shutdown(stopped(stop_rx));
+    let (grpc, debug) = tokio::join!(grpc, debug);
+    grpc.map_err(|e| DaemonError::Serve(format!("gRPC server: {e}")))?;
+    debug.map_err(|e| DaemonError::Serve(format!("debug server: {e}")))?;
+    tracing::info!("isthmusd stopped");
+    Ok(())
+}
+
+fn check_config_dir(config: &DaemonConfig) -> Result<(), DaemonError> {
+    let dir = &config.config_dir;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(DaemonError::ConfigDir(
+            dir.clone(),
+            "not a directory".into(),
+        )),
+        Err(e) => Err(DaemonError::ConfigDir(dir.clone(), e.to_string())),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { addr, source })
+}

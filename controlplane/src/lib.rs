@@ -1,0 +1,18 @@
+//! # isthmus-controlplane
+//!
+//! The control plane behind `isthmusd` and `isthmusctl`:
+//!
+//! - [`ca`]: the mesh certificate authority — signing material (generated root or plugged-in
+//!   `cacerts`), the rules for what a caller may get signed, the gRPC certificate service;
+//! - [`auth`]: who a caller is (bootstrap tokens in local mode);
+//! - [`server`]: TLS accept loop for gRPC, the debug/metrics HTTP port;
+//! - [`daemon`]: `isthmusd`'s start-up and shutdown;
+//! - [`cli`]: `isthmusctl`'s commands.
+//!
+//! The binaries in `src/bin` only parse flags and call into this library.
+
+pub mod auth;
+pub mod ca;
+pub mod cli;
+pub mod daemon;
+pub mod server;

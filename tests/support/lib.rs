@@ -1,0 +1,174 @@
+//! Helpers for end-to-end tests: locate the workspace's binaries, pick free loopback ports,
+//! run `isthmusd` as a real process that is killed when the test ends.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// Path of a workspace binary in the same target directory as the running test.
+/// The test command builds them first (`cargo build --workspace --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Runs `isthmusctl` with `args` to completion.
+pub fn isthmusctl(args: &[&str]) -> Output {
+    Command::new(bin("isthmusctl"))
+        .args(args)
+        .output()
+        .expect("run isthmusctl")
+}
+
+/// A running `isthmusd`, killed on drop.
+#[derive(Debug)]
+pub struct Isthmusd {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub debug: SocketAddr,
+    pub state_dir: PathBuf,
+    stderr_file: PathBuf,
+}
+
+impl Isthmusd {
+    /// Starts `isthmusd` for `trust_domain` with fresh config and state dirs under `root`, plus
+    /// `extra` flags, and waits until its ports answer.
+    pub fn start(root: &Path, trust_domain: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let config_dir = root.join("config");
+        let state_dir = root.join("state");
+        std::fs::create_dir_all(&config_dir)?;
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let debug: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let stderr_file = root.join("isthmusd.log");
+        let child = Command::new(bin("isthmusd"))
+            .arg("--config-dir")
+            .arg(&config_dir)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--trust-domain", trust_domain])
+            .args([
+                "--grpc-addr",
+                &grpc.to_string(),
+                "--debug-addr",
+                &debug.to_string(),
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_file)?)
+            .spawn()
+            .context("spawn isthmusd")?;
+        let mut daemon = Self {
+            child,
+            grpc,
+            debug,
+            state_dir,
+            stderr_file,
+        };
+        daemon.wait_ready()?;
+        Ok(daemon)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("isthmusd exited with {status}:\n{}", self.logs());
+            }
+            if TcpStream::connect(self.grpc).is_ok() && TcpStream::connect(self.debug).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("isthmusd did not become ready:\n{}", self.logs())
+    }
+
+    /// What isthmusd logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_file).unwrap_or_default()
+    }
+
+    /// The root workloads trust, as published in the state directory.
+    pub fn root_file(&self) -> PathBuf {
+        self.state_dir.join("root-cert.pem")
+    }
+
+    /// The text of the debug port's `/metrics`, fetched with curl.
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{}/metrics", self.debug),
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of one metric line (`name{labels}` exactly), 0 when absent.
+    pub fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Isthmusd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `isthmusd` expecting it to fail at start-up; returns its exit code and stderr.
+pub fn isthmusd_start_failure(root: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(bin("isthmusd"))
+        .args(args)
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--debug-addr", &format!("127.0.0.1:{}", free_port())])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run isthmusd");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a shell command (openssl and friends); fails with its output if it fails.
+pub fn sh(dir: &Path, script: &str) -> anyhow::Result<String> {
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("`{script}` failed:\n{text}");
+    }
+    Ok(text)
+}
