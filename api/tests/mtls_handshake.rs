@@ -1,6 +1,8 @@
 //! Real TLS handshakes over loopback TCP between rustls peers configured by `identity::tls`.
 //! Each refusal asserts the specific reason.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

@@ -1,6 +1,8 @@
 //! The mesh CA end to end: a real `isthmusd`, tokens from a real `isthmusctl`, CSRs over gRPC,
 //! chains checked with the `openssl` command line.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -370,9 +372,18 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
         TestCa::new("red.local").intermediate_with_validity("old", hours_ago(48), hours_ago(24));
     let pem = |c: &rustls_pki_types::CertificateDer<'_>| isthmus_api::identity::pem::cert_to_pem(c);
 
-    // (name, files, expected fragments of the error)
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<&str>)> = vec![
-        (
+    struct Case {
+        name: &'static str,
+        files: Vec<(&'static str, String)>,
+        expected: Vec<&'static str>,
+    }
+    let case = |name, files, expected| Case {
+        name,
+        files,
+        expected,
+    };
+    let cases = vec![
+        case(
             "mismatched key",
             vec![
                 ("ca-cert.pem", pem(good.cert())),
@@ -382,7 +393,7 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
             ],
             vec!["ca-key.pem", "does not match the certificate in"],
         ),
-        (
+        case(
             "expired CA",
             vec![
                 ("ca-cert.pem", pem(expired.cert())),
@@ -392,7 +403,7 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
             ],
             vec!["ca-cert.pem", "expired at"],
         ),
-        (
+        case(
             "missing chain file",
             vec![
                 ("ca-cert.pem", pem(good.cert())),
@@ -401,7 +412,7 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
             ],
             vec!["cert-chain.pem", "cannot read"],
         ),
-        (
+        case(
             "garbage certificate",
             vec![
                 (
@@ -412,7 +423,7 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
             ],
             vec!["ca-cert.pem", "malformed PEM"],
         ),
-        (
+        case(
             "empty key file",
             vec![
                 ("ca-cert.pem", pem(good.cert())),
@@ -420,7 +431,7 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
             ],
             vec!["ca-key.pem", "is empty"],
         ),
-        (
+        case(
             "leaf as CA",
             vec![
                 ("ca-cert.pem", good.issue(&id(WEB)).chain_pem()),
@@ -428,7 +439,7 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
             ],
             vec!["ca-cert.pem", "not a CA certificate"],
         ),
-        (
+        case(
             "chain to another root",
             vec![
                 ("ca-cert.pem", pem(good.cert())),
@@ -439,7 +450,12 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
             vec!["cert-chain.pem", "not signed by any root"],
         ),
     ];
-    for (name, files, expected) in cases {
+    for Case {
+        name,
+        files,
+        expected,
+    } in cases
+    {
         let ca = dir.path().join(name.replace(' ', "-"));
         std::fs::create_dir(&ca).unwrap();
         for (file, content) in files {
@@ -497,4 +513,55 @@ fn generated_root_survives_a_restart() {
         std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777,
         0o600
     );
+}
+
+#[test]
+fn proxy_obtains_its_certificate_and_reports_it_on_the_admin_port() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
+    let token = create_token(&daemon, dir.path(), WEB);
+    let admin = format!("127.0.0.1:{}", isthmus_e2e::free_port());
+    let mut proxy = Command::new(isthmus_e2e::bin("isthmus-proxy"))
+        .args(["--identity", WEB, "--ca-address", &daemon.grpc.to_string()])
+        .arg("--root-cert")
+        .arg(daemon.root_file())
+        .arg("--token-file")
+        .arg(&token)
+        .args(["--cert-ttl", "1h", "--admin-addr", &admin])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let curl = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--max-time",
+                "2",
+                &format!("http://{admin}{path}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut ready = String::new();
+    for _ in 0..100 {
+        ready = curl("/ready");
+        if ready.ends_with("200") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let certs = curl("/certs");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(ready.ends_with("200"), "{ready}");
+    assert!(
+        certs.contains(&format!("\"identity\":\"{WEB}\"")),
+        "{certs}"
+    );
+    assert!(certs.contains(&format!("\"uri\":\"{WEB}\"")), "{certs}");
+    assert_eq!(daemon.metric("isthmus_ca_certificates_issued_total"), 1);
 }

@@ -119,11 +119,12 @@ pub fn verify_error_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&
         {
             return other.0.downcast_ref::<VerifyError>();
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                current = Some(inner);
-                continue;
-            }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            current = Some(inner);
+            continue;
         }
         current = err.source();
     }

@@ -110,10 +110,11 @@ impl TokenStore {
         let mut records = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
-                if let Some(record) = self.read(id)? {
-                    records.push(record);
-                }
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Some(record) = self.read(id)? {
+                records.push(record);
             }
         }
         records.sort_by(|a, b| a.id.cmp(&b.id));

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command (README "Quick start"): installs what the tests use, builds every
+# binary once, then runs every test against that one build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+# Real third-party programs the end-to-end tests drive.
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# One build shared by all tests: the e2e tests run the binaries this produces.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked
