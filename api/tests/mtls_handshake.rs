@@ -539,3 +539,46 @@ async fn rotation_keeps_open_connections_and_new_handshakes_use_the_new_certific
     ));
     let _ = minutes_ago(0);
 }
+
+/// Random bytes and mutated real certificates: decoding and verification return errors, never
+/// panic.
+#[test]
+fn hostile_certificates_and_ids_never_panic() {
+    use isthmus_api::identity::{CertInfo, Usage, verify_svid};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let ca = TestCa::new("red.local");
+    let good = ca.issue(&id("spiffe://red.local/ns/app/sa/web"));
+    let der = good.chain()[0].to_vec();
+    let bundles = TrustBundles::new(ca.bundle());
+    for round in 0..3000 {
+        let mut bytes = if round % 2 == 0 {
+            der.clone()
+        } else {
+            (0..rng.random_range(0..600))
+                .map(|_| rng.random())
+                .collect()
+        };
+        if !bytes.is_empty() {
+            for _ in 0..rng.random_range(1..8) {
+                let i = rng.random_range(0..bytes.len());
+                bytes[i] = rng.random();
+            }
+        }
+        let _ = CertInfo::parse(&bytes);
+        let cert = rustls_pki_types::CertificateDer::from(bytes.clone());
+        let _ = verify_svid(
+            &bundles,
+            &cert,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            Usage::ClientAuth,
+        );
+        let _ = SpiffeId::parse(&String::from_utf8_lossy(&bytes));
+        let mut uri = String::from("spiffe://red.local/ns/");
+        uri.extend(
+            (0..rng.random_range(0..40)).map(|_| char::from(rng.random_range(0x20u8..0x7f))),
+        );
+        let _ = SpiffeId::parse(&uri);
+    }
+}

@@ -13,9 +13,9 @@ use isthmus_api::identity::{
     CertManager, CertManagerConfig, PeerPolicy, SpiffeId, TrustBundle, TrustBundles, shared_bundles,
 };
 
-/// Isthmus data-plane proxy.
+/// Isthmus data-plane proxy: obtains and renews its workload certificate from isthmusd.
 #[derive(Debug, Parser)]
-#[command(name = "isthmus-proxy", version, about, long_about = None)]
+#[command(name = "isthmus-proxy", version)]
 pub struct Args {
     /// The workload identity this proxy acts for.
     #[arg(long, env = "ISTHMUS_IDENTITY")]

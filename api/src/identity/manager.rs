@@ -199,22 +199,35 @@ async fn fetch<S: CertificateSource>(
     Ok(cert)
 }
 
-/// Time from `now` until renewal of `cert` is due.
+/// Renewal is never scheduled sooner than this, whatever the certificate says: a CA handing out
+/// nearly expired certificates must not turn the manager into a busy loop.
+const MIN_RENEWAL_DELAY: Duration = Duration::from_secs(1);
+
+/// Time from `now` (when `cert` was received) until its renewal is due. The lifetime counts from
+/// receipt, not from `not_before`: CAs back-date certificates for clock skew (ours by 5 minutes),
+/// and counting that would make short-lived certificates due at once.
 fn renewal_delay(
     cert: &WorkloadCertificate,
     now: SystemTime,
     config: &CertManagerConfig,
 ) -> Duration {
     let leaf = cert.leaf();
-    let lifetime = leaf.lifetime().as_secs_f64();
+    let start = leaf.not_before.max(now);
+    let remaining = leaf
+        .not_after
+        .duration_since(start)
+        .unwrap_or_default()
+        .as_secs_f64();
     let jitter = if config.jitter_fraction > 0.0 {
-        rand::rng().random_range(0.0..config.jitter_fraction) * lifetime
+        rand::rng().random_range(0.0..config.jitter_fraction)
     } else {
         0.0
     };
-    let due = leaf.not_before
-        + Duration::from_secs_f64((lifetime * config.renew_fraction - jitter).max(0.0));
-    due.duration_since(now).unwrap_or_default()
+    let due = Duration::from_secs_f64((remaining * (config.renew_fraction - jitter)).max(0.0));
+    (start + due)
+        .duration_since(now)
+        .unwrap_or_default()
+        .max(MIN_RENEWAL_DELAY)
 }
 
 #[cfg(test)]
@@ -323,6 +336,36 @@ mod tests {
         assert!(manager.current().is_none());
         ca.failing.store(false, Ordering::SeqCst);
         assert!(manager.ready().await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_dated_short_lived_certificates_renew_at_half_life_not_at_once() {
+        let (ca, id) = setup();
+        // The fake CA back-dates by a minute; a 60 s certificate is due 30 s after receipt.
+        let config = CertManagerConfig {
+            ttl: Duration::from_secs(60),
+            ..config()
+        };
+        let (mut manager, _task) = CertManager::spawn(id, ca.clone(), config);
+        manager.ready().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(ca.calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(ca.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_already_expired_answer_does_not_cause_a_busy_loop() {
+        let (ca, id) = setup();
+        let config = CertManagerConfig {
+            ttl: Duration::ZERO,
+            ..config()
+        };
+        let (mut manager, _task) = CertManager::spawn(id, ca.clone(), config);
+        manager.ready().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        let calls = ca.calls.load(Ordering::SeqCst);
+        assert!(calls <= 12, "{calls} requests in 10 s");
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,9 +9,9 @@ use isthmus_api::identity::TrustDomain;
 use isthmus_controlplane::ca::TtlPolicy;
 use isthmus_controlplane::daemon::{DaemonConfig, run};
 
-/// Isthmus control plane: mesh CA and (as it grows) config sources, xDS server and federation.
+/// Isthmus control plane daemon: the mesh certificate authority.
 #[derive(Debug, Parser)]
-#[command(name = "isthmusd", version, about, long_about = None)]
+#[command(name = "isthmusd", version)]
 struct Args {
     /// Directory of mesh configuration (YAML).
     #[arg(long, env = "ISTHMUS_CONFIG_DIR")]
@@ -29,7 +29,7 @@ struct Args {
     /// Without it, a root is generated in the state directory on first start.
     #[arg(long, env = "ISTHMUS_CACERTS")]
     cacerts: Option<PathBuf>,
-    /// Address of the mTLS gRPC port (certificates; xDS).
+    /// Address of the TLS gRPC port (certificate service).
     #[arg(long, default_value = "0.0.0.0:15012")]
     grpc_addr: SocketAddr,
     /// Address of the debug port (metrics, readiness).

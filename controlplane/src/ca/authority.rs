@@ -270,3 +270,146 @@ fn requested_identity(csr: &CertificateSigningRequestParams) -> Result<SpiffeId,
         many => Err(SignError::ExtraNames(many.join(", "))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use isthmus_api::identity::pem::certs_from_pem;
+    use isthmus_api::identity::{
+        CertInfo, SpiffeId, TrustBundles, Usage, generate_csr, verify_svid,
+    };
+    use isthmus_api::testing::{TestCa, hours_ago};
+    use rcgen::KeyPair;
+    use rustls_pki_types::UnixTime;
+
+    use super::*;
+
+    const WEB: &str = "spiffe://red.local/ns/app/sa/web";
+
+    /// An authority signing with `ca` (its own certificate, intermediates, root).
+    fn authority(ca: &TestCa) -> Authority {
+        let material = CaMaterial {
+            key: KeyPair::from_pem(&ca.key_pem()).unwrap(),
+            cert: ca.cert().clone(),
+            intermediates: Vec::new(),
+            roots: vec![ca.root().clone()],
+            not_after: CertInfo::parse(ca.cert()).unwrap().not_after,
+            origin: "test".into(),
+        };
+        Authority::new(ca.trust_domain().clone(), material, TtlPolicy::default()).unwrap()
+    }
+
+    fn sign(
+        authority: &Authority,
+        asked: &str,
+        entitled: &str,
+        ttl: i64,
+    ) -> Result<Issued, SignError> {
+        let csr = generate_csr(&SpiffeId::parse(asked).unwrap()).unwrap();
+        authority.sign(&csr.csr_pem, &SpiffeId::parse(entitled).unwrap(), ttl)
+    }
+
+    fn leaf(issued: &Issued) -> CertInfo {
+        CertInfo::parse(&certs_from_pem(issued.chain[0].as_bytes(), "leaf").unwrap()[0]).unwrap()
+    }
+
+    #[test]
+    fn signs_through_an_intermediate_and_the_chain_verifies() {
+        let root = TestCa::new("red.local");
+        let intermediate = root.intermediate("signing");
+        let issued = sign(&authority(&intermediate), WEB, WEB, 0).unwrap();
+        assert_eq!(issued.chain.len(), 2, "leaf + signing CA");
+        let chain = certs_from_pem(issued.chain.concat().as_bytes(), "chain").unwrap();
+        let id = verify_svid(
+            &TrustBundles::new(root.bundle()),
+            &chain[0],
+            &chain[1..],
+            UnixTime::now(),
+            Usage::ClientAuth,
+        )
+        .unwrap();
+        assert_eq!(id.to_string(), WEB);
+        // Default lifetime 24 h, back-dated 5 minutes.
+        let info = leaf(&issued);
+        assert_eq!(info.lifetime(), Duration::from_secs(24 * 3600 + 300));
+        assert!(!info.is_ca);
+    }
+
+    #[test]
+    fn a_self_signed_root_is_not_repeated_in_the_chain() {
+        let root = TestCa::new("red.local");
+        let issued = sign(&authority(&root), WEB, WEB, 3600).unwrap();
+        assert_eq!(issued.chain.len(), 1);
+        assert_eq!(leaf(&issued).lifetime(), Duration::from_secs(3600 + 300));
+    }
+
+    #[test]
+    fn lifetime_never_outlasts_the_signing_ca() {
+        let root = TestCa::new("red.local");
+        let soon = SystemTime::now() + Duration::from_secs(3600);
+        let short_ca = root.intermediate_with_validity("short", hours_ago(1), soon);
+        let issued = sign(&authority(&short_ca), WEB, WEB, 0).unwrap();
+        let not_after = leaf(&issued).not_after;
+        assert!(not_after <= soon, "leaf outlives its CA");
+    }
+
+    #[test]
+    fn refusals_name_the_reason_and_status() {
+        let root = TestCa::new("red.local");
+        let a = authority(&root);
+        let cases: Vec<(Result<Issued, SignError>, &str, tonic::Code)> = vec![
+            (
+                sign(&a, "spiffe://red.local/ns/app/sa/db", WEB, 0),
+                "identity_mismatch",
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                sign(&a, "spiffe://blue.local/ns/app/sa/web", WEB, 0),
+                "wrong_trust_domain",
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                sign(&a, WEB, WEB, -5),
+                "bad_ttl",
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                sign(&a, WEB, WEB, 91 * 24 * 3600),
+                "ttl_too_long",
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                a.sign(
+                    "-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n",
+                    &SpiffeId::parse(WEB).unwrap(),
+                    0,
+                ),
+                "malformed_csr",
+                tonic::Code::InvalidArgument,
+            ),
+        ];
+        for (result, reason, code) in cases {
+            let err = result.expect_err(reason);
+            assert_eq!(err.reason(), reason, "{err}");
+            assert_eq!(err.code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn extra_names_in_the_csr_are_refused() {
+        let root = TestCa::new("red.local");
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["evil.example.com".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::URI(WEB.try_into().unwrap()));
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let err = authority(&root)
+            .sign(&csr, &SpiffeId::parse(WEB).unwrap(), 0)
+            .unwrap_err();
+        assert_eq!(err.reason(), "extra_names");
+        assert!(err.to_string().contains("DNS:evil.example.com"), "{err}");
+    }
+}

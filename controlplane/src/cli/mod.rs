@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 /// Operate Isthmus meshes: bootstrap tokens, workload certificates.
 #[derive(Debug, Parser)]
-#[command(name = "isthmusctl", version, about, long_about = None)]
+#[command(name = "isthmusctl", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
