@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::identity::{
     CertificateSource, IssueError, IssuedChain, PeerPolicy, SharedBundles, SpiffeVerifier,
-    client_config, pem::certs_from_pem,
+    client_config,
 };
 use crate::proto::ca::CreateCertificateRequest;
 use crate::proto::ca::certificate_service_client::CertificateServiceClient;
@@ -105,14 +105,7 @@ impl CertificateSource for CaClient {
             .await
             .map_err(status_to_error)?
             .into_inner();
-        let parse = |pems: &[String], what: &str| {
-            certs_from_pem(pems.concat().as_bytes(), what)
-                .map_err(|e| IssueError::InvalidResponse(e.to_string()))
-        };
-        Ok(IssuedChain {
-            chain: parse(&response.cert_chain, "cert_chain")?,
-            roots: parse(&response.roots, "roots")?,
-        })
+        IssuedChain::from_pem(&response.cert_chain, &response.roots)
     }
 }
 

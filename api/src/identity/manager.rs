@@ -19,6 +19,7 @@ use super::bundle::{TrustBundle, TrustBundles};
 use super::cert::format_time;
 use super::credentials::{CredentialCell, WorkloadCertificate};
 use super::csr::generate_csr;
+use super::pem::certs_from_pem;
 use super::spiffe::SpiffeId;
 use super::verify::{Usage, verify_svid};
 
@@ -29,6 +30,20 @@ pub struct IssuedChain {
     pub chain: Vec<CertificateDer<'static>>,
     /// Roots of the local trust domain.
     pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl IssuedChain {
+    /// From the PEM lists a CA answers with (one certificate or more per entry).
+    pub fn from_pem(chain: &[String], roots: &[String]) -> Result<Self, IssueError> {
+        let parse = |pems: &[String], what: &str| {
+            certs_from_pem(pems.concat().as_bytes(), what)
+                .map_err(|e| IssueError::InvalidResponse(e.to_string()))
+        };
+        Ok(Self {
+            chain: parse(chain, "cert_chain")?,
+            roots: parse(roots, "roots")?,
+        })
+    }
 }
 
 /// Why a certificate could not be obtained.

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_api::identity::pem::certs_from_pem;
 use isthmus_api::identity::{CertificateSource, IssueError, IssuedChain, SpiffeId};
 
 use super::authority::Authority;
@@ -26,13 +25,6 @@ impl CertificateSource for LocalSource {
                 code: e.reason().to_owned(),
                 message: e.to_string(),
             })?;
-        let parse = |pems: &[String], what: &str| {
-            certs_from_pem(pems.concat().as_bytes(), what)
-                .map_err(|e| IssueError::InvalidResponse(e.to_string()))
-        };
-        Ok(IssuedChain {
-            chain: parse(&issued.chain, "chain")?,
-            roots: parse(&issued.roots, "roots")?,
-        })
+        IssuedChain::from_pem(&issued.chain, &issued.roots)
     }
 }
