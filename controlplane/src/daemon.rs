@@ -20,6 +20,8 @@ use crate::ca::material::{create_private_dir, write_private};
 use crate::ca::metrics::CaMetrics;
 use crate::ca::service::CaService;
 use crate::ca::{Authority, CaLoadError, CaMaterial, TtlPolicy};
+use crate::config::ConfigStore;
+use crate::config::watch::{WatchSettings, watch_dir};
 use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
 
 /// Everything `isthmusd` is started with.
@@ -73,6 +75,26 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     check_config_dir(&config)?;
+    // The configuration in force; a bad change is reported and the last good one stays.
+    let config_store = Arc::new(ConfigStore::new());
+    let _config_watch = watch_dir(
+        config.config_dir.clone(),
+        config_store.clone(),
+        WatchSettings::default(),
+    )
+    .map_err(|e| DaemonError::ConfigDir(config.config_dir.clone(), format!("cannot watch: {e}")))?;
+    let status = config_store.status();
+    if status.errors.is_empty() {
+        tracing::info!(
+            resources = config_store.current().len(),
+            "configuration loaded"
+        );
+    } else {
+        tracing::warn!(
+            problems = status.errors.len(),
+            "configuration rejected; running with none until it is fixed"
+        );
+    }
     create_private_dir(&config.state_dir)
         .map_err(|e| DaemonError::StateDir(config.state_dir.clone(), e.to_string()))?;
 
@@ -146,7 +168,7 @@ pub async fn run(
         );
     let debug = axum::serve(
         debug_listener,
-        crate::server::debug::router(Arc::new(registry)),
+        crate::server::debug::router(Arc::new(registry), config_store),
     )
     .with_graceful_shutdown(stopped(stop_rx));
     let (grpc, debug) = tokio::join!(grpc, debug);

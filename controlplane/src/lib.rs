@@ -4,6 +4,7 @@
 //!
 //! - [`ca`]: the mesh certificate authority — signing material (generated root or plugged-in
 //!   `cacerts`), the rules for what a caller may get signed, the gRPC certificate service;
+//! - [`config`]: config sources — the YAML directory, validated whole and applied atomically;
 //! - [`auth`]: who a caller is (bootstrap tokens in local mode);
 //! - [`server`]: TLS accept loop for gRPC, the debug/metrics HTTP port;
 //! - [`daemon`]: `isthmusd`'s start-up and shutdown;
@@ -14,5 +15,6 @@
 pub mod auth;
 pub mod ca;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod server;

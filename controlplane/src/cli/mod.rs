@@ -2,11 +2,12 @@
 #![allow(clippy::print_stdout)]
 
 pub mod cert;
+pub mod config;
 pub mod token;
 
 use clap::{Parser, Subcommand};
 
-/// Operate Isthmus meshes: bootstrap tokens, workload certificates.
+/// Operate Isthmus meshes: bootstrap tokens, workload certificates, configuration.
 #[derive(Debug, Parser)]
 #[command(name = "isthmusctl", version)]
 pub struct Cli {
@@ -22,6 +23,9 @@ pub enum Command {
     /// Workload certificates: request one from a running isthmusd, or inspect PEM files.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Mesh configuration (YAML): validate a directory offline.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 impl Cli {
@@ -29,6 +33,7 @@ impl Cli {
         match self.command {
             Command::Token(cmd) => cmd.run(),
             Command::Cert(cmd) => cmd.run().await,
+            Command::Config(cmd) => cmd.run(),
         }
     }
 }

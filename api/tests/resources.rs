@@ -1,0 +1,292 @@
+//! The configuration API at the edge: real Istio/Maistra documents are accepted; every bad field
+//! is reported with its path and reason.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use isthmus_api::resources::{Resource, ResourceError, from_value};
+use serde_json::{Value, json};
+
+fn parse(v: Value) -> Result<Resource, ResourceError> {
+    from_value(v)
+}
+
+/// The errors of `v`, as `path: reason` strings.
+fn errors(v: Value) -> Vec<String> {
+    match parse(v) {
+        Ok(r) => panic!("accepted: {r:?}"),
+        Err(e) => {
+            let fields = e.field_errors();
+            if fields.is_empty() {
+                vec![e.to_string()]
+            } else {
+                fields.iter().map(ToString::to_string).collect()
+            }
+        }
+    }
+}
+
+fn vs(spec: Value) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "reviews", "namespace": "bookinfo"}, "spec": spec})
+}
+
+#[test]
+fn istio_and_maistra_examples_are_accepted() {
+    let docs = [
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "reviews", "namespace": "bookinfo", "resourceVersion": "123", "uid": "x"},
+            "spec": {"hosts": ["reviews"], "http": [
+                {"match": [{"headers": {"end-user": {"exact": "jason"}}, "uri": {"prefix": "/api"}}],
+                 "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+                {"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 75},
+                           {"destination": {"host": "reviews", "subset": "v3"}, "weight": 25}],
+                 "timeout": "1.5s", "retries": {"attempts": 3, "perTryTimeout": "500ms", "retryOn": "5xx,connect-failure"},
+                 "headers": {"request": {"set": {"x-a": "1"}, "remove": ["x-b"]}}}]}}),
+        json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+            "metadata": {"name": "reviews"},
+            "spec": {"host": "reviews.bookinfo.svc.cluster.local",
+                "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST",
+                        "localityLbSetting": {"enabled": true, "failover": [{"from": "red", "to": "green"}]}},
+                    "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 100},
+                    "connectionPool": {"tcp": {"maxConnections": 100, "connectTimeout": "2s"}, "http": {"http2MaxRequests": 1000}},
+                    "tls": {"mode": "ISTIO_MUTUAL"}},
+                "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "ratings"},
+            "spec": {"hosts": ["ratings.bookinfo.svc.cluster.local"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}],
+                "endpoints": [{"address": "127.0.0.1", "ports": {"http": 19080}, "labels": {"version": "v1"}, "locality": "red/zone-a"}]}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "vm1"},
+            "spec": {"address": "127.0.0.2", "labels": {"app": "ratings"}, "serviceAccount": "ratings"}}),
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "default"},
+            "spec": {"mtls": {"mode": "STRICT"}}}),
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "ratings"},
+            "spec": {"selector": {"matchLabels": {"app": "ratings"}}, "action": "DENY",
+                "rules": [{"from": [{"source": {"principals": ["red.local/ns/bookinfo/sa/productpage"]}}],
+                           "to": [{"operation": {"methods": ["GET"], "paths": ["/ratings/*"], "ports": ["9080"]}}],
+                           "when": [{"key": "request.headers[x-user]", "values": ["admin"]}]}]}}),
+        json!({"apiVersion": "federation.maistra.io/v1", "kind": "ServiceMeshPeer",
+            "metadata": {"name": "green-mesh", "namespace": "red-mesh-system"},
+            "spec": {"remote": {"addresses": ["ingress-red-mesh.green-mesh-system.svc.cluster.local"]},
+                "gateways": {"ingress": {"name": "ingress-green-mesh"}, "egress": {"name": "egress-green-mesh"}},
+                "security": {"trustDomain": "green-mesh.local",
+                    "clientID": "green-mesh.local/ns/green-mesh-system/sa/egress-red-mesh-service-account",
+                    "certificateChain": {"kind": "ConfigMap", "name": "green-mesh-ca-root-cert"}}}}),
+        json!({"apiVersion": "federation.maistra.io/v1", "kind": "ExportedServiceSet",
+            "metadata": {"name": "green-mesh", "namespace": "red-mesh-system"},
+            "spec": {"exportRules": [
+                {"type": "NameSelector", "nameSelector": {"namespace": "bookinfo", "name": "ratings", "alias": {"namespace": "bookinfo", "name": "red-ratings"}}},
+                {"type": "LabelSelector", "labelSelector": {"namespace": "bookinfo", "selector": {"matchLabels": {"export-service": "true"}},
+                    "aliases": [{"alias": {"namespace": "red-bookinfo"}}]}}]}}),
+        json!({"apiVersion": "federation.maistra.io/v1", "kind": "ImportedServiceSet",
+            "metadata": {"name": "red-mesh", "namespace": "green-mesh-system"},
+            "spec": {"locality": {"region": "us-west"}, "importRules": [
+                {"type": "NameSelector", "importAsLocal": true, "nameSelector": {"namespace": "bookinfo", "name": "ratings", "alias": {"namespace": "bookinfo"}}},
+                {"type": "NameSelector", "nameSelector": {"namespace": "*", "name": "*"}}]}}),
+    ];
+    for doc in docs {
+        let kind = doc["kind"].clone();
+        let r = parse(doc).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(Value::from(r.kind().name()), kind);
+    }
+}
+
+#[test]
+fn bad_fields_are_reported_by_path() {
+    let cases: Vec<(Value, &str)> = vec![
+        // Istio fields Isthmus does not implement.
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "mirror": {"host": "m"}}]}),
+            ),
+            "spec.http[0].mirror: not supported by Isthmus",
+        ),
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "fault": {}}]}),
+            ),
+            "spec.http[0].fault: not supported by Isthmus",
+        ),
+        (
+            vs(json!({"hosts": ["r"], "tls": [{"match": []}]})),
+            "spec.tls: not supported by Isthmus",
+        ),
+        // Typos.
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "timeuot": "1s"}]}),
+            ),
+            "spec.http[0].timeuot: unknown field; did you mean `timeout`?",
+        ),
+        (
+            vs(json!({"hosts": ["r"], "http": [{"route": [{"destination": {"hots": "r"}}]}]})),
+            "spec.http[0].route[0].destination.hots: unknown field; did you mean `host`?",
+        ),
+        // Wrong types and values.
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "timeout": "soon"}]}),
+            ),
+            "spec.http[0].timeout: \"soon\" is not a duration",
+        ),
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}, "weight": "half"}]}]}),
+            ),
+            "spec.http[0].route[0].weight: invalid type",
+        ),
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"match": [{"uri": {"exact": "/a", "prefix": "/b"}}], "route": [{"destination": {"host": "r"}}]}]}),
+            ),
+            "spec.http[0].match[0].uri",
+        ),
+        // Semantic rules.
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "a"}, "weight": 50}, {"destination": {"host": "b"}, "weight": 40}]}]}),
+            ),
+            "spec.http[0].route: weights add up to 90, not 100",
+        ),
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"match": [{"uri": {"regex": "(unclosed"}}], "route": [{"destination": {"host": "r"}}]}]}),
+            ),
+            "spec.http[0].match[0].uri.regex: invalid regular expression",
+        ),
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "redirect": {"uri": "/x"}}]}),
+            ),
+            "spec.http[0]: exactly one of route, redirect or directResponse",
+        ),
+        (
+            vs(
+                json!({"hosts": ["bad host!"], "http": [{"route": [{"destination": {"host": "r"}}]}]}),
+            ),
+            "spec.hosts[0]: \"bad host!\" is not a valid host",
+        ),
+        (
+            vs(
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "retries": {"attempts": 2, "retryOn": "5xx,sometimes"}}]}),
+            ),
+            "spec.http[0].retries.retryOn: \"sometimes\" is not a retry policy",
+        ),
+        (
+            json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "x"}, "spec": {"mtls": {"mode": "MAYBE"}}}),
+            "spec.mtls.mode: unknown variant `MAYBE`",
+        ),
+        (
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x"}, "spec": {"action": "CUSTOM", "provider": {"name": "opa"}}}),
+            "spec.provider: not supported by Isthmus",
+        ),
+        (
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x"},
+                "spec": {"rules": [{"when": [{"key": "request.auth.claims[iss]", "values": ["a"]}]}]}}),
+            "spec.rules[0].when[0].key: \"request.auth.claims[iss]\" is not a supported condition key",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"},
+                "spec": {"host": "r", "trafficPolicy": {"outlierDetection": {"consecutiveErrors": 5}}}}),
+            "spec.trafficPolicy.outlierDetection.consecutiveErrors: not supported by Isthmus",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"},
+                "spec": {"host": "r", "subsets": [{"name": "v1"}, {"name": "v1"}]}}),
+            "spec.subsets[1].name: duplicate subset \"v1\"",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "x"},
+                "spec": {"hosts": ["a"], "ports": [{"number": 70000, "name": "p"}]}}),
+            "spec.ports[0].number: port 70000 is not in 1-65535",
+        ),
+        (
+            json!({"apiVersion": "federation.maistra.io/v1", "kind": "ServiceMeshPeer", "metadata": {"name": "Green_Mesh"},
+                "spec": {"remote": {"addresses": ["a"]}, "security": {}}}),
+            "metadata.name: \"Green_Mesh\" is not a DNS label",
+        ),
+        (
+            json!({"apiVersion": "federation.maistra.io/v1", "kind": "ServiceMeshPeer", "metadata": {"name": "green"},
+                "spec": {"remote": {"addresses": ["a"]}, "security": {"trustDomain": "Green.Local"}}}),
+            "spec.security.trustDomain: invalid trust domain",
+        ),
+        (
+            json!({"apiVersion": "federation.maistra.io/v1", "kind": "ImportedServiceSet", "metadata": {"name": "red"},
+                "spec": {"importRules": [{"type": "NameSelector", "importAsLocal": true, "nameSelector": {"name": "ratings"}}]}}),
+            "spec.importRules[0].nameSelector.alias.namespace: importAsLocal requires a concrete alias namespace",
+        ),
+        (
+            json!({"apiVersion": "federation.maistra.io/v1", "kind": "ImportedServiceSet", "metadata": {"name": "red"},
+                "spec": {"importRules": [{"type": "LabelSelector"}]}}),
+            "spec.importRules[0].type: imports support only NameSelector",
+        ),
+        (
+            json!({"apiVersion": "federation.maistra.io/v1", "kind": "ExportedServiceSet", "metadata": {"name": "red"},
+                "spec": {"exportRules": [{"type": "Everything"}]}}),
+            "spec.exportRules[0].type: unknown variant `Everything`",
+        ),
+        // The envelope.
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"}, "spec": {}}),
+            "unsupported resource type networking.istio.io/v1 Gateway",
+        ),
+        (
+            json!({"kind": "VirtualService"}),
+            "apiVersion and kind are required",
+        ),
+        (
+            json!(["not", "a", "mapping"]),
+            "expected a mapping, found a list",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "x"}}),
+            "missing field `spec`",
+        ),
+    ];
+    for (doc, expected) in cases {
+        let errs = errors(doc.clone());
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "expected {expected:?} in {errs:?}\nfor {doc}"
+        );
+    }
+}
+
+#[test]
+fn all_semantic_errors_are_reported_at_once() {
+    let errs = errors(vs(json!({"hosts": [], "http": [
+        {"route": [{"destination": {"host": "a"}, "weight": 10}, {"destination": {"host": "b"}}]},
+        {"directResponse": {"status": 99}}]})));
+    assert!(
+        errs.contains(&"spec.hosts: at least one host is required".to_owned()),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("spec.http[0].route: every destination needs a weight")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&"spec.http[1].directResponse.status: 99 is not an HTTP status".to_owned()),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn hostile_values_never_panic() {
+    let deep = (0..200).fold(json!(1), |acc, _| json!({"a": acc}));
+    for doc in [
+        json!(null),
+        json!("string"),
+        json!({"apiVersion": 5, "kind": []}),
+        vs(deep.clone()),
+        vs(
+            json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}, "weight": 4_294_967_295u64}, {"destination": {"host": "s"}, "weight": 4_294_967_295u64}]}]}),
+        ),
+        vs(json!({"hosts": ["r".repeat(100_000)], "http": []})),
+        vs(
+            json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "timeout": "99999999999999999999h"}]}),
+        ),
+    ] {
+        let _ = parse(doc);
+    }
+}

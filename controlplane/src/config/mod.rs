@@ -1,0 +1,15 @@
+//! Config sources. The YAML directory ([`directory`]) reads every document under a folder into
+//! validated [`isthmus_api::resources::Resource`]s; [`store`] applies a complete, valid set
+//! atomically and keeps the last good one when a change is bad.
+
+pub mod directory;
+pub mod error;
+pub mod snapshot;
+pub mod store;
+pub mod watch;
+pub mod yaml;
+
+pub use directory::load_dir;
+pub use error::ConfigError;
+pub use snapshot::{ConfigSnapshot, ResourceKey, SourceRef};
+pub use store::ConfigStore;

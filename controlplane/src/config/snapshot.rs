@@ -1,0 +1,90 @@
+//! A complete, valid configuration: every resource, keyed by kind, namespace and name, with the
+//! place it came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use isthmus_api::resources::{Kind, Resource};
+
+/// Namespace of resources whose metadata names none (as `kubectl apply` does).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind.name(), self.namespace, self.name)
+    }
+}
+
+/// Where a resource was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRef {
+    pub file: PathBuf,
+    pub document: usize,
+    pub line: u64,
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{} (document {})",
+            self.file.display(),
+            self.line,
+            self.document
+        )
+    }
+}
+
+/// The configuration in force. Built whole and replaced whole, never edited in place.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSnapshot {
+    resources: BTreeMap<ResourceKey, (Resource, SourceRef)>,
+}
+
+impl ConfigSnapshot {
+    pub(crate) fn from_map(resources: BTreeMap<ResourceKey, (Resource, SourceRef)>) -> Self {
+        Self { resources }
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
+        self.resources.get(key).map(|(r, _)| r)
+    }
+
+    /// Every resource with its key and origin, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ResourceKey, &Resource, &SourceRef)> {
+        self.resources.iter().map(|(k, (r, s))| (k, r, s))
+    }
+
+    /// Resources of one kind.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &Resource)> {
+        self.resources
+            .iter()
+            .filter(move |(k, _)| k.kind == kind)
+            .map(|(k, (r, _))| (k, r))
+    }
+
+    /// How many resources of each kind.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for key in self.resources.keys() {
+            *counts.entry(key.kind.name()).or_default() += 1;
+        }
+        counts
+    }
+}

@@ -1,0 +1,69 @@
+//! Keeping the store in step with the directory: a file-system watch (debounced, so an editor's
+//! burst of writes is one reload) plus a periodic full reload in case an event was missed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::directory::load_dir;
+use super::store::ConfigStore;
+
+/// Timing of reloads.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSettings {
+    /// Quiet time after the last change before reloading.
+    pub debounce: Duration,
+    /// Full reload even without events.
+    pub resync: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(100),
+            resync: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Loads `dir` into `store` now, then keeps reloading it on changes until the returned task is
+/// dropped or aborted. Fails if the directory cannot be watched.
+pub fn watch_dir(
+    dir: PathBuf,
+    store: Arc<ConfigStore>,
+    settings: WatchSettings,
+) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::Recursive)?;
+    store.apply(load_dir(&dir));
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher; // dropped with the task
+        let mut resync = tokio::time::interval(settings.resync);
+        resync.tick().await;
+        loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    // Debounce: wait until no event arrived for `debounce`.
+                    while let Ok(Some(())) = tokio::time::timeout(settings.debounce, rx.recv()).await {}
+                }
+                _ = resync.tick() => {}
+            }
+            let dir = dir.clone();
+            let loaded = tokio::task::spawn_blocking(move || load_dir(&dir)).await;
+            if let Ok(loaded) = loaded {
+                store.apply(loaded);
+            }
+        }
+    }))
+}
