@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use isthmus_e2e::{Isthmusd, isthmusctl};
@@ -24,17 +23,8 @@ spec:
 ";
 
 fn debug_config(daemon: &Isthmusd) -> Value {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://{}/debug/config", daemon.debug),
-        ])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    let body = daemon.http_get("/debug/config");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// Polls `/debug/config` until `done` holds (5 s at most).

@@ -110,18 +110,23 @@ impl Isthmusd {
         self.state_dir.join("root-cert.pem")
     }
 
-    /// The text of the debug port's `/metrics`, fetched with curl.
-    pub fn metrics(&self) -> String {
+    /// The body of `GET <path>` on the debug port, fetched with curl.
+    pub fn http_get(&self, path: &str) -> String {
         let out = Command::new("curl")
             .args([
                 "-sS",
                 "--max-time",
                 "5",
-                &format!("http://{}/metrics", self.debug),
+                &format!("http://{}{path}", self.debug),
             ])
             .output()
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The text of the debug port's `/metrics`.
+    pub fn metrics(&self) -> String {
+        self.http_get("/metrics")
     }
 
     /// The value of one metric line (`name{labels}` exactly), 0 when absent.
