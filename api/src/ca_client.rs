@@ -26,10 +26,11 @@ pub enum BearerToken {
 }
 
 impl BearerToken {
-    fn load(&self) -> Result<String, IssueError> {
+    async fn load(&self) -> Result<String, IssueError> {
         let token = match self {
             Self::Value(v) => v.clone(),
-            Self::File(path) => std::fs::read_to_string(path)
+            Self::File(path) => tokio::fs::read_to_string(path)
+                .await
                 .map_err(|e| IssueError::Local(format!("token file {}: {e}", path.display())))?,
         };
         let token = token.trim().to_owned();
@@ -89,7 +90,7 @@ impl CaClient {
 
 impl CertificateSource for CaClient {
     async fn issue(&self, csr_pem: String, ttl: Duration) -> Result<IssuedChain, IssueError> {
-        let token = self.token.load()?;
+        let token = self.token.load().await?;
         let mut request = tonic::Request::new(CreateCertificateRequest {
             csr: csr_pem,
             validity_seconds: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),

@@ -172,7 +172,13 @@ async fn run<S: CertificateSource>(
                     identity = %id, %error, still_valid, retry_in_ms = backoff.as_millis() as u64,
                     "certificate request failed; keeping the current certificate"
                 );
-                let wait = backoff;
+                // Jittered (50-100 % of the step) so a fleet does not retry in lock-step after a
+                // CA restart.
+                let wait = if config.jitter_fraction > 0.0 {
+                    backoff.mul_f64(rand::rng().random_range(0.5..=1.0))
+                } else {
+                    backoff
+                };
                 backoff = (backoff * 2).min(config.max_backoff);
                 wait
             }

@@ -76,11 +76,8 @@ pub fn verify_svid(
         Usage::ClientAuth => webpki::KeyUsage::client_auth(),
         Usage::ServerAuth => webpki::KeyUsage::server_auth(),
     };
-    let algorithms = rustls::crypto::ring::default_provider()
-        .signature_verification_algorithms
-        .all;
     ee.verify_for_usage(
-        algorithms,
+        webpki::ALL_VERIFICATION_ALGS,
         bundle.anchors(),
         intermediates,
         now,

@@ -63,8 +63,13 @@ impl ConfigStore {
                 changed
             }
             Err(errors) => {
-                for e in &errors {
-                    tracing::warn!("configuration rejected, last good configuration stays: {e}");
+                // Periodic reloads find the same problems again: say them once.
+                if self.status.borrow().errors != errors {
+                    for e in &errors {
+                        tracing::warn!(
+                            "configuration rejected, last good configuration stays: {e}"
+                        );
+                    }
                 }
                 self.status.send_modify(|s| {
                     s.errors = errors;
