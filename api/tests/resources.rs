@@ -224,6 +224,19 @@ fn bad_fields_are_reported_by_path() {
                 "spec": {"exportRules": [{"type": "Everything"}]}}),
             "spec.exportRules[0].type: unknown variant `Everything`",
         ),
+        // Names.
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "vm", "namespace": "Bad_NS"}, "spec": {}}),
+            "metadata.namespace: \"Bad_NS\" is not a valid namespace",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "VM 1"}, "spec": {}}),
+            "metadata.name: \"VM 1\" is not a valid name",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "vm"}, "spec": {"serviceAccount": "../x"}}),
+            "spec.serviceAccount: \"../x\" is not a valid service account name",
+        ),
         // The envelope.
         (
             json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"}, "spec": {}}),

@@ -5,6 +5,7 @@
 //! - [`ca`]: the mesh certificate authority — signing material (generated root or plugged-in
 //!   `cacerts`), the rules for what a caller may get signed, the gRPC certificate service;
 //! - [`config`]: config sources — the YAML directory, validated whole and applied atomically;
+//! - [`model`]: the mesh model built from a snapshot (service registry so far);
 //! - [`auth`]: who a caller is (bootstrap tokens in local mode);
 //! - [`server`]: TLS accept loop for gRPC, the debug/metrics HTTP port;
 //! - [`daemon`]: `isthmusd`'s start-up and shutdown;
@@ -17,4 +18,5 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod model;
 pub mod server;

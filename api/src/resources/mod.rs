@@ -206,11 +206,35 @@ pub fn from_value(value: Value) -> Result<Resource, ResourceError> {
         Kind::ExportedServiceSet => typed(value).map(Resource::ExportedServiceSet),
         Kind::ImportedServiceSet => typed(value).map(Resource::ImportedServiceSet),
     };
-    typed(value).map_err(|errors| ResourceError::Invalid {
+    let invalid = |errors| ResourceError::Invalid {
         kind: kind.name(),
-        name,
+        name: name.clone(),
         errors,
-    })
+    };
+    let resource = typed(value).map_err(invalid)?;
+    let mut v = Validator::new();
+    validate_metadata(resource.metadata(), &mut v);
+    v.finish().map_err(invalid)?;
+    Ok(resource)
+}
+
+/// Kubernetes' rules for names: a namespace is a DNS label, a name a DNS subdomain.
+fn validate_metadata(meta: &ObjectMeta, v: &mut Validator) {
+    v.check(
+        meta::is_dns_subdomain(&meta.name),
+        "metadata.name",
+        format!(
+            "{:?} is not a valid name (lowercase DNS subdomain)",
+            meta.name
+        ),
+    );
+    if let Some(ns) = &meta.namespace {
+        v.check(
+            meta::is_dns_label(ns),
+            "metadata.namespace",
+            format!("{ns:?} is not a valid namespace (lowercase DNS label)"),
+        );
+    }
 }
 
 /// Deserializes with the failing field's path, then validates.

@@ -172,6 +172,13 @@ fn validate_workload(v: &mut Validator, path: &str, w: &WorkloadEntrySpec) {
     if let Some(weight) = w.weight {
         v.check(weight > 0, format!("{path}.weight"), "must be positive");
     }
+    if let Some(sa) = &w.service_account {
+        v.check(
+            super::meta::is_dns_subdomain(sa),
+            format!("{path}.serviceAccount"),
+            format!("{sa:?} is not a valid service account name"),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

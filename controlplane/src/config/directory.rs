@@ -35,32 +35,54 @@ pub fn load_dir(dir: &Path) -> Result<ConfigSnapshot, Vec<ConfigError>> {
                 continue;
             }
         };
-        let docs = match documents(&text) {
-            Ok(docs) => docs,
-            Err(e) => {
-                errors.push(ConfigError {
-                    line: e.line,
-                    ..ConfigError::file(file, format!("invalid YAML: {}", e.reason))
-                });
-                continue;
-            }
-        };
-        for doc in docs {
-            let source = SourceRef {
-                file: file.clone(),
-                document: doc.index,
-                line: doc.line,
-            };
-            match from_value(doc.value) {
-                Ok(resource) => insert(&mut resources, &mut errors, resource, source),
-                Err(e) => errors.extend(resource_errors(&source, e)),
-            }
-        }
+        add_text(&text, &file, &mut resources, &mut errors);
     }
     if errors.is_empty() {
         Ok(ConfigSnapshot::from_map(resources))
     } else {
         Err(errors)
+    }
+}
+
+/// Reads the YAML text `text` (named `file` in errors) into a snapshot, as one file of a directory.
+pub fn load_text(text: &str, file: &Path) -> Result<ConfigSnapshot, Vec<ConfigError>> {
+    let mut resources = BTreeMap::new();
+    let mut errors = Vec::new();
+    add_text(text, file, &mut resources, &mut errors);
+    if errors.is_empty() {
+        Ok(ConfigSnapshot::from_map(resources))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Adds every document of one file's text.
+fn add_text(
+    text: &str,
+    file: &Path,
+    resources: &mut BTreeMap<ResourceKey, (Resource, SourceRef)>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let docs = match documents(text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            errors.push(ConfigError {
+                line: e.line,
+                ..ConfigError::file(file.to_owned(), format!("invalid YAML: {}", e.reason))
+            });
+            return;
+        }
+    };
+    for doc in docs {
+        let source = SourceRef {
+            file: file.to_owned(),
+            document: doc.index,
+            line: doc.line,
+        };
+        match from_value(doc.value) {
+            Ok(resource) => insert(resources, errors, resource, source),
+            Err(e) => errors.extend(resource_errors(&source, e)),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ pub mod store;
 pub mod watch;
 pub mod yaml;
 
-pub use directory::load_dir;
+pub use directory::{load_dir, load_text};
 pub use error::ConfigError;
 pub use snapshot::{ConfigSnapshot, ResourceKey, SourceRef};
 pub use store::ConfigStore;

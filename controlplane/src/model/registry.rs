@@ -1,0 +1,464 @@
+//! The service registry: services and their endpoints, from `ServiceEntry` and `WorkloadEntry`
+//! (local mode's registry; Kubernetes `Service`/`EndpointSlice` will feed the same types).
+//!
+//! Istio's rules, as users know them:
+//! - one service per host of a `ServiceEntry`, in the entry's namespace;
+//! - endpoints are the entry's inline `endpoints`, or the `WorkloadEntry`s of the same namespace
+//!   whose labels match its `workloadSelector`;
+//! - an endpoint's port for a service port is `ports[<port name>]`, else the port's
+//!   `targetPort`, else its number;
+//! - the protocol is the port's `protocol`, else the prefix of its name (`http-web` is HTTP),
+//!   else TCP;
+//! - `resolution: DNS` without endpoints resolves the host itself;
+//! - an endpoint's identity is `spiffe://<td>/ns/<namespace>/sa/<serviceAccount>` (`default`
+//!   when unset); a host resolved by DNS has none.
+
+use std::collections::BTreeMap;
+
+use isthmus_api::identity::{SpiffeId, TrustDomain};
+use isthmus_api::resources::networking::{Location, Resolution, ServiceEntry, WorkloadEntrySpec};
+use isthmus_api::resources::{Kind, Resource};
+
+use crate::config::{ConfigSnapshot, ResourceKey};
+
+/// A service, by namespace and host name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Https,
+    Tls,
+    Tcp,
+}
+
+impl Protocol {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "http" => Self::Http,
+            "http2" => Self::Http2,
+            "grpc" | "grpc-web" => Self::Grpc,
+            "https" => Self::Https,
+            "tls" => Self::Tls,
+            "tcp" => Self::Tcp,
+            _ => return None,
+        })
+    }
+
+    /// Whether requests are routed at L7 (HTTP routes apply).
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Http2 | Self::Grpc)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub name: String,
+    pub number: u32,
+    pub protocol: Protocol,
+    pub target_port: Option<u32>,
+}
+
+/// `region/zone/subzone`, each part possibly empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    fn parse(s: &str) -> Self {
+        let mut parts = s.split('/').map(str::to_owned);
+        Self {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// IP address or DNS name.
+    pub address: String,
+    /// Service port name to the endpoint's port.
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub locality: Locality,
+    pub weight: u32,
+    /// The workload's SPIFFE ID; `None` for an endpoint resolved from a DNS name (outside the
+    /// mesh, no mesh identity).
+    pub identity: Option<SpiffeId>,
+    pub network: Option<String>,
+    /// `WorkloadEntry` it came from, if any.
+    pub workload_entry: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub key: ServiceKey,
+    pub ports: Vec<Port>,
+    pub location: Location,
+    pub resolution: Resolution,
+    pub endpoints: Vec<Endpoint>,
+    pub export_to: Vec<String>,
+    /// The `ServiceEntry` that declared it.
+    pub source: ResourceKey,
+}
+
+/// Something that is valid alone but odd in context; reported in status, not fatal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelWarning {
+    pub resource: ResourceKey,
+    pub message: String,
+}
+
+/// Builds every service of the snapshot. `trust_domain` names the endpoints' identities.
+pub fn build_registry(
+    snapshot: &ConfigSnapshot,
+    trust_domain: &TrustDomain,
+) -> (BTreeMap<ServiceKey, Service>, Vec<ModelWarning>) {
+    let mut services = BTreeMap::new();
+    let mut warnings = Vec::new();
+    let workload_entries: Vec<(&ResourceKey, &WorkloadEntrySpec)> = snapshot
+        .of_kind(Kind::WorkloadEntry)
+        .filter_map(|(k, r)| match r {
+            Resource::WorkloadEntry(w) => Some((k, &w.spec)),
+            _ => None,
+        })
+        .collect();
+
+    for (entry_key, resource) in snapshot.of_kind(Kind::ServiceEntry) {
+        let Resource::ServiceEntry(entry) = resource else {
+            continue;
+        };
+        let ports = entry.spec.ports.iter().map(port).collect::<Vec<_>>();
+        let endpoints = endpoints_of(
+            entry_key,
+            entry,
+            &workload_entries,
+            trust_domain,
+            &mut warnings,
+        );
+        for host in &entry.spec.hosts {
+            let key = ServiceKey {
+                namespace: entry_key.namespace.clone(),
+                hostname: host.clone(),
+            };
+            let mut endpoints = endpoints.clone();
+            if endpoints.is_empty() && entry.spec.resolution == Resolution::Dns {
+                endpoints.push(dns_endpoint(host));
+            }
+            let service = Service {
+                key: key.clone(),
+                ports: ports.clone(),
+                location: entry.spec.location,
+                resolution: entry.spec.resolution,
+                endpoints,
+                export_to: entry.spec.export_to.clone(),
+                source: entry_key.clone(),
+            };
+            if let Some(existing) = services.get(&key) {
+                let existing: &Service = existing;
+                warnings.push(ModelWarning {
+                    resource: entry_key.clone(),
+                    message: format!(
+                        "host {host} is already declared by {}; this declaration is ignored",
+                        existing.source
+                    ),
+                });
+                continue;
+            }
+            services.insert(key, service);
+        }
+    }
+    (services, warnings)
+}
+
+fn port(p: &isthmus_api::resources::networking::ServicePort) -> Port {
+    let protocol = p
+        .protocol
+        .as_deref()
+        .and_then(Protocol::from_name)
+        .or_else(|| {
+            // Istio's naming convention: `<protocol>[-<suffix>]`.
+            let prefix = p.name.split('-').next().unwrap_or_default();
+            Protocol::from_name(prefix)
+        })
+        .unwrap_or(Protocol::Tcp);
+    Port {
+        name: p.name.clone(),
+        number: p.number,
+        protocol,
+        target_port: p.target_port,
+    }
+}
+
+fn endpoints_of(
+    entry_key: &ResourceKey,
+    entry: &ServiceEntry,
+    workload_entries: &[(&ResourceKey, &WorkloadEntrySpec)],
+    td: &TrustDomain,
+    warnings: &mut Vec<ModelWarning>,
+) -> Vec<Endpoint> {
+    let ns = &entry_key.namespace;
+    let spec = &entry.spec;
+    let resolve = |w: &WorkloadEntrySpec, from: Option<&ResourceKey>| {
+        // Without an address there is nothing to send traffic to (auto-registration is not
+        // supported); the selection warning below says so when nothing is left.
+        let address = w.address.clone()?;
+        let ports = spec
+            .ports
+            .iter()
+            .map(|p| {
+                let number = w
+                    .ports
+                    .get(&p.name)
+                    .copied()
+                    .or(p.target_port)
+                    .unwrap_or(p.number);
+                (p.name.clone(), number)
+            })
+            .collect();
+        let sa = w.service_account.as_deref().unwrap_or("default");
+        let namespace = from.map_or(ns.as_str(), |k| k.namespace.as_str());
+        let identity = SpiffeId::workload(td, namespace, sa).ok();
+        Some(Endpoint {
+            address,
+            ports,
+            labels: w.labels.clone(),
+            locality: w
+                .locality
+                .as_deref()
+                .map(Locality::parse)
+                .unwrap_or_default(),
+            weight: w.weight.unwrap_or(1),
+            identity,
+            network: w.network.clone(),
+            workload_entry: from.map(|k| k.name.clone()),
+        })
+    };
+
+    let Some(selector) = &spec.workload_selector else {
+        return spec
+            .endpoints
+            .iter()
+            .filter_map(|e| resolve(e, None))
+            .collect();
+    };
+    let selected: Vec<Endpoint> = workload_entries
+        .iter()
+        .filter(|(k, w)| {
+            &k.namespace == ns
+                && selector
+                    .match_labels
+                    .iter()
+                    .all(|(lk, lv)| w.labels.get(lk) == Some(lv))
+        })
+        .filter_map(|(k, w)| resolve(w, Some(k)))
+        .collect();
+    if selected.is_empty() {
+        warnings.push(ModelWarning {
+            resource: entry_key.clone(),
+            message: "workloadSelector matches no WorkloadEntry with an address in this namespace"
+                .to_owned(),
+        });
+    }
+    selected
+}
+
+fn dns_endpoint(host: &str) -> Endpoint {
+    Endpoint {
+        address: host.to_owned(),
+        ports: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        locality: Locality::default(),
+        weight: 1,
+        identity: None,
+        network: None,
+        workload_entry: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::load_text;
+
+    fn registry(yaml: &str) -> (BTreeMap<ServiceKey, Service>, Vec<ModelWarning>) {
+        let snapshot = load_text(yaml, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e:?}"));
+        build_registry(&snapshot, &TrustDomain::new("red.local").unwrap())
+    }
+
+    fn key(ns: &str, host: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: ns.into(),
+            hostname: host.into(),
+        }
+    }
+
+    const RATINGS: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  hosts: [ratings.bookinfo.svc.cluster.local, ratings.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 9080, name: http-api}
+  - {number: 9090, name: admin, protocol: GRPC, targetPort: 19090}
+  - {number: 7000, name: data}
+  endpoints:
+  - {address: 127.0.0.1, ports: {http-api: 19080}, labels: {version: v1}, locality: red/a, serviceAccount: ratings}
+  - {address: 127.0.0.2, weight: 3}
+";
+
+    #[test]
+    fn inline_endpoints_ports_protocols_and_identities() {
+        let (services, warnings) = registry(RATINGS);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(services.len(), 2, "one service per host");
+        let s = &services[&key("bookinfo", "ratings.bookinfo.svc.cluster.local")];
+        let protocols: Vec<_> = s
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.protocol))
+            .collect();
+        assert_eq!(
+            protocols,
+            [
+                ("http-api", Protocol::Http),
+                ("admin", Protocol::Grpc),
+                ("data", Protocol::Tcp)
+            ]
+        );
+        let [a, b] = s.endpoints.as_slice() else {
+            panic!("{:?}", s.endpoints)
+        };
+        // Port by name, else targetPort, else the service port.
+        assert_eq!(a.ports["http-api"], 19080);
+        assert_eq!(a.ports["admin"], 19090);
+        assert_eq!(a.ports["data"], 7000);
+        assert_eq!(b.ports["http-api"], 9080);
+        assert_eq!(
+            a.locality,
+            Locality {
+                region: "red".into(),
+                zone: "a".into(),
+                subzone: String::new()
+            }
+        );
+        assert_eq!(
+            a.identity.as_ref().unwrap().to_string(),
+            "spiffe://red.local/ns/bookinfo/sa/ratings"
+        );
+        assert_eq!(
+            b.identity.as_ref().unwrap().to_string(),
+            "spiffe://red.local/ns/bookinfo/sa/default"
+        );
+        assert_eq!((a.weight, b.weight), (1, 3));
+    }
+
+    #[test]
+    fn workload_selector_picks_workload_entries_of_the_same_namespace() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http}]
+  workloadSelector: {matchLabels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: bookinfo}
+spec: {address: 127.0.0.11, labels: {app: reviews, version: v1}, serviceAccount: reviews, ports: {http: 18080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-other-ns, namespace: other}
+spec: {address: 127.0.0.12, labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: details, namespace: bookinfo}
+spec: {address: 127.0.0.13, labels: {app: details}}
+";
+        let (services, warnings) = registry(yaml);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let s = &services[&key("bookinfo", "reviews.local")];
+        assert_eq!(s.endpoints.len(), 1);
+        let e = &s.endpoints[0];
+        assert_eq!((e.address.as_str(), e.ports["http"]), ("127.0.0.11", 18080));
+        assert_eq!(e.workload_entry.as_deref(), Some("reviews-v1"));
+        assert_eq!(e.labels["version"], "v1");
+    }
+
+    #[test]
+    fn dns_resolution_without_endpoints_resolves_the_host_and_has_no_identity() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin.org]
+  resolution: DNS
+  ports: [{number: 443, name: https}]
+";
+        let (services, _) = registry(yaml);
+        let s = &services[&key("default", "httpbin.org")];
+        assert_eq!(s.location, Location::MeshExternal);
+        assert_eq!(s.ports[0].protocol, Protocol::Https);
+        assert_eq!(s.endpoints[0].address, "httpbin.org");
+        assert!(s.endpoints[0].identity.is_none());
+    }
+
+    #[test]
+    fn conflicts_and_empty_selections_are_warned_about() {
+        let yaml = format!(
+            "{RATINGS}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings-again, namespace: bookinfo}}
+spec:
+  hosts: [ratings.local]
+  ports: [{{number: 1, name: tcp}}]
+  workloadSelector: {{matchLabels: {{app: nothing}}}}
+"
+        );
+        let (services, warnings) = registry(&yaml);
+        assert_eq!(
+            services[&key("bookinfo", "ratings.local")].source.name,
+            "ratings",
+            "first declaration wins"
+        );
+        let messages: Vec<_> = warnings
+            .iter()
+            .map(|w| format!("{}: {}", w.resource, w.message))
+            .collect();
+        assert!(
+            messages.iter().any(|m| m.contains(
+                "ServiceEntry bookinfo/ratings-again: workloadSelector matches no WorkloadEntry"
+            )),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains(
+                "host ratings.local is already declared by ServiceEntry bookinfo/ratings"
+            )),
+            "{messages:?}"
+        );
+    }
+}
