@@ -8,6 +8,7 @@
 //! - [`ca_client`]: the gRPC client of the mesh CA (`isthmus.ca.v1.CertificateService`);
 //! - [`resources`]: the configuration API (Istio and Maistra kinds), validated at the edge with
 //!   field paths;
+//! - [`envoy`]: Envoy's xDS v3 types, re-exported from `envoy-types`;
 //! - [`proto`]: code generated from the workspace's `proto/` folder.
 //!
 //! With the `test-util` feature, [`testing`] offers a throw-away CA for tests.
@@ -16,5 +17,8 @@ pub mod ca_client;
 pub mod identity;
 pub mod proto;
 pub mod resources;
+
+/// Envoy's xDS v3 types (protobuf messages and gRPC services), from the `envoy-types` crate.
+pub use envoy_types::pb as envoy;
 #[cfg(feature = "test-util")]
 pub mod testing;

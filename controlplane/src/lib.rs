@@ -7,6 +7,7 @@
 //! - [`config`]: config sources — the YAML directory, validated whole and applied atomically;
 //! - [`model`]: the mesh model built from a snapshot (service registry so far);
 //! - [`auth`]: who a caller is (bootstrap tokens in local mode);
+//! - [`xds`]: the xDS protocol (ADS, state-of-the-world and delta) over per-proxy snapshots;
 //! - [`server`]: TLS accept loop for gRPC, the debug/metrics HTTP port;
 //! - [`daemon`]: `isthmusd`'s start-up and shutdown;
 //! - [`cli`]: `isthmusctl`'s commands.
@@ -20,3 +21,4 @@ pub mod config;
 pub mod daemon;
 pub mod model;
 pub mod server;
+pub mod xds;

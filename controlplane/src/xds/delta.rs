@@ -1,0 +1,197 @@
+//! One delta (incremental) ADS stream, as a pure state machine.
+//!
+//! Per type the stream knows what the proxy subscribed to (everything, or names) and which
+//! version of each resource the proxy has — from what was sent, or from
+//! `initial_resource_versions` on reconnect — and sends only the difference: changed or new
+//! resources, and the names of removed ones. Unsubscribing forgets the proxy's copy, so a later
+//! subscribe sends the resource again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use isthmus_api::envoy::envoy::config::core::v3::Node;
+use isthmus_api::envoy::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+
+use super::resources::{ProxySnapshot, is_wildcard_type};
+use super::sotw::ProtocolError;
+use super::status::{Reply, TypeStatus};
+
+#[derive(Debug, Default)]
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the proxy holds: name to version.
+    known: BTreeMap<String, String>,
+    /// Nonce to the system version it carried, until answered.
+    pending: BTreeMap<String, String>,
+    sent_version: Option<String>,
+    acked_version: Option<String>,
+    nack: Option<String>,
+}
+
+impl TypeState {
+    fn in_scope(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// State of one delta stream.
+#[derive(Debug, Default)]
+pub struct DeltaStream {
+    node: Option<Node>,
+    types: BTreeMap<String, TypeState>,
+    nonce: u64,
+}
+
+impl DeltaStream {
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    /// Handles one request against the current snapshot.
+    pub fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &ProxySnapshot,
+    ) -> Result<(Option<DeltaDiscoveryResponse>, Option<Reply>), ProtocolError> {
+        if let Some(node) = request.node {
+            self.node = Some(node);
+        } else if self.node.is_none() {
+            return Err(ProtocolError::MissingNode);
+        }
+        if request.type_url.is_empty() {
+            return Err(ProtocolError::MissingTypeUrl);
+        }
+        let type_url = request.type_url;
+        let first = !self.types.contains_key(&type_url);
+        let state = self.types.entry(type_url.clone()).or_default();
+
+        let mut reply = None;
+        if let Some(version) = state.pending.remove(&request.response_nonce) {
+            reply = Some(match request.error_detail {
+                Some(error) => {
+                    state.nack = Some(error.message.clone());
+                    Reply::Nack {
+                        type_url: type_url.clone(),
+                        version,
+                        reason: error.message,
+                    }
+                }
+                None => {
+                    state.acked_version = Some(version.clone());
+                    state.nack = None;
+                    Reply::Ack {
+                        type_url: type_url.clone(),
+                        version,
+                    }
+                }
+            });
+        }
+
+        if first {
+            state.wildcard =
+                request.resource_names_subscribe.is_empty() && is_wildcard_type(&type_url);
+            state.known = request.initial_resource_versions.into_iter().collect();
+        }
+        for name in request.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.names.insert(name);
+            }
+        }
+        for name in request.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(&name);
+            }
+            state.known.remove(&name);
+        }
+        // Forget the proxy's copies of anything no longer subscribed.
+        let TypeState {
+            known,
+            wildcard,
+            names,
+            ..
+        } = state;
+        known.retain(|name, _| *wildcard || names.contains(name));
+
+        let response = self.diff(&type_url, snapshot, first);
+        Ok((response, reply))
+    }
+
+    /// Responses for every type whose subscribed resources changed in `snapshot`.
+    pub fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<DeltaDiscoveryResponse> {
+        let types: Vec<String> = self.types.keys().cloned().collect();
+        types
+            .iter()
+            .filter_map(|t| self.diff(t, snapshot, false))
+            .collect()
+    }
+
+    pub fn status(&self) -> Vec<TypeStatus> {
+        self.types
+            .iter()
+            .map(|(type_url, s)| TypeStatus {
+                type_url: type_url.clone(),
+                sent_version: s.sent_version.clone(),
+                acked_version: s.acked_version.clone(),
+                nack: s.nack.clone(),
+            })
+            .collect()
+    }
+
+    /// What the proxy lacks for `type_url`; `always` answers even when nothing changed (the first
+    /// request of a type, so the proxy can finish initialising).
+    fn diff(
+        &mut self,
+        type_url: &str,
+        snapshot: &ProxySnapshot,
+        always: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let state = self.types.get_mut(type_url)?;
+        let typed = snapshot.get(type_url);
+        let mut resources = Vec::new();
+        if let Some(typed) = typed {
+            for item in typed.items.values() {
+                if state.in_scope(&item.name) && state.known.get(&item.name) != Some(&item.version)
+                {
+                    state.known.insert(item.name.clone(), item.version.clone());
+                    resources.push(Resource {
+                        name: item.name.clone(),
+                        version: item.version.clone(),
+                        resource: Some(item.body.clone()),
+                        ..Resource::default()
+                    });
+                }
+            }
+        }
+        let removed: Vec<String> = state
+            .known
+            .keys()
+            .filter(|name| typed.is_none_or(|t| !t.items.contains_key(*name)))
+            .cloned()
+            .collect();
+        for name in &removed {
+            state.known.remove(name);
+        }
+        if resources.is_empty() && removed.is_empty() && !always {
+            return None;
+        }
+        let version = typed.map(|t| t.version.clone()).unwrap_or_default();
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        state.pending.insert(nonce.clone(), version.clone());
+        state.sent_version = Some(version.clone());
+        Some(DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            removed_resources: removed,
+            type_url: type_url.to_owned(),
+            nonce,
+            ..DeltaDiscoveryResponse::default()
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! The xDS server: Envoy's aggregated discovery service (ADS), state-of-the-world and delta.
+//!
+//! The protocol is handled by pure per-stream state machines ([`sotw`], [`delta`]) over a
+//! per-proxy [`resources::ProxySnapshot`]; the gRPC glue feeds them requests and snapshot
+//! changes.
+
+pub mod delta;
+pub mod resources;
+pub mod sotw;
+pub mod status;
+
+#[cfg(test)]
+mod tests;

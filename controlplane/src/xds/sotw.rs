@@ -1,0 +1,179 @@
+//! One state-of-the-world ADS stream, as a pure state machine: requests and snapshot changes go
+//! in, responses and ACK/NACK outcomes come out. The gRPC glue lives in `server.rs`.
+//!
+//! Protocol rules (Envoy's xDS protocol):
+//! - the node comes in the first request; later requests may omit it;
+//! - a request whose `response_nonce` is not the last one sent for its type is stale and ignored;
+//! - `error_detail` set means NACK: the proxy keeps its previous config, and the same version is
+//!   not sent again;
+//! - an empty `resource_names` on LDS/CDS (or `*`) subscribes to everything;
+//! - a first request carrying the version already current (a reconnect after an `isthmusd`
+//!   restart with unchanged config) gets no response until something changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use isthmus_api::envoy::envoy::config::core::v3::Node;
+use isthmus_api::envoy::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::resources::{ProxySnapshot, is_wildcard_type};
+use super::status::{Reply, TypeStatus};
+
+/// A request that breaks the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("the first request of a stream must carry the node")]
+    MissingNode,
+    #[error("the request has no type_url")]
+    MissingTypeUrl,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// `None`: wildcard.
+    names: Option<BTreeSet<String>>,
+    sent_version: Option<String>,
+    sent_nonce: Option<String>,
+    acked_version: Option<String>,
+    nack: Option<String>,
+}
+
+/// State of one SotW stream.
+#[derive(Debug, Default)]
+pub struct SotwStream {
+    node: Option<Node>,
+    types: BTreeMap<String, TypeState>,
+    nonce: u64,
+}
+
+impl SotwStream {
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    /// Handles one request against the current snapshot.
+    pub fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        snapshot: &ProxySnapshot,
+    ) -> Result<(Option<DiscoveryResponse>, Option<Reply>), ProtocolError> {
+        if let Some(node) = request.node {
+            self.node = Some(node);
+        } else if self.node.is_none() {
+            return Err(ProtocolError::MissingNode);
+        }
+        if request.type_url.is_empty() {
+            return Err(ProtocolError::MissingTypeUrl);
+        }
+        let type_url = request.type_url;
+        let state = self.types.entry(type_url.clone()).or_default();
+
+        let mut reply = None;
+        if !request.response_nonce.is_empty() {
+            if state.sent_nonce.as_deref() != Some(request.response_nonce.as_str()) {
+                return Ok((None, None)); // stale
+            }
+            let version = state.sent_version.clone().unwrap_or_default();
+            reply = Some(match request.error_detail {
+                Some(error) => {
+                    state.nack = Some(error.message.clone());
+                    Reply::Nack {
+                        type_url: type_url.clone(),
+                        version,
+                        reason: error.message,
+                    }
+                }
+                None => {
+                    state.acked_version = Some(version.clone());
+                    state.nack = None;
+                    Reply::Ack {
+                        type_url: type_url.clone(),
+                        version,
+                    }
+                }
+            });
+        }
+
+        let wildcard = request.resource_names.iter().any(|n| n == "*")
+            || (request.resource_names.is_empty() && is_wildcard_type(&type_url));
+        let names =
+            (!wildcard).then(|| request.resource_names.into_iter().collect::<BTreeSet<_>>());
+        let first = state.sent_nonce.is_none() && state.sent_version.is_none();
+        let names_changed = state.names != names;
+        state.names = names;
+
+        let current = snapshot
+            .get(&type_url)
+            .map(|t| t.version.clone())
+            .unwrap_or_default();
+        if first && !request.version_info.is_empty() && request.version_info == current {
+            // The proxy already has exactly this: remember it, send nothing.
+            state.sent_version = Some(current.clone());
+            state.acked_version = Some(current);
+            return Ok((None, reply));
+        }
+        let response = (first || names_changed).then(|| self.respond(&type_url, snapshot));
+        Ok((response, reply))
+    }
+
+    /// Responses for every subscribed type whose version changed in `snapshot`.
+    pub fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<DiscoveryResponse> {
+        let due: Vec<String> = self
+            .types
+            .iter()
+            .filter(|(type_url, state)| {
+                let current = snapshot
+                    .get(type_url)
+                    .map(|t| t.version.as_str())
+                    .unwrap_or_default();
+                state.sent_version.as_deref() != Some(current)
+            })
+            .map(|(type_url, _)| type_url.clone())
+            .collect();
+        due.iter().map(|t| self.respond(t, snapshot)).collect()
+    }
+
+    /// Per-type status of this stream.
+    pub fn status(&self) -> Vec<TypeStatus> {
+        self.types
+            .iter()
+            .map(|(type_url, s)| TypeStatus {
+                type_url: type_url.clone(),
+                sent_version: s.sent_version.clone(),
+                acked_version: s.acked_version.clone(),
+                nack: s.nack.clone(),
+            })
+            .collect()
+    }
+
+    fn respond(&mut self, type_url: &str, snapshot: &ProxySnapshot) -> DiscoveryResponse {
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let state = self.types.entry(type_url.to_owned()).or_default();
+        let (version, resources) = match snapshot.get(type_url) {
+            Some(typed) => (
+                typed.version.clone(),
+                typed
+                    .items
+                    .values()
+                    .filter(|r| {
+                        state
+                            .names
+                            .as_ref()
+                            .is_none_or(|names| names.contains(&r.name))
+                    })
+                    .map(|r| r.body.clone())
+                    .collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        };
+        state.sent_version = Some(version.clone());
+        state.sent_nonce = Some(nonce.clone());
+        DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: type_url.to_owned(),
+            nonce,
+            ..DiscoveryResponse::default()
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The ADS protocol edge cases, on the pure stream state machines.
+
+use std::collections::HashMap;
+
+use isthmus_api::envoy::envoy::config::core::v3::Node;
+use isthmus_api::envoy::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_api::envoy::google::rpc::Status;
+
+use super::delta::DeltaStream;
+use super::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, TypeResources};
+use super::sotw::{ProtocolError, SotwStream};
+use super::status::Reply;
+
+fn node() -> Option<Node> {
+    Some(Node {
+        id: "sidecar~127.0.0.1~ratings.bookinfo~bookinfo.svc.cluster.local".into(),
+        ..Node::default()
+    })
+}
+
+/// A resource whose body is `content` (enough to give distinct versions).
+fn res(type_url: &str, items: &[(&str, &str)]) -> TypeResources {
+    TypeResources::new(items.iter().map(|(name, content)| {
+        (
+            (*name).to_owned(),
+            Any {
+                type_url: type_url.to_owned(),
+                value: format!("{name}={content}").into_bytes(),
+            },
+        )
+    }))
+}
+
+fn snapshot(clusters: &[(&str, &str)], endpoints: &[(&str, &str)]) -> ProxySnapshot {
+    ProxySnapshot::default()
+        .with(CLUSTER, res(CLUSTER, clusters))
+        .with(ENDPOINT, res(ENDPOINT, endpoints))
+        .with(LISTENER, res(LISTENER, &[("inbound", "1")]))
+}
+
+fn req(type_url: &str, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.into(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        ..DiscoveryRequest::default()
+    }
+}
+
+fn nack(mut r: DiscoveryRequest, message: &str) -> DiscoveryRequest {
+    r.error_detail = Some(Status {
+        code: 3,
+        message: message.into(),
+        ..Status::default()
+    });
+    r
+}
+
+fn names(resources: &[Any]) -> Vec<String> {
+    resources
+        .iter()
+        .map(|a| {
+            String::from_utf8_lossy(&a.value)
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn sotw_first_request_needs_the_node_and_later_ones_may_omit_it() {
+    let snap = snapshot(&[("a", "1")], &[]);
+    let mut s = SotwStream::default();
+    assert_eq!(
+        s.on_request(req(CLUSTER, "", "", &[]), &snap).unwrap_err(),
+        ProtocolError::MissingNode
+    );
+    let mut first = req(CLUSTER, "", "", &[]);
+    first.node = node();
+    let (response, _) = s.on_request(first, &snap).unwrap();
+    assert!(response.is_some());
+    // Node sent only once: the listener request without it is served, the node remembered.
+    let (response, _) = s.on_request(req(LISTENER, "", "", &[]), &snap).unwrap();
+    assert_eq!(names(&response.unwrap().resources), ["inbound"]);
+    assert_eq!(s.node().unwrap().id, node().unwrap().id);
+}
+
+#[test]
+fn sotw_nack_then_corrected_config() {
+    let v1 = snapshot(&[("a", "1")], &[]);
+    let mut s = SotwStream::default();
+    let mut first = req(CLUSTER, "", "", &[]);
+    first.node = node();
+    let r1 = s.on_request(first, &v1).unwrap().0.unwrap();
+    let (none, ack) = s
+        .on_request(req(CLUSTER, &r1.version_info, &r1.nonce, &[]), &v1)
+        .unwrap();
+    assert!(none.is_none());
+    assert!(matches!(ack, Some(Reply::Ack { .. })));
+
+    // A bad change: the proxy NACKs it.
+    let bad = snapshot(&[("a", "broken")], &[]);
+    let r2 = s.on_snapshot(&bad).pop().unwrap();
+    let (none, reply) = s
+        .on_request(
+            nack(
+                req(CLUSTER, &r1.version_info, &r2.nonce, &[]),
+                "cluster a: bad field",
+            ),
+            &bad,
+        )
+        .unwrap();
+    assert!(none.is_none());
+    assert_eq!(
+        reply,
+        Some(Reply::Nack {
+            type_url: CLUSTER.into(),
+            version: r2.version_info.clone(),
+            reason: "cluster a: bad field".into()
+        })
+    );
+    let status = s.status();
+    assert_eq!(status[0].nack.as_deref(), Some("cluster a: bad field"));
+    assert_eq!(
+        status[0].acked_version.as_deref(),
+        Some(r1.version_info.as_str())
+    );
+    // The rejected version is not sent again.
+    assert!(s.on_snapshot(&bad).is_empty());
+
+    // The corrected config is pushed and accepted; the NACK clears.
+    let fixed = snapshot(&[("a", "2")], &[]);
+    let r3 = s.on_snapshot(&fixed).pop().unwrap();
+    assert_ne!(r3.version_info, r2.version_info);
+    let (_, reply) = s
+        .on_request(req(CLUSTER, &r3.version_info, &r3.nonce, &[]), &fixed)
+        .unwrap();
+    assert!(matches!(reply, Some(Reply::Ack { .. })));
+    assert_eq!(s.status()[0].nack, None);
+}
+
+#[test]
+fn sotw_stale_nonces_are_ignored() {
+    let v1 = snapshot(&[("a", "1")], &[]);
+    let mut s = SotwStream::default();
+    let mut first = req(CLUSTER, "", "", &[]);
+    first.node = node();
+    let r1 = s.on_request(first, &v1).unwrap().0.unwrap();
+    let v2 = snapshot(&[("a", "2")], &[]);
+    let r2 = s.on_snapshot(&v2).pop().unwrap();
+    // A late ACK of the first response must not count as an ACK of the second.
+    let (response, reply) = s
+        .on_request(req(CLUSTER, &r1.version_info, &r1.nonce, &[]), &v2)
+        .unwrap();
+    assert!(response.is_none() && reply.is_none());
+    assert_eq!(s.status()[0].acked_version, None);
+    let (_, reply) = s
+        .on_request(req(CLUSTER, &r2.version_info, &r2.nonce, &[]), &v2)
+        .unwrap();
+    assert!(matches!(reply, Some(Reply::Ack { version, .. }) if version == r2.version_info));
+}
+
+#[test]
+fn sotw_reconnect_with_known_version_gets_nothing_until_a_change() {
+    let v1 = snapshot(&[("a", "1")], &[]);
+    let current = v1.get(CLUSTER).unwrap().version.clone();
+    // A new stream (isthmusd restarted); the proxy says it has the current version.
+    let mut s = SotwStream::default();
+    let mut first = req(CLUSTER, &current, "", &[]);
+    first.node = node();
+    let (response, _) = s.on_request(first, &v1).unwrap();
+    assert!(
+        response.is_none(),
+        "nothing to send: the proxy is up to date"
+    );
+    assert!(s.on_snapshot(&v1).is_empty());
+    let v2 = snapshot(&[("a", "1"), ("b", "1")], &[]);
+    assert_eq!(names(&s.on_snapshot(&v2)[0].resources), ["a", "b"]);
+
+    // With an old version it gets the current config at once.
+    let mut s = SotwStream::default();
+    let mut first = req(CLUSTER, "old-version", "", &[]);
+    first.node = node();
+    assert!(s.on_request(first, &v1).unwrap().0.is_some());
+}
+
+#[test]
+fn sotw_named_subscriptions_get_only_their_resources() {
+    let snap = snapshot(&[], &[("a", "1"), ("b", "1"), ("c", "1")]);
+    let mut s = SotwStream::default();
+    let mut first = req(ENDPOINT, "", "", &["a"]);
+    first.node = node();
+    let r1 = s.on_request(first, &snap).unwrap().0.unwrap();
+    assert_eq!(names(&r1.resources), ["a"]);
+    // Widening the subscription answers at once, with the whole new set.
+    let (r2, _) = s
+        .on_request(
+            req(ENDPOINT, &r1.version_info, &r1.nonce, &["a", "c"]),
+            &snap,
+        )
+        .unwrap();
+    assert_eq!(names(&r2.unwrap().resources), ["a", "c"]);
+}
+
+fn dreq(
+    type_url: &str,
+    subscribe: &[&str],
+    unsubscribe: &[&str],
+    nonce: &str,
+) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.into(),
+        resource_names_subscribe: subscribe.iter().map(|n| (*n).to_owned()).collect(),
+        resource_names_unsubscribe: unsubscribe.iter().map(|n| (*n).to_owned()).collect(),
+        response_nonce: nonce.into(),
+        ..DeltaDiscoveryRequest::default()
+    }
+}
+
+fn dnames(
+    r: &isthmus_api::envoy::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+) -> Vec<String> {
+    r.resources.iter().map(|r| r.name.clone()).collect()
+}
+
+#[test]
+fn delta_sends_only_changes_and_removals() {
+    let v1 = snapshot(&[("a", "1"), ("b", "1")], &[]);
+    let mut s = DeltaStream::default();
+    let mut first = dreq(CLUSTER, &[], &[], "");
+    first.node = node();
+    let r1 = s.on_request(first, &v1).unwrap().0.unwrap();
+    assert_eq!(dnames(&r1), ["a", "b"], "wildcard CDS gets everything");
+    let (none, ack) = s
+        .on_request(dreq(CLUSTER, &[], &[], &r1.nonce), &v1)
+        .unwrap();
+    assert!(none.is_none(), "node sent once; an ACK needs no answer");
+    assert!(matches!(ack, Some(Reply::Ack { .. })));
+
+    // b changes, c appears, a disappears.
+    let v2 = snapshot(&[("b", "2"), ("c", "1")], &[]);
+    let r2 = s.on_snapshot(&v2).pop().unwrap();
+    assert_eq!(dnames(&r2), ["b", "c"]);
+    assert_eq!(r2.removed_resources, ["a"]);
+    assert!(s.on_snapshot(&v2).is_empty(), "nothing left to send");
+}
+
+#[test]
+fn delta_unsubscribe_and_resubscribe() {
+    let snap = snapshot(&[], &[("a", "1"), ("b", "1")]);
+    let mut s = DeltaStream::default();
+    let mut first = dreq(ENDPOINT, &["a", "b"], &[], "");
+    first.node = node();
+    let r1 = s.on_request(first, &snap).unwrap().0.unwrap();
+    assert_eq!(dnames(&r1), ["a", "b"]);
+    // Unsubscribing needs no answer, and changes to `a` are no longer sent.
+    let (none, _) = s
+        .on_request(dreq(ENDPOINT, &[], &["a"], &r1.nonce), &snap)
+        .unwrap();
+    assert!(none.is_none());
+    let changed = snapshot(&[], &[("a", "2"), ("b", "1")]);
+    assert!(s.on_snapshot(&changed).is_empty());
+    // Subscribing again sends it again, though its version is one the proxy once had.
+    let (r2, _) = s
+        .on_request(dreq(ENDPOINT, &["a"], &[], ""), &changed)
+        .unwrap();
+    assert_eq!(dnames(&r2.unwrap()), ["a"]);
+}
+
+#[test]
+fn delta_reconnect_with_initial_versions_sends_only_what_differs() {
+    let snap = snapshot(&[("a", "1"), ("b", "1")], &[]);
+    let versions: HashMap<String, String> = snap
+        .get(CLUSTER)
+        .unwrap()
+        .items
+        .values()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    let changed = snapshot(&[("a", "1"), ("b", "2")], &[]);
+    let mut s = DeltaStream::default();
+    let mut first = dreq(CLUSTER, &[], &[], "");
+    first.node = node();
+    first.initial_resource_versions = versions;
+    first
+        .initial_resource_versions
+        .insert("gone".into(), "x".into());
+    let r = s.on_request(first, &changed).unwrap().0.unwrap();
+    assert_eq!(dnames(&r), ["b"]);
+    assert_eq!(r.removed_resources, ["gone"]);
+}
+
+#[test]
+fn delta_nack_is_recorded_and_not_resent() {
+    let v1 = snapshot(&[("a", "1")], &[]);
+    let mut s = DeltaStream::default();
+    let mut first = dreq(CLUSTER, &[], &[], "");
+    first.node = node();
+    let r1 = s.on_request(first, &v1).unwrap().0.unwrap();
+    let mut n = dreq(CLUSTER, &[], &[], &r1.nonce);
+    n.error_detail = Some(Status {
+        message: "bad cluster".into(),
+        ..Status::default()
+    });
+    let (none, reply) = s.on_request(n, &v1).unwrap();
+    assert!(none.is_none());
+    assert!(matches!(reply, Some(Reply::Nack { reason, .. }) if reason == "bad cluster"));
+    assert_eq!(s.status()[0].nack.as_deref(), Some("bad cluster"));
+    assert!(s.on_snapshot(&v1).is_empty());
+    assert_eq!(
+        s.on_request(dreq("", &[], &[], ""), &v1).unwrap_err(),
+        ProtocolError::MissingTypeUrl
+    );
+}
