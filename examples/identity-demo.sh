@@ -14,7 +14,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-grpc=$(port); debug=$(port); admin=$(port)
+grpc=$(port); debug=$(port); admin=$(port); xds=$(port)
 id=spiffe://red.local/ns/bookinfo/sa/ratings
 mkdir -p "$work/config"
 
@@ -22,7 +22,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "start isthmusd for trust domain red.local (CA on 127.0.0.1:$grpc)"
 "$bin/isthmusd" --config-dir "$work/config" --state-dir "$work/state" --trust-domain red.local \
-  --grpc-addr "127.0.0.1:$grpc" --debug-addr "127.0.0.1:$debug" 2>"$work/isthmusd.log" &
+  --grpc-addr "127.0.0.1:$grpc" --debug-addr "127.0.0.1:$debug" --xds-plaintext-addr "127.0.0.1:$xds" 2>"$work/isthmusd.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "127.0.0.1:$debug/ready" >/dev/null && break; sleep 0.1; done
 

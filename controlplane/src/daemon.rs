@@ -23,6 +23,8 @@ use crate::ca::{Authority, CaLoadError, CaMaterial, TtlPolicy};
 use crate::config::ConfigStore;
 use crate::config::watch::{WatchSettings, watch_dir};
 use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
+use crate::xds::server::AdsServer;
+use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 /// Everything `isthmusd` is started with.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct DaemonConfig {
     /// A plugged-in CA (`cacerts` layout); otherwise a root is generated in the state directory.
     pub cacerts: Option<PathBuf>,
     pub grpc_addr: SocketAddr,
+    /// Plaintext xDS for tests and local mode; must be a loopback address.
+    pub xds_plaintext_addr: Option<SocketAddr>,
     pub debug_addr: SocketAddr,
     pub ttl: TtlPolicy,
 }
@@ -75,6 +79,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     check_config_dir(&config)?;
+    if let Some(addr) = config.xds_plaintext_addr
+        && !addr.ip().is_loopback()
+    {
+        return Err(DaemonError::Setup(format!(
+            "--xds-plaintext-addr {addr}: plaintext xDS is served on loopback addresses only"
+        )));
+    }
     // The configuration in force; a bad change is reported and the last good one stays.
     let config_store = Arc::new(ConfigStore::new());
     let _config_watch = watch_dir(
@@ -143,6 +154,12 @@ pub async fn run(
 
     let grpc_listener = bind(config.grpc_addr).await?;
     let debug_listener = bind(config.debug_addr).await?;
+    let plaintext_listener = match config.xds_plaintext_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    // Per-proxy snapshots will be computed from the model; until then proxies get empty ones.
+    let ads = AdsServer::default();
     tracing::info!(
         grpc = %grpc_listener.local_addr().map_err(|e| DaemonError::Serve(e.to_string()))?,
         debug = %debug_listener.local_addr().map_err(|e| DaemonError::Serve(e.to_string()))?,
@@ -162,17 +179,36 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(CertificateServiceServer::new(service).max_decoding_message_size(64 * 1024))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads.clone()))
         .serve_with_incoming_shutdown(
             tls_incoming(grpc_listener, Arc::new(tls), HandshakeLimits::default()),
             stopped(stop_rx.clone()),
         );
+    let plaintext = {
+        let ads = ads.clone();
+        let stop = stopped(stop_rx.clone());
+        async move {
+            match plaintext_listener {
+                Some(listener) => tonic::transport::Server::builder()
+                    .add_service(AggregatedDiscoveryServiceServer::new(ads))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop,
+                    )
+                    .await
+                    .map_err(|e| DaemonError::Serve(format!("plaintext xDS server: {e}"))),
+                None => Ok(()),
+            }
+        }
+    };
     let debug = axum::serve(
         debug_listener,
-        crate::server::debug::router(Arc::new(registry), config_store),
+        crate::server::debug::router(Arc::new(registry), config_store, ads.streams.clone()),
     )
     .with_graceful_shutdown(stopped(stop_rx));
-    let (grpc, debug) = tokio::join!(grpc, debug);
+    let (grpc, plaintext, debug) = tokio::join!(grpc, plaintext, debug);
     grpc.map_err(|e| DaemonError::Serve(format!("gRPC server: {e}")))?;
+    plaintext?;
     debug.map_err(|e| DaemonError::Serve(format!("debug server: {e}")))?;
     tracing::info!("isthmusd stopped");
     Ok(())

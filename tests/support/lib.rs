@@ -44,6 +44,8 @@ pub fn isthmusctl(args: &[&str]) -> Output {
 pub struct Isthmusd {
     child: Child,
     pub grpc: SocketAddr,
+    /// Plaintext xDS (loopback).
+    pub xds: SocketAddr,
     pub debug: SocketAddr,
     pub state_dir: PathBuf,
     stderr_file: PathBuf,
@@ -58,6 +60,7 @@ impl Isthmusd {
         std::fs::create_dir_all(&config_dir)?;
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let debug: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let stderr_file = root.join("isthmusd.log");
         let child = Command::new(bin("isthmusd"))
             .arg("--config-dir")
@@ -71,6 +74,7 @@ impl Isthmusd {
                 "--debug-addr",
                 &debug.to_string(),
             ])
+            .args(["--xds-plaintext-addr", &xds.to_string()])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_file)?)
@@ -79,6 +83,7 @@ impl Isthmusd {
         let mut daemon = Self {
             child,
             grpc,
+            xds,
             debug,
             state_dir,
             stderr_file,
@@ -92,7 +97,10 @@ impl Isthmusd {
             if let Some(status) = self.child.try_wait()? {
                 bail!("isthmusd exited with {status}:\n{}", self.logs());
             }
-            if TcpStream::connect(self.grpc).is_ok() && TcpStream::connect(self.debug).is_ok() {
+            if [self.grpc, self.xds, self.debug]
+                .iter()
+                .all(|addr| TcpStream::connect(addr).is_ok())
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -151,6 +159,14 @@ pub fn isthmusd_start_failure(root: &Path, args: &[&str]) -> (Option<i32>, Strin
         .args(args)
         .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--debug-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(if args.contains(&"--xds-plaintext-addr") {
+            Vec::new()
+        } else {
+            vec![
+                "--xds-plaintext-addr".to_owned(),
+                format!("127.0.0.1:{}", free_port()),
+            ]
+        })
         .current_dir(root)
         .stdin(Stdio::null())
         .output()

@@ -9,7 +9,7 @@ use isthmus_api::identity::TrustDomain;
 use isthmus_controlplane::ca::TtlPolicy;
 use isthmus_controlplane::daemon::{DaemonConfig, run};
 
-/// Isthmus control plane daemon: the mesh certificate authority.
+/// Isthmus control plane daemon: the mesh certificate authority and xDS server.
 #[derive(Debug, Parser)]
 #[command(name = "isthmusd", version)]
 struct Args {
@@ -29,9 +29,15 @@ struct Args {
     /// Without it, a root is generated in the state directory on first start.
     #[arg(long, env = "ISTHMUS_CACERTS")]
     cacerts: Option<PathBuf>,
-    /// Address of the TLS gRPC port (certificate service).
+    /// Address of the TLS gRPC port (certificate service, xDS).
     #[arg(long, default_value = "0.0.0.0:15012")]
     grpc_addr: SocketAddr,
+    /// Plaintext xDS address for tests and local mode; loopback addresses only.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_plaintext_addr: Option<SocketAddr>,
+    /// Do not serve plaintext xDS at all.
+    #[arg(long, conflicts_with = "xds_plaintext_addr")]
+    no_xds_plaintext: bool,
     /// Address of the debug port (metrics, readiness).
     #[arg(long, default_value = "0.0.0.0:15014")]
     debug_addr: SocketAddr,
@@ -70,6 +76,9 @@ async fn main() -> std::process::ExitCode {
         namespace: args.namespace,
         cacerts: args.cacerts,
         grpc_addr: args.grpc_addr,
+        xds_plaintext_addr: (!args.no_xds_plaintext)
+            .then_some(args.xds_plaintext_addr)
+            .flatten(),
         debug_addr: args.debug_addr,
         ttl: TtlPolicy {
             default: args.workload_cert_ttl,

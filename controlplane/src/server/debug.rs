@@ -1,4 +1,5 @@
-//! `isthmusd`'s debug port (15014): Prometheus metrics, readiness, configuration status.
+//! `isthmusd`'s debug port (15014): Prometheus metrics, readiness, configuration status, and
+//! the connected xDS streams with their per-type versions and ACK/NACK state.
 
 use std::sync::Arc;
 
@@ -11,10 +12,22 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::config::ConfigStore;
+use crate::xds::streams::StreamRegistry;
 
 /// The debug HTTP routes.
-pub fn router(registry: Arc<Registry>, config: Arc<ConfigStore>) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    config: Arc<ConfigStore>,
+    streams: Arc<StreamRegistry>,
+) -> Router {
     Router::new()
+        .route(
+            "/debug/xds",
+            get(move || {
+                let streams = streams.clone();
+                async move { xds_status(&streams).await }
+            }),
+        )
         .route(
             "/debug/config",
             get(move || {
@@ -74,4 +87,29 @@ fn config_status(store: &ConfigStore) -> axum::Json<serde_json::Value> {
         "rejectedAt": status.rejected_at.map(format_time),
         "errors": errors,
     }))
+}
+
+/// Every open xDS stream: node, protocol, and per type what was sent, acknowledged or rejected.
+async fn xds_status(streams: &StreamRegistry) -> axum::Json<serde_json::Value> {
+    let list: Vec<_> = streams
+        .list()
+        .await
+        .into_iter()
+        .map(|s| {
+            let types: Vec<_> = s
+                .types
+                .iter()
+                .map(|t| {
+                    json!({
+                        "typeUrl": t.type_url,
+                        "sent": t.sent_version,
+                        "acked": t.acked_version,
+                        "nack": t.nack,
+                    })
+                })
+                .collect();
+            json!({ "stream": s.id, "protocol": s.protocol, "node": s.node_id, "types": types })
+        })
+        .collect();
+    axum::Json(json!({ "streams": list }))
 }

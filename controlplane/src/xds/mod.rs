@@ -4,10 +4,13 @@
 //! per-proxy [`resources::ProxySnapshot`]; the gRPC glue feeds them requests and snapshot
 //! changes.
 
+pub mod cache;
 pub mod delta;
 pub mod resources;
+pub mod server;
 pub mod sotw;
 pub mod status;
+pub mod streams;
 
 #[cfg(test)]
 mod tests;

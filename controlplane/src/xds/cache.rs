@@ -1,0 +1,49 @@
+//! The snapshot each proxy should have, by node id. The model pipeline sets them; each stream
+//! watches its node's. A watch channel keeps only the newest value, so a burst of updates
+//! reaches a slow stream as one push.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{RwLock, watch};
+
+use super::resources::ProxySnapshot;
+
+#[derive(Debug, Default)]
+pub struct SnapshotCache {
+    nodes: RwLock<HashMap<String, watch::Sender<Arc<ProxySnapshot>>>>,
+}
+
+impl SnapshotCache {
+    /// Sets the snapshot of `node_id`; streams of that node are notified if it changed.
+    pub async fn set(&self, node_id: &str, snapshot: ProxySnapshot) {
+        let mut nodes = self.nodes.write().await;
+        match nodes.get(node_id) {
+            Some(tx) => {
+                tx.send_if_modified(|current| {
+                    let changed = **current != snapshot;
+                    if changed {
+                        *current = Arc::new(snapshot);
+                    }
+                    changed
+                });
+            }
+            None => {
+                nodes.insert(node_id.to_owned(), watch::channel(Arc::new(snapshot)).0);
+            }
+        }
+    }
+
+    /// Watches `node_id`'s snapshot (empty until one is set).
+    pub async fn subscribe(&self, node_id: &str) -> watch::Receiver<Arc<ProxySnapshot>> {
+        if let Some(tx) = self.nodes.read().await.get(node_id) {
+            return tx.subscribe();
+        }
+        self.nodes
+            .write()
+            .await
+            .entry(node_id.to_owned())
+            .or_insert_with(|| watch::channel(Arc::new(ProxySnapshot::default())).0)
+            .subscribe()
+    }
+}
