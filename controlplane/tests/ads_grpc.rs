@@ -12,6 +12,8 @@ use isthmus_api::envoy::google::protobuf::Any;
 use isthmus_api::envoy::google::rpc::Status;
 use isthmus_controlplane::xds::resources::{CLUSTER, ProxySnapshot, TypeResources};
 use isthmus_controlplane::xds::server::AdsServer;
+use isthmus_controlplane::xds::status::TypeStatus;
+use isthmus_controlplane::xds::streams::StreamInfo;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -90,21 +92,11 @@ async fn sotw_push_ack_nack_over_grpc() {
     .unwrap();
 
     // Wait for the ACK to register: a push that overtook it would make it stale (by protocol).
-    let mut acked = false;
-    for _ in 0..100 {
-        let streams = server.streams.list().await;
-        if streams
-            .first()
-            .and_then(|s| s.types.first())
-            .and_then(|t| t.acked_version.clone())
-            == Some(r1.version_info.clone())
-        {
-            acked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(acked, "ACK not recorded");
+    let acked = Some(r1.version_info.clone());
+    wait_for(&server, "the ACK", |streams| {
+        first_type(streams).is_some_and(|t| t.acked_version == acked)
+    })
+    .await;
 
     // A change is pushed; the proxy NACKs it; status shows it.
     server
@@ -126,35 +118,46 @@ async fn sotw_push_ack_nack_over_grpc() {
     })
     .await
     .unwrap();
-    let mut nack = None;
-    for _ in 0..100 {
-        let streams = server.streams.list().await;
-        nack = streams
-            .first()
-            .and_then(|s| s.types.first())
-            .and_then(|t| t.nack.clone());
-        if nack.is_some() {
-            assert_eq!(streams[0].node_id, NODE);
-            assert_eq!(
-                streams[0].types[0].acked_version.as_deref(),
-                Some(r1.version_info.as_str())
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(nack.as_deref(), Some("cluster b: unknown field"));
+    let streams = wait_for(&server, "the NACK", |streams| {
+        first_type(streams).is_some_and(|t| t.nack.is_some())
+    })
+    .await;
+    let status = first_type(&streams).unwrap();
+    assert_eq!(status.nack.as_deref(), Some("cluster b: unknown field"));
+    assert_eq!(
+        status.acked_version.as_deref(),
+        Some(r1.version_info.as_str())
+    );
+    assert_eq!(streams[0].node_id, NODE);
 
     // Closing the stream removes it from status.
     drop(tx);
     drop(responses);
+    wait_for(&server, "the stream to close", Vec::is_empty).await;
+}
+
+/// The first type of the first open stream.
+fn first_type(streams: &[StreamInfo]) -> Option<&TypeStatus> {
+    streams.first().and_then(|s| s.types.first())
+}
+
+/// Polls the stream registry until `done` holds (2 s at most).
+async fn wait_for(
+    server: &AdsServer,
+    what: &str,
+    done: impl Fn(&Vec<StreamInfo>) -> bool,
+) -> Vec<StreamInfo> {
     for _ in 0..100 {
-        if server.streams.list().await.is_empty() {
-            return;
+        let streams = server.streams.list().await;
+        if done(&streams) {
+            return streams;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("closed stream still listed");
+    panic!(
+        "timed out waiting for {what}: {:?}",
+        server.streams.list().await
+    );
 }
 
 #[tokio::test]

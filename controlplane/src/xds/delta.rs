@@ -14,8 +14,7 @@ use isthmus_api::envoy::envoy::service::discovery::v3::{
 };
 
 use super::resources::{ProxySnapshot, is_wildcard_type};
-use super::sotw::ProtocolError;
-use super::status::{Reply, TypeStatus};
+use super::status::{ProtocolError, Reply, ReplyState, TypeStatus, check_request};
 
 #[derive(Debug, Default)]
 struct TypeState {
@@ -25,9 +24,7 @@ struct TypeState {
     known: BTreeMap<String, String>,
     /// Nonce to the system version it carried, until answered.
     pending: BTreeMap<String, String>,
-    sent_version: Option<String>,
-    acked_version: Option<String>,
-    nack: Option<String>,
+    replies: ReplyState,
 }
 
 impl TypeState {
@@ -55,38 +52,18 @@ impl DeltaStream {
         request: DeltaDiscoveryRequest,
         snapshot: &ProxySnapshot,
     ) -> Result<(Option<DeltaDiscoveryResponse>, Option<Reply>), ProtocolError> {
-        if let Some(node) = request.node {
-            self.node = Some(node);
-        } else if self.node.is_none() {
-            return Err(ProtocolError::MissingNode);
-        }
-        if request.type_url.is_empty() {
-            return Err(ProtocolError::MissingTypeUrl);
-        }
+        check_request(&mut self.node, request.node, &request.type_url)?;
         let type_url = request.type_url;
         let first = !self.types.contains_key(&type_url);
         let state = self.types.entry(type_url.clone()).or_default();
 
         let mut reply = None;
         if let Some(version) = state.pending.remove(&request.response_nonce) {
-            reply = Some(match request.error_detail {
-                Some(error) => {
-                    state.nack = Some(error.message.clone());
-                    Reply::Nack {
-                        type_url: type_url.clone(),
-                        version,
-                        reason: error.message,
-                    }
-                }
-                None => {
-                    state.acked_version = Some(version.clone());
-                    state.nack = None;
-                    Reply::Ack {
-                        type_url: type_url.clone(),
-                        version,
-                    }
-                }
-            });
+            reply = Some(
+                state
+                    .replies
+                    .record(&type_url, version, request.error_detail),
+            );
         }
 
         if first {
@@ -134,12 +111,7 @@ impl DeltaStream {
     pub fn status(&self) -> Vec<TypeStatus> {
         self.types
             .iter()
-            .map(|(type_url, s)| TypeStatus {
-                type_url: type_url.clone(),
-                sent_version: s.sent_version.clone(),
-                acked_version: s.acked_version.clone(),
-                nack: s.nack.clone(),
-            })
+            .map(|(type_url, s)| s.replies.status(type_url))
             .collect()
     }
 
@@ -184,7 +156,7 @@ impl DeltaStream {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         state.pending.insert(nonce.clone(), version.clone());
-        state.sent_version = Some(version.clone());
+        state.replies.sent_version = Some(version.clone());
         Some(DeltaDiscoveryResponse {
             system_version_info: version,
             resources,

@@ -16,25 +16,15 @@ use isthmus_api::envoy::envoy::config::core::v3::Node;
 use isthmus_api::envoy::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::resources::{ProxySnapshot, is_wildcard_type};
-use super::status::{Reply, TypeStatus};
-
-/// A request that breaks the protocol.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    #[error("the first request of a stream must carry the node")]
-    MissingNode,
-    #[error("the request has no type_url")]
-    MissingTypeUrl,
-}
+pub use super::status::ProtocolError;
+use super::status::{Reply, ReplyState, TypeStatus, check_request};
 
 #[derive(Debug, Default)]
 struct TypeState {
     /// `None`: wildcard.
     names: Option<BTreeSet<String>>,
-    sent_version: Option<String>,
     sent_nonce: Option<String>,
-    acked_version: Option<String>,
-    nack: Option<String>,
+    replies: ReplyState,
 }
 
 /// State of one SotW stream.
@@ -56,14 +46,7 @@ impl SotwStream {
         request: DiscoveryRequest,
         snapshot: &ProxySnapshot,
     ) -> Result<(Option<DiscoveryResponse>, Option<Reply>), ProtocolError> {
-        if let Some(node) = request.node {
-            self.node = Some(node);
-        } else if self.node.is_none() {
-            return Err(ProtocolError::MissingNode);
-        }
-        if request.type_url.is_empty() {
-            return Err(ProtocolError::MissingTypeUrl);
-        }
+        check_request(&mut self.node, request.node, &request.type_url)?;
         let type_url = request.type_url;
         let state = self.types.entry(type_url.clone()).or_default();
 
@@ -72,32 +55,19 @@ impl SotwStream {
             if state.sent_nonce.as_deref() != Some(request.response_nonce.as_str()) {
                 return Ok((None, None)); // stale
             }
-            let version = state.sent_version.clone().unwrap_or_default();
-            reply = Some(match request.error_detail {
-                Some(error) => {
-                    state.nack = Some(error.message.clone());
-                    Reply::Nack {
-                        type_url: type_url.clone(),
-                        version,
-                        reason: error.message,
-                    }
-                }
-                None => {
-                    state.acked_version = Some(version.clone());
-                    state.nack = None;
-                    Reply::Ack {
-                        type_url: type_url.clone(),
-                        version,
-                    }
-                }
-            });
+            let version = state.replies.sent_version.clone().unwrap_or_default();
+            reply = Some(
+                state
+                    .replies
+                    .record(&type_url, version, request.error_detail),
+            );
         }
 
         let wildcard = request.resource_names.iter().any(|n| n == "*")
             || (request.resource_names.is_empty() && is_wildcard_type(&type_url));
         let names =
             (!wildcard).then(|| request.resource_names.into_iter().collect::<BTreeSet<_>>());
-        let first = state.sent_nonce.is_none() && state.sent_version.is_none();
+        let first = state.sent_nonce.is_none() && state.replies.sent_version.is_none();
         let names_changed = state.names != names;
         state.names = names;
 
@@ -107,8 +77,8 @@ impl SotwStream {
             .unwrap_or_default();
         if first && !request.version_info.is_empty() && request.version_info == current {
             // The proxy already has exactly this: remember it, send nothing.
-            state.sent_version = Some(current.clone());
-            state.acked_version = Some(current);
+            state.replies.sent_version = Some(current.clone());
+            state.replies.acked_version = Some(current);
             return Ok((None, reply));
         }
         let response = (first || names_changed).then(|| self.respond(&type_url, snapshot));
@@ -125,7 +95,7 @@ impl SotwStream {
                     .get(type_url)
                     .map(|t| t.version.as_str())
                     .unwrap_or_default();
-                state.sent_version.as_deref() != Some(current)
+                state.replies.sent_version.as_deref() != Some(current)
             })
             .map(|(type_url, _)| type_url.clone())
             .collect();
@@ -136,12 +106,7 @@ impl SotwStream {
     pub fn status(&self) -> Vec<TypeStatus> {
         self.types
             .iter()
-            .map(|(type_url, s)| TypeStatus {
-                type_url: type_url.clone(),
-                sent_version: s.sent_version.clone(),
-                acked_version: s.acked_version.clone(),
-                nack: s.nack.clone(),
-            })
+            .map(|(type_url, s)| s.replies.status(type_url))
             .collect()
     }
 
@@ -166,7 +131,7 @@ impl SotwStream {
             ),
             None => (String::new(), Vec::new()),
         };
-        state.sent_version = Some(version.clone());
+        state.replies.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         DiscoveryResponse {
             version_info: version,
