@@ -124,3 +124,32 @@ fn isthmusctl_config_validate_locates_every_problem() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 problem(s)"));
 }
+
+#[test]
+fn isthmusctl_status_names_the_rejected_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    write(&config, "routes.yaml", ROUTES);
+    let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
+    wait_for(&daemon, "the first load", |s| s["version"] == 1);
+    write(
+        &config,
+        "routes.yaml",
+        &ROUTES.replace("  - route:", "  - fault: {abort: {}}\n    route:"),
+    );
+    wait_for(&daemon, "the rejection", |s| {
+        !s["errors"].as_array().unwrap().is_empty()
+    });
+
+    let out = isthmusctl(&["status", "--debug-addr", &daemon.debug.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CONFIG   version 1"), "{text}");
+    assert!(text.contains("routes.yaml:1 (document 1): VirtualService reviews: spec.http[0].fault: not supported by Isthmus"), "{text}");
+    assert!(text.contains("(no proxy connected)"), "{text}");
+}

@@ -3,11 +3,13 @@
 
 pub mod cert;
 pub mod config;
+mod debug_client;
+pub mod status;
 pub mod token;
 
 use clap::{Parser, Subcommand};
 
-/// Operate Isthmus meshes: bootstrap tokens, workload certificates, configuration.
+/// Operate Isthmus meshes: status, configuration, bootstrap tokens, workload certificates.
 #[derive(Debug, Parser)]
 #[command(name = "isthmusctl", version)]
 pub struct Cli {
@@ -26,6 +28,9 @@ pub enum Command {
     /// Mesh configuration (YAML): validate a directory offline.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// What a running isthmusd has: configuration in force and rejected, connected proxies with
+    /// their version and ACK/NACK state per xDS type.
+    Status(status::StatusCommand),
 }
 
 impl Cli {
@@ -34,6 +39,7 @@ impl Cli {
             Command::Token(cmd) => cmd.run(),
             Command::Cert(cmd) => cmd.run().await,
             Command::Config(cmd) => cmd.run(),
+            Command::Status(cmd) => cmd.run().await,
         }
     }
 }

@@ -1,0 +1,127 @@
+//! `isthmusctl status`: the configuration in force (and why the newest change was rejected, if
+//! it was) and every connected proxy with its version and ACK/NACK state per xDS type.
+
+use std::fmt::Write as _;
+
+use clap::Args;
+use serde_json::Value;
+
+use super::debug_client::get_json;
+
+#[derive(Debug, Args)]
+pub struct StatusCommand {
+    /// isthmusd's debug address (host:port).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub debug_addr: String,
+}
+
+impl StatusCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let config = get_json(&self.debug_addr, "/debug/config").await?;
+        let xds = get_json(&self.debug_addr, "/debug/xds").await?;
+        print!("{}", render(&config, &xds));
+        Ok(())
+    }
+}
+
+/// The report, from the two debug documents.
+pub fn render(config: &Value, xds: &Value) -> String {
+    let mut out = String::new();
+    let counts: Vec<String> = config["resources"]
+        .as_object()
+        .map(|m| m.iter().map(|(kind, n)| format!("{n} {kind}")).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "CONFIG   version {} applied {}: {}",
+        config["version"],
+        config["appliedAt"].as_str().unwrap_or("never"),
+        if counts.is_empty() {
+            "no resources".to_owned()
+        } else {
+            counts.join(", ")
+        }
+    );
+    for error in config["errors"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "REJECTED {}",
+            error["message"].as_str().unwrap_or_default()
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<56} {:<6} {:<16} {:<17} {:<17} STATE",
+        "PROXY", "XDS", "TYPE", "SENT", "ACKED"
+    );
+    let streams = xds["streams"].as_array().cloned().unwrap_or_default();
+    if streams.is_empty() {
+        let _ = writeln!(out, "(no proxy connected)");
+    }
+    for stream in &streams {
+        let node = stream["node"].as_str().unwrap_or_default();
+        let protocol = stream["protocol"].as_str().unwrap_or_default();
+        for t in stream["types"].as_array().into_iter().flatten() {
+            let short = t["typeUrl"]
+                .as_str()
+                .unwrap_or_default()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default();
+            let state = match (t["nack"].as_str(), t["acked"].as_str(), t["sent"].as_str()) {
+                (Some(reason), ..) => format!("NACK: {reason}"),
+                (None, Some(acked), Some(sent)) if acked == sent => "ACK".to_owned(),
+                (None, _, Some(_)) => "waiting for ACK".to_owned(),
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<56} {:<6} {:<16} {:<17} {:<17} {state}",
+                node,
+                protocol,
+                short,
+                t["sent"].as_str().unwrap_or("-"),
+                t["acked"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn report_names_rejections_and_proxy_states() {
+        let config = json!({"version": 2, "appliedAt": "2026-11-23T10:00:00Z", "resources": {"VirtualService": 1},
+            "errors": [{"message": "routes.yaml:9 (document 2): VirtualService ratings: spec.http[0].mirror: not supported by Isthmus"}]});
+        let xds = json!({"streams": [{"node": "sidecar~a", "protocol": "sotw", "types": [
+            {"typeUrl": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "sent": "v2", "acked": "v2", "nack": null},
+            {"typeUrl": "type.googleapis.com/envoy.config.listener.v3.Listener", "sent": "v3", "acked": "v1", "nack": "bad filter"}]}]});
+        let text = render(&config, &xds);
+        assert!(
+            text.contains("CONFIG   version 2 applied 2026-11-23T10:00:00Z: 1 VirtualService"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "REJECTED routes.yaml:9 (document 2): VirtualService ratings: spec.http[0].mirror"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("Cluster") && l.ends_with("ACK")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("Listener") && l.ends_with("NACK: bad filter")),
+            "{text}"
+        );
+    }
+}
