@@ -98,6 +98,22 @@ pub struct WorkloadEntrySpec {
 
 const KNOWN_PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"];
 
+/// `spec.hosts`: at least one, each a valid host name.
+fn validate_hosts(v: &mut Validator, hosts: &[String]) {
+    v.check(
+        !hosts.is_empty(),
+        "spec.hosts",
+        "at least one host is required",
+    );
+    for (i, host) in hosts.iter().enumerate() {
+        v.check(
+            is_host(host),
+            format!("spec.hosts[{i}]"),
+            format!("{host:?} is not a valid host"),
+        );
+    }
+}
+
 fn validate_port(v: &mut Validator, path: &str, number: u32) {
     v.check(
         (1..=65535).contains(&number),
@@ -109,18 +125,7 @@ fn validate_port(v: &mut Validator, path: &str, number: u32) {
 impl Validate for ServiceEntry {
     fn validate(&self, v: &mut Validator) {
         let s = &self.spec;
-        v.check(
-            !s.hosts.is_empty(),
-            "spec.hosts",
-            "at least one host is required",
-        );
-        for (i, host) in s.hosts.iter().enumerate() {
-            v.check(
-                is_host(host),
-                format!("spec.hosts[{i}]"),
-                format!("{host:?} is not a valid host"),
-            );
-        }
+        validate_hosts(v, &s.hosts);
         for (i, port) in s.ports.iter().enumerate() {
             validate_port(v, &format!("spec.ports[{i}].number"), port.number);
             if let Some(target) = port.target_port {
@@ -441,18 +446,7 @@ const RETRY_ON: &[&str] = &[
 impl Validate for VirtualService {
     fn validate(&self, v: &mut Validator) {
         let s = &self.spec;
-        v.check(
-            !s.hosts.is_empty(),
-            "spec.hosts",
-            "at least one host is required",
-        );
-        for (i, host) in s.hosts.iter().enumerate() {
-            v.check(
-                is_host(host),
-                format!("spec.hosts[{i}]"),
-                format!("{host:?} is not a valid host"),
-            );
-        }
+        validate_hosts(v, &s.hosts);
         v.check(
             !s.http.is_empty() || !s.tcp.is_empty(),
             "spec",
