@@ -26,6 +26,10 @@ use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
 use crate::xds::server::AdsServer;
 use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
+/// Written into the state directory once every port is bound: `{"grpc", "debug", "xdsPlaintext"}`
+/// as `host:port`, so a caller that asked for port 0 learns which port it got.
+pub const ADDRESSES_FILE: &str = "addresses.json";
+
 /// Everything `isthmusd` is started with.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -160,12 +164,20 @@ pub async fn run(
     };
     // Per-proxy snapshots will be computed from the model; until then proxies get empty ones.
     let ads = AdsServer::default();
-    tracing::info!(
-        grpc = %grpc_listener.local_addr().map_err(|e| DaemonError::Serve(e.to_string()))?,
-        debug = %debug_listener.local_addr().map_err(|e| DaemonError::Serve(e.to_string()))?,
-        identity = %identity,
-        "isthmusd ready"
-    );
+    // The addresses actually bound (a port of 0 picks a free one), for whoever started us.
+    let local = |l: &TcpListener| {
+        l.local_addr()
+            .map_err(|e| DaemonError::Serve(e.to_string()))
+    };
+    let addresses = serde_json::json!({
+        "grpc": local(&grpc_listener)?.to_string(),
+        "debug": local(&debug_listener)?.to_string(),
+        "xdsPlaintext": plaintext_listener.as_ref().map(local).transpose()?.map(|a| a.to_string()),
+    });
+    let addresses_file = config.state_dir.join(ADDRESSES_FILE);
+    write_private(&addresses_file, addresses.to_string().as_bytes())
+        .map_err(|e| DaemonError::StateDir(addresses_file.clone(), e.to_string()))?;
+    tracing::info!(%addresses, identity = %identity, "isthmusd ready");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

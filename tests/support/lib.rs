@@ -58,28 +58,45 @@ impl Isthmusd {
         let config_dir = root.join("config");
         let state_dir = root.join("state");
         std::fs::create_dir_all(&config_dir)?;
-        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let debug: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        // Port 0 everywhere: isthmusd binds free ports and publishes them, so parallel tests
+        // cannot race for a port.
+        let addresses_file = state_dir.join("addresses.json");
+        let _ = std::fs::remove_file(&addresses_file);
         let stderr_file = root.join("isthmusd.log");
-        let child = Command::new(bin("isthmusd"))
+        let mut child = Command::new(bin("isthmusd"))
             .arg("--config-dir")
             .arg(&config_dir)
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--trust-domain", trust_domain])
-            .args([
-                "--grpc-addr",
-                &grpc.to_string(),
-                "--debug-addr",
-                &debug.to_string(),
-            ])
-            .args(["--xds-plaintext-addr", &xds.to_string()])
+            .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+            .args(["--xds-plaintext-addr", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_file)?)
             .spawn()
             .context("spawn isthmusd")?;
+        let addresses = match wait_for_addresses(&mut child, &addresses_file) {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let logs = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+                bail!("{e}:\n{logs}");
+            }
+        };
+        let address = |key: &str| -> anyhow::Result<SocketAddr> {
+            addresses[key]
+                .as_str()
+                .with_context(|| format!("{key} missing from addresses.json"))?
+                .parse()
+                .context("address")
+        };
+        let (grpc, debug, xds) = (
+            address("grpc")?,
+            address("debug")?,
+            address("xdsPlaintext")?,
+        );
         let mut daemon = Self {
             child,
             grpc,
@@ -93,6 +110,7 @@ impl Isthmusd {
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
+        // The addresses file is written after binding; this waits for the servers to answer.
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait()? {
                 bail!("isthmusd exited with {status}:\n{}", self.logs());
@@ -153,19 +171,31 @@ impl Drop for Isthmusd {
     }
 }
 
+/// Waits (10 s at most) for the addresses file isthmusd writes once its ports are bound.
+fn wait_for_addresses(child: &mut Child, file: &Path) -> anyhow::Result<serde_json::Value> {
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait()? {
+            bail!("isthmusd exited with {status}");
+        }
+        if let Ok(text) = std::fs::read_to_string(file)
+            && let Ok(value) = serde_json::from_str(&text)
+        {
+            return Ok(value);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("isthmusd did not publish its addresses")
+}
+
 /// Runs `isthmusd` expecting it to fail at start-up; returns its exit code and stderr.
 pub fn isthmusd_start_failure(root: &Path, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(bin("isthmusd"))
         .args(args)
-        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--debug-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
         .args(if args.contains(&"--xds-plaintext-addr") {
             Vec::new()
         } else {
-            vec![
-                "--xds-plaintext-addr".to_owned(),
-                format!("127.0.0.1:{}", free_port()),
-            ]
+            vec!["--xds-plaintext-addr", "127.0.0.1:0"]
         })
         .current_dir(root)
         .stdin(Stdio::null())
