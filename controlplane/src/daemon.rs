@@ -22,8 +22,12 @@ use crate::ca::service::CaService;
 use crate::ca::{Authority, CaLoadError, CaMaterial, TtlPolicy};
 use crate::config::ConfigStore;
 use crate::config::watch::{WatchSettings, watch_dir};
+use crate::pipeline::gate::WorkloadGate;
+use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
+use crate::xds::cache::SnapshotCache;
 use crate::xds::server::AdsServer;
+use crate::xds::streams::StreamRegistry;
 use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 /// Written into the state directory once every port is bound: `{"grpc", "debug", "xdsPlaintext"}`
@@ -45,6 +49,10 @@ pub struct DaemonConfig {
     pub xds_plaintext_addr: Option<SocketAddr>,
     pub debug_addr: SocketAddr,
     pub ttl: TtlPolicy,
+    /// How long configuration changes settle before they are pushed.
+    pub push_debounce: Duration,
+    /// Policies in this namespace apply mesh-wide (Istio's root namespace).
+    pub root_namespace: String,
 }
 
 /// Why `isthmusd` could not start or had to stop.
@@ -120,6 +128,7 @@ pub async fn run(
     tracing::info!(origin = %material.origin, trust_domain = %config.trust_domain, "CA loaded");
     let roots_pem = material.roots_pem();
     let roots = material.roots.clone();
+    let local_bundle = (config.trust_domain.to_string(), roots_pem.clone());
     let authority = Arc::new(
         Authority::new(config.trust_domain.clone(), material, config.ttl)
             .map_err(|e| DaemonError::Setup(e.to_string()))?,
@@ -154,7 +163,11 @@ pub async fn run(
 
     let mut registry = Registry::default();
     let ca_metrics = CaMetrics::register(&mut registry);
-    let service = CaService::new(authority, TokenStore::new(&config.state_dir), ca_metrics);
+    let service = CaService::new(
+        authority.clone(),
+        TokenStore::new(&config.state_dir),
+        ca_metrics,
+    );
 
     let grpc_listener = bind(config.grpc_addr).await?;
     let debug_listener = bind(config.debug_addr).await?;
@@ -162,8 +175,31 @@ pub async fn run(
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    // Per-proxy snapshots will be computed from the model; until then proxies get empty ones.
-    let ads = AdsServer::default();
+    // Configuration flows one way: config store -> model -> per-proxy snapshots -> streams.
+    let cache = Arc::new(SnapshotCache::default());
+    let streams = Arc::new(StreamRegistry::default());
+    let pipeline = Pipeline::spawn(
+        config_store.subscribe(),
+        cache.clone(),
+        streams.clone(),
+        authority,
+        PipelineSettings {
+            debounce: config.push_debounce,
+            trust_domain: config.trust_domain.clone(),
+            root_namespace: config.root_namespace.clone(),
+            bundles: vec![local_bundle],
+        },
+    );
+    let gate = Arc::new(WorkloadGate {
+        model: pipeline.model.clone(),
+    });
+    let ads = AdsServer {
+        cache,
+        streams,
+        gate,
+        require_peer: true,
+        joins: Some(pipeline.joins.clone()),
+    };
     // The addresses actually bound (a port of 0 picks a free one), for whoever started us.
     let local = |l: &TcpListener| {
         l.local_addr()
@@ -202,7 +238,10 @@ pub async fn run(
         async move {
             match plaintext_listener {
                 Some(listener) => tonic::transport::Server::builder()
-                    .add_service(AggregatedDiscoveryServiceServer::new(ads))
+                    .add_service(AggregatedDiscoveryServiceServer::new(AdsServer {
+                        require_peer: false,
+                        ..ads
+                    }))
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         stop,

@@ -48,6 +48,14 @@ struct Args {
     #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
     max_workload_cert_ttl: Duration,
     /// Log as JSON lines instead of text.
+    /// How long configuration changes settle before they are pushed to proxies.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    push_debounce: Duration,
+
+    /// Policies in this namespace apply to the whole mesh (Istio's root namespace).
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+
     #[arg(long)]
     log_json: bool,
 }
@@ -80,6 +88,8 @@ async fn main() -> std::process::ExitCode {
             .then_some(args.xds_plaintext_addr)
             .flatten(),
         debug_addr: args.debug_addr,
+        push_debounce: args.push_debounce,
+        root_namespace: args.root_namespace,
         ttl: TtlPolicy {
             default: args.workload_cert_ttl,
             max: args.max_workload_cert_ttl,

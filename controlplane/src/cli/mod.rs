@@ -1,6 +1,7 @@
 //! `isthmusctl`: the operator's command line. Each subcommand lives in its own module.
 #![allow(clippy::print_stdout)]
 
+pub mod bootstrap;
 pub mod cert;
 pub mod config;
 mod debug_client;
@@ -31,6 +32,9 @@ pub enum Command {
     /// What a running isthmusd has: configuration in force and rejected, connected proxies with
     /// their version and ACK/NACK state per xDS type.
     Status(status::StatusCommand),
+    /// Bootstraps for proxies: `bootstrap envoy` makes a stock Envoy a workload's sidecar.
+    #[command(subcommand)]
+    Bootstrap(bootstrap::BootstrapCommand),
 }
 
 impl Cli {
@@ -40,6 +44,7 @@ impl Cli {
             Command::Cert(cmd) => cmd.run().await,
             Command::Config(cmd) => cmd.run(),
             Command::Status(cmd) => cmd.run().await,
+            Command::Bootstrap(cmd) => cmd.run(),
         }
     }
 }

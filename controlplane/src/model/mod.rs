@@ -1,9 +1,130 @@
 //! The mesh model: what the configuration means, independent of where it came from (YAML
-//! directory or Kubernetes) and of how it is delivered (xDS). Built by pure functions from a
-//! [`crate::config::ConfigSnapshot`]; per-proxy xDS resources will be computed from it.
+//! directory or Kubernetes) and of how it is delivered (xDS). Built by a pure function from a
+//! [`ConfigSnapshot`]; per-proxy xDS resources are computed from it by [`crate::xds::generate`].
 
+pub mod policy;
 pub mod registry;
+pub mod workload;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use isthmus_api::identity::TrustDomain;
+use isthmus_api::resources::Resource;
+use isthmus_api::resources::networking::{DestinationRuleSpec, VirtualServiceSpec};
+
+pub use policy::{InboundMtls, MtlsPolicy};
 pub use registry::{
     Endpoint, Locality, ModelWarning, Port, Protocol, Service, ServiceKey, build_registry,
 };
+pub use workload::{NodeError, ProxyNode, ProxyRole, Workload};
+
+use crate::config::{ConfigSnapshot, ResourceKey};
+
+/// Istio's root namespace: policies there apply mesh-wide.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// Everything the configuration says, indexed for per-proxy generation.
+#[derive(Debug, Clone)]
+pub struct MeshModel {
+    pub trust_domain: TrustDomain,
+    pub root_namespace: String,
+    pub config: Arc<ConfigSnapshot>,
+    pub services: BTreeMap<ServiceKey, Service>,
+    /// Host name to the service that declared it first.
+    pub hosts: BTreeMap<String, ServiceKey>,
+    pub workloads: BTreeMap<(String, String), Workload>,
+    /// Host name to the `VirtualService` that routes it (the first one, by key).
+    pub routes: BTreeMap<String, (ResourceKey, VirtualServiceSpec)>,
+    /// Host name to its `DestinationRule` (the first one, by key).
+    pub destination_rules: BTreeMap<String, (ResourceKey, DestinationRuleSpec)>,
+    pub warnings: Vec<ModelWarning>,
+}
+
+impl MeshModel {
+    /// The model of `config`; odd but valid input becomes a warning, never an error.
+    pub fn build(
+        config: Arc<ConfigSnapshot>,
+        trust_domain: &TrustDomain,
+        root_namespace: &str,
+    ) -> Self {
+        let (services, mut warnings) = build_registry(&config, trust_domain);
+        let mut hosts = BTreeMap::new();
+        for key in services.keys() {
+            hosts
+                .entry(key.hostname.clone())
+                .or_insert_with(|| key.clone());
+        }
+        let mut routes = BTreeMap::new();
+        let mut destination_rules = BTreeMap::new();
+        for (key, resource) in config.iter().map(|(k, r, _)| (k, r)) {
+            match resource {
+                Resource::VirtualService(vs) => {
+                    for host in &vs.spec.hosts {
+                        claim(&mut routes, &mut warnings, host, key, &vs.spec, "routes");
+                    }
+                }
+                Resource::DestinationRule(dr) => {
+                    claim(
+                        &mut destination_rules,
+                        &mut warnings,
+                        &dr.spec.host,
+                        key,
+                        &dr.spec,
+                        "traffic policy",
+                    );
+                }
+                _ => {}
+            }
+        }
+        let workloads = workload::build_workloads(&config, trust_domain);
+        Self {
+            trust_domain: trust_domain.clone(),
+            root_namespace: root_namespace.to_owned(),
+            config,
+            services,
+            hosts,
+            workloads,
+            routes,
+            destination_rules,
+            warnings,
+        }
+    }
+
+    pub fn service_of_host(&self, host: &str) -> Option<&Service> {
+        self.hosts.get(host).and_then(|k| self.services.get(k))
+    }
+
+    /// The mTLS policy of `workload`'s inbound ports.
+    pub fn mtls_policy(&self, workload: &Workload) -> MtlsPolicy {
+        policy::mtls_policy(&self.config, &self.root_namespace, workload)
+    }
+
+    pub fn authorization_policies(
+        &self,
+        workload: &Workload,
+    ) -> Vec<(
+        &ResourceKey,
+        &isthmus_api::resources::security::AuthorizationPolicySpec,
+    )> {
+        policy::authorization_policies(&self.config, &self.root_namespace, workload)
+    }
+}
+
+fn claim<T: Clone>(
+    map: &mut BTreeMap<String, (ResourceKey, T)>,
+    warnings: &mut Vec<ModelWarning>,
+    host: &str,
+    key: &ResourceKey,
+    value: &T,
+    what: &str,
+) {
+    if let Some((first, _)) = map.get(host) {
+        warnings.push(ModelWarning {
+            resource: key.clone(),
+            message: format!("the {what} of host {host} are already set by {first}; ignored"),
+        });
+        return;
+    }
+    map.insert(host.to_owned(), (key.clone(), value.clone()));
+}

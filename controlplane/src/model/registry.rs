@@ -74,7 +74,7 @@ pub struct Locality {
 }
 
 impl Locality {
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         let mut parts = s.split('/').map(str::to_owned);
         Self {
             region: parts.next().unwrap_or_default(),

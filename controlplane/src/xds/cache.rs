@@ -46,4 +46,12 @@ impl SnapshotCache {
             .or_insert_with(|| watch::channel(Arc::new(ProxySnapshot::default())).0)
             .subscribe()
     }
+
+    /// Forgets nodes nobody watches any more.
+    pub async fn prune(&self) {
+        self.nodes
+            .write()
+            .await
+            .retain(|_, tx| tx.receiver_count() > 0);
+    }
 }

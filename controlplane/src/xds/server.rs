@@ -1,8 +1,13 @@
 //! Envoy's `AggregatedDiscoveryService` over tonic: each stream runs in its own task, feeding
 //! requests and snapshot changes to its state machine ([`SotwStream`] or [`DeltaStream`]).
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
+
+use isthmus_api::envoy::envoy::config::core::v3::Node;
+use isthmus_api::envoy::google::protobuf::value;
+use isthmus_api::identity::{CertInfo, SpiffeId};
 
 use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use isthmus_api::envoy::envoy::service::discovery::v3::{
@@ -25,7 +30,7 @@ trait StreamMachine: Default + Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
     const PROTOCOL: &'static str;
-    fn node_id_of(request: &Self::Request) -> Option<String>;
+    fn node_of(request: &Self::Request) -> Option<&Node>;
     fn on_request(
         &mut self,
         request: Self::Request,
@@ -39,8 +44,8 @@ impl StreamMachine for SotwStream {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
     const PROTOCOL: &'static str = "sotw";
-    fn node_id_of(request: &DiscoveryRequest) -> Option<String> {
-        request.node.as_ref().map(|n| n.id.clone())
+    fn node_of(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
     fn on_request(
         &mut self,
@@ -61,8 +66,8 @@ impl StreamMachine for DeltaStream {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
     const PROTOCOL: &'static str = "delta";
-    fn node_id_of(request: &DeltaDiscoveryRequest) -> Option<String> {
-        request.node.as_ref().map(|n| n.id.clone())
+    fn node_of(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
     fn on_request(
         &mut self,
@@ -79,11 +84,78 @@ impl StreamMachine for DeltaStream {
     }
 }
 
+/// A proxy as it introduced itself on a stream: its node id and the string values of its
+/// node metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NodeInfo {
+    fn from_node(node: &Node) -> Self {
+        let metadata = node
+            .metadata
+            .iter()
+            .flat_map(|m| m.fields.iter())
+            .filter_map(|(k, v)| match &v.kind {
+                Some(value::Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+                _ => None,
+            })
+            .collect();
+        Self {
+            id: node.id.clone(),
+            metadata,
+        }
+    }
+}
+
+/// Decides whether a stream may receive `node`'s configuration. `peer` is the SPIFFE ID the
+/// client proved over mTLS, `None` on a plaintext (loopback) server.
+pub trait NodeGate: Send + Sync + std::fmt::Debug {
+    fn admit(&self, node: &NodeInfo, peer: Option<&SpiffeId>) -> Result<(), String>;
+}
+
+/// Admits every node (a plaintext test server).
+#[derive(Debug)]
+pub struct OpenGate;
+
+impl NodeGate for OpenGate {
+    fn admit(&self, _: &NodeInfo, _: Option<&SpiffeId>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// The ADS service: proxies' streams over the per-node snapshots of `cache`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AdsServer {
     pub cache: Arc<SnapshotCache>,
     pub streams: Arc<StreamRegistry>,
+    /// Who may have which node's configuration.
+    pub gate: Arc<dyn NodeGate>,
+    /// Whether a stream must come with a verified client certificate (the mTLS port).
+    pub require_peer: bool,
+    /// Told of each node when its first stream names it, so its snapshot gets computed.
+    pub joins: Option<mpsc::Sender<NodeInfo>>,
+}
+
+impl Default for AdsServer {
+    fn default() -> Self {
+        Self {
+            cache: Arc::default(),
+            streams: Arc::default(),
+            gate: Arc::new(OpenGate),
+            require_peer: false,
+            joins: None,
+        }
+    }
+}
+
+/// The SPIFFE ID of a verified client certificate, if the connection has one.
+fn peer_identity<T>(request: &Request<T>) -> Option<SpiffeId> {
+    let certs = request.peer_certs()?;
+    let leaf = certs.first()?;
+    CertInfo::parse(leaf).ok()?.spiffe_id().ok()
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -97,8 +169,9 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = self.check_peer(&request)?;
         Ok(Response::new(
-            self.spawn::<SotwStream>(request.into_inner()),
+            self.spawn::<SotwStream>(request.into_inner(), peer),
         ))
     }
 
@@ -106,20 +179,35 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = self.check_peer(&request)?;
         Ok(Response::new(
-            self.spawn::<DeltaStream>(request.into_inner()),
+            self.spawn::<DeltaStream>(request.into_inner(), peer),
         ))
     }
 }
 
 impl AdsServer {
-    fn spawn<M>(&self, inbound: Streaming<M::Request>) -> ResponseStream<M::Response>
+    fn check_peer<T>(&self, request: &Request<T>) -> Result<Option<SpiffeId>, Status> {
+        let peer = peer_identity(request);
+        if self.require_peer && peer.is_none() {
+            return Err(Status::unauthenticated(
+                "xDS on this port requires a client certificate with a SPIFFE ID",
+            ));
+        }
+        Ok(peer)
+    }
+
+    fn spawn<M>(
+        &self,
+        inbound: Streaming<M::Request>,
+        peer: Option<SpiffeId>,
+    ) -> ResponseStream<M::Response>
     where
         M: StreamMachine,
         M::Request: prost::Message + Default,
     {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run_stream::<M>(self.clone(), inbound, tx));
+        tokio::spawn(run_stream::<M>(self.clone(), inbound, tx, peer));
         Box::pin(ReceiverStream::new(rx))
     }
 }
@@ -128,6 +216,7 @@ async fn run_stream<M>(
     server: AdsServer,
     mut inbound: Streaming<M::Request>,
     tx: mpsc::Sender<Result<M::Response, Status>>,
+    peer: Option<SpiffeId>,
 ) where
     M: StreamMachine,
     M::Request: prost::Message + Default,
@@ -153,11 +242,22 @@ async fn run_stream<M>(
                         break;
                     }
                 };
+                // The node is remembered from the first request that has one: some clients
+                // send it only once.
                 if snapshots.is_none()
-                    && let Some(node) = M::node_id_of(&request)
+                    && let Some(node) = M::node_of(&request)
                 {
-                    snapshots = Some(server.cache.subscribe(&node).await);
-                    node_id = node;
+                    let node = NodeInfo::from_node(node);
+                    if let Err(reason) = server.gate.admit(&node, peer.as_ref()) {
+                        tracing::warn!(node = node.id, peer = ?peer.as_ref().map(ToString::to_string), reason, "xDS stream refused");
+                        let _ = tx.send(Err(Status::permission_denied(format!("node {}: {reason}", node.id)))).await;
+                        break;
+                    }
+                    snapshots = Some(server.cache.subscribe(&node.id).await);
+                    node_id.clone_from(&node.id);
+                    if let Some(joins) = &server.joins {
+                        let _ = joins.send(node).await;
+                    }
                 }
                 let snapshot = snapshots.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 match machine.on_request(request, &snapshot) {

@@ -1,0 +1,257 @@
+//! Workloads (from `WorkloadEntry`) and the proxies that speak for them.
+//!
+//! A proxy names its workload in its xDS node id, in Istio's format
+//! `sidecar~<ip>~<workload>.<namespace>~<namespace>.svc.cluster.local`, so that tools which
+//! read Istio node ids keep working. Node metadata carries what a `WorkloadEntry` cannot say in
+//! local mode (where the application listens, which local port the sidecar's outbound listener
+//! uses); see [`ProxyNode::from_metadata`].
+
+use std::collections::BTreeMap;
+
+use isthmus_api::identity::{SpiffeId, TrustDomain};
+use isthmus_api::resources::Resource;
+use isthmus_api::resources::networking::WorkloadEntrySpec;
+
+use super::registry::Locality;
+use crate::config::ConfigSnapshot;
+use isthmus_api::resources::Kind;
+
+/// A workload: one `WorkloadEntry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    /// Where the workload's sidecar accepts mesh traffic.
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub identity: SpiffeId,
+    pub locality: Locality,
+}
+
+/// Every workload, by (namespace, name).
+pub fn build_workloads(
+    snapshot: &ConfigSnapshot,
+    td: &TrustDomain,
+) -> BTreeMap<(String, String), Workload> {
+    snapshot
+        .of_kind(Kind::WorkloadEntry)
+        .filter_map(|(key, resource)| {
+            let Resource::WorkloadEntry(entry) = resource else {
+                return None;
+            };
+            workload(&key.namespace, &key.name, &entry.spec, td)
+                .map(|w| ((key.namespace.clone(), key.name.clone()), w))
+        })
+        .collect()
+}
+
+fn workload(
+    namespace: &str,
+    name: &str,
+    spec: &WorkloadEntrySpec,
+    td: &TrustDomain,
+) -> Option<Workload> {
+    let service_account = spec
+        .service_account
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    Some(Workload {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        address: spec.address.clone()?,
+        labels: spec.labels.clone(),
+        identity: SpiffeId::workload(td, namespace, &service_account).ok()?,
+        service_account,
+        locality: spec
+            .locality
+            .as_deref()
+            .map(Locality::parse)
+            .unwrap_or_default(),
+    })
+}
+
+/// The role a proxy plays, from the first field of its node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRole {
+    Sidecar,
+}
+
+/// A connected proxy, as it describes itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProxyNode {
+    pub id: String,
+    pub namespace: String,
+    pub workload: String,
+    /// Service port name (or inbound port number) to the application's local port, from the
+    /// `APP_PORTS` metadata (`http=8080,grpc=9090`). Unlisted ports reach the application on
+    /// the same port number.
+    pub app_ports: BTreeMap<String, u32>,
+    /// The application's address, from `APP_ADDRESS`; `127.0.0.1` by default.
+    pub app_address: String,
+    /// The local port of the outbound HTTP listener (the application's HTTP proxy), from
+    /// `OUTBOUND_PORT`; 15001 by default.
+    pub outbound_port: u32,
+    /// Where the outbound listener binds, from `OUTBOUND_ADDRESS`; `127.0.0.1` by default.
+    pub outbound_address: String,
+}
+
+/// Why a node id or its metadata cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node {id:?}: {reason}")]
+pub struct NodeError {
+    pub id: String,
+    pub reason: String,
+}
+
+impl ProxyNode {
+    /// Parses `sidecar~<ip>~<workload>.<namespace>~<namespace>.svc.<domain>` and the metadata.
+    pub fn from_metadata(id: &str, metadata: &BTreeMap<String, String>) -> Result<Self, NodeError> {
+        let err = |reason: String| NodeError {
+            id: id.to_owned(),
+            reason,
+        };
+        let parts: Vec<&str> = id.split('~').collect();
+        let [role, _ip, workload_ns, domain] = parts.as_slice() else {
+            return Err(err(
+                "expected <role>~<ip>~<workload>.<namespace>~<namespace>.svc.<domain>".into(),
+            ));
+        };
+        if *role != "sidecar" {
+            return Err(err(format!("role {role:?} is not supported yet (sidecar)")));
+        }
+        let namespace = domain.split('.').next().unwrap_or_default();
+        let workload = workload_ns
+            .strip_suffix(&format!(".{namespace}"))
+            .filter(|w| !w.is_empty() && !namespace.is_empty())
+            .ok_or_else(|| {
+                err(format!(
+                    "{workload_ns:?} is not <workload>.{namespace} (the namespace of {domain:?})"
+                ))
+            })?;
+        let mut app_ports = BTreeMap::new();
+        if let Some(spec) = metadata.get("APP_PORTS") {
+            for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (name, port) = pair
+                    .split_once('=')
+                    .ok_or_else(|| err(format!("metadata APP_PORTS: {pair:?} is not name=port")))?;
+                let port = parse_port(port)
+                    .ok_or_else(|| err(format!("metadata APP_PORTS: {port:?} is not a port")))?;
+                app_ports.insert(name.trim().to_owned(), port);
+            }
+        }
+        let outbound_port = match metadata.get("OUTBOUND_PORT") {
+            Some(p) => parse_port(p)
+                .ok_or_else(|| err(format!("metadata OUTBOUND_PORT: {p:?} is not a port")))?,
+            None => 15001,
+        };
+        let address = |key: &str| -> Result<String, NodeError> {
+            match metadata.get(key) {
+                Some(a) if a.parse::<std::net::IpAddr>().is_ok() => Ok(a.clone()),
+                Some(a) => Err(err(format!("metadata {key}: {a:?} is not an IP address"))),
+                None => Ok("127.0.0.1".into()),
+            }
+        };
+        Ok(Self {
+            id: id.to_owned(),
+            namespace: namespace.to_owned(),
+            workload: (*workload).to_owned(),
+            app_ports,
+            app_address: address("APP_ADDRESS")?,
+            outbound_port,
+            outbound_address: address("OUTBOUND_ADDRESS")?,
+        })
+    }
+
+    pub fn role(&self) -> ProxyRole {
+        ProxyRole::Sidecar
+    }
+}
+
+fn parse_port(s: &str) -> Option<u32> {
+    s.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .map(u32::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn istio_node_ids_and_metadata() {
+        let node = ProxyNode::from_metadata(
+            "sidecar~127.0.0.11~reviews-v1.bookinfo~bookinfo.svc.cluster.local",
+            &meta(&[
+                ("APP_PORTS", "http=18080, 9090=19090"),
+                ("OUTBOUND_PORT", "15101"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (node.namespace.as_str(), node.workload.as_str()),
+            ("bookinfo", "reviews-v1")
+        );
+        assert_eq!(node.app_ports["http"], 18080);
+        assert_eq!(node.app_ports["9090"], 19090);
+        assert_eq!(node.outbound_port, 15101);
+        assert_eq!(node.app_address, "127.0.0.1");
+
+        // A workload name with dots keeps them.
+        let node =
+            ProxyNode::from_metadata("sidecar~1.2.3.4~a.b.ns~ns.svc.cluster.local", &meta(&[]))
+                .unwrap();
+        assert_eq!(node.workload, "a.b");
+    }
+
+    #[test]
+    fn bad_node_ids_and_metadata_say_why() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
+            ("just-a-name", &[], "expected <role>~<ip>"),
+            (
+                "router~1.2.3.4~gw.ns~ns.svc.cluster.local",
+                &[],
+                "role \"router\" is not supported",
+            ),
+            (
+                "sidecar~1.2.3.4~gw.other~ns.svc.cluster.local",
+                &[],
+                "is not <workload>.ns",
+            ),
+            (
+                "sidecar~1.2.3.4~.ns~ns.svc.cluster.local",
+                &[],
+                "is not <workload>.ns",
+            ),
+            (
+                "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",
+                &[("APP_PORTS", "http")],
+                "APP_PORTS: \"http\" is not name=port",
+            ),
+            (
+                "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",
+                &[("OUTBOUND_PORT", "70000")],
+                "OUTBOUND_PORT: \"70000\" is not a port",
+            ),
+            (
+                "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",
+                &[("APP_ADDRESS", "localhost")],
+                "APP_ADDRESS: \"localhost\" is not an IP address",
+            ),
+        ];
+        for (id, metadata, expected) in cases {
+            let error = ProxyNode::from_metadata(id, &meta(metadata)).unwrap_err();
+            assert!(error.to_string().contains(expected), "{id}: {error}");
+        }
+    }
+}

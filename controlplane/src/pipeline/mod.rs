@@ -1,0 +1,197 @@
+//! The one-way flow from configuration to proxies: config snapshot -> mesh model -> per-proxy
+//! snapshot -> [`SnapshotCache`] (which the xDS streams watch).
+//!
+//! Configuration changes are debounced (100 ms by default): a burst of edits becomes one
+//! model and one push. A proxy that connects gets its snapshot at once. Each proxy's snapshot
+//! holds a certificate for its workload identity, re-issued at half-life; an unchanged
+//! resource keeps its version, so a push carries only what changed (an endpoint change is an
+//! EDS push, a renewal an SDS push).
+
+pub mod certs;
+pub mod gate;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use isthmus_api::identity::TrustDomain;
+use tokio::sync::{mpsc, watch};
+
+use crate::ca::Authority;
+use crate::config::ConfigSnapshot;
+use crate::model::{MeshModel, ProxyNode};
+use crate::xds::cache::SnapshotCache;
+use crate::xds::generate::{ProxySecrets, proxy_snapshot, workload_of};
+use crate::xds::server::NodeInfo;
+use crate::xds::streams::StreamRegistry;
+use certs::ProxyCertificates;
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub debounce: Duration,
+    pub trust_domain: TrustDomain,
+    pub root_namespace: String,
+    /// Trust domain name to its roots (PEM), the local one first.
+    pub bundles: Vec<(String, String)>,
+}
+
+/// The running pipeline's outputs.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The model in force.
+    pub model: watch::Receiver<Arc<MeshModel>>,
+    /// Where the xDS server reports nodes as they connect.
+    pub joins: mpsc::Sender<NodeInfo>,
+    /// Per node id, why it has no (new) configuration.
+    pub node_errors: watch::Receiver<BTreeMap<String, String>>,
+}
+
+struct Worker {
+    settings: PipelineSettings,
+    cache: Arc<SnapshotCache>,
+    streams: Arc<StreamRegistry>,
+    certs: ProxyCertificates,
+    model: watch::Sender<Arc<MeshModel>>,
+    node_errors: watch::Sender<BTreeMap<String, String>>,
+    nodes: BTreeMap<String, ProxyNode>,
+}
+
+impl Pipeline {
+    pub fn spawn(
+        mut config: watch::Receiver<Arc<ConfigSnapshot>>,
+        cache: Arc<SnapshotCache>,
+        streams: Arc<StreamRegistry>,
+        authority: Arc<Authority>,
+        settings: PipelineSettings,
+    ) -> Self {
+        let first = MeshModel::build(
+            config.borrow_and_update().clone(),
+            &settings.trust_domain,
+            &settings.root_namespace,
+        );
+        let (model_tx, model_rx) = watch::channel(Arc::new(first));
+        let (errors_tx, errors_rx) = watch::channel(BTreeMap::new());
+        let (joins_tx, mut joins_rx) = mpsc::channel(1024);
+        let mut worker = Worker {
+            settings,
+            cache,
+            streams,
+            certs: ProxyCertificates::new(authority),
+            model: model_tx,
+            node_errors: errors_tx,
+            nodes: BTreeMap::new(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let renewal = worker
+                    .certs
+                    .next_renewal()
+                    .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+                    .unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    changed = config.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(worker.settings.debounce).await;
+                        let snapshot = config.borrow_and_update().clone();
+                        worker.rebuild(snapshot);
+                        worker.push_all().await;
+                    }
+                    joined = joins_rx.recv() => {
+                        let Some(node) = joined else { return };
+                        worker.join(node).await;
+                    }
+                    () = tokio::time::sleep(renewal) => worker.push_all().await,
+                }
+            }
+        });
+        Self {
+            model: model_rx,
+            joins: joins_tx,
+            node_errors: errors_rx,
+        }
+    }
+}
+
+impl Worker {
+    fn rebuild(&mut self, snapshot: Arc<ConfigSnapshot>) {
+        let model = MeshModel::build(
+            snapshot,
+            &self.settings.trust_domain,
+            &self.settings.root_namespace,
+        );
+        for w in &model.warnings {
+            tracing::warn!(resource = %w.resource, "{}", w.message);
+        }
+        self.model.send_replace(Arc::new(model));
+    }
+
+    async fn join(&mut self, info: NodeInfo) {
+        match ProxyNode::from_metadata(&info.id, &info.metadata) {
+            Ok(node) => {
+                self.push(&node).await;
+                self.nodes.insert(node.id.clone(), node);
+            }
+            Err(e) => self.record(&info.id, Some(e.to_string())),
+        }
+    }
+
+    /// Recomputes every connected proxy; forgets proxies that left.
+    async fn push_all(&mut self) {
+        let connected: HashSet<String> = self
+            .streams
+            .list()
+            .await
+            .into_iter()
+            .map(|s| s.node_id)
+            .collect();
+        self.nodes.retain(|id, _| connected.contains(id));
+        self.cache.prune().await;
+        let nodes: Vec<ProxyNode> = self.nodes.values().cloned().collect();
+        for node in &nodes {
+            self.push(node).await;
+        }
+        let model = self.model.borrow().clone();
+        let in_use: HashSet<_> = nodes
+            .iter()
+            .filter_map(|n| workload_of(&model, n).ok().map(|w| w.identity.clone()))
+            .collect();
+        self.certs.retain(|id| in_use.contains(id));
+        self.node_errors
+            .send_modify(|errors| errors.retain(|id, _| connected.contains(id)));
+    }
+
+    async fn push(&mut self, node: &ProxyNode) {
+        let model = self.model.borrow().clone();
+        let result = workload_of(&model, node)
+            .map_err(|e| e.to_string())
+            .and_then(|w| self.certs.get(&w.identity, SystemTime::now()))
+            .and_then(|credential| {
+                let secrets = ProxySecrets {
+                    certificate_chain_pem: credential.chain_pem,
+                    private_key_pem: credential.key_pem,
+                    bundles: self.settings.bundles.clone(),
+                };
+                proxy_snapshot(&model, node, &secrets).map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(snapshot) => {
+                self.cache.set(&node.id, snapshot).await;
+                self.record(&node.id, None);
+            }
+            // The proxy keeps what it has: the last good configuration stays in force.
+            Err(reason) => {
+                tracing::warn!(node = node.id, reason, "no configuration for proxy");
+                self.record(&node.id, Some(reason));
+            }
+        }
+    }
+
+    fn record(&self, node: &str, error: Option<String>) {
+        self.node_errors.send_if_modified(|errors| match error {
+            Some(e) => errors.insert(node.to_owned(), e.clone()).as_ref() != Some(&e),
+            None => errors.remove(node).is_some(),
+        });
+    }
+}

@@ -1,0 +1,237 @@
+//! Outbound clusters: one per service port, and one per `DestinationRule` subset, carrying the
+//! rule's load balancing, connection pool, outlier detection and TLS mode.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use isthmus_api::envoy::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
+};
+use isthmus_api::envoy::envoy::config::core::v3::{
+    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions,
+};
+use isthmus_api::envoy::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use isthmus_api::envoy::envoy::r#type::v3::Percent;
+use isthmus_api::envoy::google::protobuf::UInt32Value;
+use isthmus_api::resources::networking::{
+    DestinationRuleSpec, Location, OutlierDetection, Resolution, SimpleLb, TlsMode, TrafficPolicy,
+};
+
+use super::endpoints::{dns_load_assignment, subset_endpoints};
+use super::names::outbound_cluster;
+use super::tls::{ads, upstream_mtls};
+use super::{duration, pack};
+use crate::model::{MeshModel, Port, Protocol, Service};
+
+/// Istio's default connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const UNLIMITED: u32 = u32::MAX;
+
+/// One cluster per (service, port, subset), sorted by name.
+pub fn outbound(model: &MeshModel, services: &[&Service]) -> Vec<Cluster> {
+    let mut clusters = Vec::new();
+    for service in services {
+        let rule = model
+            .destination_rules
+            .get(&service.key.hostname)
+            .map(|(_, r)| r);
+        for port in &service.ports {
+            clusters.push(cluster(service, port, None, rule));
+            for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
+                clusters.push(cluster(service, port, Some(&subset.name), rule));
+            }
+        }
+    }
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    clusters
+}
+
+fn cluster(
+    service: &Service,
+    port: &Port,
+    subset: Option<&str>,
+    rule: Option<&DestinationRuleSpec>,
+) -> Cluster {
+    let host = &service.key.hostname;
+    let name = outbound_cluster(port.number, subset, host);
+    let policy = rule.and_then(|r| r.traffic_policy.as_ref());
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(duration(
+            policy
+                .and_then(|p| p.connection_pool.as_ref())
+                .and_then(|p| p.tcp.as_ref())
+                .and_then(|t| t.connect_timeout.as_ref())
+                .map_or(CONNECT_TIMEOUT, |d| d.0),
+        )),
+        lb_policy: lb_policy(policy) as i32,
+        circuit_breakers: Some(circuit_breakers(policy)),
+        outlier_detection: policy
+            .and_then(|p| p.outlier_detection.as_ref())
+            .map(outlier_detection),
+        common_lb_config: policy
+            .and_then(|p| p.outlier_detection.as_ref())
+            .and_then(|o| o.min_health_percent)
+            .map(|p| cluster::CommonLbConfig {
+                healthy_panic_threshold: Some(Percent {
+                    value: f64::from(p),
+                }),
+                ..Default::default()
+            }),
+        typed_extension_protocol_options: protocol_options(port.protocol, policy),
+        ..Default::default()
+    };
+    match service.resolution {
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            let kind = if service.resolution == Resolution::Dns {
+                cluster::DiscoveryType::StrictDns
+            } else {
+                cluster::DiscoveryType::LogicalDns
+            };
+            c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(kind as i32));
+            c.load_assignment = Some(dns_load_assignment(&name, service, port));
+        }
+        Resolution::Static | Resolution::None => {
+            c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            ));
+            c.eds_cluster_config = Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: name.clone(),
+            });
+        }
+    }
+    if uses_mtls(service, policy) {
+        let subset_labels = subset.and_then(|s| {
+            rule.and_then(|r| r.subsets.iter().find(|x| x.name == s))
+                .map(|x| &x.labels)
+        });
+        let ids: BTreeSet<String> = subset_endpoints(service, subset_labels)
+            .filter_map(|e| e.identity.as_ref().map(ToString::to_string))
+            .collect();
+        let alpn: &[&str] = match port.protocol {
+            Protocol::Http2 | Protocol::Grpc => &["h2"],
+            Protocol::Http => &["http/1.1"],
+            _ => &[],
+        };
+        let ids: Vec<String> = ids.into_iter().collect();
+        c.transport_socket = Some(upstream_mtls(host, &ids, alpn));
+    }
+    c
+}
+
+/// mTLS when the `DestinationRule` says `ISTIO_MUTUAL`; without a TLS setting, for mesh
+/// services whose endpoints all have mesh identities (Istio's auto mTLS).
+fn uses_mtls(service: &Service, policy: Option<&TrafficPolicy>) -> bool {
+    match policy.and_then(|p| p.tls.as_ref()).map(|t| t.mode) {
+        Some(TlsMode::IstioMutual) => true,
+        Some(_) => false,
+        None => {
+            service.location == Location::MeshInternal
+                && !service.endpoints.is_empty()
+                && service.endpoints.iter().all(|e| e.identity.is_some())
+        }
+    }
+}
+
+/// Istio's default is least request.
+fn lb_policy(policy: Option<&TrafficPolicy>) -> cluster::LbPolicy {
+    match policy
+        .and_then(|p| p.load_balancer.as_ref())
+        .and_then(|lb| lb.simple)
+    {
+        Some(SimpleLb::RoundRobin) => cluster::LbPolicy::RoundRobin,
+        Some(SimpleLb::Random) => cluster::LbPolicy::Random,
+        _ => cluster::LbPolicy::LeastRequest,
+    }
+}
+
+fn u32v(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+/// Istio lifts Envoy's default limits (1024) unless the rule sets them.
+fn circuit_breakers(policy: Option<&TrafficPolicy>) -> CircuitBreakers {
+    let pool = policy.and_then(|p| p.connection_pool.as_ref());
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: u32v(tcp.and_then(|t| t.max_connections).unwrap_or(UNLIMITED)),
+            max_pending_requests: u32v(
+                http.and_then(|h| h.http1_max_pending_requests)
+                    .unwrap_or(UNLIMITED),
+            ),
+            max_requests: u32v(http.and_then(|h| h.http2_max_requests).unwrap_or(UNLIMITED)),
+            max_retries: u32v(http.and_then(|h| h.max_retries).unwrap_or(UNLIMITED)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn outlier_detection(o: &OutlierDetection) -> EnvoyOutlier {
+    EnvoyOutlier {
+        consecutive_5xx: o.consecutive_5xx_errors.and_then(u32v),
+        // Envoy does not enforce gateway-error ejection unless told to.
+        consecutive_gateway_failure: o.consecutive_gateway_errors.and_then(u32v),
+        enforcing_consecutive_gateway_failure: o
+            .consecutive_gateway_errors
+            .map(|_| UInt32Value { value: 100 }),
+        interval: o.interval.as_ref().map(|d| duration(d.0)),
+        base_ejection_time: o.base_ejection_time.as_ref().map(|d| duration(d.0)),
+        max_ejection_percent: o.max_ejection_percent.and_then(u32v),
+        ..Default::default()
+    }
+}
+
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+pub(super) fn protocol_options(
+    protocol: Protocol,
+    policy: Option<&TrafficPolicy>,
+) -> HashMap<String, isthmus_api::envoy::google::protobuf::Any> {
+    let http = policy
+        .and_then(|p| p.connection_pool.as_ref())
+        .and_then(|p| p.http.as_ref());
+    let explicit = match protocol {
+        Protocol::Http2 | Protocol::Grpc => {
+            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                Http2ProtocolOptions {
+                    max_concurrent_streams: http
+                        .and_then(|h| h.max_concurrent_streams)
+                        .and_then(u32v),
+                    ..Default::default()
+                },
+            )
+        }
+        Protocol::Http => {
+            http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                Http1ProtocolOptions::default(),
+            )
+        }
+        _ => return HashMap::new(),
+    };
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: Some(CommonHttpOptions {
+            idle_timeout: http
+                .and_then(|h| h.idle_timeout.as_ref())
+                .map(|d| duration(d.0)),
+            max_requests_per_connection: http
+                .and_then(|h| h.max_requests_per_connection)
+                .and_then(u32v),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(explicit),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    HashMap::from([(HTTP_OPTIONS.to_owned(), pack(&options))])
+}

@@ -1,0 +1,198 @@
+//! Endpoints (EDS) of outbound clusters, grouped by locality. With a `DestinationRule` that
+//! has outlier detection, localities get priorities relative to the calling workload, as
+//! Istio does: same zone and subzone first, then the zone, the region, the `failover` target
+//! region, everything else. Envoy moves traffic to the next priority as endpoints are ejected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use isthmus_api::envoy::envoy::config::core::v3::{
+    Address, Locality as EnvoyLocality, SocketAddress, address, socket_address,
+};
+use isthmus_api::envoy::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use isthmus_api::envoy::google::protobuf::UInt32Value;
+use isthmus_api::resources::networking::{DestinationRuleSpec, LocalityLbSetting, Resolution};
+
+use super::names::outbound_cluster;
+use crate::model::{Endpoint, Locality, MeshModel, Port, Service, Workload};
+
+pub fn socket(address: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Endpoints of `service` in the subset with `labels` (all of them without a subset).
+pub fn subset_endpoints<'s>(
+    service: &'s Service,
+    labels: Option<&'s BTreeMap<String, String>>,
+) -> impl Iterator<Item = &'s Endpoint> {
+    service
+        .endpoints
+        .iter()
+        .filter(move |e| labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+}
+
+fn lb_endpoint(endpoint: &Endpoint, port: &Port) -> LbEndpoint {
+    let number = endpoint
+        .ports
+        .get(&port.name)
+        .copied()
+        .unwrap_or(port.number);
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+            address: Some(socket(&endpoint.address, number)),
+            ..Default::default()
+        })),
+        load_balancing_weight: Some(UInt32Value {
+            value: endpoint.weight.max(1),
+        }),
+        ..Default::default()
+    }
+}
+
+fn envoy_locality(l: &Locality) -> Option<EnvoyLocality> {
+    Some(EnvoyLocality {
+        region: l.region.clone(),
+        zone: l.zone.clone(),
+        sub_zone: l.subzone.clone(),
+    })
+}
+
+/// The load assignment of a DNS cluster: the host names themselves.
+pub fn dns_load_assignment(name: &str, service: &Service, port: &Port) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: service
+                .endpoints
+                .iter()
+                .map(|e| lb_endpoint(e, port))
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// EDS resources for every EDS cluster of `services`, as seen from `workload`.
+pub fn outbound(
+    model: &MeshModel,
+    workload: &Workload,
+    services: &[&Service],
+) -> Vec<ClusterLoadAssignment> {
+    let mut out = Vec::new();
+    for service in services {
+        if matches!(
+            service.resolution,
+            Resolution::Dns | Resolution::DnsRoundRobin
+        ) {
+            continue;
+        }
+        let rule = model
+            .destination_rules
+            .get(&service.key.hostname)
+            .map(|(_, r)| r);
+        let subsets = std::iter::once((None, None)).chain(
+            rule.into_iter()
+                .flat_map(|r| r.subsets.iter())
+                .map(|s| (Some(s.name.as_str()), Some(&s.labels))),
+        );
+        let subsets: Vec<_> = subsets.collect();
+        for port in &service.ports {
+            for (subset, labels) in &subsets {
+                let name = outbound_cluster(port.number, *subset, &service.key.hostname);
+                let endpoints = subset_endpoints(service, *labels)
+                    // EDS carries IP addresses only; DNS names need a DNS cluster.
+                    .filter(|e| e.address.parse::<IpAddr>().is_ok());
+                out.push(assignment(name, endpoints, port, workload, rule));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    out
+}
+
+fn assignment<'e>(
+    name: String,
+    endpoints: impl Iterator<Item = &'e Endpoint>,
+    port: &Port,
+    workload: &Workload,
+    rule: Option<&DestinationRuleSpec>,
+) -> ClusterLoadAssignment {
+    let locality_lb = rule.and_then(|r| r.traffic_policy.as_ref()).and_then(|p| {
+        // Istio applies locality load balancing only with outlier detection, which is what
+        // lets Envoy notice that a priority has failed.
+        p.outlier_detection.as_ref()?;
+        let setting = p
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.locality_lb_setting.clone())
+            .unwrap_or_default();
+        (setting.enabled != Some(false)).then_some(setting)
+    });
+    let mut groups: BTreeMap<(u32, Locality), Vec<LbEndpoint>> = BTreeMap::new();
+    for e in endpoints {
+        let priority = locality_lb.as_ref().map_or(0, |s| priority(s, workload, e));
+        groups
+            .entry((priority, e.locality.clone()))
+            .or_default()
+            .push(lb_endpoint(e, port));
+    }
+    // Envoy requires priorities to be contiguous from 0.
+    let mut renumber: HashMap<u32, u32> = HashMap::new();
+    for (p, _) in groups.keys() {
+        let next = u32::try_from(renumber.len()).unwrap_or(u32::MAX);
+        renumber.entry(*p).or_insert(next);
+    }
+    ClusterLoadAssignment {
+        cluster_name: name,
+        endpoints: groups
+            .into_iter()
+            .map(|((p, locality), lb_endpoints)| LocalityLbEndpoints {
+                locality: envoy_locality(&locality),
+                lb_endpoints,
+                priority: renumber[&p],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Istio's priorities. With `failoverPriority` labels: the number of leading labels on which
+/// endpoint and caller differ decides. Otherwise by locality: 0 same subzone, 1 same zone, 2
+/// same region, 3 the `failover` target of the caller's region, 4 the rest.
+fn priority(setting: &LocalityLbSetting, workload: &Workload, e: &Endpoint) -> u32 {
+    if !setting.failover_priority.is_empty() {
+        let matching = setting
+            .failover_priority
+            .iter()
+            .take_while(|label| {
+                let mine = workload.labels.get(*label);
+                mine.is_some() && mine == e.labels.get(*label)
+            })
+            .count();
+        let total = setting.failover_priority.len();
+        return u32::try_from(total - matching).unwrap_or(u32::MAX);
+    }
+    let (me, it) = (&workload.locality, &e.locality);
+    if me.region == it.region {
+        return match (me.zone == it.zone, me.subzone == it.subzone) {
+            (true, true) => 0,
+            (true, false) => 1,
+            _ => 2,
+        };
+    }
+    let failover_target = setting
+        .failover
+        .iter()
+        .any(|f| f.from == me.region && f.to == it.region);
+    if failover_target { 3 } else { 4 }
+}

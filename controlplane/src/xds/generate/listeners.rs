@@ -1,0 +1,315 @@
+//! A sidecar's listeners: inbound (one per port of its workload, on the `WorkloadEntry`
+//! address, with mTLS per `PeerAuthentication` and RBAC per `AuthorizationPolicy`) and one
+//! outbound HTTP listener for its application.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_api::envoy::envoy::config::core::v3::TrafficDirection;
+use isthmus_api::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
+use isthmus_api::envoy::envoy::config::endpoint::v3::{
+    Endpoint as EnvoyEndpoint, LbEndpoint, lb_endpoint,
+};
+use isthmus_api::envoy::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use isthmus_api::envoy::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
+};
+use isthmus_api::envoy::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use isthmus_api::envoy::envoy::extensions::filters::http::router::v3::Router;
+use isthmus_api::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use isthmus_api::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use isthmus_api::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use isthmus_api::envoy::google::protobuf::BoolValue;
+
+use super::clusters::protocol_options;
+use super::endpoints::socket;
+use super::names::{OUTBOUND_LISTENER, OUTBOUND_ROUTE, inbound_cluster, inbound_listener};
+use super::rbac::{Layer, rbac_rules};
+use super::tls::{ads, downstream_mtls};
+use super::{duration, pack};
+use crate::model::{InboundMtls, MeshModel, Protocol, ProxyNode, Workload};
+
+/// A port the workload serves, and how.
+struct InboundPort {
+    number: u32,
+    protocol: Protocol,
+    /// The service port's name, for `APP_PORTS`.
+    name: String,
+}
+
+/// The ports on which services reach `workload`: its endpoint ports in every service of its
+/// namespace that selects it. The first service to name a port decides its protocol.
+fn inbound_ports(model: &MeshModel, workload: &Workload) -> Vec<InboundPort> {
+    let mut ports: BTreeMap<u32, InboundPort> = BTreeMap::new();
+    for service in model.services.values() {
+        if service.key.namespace != workload.namespace {
+            continue;
+        }
+        for endpoint in &service.endpoints {
+            if endpoint.workload_entry.as_deref() != Some(workload.name.as_str()) {
+                continue;
+            }
+            for port in &service.ports {
+                let number = endpoint
+                    .ports
+                    .get(&port.name)
+                    .copied()
+                    .unwrap_or(port.number);
+                ports.entry(number).or_insert_with(|| InboundPort {
+                    number,
+                    protocol: port.protocol,
+                    name: port.name.clone(),
+                });
+            }
+        }
+    }
+    ports.into_values().collect()
+}
+
+/// Inbound listeners and the clusters to the application behind them.
+pub fn inbound(
+    model: &MeshModel,
+    node: &ProxyNode,
+    workload: &Workload,
+) -> (Vec<Listener>, Vec<Cluster>) {
+    let mtls = model.mtls_policy(workload);
+    let policies = model.authorization_policies(workload);
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    for port in inbound_ports(model, workload) {
+        let cluster_name = inbound_cluster(port.number);
+        let app_port = node
+            .app_ports
+            .get(&port.name)
+            .or_else(|| node.app_ports.get(&port.number.to_string()))
+            .copied()
+            .unwrap_or(port.number);
+        clusters.push(app_cluster(
+            &cluster_name,
+            &node.app_address,
+            app_port,
+            port.protocol,
+        ));
+        let filters = if port.protocol.is_http() {
+            let rules = rbac_rules(&policies, Layer::Http);
+            vec![inbound_http(port.number, &cluster_name, rules)]
+        } else {
+            let mut filters: Vec<Filter> = rbac_rules(&policies, Layer::Tcp)
+                .into_iter()
+                .map(|rules| Filter {
+                    name: "envoy.filters.network.rbac".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(pack(&NetworkRbac {
+                        rules: Some(rules),
+                        stat_prefix: format!("inbound_{}.", port.number),
+                        ..Default::default()
+                    }))),
+                })
+                .collect();
+            filters.push(tcp_proxy(port.number, &cluster_name));
+            filters
+        };
+        let alpn: &[&str] = if port.protocol.is_http() {
+            &["h2", "http/1.1"]
+        } else {
+            &[]
+        };
+        let tls_chain = || FilterChain {
+            name: "mtls".into(),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            }),
+            filters: filters.clone(),
+            transport_socket: Some(downstream_mtls(alpn)),
+            ..Default::default()
+        };
+        let plain_chain = |matching: bool| FilterChain {
+            name: "plaintext".into(),
+            filter_chain_match: matching.then(|| FilterChainMatch {
+                transport_protocol: "raw_buffer".into(),
+                ..Default::default()
+            }),
+            filters: filters.clone(),
+            ..Default::default()
+        };
+        let mode = mtls.for_port(port.number);
+        // STRICT has no chain for plaintext: such a connection matches nothing and is closed
+        // before a byte reaches the application.
+        let filter_chains = match mode {
+            InboundMtls::Strict => vec![tls_chain()],
+            InboundMtls::Permissive => vec![tls_chain(), plain_chain(true)],
+            InboundMtls::Disable => vec![plain_chain(false)],
+        };
+        let listener_filters = if mode == InboundMtls::Disable {
+            Vec::new()
+        } else {
+            vec![ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".into(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+                    &TlsInspector::default(),
+                ))),
+                ..Default::default()
+            }]
+        };
+        listeners.push(Listener {
+            name: inbound_listener(&workload.address, port.number),
+            address: Some(socket(&workload.address, port.number)),
+            filter_chains,
+            listener_filters,
+            traffic_direction: TrafficDirection::Inbound as i32,
+            ..Default::default()
+        });
+    }
+    (listeners, clusters)
+}
+
+fn router() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack(hcm))),
+    }
+}
+
+fn inbound_http(
+    port: u32,
+    cluster: &str,
+    rules: Vec<isthmus_api::envoy::envoy::config::rbac::v3::Rbac>,
+) -> Filter {
+    let mut http_filters: Vec<HttpFilter> = rules
+        .into_iter()
+        .map(|rules| HttpFilter {
+            name: "envoy.filters.http.rbac".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack(&HttpRbac {
+                rules: Some(rules),
+                ..Default::default()
+            }))),
+            ..Default::default()
+        })
+        .collect();
+    http_filters.push(router());
+    let route = Route {
+        name: "default".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
+            timeout: Some(duration(Duration::ZERO)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    hcm_filter(&HttpConnectionManager {
+        stat_prefix: format!("inbound_{port}"),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
+            RouteConfiguration {
+                name: format!("inbound|{port}"),
+                virtual_hosts: vec![VirtualHost {
+                    name: format!("inbound|http|{port}"),
+                    domains: vec!["*".into()],
+                    routes: vec![route],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )),
+        http_filters,
+        // The application sees who called it (x-forwarded-client-cert, URI = SPIFFE ID).
+        forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::SanitizeSet
+            as i32,
+        set_current_client_cert_details: Some(
+            http_connection_manager::SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    })
+}
+
+fn tcp_proxy(port: u32, cluster: &str) -> Filter {
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
+            stat_prefix: format!("inbound_{port}"),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+            ..Default::default()
+        }))),
+    }
+}
+
+fn app_cluster(name: &str, address: &str, port: u32, protocol: Protocol) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(duration(Duration::from_secs(10))),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                        address: Some(socket(address, port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: protocol_options(protocol, None),
+        ..Default::default()
+    }
+}
+
+/// The application's HTTP proxy: every visible HTTP service, routed by RDS.
+pub fn outbound(node: &ProxyNode) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: "outbound_http".into(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: OUTBOUND_ROUTE.into(),
+        })),
+        http_filters: vec![router()],
+        // Requests in absolute form (`GET http://svc:port/ HTTP/1.1`, as HTTP proxies get).
+        http_protocol_options: Some(
+            isthmus_api::envoy::envoy::config::core::v3::Http1ProtocolOptions {
+                allow_absolute_url: Some(BoolValue { value: true }),
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
+    Listener {
+        name: OUTBOUND_LISTENER.into(),
+        address: Some(socket(&node.outbound_address, node.outbound_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![hcm_filter(&hcm)],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,22 @@
+//! Resource names, in Istio's spelling.
+
+/// The SDS secret holding a proxy's own certificate and key.
+pub const WORKLOAD_SECRET: &str = "default";
+/// The SDS secret holding the trust bundles, one per trust domain.
+pub const ROOT_CA_SECRET: &str = "ROOTCA";
+/// The RDS route configuration of the outbound HTTP listener.
+pub const OUTBOUND_ROUTE: &str = "outbound";
+/// The outbound HTTP listener.
+pub const OUTBOUND_LISTENER: &str = "outbound_http";
+
+pub fn outbound_cluster(port: u32, subset: Option<&str>, host: &str) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())
+}
+
+pub fn inbound_cluster(port: u32) -> String {
+    format!("inbound|{port}||")
+}
+
+pub fn inbound_listener(address: &str, port: u32) -> String {
+    format!("inbound_{address}_{port}")
+}

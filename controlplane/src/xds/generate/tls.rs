@@ -1,0 +1,98 @@
+//! TLS contexts of sidecars: certificates and trust bundles come from SDS over the same ADS
+//! stream, so a rotation is one SDS push and no listener or cluster changes.
+
+use isthmus_api::envoy::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, ConfigSource, TransportSocket, config_source,
+    transport_socket,
+};
+use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
+    subject_alt_name_matcher, tls_parameters,
+};
+use isthmus_api::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use isthmus_api::envoy::google::protobuf::BoolValue;
+
+use super::names::{ROOT_CA_SECRET, WORKLOAD_SECRET};
+use super::pack;
+
+/// Configuration delivered over the proxy's ADS stream.
+pub fn ads() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ads()),
+    }
+}
+
+/// The proxy's certificate, and peers verified against the trust bundles (one per trust
+/// domain), optionally limited to the given SPIFFE IDs.
+fn common(peer_ids: &[String], alpn: &[&str]) -> CommonTlsContext {
+    let sans = peer_ids
+        .iter()
+        .map(|id| SubjectAltNameMatcher {
+            san_type: subject_alt_name_matcher::SanType::Uri as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(id.clone())),
+                ignore_case: false,
+            }),
+            oid: String::new(),
+        })
+        .collect();
+    CommonTlsContext {
+        tls_params: Some(TlsParameters {
+            tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv12 as i32,
+            ..Default::default()
+        }),
+        tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_SECRET)],
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans,
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(ROOT_CA_SECRET)),
+                    ..Default::default()
+                },
+            ),
+        ),
+        alpn_protocols: alpn.iter().map(|a| (*a).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// mTLS termination: a client certificate from a trusted domain is required.
+pub fn downstream_mtls(alpn: &[&str]) -> TransportSocket {
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(common(&[], alpn)),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
+    }
+}
+
+/// mTLS origination to a peer that must present one of `peer_ids`.
+pub fn upstream_mtls(sni: &str, peer_ids: &[String], alpn: &[&str]) -> TransportSocket {
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(common(peer_ids, alpn)),
+        sni: sni.to_owned(),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
+    }
+}
