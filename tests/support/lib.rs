@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod envoy;
+
 /// Path of a workspace binary in the same target directory as the running test.
 /// The test command builds them first (`cargo build --workspace --bins`).
 pub fn bin(name: &str) -> PathBuf {

@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod cert;
 pub mod config;
 mod debug_client;
+pub mod echo;
 pub mod status;
 pub mod token;
 
@@ -35,6 +36,8 @@ pub enum Command {
     /// Bootstraps for proxies: `bootstrap envoy` makes a stock Envoy a workload's sidecar.
     #[command(subcommand)]
     Bootstrap(bootstrap::BootstrapCommand),
+    /// An HTTP echo service (for demos and tests): answers with its name and the request.
+    Echo(echo::EchoCommand),
 }
 
 impl Cli {
@@ -45,6 +48,7 @@ impl Cli {
             Command::Config(cmd) => cmd.run(),
             Command::Status(cmd) => cmd.run().await,
             Command::Bootstrap(cmd) => cmd.run(),
+            Command::Echo(cmd) => cmd.run().await,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! A sidecar's listeners: inbound (one per port of its workload, on the `WorkloadEntry`
-//! address, with mTLS per `PeerAuthentication` and RBAC per `AuthorizationPolicy`) and one
-//! outbound HTTP listener for its application.
+//! address, with mTLS per `PeerAuthentication` and RBAC per `AuthorizationPolicy`; HTTP ports
+//! route by RDS `inbound|<port>`) and one outbound HTTP listener for its application.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
@@ -14,11 +14,14 @@ use isthmus_api::envoy::envoy::config::endpoint::v3::{
 use isthmus_api::envoy::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
+use isthmus_api::envoy::envoy::config::rbac::v3::{Rbac, rbac};
 use isthmus_api::envoy::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
     route_match,
 };
-use isthmus_api::envoy::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use isthmus_api::envoy::envoy::extensions::filters::http::rbac::v3::{
+    Rbac as HttpRbac, RbacPerRoute,
+};
 use isthmus_api::envoy::envoy::extensions::filters::http::router::v3::Router;
 use isthmus_api::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -30,7 +33,10 @@ use isthmus_api::envoy::google::protobuf::BoolValue;
 
 use super::clusters::protocol_options;
 use super::endpoints::socket;
-use super::names::{OUTBOUND_LISTENER, OUTBOUND_ROUTE, inbound_cluster, inbound_listener};
+use super::names::{
+    OUTBOUND_LISTENER, OUTBOUND_ROUTE, RBAC_ALLOW_FILTER, RBAC_DENY_FILTER, inbound_cluster,
+    inbound_listener, inbound_route,
+};
 use super::rbac::{Layer, rbac_rules};
 use super::tls::{ads, downstream_mtls};
 use super::{duration, pack};
@@ -73,16 +79,17 @@ fn inbound_ports(model: &MeshModel, workload: &Workload) -> Vec<InboundPort> {
     ports.into_values().collect()
 }
 
-/// Inbound listeners and the clusters to the application behind them.
+/// Inbound listeners, the clusters to the application behind them, and their routes.
 pub fn inbound(
     model: &MeshModel,
     node: &ProxyNode,
     workload: &Workload,
-) -> (Vec<Listener>, Vec<Cluster>) {
+) -> (Vec<Listener>, Vec<Cluster>, Vec<RouteConfiguration>) {
     let mtls = model.mtls_policy(workload);
     let policies = model.authorization_policies(workload);
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
+    let mut routes = Vec::new();
     for port in inbound_ports(model, workload) {
         let cluster_name = inbound_cluster(port.number);
         let app_port = node
@@ -99,7 +106,8 @@ pub fn inbound(
         ));
         let filters = if port.protocol.is_http() {
             let rules = rbac_rules(&policies, Layer::Http);
-            vec![inbound_http(port.number, &cluster_name, rules)]
+            routes.push(inbound_routes(port.number, &cluster_name, rules));
+            vec![inbound_http(port.number)]
         } else {
             let mut filters: Vec<Filter> = rbac_rules(&policies, Layer::Tcp)
                 .into_iter()
@@ -167,7 +175,7 @@ pub fn inbound(
             ..Default::default()
         });
     }
-    (listeners, clusters)
+    (listeners, clusters, routes)
 }
 
 fn router() -> HttpFilter {
@@ -187,23 +195,56 @@ fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     }
 }
 
-fn inbound_http(
-    port: u32,
-    cluster: &str,
-    rules: Vec<isthmus_api::envoy::envoy::config::rbac::v3::Rbac>,
-) -> Filter {
-    let mut http_filters: Vec<HttpFilter> = rules
-        .into_iter()
-        .map(|rules| HttpFilter {
-            name: "envoy.filters.http.rbac".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack(&HttpRbac {
+/// The inbound HTTP filters: RBAC DENY, RBAC ALLOW, router. The policies themselves live in
+/// the inbound route configuration (RDS, per-route config), so a policy change applies to
+/// the next request on connections that are already open, without draining listeners.
+fn inbound_http(port: u32) -> Filter {
+    let rbac = |name: &str| HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+            &HttpRbac::default(),
+        ))),
+        ..Default::default()
+    };
+    hcm_filter(&HttpConnectionManager {
+        stat_prefix: format!("inbound_{port}"),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: inbound_route(port),
+        })),
+        http_filters: vec![rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER), router()],
+        // The application sees who called it (x-forwarded-client-cert, URI = SPIFFE ID).
+        forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::SanitizeSet
+            as i32,
+        set_current_client_cert_details: Some(
+            http_connection_manager::SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    })
+}
+
+/// The inbound route configuration of an HTTP port: everything to the application, with the
+/// workload's authorization policies.
+fn inbound_routes(port: u32, cluster: &str, rules: Vec<Rbac>) -> RouteConfiguration {
+    let mut per_filter = HashMap::new();
+    for rules in rules {
+        let filter = if rules.action == rbac::Action::Deny as i32 {
+            RBAC_DENY_FILTER
+        } else {
+            RBAC_ALLOW_FILTER
+        };
+        let config = RbacPerRoute {
+            rbac: Some(HttpRbac {
                 rules: Some(rules),
                 ..Default::default()
-            }))),
-            ..Default::default()
-        })
-        .collect();
-    http_filters.push(router());
+            }),
+        };
+        per_filter.insert(filter.to_owned(), pack(&config));
+    }
     let route = Route {
         name: "default".into(),
         r#match: Some(RouteMatch {
@@ -217,33 +258,17 @@ fn inbound_http(
         })),
         ..Default::default()
     };
-    hcm_filter(&HttpConnectionManager {
-        stat_prefix: format!("inbound_{port}"),
-        codec_type: http_connection_manager::CodecType::Auto as i32,
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
-            RouteConfiguration {
-                name: format!("inbound|{port}"),
-                virtual_hosts: vec![VirtualHost {
-                    name: format!("inbound|http|{port}"),
-                    domains: vec!["*".into()],
-                    routes: vec![route],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            },
-        )),
-        http_filters,
-        // The application sees who called it (x-forwarded-client-cert, URI = SPIFFE ID).
-        forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::SanitizeSet
-            as i32,
-        set_current_client_cert_details: Some(
-            http_connection_manager::SetCurrentClientCertDetails {
-                uri: true,
-                ..Default::default()
-            },
-        ),
+    RouteConfiguration {
+        name: inbound_route(port),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".into()],
+            routes: vec![route],
+            typed_per_filter_config: per_filter,
+            ..Default::default()
+        }],
         ..Default::default()
-    })
+    }
 }
 
 fn tcp_proxy(port: u32, cluster: &str) -> Filter {

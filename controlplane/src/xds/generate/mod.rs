@@ -71,7 +71,8 @@ pub fn proxy_snapshot(
 ) -> Result<ProxySnapshot, GenerateError> {
     let workload = workload_of(model, node)?;
     let visible = visibility::visible_services(model, workload);
-    let (inbound_listeners, inbound_clusters) = listeners::inbound(model, node, workload);
+    let (inbound_listeners, inbound_clusters, inbound_routes) =
+        listeners::inbound(model, node, workload);
     let outbound_listener = listeners::outbound(node);
     let route = routes::outbound_routes(model, workload, &visible);
     let clusters = clusters::outbound(model, &visible);
@@ -88,7 +89,16 @@ pub fn proxy_snapshot(
                     .collect(),
             ),
         )
-        .with(ROUTE, named(vec![(route.name.clone(), pack(&route))]))
+        .with(
+            ROUTE,
+            named(
+                inbound_routes
+                    .iter()
+                    .chain([&route])
+                    .map(|r| (r.name.clone(), pack(r)))
+                    .collect(),
+            ),
+        )
         .with(
             CLUSTER,
             named(

@@ -20,3 +20,11 @@ pub fn inbound_cluster(port: u32) -> String {
 pub fn inbound_listener(address: &str, port: u32) -> String {
     format!("inbound_{address}_{port}")
 }
+
+pub fn inbound_route(port: u32) -> String {
+    format!("inbound|{port}")
+}
+
+/// The inbound HTTP filters that enforce `AuthorizationPolicy`, DENY first.
+pub const RBAC_DENY_FILTER: &str = "isthmus.rbac.deny";
+pub const RBAC_ALLOW_FILTER: &str = "isthmus.rbac.allow";

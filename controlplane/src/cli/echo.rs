@@ -1,0 +1,68 @@
+//! `isthmusctl echo`: a small HTTP echo service for demos and tests. Every request gets a JSON
+//! answer naming the service and showing the request (method, path, headers), so a test can
+//! see which backend answered and what the sidecar forwarded (e.g. the caller's identity in
+//! `x-forwarded-client-cert`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct EchoCommand {
+    /// Where to listen; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The name every answer carries (also in the `x-echo-name` header).
+    #[arg(long, default_value = "echo")]
+    name: String,
+    /// Write the bound address here once listening.
+    #[arg(long)]
+    address_file: Option<PathBuf>,
+}
+
+impl EchoCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", self.listen))?;
+        let bound = listener.local_addr()?;
+        if let Some(file) = &self.address_file {
+            std::fs::write(file, bound.to_string())
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        println!("echo {} listening on {bound}", self.name);
+        let name: Arc<str> = self.name.into();
+        let app = axum::Router::new().fallback(move |request: Request| {
+            let name = name.clone();
+            async move { answer(&name, &request) }
+        });
+        axum::serve(listener, app).await?;
+        Ok(())
+    }
+}
+
+fn answer(name: &str, request: &Request) -> axum::response::Response {
+    let headers: BTreeMap<String, String> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = serde_json::json!({
+        "name": name,
+        "method": request.method().as_str(),
+        "path": request.uri().path_and_query().map(ToString::to_string),
+        "headers": headers,
+    });
+    ([("x-echo-name", name.to_owned())], axum::Json(body)).into_response()
+}

@@ -1,0 +1,465 @@
+//! Stock Envoy 1.40 sidecars configured only by `isthmusd` from a YAML directory:
+//! client -> Envoy sidecar -> mTLS (certificates over SDS) -> Envoy sidecar -> server.
+//!
+//! Covers the control plane issue's acceptance: no rejected update of any type, routing
+//! changes from an edited `VirtualService` within a second, STRICT `PeerAuthentication`, an
+//! `AuthorizationPolicy` DENY on the caller's principal, a broken file mid-run, and xDS over
+//! the mTLS port with the workload's own certificate.
+
+#![allow(clippy::unwrap_used)]
+// test helpers: a failed unwrap is a failed test
+// Wall-clock time is right here: these tests wait on real processes.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use isthmus_e2e::envoy::{Echo, Envoy, curl};
+use isthmus_e2e::{Isthmusd, free_port, isthmusctl};
+use serde_json::Value;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    // Write then rename, as editors and `kubectl` do: the watcher never sees half a file.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn mesh_yaml(ip: &str, port: u16) -> String {
+    let workload = |name: &str, last: u8, labels: &str, sa: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}, namespace: shop}}
+spec: {{address: {ip}.{last}, labels: {{{labels}}}, serviceAccount: {sa}, ports: {{http: {port}}}}}
+"
+        )
+    };
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: shop}}
+spec:
+  hosts: [echo.shop.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http}}]
+  workloadSelector: {{matchLabels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo, namespace: shop}}
+spec:
+  host: echo.shop.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+{}{}{}",
+        workload("echo-v1", 1, "app: echo, version: v1", "echo"),
+        workload("echo-v2", 2, "app: echo, version: v2", "echo"),
+        workload("client", 3, "app: client", "client"),
+    )
+}
+
+const HEADER_ROUTES: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: shop}
+spec:
+  hosts: [echo.shop.local]
+  http:
+  - match: [{headers: {x-version: {exact: v2}}}]
+    route: [{destination: {host: echo.shop.local, subset: v2}}]
+  - route: [{destination: {host: echo.shop.local, subset: v1}}]
+";
+
+const SPLIT_ROUTES: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: shop}
+spec:
+  hosts: [echo.shop.local]
+  http:
+  - route:
+    - {destination: {host: echo.shop.local, subset: v1}, weight: 50}
+    - {destination: {host: echo.shop.local, subset: v2}, weight: 50}
+";
+
+const STRICT: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+";
+
+const DENY_CLIENT: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules: [{from: [{source: {principals: [red.local/ns/shop/sa/client]}}]}]
+";
+
+struct Sidecars {
+    _apps: Vec<Echo>,
+    v1: Envoy,
+    v2: Envoy,
+    client: Envoy,
+    outbound: u16,
+}
+
+fn bootstrap(dir: &Path, name: &str, args: &[&str]) -> std::path::PathBuf {
+    let file = dir.join(format!("{name}.json"));
+    let mut all = vec![
+        "bootstrap",
+        "envoy",
+        "--namespace",
+        "shop",
+        "--admin-port",
+        "0",
+    ];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", file.to_str().unwrap()]);
+    let out = isthmusctl(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    file
+}
+
+fn start_sidecars(dir: &Path, daemon: &Isthmusd, ip: &str) -> Sidecars {
+    let xds = daemon.xds.to_string();
+    let mut apps = Vec::new();
+    let mut server = |version: &str, last: u8, sotw: bool| {
+        let app = Echo::start(dir, version).unwrap();
+        let app_port = format!("http={}", app.addr.port());
+        let address = format!("{ip}.{last}");
+        let workload = format!("echo-{version}");
+        let mut args = vec![
+            "--workload",
+            &workload,
+            "--address",
+            &address,
+            "--xds-address",
+            &xds,
+            "--app-port",
+            &app_port,
+        ];
+        if sotw {
+            args.push("--sotw");
+        }
+        let file = bootstrap(dir, &workload, &args);
+        apps.push(app);
+        Envoy::start(dir, &workload, &file).unwrap()
+    };
+    // One delta and one state-of-the-world server sidecar: Envoy speaks both to isthmusd.
+    let v1 = server("v1", 1, false);
+    let v2 = server("v2", 2, true);
+    let outbound = free_port();
+    let client_file = bootstrap(
+        dir,
+        "client",
+        &[
+            "--workload",
+            "client",
+            "--address",
+            &format!("{ip}.3"),
+            "--xds-address",
+            &xds,
+            "--outbound-port",
+            &outbound.to_string(),
+        ],
+    );
+    let client = Envoy::start(dir, "client", &client_file).unwrap();
+    Sidecars {
+        _apps: apps,
+        v1,
+        v2,
+        client,
+        outbound,
+    }
+}
+
+impl Sidecars {
+    /// A request from the client application through its sidecar: (status, echo body).
+    fn call(&self, path: &str, headers: &[&str]) -> (u16, Value) {
+        let proxy = format!("http://127.0.0.1:{}", self.outbound);
+        let url = format!("http://echo.shop.local:8080{path}");
+        let mut args = vec!["-x", proxy.as_str(), url.as_str()];
+        for h in headers {
+            args.extend_from_slice(&["-H", h]);
+        }
+        let (status, body) = curl(&args);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn backend(&self, headers: &[&str]) -> String {
+        let (status, body) = self.call("/", headers);
+        assert_eq!(status, 200, "{body}");
+        body["name"].as_str().unwrap().to_owned()
+    }
+
+    fn all(&self) -> [&Envoy; 3] {
+        [&self.v1, &self.v2, &self.client]
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; returns how long that took (at most `limit`).
+fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+fn no_rejected_updates(envoy: &Envoy) {
+    let stats = envoy.stats();
+    let rejected: Vec<_> = stats
+        .iter()
+        .filter(|(k, v)| k.ends_with("update_rejected") && *v > 0)
+        .collect();
+    assert!(
+        rejected.is_empty(),
+        "envoy {} rejected: {rejected:?}",
+        envoy.name
+    );
+    let accepted = |prefix: &str| {
+        stats
+            .iter()
+            .any(|(k, v)| k.starts_with(prefix) && k.ends_with("update_success") && *v > 0)
+    };
+    // Every type was delivered and applied at least once: LDS, CDS, RDS (client), EDS, SDS.
+    for prefix in [
+        "listener_manager.lds",
+        "cluster_manager.cds",
+        "sds.default",
+        "sds.ROOTCA",
+    ] {
+        assert!(
+            accepted(prefix),
+            "envoy {}: no {prefix} update applied",
+            envoy.name
+        );
+    }
+}
+
+#[test]
+fn envoy_sidecars_are_configured_by_isthmusd_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = root.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let ip = "127.0.10";
+    let inbound = free_port();
+    write(&config, "mesh.yaml", &mesh_yaml(ip, inbound));
+    let daemon = Isthmusd::start(root, "red.local", &[]).unwrap();
+    let mesh = start_sidecars(root, &daemon, ip);
+
+    // mTLS with certificates from isthmusd over SDS; the server sees the caller's identity.
+    until(
+        "the first request through the mesh",
+        Duration::from_secs(20),
+        || mesh.call("/", &[]).0 == 200,
+    );
+    let (_, body) = mesh.call("/hello", &[]);
+    let xfcc = body["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://red.local/ns/shop/sa/client"),
+        "{body}"
+    );
+    let handshakes = mesh
+        .v1
+        .stat(&format!("listener.{ip}.1_{inbound}.ssl.handshake"))
+        + mesh
+            .v2
+            .stat(&format!("listener.{ip}.2_{inbound}.ssl.handshake"));
+    assert!(handshakes >= 1, "the request did not arrive over TLS");
+    // PERMISSIVE (the default): plaintext from outside the mesh is still accepted.
+    let direct = format!("http://{ip}.1:{inbound}/");
+    assert_eq!(curl(&[&direct]).0, 200);
+
+    // A header match, then a weighted split: each applies within a second, nothing restarts.
+    write(&config, "routes.yaml", HEADER_ROUTES);
+    // Before it, requests are balanced over v1 and v2: six of each in a row is the new route.
+    let took = until("the header route", Duration::from_secs(5), || {
+        (0..6).all(|_| mesh.backend(&["x-version: v2"]) == "v2" && mesh.backend(&[]) == "v1")
+    });
+    eprintln!("header route applied after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "header routing took {took:?}"
+    );
+    for _ in 0..10 {
+        assert_eq!(mesh.backend(&[]), "v1");
+        assert_eq!(mesh.backend(&["x-version: v2"]), "v2");
+    }
+    write(&config, "routes.yaml", SPLIT_ROUTES);
+    let took = until("the weighted split", Duration::from_secs(5), || {
+        mesh.backend(&[]) == "v2"
+    });
+    eprintln!("weighted split applied after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the weighted split took {took:?}"
+    );
+    let v2 = (0..100).filter(|_| mesh.backend(&[]) == "v2").count();
+    assert!(
+        (25..=75).contains(&v2),
+        "50/50 split sent {v2} of 100 to v2"
+    );
+
+    // A broken file: reported with file, document and field; traffic keeps the last good
+    // configuration.
+    write(
+        &config,
+        "routes.yaml",
+        &format!(
+            "{HEADER_ROUTES}---\n{}",
+            SPLIT_ROUTES.replace("  - route:", "  - mirror: {host: x}\n    route:")
+        ),
+    );
+    let debug = daemon.debug.to_string();
+    until(
+        "the rejection in isthmusctl status",
+        Duration::from_secs(5),
+        || {
+            let out = isthmusctl(&["status", "--debug-addr", &debug]);
+            String::from_utf8_lossy(&out.stdout).contains(
+            "routes.yaml:11 (document 2): VirtualService echo: spec.http[0].mirror: not supported by Isthmus",
+        )
+        },
+    );
+    let out = isthmusctl(&["status", "--debug-addr", &debug]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("sidecar~127.0.10.3~client.shop"), "{text}");
+    let v2 = (0..20).filter(|_| mesh.backend(&[]) == "v2").count();
+    assert!(
+        (1..20).contains(&v2),
+        "the last good split stays in force ({v2}/20 to v2)"
+    );
+
+    // STRICT: clients without a certificate are refused, mesh traffic flows.
+    write(&config, "routes.yaml", HEADER_ROUTES);
+    write(&config, "peer-authentication.yaml", STRICT);
+    until("STRICT mTLS", Duration::from_secs(5), || {
+        curl(&[&direct]).0 == 0
+    });
+    let tls_without_cert = format!("https://{ip}.1:{inbound}/");
+    assert_eq!(
+        curl(&["-k", &tls_without_cert]).0,
+        0,
+        "TLS without a client certificate"
+    );
+    assert_eq!(mesh.backend(&[]), "v1");
+
+    // DENY on the caller's principal: its requests become 403s, decided by the server sidecar.
+    write(&config, "authorization.yaml", DENY_CLIENT);
+    until("the DENY policy", Duration::from_secs(5), || {
+        mesh.call("/", &[]).0 == 403
+    });
+    assert!(mesh.v1.stat(&format!("http.inbound_{inbound}.rbac.denied")) >= 1);
+
+    for envoy in mesh.all() {
+        no_rejected_updates(envoy);
+    }
+    assert!(
+        mesh.client
+            .stat("http.outbound_http.rds.outbound.update_success")
+            >= 1
+    );
+    assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+}
+
+#[test]
+fn envoy_over_the_mtls_port_gets_only_its_own_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = root.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let ip = "127.0.11";
+    write(&config, "mesh.yaml", &mesh_yaml(ip, free_port()));
+    let daemon = Isthmusd::start(root, "red.local", &[]).unwrap();
+
+    // The client workload's certificate, the way an operator gets one.
+    let state = daemon.state_dir.to_str().unwrap().to_owned();
+    let token = root.join("client.token");
+    let tls = root.join("tls");
+    let grpc = daemon.grpc.to_string();
+    let run = |args: &[&str]| {
+        let out = isthmusctl(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let id = "spiffe://red.local/ns/shop/sa/client";
+    run(&[
+        "token",
+        "create",
+        "--state-dir",
+        &state,
+        "--identity",
+        id,
+        "--out",
+        token.to_str().unwrap(),
+    ]);
+    run(&[
+        "cert",
+        "request",
+        "--ca-addr",
+        &grpc,
+        "--root",
+        daemon.root_file().to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--identity",
+        id,
+        "--out-dir",
+        tls.to_str().unwrap(),
+    ]);
+    let tls_args = |workload: &'static str, last: &str| {
+        vec![
+            "--workload".to_owned(),
+            workload.to_owned(),
+            "--address".to_owned(),
+            format!("{ip}.{last}"),
+            "--xds-address".to_owned(),
+            grpc.clone(),
+            "--tls-dir".to_owned(),
+            tls.display().to_string(),
+            "--trust-domain".to_owned(),
+            "red.local".to_owned(),
+            "--outbound-port".to_owned(),
+            free_port().to_string(),
+        ]
+    };
+    let args = tls_args("client", "3");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let client = Envoy::start(root, "client", &bootstrap(root, "client", &refs)).unwrap();
+    until("configuration over mTLS", Duration::from_secs(20), || {
+        client.stat("listener_manager.lds.update_success") >= 1
+            && client.stat("sds.default.update_success") >= 1
+    });
+    no_rejected_updates(&client);
+
+    // The same certificate claiming another workload's node gets nothing.
+    let args = tls_args("echo-v1", "1");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let thief = Envoy::start(root, "thief", &bootstrap(root, "thief", &refs)).unwrap();
+    until("the refusal", Duration::from_secs(10), || {
+        daemon
+            .logs()
+            .contains("but workload shop/echo-v1 runs as spiffe://red.local/ns/shop/sa/echo")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(thief.stat("listener_manager.lds.update_success"), 0);
+    assert_eq!(thief.stat("sds.default.update_success"), 0);
+}
