@@ -1,1 +1,659 @@
+//! Table-driven tests of per-proxy generation: YAML in, decoded Envoy resources out.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_api::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use isthmus_api::envoy::envoy::config::listener::v3::Listener;
+use isthmus_api::envoy::envoy::config::rbac::v3::rbac;
+use isthmus_api::envoy::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+use isthmus_api::envoy::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
+use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+    Secret, SpiffeCertValidatorConfig, UpstreamTlsContext, common_tls_context, secret,
+};
+use isthmus_api::identity::TrustDomain;
+use prost::Message;
+
+use super::*;
+use crate::config::load_text;
+use crate::model::MeshModel;
+use crate::xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+
+const MESH: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews.shop.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http}, {number: 7000, name: tcp-data}]
+  workloadSelector: {matchLabels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: other}
+spec:
+  hosts: [private.other.local]
+  exportTo: [.]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.9}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin.org]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: shop}
+spec: {address: 127.0.0.21, labels: {app: reviews, version: v1}, serviceAccount: reviews, locality: eu/a, ports: {http: 19080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2, namespace: shop}
+spec: {address: 127.0.0.22, labels: {app: reviews, version: v2}, serviceAccount: reviews, locality: us/b}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: shop}
+spec: {address: 127.0.0.23, labels: {app: web}, serviceAccount: web, locality: eu/a}
+";
+
+fn node(workload: &str) -> ProxyNode {
+    ProxyNode::from_metadata(
+        &format!("sidecar~127.0.0.1~{workload}.shop~shop.svc.cluster.local"),
+        &BTreeMap::from([("APP_PORTS".to_owned(), "http=8080".to_owned())]),
+    )
+    .unwrap()
+}
+
+fn secrets() -> ProxySecrets {
+    ProxySecrets {
+        certificate_chain_pem: "CHAIN".into(),
+        private_key_pem: "KEY".to_owned().into(),
+        bundles: vec![
+            ("red.local".into(), "RED ROOT".into()),
+            ("green.local".into(), "GREEN ROOT".into()),
+        ],
+    }
+}
+
+fn model(extra: &str) -> MeshModel {
+    let yaml = format!("{MESH}{extra}");
+    let snapshot = load_text(&yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e:?}"));
+    MeshModel::build(
+        Arc::new(snapshot),
+        &TrustDomain::new("red.local").unwrap(),
+        "istio-system",
+    )
+}
+
+fn snapshot_of(extra: &str, workload: &str) -> ProxySnapshot {
+    proxy_snapshot(&model(extra), &node(workload), &secrets()).unwrap()
+}
+
+fn decoded<M: Message + Default>(s: &ProxySnapshot, type_url: &str) -> BTreeMap<String, M> {
+    s.get(type_url)
+        .map(|t| {
+            t.items
+                .iter()
+                .map(|(k, r)| (k.clone(), M::decode(r.body.value.as_slice()).unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn clusters(s: &ProxySnapshot) -> BTreeMap<String, Cluster> {
+    decoded(s, CLUSTER)
+}
+
+fn upstream_tls(c: &Cluster) -> Option<UpstreamTlsContext> {
+    let socket = c.transport_socket.as_ref()?;
+    let Some(
+        isthmus_api::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any),
+    ) = &socket.config_type
+    else {
+        return None;
+    };
+    Some(UpstreamTlsContext::decode(any.value.as_slice()).unwrap())
+}
+
+fn peer_sans(tls: &UpstreamTlsContext) -> Vec<String> {
+    let common = tls.common_tls_context.as_ref().unwrap();
+    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+        &common.validation_context_type
+    else {
+        panic!("no combined validation context")
+    };
+    v.default_validation_context
+        .as_ref()
+        .unwrap()
+        .match_typed_subject_alt_names
+        .iter()
+        .map(|m| format!("{:?}", m.matcher.as_ref().unwrap().match_pattern))
+        .collect()
+}
+
+#[test]
+fn clusters_per_port_and_subset_with_policy_and_scope() {
+    const RULE: &str = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.local
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 2s}, http: {http2MaxRequests: 9}}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 5s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+";
+    // (case, extra YAML, proxy, check)
+    type Check = fn(&BTreeMap<String, Cluster>);
+    let cases: &[(&str, &str, &str, Check)] = &[
+        (
+            "scope: exportTo '.' hides another namespace's service",
+            "",
+            "web",
+            |c| {
+                let names: Vec<&str> = c.keys().map(String::as_str).collect();
+                assert!(
+                    !names.iter().any(|n| n.contains("private.other.local")),
+                    "{names:?}"
+                );
+                assert!(
+                    names.contains(&"outbound|9080||reviews.shop.local"),
+                    "{names:?}"
+                );
+                assert!(
+                    names.contains(&"outbound|7000||reviews.shop.local"),
+                    "{names:?}"
+                );
+                assert!(names.contains(&"outbound|443||httpbin.org"), "{names:?}");
+            },
+        ),
+        (
+            "defaults: least request, EDS, auto mTLS to the endpoints' identities",
+            "",
+            "web",
+            |c| {
+                let reviews = &c["outbound|9080||reviews.shop.local"];
+                assert_eq!(reviews.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+                assert_eq!(
+                    reviews.cluster_discovery_type,
+                    Some(cluster::ClusterDiscoveryType::Type(
+                        cluster::DiscoveryType::Eds as i32
+                    ))
+                );
+                assert!(reviews.outlier_detection.is_none());
+                let tls = upstream_tls(reviews).expect("mTLS");
+                assert_eq!(tls.sni, "reviews.shop.local");
+                assert_eq!(
+                    peer_sans(&tls),
+                    [r#"Some(Exact("spiffe://red.local/ns/shop/sa/reviews"))"#]
+                );
+                let limits = &reviews.circuit_breakers.as_ref().unwrap().thresholds[0];
+                assert_eq!(limits.max_connections.as_ref().unwrap().value, u32::MAX);
+            },
+        ),
+        (
+            "external DNS service: STRICT_DNS, no mesh TLS",
+            "",
+            "web",
+            |c| {
+                let httpbin = &c["outbound|443||httpbin.org"];
+                assert_eq!(
+                    httpbin.cluster_discovery_type,
+                    Some(cluster::ClusterDiscoveryType::Type(
+                        cluster::DiscoveryType::StrictDns as i32
+                    ))
+                );
+                assert!(upstream_tls(httpbin).is_none());
+            },
+        ),
+        (
+            "DestinationRule: LB, pool, outlier detection, subsets",
+            RULE,
+            "web",
+            |c| {
+                let reviews = &c["outbound|9080||reviews.shop.local"];
+                assert_eq!(reviews.lb_policy, cluster::LbPolicy::RoundRobin as i32);
+                assert_eq!(reviews.connect_timeout.as_ref().unwrap().seconds, 2);
+                let limits = &reviews.circuit_breakers.as_ref().unwrap().thresholds[0];
+                assert_eq!(limits.max_connections.as_ref().unwrap().value, 7);
+                assert_eq!(limits.max_requests.as_ref().unwrap().value, 9);
+                let od = reviews.outlier_detection.as_ref().unwrap();
+                assert_eq!(od.consecutive_5xx.as_ref().unwrap().value, 3);
+                assert_eq!(od.base_ejection_time.as_ref().unwrap().seconds, 30);
+                assert_eq!(od.max_ejection_percent.as_ref().unwrap().value, 50);
+                assert!(c.contains_key("outbound|9080|v1|reviews.shop.local"));
+                assert!(c.contains_key("outbound|7000|v1|reviews.shop.local"));
+            },
+        ),
+        (
+            "tls DISABLE turns mTLS off",
+            "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec: {host: reviews.shop.local, trafficPolicy: {tls: {mode: DISABLE}}}
+",
+            "web",
+            |c| assert!(upstream_tls(&c["outbound|9080||reviews.shop.local"]).is_none()),
+        ),
+    ];
+    for (case, extra, workload, check) in cases {
+        let s = snapshot_of(extra, workload);
+        eprintln!("case: {case}");
+        check(&clusters(&s));
+    }
+}
+
+fn outbound_routes(s: &ProxySnapshot) -> RouteConfiguration {
+    decoded::<RouteConfiguration>(s, ROUTE)
+        .remove("outbound")
+        .unwrap()
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews.shop.local]
+  http:
+{http}"
+    )
+}
+
+fn cluster_of(r: &route::Action) -> String {
+    match r {
+        route::Action::Route(a) => match a.cluster_specifier.as_ref().unwrap() {
+            route_action::ClusterSpecifier::Cluster(c) => c.clone(),
+            route_action::ClusterSpecifier::WeightedClusters(w) => w
+                .clusters
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.weight.as_ref().unwrap().value))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => format!("{other:?}"),
+        },
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn routes_from_virtual_services() {
+    type Check = fn(&RouteConfiguration);
+    let cases: Vec<(&str, String, Check)> = vec![
+        ("no VirtualService: one default route per HTTP port", String::new(), |rc| {
+            let vh = rc.virtual_hosts.iter().find(|v| v.name == "reviews.shop.local:9080").unwrap();
+            assert_eq!(vh.domains, ["reviews.shop.local:9080", "reviews.shop.local"]);
+            assert_eq!(vh.routes.len(), 1);
+            let route::Action::Route(a) = vh.routes[0].action.as_ref().unwrap() else { panic!() };
+            assert_eq!(a.timeout.as_ref().unwrap().seconds, 0, "no timeout by default (Istio)");
+            let retry = a.retry_policy.as_ref().unwrap();
+            assert_eq!(retry.num_retries.as_ref().unwrap().value, 2);
+            assert!(!rc.virtual_hosts.iter().any(|v| v.name.starts_with("httpbin")), "TLS is not HTTP");
+        }),
+        (
+            "header match to a subset, then a weighted default",
+            vs("  - match: [{headers: {X-Version: {exact: v2}}, uri: {prefix: /api}}, {queryParams: {v: {regex: '2.*'}}}]
+    route: [{destination: {host: reviews.shop.local, subset: v2}}]
+    timeout: 3s
+    retries: {attempts: 4, retryOn: '5xx,503'}
+  - route:
+    - {destination: {host: reviews.shop.local, subset: v1}, weight: 90}
+    - {destination: {host: reviews.shop.local, subset: v2}, weight: 10}
+"),
+            |rc| {
+                let vh = rc.virtual_hosts.iter().find(|v| v.name == "reviews.shop.local:9080").unwrap();
+                assert_eq!(vh.routes.len(), 3, "two matches (OR) and the default");
+                let first = &vh.routes[0];
+                let m = first.r#match.as_ref().unwrap();
+                assert_eq!(m.headers[0].name, "x-version");
+                assert!(format!("{:?}", m.path_specifier).contains("Prefix(\"/api\")"));
+                assert_eq!(cluster_of(first.action.as_ref().unwrap()), "outbound|9080|v2|reviews.shop.local");
+                let route::Action::Route(a) = first.action.as_ref().unwrap() else { panic!() };
+                assert_eq!(a.timeout.as_ref().unwrap().seconds, 3);
+                let retry = a.retry_policy.as_ref().unwrap();
+                assert_eq!(retry.retry_on, "5xx,retriable-status-codes");
+                assert_eq!(retry.retriable_status_codes, [503]);
+                assert_eq!(retry.num_retries.as_ref().unwrap().value, 4);
+                assert_eq!(vh.routes[1].r#match.as_ref().unwrap().query_parameters[0].name, "v");
+                assert_eq!(
+                    cluster_of(vh.routes[2].action.as_ref().unwrap()),
+                    "outbound|9080|v1|reviews.shop.local=90,outbound|9080|v2|reviews.shop.local=10"
+                );
+            },
+        ),
+        (
+            "redirect, direct response, header edits",
+            vs("  - match: [{uri: {exact: /old}}]
+    redirect: {uri: /new, redirectCode: 302}
+  - match: [{uri: {exact: /teapot}}]
+    directResponse: {status: 418, body: {string: short and stout}}
+  - route: [{destination: {host: reviews.shop.local}}]
+    headers: {request: {set: {X-Mesh: isthmus}, remove: [X-Debug]}, response: {add: {X-Served-By: reviews}}}
+"),
+            |rc| {
+                let vh = rc.virtual_hosts.iter().find(|v| v.name == "reviews.shop.local:9080").unwrap();
+                let route::Action::Redirect(r) = vh.routes[0].action.as_ref().unwrap() else { panic!() };
+                assert_eq!(r.response_code, 1, "302 is FOUND");
+                let route::Action::DirectResponse(d) = vh.routes[1].action.as_ref().unwrap() else { panic!() };
+                assert_eq!(d.status, 418);
+                let edit = &vh.routes[2];
+                assert_eq!(edit.request_headers_to_add[0].header.as_ref().unwrap().key, "x-mesh");
+                assert_eq!(edit.request_headers_to_remove, ["x-debug"]);
+                assert_eq!(edit.response_headers_to_add[0].header.as_ref().unwrap().value, "reviews");
+            },
+        ),
+        (
+            "port and sourceLabels decide per proxy",
+            vs("  - match: [{port: 7000}]
+    route: [{destination: {host: reviews.shop.local, subset: v2}}]
+  - match: [{sourceLabels: {app: other}}]
+    route: [{destination: {host: reviews.shop.local, subset: v2}}]
+  - match: [{sourceLabels: {app: web}}]
+    route: [{destination: {host: reviews.shop.local, subset: v1}}]
+"),
+            |rc| {
+                let vh = rc.virtual_hosts.iter().find(|v| v.name == "reviews.shop.local:9080").unwrap();
+                assert_eq!(vh.routes.len(), 1, "only the web match applies to web on 9080");
+                assert_eq!(cluster_of(vh.routes[0].action.as_ref().unwrap()), "outbound|9080|v1|reviews.shop.local");
+            },
+        ),
+    ];
+    for (case, extra, check) in &cases {
+        eprintln!("case: {case}");
+        check(&outbound_routes(&snapshot_of(extra, "web")));
+    }
+}
+
+fn inbound_listener(s: &ProxySnapshot, port: u32) -> Listener {
+    decoded::<Listener>(s, LISTENER)
+        .into_values()
+        .find(|l| l.name.ends_with(&format!("_{port}")) && l.name.starts_with("inbound"))
+        .unwrap()
+}
+
+#[test]
+fn inbound_listeners_follow_peer_authentication() {
+    let pa = |ns: &str, spec: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: {ns}}}\nspec: {spec}\n"
+        )
+    };
+    // (case, policy, port, chains by transport protocol)
+    let cases: Vec<(&str, String, u32, Vec<&str>)> = vec![
+        (
+            "default PERMISSIVE: TLS and plaintext",
+            String::new(),
+            19080,
+            vec!["tls", "raw_buffer"],
+        ),
+        (
+            "namespace STRICT: TLS only",
+            pa("shop", "{mtls: {mode: STRICT}}"),
+            19080,
+            vec!["tls"],
+        ),
+        (
+            "mesh STRICT from the root namespace",
+            pa("istio-system", "{mtls: {mode: STRICT}}"),
+            7000,
+            vec!["tls"],
+        ),
+        (
+            "DISABLE: plaintext only",
+            pa("shop", "{mtls: {mode: DISABLE}}"),
+            19080,
+            vec![""],
+        ),
+        (
+            "port-level PERMISSIVE under STRICT",
+            pa(
+                "shop",
+                "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}, portLevelMtls: {7000: {mode: PERMISSIVE}}}",
+            ),
+            7000,
+            vec!["tls", "raw_buffer"],
+        ),
+    ];
+    for (case, policy, port, expected) in cases {
+        let s = snapshot_of(&policy, "reviews-v1");
+        let l = inbound_listener(&s, port);
+        let got: Vec<String> = l
+            .filter_chains
+            .iter()
+            .map(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .map(|m| m.transport_protocol.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(got, expected, "{case}");
+        let address = format!("{:?}", l.address);
+        assert!(address.contains("127.0.0.21"), "{case}: {address}");
+    }
+    // The inbound cluster reaches the application on its APP_PORTS port.
+    let s = snapshot_of("", "reviews-v1");
+    let c = &clusters(&s)["inbound|19080||"];
+    let la = c.load_assignment.as_ref().unwrap();
+    let Some(lb_endpoint::HostIdentifier::Endpoint(e)) =
+        &la.endpoints[0].lb_endpoints[0].host_identifier
+    else {
+        panic!()
+    };
+    assert!(format!("{:?}", e.address).contains("PortValue(8080)"));
+    // A workload no service selects has no inbound listener.
+    let s = snapshot_of("", "web");
+    assert!(
+        decoded::<Listener>(&s, LISTENER)
+            .keys()
+            .all(|n| !n.starts_with("inbound"))
+    );
+}
+
+#[test]
+fn authorization_policies_become_rbac_in_the_inbound_routes() {
+    let ap = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec: {spec}\n"
+        )
+    };
+    let per_filter = |extra: &str| -> BTreeMap<String, (i32, usize)> {
+        let s = snapshot_of(extra, "reviews-v1");
+        let rc = decoded::<RouteConfiguration>(&s, ROUTE)
+            .remove("inbound|19080")
+            .unwrap();
+        rc.virtual_hosts[0]
+            .typed_per_filter_config
+            .iter()
+            .map(|(k, v)| {
+                let rules = RbacPerRoute::decode(v.value.as_slice())
+                    .unwrap()
+                    .rbac
+                    .unwrap()
+                    .rules
+                    .unwrap();
+                (k.clone(), (rules.action, rules.policies.len()))
+            })
+            .collect()
+    };
+    let deny = rbac::Action::Deny as i32;
+    let allow = rbac::Action::Allow as i32;
+    let cases: Vec<(&str, String, Vec<(&str, (i32, usize))>)> = vec![
+        ("no policy: no RBAC", String::new(), vec![]),
+        (
+            "DENY with one rule",
+            ap(
+                "d",
+                "{action: DENY, rules: [{from: [{source: {principals: [red.local/ns/shop/sa/web]}}]}]}",
+            ),
+            vec![(RBAC_DENY, (deny, 1))],
+        ),
+        (
+            "DENY without rules never matches: no filter config",
+            ap("d", "{action: DENY}"),
+            vec![],
+        ),
+        (
+            "ALLOW without rules denies everything",
+            ap("a", "{action: ALLOW}"),
+            vec![(RBAC_ALLOW, (allow, 0))],
+        ),
+        (
+            "DENY and ALLOW together",
+            ap(
+                "d",
+                "{action: DENY, rules: [{to: [{operation: {paths: [/admin*]}}]}]}",
+            ) + &ap(
+                "a",
+                "{action: ALLOW, rules: [{from: [{source: {namespaces: [shop]}}]}, {to: [{operation: {methods: [GET]}}]}]}",
+            ),
+            vec![(RBAC_DENY, (deny, 1)), (RBAC_ALLOW, (allow, 2))],
+        ),
+        (
+            "another workload's selector does not apply",
+            ap(
+                "d",
+                "{selector: {matchLabels: {app: web}}, action: DENY, rules: [{}]}",
+            ),
+            vec![],
+        ),
+    ];
+    for (case, extra, expected) in cases {
+        let expected: BTreeMap<String, (i32, usize)> = expected
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(per_filter(&extra), expected, "{case}");
+    }
+}
+
+const RBAC_DENY: &str = super::names::RBAC_DENY_FILTER;
+const RBAC_ALLOW: &str = super::names::RBAC_ALLOW_FILTER;
+
+#[test]
+fn endpoints_get_locality_priorities_only_with_outlier_detection() {
+    let eds = |extra: &str| -> Vec<(String, u32)> {
+        let s = snapshot_of(extra, "web");
+        let cla: ClusterLoadAssignment = decoded::<ClusterLoadAssignment>(&s, ENDPOINT)
+            .remove("outbound|9080||reviews.shop.local")
+            .unwrap();
+        cla.endpoints
+            .iter()
+            .map(|l| (l.locality.as_ref().unwrap().region.clone(), l.priority))
+            .collect()
+    };
+    assert_eq!(eds(""), [("eu".to_owned(), 0), ("us".to_owned(), 0)]);
+    let rule = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec: {host: reviews.shop.local, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}}
+";
+    // web is in eu/a: eu first, us next (priorities are contiguous from 0).
+    assert_eq!(eds(rule), [("eu".to_owned(), 0), ("us".to_owned(), 1)]);
+    // Subsets carry only their endpoints; ports come from the WorkloadEntry when named.
+    let s = snapshot_of(
+        "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec: {host: reviews.shop.local, subsets: [{name: v2, labels: {version: v2}}]}
+",
+        "web",
+    );
+    let all = decoded::<ClusterLoadAssignment>(&s, ENDPOINT);
+    let v2 = &all["outbound|9080|v2|reviews.shop.local"];
+    let text = format!("{v2:?}");
+    assert!(
+        text.contains("127.0.0.22") && !text.contains("127.0.0.21"),
+        "{text}"
+    );
+    assert!(format!("{:?}", all["outbound|9080||reviews.shop.local"]).contains("PortValue(19080)"));
+    assert!(
+        !all.contains_key("outbound|443||httpbin.org"),
+        "DNS clusters carry their own endpoints"
+    );
+}
+
+#[test]
+fn secrets_carry_the_certificate_and_one_bundle_per_trust_domain() {
+    let s = snapshot_of("", "web");
+    let sent = decoded::<Secret>(&s, SECRET);
+    let Some(secret::Type::TlsCertificate(cert)) = &sent["default"].r#type else {
+        panic!()
+    };
+    assert!(format!("{:?}", cert.certificate_chain).contains("InlineBytes"));
+    let Some(secret::Type::ValidationContext(v)) = &sent["ROOTCA"].r#type else {
+        panic!()
+    };
+    let custom = v.custom_validator_config.as_ref().unwrap();
+    assert_eq!(custom.name, "envoy.tls.cert_validator.spiffe");
+    let spiffe =
+        SpiffeCertValidatorConfig::decode(custom.typed_config.as_ref().unwrap().value.as_slice())
+            .unwrap();
+    let domains: Vec<&str> = spiffe
+        .trust_domains
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(domains, ["red.local", "green.local"]);
+
+    // Before its certificate is issued, a proxy gets the bundles only.
+    let mut none = secrets();
+    none.certificate_chain_pem.clear();
+    let s = proxy_snapshot(&model(""), &node("web"), &none).unwrap();
+    assert_eq!(
+        decoded::<Secret>(&s, SECRET).keys().collect::<Vec<_>>(),
+        ["ROOTCA"]
+    );
+}
+
+#[test]
+fn an_endpoint_change_changes_only_endpoint_versions() {
+    let before = snapshot_of("", "web");
+    let again = snapshot_of("", "web");
+    assert_eq!(before, again, "generation is deterministic");
+    let moved = MESH.replace("address: 127.0.0.22", "address: 127.0.0.32");
+    let snapshot = load_text(&moved, Path::new("t.yaml")).unwrap();
+    let model = MeshModel::build(
+        Arc::new(snapshot),
+        &TrustDomain::new("red.local").unwrap(),
+        "istio-system",
+    );
+    let after = proxy_snapshot(&model, &node("web"), &secrets()).unwrap();
+    for type_url in [LISTENER, ROUTE, CLUSTER, SECRET] {
+        assert_eq!(
+            before.get(type_url).unwrap().version,
+            after.get(type_url).unwrap().version,
+            "{type_url} changed"
+        );
+    }
+    assert_ne!(
+        before.get(ENDPOINT).unwrap().version,
+        after.get(ENDPOINT).unwrap().version
+    );
+}
+
+#[test]
+fn an_unknown_workload_is_an_error_naming_it() {
+    let e = proxy_snapshot(&model(""), &node("ghost"), &secrets()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "node sidecar~127.0.0.1~ghost.shop~shop.svc.cluster.local: no WorkloadEntry shop/ghost (with an address) in the configuration"
+    );
+}
