@@ -493,7 +493,9 @@ fn authorization_policies_become_rbac_in_the_inbound_routes() {
     };
     let deny = rbac::Action::Deny as i32;
     let allow = rbac::Action::Allow as i32;
-    let cases: Vec<(&str, String, Vec<(&str, (i32, usize))>)> = vec![
+    // (case, policies, per RBAC filter: (action, number of policies))
+    type Case<'a> = (&'a str, String, Vec<(&'a str, (i32, usize))>);
+    let cases: Vec<Case<'_>> = vec![
         ("no policy: no RBAC", String::new(), vec![]),
         (
             "DENY with one rule",
