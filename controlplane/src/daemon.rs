@@ -254,7 +254,13 @@ pub async fn run(
     };
     let debug = axum::serve(
         debug_listener,
-        crate::server::debug::router(Arc::new(registry), config_store, ads.streams.clone()),
+        crate::server::debug::router(crate::server::debug::DebugState {
+            registry: Arc::new(registry),
+            config: config_store,
+            streams: ads.streams.clone(),
+            cache: ads.cache.clone(),
+            node_errors: pipeline.node_errors.clone(),
+        }),
     )
     .with_graceful_shutdown(stopped(stop_rx));
     let (grpc, plaintext, debug) = tokio::join!(grpc, plaintext, debug);

@@ -366,6 +366,22 @@ fn envoy_sidecars_are_configured_by_isthmusd_end_to_end() {
     });
     assert!(mesh.v1.stat(&format!("http.inbound_{inbound}.rbac.denied")) >= 1);
 
+    // What a proxy was sent, decoded; never its private key.
+    let out = isthmusctl(&[
+        "status",
+        "--debug-addr",
+        &debug,
+        "--dump",
+        "sidecar~127.0.10.3~client.shop~shop.svc.cluster.local",
+    ]);
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(dump.contains("outbound|8080|v2|echo.shop.local"), "{dump}");
+    assert!(
+        dump.contains("TlsCertificate (chain and key, not shown)"),
+        "{dump}"
+    );
+    assert!(!dump.contains("PRIVATE KEY"));
+
     for envoy in mesh.all() {
         no_rejected_updates(envoy);
     }
@@ -462,4 +478,24 @@ fn envoy_over_the_mtls_port_gets_only_its_own_workload() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(thief.stat("listener_manager.lds.update_success"), 0);
     assert_eq!(thief.stat("sds.default.update_success"), 0);
+
+    // A proxy for a workload the configuration does not have: status says so.
+    let xds = daemon.xds.to_string();
+    let ghost = bootstrap(
+        root,
+        "ghost",
+        &["--workload", "ghost", "--xds-address", &xds],
+    );
+    let _ghost = Envoy::start(root, "ghost", &ghost).unwrap();
+    let debug = daemon.debug.to_string();
+    until(
+        "the ghost in isthmusctl status",
+        Duration::from_secs(10),
+        || {
+            let out = isthmusctl(&["status", "--debug-addr", &debug]);
+            String::from_utf8_lossy(&out.stdout).contains(
+            "NO CONFIG: node sidecar~127.0.0.1~ghost.shop~shop.svc.cluster.local: no WorkloadEntry shop/ghost",
+        )
+        },
+    );
 }

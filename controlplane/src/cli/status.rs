@@ -13,10 +13,19 @@ pub struct StatusCommand {
     /// isthmusd's debug address (host:port).
     #[arg(long, default_value = "127.0.0.1:15014")]
     pub debug_addr: String,
+    /// Show what this proxy (node id) is sent: every resource, decoded.
+    #[arg(long, value_name = "NODE_ID")]
+    pub dump: Option<String>,
 }
 
 impl StatusCommand {
     pub async fn run(self) -> anyhow::Result<()> {
+        if let Some(node) = &self.dump {
+            let path = format!("/debug/config_dump?proxy={}", percent_encode(node));
+            let dump = get_json(&self.debug_addr, &path).await?;
+            println!("{}", serde_json::to_string_pretty(&dump)?);
+            return Ok(());
+        }
         let config = get_json(&self.debug_addr, "/debug/config").await?;
         let xds = get_json(&self.debug_addr, "/debug/xds").await?;
         print!("{}", render(&config, &xds));
@@ -86,7 +95,27 @@ pub fn render(config: &Value, xds: &Value) -> String {
             );
         }
     }
+    let errors = xds["nodeErrors"].as_object().cloned().unwrap_or_default();
+    for (node, reason) in &errors {
+        let _ = writeln!(
+            out,
+            "{node:<56} NO CONFIG: {}",
+            reason.as_str().unwrap_or_default()
+        );
+    }
     out
+}
+
+/// Node ids contain `~` and `.`, which are fine; anything else unusual is escaped.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! `isthmusd`'s debug port (15014): Prometheus metrics, readiness, configuration status, and
-//! the connected xDS streams with their per-type versions and ACK/NACK state.
+//! `isthmusd`'s debug port (15014): Prometheus metrics, readiness, configuration status, the
+//! connected xDS streams with their per-type versions and ACK/NACK state, proxies that get no
+//! configuration and why, and a per-proxy dump of what it is sent.
 
 use std::sync::Arc;
 
@@ -11,21 +12,50 @@ use isthmus_api::identity::format_time;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use std::collections::BTreeMap;
+
+use axum::extract::Query;
+use tokio::sync::watch;
+
 use crate::config::ConfigStore;
+use crate::xds::cache::SnapshotCache;
+use crate::xds::dump;
 use crate::xds::streams::StreamRegistry;
 
+/// What the debug port reads.
+#[derive(Debug, Clone)]
+pub struct DebugState {
+    pub registry: Arc<Registry>,
+    pub config: Arc<ConfigStore>,
+    pub streams: Arc<StreamRegistry>,
+    pub cache: Arc<SnapshotCache>,
+    /// Per node id, why it gets no (new) configuration.
+    pub node_errors: watch::Receiver<BTreeMap<String, String>>,
+}
+
 /// The debug HTTP routes.
-pub fn router(
-    registry: Arc<Registry>,
-    config: Arc<ConfigStore>,
-    streams: Arc<StreamRegistry>,
-) -> Router {
+pub fn router(state: DebugState) -> Router {
+    let DebugState {
+        registry,
+        config,
+        streams,
+        cache,
+        node_errors,
+    } = state;
     Router::new()
         .route(
             "/debug/xds",
             get(move || {
                 let streams = streams.clone();
-                async move { xds_status(&streams).await }
+                let errors = node_errors.borrow().clone();
+                async move { xds_status(&streams, errors).await }
+            }),
+        )
+        .route(
+            "/debug/config_dump",
+            get(move |Query(query): Query<DumpQuery>| {
+                let cache = cache.clone();
+                async move { config_dump(&cache, &query.proxy).await }
             }),
         )
         .route(
@@ -90,7 +120,10 @@ fn config_status(store: &ConfigStore) -> axum::Json<serde_json::Value> {
 }
 
 /// Every open xDS stream: node, protocol, and per type what was sent, acknowledged or rejected.
-async fn xds_status(streams: &StreamRegistry) -> axum::Json<serde_json::Value> {
+async fn xds_status(
+    streams: &StreamRegistry,
+    node_errors: BTreeMap<String, String>,
+) -> axum::Json<serde_json::Value> {
     let list: Vec<_> = streams
         .list()
         .await
@@ -111,5 +144,23 @@ async fn xds_status(streams: &StreamRegistry) -> axum::Json<serde_json::Value> {
             json!({ "stream": s.id, "protocol": s.protocol, "node": s.node_id, "types": types })
         })
         .collect();
-    axum::Json(json!({ "streams": list }))
+    axum::Json(json!({ "streams": list, "nodeErrors": node_errors }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DumpQuery {
+    proxy: String,
+}
+
+/// What `proxy` is sent, per type: versions and each resource decoded (Envoy's types, in
+/// their Rust debug form; nested `Any`s stay encoded).
+async fn config_dump(cache: &SnapshotCache, proxy: &str) -> axum::response::Response {
+    let Some(snapshot) = cache.get(proxy).await else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no configuration for proxy {proxy:?}\n"),
+        )
+            .into_response();
+    };
+    axum::Json(dump::snapshot_json(&snapshot)).into_response()
 }

@@ -47,6 +47,15 @@ impl SnapshotCache {
             .subscribe()
     }
 
+    /// The snapshot of `node_id`, if it has one.
+    pub async fn get(&self, node_id: &str) -> Option<Arc<ProxySnapshot>> {
+        self.nodes
+            .read()
+            .await
+            .get(node_id)
+            .map(|tx| tx.borrow().clone())
+    }
+
     /// Forgets nodes nobody watches any more.
     pub async fn prune(&self) {
         self.nodes
