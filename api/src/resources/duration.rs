@@ -60,6 +60,24 @@ impl fmt::Display for IstioDuration {
     }
 }
 
+impl schemars::JsonSchema for IstioDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IstioDuration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$",
+            "description": "A duration: 10s, 1.5s, 100ms, 1m30s, 2h."
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for IstioDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

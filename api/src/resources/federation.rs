@@ -1,6 +1,7 @@
 //! `federation.maistra.io/v1`: `ServiceMeshPeer`, `ExportedServiceSet`, `ImportedServiceSet`,
 //! with Maistra's field names and defaults.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Validate;
@@ -18,7 +19,18 @@ resource!(
     ServiceMeshPeerSpec
 );
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(kube::CustomResource)]
+#[kube(
+    group = "federation.maistra.io",
+    version = "v1",
+    kind = "ServiceMeshPeer",
+    plural = "servicemeshpeers",
+    shortname = "smp",
+    namespaced,
+    root = "KubeServiceMeshPeer",
+    doc = "A federated peer mesh: where to reach it and how to trust it."
+)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceMeshPeerSpec {
     pub remote: ServiceMeshPeerRemote,
@@ -27,7 +39,7 @@ pub struct ServiceMeshPeerSpec {
     pub security: ServiceMeshPeerSecurity,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceMeshPeerRemote {
     pub addresses: Vec<String>,
@@ -57,7 +69,7 @@ impl ServiceMeshPeerRemote {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceMeshPeerGateways {
     #[serde(default)]
@@ -66,13 +78,13 @@ pub struct ServiceMeshPeerGateways {
     pub egress: Option<LocalObjectReference>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalObjectReference {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceMeshPeerSecurity {
     /// The principal the peer presents when calling us (SPIFFE ID without `spiffe://`).
@@ -86,7 +98,7 @@ pub struct ServiceMeshPeerSecurity {
     pub certificate_chain: Option<TypedLocalObjectReference>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TypedLocalObjectReference {
     #[serde(default)]
@@ -149,14 +161,25 @@ resource!(
     ExportedServiceSetSpec
 );
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(kube::CustomResource)]
+#[kube(
+    group = "federation.maistra.io",
+    version = "v1",
+    kind = "ExportedServiceSet",
+    plural = "exportedservicesets",
+    shortname = "ess",
+    namespaced,
+    root = "KubeExportedServiceSet",
+    doc = "The services this mesh exports to the peer of the same name."
+)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExportedServiceSetSpec {
     #[serde(default)]
     pub export_rules: Vec<ExportRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExportRule {
     #[serde(rename = "type")]
@@ -167,7 +190,7 @@ pub struct ExportRule {
     pub label_selector: Option<ServiceLabelSelector>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RuleType {
     NameSelector,
     LabelSelector,
@@ -175,7 +198,7 @@ pub enum RuleType {
 
 /// Matches `(namespace, name)`; `""` or `*` in a part means any. The alias renames the match;
 /// an empty or `*` alias part keeps the original part.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceNameMapping {
     #[serde(default)]
@@ -186,7 +209,7 @@ pub struct ServiceNameMapping {
     pub alias: Option<ServiceName>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceName {
     #[serde(default)]
@@ -195,7 +218,7 @@ pub struct ServiceName {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceLabelSelector {
     #[serde(default)]
@@ -212,7 +235,18 @@ resource!(
     ImportedServiceSetSpec
 );
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(kube::CustomResource)]
+#[kube(
+    group = "federation.maistra.io",
+    version = "v1",
+    kind = "ImportedServiceSet",
+    plural = "importedservicesets",
+    shortname = "iss",
+    namespaced,
+    root = "KubeImportedServiceSet",
+    doc = "The services this mesh imports from the peer of the same name."
+)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImportedServiceSetSpec {
     #[serde(default)]
@@ -223,7 +257,7 @@ pub struct ImportedServiceSetSpec {
     pub import_rules: Vec<ImportRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImportedServiceLocality {
     #[serde(default)]
@@ -234,7 +268,7 @@ pub struct ImportedServiceLocality {
     pub subzone: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImportRule {
     #[serde(rename = "type")]

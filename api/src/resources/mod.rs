@@ -24,6 +24,7 @@ macro_rules! resource {
     };
 }
 
+pub mod crd;
 pub mod duration;
 pub mod federation;
 pub mod meta;

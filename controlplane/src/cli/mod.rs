@@ -6,6 +6,7 @@ pub mod cert;
 pub mod config;
 mod debug_client;
 pub mod echo;
+pub mod manifests;
 pub mod status;
 pub mod token;
 
@@ -38,6 +39,9 @@ pub enum Command {
     Bootstrap(bootstrap::BootstrapCommand),
     /// An HTTP echo service (for demos and tests): answers with its name and the request.
     Echo(echo::EchoCommand),
+    /// Kubernetes manifests generated from the code: `manifests crds`.
+    #[command(subcommand)]
+    Manifests(manifests::ManifestsCommand),
 }
 
 impl Cli {
@@ -49,6 +53,7 @@ impl Cli {
             Command::Status(cmd) => cmd.run().await,
             Command::Bootstrap(cmd) => cmd.run(),
             Command::Echo(cmd) => cmd.run().await,
+            Command::Manifests(cmd) => cmd.run(),
         }
     }
 }
