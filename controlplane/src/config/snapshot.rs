@@ -71,11 +71,16 @@ impl ConfigSnapshot {
         self.resources.iter().map(|(k, (r, s))| (k, r, s))
     }
 
-    /// Resources of one kind.
+    /// Resources of one kind (a range of the map: keys sort by kind first).
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &Resource)> {
+        let from = ResourceKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
         self.resources
-            .iter()
-            .filter(move |(k, _)| k.kind == kind)
+            .range(from..)
+            .take_while(move |(k, _)| k.kind == kind)
             .map(|(k, (r, _))| (k, r))
     }
 

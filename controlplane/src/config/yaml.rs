@@ -32,14 +32,25 @@ pub fn documents(text: &str) -> Result<Vec<Document>, YamlError> {
             reason: format!("larger than {MAX_FILE_BYTES} bytes"),
         });
     }
-    let spanned: Vec<Spanned<Value>> = serde_saphyr::from_multiple(text).map_err(|e| {
-        let reason = e.to_string();
-        let line = e.location().map(|l| l.line());
-        YamlError {
-            line,
-            reason: first_line(&reason),
-        }
-    })?;
+    // The parser's default budget guards against alias bombs and separator storms; its
+    // document and node counts are raised to what an 8 MiB file of real configuration holds
+    // (a generated file of a thousand services is a few thousand documents).
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 65_536,
+            max_nodes: 2_000_000,
+            max_events: 8_000_000,
+        },
+    };
+    let spanned: Vec<Spanned<Value>> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| {
+            let reason = e.to_string();
+            let line = e.location().map(|l| l.line());
+            YamlError {
+                line,
+                reason: first_line(&reason),
+            }
+        })?;
     Ok(spanned
         .into_iter()
         .filter(|d| !d.value.is_null())

@@ -34,6 +34,8 @@ pub struct MeshModel {
     /// Host name to the service that declared it first.
     pub hosts: BTreeMap<String, ServiceKey>,
     pub workloads: BTreeMap<(String, String), Workload>,
+    /// (namespace, workload) to the services whose endpoints it is.
+    pub services_of_workload: BTreeMap<(String, String), Vec<ServiceKey>>,
     /// Host name to the `VirtualService` that routes it (the first one, by key).
     pub routes: BTreeMap<String, (ResourceKey, VirtualServiceSpec)>,
     /// Host name to its `DestinationRule` (the first one, by key).
@@ -78,6 +80,21 @@ impl MeshModel {
             }
         }
         let workloads = workload::build_workloads(&config, trust_domain);
+        let mut services_of_workload: BTreeMap<(String, String), Vec<ServiceKey>> = BTreeMap::new();
+        for service in services.values() {
+            for name in service
+                .endpoints
+                .iter()
+                .filter_map(|e| e.workload_entry.as_ref())
+            {
+                let list = services_of_workload
+                    .entry((service.key.namespace.clone(), name.clone()))
+                    .or_default();
+                if !list.contains(&service.key) {
+                    list.push(service.key.clone());
+                }
+            }
+        }
         Self {
             trust_domain: trust_domain.clone(),
             root_namespace: root_namespace.to_owned(),
@@ -85,6 +102,7 @@ impl MeshModel {
             services,
             hosts,
             workloads,
+            services_of_workload,
             routes,
             destination_rules,
             warnings,

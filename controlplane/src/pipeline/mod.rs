@@ -10,7 +10,7 @@
 pub mod certs;
 pub mod gate;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +21,10 @@ use crate::ca::Authority;
 use crate::config::ConfigSnapshot;
 use crate::model::{MeshModel, ProxyNode};
 use crate::xds::cache::SnapshotCache;
-use crate::xds::generate::{ProxySecrets, proxy_snapshot, workload_of};
+use crate::xds::generate::{
+    OutboundView, ProxySecrets, ViewKey, outbound_view, proxy_snapshot_with_view, view_key,
+    workload_of,
+};
 use crate::xds::server::NodeInfo;
 use crate::xds::streams::StreamRegistry;
 use certs::ProxyCertificates;
@@ -54,6 +57,8 @@ struct Worker {
     model: watch::Sender<Arc<MeshModel>>,
     node_errors: watch::Sender<BTreeMap<String, String>>,
     nodes: BTreeMap<String, ProxyNode>,
+    /// Outbound views of the model in force, shared by proxies that look alike.
+    views: HashMap<ViewKey, Arc<OutboundView>>,
 }
 
 impl Pipeline {
@@ -80,6 +85,7 @@ impl Pipeline {
             model: model_tx,
             node_errors: errors_tx,
             nodes: BTreeMap::new(),
+            views: HashMap::new(),
         };
         tokio::spawn(async move {
             loop {
@@ -125,6 +131,7 @@ impl Worker {
             tracing::warn!(resource = %w.resource, "{}", w.message);
         }
         self.model.send_replace(Arc::new(model));
+        self.views.clear();
     }
 
     async fn join(&mut self, info: NodeInfo) {
@@ -166,14 +173,21 @@ impl Worker {
         let model = self.model.borrow().clone();
         let result = workload_of(&model, node)
             .map_err(|e| e.to_string())
-            .and_then(|w| self.certs.get(&w.identity, SystemTime::now()))
-            .and_then(|credential| {
+            .and_then(|workload| {
+                let credential = self.certs.get(&workload.identity, SystemTime::now())?;
                 let secrets = ProxySecrets {
                     certificate_chain_pem: credential.chain_pem,
                     private_key_pem: credential.key_pem,
                     bundles: self.settings.bundles.clone(),
                 };
-                proxy_snapshot(&model, node, &secrets).map_err(|e| e.to_string())
+                let view = self
+                    .views
+                    .entry(view_key(workload))
+                    .or_insert_with(|| Arc::new(outbound_view(&model, workload)))
+                    .clone();
+                Ok(proxy_snapshot_with_view(
+                    &model, node, workload, &view, &secrets,
+                ))
             });
         match result {
             Ok(snapshot) => {

@@ -24,6 +24,10 @@ struct TypeState {
     known: BTreeMap<String, String>,
     /// Nonce to the system version it carried, until answered.
     pending: BTreeMap<String, String>,
+    /// The type version last compared with `known`, while the subscription is unchanged:
+    /// a snapshot whose version for this type is the same holds nothing new (versions are
+    /// content hashes), so the per-resource comparison is skipped.
+    diffed: Option<String>,
     replies: ReplyState,
 }
 
@@ -32,6 +36,11 @@ impl TypeState {
         self.wildcard || self.names.contains(name)
     }
 }
+
+/// The most resources one response carries. A big push (a thousand clusters) goes out as
+/// several responses, so no message, and no per-stream encoding buffer, grows with the size of
+/// the mesh.
+pub const MAX_RESOURCES_PER_RESPONSE: usize = 100;
 
 /// State of one delta stream.
 #[derive(Debug, Default)]
@@ -71,6 +80,9 @@ impl DeltaStream {
                 request.resource_names_subscribe.is_empty() && is_wildcard_type(&type_url);
             state.known = request.initial_resource_versions.into_iter().collect();
         }
+        let resubscribed = first
+            || !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty();
         for name in request.resource_names_subscribe {
             if name == "*" {
                 state.wildcard = true;
@@ -85,6 +97,10 @@ impl DeltaStream {
                 state.names.remove(&name);
             }
             state.known.remove(&name);
+        }
+        // A changed subscription needs a resource-by-resource comparison; an ACK does not.
+        if resubscribed {
+            state.diffed = None;
         }
         // Forget the proxy's copies of anything no longer subscribed.
         let TypeState {
@@ -125,9 +141,14 @@ impl DeltaStream {
     ) -> Option<DeltaDiscoveryResponse> {
         let state = self.types.get_mut(type_url)?;
         let typed = snapshot.get(type_url);
+        let version = typed.map(|t| t.version.clone()).unwrap_or_default();
+        if !always && state.diffed.as_ref() == Some(&version) {
+            return None;
+        }
+        state.diffed = Some(version.clone());
         let mut resources = Vec::new();
         if let Some(typed) = typed {
-            for item in typed.items.values() {
+            for item in typed.items() {
                 if state.in_scope(&item.name) && state.known.get(&item.name) != Some(&item.version)
                 {
                     state.known.insert(item.name.clone(), item.version.clone());
@@ -143,7 +164,7 @@ impl DeltaStream {
         let removed: Vec<String> = state
             .known
             .keys()
-            .filter(|name| typed.is_none_or(|t| !t.items.contains_key(*name)))
+            .filter(|name| typed.is_none_or(|t| !t.contains(name)))
             .cloned()
             .collect();
         for name in &removed {
@@ -152,7 +173,6 @@ impl DeltaStream {
         if resources.is_empty() && removed.is_empty() && !always {
             return None;
         }
-        let version = typed.map(|t| t.version.clone()).unwrap_or_default();
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         state.pending.insert(nonce.clone(), version.clone());
@@ -165,5 +185,57 @@ impl DeltaStream {
             nonce,
             ..DeltaDiscoveryResponse::default()
         })
+    }
+
+    /// Splits `response` into responses of at most [`MAX_RESOURCES_PER_RESPONSE`] resources,
+    /// each with its own nonce (all expecting an ACK of the same version); removals go with
+    /// the last one.
+    pub fn chunk(&mut self, response: DeltaDiscoveryResponse) -> Vec<DeltaDiscoveryResponse> {
+        if response.resources.len() <= MAX_RESOURCES_PER_RESPONSE {
+            return vec![response];
+        }
+        let DeltaDiscoveryResponse {
+            system_version_info,
+            resources,
+            removed_resources,
+            type_url,
+            nonce,
+            ..
+        } = response;
+        let mut chunks: Vec<Vec<Resource>> = Vec::new();
+        let mut rest = resources.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(MAX_RESOURCES_PER_RESPONSE).collect());
+        }
+        let count = chunks.len();
+        let mut removed = Some(removed_resources);
+        let mut out = Vec::with_capacity(count);
+        for (i, resources) in chunks.into_iter().enumerate() {
+            let nonce = if i == 0 {
+                nonce.clone()
+            } else {
+                self.nonce += 1;
+                let extra = self.nonce.to_string();
+                if let Some(state) = self.types.get_mut(&type_url) {
+                    state
+                        .pending
+                        .insert(extra.clone(), system_version_info.clone());
+                }
+                extra
+            };
+            out.push(DeltaDiscoveryResponse {
+                system_version_info: system_version_info.clone(),
+                resources,
+                removed_resources: if i + 1 == count {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                type_url: type_url.clone(),
+                nonce,
+                ..DeltaDiscoveryResponse::default()
+            });
+        }
+        out
     }
 }

@@ -41,8 +41,7 @@ pub fn snapshot_json(snapshot: &ProxySnapshot) -> Value {
         .filter_map(|type_url| {
             let resources = snapshot.get(type_url)?;
             let items: serde_json::Map<String, Value> = resources
-                .items
-                .values()
+                .items()
                 .map(|r| {
                     (
                         r.name.clone(),

@@ -2,6 +2,7 @@
 //! unchanged resource keeps its version across pushes and across `isthmusd` restarts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use isthmus_api::envoy::google::protobuf::Any;
 use sha2::{Digest, Sha256};
@@ -26,10 +27,20 @@ pub struct NamedResource {
 }
 
 /// Every resource of one type, and the type's version (a hash over names and versions).
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Made of shared parts: what many proxies have in common (the outbound clusters of a
+/// namespace, say) is built once and referenced by each proxy's snapshot, not copied.
+#[derive(Debug, Clone, Default)]
 pub struct TypeResources {
     pub version: String,
-    pub items: BTreeMap<String, NamedResource>,
+    parts: Vec<Arc<BTreeMap<String, NamedResource>>>,
+}
+
+/// Versions are derived from content, so equal versions mean equal resources.
+impl PartialEq for TypeResources {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+    }
 }
 
 impl TypeResources {
@@ -55,7 +66,51 @@ impl TypeResources {
             hasher.update(item.version.as_bytes());
         }
         let version = hex::encode(&hasher.finalize()[..8]);
-        Self { version, items }
+        Self {
+            version,
+            parts: vec![Arc::new(items)],
+        }
+    }
+
+    /// The resources of all `parts` (their names must not overlap), sharing their storage.
+    pub fn merge(parts: &[&TypeResources]) -> Self {
+        let non_empty: Vec<&&TypeResources> = parts.iter().filter(|p| !p.is_empty()).collect();
+        if let [only] = non_empty.as_slice() {
+            return (**only).clone();
+        }
+        let mut hasher = Sha256::new();
+        for part in &non_empty {
+            hasher.update(part.version.as_bytes());
+            hasher.update([0]);
+        }
+        Self {
+            version: hex::encode(&hasher.finalize()[..8]),
+            parts: non_empty
+                .iter()
+                .flat_map(|p| p.parts.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// Every resource, part by part, each part in name order.
+    pub fn items(&self) -> impl Iterator<Item = &NamedResource> {
+        self.parts.iter().flat_map(|p| p.values())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&NamedResource> {
+        self.parts.iter().find_map(|p| p.get(name))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.is_empty())
     }
 }
 

@@ -35,7 +35,7 @@ trait StreamMachine: Default + Send + 'static {
         &mut self,
         request: Self::Request,
         snapshot: &ProxySnapshot,
-    ) -> Result<(Option<Self::Response>, Option<Reply>), ProtocolError>;
+    ) -> Result<(Vec<Self::Response>, Option<Reply>), ProtocolError>;
     fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<Self::Response>;
     fn status(&self) -> Vec<TypeStatus>;
 }
@@ -51,8 +51,9 @@ impl StreamMachine for SotwStream {
         &mut self,
         request: DiscoveryRequest,
         snapshot: &ProxySnapshot,
-    ) -> Result<(Option<DiscoveryResponse>, Option<Reply>), ProtocolError> {
-        SotwStream::on_request(self, request, snapshot)
+    ) -> Result<(Vec<DiscoveryResponse>, Option<Reply>), ProtocolError> {
+        let (response, reply) = SotwStream::on_request(self, request, snapshot)?;
+        Ok((response.into_iter().collect(), reply))
     }
     fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<DiscoveryResponse> {
         SotwStream::on_snapshot(self, snapshot)
@@ -73,11 +74,14 @@ impl StreamMachine for DeltaStream {
         &mut self,
         request: DeltaDiscoveryRequest,
         snapshot: &ProxySnapshot,
-    ) -> Result<(Option<DeltaDiscoveryResponse>, Option<Reply>), ProtocolError> {
-        DeltaStream::on_request(self, request, snapshot)
+    ) -> Result<(Vec<DeltaDiscoveryResponse>, Option<Reply>), ProtocolError> {
+        let (response, reply) = DeltaStream::on_request(self, request, snapshot)?;
+        let responses = response.map(|r| self.chunk(r)).unwrap_or_default();
+        Ok((responses, reply))
     }
     fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<DeltaDiscoveryResponse> {
-        DeltaStream::on_snapshot(self, snapshot)
+        let responses = DeltaStream::on_snapshot(self, snapshot);
+        responses.into_iter().flat_map(|r| self.chunk(r)).collect()
     }
     fn status(&self) -> Vec<TypeStatus> {
         DeltaStream::status(self)
@@ -259,11 +263,10 @@ async fn run_stream<M>(
                         let _ = joins.send(node).await;
                     }
                 }
-                let snapshot = snapshots.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
-                match machine.on_request(request, &snapshot) {
-                    Ok((response, reply)) => {
+                match answer_request(&mut machine, request, snapshots.as_mut()) {
+                    Ok((responses, reply)) => {
                         log_reply(&node_id, reply);
-                        response.into_iter().collect()
+                        responses
                     }
                     Err(e) => {
                         let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
@@ -289,6 +292,28 @@ async fn run_stream<M>(
     server.streams.close(id).await;
 }
 
+/// Answers one request from the newest snapshot. If the snapshot changed since the stream last
+/// looked, reading it here consumes the change notification, so every other type's changes
+/// are sent now too; otherwise they would wait for the next change (a lost update).
+fn answer_request<M: StreamMachine>(
+    machine: &mut M,
+    request: M::Request,
+    snapshots: Option<&mut watch::Receiver<Arc<ProxySnapshot>>>,
+) -> Result<(Vec<M::Response>, Option<Reply>), ProtocolError> {
+    let (changed, snapshot) = match snapshots {
+        Some(rx) => (
+            rx.has_changed().unwrap_or(false),
+            rx.borrow_and_update().clone(),
+        ),
+        None => (false, Arc::default()),
+    };
+    let (mut responses, reply) = machine.on_request(request, &snapshot)?;
+    if changed {
+        responses.extend(machine.on_snapshot(&snapshot));
+    }
+    Ok((responses, reply))
+}
+
 fn log_reply(node_id: &str, reply: Option<Reply>) {
     match reply {
         Some(Reply::Nack {
@@ -306,5 +331,75 @@ fn log_reply(node_id: &str, reply: Option<Reply>) {
             tracing::debug!(node = node_id, type_url, version, "ACK")
         }
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use isthmus_api::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use isthmus_api::envoy::google::protobuf::Any;
+
+    use super::*;
+    use crate::xds::resources::{CLUSTER, LISTENER, ROUTE, TypeResources};
+
+    fn request(type_url: &str, subscribe: &[&str]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "n".into(),
+                ..Default::default()
+            }),
+            type_url: type_url.into(),
+            resource_names_subscribe: subscribe.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn one(name: &str) -> TypeResources {
+        TypeResources::new([(
+            name.to_owned(),
+            Any {
+                type_url: "t".into(),
+                value: name.as_bytes().to_vec(),
+            },
+        )])
+    }
+
+    /// The snapshot arrives while the proxy is mid-conversation: the next request (here a new
+    /// RDS subscription) must not swallow the CDS and LDS changes.
+    #[test]
+    fn a_request_that_sees_a_new_snapshot_also_sends_the_other_types() {
+        let (tx, mut rx) = watch::channel(Arc::new(ProxySnapshot::default()));
+        let mut machine = DeltaStream::default();
+        for type_url in [CLUSTER, LISTENER] {
+            let (responses, _) =
+                answer_request(&mut machine, request(type_url, &[]), Some(&mut rx)).unwrap();
+            assert!(responses.iter().all(|r| r.resources.is_empty()));
+        }
+        tx.send_replace(Arc::new(
+            ProxySnapshot::default()
+                .with(CLUSTER, one("c"))
+                .with(LISTENER, one("l"))
+                .with(ROUTE, one("r")),
+        ));
+        let (responses, _) =
+            answer_request(&mut machine, request(ROUTE, &["r"]), Some(&mut rx)).unwrap();
+        let mut sent: Vec<(String, Vec<String>)> = responses
+            .iter()
+            .map(|r| {
+                (
+                    r.type_url.clone(),
+                    r.resources.iter().map(|x| x.name.clone()).collect(),
+                )
+            })
+            .collect();
+        sent.sort();
+        assert_eq!(
+            sent,
+            [
+                (CLUSTER.to_owned(), vec!["c".to_owned()]),
+                (LISTENER.to_owned(), vec!["l".to_owned()]),
+                (ROUTE.to_owned(), vec!["r".to_owned()]),
+            ]
+        );
     }
 }

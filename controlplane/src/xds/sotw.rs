@@ -118,8 +118,7 @@ impl SotwStream {
             Some(typed) => (
                 typed.version.clone(),
                 typed
-                    .items
-                    .values()
+                    .items()
                     .filter(|r| {
                         state
                             .names

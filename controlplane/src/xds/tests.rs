@@ -277,8 +277,7 @@ fn delta_reconnect_with_initial_versions_sends_only_what_differs() {
     let versions: HashMap<String, String> = snap
         .get(CLUSTER)
         .unwrap()
-        .items
-        .values()
+        .items()
         .map(|r| (r.name.clone(), r.version.clone()))
         .collect();
     let changed = snapshot(&[("a", "1"), ("b", "2")], &[]);
@@ -315,4 +314,34 @@ fn delta_nack_is_recorded_and_not_resent() {
         s.on_request(dreq("", &[], &[], ""), &v1).unwrap_err(),
         ProtocolError::MissingTypeUrl
     );
+}
+
+#[test]
+fn delta_splits_a_big_push_into_bounded_responses_each_acked() {
+    use super::delta::MAX_RESOURCES_PER_RESPONSE;
+    let names: Vec<String> = (0..250).map(|i| format!("c{i:03}")).collect();
+    let items: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let snap = snapshot(&items, &[]);
+    let mut s = DeltaStream::default();
+    let mut first = dreq(CLUSTER, &[], &[], "");
+    first.node = node();
+    let response = s.on_request(first, &snap).unwrap().0.unwrap();
+    let chunks = s.chunk(response);
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.resources.len()).collect();
+    assert_eq!(
+        sizes,
+        [MAX_RESOURCES_PER_RESPONSE, MAX_RESOURCES_PER_RESPONSE, 50]
+    );
+    let nonces: std::collections::BTreeSet<&str> =
+        chunks.iter().map(|c| c.nonce.as_str()).collect();
+    assert_eq!(nonces.len(), 3, "each response has its own nonce");
+    let all: Vec<String> = chunks.iter().flat_map(dnames).collect();
+    assert_eq!(all, names, "every resource once, in order");
+    // Each chunk's ACK is recognised as an ACK of the pushed version.
+    for c in &chunks {
+        let (_, reply) = s
+            .on_request(dreq(CLUSTER, &[], &[], &c.nonce), &snap)
+            .unwrap();
+        assert!(matches!(reply, Some(Reply::Ack { .. })), "{reply:?}");
+    }
 }

@@ -54,10 +54,13 @@ struct InboundPort {
 /// namespace that selects it. The first service to name a port decides its protocol.
 fn inbound_ports(model: &MeshModel, workload: &Workload) -> Vec<InboundPort> {
     let mut ports: BTreeMap<u32, InboundPort> = BTreeMap::new();
-    for service in model.services.values() {
-        if service.key.namespace != workload.namespace {
-            continue;
-        }
+    let selecting = model
+        .services_of_workload
+        .get(&(workload.namespace.clone(), workload.name.clone()))
+        .into_iter()
+        .flatten()
+        .filter_map(|key| model.services.get(key));
+    for service in selecting {
         for endpoint in &service.endpoints {
             if endpoint.workload_entry.as_deref() != Some(workload.name.as_str()) {
                 continue;

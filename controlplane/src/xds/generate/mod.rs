@@ -24,6 +24,8 @@ mod tests;
 mod tls;
 mod visibility;
 
+use std::collections::BTreeMap;
+
 use isthmus_api::envoy::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
@@ -63,6 +65,46 @@ pub fn workload_of<'m>(
         })
 }
 
+/// What proxies that look alike get for their outbound traffic: it depends only on the
+/// workload's namespace (visibility), labels (`sourceLabels`, failover labels) and locality
+/// (endpoint priorities), so it is computed once per [`ViewKey`] and shared.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundView {
+    clusters: TypeResources,
+    endpoints: TypeResources,
+    routes: TypeResources,
+}
+
+/// Workloads with equal keys get the same [`OutboundView`].
+pub type ViewKey = (String, BTreeMap<String, String>, crate::model::Locality);
+
+pub fn view_key(workload: &Workload) -> ViewKey {
+    (
+        workload.namespace.clone(),
+        workload.labels.clone(),
+        workload.locality.clone(),
+    )
+}
+
+/// The outbound clusters, endpoints and routes of a workload.
+pub fn outbound_view(model: &MeshModel, workload: &Workload) -> OutboundView {
+    let visible = visibility::visible_services(model, workload);
+    let route = routes::outbound_routes(model, workload, &visible);
+    OutboundView {
+        clusters: TypeResources::new(
+            clusters::outbound(model, &visible)
+                .iter()
+                .map(|c| (c.name.clone(), pack(c))),
+        ),
+        endpoints: TypeResources::new(
+            endpoints::outbound(model, workload, &visible)
+                .iter()
+                .map(|e| (e.cluster_name.clone(), pack(e))),
+        ),
+        routes: TypeResources::new([(route.name.clone(), pack(&route))]),
+    }
+}
+
 /// Everything `node` should be sent.
 pub fn proxy_snapshot(
     model: &MeshModel,
@@ -70,64 +112,51 @@ pub fn proxy_snapshot(
     secrets: &ProxySecrets,
 ) -> Result<ProxySnapshot, GenerateError> {
     let workload = workload_of(model, node)?;
-    let visible = visibility::visible_services(model, workload);
+    let view = outbound_view(model, workload);
+    Ok(proxy_snapshot_with_view(
+        model, node, workload, &view, secrets,
+    ))
+}
+
+/// Everything `node` should be sent, given its (shared) outbound view.
+pub fn proxy_snapshot_with_view(
+    model: &MeshModel,
+    node: &ProxyNode,
+    workload: &Workload,
+    view: &OutboundView,
+    secrets: &ProxySecrets,
+) -> ProxySnapshot {
     let (inbound_listeners, inbound_clusters, inbound_routes) =
         listeners::inbound(model, node, workload);
     let outbound_listener = listeners::outbound(node);
-    let route = routes::outbound_routes(model, workload, &visible);
-    let clusters = clusters::outbound(model, &visible);
-    let endpoints = endpoints::outbound(model, workload, &visible);
-    let named = |items: Vec<(String, Any)>| TypeResources::new(items);
-    Ok(ProxySnapshot::default()
-        .with(
-            LISTENER,
-            named(
-                inbound_listeners
-                    .into_iter()
-                    .chain([outbound_listener])
-                    .map(|l| (l.name.clone(), pack(&l)))
-                    .collect(),
-            ),
-        )
+    let listeners = TypeResources::new(
+        inbound_listeners
+            .iter()
+            .chain([&outbound_listener])
+            .map(|l| (l.name.clone(), pack(l))),
+    );
+    let inbound_routes =
+        TypeResources::new(inbound_routes.iter().map(|r| (r.name.clone(), pack(r))));
+    let inbound_clusters =
+        TypeResources::new(inbound_clusters.iter().map(|c| (c.name.clone(), pack(c))));
+    let secrets = TypeResources::new(
+        secrets
+            .to_envoy(model)
+            .iter()
+            .map(|s| (s.name.clone(), pack(s))),
+    );
+    ProxySnapshot::default()
+        .with(LISTENER, listeners)
         .with(
             ROUTE,
-            named(
-                inbound_routes
-                    .iter()
-                    .chain([&route])
-                    .map(|r| (r.name.clone(), pack(r)))
-                    .collect(),
-            ),
+            TypeResources::merge(&[&inbound_routes, &view.routes]),
         )
         .with(
             CLUSTER,
-            named(
-                inbound_clusters
-                    .iter()
-                    .chain(clusters.iter())
-                    .map(|c| (c.name.clone(), pack(c)))
-                    .collect(),
-            ),
+            TypeResources::merge(&[&inbound_clusters, &view.clusters]),
         )
-        .with(
-            ENDPOINT,
-            named(
-                endpoints
-                    .iter()
-                    .map(|e| (e.cluster_name.clone(), pack(e)))
-                    .collect(),
-            ),
-        )
-        .with(
-            SECRET,
-            named(
-                secrets
-                    .to_envoy(model)
-                    .iter()
-                    .map(|s| (s.name.clone(), pack(s)))
-                    .collect(),
-            ),
-        ))
+        .with(ENDPOINT, view.endpoints.clone())
+        .with(SECRET, secrets)
 }
 
 /// A message as `Any`, with its type URL.

@@ -101,9 +101,8 @@ fn snapshot_of(extra: &str, workload: &str) -> ProxySnapshot {
 fn decoded<M: Message + Default>(s: &ProxySnapshot, type_url: &str) -> BTreeMap<String, M> {
     s.get(type_url)
         .map(|t| {
-            t.items
-                .iter()
-                .map(|(k, r)| (k.clone(), M::decode(r.body.value.as_slice()).unwrap()))
+            t.items()
+                .map(|r| (r.name.clone(), M::decode(r.body.value.as_slice()).unwrap()))
                 .collect()
         })
         .unwrap_or_default()
