@@ -71,12 +71,6 @@ fn workload(
     })
 }
 
-/// The role a proxy plays, from the first field of its node id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyRole {
-    Sidecar,
-}
-
 /// A connected proxy, as it describes itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProxyNode {
@@ -161,10 +155,6 @@ impl ProxyNode {
             outbound_port,
             outbound_address: address("OUTBOUND_ADDRESS")?,
         })
-    }
-
-    pub fn role(&self) -> ProxyRole {
-        ProxyRole::Sidecar
     }
 }
 

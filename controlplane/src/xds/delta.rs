@@ -13,7 +13,7 @@ use isthmus_api::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::resources::{ProxySnapshot, is_wildcard_type};
+use super::resources::{NamedResource, ProxySnapshot, TypeResources, is_wildcard_type};
 use super::status::{ProtocolError, Reply, ReplyState, TypeStatus, check_request};
 
 #[derive(Debug, Default)]
@@ -28,12 +28,100 @@ struct TypeState {
     /// a snapshot whose version for this type is the same holds nothing new (versions are
     /// content hashes), so the per-resource comparison is skipped.
     diffed: Option<String>,
+    /// The resources last compared (shared parts, not copies): the next comparison skips parts
+    /// that are the same and walks changed ones side by side, instead of looking up every
+    /// resource the proxy holds.
+    last: Option<TypeResources>,
     replies: ReplyState,
 }
 
 impl TypeState {
     fn in_scope(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Resources of `typed` the proxy lacks, and names it holds that are gone, by looking up each.
+fn all_changes(
+    state: &mut TypeState,
+    typed: Option<&TypeResources>,
+) -> (Vec<Resource>, Vec<String>) {
+    let mut resources = Vec::new();
+    if let Some(typed) = typed {
+        for item in typed.items() {
+            if state.in_scope(&item.name) && state.known.get(&item.name) != Some(&item.version) {
+                state.known.insert(item.name.clone(), item.version.clone());
+                resources.push(to_resource(item));
+            }
+        }
+    }
+    let removed: Vec<String> = state
+        .known
+        .keys()
+        .filter(|name| typed.is_none_or(|t| !t.contains(name)))
+        .cloned()
+        .collect();
+    for name in &removed {
+        state.known.remove(name);
+    }
+    (resources, removed)
+}
+
+/// The same as [`all_changes`] when the proxy holds `prev` (its in-scope part): parts shared
+/// with `prev` are skipped, changed parts are walked side by side in name order.
+fn changes_since(
+    state: &mut TypeState,
+    prev: &TypeResources,
+    now: &TypeResources,
+) -> (Vec<Resource>, Vec<String>) {
+    use std::cmp::Ordering;
+    let mut resources = Vec::new();
+    let mut gone = Vec::new();
+    for (old, new) in prev.parts().iter().zip(now.parts()) {
+        if std::sync::Arc::ptr_eq(old, new) {
+            continue;
+        }
+        let (mut o, mut n) = (old.values().peekable(), new.values().peekable());
+        loop {
+            let order = match (o.peek(), n.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(a), Some(b)) => a.name.cmp(&b.name),
+            };
+            match order {
+                Ordering::Less => gone.extend(o.next().map(|a| a.name.clone())),
+                Ordering::Greater | Ordering::Equal => {
+                    let old_item = if order == Ordering::Equal {
+                        o.next()
+                    } else {
+                        None
+                    };
+                    let Some(item) = n.next() else { break };
+                    if old_item.is_none_or(|a| a.version != item.version)
+                        && state.in_scope(&item.name)
+                        && state.known.get(&item.name) != Some(&item.version)
+                    {
+                        state.known.insert(item.name.clone(), item.version.clone());
+                        resources.push(to_resource(item));
+                    }
+                }
+            }
+        }
+    }
+    let removed: Vec<String> = gone
+        .into_iter()
+        .filter(|name| !now.contains(name) && state.known.remove(name).is_some())
+        .collect();
+    (resources, removed)
+}
+
+fn to_resource(item: &NamedResource) -> Resource {
+    Resource {
+        name: item.name.clone(),
+        version: item.version.clone(),
+        resource: Some(item.body.clone()),
+        ..Resource::default()
     }
 }
 
@@ -145,31 +233,17 @@ impl DeltaStream {
         if !always && state.diffed.as_ref() == Some(&version) {
             return None;
         }
+        // `diffed` is set only while the subscription is unchanged since the last comparison,
+        // so `known` then holds exactly the in-scope resources of `last`.
+        let incremental = !always && state.diffed.is_some();
         state.diffed = Some(version.clone());
-        let mut resources = Vec::new();
-        if let Some(typed) = typed {
-            for item in typed.items() {
-                if state.in_scope(&item.name) && state.known.get(&item.name) != Some(&item.version)
-                {
-                    state.known.insert(item.name.clone(), item.version.clone());
-                    resources.push(Resource {
-                        name: item.name.clone(),
-                        version: item.version.clone(),
-                        resource: Some(item.body.clone()),
-                        ..Resource::default()
-                    });
-                }
+        let previous = std::mem::replace(&mut state.last, typed.cloned());
+        let (resources, removed) = match (incremental, previous.as_ref(), typed) {
+            (true, Some(prev), Some(now)) if prev.parts().len() == now.parts().len() => {
+                changes_since(state, prev, now)
             }
-        }
-        let removed: Vec<String> = state
-            .known
-            .keys()
-            .filter(|name| typed.is_none_or(|t| !t.contains(name)))
-            .cloned()
-            .collect();
-        for name in &removed {
-            state.known.remove(name);
-        }
+            _ => all_changes(state, typed),
+        };
         if resources.is_empty() && removed.is_empty() && !always {
             return None;
         }

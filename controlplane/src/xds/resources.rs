@@ -92,6 +92,11 @@ impl TypeResources {
         }
     }
 
+    /// The shared parts, each in name order.
+    pub fn parts(&self) -> &[Arc<BTreeMap<String, NamedResource>>] {
+        &self.parts
+    }
+
     /// Every resource, part by part, each part in name order.
     pub fn items(&self) -> impl Iterator<Item = &NamedResource> {
         self.parts.iter().flat_map(|p| p.values())

@@ -139,12 +139,7 @@ pub fn proxy_snapshot_with_view(
         TypeResources::new(inbound_routes.iter().map(|r| (r.name.clone(), pack(r))));
     let inbound_clusters =
         TypeResources::new(inbound_clusters.iter().map(|c| (c.name.clone(), pack(c))));
-    let secrets = TypeResources::new(
-        secrets
-            .to_envoy(model)
-            .iter()
-            .map(|s| (s.name.clone(), pack(s))),
-    );
+    let secrets = TypeResources::new(secrets.to_envoy().iter().map(|s| (s.name.clone(), pack(s))));
     ProxySnapshot::default()
         .with(LISTENER, listeners)
         .with(

@@ -11,7 +11,6 @@ use zeroize::Zeroizing;
 
 use super::names::{ROOT_CA_SECRET, WORKLOAD_SECRET};
 use super::pack;
-use crate::model::MeshModel;
 
 /// A proxy's credentials and the roots it trusts, as PEM.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,7 +32,7 @@ fn inline(bytes: &[u8]) -> Option<DataSource> {
 impl ProxySecrets {
     /// The `default` and `ROOTCA` secrets. A proxy without a certificate yet gets only the
     /// bundles; Envoy keeps listeners that need `default` warming until it arrives.
-    pub fn to_envoy(&self, _model: &MeshModel) -> Vec<Secret> {
+    pub fn to_envoy(&self) -> Vec<Secret> {
         let mut secrets = Vec::with_capacity(2);
         if !self.certificate_chain_pem.is_empty() {
             secrets.push(Secret {
