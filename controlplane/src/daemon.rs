@@ -26,9 +26,9 @@ use crate::pipeline::gate::WorkloadGate;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
 use crate::xds::cache::SnapshotCache;
+use crate::xds::grpc::AdsService;
 use crate::xds::server::AdsServer;
 use crate::xds::streams::StreamRegistry;
-use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 /// Written into the state directory once every port is bound: `{"grpc", "debug", "xdsPlaintext"}`
 /// as `host:port`, so a caller that asked for port 0 learns which port it got.
@@ -227,7 +227,7 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(CertificateServiceServer::new(service).max_decoding_message_size(64 * 1024))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads.clone()))
+        .add_service(AdsService::new(ads.clone()))
         .serve_with_incoming_shutdown(
             tls_incoming(grpc_listener, Arc::new(tls), HandshakeLimits::default()),
             stopped(stop_rx.clone()),
@@ -238,7 +238,7 @@ pub async fn run(
         async move {
             match plaintext_listener {
                 Some(listener) => tonic::transport::Server::builder()
-                    .add_service(AggregatedDiscoveryServiceServer::new(AdsServer {
+                    .add_service(AdsService::new(AdsServer {
                         require_peer: false,
                         ..ads
                     }))

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use isthmus_api::envoy::envoy::config::core::v3::Node;
 use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use isthmus_api::envoy::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use isthmus_api::envoy::google::protobuf::Any;
 use isthmus_api::envoy::google::rpc::Status;
+use isthmus_controlplane::xds::grpc::AdsService;
 use isthmus_controlplane::xds::resources::{CLUSTER, ProxySnapshot, TypeResources};
 use isthmus_controlplane::xds::server::AdsServer;
 use isthmus_controlplane::xds::status::TypeStatus;
@@ -39,7 +39,7 @@ async fn start() -> (AdsServer, String) {
     let server = AdsServer::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = AggregatedDiscoveryServiceServer::new(server.clone());
+    let service = AdsService::new(server.clone());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)

@@ -5,130 +5,185 @@
 //! `initial_resource_versions` on reconnect — and sends only the difference: changed or new
 //! resources, and the names of removed ones. Unsubscribing forgets the proxy's copy, so a later
 //! subscribe sends the resource again.
+//!
+//! Flow control: requests and snapshots only decide *which names* are due (the outbox);
+//! [`DeltaStream::next_response`] builds a response from the newest snapshot when the proxy has
+//! answered the previous one of that type. So at most one response per type is in flight,
+//! each is bounded ([`MAX_RESOURCES_PER_RESPONSE`], [`MAX_BYTES_PER_RESPONSE`]), a resource that
+//! changes twice before it is sent is sent once, and a thousand proxies syncing at once hold a
+//! few hundred kilobytes each, not a copy of the mesh.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use isthmus_api::envoy::envoy::config::core::v3::Node;
 use isthmus_api::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::resources::{NamedResource, ProxySnapshot, TypeResources, is_wildcard_type};
+use super::resources::{
+    NamedResource, ProxySnapshot, TypeResources, is_wildcard_type, parse_version,
+};
 use super::status::{ProtocolError, Reply, ReplyState, TypeStatus, check_request};
+
+/// The most resources one response carries.
+pub const MAX_RESOURCES_PER_RESPONSE: usize = 100;
+/// A response stops growing once its resources reach this many bytes (a single larger
+/// resource still goes, alone). With one response per type in flight, this bounds what a
+/// stream has queued in gRPC and HTTP/2 buffers.
+pub const MAX_BYTES_PER_RESPONSE: usize = 64 * 1024;
+
+/// A version no resource of ours has: what the proxy reported was not made by this server
+/// (the chance that a content hash is exactly this is 2^-64).
+const FOREIGN_VERSION: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<String>,
-    /// What the proxy holds: name to version.
-    known: BTreeMap<String, String>,
-    /// Nonce to the system version it carried, until answered.
-    pending: BTreeMap<String, String>,
+    names: BTreeSet<Arc<str>>,
+    /// What the proxy holds, as far as it was sent: name to version.
+    known: BTreeMap<Arc<str>, u64>,
+    /// Names due: sent as they are in `last` when the response is built, or as removals if
+    /// `last` no longer has them.
+    outbox: BTreeSet<Arc<str>>,
+    /// The first request of a type is answered even when there is nothing to send, so the
+    /// proxy can finish initialising.
+    answer_due: bool,
+    /// The response awaiting the proxy's ACK or NACK.
+    in_flight: Option<InFlight>,
     /// The type version last compared with `known`, while the subscription is unchanged:
     /// a snapshot whose version for this type is the same holds nothing new (versions are
     /// content hashes), so the per-resource comparison is skipped.
     diffed: Option<String>,
     /// The resources last compared (shared parts, not copies): the next comparison skips parts
     /// that are the same and walks changed ones side by side, instead of looking up every
-    /// resource the proxy holds.
+    /// resource the proxy holds. Responses are built from it.
     last: Option<TypeResources>,
     replies: ReplyState,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    nonce: String,
+    version: String,
+    /// Whether it emptied the outbox: its ACK means the proxy has `version`.
+    complete: bool,
 }
 
 impl TypeState {
     fn in_scope(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
-}
 
-/// Resources of `typed` the proxy lacks, and names it holds that are gone, by looking up each.
-fn all_changes(
-    state: &mut TypeState,
-    typed: Option<&TypeResources>,
-) -> (Vec<Resource>, Vec<String>) {
-    let mut resources = Vec::new();
-    if let Some(typed) = typed {
-        for item in typed.items() {
-            if state.in_scope(&item.name) && state.known.get(&item.name) != Some(&item.version) {
-                state.known.insert(item.name.clone(), item.version.clone());
-                resources.push(to_resource(item));
+    fn can_send(&self) -> bool {
+        self.in_flight.is_none() && (self.answer_due || !self.outbox.is_empty())
+    }
+
+    /// Queues what the proxy lacks of `typed`, and what it holds that is gone, by looking up
+    /// each resource.
+    fn plan_all(&mut self, typed: Option<&TypeResources>) {
+        if let Some(typed) = typed {
+            for item in typed.items() {
+                if self.in_scope(&item.name) && self.known.get(&item.name) != Some(&item.version) {
+                    self.outbox.insert(item.name.clone());
+                }
+            }
+        }
+        for name in self.known.keys() {
+            if typed.is_none_or(|t| !t.contains(name)) {
+                self.outbox.insert(name.clone());
             }
         }
     }
-    let removed: Vec<String> = state
-        .known
-        .keys()
-        .filter(|name| typed.is_none_or(|t| !t.contains(name)))
-        .cloned()
-        .collect();
-    for name in &removed {
-        state.known.remove(name);
-    }
-    (resources, removed)
-}
 
-/// The same as [`all_changes`] when the proxy holds `prev` (its in-scope part): parts shared
-/// with `prev` are skipped, changed parts are walked side by side in name order.
-fn changes_since(
-    state: &mut TypeState,
-    prev: &TypeResources,
-    now: &TypeResources,
-) -> (Vec<Resource>, Vec<String>) {
-    use std::cmp::Ordering;
-    let mut resources = Vec::new();
-    let mut gone = Vec::new();
-    for (old, new) in prev.parts().iter().zip(now.parts()) {
-        if std::sync::Arc::ptr_eq(old, new) {
-            continue;
-        }
-        let (mut o, mut n) = (old.values().peekable(), new.values().peekable());
-        loop {
-            let order = match (o.peek(), n.peek()) {
-                (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some(a), Some(b)) => a.name.cmp(&b.name),
-            };
-            match order {
-                Ordering::Less => gone.extend(o.next().map(|a| a.name.clone())),
-                Ordering::Greater | Ordering::Equal => {
-                    let old_item = if order == Ordering::Equal {
-                        o.next()
-                    } else {
-                        None
-                    };
-                    let Some(item) = n.next() else { break };
-                    if old_item.is_none_or(|a| a.version != item.version)
-                        && state.in_scope(&item.name)
-                        && state.known.get(&item.name) != Some(&item.version)
-                    {
-                        state.known.insert(item.name.clone(), item.version.clone());
-                        resources.push(to_resource(item));
+    /// The same as [`Self::plan_all`] when the proxy holds (or is due) `prev`: parts shared
+    /// with `prev` are skipped, changed parts are walked side by side in name order.
+    fn plan_since(&mut self, prev: &TypeResources, now: &TypeResources) {
+        use std::cmp::Ordering;
+        for (old, new) in prev.parts().iter().zip(now.parts()) {
+            if Arc::ptr_eq(old, new) {
+                continue;
+            }
+            let (mut o, mut n) = (old.values().peekable(), new.values().peekable());
+            loop {
+                let order = match (o.peek(), n.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some(a), Some(b)) => a.name.cmp(&b.name),
+                };
+                match order {
+                    Ordering::Less => {
+                        if let Some(gone) = o.next()
+                            && !now.contains(&gone.name)
+                            && self.known.contains_key(&gone.name)
+                        {
+                            self.outbox.insert(gone.name.clone());
+                        }
+                    }
+                    Ordering::Greater | Ordering::Equal => {
+                        let old_item = if order == Ordering::Equal {
+                            o.next()
+                        } else {
+                            None
+                        };
+                        let Some(item) = n.next() else { break };
+                        if old_item.is_none_or(|a| a.version != item.version)
+                            && self.in_scope(&item.name)
+                            && self.known.get(&item.name) != Some(&item.version)
+                        {
+                            self.outbox.insert(item.name.clone());
+                        }
                     }
                 }
             }
         }
     }
-    let removed: Vec<String> = gone
-        .into_iter()
-        .filter(|name| !now.contains(name) && state.known.remove(name).is_some())
-        .collect();
-    (resources, removed)
+
+    /// Takes the next bounded batch off the outbox: resources as they are now, removals of
+    /// what the proxy holds and is gone. Entries that turned out to need nothing are dropped.
+    fn take_batch(&mut self) -> (Vec<Resource>, Vec<String>) {
+        let TypeState {
+            outbox,
+            known,
+            last,
+            ..
+        } = self;
+        let (mut resources, mut removed, mut bytes) = (Vec::new(), Vec::new(), 0);
+        while resources.len() + removed.len() < MAX_RESOURCES_PER_RESPONSE
+            && bytes < MAX_BYTES_PER_RESPONSE
+        {
+            let Some(name) = outbox.pop_first() else {
+                break;
+            };
+            match last.as_ref().and_then(|t| t.get(&name)) {
+                Some(item) => {
+                    if known.get(&name) != Some(&item.version) {
+                        known.insert(item.name.clone(), item.version);
+                        bytes += item.body.value.len() + name.len();
+                        resources.push(to_resource(item));
+                    }
+                }
+                None => {
+                    if known.remove(&name).is_some() {
+                        bytes += name.len();
+                        removed.push(name.to_string());
+                    }
+                }
+            }
+        }
+        (resources, removed)
+    }
 }
 
 fn to_resource(item: &NamedResource) -> Resource {
     Resource {
-        name: item.name.clone(),
-        version: item.version.clone(),
+        name: item.name.to_string(),
+        version: item.version_string(),
         resource: Some(item.body.clone()),
         ..Resource::default()
     }
 }
-
-/// The most resources one response carries. A big push (a thousand clusters) goes out as
-/// several responses, so no message, and no per-stream encoding buffer, grows with the size of
-/// the mesh.
-pub const MAX_RESOURCES_PER_RESPONSE: usize = 100;
 
 /// State of one delta stream.
 #[derive(Debug, Default)]
@@ -143,30 +198,50 @@ impl DeltaStream {
         self.node.as_ref()
     }
 
-    /// Handles one request against the current snapshot.
+    /// Handles one request against the current snapshot: records the answer to the response
+    /// in flight, applies (un)subscriptions, and queues what the proxy now lacks. Responses
+    /// come from [`Self::next_response`].
     pub fn on_request(
         &mut self,
         request: DeltaDiscoveryRequest,
         snapshot: &ProxySnapshot,
-    ) -> Result<(Option<DeltaDiscoveryResponse>, Option<Reply>), ProtocolError> {
+    ) -> Result<Option<Reply>, ProtocolError> {
         check_request(&mut self.node, request.node, &request.type_url)?;
         let type_url = request.type_url;
         let first = !self.types.contains_key(&type_url);
         let state = self.types.entry(type_url.clone()).or_default();
 
         let mut reply = None;
-        if let Some(version) = state.pending.remove(&request.response_nonce) {
-            reply = Some(
-                state
-                    .replies
-                    .record(&type_url, version, request.error_detail),
-            );
+        if !request.response_nonce.is_empty()
+            && state
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.nonce == request.response_nonce)
+            && let Some(answered) = state.in_flight.take()
+        {
+            // The ACK of a part of a push says nothing about the pushed version yet.
+            if request.error_detail.is_some() || answered.complete {
+                reply = Some(state.replies.record(
+                    &type_url,
+                    answered.version,
+                    request.error_detail,
+                ));
+            }
         }
 
+        let typed = snapshot.get(&type_url);
         if first {
             state.wildcard =
                 request.resource_names_subscribe.is_empty() && is_wildcard_type(&type_url);
-            state.known = request.initial_resource_versions.into_iter().collect();
+            state.known = request
+                .initial_resource_versions
+                .into_iter()
+                .map(|(name, version)| {
+                    let version = parse_version(&version).unwrap_or(FOREIGN_VERSION);
+                    (shared_name(typed, name), version)
+                })
+                .collect();
+            state.answer_due = true;
         }
         let resubscribed = first
             || !request.resource_names_subscribe.is_empty()
@@ -175,41 +250,85 @@ impl DeltaStream {
             if name == "*" {
                 state.wildcard = true;
             } else {
-                state.names.insert(name);
+                state.names.insert(shared_name(typed, name));
             }
         }
         for name in request.resource_names_unsubscribe {
             if name == "*" {
                 state.wildcard = false;
             } else {
-                state.names.remove(&name);
+                state.names.remove(name.as_str());
             }
-            state.known.remove(&name);
+            state.known.remove(name.as_str());
         }
-        // A changed subscription needs a resource-by-resource comparison; an ACK does not.
         if resubscribed {
+            // A changed subscription needs a resource-by-resource comparison; an ACK does not.
             state.diffed = None;
+            // Forget the proxy's copies of, and stop sending, anything no longer subscribed.
+            let TypeState {
+                known,
+                outbox,
+                wildcard,
+                names,
+                ..
+            } = state;
+            known.retain(|name, _| *wildcard || names.contains(name));
+            outbox.retain(|name| *wildcard || names.contains(name));
         }
-        // Forget the proxy's copies of anything no longer subscribed.
-        let TypeState {
-            known,
-            wildcard,
-            names,
-            ..
-        } = state;
-        known.retain(|name, _| *wildcard || names.contains(name));
 
-        let response = self.diff(&type_url, snapshot, first);
-        Ok((response, reply))
+        self.plan(&type_url, snapshot);
+        Ok(reply)
     }
 
-    /// Responses for every type whose subscribed resources changed in `snapshot`.
-    pub fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<DeltaDiscoveryResponse> {
+    /// Queues, for every type, what changed in `snapshot`.
+    pub fn on_snapshot(&mut self, snapshot: &ProxySnapshot) {
         let types: Vec<String> = self.types.keys().cloned().collect();
-        types
-            .iter()
-            .filter_map(|t| self.diff(t, snapshot, false))
-            .collect()
+        for type_url in &types {
+            self.plan(type_url, snapshot);
+        }
+    }
+
+    /// Whether [`Self::next_response`] may have something to send.
+    pub fn has_pending(&self) -> bool {
+        self.types.values().any(TypeState::can_send)
+    }
+
+    /// The next response to send: for the first type (in type URL order, so clusters before
+    /// endpoints, secrets before listeners, listeners before routes) that has something due
+    /// and no response awaiting an answer.
+    pub fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
+        for (type_url, state) in &mut self.types {
+            if !state.can_send() {
+                continue;
+            }
+            let (resources, removed) = state.take_batch();
+            if resources.is_empty() && removed.is_empty() && !state.answer_due {
+                continue;
+            }
+            state.answer_due = false;
+            self.nonce += 1;
+            let nonce = self.nonce.to_string();
+            let version = state
+                .last
+                .as_ref()
+                .map(|t| t.version.clone())
+                .unwrap_or_default();
+            state.in_flight = Some(InFlight {
+                nonce: nonce.clone(),
+                version: version.clone(),
+                complete: state.outbox.is_empty(),
+            });
+            state.replies.sent_version = Some(version.clone());
+            return Some(DeltaDiscoveryResponse {
+                system_version_info: version,
+                resources,
+                removed_resources: removed,
+                type_url: type_url.clone(),
+                nonce,
+                ..DeltaDiscoveryResponse::default()
+            });
+        }
+        None
     }
 
     pub fn status(&self) -> Vec<TypeStatus> {
@@ -219,97 +338,36 @@ impl DeltaStream {
             .collect()
     }
 
-    /// What the proxy lacks for `type_url`; `always` answers even when nothing changed (the first
-    /// request of a type, so the proxy can finish initialising).
-    fn diff(
-        &mut self,
-        type_url: &str,
-        snapshot: &ProxySnapshot,
-        always: bool,
-    ) -> Option<DeltaDiscoveryResponse> {
-        let state = self.types.get_mut(type_url)?;
+    /// Queues what the proxy lacks of `type_url` in `snapshot`.
+    fn plan(&mut self, type_url: &str, snapshot: &ProxySnapshot) {
+        let Some(state) = self.types.get_mut(type_url) else {
+            return;
+        };
         let typed = snapshot.get(type_url);
         let version = typed.map(|t| t.version.clone()).unwrap_or_default();
-        if !always && state.diffed.as_ref() == Some(&version) {
-            return None;
+        if state.diffed.as_ref() == Some(&version) {
+            return;
         }
         // `diffed` is set only while the subscription is unchanged since the last comparison,
-        // so `known` then holds exactly the in-scope resources of `last`.
-        let incremental = !always && state.diffed.is_some();
-        state.diffed = Some(version.clone());
+        // so what the proxy holds, updated by the outbox, is then exactly the in-scope part of
+        // `last`.
+        let incremental = state.diffed.is_some();
+        state.diffed = Some(version);
         let previous = std::mem::replace(&mut state.last, typed.cloned());
-        let (resources, removed) = match (incremental, previous.as_ref(), typed) {
+        match (incremental, previous.as_ref(), typed) {
             (true, Some(prev), Some(now)) if prev.parts().len() == now.parts().len() => {
-                changes_since(state, prev, now)
+                state.plan_since(prev, now)
             }
-            _ => all_changes(state, typed),
-        };
-        if resources.is_empty() && removed.is_empty() && !always {
-            return None;
+            _ => state.plan_all(typed),
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        state.pending.insert(nonce.clone(), version.clone());
-        state.replies.sent_version = Some(version.clone());
-        Some(DeltaDiscoveryResponse {
-            system_version_info: version,
-            resources,
-            removed_resources: removed,
-            type_url: type_url.to_owned(),
-            nonce,
-            ..DeltaDiscoveryResponse::default()
-        })
     }
+}
 
-    /// Splits `response` into responses of at most [`MAX_RESOURCES_PER_RESPONSE`] resources,
-    /// each with its own nonce (all expecting an ACK of the same version); removals go with
-    /// the last one.
-    pub fn chunk(&mut self, response: DeltaDiscoveryResponse) -> Vec<DeltaDiscoveryResponse> {
-        if response.resources.len() <= MAX_RESOURCES_PER_RESPONSE {
-            return vec![response];
-        }
-        let DeltaDiscoveryResponse {
-            system_version_info,
-            resources,
-            removed_resources,
-            type_url,
-            nonce,
-            ..
-        } = response;
-        let mut chunks: Vec<Vec<Resource>> = Vec::new();
-        let mut rest = resources.into_iter().peekable();
-        while rest.peek().is_some() {
-            chunks.push(rest.by_ref().take(MAX_RESOURCES_PER_RESPONSE).collect());
-        }
-        let count = chunks.len();
-        let mut removed = Some(removed_resources);
-        let mut out = Vec::with_capacity(count);
-        for (i, resources) in chunks.into_iter().enumerate() {
-            let nonce = if i == 0 {
-                nonce.clone()
-            } else {
-                self.nonce += 1;
-                let extra = self.nonce.to_string();
-                if let Some(state) = self.types.get_mut(&type_url) {
-                    state
-                        .pending
-                        .insert(extra.clone(), system_version_info.clone());
-                }
-                extra
-            };
-            out.push(DeltaDiscoveryResponse {
-                system_version_info: system_version_info.clone(),
-                resources,
-                removed_resources: if i + 1 == count {
-                    removed.take().unwrap_or_default()
-                } else {
-                    Vec::new()
-                },
-                type_url: type_url.clone(),
-                nonce,
-                ..DeltaDiscoveryResponse::default()
-            });
-        }
-        out
+/// `name` as the snapshot's shared copy when it has that resource, so a thousand streams
+/// subscribed to the same names hold one string each.
+fn shared_name(typed: Option<&TypeResources>, name: String) -> Arc<str> {
+    match typed.and_then(|t| t.get(&name)) {
+        Some(item) => item.name.clone(),
+        None => name.into(),
     }
 }

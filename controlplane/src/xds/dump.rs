@@ -44,8 +44,8 @@ pub fn snapshot_json(snapshot: &ProxySnapshot) -> Value {
                 .items()
                 .map(|r| {
                     (
-                        r.name.clone(),
-                        json!({"version": r.version, "config": describe(type_url, &r.body)}),
+                        r.name.to_string(),
+                        json!({"version": r.version_string(), "config": describe(type_url, &r.body)}),
                     )
                 })
                 .collect();

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod delta;
 pub mod dump;
 pub mod generate;
+pub mod grpc;
 pub mod resources;
 pub mod server;
 pub mod sotw;

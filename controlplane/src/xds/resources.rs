@@ -19,11 +19,34 @@ pub fn is_wildcard_type(type_url: &str) -> bool {
 }
 
 /// One resource, its version the hash of its encoding.
+///
+/// The name is shared (streams remember what each proxy holds by name, a thousand proxies
+/// times a few thousand names) and the version is a number (shown as 16 hex digits on the
+/// wire), so that per-proxy bookkeeping stays small.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedResource {
-    pub name: String,
-    pub version: String,
+    pub name: Arc<str>,
+    pub version: u64,
     pub body: Any,
+}
+
+impl NamedResource {
+    /// The version as xDS carries it.
+    pub fn version_string(&self) -> String {
+        format_version(self.version)
+    }
+}
+
+/// A resource version as xDS carries it: 16 hex digits.
+pub fn format_version(version: u64) -> String {
+    format!("{version:016x}")
+}
+
+/// The version a proxy reports (`initial_resource_versions`); `None` if it is not one of ours.
+pub fn parse_version(version: &str) -> Option<u64> {
+    (version.len() == 16)
+        .then(|| u64::from_str_radix(version, 16).ok())
+        .flatten()
 }
 
 /// Every resource of one type, and the type's version (a hash over names and versions).
@@ -33,8 +56,11 @@ pub struct NamedResource {
 #[derive(Debug, Clone, Default)]
 pub struct TypeResources {
     pub version: String,
-    parts: Vec<Arc<BTreeMap<String, NamedResource>>>,
+    parts: Vec<Arc<Part>>,
 }
+
+/// Resources by name.
+pub type Part = BTreeMap<Arc<str>, NamedResource>;
 
 /// Versions are derived from content, so equal versions mean equal resources.
 impl PartialEq for TypeResources {
@@ -45,10 +71,11 @@ impl PartialEq for TypeResources {
 
 impl TypeResources {
     pub fn new(items: impl IntoIterator<Item = (String, Any)>) -> Self {
-        let items: BTreeMap<String, NamedResource> = items
+        let items: Part = items
             .into_iter()
             .map(|(name, body)| {
-                let version = short_hash(&[body.type_url.as_bytes(), &body.value]);
+                let name: Arc<str> = name.into();
+                let version = content_version(&body);
                 (
                     name.clone(),
                     NamedResource {
@@ -63,7 +90,7 @@ impl TypeResources {
         for item in items.values() {
             hasher.update(item.name.as_bytes());
             hasher.update([0]);
-            hasher.update(item.version.as_bytes());
+            hasher.update(item.version.to_be_bytes());
         }
         let version = hex::encode(&hasher.finalize()[..8]);
         Self {
@@ -93,7 +120,7 @@ impl TypeResources {
     }
 
     /// The shared parts, each in name order.
-    pub fn parts(&self) -> &[Arc<BTreeMap<String, NamedResource>>] {
+    pub fn parts(&self) -> &[Arc<Part>] {
         &self.parts
     }
 
@@ -119,12 +146,15 @@ impl TypeResources {
     }
 }
 
-fn short_hash(parts: &[&[u8]]) -> String {
+/// The first 8 bytes of the SHA-256 of the resource's type and encoding.
+fn content_version(body: &Any) -> u64 {
     let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part);
-    }
-    hex::encode(&hasher.finalize()[..8])
+    hasher.update(body.type_url.as_bytes());
+    hasher.update(body.value.as_slice());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// Everything one proxy may subscribe to, by type URL.

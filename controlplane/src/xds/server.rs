@@ -1,7 +1,7 @@
 //! Envoy's `AggregatedDiscoveryService` over tonic: each stream runs in its own task, feeding
 //! requests and snapshot changes to its state machine ([`SotwStream`] or [`DeltaStream`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -9,14 +9,13 @@ use isthmus_api::envoy::envoy::config::core::v3::Node;
 use isthmus_api::envoy::google::protobuf::value;
 use isthmus_api::identity::{CertInfo, SpiffeId};
 
-use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use isthmus_api::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use super::cache::SnapshotCache;
 use super::delta::DeltaStream;
@@ -25,8 +24,9 @@ use super::sotw::{ProtocolError, SotwStream};
 use super::status::{Reply, TypeStatus};
 use super::streams::StreamRegistry;
 
-/// What the stream runner needs of a protocol's state machine.
-trait StreamMachine: Default + Send + 'static {
+/// What the stream runner needs of a protocol's state machine: requests and snapshots go in,
+/// responses come out one at a time, when the stream has room for them.
+pub(super) trait StreamMachine: Default + Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
     const PROTOCOL: &'static str;
@@ -35,12 +35,22 @@ trait StreamMachine: Default + Send + 'static {
         &mut self,
         request: Self::Request,
         snapshot: &ProxySnapshot,
-    ) -> Result<(Vec<Self::Response>, Option<Reply>), ProtocolError>;
-    fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<Self::Response>;
+    ) -> Result<Option<Reply>, ProtocolError>;
+    fn on_snapshot(&mut self, snapshot: &ProxySnapshot);
+    fn has_pending(&self) -> bool;
+    fn next_response(&mut self) -> Option<Self::Response>;
     fn status(&self) -> Vec<TypeStatus>;
 }
 
-impl StreamMachine for SotwStream {
+/// A state-of-the-world stream with its responses waiting to be sent (each one carries the
+/// whole type, so there is nothing to build lazily).
+#[derive(Debug, Default)]
+pub(super) struct SotwMachine {
+    stream: SotwStream,
+    outbox: VecDeque<DiscoveryResponse>,
+}
+
+impl StreamMachine for SotwMachine {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
     const PROTOCOL: &'static str = "sotw";
@@ -51,15 +61,23 @@ impl StreamMachine for SotwStream {
         &mut self,
         request: DiscoveryRequest,
         snapshot: &ProxySnapshot,
-    ) -> Result<(Vec<DiscoveryResponse>, Option<Reply>), ProtocolError> {
-        let (response, reply) = SotwStream::on_request(self, request, snapshot)?;
-        Ok((response.into_iter().collect(), reply))
+    ) -> Result<Option<Reply>, ProtocolError> {
+        let (response, reply) = self.stream.on_request(request, snapshot)?;
+        self.outbox.extend(response);
+        Ok(reply)
     }
-    fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<DiscoveryResponse> {
-        SotwStream::on_snapshot(self, snapshot)
+    fn on_snapshot(&mut self, snapshot: &ProxySnapshot) {
+        let responses = self.stream.on_snapshot(snapshot);
+        self.outbox.extend(responses);
+    }
+    fn has_pending(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+    fn next_response(&mut self) -> Option<DiscoveryResponse> {
+        self.outbox.pop_front()
     }
     fn status(&self) -> Vec<TypeStatus> {
-        SotwStream::status(self)
+        self.stream.status()
     }
 }
 
@@ -74,14 +92,17 @@ impl StreamMachine for DeltaStream {
         &mut self,
         request: DeltaDiscoveryRequest,
         snapshot: &ProxySnapshot,
-    ) -> Result<(Vec<DeltaDiscoveryResponse>, Option<Reply>), ProtocolError> {
-        let (response, reply) = DeltaStream::on_request(self, request, snapshot)?;
-        let responses = response.map(|r| self.chunk(r)).unwrap_or_default();
-        Ok((responses, reply))
+    ) -> Result<Option<Reply>, ProtocolError> {
+        DeltaStream::on_request(self, request, snapshot)
     }
-    fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<DeltaDiscoveryResponse> {
-        let responses = DeltaStream::on_snapshot(self, snapshot);
-        responses.into_iter().flat_map(|r| self.chunk(r)).collect()
+    fn on_snapshot(&mut self, snapshot: &ProxySnapshot) {
+        DeltaStream::on_snapshot(self, snapshot)
+    }
+    fn has_pending(&self) -> bool {
+        DeltaStream::has_pending(self)
+    }
+    fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
+        DeltaStream::next_response(self)
     }
     fn status(&self) -> Vec<TypeStatus> {
         DeltaStream::status(self)
@@ -162,36 +183,10 @@ fn peer_identity<T>(request: &Request<T>) -> Option<SpiffeId> {
     CertInfo::parse(leaf).ok()?.spiffe_id().ok()
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = self.check_peer(&request)?;
-        Ok(Response::new(
-            self.spawn::<SotwStream>(request.into_inner(), peer),
-        ))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = self.check_peer(&request)?;
-        Ok(Response::new(
-            self.spawn::<DeltaStream>(request.into_inner(), peer),
-        ))
-    }
-}
+pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl AdsServer {
-    fn check_peer<T>(&self, request: &Request<T>) -> Result<Option<SpiffeId>, Status> {
+    pub(super) fn check_peer<T>(&self, request: &Request<T>) -> Result<Option<SpiffeId>, Status> {
         let peer = peer_identity(request);
         if self.require_peer && peer.is_none() {
             return Err(Status::unauthenticated(
@@ -201,7 +196,7 @@ impl AdsServer {
         Ok(peer)
     }
 
-    fn spawn<M>(
+    pub(super) fn spawn<M>(
         &self,
         inbound: Streaming<M::Request>,
         peer: Option<SpiffeId>,
@@ -210,7 +205,8 @@ impl AdsServer {
         M: StreamMachine,
         M::Request: prost::Message + Default,
     {
-        let (tx, rx) = mpsc::channel(16);
+        // Responses are built when the channel has room, so it holds only a couple.
+        let (tx, rx) = mpsc::channel(2);
         tokio::spawn(run_stream::<M>(self.clone(), inbound, tx, peer));
         Box::pin(ReceiverStream::new(rx))
     }
@@ -236,7 +232,14 @@ async fn run_stream<M>(
                 None => std::future::pending().await,
             }
         };
-        let responses = tokio::select! {
+        let ready = machine.has_pending();
+        tokio::select! {
+            permit = tx.reserve(), if ready => {
+                let Ok(permit) = permit else { break };
+                if let Some(response) = machine.next_response() {
+                    permit.send(Ok(response));
+                }
+            }
             message = inbound.message() => {
                 let request = match message {
                     Ok(Some(request)) => request,
@@ -264,10 +267,7 @@ async fn run_stream<M>(
                     }
                 }
                 match answer_request(&mut machine, request, snapshots.as_mut()) {
-                    Ok((responses, reply)) => {
-                        log_reply(&node_id, reply);
-                        responses
-                    }
+                    Ok(reply) => log_reply(&node_id, reply),
                     Err(e) => {
                         let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
                         break;
@@ -279,12 +279,7 @@ async fn run_stream<M>(
                     break;
                 }
                 let snapshot = snapshots.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
-                machine.on_snapshot(&snapshot)
-            }
-        };
-        for response in responses {
-            if tx.send(Ok(response)).await.is_err() {
-                break;
+                machine.on_snapshot(&snapshot);
             }
         }
         server.streams.update(id, &node_id, machine.status()).await;
@@ -294,12 +289,12 @@ async fn run_stream<M>(
 
 /// Answers one request from the newest snapshot. If the snapshot changed since the stream last
 /// looked, reading it here consumes the change notification, so every other type's changes
-/// are sent now too; otherwise they would wait for the next change (a lost update).
+/// are queued now too; otherwise they would wait for the next change (a lost update).
 fn answer_request<M: StreamMachine>(
     machine: &mut M,
     request: M::Request,
     snapshots: Option<&mut watch::Receiver<Arc<ProxySnapshot>>>,
-) -> Result<(Vec<M::Response>, Option<Reply>), ProtocolError> {
+) -> Result<Option<Reply>, ProtocolError> {
     let (changed, snapshot) = match snapshots {
         Some(rx) => (
             rx.has_changed().unwrap_or(false),
@@ -307,11 +302,11 @@ fn answer_request<M: StreamMachine>(
         ),
         None => (false, Arc::default()),
     };
-    let (mut responses, reply) = machine.on_request(request, &snapshot)?;
+    let reply = machine.on_request(request, &snapshot)?;
     if changed {
-        responses.extend(machine.on_snapshot(&snapshot));
+        machine.on_snapshot(&snapshot);
     }
-    Ok((responses, reply))
+    Ok(reply)
 }
 
 fn log_reply(node_id: &str, reply: Option<Reply>) {
@@ -371,18 +366,22 @@ mod tests {
         let (tx, mut rx) = watch::channel(Arc::new(ProxySnapshot::default()));
         let mut machine = DeltaStream::default();
         for type_url in [CLUSTER, LISTENER] {
-            let (responses, _) =
-                answer_request(&mut machine, request(type_url, &[]), Some(&mut rx)).unwrap();
-            assert!(responses.iter().all(|r| r.resources.is_empty()));
+            answer_request(&mut machine, request(type_url, &[]), Some(&mut rx)).unwrap();
+            let empty = machine.next_response().unwrap();
+            assert!(empty.resources.is_empty());
+            let mut ack = request(type_url, &[]);
+            ack.response_nonce = empty.nonce;
+            answer_request(&mut machine, ack, Some(&mut rx)).unwrap();
         }
+        assert!(machine.next_response().is_none());
         tx.send_replace(Arc::new(
             ProxySnapshot::default()
                 .with(CLUSTER, one("c"))
                 .with(LISTENER, one("l"))
                 .with(ROUTE, one("r")),
         ));
-        let (responses, _) =
-            answer_request(&mut machine, request(ROUTE, &["r"]), Some(&mut rx)).unwrap();
+        answer_request(&mut machine, request(ROUTE, &["r"]), Some(&mut rx)).unwrap();
+        let responses: Vec<_> = std::iter::from_fn(|| machine.next_response()).collect();
         let mut sent: Vec<(String, Vec<String>)> = responses
             .iter()
             .map(|r| {

@@ -123,7 +123,7 @@ impl SotwStream {
                         state
                             .names
                             .as_ref()
-                            .is_none_or(|names| names.contains(&r.name))
+                            .is_none_or(|names| names.contains(&*r.name))
                     })
                     .map(|r| r.body.clone())
                     .collect(),

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use isthmus_api::envoy::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
+};
 use isthmus_api::envoy::google::protobuf::Any;
 use isthmus_api::envoy::google::rpc::Status;
 
@@ -221,10 +223,19 @@ fn dreq(
     }
 }
 
-fn dnames(
-    r: &isthmus_api::envoy::envoy::service::discovery::v3::DeltaDiscoveryResponse,
-) -> Vec<String> {
+fn dnames(r: &DeltaDiscoveryResponse) -> Vec<String> {
     r.resources.iter().map(|r| r.name.clone()).collect()
+}
+
+/// The next response, which must exist.
+fn next(s: &mut DeltaStream) -> DeltaDiscoveryResponse {
+    s.next_response().expect("a response is due")
+}
+
+/// The proxy's ACK of `r`.
+fn ack(s: &mut DeltaStream, r: &DeltaDiscoveryResponse, snap: &ProxySnapshot) -> Option<Reply> {
+    s.on_request(dreq(&r.type_url, &[], &[], &r.nonce), snap)
+        .unwrap()
 }
 
 #[test]
@@ -233,20 +244,27 @@ fn delta_sends_only_changes_and_removals() {
     let mut s = DeltaStream::default();
     let mut first = dreq(CLUSTER, &[], &[], "");
     first.node = node();
-    let r1 = s.on_request(first, &v1).unwrap().0.unwrap();
+    assert_eq!(s.on_request(first, &v1).unwrap(), None);
+    let r1 = next(&mut s);
     assert_eq!(dnames(&r1), ["a", "b"], "wildcard CDS gets everything");
-    let (none, ack) = s
-        .on_request(dreq(CLUSTER, &[], &[], &r1.nonce), &v1)
-        .unwrap();
-    assert!(none.is_none(), "node sent once; an ACK needs no answer");
-    assert!(matches!(ack, Some(Reply::Ack { .. })));
+    assert!(matches!(ack(&mut s, &r1, &v1), Some(Reply::Ack { .. })));
+    assert!(
+        s.next_response().is_none(),
+        "node sent once; an ACK needs no answer"
+    );
 
     // b changes, c appears, a disappears.
     let v2 = snapshot(&[("b", "2"), ("c", "1")], &[]);
-    let r2 = s.on_snapshot(&v2).pop().unwrap();
+    s.on_snapshot(&v2);
+    let r2 = next(&mut s);
     assert_eq!(dnames(&r2), ["b", "c"]);
     assert_eq!(r2.removed_resources, ["a"]);
-    assert!(s.on_snapshot(&v2).is_empty(), "nothing left to send");
+    ack(&mut s, &r2, &v2);
+    s.on_snapshot(&v2);
+    assert!(
+        !s.has_pending() && s.next_response().is_none(),
+        "nothing left to send"
+    );
 }
 
 #[test]
@@ -255,20 +273,20 @@ fn delta_unsubscribe_and_resubscribe() {
     let mut s = DeltaStream::default();
     let mut first = dreq(ENDPOINT, &["a", "b"], &[], "");
     first.node = node();
-    let r1 = s.on_request(first, &snap).unwrap().0.unwrap();
+    s.on_request(first, &snap).unwrap();
+    let r1 = next(&mut s);
     assert_eq!(dnames(&r1), ["a", "b"]);
     // Unsubscribing needs no answer, and changes to `a` are no longer sent.
-    let (none, _) = s
-        .on_request(dreq(ENDPOINT, &[], &["a"], &r1.nonce), &snap)
+    s.on_request(dreq(ENDPOINT, &[], &["a"], &r1.nonce), &snap)
         .unwrap();
-    assert!(none.is_none());
+    assert!(s.next_response().is_none());
     let changed = snapshot(&[], &[("a", "2"), ("b", "1")]);
-    assert!(s.on_snapshot(&changed).is_empty());
+    s.on_snapshot(&changed);
+    assert!(s.next_response().is_none());
     // Subscribing again sends it again, though its version is one the proxy once had.
-    let (r2, _) = s
-        .on_request(dreq(ENDPOINT, &["a"], &[], ""), &changed)
+    s.on_request(dreq(ENDPOINT, &["a"], &[], ""), &changed)
         .unwrap();
-    assert_eq!(dnames(&r2.unwrap()), ["a"]);
+    assert_eq!(dnames(&next(&mut s)), ["a"]);
 }
 
 #[test]
@@ -278,17 +296,19 @@ fn delta_reconnect_with_initial_versions_sends_only_what_differs() {
         .get(CLUSTER)
         .unwrap()
         .items()
-        .map(|r| (r.name.clone(), r.version.clone()))
+        .map(|r| (r.name.to_string(), r.version_string()))
         .collect();
     let changed = snapshot(&[("a", "1"), ("b", "2")], &[]);
     let mut s = DeltaStream::default();
     let mut first = dreq(CLUSTER, &[], &[], "");
     first.node = node();
     first.initial_resource_versions = versions;
+    // A resource the proxy has from elsewhere, with a version not of our making.
     first
         .initial_resource_versions
         .insert("gone".into(), "x".into());
-    let r = s.on_request(first, &changed).unwrap().0.unwrap();
+    s.on_request(first, &changed).unwrap();
+    let r = next(&mut s);
     assert_eq!(dnames(&r), ["b"]);
     assert_eq!(r.removed_resources, ["gone"]);
 }
@@ -299,17 +319,19 @@ fn delta_nack_is_recorded_and_not_resent() {
     let mut s = DeltaStream::default();
     let mut first = dreq(CLUSTER, &[], &[], "");
     first.node = node();
-    let r1 = s.on_request(first, &v1).unwrap().0.unwrap();
+    s.on_request(first, &v1).unwrap();
+    let r1 = next(&mut s);
     let mut n = dreq(CLUSTER, &[], &[], &r1.nonce);
     n.error_detail = Some(Status {
         message: "bad cluster".into(),
         ..Status::default()
     });
-    let (none, reply) = s.on_request(n, &v1).unwrap();
-    assert!(none.is_none());
+    let reply = s.on_request(n, &v1).unwrap();
+    assert!(s.next_response().is_none());
     assert!(matches!(reply, Some(Reply::Nack { reason, .. }) if reason == "bad cluster"));
     assert_eq!(s.status()[0].nack.as_deref(), Some("bad cluster"));
-    assert!(s.on_snapshot(&v1).is_empty());
+    s.on_snapshot(&v1);
+    assert!(s.next_response().is_none());
     assert_eq!(
         s.on_request(dreq("", &[], &[], ""), &v1).unwrap_err(),
         ProtocolError::MissingTypeUrl
@@ -317,7 +339,7 @@ fn delta_nack_is_recorded_and_not_resent() {
 }
 
 #[test]
-fn delta_splits_a_big_push_into_bounded_responses_each_acked() {
+fn delta_splits_a_big_push_into_bounded_responses_one_in_flight() {
     use super::delta::MAX_RESOURCES_PER_RESPONSE;
     let names: Vec<String> = (0..250).map(|i| format!("c{i:03}")).collect();
     let items: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
@@ -325,8 +347,17 @@ fn delta_splits_a_big_push_into_bounded_responses_each_acked() {
     let mut s = DeltaStream::default();
     let mut first = dreq(CLUSTER, &[], &[], "");
     first.node = node();
-    let response = s.on_request(first, &snap).unwrap().0.unwrap();
-    let chunks = s.chunk(response);
+    s.on_request(first, &snap).unwrap();
+    let mut chunks = Vec::new();
+    let mut replies = Vec::new();
+    while let Some(chunk) = s.next_response() {
+        assert!(
+            s.next_response().is_none(),
+            "the next part waits for the proxy's answer"
+        );
+        replies.push(ack(&mut s, &chunk, &snap));
+        chunks.push(chunk);
+    }
     let sizes: Vec<usize> = chunks.iter().map(|c| c.resources.len()).collect();
     assert_eq!(
         sizes,
@@ -337,18 +368,74 @@ fn delta_splits_a_big_push_into_bounded_responses_each_acked() {
     assert_eq!(nonces.len(), 3, "each response has its own nonce");
     let all: Vec<String> = chunks.iter().flat_map(dnames).collect();
     assert_eq!(all, names, "every resource once, in order");
-    // Each chunk's ACK is recognised as an ACK of the pushed version.
-    for c in &chunks {
-        let (_, reply) = s
-            .on_request(dreq(CLUSTER, &[], &[], &c.nonce), &snap)
-            .unwrap();
-        assert!(matches!(reply, Some(Reply::Ack { .. })), "{reply:?}");
+    // Only the ACK of the last part is an ACK of the pushed version.
+    assert!(replies[..2].iter().all(Option::is_none), "{replies:?}");
+    assert!(
+        matches!(&replies[2], Some(Reply::Ack { version, .. }) if *version == snap.get(CLUSTER).unwrap().version)
+    );
+    assert_eq!(
+        s.status()[0].acked_version.as_deref(),
+        Some(snap.get(CLUSTER).unwrap().version.as_str())
+    );
+}
+
+#[test]
+fn delta_responses_are_bounded_in_bytes() {
+    use super::delta::MAX_BYTES_PER_RESPONSE;
+    // Three resources reach the bound: responses of three.
+    let body = "x".repeat(MAX_BYTES_PER_RESPONSE / 3);
+    let names: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let items: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), body.as_str())).collect();
+    let snap = snapshot(&items, &[]);
+    let mut s = DeltaStream::default();
+    let mut first = dreq(CLUSTER, &[], &[], "");
+    first.node = node();
+    s.on_request(first, &snap).unwrap();
+    let mut sizes = Vec::new();
+    while let Some(chunk) = s.next_response() {
+        let bytes: usize = chunk
+            .resources
+            .iter()
+            .map(|r| r.resource.as_ref().unwrap().value.len())
+            .sum();
+        assert!(bytes < MAX_BYTES_PER_RESPONSE + body.len() + 16, "{bytes}");
+        sizes.push(chunk.resources.len());
+        ack(&mut s, &chunk, &snap);
     }
+    assert_eq!(sizes, [3, 3, 3, 3, 3, 3, 2]);
+}
+
+#[test]
+fn delta_a_resource_that_changes_while_a_response_is_in_flight_is_sent_once_as_it_is_now() {
+    let v1 = snapshot(&[("a", "1"), ("b", "1")], &[]);
+    let mut s = DeltaStream::default();
+    let mut first = dreq(CLUSTER, &[], &[], "");
+    first.node = node();
+    s.on_request(first, &v1).unwrap();
+    let r1 = next(&mut s);
+    // Two changes to `a` and the removal of `b` before the proxy answers.
+    let v2 = snapshot(&[("a", "2"), ("b", "1")], &[]);
+    s.on_snapshot(&v2);
+    assert!(s.next_response().is_none(), "one response in flight");
+    let v3 = snapshot(&[("a", "3")], &[]);
+    s.on_snapshot(&v3);
+    ack(&mut s, &r1, &v3);
+    let r2 = next(&mut s);
+    let a3 = v3.get(CLUSTER).unwrap().get("a").unwrap().version_string();
+    assert_eq!(
+        r2.resources
+            .iter()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect::<Vec<_>>(),
+        [("a", a3.as_str())]
+    );
+    assert_eq!(r2.removed_resources, ["b"]);
+    assert_eq!(r2.system_version_info, v3.get(CLUSTER).unwrap().version);
 }
 
 /// Whatever sequence of snapshots arrives (shared parts kept, changed, emptied; resources
-/// added, changed, removed, moved between parts), a delta proxy that applies every response
-/// ends up holding exactly the snapshot.
+/// added, changed, removed, moved between parts), and whenever the proxy answers, a delta
+/// proxy that applies every response ends up holding exactly the snapshot.
 #[test]
 fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
     use rand::{Rng, SeedableRng};
@@ -374,23 +461,21 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
     let mut first = dreq(CLUSTER, &[], &[], "");
     first.node = node();
     let mut proxy: HashMap<String, String> = HashMap::new();
-    let apply =
-        |proxy: &mut HashMap<String, String>,
-         r: &isthmus_api::envoy::envoy::service::discovery::v3::DeltaDiscoveryResponse| {
-            for x in &r.resources {
-                proxy.insert(x.name.clone(), x.version.clone());
-            }
-            for name in &r.removed_resources {
-                proxy.remove(name);
-            }
-        };
+    let apply = |proxy: &mut HashMap<String, String>, r: &DeltaDiscoveryResponse| {
+        for x in &r.resources {
+            proxy.insert(x.name.clone(), x.version.clone());
+        }
+        for name in &r.removed_resources {
+            proxy.remove(name);
+        }
+    };
     let merged = TypeResources::merge(&[&a, &b]);
-    let (r, _) = s
-        .on_request(first, &ProxySnapshot::default().with(CLUSTER, merged))
-        .unwrap();
-    apply(&mut proxy, &r.unwrap());
-    for step in 0..300 {
-        match rng.random_range(0..4) {
+    let mut snap = ProxySnapshot::default().with(CLUSTER, merged);
+    s.on_request(first, &snap).unwrap();
+    // A response the proxy applied and has not answered yet.
+    let mut unanswered: Option<DeltaDiscoveryResponse> = None;
+    for step in 0..400 {
+        match rng.random_range(0..5) {
             0 => a = random_part(&mut rng, "a"),
             1 => b = random_part(&mut rng, "b"),
             // The same names dealt anew between the two parts: some move, same versions.
@@ -411,13 +496,26 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
             _ => {} // nothing changes: shared parts are reused as they are
         }
         let merged = TypeResources::merge(&[&a, &b]);
-        let snap = ProxySnapshot::default().with(CLUSTER, merged.clone());
-        for r in s.on_snapshot(&snap) {
+        snap = ProxySnapshot::default().with(CLUSTER, merged.clone());
+        s.on_snapshot(&snap);
+        // Sometimes the proxy takes one response and answers later, after more changes.
+        if unanswered.is_none() && rng.random_range(0..3) == 0 {
+            unanswered = s.next_response();
+            if let Some(r) = &unanswered {
+                apply(&mut proxy, r);
+            }
+            continue;
+        }
+        if let Some(r) = unanswered.take() {
+            ack(&mut s, &r, &snap);
+        }
+        while let Some(r) = s.next_response() {
             apply(&mut proxy, &r);
+            ack(&mut s, &r, &snap);
         }
         let expected: HashMap<String, String> = merged
             .items()
-            .map(|r| (r.name.clone(), r.version.clone()))
+            .map(|r| (r.name.to_string(), r.version_string()))
             .collect();
         assert_eq!(proxy, expected, "step {step}");
     }

@@ -102,7 +102,12 @@ fn decoded<M: Message + Default>(s: &ProxySnapshot, type_url: &str) -> BTreeMap<
     s.get(type_url)
         .map(|t| {
             t.items()
-                .map(|r| (r.name.clone(), M::decode(r.body.value.as_slice()).unwrap()))
+                .map(|r| {
+                    (
+                        r.name.to_string(),
+                        M::decode(r.body.value.as_slice()).unwrap(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
