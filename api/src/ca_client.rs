@@ -5,10 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::identity::{
     CertificateSource, IssueError, IssuedChain, PeerPolicy, SharedBundles, SpiffeVerifier,
@@ -60,29 +57,10 @@ impl CaClient {
         let verifier = Arc::new(SpiffeVerifier::new(bundles, server));
         let tls = client_config(None, verifier, &[b"h2"])
             .map_err(|e| IssueError::Local(format!("TLS configuration: {e}")))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-        let connect = tower::service_fn(move |uri: Uri| {
-            let connector = connector.clone();
-            async move {
-                let host = uri
-                    .host()
-                    .unwrap_or_default()
-                    .trim_matches(|c| c == '[' || c == ']');
-                let port = uri.port_u16().unwrap_or(15012);
-                let tcp = TcpStream::connect((host, port)).await?;
-                tcp.set_nodelay(true)?;
-                let name = ServerName::try_from(host.to_owned())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        });
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| IssueError::Local(format!("CA address {address:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15));
+        let channel = crate::channel::tls_channel(address, tls, Some(Duration::from_secs(15)))
+            .map_err(|e| IssueError::Local(format!("CA {e}")))?;
         Ok(Self {
-            client: CertificateServiceClient::new(endpoint.connect_with_connector_lazy(connect)),
+            client: CertificateServiceClient::new(channel),
             token,
         })
     }

@@ -6,6 +6,7 @@
 //!   their trust domain, rustls configurations for mesh mTLS, and the certificate manager that
 //!   renews a workload's certificate at half-life;
 //! - [`ca_client`]: the gRPC client of the mesh CA (`isthmus.ca.v1.CertificateService`);
+//! - [`channel`]: gRPC channels to `isthmusd` over mesh TLS (or plaintext on loopback);
 //! - [`resources`]: the configuration API (Istio and Maistra kinds), validated at the edge with
 //!   field paths;
 //! - [`envoy`]: Envoy's xDS v3 types, re-exported from `envoy-types`;
@@ -14,6 +15,7 @@
 //! With the `test-util` feature, [`testing`] offers a throw-away CA for tests.
 
 pub mod ca_client;
+pub mod channel;
 pub mod identity;
 pub mod proto;
 pub mod resources;

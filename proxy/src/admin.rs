@@ -1,4 +1,8 @@
-//! The admin port (15000, loopback): `/ready` and `/certs`, as Envoy's admin offers them.
+//! The admin port (15000, loopback), with Envoy's paths: `/ready`, `/certs`, `/listeners`,
+//! `/clusters`, `/config_dump`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -6,22 +10,89 @@ use axum::routing::get;
 use isthmus_api::identity::pem::certs_to_pem;
 use isthmus_api::identity::{CertInfo, CertManager, format_time};
 use serde_json::json;
+use tokio::sync::watch;
 
-pub fn router(certs: CertManager) -> Router {
-    let ready_certs = certs.clone();
+use crate::config::ProxyConfig;
+use crate::config::cluster::Discovery;
+use crate::xds::client::XdsStatus;
+
+/// What the admin port reads; each part is there only if that half of the proxy runs.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    certs: Option<CertManager>,
+    config: Option<watch::Receiver<Arc<ProxyConfig>>>,
+    xds: Option<watch::Receiver<XdsStatus>>,
+}
+
+impl AdminState {
+    pub fn new(certs: Option<CertManager>) -> Self {
+        Self {
+            certs,
+            config: None,
+            xds: None,
+        }
+    }
+
+    pub fn with_xds(
+        mut self,
+        config: watch::Receiver<Arc<ProxyConfig>>,
+        xds: watch::Receiver<XdsStatus>,
+    ) -> Self {
+        self.config = Some(config);
+        self.xds = Some(xds);
+        self
+    }
+
+    fn config(&self) -> Arc<ProxyConfig> {
+        self.config
+            .as_ref()
+            .map(|c| c.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// `None` when ready; else what is missing.
+    fn not_ready(&self) -> Option<String> {
+        if let Some(certs) = &self.certs
+            && certs.current().is_none()
+        {
+            return Some("no certificate yet".into());
+        }
+        if let Some(xds) = &self.xds {
+            let status = xds.borrow();
+            if !status.ready {
+                let waiting: Vec<&str> = status.waiting_for.iter().map(|t| t.short()).collect();
+                return Some(if status.connected {
+                    format!("waiting for {}", waiting.join(", "))
+                } else {
+                    format!(
+                        "not connected to isthmusd ({})",
+                        status.last_disconnect.as_deref().unwrap_or("connecting")
+                    )
+                });
+            }
+        }
+        None
+    }
+}
+
+pub fn router(state: AdminState) -> Router {
+    let ready = state.clone();
+    let certs = state.certs.clone();
+    let listeners = state.clone();
+    let clusters = state.clone();
+    let dump = state;
     Router::new()
         .route(
             "/ready",
             get(move || {
-                let ready = ready_certs.current().is_some();
+                let missing = ready.not_ready();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "LIVE\n")
-                    } else {
-                        (
+                    match missing {
+                        None => (StatusCode::OK, "LIVE\n".to_owned()),
+                        Some(why) => (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "PRE_INITIALIZING: no certificate yet\n",
-                        )
+                            format!("PRE_INITIALIZING: {why}\n"),
+                        ),
                     }
                 }
             }),
@@ -29,15 +100,139 @@ pub fn router(certs: CertManager) -> Router {
         .route(
             "/certs",
             get(move || {
-                let body = certs_json(&certs);
+                let body = certs_json(certs.as_ref());
+                async move { body }
+            }),
+        )
+        .route(
+            "/listeners",
+            get(move || {
+                let body = listeners_text(&listeners.config());
+                async move { body }
+            }),
+        )
+        .route(
+            "/clusters",
+            get(move || {
+                let body = clusters_text(&clusters.config());
+                async move { body }
+            }),
+        )
+        .route(
+            "/config_dump",
+            get(move || {
+                let body = config_dump(&dump);
                 async move { body }
             }),
         )
 }
 
+/// Envoy's `/listeners` text form: `name::address`.
+fn listeners_text(config: &ProxyConfig) -> String {
+    let mut out = String::new();
+    for (name, l) in &config.listeners {
+        let _ = writeln!(out, "{name}::{}", l.address);
+    }
+    out
+}
+
+/// Envoy's `/clusters` text form, the lines this proxy knows: per host its address, weight
+/// and health.
+fn clusters_text(config: &ProxyConfig) -> String {
+    let mut out = String::new();
+    for (name, c) in &config.clusters {
+        let assignment = match &c.discovery {
+            Discovery::Static(a) | Discovery::Dns { assignment: a, .. } => Some(a.clone()),
+            Discovery::Eds { service_name } => {
+                config.endpoints.get(service_name).map(|a| (**a).clone())
+            }
+        };
+        let _ = writeln!(out, "{name}::added_via_api::true");
+        for group in assignment.iter().flat_map(|a| &a.groups) {
+            for e in &group.endpoints {
+                let host = format!("{name}::{}:{}", e.host, e.port);
+                let _ = writeln!(out, "{host}::weight::{}", e.weight);
+                let _ = writeln!(out, "{host}::priority::{}", group.priority);
+                let _ = writeln!(
+                    out,
+                    "{host}::health_flags::{}",
+                    if e.healthy { "healthy" } else { "/eds_health" }
+                );
+                let l = &group.locality;
+                let _ = writeln!(
+                    out,
+                    "{host}::zone::{}",
+                    if l.zone.is_empty() { "" } else { &l.zone }
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The xDS state and every applied resource, by type (the model, in Rust's debug notation).
+fn config_dump(state: &AdminState) -> axum::Json<serde_json::Value> {
+    let config = state.config();
+    let xds = state
+        .xds
+        .as_ref()
+        .map(|x| x.borrow().clone())
+        .unwrap_or_default();
+    let types: Vec<serde_json::Value> = xds
+        .types
+        .iter()
+        .map(|t| {
+            json!({
+                "type": t.kind.short(),
+                "version": t.version,
+                "resources": t.resources,
+                "updates_accepted": t.accepted,
+                "updates_rejected": t.rejected,
+                "last_error": t.last_error,
+            })
+        })
+        .collect();
+    fn dump<T: std::fmt::Debug>(
+        m: &std::collections::BTreeMap<String, Arc<T>>,
+    ) -> serde_json::Value {
+        m.iter()
+            .map(|(k, v)| (k.clone(), json!(format!("{v:?}"))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+    let secrets: serde_json::Map<String, serde_json::Value> = config
+        .secrets
+        .iter()
+        .map(|(name, s)| {
+            let described = match &**s {
+                crate::config::secret::Secret::Certificate(c) => {
+                    json!({"certificate": c.spiffe_id().to_string(), "not_after": format_time(c.leaf().not_after)})
+                }
+                crate::config::secret::Secret::TrustBundles(b) => json!({
+                    "trust_domains": b.iter().map(|b| b.trust_domain().to_string()).collect::<Vec<_>>()
+                }),
+            };
+            (name.clone(), described)
+        })
+        .collect();
+    axum::Json(json!({
+        "xds": {
+            "connected": xds.connected,
+            "ready": xds.ready,
+            "last_disconnect": xds.last_disconnect,
+            "types": types,
+        },
+        "listeners": dump(&config.listeners),
+        "routes": dump(&config.routes),
+        "clusters": dump(&config.clusters),
+        "endpoints": dump(&config.endpoints),
+        "secrets": secrets,
+    }))
+}
+
 /// The current certificate chain and roots, decoded (no private key).
-fn certs_json(certs: &CertManager) -> axum::Json<serde_json::Value> {
-    let Some(cert) = certs.current() else {
+fn certs_json(certs: Option<&CertManager>) -> axum::Json<serde_json::Value> {
+    let Some(cert) = certs.and_then(CertManager::current) else {
         return axum::Json(json!({ "certificates": [] }));
     };
     let describe = |der: &rustls_pki_types::CertificateDer<'_>| match CertInfo::parse(der) {

@@ -1,13 +1,7 @@
-//! `isthmus-proxy`: the Isthmus data plane.
-//!
-//! Today it bootstraps the workload's identity: it obtains a certificate from `isthmusd` with
-//! its bootstrap token, renews it at half-life, and reports it on the admin port (`/ready`,
-//! `/certs`). Listeners, routing and xDS build on this identity.
-
-mod admin;
-mod bootstrap;
+//! `isthmus-proxy`: the Isthmus data plane (see the library's documentation).
 
 use clap::Parser;
+use isthmus_proxy::bootstrap;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

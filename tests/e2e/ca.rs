@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use std::path::Path;
 use std::time::Duration;
 
 use isthmus_api::ca_client::{BearerToken, CaClient};
@@ -13,32 +12,12 @@ use isthmus_api::identity::{
     shared_bundles,
 };
 use isthmus_api::testing::{TestCa, hours_ago, minutes_ago};
-use isthmus_e2e::{Isthmusd, isthmusctl, isthmusd_start_failure, sh};
+use isthmus_e2e::{Isthmusd, create_token, isthmusctl, isthmusd_start_failure, sh};
 
 const WEB: &str = "spiffe://red.local/ns/app/sa/web";
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
-}
-
-fn create_token(daemon: &Isthmusd, dir: &Path, identity: &str) -> std::path::PathBuf {
-    let file = dir.join(format!("token-{}", identity.rsplit('/').next().unwrap()));
-    let out = isthmusctl(&[
-        "token",
-        "create",
-        "--state-dir",
-        daemon.state_dir.to_str().unwrap(),
-        "--identity",
-        identity,
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    file
 }
 
 fn client(daemon: &Isthmusd, token: BearerToken) -> CaClient {

@@ -18,6 +18,17 @@ const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 #[tokio::test]
 async fn ads_stream_is_served_and_visible_in_status() {
     let dir = tempfile::tempdir().unwrap();
+    // isthmusd answers a node once it has computed its configuration: it needs its workload.
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/web.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: app}
+spec: {address: 127.0.0.1, serviceAccount: web}
+",
+    )
+    .unwrap();
     let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", daemon.xds))
         .await

@@ -41,6 +41,30 @@ pub fn isthmusctl(args: &[&str]) -> Output {
         .expect("run isthmusctl")
 }
 
+/// A bootstrap token for `identity` from `isthmusctl token create`, in a file under `dir`.
+pub fn create_token(daemon: &Isthmusd, dir: &Path, identity: &str) -> PathBuf {
+    let file = dir.join(format!(
+        "token-{}",
+        identity.rsplit('/').next().unwrap_or("x")
+    ));
+    let out = isthmusctl(&[
+        "token",
+        "create",
+        "--state-dir",
+        &daemon.state_dir.to_string_lossy(),
+        "--identity",
+        identity,
+        "--out",
+        &file.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    file
+}
+
 /// A running `isthmusd`, killed on drop.
 #[derive(Debug)]
 pub struct Isthmusd {

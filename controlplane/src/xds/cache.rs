@@ -34,7 +34,7 @@ impl SnapshotCache {
         }
     }
 
-    /// Watches `node_id`'s snapshot (empty until one is set).
+    /// Watches `node_id`'s snapshot ([`ProxySnapshot::pending`] until one is set).
     pub async fn subscribe(&self, node_id: &str) -> watch::Receiver<Arc<ProxySnapshot>> {
         if let Some(tx) = self.nodes.read().await.get(node_id) {
             return tx.subscribe();
@@ -43,7 +43,7 @@ impl SnapshotCache {
             .write()
             .await
             .entry(node_id.to_owned())
-            .or_insert_with(|| watch::channel(Arc::new(ProxySnapshot::default())).0)
+            .or_insert_with(|| watch::channel(Arc::new(ProxySnapshot::pending())).0)
             .subscribe()
     }
 
@@ -54,6 +54,7 @@ impl SnapshotCache {
             .await
             .get(node_id)
             .map(|tx| tx.borrow().clone())
+            .filter(|s| !s.is_pending())
     }
 
     /// Forgets nodes nobody watches any more.

@@ -191,6 +191,8 @@ pub struct DeltaStream {
     node: Option<Node>,
     types: BTreeMap<String, TypeState>,
     nonce: u64,
+    /// Whether the node's snapshot has been computed: nothing is answered before.
+    computed: bool,
 }
 
 impl DeltaStream {
@@ -276,12 +278,24 @@ impl DeltaStream {
             outbox.retain(|name| *wildcard || names.contains(name));
         }
 
-        self.plan(&type_url, snapshot);
+        if snapshot.is_pending() {
+            return Ok(reply);
+        }
+        if !self.computed {
+            // The first computed snapshot: every type asked for so far is due.
+            self.on_snapshot(snapshot);
+        } else {
+            self.plan(&type_url, snapshot);
+        }
         Ok(reply)
     }
 
     /// Queues, for every type, what changed in `snapshot`.
     pub fn on_snapshot(&mut self, snapshot: &ProxySnapshot) {
+        if snapshot.is_pending() {
+            return;
+        }
+        self.computed = true;
         let types: Vec<String> = self.types.keys().cloned().collect();
         for type_url in &types {
             self.plan(type_url, snapshot);
@@ -290,13 +304,16 @@ impl DeltaStream {
 
     /// Whether [`Self::next_response`] may have something to send.
     pub fn has_pending(&self) -> bool {
-        self.types.values().any(TypeState::can_send)
+        self.computed && self.types.values().any(TypeState::can_send)
     }
 
     /// The next response to send: for the first type (in type URL order, so clusters before
     /// endpoints, secrets before listeners, listeners before routes) that has something due
     /// and no response awaiting an answer.
     pub fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
+        if !self.computed {
+            return None;
+        }
         for (type_url, state) in &mut self.types {
             if !state.can_send() {
                 continue;

@@ -161,9 +161,24 @@ fn content_version(body: &Any) -> u64 {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProxySnapshot {
     types: BTreeMap<String, TypeResources>,
+    /// A placeholder: the node's configuration has not been computed yet. Streams answer
+    /// nothing until it is, so a proxy never initialises on an empty configuration.
+    pending: bool,
 }
 
 impl ProxySnapshot {
+    /// The placeholder a stream sees before its node's first snapshot is computed.
+    pub fn pending() -> Self {
+        Self {
+            types: BTreeMap::new(),
+            pending: true,
+        }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
+
     pub fn with(mut self, type_url: &str, resources: TypeResources) -> Self {
         self.types.insert(type_url.to_owned(), resources);
         self

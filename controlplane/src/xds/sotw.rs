@@ -71,6 +71,10 @@ impl SotwStream {
         let names_changed = state.names != names;
         state.names = names;
 
+        if snapshot.is_pending() {
+            // Answered when the node's first snapshot is computed (`on_snapshot`).
+            return Ok((None, reply));
+        }
         let current = snapshot
             .get(&type_url)
             .map(|t| t.version.clone())
@@ -87,6 +91,9 @@ impl SotwStream {
 
     /// Responses for every subscribed type whose version changed in `snapshot`.
     pub fn on_snapshot(&mut self, snapshot: &ProxySnapshot) -> Vec<DiscoveryResponse> {
+        if snapshot.is_pending() {
+            return Vec::new();
+        }
         let due: Vec<String> = self
             .types
             .iter()

@@ -520,3 +520,40 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
         assert_eq!(proxy, expected, "step {step}");
     }
 }
+
+/// Before the node's configuration is computed the stream answers nothing (a proxy must not
+/// initialise on an empty configuration); the first computed snapshot answers every type
+/// asked for meanwhile.
+#[test]
+fn nothing_is_answered_before_the_nodes_snapshot_is_computed() {
+    let pending = ProxySnapshot::pending();
+    let snap = snapshot(&[("a", "1")], &[("a", "1")]);
+
+    let mut d = DeltaStream::default();
+    let mut first = dreq(CLUSTER, &[], &[], "");
+    first.node = node();
+    d.on_request(first, &pending).unwrap();
+    d.on_request(dreq(ENDPOINT, &["a"], &[], ""), &pending)
+        .unwrap();
+    assert!(!d.has_pending() && d.next_response().is_none());
+    d.on_snapshot(&snap);
+    let sent: Vec<(String, Vec<String>)> = std::iter::from_fn(|| d.next_response())
+        .map(|r| (r.type_url.clone(), dnames(&r)))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (CLUSTER.to_owned(), vec!["a".to_owned()]),
+            (ENDPOINT.to_owned(), vec!["a".to_owned()])
+        ]
+    );
+
+    let mut s = SotwStream::default();
+    let mut first = req(CLUSTER, "", "", &[]);
+    first.node = node();
+    assert!(s.on_request(first, &pending).unwrap().0.is_none());
+    assert!(s.on_snapshot(&pending).is_empty());
+    let responses = s.on_snapshot(&snap);
+    assert_eq!(responses.len(), 1);
+    assert_eq!(names(&responses[0].resources), ["a"]);
+}

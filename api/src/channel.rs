@@ -1,0 +1,53 @@
+//! gRPC channels to `isthmusd` over mesh TLS, shared by the CA client and the proxy's xDS
+//! client: a lazy tonic channel whose connector dials TCP and runs the given rustls client
+//! configuration (which verifies the server's SPIFFE identity).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A channel to `address` (`host:port`) over TLS with `tls`; it connects on first use and
+/// reconnects after failures. `timeout` bounds each unary call (`None` for streams).
+pub fn tls_channel(
+    address: &str,
+    tls: rustls::ClientConfig,
+    timeout: Option<Duration>,
+) -> Result<Channel, String> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let connect = tower::service_fn(move |uri: Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(|c| c == '[' || c == ']');
+            let port = uri.port_u16().unwrap_or(15012);
+            let tcp = TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// A plaintext channel to `address` (`host:port`), for the loopback-only xDS port.
+pub fn plaintext_channel(address: &str) -> Result<Channel, String> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}

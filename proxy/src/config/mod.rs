@@ -1,0 +1,229 @@
+//! The proxy's configuration: Envoy xDS v3 resources converted, at the edge, into a validated
+//! model that the data path works on. This is the profile `docs/xds-profile.md` documents:
+//! every field a conversion does not honour is refused with its path (`filter_chains[0]
+//! .filters[1].typed_config(HttpConnectionManager).tracing: not supported by isthmus-proxy`),
+//! so a resource is either applied as meant or NACKed, never half-understood.
+
+// The conversions destructure every field, deprecated ones too, so that they can refuse them.
+pub mod check;
+#[allow(deprecated)]
+pub mod cluster;
+pub mod decode;
+#[allow(deprecated)]
+pub mod endpoint;
+#[allow(deprecated)]
+pub mod listener;
+#[allow(deprecated)]
+pub mod matcher;
+#[allow(deprecated)]
+pub mod rbac;
+#[allow(deprecated)]
+pub mod route;
+#[allow(deprecated)]
+pub mod secret;
+#[allow(deprecated)]
+pub mod tls;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use isthmus_api::envoy::envoy::config::cluster::v3::Cluster as EnvoyCluster;
+use isthmus_api::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use isthmus_api::envoy::envoy::config::listener::v3::Listener as EnvoyListener;
+use isthmus_api::envoy::envoy::config::route::v3::RouteConfiguration;
+use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::Secret as EnvoySecret;
+use isthmus_api::envoy::google::protobuf::Any;
+use prost::Name;
+
+use self::check::{Checked, Invalid, Path};
+use self::cluster::{Cluster, Discovery};
+use self::endpoint::LoadAssignment;
+use self::listener::{Listener, RouteSource, Terminal};
+use self::route::RouteTable;
+use self::secret::Secret;
+
+/// The xDS types, in the order a proxy subscribes to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum XdsType {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+    Secret,
+}
+
+impl XdsType {
+    pub const ALL: [XdsType; 5] = [
+        XdsType::Cluster,
+        XdsType::Endpoint,
+        XdsType::Listener,
+        XdsType::Route,
+        XdsType::Secret,
+    ];
+
+    pub fn type_url(self) -> String {
+        match self {
+            XdsType::Cluster => EnvoyCluster::type_url(),
+            XdsType::Endpoint => ClusterLoadAssignment::type_url(),
+            XdsType::Listener => EnvoyListener::type_url(),
+            XdsType::Route => RouteConfiguration::type_url(),
+            XdsType::Secret => EnvoySecret::type_url(),
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// Envoy's short name: `CDS`, `EDS`, ...
+    pub fn short(self) -> &'static str {
+        match self {
+            XdsType::Cluster => "CDS",
+            XdsType::Endpoint => "EDS",
+            XdsType::Listener => "LDS",
+            XdsType::Route => "RDS",
+            XdsType::Secret => "SDS",
+        }
+    }
+
+    /// LDS and CDS are subscribed to as a whole; the others by the names those reference.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, XdsType::Cluster | XdsType::Listener)
+    }
+}
+
+/// One accepted resource of any type.
+#[derive(Debug, Clone)]
+pub enum Resource {
+    Listener(Arc<Listener>),
+    Route(Arc<RouteTable>),
+    Cluster(Arc<Cluster>),
+    Endpoints(Arc<LoadAssignment>),
+    Secret(Arc<Secret>),
+}
+
+/// Decodes and validates one resource of `kind`; its name must be `name`.
+pub fn convert(kind: XdsType, name: &str, any: &Any) -> Checked<Resource> {
+    let root = Path::root();
+    let expected = kind.type_url();
+    if any.type_url != expected {
+        return Err(Invalid::new(
+            &root,
+            format!("expected a {expected}, got {:?}", any.type_url),
+        ));
+    }
+    let (resource, actual) = match kind {
+        XdsType::Listener => {
+            let l = listener::convert(decode::typed(any, &root)?, &root)?;
+            let n = l.name.clone();
+            (Resource::Listener(Arc::new(l)), n)
+        }
+        XdsType::Route => {
+            let r = route::convert(decode::typed(any, &root)?, &root)?;
+            let n = r.name.clone();
+            (Resource::Route(Arc::new(r)), n)
+        }
+        XdsType::Cluster => {
+            let c = cluster::convert(decode::typed(any, &root)?, &root)?;
+            let n = c.name.clone();
+            (Resource::Cluster(Arc::new(c)), n)
+        }
+        XdsType::Endpoint => {
+            let e = endpoint::convert(decode::typed(any, &root)?, &root)?;
+            let n = e.cluster_name.clone();
+            (Resource::Endpoints(Arc::new(e)), n)
+        }
+        XdsType::Secret => {
+            let envoy: EnvoySecret = decode::typed(any, &root)?;
+            let n = envoy.name.clone();
+            (
+                Resource::Secret(Arc::new(secret::convert(envoy, &root)?)),
+                n,
+            )
+        }
+    };
+    if actual != name {
+        return Err(Invalid::new(
+            &root.field("name"),
+            format!("{actual:?} differs from the resource's name {name:?}"),
+        ));
+    }
+    Ok(resource)
+}
+
+/// Everything the proxy has applied: the one state the data path reads, replaced as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyConfig {
+    pub listeners: BTreeMap<String, Arc<Listener>>,
+    pub routes: BTreeMap<String, Arc<RouteTable>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub endpoints: BTreeMap<String, Arc<LoadAssignment>>,
+    pub secrets: BTreeMap<String, Arc<Secret>>,
+}
+
+impl ProxyConfig {
+    pub fn insert(&mut self, name: String, resource: Resource) {
+        match resource {
+            Resource::Listener(r) => drop(self.listeners.insert(name, r)),
+            Resource::Route(r) => drop(self.routes.insert(name, r)),
+            Resource::Cluster(r) => drop(self.clusters.insert(name, r)),
+            Resource::Endpoints(r) => drop(self.endpoints.insert(name, r)),
+            Resource::Secret(r) => drop(self.secrets.insert(name, r)),
+        }
+    }
+
+    pub fn remove(&mut self, kind: XdsType, name: &str) {
+        match kind {
+            XdsType::Listener => drop(self.listeners.remove(name)),
+            XdsType::Route => drop(self.routes.remove(name)),
+            XdsType::Cluster => drop(self.clusters.remove(name)),
+            XdsType::Endpoint => drop(self.endpoints.remove(name)),
+            XdsType::Secret => drop(self.secrets.remove(name)),
+        }
+    }
+
+    /// The names of `kind` the applied listeners and clusters refer to: what to subscribe to.
+    pub fn wanted(&self, kind: XdsType) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        match kind {
+            XdsType::Route => {
+                for l in self.listeners.values() {
+                    for chain in l.chains.iter().chain(&l.default_chain) {
+                        if let Terminal::Http(hcm) = &chain.terminal
+                            && let RouteSource::Rds(name) = &hcm.routes
+                        {
+                            names.insert(name.clone());
+                        }
+                    }
+                }
+            }
+            XdsType::Endpoint => {
+                for c in self.clusters.values() {
+                    if let Discovery::Eds { service_name } = &c.discovery {
+                        names.insert(service_name.clone());
+                    }
+                }
+            }
+            XdsType::Secret => {
+                let mut add = |ctx: &tls::TlsContext| {
+                    names.extend(ctx.certificate.iter().cloned());
+                    names.extend(ctx.validation.iter().cloned());
+                };
+                for l in self.listeners.values() {
+                    for chain in l.chains.iter().chain(&l.default_chain) {
+                        if let Some(t) = &chain.tls {
+                            add(&t.context);
+                        }
+                    }
+                }
+                for c in self.clusters.values() {
+                    if let Some(t) = &c.tls {
+                        add(&t.context);
+                    }
+                }
+            }
+            XdsType::Cluster | XdsType::Listener => {}
+        }
+        names
+    }
+}

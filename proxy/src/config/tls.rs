@@ -1,0 +1,315 @@
+//! TLS transport sockets: what a listener's filter chain terminates and what a cluster
+//! originates. Certificates and trust bundles always come by name over SDS, so a rotation is a
+//! secret update and never a listener or cluster change.
+
+use isthmus_api::envoy::envoy::config::core::v3::{
+    TransportSocket, TypedExtensionConfig, transport_socket,
+};
+use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
+    subject_alt_name_matcher, tls_parameters,
+};
+use isthmus_api::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use isthmus_api::envoy::google::protobuf::Any;
+
+use super::check::{Checked, Invalid, Path, reject_set, required};
+use super::decode::{ads_source, short_type, typed};
+
+/// The TLS settings both directions share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsContext {
+    /// SDS name of the certificate this side presents.
+    pub certificate: Option<String>,
+    /// SDS name of the trust bundle the peer's chain must verify against.
+    pub validation: Option<String>,
+    /// The peer's certificate must carry one of these URI SANs (SPIFFE IDs); empty: any.
+    pub peer_ids: Vec<String>,
+    pub alpn: Vec<String>,
+}
+
+/// A filter chain's TLS termination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownstreamTls {
+    pub context: TlsContext,
+    pub require_client_certificate: bool,
+}
+
+/// A cluster's TLS origination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub context: TlsContext,
+    pub sni: String,
+}
+
+const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+const RAW_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
+
+/// The typed config of a transport socket, or `None` for plaintext.
+fn socket_config(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<Any>> {
+    let Some(TransportSocket { name, config_type }) = socket else {
+        return Ok(None);
+    };
+    let config = match config_type {
+        Some(transport_socket::ConfigType::TypedConfig(any)) => any,
+        None if name == RAW_SOCKET => return Ok(None),
+        None => return Err(Invalid::required(&path.field("typed_config"))),
+    };
+    if config.type_url.ends_with(".RawBuffer") {
+        return Ok(None);
+    }
+    if name != TLS_SOCKET && !config.type_url.contains(".tls.v3.") {
+        return Err(Invalid::new(
+            &path.field("name"),
+            format!("transport socket {name:?} is not supported (only TLS and raw_buffer)"),
+        ));
+    }
+    Ok(Some(config))
+}
+
+pub fn downstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<DownstreamTls>> {
+    let Some(any) = socket_config(socket, path)? else {
+        return Ok(None);
+    };
+    let path = path.typed("typed_config", short_type(&any));
+    let DownstreamTlsContext {
+        common_tls_context,
+        require_client_certificate,
+        require_sni,
+        disable_stateful_session_resumption: _,
+        session_timeout,
+        ocsp_staple_policy,
+        full_scan_certs_on_sni_mismatch,
+        prefer_client_ciphers: _,
+        session_ticket_keys_type,
+    } = typed(&any, &path)?;
+    reject_set!(path; require_sni, session_timeout, ocsp_staple_policy, full_scan_certs_on_sni_mismatch, session_ticket_keys_type);
+    Ok(Some(DownstreamTls {
+        context: common(common_tls_context, &path.field("common_tls_context"))?,
+        require_client_certificate: require_client_certificate.is_some_and(|b| b.value),
+    }))
+}
+
+pub fn upstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<UpstreamTls>> {
+    let Some(any) = socket_config(socket, path)? else {
+        return Ok(None);
+    };
+    let path = path.typed("typed_config", short_type(&any));
+    let UpstreamTlsContext {
+        common_tls_context,
+        sni,
+        auto_host_sni,
+        auto_sni_san_validation,
+        allow_renegotiation,
+        max_session_keys: _,
+        enforce_rsa_key_usage,
+    } = typed(&any, &path)?;
+    reject_set!(path; auto_host_sni, auto_sni_san_validation, allow_renegotiation, enforce_rsa_key_usage);
+    Ok(Some(UpstreamTls {
+        context: common(common_tls_context, &path.field("common_tls_context"))?,
+        sni,
+    }))
+}
+
+fn common(context: Option<CommonTlsContext>, path: &Path) -> Checked<TlsContext> {
+    let CommonTlsContext {
+        tls_params,
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        tls_certificate_provider_instance,
+        custom_tls_certificate_selector,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        alpn_protocols,
+        custom_handshaker,
+        key_log,
+        validation_context_type,
+    } = required(context, path)?;
+    reject_set!(path; tls_certificates, tls_certificate_provider_instance, custom_tls_certificate_selector,
+        tls_certificate_certificate_provider, tls_certificate_certificate_provider_instance, custom_handshaker, key_log);
+    if let Some(params) = tls_params {
+        tls_params_check(params, &path.field("tls_params"))?;
+    }
+    let certificate = match tls_certificate_sds_secret_configs.len() {
+        0 => None,
+        1 => Some(sds(
+            tls_certificate_sds_secret_configs.into_iter().next(),
+            &path.field("tls_certificate_sds_secret_configs").index(0),
+        )?),
+        _ => {
+            return Err(Invalid::new(
+                &path.field("tls_certificate_sds_secret_configs"),
+                "at most one certificate",
+            ));
+        }
+    };
+    let path_v = path.field("validation_context_type");
+    let (validation, peer_ids) = match validation_context_type {
+        None => (None, Vec::new()),
+        Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(s)) => (
+            Some(sds(
+                Some(s),
+                &path.field("validation_context_sds_secret_config"),
+            )?),
+            Vec::new(),
+        ),
+        Some(common_tls_context::ValidationContextType::CombinedValidationContext(c)) => {
+            let path = path.field("combined_validation_context");
+            let common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context,
+                validation_context_sds_secret_config,
+                validation_context_certificate_provider,
+                validation_context_certificate_provider_instance,
+            } = c;
+            reject_set!(path; validation_context_certificate_provider, validation_context_certificate_provider_instance);
+            let secret = sds(
+                validation_context_sds_secret_config,
+                &path.field("validation_context_sds_secret_config"),
+            )?;
+            let ids = match default_validation_context {
+                Some(v) => san_matchers(v, &path.field("default_validation_context"))?,
+                None => Vec::new(),
+            };
+            (Some(secret), ids)
+        }
+        Some(_) => {
+            return Err(Invalid::new(
+                &path_v,
+                "only validation_context_sds_secret_config or combined_validation_context",
+            ));
+        }
+    };
+    Ok(TlsContext {
+        certificate,
+        validation,
+        peer_ids,
+        alpn: alpn_protocols,
+    })
+}
+
+fn tls_params_check(params: TlsParameters, path: &Path) -> Checked<()> {
+    let TlsParameters {
+        tls_minimum_protocol_version,
+        tls_maximum_protocol_version,
+        cipher_suites,
+        ecdh_curves,
+        signature_algorithms,
+        compliance_policies,
+    } = params;
+    reject_set!(path; cipher_suites, ecdh_curves, signature_algorithms, compliance_policies);
+    use tls_parameters::TlsProtocol;
+    let ok = |v: i32| {
+        [
+            TlsProtocol::TlsAuto,
+            TlsProtocol::TlSv12,
+            TlsProtocol::TlSv13,
+        ]
+        .iter()
+        .any(|p| *p as i32 == v)
+    };
+    if !ok(tls_minimum_protocol_version) {
+        return Err(Invalid::new(
+            &path.field("tls_minimum_protocol_version"),
+            "TLS 1.2 or 1.3 only",
+        ));
+    }
+    if !ok(tls_maximum_protocol_version) {
+        return Err(Invalid::new(
+            &path.field("tls_maximum_protocol_version"),
+            "TLS 1.2 or 1.3 only",
+        ));
+    }
+    Ok(())
+}
+
+fn sds(config: Option<SdsSecretConfig>, path: &Path) -> Checked<String> {
+    let SdsSecretConfig { name, sds_config } = required(config, path)?;
+    ads_source(sds_config, &path.field("sds_config"))?;
+    if name.is_empty() {
+        return Err(Invalid::required(&path.field("name")));
+    }
+    Ok(name)
+}
+
+/// The two parts of a validation context this proxy uses; every other field is refused.
+pub(super) struct ValidationParts {
+    pub sans: Vec<SubjectAltNameMatcher>,
+    pub custom_validator: Option<TypedExtensionConfig>,
+}
+
+pub(super) fn validation_parts(
+    context: CertificateValidationContext,
+    path: &Path,
+) -> Checked<ValidationParts> {
+    let CertificateValidationContext {
+        trusted_ca,
+        ca_certificate_provider_instance,
+        system_root_certs,
+        watched_directory,
+        verify_certificate_spki,
+        verify_certificate_hash,
+        match_typed_subject_alt_names,
+        match_subject_alt_names,
+        require_signed_certificate_timestamp,
+        crl,
+        allow_expired_certificate,
+        trust_chain_verification,
+        custom_validator_config,
+        only_verify_leaf_cert_crl,
+        max_verify_depth,
+        suppress_client_ca_list,
+    } = context;
+    // A bare `trusted_ca` would trust its roots for every trust domain; Isthmus binds roots to
+    // their domain through the SPIFFE validator.
+    reject_set!(path; trusted_ca, ca_certificate_provider_instance, system_root_certs,
+        watched_directory, verify_certificate_spki, verify_certificate_hash, match_subject_alt_names,
+        require_signed_certificate_timestamp, crl, allow_expired_certificate, trust_chain_verification,
+        only_verify_leaf_cert_crl, max_verify_depth, suppress_client_ca_list);
+    Ok(ValidationParts {
+        sans: match_typed_subject_alt_names,
+        custom_validator: custom_validator_config,
+    })
+}
+
+/// The exact URI SANs a peer may present; nothing else of a validation context.
+fn san_matchers(context: CertificateValidationContext, path: &Path) -> Checked<Vec<String>> {
+    let parts = validation_parts(context, path)?;
+    if parts.custom_validator.is_some() {
+        return Err(Invalid::new(
+            &path.field("custom_validator_config"),
+            "only in the trust bundle secret (SDS)",
+        ));
+    }
+    let path = path.field("match_typed_subject_alt_names");
+    parts
+        .sans
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let path = path.index(i);
+            let SubjectAltNameMatcher {
+                san_type,
+                matcher,
+                oid,
+            } = m;
+            reject_set!(path; oid);
+            if san_type != subject_alt_name_matcher::SanType::Uri as i32 {
+                return Err(Invalid::new(&path.field("san_type"), "only URI"));
+            }
+            exact(matcher, &path.field("matcher"))
+        })
+        .collect()
+}
+
+/// A string matcher that must be an exact, case-sensitive match.
+pub fn exact(matcher: Option<StringMatcher>, path: &Path) -> Checked<String> {
+    let StringMatcher {
+        ignore_case,
+        match_pattern,
+    } = required(matcher, path)?;
+    reject_set!(path; ignore_case);
+    match match_pattern {
+        Some(string_matcher::MatchPattern::Exact(s)) => Ok(s),
+        _ => Err(Invalid::new(path, "only `exact`")),
+    }
+}

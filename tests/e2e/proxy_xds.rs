@@ -1,0 +1,295 @@
+//! `isthmus-proxy` configured by `isthmusd` over delta ADS, real processes on loopback: every
+//! resource `isthmusd` sends for the example meshes is inside the proxy's profile (no NACK on
+//! either side), the proxy becomes ready only once configured, and over the mTLS port it gets
+//! only its own workload's configuration.
+
+#![allow(clippy::unwrap_used)]
+// test helpers: a failed unwrap is a failed test
+// Wall-clock time is right here: these tests wait on real processes.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use isthmus_e2e::envoy::curl;
+use isthmus_e2e::{Isthmusd, create_token, free_port};
+use serde_json::Value;
+
+/// Services and policies beyond the bookinfo example: a DNS service, redirects, direct
+/// responses, rewrites, header edits, retries, a weighted split, a TCP port.
+const MORE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: bookinfo}
+spec:
+  hosts: [httpbin.org]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 80, name: http}, {number: 443, name: tls}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: bookinfo}
+spec:
+  hosts: [db.bookinfo.local]
+  location: MESH_INTERNAL
+  ports: [{number: 5432, name: tcp-pg}]
+  endpoints: [{address: 127.0.0.40}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: bookinfo}
+spec:
+  hosts: [httpbin.org]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 308}
+  - match: [{uri: {exact: /health}}]
+    directResponse: {status: 204}
+  - match: [{uri: {regex: '/v[0-9]+/.*'}, queryParams: {debug: {exact: '1'}}}]
+    rewrite: {uri: /api/}
+    headers:
+      request: {set: {x-edge: 'true'}, remove: [x-internal]}
+      response: {add: {x-served-by: isthmus}}
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: '5xx,connect-failure,retriable-status-codes'}
+    timeout: 10s
+    route: [{destination: {host: httpbin.org, port: {number: 80}}}]
+  - route:
+    - {destination: {host: httpbin.org, port: {number: 80}}, weight: 90}
+    - {destination: {host: reviews.bookinfo.svc.cluster.local, subset: v2}, weight: 10}
+";
+
+/// A running `isthmus-proxy`, killed on drop.
+struct Proxy {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    fn start(dir: &Path, name: &str, args: &[String]) -> Self {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(isthmus_e2e::bin("isthmus-proxy"))
+            .args(["--admin-addr", &admin])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, admin, log }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        curl(&[&format!("http://{}{path}", self.admin)])
+    }
+
+    /// Waits up to `limit` for `/ready` to answer 200; the last answer otherwise.
+    fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let mut last = (0, String::new());
+        while start.elapsed() < limit {
+            last = self.get("/ready");
+            if last.0 == 200 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "/ready: {} {}\n{}",
+            last.0,
+            last.1,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        ))
+    }
+
+    fn config_dump(&self) -> Value {
+        let (status, body) = self.get("/config_dump");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+fn node_id(ip: &str, workload: &str) -> String {
+    format!("sidecar~{ip}~{workload}.bookinfo~bookinfo.svc.cluster.local")
+}
+
+fn plaintext_proxy(dir: &Path, daemon: &Isthmusd, ip: &str, workload: &str) -> Proxy {
+    Proxy::start(
+        dir,
+        workload,
+        &[
+            "--node-id".into(),
+            node_id(ip, workload),
+            "--xds-plaintext".into(),
+            "--xds-address".into(),
+            daemon.xds.to_string(),
+            "--metadata".into(),
+            format!("OUTBOUND_PORT={}", free_port()),
+        ],
+    )
+}
+
+fn mesh(dir: &Path) -> Isthmusd {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, config.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(config.join("more.yaml"), MORE).unwrap();
+    Isthmusd::start(dir, "cluster.local", &[]).unwrap()
+}
+
+#[test]
+fn isthmus_proxy_takes_every_resource_isthmusd_sends_for_the_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = mesh(dir.path());
+    let proxies: Vec<(String, Proxy)> = [
+        ("127.0.0.20", "productpage"),
+        ("127.0.0.21", "reviews-v1"),
+        ("127.0.0.22", "reviews-v2"),
+    ]
+    .into_iter()
+    .map(|(ip, w)| (node_id(ip, w), plaintext_proxy(dir.path(), &daemon, ip, w)))
+    .collect();
+    for (node, proxy) in &proxies {
+        if let Err(e) = proxy.wait_ready(Duration::from_secs(20)) {
+            panic!("{node} not ready: {e}\nisthmusd:\n{}", daemon.logs());
+        }
+        let dump = proxy.config_dump();
+        for t in dump["xds"]["types"].as_array().unwrap() {
+            assert_eq!(t["updates_rejected"], 0, "{node}: {t}");
+        }
+        let types: Vec<&str> = dump["xds"]["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["updates_accepted"].as_u64().unwrap() > 0)
+            .map(|t| t["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["CDS", "EDS", "LDS", "RDS", "SDS"], "{node}: {dump}");
+        let secrets = dump["secrets"].as_object().unwrap();
+        assert!(
+            secrets.contains_key("default") && secrets.contains_key("ROOTCA"),
+            "{node}: {dump}"
+        );
+        let listeners = dump["listeners"].as_object().unwrap();
+        assert!(listeners.contains_key("outbound_http"), "{node}: {dump}");
+        // The reviews workloads serve reviews' port 9080 (on 19080): an inbound listener each.
+        if node.contains("reviews") {
+            assert_eq!(listeners.len(), 2, "{node}: {dump}");
+        }
+        let (_, clusters) = proxy.get("/clusters");
+        assert!(
+            clusters.contains(
+                "outbound|9080|v2|reviews.bookinfo.svc.cluster.local::added_via_api::true"
+            ),
+            "{clusters}"
+        );
+    }
+    // isthmusd's side: every stream of these nodes has every type acknowledged, no NACK.
+    let xds: Value = serde_json::from_str(&daemon.http_get("/debug/xds")).unwrap();
+    for (node, _) in &proxies {
+        let stream = xds["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["node"] == node.as_str())
+            .unwrap_or_else(|| panic!("no stream for {node}: {xds}"));
+        assert_eq!(stream["protocol"], "delta");
+        for t in stream["types"].as_array().unwrap() {
+            assert!(t["nack"].is_null(), "{node}: {t}");
+            assert_eq!(t["sent"], t["acked"], "{node}: {t}");
+        }
+    }
+}
+
+#[test]
+fn isthmus_proxy_is_not_ready_without_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = mesh(dir.path());
+    // A node with no WorkloadEntry: isthmusd has nothing for it.
+    let ghost = plaintext_proxy(dir.path(), &daemon, "127.0.0.99", "ghost");
+    assert!(ghost.wait_ready(Duration::from_secs(2)).is_err());
+    let (status, body) = ghost.get("/ready");
+    assert_eq!(status, 503);
+    assert!(body.starts_with("PRE_INITIALIZING"), "{body}");
+    // Nothing listening on isthmusd's side either: the proxy reconnects and stays unready.
+    let lonely = Proxy::start(
+        dir.path(),
+        "lonely",
+        &[
+            "--node-id".into(),
+            node_id("127.0.0.21", "reviews-v1"),
+            "--xds-plaintext".into(),
+            "--xds-address".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ],
+    );
+    assert!(lonely.wait_ready(Duration::from_secs(2)).is_err());
+    let (_, body) = lonely.get("/ready");
+    assert!(body.contains("not connected to isthmusd"), "{body}");
+}
+
+#[test]
+fn isthmus_proxy_over_mtls_gets_only_its_own_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = mesh(dir.path());
+    let mtls_proxy = |name: &str, identity: &str, node: String| {
+        let token = create_token(&daemon, dir.path(), identity);
+        Proxy::start(
+            dir.path(),
+            name,
+            &[
+                "--identity".into(),
+                identity.into(),
+                "--root-cert".into(),
+                daemon.root_file().to_string_lossy().into_owned(),
+                "--token-file".into(),
+                token.to_string_lossy().into_owned(),
+                "--ca-address".into(),
+                daemon.grpc.to_string(),
+                "--node-id".into(),
+                node,
+                "--metadata".into(),
+                format!("OUTBOUND_PORT={}", free_port()),
+            ],
+        )
+    };
+    let reviews = mtls_proxy(
+        "reviews",
+        "spiffe://cluster.local/ns/bookinfo/sa/reviews",
+        node_id("127.0.0.21", "reviews-v1"),
+    );
+    reviews.wait_ready(Duration::from_secs(20)).unwrap();
+    let dump = reviews.config_dump();
+    assert!(dump["xds"]["connected"].as_bool().unwrap(), "{dump}");
+    // productpage's identity asking for reviews-v1's configuration (and its private key).
+    let impostor = mtls_proxy(
+        "impostor",
+        "spiffe://cluster.local/ns/bookinfo/sa/productpage",
+        node_id("127.0.0.21", "reviews-v1"),
+    );
+    assert!(impostor.wait_ready(Duration::from_secs(3)).is_err());
+    let (_, body) = impostor.get("/ready");
+    assert!(
+        body.contains("PermissionDenied") || body.contains("permission"),
+        "{body}"
+    );
+    assert!(
+        impostor.config_dump()["listeners"]
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
+}
