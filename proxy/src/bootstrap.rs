@@ -140,6 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         let node = node(node_id, args.role, &args.metadata);
         let (client, config, status) = XdsClient::new(channel, AdsState::new(node));
+        tokio::spawn(crate::listener::run(config.clone()));
         admin = admin.with_xds(config, status);
         // Over mTLS the first connection must already present the certificate: HTTP/2 keeps
         // that connection for every later stream.

@@ -15,6 +15,12 @@
 //! The data path (listeners, routing, mTLS) builds on this configuration.
 
 pub mod admin;
+pub mod authz;
 pub mod bootstrap;
 pub mod config;
+pub mod listener;
+pub mod runtime;
+pub mod tcp;
+pub mod transport;
+pub mod upstream;
 pub mod xds;

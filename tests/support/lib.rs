@@ -65,6 +65,36 @@ pub fn create_token(daemon: &Isthmusd, dir: &Path, identity: &str) -> PathBuf {
     file
 }
 
+/// A certificate for `identity` from `daemon`'s CA, the way a workload gets one (a token, then
+/// `isthmusctl cert request`): the folder holding `cert-chain.pem`, `key.pem`, `root-cert.pem`.
+pub fn request_cert(daemon: &Isthmusd, dir: &Path, identity: &str) -> PathBuf {
+    let token = create_token(daemon, dir, identity);
+    let out_dir = dir.join(format!(
+        "tls-{}",
+        identity.rsplit('/').next().unwrap_or("x")
+    ));
+    let out = isthmusctl(&[
+        "cert",
+        "request",
+        "--ca-addr",
+        &daemon.grpc.to_string(),
+        "--root",
+        &daemon.root_file().to_string_lossy(),
+        "--token-file",
+        &token.to_string_lossy(),
+        "--identity",
+        identity,
+        "--out-dir",
+        &out_dir.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out_dir
+}
+
 /// A running `isthmusd`, killed on drop.
 #[derive(Debug)]
 pub struct Isthmusd {

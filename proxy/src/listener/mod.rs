@@ -1,0 +1,221 @@
+//! Listeners: binding what LDS says, accepting, choosing a filter chain (after reading the
+//! ClientHello when the TLS inspector is on), terminating TLS with the peer verified as a
+//! SPIFFE identity, network RBAC, then the chain's terminal filter.
+//!
+//! The manager reconciles the bound sockets with each new configuration: new listeners are
+//! bound, removed ones stop accepting (their open connections finish on their own), and a
+//! listener whose address is unchanged keeps its socket and takes the new configuration at the
+//! next connection.
+
+pub mod chain;
+pub mod client_hello;
+pub mod rewind;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use self::chain::ConnectionFacts;
+use self::client_hello::{Inspect, MAX_HELLO_BYTES, inspect};
+use self::rewind::Rewind;
+use crate::authz::{self, Decision, Subject};
+use crate::config::ProxyConfig;
+use crate::config::listener::Terminal;
+use crate::runtime::Runtime;
+
+/// How long a client may take to send its first bytes before the connection is treated as
+/// plaintext (server-first protocols), and to finish its ClientHello.
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TLS handshake may take (slow or stuck clients are dropped).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps the bound listeners in line with the configuration; runs until `config` closes.
+pub async fn run(mut config: watch::Receiver<Arc<ProxyConfig>>) {
+    let (runtime_tx, runtime_rx) = watch::channel(Arc::new(Runtime::default()));
+    let mut bound: HashMap<String, (SocketAddr, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let current = config.borrow_and_update().clone();
+        runtime_tx.send_replace(Arc::new(Runtime::build(current.clone())));
+        bound.retain(|name, (address, task)| {
+            let keep = current
+                .listeners
+                .get(name)
+                .is_some_and(|l| l.address == *address);
+            if !keep {
+                tracing::info!(listener = name, %address, "listener removed");
+                task.abort();
+            }
+            keep
+        });
+        for (name, listener) in &current.listeners {
+            if bound.contains_key(name) {
+                continue;
+            }
+            match bind(listener.address) {
+                Ok(socket) => {
+                    tracing::info!(listener = name, address = %listener.address, "listening");
+                    let task = tokio::spawn(accept_loop(name.clone(), socket, runtime_rx.clone()));
+                    bound.insert(name.clone(), (listener.address, task));
+                }
+                // Retried at the next configuration change, as Envoy keeps it warming.
+                Err(e) => {
+                    tracing::warn!(listener = name, address = %listener.address, error = %e, "cannot bind")
+                }
+            }
+        }
+        if config.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, (_, task)) in bound {
+        task.abort();
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(name: String, socket: TcpListener, runtime: watch::Receiver<Arc<Runtime>>) {
+    let name: Arc<str> = name.into();
+    loop {
+        let (stream, remote) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly rather than spin.
+                tracing::warn!(listener = &*name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let runtime = runtime.borrow().clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = serve(&name, stream, remote, &runtime).await {
+                tracing::debug!(listener = &*name, %remote, reason, "connection closed");
+            }
+        });
+    }
+}
+
+/// One downstream connection, from the first byte to the terminal filter.
+async fn serve(
+    name: &str,
+    stream: TcpStream,
+    remote: SocketAddr,
+    runtime: &Runtime,
+) -> Result<(), String> {
+    let listener = runtime
+        .config
+        .listeners
+        .get(name)
+        .ok_or("the listener was removed")?;
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    let mut stream = stream;
+    let (prefix, facts) = if listener.tls_inspector {
+        read_hello(&mut stream, local.port()).await?
+    } else {
+        (Vec::new(), plaintext_facts(local.port()))
+    };
+    let (chain_id, chain) = chain::select(listener, &facts).ok_or("no filter chain matches")?;
+    let downstream = Rewind::new(prefix, stream);
+    let (io, peer): (crate::transport::BoxedIo, Option<String>) = match &chain.tls {
+        None => (Box::new(downstream), None),
+        Some(_) => {
+            let config = runtime
+                .server_tls
+                .get(&(name.to_owned(), chain_id))
+                .ok_or("no TLS configuration")?
+                .as_ref()
+                .map_err(Clone::clone)?;
+            let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(downstream);
+            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)
+                .await
+                .map_err(|_| "TLS handshake timed out")?
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            let peer =
+                isthmus_api::identity::peer_identity(tls.get_ref().1).map(|id| id.to_string());
+            (Box::new(tls), peer)
+        }
+    };
+    let subject = Subject {
+        peer: peer.as_deref(),
+        remote: remote.ip(),
+        local,
+        server_name: facts.server_name.as_deref(),
+        headers: None,
+        path: None,
+    };
+    for rules in &chain.rbac {
+        if let Decision::Deny(policy) = authz::evaluate(rules, &subject) {
+            tracing::info!(listener = name, %remote, peer = ?peer, policy = ?policy, "connection denied by RBAC");
+            return Err("RBAC: access denied".into());
+        }
+    }
+    match &chain.terminal {
+        Terminal::Tcp(tcp) => crate::tcp::proxy(io, tcp, runtime)
+            .await
+            .map_err(|e| e.to_string()),
+        Terminal::Http(_) => Err("HTTP connection manager: not served yet".into()),
+    }
+}
+
+fn plaintext_facts(port: u16) -> ConnectionFacts {
+    ConnectionFacts {
+        destination_port: port,
+        server_name: None,
+        transport_protocol: "raw_buffer",
+        alpn: Vec::new(),
+    }
+}
+
+/// Reads until the first bytes say TLS (with SNI and ALPN) or plaintext. A client that sends
+/// nothing within the timeout is treated as plaintext (server-first protocols).
+async fn read_hello(
+    stream: &mut TcpStream,
+    port: u16,
+) -> Result<(Vec<u8>, ConnectionFacts), String> {
+    let mut buf = Vec::with_capacity(2048);
+    let deadline = tokio::time::Instant::now() + INSPECT_TIMEOUT;
+    loop {
+        match inspect(&buf) {
+            Inspect::NotTls => return Ok((buf, plaintext_facts(port))),
+            Inspect::Hello { sni, alpn } => {
+                let facts = ConnectionFacts {
+                    destination_port: port,
+                    server_name: sni,
+                    transport_protocol: "tls",
+                    alpn,
+                };
+                return Ok((buf, facts));
+            }
+            Inspect::Malformed(why) => return Err(format!("TLS inspector: {why}")),
+            Inspect::Incomplete => {}
+        }
+        if buf.len() >= MAX_HELLO_BYTES {
+            return Err("TLS inspector: ClientHello too large".into());
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) if buf.is_empty() => return Ok((buf, plaintext_facts(port))),
+            Err(_) => return Err("TLS inspector: the ClientHello did not arrive in time".into()),
+            Ok(Ok(0)) => return Err("closed before sending anything".into()),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}

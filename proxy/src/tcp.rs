@@ -1,0 +1,131 @@
+//! The TCP proxy (Envoy's `tcp_proxy`): connects the downstream connection to an endpoint of
+//! the chosen cluster and copies bytes both ways until either side closes or the connection
+//! has been idle for the configured time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::config::listener::TcpProxy;
+use crate::runtime::Runtime;
+use crate::transport::Io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    #[error("no cluster {0:?}")]
+    NoCluster(String),
+    #[error(transparent)]
+    Connect(#[from] crate::upstream::ConnectError),
+    #[error("copying: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn proxy<D: Io>(
+    downstream: D,
+    tcp: &TcpProxy,
+    runtime: &Runtime,
+) -> Result<(), TcpError> {
+    let name = pick_cluster(&tcp.clusters);
+    let cluster = runtime
+        .clusters
+        .get(name)
+        .ok_or_else(|| TcpError::NoCluster(name.to_owned()))?
+        .clone();
+    let (upstream, host) = cluster.connect().await?;
+    host.active.fetch_add(1, Ordering::Relaxed);
+    let result = copy_with_idle_timeout(downstream, upstream, tcp.idle_timeout).await;
+    host.active.fetch_sub(1, Ordering::Relaxed);
+    result.map_err(TcpError::from)
+}
+
+fn pick_cluster(clusters: &[(String, u32)]) -> &str {
+    let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+    let mut slot = rand::rng().random_range(0..total.max(1));
+    for (name, weight) in clusters {
+        if slot < u64::from(*weight) {
+            return name;
+        }
+        slot -= u64::from(*weight);
+    }
+    clusters.last().map(|(n, _)| n.as_str()).unwrap_or_default()
+}
+
+/// Copies both ways; stops when both directions are done, or when no byte moved for `idle`.
+async fn copy_with_idle_timeout<A: Io, B: Io>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+) -> std::io::Result<()> {
+    let moved = Arc::new(AtomicU64::new(0));
+    let mut a = Counted {
+        inner: a,
+        moved: moved.clone(),
+    };
+    let mut b = Counted {
+        inner: b,
+        moved: moved.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    let Some(idle) = idle else {
+        return copy.await.map(drop);
+    };
+    let watchdog = async {
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(idle).await;
+            let now = moved.load(Ordering::Relaxed);
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    };
+    tokio::select! {
+        result = copy => result.map(drop),
+        () = watchdog => Ok(()),
+    }
+}
+
+/// Counts the bytes read through a stream.
+struct Counted<S> {
+    inner: S,
+    moved: Arc<AtomicU64>,
+}
+
+impl<S: Io> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl<S: Io> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

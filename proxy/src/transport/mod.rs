@@ -1,0 +1,12 @@
+//! Byte streams: TLS configurations from SDS secrets, and the boxed stream type that
+//! connections pass around (plain TCP or TLS, either direction).
+
+pub mod tls;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A bidirectional byte stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+pub type BoxedIo = Box<dyn Io>;

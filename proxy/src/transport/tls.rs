@@ -1,0 +1,111 @@
+//! rustls configurations from the applied configuration: a filter chain's TLS termination and
+//! a cluster's TLS origination, with the certificate and trust bundles named over SDS. Peers
+//! are verified as SPIFFE identities against the bundle of their own trust domain, then
+//! against the expected URI SANs.
+//!
+//! Configurations are built when the configuration changes; connections keep the one they
+//! started with, so a certificate or bundle rotation never drops an open connection.
+
+use std::sync::Arc;
+
+use isthmus_api::identity::{
+    CredentialCell, PeerPolicy, SpiffeId, SpiffeVerifier, TrustBundles, client_config,
+    server_config, shared_bundles,
+};
+
+use crate::config::ProxyConfig;
+use crate::config::secret::Secret;
+use crate::config::tls::{DownstreamTls, TlsContext, UpstreamTls};
+
+/// Why a TLS configuration cannot be built yet (a secret not received, or unusable).
+pub type TlsError = String;
+
+pub fn server(
+    tls: &DownstreamTls,
+    config: &ProxyConfig,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let context = &tls.context;
+    let certs = certificate(context, config)?.ok_or("a TLS listener needs a certificate")?;
+    let mut verifier = verifier(context, config)?;
+    if !tls.require_client_certificate {
+        verifier = verifier.allow_anonymous_clients();
+    }
+    let alpn: Vec<&[u8]> = context.alpn.iter().map(|a| a.as_bytes()).collect();
+    server_config(certs, Arc::new(verifier), &alpn)
+        .map(Arc::new)
+        .map_err(|e| format!("TLS server configuration: {e}"))
+}
+
+pub fn client(
+    tls: &UpstreamTls,
+    config: &ProxyConfig,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let context = &tls.context;
+    let certs = certificate(context, config)?;
+    let verifier = verifier(context, config)?;
+    let alpn: Vec<&[u8]> = context.alpn.iter().map(|a| a.as_bytes()).collect();
+    client_config(
+        certs.map(|c| c as Arc<dyn rustls::client::ResolvesClientCert>),
+        Arc::new(verifier),
+        &alpn,
+    )
+    .map(Arc::new)
+    .map_err(|e| format!("TLS client configuration: {e}"))
+}
+
+fn certificate(
+    context: &TlsContext,
+    config: &ProxyConfig,
+) -> Result<Option<Arc<CredentialCell>>, TlsError> {
+    let Some(name) = &context.certificate else {
+        return Ok(None);
+    };
+    match config.secrets.get(name).map(|s| &**s) {
+        Some(Secret::Certificate(cert)) => {
+            let cell = CredentialCell::new();
+            cell.store(cert);
+            Ok(Some(Arc::new(cell)))
+        }
+        Some(Secret::TrustBundles(_)) => Err(format!(
+            "secret {name:?} is a trust bundle, not a certificate"
+        )),
+        None => Err(format!("secret {name:?} not received yet")),
+    }
+}
+
+fn verifier(context: &TlsContext, config: &ProxyConfig) -> Result<SpiffeVerifier, TlsError> {
+    let name = context
+        .validation
+        .as_ref()
+        .ok_or("a TLS context without a validation context cannot verify its peer")?;
+    let bundles = match config.secrets.get(name).map(|s| &**s) {
+        Some(Secret::TrustBundles(b)) => b,
+        Some(Secret::Certificate(_)) => {
+            return Err(format!(
+                "secret {name:?} is a certificate, not a trust bundle"
+            ));
+        }
+        None => return Err(format!("secret {name:?} not received yet")),
+    };
+    let mut iter = bundles.iter().cloned();
+    let first = iter
+        .next()
+        .ok_or_else(|| format!("secret {name:?} has no trust domain"))?;
+    let mut all = TrustBundles::new(first);
+    for bundle in iter {
+        all.insert_peer(bundle)
+            .map_err(|e| format!("secret {name:?}: {e}"))?;
+    }
+    let policy = if context.peer_ids.is_empty() {
+        PeerPolicy::AnyTrusted
+    } else {
+        PeerPolicy::OneOf(
+            context
+                .peer_ids
+                .iter()
+                .map(|id| SpiffeId::parse(id).map_err(|e| format!("expected peer {id:?}: {e}")))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    Ok(SpiffeVerifier::new(shared_bundles(all), policy))
+}

@@ -1,0 +1,117 @@
+//! Load balancing over a cluster's hosts: weighted round robin, weighted random, and least
+//! request by the power of two choices (two random hosts, the one with fewer requests open).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::Rng;
+
+use super::Host;
+use crate::config::cluster::LbPolicy;
+
+#[derive(Debug)]
+pub struct Balancer {
+    policy: LbPolicy,
+    /// Running sum of weights, for round robin.
+    cursor: AtomicU64,
+    total_weight: u64,
+}
+
+impl Balancer {
+    pub fn new(policy: LbPolicy, hosts: &[Arc<Host>]) -> Self {
+        Self {
+            policy,
+            cursor: AtomicU64::new(0),
+            total_weight: hosts.iter().map(|h| u64::from(h.weight)).sum(),
+        }
+    }
+
+    pub fn pick(&self, hosts: &[Arc<Host>]) -> Option<Arc<Host>> {
+        match hosts {
+            [] => None,
+            [only] => Some(only.clone()),
+            _ => Some(match self.policy {
+                LbPolicy::RoundRobin => {
+                    let slot =
+                        self.cursor.fetch_add(1, Ordering::Relaxed) % self.total_weight.max(1);
+                    weighted(hosts, slot)
+                }
+                LbPolicy::Random => {
+                    weighted(hosts, rand::rng().random_range(0..self.total_weight.max(1)))
+                }
+                LbPolicy::LeastRequest => {
+                    let mut rng = rand::rng();
+                    let a = weighted(hosts, rng.random_range(0..self.total_weight.max(1)));
+                    let b = weighted(hosts, rng.random_range(0..self.total_weight.max(1)));
+                    if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) {
+                        b
+                    } else {
+                        a
+                    }
+                }
+            }),
+        }
+    }
+}
+
+/// The host that covers `slot` of the cumulative weights.
+fn weighted(hosts: &[Arc<Host>], mut slot: u64) -> Arc<Host> {
+    for host in hosts {
+        let w = u64::from(host.weight);
+        if slot < w {
+            return host.clone();
+        }
+        slot -= w;
+    }
+    hosts[hosts.len() - 1].clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Arc::new(Host {
+                    host: format!("10.0.0.{i}"),
+                    port: 80,
+                    weight: *w,
+                    active: AtomicUsize::new(0),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_follows_the_weights_exactly() {
+        let hosts = hosts(&[1, 3]);
+        let b = Balancer::new(LbPolicy::RoundRobin, &hosts);
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..400 {
+            *counts
+                .entry(b.pick(&hosts).unwrap().host.clone())
+                .or_default() += 1;
+        }
+        assert_eq!(counts["10.0.0.0"], 100);
+        assert_eq!(counts["10.0.0.1"], 300);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_host() {
+        let hosts = hosts(&[1, 1]);
+        hosts[0].active.store(50, Ordering::Relaxed);
+        let b = Balancer::new(LbPolicy::LeastRequest, &hosts);
+        let busy = (0..1000)
+            .filter(|_| b.pick(&hosts).unwrap().host == "10.0.0.0")
+            .count();
+        // Only when both choices land on the busy host: about a quarter.
+        assert!(busy < 350, "{busy}");
+        assert!(b.pick(&[]).is_none());
+    }
+}

@@ -1,0 +1,177 @@
+//! Clusters at run time: their endpoints (static, EDS or DNS), load balancing, and connecting
+//! to the chosen endpoint, over TLS when the cluster originates it.
+
+pub mod balance;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::config::ProxyConfig;
+use crate::config::cluster::{Cluster, Discovery};
+use crate::config::endpoint::LoadAssignment;
+use crate::transport::{BoxedIo, tls};
+
+use self::balance::Balancer;
+
+/// One endpoint of a cluster.
+#[derive(Debug)]
+pub struct Host {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    /// Requests or connections open to it (least-request balancing).
+    pub active: AtomicUsize,
+}
+
+/// A cluster ready to be used: its hosts of the best priority that has healthy ones, how to
+/// pick among them, and its TLS client configuration.
+#[derive(Debug)]
+pub struct ClusterRuntime {
+    pub cluster: Arc<Cluster>,
+    pub hosts: Vec<Arc<Host>>,
+    pub balancer: Balancer,
+    /// `None`: plaintext; `Some(Err)`: TLS that cannot be set up yet (a missing secret).
+    pub tls: Option<Result<Arc<rustls::ClientConfig>, tls::TlsError>>,
+}
+
+/// Every cluster of a configuration.
+pub fn build(config: &ProxyConfig) -> HashMap<String, Arc<ClusterRuntime>> {
+    config
+        .clusters
+        .iter()
+        .map(|(name, cluster)| {
+            let assignment = match &cluster.discovery {
+                Discovery::Static(a) | Discovery::Dns { assignment: a, .. } => Some(a.clone()),
+                Discovery::Eds { service_name } => {
+                    config.endpoints.get(service_name).map(|a| (**a).clone())
+                }
+            };
+            let hosts = assignment.map(|a| best_priority(&a)).unwrap_or_default();
+            let runtime = ClusterRuntime {
+                balancer: Balancer::new(cluster.lb, &hosts),
+                hosts,
+                tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
+                cluster: cluster.clone(),
+            };
+            (name.clone(), Arc::new(runtime))
+        })
+        .collect()
+}
+
+/// The healthy hosts of the lowest priority that has any (locality failover).
+fn best_priority(assignment: &LoadAssignment) -> Vec<Arc<Host>> {
+    let mut priorities: Vec<u32> = assignment.groups.iter().map(|g| g.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    for priority in priorities {
+        let hosts: Vec<Arc<Host>> = assignment
+            .groups
+            .iter()
+            .filter(|g| g.priority == priority)
+            .flat_map(|g| &g.endpoints)
+            .filter(|e| e.healthy)
+            .map(|e| {
+                Arc::new(Host {
+                    host: e.host.clone(),
+                    port: e.port,
+                    weight: e.weight,
+                    active: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        if !hosts.is_empty() {
+            return hosts;
+        }
+    }
+    Vec::new()
+}
+
+/// Why no connection to a cluster could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cluster {0:?} has no healthy endpoint")]
+    NoHost(String),
+    #[error("cluster {cluster:?}: {reason}")]
+    Tls { cluster: String, reason: String },
+    #[error("{host}:{port}: {source}")]
+    Io {
+        host: String,
+        port: u16,
+        source: io::Error,
+    },
+    #[error("{host}:{port}: connect timeout after {timeout:?}")]
+    Timeout {
+        host: String,
+        port: u16,
+        timeout: Duration,
+    },
+}
+
+impl ClusterRuntime {
+    /// Picks a host and connects to it (TLS included), within the cluster's connect timeout.
+    pub async fn connect(&self) -> Result<(BoxedIo, Arc<Host>), ConnectError> {
+        let host = self
+            .balancer
+            .pick(&self.hosts)
+            .ok_or_else(|| ConnectError::NoHost(self.cluster.name.clone()))?;
+        let timeout = self.cluster.connect_timeout;
+        let io = tokio::time::timeout(timeout, self.dial(&host))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                host: host.host.clone(),
+                port: host.port,
+                timeout,
+            })??;
+        Ok((io, host))
+    }
+
+    async fn dial(&self, host: &Host) -> Result<BoxedIo, ConnectError> {
+        let io_err = |source| ConnectError::Io {
+            host: host.host.clone(),
+            port: host.port,
+            source,
+        };
+        let addr: SocketAddr = match host.host.parse() {
+            Ok(ip) => SocketAddr::new(ip, host.port),
+            Err(_) => tokio::net::lookup_host((host.host.as_str(), host.port))
+                .await
+                .map_err(io_err)?
+                .next()
+                .ok_or_else(|| io_err(io::Error::new(io::ErrorKind::NotFound, "no address")))?,
+        };
+        let tcp = TcpStream::connect(addr).await.map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let tls_err = |reason: String| ConnectError::Tls {
+            cluster: self.cluster.name.clone(),
+            reason,
+        };
+        let config = tls.as_ref().map_err(|e| tls_err(e.clone()))?;
+        let sni = self
+            .cluster
+            .tls
+            .as_ref()
+            .map(|t| t.sni.as_str())
+            .unwrap_or_default();
+        let name = if sni.is_empty() {
+            ServerName::IpAddress(addr.ip().into())
+        } else {
+            ServerName::try_from(sni.to_owned())
+                .map_err(|e| tls_err(format!("SNI {sni:?}: {e}")))?
+        };
+        let stream = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls_err(format!("TLS handshake with {addr}: {e}")))?;
+        Ok(Box::new(stream))
+    }
+}
