@@ -8,11 +8,12 @@
 // Wall-clock time is right here: these tests wait on real processes.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use isthmus_e2e::envoy::curl;
+use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::{Isthmusd, create_token, free_port, request_cert};
 use serde_json::Value;
 
@@ -59,71 +60,12 @@ spec:
     - {destination: {host: reviews.bookinfo.svc.cluster.local, subset: v2}, weight: 10}
 ";
 
-/// A running `isthmus-proxy`, killed on drop.
-struct Proxy {
-    child: Child,
-    admin: String,
-    log: PathBuf,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proxy {
-    fn start(dir: &Path, name: &str, args: &[String]) -> Self {
-        let admin = format!("127.0.0.1:{}", free_port());
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(isthmus_e2e::bin("isthmus-proxy"))
-            .args(["--admin-addr", &admin])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, admin, log }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        curl(&[&format!("http://{}{path}", self.admin)])
-    }
-
-    /// Waits up to `limit` for `/ready` to answer 200; the last answer otherwise.
-    fn wait_ready(&self, limit: Duration) -> Result<(), String> {
-        let start = Instant::now();
-        let mut last = (0, String::new());
-        while start.elapsed() < limit {
-            last = self.get("/ready");
-            if last.0 == 200 {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(format!(
-            "/ready: {} {}\n{}",
-            last.0,
-            last.1,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        ))
-    }
-
-    fn config_dump(&self) -> Value {
-        let (status, body) = self.get("/config_dump");
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
 fn node_id(ip: &str, workload: &str) -> String {
     format!("sidecar~{ip}~{workload}.bookinfo~bookinfo.svc.cluster.local")
 }
 
-fn plaintext_proxy(dir: &Path, daemon: &Isthmusd, ip: &str, workload: &str) -> Proxy {
-    Proxy::start(
+fn plaintext_proxy(dir: &Path, daemon: &Isthmusd, ip: &str, workload: &str) -> IsthmusProxy {
+    IsthmusProxy::start(
         dir,
         workload,
         &[
@@ -154,7 +96,7 @@ fn mesh(dir: &Path) -> Isthmusd {
 fn isthmus_proxy_takes_every_resource_isthmusd_sends_for_the_examples() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = mesh(dir.path());
-    let proxies: Vec<(String, Proxy)> = [
+    let proxies: Vec<(String, IsthmusProxy)> = [
         ("127.0.0.20", "productpage"),
         ("127.0.0.21", "reviews-v1"),
         ("127.0.0.22", "reviews-v2"),
@@ -225,7 +167,7 @@ fn isthmus_proxy_is_not_ready_without_configuration() {
     assert_eq!(status, 503);
     assert!(body.starts_with("PRE_INITIALIZING"), "{body}");
     // Nothing listening on isthmusd's side either: the proxy reconnects and stays unready.
-    let lonely = Proxy::start(
+    let lonely = IsthmusProxy::start(
         dir.path(),
         "lonely",
         &[
@@ -247,7 +189,7 @@ fn isthmus_proxy_over_mtls_gets_only_its_own_workload() {
     let daemon = mesh(dir.path());
     let mtls_proxy = |name: &str, identity: &str, node: String| {
         let token = create_token(&daemon, dir.path(), identity);
-        Proxy::start(
+        IsthmusProxy::start(
             dir.path(),
             name,
             &[
@@ -331,7 +273,7 @@ spec: {{mtls: {{mode: STRICT}}}}
     .unwrap();
     let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
     let app = isthmus_e2e::envoy::Echo::start(dir.path(), "db").unwrap();
-    let proxy = Proxy::start(
+    let proxy = IsthmusProxy::start(
         dir.path(),
         "db-1",
         &[
@@ -386,12 +328,7 @@ spec: {{mtls: {{mode: STRICT}}}}
     let text = String::from_utf8_lossy(&s_client.stdout);
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
     let (status, body) = with_cert();
-    assert_eq!(
-        status,
-        200,
-        "{body}\n{}",
-        std::fs::read_to_string(&proxy.log).unwrap_or_default()
-    );
+    assert_eq!(status, 200, "{body}\n{}", proxy.logs());
     assert!(body.contains("\"name\":\"db\""), "{body}");
 
     let (status, _) = curl(&["-k", "--http1.1", &url]);

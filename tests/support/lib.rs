@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 pub mod envoy;
+pub mod mesh;
+pub mod proxy;
 
 /// Path of a workspace binary in the same target directory as the running test.
 /// The test command builds them first (`cargo build --workspace --bins`).

@@ -27,7 +27,11 @@ use self::rewind::Rewind;
 use crate::authz::{self, Decision, Subject};
 use crate::config::ProxyConfig;
 use crate::config::listener::Terminal;
+use crate::config::secret::Secret;
+use crate::http::pool::Pool;
+use crate::http::{Connection, TlsPeer};
 use crate::runtime::Runtime;
+use sha2::{Digest, Sha256};
 
 /// How long a client may take to send its first bytes before the connection is treated as
 /// plaintext (server-first protocols), and to finish its ClientHello.
@@ -38,6 +42,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keeps the bound listeners in line with the configuration; runs until `config` closes.
 pub async fn run(mut config: watch::Receiver<Arc<ProxyConfig>>) {
     let (runtime_tx, runtime_rx) = watch::channel(Arc::new(Runtime::default()));
+    let pool = Arc::new(Pool::default());
     let mut bound: HashMap<String, (SocketAddr, JoinHandle<()>)> = HashMap::new();
     loop {
         let current = config.borrow_and_update().clone();
@@ -60,7 +65,12 @@ pub async fn run(mut config: watch::Receiver<Arc<ProxyConfig>>) {
             match bind(listener.address) {
                 Ok(socket) => {
                     tracing::info!(listener = name, address = %listener.address, "listening");
-                    let task = tokio::spawn(accept_loop(name.clone(), socket, runtime_rx.clone()));
+                    let task = tokio::spawn(accept_loop(
+                        name.clone(),
+                        socket,
+                        runtime_rx.clone(),
+                        pool.clone(),
+                    ));
                     bound.insert(name.clone(), (listener.address, task));
                 }
                 // Retried at the next configuration change, as Envoy keeps it warming.
@@ -89,7 +99,12 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(name: String, socket: TcpListener, runtime: watch::Receiver<Arc<Runtime>>) {
+async fn accept_loop(
+    name: String,
+    socket: TcpListener,
+    runtime: watch::Receiver<Arc<Runtime>>,
+    pool: Arc<Pool>,
+) {
     let name: Arc<str> = name.into();
     loop {
         let (stream, remote) = match socket.accept().await {
@@ -101,10 +116,12 @@ async fn accept_loop(name: String, socket: TcpListener, runtime: watch::Receiver
                 continue;
             }
         };
+        let latest = runtime.clone();
         let runtime = runtime.borrow().clone();
         let name = name.clone();
+        let pool = pool.clone();
         tokio::spawn(async move {
-            if let Err(reason) = serve(&name, stream, remote, &runtime).await {
+            if let Err(reason) = serve(&name, stream, remote, runtime, latest, pool).await {
                 tracing::debug!(listener = &*name, %remote, reason, "connection closed");
             }
         });
@@ -116,7 +133,9 @@ async fn serve(
     name: &str,
     stream: TcpStream,
     remote: SocketAddr,
-    runtime: &Runtime,
+    runtime: Arc<Runtime>,
+    latest: watch::Receiver<Arc<Runtime>>,
+    pool: Arc<Pool>,
 ) -> Result<(), String> {
     let listener = runtime
         .config
@@ -133,7 +152,7 @@ async fn serve(
     };
     let (chain_id, chain) = chain::select(listener, &facts).ok_or("no filter chain matches")?;
     let downstream = Rewind::new(prefix, stream);
-    let (io, peer): (crate::transport::BoxedIo, Option<String>) = match &chain.tls {
+    let (io, tls): (crate::transport::BoxedIo, Option<TlsPeer>) = match &chain.tls {
         None => (Box::new(downstream), None),
         Some(_) => {
             let config = runtime
@@ -147,11 +166,19 @@ async fn serve(
                 .await
                 .map_err(|_| "TLS handshake timed out")?
                 .map_err(|e| format!("TLS handshake: {e}"))?;
-            let peer =
-                isthmus_api::identity::peer_identity(tls.get_ref().1).map(|id| id.to_string());
-            (Box::new(tls), peer)
+            let session = tls.get_ref().1;
+            let peer = TlsPeer {
+                peer_id: isthmus_api::identity::peer_identity(session).map(|id| id.to_string()),
+                peer_hash: session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|leaf| hex::encode(Sha256::digest(leaf.as_ref()))),
+                local_id: local_identity(chain, &runtime),
+            };
+            (Box::new(tls), Some(peer))
         }
     };
+    let peer = tls.as_ref().and_then(|t| t.peer_id.clone());
     let subject = Subject {
         peer: peer.as_deref(),
         remote: remote.ip(),
@@ -167,10 +194,36 @@ async fn serve(
         }
     }
     match &chain.terminal {
-        Terminal::Tcp(tcp) => crate::tcp::proxy(io, tcp, runtime)
+        Terminal::Tcp(tcp) => crate::tcp::proxy(io, tcp, &runtime)
             .await
             .map_err(|e| e.to_string()),
-        Terminal::Http(_) => Err("HTTP connection manager: not served yet".into()),
+        Terminal::Http(hcm) => {
+            let codec = hcm.codec;
+            let connection = Connection {
+                runtime: runtime.clone(),
+                latest,
+                pool,
+                listener: name.to_owned(),
+                chain: chain_id,
+                remote,
+                local,
+                server_name: facts.server_name.clone(),
+                tls,
+            };
+            crate::http::serve(io, codec, connection).await
+        }
+    }
+}
+
+/// The SPIFFE ID of the certificate a chain presents.
+fn local_identity(
+    chain: &crate::config::listener::FilterChain,
+    runtime: &Runtime,
+) -> Option<String> {
+    let name = chain.tls.as_ref()?.context.certificate.as_ref()?;
+    match &**runtime.config.secrets.get(name)? {
+        Secret::Certificate(cert) => Some(cert.spiffe_id().to_string()),
+        Secret::TrustBundles(_) => None,
     }
 }
 

@@ -121,18 +121,23 @@ impl ClusterRuntime {
             .balancer
             .pick(&self.hosts)
             .ok_or_else(|| ConnectError::NoHost(self.cluster.name.clone()))?;
+        let (io, _) = self.connect_to(&host).await?;
+        Ok((io, host))
+    }
+
+    /// Connects to `host`; also says whether TLS negotiated HTTP/2 (ALPN `h2`).
+    pub async fn connect_to(&self, host: &Host) -> Result<(BoxedIo, bool), ConnectError> {
         let timeout = self.cluster.connect_timeout;
-        let io = tokio::time::timeout(timeout, self.dial(&host))
+        tokio::time::timeout(timeout, self.dial(host))
             .await
             .map_err(|_| ConnectError::Timeout {
                 host: host.host.clone(),
                 port: host.port,
                 timeout,
-            })??;
-        Ok((io, host))
+            })?
     }
 
-    async fn dial(&self, host: &Host) -> Result<BoxedIo, ConnectError> {
+    async fn dial(&self, host: &Host) -> Result<(BoxedIo, bool), ConnectError> {
         let io_err = |source| ConnectError::Io {
             host: host.host.clone(),
             port: host.port,
@@ -149,7 +154,7 @@ impl ClusterRuntime {
         let tcp = TcpStream::connect(addr).await.map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
         let Some(tls) = &self.tls else {
-            return Ok(Box::new(tcp));
+            return Ok((Box::new(tcp), false));
         };
         let tls_err = |reason: String| ConnectError::Tls {
             cluster: self.cluster.name.clone(),
@@ -172,6 +177,7 @@ impl ClusterRuntime {
             .connect(name, tcp)
             .await
             .map_err(|e| tls_err(format!("TLS handshake with {addr}: {e}")))?;
-        Ok(Box::new(stream))
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok((Box::new(stream), h2))
     }
 }

@@ -1,0 +1,395 @@
+//! Forwarding a routed request: the weighted target, header edits at every level, rewrites,
+//! `x-forwarded-client-cert`, the upstream request over a pooled connection with the route's
+//! timeout and retry policy, and redirects.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use rand::Rng;
+
+use super::pool::SendError;
+use super::{Body, Connection, local_reply};
+use crate::config::listener::{ForwardClientCert, HttpManager};
+use crate::config::route::{
+    AppendAction, Edits, Forward, HeaderEdits, PathMatch, Redirect, Retry, Targets,
+};
+use crate::runtime::Runtime;
+
+/// What the forward needs of the matched route: its path match (for a prefix rewrite) and the
+/// header edits of every level, most specific first.
+#[derive(Debug)]
+pub struct Levels<'a> {
+    pub path: &'a PathMatch,
+    pub route: &'a Edits,
+    pub vhost: &'a Edits,
+    pub table: &'a Edits,
+}
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+];
+const XFCC: &str = "x-forwarded-client-cert";
+
+pub async fn forward(
+    request: http::Request<Incoming>,
+    action: &Forward,
+    levels: &Levels<'_>,
+    authority: &str,
+    hcm: &HttpManager,
+    conn: &Connection,
+    runtime: &Runtime,
+) -> http::Response<Body> {
+    let (cluster_name, target_edits) = pick_target(&action.targets);
+    let Some(cluster) = runtime.clusters.get(cluster_name).cloned() else {
+        return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    };
+    let empty = Edits::default();
+    let edits: [&Edits; 4] = [
+        target_edits.unwrap_or(&empty),
+        levels.route,
+        levels.vhost,
+        levels.table,
+    ];
+
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    edit(&mut parts.headers, edits.iter().map(|e| &e.request));
+    client_cert_header(&mut parts.headers, hcm, conn);
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        let proto = if conn.tls.is_some() { "https" } else { "http" };
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if !parts.headers.contains_key("x-request-id") {
+        parts.headers.insert("x-request-id", request_id());
+    }
+    let authority = action
+        .host_rewrite
+        .as_deref()
+        .unwrap_or(authority)
+        .to_owned();
+    let path_and_query = rewrite_path(&parts.uri, action, levels);
+    let http2 = cluster.cluster.protocol.http == Some(crate::config::cluster::HttpVersion::Http2);
+
+    // A request with a body goes once (it is streamed, not kept for a retry).
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
+    let retry = action.retry.as_ref().filter(|_| replayable);
+    let attempts = 1 + retry.map_or(0, |r| r.num_retries.min(cluster.cluster.limits.max_retries));
+    let mut backoff = retry.map_or(Duration::from_millis(25), |r| r.base_interval);
+    let mut last = local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            let jitter = rand::rng().random_range(Duration::ZERO..=backoff);
+            tokio::time::sleep(jitter).await;
+            backoff = (backoff * 2).min(retry.map_or(backoff, |r| r.max_interval));
+        }
+        let Some(host) = cluster.balancer.pick(&cluster.hosts) else {
+            return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        let mut upstream = http::Request::builder()
+            .method(parts.method.clone())
+            .version(if http2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            });
+        upstream = if http2 {
+            upstream.uri(format!("http://{authority}{path_and_query}"))
+        } else {
+            upstream.uri(path_and_query.as_str())
+        };
+        let request_body: Body = match body.take() {
+            Some(b) => b.map_err(|e| Box::new(e) as super::BoxError).boxed_unsync(),
+            None => super::full(Bytes::new()),
+        };
+        let Ok(mut upstream) = upstream.body(request_body) else {
+            return local_reply(http::StatusCode::BAD_REQUEST, "invalid request");
+        };
+        *upstream.headers_mut() = parts.headers.clone();
+        if !http2 && let Ok(value) = HeaderValue::from_str(&authority) {
+            upstream.headers_mut().insert(header::HOST, value);
+        } else {
+            upstream.headers_mut().remove(header::HOST);
+        }
+        let per_try = retry.and_then(|r| r.per_try_timeout).or(action.timeout);
+        host.active.fetch_add(1, Ordering::Relaxed);
+        let sent = conn.pool.send(&cluster, &host, upstream);
+        let outcome = match per_try {
+            Some(t) => tokio::time::timeout(t, sent).await.ok(),
+            None => Some(sent.await),
+        };
+        host.active.fetch_sub(1, Ordering::Relaxed);
+        let (response, retriable) = match outcome {
+            None => (
+                local_reply(
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                ),
+                retry.is_some_and(|r| r.on.server_error || r.on.gateway_error),
+            ),
+            Some(Err(e)) => {
+                tracing::debug!(cluster = cluster_name, host = host.host, error = %e, "upstream failed");
+                let connect = matches!(e, SendError::Connect(_));
+                let text = if connect {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+                } else {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+                };
+                let retriable = retry.is_some_and(|r| {
+                    r.on.server_error
+                        || r.on.gateway_error
+                        || r.on.reset
+                        || (connect && r.on.connect_failure)
+                        || r.on.refused_stream
+                });
+                (
+                    local_reply(http::StatusCode::SERVICE_UNAVAILABLE, text),
+                    retriable,
+                )
+            }
+            Some(Ok(response)) => {
+                let retriable = retry.is_some_and(|r| retriable_status(r, &response));
+                (response, retriable)
+            }
+        };
+        last = response;
+        if !retriable || attempt + 1 == attempts {
+            break;
+        }
+    }
+    let mut response = last;
+    strip_hop_by_hop(response.headers_mut());
+    edit(response.headers_mut(), edits.iter().map(|e| &e.response));
+    response
+}
+
+fn pick_target(targets: &Targets) -> (&str, Option<&Edits>) {
+    match targets {
+        Targets::Cluster(c) => (c, None),
+        Targets::Weighted(all) => {
+            let total: u64 = all.iter().map(|t| u64::from(t.weight)).sum();
+            let mut slot = rand::rng().random_range(0..total.max(1));
+            for t in all {
+                if slot < u64::from(t.weight) {
+                    return (&t.cluster, Some(&t.headers));
+                }
+                slot -= u64::from(t.weight);
+            }
+            all.last()
+                .map_or(("", None), |t| (t.cluster.as_str(), Some(&t.headers)))
+        }
+    }
+}
+
+fn retriable_status(r: &Retry, response: &http::Response<Body>) -> bool {
+    let status = response.status().as_u16();
+    if r.on.server_error && status >= 500 {
+        return true;
+    }
+    if r.on.gateway_error && matches!(status, 502..=504) {
+        return true;
+    }
+    if r.on.retriable_4xx && status == 409 {
+        return true;
+    }
+    if r.on.retriable_status_codes && r.retriable_status_codes.contains(&status) {
+        return true;
+    }
+    let grpc = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok());
+    match grpc {
+        Some(1) => r.on.grpc.cancelled,
+        Some(4) => r.on.grpc.deadline_exceeded,
+        Some(8) => r.on.grpc.resource_exhausted,
+        Some(13) => r.on.grpc.internal,
+        Some(14) => r.on.grpc.unavailable,
+        _ => false,
+    }
+}
+
+/// The path and query to send: the route's prefix rewrite replaces the matched prefix (the
+/// whole path for an exact match).
+fn rewrite_path(uri: &http::Uri, action: &Forward, levels: &Levels<'_>) -> String {
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let Some(new_prefix) = &action.prefix_rewrite else {
+        return path_and_query.to_owned();
+    };
+    let matched = match levels.path {
+        PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => p.len(),
+        PathMatch::Exact(_) => uri.path().len(),
+        PathMatch::Regex(_) => return path_and_query.to_owned(),
+    };
+    match path_and_query.get(matched..) {
+        Some(rest) => format!("{new_prefix}{rest}"),
+        None => path_and_query.to_owned(),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let keep_te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Applies header edits, most specific level first, so that a less specific level has the
+/// last word (Envoy's default, `most_specific_header_mutations_wins: false`).
+fn edit<'a>(headers: &mut HeaderMap, levels: impl Iterator<Item = &'a HeaderEdits>) {
+    for level in levels {
+        for name in &level.remove {
+            headers.remove(name.as_str());
+        }
+        for add in &level.add {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(add.name.as_bytes()),
+                HeaderValue::from_str(&add.value),
+            ) else {
+                continue;
+            };
+            match add.action {
+                AppendAction::AppendIfExistsOrAdd => {
+                    headers.append(name, value);
+                }
+                AppendAction::AddIfAbsent => {
+                    if !headers.contains_key(&name) {
+                        headers.insert(name, value);
+                    }
+                }
+                AppendAction::OverwriteIfExistsOrAdd => {
+                    headers.insert(name, value);
+                }
+                AppendAction::OverwriteIfExists => {
+                    if headers.contains_key(&name) {
+                        headers.insert(name, value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Response edits of a direct response (route, virtual host, configuration).
+pub fn edit_response(headers: &mut HeaderMap, levels: &[&Edits]) {
+    edit(headers, levels.iter().map(|e| &e.response));
+}
+
+/// `x-forwarded-client-cert` as Envoy writes it: `By=<our SAN>;Hash=<peer cert SHA-256>;URI=<peer SAN>`.
+fn client_cert_header(headers: &mut HeaderMap, hcm: &HttpManager, conn: &Connection) {
+    let mtls = conn.tls.as_ref().filter(|t| t.peer_id.is_some());
+    match hcm.forward_client_cert {
+        ForwardClientCert::Sanitize => {
+            headers.remove(XFCC);
+        }
+        ForwardClientCert::ForwardOnly => {
+            if mtls.is_none() {
+                headers.remove(XFCC);
+            }
+        }
+        ForwardClientCert::AlwaysForwardOnly => {}
+        ForwardClientCert::AppendForward | ForwardClientCert::SanitizeSet => {
+            if hcm.forward_client_cert == ForwardClientCert::SanitizeSet || mtls.is_none() {
+                headers.remove(XFCC);
+            }
+            let Some(tls) = mtls else { return };
+            let mut value = String::new();
+            if let Some(by) = &tls.local_id {
+                value.push_str(&format!("By={by}"));
+            }
+            if let Some(hash) = &tls.peer_hash {
+                value.push_str(&format!(";Hash={hash}"));
+            }
+            if hcm.set_client_cert_uri
+                && let Some(uri) = &tls.peer_id
+            {
+                value.push_str(&format!(";URI={uri}"));
+            }
+            if let Ok(v) = HeaderValue::from_str(value.trim_start_matches(';')) {
+                headers.append(XFCC, v);
+            }
+        }
+    }
+}
+
+fn request_id() -> HeaderValue {
+    let bytes: [u8; 16] = rand::rng().random();
+    let hex = hex::encode(bytes);
+    let id = format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    );
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+pub fn redirect(
+    r: &Redirect,
+    request: &http::Request<Incoming>,
+    authority: &str,
+    tls: bool,
+) -> http::Response<Body> {
+    let scheme = r
+        .scheme
+        .clone()
+        .unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
+    let mut host = r.host.clone().unwrap_or_else(|| authority.to_owned());
+    if let Some(port) = r.port {
+        let bare = host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(h, _)| h)
+            .to_owned();
+        host = format!("{bare}:{port}");
+    }
+    let path = match (&r.path, &r.prefix_rewrite) {
+        (Some(p), _) => p.clone(),
+        (None, Some(prefix)) => prefix.clone(),
+        _ => request.uri().path().to_owned(),
+    };
+    let query = if r.strip_query || path.contains('?') {
+        String::new()
+    } else {
+        request
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default()
+    };
+    let status =
+        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
+    let mut response = local_reply(status, "");
+    if let Ok(location) = HeaderValue::from_str(&format!("{scheme}://{host}{path}{query}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}

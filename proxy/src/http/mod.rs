@@ -1,0 +1,199 @@
+//! The HTTP connection manager: HTTP/1.1 and HTTP/2 from downstream (by the codec setting, or
+//! by the connection preface), routing, HTTP RBAC, and forwarding to upstream clusters over
+//! pooled connections, with Envoy's header handling and its error answers (404 no route, 403
+//! RBAC, 503 no healthy upstream or connect failure, 504 timeout).
+
+pub mod forward;
+pub mod pool;
+pub mod router;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+use self::pool::Pool;
+use self::router::RequestFacts;
+use crate::authz::{self, Decision, Subject};
+use crate::config::listener::{Codec, HttpManager, RouteSource, Terminal};
+use crate::config::route::Action;
+use crate::runtime::{ChainId, Runtime};
+use crate::transport::BoxedIo;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body this proxy passes on: downstream and upstream, streaming or local.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// What the connection knows of itself, for routing, RBAC and `x-forwarded-client-cert`.
+///
+/// The listener's settings are those the connection started with (a listener change reaches
+/// new connections, as in Envoy); routes, clusters and per-route policies are read anew for
+/// every request, so an RDS or CDS change (an `AuthorizationPolicy`, a new route) reaches
+/// connections that are already open.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub runtime: Arc<Runtime>,
+    pub latest: tokio::sync::watch::Receiver<Arc<Runtime>>,
+    pub pool: Arc<Pool>,
+    pub listener: String,
+    pub chain: ChainId,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub server_name: Option<String>,
+    pub tls: Option<TlsPeer>,
+}
+
+/// The verified peer of an mTLS connection, and this side's identity.
+#[derive(Debug, Clone, Default)]
+pub struct TlsPeer {
+    pub peer_id: Option<String>,
+    /// Hex SHA-256 of the peer's leaf certificate.
+    pub peer_hash: Option<String>,
+    pub local_id: Option<String>,
+}
+
+impl Connection {
+    fn manager(&self) -> Option<&HttpManager> {
+        let listener = self.runtime.config.listeners.get(&self.listener)?;
+        let chain = match self.chain {
+            ChainId::Index(i) => listener.chains.get(i)?,
+            ChainId::Default => listener.default_chain.as_ref()?,
+        };
+        match &chain.terminal {
+            Terminal::Http(hcm) => Some(hcm),
+            Terminal::Tcp(_) => None,
+        }
+    }
+}
+
+/// Serves HTTP on one downstream connection until it closes.
+pub async fn serve(io: BoxedIo, codec: Codec, conn: Connection) -> Result<(), String> {
+    let conn = Arc::new(conn);
+    let service = hyper::service::service_fn(move |request| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(request, &conn).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(64 * 1024);
+    builder.http2().max_concurrent_streams(1024);
+    let builder = match codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))
+}
+
+/// A local answer (Envoy's wording), `text/plain`.
+pub fn local_reply(status: http::StatusCode, text: &str) -> http::Response<Body> {
+    let mut response = http::Response::new(full(Bytes::from(text.to_owned())));
+    *response.status_mut() = status;
+    if !text.is_empty() {
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+    }
+    response
+}
+
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Response<Body> {
+    let Some(hcm) = conn.manager() else {
+        return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "listener changed");
+    };
+    let latest = conn.latest.borrow().clone();
+    let table = match &hcm.routes {
+        RouteSource::Rds(name) => latest.config.routes.get(name).map(|t| &**t),
+        RouteSource::Inline(table) => Some(&**table),
+    };
+    let Some(table) = table else {
+        return local_reply(http::StatusCode::NOT_FOUND, "");
+    };
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        })
+        .unwrap_or_default();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let facts = RequestFacts {
+        authority: &authority,
+        path: &path,
+        query: query.as_deref(),
+        headers: request.headers(),
+    };
+    let Some(vh) = router::virtual_host(table, &authority) else {
+        return local_reply(http::StatusCode::NOT_FOUND, "");
+    };
+    let Some(route) = router::route(vh, &facts) else {
+        return local_reply(http::StatusCode::NOT_FOUND, "");
+    };
+
+    // HTTP RBAC: a route's or virtual host's override replaces the filter's own rules.
+    let subject = Subject {
+        peer: conn.tls.as_ref().and_then(|t| t.peer_id.as_deref()),
+        remote: conn.remote.ip(),
+        local: conn.local,
+        server_name: conn.server_name.as_deref(),
+        headers: Some(request.headers()),
+        path: Some(&path),
+    };
+    for (filter, own) in &hcm.rbac {
+        let rules = route
+            .rbac
+            .get(filter)
+            .or_else(|| vh.rbac.get(filter))
+            .unwrap_or(own);
+        if let Some(rules) = rules
+            && let Decision::Deny(policy) = authz::evaluate(rules, &subject)
+        {
+            tracing::info!(listener = conn.listener, peer = ?subject.peer, path, policy = ?policy, "request denied by RBAC");
+            return local_reply(http::StatusCode::FORBIDDEN, "RBAC: access denied");
+        }
+    }
+
+    match &route.action {
+        Action::Direct { status, body } => {
+            let status = http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);
+            let mut response = local_reply(status, body.as_deref().unwrap_or_default());
+            forward::edit_response(
+                response.headers_mut(),
+                &[&route.headers, &vh.headers, &table.headers],
+            );
+            response
+        }
+        Action::Redirect(redirect) => {
+            forward::redirect(redirect, &request, &authority, conn.tls.is_some())
+        }
+        Action::Forward(action) => {
+            let edits = forward::Levels {
+                path: &route.matcher.path,
+                route: &route.headers,
+                vhost: &vh.headers,
+                table: &table.headers,
+            };
+            forward::forward(request, action, &edits, &authority, hcm, conn, &latest).await
+        }
+    }
+}

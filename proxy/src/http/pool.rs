@@ -1,0 +1,180 @@
+//! Upstream HTTP connections, pooled per (cluster, host): HTTP/1.1 connections are reused one
+//! request at a time (back in the pool when the response body ends), HTTP/2 connections are
+//! shared by concurrent requests. Idle connections older than the cluster's idle timeout are
+//! dropped at checkout.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::Body;
+use crate::config::cluster::HttpVersion;
+use crate::upstream::{ClusterRuntime, ConnectError, Host};
+
+/// Idle HTTP/1.1 connections kept per host.
+const MAX_IDLE_PER_HOST: usize = 64;
+/// Envoy's default idle timeout of upstream connections.
+const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
+
+/// A pool key: the cluster (by identity of its configuration: a changed cluster gets fresh
+/// connections) and the host.
+type Key = (usize, String, u16);
+/// An idle HTTP/1.1 connection and since when.
+type Idle = (http1::SendRequest<Body>, Instant);
+
+#[derive(Default)]
+pub struct Pool {
+    http1: Mutex<HashMap<Key, Vec<Idle>>>,
+    http2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("HTTP handshake with the upstream: {0}")]
+    Handshake(hyper::Error),
+    #[error("upstream reset: {0}")]
+    Reset(hyper::Error),
+}
+
+impl Pool {
+    /// Sends `request` to `host` of `cluster`, over a pooled or new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        cluster: &ClusterRuntime,
+        host: &Host,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, SendError> {
+        let key: Key = (
+            Arc::as_ptr(&cluster.cluster) as usize,
+            host.host.clone(),
+            host.port,
+        );
+        let idle = cluster
+            .cluster
+            .protocol
+            .idle_timeout
+            .unwrap_or(DEFAULT_IDLE);
+        if cluster.cluster.protocol.http == Some(HttpVersion::Http2) {
+            let existing = self.http2.lock().get(&key).cloned();
+            let mut sender = match existing {
+                Some(s) if !s.is_closed() => s,
+                _ => {
+                    let (io, _) = cluster.connect_to(host).await?;
+                    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                        .await
+                        .map_err(SendError::Handshake)?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    self.http2.lock().insert(key, sender.clone());
+                    sender
+                }
+            };
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(SendError::Reset)?;
+            return Ok(response.map(box_incoming));
+        }
+        let mut sender = loop {
+            let candidate = self.http1.lock().get_mut(&key).and_then(Vec::pop);
+            match candidate {
+                Some((s, since)) if since.elapsed() < idle && !s.is_closed() && s.is_ready() => {
+                    break s;
+                }
+                Some(_) => continue,
+                None => {
+                    let (io, _) = cluster.connect_to(host).await?;
+                    let (sender, conn) = http1::handshake(TokioIo::new(io))
+                        .await
+                        .map_err(SendError::Handshake)?;
+                    tokio::spawn(async move {
+                        let _ = conn.with_upgrades().await;
+                    });
+                    break sender;
+                }
+            }
+        };
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Reset)?;
+        let pool = Arc::downgrade(self);
+        Ok(response.map(|body| {
+            Body::new(ReturnOnEnd {
+                body,
+                back: Some((sender, pool, key)),
+            })
+        }))
+    }
+
+    fn give_back(&self, sender: http1::SendRequest<Body>, key: Key) {
+        let mut idle = self.http1.lock();
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_HOST {
+            list.push((sender, Instant::now()));
+        }
+    }
+}
+
+fn box_incoming(body: Incoming) -> Body {
+    use http_body_util::BodyExt;
+    body.map_err(|e| Box::new(e) as super::BoxError)
+        .boxed_unsync()
+}
+
+/// A response body that returns its HTTP/1.1 connection to the pool once read to the end.
+struct ReturnOnEnd {
+    body: Incoming,
+    back: Option<(http1::SendRequest<Body>, Weak<Pool>, Key)>,
+}
+
+impl http_body::Body for ReturnOnEnd {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some((sender, pool, key)) = self.back.take()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    pool.give_back(sender, key);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled.map_err(|e| Box::new(e) as super::BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,256 @@
+//! Route selection: the virtual host by authority, then the first route whose match holds.
+
+use crate::config::route::{Domain, PathMatch, Route, RouteMatch, RouteTable, VirtualHost};
+
+/// What a route match looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// Lower-case authority, with the port if the request carried one.
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// Envoy's order: exact domains, then the longest suffix wildcard, then the longest prefix
+/// wildcard, then `*`. A domain with a port matches only that authority; one without matches the
+/// host with any port.
+pub fn virtual_host<'t>(table: &'t RouteTable, authority: &str) -> Option<&'t VirtualHost> {
+    let host = strip_port(authority);
+    let mut best: Option<(u32, &VirtualHost)> = None;
+    for vh in &table.virtual_hosts {
+        for domain in &vh.domains {
+            let rank = match domain {
+                Domain::Exact(d) if d == authority || d == host => 3_000_000,
+                Domain::Suffix(s)
+                    if authority.ends_with(s.as_str()) || host.ends_with(s.as_str()) =>
+                {
+                    2_000_000 + len(s)
+                }
+                Domain::Prefix(p) if authority.starts_with(p.as_str()) => 1_000_000 + len(p),
+                Domain::Any => 1,
+                _ => 0,
+            };
+            if rank > best.map_or(0, |(r, _)| r) {
+                best = Some((rank, vh));
+            }
+        }
+    }
+    best.map(|(_, vh)| vh)
+}
+
+fn len(s: &str) -> u32 {
+    u32::try_from(s.len()).unwrap_or(u32::MAX).min(999_999)
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        // `[v6]` or `[v6]:port`
+        return match authority.find(']') {
+            Some(i) => &authority[..=i],
+            None => authority,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    }
+}
+
+pub fn route<'v>(vh: &'v VirtualHost, request: &RequestFacts<'_>) -> Option<&'v Route> {
+    vh.routes.iter().find(|r| matches(&r.matcher, request))
+}
+
+fn matches(m: &RouteMatch, r: &RequestFacts<'_>) -> bool {
+    let path_ok = match &m.path {
+        PathMatch::Prefix(p) => starts_with(r.path, p, m.case_sensitive),
+        PathMatch::Exact(p) => {
+            if m.case_sensitive {
+                r.path == p
+            } else {
+                r.path.eq_ignore_ascii_case(p)
+            }
+        }
+        PathMatch::Regex(re) => re.is_match(r.path),
+        PathMatch::SeparatedPrefix(p) => {
+            starts_with(r.path, p, m.case_sensitive)
+                && matches!(r.path.as_bytes().get(p.len()), None | Some(b'/'))
+        }
+    };
+    if !path_ok {
+        return false;
+    }
+    if m.grpc
+        && !r
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"))
+    {
+        return false;
+    }
+    for h in &m.headers {
+        let values: Vec<&str> = r
+            .headers
+            .get_all(h.name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let joined = values.join(",");
+        if !h.matches((!values.is_empty()).then_some(joined.as_str())) {
+            return false;
+        }
+    }
+    for q in &m.query {
+        let value = r.query.and_then(|query| {
+            query
+                .split('&')
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == q.name).then_some(v)
+                })
+                .next()
+        });
+        let ok = match (&q.value, value) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(m), Some(v)) => m.matches(v),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        path.starts_with(prefix)
+    } else {
+        path.len() >= prefix.len()
+            && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::matcher::{HeaderMatch, HeaderTest, Matcher, QueryMatch, StringMatch};
+    use crate::config::route::{Action, Edits};
+
+    fn vh(name: &str, domains: Vec<Domain>, routes: Vec<Route>) -> VirtualHost {
+        VirtualHost {
+            name: name.into(),
+            domains,
+            routes,
+            headers: Edits::default(),
+            rbac: HashMap::new(),
+        }
+    }
+
+    fn route(
+        name: &str,
+        path: PathMatch,
+        headers: Vec<HeaderMatch>,
+        query: Vec<QueryMatch>,
+    ) -> Route {
+        Route {
+            name: name.into(),
+            matcher: RouteMatch {
+                path,
+                case_sensitive: true,
+                headers,
+                query,
+                grpc: false,
+            },
+            action: Action::Direct {
+                status: 200,
+                body: None,
+            },
+            headers: Edits::default(),
+            rbac: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn virtual_hosts_follow_envoys_precedence() {
+        let table = RouteTable {
+            name: "t".into(),
+            virtual_hosts: vec![
+                vh("any", vec![Domain::Any], vec![]),
+                vh("suffix", vec![Domain::Suffix(".shop.local".into())], vec![]),
+                vh(
+                    "exact",
+                    vec![Domain::Exact("reviews.shop.local:9080".into())],
+                    vec![],
+                ),
+                vh("prefix", vec![Domain::Prefix("api.".into())], vec![]),
+            ],
+            headers: Edits::default(),
+        };
+        let name = |a: &str| virtual_host(&table, a).unwrap().name.clone();
+        assert_eq!(name("reviews.shop.local:9080"), "exact");
+        assert_eq!(name("reviews.shop.local:80"), "suffix");
+        assert_eq!(name("api.example"), "prefix");
+        assert_eq!(name("other"), "any");
+    }
+
+    #[test]
+    fn routes_match_in_order_on_path_headers_and_query() {
+        let v2 = HeaderMatch {
+            name: "x-version".into(),
+            test: HeaderTest::Value(Matcher {
+                pattern: StringMatch::Exact("v2".into()),
+                ignore_case: false,
+            }),
+            invert: false,
+            treat_missing_as_empty: false,
+        };
+        let debug = QueryMatch {
+            name: "debug".into(),
+            value: Some(Matcher {
+                pattern: StringMatch::Exact("1".into()),
+                ignore_case: false,
+            }),
+        };
+        let host = vh(
+            "h",
+            vec![Domain::Any],
+            vec![
+                route("v2", PathMatch::Prefix("/".into()), vec![v2], vec![]),
+                route(
+                    "debug",
+                    PathMatch::SeparatedPrefix("/api".into()),
+                    vec![],
+                    vec![debug],
+                ),
+                route("health", PathMatch::Exact("/health".into()), vec![], vec![]),
+                route("rest", PathMatch::Prefix("/".into()), vec![], vec![]),
+            ],
+        );
+        let mut headers = http::HeaderMap::new();
+        let pick = |path: &str, query: Option<&str>, headers: &http::HeaderMap| {
+            let facts = RequestFacts {
+                authority: "a",
+                path,
+                query,
+                headers,
+            };
+            super::route(&host, &facts).unwrap().name.clone()
+        };
+        assert_eq!(pick("/health", None, &headers), "health");
+        assert_eq!(pick("/api/x", Some("debug=1"), &headers), "debug");
+        assert_eq!(
+            pick("/apix", Some("debug=1"), &headers),
+            "rest",
+            "separated prefix"
+        );
+        assert_eq!(pick("/api/x", Some("debug=2"), &headers), "rest");
+        headers.insert("x-version", "v2".parse().unwrap());
+        assert_eq!(pick("/health", None, &headers), "v2");
+    }
+}

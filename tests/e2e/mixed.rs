@@ -1,0 +1,196 @@
+//! Mixed pairs of sidecars, configured by the same `isthmusd`: a stock Envoy 1.40 and
+//! `isthmus-proxy` on each side of mTLS, with certificates from SDS. Every pairing carries the
+//! request, routes by header, passes the caller's identity in `x-forwarded-client-cert`, and
+//! answers 403 when an `AuthorizationPolicy` denies the caller.
+
+#![allow(clippy::unwrap_used)]
+// test helpers: a failed unwrap is a failed test
+// Wall-clock time is right here: these tests wait on real processes.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use isthmus_e2e::envoy::{Echo, Envoy, curl};
+use isthmus_e2e::mesh::{DENY_CLIENT, HEADER_ROUTES, STRICT, bootstrap, mesh_yaml, write};
+use isthmus_e2e::proxy::IsthmusProxy;
+use isthmus_e2e::{Isthmusd, free_port};
+use serde_json::Value;
+
+/// `isthmus-proxy` as the sidecar of `workload` (namespace shop) at `ip`.
+fn sidecar(
+    dir: &Path,
+    daemon: &Isthmusd,
+    ip: &str,
+    workload: &str,
+    metadata: &[String],
+) -> IsthmusProxy {
+    let mut args = vec![
+        "--node-id".to_owned(),
+        format!("sidecar~{ip}~{workload}.shop~shop.svc.cluster.local"),
+        "--xds-plaintext".to_owned(),
+        "--xds-address".to_owned(),
+        daemon.xds.to_string(),
+    ];
+    for m in metadata {
+        args.extend(["--metadata".to_owned(), m.clone()]);
+    }
+    IsthmusProxy::start(dir, workload, &args)
+}
+
+/// Waits up to 20 s for `call` to answer `status`; the last answer and the logs otherwise.
+fn wait_for(status: u16, outbound: u16, headers: &[&str], logs: &dyn Fn() -> String) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let (got, body) = call(outbound, headers);
+        if got == status {
+            return body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "expected {status}, got {got}: {body}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A request from a client application through its sidecar's outbound port.
+fn call(outbound: u16, headers: &[&str]) -> (u16, Value) {
+    let proxy = format!("http://127.0.0.1:{outbound}");
+    let mut args = vec!["-x", proxy.as_str(), "http://echo.shop.local:8080/hello"];
+    for h in headers {
+        args.extend_from_slice(&["-H", h]);
+    }
+    let (status, body) = curl(&args);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn envoy_and_isthmus_proxy_interoperate_in_every_pairing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = root.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let ip = "127.0.71";
+    let inbound = free_port();
+    write(&config, "mesh.yaml", &mesh_yaml(ip, inbound));
+    write(&config, "routes.yaml", HEADER_ROUTES);
+    write(&config, "peer-authentication.yaml", STRICT);
+    // A second client workload (same service account): one node id per proxy.
+    write(
+        &config,
+        "client-b.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client-b, namespace: shop}}
+spec: {{address: {ip}.4, labels: {{app: client}}, serviceAccount: client}}
+"
+        ),
+    );
+    let daemon = Isthmusd::start(root, "red.local", &[]).unwrap();
+    let xds = daemon.xds.to_string();
+
+    // Servers: v1 behind Envoy, v2 behind isthmus-proxy.
+    let app_v1 = Echo::start(root, "v1").unwrap();
+    let app_v2 = Echo::start(root, "v2").unwrap();
+    let v1_file = bootstrap(
+        root,
+        "echo-v1",
+        &[
+            "--workload",
+            "echo-v1",
+            "--address",
+            &format!("{ip}.1"),
+            "--xds-address",
+            &xds,
+            "--app-port",
+            &format!("http={}", app_v1.addr.port()),
+        ],
+    );
+    let _v1 = Envoy::start(root, "echo-v1", &v1_file).unwrap();
+    let v2 = sidecar(
+        root,
+        &daemon,
+        &format!("{ip}.2"),
+        "echo-v2",
+        &[
+            format!("APP_PORTS=http={}", app_v2.addr.port()),
+            format!("OUTBOUND_PORT={}", free_port()),
+        ],
+    );
+
+    // Clients of the same service account: one behind isthmus-proxy, one behind Envoy.
+    let isthmus_out = free_port();
+    let client = sidecar(
+        root,
+        &daemon,
+        &format!("{ip}.4"),
+        "client-b",
+        &[format!("OUTBOUND_PORT={isthmus_out}")],
+    );
+    let envoy_out = free_port();
+    let client_file = bootstrap(
+        root,
+        "client",
+        &[
+            "--workload",
+            "client",
+            "--address",
+            &format!("{ip}.3"),
+            "--xds-address",
+            &xds,
+            "--outbound-port",
+            &envoy_out.to_string(),
+        ],
+    );
+    let _envoy_client = Envoy::start(root, "client", &client_file).unwrap();
+
+    let diagnostics = || format!("client:\n{}\nserver v2:\n{}", client.logs(), v2.logs());
+    // isthmus-proxy -> Envoy (v1, the default route) and isthmus-proxy -> isthmus-proxy (v2).
+    let body = wait_for(200, isthmus_out, &[], &diagnostics);
+    assert_eq!(body["name"], "v1", "{body}");
+    let body = wait_for(200, isthmus_out, &["x-version: v2"], &diagnostics);
+    assert_eq!(body["name"], "v2", "{body}");
+    // The server sidecar passes on who called, verified by mTLS.
+    let xfcc = body["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://red.local/ns/shop/sa/client"),
+        "{body}"
+    );
+    assert!(
+        xfcc.contains("By=spiffe://red.local/ns/shop/sa/echo"),
+        "{body}"
+    );
+
+    // Envoy -> isthmus-proxy.
+    let body = wait_for(200, envoy_out, &["x-version: v2"], &diagnostics);
+    assert_eq!(body["name"], "v2", "{body}");
+    assert!(
+        body["headers"]["x-forwarded-client-cert"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("URI=spiffe://red.local/ns/shop/sa/client"),
+        "{body}"
+    );
+
+    // STRICT: plaintext straight to the isthmus-proxy server is refused.
+    assert_eq!(curl(&[&format!("http://{ip}.2:{inbound}/")]).0, 0);
+
+    // DENY the caller: every pairing answers 403, decided by the server sidecar.
+    write(&config, "authorization.yaml", DENY_CLIENT);
+    wait_for(403, isthmus_out, &[], &diagnostics);
+    wait_for(403, isthmus_out, &["x-version: v2"], &diagnostics);
+    wait_for(403, envoy_out, &["x-version: v2"], &diagnostics);
+    let (_, body) = curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{envoy_out}"),
+        "-H",
+        "x-version: v2",
+        "http://echo.shop.local:8080/",
+    ]);
+    assert_eq!(body, "RBAC: access denied");
+}

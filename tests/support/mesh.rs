@@ -1,0 +1,126 @@
+//! A small mesh for end-to-end tests, in Istio's YAML: an `echo` service with subsets v1 and
+//! v2 and a client, the routes and policies the tests switch between, and the helpers to
+//! write them and to bootstrap Envoy sidecars with `isthmusctl`.
+
+// Wall-clock time is right here: these helpers wait on real processes.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::isthmusctl;
+
+pub fn write(dir: &Path, name: &str, text: &str) {
+    // Write then rename, as editors and `kubectl` do: the watcher never sees half a file.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write a config file");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename a config file into place");
+}
+
+pub fn mesh_yaml(ip: &str, port: u16) -> String {
+    let workload = |name: &str, last: u8, labels: &str, sa: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}, namespace: shop}}
+spec: {{address: {ip}.{last}, labels: {{{labels}}}, serviceAccount: {sa}, ports: {{http: {port}}}}}
+"
+        )
+    };
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: shop}}
+spec:
+  hosts: [echo.shop.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http}}]
+  workloadSelector: {{matchLabels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo, namespace: shop}}
+spec:
+  host: echo.shop.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+{}{}{}",
+        workload("echo-v1", 1, "app: echo, version: v1", "echo"),
+        workload("echo-v2", 2, "app: echo, version: v2", "echo"),
+        workload("client", 3, "app: client", "client"),
+    )
+}
+
+pub const HEADER_ROUTES: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: shop}
+spec:
+  hosts: [echo.shop.local]
+  http:
+  - match: [{headers: {x-version: {exact: v2}}}]
+    route: [{destination: {host: echo.shop.local, subset: v2}}]
+  - route: [{destination: {host: echo.shop.local, subset: v1}}]
+";
+
+pub const SPLIT_ROUTES: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: shop}
+spec:
+  hosts: [echo.shop.local]
+  http:
+  - route:
+    - {destination: {host: echo.shop.local, subset: v1}, weight: 50}
+    - {destination: {host: echo.shop.local, subset: v2}, weight: 50}
+";
+
+pub const STRICT: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+";
+
+pub const DENY_CLIENT: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules: [{from: [{source: {principals: [red.local/ns/shop/sa/client]}}]}]
+";
+
+pub fn bootstrap(dir: &Path, name: &str, args: &[&str]) -> std::path::PathBuf {
+    let file = dir.join(format!("{name}.json"));
+    let mut all = vec![
+        "bootstrap",
+        "envoy",
+        "--namespace",
+        "shop",
+        "--admin-port",
+        "0",
+    ];
+    all.extend_from_slice(args);
+    let out_file = file.to_string_lossy().into_owned();
+    all.extend_from_slice(&["-o", &out_file]);
+    let out = isthmusctl(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    file
+}
+
+/// Polls `check` every 20 ms until it holds; returns how long that took (at most `limit`).
+pub fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}

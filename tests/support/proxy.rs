@@ -1,0 +1,75 @@
+//! `isthmus-proxy` as a real process for end-to-end tests.
+
+// Wall-clock time is right here: these helpers wait on real processes.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::envoy::curl;
+use crate::free_port;
+
+/// A running `isthmus-proxy`, killed on drop.
+#[derive(Debug)]
+pub struct IsthmusProxy {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Drop for IsthmusProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl IsthmusProxy {
+    /// Starts `isthmus-proxy` with `args` and a free admin port; its log is `dir/<name>.log`.
+    pub fn start(dir: &Path, name: &str, args: &[String]) -> Self {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(crate::bin("isthmus-proxy"))
+            .args(["--admin-addr", &admin])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the proxy log"))
+            .spawn()
+            .expect("spawn isthmus-proxy");
+        Self { child, admin, log }
+    }
+
+    /// An admin-port request: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        curl(&[&format!("http://{}{path}", self.admin)])
+    }
+
+    /// Waits up to `limit` for `/ready` to answer 200; the last answer otherwise.
+    pub fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let mut last = (0, String::new());
+        while start.elapsed() < limit {
+            last = self.get("/ready");
+            if last.0 == 200 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("/ready: {} {}\n{}", last.0, last.1, self.logs()))
+    }
+
+    /// What the proxy logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn config_dump(&self) -> Value {
+        let (status, body) = self.get("/config_dump");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("/config_dump is JSON")
+    }
+}
