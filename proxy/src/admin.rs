@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
-use crate::config::cluster::Discovery;
+use crate::runtime::Runtime;
 use crate::xds::client::XdsStatus;
 
 /// What the admin port reads; each part is there only if that half of the proxy runs.
@@ -22,6 +22,7 @@ pub struct AdminState {
     certs: Option<CertManager>,
     config: Option<watch::Receiver<Arc<ProxyConfig>>>,
     xds: Option<watch::Receiver<XdsStatus>>,
+    runtime: Option<watch::Receiver<Arc<Runtime>>>,
 }
 
 impl AdminState {
@@ -30,6 +31,7 @@ impl AdminState {
             certs,
             config: None,
             xds: None,
+            runtime: None,
         }
     }
 
@@ -37,9 +39,11 @@ impl AdminState {
         mut self,
         config: watch::Receiver<Arc<ProxyConfig>>,
         xds: watch::Receiver<XdsStatus>,
+        runtime: watch::Receiver<Arc<Runtime>>,
     ) -> Self {
         self.config = Some(config);
         self.xds = Some(xds);
+        self.runtime = Some(runtime);
         self
     }
 
@@ -114,7 +118,12 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/clusters",
             get(move || {
-                let body = clusters_text(&clusters.config());
+                let runtime = clusters
+                    .runtime
+                    .as_ref()
+                    .map(|r| r.borrow().clone())
+                    .unwrap_or_default();
+                let body = clusters_text(&runtime);
                 async move { body }
             }),
         )
@@ -136,33 +145,30 @@ fn listeners_text(config: &ProxyConfig) -> String {
     out
 }
 
-/// Envoy's `/clusters` text form, the lines this proxy knows: per host its address, weight
-/// and health.
-fn clusters_text(config: &ProxyConfig) -> String {
+/// Envoy's `/clusters` text form, the lines this proxy knows: per host its weight, priority,
+/// zone and health (`/failed_outlier_check` while ejected).
+fn clusters_text(runtime: &Runtime) -> String {
     let mut out = String::new();
-    for (name, c) in &config.clusters {
-        let assignment = match &c.discovery {
-            Discovery::Static(a) | Discovery::Dns { assignment: a, .. } => Some(a.clone()),
-            Discovery::Eds { service_name } => {
-                config.endpoints.get(service_name).map(|a| (**a).clone())
-            }
-        };
+    let mut names: Vec<&String> = runtime.clusters.keys().collect();
+    names.sort();
+    for name in names {
+        let cluster = &runtime.clusters[name];
         let _ = writeln!(out, "{name}::added_via_api::true");
-        for group in assignment.iter().flat_map(|a| &a.groups) {
-            for e in &group.endpoints {
-                let host = format!("{name}::{}:{}", e.host, e.port);
-                let _ = writeln!(out, "{host}::weight::{}", e.weight);
-                let _ = writeln!(out, "{host}::priority::{}", group.priority);
+        for (priority, hosts) in cluster.priorities.iter().enumerate() {
+            for h in hosts {
+                let host = format!("{name}::{}:{}", h.host, h.port);
+                let _ = writeln!(out, "{host}::weight::{}", h.weight);
+                let _ = writeln!(out, "{host}::priority::{priority}");
+                let flags = if h.health.is_ejected() {
+                    "/failed_outlier_check"
+                } else {
+                    "healthy"
+                };
+                let _ = writeln!(out, "{host}::health_flags::{flags}");
                 let _ = writeln!(
                     out,
-                    "{host}::health_flags::{}",
-                    if e.healthy { "healthy" } else { "/eds_health" }
-                );
-                let l = &group.locality;
-                let _ = writeln!(
-                    out,
-                    "{host}::zone::{}",
-                    if l.zone.is_empty() { "" } else { &l.zone }
+                    "{host}::rq_active::{}",
+                    h.active.load(std::sync::atomic::Ordering::Relaxed)
                 );
             }
         }

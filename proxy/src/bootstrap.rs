@@ -140,8 +140,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         let node = node(node_id, args.role, &args.metadata);
         let (client, config, status) = XdsClient::new(channel, AdsState::new(node));
-        tokio::spawn(crate::listener::run(config.clone()));
-        admin = admin.with_xds(config, status);
+        let (runtime_tx, runtime) = tokio::sync::watch::channel(std::sync::Arc::default());
+        tokio::spawn(crate::listener::run(config.clone(), runtime_tx));
+        admin = admin.with_xds(config, status, runtime);
         // Over mTLS the first connection must already present the certificate: HTTP/2 keeps
         // that connection for every later stream.
         let first_cert = (!args.xds_plaintext).then(|| certs.clone()).flatten();

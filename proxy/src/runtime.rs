@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::ProxyConfig;
 use crate::transport::tls;
+use crate::upstream::outlier::HealthRegistry;
 use crate::upstream::{self, ClusterRuntime};
 
 /// A filter chain: by index in its listener, or the default chain.
@@ -25,7 +26,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn build(config: Arc<ProxyConfig>) -> Self {
+    pub fn build(config: Arc<ProxyConfig>, health: &HealthRegistry) -> Self {
         let mut server_tls = HashMap::new();
         for (name, listener) in &config.listeners {
             let chains = listener
@@ -41,7 +42,7 @@ impl Runtime {
             }
         }
         Self {
-            clusters: upstream::build(&config),
+            clusters: upstream::build(&config, health),
             server_tls,
             config,
         }

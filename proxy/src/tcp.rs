@@ -34,6 +34,7 @@ pub async fn proxy<D: Io>(
         .ok_or_else(|| TcpError::NoCluster(name.to_owned()))?
         .clone();
     let (upstream, host) = cluster.connect().await?;
+    cluster.record(&host, crate::upstream::outlier::Outcome::Success);
     host.active.fetch_add(1, Ordering::Relaxed);
     let result = copy_with_idle_timeout(downstream, upstream, tcp.idle_timeout).await;
     host.active.fetch_sub(1, Ordering::Relaxed);

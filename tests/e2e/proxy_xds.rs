@@ -366,3 +366,93 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Outlier detection through `isthmus-proxy`: when one of two endpoints dies, its failures
+/// eject it, the retry goes to the other one, and every request still succeeds.
+#[test]
+fn a_dead_endpoint_is_ejected_and_requests_fail_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let a = isthmus_e2e::envoy::Echo::start(dir.path(), "a").unwrap();
+    let b = isthmus_e2e::envoy::Echo::start(dir.path(), "b").unwrap();
+    std::fs::write(
+        config.join("web.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web, namespace: shop}}
+spec:
+  hosts: [web.shop.local]
+  location: MESH_EXTERNAL
+  ports: [{{number: 8080, name: http}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web, namespace: shop}}
+spec:
+  host: web.shop.local
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: shop}}
+spec: {{address: 127.0.72.1, serviceAccount: client}}
+",
+            a.addr.port(),
+            b.addr.port()
+        ),
+    )
+    .unwrap();
+    let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
+    let outbound = free_port();
+    let proxy = IsthmusProxy::start(
+        dir.path(),
+        "client",
+        &[
+            "--node-id".into(),
+            "sidecar~127.0.72.1~client.shop~shop.svc.cluster.local".into(),
+            "--xds-plaintext".into(),
+            "--xds-address".into(),
+            daemon.xds.to_string(),
+            "--metadata".into(),
+            format!("OUTBOUND_PORT={outbound}"),
+        ],
+    );
+    proxy.wait_ready(Duration::from_secs(20)).unwrap();
+    let via = format!("http://127.0.0.1:{outbound}");
+    let name = || {
+        let (status, body) = curl(&["-x", &via, "http://web.shop.local:8080/"]);
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (status, body["name"].as_str().unwrap_or_default().to_owned())
+    };
+    let seen: Vec<String> = (0..10).map(|_| name().1).collect();
+    assert!(
+        seen.contains(&"a".to_owned()) && seen.contains(&"b".to_owned()),
+        "{seen:?}\n{}",
+        proxy.logs()
+    );
+
+    let a_port = a.addr.port();
+    drop(a);
+    for i in 0..20 {
+        assert_eq!(
+            name(),
+            (200, "b".to_owned()),
+            "request {i} after a died\n{}",
+            proxy.logs()
+        );
+    }
+    let (_, clusters) = proxy.get("/clusters");
+    assert!(
+        clusters.contains(&format!(
+            "outbound|8080||web.shop.local::127.0.0.1:{a_port}::health_flags::/failed_outlier_check"
+        )),
+        "{clusters}"
+    );
+}

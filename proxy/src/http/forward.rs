@@ -19,6 +19,7 @@ use crate::config::route::{
     AppendAction, Edits, Forward, HeaderEdits, PathMatch, Redirect, Retry, Targets,
 };
 use crate::runtime::Runtime;
+use crate::upstream::outlier::Outcome;
 
 /// What the forward needs of the matched route: its path match (for a prefix rewrite) and the
 /// header edits of every level, most specific first.
@@ -95,7 +96,7 @@ pub async fn forward(
             tokio::time::sleep(jitter).await;
             backoff = (backoff * 2).min(retry.map_or(backoff, |r| r.max_interval));
         }
-        let Some(host) = cluster.balancer.pick(&cluster.hosts) else {
+        let Some(host) = cluster.pick() else {
             return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
         let mut upstream = http::Request::builder()
@@ -131,6 +132,7 @@ pub async fn forward(
             None => Some(sent.await),
         };
         host.active.fetch_sub(1, Ordering::Relaxed);
+        cluster.record(&host, health_outcome(&outcome));
         let (response, retriable) = match outcome {
             None => (
                 local_reply(
@@ -173,6 +175,16 @@ pub async fn forward(
     strip_hop_by_hop(response.headers_mut());
     edit(response.headers_mut(), edits.iter().map(|e| &e.response));
     response
+}
+
+/// What an attempt means for outlier detection.
+fn health_outcome(outcome: &Option<Result<http::Response<Body>, SendError>>) -> Outcome {
+    match outcome {
+        Some(Ok(r)) if matches!(r.status().as_u16(), 502..=504) => Outcome::GatewayError,
+        Some(Ok(r)) if r.status().is_server_error() => Outcome::ServerError,
+        Some(Ok(_)) => Outcome::Success,
+        Some(Err(_)) | None => Outcome::GatewayError,
+    }
 }
 
 fn pick_target(targets: &Targets) -> (&str, Option<&Edits>) {

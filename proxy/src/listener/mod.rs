@@ -31,6 +31,7 @@ use crate::config::secret::Secret;
 use crate::http::pool::Pool;
 use crate::http::{Connection, TlsPeer};
 use crate::runtime::Runtime;
+use crate::upstream::outlier::HealthRegistry;
 use sha2::{Digest, Sha256};
 
 /// How long a client may take to send its first bytes before the connection is treated as
@@ -39,14 +40,19 @@ const INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TLS handshake may take (slow or stuck clients are dropped).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Keeps the bound listeners in line with the configuration; runs until `config` closes.
-pub async fn run(mut config: watch::Receiver<Arc<ProxyConfig>>) {
-    let (runtime_tx, runtime_rx) = watch::channel(Arc::new(Runtime::default()));
+/// Keeps the bound listeners in line with the configuration, publishing each runtime on
+/// `runtime_tx`; runs until `config` closes.
+pub async fn run(
+    mut config: watch::Receiver<Arc<ProxyConfig>>,
+    runtime_tx: watch::Sender<Arc<Runtime>>,
+) {
+    let runtime_rx = runtime_tx.subscribe();
     let pool = Arc::new(Pool::default());
+    let health = HealthRegistry::default();
     let mut bound: HashMap<String, (SocketAddr, JoinHandle<()>)> = HashMap::new();
     loop {
         let current = config.borrow_and_update().clone();
-        runtime_tx.send_replace(Arc::new(Runtime::build(current.clone())));
+        runtime_tx.send_replace(Arc::new(Runtime::build(current.clone(), &health)));
         bound.retain(|name, (address, task)| {
             let keep = current
                 .listeners

@@ -12,37 +12,36 @@ use crate::config::cluster::LbPolicy;
 #[derive(Debug)]
 pub struct Balancer {
     policy: LbPolicy,
-    /// Running sum of weights, for round robin.
+    /// Running count of picks, for round robin.
     cursor: AtomicU64,
-    total_weight: u64,
 }
 
 impl Balancer {
-    pub fn new(policy: LbPolicy, hosts: &[Arc<Host>]) -> Self {
+    pub fn new(policy: LbPolicy) -> Self {
         Self {
             policy,
             cursor: AtomicU64::new(0),
-            total_weight: hosts.iter().map(|h| u64::from(h.weight)).sum(),
         }
     }
 
+    /// One of `hosts` (the usable ones, which change as hosts are ejected and come back).
     pub fn pick(&self, hosts: &[Arc<Host>]) -> Option<Arc<Host>> {
+        let total_weight: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
         match hosts {
             [] => None,
             [only] => Some(only.clone()),
             _ => Some(match self.policy {
                 LbPolicy::RoundRobin => {
-                    let slot =
-                        self.cursor.fetch_add(1, Ordering::Relaxed) % self.total_weight.max(1);
+                    let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % total_weight.max(1);
                     weighted(hosts, slot)
                 }
                 LbPolicy::Random => {
-                    weighted(hosts, rand::rng().random_range(0..self.total_weight.max(1)))
+                    weighted(hosts, rand::rng().random_range(0..total_weight.max(1)))
                 }
                 LbPolicy::LeastRequest => {
                     let mut rng = rand::rng();
-                    let a = weighted(hosts, rng.random_range(0..self.total_weight.max(1)));
-                    let b = weighted(hosts, rng.random_range(0..self.total_weight.max(1)));
+                    let a = weighted(hosts, rng.random_range(0..total_weight.max(1)));
+                    let b = weighted(hosts, rng.random_range(0..total_weight.max(1)));
                     if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) {
                         b
                     } else {
@@ -83,6 +82,7 @@ mod tests {
                     port: 80,
                     weight: *w,
                     active: AtomicUsize::new(0),
+                    health: Arc::default(),
                 })
             })
             .collect()
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn round_robin_follows_the_weights_exactly() {
         let hosts = hosts(&[1, 3]);
-        let b = Balancer::new(LbPolicy::RoundRobin, &hosts);
+        let b = Balancer::new(LbPolicy::RoundRobin);
         let mut counts: HashMap<String, usize> = HashMap::new();
         for _ in 0..400 {
             *counts
@@ -106,7 +106,7 @@ mod tests {
     fn least_request_avoids_the_busy_host() {
         let hosts = hosts(&[1, 1]);
         hosts[0].active.store(50, Ordering::Relaxed);
-        let b = Balancer::new(LbPolicy::LeastRequest, &hosts);
+        let b = Balancer::new(LbPolicy::LeastRequest);
         let busy = (0..1000)
             .filter(|_| b.pick(&hosts).unwrap().host == "10.0.0.0")
             .count();

@@ -2,6 +2,7 @@
 //! to the chosen endpoint, over TLS when the cluster originates it.
 
 pub mod balance;
+pub mod outlier;
 
 use std::collections::HashMap;
 use std::io;
@@ -19,6 +20,7 @@ use crate::config::endpoint::LoadAssignment;
 use crate::transport::{BoxedIo, tls};
 
 use self::balance::Balancer;
+use self::outlier::{HealthRegistry, HostHealth, Outcome};
 
 /// One endpoint of a cluster.
 #[derive(Debug)]
@@ -28,22 +30,27 @@ pub struct Host {
     pub weight: u32,
     /// Requests or connections open to it (least-request balancing).
     pub active: AtomicUsize,
+    pub health: Arc<HostHealth>,
 }
 
-/// A cluster ready to be used: its hosts of the best priority that has healthy ones, how to
-/// pick among them, and its TLS client configuration.
+/// A cluster ready to be used: its hosts by priority, how to pick among them, and its TLS
+/// client configuration.
 #[derive(Debug)]
 pub struct ClusterRuntime {
     pub cluster: Arc<Cluster>,
-    pub hosts: Vec<Arc<Host>>,
+    /// Healthy hosts (as EDS says), by priority, best first.
+    pub priorities: Vec<Vec<Arc<Host>>>,
     pub balancer: Balancer,
     /// `None`: plaintext; `Some(Err)`: TLS that cannot be set up yet (a missing secret).
     pub tls: Option<Result<Arc<rustls::ClientConfig>, tls::TlsError>>,
 }
 
-/// Every cluster of a configuration.
-pub fn build(config: &ProxyConfig) -> HashMap<String, Arc<ClusterRuntime>> {
-    config
+/// Every cluster of a configuration; hosts keep their outlier records from `health`.
+pub fn build(
+    config: &ProxyConfig,
+    health: &HealthRegistry,
+) -> HashMap<String, Arc<ClusterRuntime>> {
+    let clusters: HashMap<String, Arc<ClusterRuntime>> = config
         .clusters
         .iter()
         .map(|(name, cluster)| {
@@ -53,44 +60,59 @@ pub fn build(config: &ProxyConfig) -> HashMap<String, Arc<ClusterRuntime>> {
                     config.endpoints.get(service_name).map(|a| (**a).clone())
                 }
             };
-            let hosts = assignment.map(|a| best_priority(&a)).unwrap_or_default();
             let runtime = ClusterRuntime {
-                balancer: Balancer::new(cluster.lb, &hosts),
-                hosts,
+                balancer: Balancer::new(cluster.lb),
+                priorities: assignment
+                    .map(|a| by_priority(name, &a, health))
+                    .unwrap_or_default(),
                 tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
                 cluster: cluster.clone(),
             };
             (name.clone(), Arc::new(runtime))
         })
-        .collect()
+        .collect();
+    health.retain(|(cluster, host, port)| {
+        clusters.get(cluster).is_some_and(|c| {
+            c.priorities
+                .iter()
+                .flatten()
+                .any(|h| h.host == *host && h.port == *port)
+        })
+    });
+    clusters
 }
 
-/// The healthy hosts of the lowest priority that has any (locality failover).
-fn best_priority(assignment: &LoadAssignment) -> Vec<Arc<Host>> {
+/// The healthy hosts, grouped by priority, best first.
+fn by_priority(
+    cluster: &str,
+    assignment: &LoadAssignment,
+    health: &HealthRegistry,
+) -> Vec<Vec<Arc<Host>>> {
     let mut priorities: Vec<u32> = assignment.groups.iter().map(|g| g.priority).collect();
     priorities.sort_unstable();
     priorities.dedup();
-    for priority in priorities {
-        let hosts: Vec<Arc<Host>> = assignment
-            .groups
-            .iter()
-            .filter(|g| g.priority == priority)
-            .flat_map(|g| &g.endpoints)
-            .filter(|e| e.healthy)
-            .map(|e| {
-                Arc::new(Host {
-                    host: e.host.clone(),
-                    port: e.port,
-                    weight: e.weight,
-                    active: AtomicUsize::new(0),
+    priorities
+        .into_iter()
+        .map(|priority| {
+            assignment
+                .groups
+                .iter()
+                .filter(|g| g.priority == priority)
+                .flat_map(|g| &g.endpoints)
+                .filter(|e| e.healthy)
+                .map(|e| {
+                    Arc::new(Host {
+                        host: e.host.clone(),
+                        port: e.port,
+                        weight: e.weight,
+                        active: AtomicUsize::new(0),
+                        health: health.get(cluster, &e.host, e.port),
+                    })
                 })
-            })
-            .collect();
-        if !hosts.is_empty() {
-            return hosts;
-        }
-    }
-    Vec::new()
+                .collect::<Vec<_>>()
+        })
+        .filter(|hosts| !hosts.is_empty())
+        .collect()
 }
 
 /// Why no connection to a cluster could be made.
@@ -115,14 +137,63 @@ pub enum ConnectError {
 }
 
 impl ClusterRuntime {
+    /// The hosts to balance over: the non-ejected hosts of the best priority that has any
+    /// (locality failover); if outlier detection ejected every host, all of the best priority
+    /// (Envoy's panic mode).
+    pub fn usable_hosts(&self) -> Vec<Arc<Host>> {
+        for hosts in &self.priorities {
+            let up: Vec<Arc<Host>> = hosts
+                .iter()
+                .filter(|h| !h.health.is_ejected())
+                .cloned()
+                .collect();
+            if !up.is_empty() {
+                return up;
+            }
+        }
+        self.priorities.first().cloned().unwrap_or_default()
+    }
+
+    /// Picks a host to send to.
+    pub fn pick(&self) -> Option<Arc<Host>> {
+        self.balancer.pick(&self.usable_hosts())
+    }
+
+    /// Records what an attempt to `host` came to, and ejects it if outlier detection says so
+    /// (within the cluster's ejection cap).
+    pub fn record(&self, host: &Host, outcome: Outcome) {
+        let Some(outlier) = &self.cluster.outlier else {
+            return;
+        };
+        if !host.health.record(outcome, outlier) || host.health.is_ejected() {
+            return;
+        }
+        let all: Vec<&Arc<Host>> = self.priorities.iter().flatten().collect();
+        let ejected = all.iter().filter(|h| h.health.is_ejected()).count();
+        let cap = (all.len() * outlier.max_ejection_percent as usize / 100).max(1);
+        if ejected < cap {
+            host.health.eject(outlier);
+            tracing::info!(
+                cluster = self.cluster.name,
+                host = host.host,
+                port = host.port,
+                "host ejected by outlier detection"
+            );
+        }
+    }
+
     /// Picks a host and connects to it (TLS included), within the cluster's connect timeout.
     pub async fn connect(&self) -> Result<(BoxedIo, Arc<Host>), ConnectError> {
         let host = self
-            .balancer
-            .pick(&self.hosts)
+            .pick()
             .ok_or_else(|| ConnectError::NoHost(self.cluster.name.clone()))?;
-        let (io, _) = self.connect_to(&host).await?;
-        Ok((io, host))
+        match self.connect_to(&host).await {
+            Ok((io, _)) => Ok((io, host)),
+            Err(e) => {
+                self.record(&host, Outcome::GatewayError);
+                Err(e)
+            }
+        }
     }
 
     /// Connects to `host`; also says whether TLS negotiated HTTP/2 (ALPN `h2`).
