@@ -71,6 +71,9 @@ pub struct Args {
     /// Admin address; keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// On SIGTERM: how long requests in flight may take to finish before the proxy exits.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,6 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => bail!("--identity, --root-cert and --token-file go together"),
     };
     let mut admin = AdminState::new(certs.clone());
+    let mut drain_trigger = None;
     if let Some(node_id) = &args.node_id {
         let channel = if args.xds_plaintext {
             plaintext_channel(args.xds_address.as_deref().unwrap_or("127.0.0.1:15010"))
@@ -141,7 +145,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let node = node(node_id, args.role, &args.metadata);
         let (client, config, status) = XdsClient::new(channel, AdsState::new(node));
         let (runtime_tx, runtime) = tokio::sync::watch::channel(std::sync::Arc::default());
-        tokio::spawn(crate::listener::run(config.clone(), runtime_tx));
+        let (trigger, drain) = crate::drain::new();
+        drain_trigger = Some(trigger);
+        tokio::spawn(crate::listener::run(config.clone(), runtime_tx, drain));
         admin = admin.with_xds(config, status, runtime);
         // Over mTLS the first connection must already present the certificate: HTTP/2 keeps
         // that connection for every later stream.
@@ -160,8 +166,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("admin address {}", args.admin_addr))?;
     tracing::info!(identity = ?args.identity.as_ref().map(ToString::to_string), node = ?args.node_id, admin = %args.admin_addr, "isthmus-proxy started");
+    let drain_timeout = args.drain_timeout;
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some(trigger) = drain_trigger {
+            tracing::info!(deadline = ?drain_timeout, "draining");
+            if !trigger.drain(drain_timeout).await {
+                tracing::warn!("drain deadline reached with connections still open");
+            }
+        }
+    };
     axum::serve(listener, crate::admin::router(admin))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("admin server")?;
     tracing::info!("isthmus-proxy stopped");

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod authz;
 pub mod bootstrap;
 pub mod config;
+pub mod drain;
 pub mod http;
 pub mod listener;
 pub mod runtime;

@@ -367,15 +367,16 @@ spec:
     }
 }
 
-/// Outlier detection through `isthmus-proxy`: when one of two endpoints dies, its failures
-/// eject it, the retry goes to the other one, and every request still succeeds.
-#[test]
-fn a_dead_endpoint_is_ejected_and_requests_fail_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config");
+/// A service `web.shop.local:8080` outside the mesh with an endpoint per port of `apps`, outlier
+/// detection on it, and a `client` workload at 127.0.72.1; then `isthmusd` and the client's
+/// `isthmus-proxy` (ready), and its outbound port.
+fn web_client(dir: &Path, apps: &[u16], extra: &[&str]) -> (Isthmusd, IsthmusProxy, u16) {
+    let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
-    let a = isthmus_e2e::envoy::Echo::start(dir.path(), "a").unwrap();
-    let b = isthmus_e2e::envoy::Echo::start(dir.path(), "b").unwrap();
+    let endpoints: String = apps
+        .iter()
+        .map(|p| format!("  - {{address: 127.0.0.1, ports: {{http: {p}}}}}\n"))
+        .collect();
     std::fs::write(
         config.join("web.yaml"),
         format!(
@@ -387,9 +388,7 @@ spec:
   location: MESH_EXTERNAL
   ports: [{{number: 8080, name: http}}]
   endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}}}
-  - {{address: 127.0.0.1, ports: {{http: {}}}}}
----
+{endpoints}---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: web, namespace: shop}}
@@ -403,35 +402,47 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: client, namespace: shop}}
 spec: {{address: 127.0.72.1, serviceAccount: client}}
-",
-            a.addr.port(),
-            b.addr.port()
+"
         ),
     )
     .unwrap();
-    let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
+    let daemon = Isthmusd::start(dir, "red.local", &[]).unwrap();
     let outbound = free_port();
-    let proxy = IsthmusProxy::start(
-        dir.path(),
-        "client",
-        &[
-            "--node-id".into(),
-            "sidecar~127.0.72.1~client.shop~shop.svc.cluster.local".into(),
-            "--xds-plaintext".into(),
-            "--xds-address".into(),
-            daemon.xds.to_string(),
-            "--metadata".into(),
-            format!("OUTBOUND_PORT={outbound}"),
-        ],
-    );
+    let mut args: Vec<String> = vec![
+        "--node-id".into(),
+        "sidecar~127.0.72.1~client.shop~shop.svc.cluster.local".into(),
+        "--xds-plaintext".into(),
+        "--xds-address".into(),
+        daemon.xds.to_string(),
+        "--metadata".into(),
+        format!("OUTBOUND_PORT={outbound}"),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let proxy = IsthmusProxy::start(dir, "client", &args);
     proxy.wait_ready(Duration::from_secs(20)).unwrap();
-    let via = format!("http://127.0.0.1:{outbound}");
-    let name = || {
-        let (status, body) = curl(&["-x", &via, "http://web.shop.local:8080/"]);
-        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        (status, body["name"].as_str().unwrap_or_default().to_owned())
-    };
-    let seen: Vec<String> = (0..10).map(|_| name().1).collect();
+    (daemon, proxy, outbound)
+}
+
+/// A request to `web.shop.local` through the client's sidecar: (status, answering backend).
+fn web(outbound: u16, path: &str) -> (u16, String) {
+    let (status, body) = curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{outbound}"),
+        &format!("http://web.shop.local:8080{path}"),
+    ]);
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    (status, body["name"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Outlier detection through `isthmus-proxy`: when one of two endpoints dies, its failures
+/// eject it, the retry goes to the other one, and every request still succeeds.
+#[test]
+fn a_dead_endpoint_is_ejected_and_requests_fail_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = isthmus_e2e::envoy::Echo::start(dir.path(), "a").unwrap();
+    let b = isthmus_e2e::envoy::Echo::start(dir.path(), "b").unwrap();
+    let (_daemon, proxy, outbound) = web_client(dir.path(), &[a.addr.port(), b.addr.port()], &[]);
+    let seen: Vec<String> = (0..10).map(|_| web(outbound, "/").1).collect();
     assert!(
         seen.contains(&"a".to_owned()) && seen.contains(&"b".to_owned()),
         "{seen:?}\n{}",
@@ -442,7 +453,7 @@ spec: {{address: 127.0.72.1, serviceAccount: client}}
     drop(a);
     for i in 0..20 {
         assert_eq!(
-            name(),
+            web(outbound, "/"),
             (200, "b".to_owned()),
             "request {i} after a died\n{}",
             proxy.logs()
@@ -455,4 +466,34 @@ spec: {{address: 127.0.72.1, serviceAccount: client}}
         )),
         "{clusters}"
     );
+    drop(b);
+}
+
+/// SIGTERM: the proxy stops accepting, lets the request in flight finish, and exits.
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = isthmus_e2e::envoy::Echo::start(dir.path(), "slow").unwrap();
+    let (_daemon, mut proxy, outbound) =
+        web_client(dir.path(), &[app.addr.port()], &["--drain-timeout", "5s"]);
+    assert_eq!(web(outbound, "/").0, 200);
+    let in_flight = std::thread::spawn(move || web(outbound, "/?delay_ms=1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = proxy.terminate(Duration::from_secs(8));
+    let took = started.elapsed();
+    assert_eq!(
+        in_flight.join().unwrap(),
+        (200, "slow".to_owned()),
+        "{}",
+        proxy.logs()
+    );
+    let status = status.expect("the proxy did not exit after SIGTERM");
+    assert!(status.success(), "{status}\n{}", proxy.logs());
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited before the request finished ({took:?})"
+    );
+    assert_eq!(web(outbound, "/").0, 0, "nothing listens after the drain");
+    assert!(proxy.logs().contains("draining"), "{}", proxy.logs());
 }

@@ -62,6 +62,22 @@ impl IsthmusProxy {
         Err(format!("/ready: {} {}\n{}", last.0, last.1, self.logs()))
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; its exit status, or
+    /// `None` if it is still running.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// What the proxy logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,7 +1,8 @@
 //! `isthmusctl echo`: a small HTTP echo service for demos and tests. Every request gets a JSON
 //! answer naming the service and showing the request (method, path, headers), so a test can
 //! see which backend answered and what the sidecar forwarded (e.g. the caller's identity in
-//! `x-forwarded-client-cert`).
+//! `x-forwarded-client-cert`). `?delay_ms=N` answers after N milliseconds (at most a minute),
+//! for tests of timeouts and draining.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,11 +41,28 @@ impl EchoCommand {
         let name: Arc<str> = self.name.into();
         let app = axum::Router::new().fallback(move |request: Request| {
             let name = name.clone();
-            async move { answer(&name, &request) }
+            async move {
+                if let Some(delay) = delay(&request) {
+                    tokio::time::sleep(delay).await;
+                }
+                answer(&name, &request)
+            }
         });
         axum::serve(listener, app).await?;
         Ok(())
     }
+}
+
+/// The `delay_ms` query parameter, capped at a minute.
+fn delay(request: &Request) -> Option<std::time::Duration> {
+    let ms: u64 = request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("delay_ms="))?
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_millis(ms.min(60_000)))
 }
 
 fn answer(name: &str, request: &Request) -> axum::response::Response {

@@ -22,6 +22,7 @@ use self::router::RequestFacts;
 use crate::authz::{self, Decision, Subject};
 use crate::config::listener::{Codec, HttpManager, RouteSource, Terminal};
 use crate::config::route::Action;
+use crate::drain;
 use crate::runtime::{ChainId, Runtime};
 use crate::transport::BoxedIo;
 
@@ -71,8 +72,15 @@ impl Connection {
     }
 }
 
-/// Serves HTTP on one downstream connection until it closes.
-pub async fn serve(io: BoxedIo, codec: Codec, conn: Connection) -> Result<(), String> {
+/// Serves HTTP on one downstream connection until it closes; on drain, asks the client to go
+/// away (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in progress) and lets the requests
+/// in flight finish.
+pub async fn serve(
+    io: BoxedIo,
+    codec: Codec,
+    conn: Connection,
+    drain: drain::Watch,
+) -> Result<(), String> {
     let conn = Arc::new(conn);
     let service = hyper::service::service_fn(move |request| {
         let conn = conn.clone();
@@ -86,10 +94,16 @@ pub async fn serve(io: BoxedIo, codec: Codec, conn: Connection) -> Result<(), St
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
     };
-    builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-        .map_err(|e| format!("HTTP: {e}"))
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.signaled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    result.map_err(|e| format!("HTTP: {e}"))
 }
 
 /// A local answer (Envoy's wording), `text/plain`.

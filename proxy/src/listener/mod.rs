@@ -28,6 +28,7 @@ use crate::authz::{self, Decision, Subject};
 use crate::config::ProxyConfig;
 use crate::config::listener::Terminal;
 use crate::config::secret::Secret;
+use crate::drain;
 use crate::http::pool::Pool;
 use crate::http::{Connection, TlsPeer};
 use crate::runtime::Runtime;
@@ -45,6 +46,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(
     mut config: watch::Receiver<Arc<ProxyConfig>>,
     runtime_tx: watch::Sender<Arc<Runtime>>,
+    drain: drain::Watch,
 ) {
     let runtime_rx = runtime_tx.subscribe();
     let pool = Arc::new(Pool::default());
@@ -76,6 +78,7 @@ pub async fn run(
                         socket,
                         runtime_rx.clone(),
                         pool.clone(),
+                        drain.clone(),
                     ));
                     bound.insert(name.clone(), (listener.address, task));
                 }
@@ -85,8 +88,10 @@ pub async fn run(
                 }
             }
         }
-        if config.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = config.changed() => if changed.is_err() { break },
+            // Draining: the accept loops stop on their own; no more changes are applied.
+            () = drain.signaled() => return,
         }
     }
     for (_, (_, task)) in bound {
@@ -110,10 +115,18 @@ async fn accept_loop(
     socket: TcpListener,
     runtime: watch::Receiver<Arc<Runtime>>,
     pool: Arc<Pool>,
+    drain: drain::Watch,
 ) {
     let name: Arc<str> = name.into();
     loop {
-        let (stream, remote) = match socket.accept().await {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            () = drain.signaled() => {
+                tracing::info!(listener = &*name, "draining: no longer accepting");
+                return;
+            }
+        };
+        let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly rather than spin.
@@ -126,8 +139,9 @@ async fn accept_loop(
         let runtime = runtime.borrow().clone();
         let name = name.clone();
         let pool = pool.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            if let Err(reason) = serve(&name, stream, remote, runtime, latest, pool).await {
+            if let Err(reason) = serve(&name, stream, remote, runtime, latest, pool, drain).await {
                 tracing::debug!(listener = &*name, %remote, reason, "connection closed");
             }
         });
@@ -142,6 +156,7 @@ async fn serve(
     runtime: Arc<Runtime>,
     latest: watch::Receiver<Arc<Runtime>>,
     pool: Arc<Pool>,
+    drain: drain::Watch,
 ) -> Result<(), String> {
     let listener = runtime
         .config
@@ -216,7 +231,7 @@ async fn serve(
                 server_name: facts.server_name.clone(),
                 tls,
             };
-            crate::http::serve(io, codec, connection).await
+            crate::http::serve(io, codec, connection, drain).await
         }
     }
 }
