@@ -11,8 +11,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use isthmus_e2e::envoy::{Echo, Envoy, curl};
-use isthmus_e2e::mesh::{DENY_CLIENT, HEADER_ROUTES, STRICT, bootstrap, mesh_yaml, write};
+use isthmus_e2e::envoy::{Echo, curl};
+use isthmus_e2e::mesh::{
+    DENY_CLIENT, HEADER_ROUTES, STRICT, envoy_client, envoy_server, mesh_yaml, workload_yaml, write,
+};
 use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::{Isthmusd, free_port};
 use serde_json::Value;
@@ -81,13 +83,7 @@ fn envoy_and_isthmus_proxy_interoperate_in_every_pairing() {
     write(
         &config,
         "client-b.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: client-b, namespace: shop}}
-spec: {{address: {ip}.4, labels: {{app: client}}, serviceAccount: client}}
-"
-        ),
+        &workload_yaml("client-b", &format!("{ip}.4"), "app: client", "client"),
     );
     let daemon = Isthmusd::start(root, "red.local", &[]).unwrap();
     let xds = daemon.xds.to_string();
@@ -95,21 +91,13 @@ spec: {{address: {ip}.4, labels: {{app: client}}, serviceAccount: client}}
     // Servers: v1 behind Envoy, v2 behind isthmus-proxy.
     let app_v1 = Echo::start(root, "v1").unwrap();
     let app_v2 = Echo::start(root, "v2").unwrap();
-    let v1_file = bootstrap(
+    let _v1 = envoy_server(
         root,
+        &xds,
         "echo-v1",
-        &[
-            "--workload",
-            "echo-v1",
-            "--address",
-            &format!("{ip}.1"),
-            "--xds-address",
-            &xds,
-            "--app-port",
-            &format!("http={}", app_v1.addr.port()),
-        ],
+        &format!("{ip}.1"),
+        app_v1.addr.port(),
     );
-    let _v1 = Envoy::start(root, "echo-v1", &v1_file).unwrap();
     let v2 = sidecar(
         root,
         &daemon,
@@ -131,21 +119,7 @@ spec: {{address: {ip}.4, labels: {{app: client}}, serviceAccount: client}}
         &[format!("OUTBOUND_PORT={isthmus_out}")],
     );
     let envoy_out = free_port();
-    let client_file = bootstrap(
-        root,
-        "client",
-        &[
-            "--workload",
-            "client",
-            "--address",
-            &format!("{ip}.3"),
-            "--xds-address",
-            &xds,
-            "--outbound-port",
-            &envoy_out.to_string(),
-        ],
-    );
-    let _envoy_client = Envoy::start(root, "client", &client_file).unwrap();
+    let _envoy_client = envoy_client(root, &xds, &format!("{ip}.3"), envoy_out);
 
     let diagnostics = || format!("client:\n{}\nserver v2:\n{}", client.logs(), v2.logs());
     // isthmus-proxy -> Envoy (v1, the default route) and isthmus-proxy -> isthmus-proxy (v2).

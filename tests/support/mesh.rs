@@ -124,3 +124,59 @@ pub fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Du
     }
     panic!("timed out after {limit:?} waiting for {what}");
 }
+
+/// One more workload of the mesh, in namespace `shop`.
+pub fn workload_yaml(name: &str, address: &str, labels: &str, service_account: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}, namespace: shop}}
+spec: {{address: {address}, labels: {{{labels}}}, serviceAccount: {service_account}}}
+"
+    )
+}
+
+/// A stock Envoy as the sidecar of server `workload` at `address`, its app on `app_port`.
+pub fn envoy_server(
+    dir: &Path,
+    xds: &str,
+    workload: &str,
+    address: &str,
+    app_port: u16,
+) -> crate::envoy::Envoy {
+    let file = bootstrap(
+        dir,
+        workload,
+        &[
+            "--workload",
+            workload,
+            "--address",
+            address,
+            "--xds-address",
+            xds,
+            "--app-port",
+            &format!("http={app_port}"),
+        ],
+    );
+    crate::envoy::Envoy::start(dir, workload, &file).expect("start Envoy")
+}
+
+/// A stock Envoy as the sidecar of the `client` workload at `address`, its outbound HTTP proxy
+/// on `outbound`.
+pub fn envoy_client(dir: &Path, xds: &str, address: &str, outbound: u16) -> crate::envoy::Envoy {
+    let file = bootstrap(
+        dir,
+        "client",
+        &[
+            "--workload",
+            "client",
+            "--address",
+            address,
+            "--xds-address",
+            xds,
+            "--outbound-port",
+            &outbound.to_string(),
+        ],
+    );
+    crate::envoy::Envoy::start(dir, "client", &file).expect("start Envoy")
+}

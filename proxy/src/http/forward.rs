@@ -144,11 +144,22 @@ pub async fn forward(
             Some(Err(e)) => {
                 tracing::debug!(cluster = cluster_name, host = host.host, error = %e, "upstream failed");
                 let connect = matches!(e, SendError::Connect(_));
-                let text = if connect {
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-                } else {
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+                // Envoy's wording, reset reason included.
+                let reason = match &e {
+                    SendError::Connect(crate::upstream::ConnectError::Timeout { .. }) => {
+                        "connection timeout"
+                    }
+                    SendError::Connect(_) => "remote connection failure",
+                    _ => "connection termination",
                 };
+                let retried = if attempt > 0 {
+                    "retried and the latest "
+                } else {
+                    ""
+                };
+                let text = format!(
+                    "upstream connect error or disconnect/reset before headers. {retried}reset reason: {reason}"
+                );
                 let retriable = retry.is_some_and(|r| {
                     r.on.server_error
                         || r.on.gateway_error
@@ -157,7 +168,7 @@ pub async fn forward(
                         || r.on.refused_stream
                 });
                 (
-                    local_reply(http::StatusCode::SERVICE_UNAVAILABLE, text),
+                    local_reply(http::StatusCode::SERVICE_UNAVAILABLE, &text),
                     retriable,
                 )
             }
