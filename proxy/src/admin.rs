@@ -23,6 +23,7 @@ pub struct AdminState {
     config: Option<watch::Receiver<Arc<ProxyConfig>>>,
     xds: Option<watch::Receiver<XdsStatus>>,
     runtime: Option<watch::Receiver<Arc<Runtime>>>,
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl AdminState {
@@ -32,7 +33,13 @@ impl AdminState {
             config: None,
             xds: None,
             runtime: None,
+            registry: Arc::default(),
         }
+    }
+
+    pub fn with_metrics(mut self, registry: prometheus_client::registry::Registry) -> Self {
+        self.registry = Arc::new(registry);
+        self
     }
 
     pub fn with_xds(
@@ -84,8 +91,22 @@ pub fn router(state: AdminState) -> Router {
     let certs = state.certs.clone();
     let listeners = state.clone();
     let clusters = state.clone();
+    let registry = state.registry.clone();
     let dump = state;
     Router::new()
+        .route(
+            "/stats/prometheus",
+            get(move || {
+                let mut body = String::new();
+                let encoded = prometheus_client::encoding::text::encode(&mut body, &registry);
+                async move {
+                    match encoded {
+                        Ok(()) => (StatusCode::OK, body),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
+                }
+            }),
+        )
         .route(
             "/ready",
             get(move || {

@@ -71,6 +71,10 @@ pub struct Args {
     /// Admin address; keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// How long a downstream client may take to send its first bytes, its ClientHello, and to
+    /// finish the TLS handshake (slow or stuck clients are dropped and counted).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
     /// On SIGTERM: how long requests in flight may take to finish before the proxy exits.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -113,7 +117,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, None, None) => None,
         _ => bail!("--identity, --root-cert and --token-file go together"),
     };
-    let mut admin = AdminState::new(certs.clone());
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut admin = AdminState::new(certs.clone()).with_metrics(registry);
     let mut drain_trigger = None;
     if let Some(node_id) = &args.node_id {
         let channel = if args.xds_plaintext {
@@ -143,11 +150,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?
         };
         let node = node(node_id, args.role, &args.metadata);
-        let (client, config, status) = XdsClient::new(channel, AdsState::new(node));
+        let (client, config, status) =
+            XdsClient::new(channel, AdsState::new(node), metrics.clone());
         let (runtime_tx, runtime) = tokio::sync::watch::channel(std::sync::Arc::default());
         let (trigger, drain) = crate::drain::new();
         drain_trigger = Some(trigger);
-        tokio::spawn(crate::listener::run(config.clone(), runtime_tx, drain));
+        tokio::spawn(crate::listener::run(
+            config.clone(),
+            runtime_tx,
+            drain,
+            metrics.clone(),
+            crate::runtime::Settings {
+                handshake_timeout: args.handshake_timeout,
+            },
+        ));
         admin = admin.with_xds(config, status, runtime);
         // Over mTLS the first connection must already present the certificate: HTTP/2 keeps
         // that connection for every later stream.

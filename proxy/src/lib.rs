@@ -21,6 +21,7 @@ pub mod config;
 pub mod drain;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod runtime;
 pub mod tcp;
 pub mod transport;

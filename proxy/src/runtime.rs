@@ -5,8 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
 use crate::transport::tls;
 use crate::upstream::outlier::HealthRegistry;
 use crate::upstream::{self, ClusterRuntime};
@@ -18,15 +20,38 @@ pub enum ChainId {
     Default,
 }
 
+/// Settings of the data path that come from flags, not from xDS.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How long a client may take to send its first bytes (after which it is treated as
+    /// plaintext), to finish its ClientHello, and to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Runtime {
+    pub settings: Settings,
     pub config: Arc<ProxyConfig>,
+    pub metrics: Arc<Metrics>,
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     pub server_tls: HashMap<(String, ChainId), Result<Arc<rustls::ServerConfig>, tls::TlsError>>,
 }
 
 impl Runtime {
-    pub fn build(config: Arc<ProxyConfig>, health: &HealthRegistry) -> Self {
+    pub fn build(
+        config: Arc<ProxyConfig>,
+        health: &HealthRegistry,
+        metrics: &Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
         let mut server_tls = HashMap::new();
         for (name, listener) in &config.listeners {
             let chains = listener
@@ -42,7 +67,9 @@ impl Runtime {
             }
         }
         Self {
-            clusters: upstream::build(&config, health),
+            clusters: upstream::build(&config, health, metrics),
+            metrics: metrics.clone(),
+            settings,
             server_tls,
             config,
         }

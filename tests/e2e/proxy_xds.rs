@@ -497,3 +497,95 @@ fn sigterm_lets_the_request_in_flight_finish() {
     assert_eq!(web(outbound, "/").0, 0, "nothing listens after the drain");
     assert!(proxy.logs().contains("draining"), "{}", proxy.logs());
 }
+
+/// Hostile or broken clients get a clean refusal and a counted metric, and never stop the
+/// proxy from serving: connections that send nothing, a ClientHello that never completes,
+/// garbage where TLS is expected, and oversized request headers.
+#[test]
+fn hostile_clients_are_refused_counted_and_harmless() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = isthmus_e2e::envoy::Echo::start(dir.path(), "web").unwrap();
+    let (_daemon, proxy, outbound) = web_client(
+        dir.path(),
+        &[app.addr.port()],
+        &["--handshake-timeout", "1s"],
+    );
+    let address = format!("127.0.0.1:{outbound}");
+
+    // Fifty connections that never send a byte, and one that stops mid-ClientHello: the
+    // outbound listener has no TLS inspector, so they are plaintext HTTP clients that never
+    // finish their headers.
+    let mut idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(&address).unwrap())
+        .collect();
+    let mut partial = TcpStream::connect(&address).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    // Meanwhile, a good request is served.
+    assert_eq!(
+        web(outbound, "/"),
+        (200, "web".to_owned()),
+        "{}",
+        proxy.logs()
+    );
+
+    // Headers larger than the 64 KiB bound: refused with 431, or the connection is closed.
+    let big = format!("x-big: {}", "a".repeat(100 * 1024));
+    let (status, _) = curl(&[
+        "-x",
+        &format!("http://{address}"),
+        "-H",
+        &big,
+        "http://web.shop.local:8080/",
+    ]);
+    assert!(
+        status == 431 || status == 0,
+        "oversized headers answered {status}"
+    );
+
+    // The stalled clients are dropped after the handshake timeout (1 s here).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut buf = [0u8; 64];
+    for (i, stream) in idle
+        .iter_mut()
+        .chain(std::iter::once(&mut partial))
+        .enumerate()
+    {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        // Closed, or answered with an error status: never left hanging.
+        match stream.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => assert!(
+                buf[..n].starts_with(b"HTTP/1.1 4"),
+                "connection {i}: {:?}",
+                &buf[..n]
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!(
+                "connection {i} still open after the timeout: {e}\n{}",
+                proxy.logs()
+            ),
+        }
+    }
+    assert_eq!(web(outbound, "/"), (200, "web".to_owned()), "still serving");
+    let (_, metrics) = proxy.get("/stats/prometheus");
+    let protocol_errors: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("isthmus_proxy_downstream_connections_refused_total")
+                && l.contains("reason=\"http_protocol\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(protocol_errors >= 1, "{metrics}");
+    assert!(
+        metrics.contains("isthmus_proxy_xds_updates_total{type=\"CDS\",result=\"accepted\"}"),
+        "{metrics}"
+    );
+}

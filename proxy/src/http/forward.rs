@@ -18,6 +18,7 @@ use crate::config::listener::{ForwardClientCert, HttpManager};
 use crate::config::route::{
     AppendAction, Edits, Forward, HeaderEdits, PathMatch, Redirect, Retry, Targets,
 };
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::upstream::outlier::Outcome;
 
@@ -92,6 +93,7 @@ pub async fn forward(
     let mut last = local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     for attempt in 0..attempts {
         if attempt > 0 {
+            Metrics::cluster(&runtime.metrics.upstream_retries, cluster_name);
             let jitter = rand::rng().random_range(Duration::ZERO..=backoff);
             tokio::time::sleep(jitter).await;
             backoff = (backoff * 2).min(retry.map_or(backoff, |r| r.max_interval));
@@ -135,10 +137,13 @@ pub async fn forward(
         cluster.record(&host, health_outcome(&outcome));
         let (response, retriable) = match outcome {
             None => (
-                local_reply(
-                    http::StatusCode::GATEWAY_TIMEOUT,
-                    "upstream request timeout",
-                ),
+                {
+                    Metrics::cluster(&runtime.metrics.upstream_timeouts, cluster_name);
+                    local_reply(
+                        http::StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                    )
+                },
                 retry.is_some_and(|r| r.on.server_error || r.on.gateway_error),
             ),
             Some(Err(e)) => {

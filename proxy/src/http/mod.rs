@@ -23,6 +23,7 @@ use crate::authz::{self, Decision, Subject};
 use crate::config::listener::{Codec, HttpManager, RouteSource, Terminal};
 use crate::config::route::Action;
 use crate::drain;
+use crate::metrics::{ListenerLabels, ResponseLabels};
 use crate::runtime::{ChainId, Runtime};
 use crate::transport::BoxedIo;
 
@@ -81,13 +82,47 @@ pub async fn serve(
     conn: Connection,
     drain: drain::Watch,
 ) -> Result<(), String> {
+    let header_timeout = conn.runtime.settings.handshake_timeout;
+    // The first bytes must come within the timeout (hyper's header timeout starts only once
+    // it knows the protocol); they are replayed to the codec.
+    let mut io = io;
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        header_timeout,
+        tokio::io::AsyncReadExt::read(&mut io, &mut first),
+    )
+    .await
+    .map_err(|_| "no request within the timeout".to_owned())?
+    .map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Ok(());
+    }
+    first.truncate(n);
+    let io: BoxedIo = Box::new(crate::listener::rewind::Rewind::new(first, io));
     let conn = Arc::new(conn);
     let service = hyper::service::service_fn(move |request| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(request, &conn).await) }
+        async move {
+            let response = handle(request, &conn).await;
+            let class = format!("{}xx", response.status().as_u16() / 100);
+            conn.runtime
+                .metrics
+                .http_responses
+                .get_or_create(&ResponseLabels {
+                    listener: conn.listener.clone(),
+                    code_class: class,
+                })
+                .inc();
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(64 * 1024);
+    // Bounded headers (64 KiB) and a deadline for them (slowloris); hyper answers 431 or closes.
+    builder
+        .http1()
+        .max_buf_size(64 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
     builder.http2().max_concurrent_streams(1024);
     let builder = match codec {
         Codec::Auto => builder,
@@ -183,6 +218,13 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
             && let Decision::Deny(policy) = authz::evaluate(rules, &subject)
         {
             tracing::info!(listener = conn.listener, peer = ?subject.peer, path, policy = ?policy, "request denied by RBAC");
+            conn.runtime
+                .metrics
+                .http_rbac_denied
+                .get_or_create(&ListenerLabels {
+                    listener: conn.listener.clone(),
+                })
+                .inc();
             return local_reply(http::StatusCode::FORBIDDEN, "RBAC: access denied");
         }
     }

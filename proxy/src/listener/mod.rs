@@ -31,15 +31,10 @@ use crate::config::secret::Secret;
 use crate::drain;
 use crate::http::pool::Pool;
 use crate::http::{Connection, TlsPeer};
-use crate::runtime::Runtime;
+use crate::metrics::{ListenerLabels, Metrics};
+use crate::runtime::{Runtime, Settings};
 use crate::upstream::outlier::HealthRegistry;
 use sha2::{Digest, Sha256};
-
-/// How long a client may take to send its first bytes before the connection is treated as
-/// plaintext (server-first protocols), and to finish its ClientHello.
-const INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a TLS handshake may take (slow or stuck clients are dropped).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Keeps the bound listeners in line with the configuration, publishing each runtime on
 /// `runtime_tx`; runs until `config` closes.
@@ -47,6 +42,8 @@ pub async fn run(
     mut config: watch::Receiver<Arc<ProxyConfig>>,
     runtime_tx: watch::Sender<Arc<Runtime>>,
     drain: drain::Watch,
+    metrics: Arc<Metrics>,
+    settings: Settings,
 ) {
     let runtime_rx = runtime_tx.subscribe();
     let pool = Arc::new(Pool::default());
@@ -54,7 +51,12 @@ pub async fn run(
     let mut bound: HashMap<String, (SocketAddr, JoinHandle<()>)> = HashMap::new();
     loop {
         let current = config.borrow_and_update().clone();
-        runtime_tx.send_replace(Arc::new(Runtime::build(current.clone(), &health)));
+        runtime_tx.send_replace(Arc::new(Runtime::build(
+            current.clone(),
+            &health,
+            &metrics,
+            settings,
+        )));
         bound.retain(|name, (address, task)| {
             let keep = current
                 .listeners
@@ -135,6 +137,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        tracing::debug!(listener = &*name, %remote, "accepted");
         let latest = runtime.clone();
         let runtime = runtime.borrow().clone();
         let name = name.clone();
@@ -163,15 +166,41 @@ async fn serve(
         .listeners
         .get(name)
         .ok_or("the listener was removed")?;
+    let metrics = runtime.metrics.clone();
+    let labels = ListenerLabels {
+        listener: name.to_owned(),
+    };
+    metrics.downstream_cx_total.get_or_create(&labels).inc();
+    let active = metrics.downstream_cx_active.get_or_create(&labels).clone();
+    active.inc();
+    // Decrements when the connection ends, however it ends.
+    struct Open(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    let _open = Open(active);
+    let refuse = |reason: &str, detail: String| {
+        metrics.refused(name, reason);
+        detail
+    };
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().map_err(|e| e.to_string())?;
     let mut stream = stream;
     let (prefix, facts) = if listener.tls_inspector {
-        read_hello(&mut stream, local.port()).await?
+        read_hello(
+            &mut stream,
+            local.port(),
+            runtime.settings.handshake_timeout,
+        )
+        .await
+        .map_err(|e| refuse("tls_inspector", e))?
     } else {
         (Vec::new(), plaintext_facts(local.port()))
     };
-    let (chain_id, chain) = chain::select(listener, &facts).ok_or("no filter chain matches")?;
+    let (chain_id, chain) = chain::select(listener, &facts)
+        .ok_or_else(|| refuse("no_filter_chain", "no filter chain matches".into()))?;
     let downstream = Rewind::new(prefix, stream);
     let (io, tls): (crate::transport::BoxedIo, Option<TlsPeer>) = match &chain.tls {
         None => (Box::new(downstream), None),
@@ -183,10 +212,10 @@ async fn serve(
                 .as_ref()
                 .map_err(Clone::clone)?;
             let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(downstream);
-            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)
+            let tls = tokio::time::timeout(runtime.settings.handshake_timeout, accept)
                 .await
-                .map_err(|_| "TLS handshake timed out")?
-                .map_err(|e| format!("TLS handshake: {e}"))?;
+                .map_err(|_| refuse("tls_handshake_timeout", "TLS handshake timed out".into()))?
+                .map_err(|e| refuse("tls_handshake", format!("TLS handshake: {e}")))?;
             let session = tls.get_ref().1;
             let peer = TlsPeer {
                 peer_id: isthmus_api::identity::peer_identity(session).map(|id| id.to_string()),
@@ -211,7 +240,7 @@ async fn serve(
     for rules in &chain.rbac {
         if let Decision::Deny(policy) = authz::evaluate(rules, &subject) {
             tracing::info!(listener = name, %remote, peer = ?peer, policy = ?policy, "connection denied by RBAC");
-            return Err("RBAC: access denied".into());
+            return Err(refuse("rbac", "RBAC: access denied".into()));
         }
     }
     match &chain.terminal {
@@ -231,7 +260,9 @@ async fn serve(
                 server_name: facts.server_name.clone(),
                 tls,
             };
-            crate::http::serve(io, codec, connection, drain).await
+            crate::http::serve(io, codec, connection, drain)
+                .await
+                .map_err(|e| refuse("http_protocol", e))
         }
     }
 }
@@ -262,9 +293,10 @@ fn plaintext_facts(port: u16) -> ConnectionFacts {
 async fn read_hello(
     stream: &mut TcpStream,
     port: u16,
+    timeout: Duration,
 ) -> Result<(Vec<u8>, ConnectionFacts), String> {
     let mut buf = Vec::with_capacity(2048);
-    let deadline = tokio::time::Instant::now() + INSPECT_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match inspect(&buf) {
             Inspect::NotTls => return Ok((buf, plaintext_facts(port))),

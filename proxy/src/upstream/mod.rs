@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use crate::config::ProxyConfig;
 use crate::config::cluster::{Cluster, Discovery};
 use crate::config::endpoint::LoadAssignment;
+use crate::metrics::Metrics;
 use crate::transport::{BoxedIo, tls};
 
 use self::balance::Balancer;
@@ -43,12 +44,14 @@ pub struct ClusterRuntime {
     pub balancer: Balancer,
     /// `None`: plaintext; `Some(Err)`: TLS that cannot be set up yet (a missing secret).
     pub tls: Option<Result<Arc<rustls::ClientConfig>, tls::TlsError>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Every cluster of a configuration; hosts keep their outlier records from `health`.
 pub fn build(
     config: &ProxyConfig,
     health: &HealthRegistry,
+    metrics: &Arc<Metrics>,
 ) -> HashMap<String, Arc<ClusterRuntime>> {
     let clusters: HashMap<String, Arc<ClusterRuntime>> = config
         .clusters
@@ -67,6 +70,7 @@ pub fn build(
                     .unwrap_or_default(),
                 tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
                 cluster: cluster.clone(),
+                metrics: metrics.clone(),
             };
             (name.clone(), Arc::new(runtime))
         })
@@ -173,6 +177,7 @@ impl ClusterRuntime {
         let cap = (all.len() * outlier.max_ejection_percent as usize / 100).max(1);
         if ejected < cap {
             host.health.eject(outlier);
+            Metrics::cluster(&self.metrics.outlier_ejections, &self.cluster.name);
             tracing::info!(
                 cluster = self.cluster.name,
                 host = host.host,
@@ -199,13 +204,18 @@ impl ClusterRuntime {
     /// Connects to `host`; also says whether TLS negotiated HTTP/2 (ALPN `h2`).
     pub async fn connect_to(&self, host: &Host) -> Result<(BoxedIo, bool), ConnectError> {
         let timeout = self.cluster.connect_timeout;
-        tokio::time::timeout(timeout, self.dial(host))
+        let result = tokio::time::timeout(timeout, self.dial(host))
             .await
             .map_err(|_| ConnectError::Timeout {
                 host: host.host.clone(),
                 port: host.port,
                 timeout,
-            })?
+            })
+            .and_then(|r| r);
+        if result.is_err() {
+            Metrics::cluster(&self.metrics.upstream_connect_failures, &self.cluster.name);
+        }
+        result
     }
 
     async fn dial(&self, host: &Host) -> Result<(BoxedIo, bool), ConnectError> {

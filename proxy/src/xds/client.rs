@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 use super::state::{AdsState, TypeReport};
 use crate::config::{ProxyConfig, XdsType};
+use crate::metrics::{Metrics, XdsLabels};
 
 /// The largest response accepted: a bound on what one malformed or hostile message can cost.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -31,6 +32,7 @@ pub struct XdsStatus {
 
 #[derive(Debug)]
 pub struct XdsClient {
+    metrics: Arc<Metrics>,
     channel: Channel,
     state: AdsState,
     config: watch::Sender<Arc<ProxyConfig>>,
@@ -41,6 +43,7 @@ impl XdsClient {
     pub fn new(
         channel: Channel,
         state: AdsState,
+        metrics: Arc<Metrics>,
     ) -> (
         Self,
         watch::Receiver<Arc<ProxyConfig>>,
@@ -50,6 +53,7 @@ impl XdsClient {
         let (status, status_rx) = watch::channel(XdsStatus::default());
         (
             Self {
+                metrics,
                 channel,
                 state,
                 config,
@@ -112,7 +116,20 @@ impl XdsClient {
                 Err(status) => return (Err(status), got_response),
             };
             got_response = true;
+            let kind = XdsType::from_type_url(&response.type_url).map_or("unknown", XdsType::short);
             let outcome = self.state.on_response(response);
+            let result = if outcome.config.is_some() {
+                "accepted"
+            } else {
+                "rejected"
+            };
+            self.metrics
+                .xds_updates
+                .get_or_create(&XdsLabels {
+                    r#type: kind.to_owned(),
+                    result: result.to_owned(),
+                })
+                .inc();
             if let Some(config) = outcome.config {
                 self.config.send_replace(config);
             }

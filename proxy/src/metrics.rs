@@ -1,0 +1,130 @@
+//! The proxy's own metrics, on the admin port at `/stats/prometheus`: connections accepted and
+//! refused (with the reason: hostile or broken input is counted, never fatal), HTTP responses
+//! by code class, upstream connect failures, retries, timeouts and ejections, and xDS updates
+//! accepted and rejected per type.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    /// `no_filter_chain`, `tls_handshake`, `tls_handshake_timeout`, `tls_inspector`, `rbac`,
+    /// `http_protocol`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub listener: String,
+    /// `2xx` … `5xx`.
+    pub code_class: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsLabels {
+    /// `CDS`, `EDS`, `LDS`, `RDS`, `SDS`.
+    pub r#type: String,
+    /// `accepted` or `rejected`.
+    pub result: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub xds_updates: Family<XdsLabels, Counter>,
+    pub downstream_cx_total: Family<ListenerLabels, Counter>,
+    pub downstream_cx_active: Family<ListenerLabels, Gauge>,
+    pub downstream_cx_refused: Family<RefusedLabels, Counter>,
+    pub http_responses: Family<ResponseLabels, Counter>,
+    pub http_rbac_denied: Family<ListenerLabels, Counter>,
+    pub upstream_connect_failures: Family<ClusterLabels, Counter>,
+    pub upstream_retries: Family<ClusterLabels, Counter>,
+    pub upstream_timeouts: Family<ClusterLabels, Counter>,
+    pub outlier_ejections: Family<ClusterLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("isthmus_proxy");
+        r.register(
+            "xds_updates",
+            "xDS responses applied (accepted) or NACKed (rejected), by type",
+            self.xds_updates.clone(),
+        );
+        r.register(
+            "downstream_connections",
+            "Downstream connections accepted",
+            self.downstream_cx_total.clone(),
+        );
+        r.register(
+            "downstream_connections_active",
+            "Downstream connections open",
+            self.downstream_cx_active.clone(),
+        );
+        r.register(
+            "downstream_connections_refused",
+            "Downstream connections closed before their terminal filter, by reason",
+            self.downstream_cx_refused.clone(),
+        );
+        r.register(
+            "http_responses",
+            "HTTP responses sent downstream, by code class",
+            self.http_responses.clone(),
+        );
+        r.register(
+            "http_rbac_denied",
+            "HTTP requests denied by RBAC",
+            self.http_rbac_denied.clone(),
+        );
+        r.register(
+            "upstream_connect_failures",
+            "Upstream connection attempts that failed",
+            self.upstream_connect_failures.clone(),
+        );
+        r.register(
+            "upstream_retries",
+            "Upstream request retries",
+            self.upstream_retries.clone(),
+        );
+        r.register(
+            "upstream_timeouts",
+            "Upstream requests that timed out",
+            self.upstream_timeouts.clone(),
+        );
+        r.register(
+            "outlier_ejections",
+            "Hosts ejected by outlier detection",
+            self.outlier_ejections.clone(),
+        );
+    }
+
+    pub fn refused(&self, listener: &str, reason: &str) {
+        self.downstream_cx_refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn cluster(family: &Family<ClusterLabels, Counter>, cluster: &str) {
+        family
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_owned(),
+            })
+            .inc();
+    }
+}
