@@ -35,7 +35,11 @@ impl IsthmusProxy {
         let child = Command::new(crate::bin("isthmus-proxy"))
             .args(["--admin-addr", &admin])
             .args(args)
-            .env("RUST_LOG", "info")
+            // `ISTHMUS_E2E_PROXY_LOG=debug` for more detail when a test fails.
+            .env(
+                "RUST_LOG",
+                std::env::var("ISTHMUS_E2E_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create the proxy log"))
             .spawn()
