@@ -54,6 +54,7 @@ pub struct Metrics {
     pub upstream_retries: Family<ClusterLabels, Counter>,
     pub upstream_timeouts: Family<ClusterLabels, Counter>,
     pub outlier_ejections: Family<ClusterLabels, Counter>,
+    pub upstream_overflows: Family<ClusterLabels, Counter>,
 }
 
 impl Metrics {
@@ -103,6 +104,11 @@ impl Metrics {
             "upstream_timeouts",
             "Upstream requests that timed out",
             self.upstream_timeouts.clone(),
+        );
+        r.register(
+            "upstream_overflows",
+            "Requests refused by a cluster's max_requests circuit breaker",
+            self.upstream_overflows.clone(),
         );
         r.register(
             "outlier_ejections",

@@ -371,6 +371,16 @@ spec:
 /// detection on it, and a `client` workload at 127.0.72.1; then `isthmusd` and the client's
 /// `isthmus-proxy` (ready), and its outbound port.
 fn web_client(dir: &Path, apps: &[u16], extra: &[&str]) -> (Isthmusd, IsthmusProxy, u16) {
+    web_client_with(dir, apps, "", extra)
+}
+
+/// [`web_client`] with more of the `DestinationRule`'s traffic policy (`connectionPool: ...`).
+fn web_client_with(
+    dir: &Path,
+    apps: &[u16],
+    policy: &str,
+    extra: &[&str],
+) -> (Isthmusd, IsthmusProxy, u16) {
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
     let endpoints: String = apps
@@ -397,7 +407,7 @@ spec:
   trafficPolicy:
     loadBalancer: {{simple: ROUND_ROBIN}}
     outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}}
----
+{policy}---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: client, namespace: shop}}
@@ -586,6 +596,47 @@ fn hostile_clients_are_refused_counted_and_harmless() {
     assert!(protocol_errors >= 1, "{metrics}");
     assert!(
         metrics.contains("isthmus_proxy_xds_updates_total{type=\"CDS\",result=\"accepted\"}"),
+        "{metrics}"
+    );
+}
+
+/// The `max_requests` circuit breaker (`http2MaxRequests`): over it, a request fails at once
+/// with 503 and `x-envoy-overloaded`, as in Envoy.
+#[test]
+fn the_request_circuit_breaker_overflows_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = isthmus_e2e::envoy::Echo::start(dir.path(), "web").unwrap();
+    let (_daemon, proxy, outbound) = web_client_with(
+        dir.path(),
+        &[app.addr.port()],
+        "    connectionPool: {http: {http2MaxRequests: 1}}\n",
+        &[],
+    );
+    let slow = std::thread::spawn(move || web(outbound, "/?delay_ms=1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (status, body) = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-x",
+        &format!("http://127.0.0.1:{outbound}"),
+        "http://web.shop.local:8080/",
+    ]);
+    assert_eq!(status, 503, "{body}\n{}", proxy.logs());
+    assert!(body.contains("x-envoy-overloaded: true"), "{body}");
+    assert!(body.ends_with("reset reason: overflow"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "not at once"
+    );
+    assert_eq!(slow.join().unwrap(), (200, "web".to_owned()));
+    assert_eq!(web(outbound, "/"), (200, "web".to_owned()), "room again");
+    let (_, metrics) = proxy.get("/stats/prometheus");
+    assert!(
+        metrics.contains(
+            "isthmus_proxy_upstream_overflows_total{cluster=\"outbound|8080||web.shop.local\"} 1"
+        ),
         "{metrics}"
     );
 }

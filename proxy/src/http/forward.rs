@@ -127,6 +127,20 @@ pub async fn forward(
             upstream.headers_mut().remove(header::HOST);
         }
         let per_try = retry.and_then(|r| r.per_try_timeout).or(action.timeout);
+        // The `max_requests` circuit breaker: over it, fail at once (Envoy's overflow).
+        let open = cluster.open_requests.fetch_add(1, Ordering::Relaxed);
+        if open >= cluster.cluster.limits.max_requests {
+            cluster.open_requests.fetch_sub(1, Ordering::Relaxed);
+            Metrics::cluster(&runtime.metrics.upstream_overflows, cluster_name);
+            let mut response = local_reply(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            );
+            response
+                .headers_mut()
+                .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+            return response;
+        }
         host.active.fetch_add(1, Ordering::Relaxed);
         let sent = conn.pool.send(&cluster, &host, upstream);
         let outcome = match per_try {
@@ -134,6 +148,7 @@ pub async fn forward(
             None => Some(sent.await),
         };
         host.active.fetch_sub(1, Ordering::Relaxed);
+        cluster.open_requests.fetch_sub(1, Ordering::Relaxed);
         cluster.record(&host, health_outcome(&outcome));
         let (response, retriable) = match outcome {
             None => (

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -45,6 +45,8 @@ pub struct ClusterRuntime {
     /// `None`: plaintext; `Some(Err)`: TLS that cannot be set up yet (a missing secret).
     pub tls: Option<Result<Arc<rustls::ClientConfig>, tls::TlsError>>,
     pub metrics: Arc<Metrics>,
+    /// Requests open to the cluster, for its `max_requests` circuit breaker.
+    pub open_requests: Arc<AtomicU32>,
 }
 
 /// Every cluster of a configuration; hosts keep their outlier records from `health`.
@@ -71,18 +73,22 @@ pub fn build(
                 tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
                 cluster: cluster.clone(),
                 metrics: metrics.clone(),
+                open_requests: health.open_requests(name),
             };
             (name.clone(), Arc::new(runtime))
         })
         .collect();
-    health.retain(|(cluster, host, port)| {
-        clusters.get(cluster).is_some_and(|c| {
-            c.priorities
-                .iter()
-                .flatten()
-                .any(|h| h.host == *host && h.port == *port)
-        })
-    });
+    health.retain(
+        |(cluster, host, port)| {
+            clusters.get(cluster).is_some_and(|c| {
+                c.priorities
+                    .iter()
+                    .flatten()
+                    .any(|h| h.host == *host && h.port == *port)
+            })
+        },
+        |cluster| clusters.contains_key(cluster),
+    );
     clusters
 }
 

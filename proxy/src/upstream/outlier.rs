@@ -96,13 +96,24 @@ impl HostHealth {
     }
 }
 
-/// Every host's record, by cluster and address, kept across configuration changes.
+/// Every host's record, by cluster and address, and every cluster's open requests, kept across
+/// configuration changes.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     hosts: Mutex<HashMap<(String, String, u16), Arc<HostHealth>>>,
+    requests: Mutex<HashMap<String, Arc<AtomicU32>>>,
 }
 
 impl HealthRegistry {
+    /// The count of requests open to `cluster` (its `max_requests` circuit breaker).
+    pub fn open_requests(&self, cluster: &str) -> Arc<AtomicU32> {
+        self.requests
+            .lock()
+            .entry(cluster.to_owned())
+            .or_default()
+            .clone()
+    }
+
     pub fn get(&self, cluster: &str, host: &str, port: u16) -> Arc<HostHealth> {
         self.hosts
             .lock()
@@ -111,9 +122,14 @@ impl HealthRegistry {
             .clone()
     }
 
-    /// Forgets hosts no cluster uses any more.
-    pub fn retain(&self, keep: impl Fn(&(String, String, u16)) -> bool) {
+    /// Forgets hosts no cluster uses any more, and clusters that are gone.
+    pub fn retain(
+        &self,
+        keep: impl Fn(&(String, String, u16)) -> bool,
+        clusters: impl Fn(&str) -> bool,
+    ) {
         self.hosts.lock().retain(|k, _| keep(k));
+        self.requests.lock().retain(|k, _| clusters(k));
     }
 }
 
