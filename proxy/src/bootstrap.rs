@@ -75,6 +75,9 @@ pub struct Args {
     /// finish the TLS handshake (slow or stuck clients are dropped and counted).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// Worker threads (Envoy's `--concurrency`); default: one per CPU.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// On SIGTERM: how long requests in flight may take to finish before the proxy exits.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

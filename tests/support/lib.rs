@@ -16,8 +16,12 @@ pub mod proxy;
 /// The test command builds them first (`cargo build --workspace --bins`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // A test: target/<profile>/deps/<test> -> target/<profile>/<name>; a benchmark binary:
+    // target/<profile>/<bench> -> target/<profile>/<name>.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -97,10 +97,14 @@ impl Pool {
         let mut sender = loop {
             let candidate = self.http1.lock().get_mut(&key).and_then(Vec::pop);
             match candidate {
-                Some((s, since)) if since.elapsed() < idle && !s.is_closed() && s.is_ready() => {
-                    break s;
+                // Back in the pool as soon as its response body ended: the connection task
+                // may not have caught up yet, so wait for it rather than drop the connection.
+                Some((mut s, since)) if since.elapsed() < idle && !s.is_closed() => {
+                    if s.ready().await.is_ok() {
+                        break s;
+                    }
                 }
-                Some(_) => continue,
+                Some(_) => {}
                 None => {
                     let (io, _) = cluster.connect_to(host).await?;
                     let (sender, conn) = http1::handshake(TokioIo::new(io))
@@ -147,6 +151,16 @@ struct ReturnOnEnd {
     back: Option<(http1::SendRequest<Body>, Weak<Pool>, Key)>,
 }
 
+impl ReturnOnEnd {
+    fn give_back(&mut self) {
+        if let Some((sender, pool, key)) = self.back.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.give_back(sender, key);
+        }
+    }
+}
+
 impl http_body::Body for ReturnOnEnd {
     type Data = Bytes;
     type Error = super::BoxError;
@@ -157,13 +171,10 @@ impl http_body::Body for ReturnOnEnd {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => {
-                if let Some((sender, pool, key)) = self.back.take()
-                    && let Some(pool) = pool.upgrade()
-                {
-                    pool.give_back(sender, key);
-                }
-            }
+            // The end: after the last frame (a server stops polling a body that says it has
+            // ended), or when the body reports none left.
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
             Poll::Ready(Some(Err(_))) => self.back = None,
             _ => {}
         }

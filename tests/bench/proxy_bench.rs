@@ -1,0 +1,427 @@
+//! `isthmus-proxy-bench`: latency, CPU and memory of a sidecar pair, side by side in one run:
+//! no proxy (client -> app), an `isthmus-proxy` pair and an Envoy 1.40 pair (client sidecar ->
+//! mTLS -> server sidecar -> app), all configured by one `isthmusd`, HTTP/1.1 with 1 KiB
+//! responses.
+//!
+//! The load is open-loop at a constant rate: each request has a scheduled send time, and its
+//! latency is measured from that time, so a stalled proxy is charged for the requests that
+//! queue behind it (no coordinated omission). Each proxy runs one worker thread.
+//!
+//! `cargo build --release --workspace --bins && target/release/isthmus-proxy-bench`
+//! (`--help` for rate, duration, connections). Results: docs/benchmarks.md.
+
+// A load program measures wall-clock time on purpose.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    clippy::print_stdout,
+    clippy::unwrap_used
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use isthmus_e2e::mesh::{envoy_client, envoy_server, mesh_yaml, workload_yaml, write};
+use isthmus_e2e::proxy::IsthmusProxy;
+use isthmus_e2e::{Isthmusd, free_port};
+use tokio::sync::Mutex;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Requests per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of measured load per set-up (after a warm-up of a second).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Keep-alive connections from the load generator.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Response body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    body: usize,
+}
+
+/// The figures of one set-up.
+struct Figures {
+    name: &'static str,
+    latency: Histogram<u64>,
+    errors: u64,
+    /// Proxy CPU seconds (client + server sidecar) during the measured load.
+    cpu: f64,
+    /// Resident set of the two sidecars (MiB), idle and after the load.
+    rss_idle: f64,
+    rss_load: f64,
+}
+
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The application: answers every request with `size` bytes.
+async fn app(size: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from(vec![b'x'; size]);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Open-loop load: `rate` requests per second for `seconds`, each measured from its scheduled
+/// time, over `connections` keep-alive connections to `target` (an HTTP proxy when `url` is
+/// absolute).
+async fn load(
+    target: SocketAddr,
+    url: &str,
+    header: Option<(&'static str, &'static str)>,
+    rate: u64,
+    seconds: u64,
+    connections: usize,
+) -> (Histogram<u64>, u64) {
+    let total = rate * seconds;
+    let (tx, rx) = async_channel(total as usize);
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    ));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let rx = rx.clone();
+        let histogram = histogram.clone();
+        let errors = errors.clone();
+        let url: hyper::Uri = url.parse().unwrap();
+        workers.push(tokio::spawn(async move {
+            let mut sender = None;
+            while let Ok(scheduled) = rx.recv().await {
+                if sender.is_none() {
+                    let stream = tokio::net::TcpStream::connect(target).await.unwrap();
+                    stream.set_nodelay(true).unwrap();
+                    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                    tokio::spawn(conn);
+                    sender = Some(s);
+                }
+                let s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>> =
+                    sender.as_mut().unwrap();
+                let mut request = hyper::Request::get(url.clone())
+                    .header("host", url.authority().map_or("127.0.0.1", |a| a.as_str()));
+                if let Some((k, v)) = header {
+                    request = request.header(k, v);
+                }
+                let request = request.body(Empty::new()).unwrap();
+                let ok = match s.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.into_body().collect().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    sender = None;
+                }
+                let micros =
+                    u64::try_from(Instant::elapsed(&scheduled).as_micros()).unwrap_or(u64::MAX);
+                histogram.lock().await.saturating_record(micros.max(1));
+            }
+        }));
+    }
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    for i in 0..total {
+        let scheduled = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let _ = tx.send(scheduled).await;
+    }
+    drop(tx);
+    for w in workers {
+        let _ = w.await;
+    }
+    let h = histogram.lock().await.clone();
+    (h, errors.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// A multi-consumer queue of scheduled send times (one per request).
+fn async_channel(capacity: usize) -> (Sender, Receiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    (Sender(tx), Receiver(Arc::new(Mutex::new(rx))))
+}
+
+struct Sender(tokio::sync::mpsc::Sender<Instant>);
+impl Sender {
+    async fn send(&self, t: Instant) -> Result<(), ()> {
+        self.0.send(t).await.map_err(drop)
+    }
+}
+
+#[derive(Clone)]
+struct Receiver(Arc<Mutex<tokio::sync::mpsc::Receiver<Instant>>>);
+impl Receiver {
+    async fn recv(&self) -> Result<Instant, ()> {
+        self.0.lock().await.recv().await.ok_or(())
+    }
+}
+
+async fn measure(
+    name: &'static str,
+    target: SocketAddr,
+    url: &str,
+    header: Option<(&'static str, &'static str)>,
+    pids: &[u32],
+    args: &Args,
+) -> Figures {
+    let rss_idle: f64 = pids.iter().map(|p| rss_mib(*p)).sum();
+    // Warm-up: connections, pools, TLS sessions.
+    let _ = load(target, url, header, args.rate, 1, args.connections).await;
+    let cpu_before: f64 = pids.iter().map(|p| proc_cpu_seconds(*p)).sum();
+    let (latency, errors) = load(
+        target,
+        url,
+        header,
+        args.rate,
+        args.seconds,
+        args.connections,
+    )
+    .await;
+    let cpu = pids.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>() - cpu_before;
+    let rss_load: f64 = pids.iter().map(|p| rss_mib(*p)).sum();
+    Figures {
+        name,
+        latency,
+        errors,
+        cpu,
+        rss_idle,
+        rss_load,
+    }
+}
+
+fn wait_for_route(outbound: u16, url: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                "-x",
+            ])
+            .arg(format!("http://127.0.0.1:{outbound}"))
+            .arg(url)
+            .output()?;
+        if out.stdout == b"200" {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("no route through the sidecar on port {outbound} to {url}")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let root: &Path = dir.path();
+    let config = root.join("config");
+    std::fs::create_dir_all(&config)?;
+    let app_addr = app(args.body).await;
+    let ip = "127.0.90";
+    // echo-v1 behind Envoy, echo-v2 behind isthmus-proxy; a client of each kind.
+    write(&config, "mesh.yaml", &mesh_yaml(ip, free_port()));
+    write(
+        &config,
+        "client-b.yaml",
+        &workload_yaml("client-b", &format!("{ip}.4"), "app: client", "client"),
+    );
+    write(
+        &config,
+        "routes.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: shop}
+spec:
+  hosts: [echo.shop.local]
+  http:
+  - match: [{headers: {x-server: {exact: isthmus}}}]
+    route: [{destination: {host: echo.shop.local, subset: v2}}]
+  - route: [{destination: {host: echo.shop.local, subset: v1}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+",
+    );
+    let daemon = Isthmusd::start(root, "red.local", &[]).context("isthmusd")?;
+    let xds = daemon.xds.to_string();
+    let envoy_server = envoy_server(root, &xds, "echo-v1", &format!("{ip}.1"), app_addr.port());
+    let envoy_out = free_port();
+    let envoy_client = envoy_client(root, &xds, &format!("{ip}.3"), envoy_out);
+    let sidecar = |name: &str, ip: String, metadata: Vec<String>| {
+        let mut a = vec![
+            "--node-id".to_owned(),
+            format!("sidecar~{ip}~{name}.shop~shop.svc.cluster.local"),
+            "--xds-plaintext".to_owned(),
+            "--xds-address".to_owned(),
+            xds.clone(),
+            "--concurrency".to_owned(),
+            "1".to_owned(),
+        ];
+        for m in metadata {
+            a.extend(["--metadata".to_owned(), m]);
+        }
+        IsthmusProxy::start(root, name, &a)
+    };
+    let isthmus_server = sidecar(
+        "echo-v2",
+        format!("{ip}.2"),
+        vec![
+            format!("APP_PORTS=http={}", app_addr.port()),
+            format!("OUTBOUND_PORT={}", free_port()),
+        ],
+    );
+    let isthmus_out = free_port();
+    let isthmus_client = sidecar(
+        "client-b",
+        format!("{ip}.4"),
+        vec![format!("OUTBOUND_PORT={isthmus_out}")],
+    );
+    let url = "http://echo.shop.local:8080/";
+    wait_for_route(envoy_out, url)?;
+    isthmus_server
+        .wait_ready(Duration::from_secs(20))
+        .map_err(anyhow::Error::msg)?;
+    isthmus_client
+        .wait_ready(Duration::from_secs(20))
+        .map_err(anyhow::Error::msg)?;
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+
+    println!(
+        "HTTP/1.1, {} rps for {} s, {} connections, {} B responses; each proxy on one worker thread",
+        args.rate, args.seconds, args.connections, args.body
+    );
+    let direct = measure("direct", app_addr, "/", None, &[], &args).await;
+    // One route table for both clients: the isthmus pair is chosen by a header.
+    let isthmus = measure(
+        "isthmus-proxy pair",
+        local(isthmus_out),
+        url,
+        Some(("x-server", "isthmus")),
+        &[isthmus_client.pid(), isthmus_server.pid()],
+        &args,
+    )
+    .await;
+    let envoy = measure(
+        "Envoy pair",
+        local(envoy_out),
+        url,
+        None,
+        &[envoy_client.pid(), envoy_server.pid()],
+        &args,
+    )
+    .await;
+    report(&[direct, isthmus, envoy], &args);
+    Ok(())
+}
+
+fn report(all: &[Figures], args: &Args) {
+    let q = |f: &Figures, p: f64| f.latency.value_at_quantile(p) as f64 / 1000.0;
+    let direct = &all[0];
+    println!(
+        "\n| set-up | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms | errors | proxy CPU per 1,000 rps | RSS idle / load MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for f in all {
+        let added = if std::ptr::eq(f, direct) {
+            "—".to_owned()
+        } else {
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                q(f, 0.5) - q(direct, 0.5),
+                q(f, 0.9) - q(direct, 0.9),
+                q(f, 0.99) - q(direct, 0.99)
+            )
+        };
+        let per_krps = f.cpu / args.seconds as f64 / (args.rate as f64 / 1000.0);
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {added} | {} | {} | {} |",
+            f.name,
+            q(f, 0.5),
+            q(f, 0.9),
+            q(f, 0.99),
+            f.errors,
+            if f.cpu > 0.0 {
+                format!("{per_krps:.3} vCPU")
+            } else {
+                "—".to_owned()
+            },
+            if f.rss_load > 0.0 {
+                format!("{:.1} / {:.1}", f.rss_idle, f.rss_load)
+            } else {
+                "—".to_owned()
+            },
+        );
+    }
+    if let [direct, ours, envoy] = all {
+        let added = |f: &Figures| q(f, 0.99) - q(direct, 0.99);
+        println!(
+            "\nadded p99, isthmus-proxy / Envoy: {:.2}; proxy CPU, isthmus-proxy / Envoy: {:.2}; RSS under load, isthmus-proxy / Envoy: {:.2}",
+            added(ours) / added(envoy).max(0.001),
+            ours.cpu / envoy.cpu.max(0.001),
+            ours.rss_load / envoy.rss_load.max(0.001),
+        );
+    }
+}
