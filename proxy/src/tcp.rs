@@ -2,12 +2,14 @@
 //! the chosen cluster and copies bytes both ways until either side closes or the connection
 //! has been idle for the configured time.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 
+use crate::config::cluster::Discovery;
 use crate::config::listener::TcpProxy;
 use crate::runtime::Runtime;
 use crate::transport::Io;
@@ -22,10 +24,13 @@ pub enum TcpError {
     Io(#[from] std::io::Error),
 }
 
+/// `destination`: where the downstream connection was going (its original destination on a
+/// capture listener), for passthrough clusters.
 pub async fn proxy<D: Io>(
     downstream: D,
     tcp: &TcpProxy,
     runtime: &Runtime,
+    destination: SocketAddr,
 ) -> Result<(), TcpError> {
     let name = pick_cluster(&tcp.clusters);
     let cluster = runtime
@@ -33,7 +38,10 @@ pub async fn proxy<D: Io>(
         .get(name)
         .ok_or_else(|| TcpError::NoCluster(name.to_owned()))?
         .clone();
-    let (upstream, host) = cluster.connect().await?;
+    let (upstream, host) = match cluster.cluster.discovery {
+        Discovery::OriginalDst => cluster.connect_original(destination).await?,
+        _ => cluster.connect().await?,
+    };
     cluster.record(&host, crate::upstream::outlier::Outcome::Success);
     host.active.fetch_add(1, Ordering::Relaxed);
     let result = copy_with_idle_timeout(downstream, upstream, tcp.idle_timeout).await;

@@ -600,6 +600,93 @@ fn hostile_clients_are_refused_counted_and_harmless() {
     );
 }
 
+/// An HTTP/2 frame: 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and cancels them at once,
+/// thousands in one burst, gets GOAWAY ENHANCE_YOUR_CALM; the flood is counted and the proxy
+/// keeps serving everyone else.
+#[test]
+fn an_http2_rapid_reset_flood_is_cut_off_and_counted() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = isthmus_e2e::envoy::Echo::start(dir.path(), "web").unwrap();
+    let (_daemon, proxy, outbound) = web_client(dir.path(), &[app.addr.port()], &[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", outbound)).unwrap();
+    // h2c with prior knowledge: the preface and empty SETTINGS, then 5,000 times HEADERS
+    // (GET / on web.shop.local:8080, HPACK static entries and one literal) + RST_STREAM(CANCEL).
+    let authority = b"web.shop.local:8080";
+    let mut block = vec![
+        0x82,
+        0x86,
+        0x84,
+        0x01,
+        u8::try_from(authority.len()).unwrap(),
+    ];
+    block.extend_from_slice(authority);
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend(h2_frame(0x4, 0, 0, &[]));
+    for i in 0..5_000u32 {
+        let id = 2 * i + 1;
+        burst.extend(h2_frame(0x1, 0x5, id, &block));
+        burst.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    // The proxy may close while the burst is still being written.
+    let _ = stream.write_all(&burst);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the flooding connection was not closed: {e}"),
+        }
+    }
+    // Walk the frames the proxy sent: one of them is GOAWAY with ENHANCE_YOUR_CALM (11).
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let len = usize::from(received[at]) << 16
+            | usize::from(received[at + 1]) << 8
+            | usize::from(received[at + 2]);
+        let kind = received[at + 3];
+        let payload = &received[(at + 9).min(received.len())..(at + 9 + len).min(received.len())];
+        if kind == 0x7 && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(
+        goaway,
+        Some(11),
+        "GOAWAY ENHANCE_YOUR_CALM\n{}",
+        proxy.logs()
+    );
+
+    assert_eq!(web(outbound, "/"), (200, "web".to_owned()), "still serving");
+    let (_, metrics) = proxy.get("/stats/prometheus");
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("isthmus_proxy_downstream_connections_refused_total")
+            && l.contains("reason=\"http2_flood\"")
+            && !l.ends_with(" 0")),
+        "{metrics}\n{}",
+        proxy.logs()
+    );
+}
+
 /// The `max_requests` circuit breaker (`http2MaxRequests`): over it, a request fails at once
 /// with 503 and `x-envoy-overloaded`, as in Envoy.
 #[test]

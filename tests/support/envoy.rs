@@ -46,10 +46,21 @@ impl Envoy {
     /// Starts Envoy on `bootstrap` (whose admin port should be 0: the bound address is read
     /// from `--admin-address-path`).
     pub fn start(dir: &Path, name: &str, bootstrap: &Path) -> anyhow::Result<Self> {
+        Self::start_with(Command::new(envoy_binary()), dir, name, bootstrap)
+    }
+
+    /// As [`Envoy::start`], with `command` running the Envoy binary (inside a network
+    /// namespace, as another user...).
+    pub fn start_with(
+        mut command: Command,
+        dir: &Path,
+        name: &str,
+        bootstrap: &Path,
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("envoy-{name}.log"));
         let admin_file = dir.join(format!("envoy-{name}.admin"));
         let _ = std::fs::remove_file(&admin_file);
-        let mut child = Command::new(envoy_binary())
+        let mut child = command
             .arg("-c")
             .arg(bootstrap)
             .arg("--admin-address-path")
@@ -126,14 +137,7 @@ impl Drop for Envoy {
 
 /// Runs curl with `args`; returns (HTTP status or 0 when there was no response, body).
 pub fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    crate::curl_with(Command::new("curl"), args)
 }
 
 /// `isthmusctl echo` on a free loopback port, killed on drop.

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 pub mod envoy;
 pub mod mesh;
+pub mod netns;
 pub mod proxy;
 
 /// Path of a workspace binary in the same target directory as the running test.
@@ -37,6 +38,19 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// Runs `command` (curl, perhaps behind a wrapper) with `args`; returns (HTTP status or 0 when
+/// there was no response, body).
+pub fn curl_with(mut command: Command, args: &[&str]) -> (u16, String) {
+    let out = command
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// Runs `isthmusctl` with `args` to completion.
@@ -117,6 +131,26 @@ impl Isthmusd {
     /// Starts `isthmusd` for `trust_domain` with fresh config and state dirs under `root`, plus
     /// `extra` flags, and waits until its ports answer.
     pub fn start(root: &Path, trust_domain: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(root, trust_domain, extra, None)
+    }
+
+    /// Starts `isthmusd` inside the network namespace `netns`, its gRPC port (CA and mTLS
+    /// xDS) on `grpc_addr` so that other namespaces reach it; the other ports on loopback.
+    pub fn start_in_netns(
+        root: &Path,
+        trust_domain: &str,
+        netns: &str,
+        grpc_addr: &str,
+    ) -> anyhow::Result<Self> {
+        Self::launch(root, trust_domain, &[], Some((netns, grpc_addr)))
+    }
+
+    fn launch(
+        root: &Path,
+        trust_domain: &str,
+        extra: &[&str],
+        netns: Option<(&str, &str)>,
+    ) -> anyhow::Result<Self> {
         let config_dir = root.join("config");
         let state_dir = root.join("state");
         std::fs::create_dir_all(&config_dir)?;
@@ -125,13 +159,22 @@ impl Isthmusd {
         let addresses_file = state_dir.join("addresses.json");
         let _ = std::fs::remove_file(&addresses_file);
         let stderr_file = root.join("isthmusd.log");
-        let mut child = Command::new(bin("isthmusd"))
+        let mut command = match netns {
+            Some((netns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(bin("isthmusd"));
+                c
+            }
+            None => Command::new(bin("isthmusd")),
+        };
+        let grpc_addr = netns.map_or("127.0.0.1:0", |(_, grpc)| grpc);
+        let mut child = command
             .arg("--config-dir")
             .arg(&config_dir)
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--trust-domain", trust_domain])
-            .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", grpc_addr, "--debug-addr", "127.0.0.1:0"])
             .args(["--xds-plaintext-addr", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
@@ -167,7 +210,10 @@ impl Isthmusd {
             state_dir,
             stderr_file,
         };
-        daemon.wait_ready()?;
+        // In another namespace its ports cannot be tried from here; bound is enough there.
+        if netns.is_none() {
+            daemon.wait_ready()?;
+        }
         Ok(daemon)
     }
 

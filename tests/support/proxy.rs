@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::envoy::curl;
 use crate::free_port;
+use crate::netns::{Netns, setpriv_args};
 
 /// A running `isthmus-proxy`, killed on drop.
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct IsthmusProxy {
     child: Child,
     admin: String,
     log: PathBuf,
+    /// The network namespace it runs in, if not this one.
+    netns: Option<String>,
 }
 
 impl Drop for IsthmusProxy {
@@ -31,8 +34,49 @@ impl IsthmusProxy {
     /// Starts `isthmus-proxy` with `args` and a free admin port; its log is `dir/<name>.log`.
     pub fn start(dir: &Path, name: &str, args: &[String]) -> Self {
         let admin = format!("127.0.0.1:{}", free_port());
+        Self::spawn(
+            Command::new(crate::bin("isthmus-proxy")),
+            dir,
+            name,
+            admin,
+            args,
+            None,
+        )
+    }
+
+    /// Starts `isthmus-proxy` inside `netns` as the user `uid` (the one capture rules skip, as
+    /// Istio's 1337), its admin port on 127.0.0.1:15000 there.
+    pub fn start_in_netns(
+        netns: &Netns,
+        uid: u32,
+        dir: &Path,
+        name: &str,
+        args: &[String],
+    ) -> Self {
+        let mut command = netns.command("setpriv");
+        command
+            .args(setpriv_args(uid))
+            .arg(crate::bin("isthmus-proxy"));
+        Self::spawn(
+            command,
+            dir,
+            name,
+            "127.0.0.1:15000".into(),
+            args,
+            Some(netns.name.clone()),
+        )
+    }
+
+    fn spawn(
+        mut command: Command,
+        dir: &Path,
+        name: &str,
+        admin: String,
+        args: &[String],
+        netns: Option<String>,
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(crate::bin("isthmus-proxy"))
+        let child = command
             .args(["--admin-addr", &admin])
             .args(args)
             // `ISTHMUS_E2E_PROXY_LOG=debug` for more detail when a test fails.
@@ -44,12 +88,25 @@ impl IsthmusProxy {
             .stderr(std::fs::File::create(&log).expect("create the proxy log"))
             .spawn()
             .expect("spawn isthmus-proxy");
-        Self { child, admin, log }
+        Self {
+            child,
+            admin,
+            log,
+            netns,
+        }
     }
 
     /// An admin-port request: (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        curl(&[&format!("http://{}{path}", self.admin)])
+        let url = format!("http://{}{path}", self.admin);
+        match &self.netns {
+            None => curl(&[&url]),
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, "curl"]);
+                crate::curl_with(command, &[&url])
+            }
+        }
     }
 
     /// Waits up to `limit` for `/ready` to answer 200; the last answer otherwise.

@@ -137,6 +137,19 @@ fn validate_hosts(v: &mut Validator, hosts: &[String]) {
     }
 }
 
+/// `10.96.0.10` or `10.96.0.0/16` (IPv4 or IPv6).
+pub fn is_ip_or_cidr(text: &str) -> bool {
+    let (ip, len) = match text.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (text, None),
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
+}
+
 fn validate_port(v: &mut Validator, path: &str, number: u32) {
     v.check(
         (1..=65535).contains(&number),
@@ -149,6 +162,13 @@ impl Validate for ServiceEntry {
     fn validate(&self, v: &mut Validator) {
         let s = &self.spec;
         validate_hosts(v, &s.hosts);
+        for (i, address) in s.addresses.iter().enumerate() {
+            v.check(
+                is_ip_or_cidr(address),
+                format!("spec.addresses[{i}]"),
+                format!("{address:?} is not an IP address or CIDR range"),
+            );
+        }
         for (i, port) in s.ports.iter().enumerate() {
             validate_port(v, &format!("spec.ports[{i}].number"), port.number);
             if let Some(target) = port.target_port {
@@ -886,6 +906,34 @@ impl Validate for DestinationRule {
                 "spec.trafficPolicy.tls.mode",
                 "only DISABLE and ISTIO_MUTUAL are supported by Isthmus",
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ip_or_cidr;
+
+    #[test]
+    fn service_entry_addresses_are_ips_or_cidr_ranges() {
+        for good in [
+            "10.96.0.10",
+            "10.96.0.0/16",
+            "fd00::1",
+            "fd00::/64",
+            "0.0.0.0/0",
+        ] {
+            assert!(is_ip_or_cidr(good), "{good}");
+        }
+        for bad in [
+            "",
+            "reviews",
+            "10.96.0.0/33",
+            "fd00::/129",
+            "10.96.0.0/",
+            "10.96/16",
+        ] {
+            assert!(!is_ip_or_cidr(bad), "{bad}");
         }
     }
 }

@@ -56,6 +56,10 @@ pub struct EnvoyBootstrap {
     /// Where the application listens, per service port name or inbound port: `http=8080`.
     #[arg(long = "app-port", value_name = "NAME=PORT")]
     app_ports: Vec<String>,
+    /// How traffic reaches the sidecar: NONE (explicit listeners) or REDIRECT (iptables
+    /// capture to 15001/15006).
+    #[arg(long, default_value = "NONE", value_parser = ["NONE", "REDIRECT"])]
+    interception_mode: String,
     /// Use state-of-the-world ADS instead of delta (incremental) ADS.
     #[arg(long)]
     sotw: bool,
@@ -160,6 +164,7 @@ impl EnvoyBootstrap {
                 "metadata": {
                     "APP_PORTS": self.app_ports.join(","),
                     "OUTBOUND_PORT": self.outbound_port.to_string(),
+                    "INTERCEPTION_MODE": self.interception_mode,
                     "NAMESPACE": ns,
                     "WORKLOAD_NAME": self.workload,
                 }

@@ -17,7 +17,7 @@ pub use policy::{InboundMtls, MtlsPolicy};
 pub use registry::{
     Endpoint, Locality, ModelWarning, Port, Protocol, Service, ServiceKey, build_registry,
 };
-pub use workload::{NodeError, ProxyNode, Workload};
+pub use workload::{Interception, NodeError, ProxyNode, Workload};
 
 use crate::config::{ConfigSnapshot, ResourceKey};
 

@@ -104,6 +104,9 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub key: ServiceKey,
+    /// Virtual addresses (`ServiceEntry.addresses`: IPs or CIDR ranges), by which captured
+    /// traffic is recognised as going to this service.
+    pub addresses: Vec<String>,
     pub ports: Vec<Port>,
     pub location: Location,
     pub resolution: Resolution,
@@ -158,6 +161,7 @@ pub fn build_registry(
             }
             let service = Service {
                 key: key.clone(),
+                addresses: entry.spec.addresses.clone(),
                 ports: ports.clone(),
                 location: entry.spec.location,
                 resolution: entry.spec.resolution,

@@ -88,6 +88,20 @@ pub struct ProxyNode {
     pub outbound_port: u32,
     /// Where the outbound listener binds, from `OUTBOUND_ADDRESS`; `127.0.0.1` by default.
     pub outbound_address: String,
+    /// How the application's traffic reaches the proxy, from `INTERCEPTION_MODE`.
+    pub interception: Interception,
+}
+
+/// How traffic reaches a sidecar (Istio's `INTERCEPTION_MODE` node metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Interception {
+    /// `NONE` (the default): the application uses the outbound listener as its HTTP proxy,
+    /// and callers reach the inbound listeners bound on the workload's address.
+    #[default]
+    Explicit,
+    /// `REDIRECT`: iptables redirects the pod's outbound TCP to the outbound port (15001) and
+    /// its inbound TCP to 15006; the proxy reads each connection's original destination.
+    Redirect,
 }
 
 /// Why a node id or its metadata cannot be used.
@@ -146,8 +160,18 @@ impl ProxyNode {
                 None => Ok("127.0.0.1".into()),
             }
         };
+        let interception = match metadata.get("INTERCEPTION_MODE").map(String::as_str) {
+            None | Some("NONE") => Interception::Explicit,
+            Some("REDIRECT") => Interception::Redirect,
+            Some(other) => {
+                return Err(err(format!(
+                    "metadata INTERCEPTION_MODE: {other:?} is not supported (NONE, REDIRECT)"
+                )));
+            }
+        };
         Ok(Self {
             id: id.to_owned(),
+            interception,
             namespace: namespace.to_owned(),
             workload: (*workload).to_owned(),
             app_ports,
@@ -195,6 +219,13 @@ mod tests {
         assert_eq!(node.app_ports["9090"], 19090);
         assert_eq!(node.outbound_port, 15101);
         assert_eq!(node.app_address, "127.0.0.1");
+        assert_eq!(node.interception, Interception::Explicit);
+        let captured = ProxyNode::from_metadata(
+            "sidecar~10.0.0.2~w.ns~ns.svc.cluster.local",
+            &meta(&[("INTERCEPTION_MODE", "REDIRECT")]),
+        )
+        .unwrap();
+        assert_eq!(captured.interception, Interception::Redirect);
 
         // A workload name with dots keeps them.
         let node =
@@ -237,6 +268,11 @@ mod tests {
                 "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",
                 &[("APP_ADDRESS", "localhost")],
                 "APP_ADDRESS: \"localhost\" is not an IP address",
+            ),
+            (
+                "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",
+                &[("INTERCEPTION_MODE", "TPROXY")],
+                "INTERCEPTION_MODE: \"TPROXY\" is not supported",
             ),
         ];
         for (id, metadata, expected) in cases {

@@ -46,6 +46,8 @@ pub enum Discovery {
         strict: bool,
         assignment: LoadAssignment,
     },
+    /// The connection's original destination (passthrough of captured traffic); TCP only.
+    OriginalDst,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +190,7 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
                 cluster::DiscoveryType::StrictDns,
                 cluster::DiscoveryType::LogicalDns,
                 cluster::DiscoveryType::Eds,
+                cluster::DiscoveryType::OriginalDst,
             ],
             &path.field("type"),
         )?,
@@ -215,6 +218,16 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
                     service_name
                 },
             }
+        }
+        cluster::DiscoveryType::OriginalDst => {
+            reject_set!(path; eds_cluster_config, load_assignment);
+            if lb_policy != cluster::LbPolicy::ClusterProvided as i32 {
+                return Err(Invalid::new(
+                    &path.field("lb_policy"),
+                    "an ORIGINAL_DST cluster needs CLUSTER_PROVIDED",
+                ));
+            }
+            Discovery::OriginalDst
         }
         cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns => {
             reject_set!(path; eds_cluster_config);
@@ -244,6 +257,7 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
     let lb = one_of(
         lb_policy,
         &[
+            cluster::LbPolicy::ClusterProvided,
             cluster::LbPolicy::RoundRobin,
             cluster::LbPolicy::LeastRequest,
             cluster::LbPolicy::Random,

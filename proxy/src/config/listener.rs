@@ -21,7 +21,7 @@ use isthmus_api::envoy::google::protobuf::Any;
 use super::check::{Checked, Invalid, Path, each, reject_set, required};
 use super::cluster::http1_check;
 use super::decode::{ads_source, opt_duration, short_type, socket_address, typed};
-use super::rbac::{self, Rules};
+use super::rbac::{self, Cidr, Rules};
 use super::route::{self, RouteTable};
 use super::tls::{self, DownstreamTls};
 
@@ -59,6 +59,8 @@ pub struct FilterChain {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainMatch {
     pub destination_port: Option<u16>,
+    /// Destination address ranges (of the original destination on a capture listener).
+    pub prefix_ranges: Vec<Cidr>,
     pub server_names: Vec<String>,
     /// `tls` or `raw_buffer`.
     pub transport_protocol: Option<String>,
@@ -330,8 +332,9 @@ fn chain_match(m: FilterChainMatch, path: &Path) -> Checked<ChainMatch> {
         transport_protocol,
         application_protocols,
     } = m;
-    reject_set!(path; prefix_ranges, address_suffix, suffix_len, direct_source_prefix_ranges,
+    reject_set!(path; address_suffix, suffix_len, direct_source_prefix_ranges,
         source_type, source_prefix_ranges, source_ports);
+    let prefix_ranges = each(prefix_ranges, path, "prefix_ranges", rbac::cidr)?;
     let destination_port = destination_port
         .map(|p| {
             u16::try_from(p.value)
@@ -352,6 +355,7 @@ fn chain_match(m: FilterChainMatch, path: &Path) -> Checked<ChainMatch> {
     };
     Ok(ChainMatch {
         destination_port,
+        prefix_ranges,
         server_names: server_names
             .into_iter()
             .map(|s| s.to_ascii_lowercase())

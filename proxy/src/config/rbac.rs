@@ -276,7 +276,7 @@ fn url_path(p: PathMatcher, path: &Path) -> Checked<Matcher> {
     }
 }
 
-fn cidr(c: CidrRange, path: &Path) -> Checked<Cidr> {
+pub(crate) fn cidr(c: CidrRange, path: &Path) -> Checked<Cidr> {
     let CidrRange {
         address_prefix,
         prefix_len,

@@ -123,7 +123,15 @@ pub async fn serve(
         .max_buf_size(64 * 1024)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder.http2().max_concurrent_streams(1024);
+    // HTTP/2 floods: streams reset by the client before they are served (rapid reset,
+    // CVE-2023-44487) and streams the proxy had to reset are bounded per connection; over
+    // either bound the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    builder
+        .http2()
+        .max_concurrent_streams(1024)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        .max_header_list_size(64 * 1024);
     let builder = match codec {
         Codec::Auto => builder,
         Codec::Http1 => builder.http1_only(),
@@ -138,7 +146,31 @@ pub async fn serve(
             connection.await
         }
     };
-    result.map_err(|e| format!("HTTP: {e}"))
+    result.map_err(|e| {
+        // hyper says "http2 error"; the cause (h2's reason) is in the source chain.
+        let mut text = format!("HTTP: {e}");
+        let mut source = std::error::Error::source(&*e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    })
+}
+
+/// Client resets of streams not yet served, per connection (hyper's default, named).
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the proxy reset because of a client's protocol errors, per connection.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// The refusal reason of a connection's HTTP error: floods are told apart.
+pub fn error_reason(error: &str) -> &'static str {
+    if error.contains("excessive load generating behavior") {
+        "http2_flood"
+    } else {
+        "http_protocol"
+    }
 }
 
 /// A local answer (Envoy's wording), `text/plain`.

@@ -1,20 +1,36 @@
 //! Choosing a listener's filter chain, by Envoy's rules: criteria are applied in order —
-//! destination port, server name, transport protocol, application protocols — and at each step
+//! destination port, destination address (longest prefix), server name, transport protocol,
+//! application protocols — and at each step
 //! the chains that match the connection specifically win over chains that leave the
 //! criterion unset. Chains that set it and do not match drop out. No chain left: the default
 //! chain, if any.
 
+use std::net::{IpAddr, SocketAddr};
+
 use crate::config::listener::{ChainMatch, FilterChain, Listener};
+use crate::config::rbac::Cidr;
 use crate::runtime::ChainId;
 
 /// What is known of a connection when its chain is chosen.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionFacts {
-    pub destination_port: u16,
+    /// The local address, or the original destination on a capture listener.
+    pub destination: SocketAddr,
     pub server_name: Option<String>,
     /// `tls` or `raw_buffer`.
     pub transport_protocol: &'static str,
     pub alpn: Vec<String>,
+}
+
+impl Default for ConnectionFacts {
+    fn default() -> Self {
+        ConnectionFacts {
+            destination: SocketAddr::from(([0, 0, 0, 0], 0)),
+            server_name: None,
+            transport_protocol: "raw_buffer",
+            alpn: Vec::new(),
+        }
+    }
 }
 
 pub fn select<'l>(
@@ -23,11 +39,12 @@ pub fn select<'l>(
 ) -> Option<(ChainId, &'l FilterChain)> {
     let mut candidates: Vec<(usize, &FilterChain)> = listener.chains.iter().enumerate().collect();
     // Each step: 2 = specific match, 1 = criterion unset, 0 = no match.
-    let steps: [&dyn Fn(&ChainMatch) -> u8; 4] = [
+    let steps: [&dyn Fn(&ChainMatch) -> u8; 5] = [
         &|m| match m.destination_port {
             None => 1,
-            Some(p) => 2 * u8::from(p == facts.destination_port),
+            Some(p) => 2 * u8::from(p == facts.destination.port()),
         },
+        &|m| prefix_rank(&m.prefix_ranges, facts.destination.ip()),
         &|m| server_name_rank(&m.server_names, facts.server_name.as_deref()),
         &|m| match &m.transport_protocol {
             None => 1,
@@ -66,6 +83,19 @@ pub fn select<'l>(
             .as_ref()
             .map(|c| (ChainId::Default, c)),
     }
+}
+
+/// The longest range that holds `ip` ranks highest. Ranks: 0 no match, 1 unset, 2 + length.
+fn prefix_rank(ranges: &[Cidr], ip: IpAddr) -> u8 {
+    if ranges.is_empty() {
+        return 1;
+    }
+    ranges
+        .iter()
+        .filter(|r| r.contains(ip))
+        .map(|r| r.prefix_len.saturating_add(2))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Exact names rank above wildcards (`*.example.com`), longer wildcards above shorter ones,
@@ -128,7 +158,7 @@ mod tests {
         alpn: &[&str],
     ) -> ConnectionFacts {
         ConnectionFacts {
-            destination_port: port,
+            destination: SocketAddr::from(([127, 0, 0, 1], port)),
             server_name: sni.map(str::to_owned),
             transport_protocol: transport,
             alpn: alpn.iter().map(|a| (*a).to_owned()).collect(),
@@ -267,5 +297,50 @@ mod tests {
                 .name,
             "default"
         );
+    }
+
+    #[test]
+    fn a_captured_connection_is_matched_on_its_original_destination() {
+        let range = |s: &str, len| Cidr {
+            address: s.parse().unwrap(),
+            prefix_len: len,
+        };
+        let l = listener(
+            vec![
+                chain(
+                    "vip",
+                    ChainMatch {
+                        destination_port: Some(80),
+                        prefix_ranges: vec![range("10.96.0.10", 32)],
+                        ..Default::default()
+                    },
+                ),
+                chain(
+                    "port",
+                    ChainMatch {
+                        destination_port: Some(80),
+                        ..Default::default()
+                    },
+                ),
+                chain(
+                    "net",
+                    ChainMatch {
+                        prefix_ranges: vec![range("10.96.0.0", 16)],
+                        ..Default::default()
+                    },
+                ),
+            ],
+            Some(chain("passthrough", ChainMatch::default())),
+        );
+        let to = |addr: &str| ConnectionFacts {
+            destination: addr.parse().unwrap(),
+            transport_protocol: "raw_buffer",
+            ..Default::default()
+        };
+        let chosen = |addr| select(&l, &to(addr)).unwrap().1.name.clone();
+        assert_eq!(chosen("10.96.0.10:80"), "vip");
+        assert_eq!(chosen("10.96.0.11:80"), "port");
+        assert_eq!(chosen("10.96.0.11:81"), "net");
+        assert_eq!(chosen("10.1.1.1:81"), "passthrough");
     }
 }

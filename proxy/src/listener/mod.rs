@@ -9,6 +9,7 @@
 
 pub mod chain;
 pub mod client_hello;
+pub mod original_dst;
 pub mod rewind;
 
 use std::collections::HashMap;
@@ -186,18 +187,29 @@ async fn serve(
         detail
     };
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    // On a capture listener, the connection is treated as if it had been accepted at its
+    // original destination: chains, RBAC and passthrough clusters see that address.
+    let local = if listener.original_dst {
+        let original = original_dst::original_destination(&stream)
+            .map_err(|e| refuse("original_dst", format!("SO_ORIGINAL_DST: {e}")))?;
+        if original == listener.address || Some(original) == stream.local_addr().ok() {
+            return Err(refuse(
+                "original_dst",
+                "not a redirected connection: its destination is the capture listener itself"
+                    .into(),
+            ));
+        }
+        original
+    } else {
+        stream.local_addr().map_err(|e| e.to_string())?
+    };
     let mut stream = stream;
     let (prefix, facts) = if listener.tls_inspector {
-        read_hello(
-            &mut stream,
-            local.port(),
-            runtime.settings.handshake_timeout,
-        )
-        .await
-        .map_err(|e| refuse("tls_inspector", e))?
+        read_hello(&mut stream, local, runtime.settings.handshake_timeout)
+            .await
+            .map_err(|e| refuse("tls_inspector", e))?
     } else {
-        (Vec::new(), plaintext_facts(local.port()))
+        (Vec::new(), plaintext_facts(local))
     };
     let (chain_id, chain) = chain::select(listener, &facts)
         .ok_or_else(|| refuse("no_filter_chain", "no filter chain matches".into()))?;
@@ -244,7 +256,7 @@ async fn serve(
         }
     }
     match &chain.terminal {
-        Terminal::Tcp(tcp) => crate::tcp::proxy(io, tcp, &runtime)
+        Terminal::Tcp(tcp) => crate::tcp::proxy(io, tcp, &runtime, local)
             .await
             .map_err(|e| e.to_string()),
         Terminal::Http(hcm) => {
@@ -262,7 +274,7 @@ async fn serve(
             };
             crate::http::serve(io, codec, connection, drain)
                 .await
-                .map_err(|e| refuse("http_protocol", e))
+                .map_err(|e| refuse(crate::http::error_reason(&e), e))
         }
     }
 }
@@ -279,9 +291,9 @@ fn local_identity(
     }
 }
 
-fn plaintext_facts(port: u16) -> ConnectionFacts {
+fn plaintext_facts(destination: SocketAddr) -> ConnectionFacts {
     ConnectionFacts {
-        destination_port: port,
+        destination,
         server_name: None,
         transport_protocol: "raw_buffer",
         alpn: Vec::new(),
@@ -292,17 +304,17 @@ fn plaintext_facts(port: u16) -> ConnectionFacts {
 /// nothing within the timeout is treated as plaintext (server-first protocols).
 async fn read_hello(
     stream: &mut TcpStream,
-    port: u16,
+    destination: SocketAddr,
     timeout: Duration,
 ) -> Result<(Vec<u8>, ConnectionFacts), String> {
     let mut buf = Vec::with_capacity(2048);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match inspect(&buf) {
-            Inspect::NotTls => return Ok((buf, plaintext_facts(port))),
+            Inspect::NotTls => return Ok((buf, plaintext_facts(destination))),
             Inspect::Hello { sni, alpn } => {
                 let facts = ConnectionFacts {
-                    destination_port: port,
+                    destination,
                     server_name: sni,
                     transport_protocol: "tls",
                     alpn,
@@ -317,7 +329,7 @@ async fn read_hello(
         }
         let mut chunk = [0u8; 4096];
         match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) if buf.is_empty() => return Ok((buf, plaintext_facts(port))),
+            Err(_) if buf.is_empty() => return Ok((buf, plaintext_facts(destination))),
             Err(_) => return Err("TLS inspector: the ClientHello did not arrive in time".into()),
             Ok(Ok(0)) => return Err("closed before sending anything".into()),
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),

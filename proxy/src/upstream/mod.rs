@@ -64,6 +64,7 @@ pub fn build(
                 Discovery::Eds { service_name } => {
                     config.endpoints.get(service_name).map(|a| (**a).clone())
                 }
+                Discovery::OriginalDst => None,
             };
             let runtime = ClusterRuntime {
                 balancer: Balancer::new(cluster.lb),
@@ -191,6 +192,22 @@ impl ClusterRuntime {
                 "host ejected by outlier detection"
             );
         }
+    }
+
+    /// Connects to where a captured connection was going (an `ORIGINAL_DST` cluster).
+    pub async fn connect_original(
+        &self,
+        destination: SocketAddr,
+    ) -> Result<(BoxedIo, Arc<Host>), ConnectError> {
+        let host = Arc::new(Host {
+            host: destination.ip().to_string(),
+            port: destination.port(),
+            weight: 1,
+            active: AtomicUsize::new(0),
+            health: Arc::default(),
+        });
+        let (io, _) = self.connect_to(&host).await?;
+        Ok((io, host))
     }
 
     /// Picks a host and connects to it (TLS included), within the cluster's connect timeout.

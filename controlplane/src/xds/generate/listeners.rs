@@ -1,6 +1,7 @@
-//! A sidecar's listeners: inbound (one per port of its workload, on the `WorkloadEntry`
-//! address, with mTLS per `PeerAuthentication` and RBAC per `AuthorizationPolicy`; HTTP ports
-//! route by RDS `inbound|<port>`) and one outbound HTTP listener for its application.
+//! A sidecar's explicit listeners: inbound (one per port of its workload, on the
+//! `WorkloadEntry` address, with mTLS per `PeerAuthentication` and RBAC per
+//! `AuthorizationPolicy`; HTTP ports route by RDS `inbound|<port>`) and one outbound HTTP
+//! listener for its application. `capture.rs` arranges the same chains for iptables capture.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -82,15 +83,60 @@ fn inbound_ports(model: &MeshModel, workload: &Workload) -> Vec<InboundPort> {
     ports.into_values().collect()
 }
 
-/// Inbound listeners, the clusters to the application behind them, and their routes.
-pub fn inbound(
-    model: &MeshModel,
-    node: &ProxyNode,
-    workload: &Workload,
-) -> (Vec<Listener>, Vec<Cluster>, Vec<RouteConfiguration>) {
+/// What the workload serves on one port: the filter chains (mTLS per `PeerAuthentication`,
+/// RBAC, then HTTP or TCP to the application). They become a listener of their own (explicit
+/// mode) or chains of the capture listener matched on this destination port.
+pub struct InboundChains {
+    pub port: u32,
+    pub chains: Vec<FilterChain>,
+    /// The chains tell TLS from plaintext: the TLS inspector must run.
+    pub inspect_tls: bool,
+}
+
+/// A workload's inbound side: per-port chains, the clusters to the application, the routes.
+pub struct Inbound {
+    pub ports: Vec<InboundChains>,
+    pub clusters: Vec<Cluster>,
+    pub routes: Vec<RouteConfiguration>,
+}
+
+/// The TLS inspector listener filter (SNI, ALPN, TLS or not).
+pub(super) fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// Explicit mode: one listener per port, bound on the workload's address.
+pub fn inbound_listeners(workload: &Workload, inbound: &Inbound) -> Vec<Listener> {
+    inbound
+        .ports
+        .iter()
+        .map(|port| Listener {
+            name: inbound_listener(&workload.address, port.port),
+            address: Some(socket(&workload.address, port.port)),
+            filter_chains: port.chains.clone(),
+            listener_filters: if port.inspect_tls {
+                vec![tls_inspector()]
+            } else {
+                Vec::new()
+            },
+            traffic_direction: TrafficDirection::Inbound as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The inbound chains of every port of the workload, the clusters to the application behind
+/// them, and their routes.
+pub fn inbound(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Inbound {
     let mtls = model.mtls_policy(workload);
     let policies = model.authorization_policies(workload);
-    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
     let mut clusters = Vec::new();
     let mut routes = Vec::new();
     for port in inbound_ports(model, workload) {
@@ -158,27 +204,17 @@ pub fn inbound(
             InboundMtls::Permissive => vec![tls_chain(), plain_chain(true)],
             InboundMtls::Disable => vec![plain_chain(false)],
         };
-        let listener_filters = if mode == InboundMtls::Disable {
-            Vec::new()
-        } else {
-            vec![ListenerFilter {
-                name: "envoy.filters.listener.tls_inspector".into(),
-                config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
-                    &TlsInspector::default(),
-                ))),
-                ..Default::default()
-            }]
-        };
-        listeners.push(Listener {
-            name: inbound_listener(&workload.address, port.number),
-            address: Some(socket(&workload.address, port.number)),
-            filter_chains,
-            listener_filters,
-            traffic_direction: TrafficDirection::Inbound as i32,
-            ..Default::default()
+        ports.push(InboundChains {
+            port: port.number,
+            chains: filter_chains,
+            inspect_tls: mode != InboundMtls::Disable,
         });
     }
-    (listeners, clusters, routes)
+    Inbound {
+        ports,
+        clusters,
+        routes,
+    }
 }
 
 fn router() -> HttpFilter {
@@ -275,10 +311,14 @@ fn inbound_routes(port: u32, cluster: &str, rules: Vec<Rbac>) -> RouteConfigurat
 }
 
 fn tcp_proxy(port: u32, cluster: &str) -> Filter {
+    tcp_proxy_to(&format!("inbound_{port}"), cluster)
+}
+
+pub(super) fn tcp_proxy_to(stat_prefix: &str, cluster: &str) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
         config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
-            stat_prefix: format!("inbound_{port}"),
+            stat_prefix: stat_prefix.to_owned(),
             cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
             ..Default::default()
         }))),
@@ -313,6 +353,21 @@ fn app_cluster(name: &str, address: &str, port: u32, protocol: Protocol) -> Clus
 
 /// The application's HTTP proxy: every visible HTTP service, routed by RDS.
 pub fn outbound(node: &ProxyNode) -> Listener {
+    Listener {
+        name: OUTBOUND_LISTENER.into(),
+        address: Some(socket(&node.outbound_address, node.outbound_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![outbound_http()],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}
+
+/// The outbound HTTP connection manager: routes of every visible HTTP service (RDS
+/// `outbound`), by authority.
+pub(super) fn outbound_http() -> Filter {
     let hcm = HttpConnectionManager {
         stat_prefix: "outbound_http".into(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
@@ -330,14 +385,5 @@ pub fn outbound(node: &ProxyNode) -> Listener {
         ),
         ..Default::default()
     };
-    Listener {
-        name: OUTBOUND_LISTENER.into(),
-        address: Some(socket(&node.outbound_address, node.outbound_port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![hcm_filter(&hcm)],
-            ..Default::default()
-        }],
-        traffic_direction: TrafficDirection::Outbound as i32,
-        ..Default::default()
-    }
+    hcm_filter(&hcm)
 }

@@ -10,8 +10,12 @@
 //!   the endpoints' SPIFFE identities, endpoints by EDS;
 //! - secrets `default` (its certificate) and `ROOTCA` (one trust bundle per trust domain).
 //!
+//! With `INTERCEPTION_MODE=REDIRECT` (iptables capture) the same inbound chains and outbound
+//! routes sit behind two capture listeners instead (`capture.rs`).
+//!
 //! Names follow Istio's so that people who read Envoy config dumps of Istio feel at home.
 
+mod capture;
 mod clusters;
 mod endpoints;
 mod listeners;
@@ -30,7 +34,7 @@ use isthmus_api::envoy::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
 use super::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, ROUTE, SECRET, TypeResources};
-use crate::model::{MeshModel, NodeError, ProxyNode, Workload};
+use crate::model::{Interception, MeshModel, NodeError, ProxyNode, Workload};
 
 pub use names::{ROOT_CA_SECRET, WORKLOAD_SECRET};
 pub use secrets::ProxySecrets;
@@ -126,19 +130,37 @@ pub fn proxy_snapshot_with_view(
     view: &OutboundView,
     secrets: &ProxySecrets,
 ) -> ProxySnapshot {
-    let (inbound_listeners, inbound_clusters, inbound_routes) =
-        listeners::inbound(model, node, workload);
-    let outbound_listener = listeners::outbound(node);
-    let listeners = TypeResources::new(
-        inbound_listeners
-            .iter()
-            .chain([&outbound_listener])
-            .map(|l| (l.name.clone(), pack(l))),
-    );
+    let inbound = listeners::inbound(model, node, workload);
+    let (listeners, local_clusters) = match node.interception {
+        Interception::Explicit => {
+            let mut listeners = listeners::inbound_listeners(workload, &inbound);
+            listeners.push(listeners::outbound(node));
+            (listeners, Vec::new())
+        }
+        Interception::Redirect => {
+            let visible = visibility::visible_services(model, workload);
+            let (outbound, passthrough) = capture::virtual_outbound(node, &visible);
+            // A workload that serves nothing gets no inbound listener (a listener needs a
+            // chain): redirected connections are refused by the kernel.
+            let inbound = capture::virtual_inbound(&inbound);
+            let listeners = if inbound.filter_chains.is_empty() {
+                vec![outbound]
+            } else {
+                vec![inbound, outbound]
+            };
+            (listeners, vec![passthrough])
+        }
+    };
+    let listeners = TypeResources::new(listeners.iter().map(|l| (l.name.clone(), pack(l))));
     let inbound_routes =
-        TypeResources::new(inbound_routes.iter().map(|r| (r.name.clone(), pack(r))));
-    let inbound_clusters =
-        TypeResources::new(inbound_clusters.iter().map(|c| (c.name.clone(), pack(c))));
+        TypeResources::new(inbound.routes.iter().map(|r| (r.name.clone(), pack(r))));
+    let inbound_clusters = TypeResources::new(
+        inbound
+            .clusters
+            .iter()
+            .chain(&local_clusters)
+            .map(|c| (c.name.clone(), pack(c))),
+    );
     let secrets = TypeResources::new(secrets.to_envoy().iter().map(|s| (s.name.clone(), pack(s))));
     ProxySnapshot::default()
         .with(LISTENER, listeners)

@@ -8,6 +8,13 @@ pub const ROOT_CA_SECRET: &str = "ROOTCA";
 pub const OUTBOUND_ROUTE: &str = "outbound";
 /// The outbound HTTP listener.
 pub const OUTBOUND_LISTENER: &str = "outbound_http";
+/// Capture mode: the listener iptables sends outbound TCP to (`OUTBOUND_PORT`, 15001).
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+/// Capture mode: the listener iptables sends inbound TCP to.
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+pub const INBOUND_CAPTURE_PORT: u32 = 15006;
+/// Captured traffic to no known service goes where it was going.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 
 pub fn outbound_cluster(port: u32, subset: Option<&str>, host: &str) -> String {
     format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())

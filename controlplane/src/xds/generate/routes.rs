@@ -42,9 +42,15 @@ pub fn outbound_routes(
         let mut first_http = true;
         for port in service.ports.iter().filter(|p| p.protocol.is_http()) {
             let host = &service.key.hostname;
-            let mut domains = vec![format!("{host}:{}", port.number)];
+            // The virtual addresses too, for captured requests whose authority is the VIP.
+            let vips = service.addresses.iter().filter(|a| !a.contains('/'));
+            let names: Vec<&String> = std::iter::once(host).chain(vips).collect();
+            let mut domains: Vec<String> = names
+                .iter()
+                .map(|name| format!("{name}:{}", port.number))
+                .collect();
             if first_http {
-                domains.push(host.clone());
+                domains.extend(names.iter().map(|name| (*name).clone()));
                 first_http = false;
             }
             let routes = match model.routes.get(host) {

@@ -1,12 +1,12 @@
 //! Table-driven tests of per-proxy generation: YAML in, decoded Envoy resources out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
 use isthmus_api::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
-use isthmus_api::envoy::envoy::config::listener::v3::Listener;
+use isthmus_api::envoy::envoy::config::listener::v3::{Listener, listener_filter};
 use isthmus_api::envoy::envoy::config::rbac::v3::rbac;
 use isthmus_api::envoy::envoy::config::route::v3::{RouteConfiguration, route, route_action};
 use isthmus_api::envoy::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
@@ -662,4 +662,140 @@ fn an_unknown_workload_is_an_error_naming_it() {
         e.to_string(),
         "node sidecar~127.0.0.1~ghost.shop~shop.svc.cluster.local: no WorkloadEntry shop/ghost (with an address) in the configuration"
     );
+}
+
+#[test]
+fn capture_mode_matches_chains_on_the_original_destination() {
+    let extra = "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db.shop.local]
+  addresses: [10.96.0.20]
+  location: MESH_INTERNAL
+  ports: [{number: 5432, name: tcp-pg}]
+  endpoints: [{address: 10.1.0.5}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web-vip, namespace: shop}
+spec:
+  hosts: [web.shop.local]
+  addresses: [10.96.0.30]
+  location: MESH_INTERNAL
+  ports: [{number: 8080, name: http}]
+  endpoints: [{address: 10.1.0.6}]
+";
+    let mut captured = node("reviews-v1");
+    captured.interception = crate::model::Interception::Redirect;
+    let s = proxy_snapshot(&model(extra), &captured, &secrets()).unwrap();
+    let listeners = decoded::<Listener>(&s, LISTENER);
+    assert_eq!(
+        listeners.keys().collect::<Vec<_>>(),
+        ["virtualInbound", "virtualOutbound"],
+        "capture replaces the explicit listeners"
+    );
+    let filter_types = |l: &Listener| -> Vec<String> {
+        l.listener_filters
+            .iter()
+            .map(|f| match &f.config_type {
+                Some(listener_filter::ConfigType::TypedConfig(any)) => any.type_url.clone(),
+                _ => String::new(),
+            })
+            .collect()
+    };
+
+    let outbound = &listeners["virtualOutbound"];
+    let address = outbound.address.as_ref().unwrap();
+    assert_eq!(address_of(address), ("0.0.0.0".to_owned(), 15001));
+    assert!(filter_types(outbound)[0].ends_with("original_dst.v3.OriginalDst"));
+    // (destination port, prefix ranges) of each chain.
+    let matches: Vec<(u32, Vec<String>)> = outbound
+        .filter_chains
+        .iter()
+        .map(|c| {
+            let m = c.filter_chain_match.as_ref().unwrap();
+            (
+                m.destination_port.as_ref().unwrap().value,
+                m.prefix_ranges
+                    .iter()
+                    .map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.unwrap().value))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert!(matches.contains(&(9080, vec![])), "HTTP port: {matches:?}");
+    assert!(matches.contains(&(8080, vec![])), "HTTP port: {matches:?}");
+    assert!(
+        matches.contains(&(5432, vec!["10.96.0.20/32".into()])),
+        "a TCP service by its VIP: {matches:?}"
+    );
+    assert!(
+        matches.contains(&(7000, vec!["127.0.0.21/32".into(), "127.0.0.22/32".into()])),
+        "a TCP service without a VIP, by its endpoints: {matches:?}"
+    );
+    let default = outbound.default_filter_chain.as_ref().unwrap();
+    assert_eq!(default.name, "PassthroughCluster");
+    let passthrough = &clusters(&s)["PassthroughCluster"];
+    assert_eq!(
+        passthrough.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32
+        ))
+    );
+
+    // The VIP is a domain of the service's virtual host.
+    let routes = outbound_routes(&s);
+    let web = routes
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "web.shop.local:8080")
+        .unwrap();
+    assert!(
+        web.domains.contains(&"10.96.0.30:8080".to_owned())
+            && web.domains.contains(&"10.96.0.30".to_owned()),
+        "{:?}",
+        web.domains
+    );
+
+    let inbound = &listeners["virtualInbound"];
+    assert_eq!(
+        address_of(inbound.address.as_ref().unwrap()),
+        ("0.0.0.0".to_owned(), 15006)
+    );
+    assert_eq!(
+        filter_types(inbound).len(),
+        2,
+        "original_dst and tls_inspector"
+    );
+    let ports: BTreeSet<u32> = inbound
+        .filter_chains
+        .iter()
+        .map(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .unwrap()
+                .destination_port
+                .as_ref()
+                .unwrap()
+                .value
+        })
+        .collect();
+    // reviews-v1 serves 9080 on 19080 and 7000 (its WorkloadEntry ports).
+    assert_eq!(ports, BTreeSet::from([19080, 7000]));
+}
+
+fn address_of(a: &isthmus_api::envoy::envoy::config::core::v3::Address) -> (String, u32) {
+    use isthmus_api::envoy::envoy::config::core::v3::{address, socket_address};
+    match &a.address {
+        Some(address::Address::SocketAddress(s)) => (
+            s.address.clone(),
+            match s.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => p,
+                _ => 0,
+            },
+        ),
+        _ => panic!("not a socket address"),
+    }
 }

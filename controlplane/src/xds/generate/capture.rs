@@ -1,0 +1,177 @@
+//! Transparent capture (`INTERCEPTION_MODE=REDIRECT`): iptables sends the pod's outbound TCP
+//! to one listener and its inbound TCP to another, and both choose a filter chain by each
+//! connection's original destination, as Istio's `virtualOutbound` and `virtualInbound` do.
+//!
+//! - `virtualOutbound` (`0.0.0.0:<OUTBOUND_PORT>`, 15001): one chain per HTTP service port
+//!   (the outbound routes, by authority), one per TCP service port and virtual address (or
+//!   endpoint addresses, for a service without one) to that service's cluster, and a default
+//!   chain that passes anything else through to where it was going (`PassthroughCluster`,
+//!   Istio's `ALLOW_ANY`).
+//! - `virtualInbound` (`0.0.0.0:15006`): the workload's inbound chains, each matched on its
+//!   port. A port the workload does not declare matches nothing and is closed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_api::envoy::envoy::config::core::v3::{CidrRange, TrafficDirection};
+use isthmus_api::envoy::envoy::config::listener::v3::{
+    FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
+};
+use isthmus_api::envoy::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use isthmus_api::envoy::google::protobuf::UInt32Value;
+
+use super::endpoints::socket;
+use super::listeners::{Inbound, outbound_http, tcp_proxy_to, tls_inspector};
+use super::names::{
+    INBOUND_CAPTURE_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, outbound_cluster,
+};
+use super::{duration, pack};
+use crate::model::{ProxyNode, Service};
+
+fn original_dst() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+            &OriginalDst::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// `10.96.0.10` or `10.96.0.0/16` as Envoy's CIDR range; `None` if it is neither.
+fn cidr(text: &str) -> Option<CidrRange> {
+    let (ip, len) = match text.split_once('/') {
+        Some((ip, len)) => (ip, Some(len.parse::<u32>().ok()?)),
+        None => (text, None),
+    };
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    Some(CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(UInt32Value {
+            value: len.unwrap_or(if ip.is_ipv4() { 32 } else { 128 }),
+        }),
+    })
+}
+
+/// The addresses that say a captured connection goes to `service`: its virtual addresses,
+/// else its endpoints' IP addresses.
+fn service_ranges(service: &Service) -> Vec<CidrRange> {
+    let from_vips: Vec<CidrRange> = service.addresses.iter().filter_map(|a| cidr(a)).collect();
+    if !from_vips.is_empty() {
+        return from_vips;
+    }
+    let ips: BTreeSet<&str> = service
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    ips.into_iter().filter_map(cidr).collect()
+}
+
+/// The outbound capture listener and the passthrough cluster its default chain uses.
+pub fn virtual_outbound(node: &ProxyNode, visible: &[&Service]) -> (Listener, Cluster) {
+    let mut chains = Vec::new();
+    let http_ports: BTreeSet<u32> = visible
+        .iter()
+        .flat_map(|s| &s.ports)
+        .filter(|p| p.protocol.is_http())
+        .map(|p| p.number)
+        .collect();
+    for port in &http_ports {
+        chains.push(FilterChain {
+            name: format!("0.0.0.0_{port}"),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(UInt32Value { value: *port }),
+                ..Default::default()
+            }),
+            filters: vec![outbound_http()],
+            ..Default::default()
+        });
+    }
+    // Two chains with the same match would make the listener invalid: the first service to
+    // claim a (port, addresses) pair keeps it.
+    let mut claimed = BTreeSet::new();
+    for service in visible {
+        let ranges = service_ranges(service);
+        if ranges.is_empty() {
+            continue;
+        }
+        for port in service.ports.iter().filter(|p| !p.protocol.is_http()) {
+            let key = (
+                port.number,
+                ranges
+                    .iter()
+                    .map(|r| format!("{}/{:?}", r.address_prefix, r.prefix_len))
+                    .collect::<Vec<_>>(),
+            );
+            if !claimed.insert(key) {
+                continue;
+            }
+            let cluster = outbound_cluster(port.number, None, &service.key.hostname);
+            chains.push(FilterChain {
+                name: cluster.clone(),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: port.number }),
+                    prefix_ranges: ranges.clone(),
+                    ..Default::default()
+                }),
+                filters: vec![tcp_proxy_to(&cluster, &cluster)],
+                ..Default::default()
+            });
+        }
+    }
+    let listener = Listener {
+        name: VIRTUAL_OUTBOUND.into(),
+        address: Some(socket("0.0.0.0", node.outbound_port)),
+        listener_filters: vec![original_dst()],
+        filter_chains: chains,
+        default_filter_chain: Some(FilterChain {
+            name: PASSTHROUGH_CLUSTER.into(),
+            filters: vec![tcp_proxy_to(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER)],
+            ..Default::default()
+        }),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    };
+    let passthrough = Cluster {
+        name: PASSTHROUGH_CLUSTER.into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(duration(Duration::from_secs(10))),
+        ..Default::default()
+    };
+    (listener, passthrough)
+}
+
+/// The inbound capture listener: every inbound chain, matched on its port.
+pub fn virtual_inbound(inbound: &Inbound) -> Listener {
+    let chains = inbound
+        .ports
+        .iter()
+        .flat_map(|port| {
+            port.chains.iter().cloned().map(move |mut chain| {
+                let matcher = chain
+                    .filter_chain_match
+                    .get_or_insert_with(Default::default);
+                matcher.destination_port = Some(UInt32Value { value: port.port });
+                chain.name = format!("{}_{}", chain.name, port.port);
+                chain
+            })
+        })
+        .collect();
+    let mut listener_filters = vec![original_dst()];
+    if inbound.ports.iter().any(|p| p.inspect_tls) {
+        listener_filters.push(tls_inspector());
+    }
+    Listener {
+        name: VIRTUAL_INBOUND.into(),
+        address: Some(socket("0.0.0.0", INBOUND_CAPTURE_PORT)),
+        listener_filters,
+        filter_chains: chains,
+        traffic_direction: TrafficDirection::Inbound as i32,
+        ..Default::default()
+    }
+}

