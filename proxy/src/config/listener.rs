@@ -85,6 +85,9 @@ pub struct HttpManager {
     pub set_client_cert_uri: bool,
     /// Accept `GET http://host/path` (the app uses the proxy as its HTTP proxy).
     pub allow_absolute_url: bool,
+    /// Upgrade protocols proxied (`upgrade_configs`, lowercase: `websocket`); other upgrade
+    /// requests are refused with 403, as Envoy does.
+    pub upgrades: Vec<String>,
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
 }
@@ -435,7 +438,7 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         original_ip_detection_extensions, early_header_mutation_extensions, internal_address_config,
         skip_xff_append, via, preserve_external_request_id, always_set_request_id_in_response,
         forward_client_cert_matcher, represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
-        upgrade_configs, normalize_path, merge_slashes, path_with_escaped_slashes_action,
+        normalize_path, merge_slashes, path_with_escaped_slashes_action,
         request_id_extension, local_reply_config, strip_matching_host_port,
         path_normalization_options, strip_trailing_host_dot, proxy_status_config,
         typed_header_validation_config, append_x_forwarded_port, append_local_overload,
@@ -501,12 +504,32 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         reject_set!(path; subject, cert, chain, dns, issuer, format);
         set_client_cert_uri = uri;
     }
+    let mut upgrades = Vec::new();
+    for (i, upgrade) in upgrade_configs.into_iter().enumerate() {
+        let path = path.field("upgrade_configs").index(i);
+        let http_connection_manager::UpgradeConfig {
+            upgrade_type,
+            filters,
+            enabled,
+        } = upgrade;
+        reject_set!(path; filters);
+        if upgrade_type.is_empty() || upgrade_type.eq_ignore_ascii_case("CONNECT") {
+            return Err(Invalid::new(
+                &path.field("upgrade_type"),
+                "an upgrade protocol such as websocket (CONNECT is not supported)",
+            ));
+        }
+        if enabled.is_none_or(|e| e.value) {
+            upgrades.push(upgrade_type.to_ascii_lowercase());
+        }
+    }
     let allow_absolute_url = match http_protocol_options {
         Some(h1) => http1_check(h1, &path.field("http_protocol_options"))?,
         None => false,
     };
     Ok(HttpManager {
         stat_prefix,
+        upgrades,
         codec,
         routes,
         rbac: http_filters_chain(http_filters, &path.field("http_filters"))?,

@@ -43,7 +43,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 const XFCC: &str = "x-forwarded-client-cert";
 
 pub async fn forward(
-    request: http::Request<Incoming>,
+    mut request: http::Request<Incoming>,
     action: &Forward,
     levels: &Levels<'_>,
     authority: &str,
@@ -63,6 +63,13 @@ pub async fn forward(
         levels.table,
     ];
 
+    let upgrade = super::upgrade::requested(&request);
+    if let Some(protocol) = &upgrade
+        && !hcm.upgrades.contains(protocol)
+    {
+        return local_reply(http::StatusCode::FORBIDDEN, "");
+    }
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     edit(&mut parts.headers, edits.iter().map(|e| &e.request));
@@ -83,6 +90,21 @@ pub async fn forward(
         .to_owned();
     let path_and_query = rewrite_path(&parts.uri, action, levels);
     let http2 = cluster.cluster.protocol.http == Some(crate::config::cluster::HttpVersion::Http2);
+
+    if let (Some(protocol), Some(on_upgrade)) = (&upgrade, on_upgrade) {
+        let mut upstream = http::Request::new(super::full(Bytes::new()));
+        *upstream.method_mut() = parts.method.clone();
+        if let Ok(uri) = path_and_query.parse() {
+            *upstream.uri_mut() = uri;
+        }
+        *upstream.headers_mut() = parts.headers;
+        if let Ok(value) = HeaderValue::from_str(&authority) {
+            upstream.headers_mut().insert(header::HOST, value);
+        }
+        let mut response = super::upgrade::forward(on_upgrade, upstream, protocol, &cluster).await;
+        edit(response.headers_mut(), edits.iter().map(|e| &e.response));
+        return response;
+    }
 
     // A request with a body goes once (it is streamed, not kept for a retry).
     let replayable = body.is_end_stream();

@@ -6,6 +6,7 @@
 pub mod forward;
 pub mod pool;
 pub mod router;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -130,6 +130,23 @@ impl Pool {
         }))
     }
 
+    /// Sends an upgrade request (WebSocket) on a new HTTP/1.1 connection of its own: after a
+    /// 101 the connection belongs to the upgraded stream, never to the pool.
+    pub async fn send_upgrade(
+        cluster: &ClusterRuntime,
+        host: &Host,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let (io, _) = cluster.connect_to(host).await?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Handshake)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        sender.send_request(request).await.map_err(SendError::Reset)
+    }
+
     fn give_back(&self, sender: http1::SendRequest<Body>, key: Key) {
         let mut idle = self.http1.lock();
         let list = idle.entry(key).or_default();

@@ -227,6 +227,14 @@ fn router() -> HttpFilter {
     }
 }
 
+/// WebSocket upgrades are proxied (as Istio configures every HTTP connection manager).
+fn websocket() -> Vec<http_connection_manager::UpgradeConfig> {
+    vec![http_connection_manager::UpgradeConfig {
+        upgrade_type: "websocket".into(),
+        ..Default::default()
+    }]
+}
+
 fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
@@ -253,6 +261,7 @@ fn inbound_http(port: u32) -> Filter {
             route_config_name: inbound_route(port),
         })),
         http_filters: vec![rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER), router()],
+        upgrade_configs: websocket(),
         // The application sees who called it (x-forwarded-client-cert, URI = SPIFFE ID).
         forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::SanitizeSet
             as i32,
@@ -376,6 +385,7 @@ pub(super) fn outbound_http() -> Filter {
             route_config_name: OUTBOUND_ROUTE.into(),
         })),
         http_filters: vec![router()],
+        upgrade_configs: websocket(),
         // Requests in absolute form (`GET http://svc:port/ HTTP/1.1`, as HTTP proxies get).
         http_protocol_options: Some(
             isthmus_api::envoy::envoy::config::core::v3::Http1ProtocolOptions {
