@@ -3,7 +3,10 @@
 //! `protox` compiles the `.proto` files in Rust, so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const PROTOS: &[&str] = &["../proto/isthmus/ca/v1/ca.proto"];
+    const PROTOS: &[&str] = &[
+        "../proto/isthmus/ca/v1/ca.proto",
+        "../proto/isthmus/echo/v1/echo.proto",
+    ];
     let descriptors = protox::compile(PROTOS, ["../proto"])?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -10,3 +10,14 @@ pub mod ca {
     )]
     tonic::include_proto!("isthmus.ca.v1");
 }
+
+/// `isthmus.echo.v1`: the gRPC echo service of `isthmusctl echo`.
+pub mod echo {
+    #![allow(
+        missing_docs,
+        missing_debug_implementations,
+        clippy::all,
+        clippy::pedantic
+    )]
+    tonic::include_proto!("isthmus.echo.v1");
+}

@@ -8,7 +8,6 @@
 // Wall-clock time is right here: these tests wait on real processes.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use isthmus_e2e::envoy::{Echo, curl};
@@ -18,27 +17,6 @@ use isthmus_e2e::mesh::{
 use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::{Isthmusd, free_port};
 use serde_json::Value;
-
-/// `isthmus-proxy` as the sidecar of `workload` (namespace shop) at `ip`.
-fn sidecar(
-    dir: &Path,
-    daemon: &Isthmusd,
-    ip: &str,
-    workload: &str,
-    metadata: &[String],
-) -> IsthmusProxy {
-    let mut args = vec![
-        "--node-id".to_owned(),
-        format!("sidecar~{ip}~{workload}.shop~shop.svc.cluster.local"),
-        "--xds-plaintext".to_owned(),
-        "--xds-address".to_owned(),
-        daemon.xds.to_string(),
-    ];
-    for m in metadata {
-        args.extend(["--metadata".to_owned(), m.clone()]);
-    }
-    IsthmusProxy::start(dir, workload, &args)
-}
 
 /// Waits up to 20 s for `call` to answer `status`; the last answer and the logs otherwise.
 fn wait_for(status: u16, outbound: u16, headers: &[&str], logs: &dyn Fn() -> String) -> Value {
@@ -98,7 +76,7 @@ fn envoy_and_isthmus_proxy_interoperate_in_every_pairing() {
         &format!("{ip}.1"),
         app_v1.addr.port(),
     );
-    let v2 = sidecar(
+    let v2 = IsthmusProxy::sidecar(
         root,
         &daemon,
         &format!("{ip}.2"),
@@ -111,7 +89,7 @@ fn envoy_and_isthmus_proxy_interoperate_in_every_pairing() {
 
     // Clients of the same service account: one behind isthmus-proxy, one behind Envoy.
     let isthmus_out = free_port();
-    let client = sidecar(
+    let client = IsthmusProxy::sidecar(
         root,
         &daemon,
         &format!("{ip}.4"),
@@ -186,7 +164,7 @@ fn certificate_rotation_under_load_drops_no_request() {
     write(&config, "peer-authentication.yaml", STRICT);
     let daemon = Isthmusd::start(root, "red.local", &["--workload-cert-ttl", "4s"]).unwrap();
     let app = Echo::start(root, "v1").unwrap();
-    let server = sidecar(
+    let server = IsthmusProxy::sidecar(
         root,
         &daemon,
         &format!("{ip}.1"),
@@ -197,7 +175,7 @@ fn certificate_rotation_under_load_drops_no_request() {
         ],
     );
     let outbound = free_port();
-    let client = sidecar(
+    let client = IsthmusProxy::sidecar(
         root,
         &daemon,
         &format!("{ip}.3"),

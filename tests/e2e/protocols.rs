@@ -16,33 +16,19 @@ use isthmus_e2e::mesh::{STRICT, mesh_yaml, write};
 use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::{Isthmusd, free_port};
 
-/// `isthmus-proxy` as the sidecar of `workload` (namespace shop) at `ip`.
-fn sidecar(
-    dir: &Path,
-    daemon: &Isthmusd,
-    ip: &str,
-    workload: &str,
-    metadata: &[String],
-) -> IsthmusProxy {
-    let mut args = vec![
-        "--node-id".to_owned(),
-        format!("sidecar~{ip}~{workload}.shop~shop.svc.cluster.local"),
-        "--xds-plaintext".to_owned(),
-        "--xds-address".to_owned(),
-        daemon.xds.to_string(),
-    ];
-    for m in metadata {
-        args.extend(["--metadata".to_owned(), m.clone()]);
-    }
-    IsthmusProxy::start(dir, workload, &args)
-}
-
 /// The mesh of `tests/support/mesh.rs` (echo v1 behind a server sidecar, a client sidecar),
-/// STRICT mTLS, the application on `app_port`. Returns the client's outbound port.
-fn pair(dir: &Path, ip: &str, app_port: u16) -> (Isthmusd, IsthmusProxy, IsthmusProxy, u16) {
+/// STRICT mTLS, `extra` configuration, the application's ports (`APP_PORTS`). Returns the
+/// client's outbound port.
+fn pair(
+    dir: &Path,
+    ip: &str,
+    app_ports: &str,
+    extra: &str,
+) -> (Isthmusd, IsthmusProxy, IsthmusProxy, u16) {
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
     write(&config, "mesh.yaml", &mesh_yaml(ip, free_port()));
+    write(&config, "extra.yaml", extra);
     write(&config, "peer-authentication.yaml", STRICT);
     // Only v1 runs: route everything there.
     write(
@@ -58,18 +44,18 @@ spec:
 ",
     );
     let daemon = Isthmusd::start(dir, "red.local", &[]).unwrap();
-    let server = sidecar(
+    let server = IsthmusProxy::sidecar(
         dir,
         &daemon,
         &format!("{ip}.1"),
         "echo-v1",
         &[
-            format!("APP_PORTS=http={app_port}"),
+            format!("APP_PORTS={app_ports}"),
             format!("OUTBOUND_PORT={}", free_port()),
         ],
     );
     let outbound = free_port();
-    let client = sidecar(
+    let client = IsthmusProxy::sidecar(
         dir,
         &daemon,
         &format!("{ip}.3"),
@@ -169,7 +155,8 @@ fn upgrade(outbound: u16, protocol: &str) -> (TcpStream, String) {
 fn websocket_upgrades_cross_both_sidecars_over_mtls() {
     let dir = tempfile::tempdir().unwrap();
     let app = upgrade_server();
-    let (_daemon, server, client, outbound) = pair(dir.path(), "127.0.75", app);
+    let (_daemon, server, client, outbound) =
+        pair(dir.path(), "127.0.75", &format!("http={app}"), "");
     let logs = || format!("client:\n{}\nserver:\n{}", client.logs(), server.logs());
     // A plain request first: the path works.
     let (status, body) = curl(&[
@@ -201,4 +188,154 @@ fn websocket_upgrades_cross_both_sidecars_over_mtls() {
     // An upgrade the connection manager does not allow: 403, as in Envoy.
     let (_, head) = upgrade(outbound, "something-else");
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}
+
+/// A gRPC service (port named `grpc`: HTTP/2 between the sidecars) on echo v1 only.
+const GRPC_SERVICE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: grpc-echo, namespace: shop}
+spec:
+  hosts: [grpc-echo.shop.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9090, name: grpc}]
+  workloadSelector: {matchLabels: {version: v1}}
+";
+
+/// `isthmusctl echo` with its gRPC side; (HTTP port, gRPC port), killed on drop.
+struct GrpcEcho(std::process::Child);
+
+impl Drop for GrpcEcho {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn grpc_echo(dir: &Path) -> (GrpcEcho, u16, u16) {
+    let (http_file, grpc_file) = (dir.join("echo.addr"), dir.join("echo-grpc.addr"));
+    let child = std::process::Command::new(isthmus_e2e::bin("isthmusctl"))
+        .args(["echo", "--listen", "127.0.0.1:0", "--name", "grpc-v1"])
+        .arg("--address-file")
+        .arg(&http_file)
+        .args(["--grpc-listen", "127.0.0.1:0", "--grpc-address-file"])
+        .arg(&grpc_file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let echo = GrpcEcho(child);
+    let port = |file: &Path| {
+        std::fs::read_to_string(file)
+            .ok()?
+            .trim()
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.port())
+    };
+    for _ in 0..200 {
+        if let (Some(http), Some(grpc)) = (port(&http_file), port(&grpc_file)) {
+            return (echo, http, grpc);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("isthmusctl echo did not start");
+}
+
+#[test]
+fn grpc_unary_and_streaming_calls_cross_both_sidecars_with_their_statuses() {
+    use isthmus_api::proto::echo::EchoRequest;
+    use isthmus_api::proto::echo::echo_client::EchoClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, http, grpc) = grpc_echo(dir.path());
+    let (_daemon, server, client, outbound) = pair(
+        dir.path(),
+        "127.0.76",
+        &format!("http={http},grpc={grpc}"),
+        GRPC_SERVICE,
+    );
+    let logs = || format!("client:\n{}\nserver:\n{}", client.logs(), server.logs());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let limit = Duration::from_secs(5);
+        // h2c to the client sidecar's outbound listener, with the service's authority.
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{outbound}"))
+                .unwrap()
+                .origin("http://grpc-echo.shop.local:9090".parse().unwrap())
+                .connect()
+                .await
+                .unwrap();
+        let mut echo = EchoClient::new(channel);
+
+        let reply = echo
+            .unary(EchoRequest {
+                message: "hello".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs()))
+            .into_inner();
+        assert_eq!(
+            (reply.name.as_str(), reply.message.as_str()),
+            ("grpc-v1", "hello")
+        );
+        let xfcc = reply
+            .metadata
+            .get("x-forwarded-client-cert")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            xfcc.contains("URI=spiffe://red.local/ns/shop/sa/client"),
+            "the caller's identity: {:?}",
+            reply.metadata
+        );
+        // A status from the application (in trailers-only form) reaches the caller as is.
+        let status = echo
+            .unary(EchoRequest {
+                message: "status:5".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        assert!(
+            status.message().contains("status 5 requested"),
+            "{status:?}"
+        );
+
+        // A bidirectional stream: each reply arrives before the next message is sent (nothing
+        // is buffered until the end), then the stream ends with a status in its trailers.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut replies = echo
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        for message in ["one", "two", "three"] {
+            tx.send(EchoRequest {
+                message: message.into(),
+            })
+            .await
+            .unwrap();
+            let reply = tokio::time::timeout(limit, replies.message())
+                .await
+                .expect("a reply per message, at once")
+                .unwrap()
+                .unwrap();
+            assert_eq!(reply.message, message);
+        }
+        tx.send(EchoRequest {
+            message: "status:7".into(),
+        })
+        .await
+        .unwrap();
+        let end = tokio::time::timeout(limit, replies.message())
+            .await
+            .expect("the stream's end")
+            .unwrap_err();
+        assert_eq!(end.code(), tonic::Code::PermissionDenied, "{end:?}");
+        assert!(end.message().contains("status 7 requested"), "{end:?}");
+    });
 }

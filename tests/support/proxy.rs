@@ -44,6 +44,28 @@ impl IsthmusProxy {
         )
     }
 
+    /// The sidecar of `workload` (namespace `shop`) at `ip`, configured by `daemon` over its
+    /// loopback plaintext xDS port, with `metadata` (`KEY=VALUE`).
+    pub fn sidecar(
+        dir: &Path,
+        daemon: &crate::Isthmusd,
+        ip: &str,
+        workload: &str,
+        metadata: &[String],
+    ) -> Self {
+        let mut args = vec![
+            "--node-id".to_owned(),
+            format!("sidecar~{ip}~{workload}.shop~shop.svc.cluster.local"),
+            "--xds-plaintext".to_owned(),
+            "--xds-address".to_owned(),
+            daemon.xds.to_string(),
+        ];
+        for m in metadata {
+            args.extend(["--metadata".to_owned(), m.clone()]);
+        }
+        Self::start(dir, workload, &args)
+    }
+
     /// Starts `isthmus-proxy` inside `netns` as the user `uid` (the one capture rules skip, as
     /// Istio's 1337), its admin port on 127.0.0.1:15000 there.
     pub fn start_in_netns(

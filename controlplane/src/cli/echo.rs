@@ -2,7 +2,8 @@
 //! answer naming the service and showing the request (method, path, headers), so a test can
 //! see which backend answered and what the sidecar forwarded (e.g. the caller's identity in
 //! `x-forwarded-client-cert`). `?delay_ms=N` answers after N milliseconds (at most a minute),
-//! for tests of timeouts and draining.
+//! for tests of timeouts and draining. With `--grpc-listen` it also serves a gRPC echo
+//! (`echo_grpc.rs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,12 @@ pub struct EchoCommand {
     /// Write the bound address here once listening.
     #[arg(long)]
     address_file: Option<PathBuf>,
+    /// Also serve the gRPC echo (`isthmus.echo.v1.Echo`) here; port 0 picks a free port.
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// Write the gRPC echo's bound address here once listening.
+    #[arg(long, requires = "grpc_listen")]
+    grpc_address_file: Option<PathBuf>,
 }
 
 impl EchoCommand {
@@ -33,12 +40,25 @@ impl EchoCommand {
             .await
             .with_context(|| format!("cannot listen on {}", self.listen))?;
         let bound = listener.local_addr()?;
+        let name: Arc<str> = self.name.clone().into();
+        let grpc = match self.grpc_listen {
+            Some(address) => {
+                let grpc = super::echo_grpc::bind(address).await?;
+                let grpc_bound = grpc.local_addr()?;
+                if let Some(file) = &self.grpc_address_file {
+                    std::fs::write(file, grpc_bound.to_string())
+                        .with_context(|| format!("writing {}", file.display()))?;
+                }
+                println!("echo {} (gRPC) listening on {grpc_bound}", self.name);
+                Some(tokio::spawn(super::echo_grpc::serve(grpc, name.clone())))
+            }
+            None => None,
+        };
         if let Some(file) = &self.address_file {
             std::fs::write(file, bound.to_string())
                 .with_context(|| format!("writing {}", file.display()))?;
         }
         println!("echo {} listening on {bound}", self.name);
-        let name: Arc<str> = self.name.into();
         let app = axum::Router::new().fallback(move |request: Request| {
             let name = name.clone();
             async move {
@@ -48,7 +68,14 @@ impl EchoCommand {
                 answer(&name, &request)
             }
         });
-        axum::serve(listener, app).await?;
+        match grpc {
+            // Whichever stops first (an error) stops the command.
+            Some(grpc) => tokio::select! {
+                served = axum::serve(listener, app) => served?,
+                grpc = grpc => grpc??,
+            },
+            None => axum::serve(listener, app).await?,
+        }
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ pub mod cert;
 pub mod config;
 mod debug_client;
 pub mod echo;
+mod echo_grpc;
 pub mod manifests;
 pub mod status;
 pub mod token;
