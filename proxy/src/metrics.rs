@@ -34,6 +34,14 @@ pub struct ClusterLabels {
     pub cluster: String,
 }
 
+/// A circuit breaker refusal: the cluster and which breaker (`max_connections`,
+/// `max_pending_requests`, `max_requests`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    pub cluster: String,
+    pub breaker: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct XdsLabels {
     /// `CDS`, `EDS`, `LDS`, `RDS`, `SDS`.
@@ -54,7 +62,8 @@ pub struct Metrics {
     pub upstream_retries: Family<ClusterLabels, Counter>,
     pub upstream_timeouts: Family<ClusterLabels, Counter>,
     pub outlier_ejections: Family<ClusterLabels, Counter>,
-    pub upstream_overflows: Family<ClusterLabels, Counter>,
+    pub upstream_overflows: Family<OverflowLabels, Counter>,
+    pub upstream_retry_overflows: Family<ClusterLabels, Counter>,
 }
 
 impl Metrics {
@@ -107,8 +116,13 @@ impl Metrics {
         );
         r.register(
             "upstream_overflows",
-            "Requests refused by a cluster's max_requests circuit breaker",
+            "Connections and requests refused by a cluster's circuit breakers, by breaker (max_connections, max_pending_requests, max_requests)",
             self.upstream_overflows.clone(),
+        );
+        r.register(
+            "upstream_retry_overflows",
+            "Retries not made because the cluster's retry limit (max_retries or budget) was reached",
+            self.upstream_retry_overflows.clone(),
         );
         r.register(
             "outlier_ejections",
@@ -122,6 +136,16 @@ impl Metrics {
             .get_or_create(&RefusedLabels {
                 listener: listener.to_owned(),
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a circuit breaker's refusal.
+    pub fn overflow(&self, cluster: &str, breaker: &'static str) {
+        self.upstream_overflows
+            .get_or_create(&OverflowLabels {
+                cluster: cluster.to_owned(),
+                breaker,
             })
             .inc();
     }

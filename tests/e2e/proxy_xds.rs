@@ -687,6 +687,74 @@ fn an_http2_rapid_reset_flood_is_cut_off_and_counted() {
     );
 }
 
+/// The `max_connections` and `max_pending_requests` circuit breakers (`tcp.maxConnections`,
+/// `http1MaxPendingRequests`): with one connection allowed, a second request waits for it
+/// (pending) and is served after the first; a third finds the pending queue full and fails at
+/// once with 503 and `x-envoy-overloaded`, as in Envoy.
+#[test]
+fn connection_and_pending_breakers_queue_then_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = isthmus_e2e::envoy::Echo::start(dir.path(), "web").unwrap();
+    let (_daemon, proxy, outbound) = web_client_with(
+        dir.path(),
+        &[app.addr.port()],
+        "    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}\n",
+        &[],
+    );
+    // Warm: the one connection exists and is idle in the pool.
+    assert_eq!(
+        web(outbound, "/"),
+        (200, "web".to_owned()),
+        "{}",
+        proxy.logs()
+    );
+    let started = Instant::now();
+    let first = std::thread::spawn(move || web(outbound, "/?delay_ms=1000"));
+    std::thread::sleep(Duration::from_millis(200));
+    let second = std::thread::spawn(move || {
+        let answer = web(outbound, "/?delay_ms=10");
+        (answer, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, body) = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-x",
+        &format!("http://127.0.0.1:{outbound}"),
+        "http://web.shop.local:8080/",
+    ]);
+    assert_eq!(status, 503, "{body}\n{}", proxy.logs());
+    assert!(body.contains("x-envoy-overloaded: true"), "{body}");
+    assert!(body.ends_with("reset reason: overflow"), "{body}");
+    assert_eq!(first.join().unwrap(), (200, "web".to_owned()));
+    let (answer, took) = second.join().unwrap();
+    assert_eq!(
+        answer,
+        (200, "web".to_owned()),
+        "the pending request is served"
+    );
+    assert!(
+        took >= Duration::from_millis(1000),
+        "it waited for the connection: {took:?}"
+    );
+    let (_, metrics) = proxy.get("/stats/prometheus");
+    let overflows = |breaker: &str| {
+        format!(
+            "isthmus_proxy_upstream_overflows_total{{cluster=\"outbound|8080||web.shop.local\",breaker=\"{breaker}\"}}"
+        )
+    };
+    // The second and third requests found the connection taken; the third also the queue full.
+    assert!(
+        metrics.contains(&format!("{} 2", overflows("max_connections"))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{} 1", overflows("max_pending_requests"))),
+        "{metrics}"
+    );
+}
+
 /// The `max_requests` circuit breaker (`http2MaxRequests`): over it, a request fails at once
 /// with 503 and `x-envoy-overloaded`, as in Envoy.
 #[test]
@@ -722,7 +790,7 @@ fn the_request_circuit_breaker_overflows_at_once() {
     let (_, metrics) = proxy.get("/stats/prometheus");
     assert!(
         metrics.contains(
-            "isthmus_proxy_upstream_overflows_total{cluster=\"outbound|8080||web.shop.local\"} 1"
+            "isthmus_proxy_upstream_overflows_total{cluster=\"outbound|8080||web.shop.local\",breaker=\"max_requests\"} 1"
         ),
         "{metrics}"
     );

@@ -64,8 +64,21 @@ pub struct Limits {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
+    /// Retries in flight at once, across the cluster.
     pub max_retries: u32,
+    /// Instead of `max_retries`: retries in flight as a share of open requests.
+    pub retry_budget: Option<RetryBudget>,
 }
+
+/// Envoy's retry budget: `percent` of the open requests (default 20), at least
+/// `min_concurrency` (default 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_concurrency: u32,
+}
+
+impl Eq for RetryBudget {}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -74,6 +87,7 @@ impl Default for Limits {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
     }
 }
@@ -344,7 +358,28 @@ fn limits(breakers: Option<CircuitBreakers>, path: &Path) -> Checked<Limits> {
             track_remaining: _,
             max_connection_pools,
         } = t;
-        reject_set!(path; retry_budget, max_connection_pools);
+        reject_set!(path; max_connection_pools);
+        let retry_budget = match retry_budget {
+            None => limits.retry_budget,
+            Some(circuit_breakers::thresholds::RetryBudget {
+                budget_percent,
+                min_retry_concurrency,
+                budget_interval,
+            }) => {
+                reject_set!(path.field("retry_budget"); budget_interval);
+                let percent = budget_percent.map_or(20.0, |p| p.value);
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(Invalid::new(
+                        &path.field("retry_budget").field("budget_percent"),
+                        "a percentage, 0 to 100",
+                    ));
+                }
+                Some(RetryBudget {
+                    percent,
+                    min_concurrency: min_retry_concurrency.map_or(3, |m| m.value),
+                })
+            }
+        };
         one_of(
             priority,
             &[RoutingPriority::Default],
@@ -355,6 +390,7 @@ fn limits(breakers: Option<CircuitBreakers>, path: &Path) -> Checked<Limits> {
             max_pending_requests: u32_or(max_pending_requests, limits.max_pending_requests),
             max_requests: u32_or(max_requests, limits.max_requests),
             max_retries: u32_or(max_retries, limits.max_retries),
+            retry_budget,
         };
     }
     Ok(limits)

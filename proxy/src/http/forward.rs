@@ -20,6 +20,8 @@ use crate::config::route::{
 };
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::upstream::ConnectError;
+use crate::upstream::breakers::Breaker;
 use crate::upstream::outlier::Outcome;
 
 /// What the forward needs of the matched route: its path match (for a prefix rewrite) and the
@@ -110,16 +112,26 @@ pub async fn forward(
     let replayable = body.is_end_stream();
     let mut body = Some(body);
     let retry = action.retry.as_ref().filter(|_| replayable);
-    let attempts = 1 + retry.map_or(0, |r| r.num_retries.min(cluster.cluster.limits.max_retries));
+    let attempts = 1 + retry.map_or(0, |r| r.num_retries);
+    let limits = &cluster.cluster.limits;
     let mut backoff = retry.map_or(Duration::from_millis(25), |r| r.base_interval);
     let mut last = local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     for attempt in 0..attempts {
-        if attempt > 0 {
+        // A retry holds a slot of the cluster's retry limit (`max_retries`, or its budget)
+        // for as long as it runs; none free, no retry (Envoy's retry overflow).
+        let _retry = if attempt > 0 {
+            let Some(slot) = cluster.load.try_acquire(Breaker::Retries, limits) else {
+                Metrics::cluster(&runtime.metrics.upstream_retry_overflows, cluster_name);
+                break;
+            };
             Metrics::cluster(&runtime.metrics.upstream_retries, cluster_name);
             let jitter = rand::rng().random_range(Duration::ZERO..=backoff);
             tokio::time::sleep(jitter).await;
             backoff = (backoff * 2).min(retry.map_or(backoff, |r| r.max_interval));
-        }
+            Some(slot)
+        } else {
+            None
+        };
         let Some(host) = cluster.pick() else {
             return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
@@ -150,19 +162,10 @@ pub async fn forward(
         }
         let per_try = retry.and_then(|r| r.per_try_timeout).or(action.timeout);
         // The `max_requests` circuit breaker: over it, fail at once (Envoy's overflow).
-        let open = cluster.open_requests.fetch_add(1, Ordering::Relaxed);
-        if open >= cluster.cluster.limits.max_requests {
-            cluster.open_requests.fetch_sub(1, Ordering::Relaxed);
-            Metrics::cluster(&runtime.metrics.upstream_overflows, cluster_name);
-            let mut response = local_reply(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-            );
-            response
-                .headers_mut()
-                .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-            return response;
-        }
+        let Some(open) = cluster.load.try_acquire(Breaker::Requests, limits) else {
+            runtime.metrics.overflow(cluster_name, "max_requests");
+            return overflow_reply();
+        };
         host.active.fetch_add(1, Ordering::Relaxed);
         let sent = conn.pool.send(&cluster, &host, upstream);
         let outcome = match per_try {
@@ -170,8 +173,10 @@ pub async fn forward(
             None => Some(sent.await),
         };
         host.active.fetch_sub(1, Ordering::Relaxed);
-        cluster.open_requests.fetch_sub(1, Ordering::Relaxed);
-        cluster.record(&host, health_outcome(&outcome));
+        drop(open);
+        if let Some(health) = health_outcome(&outcome) {
+            cluster.record(&host, health);
+        }
         let (response, retriable) = match outcome {
             None => (
                 {
@@ -183,6 +188,10 @@ pub async fn forward(
                 },
                 retry.is_some_and(|r| r.on.server_error || r.on.gateway_error),
             ),
+            // The connection or pending-request breakers: fail at once, never retried.
+            Some(Err(SendError::Connect(ConnectError::Overflow(_)) | SendError::Overflow)) => {
+                (overflow_reply(), false)
+            }
             Some(Err(e)) => {
                 tracing::debug!(cluster = cluster_name, host = host.host, error = %e, "upstream failed");
                 let connect = matches!(e, SendError::Connect(_));
@@ -230,14 +239,30 @@ pub async fn forward(
     response
 }
 
+/// A circuit breaker said no (Envoy's wording and header).
+fn overflow_reply() -> http::Response<Body> {
+    let mut response = local_reply(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+    );
+    response
+        .headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    response
+}
+
 /// What an attempt means for outlier detection.
-fn health_outcome(outcome: &Option<Result<http::Response<Body>, SendError>>) -> Outcome {
-    match outcome {
+/// A circuit breaker's refusal says nothing of the host.
+fn health_outcome(outcome: &Option<Result<http::Response<Body>, SendError>>) -> Option<Outcome> {
+    Some(match outcome {
+        Some(Err(SendError::Connect(ConnectError::Overflow(_)) | SendError::Overflow)) => {
+            return None;
+        }
         Some(Ok(r)) if matches!(r.status().as_u16(), 502..=504) => Outcome::GatewayError,
         Some(Ok(r)) if r.status().is_server_error() => Outcome::ServerError,
         Some(Ok(_)) => Outcome::Success,
         Some(Err(_)) | None => Outcome::GatewayError,
-    }
+    })
 }
 
 fn pick_target(targets: &Targets) -> (&str, Option<&Edits>) {

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::Body;
 use crate::config::cluster::HttpVersion;
+use crate::upstream::breakers::{Breaker, ClusterLoad};
 use crate::upstream::{ClusterRuntime, ConnectError, Host};
 
 /// Idle HTTP/1.1 connections kept per host.
@@ -52,6 +53,9 @@ pub enum SendError {
     Handshake(hyper::Error),
     #[error("upstream reset: {0}")]
     Reset(hyper::Error),
+    /// No connection could be had and the `max_pending_requests` breaker is open too.
+    #[error("too many requests waiting for a connection (max_pending_requests)")]
+    Overflow,
 }
 
 impl Pool {
@@ -106,7 +110,16 @@ impl Pool {
                 }
                 Some(_) => {}
                 None => {
-                    let (io, _) = cluster.connect_to(host).await?;
+                    let io = match cluster.connect_to(host).await {
+                        Ok((io, _)) => io,
+                        // At `max_connections`: wait as a pending request for a connection
+                        // to come back or close, if `max_pending_requests` allows.
+                        Err(ConnectError::Overflow(_)) => {
+                            self.wait_pending(cluster, &key).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let (sender, conn) = http1::handshake(TokioIo::new(io))
                         .await
                         .map_err(SendError::Handshake)?;
@@ -122,10 +135,11 @@ impl Pool {
             .await
             .map_err(SendError::Reset)?;
         let pool = Arc::downgrade(self);
+        let load = cluster.load.clone();
         Ok(response.map(|body| {
             Body::new(ReturnOnEnd {
                 body,
-                back: Some((sender, pool, key)),
+                back: Some((sender, pool, key, load)),
             })
         }))
     }
@@ -147,12 +161,38 @@ impl Pool {
         sender.send_request(request).await.map_err(SendError::Reset)
     }
 
-    fn give_back(&self, sender: http1::SendRequest<Body>, key: Key) {
-        let mut idle = self.http1.lock();
-        let list = idle.entry(key).or_default();
-        if list.len() < MAX_IDLE_PER_HOST {
-            list.push((sender, Instant::now()));
+    fn give_back(&self, sender: http1::SendRequest<Body>, key: Key, load: &ClusterLoad) {
+        {
+            let mut idle = self.http1.lock();
+            let list = idle.entry(key).or_default();
+            if list.len() < MAX_IDLE_PER_HOST {
+                list.push((sender, Instant::now()));
+            }
         }
+        load.freed.notify_waiters();
+    }
+
+    /// Waits, holding a pending-request slot, until a connection of the cluster is given back
+    /// or closed; the caller then looks again. No slot: the breaker's overflow.
+    async fn wait_pending(&self, cluster: &ClusterRuntime, key: &Key) -> Result<(), SendError> {
+        let load = &cluster.load;
+        let Some(_pending) = load.try_acquire(Breaker::Pending, &cluster.cluster.limits) else {
+            cluster
+                .metrics
+                .overflow(&cluster.cluster.name, "max_pending_requests");
+            return Err(SendError::Overflow);
+        };
+        let freed = load.freed.notified();
+        tokio::pin!(freed);
+        // Registered before looking, so a connection freed in between is not missed.
+        freed.as_mut().enable();
+        let idle_here = self.http1.lock().get(key).is_some_and(|l| !l.is_empty());
+        let room = load.connections.load(std::sync::atomic::Ordering::Acquire)
+            < cluster.cluster.limits.max_connections;
+        if !idle_here && !room {
+            freed.await;
+        }
+        Ok(())
     }
 }
 
@@ -163,17 +203,21 @@ fn box_incoming(body: Incoming) -> Body {
 }
 
 /// A response body that returns its HTTP/1.1 connection to the pool once read to the end.
+/// Where a connection goes back to: the pool (if still there), its key, and the cluster's
+/// breakers to wake pending requests.
+type GiveBack = (http1::SendRequest<Body>, Weak<Pool>, Key, Arc<ClusterLoad>);
+
 struct ReturnOnEnd {
     body: Incoming,
-    back: Option<(http1::SendRequest<Body>, Weak<Pool>, Key)>,
+    back: Option<GiveBack>,
 }
 
 impl ReturnOnEnd {
     fn give_back(&mut self) {
-        if let Some((sender, pool, key)) = self.back.take()
+        if let Some((sender, pool, key, load)) = self.back.take()
             && let Some(pool) = pool.upgrade()
         {
-            pool.give_back(sender, key);
+            pool.give_back(sender, key, &load);
         }
     }
 }

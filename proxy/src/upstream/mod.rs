@@ -2,13 +2,14 @@
 //! to the chosen endpoint, over TLS when the cluster originates it.
 
 pub mod balance;
+pub mod breakers;
 pub mod outlier;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -21,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::transport::{BoxedIo, tls};
 
 use self::balance::Balancer;
+use self::breakers::{Breaker, ClusterLoad, SlotIo};
 use self::outlier::{HealthRegistry, HostHealth, Outcome};
 
 /// One endpoint of a cluster.
@@ -45,8 +47,8 @@ pub struct ClusterRuntime {
     /// `None`: plaintext; `Some(Err)`: TLS that cannot be set up yet (a missing secret).
     pub tls: Option<Result<Arc<rustls::ClientConfig>, tls::TlsError>>,
     pub metrics: Arc<Metrics>,
-    /// Requests open to the cluster, for its `max_requests` circuit breaker.
-    pub open_requests: Arc<AtomicU32>,
+    /// Circuit breaker counters (open connections, pending and open requests, retries).
+    pub load: Arc<ClusterLoad>,
 }
 
 /// Every cluster of a configuration; hosts keep their outlier records from `health`.
@@ -74,7 +76,7 @@ pub fn build(
                 tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
                 cluster: cluster.clone(),
                 metrics: metrics.clone(),
-                open_requests: health.open_requests(name),
+                load: health.load(name),
             };
             (name.clone(), Arc::new(runtime))
         })
@@ -139,6 +141,9 @@ pub enum ConnectError {
         port: u16,
         source: io::Error,
     },
+    /// The `max_connections` circuit breaker is open.
+    #[error("cluster {0:?}: too many connections (max_connections)")]
+    Overflow(String),
     #[error("{host}:{port}: connect timeout after {timeout:?}")]
     Timeout {
         host: String,
@@ -217,6 +222,8 @@ impl ClusterRuntime {
             .ok_or_else(|| ConnectError::NoHost(self.cluster.name.clone()))?;
         match self.connect_to(&host).await {
             Ok((io, _)) => Ok((io, host)),
+            // An overflow says nothing of the host's health.
+            Err(e @ ConnectError::Overflow(_)) => Err(e),
             Err(e) => {
                 self.record(&host, Outcome::GatewayError);
                 Err(e)
@@ -225,7 +232,15 @@ impl ClusterRuntime {
     }
 
     /// Connects to `host`; also says whether TLS negotiated HTTP/2 (ALPN `h2`).
+    /// The connection holds a slot of the cluster's `max_connections` until it closes.
     pub async fn connect_to(&self, host: &Host) -> Result<(BoxedIo, bool), ConnectError> {
+        let Some(slot) = self
+            .load
+            .try_acquire(Breaker::Connections, &self.cluster.limits)
+        else {
+            self.metrics.overflow(&self.cluster.name, "max_connections");
+            return Err(ConnectError::Overflow(self.cluster.name.clone()));
+        };
         let timeout = self.cluster.connect_timeout;
         let result = tokio::time::timeout(timeout, self.dial(host))
             .await
@@ -238,7 +253,7 @@ impl ClusterRuntime {
         if result.is_err() {
             Metrics::cluster(&self.metrics.upstream_connect_failures, &self.cluster.name);
         }
-        result
+        result.map(|(io, h2)| (Box::new(SlotIo { inner: io, slot }) as BoxedIo, h2))
     }
 
     async fn dial(&self, host: &Host) -> Result<(BoxedIo, bool), ConnectError> {

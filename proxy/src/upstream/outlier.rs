@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio::time::Instant;
 
+use super::breakers::ClusterLoad;
 use crate::config::cluster::Outlier;
 
 /// What one request or connection attempt to a host came to.
@@ -101,13 +102,13 @@ impl HostHealth {
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     hosts: Mutex<HashMap<(String, String, u16), Arc<HostHealth>>>,
-    requests: Mutex<HashMap<String, Arc<AtomicU32>>>,
+    loads: Mutex<HashMap<String, Arc<ClusterLoad>>>,
 }
 
 impl HealthRegistry {
-    /// The count of requests open to `cluster` (its `max_requests` circuit breaker).
-    pub fn open_requests(&self, cluster: &str) -> Arc<AtomicU32> {
-        self.requests
+    /// The circuit breaker counters of `cluster`, kept across configuration changes.
+    pub fn load(&self, cluster: &str) -> Arc<ClusterLoad> {
+        self.loads
             .lock()
             .entry(cluster.to_owned())
             .or_default()
@@ -129,7 +130,7 @@ impl HealthRegistry {
         clusters: impl Fn(&str) -> bool,
     ) {
         self.hosts.lock().retain(|k, _| keep(k));
-        self.requests.lock().retain(|k, _| clusters(k));
+        self.loads.lock().retain(|k, _| clusters(k));
     }
 }
 
