@@ -687,6 +687,21 @@ fn an_http2_rapid_reset_flood_is_cut_off_and_counted() {
     );
 }
 
+/// A request through the client sidecar fails with a circuit breaker's 503, as Envoy's.
+fn assert_overflow(outbound: u16, proxy: &IsthmusProxy) {
+    let (status, body) = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-x",
+        &format!("http://127.0.0.1:{outbound}"),
+        "http://web.shop.local:8080/",
+    ]);
+    assert_eq!(status, 503, "{body}\n{}", proxy.logs());
+    assert!(body.contains("x-envoy-overloaded: true"), "{body}");
+    assert!(body.ends_with("reset reason: overflow"), "{body}");
+}
+
 /// The `max_connections` and `max_pending_requests` circuit breakers (`tcp.maxConnections`,
 /// `http1MaxPendingRequests`): with one connection allowed, a second request waits for it
 /// (pending) and is served after the first; a third finds the pending queue full and fails at
@@ -716,17 +731,7 @@ fn connection_and_pending_breakers_queue_then_overflow() {
         (answer, started.elapsed())
     });
     std::thread::sleep(Duration::from_millis(200));
-    let (status, body) = curl(&[
-        "-s",
-        "-D",
-        "-",
-        "-x",
-        &format!("http://127.0.0.1:{outbound}"),
-        "http://web.shop.local:8080/",
-    ]);
-    assert_eq!(status, 503, "{body}\n{}", proxy.logs());
-    assert!(body.contains("x-envoy-overloaded: true"), "{body}");
-    assert!(body.ends_with("reset reason: overflow"), "{body}");
+    assert_overflow(outbound, &proxy);
     assert_eq!(first.join().unwrap(), (200, "web".to_owned()));
     let (answer, took) = second.join().unwrap();
     assert_eq!(
@@ -770,17 +775,7 @@ fn the_request_circuit_breaker_overflows_at_once() {
     let slow = std::thread::spawn(move || web(outbound, "/?delay_ms=1500"));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    let (status, body) = curl(&[
-        "-s",
-        "-D",
-        "-",
-        "-x",
-        &format!("http://127.0.0.1:{outbound}"),
-        "http://web.shop.local:8080/",
-    ]);
-    assert_eq!(status, 503, "{body}\n{}", proxy.logs());
-    assert!(body.contains("x-envoy-overloaded: true"), "{body}");
-    assert!(body.ends_with("reset reason: overflow"), "{body}");
+    assert_overflow(outbound, &proxy);
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "not at once"
