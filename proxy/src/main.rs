@@ -11,10 +11,17 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.concurrency {
-        runtime.worker_threads(threads.max(1));
-    }
+    // One worker: a current-thread runtime (no work stealing, no cross-thread wake-ups), as
+    // Envoy's `--concurrency 1` is one worker thread.
+    let mut runtime = match args.concurrency {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

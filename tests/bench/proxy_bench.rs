@@ -48,6 +48,73 @@ struct Args {
     /// Response body size in bytes.
     #[arg(long, default_value_t = 1024)]
     body: usize,
+    /// Seconds of the maximum-throughput run per pair (closed loop, each pair's two proxies
+    /// pinned to CPU 1, the load generator and the application to CPU 0); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    throughput_seconds: u64,
+}
+
+/// What the load generator speaks to the client side: HTTP/1.1, or HTTP/2 with prior
+/// knowledge (h2c; between the sidecars the cluster's protocol applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// A keep-alive client connection of either protocol.
+enum Client {
+    Http1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Client {
+    async fn connect(target: SocketAddr, protocol: Protocol) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(target).await?;
+        stream.set_nodelay(true)?;
+        let io = TokioIo::new(stream);
+        Ok(match protocol {
+            Protocol::Http1 => {
+                let (s, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(conn);
+                Self::Http1(s)
+            }
+            Protocol::Http2 => {
+                let (s, conn) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await?;
+                tokio::spawn(conn);
+                Self::Http2(s)
+            }
+        })
+    }
+
+    /// One GET; true if it got a 2xx and its whole body.
+    async fn get(
+        &mut self,
+        url: &hyper::Uri,
+        header: Option<(&'static str, &'static str)>,
+    ) -> bool {
+        let mut request = hyper::Request::get(url.clone());
+        if let Some((k, v)) = header {
+            request = request.header(k, v);
+        }
+        let response = match self {
+            Self::Http1(s) => {
+                request =
+                    request.header("host", url.authority().map_or("127.0.0.1", |a| a.as_str()));
+                s.send_request(request.body(Empty::new()).unwrap()).await
+            }
+            Self::Http2(s) => s.send_request(request.body(Empty::new()).unwrap()).await,
+        };
+        match response {
+            Ok(response) => {
+                let status = response.status();
+                response.into_body().collect().await.is_ok() && status.is_success()
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// The figures of one set-up.
@@ -108,9 +175,12 @@ async fn app(size: usize) -> SocketAddr {
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                // HTTP/1.1 or h2c, by the client's first bytes.
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
             });
         }
     });
@@ -124,6 +194,7 @@ async fn load(
     target: SocketAddr,
     url: &str,
     header: Option<(&'static str, &'static str)>,
+    protocol: Protocol,
     rate: u64,
     seconds: u64,
     connections: usize,
@@ -141,31 +212,14 @@ async fn load(
         let errors = errors.clone();
         let url: hyper::Uri = url.parse().unwrap();
         workers.push(tokio::spawn(async move {
-            let mut sender = None;
+            let mut sender: Option<Client> = None;
             while let Ok(scheduled) = rx.recv().await {
                 if sender.is_none() {
-                    let stream = tokio::net::TcpStream::connect(target).await.unwrap();
-                    stream.set_nodelay(true).unwrap();
-                    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .unwrap();
-                    tokio::spawn(conn);
-                    sender = Some(s);
+                    sender = Client::connect(target, protocol).await.ok();
                 }
-                let s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>> =
-                    sender.as_mut().unwrap();
-                let mut request = hyper::Request::get(url.clone())
-                    .header("host", url.authority().map_or("127.0.0.1", |a| a.as_str()));
-                if let Some((k, v)) = header {
-                    request = request.header(k, v);
-                }
-                let request = request.body(Empty::new()).unwrap();
-                let ok = match s.send_request(request).await {
-                    Ok(response) => {
-                        let status = response.status();
-                        response.into_body().collect().await.is_ok() && status.is_success()
-                    }
-                    Err(_) => false,
+                let ok = match sender.as_mut() {
+                    Some(client) => client.get(&url, header).await,
+                    None => false,
                 };
                 if !ok {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -213,22 +267,34 @@ impl Receiver {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     name: &'static str,
     target: SocketAddr,
     url: &str,
     header: Option<(&'static str, &'static str)>,
+    protocol: Protocol,
     pids: &[u32],
     args: &Args,
 ) -> Figures {
     let rss_idle: f64 = pids.iter().map(|p| rss_mib(*p)).sum();
     // Warm-up: connections, pools, TLS sessions.
-    let _ = load(target, url, header, args.rate, 1, args.connections).await;
+    let _ = load(
+        target,
+        url,
+        header,
+        protocol,
+        args.rate,
+        1,
+        args.connections,
+    )
+    .await;
     let cpu_before: f64 = pids.iter().map(|p| proc_cpu_seconds(*p)).sum();
     let (latency, errors) = load(
         target,
         url,
         header,
+        protocol,
         args.rate,
         args.seconds,
         args.connections,
@@ -244,6 +310,65 @@ async fn measure(
         rss_idle,
         rss_load,
     }
+}
+
+/// Pins every thread of `pid` to `cpu` (`taskset`).
+fn pin(pid: u32, cpu: u32) {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "taskset could not pin {pid}"
+    );
+}
+
+/// Closed loop, as fast as it goes: `connections` clients sending back to back for
+/// `seconds`; (requests per second, errors, proxy CPU share of one core).
+async fn throughput(
+    target: SocketAddr,
+    url: &str,
+    header: Option<(&'static str, &'static str)>,
+    pids: &[u32],
+    seconds: u64,
+) -> (f64, u64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let cpu_before: f64 = pids.iter().map(|p| proc_cpu_seconds(*p)).sum();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let url: hyper::Uri = url.parse().unwrap();
+        workers.push(tokio::spawn(async move {
+            let (mut done, mut errors) = (0u64, 0u64);
+            let mut client = None;
+            while Instant::now() < deadline {
+                if client.is_none() {
+                    client = Client::connect(target, Protocol::Http1).await.ok();
+                }
+                let ok = match client.as_mut() {
+                    Some(c) => c.get(&url, header).await,
+                    None => false,
+                };
+                if ok {
+                    done += 1;
+                } else {
+                    errors += 1;
+                    client = None;
+                }
+            }
+            (done, errors)
+        }));
+    }
+    let (mut done, mut errors) = (0, 0);
+    for w in workers {
+        let (d, e) = w.await.unwrap();
+        done += d;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = pids.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>() - cpu_before;
+    (done as f64 / elapsed, errors, cpu / elapsed)
 }
 
 fn wait_for_route(outbound: u16, url: &str) -> anyhow::Result<()> {
@@ -349,31 +474,78 @@ spec: {mtls: {mode: STRICT}}
         .map_err(anyhow::Error::msg)?;
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
 
-    println!(
-        "HTTP/1.1, {} rps for {} s, {} connections, {} B responses; each proxy on one worker thread",
-        args.rate, args.seconds, args.connections, args.body
-    );
-    let direct = measure("direct", app_addr, "/", None, &[], &args).await;
-    // One route table for both clients: the isthmus pair is chosen by a header.
-    let isthmus = measure(
-        "isthmus-proxy pair",
-        local(isthmus_out),
-        url,
-        Some(("x-server", "isthmus")),
-        &[isthmus_client.pid(), isthmus_server.pid()],
-        &args,
-    )
-    .await;
-    let envoy = measure(
-        "Envoy pair",
-        local(envoy_out),
-        url,
-        None,
-        &[envoy_client.pid(), envoy_server.pid()],
-        &args,
-    )
-    .await;
-    report(&[direct, isthmus, envoy], &args);
+    let isthmus_pids = [isthmus_client.pid(), isthmus_server.pid()];
+    let envoy_pids = [envoy_client.pid(), envoy_server.pid()];
+    for (protocol, label) in [
+        (Protocol::Http1, "HTTP/1.1"),
+        (
+            Protocol::Http2,
+            "HTTP/2 (h2c from the client to its sidecar and to the app; HTTP/1.1 over mTLS between the sidecars)",
+        ),
+    ] {
+        println!(
+            "\n{label}: {} rps for {} s, {} connections, {} B responses; each proxy on one worker thread",
+            args.rate, args.seconds, args.connections, args.body
+        );
+        let direct = measure("direct", app_addr, "/", None, protocol, &[], &args).await;
+        // One route table for both clients: the isthmus pair is chosen by a header.
+        let isthmus = measure(
+            "isthmus-proxy pair",
+            local(isthmus_out),
+            url,
+            Some(("x-server", "isthmus")),
+            protocol,
+            &isthmus_pids,
+            &args,
+        )
+        .await;
+        let envoy = measure(
+            "Envoy pair",
+            local(envoy_out),
+            url,
+            None,
+            protocol,
+            &envoy_pids,
+            &args,
+        )
+        .await;
+        report(&[direct, isthmus, envoy], &args);
+    }
+
+    if args.throughput_seconds > 0 {
+        // The pair under test on CPU 1; this process (load generator and application) on 0.
+        pin(std::process::id(), 0);
+        for pid in isthmus_pids.iter().chain(&envoy_pids) {
+            pin(*pid, 1);
+        }
+        println!(
+            "\nMaximum throughput, HTTP/1.1, 32 connections, closed loop, {} s; both proxies of a pair share CPU 1",
+            args.throughput_seconds
+        );
+        println!("\n| set-up | requests/s | errors | proxy CPU (cores) |");
+        println!("|---|---|---|---|");
+        let runs = [
+            (
+                "isthmus-proxy pair",
+                isthmus_out,
+                Some(("x-server", "isthmus")),
+                &isthmus_pids,
+            ),
+            ("Envoy pair", envoy_out, None, &envoy_pids),
+        ];
+        let mut rates = Vec::new();
+        for (name, port, header, pids) in runs {
+            let _ = throughput(local(port), url, header, pids, 1).await;
+            let (rps, errors, cpu) =
+                throughput(local(port), url, header, pids, args.throughput_seconds).await;
+            println!("| {name} | {rps:.0} | {errors} | {cpu:.2} |");
+            rates.push(rps);
+        }
+        println!(
+            "\nthroughput per core, isthmus-proxy / Envoy: {:.2}",
+            rates[0] / rates[1].max(1.0)
+        );
+    }
     Ok(())
 }
 
