@@ -68,6 +68,9 @@ pub struct Args {
     /// Connect to xDS without TLS (isthmusd's loopback-only port 15010).
     #[arg(long)]
     pub xds_plaintext: bool,
+    /// Speak state-of-the-world ADS instead of delta (incremental) ADS.
+    #[arg(long)]
+    pub xds_sotw: bool,
     /// Admin address; keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -153,8 +156,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?
         };
         let node = node(node_id, args.role, &args.metadata);
+        let protocol = if args.xds_sotw {
+            crate::xds::client::Protocol::StateOfTheWorld
+        } else {
+            crate::xds::client::Protocol::Delta
+        };
         let (client, config, status) =
-            XdsClient::new(channel, AdsState::new(node), metrics.clone());
+            XdsClient::new(channel, protocol, AdsState::new(node), metrics.clone());
         let (runtime_tx, runtime) = tokio::sync::watch::channel(std::sync::Arc::default());
         let (trigger, drain) = crate::drain::new();
         drain_trigger = Some(trigger);

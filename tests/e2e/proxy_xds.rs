@@ -65,20 +65,23 @@ fn node_id(ip: &str, workload: &str) -> String {
 }
 
 fn plaintext_proxy(dir: &Path, daemon: &Isthmusd, ip: &str, workload: &str) -> IsthmusProxy {
-    IsthmusProxy::start(
-        dir,
-        workload,
-        &[
-            "--node-id".into(),
-            node_id(ip, workload),
-            "--xds-plaintext".into(),
-            "--xds-address".into(),
-            daemon.xds.to_string(),
-            "--metadata".into(),
-            format!("OUTBOUND_PORT={}", free_port()),
-        ],
-    )
+    let mut args = vec![
+        "--node-id".into(),
+        node_id(ip, workload),
+        "--xds-plaintext".into(),
+        "--xds-address".into(),
+        daemon.xds.to_string(),
+        "--metadata".into(),
+        format!("OUTBOUND_PORT={}", free_port()),
+    ];
+    // One of the example workloads speaks state-of-the-world ADS.
+    if workload == SOTW_WORKLOAD {
+        args.push("--xds-sotw".into());
+    }
+    IsthmusProxy::start(dir, workload, &args)
 }
+
+const SOTW_WORKLOAD: &str = "reviews-v2";
 
 fn mesh(dir: &Path) -> Isthmusd {
     let config = dir.join("config");
@@ -148,7 +151,12 @@ fn isthmus_proxy_takes_every_resource_isthmusd_sends_for_the_examples() {
             .iter()
             .find(|s| s["node"] == node.as_str())
             .unwrap_or_else(|| panic!("no stream for {node}: {xds}"));
-        assert_eq!(stream["protocol"], "delta");
+        let protocol = if node.contains(SOTW_WORKLOAD) {
+            "sotw"
+        } else {
+            "delta"
+        };
+        assert_eq!(stream["protocol"], protocol, "{node}");
         for t in stream["types"].as_array().unwrap() {
             assert!(t["nack"].is_null(), "{node}: {t}");
             assert_eq!(t["sent"], t["acked"], "{node}: {t}");

@@ -234,6 +234,25 @@ impl AdsState {
         requests
     }
 
+    /// The names of `kind` held now.
+    pub fn held(&self, kind: XdsType) -> BTreeSet<String> {
+        self.types
+            .get(&kind)
+            .map(|s| s.versions.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The names of `kind` subscribed to now (empty for the wildcard types).
+    pub fn subscribed(&self, kind: XdsType) -> BTreeSet<String> {
+        if kind.is_wildcard() {
+            return BTreeSet::new();
+        }
+        self.types
+            .get(&kind)
+            .map(|s| s.subscribed.clone())
+            .unwrap_or_default()
+    }
+
     /// Ready: every type subscribed to on this run has been applied at least once.
     pub fn ready(&self) -> bool {
         self.types.values().all(|s| !s.requested || s.applied)

@@ -1,4 +1,5 @@
-//! The delta-ADS client's protocol cases, on the pure state machine.
+//! The ADS client's protocol cases (delta, and state of the world through the adapter), on
+//! the pure state machine.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -17,11 +18,12 @@ use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_man
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use isthmus_api::envoy::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use isthmus_api::envoy::google::protobuf::Any;
 use prost::{Message, Name};
 
+use super::sotw::SotwAdapter;
 use super::state::AdsState;
 use crate::config::XdsType;
 
@@ -371,4 +373,141 @@ fn a_reconnect_sends_the_versions_held_and_the_subscriptions() {
     assert_eq!(again[0].initial_resource_versions["c1"], "c1@1");
     assert_eq!(again[2].initial_resource_versions["l1"], "l1@2");
     assert!(again[0].node.is_some());
+}
+
+/// A SotW response of `kind` carrying `items` at `version`.
+fn sotw_response<M: Message + Name>(
+    kind: XdsType,
+    nonce: &str,
+    version: &str,
+    items: &[M],
+) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version.into(),
+        resources: items.iter().map(pack).collect(),
+        type_url: kind.type_url(),
+        nonce: nonce.into(),
+        ..DiscoveryResponse::default()
+    }
+}
+
+/// The state machine driven over state-of-the-world ADS, as the client does it.
+fn sotw_round(
+    state: &mut AdsState,
+    adapter: &mut SotwAdapter,
+    response: DiscoveryResponse,
+) -> Vec<DiscoveryRequest> {
+    let kind = XdsType::from_type_url(&response.type_url).unwrap();
+    let delta = adapter.delta_response(response, &state.held(kind));
+    state
+        .on_response(delta)
+        .requests
+        .into_iter()
+        .map(|r| {
+            let kind = XdsType::from_type_url(&r.type_url).unwrap();
+            adapter.sotw_request(r, &state.subscribed(kind))
+        })
+        .collect()
+}
+
+#[test]
+fn state_of_the_world_acks_with_versions_names_every_resource_and_removes_by_absence() {
+    let mut state = state();
+    let mut adapter = SotwAdapter::default();
+    let first: Vec<DiscoveryRequest> = state
+        .start_stream()
+        .into_iter()
+        .map(|r| {
+            let kind = XdsType::from_type_url(&r.type_url).unwrap();
+            adapter.sotw_request(r, &state.subscribed(kind))
+        })
+        .collect();
+    assert!(first[0].node.is_some(), "the node on the first request");
+    assert!(
+        first
+            .iter()
+            .all(|r| r.version_info.is_empty() && r.resource_names.is_empty())
+    );
+
+    // LDS with two listeners: ACKed with its version; RDS asked for both route names at once.
+    let requests = sotw_round(
+        &mut state,
+        &mut adapter,
+        sotw_response(
+            XdsType::Listener,
+            "1",
+            "lds-v1",
+            &[http_listener("a", "ra"), http_listener("b", "rb")],
+        ),
+    );
+    assert_eq!(requests[0].version_info, "lds-v1");
+    assert_eq!(requests[0].response_nonce, "1");
+    assert!(requests[0].error_detail.is_none());
+    let rds = requests
+        .iter()
+        .find(|r| r.type_url == XdsType::Route.type_url())
+        .unwrap();
+    assert_eq!(rds.resource_names, ["ra", "rb"]);
+    assert_eq!(state.held(XdsType::Listener).len(), 2);
+
+    // RDS answers one of the two: nothing is removed by absence on a named type.
+    sotw_round(
+        &mut state,
+        &mut adapter,
+        sotw_response(XdsType::Route, "2", "rds-v1", &[route_table("ra", "c")]),
+    );
+    assert_eq!(state.held(XdsType::Route).len(), 1);
+
+    // A bad listener: NACK keeps the accepted version and says why.
+    let mut bad = http_listener("c", "rc");
+    bad.address = None;
+    let nack = sotw_round(
+        &mut state,
+        &mut adapter,
+        sotw_response(XdsType::Listener, "3", "lds-v2", &[bad]),
+    );
+    assert_eq!(nack[0].version_info, "lds-v1", "the last accepted version");
+    assert_eq!(nack[0].response_nonce, "3");
+    assert!(
+        nack[0]
+            .error_detail
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("LDS \"c\""),
+        "{:?}",
+        nack[0].error_detail
+    );
+    assert_eq!(
+        state.held(XdsType::Listener).len(),
+        2,
+        "the last good config stays"
+    );
+
+    // LDS without "b": b is removed, and its route is no longer asked for.
+    let requests = sotw_round(
+        &mut state,
+        &mut adapter,
+        sotw_response(
+            XdsType::Listener,
+            "4",
+            "lds-v3",
+            &[http_listener("a", "ra")],
+        ),
+    );
+    assert_eq!(
+        state.held(XdsType::Listener),
+        std::collections::BTreeSet::from(["a".to_owned()])
+    );
+    assert_eq!(requests[0].version_info, "lds-v3");
+    let rds = requests
+        .iter()
+        .find(|r| r.type_url == XdsType::Route.type_url())
+        .unwrap();
+    assert_eq!(rds.resource_names, ["ra"]);
+    assert_eq!(
+        rds.version_info, "rds-v1",
+        "RDS keeps its own accepted version"
+    );
+    assert_eq!(rds.response_nonce, "2", "and its own last nonce");
 }
