@@ -56,7 +56,7 @@ pub struct Args {
     #[arg(long, env = "ISTHMUS_NODE_ID")]
     pub node_id: Option<String>,
     /// Node metadata sent to isthmusd, KEY=VALUE (repeatable): APP_PORTS, APP_ADDRESS,
-    /// OUTBOUND_PORT, OUTBOUND_ADDRESS, INTERCEPTION_MODE (NONE or REDIRECT).
+    /// OUTBOUND_PORT, OUTBOUND_ADDRESS, OUTBOUND_TCP_PORTS, INTERCEPTION_MODE (NONE or REDIRECT).
     #[arg(long = "metadata", value_parser = parse_key_value)]
     pub metadata: Vec<(String, String)>,
     /// What this proxy is.

@@ -1,7 +1,8 @@
 //! `isthmus-proxy-bench`: latency, CPU and memory of a sidecar pair, side by side in one run:
 //! no proxy (client -> app), an `isthmus-proxy` pair and an Envoy 1.40 pair (client sidecar ->
-//! mTLS -> server sidecar -> app), all configured by one `isthmusd`, HTTP/1.1 with 1 KiB
-//! responses.
+//! mTLS -> server sidecar -> app), all configured by one `isthmusd`: HTTP/1.1 and HTTP/2 with
+//! 1 KiB responses, raw TCP with 1 KiB exchanges, and the maximum HTTP/1.1 throughput of each
+//! pair pinned to one core.
 //!
 //! The load is open-loop at a constant rate: each request has a scheduled send time, and its
 //! latency is measured from that time, so a stalled proxy is charged for the requests that
@@ -29,7 +30,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
-use isthmus_e2e::mesh::{envoy_client, envoy_server, mesh_yaml, workload_yaml, write};
+use isthmus_e2e::mesh::{bootstrap, mesh_yaml, workload_yaml, write};
 use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::{Isthmusd, free_port};
 use tokio::sync::Mutex;
@@ -60,20 +61,27 @@ struct Args {
 enum Protocol {
     Http1,
     Http2,
+    /// Raw TCP: each request is `body` bytes written, `body` bytes read back.
+    Tcp,
 }
 
 /// A keep-alive client connection of either protocol.
 enum Client {
     Http1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
     Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    Tcp(tokio::net::TcpStream, Vec<u8>),
 }
 
 impl Client {
     async fn connect(target: SocketAddr, protocol: Protocol) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(target).await?;
         stream.set_nodelay(true)?;
+        if protocol == Protocol::Tcp {
+            return Ok(Self::Tcp(stream, vec![b'x'; TCP_MESSAGE]));
+        }
         let io = TokioIo::new(stream);
         Ok(match protocol {
+            Protocol::Tcp => unreachable!("handled above"),
             Protocol::Http1 => {
                 let (s, conn) = hyper::client::conn::http1::handshake(io).await?;
                 tokio::spawn(conn);
@@ -95,6 +103,10 @@ impl Client {
         url: &hyper::Uri,
         header: Option<(&'static str, &'static str)>,
     ) -> bool {
+        if let Self::Tcp(stream, buf) = self {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            return stream.write_all(buf).await.is_ok() && stream.read_exact(buf).await.is_ok();
+        }
         let mut request = hyper::Request::get(url.clone());
         if let Some((k, v)) = header {
             request = request.header(k, v);
@@ -106,6 +118,7 @@ impl Client {
                 s.send_request(request.body(Empty::new()).unwrap()).await
             }
             Self::Http2(s) => s.send_request(request.body(Empty::new()).unwrap()).await,
+            Self::Tcp(..) => unreachable!("handled above"),
         };
         match response {
             Ok(response) => {
@@ -181,6 +194,33 @@ async fn app(size: usize) -> SocketAddr {
                 )
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The size of a raw TCP request and of its answer.
+const TCP_MESSAGE: usize = 1024;
+
+/// A TCP application: answers every `TCP_MESSAGE` bytes it reads with as many.
+async fn tcp_app() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; TCP_MESSAGE];
+                while stream.read_exact(&mut buf).await.is_ok() {
+                    if stream.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                }
             });
         }
     });
@@ -428,13 +468,68 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: shop}
 spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-v1, namespace: shop}
+spec:
+  hosts: [tcp-v1.shop.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 7000, name: tcp-echo}]
+  workloadSelector: {matchLabels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-v2, namespace: shop}
+spec:
+  hosts: [tcp-v2.shop.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 7000, name: tcp-echo}]
+  workloadSelector: {matchLabels: {version: v2}}
 ",
     );
     let daemon = Isthmusd::start(root, "red.local", &[]).context("isthmusd")?;
     let xds = daemon.xds.to_string();
-    let envoy_server = envoy_server(root, &xds, "echo-v1", &format!("{ip}.1"), app_addr.port());
+    let tcp_addr = tcp_app().await;
+    // TCP: each client sidecar has a local port for its pair's TCP service.
+    let (envoy_tcp, isthmus_tcp) = (free_port(), free_port());
+    let envoy = |name: &str, args: &[&str]| {
+        let file = bootstrap(root, name, args);
+        isthmus_e2e::envoy::Envoy::start(root, name, &file).expect("start Envoy")
+    };
+    let envoy_server = envoy(
+        "echo-v1",
+        &[
+            "--workload",
+            "echo-v1",
+            "--address",
+            &format!("{ip}.1"),
+            "--xds-address",
+            &xds,
+            "--app-port",
+            &format!("http={}", app_addr.port()),
+            "--app-port",
+            &format!("tcp-echo={}", tcp_addr.port()),
+        ],
+    );
     let envoy_out = free_port();
-    let envoy_client = envoy_client(root, &xds, &format!("{ip}.3"), envoy_out);
+    let envoy_client = envoy(
+        "client",
+        &[
+            "--workload",
+            "client",
+            "--address",
+            &format!("{ip}.3"),
+            "--xds-address",
+            &xds,
+            "--outbound-port",
+            &envoy_out.to_string(),
+            "--outbound-tcp-port",
+            &format!("tcp-v1.shop.local:7000={envoy_tcp}"),
+        ],
+    );
     let sidecar = |name: &str, ip: String, metadata: Vec<String>| {
         let mut a = vec![
             "--node-id".to_owned(),
@@ -454,7 +549,11 @@ spec: {mtls: {mode: STRICT}}
         "echo-v2",
         format!("{ip}.2"),
         vec![
-            format!("APP_PORTS=http={}", app_addr.port()),
+            format!(
+                "APP_PORTS=http={},tcp-echo={}",
+                app_addr.port(),
+                tcp_addr.port()
+            ),
             format!("OUTBOUND_PORT={}", free_port()),
         ],
     );
@@ -462,7 +561,10 @@ spec: {mtls: {mode: STRICT}}
     let isthmus_client = sidecar(
         "client-b",
         format!("{ip}.4"),
-        vec![format!("OUTBOUND_PORT={isthmus_out}")],
+        vec![
+            format!("OUTBOUND_PORT={isthmus_out}"),
+            format!("OUTBOUND_TCP_PORTS=tcp-v2.shop.local:7000={isthmus_tcp}"),
+        ],
     );
     let url = "http://echo.shop.local:8080/";
     wait_for_route(envoy_out, url)?;
@@ -511,6 +613,33 @@ spec: {mtls: {mode: STRICT}}
         .await;
         report(&[direct, isthmus, envoy], &args);
     }
+
+    println!(
+        "\nRaw TCP ({TCP_MESSAGE} B written, {TCP_MESSAGE} B read back per request): {} rps for {} s, {} connections; each proxy on one worker thread",
+        args.rate, args.seconds, args.connections
+    );
+    let direct = measure("direct", tcp_addr, "/", None, Protocol::Tcp, &[], &args).await;
+    let isthmus = measure(
+        "isthmus-proxy pair",
+        local(isthmus_tcp),
+        "/",
+        None,
+        Protocol::Tcp,
+        &isthmus_pids,
+        &args,
+    )
+    .await;
+    let envoy = measure(
+        "Envoy pair",
+        local(envoy_tcp),
+        "/",
+        None,
+        Protocol::Tcp,
+        &envoy_pids,
+        &args,
+    )
+    .await;
+    report(&[direct, isthmus, envoy], &args);
 
     if args.throughput_seconds > 0 {
         // The pair under test on CPU 1; this process (load generator and application) on 0.

@@ -19,12 +19,7 @@ use isthmus_e2e::{Isthmusd, free_port};
 /// The mesh of `tests/support/mesh.rs` (echo v1 behind a server sidecar, a client sidecar),
 /// STRICT mTLS, `extra` configuration, the application's ports (`APP_PORTS`). Returns the
 /// client's outbound port.
-fn pair(
-    dir: &Path,
-    ip: &str,
-    app_ports: &str,
-    extra: &str,
-) -> (Isthmusd, IsthmusProxy, IsthmusProxy, u16) {
+fn pair(dir: &Path, ip: &str, app_ports: &str, extra: &str) -> Pair {
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
     write(&config, "mesh.yaml", &mesh_yaml(ip, free_port()));
@@ -54,18 +49,38 @@ spec:
             format!("OUTBOUND_PORT={}", free_port()),
         ],
     );
-    let outbound = free_port();
+    let (outbound, tcp_local) = (free_port(), free_port());
     let client = IsthmusProxy::sidecar(
         dir,
         &daemon,
         &format!("{ip}.3"),
         "client",
-        &[format!("OUTBOUND_PORT={outbound}")],
+        &[
+            format!("OUTBOUND_PORT={outbound}"),
+            // A local port for the TCP service of `TCP_SERVICE`, if the test declares it.
+            format!("OUTBOUND_TCP_PORTS=tcp-echo.shop.local:7000={tcp_local}"),
+        ],
     );
     for proxy in [&server, &client] {
         proxy.wait_ready(Duration::from_secs(20)).unwrap();
     }
-    (daemon, server, client, outbound)
+    Pair {
+        _daemon: daemon,
+        server,
+        client,
+        outbound,
+        tcp_local,
+    }
+}
+
+/// Two sidecars and their control plane; the client's outbound HTTP port and its local port
+/// for `tcp-echo.shop.local:7000`.
+struct Pair {
+    _daemon: Isthmusd,
+    server: IsthmusProxy,
+    client: IsthmusProxy,
+    outbound: u16,
+    tcp_local: u16,
 }
 
 /// A WebSocket-style server: answers an upgrade with 101 (echoing the caller identity it was
@@ -155,8 +170,12 @@ fn upgrade(outbound: u16, protocol: &str) -> (TcpStream, String) {
 fn websocket_upgrades_cross_both_sidecars_over_mtls() {
     let dir = tempfile::tempdir().unwrap();
     let app = upgrade_server();
-    let (_daemon, server, client, outbound) =
-        pair(dir.path(), "127.0.75", &format!("http={app}"), "");
+    let Pair {
+        server,
+        client,
+        outbound,
+        ..
+    } = pair(dir.path(), "127.0.75", &format!("http={app}"), "");
     let logs = || format!("client:\n{}\nserver:\n{}", client.logs(), server.logs());
     // A plain request first: the path works.
     let (status, body) = curl(&[
@@ -248,7 +267,12 @@ fn grpc_unary_and_streaming_calls_cross_both_sidecars_with_their_statuses() {
 
     let dir = tempfile::tempdir().unwrap();
     let (_echo, http, grpc) = grpc_echo(dir.path());
-    let (_daemon, server, client, outbound) = pair(
+    let Pair {
+        server,
+        client,
+        outbound,
+        ..
+    } = pair(
         dir.path(),
         "127.0.76",
         &format!("http={http},grpc={grpc}"),
@@ -338,4 +362,59 @@ fn grpc_unary_and_streaming_calls_cross_both_sidecars_with_their_statuses() {
         assert_eq!(end.code(), tonic::Code::PermissionDenied, "{end:?}");
         assert!(end.message().contains("status 7 requested"), "{end:?}");
     });
+}
+
+/// An opaque TCP service on echo v1.
+const TCP_SERVICE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo, namespace: shop}
+spec:
+  hosts: [tcp-echo.shop.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 7000, name: tcp-echo}]
+  workloadSelector: {matchLabels: {version: v1}}
+";
+
+/// Explicit mode's local port for a TCP service (`OUTBOUND_TCP_PORTS`): the application
+/// connects to a local port, and the bytes cross both sidecars over mTLS untouched.
+#[test]
+fn a_local_tcp_port_carries_opaque_bytes_across_both_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, http, _) = grpc_echo(dir.path());
+    let Pair {
+        server,
+        client,
+        tcp_local,
+        ..
+    } = pair(
+        dir.path(),
+        "127.0.77",
+        &format!("http={http},tcp-echo={http}"),
+        TCP_SERVICE,
+    );
+    let local = tcp_local;
+    let listeners = client.config_dump()["listeners"].clone();
+    assert!(
+        listeners.get(format!("outbound_tcp_{local}")).is_some(),
+        "{listeners}"
+    );
+    // HTTP spoken by the application itself, carried as bytes: no sidecar header is added.
+    let (status, body) = curl(&[&format!("http://127.0.0.1:{local}/raw")]);
+    assert_eq!(
+        status,
+        200,
+        "{body}\nclient:\n{}\nserver:\n{}",
+        client.logs(),
+        server.logs()
+    );
+    assert!(body.contains("\"name\":\"grpc-v1\""), "{body}");
+    assert!(!body.contains("x-forwarded-client-cert"), "{body}");
+    let (_, stats) = server.get("/stats/prometheus");
+    assert!(
+        stats.contains(
+            "isthmus_proxy_downstream_connections_total{listener=\"inbound_127.0.77.1_7000\"}"
+        ),
+        "the server sidecar's TCP listener carried it: {stats}"
+    );
 }

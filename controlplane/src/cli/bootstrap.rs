@@ -56,6 +56,9 @@ pub struct EnvoyBootstrap {
     /// Where the application listens, per service port name or inbound port: `http=8080`.
     #[arg(long = "app-port", value_name = "NAME=PORT")]
     app_ports: Vec<String>,
+    /// A local port for a TCP service: `db.shop.local:5432=15432` (repeatable).
+    #[arg(long = "outbound-tcp-port", value_name = "HOST:PORT=LOCAL")]
+    outbound_tcp_ports: Vec<String>,
     /// How traffic reaches the sidecar: NONE (explicit listeners) or REDIRECT (iptables
     /// capture to 15001/15006).
     #[arg(long, default_value = "NONE", value_parser = ["NONE", "REDIRECT"])]
@@ -165,6 +168,7 @@ impl EnvoyBootstrap {
                     "APP_PORTS": self.app_ports.join(","),
                     "OUTBOUND_PORT": self.outbound_port.to_string(),
                     "INTERCEPTION_MODE": self.interception_mode,
+                    "OUTBOUND_TCP_PORTS": self.outbound_tcp_ports.join(","),
                     "NAMESPACE": ns,
                     "WORKLOAD_NAME": self.workload,
                 }

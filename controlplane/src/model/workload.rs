@@ -90,6 +90,9 @@ pub struct ProxyNode {
     pub outbound_address: String,
     /// How the application's traffic reaches the proxy, from `INTERCEPTION_MODE`.
     pub interception: Interception,
+    /// Local ports for TCP services (explicit mode), from `OUTBOUND_TCP_PORTS`
+    /// (`db.shop.local:5432=15432,…`): (host, service port) -> local port.
+    pub outbound_tcp_ports: BTreeMap<(String, u32), u32>,
 }
 
 /// How traffic reaches a sidecar (Istio's `INTERCEPTION_MODE` node metadata).
@@ -169,9 +172,25 @@ impl ProxyNode {
                 )));
             }
         };
+        let mut outbound_tcp_ports = BTreeMap::new();
+        if let Some(spec) = metadata.get("OUTBOUND_TCP_PORTS") {
+            for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let parsed = pair.split_once('=').and_then(|(service, local)| {
+                    let (host, port) = service.trim().rsplit_once(':')?;
+                    Some((host.to_owned(), parse_port(port)?, parse_port(local)?))
+                });
+                let (host, port, local) = parsed.ok_or_else(|| {
+                    err(format!(
+                        "metadata OUTBOUND_TCP_PORTS: {pair:?} is not host:port=local-port"
+                    ))
+                })?;
+                outbound_tcp_ports.insert((host, port), local);
+            }
+        }
         Ok(Self {
             id: id.to_owned(),
             interception,
+            outbound_tcp_ports,
             namespace: namespace.to_owned(),
             workload: (*workload).to_owned(),
             app_ports,
@@ -226,6 +245,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(captured.interception, Interception::Redirect);
+        let tcp = ProxyNode::from_metadata(
+            "sidecar~10.0.0.2~w.ns~ns.svc.cluster.local",
+            &meta(&[(
+                "OUTBOUND_TCP_PORTS",
+                "db.shop.local:5432=15432, cache.shop.local:6379=16379",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            tcp.outbound_tcp_ports[&("db.shop.local".to_owned(), 5432)],
+            15432
+        );
+        assert_eq!(tcp.outbound_tcp_ports.len(), 2);
 
         // A workload name with dots keeps them.
         let node =
@@ -268,6 +300,11 @@ mod tests {
                 "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",
                 &[("APP_ADDRESS", "localhost")],
                 "APP_ADDRESS: \"localhost\" is not an IP address",
+            ),
+            (
+                "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",
+                &[("OUTBOUND_TCP_PORTS", "db.shop.local=15432")],
+                "OUTBOUND_TCP_PORTS: \"db.shop.local=15432\" is not host:port=local-port",
             ),
             (
                 "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",

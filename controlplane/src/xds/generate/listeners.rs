@@ -374,6 +374,27 @@ pub fn outbound(node: &ProxyNode) -> Listener {
     }
 }
 
+/// Explicit mode's local ports for TCP services (`OUTBOUND_TCP_PORTS`): each a listener on
+/// `OUTBOUND_ADDRESS:<local port>` proxying to the service's cluster.
+pub fn outbound_tcp(node: &ProxyNode) -> Vec<Listener> {
+    node.outbound_tcp_ports
+        .iter()
+        .map(|((host, port), local)| {
+            let cluster = super::names::outbound_cluster(*port, None, host);
+            Listener {
+                name: format!("outbound_tcp_{local}"),
+                address: Some(socket(&node.outbound_address, *local)),
+                filter_chains: vec![FilterChain {
+                    filters: vec![tcp_proxy_to(&cluster, &cluster)],
+                    ..Default::default()
+                }],
+                traffic_direction: TrafficDirection::Outbound as i32,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
 /// The outbound HTTP connection manager: routes of every visible HTTP service (RDS
 /// `outbound`), by authority.
 pub(super) fn outbound_http() -> Filter {

@@ -135,6 +135,7 @@ pub fn proxy_snapshot_with_view(
         Interception::Explicit => {
             let mut listeners = listeners::inbound_listeners(workload, &inbound);
             listeners.push(listeners::outbound(node));
+            listeners.extend(listeners::outbound_tcp(node));
             (listeners, Vec::new())
         }
         Interception::Redirect => {
