@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 
 use self::pool::Pool;
 use self::router::RequestFacts;
@@ -100,20 +101,25 @@ pub async fn serve(
     }
     first.truncate(n);
     let io: BoxedIo = Box::new(crate::listener::rewind::Rewind::new(first, io));
+    // The response counters of this listener, looked up once per connection, not per request.
+    let responses: Arc<[Counter; 5]> = Arc::new(std::array::from_fn(|i| {
+        conn.runtime
+            .metrics
+            .http_responses
+            .get_or_create(&ResponseLabels {
+                listener: conn.listener.clone(),
+                code_class: format!("{}xx", i + 1),
+            })
+            .clone()
+    }));
     let conn = Arc::new(conn);
     let service = hyper::service::service_fn(move |request| {
         let conn = conn.clone();
+        let responses = responses.clone();
         async move {
             let response = handle(request, &conn).await;
-            let class = format!("{}xx", response.status().as_u16() / 100);
-            conn.runtime
-                .metrics
-                .http_responses
-                .get_or_create(&ResponseLabels {
-                    listener: conn.listener.clone(),
-                    code_class: class,
-                })
-                .inc();
+            let class = usize::from(response.status().as_u16() / 100).clamp(1, 5);
+            responses[class - 1].inc();
             Ok::<_, Infallible>(response)
         }
     });
