@@ -180,10 +180,11 @@ fn clusters_text(runtime: &Runtime) -> String {
                 let host = format!("{name}::{}:{}", h.host, h.port);
                 let _ = writeln!(out, "{host}::weight::{}", h.weight);
                 let _ = writeln!(out, "{host}::priority::{priority}");
-                let flags = if h.health.is_ejected() {
-                    "/failed_outlier_check"
-                } else {
-                    "healthy"
+                let flags = match (h.eds_healthy, h.health.is_ejected()) {
+                    (true, false) => "healthy",
+                    (true, true) => "/failed_outlier_check",
+                    (false, false) => "/failed_eds_health",
+                    (false, true) => "/failed_eds_health/failed_outlier_check",
                 };
                 let _ = writeln!(out, "{host}::health_flags::{flags}");
                 let _ = writeln!(

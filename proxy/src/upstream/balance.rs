@@ -81,6 +81,7 @@ mod tests {
                     host: format!("10.0.0.{i}"),
                     port: 80,
                     weight: *w,
+                    eds_healthy: true,
                     active: AtomicUsize::new(0),
                     health: Arc::default(),
                 })

@@ -4,6 +4,7 @@
 pub mod balance;
 pub mod breakers;
 pub mod outlier;
+pub mod priority;
 
 use std::collections::HashMap;
 use std::io;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
+use rand::Rng;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -31,6 +33,8 @@ pub struct Host {
     pub host: String,
     pub port: u16,
     pub weight: u32,
+    /// What EDS says of its health.
+    pub eds_healthy: bool,
     /// Requests or connections open to it (least-request balancing).
     pub active: AtomicUsize,
     pub health: Arc<HostHealth>,
@@ -41,8 +45,10 @@ pub struct Host {
 #[derive(Debug)]
 pub struct ClusterRuntime {
     pub cluster: Arc<Cluster>,
-    /// Healthy hosts (as EDS says), by priority, best first.
+    /// Hosts by priority, best first.
     pub priorities: Vec<Vec<Arc<Host>>>,
+    /// EDS's overprovisioning factor (percent) for the priority load.
+    pub overprovisioning: u32,
     pub balancer: Balancer,
     /// `None`: plaintext; `Some(Err)`: TLS that cannot be set up yet (a missing secret).
     pub tls: Option<Result<Arc<rustls::ClientConfig>, tls::TlsError>>,
@@ -69,6 +75,7 @@ pub fn build(
                 Discovery::OriginalDst => None,
             };
             let runtime = ClusterRuntime {
+                overprovisioning: assignment.as_ref().map_or(140, |a| a.overprovisioning),
                 balancer: Balancer::new(cluster.lb),
                 priorities: assignment
                     .map(|a| by_priority(name, &a, health))
@@ -112,12 +119,12 @@ fn by_priority(
                 .iter()
                 .filter(|g| g.priority == priority)
                 .flat_map(|g| &g.endpoints)
-                .filter(|e| e.healthy)
                 .map(|e| {
                     Arc::new(Host {
                         host: e.host.clone(),
                         port: e.port,
                         weight: e.weight,
+                        eds_healthy: e.healthy,
                         active: AtomicUsize::new(0),
                         health: health.get(cluster, &e.host, e.port),
                     })
@@ -153,21 +160,30 @@ pub enum ConnectError {
 }
 
 impl ClusterRuntime {
-    /// The hosts to balance over: the non-ejected hosts of the best priority that has any
-    /// (locality failover); if outlier detection ejected every host, all of the best priority
-    /// (Envoy's panic mode).
+    /// The hosts to balance this request over: a priority level drawn by Envoy's priority
+    /// load (locality failover as hosts fail, see `priority.rs`), then its usable hosts
+    /// (healthy by EDS, not ejected), or all its hosts when the level is in panic.
     pub fn usable_hosts(&self) -> Vec<Arc<Host>> {
-        for hosts in &self.priorities {
-            let up: Vec<Arc<Host>> = hosts
-                .iter()
-                .filter(|h| !h.health.is_ejected())
-                .cloned()
-                .collect();
-            if !up.is_empty() {
-                return up;
-            }
+        let usable = |h: &Arc<Host>| h.eds_healthy && !h.health.is_ejected();
+        let levels: Vec<priority::Level> = self
+            .priorities
+            .iter()
+            .map(|hosts| priority::Level {
+                usable: hosts.iter().filter(|h| usable(h)).count(),
+                total: hosts.len(),
+            })
+            .collect();
+        let loads = priority::loads(&levels, self.overprovisioning, self.cluster.panic_threshold);
+        let draw = rand::rng().random_range(0..100);
+        // Nothing usable and panic disabled: no host (Envoy's "no healthy upstream").
+        let Some(level) = priority::choose(&loads, draw) else {
+            return Vec::new();
+        };
+        let hosts = &self.priorities[level];
+        if loads[level].panic {
+            return hosts.clone();
         }
-        self.priorities.first().cloned().unwrap_or_default()
+        hosts.iter().filter(|h| usable(h)).cloned().collect()
     }
 
     /// Picks a host to send to.
@@ -208,6 +224,7 @@ impl ClusterRuntime {
             host: destination.ip().to_string(),
             port: destination.port(),
             weight: 1,
+            eds_healthy: true,
             active: AtomicUsize::new(0),
             health: Arc::default(),
         });

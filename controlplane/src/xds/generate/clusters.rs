@@ -71,15 +71,16 @@ fn cluster(
         outlier_detection: policy
             .and_then(|p| p.outlier_detection.as_ref())
             .map(outlier_detection),
-        common_lb_config: policy
-            .and_then(|p| p.outlier_detection.as_ref())
-            .and_then(|o| o.min_health_percent)
-            .map(|p| cluster::CommonLbConfig {
+        // As Istio: with outlier detection the panic threshold is `minHealthPercent`, 0 (no
+        // panic) when unset; without it, Envoy's default (50 %).
+        common_lb_config: policy.and_then(|p| p.outlier_detection.as_ref()).map(|o| {
+            cluster::CommonLbConfig {
                 healthy_panic_threshold: Some(Percent {
-                    value: f64::from(p),
+                    value: f64::from(o.min_health_percent.unwrap_or(0)),
                 }),
                 ..Default::default()
-            }),
+            }
+        }),
         typed_extension_protocol_options: protocol_options(port.protocol, policy),
         ..Default::default()
     };
