@@ -123,7 +123,8 @@ mod tests {
     #[test]
     fn traffic_spills_to_the_next_level_as_hosts_fail() {
         // (levels, expected (percent, panic) per level, why)
-        let table: Vec<(Vec<Level>, Vec<(u32, bool)>, &str)> = vec![
+        type Row = (Vec<Level>, Vec<(u32, bool)>, &'static str);
+        let table: Vec<Row> = vec![
             (
                 vec![level(10, 10), level(10, 10)],
                 vec![(100, false), (0, false)],

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use isthmus_api::envoy::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 
 use super::sotw::SotwAdapter;
@@ -86,8 +86,8 @@ impl XdsClient {
         let mut delay = BACKOFF_FIRST;
         loop {
             let (result, got_response) = match self.protocol {
-                Protocol::Delta => self.stream_once().await,
-                Protocol::StateOfTheWorld => self.stream_once_sotw().await,
+                Protocol::Delta => self.stream_once::<Delta>().await,
+                Protocol::StateOfTheWorld => self.stream_once::<Sotw>().await,
             };
             let reason = match result {
                 Ok(()) => "the server closed the stream".to_owned(),
@@ -111,20 +111,18 @@ impl XdsClient {
         }
     }
 
-    /// One stream, until it fails. Also says whether any response arrived (resets backoff).
-    async fn stream_once(&mut self) -> (Result<(), tonic::Status>, bool) {
+    /// One stream in form `F`, until it fails. Also says whether any response arrived (that
+    /// resets the backoff).
+    async fn stream_once<F: Form>(&mut self) -> (Result<(), tonic::Status>, bool) {
         let (tx, rx) = mpsc::channel(64);
-        for request in self.state.start_stream() {
+        for request in F::first(self) {
             // The channel has room for the first requests (one per type).
             let _ = tx.try_send(request);
         }
-        let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone())
+        let mut grpc = AggregatedDiscoveryServiceClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let mut inbound = match client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-        {
-            Ok(response) => response.into_inner(),
+        let mut inbound = match F::open(&mut grpc, ReceiverStream::new(rx)).await {
+            Ok(inbound) => inbound,
             Err(status) => return (Err(status), false),
         };
         self.status.send_modify(|s| s.connected = true);
@@ -136,49 +134,7 @@ impl XdsClient {
                 Err(status) => return (Err(status), got_response),
             };
             got_response = true;
-            for request in self.apply(response) {
-                if tx.send(request).await.is_err() {
-                    return (
-                        Err(tonic::Status::cancelled("request stream closed")),
-                        got_response,
-                    );
-                }
-            }
-        }
-    }
-
-    /// The same over state-of-the-world ADS, translated both ways by [`SotwAdapter`].
-    async fn stream_once_sotw(&mut self) -> (Result<(), tonic::Status>, bool) {
-        self.sotw.reset_stream();
-        let (tx, rx) = mpsc::channel(64);
-        for request in self.state.start_stream() {
-            let request = self.sotw_request(request);
-            let _ = tx.try_send(request);
-        }
-        let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone())
-            .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let mut inbound = match client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-        {
-            Ok(response) => response.into_inner(),
-            Err(status) => return (Err(status), false),
-        };
-        self.status.send_modify(|s| s.connected = true);
-        let mut got_response = false;
-        loop {
-            let response = match inbound.message().await {
-                Ok(Some(response)) => response,
-                Ok(None) => return (Ok(()), got_response),
-                Err(status) => return (Err(status), got_response),
-            };
-            got_response = true;
-            let held = XdsType::from_type_url(&response.type_url)
-                .map(|k| self.state.held(k))
-                .unwrap_or_default();
-            let delta = self.sotw.delta_response(response, &held);
-            for request in self.apply(delta) {
-                let request = self.sotw_request(request);
+            for request in F::on_response(self, response) {
                 if tx.send(request).await.is_err() {
                     return (
                         Err(tonic::Status::cancelled("request stream closed")),
@@ -229,5 +185,89 @@ impl XdsClient {
             s.waiting_for = waiting_for;
             s.types = types;
         });
+    }
+}
+
+/// What differs between the two forms of ADS: the messages, the RPC, and how they map onto the
+/// delta state machine.
+trait Form {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+
+    /// The first requests of a stream.
+    fn first(client: &mut XdsClient) -> Vec<Self::Request>;
+
+    /// Applies a response; the requests to send.
+    fn on_response(client: &mut XdsClient, response: Self::Response) -> Vec<Self::Request>;
+
+    async fn open(
+        grpc: &mut AggregatedDiscoveryServiceClient<Channel>,
+        requests: ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Streaming<Self::Response>, tonic::Status>;
+}
+
+/// Delta (incremental) ADS: the state machine's own messages.
+struct Delta;
+
+impl Form for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn first(client: &mut XdsClient) -> Vec<Self::Request> {
+        client.state.start_stream()
+    }
+
+    fn on_response(client: &mut XdsClient, response: Self::Response) -> Vec<Self::Request> {
+        client.apply(response)
+    }
+
+    async fn open(
+        grpc: &mut AggregatedDiscoveryServiceClient<Channel>,
+        requests: ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Streaming<Self::Response>, tonic::Status> {
+        Ok(grpc
+            .delta_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
+/// State-of-the-world ADS, translated both ways by [`SotwAdapter`].
+struct Sotw;
+
+impl Form for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn first(client: &mut XdsClient) -> Vec<Self::Request> {
+        client.sotw.reset_stream();
+        client
+            .state
+            .start_stream()
+            .into_iter()
+            .map(|r| client.sotw_request(r))
+            .collect()
+    }
+
+    fn on_response(client: &mut XdsClient, response: Self::Response) -> Vec<Self::Request> {
+        let held = XdsType::from_type_url(&response.type_url)
+            .map(|k| client.state.held(k))
+            .unwrap_or_default();
+        let delta = client.sotw.delta_response(response, &held);
+        client
+            .apply(delta)
+            .into_iter()
+            .map(|r| client.sotw_request(r))
+            .collect()
+    }
+
+    async fn open(
+        grpc: &mut AggregatedDiscoveryServiceClient<Channel>,
+        requests: ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Streaming<Self::Response>, tonic::Status> {
+        Ok(grpc
+            .stream_aggregated_resources(requests)
+            .await?
+            .into_inner())
     }
 }
