@@ -2,6 +2,7 @@
 //! directory or Kubernetes) and of how it is delivered (xDS). Built by a pure function from a
 //! [`ConfigSnapshot`]; per-proxy xDS resources are computed from it by [`crate::xds::generate`].
 
+pub mod federation;
 pub mod policy;
 pub mod registry;
 pub mod workload;
