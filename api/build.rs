@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     const PROTOS: &[&str] = &[
         "../proto/isthmus/ca/v1/ca.proto",
         "../proto/isthmus/echo/v1/echo.proto",
+        "../proto/isthmus/federation/v1/discovery.proto",
     ];
     let descriptors = protox::compile(PROTOS, ["../proto"])?;
     tonic_prost_build::configure()

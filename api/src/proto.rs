@@ -21,3 +21,14 @@ pub mod echo {
     )]
     tonic::include_proto!("isthmus.echo.v1");
 }
+
+/// `isthmus.federation.v1`: discovery between the control planes of peer meshes.
+pub mod federation {
+    #![allow(
+        missing_docs,
+        missing_debug_implementations,
+        clippy::all,
+        clippy::pedantic
+    )]
+    tonic::include_proto!("isthmus.federation.v1");
+}

@@ -11,6 +11,8 @@ use isthmus_api::identity::{
     TrustBundles, TrustDomain, server_config, shared_bundles,
 };
 use isthmus_api::proto::ca::certificate_service_server::CertificateServiceServer;
+use isthmus_api::proto::federation::federation_discovery_server::FederationDiscoveryServer;
+use isthmus_federation::discovery::{Exporter, ImporterSettings};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -53,6 +55,26 @@ pub struct DaemonConfig {
     pub push_debounce: Duration,
     /// Policies in this namespace apply mesh-wide (Istio's root namespace).
     pub root_namespace: String,
+    /// The federation discovery port (peers' control planes watch our exports there).
+    pub federation_addr: Option<SocketAddr>,
+    pub federation: FederationSettings,
+}
+
+/// Timings of federation discovery.
+#[derive(Debug, Clone, Copy)]
+pub struct FederationSettings {
+    /// How often an idle discovery stream carries a heartbeat (exporter side).
+    pub heartbeat: Duration,
+    pub importer: ImporterSettings,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(10),
+            importer: ImporterSettings::default(),
+        }
+    }
 }
 
 /// Why `isthmusd` could not start or had to stop.
@@ -154,6 +176,7 @@ pub async fn run(
 
     let bundle = TrustBundle::new(config.trust_domain.clone(), roots)
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let local_trust = bundle.clone();
     let bundles = shared_bundles(TrustBundles::new(bundle));
     // Callers without a certificate are let through the handshake: a bootstrapping workload has
     // none yet and authenticates with its token.
@@ -170,6 +193,10 @@ pub async fn run(
     );
 
     let grpc_listener = bind(config.grpc_addr).await?;
+    let federation_listener = match config.federation_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let debug_listener = bind(config.debug_addr).await?;
     let plaintext_listener = match config.xds_plaintext_addr {
         Some(addr) => Some(bind(addr).await?),
@@ -178,8 +205,10 @@ pub async fn run(
     // Configuration flows one way: config store -> model -> per-proxy snapshots -> streams.
     let cache = Arc::new(SnapshotCache::default());
     let streams = Arc::new(StreamRegistry::default());
+    let (imports_tx, imports_rx) = tokio::sync::watch::channel(Arc::default());
     let pipeline = Pipeline::spawn(
         config_store.subscribe(),
+        imports_rx.clone(),
         cache.clone(),
         streams.clone(),
         authority,
@@ -189,6 +218,22 @@ pub async fn run(
             root_namespace: config.root_namespace.clone(),
             bundles: vec![local_bundle],
         },
+    );
+    // Federation: importers per peer feed the pipeline; the exporter serves the model's exports.
+    let peer_bundles = crate::federation::importers::spawn(
+        pipeline.model.clone(),
+        certs.resolver(),
+        local_trust.clone(),
+        config.federation.importer,
+        imports_tx,
+    );
+    let exporter = Exporter::new(pipeline.exports.clone(), config.federation.heartbeat);
+    let federation_status = crate::federation::status::spawn(
+        pipeline.model.clone(),
+        imports_rx,
+        exporter.remotes(),
+        identity.to_string(),
+        config.state_dir.join("status"),
     );
     let gate = Arc::new(WorkloadGate {
         model: pipeline.model.clone(),
@@ -209,6 +254,7 @@ pub async fn run(
         "grpc": local(&grpc_listener)?.to_string(),
         "debug": local(&debug_listener)?.to_string(),
         "xdsPlaintext": plaintext_listener.as_ref().map(local).transpose()?.map(|a| a.to_string()),
+        "federation": federation_listener.as_ref().map(local).transpose()?.map(|a| a.to_string()),
     });
     let addresses_file = config.state_dir.join(ADDRESSES_FILE);
     write_private(&addresses_file, addresses.to_string().as_bytes())
@@ -252,6 +298,27 @@ pub async fn run(
             }
         }
     };
+    let discovery = {
+        let stop = stopped(stop_rx.clone());
+        // Only peers' certificates: each verified against its own peer's root.
+        let verifier = SpiffeVerifier::new(peer_bundles, PeerPolicy::AnyTrusted);
+        let tls = server_config(certs.resolver(), Arc::new(verifier), &[b"h2"])
+            .map_err(|e| DaemonError::Setup(format!("TLS: {e}")))?;
+        async move {
+            match federation_listener {
+                Some(listener) => tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                    .add_service(FederationDiscoveryServer::new(exporter))
+                    .serve_with_incoming_shutdown(
+                        tls_incoming(listener, Arc::new(tls), HandshakeLimits::default()),
+                        stop,
+                    )
+                    .await
+                    .map_err(|e| DaemonError::Serve(format!("federation discovery server: {e}"))),
+                None => Ok(()),
+            }
+        }
+    };
     let debug = axum::serve(
         debug_listener,
         crate::server::debug::router(crate::server::debug::DebugState {
@@ -260,12 +327,14 @@ pub async fn run(
             streams: ads.streams.clone(),
             cache: ads.cache.clone(),
             node_errors: pipeline.node_errors.clone(),
+            federation: federation_status,
         }),
     )
     .with_graceful_shutdown(stopped(stop_rx));
-    let (grpc, plaintext, debug) = tokio::join!(grpc, plaintext, debug);
+    let (grpc, plaintext, discovery, debug) = tokio::join!(grpc, plaintext, discovery, debug);
     grpc.map_err(|e| DaemonError::Serve(format!("gRPC server: {e}")))?;
     plaintext?;
+    discovery?;
     debug.map_err(|e| DaemonError::Serve(format!("debug server: {e}")))?;
     tracing::info!("isthmusd stopped");
     Ok(())

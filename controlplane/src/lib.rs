@@ -20,6 +20,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod federation;
 pub mod model;
 pub mod pipeline;
 pub mod server;

@@ -15,10 +15,12 @@
 //! build on these. Trust between meshes — each peer's root bound to the peer's trust domain —
 //! lives in `isthmus_api::identity::TrustBundles`.
 
+pub mod discovery;
 pub mod exports;
 pub mod imports;
 pub mod names;
 mod selector;
+pub mod status;
 
 #[cfg(test)]
 mod tests;

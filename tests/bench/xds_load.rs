@@ -267,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
         .args(["--trust-domain", "bench.local"])
         .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
         .args(["--xds-plaintext-addr", "127.0.0.1:0"])
+        .args(["--federation-addr", "127.0.0.1:0"])
         .env(
             "RUST_LOG",
             std::env::var("ISTHMUSD_LOG").unwrap_or_else(|_| "warn".into()),

@@ -123,6 +123,8 @@ pub struct Isthmusd {
     /// Plaintext xDS (loopback).
     pub xds: SocketAddr,
     pub debug: SocketAddr,
+    /// Federation discovery (peers' control planes connect here).
+    pub federation: Option<SocketAddr>,
     pub state_dir: PathBuf,
     stderr_file: PathBuf,
 }
@@ -176,6 +178,11 @@ impl Isthmusd {
             .args(["--trust-domain", trust_domain])
             .args(["--grpc-addr", grpc_addr, "--debug-addr", "127.0.0.1:0"])
             .args(["--xds-plaintext-addr", "127.0.0.1:0"])
+            .args(if extra.contains(&"--federation-addr") {
+                &[][..]
+            } else {
+                &["--federation-addr", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_file)?)
@@ -202,11 +209,15 @@ impl Isthmusd {
             address("debug")?,
             address("xdsPlaintext")?,
         );
+        let federation = addresses["federation"]
+            .as_str()
+            .and_then(|a| a.parse().ok());
         let mut daemon = Self {
             child,
             grpc,
             xds,
             debug,
+            federation,
             state_dir,
             stderr_file,
         };
@@ -305,6 +316,7 @@ pub fn isthmusd_start_failure(root: &Path, args: &[&str]) -> (Option<i32>, Strin
         } else {
             vec!["--xds-plaintext-addr", "127.0.0.1:0"]
         })
+        .args(["--federation-addr", "127.0.0.1:0"])
         .current_dir(root)
         .stdin(Stdio::null())
         .output()

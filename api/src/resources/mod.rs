@@ -1,5 +1,6 @@
 //! The configuration API: Istio's `networking.istio.io/v1` and `security.istio.io/v1` kinds and
-//! Maistra's `federation.maistra.io/v1` kinds, for the supported subset, with their field names.
+//! Maistra's `federation.maistra.io/v1` kinds, for the supported subset, with their field names,
+//! and the core `v1 ConfigMap` that holds a peer's root certificate.
 //!
 //! Input is converted here, at the edge, into validated types. Every problem carries the path of
 //! the field at fault: unknown fields (`spec.http[0].mirrorr: unknown field ...`), Istio fields
@@ -24,6 +25,7 @@ macro_rules! resource {
     };
 }
 
+pub mod core;
 pub mod crd;
 pub mod duration;
 pub mod federation;
@@ -51,6 +53,7 @@ pub enum Resource {
     ServiceMeshPeer(federation::ServiceMeshPeer),
     ExportedServiceSet(federation::ExportedServiceSet),
     ImportedServiceSet(federation::ImportedServiceSet),
+    ConfigMap(core::ConfigMap),
 }
 
 /// A resource kind, by API group and kind name.
@@ -65,11 +68,12 @@ pub enum Kind {
     ServiceMeshPeer,
     ExportedServiceSet,
     ImportedServiceSet,
+    ConfigMap,
 }
 
 impl Kind {
     /// `(api group, kind)` of every supported kind.
-    pub const ALL: [(Kind, &'static str, &'static str); 9] = [
+    pub const ALL: [(Kind, &'static str, &'static str); 10] = [
         (Kind::ServiceEntry, "networking.istio.io", "ServiceEntry"),
         (Kind::WorkloadEntry, "networking.istio.io", "WorkloadEntry"),
         (
@@ -107,6 +111,7 @@ impl Kind {
             "federation.maistra.io",
             "ImportedServiceSet",
         ),
+        (Kind::ConfigMap, "", "ConfigMap"),
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +128,7 @@ impl Kind {
             "networking.istio.io" => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
             "security.istio.io" => matches!(version, "v1" | "v1beta1"),
             "federation.maistra.io" => version == "v1",
+            "" => version == "v1",
             _ => false,
         }
     }
@@ -206,6 +212,7 @@ pub fn from_value(value: Value) -> Result<Resource, ResourceError> {
         Kind::ServiceMeshPeer => typed(value).map(Resource::ServiceMeshPeer),
         Kind::ExportedServiceSet => typed(value).map(Resource::ExportedServiceSet),
         Kind::ImportedServiceSet => typed(value).map(Resource::ImportedServiceSet),
+        Kind::ConfigMap => typed(value).map(Resource::ConfigMap),
     };
     let invalid = |errors| ResourceError::Invalid {
         kind: kind.name(),
@@ -298,6 +305,7 @@ impl Resource {
             Self::ServiceMeshPeer(_) => Kind::ServiceMeshPeer,
             Self::ExportedServiceSet(_) => Kind::ExportedServiceSet,
             Self::ImportedServiceSet(_) => Kind::ImportedServiceSet,
+            Self::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 
@@ -312,6 +320,7 @@ impl Resource {
             Self::ServiceMeshPeer(r) => &r.metadata,
             Self::ExportedServiceSet(r) => &r.metadata,
             Self::ImportedServiceSet(r) => &r.metadata,
+            Self::ConfigMap(r) => &r.metadata,
         }
     }
 }

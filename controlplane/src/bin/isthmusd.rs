@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use isthmus_api::identity::TrustDomain;
 use isthmus_controlplane::ca::TtlPolicy;
-use isthmus_controlplane::daemon::{DaemonConfig, run};
+use isthmus_controlplane::daemon::{DaemonConfig, FederationSettings, run};
+use isthmus_federation::discovery::ImporterSettings;
 
 /// Isthmus control plane daemon: the mesh certificate authority and xDS server.
 #[derive(Debug, Parser)]
@@ -56,6 +57,23 @@ struct Args {
     #[arg(long, default_value = "istio-system")]
     root_namespace: String,
 
+    /// Address of the federation discovery port, where peer meshes' control planes watch what
+    /// this mesh exports to them (Maistra's discovery port is 8188).
+    #[arg(long, default_value = "0.0.0.0:8188")]
+    federation_addr: Option<SocketAddr>,
+    /// Do not serve federation discovery.
+    #[arg(long, conflicts_with = "federation_addr")]
+    no_federation: bool,
+    /// Heartbeat interval on idle discovery streams; importers give up after three missed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    federation_heartbeat: Duration,
+    /// How often an importer asks a peer for its full list again.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    federation_resync: Duration,
+    /// How long imports outlive a lost discovery stream before they are dropped.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    federation_stale_after: Duration,
+
     #[arg(long)]
     log_json: bool,
 }
@@ -90,6 +108,18 @@ async fn main() -> std::process::ExitCode {
         debug_addr: args.debug_addr,
         push_debounce: args.push_debounce,
         root_namespace: args.root_namespace,
+        federation_addr: (!args.no_federation)
+            .then_some(args.federation_addr)
+            .flatten(),
+        federation: FederationSettings {
+            heartbeat: args.federation_heartbeat,
+            importer: ImporterSettings {
+                resync: args.federation_resync,
+                heartbeat_timeout: args.federation_heartbeat * 3,
+                stale_after: args.federation_stale_after,
+                ..ImporterSettings::default()
+            },
+        },
         ttl: TtlPolicy {
             default: args.workload_cert_ttl,
             max: args.max_workload_cert_ttl,

@@ -10,6 +10,10 @@
 //!   each with a warning saying why.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use isthmus_api::proto::federation::{ExportedService, ServicePort};
+use isthmus_federation::discovery::{Catalog, Exports};
 
 use isthmus_api::resources::federation::ExportedServiceSetSpec;
 use isthmus_api::resources::networking::Location;
@@ -24,7 +28,7 @@ use crate::config::ResourceKey;
 pub type Offer = Vec<(ServiceName, ExportDecision)>;
 
 /// The rule name of a service.
-fn rule_name(service: &Service) -> ServiceName {
+pub fn rule_name(service: &Service) -> ServiceName {
     let ns = &service.key.namespace;
     let from_host = service
         .key
@@ -52,7 +56,9 @@ pub fn local_services(model: &MeshModel) -> Vec<LocalService> {
                 Some(Resource::ServiceEntry(entry)) => entry.metadata.labels.clone(),
                 _ => BTreeMap::new(),
             };
-            let not_exportable = if service.location == Location::MeshExternal {
+            let not_exportable = if let Some(peer) = &service.imported_from {
+                Some(NotExportable::ImportedFrom(peer.clone()))
+            } else if service.location == Location::MeshExternal {
                 Some(NotExportable::MeshExternal)
             } else if !visible_to(service, &model.root_namespace) {
                 Some(NotExportable::NotVisible)
@@ -100,6 +106,52 @@ pub fn offers(model: &MeshModel) -> (BTreeMap<String, Offer>, Vec<ModelWarning>)
     (offers, warnings)
 }
 
+/// What discovery serves: each usable peer's catalog (the services exported to it, with
+/// their ports and the identities of their endpoints) and the peers by trust domain.
+pub fn discovery_exports(model: &MeshModel) -> Exports {
+    let (offers, _) = offers(model);
+    let services = local_services(model);
+    let mut exports = Exports::default();
+    for peer in &model.peers {
+        exports
+            .peers
+            .insert(peer.trust_domain.to_string(), peer.name.clone());
+        let Some(offer) = offers.get(&peer.name) else {
+            continue;
+        };
+        // `exports::evaluate` decides for the services in the order given.
+        let exported = services.iter().zip(offer).filter_map(|(local, (_, d))| {
+            let ExportDecision::Exported { as_name, host, .. } = d else {
+                return None;
+            };
+            let service = model.service_of_host(&local.host)?;
+            Some(ExportedService {
+                hostname: host.clone(),
+                name: as_name.name.clone(),
+                namespace: as_name.namespace.clone(),
+                ports: service
+                    .ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        number: p.number,
+                        name: p.name.clone(),
+                        protocol: p.protocol.name().into(),
+                    })
+                    .collect(),
+                identities: service
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| e.identity.as_ref().map(ToString::to_string))
+                    .collect(),
+            })
+        });
+        exports
+            .catalogs
+            .insert(peer.name.clone(), Arc::new(Catalog::new(exported)));
+    }
+    exports
+}
+
 /// Why an export or import set does not count, if it does not.
 fn ignored(key: &ResourceKey, control_plane: &str, peers: &[&str]) -> Option<String> {
     if key.namespace != control_plane {
@@ -118,7 +170,6 @@ fn ignored(key: &ResourceKey, control_plane: &str, peers: &[&str]) -> Option<Str
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::sync::Arc;
 
     use isthmus_api::identity::TrustDomain;
 

@@ -3,6 +3,8 @@
 //! [`ConfigSnapshot`]; per-proxy xDS resources are computed from it by [`crate::xds::generate`].
 
 pub mod federation;
+pub mod imports;
+pub mod peers;
 pub mod policy;
 pub mod registry;
 pub mod workload;
@@ -42,6 +44,10 @@ pub struct MeshModel {
     /// Host name to its `DestinationRule` (the first one, by key).
     pub destination_rules: BTreeMap<String, (ResourceKey, DestinationRuleSpec)>,
     pub warnings: Vec<ModelWarning>,
+    /// The usable `ServiceMeshPeer`s.
+    pub peers: Vec<peers::Peer>,
+    /// Per peer with an `ImportedServiceSet`: every name it offers and what the rules made of it.
+    pub imports: BTreeMap<String, Vec<imports::ImportEntry>>,
 }
 
 impl MeshModel {
@@ -51,7 +57,32 @@ impl MeshModel {
         trust_domain: &TrustDomain,
         root_namespace: &str,
     ) -> Self {
-        let (services, mut warnings) = build_registry(&config, trust_domain);
+        Self::build_with_imports(
+            config,
+            &imports::RemoteCatalogs::new(),
+            trust_domain,
+            root_namespace,
+        )
+    }
+
+    /// The model of `config` plus what peers export to us (`catalogs`, from discovery).
+    pub fn build_with_imports(
+        config: Arc<ConfigSnapshot>,
+        catalogs: &imports::RemoteCatalogs,
+        trust_domain: &TrustDomain,
+        root_namespace: &str,
+    ) -> Self {
+        let (mut services, mut warnings) = build_registry(&config, trust_domain);
+        let (peers, peer_warnings) = peers::peers(&config, root_namespace, trust_domain);
+        warnings.extend(peer_warnings);
+        let imports = imports::add_imports(
+            &config,
+            root_namespace,
+            &peers,
+            catalogs,
+            &mut services,
+            &mut warnings,
+        );
         let mut hosts = BTreeMap::new();
         for key in services.keys() {
             hosts
@@ -107,6 +138,8 @@ impl MeshModel {
             routes,
             destination_rules,
             warnings,
+            peers,
+            imports,
         }
     }
 

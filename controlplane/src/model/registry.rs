@@ -39,7 +39,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn from_name(name: &str) -> Option<Self> {
+    pub fn from_name(name: &str) -> Option<Self> {
         Some(match name.to_ascii_lowercase().as_str() {
             "http" => Self::Http,
             "http2" => Self::Http2,
@@ -49,6 +49,18 @@ impl Protocol {
             "tcp" => Self::Tcp,
             _ => return None,
         })
+    }
+
+    /// Istio's name of the protocol.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http => "HTTP",
+            Self::Http2 => "HTTP2",
+            Self::Grpc => "GRPC",
+            Self::Https => "HTTPS",
+            Self::Tls => "TLS",
+            Self::Tcp => "TCP",
+        }
     }
 
     /// Whether requests are routed at L7 (HTTP routes apply).
@@ -74,7 +86,7 @@ pub struct Locality {
 }
 
 impl Locality {
-    pub(crate) fn parse(s: &str) -> Self {
+    pub fn parse(s: &str) -> Self {
         let mut parts = s.split('/').map(str::to_owned);
         Self {
             region: parts.next().unwrap_or_default(),
@@ -112,8 +124,10 @@ pub struct Service {
     pub resolution: Resolution,
     pub endpoints: Vec<Endpoint>,
     pub export_to: Vec<String>,
-    /// The `ServiceEntry` that declared it.
+    /// The `ServiceEntry` that declared it (for an imported service, the `ImportedServiceSet`).
     pub source: ResourceKey,
+    /// The peer it was imported from: such a service is never exported.
+    pub imported_from: Option<String>,
 }
 
 /// Something that is valid alone but odd in context; reported in status, not fatal.
@@ -168,6 +182,7 @@ pub fn build_registry(
                 endpoints,
                 export_to: entry.spec.export_to.clone(),
                 source: entry_key.clone(),
+                imported_from: None,
             };
             if let Some(existing) = services.get(&key) {
                 let existing: &Service = existing;

@@ -18,7 +18,12 @@ use isthmus_api::identity::TrustDomain;
 use tokio::sync::{mpsc, watch};
 
 use crate::ca::Authority;
+use isthmus_federation::discovery::Exports;
+
 use crate::config::ConfigSnapshot;
+use crate::federation::{self, ImportStates};
+use crate::model::federation::discovery_exports;
+use crate::model::imports::RemoteCatalogs;
 use crate::model::{MeshModel, ProxyNode};
 use crate::xds::cache::SnapshotCache;
 use crate::xds::generate::{
@@ -47,6 +52,8 @@ pub struct Pipeline {
     pub joins: mpsc::Sender<NodeInfo>,
     /// Per node id, why it has no (new) configuration.
     pub node_errors: watch::Receiver<BTreeMap<String, String>>,
+    /// What the model exports to each peer, for the discovery service.
+    pub exports: watch::Receiver<Arc<Exports>>,
 }
 
 struct Worker {
@@ -55,6 +62,9 @@ struct Worker {
     streams: Arc<StreamRegistry>,
     certs: ProxyCertificates,
     model: watch::Sender<Arc<MeshModel>>,
+    exports: watch::Sender<Arc<Exports>>,
+    /// What peers export to us, as the model in force was built with.
+    catalogs: RemoteCatalogs,
     node_errors: watch::Sender<BTreeMap<String, String>>,
     nodes: BTreeMap<String, ProxyNode>,
     /// Outbound views of the model in force, shared by proxies that look alike.
@@ -64,16 +74,20 @@ struct Worker {
 impl Pipeline {
     pub fn spawn(
         mut config: watch::Receiver<Arc<ConfigSnapshot>>,
+        mut imports: watch::Receiver<Arc<ImportStates>>,
         cache: Arc<SnapshotCache>,
         streams: Arc<StreamRegistry>,
         authority: Arc<Authority>,
         settings: PipelineSettings,
     ) -> Self {
-        let first = MeshModel::build(
+        let catalogs = federation::catalogs(&imports.borrow_and_update());
+        let first = MeshModel::build_with_imports(
             config.borrow_and_update().clone(),
+            &catalogs,
             &settings.trust_domain,
             &settings.root_namespace,
         );
+        let (exports_tx, exports_rx) = watch::channel(Arc::new(discovery_exports(&first)));
         let (model_tx, model_rx) = watch::channel(Arc::new(first));
         let (errors_tx, errors_rx) = watch::channel(BTreeMap::new());
         let (joins_tx, mut joins_rx) = mpsc::channel(1024);
@@ -83,6 +97,8 @@ impl Pipeline {
             streams,
             certs: ProxyCertificates::new(authority),
             model: model_tx,
+            exports: exports_tx,
+            catalogs,
             node_errors: errors_tx,
             nodes: BTreeMap::new(),
             views: HashMap::new(),
@@ -104,6 +120,20 @@ impl Pipeline {
                         worker.rebuild(snapshot);
                         worker.push_all().await;
                     }
+                    changed = imports.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(worker.settings.debounce).await;
+                        let catalogs = federation::catalogs(&imports.borrow_and_update());
+                        // Status-only changes (heartbeats, timestamps) do not rebuild.
+                        if catalogs != worker.catalogs {
+                            worker.catalogs = catalogs;
+                            let snapshot = worker.model.borrow().config.clone();
+                            worker.rebuild(snapshot);
+                            worker.push_all().await;
+                        }
+                    }
                     joined = joins_rx.recv() => {
                         let Some(node) = joined else { return };
                         worker.join(node).await;
@@ -116,20 +146,30 @@ impl Pipeline {
             model: model_rx,
             joins: joins_tx,
             node_errors: errors_rx,
+            exports: exports_rx,
         }
     }
 }
 
 impl Worker {
     fn rebuild(&mut self, snapshot: Arc<ConfigSnapshot>) {
-        let model = MeshModel::build(
+        let model = MeshModel::build_with_imports(
             snapshot,
+            &self.catalogs,
             &self.settings.trust_domain,
             &self.settings.root_namespace,
         );
         for w in &model.warnings {
             tracing::warn!(resource = %w.resource, "{}", w.message);
         }
+        let exports = Arc::new(discovery_exports(&model));
+        self.exports.send_if_modified(|current| {
+            let changed = *current != exports;
+            if changed {
+                *current = exports;
+            }
+            changed
+        });
         self.model.send_replace(Arc::new(model));
         self.views.clear();
     }
@@ -178,7 +218,19 @@ impl Worker {
                 let secrets = ProxySecrets {
                     certificate_chain_pem: credential.chain_pem,
                     private_key_pem: credential.key_pem,
-                    bundles: self.settings.bundles.clone(),
+                    // The local roots, then each peer's, bound to its trust domain.
+                    bundles: self
+                        .settings
+                        .bundles
+                        .iter()
+                        .cloned()
+                        .chain(
+                            model
+                                .peers
+                                .iter()
+                                .map(|p| (p.trust_domain.to_string(), p.roots_pem())),
+                        )
+                        .collect(),
                 };
                 let view = self
                     .views

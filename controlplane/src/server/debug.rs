@@ -31,6 +31,8 @@ pub struct DebugState {
     pub cache: Arc<SnapshotCache>,
     /// Per node id, why it gets no (new) configuration.
     pub node_errors: watch::Receiver<BTreeMap<String, String>>,
+    /// The federation resources' status.
+    pub federation: watch::Receiver<Arc<crate::federation::status::FederationStatus>>,
 }
 
 /// The debug HTTP routes.
@@ -41,8 +43,16 @@ pub fn router(state: DebugState) -> Router {
         streams,
         cache,
         node_errors,
+        federation,
     } = state;
     Router::new()
+        .route(
+            "/debug/federation",
+            get(move || {
+                let status = federation.borrow().as_ref().clone();
+                async move { axum::Json(status) }
+            }),
+        )
         .route(
             "/debug/xds",
             get(move || {

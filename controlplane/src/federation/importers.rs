@@ -1,0 +1,168 @@
+//! One discovery importer per usable peer of the model in force: started when a peer appears,
+//! restarted when its addresses, trust domain or root change, stopped when it goes. Each dials
+//! with `isthmusd`'s own certificate and trusts only that peer's root, for its trust domain.
+//! The discovery port's client verification trusts the peers' roots the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use isthmus_api::channel::tls_channel;
+use isthmus_api::identity::{
+    CredentialCell, PeerPolicy, SharedBundles, SpiffeVerifier, TrustBundle, TrustBundles,
+    client_config, shared_bundles,
+};
+use isthmus_federation::discovery::importer::{self, Dialer};
+use isthmus_federation::discovery::{ImportState, ImporterSettings};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::ImportStates;
+use crate::model::MeshModel;
+use crate::model::peers::Peer;
+
+/// What restarts an importer when it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PeerKey {
+    addresses: Vec<String>,
+    trust_domain: String,
+    roots_pem: String,
+}
+
+impl PeerKey {
+    fn of(peer: &Peer) -> Self {
+        Self {
+            addresses: peer.discovery_addresses.clone(),
+            trust_domain: peer.trust_domain.to_string(),
+            roots_pem: peer.roots_pem(),
+        }
+    }
+}
+
+struct Running {
+    key: PeerKey,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Runs the importers of the model's peers; returns the bundles the discovery port trusts.
+pub fn spawn(
+    mut model: watch::Receiver<Arc<MeshModel>>,
+    credentials: Arc<CredentialCell>,
+    local: TrustBundle,
+    settings: ImporterSettings,
+    states: watch::Sender<Arc<ImportStates>>,
+) -> SharedBundles {
+    let bundles = shared_bundles(TrustBundles::new(local.clone()));
+    let server_bundles = bundles.clone();
+    tokio::spawn(async move {
+        let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        loop {
+            let current = model.borrow_and_update().clone();
+            let mut trusted = TrustBundles::new(local.clone());
+            for peer in &current.peers {
+                if let Err(e) = trusted.insert_peer(peer.roots.clone()) {
+                    tracing::warn!(peer = peer.name, error = %e, "peer root not trusted");
+                }
+            }
+            bundles.store(Arc::new(trusted));
+            reconcile(
+                &current.peers,
+                &mut running,
+                &credentials,
+                settings,
+                &states,
+            );
+            if model.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    server_bundles
+}
+
+fn reconcile(
+    peers: &[Peer],
+    running: &mut BTreeMap<String, Running>,
+    credentials: &Arc<CredentialCell>,
+    settings: ImporterSettings,
+    states: &watch::Sender<Arc<ImportStates>>,
+) {
+    let gone: Vec<String> = running
+        .iter()
+        .filter(|(name, r)| {
+            !peers
+                .iter()
+                .any(|p| &&p.name == name && PeerKey::of(p) == r.key)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in gone {
+        tracing::info!(peer = name, "discovery importer stopped");
+        running.remove(&name);
+        states.send_modify(|s| {
+            Arc::make_mut(s).remove(&name);
+        });
+    }
+    for peer in peers {
+        if running.contains_key(&peer.name) {
+            continue;
+        }
+        match start(peer, credentials, settings, states) {
+            Ok(r) => {
+                tracing::info!(peer = peer.name, addresses = ?peer.discovery_addresses, "discovery importer started");
+                running.insert(peer.name.clone(), r);
+            }
+            Err(e) => tracing::warn!(peer = peer.name, error = e, "cannot watch peer"),
+        }
+    }
+}
+
+fn start(
+    peer: &Peer,
+    credentials: &Arc<CredentialCell>,
+    settings: ImporterSettings,
+    states: &watch::Sender<Arc<ImportStates>>,
+) -> Result<Running, String> {
+    // Only the peer's root, only for the peer's trust domain.
+    let local = peer.roots.clone();
+    let verifier = SpiffeVerifier::new(
+        shared_bundles(TrustBundles::new(local)),
+        PeerPolicy::TrustDomain(peer.trust_domain.clone()),
+    );
+    let tls = client_config(Some(credentials.clone()), Arc::new(verifier), &[b"h2"])
+        .map_err(|e| format!("TLS: {e}"))?;
+    let dialer: Arc<dyn Dialer> =
+        Arc::new(move |address: &str| tls_channel(address, tls.clone(), None));
+    let (tx, mut rx) = watch::channel(ImportState::default());
+    let importer = tokio::spawn(importer::run(
+        peer.name.clone(),
+        peer.discovery_addresses.clone(),
+        dialer,
+        settings,
+        tx,
+    ));
+    let name = peer.name.clone();
+    let states = states.clone();
+    let forward = tokio::spawn(async move {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            states.send_modify(|s| {
+                Arc::make_mut(s).insert(name.clone(), state);
+            });
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Running {
+        key: PeerKey::of(peer),
+        tasks: [importer, forward],
+    })
+}

@@ -1,0 +1,143 @@
+//! The peers of this mesh: each `ServiceMeshPeer` of the control plane's namespace, with its
+//! addresses, its trust domain and its root certificate (from the `ConfigMap` its
+//! `spec.security.certificateChain` names, key `root-cert.pem`). A peer without a usable trust
+//! domain or root cannot be trusted and is left out, with a warning saying why.
+
+use isthmus_api::identity::{SpiffeId, TrustBundle, TrustDomain};
+use isthmus_api::resources::core::ROOT_CERT_KEY;
+use isthmus_api::resources::{Kind, Resource};
+
+use super::ModelWarning;
+use crate::config::{ConfigSnapshot, ResourceKey};
+
+/// A peer mesh this mesh may talk to.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: String,
+    pub source: ResourceKey,
+    /// `host:port` of the peer's discovery service, in order of preference.
+    pub discovery_addresses: Vec<String>,
+    /// `host:port` of the peer's federation ingress for service traffic.
+    pub service_addresses: Vec<String>,
+    pub trust_domain: TrustDomain,
+    /// The identity the peer presents when it calls us (`security.clientID`).
+    pub client_id: Option<SpiffeId>,
+    /// The peer's roots, trusted for `trust_domain` only.
+    pub roots: TrustBundle,
+    /// Local gateway services (`gateways.ingress` / `gateways.egress`) by name.
+    pub ingress_gateway: Option<String>,
+    pub egress_gateway: Option<String>,
+}
+
+impl Peer {
+    pub fn roots_pem(&self) -> String {
+        self.roots.to_pem()
+    }
+}
+
+/// Every usable peer, and why the others are not.
+pub fn peers(
+    config: &ConfigSnapshot,
+    root_namespace: &str,
+    local: &TrustDomain,
+) -> (Vec<Peer>, Vec<ModelWarning>) {
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut warnings = Vec::new();
+    for (key, resource) in config.of_kind(Kind::ServiceMeshPeer) {
+        let Resource::ServiceMeshPeer(peer) = resource else {
+            continue;
+        };
+        let mut warn = |message: String| {
+            warnings.push(ModelWarning {
+                resource: key.clone(),
+                message,
+            });
+        };
+        if key.namespace != root_namespace {
+            warn(format!(
+                "ignored: federation resources count only in the control plane's namespace {root_namespace:?}"
+            ));
+            continue;
+        }
+        let spec = &peer.spec;
+        let Ok(trust_domain) = TrustDomain::new(&spec.security.trust_domain) else {
+            warn("ignored: spec.security.trustDomain is required to trust the peer".into());
+            continue;
+        };
+        if &trust_domain == local {
+            warn(format!(
+                "ignored: spec.security.trustDomain {trust_domain} is this mesh's own trust domain"
+            ));
+            continue;
+        }
+        if let Some(other) = peers.iter().find(|p| p.trust_domain == trust_domain) {
+            warn(format!(
+                "ignored: trust domain {trust_domain} is already the peer {}'s",
+                other.name
+            ));
+            continue;
+        }
+        let roots = match root_of(config, root_namespace, &peer.spec.security, &trust_domain) {
+            Ok(roots) => roots,
+            Err(why) => {
+                warn(format!("ignored: {why}"));
+                continue;
+            }
+        };
+        let at = |port: u32| {
+            spec.remote
+                .addresses
+                .iter()
+                .map(|a| format!("{a}:{port}"))
+                .collect::<Vec<_>>()
+        };
+        peers.push(Peer {
+            name: key.name.clone(),
+            source: key.clone(),
+            discovery_addresses: at(spec.remote.discovery_port()),
+            service_addresses: at(spec.remote.service_port()),
+            trust_domain,
+            client_id: (!spec.security.client_id.is_empty())
+                .then(|| SpiffeId::parse(&format!("spiffe://{}", spec.security.client_id)).ok())
+                .flatten(),
+            roots,
+            ingress_gateway: spec.gateways.ingress.as_ref().map(|g| g.name.clone()),
+            egress_gateway: spec.gateways.egress.as_ref().map(|g| g.name.clone()),
+        });
+    }
+    (peers, warnings)
+}
+
+fn root_of(
+    config: &ConfigSnapshot,
+    namespace: &str,
+    security: &isthmus_api::resources::federation::ServiceMeshPeerSecurity,
+    trust_domain: &TrustDomain,
+) -> Result<TrustBundle, String> {
+    let Some(chain) = &security.certificate_chain else {
+        return Err("spec.security.certificateChain is required: it names the ConfigMap holding the peer's root".into());
+    };
+    let key = ResourceKey {
+        kind: Kind::ConfigMap,
+        namespace: namespace.to_owned(),
+        name: chain.name.clone(),
+    };
+    let Some(Resource::ConfigMap(map)) = config.get(&key) else {
+        return Err(format!(
+            "spec.security.certificateChain: no ConfigMap {namespace}/{}",
+            chain.name
+        ));
+    };
+    let Some(pem) = map.data.get(ROOT_CERT_KEY) else {
+        return Err(format!(
+            "ConfigMap {namespace}/{} has no {ROOT_CERT_KEY:?} key",
+            chain.name
+        ));
+    };
+    TrustBundle::from_pem(
+        trust_domain.clone(),
+        pem.as_bytes(),
+        &format!("ConfigMap {namespace}/{} key {ROOT_CERT_KEY}", chain.name),
+    )
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,270 @@
+//! The importing side: one task per peer keeps a `Watch` stream open to the peer's control
+//! plane and publishes the peer's catalog as an [`ImportState`].
+//!
+//! - The first `FullList` of a stream replaces what was held; changes follow, each checked
+//!   against the exporter's checksum, a mismatch answered with a `Resync`.
+//! - A `Resync` is also sent on a timer (60 s by default).
+//! - No message for the heartbeat timeout ends the stream; reconnection backs off
+//!   exponentially with jitter, over the peer's addresses in turn.
+//! - While disconnected the last catalog is kept and marked stale; after the stale period it
+//!   is dropped ([`expire_stale`]). Nothing else changes until the peer is back.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use isthmus_api::proto::federation::federation_discovery_client::FederationDiscoveryClient;
+use isthmus_api::proto::federation::{Resync, Subscribe, WatchRequest, watch_event, watch_request};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::catalog::{ApplyError, Catalog};
+use crate::status::{WatchStatus, timestamp};
+
+/// The protocol version this importer speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImporterSettings {
+    /// A full resync is asked this often.
+    pub resync: Duration,
+    /// No message for this long ends the stream (three exporter heartbeats).
+    pub heartbeat_timeout: Duration,
+    /// How long imports outlive the stream that brought them.
+    pub stale_after: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ImporterSettings {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(60),
+            heartbeat_timeout: Duration::from_secs(30),
+            stale_after: Duration::from_secs(300),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What is known of one peer's exports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportState {
+    /// The peer's catalog; `None` before the first full list and after stale imports expire.
+    pub catalog: Option<Arc<Catalog>>,
+    pub status: WatchStatus,
+    /// When the imports became stale (tokio's clock), for [`expire_stale`].
+    pub stale_since: Option<Instant>,
+}
+
+/// Dials one of the peer's addresses.
+pub trait Dialer: Send + Sync + 'static {
+    fn channel(&self, address: &str) -> Result<Channel, String>;
+}
+
+impl<F> Dialer for F
+where
+    F: Fn(&str) -> Result<Channel, String> + Send + Sync + 'static,
+{
+    fn channel(&self, address: &str) -> Result<Channel, String> {
+        self(address)
+    }
+}
+
+/// Watches `peer` at `addresses` until the task is aborted, publishing into `state`.
+pub async fn run(
+    peer: String,
+    addresses: Vec<String>,
+    dialer: Arc<dyn Dialer>,
+    settings: ImporterSettings,
+    state: watch::Sender<ImportState>,
+) {
+    let expiry = tokio::spawn(expire_stale(state.clone(), settings.stale_after));
+    let _abort_expiry = AbortOnDrop(expiry);
+    let mut backoff = settings.backoff_min;
+    for attempt in 0usize.. {
+        let Some(address) = addresses.get(attempt % addresses.len().max(1)) else {
+            tracing::warn!(peer, "no address to watch");
+            return;
+        };
+        let started = Instant::now();
+        let why = match dialer.channel(address) {
+            Ok(channel) => session(&peer, address, channel, settings, &state).await,
+            Err(e) => format!("cannot dial {address}: {e}"),
+        };
+        let now = SystemTime::now();
+        state.send_modify(|s| {
+            if s.status.stream.connected || s.status.stream.last_disconnect.is_none() {
+                tracing::warn!(peer, address, why, "discovery stream lost");
+            }
+            s.status.stream.disconnected(&why, now);
+            if s.catalog.is_some() && !s.status.stale {
+                s.status.stale = true;
+                s.status.stale_until = Some(timestamp(now + settings.stale_after));
+                s.stale_since = Some(Instant::now());
+            }
+        });
+        // A stream that lived a while resets the backoff.
+        if started.elapsed() > settings.backoff_max {
+            backoff = settings.backoff_min;
+        }
+        let jitter = rand::rng().random_range(0.5..1.0);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(settings.backoff_max);
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Drops stale imports once they have been stale for `stale_after`.
+pub async fn expire_stale(state: watch::Sender<ImportState>, stale_after: Duration) {
+    let mut rx = state.subscribe();
+    loop {
+        let since = rx.borrow_and_update().stale_since;
+        match since {
+            Some(since) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(since + stale_after) => {
+                        state.send_if_modified(|s| {
+                            if s.stale_since != Some(since) {
+                                return false;
+                            }
+                            tracing::warn!(source = s.status.stream.source, "stale imports expired");
+                            s.catalog = None;
+                            s.stale_since = None;
+                            s.status.stale = false;
+                            s.status.stale_until = None;
+                            s.status.expired = true;
+                            true
+                        });
+                    }
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+            }
+            None => {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One stream, from dialling to its end; returns why it ended.
+async fn session(
+    peer: &str,
+    address: &str,
+    channel: Channel,
+    settings: ImporterSettings,
+    state: &watch::Sender<ImportState>,
+) -> String {
+    let mut client = FederationDiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let subscribe = WatchRequest {
+        request: Some(watch_request::Request::Subscribe(Subscribe {
+            protocol_version: PROTOCOL_VERSION,
+        })),
+    };
+    if tx.send(subscribe).await.is_err() {
+        return "internal: request channel closed".into();
+    }
+    let opened = tokio::time::timeout(
+        settings.heartbeat_timeout,
+        client.watch(ReceiverStream::new(rx)),
+    )
+    .await;
+    let mut inbound = match opened {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return describe(&status),
+        Err(_) => return "no answer to Subscribe".into(),
+    };
+    state.send_modify(|s| s.status.stream.connected(address, SystemTime::now()));
+    tracing::info!(peer, address, "discovery stream open");
+    let mut catalog = Catalog::default();
+    let mut synced = false;
+    let mut resync = tokio::time::interval(settings.resync);
+    resync.reset();
+    loop {
+        tokio::select! {
+            message = tokio::time::timeout(settings.heartbeat_timeout, inbound.message()) => {
+                let event = match message {
+                    Err(_) => return format!(
+                        "no message for {:?}: heartbeats missed", settings.heartbeat_timeout
+                    ),
+                    Ok(Err(status)) => return describe(&status),
+                    Ok(Ok(None)) => return "stream closed by the peer".into(),
+                    Ok(Ok(Some(event))) => event,
+                };
+                let Some(body) = event.event else {
+                    return "protocol error: an event without a body".into();
+                };
+                let full = matches!(body, watch_event::Event::Full(_));
+                if !synced && !full {
+                    // Changes before the first full list mean nothing; heartbeats are fine.
+                    if matches!(body, watch_event::Event::Change(_)) {
+                        return "protocol error: a change before the full list".into();
+                    }
+                    continue;
+                }
+                match catalog.apply(&body, event.checksum) {
+                    Ok(()) => {
+                        synced = true;
+                        if matches!(body, watch_event::Event::Heartbeat(_)) {
+                            continue;
+                        }
+                        let published = Arc::new(catalog.clone());
+                        state.send_modify(|s| {
+                            s.catalog = Some(published);
+                            s.stale_since = None;
+                            s.status.stale = false;
+                            s.status.stale_until = None;
+                            s.status.expired = false;
+                            s.status.stream.event(full, SystemTime::now());
+                        });
+                    }
+                    Err(ApplyError::Checksum { ours, theirs }) => {
+                        tracing::warn!(peer, ours, theirs, "checksum mismatch; asking for a resync");
+                        state.send_modify(|s| s.status.checksum_mismatches += 1);
+                        if !ask_resync(&tx, "checksum mismatch").await {
+                            return "internal: request channel closed".into();
+                        }
+                    }
+                    Err(e @ ApplyError::Malformed(_)) => return format!("protocol error: {e}"),
+                }
+            }
+            _ = resync.tick() => {
+                if !ask_resync(&tx, "timer").await {
+                    return "internal: request channel closed".into();
+                }
+            }
+        }
+    }
+}
+
+async fn ask_resync(tx: &mpsc::Sender<WatchRequest>, reason: &str) -> bool {
+    tx.send(WatchRequest {
+        request: Some(watch_request::Request::Resync(Resync {
+            reason: reason.into(),
+        })),
+    })
+    .await
+    .is_ok()
+}
+
+/// A gRPC status as status shows it: the code and what the peer said.
+fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(&format!(" ({source})"));
+    }
+    text
+}
