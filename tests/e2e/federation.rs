@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use isthmus_e2e::mesh::{until, write};
 use isthmus_e2e::proxy::IsthmusProxy;
-use isthmus_e2e::{Isthmusd, free_port, sh};
+use isthmus_e2e::{Isthmusd, free_port, isthmusctl, sh};
 use serde_json::Value;
 
 const IMPORTED: &str = "ratings.bookinfo.svc.green-imports.local";
@@ -258,6 +258,24 @@ fn an_export_and_import_reach_red_with_status_on_both_sides_and_withdrawal_withi
         .join("status/importedserviceset/istio-system/green.json");
     let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(on_disk["importedServices"], imported["importedServices"]);
+
+    // `isthmusctl status` tells the same story.
+    let out = isthmusctl(&["status", "--debug-addr", &m.red.debug.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("istio-system/green               imports    connected"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("ratings.bookinfo.svc.red-exports.local") && l.ends_with(IMPORTED)),
+        "{text}"
+    );
 
     // A red sidecar gets the imported service as a cluster.
     let proxy_dir = m._dir.path().join("proxy");

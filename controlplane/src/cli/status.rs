@@ -1,5 +1,6 @@
 //! `isthmusctl status`: the configuration in force (and why the newest change was rejected, if
-//! it was) and every connected proxy with its version and ACK/NACK state per xDS type.
+//! it was), every connected proxy with its version and ACK/NACK state per xDS type, and the
+//! federation peers (the stream each way) with what crosses under which name.
 
 use std::fmt::Write as _;
 
@@ -29,6 +30,8 @@ impl StatusCommand {
         let config = get_json(&self.debug_addr, "/debug/config").await?;
         let xds = get_json(&self.debug_addr, "/debug/xds").await?;
         print!("{}", render(&config, &xds));
+        let federation = get_json(&self.debug_addr, "/debug/federation").await?;
+        print!("{}", render_federation(&federation));
         Ok(())
     }
 }
@@ -106,6 +109,119 @@ pub fn render(config: &Value, xds: &Value) -> String {
     out
 }
 
+/// The peers (our stream to each, theirs to us) and what crosses, from `/debug/federation`.
+pub fn render_federation(status: &Value) -> String {
+    let mut out = String::new();
+    let peers = status["serviceMeshPeers"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if peers.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<32} {:<10} {:<22} {:<22} DETAIL",
+        "PEER", "DIRECTION", "STATE", "LAST FULL SYNC"
+    );
+    for (peer, s) in &peers {
+        let pod = &s["discoveryStatus"]["active"][0];
+        let watch = &pod["watch"];
+        if watch.is_object() {
+            let state = match (watch["connected"].as_bool(), watch["stale"].as_bool()) {
+                (Some(true), _) => "connected",
+                (_, Some(true)) => "disconnected (stale)",
+                _ if watch["expired"] == true => "disconnected (expired)",
+                _ => "disconnected",
+            };
+            let detail = if watch["connected"] == true {
+                watch["source"].as_str().unwrap_or_default().to_owned()
+            } else {
+                watch["lastDisconnectStatus"]
+                    .as_str()
+                    .unwrap_or("never connected")
+                    .to_owned()
+            };
+            let _ = writeln!(
+                out,
+                "{peer:<32} {:<10} {state:<22} {:<22} {detail}",
+                "imports",
+                watch["lastFullSync"].as_str().unwrap_or("-"),
+            );
+        }
+        for remote in pod["remotes"].as_array().into_iter().flatten() {
+            let state = if remote["connected"] == true {
+                "connected"
+            } else {
+                "disconnected"
+            };
+            let _ = writeln!(
+                out,
+                "{peer:<32} {:<10} {state:<22} {:<22} {}",
+                "exports",
+                remote["lastFullSync"].as_str().unwrap_or("-"),
+                remote["source"].as_str().unwrap_or_default(),
+            );
+        }
+        for warning in s["warnings"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{peer:<32} WARNING {}",
+                warning.as_str().unwrap_or_default()
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<32} {:<52} AS", "SET", "SERVICE");
+    let sets = [
+        ("exportedServiceSets", "exportedServices", "exported"),
+        ("importedServiceSets", "importedServices", "imported"),
+    ];
+    for (sets_key, list_key, verb) in sets {
+        for (set, s) in status[sets_key].as_object().into_iter().flatten() {
+            let label = format!("{verb} {set}");
+            for service in s[list_key].as_array().into_iter().flatten() {
+                let local = service["localService"]["hostname"]
+                    .as_str()
+                    .unwrap_or_default();
+                let exported = service["exportedName"].as_str().unwrap_or_default();
+                let (name, as_) = if verb == "exported" {
+                    (local, exported.to_owned())
+                } else if local.is_empty() {
+                    (
+                        exported,
+                        format!(
+                            "not imported: {}",
+                            service["reason"].as_str().unwrap_or_default()
+                        ),
+                    )
+                } else {
+                    (exported, local.to_owned())
+                };
+                let _ = writeln!(out, "{label:<32} {name:<52} {as_}");
+            }
+            for rule in s["unmatchedRules"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "{label:<32} {}", rule.as_str().unwrap_or_default());
+            }
+            if s["stale"] == true {
+                let _ = writeln!(
+                    out,
+                    "{label:<32} STALE: the peer's discovery stream is down"
+                );
+            }
+            for warning in s["warnings"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{label:<32} WARNING {}",
+                    warning.as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Node ids contain `~` and `.`, which are fine; anything else unusual is escaped.
 fn percent_encode(s: &str) -> String {
     s.bytes()
@@ -123,6 +239,35 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn federation_report_names_peer_states_and_what_crosses() {
+        let status = json!({
+            "serviceMeshPeers": {"istio-system/green": {"discoveryStatus": {"active": [{"pod": "x",
+                "remotes": [{"source": "spiffe://green.local/ns/istio-system/sa/isthmusd", "connected": true, "lastFullSync": "t1"}],
+                "watch": {"source": "10.0.0.1:8188", "connected": false, "stale": true,
+                    "lastDisconnectStatus": "Unavailable: connection refused"}}]}}},
+            "exportedServiceSets": {"istio-system/green": {"exportedServices": [
+                {"exportedName": "a.ns.svc.green-exports.local", "localService": {"hostname": "a.ns.svc.cluster.local", "name": "a", "namespace": "ns"}}]}},
+            "importedServiceSets": {"istio-system/green": {"stale": true, "unmatchedRules": ["importRules[1] (ns/c): the peer does not export a service it selects"],
+                "importedServices": [
+                {"exportedName": "b.ns.svc.red-exports.local", "localService": {"hostname": "b.ns.svc.green-imports.local", "name": "b", "namespace": "ns"}},
+                {"exportedName": "d.ns.svc.red-exports.local", "localService": {"hostname": "", "name": "", "namespace": ""}, "reason": "no import rule selects it"}]}}
+        });
+        let text = render_federation(&status);
+        for expected in [
+            "imports    disconnected (stale)",
+            "Unavailable: connection refused",
+            "exports    connected",
+            "a.ns.svc.cluster.local",
+            "b.ns.svc.red-exports.local                           b.ns.svc.green-imports.local",
+            "not imported: no import rule selects it",
+            "importRules[1] (ns/c)",
+            "STALE",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in:\n{text}");
+        }
+    }
 
     #[test]
     fn report_names_rejections_and_proxy_states() {
