@@ -25,5 +25,6 @@ pub mod metrics;
 pub mod runtime;
 pub mod tcp;
 pub mod transport;
+pub mod tunnel;
 pub mod upstream;
 pub mod xds;

@@ -1,6 +1,7 @@
 //! The TCP proxy (Envoy's `tcp_proxy`): connects the downstream connection to an endpoint of
 //! the chosen cluster and copies bytes both ways until either side closes or the connection
-//! has been idle for the configured time.
+//! has been idle for the configured time. With `tunneling_config` the upstream is a CONNECT
+//! stream over the cluster's connection (`tunnel.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub enum TcpError {
     Connect(#[from] crate::upstream::ConnectError),
     #[error("copying: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel::TunnelError),
 }
 
 /// `destination`: where the downstream connection was going (its original destination on a
@@ -41,6 +44,16 @@ pub async fn proxy<D: Io>(
     let (upstream, host) = match cluster.cluster.discovery {
         Discovery::OriginalDst => cluster.connect_original(destination).await?,
         _ => cluster.connect().await?,
+    };
+    let upstream: crate::transport::BoxedIo = match &tcp.tunnel {
+        Some(authority) => match crate::tunnel::open(upstream, authority).await {
+            Ok(stream) => Box::new(stream),
+            Err(e) => {
+                cluster.record(&host, crate::upstream::outlier::Outcome::GatewayError);
+                return Err(e.into());
+            }
+        },
+        None => upstream,
     };
     cluster.record(&host, crate::upstream::outlier::Outcome::Success);
     host.active.fetch_add(1, Ordering::Relaxed);

@@ -477,7 +477,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{number: 7000, name: tcp-echo}]
-  workloadSelector: {matchLabels: {version: v1}}
+  workloadSelector: {labels: {version: v1}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -487,7 +487,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{number: 7000, name: tcp-echo}]
-  workloadSelector: {matchLabels: {version: v2}}
+  workloadSelector: {labels: {version: v2}}
 ",
     );
     let daemon = Isthmusd::start(root, "red.local", &[]).context("isthmusd")?;

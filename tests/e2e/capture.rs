@@ -38,7 +38,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{{number: 8080, name: http}}]
-  workloadSelector: {{matchLabels: {{app: echo}}}}
+  workloadSelector: {{labels: {{app: echo}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -49,7 +49,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{{number: 5000, name: tcp-db}}]
-  workloadSelector: {{matchLabels: {{app: echo}}}}
+  workloadSelector: {{labels: {{app: echo}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry

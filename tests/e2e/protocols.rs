@@ -218,7 +218,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{number: 9090, name: grpc}]
-  workloadSelector: {matchLabels: {version: v1}}
+  workloadSelector: {labels: {version: v1}}
 ";
 
 /// `isthmusctl echo` with its gRPC side; (HTTP port, gRPC port), killed on drop.
@@ -373,7 +373,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{number: 7000, name: tcp-echo}]
-  workloadSelector: {matchLabels: {version: v1}}
+  workloadSelector: {labels: {version: v1}}
 ";
 
 /// Explicit mode's local port for a TCP service (`OUTBOUND_TCP_PORTS`): the application

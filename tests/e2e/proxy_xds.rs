@@ -264,7 +264,7 @@ spec:
   hosts: [db.shop.local]
   location: MESH_INTERNAL
   ports: [{{number: {port}, name: tcp-db}}]
-  workloadSelector: {{matchLabels: {{app: db}}}}
+  workloadSelector: {{labels: {{app: db}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry

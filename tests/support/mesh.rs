@@ -37,7 +37,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{{number: 8080, name: http}}]
-  workloadSelector: {{matchLabels: {{app: echo}}}}
+  workloadSelector: {{labels: {{app: echo}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule

@@ -44,6 +44,28 @@ impl IsthmusProxy {
         )
     }
 
+    /// A proxy with node id `node_id` (any role and namespace), configured by `daemon` over
+    /// its loopback plaintext xDS port, with `metadata` (`KEY=VALUE`).
+    pub fn node(
+        dir: &Path,
+        daemon: &crate::Isthmusd,
+        node_id: &str,
+        name: &str,
+        metadata: &[String],
+    ) -> Self {
+        let mut args = vec![
+            "--node-id".to_owned(),
+            node_id.to_owned(),
+            "--xds-plaintext".to_owned(),
+            "--xds-address".to_owned(),
+            daemon.xds.to_string(),
+        ];
+        for m in metadata {
+            args.extend(["--metadata".to_owned(), m.clone()]);
+        }
+        Self::start(dir, name, &args)
+    }
+
     /// The sidecar of `workload` (namespace `shop`) at `ip`, configured by `daemon` over its
     /// loopback plaintext xDS port, with `metadata` (`KEY=VALUE`).
     pub fn sidecar(

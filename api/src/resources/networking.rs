@@ -13,6 +13,16 @@ use super::meta::{Unsupported, Validator, WorkloadSelector, is_host};
 // ---------------------------------------------------------------------------------------------
 // ServiceEntry and WorkloadEntry
 
+/// `ServiceEntry.workloadSelector`: Istio's `networking.v1alpha3.WorkloadSelector`, whose
+/// field is `labels` (the policies' selector, `type.v1beta1.WorkloadSelector`, says
+/// `matchLabels`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntryWorkloadSelector {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
 resource!(
     /// Services (and their endpoints) outside Kubernetes: the registry of local mode.
     ServiceEntry,
@@ -45,7 +55,7 @@ pub struct ServiceEntrySpec {
     #[serde(default)]
     pub endpoints: Vec<WorkloadEntrySpec>,
     #[serde(default)]
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<EntryWorkloadSelector>,
     #[serde(default)]
     pub export_to: Vec<String>,
     #[serde(default)]

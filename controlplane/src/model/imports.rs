@@ -25,7 +25,9 @@ use isthmus_federation::imports::{self, ImportDecision};
 use isthmus_federation::names::ServiceName;
 
 use super::peers::Peer;
-use super::registry::{Endpoint, Locality, ModelWarning, Port, Protocol, Service, ServiceKey};
+use super::registry::{
+    Endpoint, Locality, ModelWarning, Port, Protocol, RemoteService, Service, ServiceKey,
+};
 use crate::config::{ConfigSnapshot, ResourceKey};
 
 /// The mesh's own domain, for `importAsLocal` and gateway services.
@@ -163,6 +165,10 @@ fn import_from(
                             export_to: vec!["*".into()],
                             source: set.clone(),
                             imported_from: Some(peer.name.clone()),
+                            remote: Some(RemoteService {
+                                exported_host: exported_host.clone(),
+                                identities: remote.identities.clone(),
+                            }),
                         },
                     );
                 }

@@ -20,7 +20,7 @@ pub use policy::{InboundMtls, MtlsPolicy};
 pub use registry::{
     Endpoint, Locality, ModelWarning, Port, Protocol, Service, ServiceKey, build_registry,
 };
-pub use workload::{Interception, NodeError, ProxyNode, Workload};
+pub use workload::{Interception, NodeError, NodeRole, ProxyNode, Workload};
 
 use crate::config::{ConfigSnapshot, ResourceKey};
 

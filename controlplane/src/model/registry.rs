@@ -128,6 +128,17 @@ pub struct Service {
     pub source: ResourceKey,
     /// The peer it was imported from: such a service is never exported.
     pub imported_from: Option<String>,
+    /// For an imported service: how the peer exports it.
+    pub remote: Option<RemoteService>,
+}
+
+/// An imported service as its peer exports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteService {
+    /// `<name>.<ns>.svc.<us>-exports.local`: the target of the gateways' tunnel.
+    pub exported_host: String,
+    /// The SPIFFE IDs its endpoints present: callers verify them end to end.
+    pub identities: Vec<String>,
 }
 
 /// Something that is valid alone but odd in context; reported in status, not fatal.
@@ -183,6 +194,7 @@ pub fn build_registry(
                 export_to: entry.spec.export_to.clone(),
                 source: entry_key.clone(),
                 imported_from: None,
+                remote: None,
             };
             if let Some(existing) = services.get(&key) {
                 let existing: &Service = existing;
@@ -277,7 +289,7 @@ fn endpoints_of(
         .filter(|(k, w)| {
             &k.namespace == ns
                 && selector
-                    .match_labels
+                    .labels
                     .iter()
                     .all(|(lk, lv)| w.labels.get(lk) == Some(lv))
         })
@@ -398,7 +410,7 @@ spec:
   hosts: [reviews.local]
   location: MESH_INTERNAL
   ports: [{number: 9080, name: http}]
-  workloadSelector: {matchLabels: {app: reviews}}
+  workloadSelector: {labels: {app: reviews}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -454,7 +466,7 @@ metadata: {{name: ratings-again, namespace: bookinfo}}
 spec:
   hosts: [ratings.local]
   ports: [{{number: 1, name: tcp}}]
-  workloadSelector: {{matchLabels: {{app: nothing}}}}
+  workloadSelector: {{labels: {{app: nothing}}}}
 "
         );
         let (services, warnings) = registry(&yaml);

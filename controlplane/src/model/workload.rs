@@ -75,6 +75,8 @@ fn workload(
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProxyNode {
     pub id: String,
+    /// `sidecar`, or `router` for a gateway (Istio's node types).
+    pub role: NodeRole,
     pub namespace: String,
     pub workload: String,
     /// Service port name (or inbound port number) to the application's local port, from the
@@ -93,6 +95,15 @@ pub struct ProxyNode {
     /// Local ports for TCP services (explicit mode), from `OUTBOUND_TCP_PORTS`
     /// (`db.shop.local:5432=15432,…`): (host, service port) -> local port.
     pub outbound_tcp_ports: BTreeMap<(String, u32), u32>,
+}
+
+/// What kind of proxy a node is, from the first part of its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum NodeRole {
+    #[default]
+    Sidecar,
+    /// A gateway: in Isthmus, a federation ingress or egress gateway of some peer.
+    Router,
 }
 
 /// How traffic reaches a sidecar (Istio's `INTERCEPTION_MODE` node metadata).
@@ -128,9 +139,15 @@ impl ProxyNode {
                 "expected <role>~<ip>~<workload>.<namespace>~<namespace>.svc.<domain>".into(),
             ));
         };
-        if *role != "sidecar" {
-            return Err(err(format!("role {role:?} is not supported yet (sidecar)")));
-        }
+        let role = match *role {
+            "sidecar" => NodeRole::Sidecar,
+            "router" => NodeRole::Router,
+            other => {
+                return Err(err(format!(
+                    "role {other:?} is not supported (sidecar, router)"
+                )));
+            }
+        };
         let namespace = domain.split('.').next().unwrap_or_default();
         let workload = workload_ns
             .strip_suffix(&format!(".{namespace}"))
@@ -189,6 +206,7 @@ impl ProxyNode {
         }
         Ok(Self {
             id: id.to_owned(),
+            role,
             interception,
             outbound_tcp_ports,
             namespace: namespace.to_owned(),
@@ -272,9 +290,9 @@ mod tests {
         let cases: &[Case<'_>] = &[
             ("just-a-name", &[], "expected <role>~<ip>"),
             (
-                "router~1.2.3.4~gw.ns~ns.svc.cluster.local",
+                "waypoint~1.2.3.4~gw.ns~ns.svc.cluster.local",
                 &[],
-                "role \"router\" is not supported",
+                "role \"waypoint\" is not supported (sidecar, router)",
             ),
             (
                 "sidecar~1.2.3.4~gw.other~ns.svc.cluster.local",

@@ -88,6 +88,8 @@ pub struct HttpManager {
     /// Upgrade protocols proxied (`upgrade_configs`, lowercase: `websocket`); other upgrade
     /// requests are refused with 403, as Envoy does.
     pub upgrades: Vec<String>,
+    /// CONNECT requests are routed (`upgrade_configs` with `CONNECT`); otherwise 403.
+    pub allow_connect: bool,
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
 }
@@ -120,6 +122,9 @@ pub struct TcpProxy {
     /// Cluster and weight.
     pub clusters: Vec<(String, u32)>,
     pub idle_timeout: Option<Duration>,
+    /// `tunneling_config.hostname`: the connection is carried in an HTTP/2 CONNECT stream to
+    /// this authority (`host:port`) over the cluster's connection.
+    pub tunnel: Option<String>,
 }
 
 const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
@@ -505,6 +510,7 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         set_client_cert_uri = uri;
     }
     let mut upgrades = Vec::new();
+    let mut allow_connect = false;
     for (i, upgrade) in upgrade_configs.into_iter().enumerate() {
         let path = path.field("upgrade_configs").index(i);
         let http_connection_manager::UpgradeConfig {
@@ -513,13 +519,15 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
             enabled,
         } = upgrade;
         reject_set!(path; filters);
-        if upgrade_type.is_empty() || upgrade_type.eq_ignore_ascii_case("CONNECT") {
+        if upgrade_type.is_empty() {
             return Err(Invalid::new(
                 &path.field("upgrade_type"),
-                "an upgrade protocol such as websocket (CONNECT is not supported)",
+                "an upgrade protocol such as websocket or CONNECT",
             ));
         }
-        if enabled.is_none_or(|e| e.value) {
+        if upgrade_type.eq_ignore_ascii_case("CONNECT") {
+            allow_connect = enabled.is_none_or(|e| e.value);
+        } else if enabled.is_none_or(|e| e.value) {
             upgrades.push(upgrade_type.to_ascii_lowercase());
         }
     }
@@ -530,6 +538,7 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
     Ok(HttpManager {
         stat_prefix,
         upgrades,
+        allow_connect,
         codec,
         routes,
         rbac: http_filters_chain(http_filters, &path.field("http_filters"))?,
@@ -633,7 +642,7 @@ fn tcp_proxy(any: &Any, path: &Path) -> Checked<TcpProxy> {
         cluster_specifier,
     } = typed(any, path)?;
     reject_set!(path; on_demand, metadata_match, downstream_idle_timeout, upstream_idle_timeout,
-        access_log, max_connect_attempts, backoff_options, hash_policy, tunneling_config,
+        access_log, max_connect_attempts, backoff_options, hash_policy,
         max_downstream_connection_duration, max_downstream_connection_duration_jitter_percentage,
         access_log_flush_interval, flush_access_log_on_connected, access_log_options,
         proxy_protocol_tlvs, proxy_protocol_tlv_merge_policy, upstream_connect_mode,
@@ -660,9 +669,13 @@ fn tcp_proxy(any: &Any, path: &Path) -> Checked<TcpProxy> {
             .collect::<Checked<_>>()?,
         _ => return Err(Invalid::required(&path.field("cluster"))),
     };
+    let tunnel = tunneling_config
+        .map(|t| tunnel(t, &path.field("tunneling_config")))
+        .transpose()?;
     Ok(TcpProxy {
         stat_prefix,
         clusters,
+        tunnel,
         // Envoy's default: an idle TCP connection is closed after an hour; 0 disables.
         idle_timeout: match opt_duration(idle_timeout, &path.field("idle_timeout"))? {
             None => Some(Duration::from_secs(3600)),
@@ -670,4 +683,35 @@ fn tcp_proxy(any: &Any, path: &Path) -> Checked<TcpProxy> {
             Some(d) => Some(d),
         },
     })
+}
+
+fn tunnel(t: tcp_proxy::TunnelingConfig, path: &Path) -> Checked<String> {
+    #[allow(deprecated)]
+    let tcp_proxy::TunnelingConfig {
+        hostname,
+        use_post,
+        headers_to_add,
+        propagate_response_headers,
+        post_path,
+        propagate_response_trailers,
+        request_id_extension,
+        request_id_header,
+        request_id_metadata_key,
+        formatters,
+    } = t;
+    reject_set!(path; use_post, headers_to_add, propagate_response_headers, post_path,
+        propagate_response_trailers, request_id_extension, request_id_header,
+        request_id_metadata_key, formatters);
+    // Envoy's format operators (`%REQUESTED_SERVER_NAME%`) are outside the profile.
+    let valid = hostname
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        && !hostname.contains('%');
+    if !valid {
+        return Err(Invalid::new(
+            &path.field("hostname"),
+            "a literal host:port (format operators are not supported)",
+        ));
+    }
+    Ok(hostname)
 }

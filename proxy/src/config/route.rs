@@ -70,6 +70,8 @@ pub enum PathMatch {
     Regex(Regex),
     /// A prefix that ends at a `/` boundary (or the end of the path).
     SeparatedPrefix(String),
+    /// `connect_matcher`: CONNECT requests only (no other matcher matches them).
+    Connect,
 }
 
 impl PartialEq for PathMatch {
@@ -79,6 +81,7 @@ impl PartialEq for PathMatch {
             | (Self::Exact(a), Self::Exact(b))
             | (Self::SeparatedPrefix(a), Self::SeparatedPrefix(b)) => a == b,
             (Self::Regex(a), Self::Regex(b)) => a.as_str() == b.as_str(),
+            (Self::Connect, Self::Connect) => true,
             _ => false,
         }
     }
@@ -110,6 +113,9 @@ pub struct Forward {
     pub retry: Option<Retry>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
+    /// A CONNECT request is terminated here and its payload sent as TCP to the cluster
+    /// (`upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]`).
+    pub terminate_connect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -400,10 +406,11 @@ fn route_match(m: EnvoyMatch, path: &Path) -> Checked<RouteMatch> {
         route_match::PathSpecifier::SafeRegex(r) => {
             PathMatch::Regex(matcher::regex(r, &path.field("safe_regex"))?)
         }
+        route_match::PathSpecifier::ConnectMatcher(_) => PathMatch::Connect,
         _ => {
             return Err(Invalid::new(
                 path,
-                "only prefix, path, path_separated_prefix or safe_regex",
+                "only prefix, path, path_separated_prefix, safe_regex or connect_matcher",
             ));
         }
     };
@@ -464,7 +471,7 @@ fn forward(r: RouteAction, path: &Path) -> Checked<Forward> {
     reject_set!(path; cluster_not_found_response_code, metadata_match, regex_rewrite, path_rewrite_policy,
         path_rewrite, append_x_forwarded_host, flush_timeout, early_data_policy, retry_policy_typed_config,
         request_mirror_policies, priority, rate_limits, include_vh_rate_limits, hash_policy, cors,
-        max_grpc_timeout, grpc_timeout_offset, upgrade_configs, internal_redirect_policy,
+        max_grpc_timeout, grpc_timeout_offset, internal_redirect_policy,
         internal_redirect_action, max_internal_redirects, hedge_policy, max_stream_duration);
     let targets = match required(cluster_specifier, path)? {
         route_action::ClusterSpecifier::Cluster(c) if !c.is_empty() => Targets::Cluster(c),
@@ -492,7 +499,36 @@ fn forward(r: RouteAction, path: &Path) -> Checked<Forward> {
             .transpose()?,
         prefix_rewrite: (!prefix_rewrite.is_empty()).then_some(prefix_rewrite),
         host_rewrite,
+        terminate_connect: connect_upgrade(upgrade_configs, &path.field("upgrade_configs"))?,
     })
+}
+
+/// Route-level upgrades: only CONNECT terminated here (with `connect_config`).
+fn connect_upgrade(upgrades: Vec<route_action::UpgradeConfig>, path: &Path) -> Checked<bool> {
+    let mut terminate = false;
+    for (i, upgrade) in upgrades.into_iter().enumerate() {
+        let path = path.index(i);
+        let route_action::UpgradeConfig {
+            upgrade_type,
+            enabled,
+            connect_config,
+        } = upgrade;
+        if !upgrade_type.eq_ignore_ascii_case("CONNECT") || connect_config.is_none() {
+            return Err(Invalid::new(
+                &path,
+                "only upgrade_type CONNECT with connect_config (terminated here)",
+            ));
+        }
+        if let Some(c) = connect_config {
+            let route_action::upgrade_config::ConnectConfig {
+                proxy_protocol_config,
+                allow_post,
+            } = c;
+            reject_set!(path.field("connect_config"); proxy_protocol_config, allow_post);
+        }
+        terminate = enabled.is_none_or(|e| e.value);
+    }
+    Ok(terminate)
 }
 
 fn weighted(w: WeightedCluster, path: &Path) -> Checked<Targets> {

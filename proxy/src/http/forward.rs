@@ -322,7 +322,7 @@ fn rewrite_path(uri: &http::Uri, action: &Forward, levels: &Levels<'_>) -> Strin
     let matched = match levels.path {
         PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => p.len(),
         PathMatch::Exact(_) => uri.path().len(),
-        PathMatch::Regex(_) => return path_and_query.to_owned(),
+        PathMatch::Regex(_) | PathMatch::Connect => return path_and_query.to_owned(),
     };
     match path_and_query.get(matched..) {
         Some(rest) => format!("{new_prefix}{rest}"),

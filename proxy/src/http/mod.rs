@@ -3,6 +3,7 @@
 //! pooled connections, with Envoy's header handling and its error answers (404 no route, 403
 //! RBAC, 503 no healthy upstream or connect failure, 504 timeout).
 
+pub mod connect;
 pub mod forward;
 pub mod pool;
 pub mod router;
@@ -230,7 +231,11 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         path: &path,
         query: query.as_deref(),
         headers: request.headers(),
+        connect: request.method() == http::Method::CONNECT,
     };
+    if facts.connect && !hcm.allow_connect {
+        return local_reply(http::StatusCode::FORBIDDEN, "");
+    }
     let Some(vh) = router::virtual_host(table, &authority) else {
         return local_reply(http::StatusCode::NOT_FOUND, "");
     };
@@ -281,6 +286,13 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         Action::Redirect(redirect) => {
             forward::redirect(redirect, &request, &authority, conn.tls.is_some())
         }
+        Action::Forward(action) if facts_connect(&request) => {
+            if !action.terminate_connect {
+                // The profile terminates CONNECT; it never forwards the request itself.
+                return local_reply(http::StatusCode::FORBIDDEN, "");
+            }
+            connect::terminate(request, action, &latest).await
+        }
         Action::Forward(action) => {
             let edits = forward::Levels {
                 path: &route.matcher.path,
@@ -291,4 +303,8 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
             forward::forward(request, action, &edits, &authority, hcm, conn, &latest).await
         }
     }
+}
+
+fn facts_connect(request: &http::Request<Incoming>) -> bool {
+    request.method() == http::Method::CONNECT
 }

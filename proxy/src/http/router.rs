@@ -10,6 +10,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a http::HeaderMap,
+    /// A CONNECT request: only `connect_matcher` routes match it.
+    pub connect: bool,
 }
 
 /// Envoy's order: exact domains, then the longest suffix wildcard, then the longest prefix
@@ -64,7 +66,11 @@ pub fn route<'v>(vh: &'v VirtualHost, request: &RequestFacts<'_>) -> Option<&'v 
 }
 
 fn matches(m: &RouteMatch, r: &RequestFacts<'_>) -> bool {
+    if r.connect != (m.path == PathMatch::Connect) {
+        return false;
+    }
     let path_ok = match &m.path {
+        PathMatch::Connect => true,
         PathMatch::Prefix(p) => starts_with(r.path, p, m.case_sensitive),
         PathMatch::Exact(p) => {
             if m.case_sensitive {
@@ -239,6 +245,7 @@ mod tests {
                 path,
                 query,
                 headers,
+                connect: false,
             };
             super::route(&host, &facts).unwrap().name.clone()
         };

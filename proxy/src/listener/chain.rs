@@ -135,6 +135,7 @@ mod tests {
                 stat_prefix: String::new(),
                 clusters: vec![("c".into(), 1)],
                 idle_timeout: None,
+                tunnel: None,
             }),
         }
     }

@@ -20,7 +20,7 @@ use isthmus_api::resources::networking::{
 };
 
 use super::endpoints::{dns_load_assignment, subset_endpoints};
-use super::names::outbound_cluster;
+use super::names::{imported_sni, outbound_cluster};
 use super::tls::{ads, upstream_mtls};
 use super::{duration, pack};
 use crate::model::{MeshModel, Port, Protocol, Service};
@@ -118,7 +118,14 @@ fn cluster(
             _ => &[],
         };
         let ids: Vec<String> = ids.into_iter().collect();
-        c.transport_socket = Some(upstream_mtls(host, &ids, alpn));
+        c.transport_socket = Some(match &service.remote {
+            // Imported: an end-to-end session with the peer's workload, through the local
+            // egress gateway, which routes it by SNI (Istio's `outbound_.<port>_._.<host>`).
+            Some(remote) => {
+                upstream_mtls(&imported_sni(port.number, host), &remote.identities, alpn)
+            }
+            None => upstream_mtls(host, &ids, alpn),
+        });
     }
     c
 }

@@ -217,7 +217,7 @@ pub fn inbound(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Inbo
     }
 }
 
-fn router() -> HttpFilter {
+pub(super) fn router() -> HttpFilter {
     HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack(
@@ -235,7 +235,7 @@ fn websocket() -> Vec<http_connection_manager::UpgradeConfig> {
     }]
 }
 
-fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
+pub(super) fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
         config_type: Some(filter::ConfigType::TypedConfig(pack(hcm))),

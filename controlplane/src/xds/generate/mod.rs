@@ -18,6 +18,7 @@
 mod capture;
 mod clusters;
 mod endpoints;
+mod gateways;
 mod listeners;
 mod names;
 mod rbac;
@@ -34,7 +35,7 @@ use isthmus_api::envoy::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
 use super::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, ROUTE, SECRET, TypeResources};
-use crate::model::{Interception, MeshModel, NodeError, ProxyNode, Workload};
+use crate::model::{Interception, MeshModel, NodeError, NodeRole, ProxyNode, Workload};
 
 pub use names::{ROOT_CA_SECRET, WORKLOAD_SECRET};
 pub use secrets::ProxySecrets;
@@ -130,6 +131,9 @@ pub fn proxy_snapshot_with_view(
     view: &OutboundView,
     secrets: &ProxySecrets,
 ) -> ProxySnapshot {
+    if node.role == NodeRole::Router {
+        return gateway_snapshot(model, workload, secrets);
+    }
     let inbound = listeners::inbound(model, node, workload);
     let (listeners, local_clusters) = match node.interception {
         Interception::Explicit => {
@@ -174,6 +178,29 @@ pub fn proxy_snapshot_with_view(
             TypeResources::merge(&[&inbound_clusters, &view.clusters]),
         )
         .with(ENDPOINT, view.endpoints.clone())
+        .with(SECRET, secrets)
+}
+
+/// A gateway node: the federation gateways its workload is (nothing else: an Isthmus
+/// `router` node serves federation only).
+fn gateway_snapshot(
+    model: &MeshModel,
+    workload: &Workload,
+    secrets: &ProxySecrets,
+) -> ProxySnapshot {
+    let gateway = gateways::gateway(model, workload);
+    let secrets = TypeResources::new(secrets.to_envoy().iter().map(|s| (s.name.clone(), pack(s))));
+    ProxySnapshot::default()
+        .with(
+            LISTENER,
+            TypeResources::new(gateway.listeners.iter().map(|l| (l.name.clone(), pack(l)))),
+        )
+        .with(ROUTE, TypeResources::default())
+        .with(
+            CLUSTER,
+            TypeResources::new(gateway.clusters.iter().map(|c| (c.name.clone(), pack(c)))),
+        )
+        .with(ENDPOINT, TypeResources::default())
         .with(SECRET, secrets)
 }
 

@@ -35,3 +35,28 @@ pub fn inbound_route(port: u32) -> String {
 /// The inbound HTTP filters that enforce `AuthorizationPolicy`, DENY first.
 pub const RBAC_DENY_FILTER: &str = "isthmus.rbac.deny";
 pub const RBAC_ALLOW_FILTER: &str = "isthmus.rbac.allow";
+
+/// The SDS secret holding one peer mesh's bundle alone (federation gateways verify the peer
+/// against it, so no other trust domain can pass for the peer).
+pub fn peer_root_secret(trust_domain: &str) -> String {
+    format!("{ROOT_CA_SECRET}/{trust_domain}")
+}
+
+/// The federation gateways' listeners.
+pub const FEDERATION_EGRESS_LISTENER: &str = "federation-egress";
+pub const FEDERATION_INGRESS_LISTENER: &str = "federation-ingress";
+
+/// Egress: the tunnel to `peer` for one exported service port.
+pub fn federation_egress_cluster(peer: &str, port: u32, exported_host: &str) -> String {
+    format!("federation|{peer}|{port}|{exported_host}")
+}
+
+/// Ingress: the local endpoints of one exported service port.
+pub fn federation_ingress_cluster(port: u32, host: &str) -> String {
+    format!("inbound-federation|{port}||{host}")
+}
+
+/// The SNI a sidecar sends for an imported service port (Istio's spelling).
+pub fn imported_sni(port: u32, host: &str) -> String {
+    format!("outbound_.{port}_._.{host}")
+}

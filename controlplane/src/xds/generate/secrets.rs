@@ -9,7 +9,7 @@ use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
 };
 use zeroize::Zeroizing;
 
-use super::names::{ROOT_CA_SECRET, WORKLOAD_SECRET};
+use super::names::{ROOT_CA_SECRET, WORKLOAD_SECRET, peer_root_secret};
 use super::pack;
 
 /// A proxy's credentials and the roots it trusts, as PEM.
@@ -56,6 +56,17 @@ impl ProxySecrets {
                 .collect(),
             trust_bundles: None,
         };
+        // Each peer's bundle alone, for the federation gateways (the first bundle is ours).
+        for (name, roots) in self.bundles.iter().skip(1) {
+            secrets.push(validation_secret(
+                &peer_root_secret(name),
+                vec![spiffe_cert_validator_config::TrustDomain {
+                    name: name.clone(),
+                    trust_bundle: inline(roots.as_bytes()),
+                    workload_trust_domain: String::new(),
+                }],
+            ));
+        }
         secrets.push(Secret {
             name: ROOT_CA_SECRET.into(),
             r#type: Some(secret::Type::ValidationContext(
@@ -69,5 +80,27 @@ impl ProxySecrets {
             )),
         });
         secrets
+    }
+}
+
+fn validation_secret(
+    name: &str,
+    trust_domains: Vec<spiffe_cert_validator_config::TrustDomain>,
+) -> Secret {
+    let validator = SpiffeCertValidatorConfig {
+        trust_domains,
+        trust_bundles: None,
+    };
+    Secret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                custom_validator_config: Some(TypedExtensionConfig {
+                    name: "envoy.tls.cert_validator.spiffe".into(),
+                    typed_config: Some(pack(&validator)),
+                }),
+                ..Default::default()
+            },
+        )),
     }
 }

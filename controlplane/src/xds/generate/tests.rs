@@ -29,7 +29,7 @@ spec:
   hosts: [reviews.shop.local]
   location: MESH_INTERNAL
   ports: [{number: 9080, name: http}, {number: 7000, name: tcp-data}]
-  workloadSelector: {matchLabels: {app: reviews}}
+  workloadSelector: {labels: {app: reviews}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -625,7 +625,8 @@ fn secrets_carry_the_certificate_and_one_bundle_per_trust_domain() {
     let s = proxy_snapshot(&model(""), &node("web"), &none).unwrap();
     assert_eq!(
         decoded::<Secret>(&s, SECRET).keys().collect::<Vec<_>>(),
-        ["ROOTCA"]
+        ["ROOTCA", "ROOTCA/green.local"],
+        "the bundles, and each peer's alone (for federation gateways)"
     );
 }
 

@@ -37,6 +37,11 @@ fn sds(name: &str) -> SdsSecretConfig {
 /// The proxy's certificate, and peers verified against the trust bundles (one per trust
 /// domain), optionally limited to the given SPIFFE IDs.
 fn common(peer_ids: &[String], alpn: &[&str]) -> CommonTlsContext {
+    common_with(peer_ids, alpn, ROOT_CA_SECRET)
+}
+
+/// As [`common`], verifying peers against the bundles of the SDS secret `roots` only.
+fn common_with(peer_ids: &[String], alpn: &[&str], roots: &str) -> CommonTlsContext {
     let sans = peer_ids
         .iter()
         .map(|id| SubjectAltNameMatcher {
@@ -61,7 +66,7 @@ fn common(peer_ids: &[String], alpn: &[&str]) -> CommonTlsContext {
                         match_typed_subject_alt_names: sans,
                         ..Default::default()
                     }),
-                    validation_context_sds_secret_config: Some(sds(ROOT_CA_SECRET)),
+                    validation_context_sds_secret_config: Some(sds(roots)),
                     ..Default::default()
                 },
             ),
@@ -88,6 +93,33 @@ pub fn downstream_mtls(alpn: &[&str]) -> TransportSocket {
 pub fn upstream_mtls(sni: &str, peer_ids: &[String], alpn: &[&str]) -> TransportSocket {
     let context = UpstreamTlsContext {
         common_tls_context: Some(common(peer_ids, alpn)),
+        sni: sni.to_owned(),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
+    }
+}
+
+/// Federation ingress: the peer's mTLS, verified against that peer's bundle only
+/// (`peer_roots`), limited to its `clientID` when set.
+pub fn downstream_peer_mtls(peer_roots: &str, client_ids: &[String]) -> TransportSocket {
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(common_with(client_ids, &["h2"], peer_roots)),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
+    }
+}
+
+/// Federation egress: mTLS to the peer's ingress, verified against that peer's bundle only.
+pub fn upstream_peer_mtls(sni: &str, peer_roots: &str) -> TransportSocket {
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(common_with(&[], &["h2"], peer_roots)),
         sni: sni.to_owned(),
         ..Default::default()
     };

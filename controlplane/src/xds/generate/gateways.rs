@@ -1,0 +1,337 @@
+//! Federation gateways (`router` nodes whose workload is an endpoint of a peer's
+//! `spec.gateways.egress` or `.ingress` service), in Envoy's terms, so that any Envoy-like
+//! proxy can serve them. `docs/federation.md` describes the tunnel.
+//!
+//! Egress (toward one peer), listener `federation-egress` on the gateway's port:
+//! - the TLS inspector reads the SNI of the caller's end-to-end session
+//!   (`outbound_.<port>_._.<imported host>`, set by the calling sidecar);
+//! - one filter chain per imported service port, matched on that SNI only: a `tcp_proxy` whose
+//!   `tunneling_config` opens an HTTP/2 CONNECT stream to `<exported host>:<port>` over mTLS to
+//!   the peer's ingress (`remote.addresses:servicePort`, the peer verified against its own root
+//!   alone, SNI = the exported host). Anything else finds no chain and is closed.
+//!
+//! Ingress (from one peer), listener `federation-ingress` on the gateway's port:
+//! - one filter chain per peer, matched on the exported hosts as SNI; mTLS verified against
+//!   that peer's root alone and limited to its `clientID`;
+//! - an HTTP connection manager accepting CONNECT only for `<exported host>:<port>` of what is
+//!   exported to that peer, each terminated and sent as TCP to the local service's endpoints
+//!   (the workloads' sidecars, which terminate the caller's end-to-end session); any other
+//!   authority gets 404 before a byte reaches a workload.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_api::envoy::envoy::config::core::v3::TrafficDirection;
+use isthmus_api::envoy::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use isthmus_api::envoy::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, filter,
+};
+use isthmus_api::envoy::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
+};
+use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use isthmus_api::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+
+use super::clusters::protocol_options;
+use super::endpoints::socket;
+use super::listeners::{hcm_filter, router, tls_inspector};
+use super::names::{
+    FEDERATION_EGRESS_LISTENER, FEDERATION_INGRESS_LISTENER, federation_egress_cluster,
+    federation_ingress_cluster, imported_sni, peer_root_secret,
+};
+use super::tls::{downstream_peer_mtls, upstream_peer_mtls};
+use super::{duration, pack};
+use crate::model::imports::LOCAL_DOMAIN;
+use crate::model::peers::Peer;
+use crate::model::{MeshModel, Protocol, Service, Workload};
+
+/// What a gateway node serves: its listeners and clusters.
+#[derive(Debug, Default)]
+pub struct Gateway {
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+}
+
+/// The port of `service` that `workload` serves on (its first port), if it is an endpoint.
+fn gateway_port(service: &Service, workload: &Workload) -> Option<u32> {
+    let port = service.ports.first()?;
+    service
+        .endpoints
+        .iter()
+        .find(|e| {
+            e.workload_entry.as_deref() == Some(workload.name.as_str())
+                || (e.workload_entry.is_none() && e.address == workload.address)
+        })
+        .map(|e| {
+            e.ports
+                .get(&port.name)
+                .copied()
+                .or(port.target_port)
+                .unwrap_or(port.number)
+        })
+}
+
+fn gateway_service<'m>(model: &'m MeshModel, name: &str) -> Option<&'m Service> {
+    model.service_of_host(&format!(
+        "{name}.{}.svc.{LOCAL_DOMAIN}",
+        model.root_namespace
+    ))
+}
+
+/// The federation gateway `workload` is, for every peer naming it; empty when it is none.
+pub fn gateway(model: &MeshModel, workload: &Workload) -> Gateway {
+    let mut out = Gateway::default();
+    let mut egress_chains = Vec::new();
+    let mut egress_port = None;
+    let mut ingress_chains = Vec::new();
+    let mut ingress_port = None;
+    for peer in &model.peers {
+        if let Some(port) = peer
+            .egress_gateway
+            .as_deref()
+            .and_then(|g| gateway_service(model, g))
+            .and_then(|s| gateway_port(s, workload))
+        {
+            egress_port.get_or_insert(port);
+            egress(model, peer, &mut egress_chains, &mut out.clusters);
+        }
+        if let Some(port) = peer
+            .ingress_gateway
+            .as_deref()
+            .and_then(|g| gateway_service(model, g))
+            .and_then(|s| gateway_port(s, workload))
+        {
+            ingress_port.get_or_insert(port);
+            if let Some(chain) = ingress(model, peer, &mut out.clusters) {
+                ingress_chains.push(chain);
+            }
+        }
+    }
+    for (name, port, chains) in [
+        (FEDERATION_EGRESS_LISTENER, egress_port, egress_chains),
+        (FEDERATION_INGRESS_LISTENER, ingress_port, ingress_chains),
+    ] {
+        // A listener needs a chain: with nothing to carry, nothing listens.
+        if let Some(port) = port
+            && !chains.is_empty()
+        {
+            out.listeners.push(Listener {
+                name: name.into(),
+                address: Some(socket(&workload.address, port)),
+                listener_filters: vec![tls_inspector()],
+                filter_chains: chains,
+                traffic_direction: TrafficDirection::Outbound as i32,
+                ..Default::default()
+            });
+        }
+    }
+    out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    out.clusters.dedup_by(|a, b| a.name == b.name);
+    out
+}
+
+/// Egress chains and tunnel clusters for what is imported from `peer`.
+fn egress(
+    model: &MeshModel,
+    peer: &Peer,
+    chains: &mut Vec<FilterChain>,
+    clusters: &mut Vec<Cluster>,
+) {
+    let imported = model
+        .services
+        .values()
+        .filter(|s| s.imported_from.as_deref() == Some(peer.name.as_str()));
+    for service in imported {
+        let Some(remote) = &service.remote else {
+            continue;
+        };
+        for port in &service.ports {
+            let cluster = federation_egress_cluster(&peer.name, port.number, &remote.exported_host);
+            let tunnel = tcp_proxy::TunnelingConfig {
+                hostname: format!("{}:{}", remote.exported_host, port.number),
+                ..Default::default()
+            };
+            chains.push(FilterChain {
+                name: format!(
+                    "{}|{}",
+                    peer.name,
+                    imported_sni(port.number, &service.key.hostname)
+                ),
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![imported_sni(port.number, &service.key.hostname)],
+                    ..Default::default()
+                }),
+                filters: vec![Filter {
+                    name: "envoy.filters.network.tcp_proxy".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
+                        stat_prefix: cluster.clone(),
+                        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
+                            cluster.clone(),
+                        )),
+                        tunneling_config: Some(tunnel),
+                        ..Default::default()
+                    }))),
+                }],
+                ..Default::default()
+            });
+            let mut c = static_cluster(&cluster, &peer.service_addresses);
+            c.transport_socket = Some(upstream_peer_mtls(
+                &remote.exported_host,
+                &peer_root_secret(peer.trust_domain.as_str()),
+            ));
+            c.typed_extension_protocol_options = protocol_options(Protocol::Http2, None);
+            clusters.push(c);
+        }
+    }
+}
+
+/// The ingress chain for `peer`, and the clusters of the local services exported to it.
+fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Option<FilterChain> {
+    let exports = crate::model::federation::discovery_exports(model);
+    let catalog = exports.catalogs.get(&peer.name)?;
+    let (offers, _) = crate::model::federation::offers(model);
+    let offer = offers.get(&peer.name)?;
+    let locals = crate::model::federation::local_services(model);
+    let mut virtual_hosts = Vec::new();
+    let mut server_names = Vec::new();
+    for (local, (_, decision)) in locals.iter().zip(offer) {
+        let isthmus_federation::exports::ExportDecision::Exported { host, .. } = decision else {
+            continue;
+        };
+        let (Some(service), Some(exported)) =
+            (model.service_of_host(&local.host), catalog.get(host))
+        else {
+            continue;
+        };
+        server_names.push(host.clone());
+        for port in &service.ports {
+            let name = federation_ingress_cluster(port.number, &service.key.hostname);
+            let endpoints: Vec<String> = service
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let p = e
+                        .ports
+                        .get(&port.name)
+                        .copied()
+                        .or(port.target_port)
+                        .unwrap_or(port.number);
+                    format!("{}:{p}", e.address)
+                })
+                .collect();
+            clusters.push(static_cluster(&name, &endpoints));
+            virtual_hosts.push(VirtualHost {
+                name: format!("{}:{}", exported.hostname, port.number),
+                domains: vec![format!("{}:{}", exported.hostname, port.number)],
+                routes: vec![Route {
+                    name: "connect".into(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
+                            route_match::ConnectMatcher::default(),
+                        )),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name)),
+                        timeout: Some(duration(Duration::ZERO)),
+                        upgrade_configs: vec![route_action::UpgradeConfig {
+                            upgrade_type: "CONNECT".into(),
+                            connect_config: Some(
+                                route_action::upgrade_config::ConnectConfig::default(),
+                            ),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+    }
+    if server_names.is_empty() {
+        return None;
+    }
+    let client_ids: Vec<String> = peer.client_id.iter().map(ToString::to_string).collect();
+    let hcm = HttpConnectionManager {
+        stat_prefix: format!("federation_ingress_{}", peer.name),
+        codec_type: http_connection_manager::CodecType::Http2 as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
+            RouteConfiguration {
+                name: format!("federation-ingress|{}", peer.name),
+                virtual_hosts,
+                ..Default::default()
+            },
+        )),
+        http_filters: vec![router()],
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "CONNECT".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Some(FilterChain {
+        name: format!("federation-ingress|{}", peer.name),
+        filter_chain_match: Some(FilterChainMatch {
+            server_names,
+            ..Default::default()
+        }),
+        filters: vec![hcm_filter(&hcm)],
+        transport_socket: Some(downstream_peer_mtls(
+            &peer_root_secret(peer.trust_domain.as_str()),
+            &client_ids,
+        )),
+        ..Default::default()
+    })
+}
+
+/// A cluster of fixed `host:port` endpoints (STRICT_DNS when any host is a name).
+fn static_cluster(name: &str, endpoints: &[String]) -> Cluster {
+    let parsed: Vec<(&str, u32)> = endpoints
+        .iter()
+        .filter_map(|e| {
+            let (host, port) = e.rsplit_once(':')?;
+            Some((
+                host.trim_matches(|c| c == '[' || c == ']'),
+                port.parse().ok()?,
+            ))
+        })
+        .collect();
+    let by_name = parsed.iter().any(|(h, _)| h.parse::<IpAddr>().is_err());
+    let kind = if by_name {
+        cluster::DiscoveryType::StrictDns
+    } else {
+        cluster::DiscoveryType::Static
+    };
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(kind as i32)),
+        connect_timeout: Some(duration(Duration::from_secs(10))),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: parsed
+                    .iter()
+                    .map(|(host, port)| LbEndpoint {
+                        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
+                            EnvoyEndpoint {
+                                address: Some(socket(host, *port)),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
