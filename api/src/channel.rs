@@ -43,6 +43,36 @@ pub fn tls_channel(
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
+/// As [`tls_channel`], with `sni` as the TLS server name instead of the address's host (a
+/// federation egress gateway routes the session by it).
+pub fn tls_channel_with_sni(
+    address: &str,
+    sni: &str,
+    tls: rustls::ClientConfig,
+) -> Result<Channel, String> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let name = ServerName::try_from(sni.to_owned()).map_err(|e| format!("SNI {sni:?}: {e}"))?;
+    let connect = tower::service_fn(move |uri: Uri| {
+        let connector = connector.clone();
+        let name = name.clone();
+        async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(|c| c == '[' || c == ']');
+            let port = uri.port_u16().unwrap_or(15443);
+            let tcp = TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector_lazy(connect))
+}
+
 /// A plaintext channel to `address` (`host:port`), for the loopback-only xDS port.
 pub fn plaintext_channel(address: &str) -> Result<Channel, String> {
     Ok(Endpoint::from_shared(format!("http://{address}"))

@@ -217,6 +217,17 @@ pub async fn run(
             trust_domain: config.trust_domain.clone(),
             root_namespace: config.root_namespace.clone(),
             bundles: vec![local_bundle],
+            // Local gateways reach it on loopback when it listens on every address.
+            discovery_address: federation_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| {
+                    if a.ip().is_unspecified() {
+                        format!("127.0.0.1:{}", a.port())
+                    } else {
+                        a.to_string()
+                    }
+                }),
         },
     );
     // Federation: importers per peer feed the pipeline; the exporter serves the model's exports.

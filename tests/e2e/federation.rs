@@ -4,6 +4,8 @@
 //! does not export). Checked: what red's sidecar gets, the status both sides write, an export
 //! withdrawn and restored within 2 s, a peer of another trust domain refused, and the peer's
 //! control plane killed (stale imports kept, status disconnected) and restarted (resync).
+//! Red declares no egress gateway here, so discovery goes straight to green's discovery port
+//! (`federation_gateways.rs` runs it through the gateways).
 
 #![allow(clippy::unwrap_used)]
 // test helpers: a failed unwrap is a failed test
@@ -84,15 +86,6 @@ fn red_config(green_root: &str, green_discovery: u16) -> String {
 kind: WorkloadEntry
 metadata: {{name: client, namespace: shop}}
 spec: {{address: 127.0.0.1, serviceAccount: client}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: egress-green, namespace: istio-system}}
-spec:
-  hosts: [egress-green.istio-system.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 15443, name: tls-federation}}]
-  endpoints: [{{address: 127.0.0.1, serviceAccount: egress-green-service-account}}]
 ---
 apiVersion: v1
 kind: ConfigMap

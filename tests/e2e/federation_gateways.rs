@@ -27,7 +27,6 @@ fn indent(pem: &str) -> String {
 }
 
 struct Ports {
-    discovery: u16,
     ingress: u16,
     egress: u16,
     ratings_inbound: u16,
@@ -145,7 +144,7 @@ apiVersion: federation.maistra.io/v1
 kind: ServiceMeshPeer
 metadata: {{name: green, namespace: istio-system}}
 spec:
-  remote: {{addresses: [127.0.20.2], discoveryPort: {discovery}, servicePort: {ingress}}}
+  remote: {{addresses: [127.0.20.2], servicePort: {ingress}}}
   gateways: {{ingress: {{name: ingress-green}}, egress: {{name: egress-green}}}}
   security:
     trustDomain: green.local
@@ -161,7 +160,6 @@ spec:
     nameSelector: {{namespace: bookinfo, name: ratings}}
 ",
         egress = p.egress,
-        discovery = p.discovery,
         ingress = p.ingress,
         root = indent(green_root),
     )
@@ -176,7 +174,7 @@ struct Federation {
     dir: tempfile::TempDir,
     ports: Ports,
     red: Isthmusd,
-    green: Isthmusd,
+    green: Option<Isthmusd>,
     red_root_pem: String,
     _echo: Echo,
     _proxies: Vec<IsthmusProxy>,
@@ -186,7 +184,6 @@ impl Federation {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports = Ports {
-            discovery: free_port(),
             ingress: free_port(),
             egress: free_port(),
             ratings_inbound: free_port(),
@@ -194,13 +191,7 @@ impl Federation {
             details_inbound: free_port(),
             outbound: free_port(),
         };
-        let discovery = format!("127.0.20.2:{}", ports.discovery);
-        let green = Isthmusd::start(
-            &dir.path().join("green"),
-            "green.local",
-            &["--federation-addr", &discovery],
-        )
-        .unwrap();
+        let green = Isthmusd::start(&dir.path().join("green"), "green.local", &[]).unwrap();
         let red = Isthmusd::start(&dir.path().join("red"), "red.local", &[]).unwrap();
         let red_root_pem = std::fs::read_to_string(red.root_file()).unwrap();
         let green_root_pem = std::fs::read_to_string(green.root_file()).unwrap();
@@ -263,11 +254,26 @@ impl Federation {
             dir,
             ports,
             red,
-            green,
+            green: Some(green),
             red_root_pem,
             _echo: echo,
             _proxies: proxies,
         }
+    }
+
+    fn green(&self) -> &Isthmusd {
+        self.green.as_ref().expect("green's control plane runs")
+    }
+
+    fn write_green(&self, export_ratings: bool, policy: &str) {
+        let mut text = green_config(&self.red_root_pem, &self.ports, policy);
+        if !export_ratings {
+            text = text.replace(
+                "    nameSelector: {namespace: bookinfo, name: ratings}",
+                "    nameSelector: {namespace: bookinfo, name: reviews}",
+            );
+        }
+        write(&self.dir.path().join("green/config"), "mesh.yaml", &text);
     }
 
     /// `GET http://<host>:9080/` through red's client sidecar (its HTTP proxy port).
@@ -293,6 +299,17 @@ fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
     );
     let (status, body) = f.call(IMPORTED);
     assert_eq!(status, 200, "{body}");
+    // Discovery itself came through the gateways: red's stream is to its egress gateway.
+    let red_status: serde_json::Value =
+        serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
+    let watch = &red_status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"]
+        [0]["watch"];
+    assert_eq!(watch["connected"], true, "{watch:#}");
+    assert_eq!(
+        watch["source"],
+        format!("127.0.10.2:{}", f.ports.egress),
+        "{watch:#}"
+    );
     assert!(
         body.contains("ratings-v1"),
         "green's ratings answered: {body}"
@@ -303,11 +320,7 @@ fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
     );
 
     // Green denies that principal: the same call gets green's sidecar's 403.
-    write(
-        &f.dir.path().join("green/config"),
-        "mesh.yaml",
-        &green_config(&f.red_root_pem, &f.ports, DENY_RED_CLIENT),
-    );
+    f.write_green(true, DENY_RED_CLIENT);
     until(
         "green's DENY policy to apply",
         Duration::from_secs(10),
@@ -315,7 +328,50 @@ fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
     );
     let (_, body) = f.call(IMPORTED);
     assert!(body.contains("RBAC: access denied"), "{body}");
-    let _ = (&f.red, &f.green);
+}
+
+#[test]
+fn a_withdrawn_export_stops_traffic_within_2s_and_a_lost_peer_control_plane_does_not() {
+    let mut f = Federation::start();
+    until("the path to be up", Duration::from_secs(30), || {
+        f.call(IMPORTED).0 == 200
+    });
+    // Green withdraws the export: red's calls fail within 2 s; restored, they pass within 2 s.
+    f.write_green(false, ALLOW_RED_CLIENT);
+    let gone = until(
+        "the withdrawn export to stop",
+        Duration::from_secs(10),
+        || f.call(IMPORTED).0 != 200,
+    );
+    f.write_green(true, ALLOW_RED_CLIENT);
+    let back = until(
+        "the restored export to pass",
+        Duration::from_secs(10),
+        || f.call(IMPORTED).0 == 200,
+    );
+    eprintln!("export withdrawn -> unreachable in {gone:?}; restored -> reachable in {back:?}");
+    assert!(gone < Duration::from_secs(2), "withdrawal took {gone:?}");
+    assert!(back < Duration::from_secs(2), "restoration took {back:?}");
+
+    // Green's control plane dies: traffic keeps flowing; red marks the peer disconnected and
+    // its imports stale.
+    drop(f.green.take());
+    let watch = || {
+        let status: serde_json::Value =
+            serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
+        status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"][0]["watch"]
+            .clone()
+    };
+    until(
+        "red to see green's control plane gone",
+        Duration::from_secs(40),
+        || watch()["connected"] == false,
+    );
+    assert_eq!(watch()["stale"], true, "{:#}", watch());
+    for _ in 0..20 {
+        let (status, body) = f.call(IMPORTED);
+        assert_eq!(status, 200, "traffic through the stale period: {body}");
+    }
 }
 
 #[test]
@@ -346,7 +402,7 @@ fn the_ingress_gateway_refuses_what_does_not_cross() {
         &blue_certs,
         "spiffe://blue.local/ns/istio-system/sa/egress-green-service-account",
     );
-    let green_root = f.green.root_file();
+    let green_root = f.green().root_file();
     let ingress: std::net::SocketAddr = ingress.parse().unwrap();
     let probe = |cert: Option<&Path>, sni: &str, target: &str| -> String {
         match h2connect::connect(ingress, sni, target, cert, &green_root, "green.local") {

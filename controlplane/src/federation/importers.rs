@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::channel::tls_channel;
+use isthmus_api::channel::{tls_channel, tls_channel_with_sni};
 use isthmus_api::identity::{
     CredentialCell, PeerPolicy, SharedBundles, SpiffeVerifier, TrustBundle, TrustBundles,
     client_config, shared_bundles,
@@ -19,11 +19,13 @@ use tokio::task::JoinHandle;
 use super::ImportStates;
 use crate::model::MeshModel;
 use crate::model::peers::Peer;
+use crate::xds::generate::discovery_sni;
 
 /// What restarts an importer when it changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PeerKey {
     addresses: Vec<String>,
+    via: Vec<String>,
     trust_domain: String,
     roots_pem: String,
 }
@@ -32,6 +34,7 @@ impl PeerKey {
     fn of(peer: &Peer) -> Self {
         Self {
             addresses: peer.discovery_addresses.clone(),
+            via: peer.discovery_via.clone(),
             trust_domain: peer.trust_domain.to_string(),
             roots_pem: peer.roots_pem(),
         }
@@ -138,12 +141,24 @@ fn start(
     );
     let tls = client_config(Some(credentials.clone()), Arc::new(verifier), &[b"h2"])
         .map_err(|e| format!("TLS: {e}"))?;
-    let dialer: Arc<dyn Dialer> =
-        Arc::new(move |address: &str| tls_channel(address, tls.clone(), None));
+    // Through the local egress gateway when there is one (it routes by SNI and tunnels to the
+    // peer's ingress), else straight to the peer's discovery addresses.
+    let (addresses, dialer): (Vec<String>, Arc<dyn Dialer>) = if peer.discovery_via.is_empty() {
+        (
+            peer.discovery_addresses.clone(),
+            Arc::new(move |address: &str| tls_channel(address, tls.clone(), None)),
+        )
+    } else {
+        let sni = discovery_sni(&peer.name);
+        (
+            peer.discovery_via.clone(),
+            Arc::new(move |address: &str| tls_channel_with_sni(address, &sni, tls.clone())),
+        )
+    };
     let (tx, mut rx) = watch::channel(ImportState::default());
     let importer = tokio::spawn(importer::run(
         peer.name.clone(),
-        peer.discovery_addresses.clone(),
+        addresses,
         dialer,
         settings,
         tx,

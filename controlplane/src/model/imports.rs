@@ -183,6 +183,40 @@ fn import_from(
     entries
 }
 
+/// `host:port` of the endpoints of `peer`'s local egress gateway, if it names one.
+pub fn egress_addresses(
+    peer: &Peer,
+    namespace: &str,
+    services: &BTreeMap<ServiceKey, Service>,
+) -> Vec<String> {
+    let Some(name) = &peer.egress_gateway else {
+        return Vec::new();
+    };
+    let key = ServiceKey {
+        namespace: namespace.to_owned(),
+        hostname: format!("{name}.{namespace}.svc.{LOCAL_DOMAIN}"),
+    };
+    let Some(gateway) = services.get(&key) else {
+        return Vec::new();
+    };
+    let Some(port) = gateway.ports.first() else {
+        return Vec::new();
+    };
+    gateway
+        .endpoints
+        .iter()
+        .map(|e| {
+            let p = e
+                .ports
+                .get(&port.name)
+                .copied()
+                .or(port.target_port)
+                .unwrap_or(port.number);
+            format!("{}:{p}", e.address)
+        })
+        .collect()
+}
+
 struct GatewayEndpoint {
     endpoint: Endpoint,
     port: u32,

@@ -48,6 +48,9 @@ pub struct MeshModel {
     pub peers: Vec<peers::Peer>,
     /// Per peer with an `ImportedServiceSet`: every name it offers and what the rules made of it.
     pub imports: BTreeMap<String, Vec<imports::ImportEntry>>,
+    /// Where this control plane serves federation discovery, for its ingress gateways (set by
+    /// whoever runs the model; not configuration).
+    pub discovery_address: Option<String>,
 }
 
 impl MeshModel {
@@ -73,7 +76,10 @@ impl MeshModel {
         root_namespace: &str,
     ) -> Self {
         let (mut services, mut warnings) = build_registry(&config, trust_domain);
-        let (peers, peer_warnings) = peers::peers(&config, root_namespace, trust_domain);
+        let (mut peers, peer_warnings) = peers::peers(&config, root_namespace, trust_domain);
+        for peer in &mut peers {
+            peer.discovery_via = imports::egress_addresses(peer, root_namespace, &services);
+        }
         warnings.extend(peer_warnings);
         let imports = imports::add_imports(
             &config,
@@ -140,6 +146,7 @@ impl MeshModel {
             warnings,
             peers,
             imports,
+            discovery_address: None,
         }
     }
 

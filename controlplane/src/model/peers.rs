@@ -17,6 +17,11 @@ pub struct Peer {
     pub source: ResourceKey,
     /// `host:port` of the peer's discovery service, in order of preference.
     pub discovery_addresses: Vec<String>,
+    /// `remote.discoveryPort`.
+    pub discovery_port: u32,
+    /// `host:port` of the local egress gateway's endpoints: discovery goes through them when
+    /// there are any (filled in once the registry is built).
+    pub discovery_via: Vec<String>,
     /// `host:port` of the peer's federation ingress for service traffic.
     pub service_addresses: Vec<String>,
     pub trust_domain: TrustDomain,
@@ -95,6 +100,8 @@ pub fn peers(
             name: key.name.clone(),
             source: key.clone(),
             discovery_addresses: at(spec.remote.discovery_port()),
+            discovery_port: spec.remote.discovery_port(),
+            discovery_via: Vec::new(),
             service_addresses: at(spec.remote.service_port()),
             trust_domain,
             client_id: (!spec.security.client_id.is_empty())

@@ -41,6 +41,8 @@ pub struct PipelineSettings {
     pub root_namespace: String,
     /// Trust domain name to its roots (PEM), the local one first.
     pub bundles: Vec<(String, String)>,
+    /// Where federation discovery is served (`host:port`), for ingress gateways.
+    pub discovery_address: Option<String>,
 }
 
 /// The running pipeline's outputs.
@@ -81,12 +83,13 @@ impl Pipeline {
         settings: PipelineSettings,
     ) -> Self {
         let catalogs = federation::catalogs(&imports.borrow_and_update());
-        let first = MeshModel::build_with_imports(
+        let mut first = MeshModel::build_with_imports(
             config.borrow_and_update().clone(),
             &catalogs,
             &settings.trust_domain,
             &settings.root_namespace,
         );
+        first.discovery_address = settings.discovery_address.clone();
         let (exports_tx, exports_rx) = watch::channel(Arc::new(discovery_exports(&first)));
         let (model_tx, model_rx) = watch::channel(Arc::new(first));
         let (errors_tx, errors_rx) = watch::channel(BTreeMap::new());
@@ -153,12 +156,13 @@ impl Pipeline {
 
 impl Worker {
     fn rebuild(&mut self, snapshot: Arc<ConfigSnapshot>) {
-        let model = MeshModel::build_with_imports(
+        let mut model = MeshModel::build_with_imports(
             snapshot,
             &self.catalogs,
             &self.settings.trust_domain,
             &self.settings.root_namespace,
         );
+        model.discovery_address = self.settings.discovery_address.clone();
         for w in &model.warnings {
             tracing::warn!(resource = %w.resource, "{}", w.message);
         }

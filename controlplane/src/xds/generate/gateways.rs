@@ -42,7 +42,8 @@ use super::clusters::protocol_options;
 use super::endpoints::socket;
 use super::listeners::{hcm_filter, router, tls_inspector};
 use super::names::{
-    FEDERATION_EGRESS_LISTENER, FEDERATION_INGRESS_LISTENER, federation_egress_cluster,
+    DISCOVERY_AUTHORITY, FEDERATION_DISCOVERY_CLUSTER, FEDERATION_EGRESS_LISTENER,
+    FEDERATION_INGRESS_LISTENER, discovery_sni, federation_egress_cluster,
     federation_ingress_cluster, imported_sni, peer_root_secret,
 };
 use super::tls::{downstream_peer_mtls, upstream_peer_mtls};
@@ -136,7 +137,7 @@ pub fn gateway(model: &MeshModel, workload: &Workload) -> Gateway {
     out
 }
 
-/// Egress chains and tunnel clusters for what is imported from `peer`.
+/// Egress chains and tunnel clusters for what is imported from `peer`, and for discovery.
 fn egress(
     model: &MeshModel,
     peer: &Peer,
@@ -153,50 +154,102 @@ fn egress(
         };
         for port in &service.ports {
             let cluster = federation_egress_cluster(&peer.name, port.number, &remote.exported_host);
-            let tunnel = tcp_proxy::TunnelingConfig {
-                hostname: format!("{}:{}", remote.exported_host, port.number),
-                ..Default::default()
-            };
-            chains.push(FilterChain {
-                name: format!(
-                    "{}|{}",
-                    peer.name,
-                    imported_sni(port.number, &service.key.hostname)
-                ),
-                filter_chain_match: Some(FilterChainMatch {
-                    server_names: vec![imported_sni(port.number, &service.key.hostname)],
+            chains.push(tunnel_chain(
+                &peer.name,
+                &imported_sni(port.number, &service.key.hostname),
+                &cluster,
+                &format!("{}:{}", remote.exported_host, port.number),
+            ));
+            clusters.push(tunnel_cluster(&cluster, peer, &remote.exported_host));
+        }
+    }
+    // This control plane's discovery stream to the peer's.
+    let cluster = federation_egress_cluster(&peer.name, peer.discovery_port, DISCOVERY_AUTHORITY);
+    chains.push(tunnel_chain(
+        &peer.name,
+        &discovery_sni(&peer.name),
+        &cluster,
+        &format!("{DISCOVERY_AUTHORITY}:{}", peer.discovery_port),
+    ));
+    clusters.push(tunnel_cluster(&cluster, peer, DISCOVERY_AUTHORITY));
+}
+
+/// A chain for connections whose SNI is `server_name`: tunnelled to `authority` over `cluster`.
+fn tunnel_chain(peer: &str, server_name: &str, cluster: &str, authority: &str) -> FilterChain {
+    FilterChain {
+        name: format!("{peer}|{server_name}"),
+        filter_chain_match: Some(FilterChainMatch {
+            server_names: vec![server_name.to_owned()],
+            ..Default::default()
+        }),
+        filters: vec![Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
+                stat_prefix: cluster.to_owned(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+                tunneling_config: Some(tcp_proxy::TunnelingConfig {
+                    hostname: authority.to_owned(),
                     ..Default::default()
                 }),
-                filters: vec![Filter {
-                    name: "envoy.filters.network.tcp_proxy".into(),
-                    config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
-                        stat_prefix: cluster.clone(),
-                        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
-                            cluster.clone(),
-                        )),
-                        tunneling_config: Some(tunnel),
-                        ..Default::default()
-                    }))),
+                ..Default::default()
+            }))),
+        }],
+        ..Default::default()
+    }
+}
+
+/// HTTP/2 over mTLS to the peer's ingress, the peer verified against its own root alone.
+fn tunnel_cluster(name: &str, peer: &Peer, sni: &str) -> Cluster {
+    let mut c = static_cluster(name, &peer.service_addresses);
+    c.transport_socket = Some(upstream_peer_mtls(
+        sni,
+        &peer_root_secret(peer.trust_domain.as_str()),
+    ));
+    c.typed_extension_protocol_options = protocol_options(Protocol::Http2, None);
+    c
+}
+
+/// A virtual host accepting CONNECT to `domain`, terminated and sent to `cluster`.
+fn connect_host(domain: &str, cluster: &str) -> VirtualHost {
+    VirtualHost {
+        name: domain.to_owned(),
+        domains: vec![domain.to_owned()],
+        routes: vec![Route {
+            name: "connect".into(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
+                    route_match::ConnectMatcher::default(),
+                )),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                    cluster.to_owned(),
+                )),
+                timeout: Some(duration(Duration::ZERO)),
+                upgrade_configs: vec![route_action::UpgradeConfig {
+                    upgrade_type: "CONNECT".into(),
+                    connect_config: Some(route_action::upgrade_config::ConnectConfig::default()),
+                    ..Default::default()
                 }],
                 ..Default::default()
-            });
-            let mut c = static_cluster(&cluster, &peer.service_addresses);
-            c.transport_socket = Some(upstream_peer_mtls(
-                &remote.exported_host,
-                &peer_root_secret(peer.trust_domain.as_str()),
-            ));
-            c.typed_extension_protocol_options = protocol_options(Protocol::Http2, None);
-            clusters.push(c);
-        }
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
     }
 }
 
 /// The ingress chain for `peer`, and the clusters of the local services exported to it.
 fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Option<FilterChain> {
     let exports = crate::model::federation::discovery_exports(model);
-    let catalog = exports.catalogs.get(&peer.name)?;
+    let empty = Default::default();
+    let catalog = exports.catalogs.get(&peer.name).unwrap_or(&empty);
     let (offers, _) = crate::model::federation::offers(model);
-    let offer = offers.get(&peer.name)?;
+    let offer = offers
+        .get(&peer.name)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let locals = crate::model::federation::local_services(model);
     let mut virtual_hosts = Vec::new();
     let mut server_names = Vec::new();
@@ -226,34 +279,23 @@ fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Optio
                 })
                 .collect();
             clusters.push(static_cluster(&name, &endpoints));
-            virtual_hosts.push(VirtualHost {
-                name: format!("{}:{}", exported.hostname, port.number),
-                domains: vec![format!("{}:{}", exported.hostname, port.number)],
-                routes: vec![Route {
-                    name: "connect".into(),
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
-                            route_match::ConnectMatcher::default(),
-                        )),
-                        ..Default::default()
-                    }),
-                    action: Some(route::Action::Route(RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name)),
-                        timeout: Some(duration(Duration::ZERO)),
-                        upgrade_configs: vec![route_action::UpgradeConfig {
-                            upgrade_type: "CONNECT".into(),
-                            connect_config: Some(
-                                route_action::upgrade_config::ConnectConfig::default(),
-                            ),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            });
+            virtual_hosts.push(connect_host(
+                &format!("{}:{}", exported.hostname, port.number),
+                &name,
+            ));
         }
+    }
+    // The peer's control plane watching our exports (any port: the name decides).
+    if let Some(address) = &model.discovery_address {
+        server_names.push(DISCOVERY_AUTHORITY.to_owned());
+        virtual_hosts.push(connect_host(
+            DISCOVERY_AUTHORITY,
+            FEDERATION_DISCOVERY_CLUSTER,
+        ));
+        clusters.push(static_cluster(
+            FEDERATION_DISCOVERY_CLUSTER,
+            std::slice::from_ref(address),
+        ));
     }
     if server_names.is_empty() {
         return None;

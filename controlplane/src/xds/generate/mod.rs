@@ -37,7 +37,7 @@ use prost::{Message, Name};
 use super::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, ROUTE, SECRET, TypeResources};
 use crate::model::{Interception, MeshModel, NodeError, NodeRole, ProxyNode, Workload};
 
-pub use names::{ROOT_CA_SECRET, WORKLOAD_SECRET};
+pub use names::{ROOT_CA_SECRET, WORKLOAD_SECRET, discovery_sni};
 pub use secrets::ProxySecrets;
 
 /// Why a proxy gets no configuration.

@@ -60,3 +60,13 @@ pub fn federation_ingress_cluster(port: u32, host: &str) -> String {
 pub fn imported_sni(port: u32, host: &str) -> String {
     format!("outbound_.{port}_._.{host}")
 }
+
+/// The SNI an importing control plane sends its egress gateway for `peer`'s discovery.
+pub fn discovery_sni(peer: &str) -> String {
+    format!("discovery.{peer}.federation.local")
+}
+
+/// Between gateways, discovery is this name: the SNI and the CONNECT host (with the peer's
+/// `discoveryPort`). An ingress gateway sends it to its own control plane.
+pub const DISCOVERY_AUTHORITY: &str = "discovery.federation.local";
+pub const FEDERATION_DISCOVERY_CLUSTER: &str = "federation-discovery";
