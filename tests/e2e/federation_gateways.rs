@@ -261,6 +261,26 @@ impl Federation {
         }
     }
 
+    /// Waits up to 30 s for a cross-mesh call to pass; on timeout, fails with what each part
+    /// says.
+    fn wait_up(&self) {
+        for _ in 0..300 {
+            if self.call(IMPORTED).0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let tail = |text: String| text.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+        let proxies: Vec<String> = self._proxies.iter().map(|p| tail(p.logs())).collect();
+        panic!(
+            "no cross-mesh call passed in 30 s: {:?}\nred: {}\ngreen: {}\nproxies (last lines first):\n{}",
+            self.call(IMPORTED),
+            self.red.http_get("/debug/federation"),
+            self.green().http_get("/debug/federation"),
+            proxies.join("\n-----\n")
+        );
+    }
+
     fn green(&self) -> &Isthmusd {
         self.green.as_ref().expect("green's control plane runs")
     }
@@ -292,11 +312,7 @@ impl Federation {
 #[test]
 fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
     let f = Federation::start();
-    until(
-        "a cross-mesh call to succeed",
-        Duration::from_secs(30),
-        || f.call(IMPORTED).0 == 200,
-    );
+    f.wait_up();
     let (status, body) = f.call(IMPORTED);
     assert_eq!(status, 200, "{body}");
     // Discovery itself came through the gateways: red's stream is to its egress gateway.
@@ -333,9 +349,7 @@ fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
 #[test]
 fn a_withdrawn_export_stops_traffic_within_2s_and_a_lost_peer_control_plane_does_not() {
     let mut f = Federation::start();
-    until("the path to be up", Duration::from_secs(30), || {
-        f.call(IMPORTED).0 == 200
-    });
+    f.wait_up();
     // Green withdraws the export: red's calls fail within 2 s; restored, they pass within 2 s.
     f.write_green(false, ALLOW_RED_CLIENT);
     let gone = until(
@@ -374,69 +388,127 @@ fn a_withdrawn_export_stops_traffic_within_2s_and_a_lost_peer_control_plane_does
     }
 }
 
-#[test]
-fn the_ingress_gateway_refuses_what_does_not_cross() {
-    let f = Federation::start();
-    until("the path to be up", Duration::from_secs(30), || {
-        f.call(IMPORTED).0 == 200
-    });
-    let ingress = format!("127.0.20.2:{}", f.ports.ingress);
-    let exported = "ratings.bookinfo.svc.red-exports.local";
-    let certs = f.dir.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    // The identity green's ServiceMeshPeer red names as its clientID, from red's CA.
-    let peer = request_cert(
-        &f.red,
-        &certs,
-        "spiffe://red.local/ns/istio-system/sa/egress-green-service-account",
-    );
-    // Another red identity: right trust domain, not the clientID.
-    let other = request_cert(&f.red, &certs, "spiffe://red.local/ns/shop/sa/client");
-    let blue_dir = f.dir.path().join("blue");
-    let blue = Isthmusd::start(&blue_dir, "blue.local", &[]).unwrap();
-    // Its own folder: the same account name as the peer's.
-    let blue_certs = certs.join("blue");
-    std::fs::create_dir_all(&blue_certs).unwrap();
-    let third = request_cert(
-        &blue,
-        &blue_certs,
-        "spiffe://blue.local/ns/istio-system/sa/egress-green-service-account",
-    );
-    let green_root = f.green().root_file();
-    let ingress: std::net::SocketAddr = ingress.parse().unwrap();
-    let probe = |cert: Option<&Path>, sni: &str, target: &str| -> String {
-        match h2connect::connect(ingress, sni, target, cert, &green_root, "green.local") {
+/// Certificates from any mesh's CA, and CONNECT probes of a gateway.
+struct Prober<'f> {
+    f: &'f Federation,
+    dir: std::path::PathBuf,
+}
+
+const EXPORTED: &str = "ratings.bookinfo.svc.red-exports.local";
+/// The identity green's `ServiceMeshPeer red` names as its `clientID`.
+const PEER_CLIENT: &str = "spiffe://red.local/ns/istio-system/sa/egress-green-service-account";
+
+impl<'f> Prober<'f> {
+    /// Waits for the path to be up, so that a refusal is the gateway's decision.
+    fn new(f: &'f Federation) -> Self {
+        f.wait_up();
+        let dir = f.dir.path().join("certs");
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { f, dir }
+    }
+
+    /// A certificate for `identity` from `daemon`'s CA, in a folder of its own.
+    fn cert(&self, daemon: &Isthmusd, identity: &str) -> std::path::PathBuf {
+        let dir = self.dir.join(identity.replace(['/', ':'], "_"));
+        std::fs::create_dir_all(&dir).unwrap();
+        request_cert(daemon, &dir, identity)
+    }
+
+    /// CONNECT `target` at green's ingress gateway with `sni` and `cert`.
+    fn green_ingress(&self, cert: Option<&Path>, sni: &str, target: &str) -> String {
+        let ingress = format!("127.0.20.2:{}", self.f.ports.ingress)
+            .parse()
+            .unwrap();
+        let root = self.f.green().root_file();
+        match h2connect::connect(ingress, sni, target, cert, &root, "green.local") {
             Ok(status) => format!("status {status}"),
             Err(e) => format!("refused: {e}"),
         }
-    };
-    // The configured peer, an exported target: the tunnel opens.
-    let ok = probe(Some(&peer), exported, &format!("{exported}:9080"));
-    assert_eq!(ok, "status 200", "the peer's CONNECT is accepted");
-    // A target that is not exported, under an exported SNI: no route, 404.
-    let details = probe(
+    }
+}
+
+#[test]
+fn the_ingress_gateway_admits_the_peers_client_id_to_an_exported_service() {
+    let f = Federation::start();
+    let p = Prober::new(&f);
+    let peer = p.cert(&f.red, PEER_CLIENT);
+    let out = p.green_ingress(Some(&peer), EXPORTED, &format!("{EXPORTED}:9080"));
+    assert_eq!(out, "status 200", "the peer's CONNECT is accepted");
+}
+
+#[test]
+fn a_connect_target_that_is_not_exported_is_refused_at_the_ingress() {
+    let f = Federation::start();
+    let p = Prober::new(&f);
+    let peer = p.cert(&f.red, PEER_CLIENT);
+    // `details` exists in green but is not exported: under an exported SNI, no route.
+    let out = p.green_ingress(
         Some(&peer),
-        exported,
+        EXPORTED,
         "details.bookinfo.svc.red-exports.local:9080",
     );
-    assert_eq!(details, "status 404", "a target that is not exported");
-    // An SNI naming a service that is not exported: no filter chain, connection closed.
-    let sni = probe(
+    assert_eq!(out, "status 404", "a target that is not exported");
+}
+
+#[test]
+fn a_forged_sni_naming_a_service_that_is_not_exported_is_refused_at_the_ingress() {
+    let f = Federation::start();
+    let p = Prober::new(&f);
+    let peer = p.cert(&f.red, PEER_CLIENT);
+    let out = p.green_ingress(
         Some(&peer),
         "details.bookinfo.svc.red-exports.local",
-        "x:9080",
+        "details.bookinfo.svc.red-exports.local:9080",
     );
-    assert!(sni.starts_with("refused"), "forged SNI: {sni}");
-    // No client certificate, another red identity, a third trust domain: the handshake fails.
-    for (name, cert) in [
-        ("no certificate", None),
-        ("not the clientID", Some(other.as_path())),
-        ("third trust domain", Some(third.as_path())),
-    ] {
-        let out = probe(cert, exported, &format!("{exported}:9080"));
-        assert!(
-            out.starts_with("refused"),
-            "{name}: refused at the handshake: {out}"
-        );
-    }
+    assert!(out.starts_with("refused"), "no filter chain: {out}");
+}
+
+#[test]
+fn a_caller_without_a_certificate_is_refused_at_the_ingress() {
+    let f = Federation::start();
+    let p = Prober::new(&f);
+    let out = p.green_ingress(None, EXPORTED, &format!("{EXPORTED}:9080"));
+    assert!(out.starts_with("refused"), "{out}");
+}
+
+#[test]
+fn a_caller_of_a_third_trust_domain_is_refused_at_the_ingress() {
+    let f = Federation::start();
+    let p = Prober::new(&f);
+    let blue = Isthmusd::start(&f.dir.path().join("blue"), "blue.local", &[]).unwrap();
+    // Same path as the peer's clientID, from blue's CA.
+    let third = p.cert(
+        &blue,
+        "spiffe://blue.local/ns/istio-system/sa/egress-green-service-account",
+    );
+    let out = p.green_ingress(Some(&third), EXPORTED, &format!("{EXPORTED}:9080"));
+    assert!(out.starts_with("refused"), "{out}");
+}
+
+#[test]
+fn a_peer_identity_other_than_its_client_id_is_refused_at_the_ingress() {
+    let f = Federation::start();
+    let p = Prober::new(&f);
+    // red's trust domain, red's CA, but a workload's identity, not the egress gateway's.
+    let other = p.cert(&f.red, RED_CLIENT);
+    let out = p.green_ingress(Some(&other), EXPORTED, &format!("{EXPORTED}:9080"));
+    assert!(out.starts_with("refused"), "{out}");
+}
+
+#[test]
+fn the_egress_gateway_forwards_only_imported_services() {
+    let f = Federation::start();
+    let p = Prober::new(&f);
+    let client = p.cert(&f.red, RED_CLIENT);
+    let egress = format!("127.0.10.2:{}", f.ports.egress).parse().unwrap();
+    // `details` is green's but not imported by red: no chain at red's egress.
+    let out = h2connect::connect(
+        egress,
+        "outbound_.9080_._.details.bookinfo.svc.green-imports.local",
+        "x:9080",
+        Some(&client),
+        &f.green().root_file(),
+        "green.local",
+    );
+    assert!(out.is_err(), "{out:?}");
 }
