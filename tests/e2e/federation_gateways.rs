@@ -512,3 +512,103 @@ fn the_egress_gateway_forwards_only_imported_services() {
     );
     assert!(out.is_err(), "{out:?}");
 }
+
+#[test]
+fn red_never_re_exports_to_blue_what_it_imported_from_green() {
+    let f = Federation::start();
+    let p = Prober::new(&f);
+    let blue = Isthmusd::start(&f.dir.path().join("blue"), "blue.local", &[]).unwrap();
+    let blue_root = std::fs::read_to_string(blue.root_file()).unwrap();
+    let ingress_port = free_port();
+    // Red peers with blue too and exports everything to it, through an ingress of its own.
+    write(
+        &f.dir.path().join("red/config"),
+        "blue.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ingress-blue, namespace: istio-system}}
+spec:
+  hosts: [ingress-blue.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 15443, name: tls-federation}}]
+  workloadSelector: {{labels: {{app: ingress-blue}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingress-blue, namespace: istio-system}}
+spec: {{address: 127.0.10.4, labels: {{app: ingress-blue}}, serviceAccount: ingress-blue-service-account, ports: {{tls-federation: {ingress_port}}}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: blue-ca-root-cert, namespace: istio-system}}
+data:
+  root-cert.pem: |
+{root}---
+apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {{name: blue, namespace: istio-system}}
+spec:
+  remote: {{addresses: [127.0.30.2]}}
+  gateways: {{ingress: {{name: ingress-blue}}, egress: {{name: egress-blue}}}}
+  security:
+    trustDomain: blue.local
+    clientID: blue.local/ns/istio-system/sa/egress-red-service-account
+    certificateChain: {{kind: ConfigMap, name: blue-ca-root-cert}}
+---
+apiVersion: federation.maistra.io/v1
+kind: ExportedServiceSet
+metadata: {{name: blue, namespace: istio-system}}
+spec:
+  exportRules:
+  - type: NameSelector
+    nameSelector: {{namespace: '*', name: '*'}}
+",
+            root = indent(&blue_root)
+        ),
+    );
+    let dir = f.dir.path().join("proxies");
+    let red_ingress = IsthmusProxy::node(
+        &dir,
+        &f.red,
+        "router~127.0.10.4~ingress-blue.istio-system~istio-system.svc.cluster.local",
+        "red-ingress-blue",
+        &[],
+    );
+    red_ingress.wait_ready(Duration::from_secs(30)).unwrap();
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap()
+    };
+    until("red to export to blue", Duration::from_secs(10), || {
+        status()["exportedServiceSets"]["istio-system/blue"]["exportedServices"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    let exported = status()["exportedServiceSets"]["istio-system/blue"]["exportedServices"].clone();
+    let names = exported.to_string();
+    assert!(
+        !names.contains("green-imports") && !names.contains("ratings"),
+        "what red imported from green is not exported to blue: {exported:#}"
+    );
+
+    // Blue, as the peer red configured, asks red's ingress for it anyway.
+    let client = p.cert(
+        &blue,
+        "spiffe://blue.local/ns/istio-system/sa/egress-red-service-account",
+    );
+    let addr = format!("127.0.10.4:{ingress_port}").parse().unwrap();
+    let red_root = f.red.root_file();
+    let ask = |sni: &str, target: &str| {
+        h2connect::connect(addr, sni, target, Some(&client), &red_root, "red.local")
+    };
+    let target = "ratings.bookinfo.svc.blue-exports.local:9080";
+    let by_sni = ask("ratings.bookinfo.svc.blue-exports.local", target);
+    assert!(by_sni.is_err(), "no chain for it: {by_sni:?}");
+    // Under a name red's ingress does serve to blue, the CONNECT target finds no route.
+    assert_eq!(
+        ask("discovery.federation.local", target),
+        Ok(404),
+        "no route to it"
+    );
+    let _ = &p;
+}
