@@ -612,3 +612,118 @@ spec:
     );
     let _ = &p;
 }
+
+/// Red's own `ratings`, which green's copy joins as a failover locality (`importAsLocal`), with
+/// outlier detection; red's client sidecar calls `ratings.bookinfo.svc.cluster.local`.
+fn red_failover_config(app_port: u16, inbound: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: bookinfo}}
+spec:
+  hosts: [ratings.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http}}]
+  workloadSelector: {{labels: {{app: ratings}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings-red, namespace: bookinfo}}
+spec: {{address: 127.0.10.5, labels: {{app: ratings}}, serviceAccount: ratings, ports: {{http: {inbound}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings, namespace: bookinfo}}
+spec:
+  host: ratings.bookinfo.svc.cluster.local
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}}
+# app port {app_port}
+"
+    )
+}
+
+const FAILOVER_MAX_FAILURES: usize = 2;
+
+#[test]
+fn imported_as_local_the_peers_copy_takes_over_when_local_endpoints_fail_and_gives_back() {
+    let f = Federation::start();
+    f.wait_up();
+    let dir = f.dir.path();
+    let (app_port, inbound) = (free_port(), free_port());
+    let app = format!("127.0.0.1:{app_port}");
+    let mut red_app = Some(Echo::start_on(dir, "ratings-red", &app).unwrap());
+    write(
+        &dir.join("red/config"),
+        "local-ratings.yaml",
+        &red_failover_config(app_port, inbound),
+    );
+    // Green's ratings now joins red's as a failover locality instead of its own name.
+    let green_root = std::fs::read_to_string(f.green().root_file()).unwrap();
+    let as_local = red_config(&green_root, &f.ports).replace(
+        "  importRules:\n  - type: NameSelector\n    nameSelector: {namespace: bookinfo, name: ratings}\n",
+        "  locality: {region: green}\n  importRules:\n  - type: NameSelector\n    importAsLocal: true\n    nameSelector: {namespace: bookinfo, name: ratings, alias: {namespace: bookinfo, name: ratings}}\n",
+    );
+    assert_ne!(as_local, red_config(&green_root, &f.ports));
+    write(&dir.join("red/config"), "mesh.yaml", &as_local);
+    let sidecar = IsthmusProxy::node(
+        &dir.join("proxies"),
+        &f.red,
+        "sidecar~127.0.10.5~ratings-red.bookinfo~bookinfo.svc.cluster.local",
+        "red-ratings",
+        &[format!("APP_PORTS=http={app_port}")],
+    );
+    sidecar.wait_ready(Duration::from_secs(30)).unwrap();
+    const LOCAL: &str = "ratings.bookinfo.svc.cluster.local";
+    let answer = |f: &Federation| {
+        let (status, body) = f.call(LOCAL);
+        if status != 200 {
+            return format!("status {status}");
+        }
+        if body.contains("ratings-red") {
+            "red".into()
+        } else if body.contains("ratings-v1") {
+            "green".into()
+        } else {
+            format!("unexpected: {body}")
+        }
+    };
+    until(
+        "red's own ratings to answer",
+        Duration::from_secs(20),
+        || answer(&f) == "red",
+    );
+    for _ in 0..10 {
+        assert_eq!(answer(&f), "red", "local endpoints first");
+    }
+
+    // Red's ratings fails: after at most what outlier detection allows, green answers.
+    drop(red_app.take());
+    let mut failures = 0;
+    let mut answers = Vec::new();
+    loop {
+        let a = answer(&f);
+        if a == "green" {
+            break;
+        }
+        failures += 1;
+        answers.push(a);
+        assert!(failures <= 20, "no failover: {answers:?}");
+    }
+    assert!(
+        failures <= FAILOVER_MAX_FAILURES,
+        "{failures} failed requests before failover (outlier detection ejects after {FAILOVER_MAX_FAILURES}): {answers:?}"
+    );
+    for _ in 0..10 {
+        assert_eq!(answer(&f), "green", "failed over to the peer");
+    }
+
+    // Red's ratings recovers: once its ejection ends, traffic comes back.
+    let _red_app = Echo::start_on(dir, "ratings-red", &app).unwrap();
+    until(
+        "traffic to come back to red",
+        Duration::from_secs(20),
+        || answer(&f) == "red",
+    );
+    eprintln!("failover: {failures} failed requests ({answers:?})");
+}

@@ -149,17 +149,15 @@ pub struct Echo {
 
 impl Echo {
     pub fn start(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::start_on(dir, name, "127.0.0.1:0")
+    }
+
+    /// On `listen` (`host:port`; port 0 picks one).
+    pub fn start_on(dir: &Path, name: &str, listen: &str) -> anyhow::Result<Self> {
         let file = dir.join(format!("echo-{name}.addr"));
         let _ = std::fs::remove_file(&file);
         let mut child = Command::new(crate::bin("isthmusctl"))
-            .args([
-                "echo",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-                "--address-file",
-            ])
+            .args(["echo", "--listen", listen, "--name", name, "--address-file"])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

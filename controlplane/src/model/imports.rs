@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use isthmus_api::identity::SpiffeId;
 use isthmus_api::resources::federation::ImportedServiceSetSpec;
 use isthmus_api::resources::networking::{Location, Resolution};
 use isthmus_api::resources::{Kind, Resource};
@@ -129,14 +130,27 @@ fn import_from(
                 zone: l.zone.clone(),
                 subzone: l.subzone.clone(),
             });
+            // The caller's session is with the peer's workload, not the gateway: the endpoint
+            // stands for the peer's identity.
+            let identity = remote
+                .identities
+                .first()
+                .and_then(|id| SpiffeId::parse(id).ok());
             let endpoints: Vec<Endpoint> = gateway
                 .iter()
                 .map(|e| Endpoint {
                     ports: ports.iter().map(|p| (p.name.clone(), e.port)).collect(),
                     locality: locality.clone().unwrap_or_default(),
+                    identity: identity.clone(),
+                    via_peer: Some(peer.name.clone()),
                     ..e.endpoint.clone()
                 })
                 .collect();
+            let remote_service = RemoteService {
+                peer: peer.name.clone(),
+                exported_host: exported_host.clone(),
+                identities: remote.identities.clone(),
+            };
             let key = ServiceKey {
                 namespace: as_name.namespace.clone(),
                 hostname: host.clone(),
@@ -144,6 +158,7 @@ fn import_from(
             match services.get_mut(&key) {
                 Some(local) if *as_local && local.imported_from.is_none() => {
                     local.endpoints.extend(endpoints);
+                    local.failover.push(remote_service);
                 }
                 Some(existing) => warnings.push(ModelWarning {
                     resource: set.clone(),
@@ -165,10 +180,8 @@ fn import_from(
                             export_to: vec!["*".into()],
                             source: set.clone(),
                             imported_from: Some(peer.name.clone()),
-                            remote: Some(RemoteService {
-                                exported_host: exported_host.clone(),
-                                identities: remote.identities.clone(),
-                            }),
+                            remote: Some(remote_service),
+                            failover: Vec::new(),
                         },
                     );
                 }

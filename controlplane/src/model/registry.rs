@@ -111,6 +111,9 @@ pub struct Endpoint {
     pub network: Option<String>,
     /// `WorkloadEntry` it came from, if any.
     pub workload_entry: Option<String>,
+    /// The peer this endpoint leads to (a local egress gateway standing for a peer's
+    /// service): never a destination for traffic that came from a peer.
+    pub via_peer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +133,14 @@ pub struct Service {
     pub imported_from: Option<String>,
     /// For an imported service: how the peer exports it.
     pub remote: Option<RemoteService>,
+    /// For a local service that peers' copies join (`importAsLocal`): how each exports it.
+    pub failover: Vec<RemoteService>,
 }
 
 /// An imported service as its peer exports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteService {
+    pub peer: String,
     /// `<name>.<ns>.svc.<us>-exports.local`: the target of the gateways' tunnel.
     pub exported_host: String,
     /// The SPIFFE IDs its endpoints present: callers verify them end to end.
@@ -195,6 +201,7 @@ pub fn build_registry(
                 source: entry_key.clone(),
                 imported_from: None,
                 remote: None,
+                failover: Vec::new(),
             };
             if let Some(existing) = services.get(&key) {
                 let existing: &Service = existing;
@@ -274,6 +281,7 @@ fn endpoints_of(
             identity,
             network: w.network.clone(),
             workload_entry: from.map(|k| k.name.clone()),
+            via_peer: None,
         })
     };
 
@@ -315,6 +323,7 @@ fn dns_endpoint(host: &str) -> Endpoint {
         identity: None,
         network: None,
         workload_entry: None,
+        via_peer: None,
     }
 }
 

@@ -23,6 +23,7 @@ use super::endpoints::{dns_load_assignment, subset_endpoints};
 use super::names::{imported_sni, outbound_cluster};
 use super::tls::{ads, upstream_mtls};
 use super::{duration, pack};
+use crate::model::registry::RemoteService;
 use crate::model::{MeshModel, Port, Protocol, Service};
 
 /// Istio's default connect timeout.
@@ -117,15 +118,19 @@ fn cluster(
             Protocol::Http => &["http/1.1"],
             _ => &[],
         };
+        // Imported (or joined by peers' copies): the session may be end to end with a peer's
+        // workload, through the local egress gateway, which routes it by SNI (Istio's
+        // `outbound_.<port>_._.<host>`); any of the peers' identities is expected too.
+        let remotes: Vec<&RemoteService> = service.remote.iter().chain(&service.failover).collect();
+        let mut ids = ids;
+        ids.extend(remotes.iter().flat_map(|r| r.identities.iter().cloned()));
         let ids: Vec<String> = ids.into_iter().collect();
-        c.transport_socket = Some(match &service.remote {
-            // Imported: an end-to-end session with the peer's workload, through the local
-            // egress gateway, which routes it by SNI (Istio's `outbound_.<port>_._.<host>`).
-            Some(remote) => {
-                upstream_mtls(&imported_sni(port.number, host), &remote.identities, alpn)
-            }
-            None => upstream_mtls(host, &ids, alpn),
-        });
+        let sni = if remotes.is_empty() {
+            host.clone()
+        } else {
+            imported_sni(port.number, host)
+        };
+        c.transport_socket = Some(upstream_mtls(&sni, &ids, alpn));
     }
     c
 }

@@ -144,14 +144,16 @@ fn egress(
     chains: &mut Vec<FilterChain>,
     clusters: &mut Vec<Cluster>,
 ) {
-    let imported = model
-        .services
-        .values()
-        .filter(|s| s.imported_from.as_deref() == Some(peer.name.as_str()));
-    for service in imported {
-        let Some(remote) = &service.remote else {
-            continue;
-        };
+    // Imported services, and local services the peer's copies join (`importAsLocal`).
+    let routed = model.services.values().flat_map(|service| {
+        service
+            .remote
+            .iter()
+            .chain(&service.failover)
+            .filter(|r| r.peer == peer.name)
+            .map(move |r| (service, r))
+    });
+    for (service, remote) in routed {
         for port in &service.ports {
             let cluster = federation_egress_cluster(&peer.name, port.number, &remote.exported_host);
             chains.push(tunnel_chain(
@@ -265,9 +267,11 @@ fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Optio
         server_names.push(host.clone());
         for port in &service.ports {
             let name = federation_ingress_cluster(port.number, &service.key.hostname);
+            // Local endpoints only: what leads to a peer never serves a peer (no transit).
             let endpoints: Vec<String> = service
                 .endpoints
                 .iter()
+                .filter(|e| e.via_peer.is_none())
                 .map(|e| {
                     let p = e
                         .ports
