@@ -11,303 +11,16 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use isthmus_e2e::envoy::Echo;
+use isthmus_e2e::federation::{
+    ALLOW_RED_CLIENT, DENY_RED_CLIENT, Federation, IMPORTED, indent, red_config,
+};
 use isthmus_e2e::mesh::{until, write};
 use isthmus_e2e::proxy::IsthmusProxy;
-use isthmus_e2e::{Isthmusd, curl_with, free_port, h2connect, request_cert};
-
-const IMPORTED: &str = "ratings.bookinfo.svc.green-imports.local";
+use isthmus_e2e::{Isthmusd, free_port, h2connect, request_cert};
 const RED_CLIENT: &str = "spiffe://red.local/ns/shop/sa/client";
-
-fn indent(pem: &str) -> String {
-    pem.lines().map(|l| format!("    {l}\n")).collect()
-}
-
-struct Ports {
-    ingress: u16,
-    egress: u16,
-    ratings_inbound: u16,
-    ratings_app: u16,
-    details_inbound: u16,
-    outbound: u16,
-}
-
-fn green_config(red_root: &str, p: &Ports, policy: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: ingress-red, namespace: istio-system}}
-spec:
-  hosts: [ingress-red.istio-system.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 15443, name: tls-federation}}]
-  workloadSelector: {{labels: {{app: ingress-red}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ingress-red, namespace: istio-system}}
-spec: {{address: 127.0.20.2, labels: {{app: ingress-red}}, serviceAccount: ingress-red-service-account, ports: {{tls-federation: {ingress}}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: ratings, namespace: bookinfo}}
-spec:
-  hosts: [ratings.bookinfo.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 9080, name: http}}]
-  workloadSelector: {{labels: {{app: ratings}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ratings-v1, namespace: bookinfo}}
-spec: {{address: 127.0.20.3, labels: {{app: ratings}}, serviceAccount: ratings, ports: {{http: {ratings_inbound}}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: details, namespace: bookinfo}}
-spec:
-  hosts: [details.bookinfo.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 9080, name: http}}]
-  endpoints: [{{address: 127.0.20.4, serviceAccount: details, ports: {{http: {details_inbound}}}}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: ratings, namespace: bookinfo}}
-spec:
-  selector: {{matchLabels: {{app: ratings}}}}
-{policy}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: red-ca-root-cert, namespace: istio-system}}
-data:
-  root-cert.pem: |
-{root}---
-apiVersion: federation.maistra.io/v1
-kind: ServiceMeshPeer
-metadata: {{name: red, namespace: istio-system}}
-spec:
-  remote: {{addresses: [127.0.10.2]}}
-  gateways: {{ingress: {{name: ingress-red}}, egress: {{name: egress-red}}}}
-  security:
-    trustDomain: red.local
-    clientID: red.local/ns/istio-system/sa/egress-green-service-account
-    certificateChain: {{kind: ConfigMap, name: red-ca-root-cert}}
----
-apiVersion: federation.maistra.io/v1
-kind: ExportedServiceSet
-metadata: {{name: red, namespace: istio-system}}
-spec:
-  exportRules:
-  - type: NameSelector
-    nameSelector: {{namespace: bookinfo, name: ratings}}
-",
-        ingress = p.ingress,
-        ratings_inbound = p.ratings_inbound,
-        details_inbound = p.details_inbound,
-        root = indent(red_root),
-    )
-}
-
-fn red_config(green_root: &str, p: &Ports) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: client, namespace: shop}}
-spec: {{address: 127.0.10.3, serviceAccount: client}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: egress-green, namespace: istio-system}}
-spec:
-  hosts: [egress-green.istio-system.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 15443, name: tls-federation}}]
-  workloadSelector: {{labels: {{app: egress-green}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: egress-green, namespace: istio-system}}
-spec: {{address: 127.0.10.2, labels: {{app: egress-green}}, serviceAccount: egress-green-service-account, ports: {{tls-federation: {egress}}}}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: green-ca-root-cert, namespace: istio-system}}
-data:
-  root-cert.pem: |
-{root}---
-apiVersion: federation.maistra.io/v1
-kind: ServiceMeshPeer
-metadata: {{name: green, namespace: istio-system}}
-spec:
-  remote: {{addresses: [127.0.20.2], servicePort: {ingress}}}
-  gateways: {{ingress: {{name: ingress-green}}, egress: {{name: egress-green}}}}
-  security:
-    trustDomain: green.local
-    clientID: green.local/ns/istio-system/sa/egress-red-service-account
-    certificateChain: {{kind: ConfigMap, name: green-ca-root-cert}}
----
-apiVersion: federation.maistra.io/v1
-kind: ImportedServiceSet
-metadata: {{name: green, namespace: istio-system}}
-spec:
-  importRules:
-  - type: NameSelector
-    nameSelector: {{namespace: bookinfo, name: ratings}}
-",
-        egress = p.egress,
-        ingress = p.ingress,
-        root = indent(green_root),
-    )
-}
-
-const ALLOW_RED_CLIENT: &str =
-    "  action: ALLOW\n  rules: [{from: [{source: {principals: [red.local/ns/shop/sa/client]}}]}]";
-const DENY_RED_CLIENT: &str =
-    "  action: DENY\n  rules: [{from: [{source: {principals: [red.local/ns/shop/sa/client]}}]}]";
-
-struct Federation {
-    dir: tempfile::TempDir,
-    ports: Ports,
-    red: Isthmusd,
-    green: Option<Isthmusd>,
-    red_root_pem: String,
-    _echo: Echo,
-    _proxies: Vec<IsthmusProxy>,
-}
-
-impl Federation {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = Ports {
-            ingress: free_port(),
-            egress: free_port(),
-            ratings_inbound: free_port(),
-            ratings_app: 0,
-            details_inbound: free_port(),
-            outbound: free_port(),
-        };
-        let green = Isthmusd::start(&dir.path().join("green"), "green.local", &[]).unwrap();
-        let red = Isthmusd::start(&dir.path().join("red"), "red.local", &[]).unwrap();
-        let red_root_pem = std::fs::read_to_string(red.root_file()).unwrap();
-        let green_root_pem = std::fs::read_to_string(green.root_file()).unwrap();
-        let echo = Echo::start(dir.path(), "ratings-v1").unwrap();
-        let mut ports = ports;
-        ports.ratings_app = echo.addr.port();
-        write(
-            &dir.path().join("green/config"),
-            "mesh.yaml",
-            &green_config(&red_root_pem, &ports, ALLOW_RED_CLIENT),
-        );
-        write(
-            &dir.path().join("red/config"),
-            "mesh.yaml",
-            &red_config(&green_root_pem, &ports),
-        );
-        let proxies_dir = dir.path().join("proxies");
-        std::fs::create_dir_all(&proxies_dir).unwrap();
-        let proxies = vec![
-            IsthmusProxy::node(
-                &proxies_dir,
-                &green,
-                "router~127.0.20.2~ingress-red.istio-system~istio-system.svc.cluster.local",
-                "green-ingress",
-                &[],
-            ),
-            IsthmusProxy::node(
-                &proxies_dir,
-                &green,
-                "sidecar~127.0.20.3~ratings-v1.bookinfo~bookinfo.svc.cluster.local",
-                "green-ratings",
-                &[format!("APP_PORTS=http={}", ports.ratings_app)],
-            ),
-            IsthmusProxy::node(
-                &proxies_dir,
-                &red,
-                "router~127.0.10.2~egress-green.istio-system~istio-system.svc.cluster.local",
-                "red-egress",
-                &[],
-            ),
-            IsthmusProxy::node(
-                &proxies_dir,
-                &red,
-                "sidecar~127.0.10.3~client.shop~shop.svc.cluster.local",
-                "red-client",
-                &[format!("OUTBOUND_PORT={}", ports.outbound)],
-            ),
-        ];
-        for proxy in &proxies {
-            if let Err(e) = proxy.wait_ready(Duration::from_secs(30)) {
-                panic!(
-                    "{e}\ngreen: {}\nred: {}\n{}",
-                    green.http_get("/debug/xds"),
-                    red.http_get("/debug/xds"),
-                    green.logs()
-                );
-            }
-        }
-        Self {
-            dir,
-            ports,
-            red,
-            green: Some(green),
-            red_root_pem,
-            _echo: echo,
-            _proxies: proxies,
-        }
-    }
-
-    /// Waits up to 30 s for a cross-mesh call to pass; on timeout, fails with what each part
-    /// says.
-    fn wait_up(&self) {
-        for _ in 0..300 {
-            if self.call(IMPORTED).0 == 200 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let tail = |text: String| text.lines().rev().take(15).collect::<Vec<_>>().join("\n");
-        let proxies: Vec<String> = self._proxies.iter().map(|p| tail(p.logs())).collect();
-        panic!(
-            "no cross-mesh call passed in 30 s: {:?}\nred: {}\ngreen: {}\nproxies (last lines first):\n{}",
-            self.call(IMPORTED),
-            self.red.http_get("/debug/federation"),
-            self.green().http_get("/debug/federation"),
-            proxies.join("\n-----\n")
-        );
-    }
-
-    fn green(&self) -> &Isthmusd {
-        self.green.as_ref().expect("green's control plane runs")
-    }
-
-    fn write_green(&self, export_ratings: bool, policy: &str) {
-        let mut text = green_config(&self.red_root_pem, &self.ports, policy);
-        if !export_ratings {
-            text = text.replace(
-                "    nameSelector: {namespace: bookinfo, name: ratings}",
-                "    nameSelector: {namespace: bookinfo, name: reviews}",
-            );
-        }
-        write(&self.dir.path().join("green/config"), "mesh.yaml", &text);
-    }
-
-    /// `GET http://<host>:9080/` through red's client sidecar (its HTTP proxy port).
-    fn call(&self, host: &str) -> (u16, String) {
-        curl_with(
-            Command::new("curl"),
-            &[
-                "-x",
-                &format!("http://127.0.0.1:{}", self.ports.outbound),
-                &format!("http://{host}:9080/"),
-            ],
-        )
-    }
-}
 
 #[test]
 fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
@@ -316,11 +29,19 @@ fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
     let (status, body) = f.call(IMPORTED);
     assert_eq!(status, 200, "{body}");
     // Discovery itself came through the gateways: red's stream is to its egress gateway.
-    let red_status: serde_json::Value =
-        serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
-    let watch = &red_status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"]
-        [0]["watch"];
-    assert_eq!(watch["connected"], true, "{watch:#}");
+    // (Status settles 200 ms after a change; the call may have passed before.)
+    let watch = || -> serde_json::Value {
+        let status: serde_json::Value =
+            serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
+        status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"][0]["watch"]
+            .clone()
+    };
+    until(
+        "red's status to show the stream",
+        Duration::from_secs(5),
+        || watch()["connected"] == true,
+    );
+    let watch = watch();
     assert_eq!(
         watch["source"],
         format!("127.0.10.2:{}", f.ports.egress),

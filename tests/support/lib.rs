@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 pub mod envoy;
+pub mod federation;
 pub mod h2connect;
 pub mod mesh;
 pub mod netns;

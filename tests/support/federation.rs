@@ -1,0 +1,329 @@
+//! Two federated meshes, `red` and `green`, as real processes on loopback, for the federation
+//! tests and benchmarks: configurations in Maistra's and Istio's YAML, and the processes.
+
+// Wall-clock time is right here: these helpers wait on real processes.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    clippy::unwrap_used
+)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::envoy::Echo;
+use crate::mesh::write;
+use crate::proxy::IsthmusProxy;
+use crate::{Isthmusd, curl_with, free_port};
+
+/// What red imports from green.
+pub const IMPORTED: &str = "ratings.bookinfo.svc.green-imports.local";
+
+pub fn indent(pem: &str) -> String {
+    pem.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// Every port the two meshes use (all on loopback; addresses 127.0.10.x are red's, 127.0.20.x
+/// green's).
+#[derive(Debug, Clone)]
+pub struct Ports {
+    pub ingress: u16,
+    pub egress: u16,
+    pub ratings_inbound: u16,
+    pub ratings_app: u16,
+    pub details_inbound: u16,
+    pub outbound: u16,
+}
+
+/// Green: its ingress gateway for red, `ratings` (exported to red, authorized by `policy`),
+/// `details` (not exported), red's root, `ServiceMeshPeer red` and its export set.
+pub fn green_config(red_root: &str, p: &Ports, policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ingress-red, namespace: istio-system}}
+spec:
+  hosts: [ingress-red.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 15443, name: tls-federation}}]
+  workloadSelector: {{labels: {{app: ingress-red}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingress-red, namespace: istio-system}}
+spec: {{address: 127.0.20.2, labels: {{app: ingress-red}}, serviceAccount: ingress-red-service-account, ports: {{tls-federation: {ingress}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: bookinfo}}
+spec:
+  hosts: [ratings.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http}}]
+  workloadSelector: {{labels: {{app: ratings}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings-v1, namespace: bookinfo}}
+spec: {{address: 127.0.20.3, labels: {{app: ratings}}, serviceAccount: ratings, ports: {{http: {ratings_inbound}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: details, namespace: bookinfo}}
+spec:
+  hosts: [details.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http}}]
+  endpoints: [{{address: 127.0.20.4, serviceAccount: details, ports: {{http: {details_inbound}}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ratings, namespace: bookinfo}}
+spec:
+  selector: {{matchLabels: {{app: ratings}}}}
+{policy}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: red-ca-root-cert, namespace: istio-system}}
+data:
+  root-cert.pem: |
+{root}---
+apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {{name: red, namespace: istio-system}}
+spec:
+  remote: {{addresses: [127.0.10.2]}}
+  gateways: {{ingress: {{name: ingress-red}}, egress: {{name: egress-red}}}}
+  security:
+    trustDomain: red.local
+    clientID: red.local/ns/istio-system/sa/egress-green-service-account
+    certificateChain: {{kind: ConfigMap, name: red-ca-root-cert}}
+---
+apiVersion: federation.maistra.io/v1
+kind: ExportedServiceSet
+metadata: {{name: red, namespace: istio-system}}
+spec:
+  exportRules:
+  - type: NameSelector
+    nameSelector: {{namespace: bookinfo, name: ratings}}
+",
+        ingress = p.ingress,
+        ratings_inbound = p.ratings_inbound,
+        details_inbound = p.details_inbound,
+        root = indent(red_root),
+    )
+}
+
+/// Red: its client, its egress gateway for green, green's root, `ServiceMeshPeer green` and
+/// the import of green's `ratings`.
+pub fn red_config(green_root: &str, p: &Ports) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: shop}}
+spec: {{address: 127.0.10.3, serviceAccount: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: egress-green, namespace: istio-system}}
+spec:
+  hosts: [egress-green.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 15443, name: tls-federation}}]
+  workloadSelector: {{labels: {{app: egress-green}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: egress-green, namespace: istio-system}}
+spec: {{address: 127.0.10.2, labels: {{app: egress-green}}, serviceAccount: egress-green-service-account, ports: {{tls-federation: {egress}}}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: green-ca-root-cert, namespace: istio-system}}
+data:
+  root-cert.pem: |
+{root}---
+apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {{name: green, namespace: istio-system}}
+spec:
+  remote: {{addresses: [127.0.20.2], servicePort: {ingress}}}
+  gateways: {{ingress: {{name: ingress-green}}, egress: {{name: egress-green}}}}
+  security:
+    trustDomain: green.local
+    clientID: green.local/ns/istio-system/sa/egress-red-service-account
+    certificateChain: {{kind: ConfigMap, name: green-ca-root-cert}}
+---
+apiVersion: federation.maistra.io/v1
+kind: ImportedServiceSet
+metadata: {{name: green, namespace: istio-system}}
+spec:
+  importRules:
+  - type: NameSelector
+    nameSelector: {{namespace: bookinfo, name: ratings}}
+",
+        egress = p.egress,
+        ingress = p.ingress,
+        root = indent(green_root),
+    )
+}
+
+pub const ALLOW_RED_CLIENT: &str =
+    "  action: ALLOW\n  rules: [{from: [{source: {principals: [red.local/ns/shop/sa/client]}}]}]";
+pub const DENY_RED_CLIENT: &str =
+    "  action: DENY\n  rules: [{from: [{source: {principals: [red.local/ns/shop/sa/client]}}]}]";
+
+/// Two meshes on loopback, each with its own `isthmusd`, CA and trust domain: green's ingress
+/// gateway and ratings sidecar, red's egress gateway and client sidecar, all `isthmus-proxy`.
+#[derive(Debug)]
+pub struct Federation {
+    pub dir: tempfile::TempDir,
+    pub ports: Ports,
+    pub red: Isthmusd,
+    pub green: Option<Isthmusd>,
+    pub red_root_pem: String,
+    _echo: Option<Echo>,
+    pub proxies: Vec<IsthmusProxy>,
+}
+
+impl Federation {
+    /// With `isthmusctl echo` as green's ratings application.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let echo = Echo::start(dir.path(), "ratings-v1").unwrap();
+        let port = echo.addr.port();
+        Self::start_in(dir, port, Some(echo))
+    }
+
+    /// With green's ratings application already listening on 127.0.0.1:`app_port`.
+    pub fn start_with_app(app_port: u16) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), app_port, None)
+    }
+
+    fn start_in(dir: tempfile::TempDir, app_port: u16, echo: Option<Echo>) -> Self {
+        let ports = Ports {
+            ingress: free_port(),
+            egress: free_port(),
+            ratings_inbound: free_port(),
+            ratings_app: 0,
+            details_inbound: free_port(),
+            outbound: free_port(),
+        };
+        let green = Isthmusd::start(&dir.path().join("green"), "green.local", &[]).unwrap();
+        let red = Isthmusd::start(&dir.path().join("red"), "red.local", &[]).unwrap();
+        let red_root_pem = std::fs::read_to_string(red.root_file()).unwrap();
+        let green_root_pem = std::fs::read_to_string(green.root_file()).unwrap();
+        let mut ports = ports;
+        ports.ratings_app = app_port;
+        write(
+            &dir.path().join("green/config"),
+            "mesh.yaml",
+            &green_config(&red_root_pem, &ports, ALLOW_RED_CLIENT),
+        );
+        write(
+            &dir.path().join("red/config"),
+            "mesh.yaml",
+            &red_config(&green_root_pem, &ports),
+        );
+        let proxies_dir = dir.path().join("proxies");
+        std::fs::create_dir_all(&proxies_dir).unwrap();
+        let proxies = vec![
+            IsthmusProxy::node(
+                &proxies_dir,
+                &green,
+                "router~127.0.20.2~ingress-red.istio-system~istio-system.svc.cluster.local",
+                "green-ingress",
+                &[],
+            ),
+            IsthmusProxy::node(
+                &proxies_dir,
+                &green,
+                "sidecar~127.0.20.3~ratings-v1.bookinfo~bookinfo.svc.cluster.local",
+                "green-ratings",
+                &[format!("APP_PORTS=http={}", ports.ratings_app)],
+            ),
+            IsthmusProxy::node(
+                &proxies_dir,
+                &red,
+                "router~127.0.10.2~egress-green.istio-system~istio-system.svc.cluster.local",
+                "red-egress",
+                &[],
+            ),
+            IsthmusProxy::node(
+                &proxies_dir,
+                &red,
+                "sidecar~127.0.10.3~client.shop~shop.svc.cluster.local",
+                "red-client",
+                &[format!("OUTBOUND_PORT={}", ports.outbound)],
+            ),
+        ];
+        for proxy in &proxies {
+            if let Err(e) = proxy.wait_ready(Duration::from_secs(30)) {
+                panic!(
+                    "{e}\ngreen: {}\nred: {}\n{}",
+                    green.http_get("/debug/xds"),
+                    red.http_get("/debug/xds"),
+                    green.logs()
+                );
+            }
+        }
+        Self {
+            dir,
+            ports,
+            red,
+            green: Some(green),
+            red_root_pem,
+            _echo: echo,
+            proxies,
+        }
+    }
+
+    /// Waits up to 30 s for a cross-mesh call to pass; on timeout, fails with what each part
+    /// says.
+    pub fn wait_up(&self) {
+        for _ in 0..300 {
+            if self.call(IMPORTED).0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let tail = |text: String| text.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+        let proxies: Vec<String> = self.proxies.iter().map(|p| tail(p.logs())).collect();
+        panic!(
+            "no cross-mesh call passed in 30 s: {:?}\nred: {}\ngreen: {}\nproxies (last lines first):\n{}",
+            self.call(IMPORTED),
+            self.red.http_get("/debug/federation"),
+            self.green().http_get("/debug/federation"),
+            proxies.join("\n-----\n")
+        );
+    }
+
+    pub fn green(&self) -> &Isthmusd {
+        self.green.as_ref().expect("green's control plane runs")
+    }
+
+    /// Rewrites green's configuration: with or without the export of `ratings`.
+    pub fn write_green(&self, export_ratings: bool, policy: &str) {
+        let mut text = green_config(&self.red_root_pem, &self.ports, policy);
+        if !export_ratings {
+            text = text.replace(
+                "    nameSelector: {namespace: bookinfo, name: ratings}",
+                "    nameSelector: {namespace: bookinfo, name: reviews}",
+            );
+        }
+        write(&self.dir.path().join("green/config"), "mesh.yaml", &text);
+    }
+
+    /// `GET http://<host>:9080/` through red's client sidecar (its HTTP proxy port).
+    pub fn call(&self, host: &str) -> (u16, String) {
+        curl_with(
+            Command::new("curl"),
+            &[
+                "-x",
+                &format!("http://127.0.0.1:{}", self.ports.outbound),
+                &format!("http://{host}:9080/"),
+            ],
+        )
+    }
+}
