@@ -183,6 +183,11 @@ impl IsthmusProxy {
         None
     }
 
+    /// The admin address (`host:port`).
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
