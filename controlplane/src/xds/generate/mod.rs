@@ -18,6 +18,8 @@
 mod capture;
 mod clusters;
 mod endpoints;
+#[cfg(test)]
+mod gateway_tests;
 mod gateways;
 mod listeners;
 mod names;
