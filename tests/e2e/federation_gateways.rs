@@ -56,6 +56,26 @@ fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
         "green's sidecar saw red's caller identity (end-to-end mTLS): {body}"
     );
 
+    // Exported but not imported, imported but not exported: no such service in red, and red's
+    // status says why.
+    for host in [
+        "reviews.bookinfo.svc.green-imports.local",
+        "details.bookinfo.svc.green-imports.local",
+    ] {
+        let (status, body) = f.call(host);
+        assert_eq!(status, 404, "{host}: {body}");
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
+    let imports = &status["importedServiceSets"]["istio-system/green"];
+    let text = imports.to_string();
+    assert!(
+        text.contains("reviews.bookinfo.svc.red-exports.local")
+            && text.contains("no import rule selects it")
+            && text.contains("importRules[1] (bookinfo/details)"),
+        "{imports:#}"
+    );
+
     // Green denies that principal: the same call gets green's sidecar's 403.
     f.write_green(true, DENY_RED_CLIENT);
     until(

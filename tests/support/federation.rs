@@ -36,7 +36,8 @@ pub struct Ports {
 }
 
 /// Green: its ingress gateway for red, `ratings` (exported to red, authorized by `policy`),
-/// `details` (not exported), red's root, `ServiceMeshPeer red` and its export set.
+/// `reviews` (exported, not imported by red), `details` (not exported), red's root,
+/// `ServiceMeshPeer red` and its export set.
 pub fn green_config(red_root: &str, p: &Ports, policy: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
@@ -76,6 +77,15 @@ spec:
   ports: [{{number: 9080, name: http}}]
   endpoints: [{{address: 127.0.20.4, serviceAccount: details, ports: {{http: {details_inbound}}}}}]
 ---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http}}]
+  endpoints: [{{address: 127.0.20.5, serviceAccount: reviews, ports: {{http: {details_inbound}}}}}]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: ratings, namespace: bookinfo}}
@@ -107,6 +117,8 @@ spec:
   exportRules:
   - type: NameSelector
     nameSelector: {{namespace: bookinfo, name: ratings}}
+  - type: NameSelector
+    nameSelector: {{namespace: bookinfo, name: reviews}}
 ",
         ingress = p.ingress,
         ratings_inbound = p.ratings_inbound,
@@ -116,7 +128,7 @@ spec:
 }
 
 /// Red: its client, its egress gateway for green, green's root, `ServiceMeshPeer green` and
-/// the import of green's `ratings`.
+/// the import of green's `ratings` (and of `details`, which green does not export).
 pub fn red_config(green_root: &str, p: &Ports) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
@@ -162,6 +174,8 @@ spec:
   importRules:
   - type: NameSelector
     nameSelector: {{namespace: bookinfo, name: ratings}}
+  - type: NameSelector
+    nameSelector: {{namespace: bookinfo, name: details}}
 ",
         egress = p.egress,
         ingress = p.ingress,
