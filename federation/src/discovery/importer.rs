@@ -268,3 +268,55 @@ fn describe(status: &tonic::Status) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> ImportState {
+        ImportState {
+            catalog: Some(Arc::new(Catalog::default())),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_imports_are_dropped_after_the_stale_period_unless_the_peer_returns() {
+        let (tx, mut rx) = watch::channel(held());
+        tokio::spawn(expire_stale(tx.clone(), Duration::from_secs(300)));
+        tokio::task::yield_now().await;
+        // The stream is lost: the imports are kept, marked stale.
+        tx.send_modify(|s| {
+            s.status.stale = true;
+            s.stale_since = Some(Instant::now());
+        });
+        tokio::time::sleep(Duration::from_secs(299)).await;
+        assert!(
+            rx.borrow_and_update().catalog.is_some(),
+            "kept through the period"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = rx.borrow_and_update().clone();
+        assert!(
+            s.catalog.is_none() && s.status.expired && !s.status.stale,
+            "{s:?}"
+        );
+
+        // A peer that comes back within the period keeps its imports.
+        tx.send_replace(held());
+        tx.send_modify(|s| {
+            s.status.stale = true;
+            s.stale_since = Some(Instant::now());
+        });
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        tx.send_modify(|s| {
+            s.status.stale = false;
+            s.stale_since = None;
+        });
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        assert!(
+            rx.borrow_and_update().catalog.is_some(),
+            "the return cancelled the expiry"
+        );
+    }
+}
