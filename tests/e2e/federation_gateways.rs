@@ -65,16 +65,23 @@ fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
         let (status, body) = f.call(host);
         assert_eq!(status, 404, "{host}: {body}");
     }
-    let status: serde_json::Value =
-        serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
-    let imports = &status["importedServiceSets"]["istio-system/green"];
-    let text = imports.to_string();
-    assert!(
+    let imports = || -> serde_json::Value {
+        let status: serde_json::Value =
+            serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
+        status["importedServiceSets"]["istio-system/green"].clone()
+    };
+    let explained = |text: &str| {
         text.contains("reviews.bookinfo.svc.red-exports.local")
             && text.contains("no import rule selects it")
-            && text.contains("importRules[1] (bookinfo/details)"),
-        "{imports:#}"
-    );
+            && text.contains("importRules[1] (bookinfo/details)")
+    };
+    for _ in 0..50 {
+        if explained(&imports().to_string()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(explained(&imports().to_string()), "{:#}", imports());
 
     // Green denies that principal: the same call gets green's sidecar's 403.
     f.write_green(true, DENY_RED_CLIENT);
@@ -309,12 +316,11 @@ spec:
         ),
     );
     let dir = f.dir.path().join("proxies");
-    let red_ingress = IsthmusProxy::node(
+    let red_ingress = IsthmusProxy::gateway(
         &dir,
         &f.red,
         "router~127.0.10.4~ingress-blue.istio-system~istio-system.svc.cluster.local",
         "red-ingress-blue",
-        &[],
     );
     red_ingress.wait_ready(Duration::from_secs(30)).unwrap();
     let status = || -> serde_json::Value {

@@ -243,12 +243,11 @@ impl Federation {
         let proxies_dir = dir.path().join("proxies");
         std::fs::create_dir_all(&proxies_dir).unwrap();
         let proxies = vec![
-            IsthmusProxy::node(
+            IsthmusProxy::gateway(
                 &proxies_dir,
                 &green,
                 "router~127.0.20.2~ingress-red.istio-system~istio-system.svc.cluster.local",
                 "green-ingress",
-                &[],
             ),
             IsthmusProxy::node(
                 &proxies_dir,
@@ -257,12 +256,11 @@ impl Federation {
                 "green-ratings",
                 &[format!("APP_PORTS=http={}", ports.ratings_app)],
             ),
-            IsthmusProxy::node(
+            IsthmusProxy::gateway(
                 &proxies_dir,
                 &red,
                 "router~127.0.10.2~egress-green.istio-system~istio-system.svc.cluster.local",
                 "red-egress",
-                &[],
             ),
             IsthmusProxy::node(
                 &proxies_dir,

@@ -44,6 +44,22 @@ impl IsthmusProxy {
         )
     }
 
+    /// A federation gateway (`--role federation`, node id `router~…`), configured by `daemon`
+    /// over its loopback plaintext xDS port.
+    pub fn gateway(dir: &Path, daemon: &crate::Isthmusd, node_id: &str, name: &str) -> Self {
+        let args = [
+            "--role",
+            "federation",
+            "--node-id",
+            node_id,
+            "--xds-plaintext",
+            "--xds-address",
+            &daemon.xds.to_string(),
+        ]
+        .map(str::to_owned);
+        Self::start(dir, name, &args)
+    }
+
     /// A proxy with node id `node_id` (any role and namespace), configured by `daemon` over
     /// its loopback plaintext xDS port, with `metadata` (`KEY=VALUE`).
     pub fn node(

@@ -202,32 +202,14 @@ pub fn egress_addresses(
     namespace: &str,
     services: &BTreeMap<ServiceKey, Service>,
 ) -> Vec<String> {
-    let Some(name) = &peer.egress_gateway else {
-        return Vec::new();
-    };
-    let key = ServiceKey {
-        namespace: namespace.to_owned(),
-        hostname: format!("{name}.{namespace}.svc.{LOCAL_DOMAIN}"),
-    };
-    let Some(gateway) = services.get(&key) else {
-        return Vec::new();
-    };
-    let Some(port) = gateway.ports.first() else {
-        return Vec::new();
-    };
-    gateway
-        .endpoints
-        .iter()
-        .map(|e| {
-            let p = e
-                .ports
-                .get(&port.name)
-                .copied()
-                .or(port.target_port)
-                .unwrap_or(port.number);
-            format!("{}:{p}", e.address)
+    egress_gateway(peer, namespace, services)
+        .map(|(_, endpoints)| {
+            endpoints
+                .iter()
+                .map(|e| format!("{}:{}", e.endpoint.address, e.port))
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 struct GatewayEndpoint {
@@ -235,23 +217,18 @@ struct GatewayEndpoint {
     port: u32,
 }
 
-/// The endpoints of the peer's local egress gateway, each with the port traffic goes to.
-fn gateway_endpoints(
+/// The host of `peer`'s local egress gateway service and its endpoints, each with the port
+/// traffic goes to (the service's first); `Err` says why there is none.
+fn egress_gateway(
     peer: &Peer,
     namespace: &str,
     services: &BTreeMap<ServiceKey, Service>,
-    set: &ResourceKey,
-    warnings: &mut Vec<ModelWarning>,
-) -> Vec<GatewayEndpoint> {
+) -> Result<(String, Vec<GatewayEndpoint>), String> {
     let Some(name) = &peer.egress_gateway else {
-        warnings.push(ModelWarning {
-            resource: set.clone(),
-            message: format!(
-                "ServiceMeshPeer {} names no egress gateway (spec.gateways.egress): its imports have no endpoints",
-                peer.name
-            ),
-        });
-        return Vec::new();
+        return Err(format!(
+            "ServiceMeshPeer {} names no egress gateway (spec.gateways.egress): its imports have no endpoints",
+            peer.name
+        ));
     };
     let host = format!("{name}.{namespace}.svc.{LOCAL_DOMAIN}");
     let key = ServiceKey {
@@ -259,31 +236,43 @@ fn gateway_endpoints(
         hostname: host.clone(),
     };
     let Some(gateway) = services.get(&key) else {
-        warnings.push(ModelWarning {
-            resource: set.clone(),
-            message: format!(
-                "egress gateway service {host} of ServiceMeshPeer {} is not declared: its imports have no endpoints",
-                peer.name
-            ),
-        });
-        return Vec::new();
+        return Err(format!(
+            "egress gateway service {host} of ServiceMeshPeer {} is not declared: its imports have no endpoints",
+            peer.name
+        ));
     };
-    let Some(port) = gateway.ports.first() else {
-        return Vec::new();
+    let endpoints = match gateway.ports.first() {
+        Some(port) => gateway
+            .endpoints
+            .iter()
+            .map(|e| GatewayEndpoint {
+                port: e.port_for(port),
+                endpoint: e.clone(),
+            })
+            .collect(),
+        None => Vec::new(),
     };
-    gateway
-        .endpoints
-        .iter()
-        .map(|e| GatewayEndpoint {
-            port: e
-                .ports
-                .get(&port.name)
-                .copied()
-                .or(port.target_port)
-                .unwrap_or(port.number),
-            endpoint: e.clone(),
-        })
-        .collect()
+    Ok((host, endpoints))
+}
+
+/// [`egress_gateway`]'s endpoints, or none with a warning on `set`.
+fn gateway_endpoints(
+    peer: &Peer,
+    namespace: &str,
+    services: &BTreeMap<ServiceKey, Service>,
+    set: &ResourceKey,
+    warnings: &mut Vec<ModelWarning>,
+) -> Vec<GatewayEndpoint> {
+    match egress_gateway(peer, namespace, services) {
+        Ok((_, endpoints)) => endpoints,
+        Err(message) => {
+            warnings.push(ModelWarning {
+                resource: set.clone(),
+                message,
+            });
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

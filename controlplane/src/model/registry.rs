@@ -116,6 +116,18 @@ pub struct Endpoint {
     pub via_peer: Option<String>,
 }
 
+impl Endpoint {
+    /// The endpoint's port for `port` of its service: named in the endpoint, else the port's
+    /// `targetPort`, else its number (Istio's rule).
+    pub fn port_for(&self, port: &Port) -> u32 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub key: ServiceKey,

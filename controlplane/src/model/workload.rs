@@ -148,6 +148,23 @@ impl ProxyNode {
                 )));
             }
         };
+        // `isthmus-proxy --role` says what it was started as; it must agree with the id (a
+        // stock Envoy sends no such key).
+        match (role, metadata.get("ISTHMUS_ROLE").map(String::as_str)) {
+            (_, None)
+            | (NodeRole::Sidecar, Some("sidecar"))
+            | (NodeRole::Router, Some("federation")) => {}
+            (_, Some(started_as)) => {
+                return Err(err(format!(
+                    "ISTHMUS_ROLE {started_as:?} does not fit a {} node id (sidecar: --role sidecar; router~: a federation gateway, --role federation)",
+                    if role == NodeRole::Router {
+                        "router~"
+                    } else {
+                        "sidecar~"
+                    }
+                )));
+            }
+        }
         let namespace = domain.split('.').next().unwrap_or_default();
         let workload = workload_ns
             .strip_suffix(&format!(".{namespace}"))
@@ -289,6 +306,16 @@ mod tests {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case<'_>] = &[
             ("just-a-name", &[], "expected <role>~<ip>"),
+            (
+                "router~1.2.3.4~gw.ns~ns.svc.cluster.local",
+                &[("ISTHMUS_ROLE", "sidecar")],
+                "ISTHMUS_ROLE \"sidecar\" does not fit a router~ node id",
+            ),
+            (
+                "sidecar~1.2.3.4~w.ns~ns.svc.cluster.local",
+                &[("ISTHMUS_ROLE", "federation")],
+                "ISTHMUS_ROLE \"federation\" does not fit a sidecar~ node id",
+            ),
             (
                 "waypoint~1.2.3.4~gw.ns~ns.svc.cluster.local",
                 &[],

@@ -69,13 +69,7 @@ fn gateway_port(service: &Service, workload: &Workload) -> Option<u32> {
             e.workload_entry.as_deref() == Some(workload.name.as_str())
                 || (e.workload_entry.is_none() && e.address == workload.address)
         })
-        .map(|e| {
-            e.ports
-                .get(&port.name)
-                .copied()
-                .or(port.target_port)
-                .unwrap_or(port.number)
-        })
+        .map(|e| e.port_for(port))
 }
 
 fn gateway_service<'m>(model: &'m MeshModel, name: &str) -> Option<&'m Service> {
@@ -272,15 +266,7 @@ fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Optio
                 .endpoints
                 .iter()
                 .filter(|e| e.via_peer.is_none())
-                .map(|e| {
-                    let p = e
-                        .ports
-                        .get(&port.name)
-                        .copied()
-                        .or(port.target_port)
-                        .unwrap_or(port.number);
-                    format!("{}:{p}", e.address)
-                })
+                .map(|e| format!("{}:{}", e.address, e.port_for(port)))
                 .collect();
             clusters.push(static_cluster(&name, &endpoints));
             virtual_hosts.push(connect_host(

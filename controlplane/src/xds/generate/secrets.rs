@@ -44,41 +44,22 @@ impl ProxySecrets {
                 })),
             });
         }
-        let validator = SpiffeCertValidatorConfig {
-            trust_domains: self
-                .bundles
-                .iter()
-                .map(|(name, roots)| spiffe_cert_validator_config::TrustDomain {
-                    name: name.clone(),
-                    trust_bundle: inline(roots.as_bytes()),
-                    workload_trust_domain: String::new(),
-                })
-                .collect(),
-            trust_bundles: None,
+        let domain = |(name, roots): &(String, String)| spiffe_cert_validator_config::TrustDomain {
+            name: name.clone(),
+            trust_bundle: inline(roots.as_bytes()),
+            workload_trust_domain: String::new(),
         };
         // Each peer's bundle alone, for the federation gateways (the first bundle is ours).
-        for (name, roots) in self.bundles.iter().skip(1) {
+        for bundle in self.bundles.iter().skip(1) {
             secrets.push(validation_secret(
-                &peer_root_secret(name),
-                vec![spiffe_cert_validator_config::TrustDomain {
-                    name: name.clone(),
-                    trust_bundle: inline(roots.as_bytes()),
-                    workload_trust_domain: String::new(),
-                }],
+                &peer_root_secret(&bundle.0),
+                vec![domain(bundle)],
             ));
         }
-        secrets.push(Secret {
-            name: ROOT_CA_SECRET.into(),
-            r#type: Some(secret::Type::ValidationContext(
-                CertificateValidationContext {
-                    custom_validator_config: Some(TypedExtensionConfig {
-                        name: "envoy.tls.cert_validator.spiffe".into(),
-                        typed_config: Some(pack(&validator)),
-                    }),
-                    ..Default::default()
-                },
-            )),
-        });
+        secrets.push(validation_secret(
+            ROOT_CA_SECRET,
+            self.bundles.iter().map(domain).collect(),
+        ));
         secrets
     }
 }
