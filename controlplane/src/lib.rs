@@ -11,6 +11,7 @@
 //! - [`xds`]: the xDS protocol (ADS, state-of-the-world and delta) over per-proxy snapshots;
 //! - [`server`]: TLS accept loop for gRPC, the debug/metrics HTTP port;
 //! - [`daemon`]: `isthmusd`'s start-up and shutdown;
+//! - [`runner`]: the local runner behind `isthmusctl up` and `isthmusctl demo`;
 //! - [`cli`]: `isthmusctl`'s commands.
 //!
 //! The binaries in `src/bin` only parse flags and call into this library.
@@ -23,5 +24,6 @@ pub mod daemon;
 pub mod federation;
 pub mod model;
 pub mod pipeline;
+pub mod runner;
 pub mod server;
 pub mod xds;

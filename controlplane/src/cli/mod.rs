@@ -2,18 +2,22 @@
 #![allow(clippy::print_stdout)]
 
 pub mod bootstrap;
+mod build;
 pub mod cert;
 pub mod config;
 mod debug_client;
+pub mod demo;
 pub mod echo;
 mod echo_grpc;
 pub mod manifests;
 pub mod status;
 pub mod token;
+pub mod up;
 
 use clap::{Parser, Subcommand};
 
-/// Operate Isthmus meshes: status, configuration, bootstrap tokens, workload certificates.
+/// Operate Isthmus meshes: run them locally (up, demo), status, configuration, bootstrap
+/// tokens, workload certificates.
 #[derive(Debug, Parser)]
 #[command(name = "isthmusctl", version)]
 pub struct Cli {
@@ -43,6 +47,10 @@ pub enum Command {
     /// Kubernetes manifests generated from the code: `manifests crds`.
     #[command(subcommand)]
     Manifests(manifests::ManifestsCommand),
+    /// Run every mesh a folder describes on this machine, until Ctrl-C.
+    Up(up::UpCommand),
+    /// Run examples/two-meshes, drive traffic through it, and report what that proved.
+    Demo(demo::DemoCommand),
 }
 
 impl Cli {
@@ -55,6 +63,8 @@ impl Cli {
             Command::Bootstrap(cmd) => cmd.run(),
             Command::Echo(cmd) => cmd.run().await,
             Command::Manifests(cmd) => cmd.run(),
+            Command::Up(cmd) => cmd.run().await,
+            Command::Demo(cmd) => cmd.run().await,
         }
     }
 }

@@ -79,11 +79,19 @@ fn add_text(
             document: doc.index,
             line: doc.line,
         };
-        match from_value(doc.value) {
+        match check_document(doc.value, &source) {
             Ok(resource) => insert(resources, errors, resource, source),
-            Err(e) => errors.extend(resource_errors(&source, e)),
+            Err(e) => errors.extend(e),
         }
     }
+}
+
+/// Validates one document read from `source`: the resource, or every problem located.
+pub fn check_document(
+    value: serde_json::Value,
+    source: &SourceRef,
+) -> Result<Resource, Vec<ConfigError>> {
+    from_value(value).map_err(|e| resource_errors(source, e))
 }
 
 fn insert(

@@ -1,0 +1,387 @@
+//! `isthmusctl up` and `isthmusctl demo` as a user runs them: the bundled example, a call
+//! through red's sidecar to green's imported service, Ctrl-C leaving no process behind, and
+//! bad input reported with its cause and nothing left running.
+
+// Wall-clock time is right here: these tests wait on real processes.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    clippy::unwrap_used
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use isthmus_e2e::{bin, curl_with};
+use serde_json::Value;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-meshes")
+}
+
+fn isthmusctl() -> Command {
+    let mut command = Command::new(bin("isthmusctl"));
+    // Under `cargo test` CARGO is set; the binaries are already built by the test command.
+    command.env_remove("CARGO");
+    command
+}
+
+/// Pids of processes (any depth) started by the run whose state folder is `state`: every one
+/// carries `ISTHMUS_RUN=<state>`.
+fn leftovers(state: &Path) -> Vec<u32> {
+    let tag = format!("ISTHMUS_RUN={}", state.display());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        // A zombie has no environment left; it is gone for our purposes.
+        if environ.split(|b| *b == 0).any(|var| var == tag.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits until no process of the run is left, for at most `limit`.
+fn assert_nothing_left(state: &Path, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let left = leftovers(state);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "processes left behind by the run in {}: {left:?}",
+            state.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn demo_passes_every_step_and_stops_everything() {
+    let keep = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let out = isthmusctl()
+        .args(["demo", "--keep"])
+        .arg(keep.path())
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let report = text(&out);
+    eprintln!("{report}");
+    assert!(out.status.success(), "the demo failed:\n{report}");
+    assert!(report.contains("6 of 6 steps passed"), "{report}");
+    for step in [
+        "PASS in-mesh call with mTLS",
+        "PASS cross-mesh call, caller identity seen by green",
+        "PASS services not exported, or not imported, are refused",
+        "PASS export withdrawn and restored",
+        "PASS failover to the peer and back",
+    ] {
+        assert!(report.contains(step), "{step} missing:\n{report}");
+    }
+    // The issue's bound for the whole demo, after the build.
+    assert!(took < Duration::from_secs(180), "the demo took {took:?}");
+    assert_nothing_left(&keep.path().join("state"), Duration::from_secs(5));
+}
+
+/// `isthmusctl up DIR` in the background, until `run.json` says everything is up.
+struct Up {
+    child: Child,
+    state: tempfile::TempDir,
+}
+
+impl Up {
+    fn start(dir: &Path) -> Self {
+        Self::start_with_path(dir, None)
+    }
+
+    /// With `PATH` set to `path` for the run's processes.
+    fn start_with_path(dir: &Path, path: Option<&str>) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(state.path().join("up.log")).unwrap();
+        let mut command = isthmusctl();
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        let child = command
+            .arg("up")
+            .arg(dir)
+            .arg("--state")
+            .arg(state.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut up = Self { child, state };
+        let start = Instant::now();
+        while !up.state.path().join("run.json").exists() {
+            if let Some(status) = up.child.try_wait().unwrap() {
+                panic!("isthmusctl up exited ({status}):\n{}", up.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "not up in 90 s:\n{}",
+                up.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        up
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("up.log")).unwrap_or_default()
+    }
+
+    fn run(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.state.path().join("run.json")).unwrap())
+            .unwrap()
+    }
+
+    /// The outbound listener (HTTP proxy) of `workload` in `mesh`.
+    fn proxy_of(&self, mesh: &str, workload: &str) -> String {
+        let run = self.run();
+        let mesh = run["meshes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == mesh)
+            .unwrap();
+        let w = mesh["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == workload)
+            .unwrap();
+        w["outbound"].as_str().unwrap().to_owned()
+    }
+
+    /// SIGINT, as Ctrl-C sends; the exit status.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "still running 30 s after SIGINT:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn up_runs_the_example_curl_reaches_the_imported_service_and_ctrl_c_leaves_nothing() {
+    let mut up = Up::start(&example());
+    let log = up.log();
+    for row in [
+        "isthmusd (red.local)",
+        "isthmusd (green.local)",
+        "egress gateway egress-green (peer green)",
+        "ingress gateway ingress-red (peer red)",
+        "sidecar of shop/client",
+    ] {
+        assert!(log.contains(row), "the table lacks {row:?}:\n{log}");
+    }
+    let proxy = up.proxy_of("red", "client");
+    let url = "http://ratings.bookinfo.svc.green-imports.local:9080/";
+    let start = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = curl_with(Command::new("curl"), &["-x", &proxy, url]);
+        if status == 200 || start.elapsed() > Duration::from_secs(30) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, 200, "{body}\n{}", up.log());
+    assert!(
+        body.contains("URI=spiffe://red.local/ns/shop/sa/client"),
+        "green's sidecar did not see red's client: {body}"
+    );
+    let processes = up.run()["processes"].as_array().unwrap().len();
+    assert!(processes >= 19, "{processes} processes in run.json");
+    assert!(
+        !leftovers(up.state.path()).is_empty(),
+        "the tag finds the run's processes"
+    );
+
+    let status = up.interrupt();
+    assert!(status.success(), "{status}:\n{}", up.log());
+    assert_nothing_left(up.state.path(), Duration::from_secs(2));
+    assert!(
+        !up.state.path().join("run.json").exists(),
+        "run.json removed"
+    );
+}
+
+/// A copy of the example to break.
+fn example_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(example().join("red"))
+        .arg(example().join("green"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir
+}
+
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{} lacks {from:?}", file.display());
+    std::fs::write(file, text.replace(from, to)).unwrap();
+}
+
+/// `isthmusctl up` on `dir` must fail, say `expected`, and leave nothing running.
+fn up_fails(dir: &Path, expected: &[&str]) {
+    let state = tempfile::tempdir().unwrap();
+    let out = isthmusctl()
+        .arg("up")
+        .arg(dir)
+        .arg("--state")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "up succeeded:\n{said}");
+    for e in expected {
+        assert!(said.contains(e), "{e:?} missing:\n{said}");
+    }
+    assert_nothing_left(state.path(), Duration::from_secs(1));
+}
+
+#[test]
+fn up_reports_a_missing_folder() {
+    up_fails(
+        Path::new("/nonexistent/meshes"),
+        &["/nonexistent/meshes", "cannot read the folder"],
+    );
+}
+
+#[test]
+fn up_reports_invalid_yaml_with_file_and_line() {
+    let dir = example_copy();
+    edit(
+        &dir.path().join("green/bookinfo.yaml"),
+        "  ports: [{number: 9080, name: http}]\n  workloadSelector: {labels: {app: reviews}}",
+        "  ports: [{number: 9080, name: http}\n  workloadSelector: {labels: {app: reviews}}",
+    );
+    up_fails(dir.path(), &["green/bookinfo.yaml:", "invalid YAML"]);
+}
+
+#[test]
+fn up_reports_an_invalid_field_with_its_path() {
+    let dir = example_copy();
+    edit(
+        &dir.path().join("red/shop.yaml"),
+        "  serviceAccount: client\n",
+        "  serviceAccount: client\n  replicas: 2\n",
+    );
+    up_fails(dir.path(), &["red/shop.yaml:", "replicas"]);
+}
+
+#[test]
+fn up_reports_a_port_clash() {
+    let dir = example_copy();
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    edit(
+        &dir.path().join("red/shop.yaml"),
+        "  serviceAccount: client\n",
+        &format!("  serviceAccount: client\n  outboundPort: {port}\n"),
+    );
+    up_fails(
+        dir.path(),
+        &["port clash", &format!(":{port}"), "shop/client outbound"],
+    );
+}
+
+#[test]
+fn up_reports_a_command_that_does_not_start_and_stops_what_it_started() {
+    let dir = example_copy();
+    edit(
+        &dir.path().join("red/shop.yaml"),
+        "  command: [isthmusctl, echo, --listen, \"${ADDRESS}:${PORT_HTTP}\", --name, frontend-red]",
+        "  command: [/nonexistent/frontend]",
+    );
+    up_fails(
+        dir.path(),
+        &[
+            "red/app/shop/frontend",
+            "cannot start /nonexistent/frontend",
+        ],
+    );
+}
+
+#[test]
+fn up_reports_a_command_that_exits_at_once_with_its_log() {
+    let dir = example_copy();
+    edit(
+        &dir.path().join("red/shop.yaml"),
+        "  command: [isthmusctl, echo, --listen, \"${ADDRESS}:${PORT_HTTP}\", --name, frontend-red]",
+        "  command: [sh, -c, \"echo frontend cannot find its database >&2; exit 3\"]",
+    );
+    up_fails(
+        dir.path(),
+        &[
+            "red/app/shop/frontend stopped (exit code 3)",
+            "frontend cannot find its database",
+        ],
+    );
+}
+
+#[test]
+fn ctrl_c_stops_what_a_workload_started_too() {
+    let dir = example_copy();
+    // The command leaves a child of its own behind: the process group takes it down too.
+    edit(
+        &dir.path().join("red/shop.yaml"),
+        "  command: [isthmusctl, echo, --listen, \"${ADDRESS}:${PORT_HTTP}\", --name, frontend-red]",
+        "  command: [sh, -c, \"sleep 1000 & exec isthmusctl echo --listen ${ADDRESS}:${PORT_HTTP} --name frontend-red\"]",
+    );
+    // `isthmusctl` inside `sh` is found on PATH: the one under test.
+    let path = format!(
+        "{}:{}",
+        bin("isthmusctl").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut up = Up::start_with_path(dir.path(), Some(&path));
+    let left = leftovers(up.state.path());
+    assert!(
+        left.len() >= 20,
+        "the workload's own child is tagged too: {left:?}"
+    );
+    assert!(up.interrupt().success(), "{}", up.log());
+    assert_nothing_left(up.state.path(), Duration::from_secs(2));
+}
