@@ -10,7 +10,8 @@
 //! - [`resources`]: the configuration API (Istio and Maistra kinds), validated at the edge with
 //!   field paths;
 //! - [`envoy`]: Envoy's xDS v3 types, re-exported from `envoy-types`;
-//! - [`proto`]: code generated from the workspace's `proto/` folder.
+//! - [`proto`]: code generated from the workspace's `proto/` folder;
+//! - [`supervised`]: processes started by `isthmusctl up` stop with it.
 //!
 //! With the `test-util` feature, [`testing`] offers a throw-away CA for tests.
 
@@ -19,6 +20,7 @@ pub mod channel;
 pub mod identity;
 pub mod proto;
 pub mod resources;
+pub mod supervised;
 
 /// Envoy's xDS v3 types (protobuf messages and gRPC services), from the `envoy-types` crate.
 pub use envoy_types::pb as envoy;

@@ -9,60 +9,14 @@
     clippy::unwrap_used
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use isthmus_e2e::up::{
+    Up, assert_nothing_left, edit, example, example_copy, isthmusctl, leftovers,
+};
 use isthmus_e2e::{bin, curl_with};
-use serde_json::Value;
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-meshes")
-}
-
-fn isthmusctl() -> Command {
-    let mut command = Command::new(bin("isthmusctl"));
-    // Under `cargo test` CARGO is set; the binaries are already built by the test command.
-    command.env_remove("CARGO");
-    command
-}
-
-/// Pids of processes (any depth) started by the run whose state folder is `state`: every one
-/// carries `ISTHMUS_RUN=<state>`.
-fn leftovers(state: &Path) -> Vec<u32> {
-    let tag = format!("ISTHMUS_RUN={}", state.display());
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        // A zombie has no environment left; it is gone for our purposes.
-        if environ.split(|b| *b == 0).any(|var| var == tag.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Waits until no process of the run is left, for at most `limit`.
-fn assert_nothing_left(state: &Path, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let left = leftovers(state);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "processes left behind by the run in {}: {left:?}",
-            state.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -98,105 +52,6 @@ fn demo_passes_every_step_and_stops_everything() {
     // The issue's bound for the whole demo, after the build.
     assert!(took < Duration::from_secs(180), "the demo took {took:?}");
     assert_nothing_left(&keep.path().join("state"), Duration::from_secs(5));
-}
-
-/// `isthmusctl up DIR` in the background, until `run.json` says everything is up.
-struct Up {
-    child: Child,
-    state: tempfile::TempDir,
-}
-
-impl Up {
-    fn start(dir: &Path) -> Self {
-        Self::start_with_path(dir, None)
-    }
-
-    /// With `PATH` set to `path` for the run's processes.
-    fn start_with_path(dir: &Path, path: Option<&str>) -> Self {
-        let state = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(state.path().join("up.log")).unwrap();
-        let mut command = isthmusctl();
-        if let Some(path) = path {
-            command.env("PATH", path);
-        }
-        let child = command
-            .arg("up")
-            .arg(dir)
-            .arg("--state")
-            .arg(state.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut up = Self { child, state };
-        let start = Instant::now();
-        while !up.state.path().join("run.json").exists() {
-            if let Some(status) = up.child.try_wait().unwrap() {
-                panic!("isthmusctl up exited ({status}):\n{}", up.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(90),
-                "not up in 90 s:\n{}",
-                up.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        up
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("up.log")).unwrap_or_default()
-    }
-
-    fn run(&self) -> Value {
-        serde_json::from_str(&std::fs::read_to_string(self.state.path().join("run.json")).unwrap())
-            .unwrap()
-    }
-
-    /// The outbound listener (HTTP proxy) of `workload` in `mesh`.
-    fn proxy_of(&self, mesh: &str, workload: &str) -> String {
-        let run = self.run();
-        let mesh = run["meshes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == mesh)
-            .unwrap();
-        let w = mesh["workloads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["name"] == workload)
-            .unwrap();
-        w["outbound"].as_str().unwrap().to_owned()
-    }
-
-    /// SIGINT, as Ctrl-C sends; the exit status.
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "still running 30 s after SIGINT:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -241,26 +96,6 @@ fn up_runs_the_example_curl_reaches_the_imported_service_and_ctrl_c_leaves_nothi
         !up.state.path().join("run.json").exists(),
         "run.json removed"
     );
-}
-
-/// A copy of the example to break.
-fn example_copy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(example().join("red"))
-        .arg(example().join("green"))
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    dir
-}
-
-fn edit(file: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(file).unwrap();
-    assert!(text.contains(from), "{} lacks {from:?}", file.display());
-    std::fs::write(file, text.replace(from, to)).unwrap();
 }
 
 /// `isthmusctl up` on `dir` must fail, say `expected`, and leave nothing running.
@@ -384,4 +219,14 @@ fn ctrl_c_stops_what_a_workload_started_too() {
     );
     assert!(up.interrupt().success(), "{}", up.log());
     assert_nothing_left(up.state.path(), Duration::from_secs(2));
+}
+
+#[test]
+fn up_killed_outright_still_leaves_nothing_behind() {
+    let mut up = Up::start(&example());
+    assert!(leftovers(up.state.path()).len() >= 19);
+    up.kill_outright();
+    // Every process of the example is one of ours: each asked the kernel for SIGTERM when
+    // its parent goes.
+    assert_nothing_left(up.state.path(), Duration::from_secs(10));
 }

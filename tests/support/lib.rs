@@ -14,6 +14,7 @@ pub mod h2connect;
 pub mod mesh;
 pub mod netns;
 pub mod proxy;
+pub mod up;
 
 /// Path of a workspace binary in the same target directory as the running test.
 /// The test command builds them first (`cargo build --workspace --bins`).

@@ -7,8 +7,10 @@ pub mod cert;
 pub mod config;
 mod debug_client;
 pub mod demo;
+pub mod doctor;
 pub mod echo;
 mod echo_grpc;
+pub mod federation;
 pub mod manifests;
 pub mod status;
 pub mod token;
@@ -47,6 +49,13 @@ pub enum Command {
     /// Kubernetes manifests generated from the code: `manifests crds`.
     #[command(subcommand)]
     Manifests(manifests::ManifestsCommand),
+    /// Federation across the running meshes: `graph` (who exports what to whom, imported as
+    /// what), `check DIR` (what a change would start or stop sending across).
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
+    /// Follow one imported service along its path (name, sidecar, egress gateway, peer
+    /// ingress gateway, endpoint, authorization) and say at which hop and why it breaks.
+    Doctor(doctor::DoctorCommand),
     /// Run every mesh a folder describes on this machine, until Ctrl-C.
     Up(up::UpCommand),
     /// Run examples/two-meshes, drive traffic through it, and report what that proved.
@@ -63,6 +72,8 @@ impl Cli {
             Command::Bootstrap(cmd) => cmd.run(),
             Command::Echo(cmd) => cmd.run().await,
             Command::Manifests(cmd) => cmd.run(),
+            Command::Federation(cmd) => cmd.run().await,
+            Command::Doctor(cmd) => cmd.run().await,
             Command::Up(cmd) => cmd.run().await,
             Command::Demo(cmd) => cmd.run().await,
         }

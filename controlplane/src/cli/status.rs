@@ -11,27 +11,71 @@ use super::debug_client::get_json;
 
 #[derive(Debug, Args)]
 pub struct StatusCommand {
-    /// isthmusd's debug address (host:port).
-    #[arg(long, default_value = "127.0.0.1:15014")]
-    pub debug_addr: String,
+    /// isthmusd's debug address (host:port). Without it: every mesh of the running
+    /// `isthmusctl up` (its --state), else 127.0.0.1:15014.
+    #[arg(long)]
+    pub debug_addr: Option<String>,
     /// Show what this proxy (node id) is sent: every resource, decoded.
     #[arg(long, value_name = "NODE_ID")]
     pub dump: Option<String>,
+    /// The state folder of `isthmusctl up`.
+    #[arg(long, env = "ISTHMUS_UP_STATE", default_value_os_t = crate::runner::run_file::default_state())]
+    pub state: std::path::PathBuf,
+}
+
+/// The control planes to ask: (label, debug address).
+fn targets(cmd: &StatusCommand) -> Vec<(Option<String>, String)> {
+    if let Some(addr) = &cmd.debug_addr {
+        return vec![(None, addr.clone())];
+    }
+    match crate::runner::RunFile::read(&cmd.state) {
+        Ok(run) => run
+            .meshes
+            .iter()
+            .map(|m| {
+                (
+                    Some(format!(
+                        "MESH {} ({}), isthmusd debug {}",
+                        m.name, m.trust_domain, m.debug
+                    )),
+                    m.debug.to_string(),
+                )
+            })
+            .collect(),
+        Err(_) => vec![(None, "127.0.0.1:15014".to_owned())],
+    }
 }
 
 impl StatusCommand {
     pub async fn run(self) -> anyhow::Result<()> {
+        let targets = targets(&self);
         if let Some(node) = &self.dump {
             let path = format!("/debug/config_dump?proxy={}", percent_encode(node));
-            let dump = get_json(&self.debug_addr, &path).await?;
-            println!("{}", serde_json::to_string_pretty(&dump)?);
-            return Ok(());
+            let mut last = None;
+            for (_, addr) in &targets {
+                match get_json(addr, &path).await {
+                    Ok(dump) => {
+                        println!("{}", serde_json::to_string_pretty(&dump)?);
+                        return Ok(());
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            return Err(last.unwrap_or_else(|| anyhow::anyhow!("no control plane to ask")));
         }
-        let config = get_json(&self.debug_addr, "/debug/config").await?;
-        let xds = get_json(&self.debug_addr, "/debug/xds").await?;
-        print!("{}", render(&config, &xds));
-        let federation = get_json(&self.debug_addr, "/debug/federation").await?;
-        print!("{}", render_federation(&federation));
+        for (label, addr) in &targets {
+            if let Some(label) = label {
+                println!("== {label}");
+            }
+            let config = get_json(addr, "/debug/config").await?;
+            let xds = get_json(addr, "/debug/xds").await?;
+            print!("{}", render(&config, &xds));
+            let federation = get_json(addr, "/debug/federation").await?;
+            print!("{}", render_federation(&federation));
+            if label.is_some() {
+                println!();
+            }
+        }
         Ok(())
     }
 }

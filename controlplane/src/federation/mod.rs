@@ -4,8 +4,10 @@
 //! Flow: the model names the peers -> [`importers`] keep a stream to each -> their catalogs
 //! feed the pipeline, which builds the model with the imported services -> the model's
 //! exports feed the discovery service (`isthmus_federation::discovery::Exporter`) ->
-//! [`status`] reports all of it.
+//! [`status`] reports all of it. [`crossings`] evaluates what would cross from configuration
+//! alone, for dry runs.
 
+pub mod crossings;
 pub mod importers;
 pub mod status;
 

@@ -6,10 +6,12 @@
 //! - [`plan`]: addresses and ports, and each mesh's rendered configuration (pure);
 //! - [`processes`]: starting, watching and stopping the processes (process groups);
 //! - [`run`]: the order things start in, readiness, reloads, the run file operators read;
+//! - [`offline`]: a description's meshes as configuration, for dry runs;
 //! - [`http`]: one-shot HTTP requests (admin and debug ports, calls through a sidecar).
 
 pub mod description;
 pub mod http;
+pub mod offline;
 pub mod plan;
 pub mod processes;
 pub mod run;

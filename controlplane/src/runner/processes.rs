@@ -42,7 +42,7 @@ pub struct Exited {
 
 /// The variable every process of a run (and whatever it starts) carries: the run's state
 /// folder. A test finds leftovers by it.
-pub const RUN_TAG: &str = "ISTHMUS_RUN";
+pub use isthmus_api::supervised::{RUN_TAG, RUNNER_PID};
 
 /// Every process of the run, in start order.
 #[derive(Debug)]
@@ -72,6 +72,8 @@ impl Supervisor {
             .args(&spec.args)
             .envs(&spec.env)
             .env(RUN_TAG, &self.tag)
+            // Our own binaries stop when the runner dies, however it dies.
+            .env(RUNNER_PID, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
