@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use isthmus_api::resources::meta::{is_dns_label, is_dns_subdomain};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -267,7 +268,7 @@ fn read_mesh(folder: &Path) -> Result<MeshDescription, Vec<ConfigError>> {
     }
     let mesh = match meshes.as_slice() {
         [(name, trust_domain, source)] => {
-            if !is_dns_name(trust_domain) {
+            if !is_dns_subdomain(trust_domain) {
                 errors.push(at(
                     source,
                     Some("spec.trustDomain"),
@@ -384,19 +385,6 @@ fn at(source: &SourceRef, path: Option<&str>, reason: String) -> ConfigError {
         path: path.map(str::to_owned),
         reason,
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_name(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 #[cfg(test)]

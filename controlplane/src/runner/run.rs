@@ -256,34 +256,14 @@ impl Runner {
         mesh: &MeshPlan,
         g: &GatewayPlan,
     ) -> anyhow::Result<()> {
-        let xds = self.meshes[index].xds.to_string();
-        let node_id = g.node_id();
-        let admin = g.admin().to_string();
-        let args = [
-            "--role",
-            "federation",
-            "--node-id",
-            &node_id,
-            "--xds-plaintext",
-            "--xds-address",
-            &xds,
-            "--admin-addr",
-            &admin,
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        self.supervisor.start(ProcessSpec {
-            name: format!("{}/gateway/{}", mesh.name, g.name),
-            program: our_binary("isthmus-proxy"),
-            args,
-            env: BTreeMap::from([("RUST_LOG".to_owned(), "info".to_owned())]),
-            log: self
-                .state
-                .join(&mesh.name)
-                .join("logs")
-                .join(format!("gateway-{}.log", g.name)),
-        })?;
-        Ok(())
+        let args = ["--role", "federation", "--node-id", &g.node_id()].map(str::to_owned);
+        self.start_proxy(
+            index,
+            mesh,
+            &format!("gateway/{}", g.name),
+            g.admin(),
+            args.to_vec(),
+        )
     }
 
     fn start_sidecar(
@@ -292,21 +272,38 @@ impl Runner {
         mesh: &MeshPlan,
         w: &WorkloadPlan,
     ) -> anyhow::Result<()> {
-        let mut args = vec![
-            "--node-id".to_owned(),
-            w.node_id(),
+        let mut args = vec!["--node-id".to_owned(), w.node_id()];
+        for m in w.metadata() {
+            args.extend(["--metadata".to_owned(), m]);
+        }
+        self.start_proxy(
+            index,
+            mesh,
+            &format!("sidecar/{}", w.workload.key()),
+            w.admin(),
+            args,
+        )
+    }
+
+    /// `isthmus-proxy` configured by mesh `index`'s isthmusd, named `<mesh>/<what>`, its log
+    /// `<mesh>/logs/<what with dashes>.log`.
+    fn start_proxy(
+        &mut self,
+        index: usize,
+        mesh: &MeshPlan,
+        what: &str,
+        admin: SocketAddr,
+        mut args: Vec<String>,
+    ) -> anyhow::Result<()> {
+        args.extend([
             "--xds-plaintext".to_owned(),
             "--xds-address".to_owned(),
             self.meshes[index].xds.to_string(),
             "--admin-addr".to_owned(),
-            w.admin().to_string(),
-        ];
-        for m in w.metadata() {
-            args.extend(["--metadata".to_owned(), m]);
-        }
-        let key = format!("{}-{}", w.workload.namespace, w.workload.name);
+            admin.to_string(),
+        ]);
         self.supervisor.start(ProcessSpec {
-            name: format!("{}/sidecar/{}", mesh.name, w.workload.key()),
+            name: format!("{}/{what}", mesh.name),
             program: our_binary("isthmus-proxy"),
             args,
             env: BTreeMap::from([("RUST_LOG".to_owned(), "info".to_owned())]),
@@ -314,7 +311,7 @@ impl Runner {
                 .state
                 .join(&mesh.name)
                 .join("logs")
-                .join(format!("sidecar-{key}.log")),
+                .join(format!("{}.log", what.replace('/', "-"))),
         })?;
         Ok(())
     }
