@@ -38,7 +38,7 @@ pub fn ensure_binaries(progress: &dyn Fn(&str)) -> anyhow::Result<()> {
         if release { " --release" } else { "" }
     ));
     let mut command = Command::new(cargo);
-    command.arg("build").arg("--quiet");
+    command.arg("build");
     if release {
         command.arg("--release");
     }

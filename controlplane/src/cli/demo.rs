@@ -38,6 +38,8 @@ struct Step {
 
 impl DemoCommand {
     pub async fn run(self) -> anyhow::Result<()> {
+        // Before the spinner: cargo's own progress shows while the binaries build.
+        super::build::ensure_binaries(&|line| eprintln!("isthmusctl demo: {line}"))?;
         let started = tokio::time::Instant::now();
         let bar = ProgressBar::new_spinner();
         bar.set_style(
@@ -46,7 +48,6 @@ impl DemoCommand {
         );
         bar.enable_steady_tick(Duration::from_millis(100));
         let say = |msg: &str| bar.set_message(msg.to_owned());
-        super::build::ensure_binaries(&say)?;
 
         let temp = tempfile::Builder::new().prefix("isthmus-demo-").tempdir()?;
         let base = self.keep.clone().unwrap_or_else(|| temp.path().to_owned());
@@ -169,7 +170,9 @@ async fn call_until(
 fn describe(status: u16, body: &Value) -> String {
     match body["name"].as_str() {
         Some(name) => format!("{status} from {name}"),
-        None => format!("{status} {}", body.as_str().unwrap_or_default().trim()),
+        None => format!("{status} {}", body.as_str().unwrap_or_default().trim())
+            .trim_end()
+            .to_owned(),
     }
 }
 

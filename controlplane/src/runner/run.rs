@@ -106,7 +106,9 @@ impl Runner {
                 "{}: writing its configuration",
                 self.plan.meshes[index].name
             ));
-            self.write_config(index)?;
+            for warning in self.write_config(index)? {
+                progress(&format!("warning: {warning}"));
+            }
         }
         let mut proxies = Vec::new();
         for (index, mesh) in self.plan.meshes.clone().iter().enumerate() {
