@@ -136,9 +136,14 @@ impl IsthmusProxy {
         netns: Option<String>,
     ) -> Self {
         let log = dir.join(format!("{name}.log"));
+        // `ISTHMUS_E2E_PROXY_CONCURRENCY=N`: every proxy with N worker threads (benchmarks).
+        let concurrency: Vec<String> = std::env::var("ISTHMUS_E2E_PROXY_CONCURRENCY")
+            .map(|n| vec!["--concurrency".to_owned(), n])
+            .unwrap_or_default();
         let child = command
             .args(["--admin-addr", &admin])
             .args(args)
+            .args(&concurrency)
             // `ISTHMUS_E2E_PROXY_LOG=debug` for more detail when a test fails.
             .env(
                 "RUST_LOG",
