@@ -43,12 +43,16 @@ struct Args {
     /// Requests per second.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// Seconds of measured load per set-up (after a warm-up of a second).
+    /// Seconds of measured load per set-up (after a warm-up of a second each).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Keep-alive connections from the load generator.
     #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// The set-ups take turns in slices of this many seconds (direct, in-mesh, cross-mesh,
+    /// direct, ...), so that the machine's drift over a run weighs on all three alike.
+    #[arg(long, default_value_t = 2)]
+    slice: u64,
     /// Export changes timed for convergence; 0 skips it.
     #[arg(long, default_value_t = 100)]
     changes: usize,
@@ -125,10 +129,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let run = |target, url: String| {
-        let (rate, seconds, connections) = (args.rate, args.seconds, args.connections);
+    let slice = args.slice.clamp(1, args.seconds.max(1));
+    let run = |target, url: String, seconds: u64| {
+        let (rate, connections) = (args.rate, args.connections);
         async move {
-            let _ = load(target, &url, None, Protocol::Http1, rate, 1, connections).await;
             load(
                 target,
                 &url,
@@ -141,18 +145,40 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     };
-    let (direct, direct_errors) = run(red_app, format!("http://{red_app}/")).await;
-    let (in_mesh, in_mesh_errors) = run(outbound, format!("http://{IN_MESH}:9080/")).await;
-    // Gateways' CPU (egress, ingress) over the cross-mesh run.
+    let urls = [
+        (red_app, format!("http://{red_app}/")),
+        (outbound, format!("http://{IN_MESH}:9080/")),
+        (outbound, format!("http://{IMPORTED}:9080/")),
+    ];
+    // Warm-up: a second of each.
+    for (target, url) in &urls {
+        let _ = run(*target, url.clone(), 1).await;
+    }
+    let empty = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut direct, mut in_mesh, mut cross) = (empty(), empty(), empty());
+    let (mut direct_errors, mut in_mesh_errors, mut cross_errors) = (0, 0, 0);
+    // Gateways' CPU (egress, ingress) over the cross-mesh slices.
     let gateways = [f.proxies[2].pid(), f.proxies[0].pid()];
-    let cpu_before: f64 = gateways.iter().map(|p| proc_cpu_seconds(*p)).sum();
-    let (cross, cross_errors) = run(outbound, format!("http://{IMPORTED}:9080/")).await;
-    let gateway_cpu = gateways.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>() - cpu_before;
+    let mut gateway_cpu = 0.0;
+    for _ in 0..args.seconds.div_ceil(slice) {
+        let (h, e) = run(urls[0].0, urls[0].1.clone(), slice).await;
+        direct.add(&h)?;
+        direct_errors += e;
+        let (h, e) = run(urls[1].0, urls[1].1.clone(), slice).await;
+        in_mesh.add(&h)?;
+        in_mesh_errors += e;
+        let cpu_before: f64 = gateways.iter().map(|p| proc_cpu_seconds(*p)).sum();
+        let (h, e) = run(urls[2].0, urls[2].1.clone(), slice).await;
+        gateway_cpu += gateways.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>() - cpu_before;
+        cross.add(&h)?;
+        cross_errors += e;
+    }
+    let measured = args.seconds.div_ceil(slice) * slice;
     drop(in_mesh_sidecar);
 
     println!(
-        "\nlatency at {} rps, HTTP/1.1, 1 KiB, {} s:\n",
-        args.rate, args.seconds
+        "\nlatency at {} rps, HTTP/1.1, 1 KiB, {measured} s each, in turns of {slice} s:\n",
+        args.rate
     );
     println!("| set-up | p50 ms | p90 ms | p99 ms | errors |");
     println!("|---|---|---|---|---|");
@@ -173,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
         ms(&cross, 0.5) - ms(&in_mesh, 0.5),
         ms(&cross, 0.9) - ms(&in_mesh, 0.9),
         ms(&cross, 0.99) - ms(&in_mesh, 0.99),
-        gateway_cpu / args.seconds as f64 / (args.rate as f64 / 1000.0),
+        gateway_cpu / measured as f64 / (args.rate as f64 / 1000.0),
     );
 
     if args.changes > 0 {
