@@ -230,3 +230,19 @@ fn up_killed_outright_still_leaves_nothing_behind() {
     // its parent goes.
     assert_nothing_left(up.state.path(), Duration::from_secs(10));
 }
+
+#[test]
+fn isthmusctl_stops_quietly_when_its_reader_goes_away() {
+    // As `isthmusctl manifests crds | head -1`: the pipe closes before the output ends.
+    let mut child = isthmusctl()
+        .args(["manifests", "crds"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
