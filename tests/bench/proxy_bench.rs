@@ -6,7 +6,9 @@
 //!
 //! The load is open-loop at a constant rate: each request has a scheduled send time, and its
 //! latency is measured from that time, so a stalled proxy is charged for the requests that
-//! queue behind it (no coordinated omission). Each proxy runs one worker thread.
+//! queue behind it (no coordinated omission). Each proxy runs one worker thread. The set-ups
+//! of a comparison take turns in slices of `--slice` seconds, so that the machine's drift
+//! over a run weighs on all of them alike.
 //!
 //! `cargo build --release --workspace --bins && target/release/isthmus-proxy-bench`
 //! (`--help` for rate, duration, connections). Results: docs/benchmarks.md.
@@ -42,6 +44,10 @@ struct Args {
     /// Seconds of measured load per set-up (after a warm-up of a second).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// The set-ups of a comparison take turns in slices of this many seconds (direct, isthmus
+    /// pair, Envoy pair, direct, ...), so that the machine's drift weighs on all alike.
+    #[arg(long, default_value_t = 2)]
+    slice: u64,
     /// Keep-alive connections from the load generator.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -66,49 +72,73 @@ struct Figures {
     rss_load: f64,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn measure(
+/// One set-up of a comparison: where its load goes, and whose CPU and memory are its own.
+struct Setup<'a> {
     name: &'static str,
     target: SocketAddr,
-    url: &str,
+    url: &'a str,
     header: Option<(&'static str, &'static str)>,
+    pids: &'a [u32],
+}
+
+/// Seconds each set-up is measured for: whole slices.
+fn measured_seconds(args: &Args) -> u64 {
+    let slice = args.slice.clamp(1, args.seconds.max(1));
+    args.seconds.div_ceil(slice) * slice
+}
+
+/// Open-loop load on one set-up for `seconds`.
+async fn run(
+    s: &Setup<'_>,
     protocol: Protocol,
-    pids: &[u32],
+    seconds: u64,
     args: &Args,
-) -> Figures {
-    let rss_idle: f64 = pids.iter().map(|p| rss_mib(*p)).sum();
+) -> (Histogram<u64>, u64) {
+    load(
+        s.target,
+        s.url,
+        s.header,
+        protocol,
+        args.rate,
+        seconds,
+        args.connections,
+    )
+    .await
+}
+
+/// Measures the set-ups in turns of `--slice` seconds until each has had `--seconds`.
+async fn measure_in_turns(setups: &[Setup<'_>], protocol: Protocol, args: &Args) -> Vec<Figures> {
+    let slice = args.slice.clamp(1, args.seconds.max(1));
+    let rss = |pids: &[u32]| pids.iter().map(|p| rss_mib(*p)).sum::<f64>();
+    let cpu = |pids: &[u32]| pids.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>();
+    let mut all: Vec<Figures> = setups
+        .iter()
+        .map(|s| Figures {
+            name: s.name,
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            errors: 0,
+            cpu: 0.0,
+            rss_idle: rss(s.pids),
+            rss_load: 0.0,
+        })
+        .collect();
     // Warm-up: connections, pools, TLS sessions.
-    let _ = load(
-        target,
-        url,
-        header,
-        protocol,
-        args.rate,
-        1,
-        args.connections,
-    )
-    .await;
-    let cpu_before: f64 = pids.iter().map(|p| proc_cpu_seconds(*p)).sum();
-    let (latency, errors) = load(
-        target,
-        url,
-        header,
-        protocol,
-        args.rate,
-        args.seconds,
-        args.connections,
-    )
-    .await;
-    let cpu = pids.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>() - cpu_before;
-    let rss_load: f64 = pids.iter().map(|p| rss_mib(*p)).sum();
-    Figures {
-        name,
-        latency,
-        errors,
-        cpu,
-        rss_idle,
-        rss_load,
+    for s in setups {
+        let _ = run(s, protocol, 1, args).await;
     }
+    for _ in 0..measured_seconds(args) / slice {
+        for (s, f) in setups.iter().zip(&mut all) {
+            let before = cpu(s.pids);
+            let (latency, errors) = run(s, protocol, slice, args).await;
+            f.cpu += cpu(s.pids) - before;
+            f.latency.add(&latency).unwrap();
+            f.errors += errors;
+        }
+    }
+    for (s, f) in setups.iter().zip(&mut all) {
+        f.rss_load = rss(s.pids);
+    }
+    all
 }
 
 /// Pins every thread of `pid` to `cpu` (`taskset`).
@@ -345,60 +375,74 @@ spec:
         ),
     ] {
         println!(
-            "\n{label}: {} rps for {} s, {} connections, {} B responses; each proxy on one worker thread",
-            args.rate, args.seconds, args.connections, args.body
+            "\n{label}: {} rps for {} s per set-up in turns of {} s, {} connections, {} B responses; each proxy on one worker thread",
+            args.rate,
+            measured_seconds(&args),
+            args.slice.clamp(1, args.seconds.max(1)),
+            args.connections,
+            args.body
         );
-        let direct = measure("direct", app_addr, "/", None, protocol, &[], &args).await;
-        // One route table for both clients: the isthmus pair is chosen by a header.
-        let isthmus = measure(
-            "isthmus-proxy pair",
-            local(isthmus_out),
-            url,
-            Some(("x-server", "isthmus")),
-            protocol,
-            &isthmus_pids,
-            &args,
-        )
-        .await;
-        let envoy = measure(
-            "Envoy pair",
-            local(envoy_out),
-            url,
-            None,
-            protocol,
-            &envoy_pids,
-            &args,
-        )
-        .await;
-        report(&[direct, isthmus, envoy], &args);
+        let setups = [
+            Setup {
+                name: "direct",
+                target: app_addr,
+                url: "/",
+                header: None,
+                pids: &[],
+            },
+            // One route table for both clients: the isthmus pair is chosen by a header.
+            Setup {
+                name: "isthmus-proxy pair",
+                target: local(isthmus_out),
+                url,
+                header: Some(("x-server", "isthmus")),
+                pids: &isthmus_pids,
+            },
+            Setup {
+                name: "Envoy pair",
+                target: local(envoy_out),
+                url,
+                header: None,
+                pids: &envoy_pids,
+            },
+        ];
+        report(&measure_in_turns(&setups, protocol, &args).await, &args);
     }
 
     println!(
-        "\nRaw TCP ({TCP_MESSAGE} B written, {TCP_MESSAGE} B read back per request): {} rps for {} s, {} connections; each proxy on one worker thread",
-        args.rate, args.seconds, args.connections
+        "\nRaw TCP ({TCP_MESSAGE} B written, {TCP_MESSAGE} B read back per request): {} rps for {} s per set-up in turns of {} s, {} connections; each proxy on one worker thread",
+        args.rate,
+        measured_seconds(&args),
+        args.slice.clamp(1, args.seconds.max(1)),
+        args.connections
     );
-    let direct = measure("direct", tcp_addr, "/", None, Protocol::Tcp, &[], &args).await;
-    let isthmus = measure(
-        "isthmus-proxy pair",
-        local(isthmus_tcp),
-        "/",
-        None,
-        Protocol::Tcp,
-        &isthmus_pids,
+    let setups = [
+        Setup {
+            name: "direct",
+            target: tcp_addr,
+            url: "/",
+            header: None,
+            pids: &[],
+        },
+        Setup {
+            name: "isthmus-proxy pair",
+            target: local(isthmus_tcp),
+            url: "/",
+            header: None,
+            pids: &isthmus_pids,
+        },
+        Setup {
+            name: "Envoy pair",
+            target: local(envoy_tcp),
+            url: "/",
+            header: None,
+            pids: &envoy_pids,
+        },
+    ];
+    report(
+        &measure_in_turns(&setups, Protocol::Tcp, &args).await,
         &args,
-    )
-    .await;
-    let envoy = measure(
-        "Envoy pair",
-        local(envoy_tcp),
-        "/",
-        None,
-        Protocol::Tcp,
-        &envoy_pids,
-        &args,
-    )
-    .await;
-    report(&[direct, isthmus, envoy], &args);
+    );
 
     if args.throughput_seconds > 0 {
         // The pair under test on CPU 1; this process (load generator and application) on 0.
@@ -455,7 +499,7 @@ fn report(all: &[Figures], args: &Args) {
                 q(f, 0.99) - q(direct, 0.99)
             )
         };
-        let per_krps = f.cpu / args.seconds as f64 / (args.rate as f64 / 1000.0);
+        let per_krps = f.cpu / measured_seconds(args) as f64 / (args.rate as f64 / 1000.0);
         println!(
             "| {} | {:.2} | {:.2} | {:.2} | {added} | {} | {} | {} |",
             f.name,
@@ -477,9 +521,14 @@ fn report(all: &[Figures], args: &Args) {
     }
     if let [direct, ours, envoy] = all {
         let added = |f: &Figures| q(f, 0.99) - q(direct, 0.99);
+        // A ratio of added latencies means something only when both pairs add some.
+        let p99_ratio = if added(ours) > 0.0 && added(envoy) > 0.0 {
+            format!("{:.2}", added(ours) / added(envoy))
+        } else {
+            "n/a (a pair was not slower than direct)".to_owned()
+        };
         println!(
-            "\nadded p99, isthmus-proxy / Envoy: {:.2}; proxy CPU, isthmus-proxy / Envoy: {:.2}; RSS under load, isthmus-proxy / Envoy: {:.2}",
-            added(ours) / added(envoy).max(0.001),
+            "\nadded p99, isthmus-proxy / Envoy: {p99_ratio}; proxy CPU, isthmus-proxy / Envoy: {:.2}; RSS under load, isthmus-proxy / Envoy: {:.2}",
             ours.cpu / envoy.cpu.max(0.001),
             ours.rss_load / envoy.rss_load.max(0.001),
         );
