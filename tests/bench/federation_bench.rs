@@ -36,7 +36,7 @@ use isthmus_e2e::proxy::IsthmusProxy;
 #[path = "load.rs"]
 #[allow(dead_code)]
 mod load;
-use load::{Protocol, app, load, proc_cpu_seconds};
+use load::{Protocol, Setup, app, in_turns, slices};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -129,51 +129,44 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let slice = args.slice.clamp(1, args.seconds.max(1));
-    let run = |target, url: String, seconds: u64| {
-        let (rate, connections) = (args.rate, args.connections);
-        async move {
-            load(
-                target,
-                &url,
-                None,
-                Protocol::Http1,
-                rate,
-                seconds,
-                connections,
-            )
-            .await
-        }
-    };
     let urls = [
         (red_app, format!("http://{red_app}/")),
         (outbound, format!("http://{IN_MESH}:9080/")),
         (outbound, format!("http://{IMPORTED}:9080/")),
     ];
-    // Warm-up: a second of each.
-    for (target, url) in &urls {
-        let _ = run(*target, url.clone(), 1).await;
-    }
-    let empty = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let (mut direct, mut in_mesh, mut cross) = (empty(), empty(), empty());
-    let (mut direct_errors, mut in_mesh_errors, mut cross_errors) = (0, 0, 0);
-    // Gateways' CPU (egress, ingress) over the cross-mesh slices.
+    // The gateways' CPU (egress, ingress) is charged to the cross-mesh set-up.
     let gateways = [f.proxies[2].pid(), f.proxies[0].pid()];
-    let mut gateway_cpu = 0.0;
-    for _ in 0..args.seconds.div_ceil(slice) {
-        let (h, e) = run(urls[0].0, urls[0].1.clone(), slice).await;
-        direct.add(&h)?;
-        direct_errors += e;
-        let (h, e) = run(urls[1].0, urls[1].1.clone(), slice).await;
-        in_mesh.add(&h)?;
-        in_mesh_errors += e;
-        let cpu_before: f64 = gateways.iter().map(|p| proc_cpu_seconds(*p)).sum();
-        let (h, e) = run(urls[2].0, urls[2].1.clone(), slice).await;
-        gateway_cpu += gateways.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>() - cpu_before;
-        cross.add(&h)?;
-        cross_errors += e;
+    fn setup<'a>(
+        name: &'static str,
+        (target, url): &'a (std::net::SocketAddr, String),
+        pids: &'a [u32],
+    ) -> Setup<'a> {
+        Setup {
+            name,
+            target: *target,
+            url,
+            header: None,
+            pids,
+        }
     }
-    let measured = args.seconds.div_ceil(slice) * slice;
+    let setups = [
+        setup("direct", &urls[0], &[][..]),
+        setup("in-mesh (sidecar pair)", &urls[1], &[][..]),
+        setup(
+            "cross-mesh (sidecars + two gateways)",
+            &urls[2],
+            &gateways[..],
+        ),
+    ];
+    let turns = in_turns(
+        &setups,
+        Protocol::Http1,
+        args.rate,
+        args.connections,
+        (args.seconds, args.slice),
+    )
+    .await;
+    let (slice, measured) = slices(args.seconds, args.slice);
     drop(in_mesh_sidecar);
 
     println!(
@@ -182,24 +175,23 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| set-up | p50 ms | p90 ms | p99 ms | errors |");
     println!("|---|---|---|---|---|");
-    for (name, h, errors) in [
-        ("direct", &direct, direct_errors),
-        ("in-mesh (sidecar pair)", &in_mesh, in_mesh_errors),
-        ("cross-mesh (sidecars + two gateways)", &cross, cross_errors),
-    ] {
+    for (s, t) in setups.iter().zip(&turns) {
         println!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {errors} |",
-            ms(h, 0.5),
-            ms(h, 0.9),
-            ms(h, 0.99)
+            "| {} | {:.2} | {:.2} | {:.2} | {} |",
+            s.name,
+            ms(&t.latency, 0.5),
+            ms(&t.latency, 0.9),
+            ms(&t.latency, 0.99),
+            t.errors
         );
     }
+    let (in_mesh, cross) = (&turns[1].latency, &turns[2].latency);
     println!(
         "\ncross-mesh added over in-mesh: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; gateways' CPU {:.3} vCPU per 1,000 rps (egress + ingress)",
-        ms(&cross, 0.5) - ms(&in_mesh, 0.5),
-        ms(&cross, 0.9) - ms(&in_mesh, 0.9),
-        ms(&cross, 0.99) - ms(&in_mesh, 0.99),
-        gateway_cpu / measured as f64 / (args.rate as f64 / 1000.0),
+        ms(cross, 0.5) - ms(in_mesh, 0.5),
+        ms(cross, 0.9) - ms(in_mesh, 0.9),
+        ms(cross, 0.99) - ms(in_mesh, 0.99),
+        turns[2].cpu / measured as f64 / (args.rate as f64 / 1000.0),
     );
 
     if args.changes > 0 {

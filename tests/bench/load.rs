@@ -232,6 +232,78 @@ pub async fn load(
     (h, errors.load(std::sync::atomic::Ordering::Relaxed))
 }
 
+/// One set-up of a side-by-side comparison: where its load goes, and the processes whose CPU
+/// it is charged.
+pub struct Setup<'a> {
+    pub name: &'static str,
+    pub target: SocketAddr,
+    pub url: &'a str,
+    pub header: Option<(&'static str, &'static str)>,
+    pub pids: &'a [u32],
+}
+
+/// What one set-up measured over all its turns.
+pub struct Turns {
+    pub latency: Histogram<u64>,
+    pub errors: u64,
+    /// CPU seconds of the set-up's processes during its own turns.
+    pub cpu: f64,
+}
+
+/// The slice actually used, and the seconds each set-up gets (whole slices).
+pub fn slices(seconds: u64, slice: u64) -> (u64, u64) {
+    let slice = slice.clamp(1, seconds.max(1));
+    (slice, seconds.div_ceil(slice) * slice)
+}
+
+/// Open-loop load on each set-up in turn, `slice` seconds at a time, until each has had
+/// `seconds` (after a second of warm-up each), so that the machine's drift over the run weighs
+/// on all of them alike.
+pub async fn in_turns(
+    setups: &[Setup<'_>],
+    protocol: Protocol,
+    rate: u64,
+    connections: usize,
+    (seconds, slice): (u64, u64),
+) -> Vec<Turns> {
+    let (slice, measured) = slices(seconds, slice);
+    let cpu = |pids: &[u32]| pids.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>();
+    let run = async |s: &Setup<'_>, seconds: u64| {
+        load(
+            s.target,
+            s.url,
+            s.header,
+            protocol,
+            rate,
+            seconds,
+            connections,
+        )
+        .await
+    };
+    // Warm-up: connections, pools, TLS sessions.
+    for s in setups {
+        let _ = run(s, 1).await;
+    }
+    let mut all: Vec<Turns> = setups
+        .iter()
+        .map(|_| Turns {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            errors: 0,
+            cpu: 0.0,
+        })
+        .collect();
+    for _ in 0..measured / slice {
+        for (s, t) in setups.iter().zip(&mut all) {
+            let before = cpu(s.pids);
+            let (latency, errors) = run(s, slice).await;
+            t.cpu += cpu(s.pids) - before;
+            t.latency.add(&latency).unwrap();
+            t.errors += errors;
+        }
+    }
+    all
+}
+
 /// A multi-consumer queue of scheduled send times (one per request).
 pub fn async_channel(capacity: usize) -> (Sender, Receiver) {
     let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));

@@ -34,7 +34,9 @@ use isthmus_e2e::{Isthmusd, free_port};
 
 #[path = "load.rs"]
 mod load;
-use load::{Client, Protocol, TCP_MESSAGE, app, load, proc_cpu_seconds, rss_mib, tcp_app};
+use load::{
+    Client, Protocol, Setup, TCP_MESSAGE, app, in_turns, proc_cpu_seconds, rss_mib, slices, tcp_app,
+};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -72,73 +74,31 @@ struct Figures {
     rss_load: f64,
 }
 
-/// One set-up of a comparison: where its load goes, and whose CPU and memory are its own.
-struct Setup<'a> {
-    name: &'static str,
-    target: SocketAddr,
-    url: &'a str,
-    header: Option<(&'static str, &'static str)>,
-    pids: &'a [u32],
-}
-
-/// Seconds each set-up is measured for: whole slices.
-fn measured_seconds(args: &Args) -> u64 {
-    let slice = args.slice.clamp(1, args.seconds.max(1));
-    args.seconds.div_ceil(slice) * slice
-}
-
-/// Open-loop load on one set-up for `seconds`.
-async fn run(
-    s: &Setup<'_>,
-    protocol: Protocol,
-    seconds: u64,
-    args: &Args,
-) -> (Histogram<u64>, u64) {
-    load(
-        s.target,
-        s.url,
-        s.header,
+/// Measures the set-ups in turns (`--slice`), with their pairs' memory before and after.
+async fn measure_in_turns(setups: &[Setup<'_>], protocol: Protocol, args: &Args) -> Vec<Figures> {
+    let rss = |pids: &[u32]| pids.iter().map(|p| rss_mib(*p)).sum::<f64>();
+    let idle: Vec<f64> = setups.iter().map(|s| rss(s.pids)).collect();
+    let turns = in_turns(
+        setups,
         protocol,
         args.rate,
-        seconds,
         args.connections,
+        (args.seconds, args.slice),
     )
-    .await
-}
-
-/// Measures the set-ups in turns of `--slice` seconds until each has had `--seconds`.
-async fn measure_in_turns(setups: &[Setup<'_>], protocol: Protocol, args: &Args) -> Vec<Figures> {
-    let slice = args.slice.clamp(1, args.seconds.max(1));
-    let rss = |pids: &[u32]| pids.iter().map(|p| rss_mib(*p)).sum::<f64>();
-    let cpu = |pids: &[u32]| pids.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>();
-    let mut all: Vec<Figures> = setups
+    .await;
+    setups
         .iter()
-        .map(|s| Figures {
+        .zip(turns)
+        .zip(idle)
+        .map(|((s, t), rss_idle)| Figures {
             name: s.name,
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
-            errors: 0,
-            cpu: 0.0,
-            rss_idle: rss(s.pids),
-            rss_load: 0.0,
+            latency: t.latency,
+            errors: t.errors,
+            cpu: t.cpu,
+            rss_idle,
+            rss_load: rss(s.pids),
         })
-        .collect();
-    // Warm-up: connections, pools, TLS sessions.
-    for s in setups {
-        let _ = run(s, protocol, 1, args).await;
-    }
-    for _ in 0..measured_seconds(args) / slice {
-        for (s, f) in setups.iter().zip(&mut all) {
-            let before = cpu(s.pids);
-            let (latency, errors) = run(s, protocol, slice, args).await;
-            f.cpu += cpu(s.pids) - before;
-            f.latency.add(&latency).unwrap();
-            f.errors += errors;
-        }
-    }
-    for (s, f) in setups.iter().zip(&mut all) {
-        f.rss_load = rss(s.pids);
-    }
-    all
+        .collect()
 }
 
 /// Pins every thread of `pid` to `cpu` (`taskset`).
@@ -377,8 +337,8 @@ spec:
         println!(
             "\n{label}: {} rps for {} s per set-up in turns of {} s, {} connections, {} B responses; each proxy on one worker thread",
             args.rate,
-            measured_seconds(&args),
-            args.slice.clamp(1, args.seconds.max(1)),
+            slices(args.seconds, args.slice).1,
+            slices(args.seconds, args.slice).0,
             args.connections,
             args.body
         );
@@ -412,8 +372,8 @@ spec:
     println!(
         "\nRaw TCP ({TCP_MESSAGE} B written, {TCP_MESSAGE} B read back per request): {} rps for {} s per set-up in turns of {} s, {} connections; each proxy on one worker thread",
         args.rate,
-        measured_seconds(&args),
-        args.slice.clamp(1, args.seconds.max(1)),
+        slices(args.seconds, args.slice).1,
+        slices(args.seconds, args.slice).0,
         args.connections
     );
     let setups = [
@@ -499,7 +459,8 @@ fn report(all: &[Figures], args: &Args) {
                 q(f, 0.99) - q(direct, 0.99)
             )
         };
-        let per_krps = f.cpu / measured_seconds(args) as f64 / (args.rate as f64 / 1000.0);
+        let per_krps =
+            f.cpu / slices(args.seconds, args.slice).1 as f64 / (args.rate as f64 / 1000.0);
         println!(
             "| {} | {:.2} | {:.2} | {:.2} | {added} | {} | {} | {} |",
             f.name,
