@@ -23,7 +23,10 @@ pub fn virtual_host<'t>(table: &'t RouteTable, authority: &str) -> Option<&'t Vi
     for vh in &table.virtual_hosts {
         for domain in &vh.domains {
             let rank = match domain {
-                Domain::Exact(d) if d == authority || d == host => 3_000_000,
+                // The whole authority first: `svc:9090` must not land on the virtual host
+                // of `svc:9080` that also lists the bare `svc`.
+                Domain::Exact(d) if d == authority => 3_000_001,
+                Domain::Exact(d) if d == host => 3_000_000,
                 Domain::Suffix(s)
                     if authority.ends_with(s.as_str()) || host.ends_with(s.as_str()) =>
                 {
@@ -203,6 +206,35 @@ mod tests {
         assert_eq!(name("reviews.shop.local:80"), "suffix");
         assert_eq!(name("api.example"), "prefix");
         assert_eq!(name("other"), "any");
+    }
+
+    #[test]
+    fn the_whole_authority_wins_over_the_name_without_its_port() {
+        let table = RouteTable {
+            name: "t".into(),
+            virtual_hosts: vec![
+                vh(
+                    "9080",
+                    vec![
+                        Domain::Exact("ratings.local:9080".into()),
+                        Domain::Exact("ratings.local".into()),
+                    ],
+                    vec![],
+                ),
+                vh(
+                    "9090",
+                    vec![Domain::Exact("ratings.local:9090".into())],
+                    vec![],
+                ),
+            ],
+            headers: Edits::default(),
+        };
+        let name = |a: &str| virtual_host(&table, a).unwrap().name.clone();
+        assert_eq!(name("ratings.local:9090"), "9090");
+        assert_eq!(name("ratings.local:9080"), "9080");
+        assert_eq!(name("ratings.local"), "9080");
+        // A port no virtual host names still finds the name without its port.
+        assert_eq!(name("ratings.local:7000"), "9080");
     }
 
     #[test]
