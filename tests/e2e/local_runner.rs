@@ -82,7 +82,14 @@ fn up_runs_the_example_curl_reaches_the_imported_service_and_ctrl_c_leaves_nothi
         body.contains("URI=spiffe://red.local/ns/shop/sa/client"),
         "green's sidecar did not see red's client: {body}"
     );
-    grpc_reaches_the_imported_service(&proxy, &up);
+    // gRPC to the same service's `grpc` port: unary, statuses and a stream, end to end.
+    isthmus_e2e::grpc_echo::check_calls(
+        &proxy,
+        "http://ratings.bookinfo.svc.green-imports.local:9090",
+        "ratings-green",
+        "spiffe://red.local/ns/shop/sa/client",
+        &|| up.log(),
+    );
     let processes = up.run()["processes"].as_array().unwrap().len();
     assert!(processes >= 19, "{processes} processes in run.json");
     assert!(
@@ -97,85 +104,6 @@ fn up_runs_the_example_curl_reaches_the_imported_service_and_ctrl_c_leaves_nothi
         !up.state.path().join("run.json").exists(),
         "run.json removed"
     );
-}
-
-/// gRPC across the meshes: a unary call and a bidirectional stream from red's client (h2c to
-/// its sidecar, with the imported name as authority) to green's `ratings` on its `grpc` port,
-/// through both federation gateways; green sees red's client as the caller.
-fn grpc_reaches_the_imported_service(proxy: &str, up: &Up) {
-    use isthmus_api::proto::echo::EchoRequest;
-    use isthmus_api::proto::echo::echo_client::EchoClient;
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))
-            .unwrap()
-            .origin(
-                "http://ratings.bookinfo.svc.green-imports.local:9090"
-                    .parse()
-                    .unwrap(),
-            )
-            .connect()
-            .await
-            .unwrap();
-        let mut echo = EchoClient::new(channel);
-        let reply = echo
-            .unary(EchoRequest {
-                message: "across".into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("gRPC across the meshes: {e}\n{}", up.log()))
-            .into_inner();
-        assert_eq!(
-            (reply.name.as_str(), reply.message.as_str()),
-            ("ratings-green", "across")
-        );
-        let xfcc = reply
-            .metadata
-            .get("x-forwarded-client-cert")
-            .cloned()
-            .unwrap_or_default();
-        assert!(
-            xfcc.contains("URI=spiffe://red.local/ns/shop/sa/client"),
-            "green's sidecar did not see red's client: {:?}",
-            reply.metadata
-        );
-
-        // A stream: each reply comes before the next message goes, and the application's
-        // status arrives in the trailers.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut replies = echo
-            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        for message in ["one", "two"] {
-            tx.send(EchoRequest {
-                message: message.into(),
-            })
-            .await
-            .unwrap();
-            let reply = tokio::time::timeout(Duration::from_secs(5), replies.message())
-                .await
-                .expect("a reply per message, at once")
-                .unwrap()
-                .unwrap();
-            assert_eq!(reply.message, message);
-        }
-        tx.send(EchoRequest {
-            message: "status:7".into(),
-        })
-        .await
-        .unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(5), replies.message())
-            .await
-            .expect("the stream's end")
-            .unwrap_err();
-        assert_eq!(end.code(), tonic::Code::PermissionDenied, "{end:?}");
-    });
 }
 
 /// `isthmusctl up` on `dir` must fail, say `expected`, and leave nothing running.

@@ -262,9 +262,6 @@ fn grpc_echo(dir: &Path) -> (GrpcEcho, u16, u16) {
 
 #[test]
 fn grpc_unary_and_streaming_calls_cross_both_sidecars_with_their_statuses() {
-    use isthmus_api::proto::echo::EchoRequest;
-    use isthmus_api::proto::echo::echo_client::EchoClient;
-
     let dir = tempfile::tempdir().unwrap();
     let (_echo, http, grpc) = grpc_echo(dir.path());
     let Pair {
@@ -279,89 +276,14 @@ fn grpc_unary_and_streaming_calls_cross_both_sidecars_with_their_statuses() {
         GRPC_SERVICE,
     );
     let logs = || format!("client:\n{}\nserver:\n{}", client.logs(), server.logs());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let limit = Duration::from_secs(5);
-        // h2c to the client sidecar's outbound listener, with the service's authority.
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{outbound}"))
-                .unwrap()
-                .origin("http://grpc-echo.shop.local:9090".parse().unwrap())
-                .connect()
-                .await
-                .unwrap();
-        let mut echo = EchoClient::new(channel);
-
-        let reply = echo
-            .unary(EchoRequest {
-                message: "hello".into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", logs()))
-            .into_inner();
-        assert_eq!(
-            (reply.name.as_str(), reply.message.as_str()),
-            ("grpc-v1", "hello")
-        );
-        let xfcc = reply
-            .metadata
-            .get("x-forwarded-client-cert")
-            .cloned()
-            .unwrap_or_default();
-        assert!(
-            xfcc.contains("URI=spiffe://red.local/ns/shop/sa/client"),
-            "the caller's identity: {:?}",
-            reply.metadata
-        );
-        // A status from the application (in trailers-only form) reaches the caller as is.
-        let status = echo
-            .unary(EchoRequest {
-                message: "status:5".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
-        assert!(
-            status.message().contains("status 5 requested"),
-            "{status:?}"
-        );
-
-        // A bidirectional stream: each reply arrives before the next message is sent (nothing
-        // is buffered until the end), then the stream ends with a status in its trailers.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut replies = echo
-            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        for message in ["one", "two", "three"] {
-            tx.send(EchoRequest {
-                message: message.into(),
-            })
-            .await
-            .unwrap();
-            let reply = tokio::time::timeout(limit, replies.message())
-                .await
-                .expect("a reply per message, at once")
-                .unwrap()
-                .unwrap();
-            assert_eq!(reply.message, message);
-        }
-        tx.send(EchoRequest {
-            message: "status:7".into(),
-        })
-        .await
-        .unwrap();
-        let end = tokio::time::timeout(limit, replies.message())
-            .await
-            .expect("the stream's end")
-            .unwrap_err();
-        assert_eq!(end.code(), tonic::Code::PermissionDenied, "{end:?}");
-        assert!(end.message().contains("status 7 requested"), "{end:?}");
-    });
+    // h2c to the client sidecar's outbound listener, with the service's authority.
+    isthmus_e2e::grpc_echo::check_calls(
+        &format!("127.0.0.1:{outbound}"),
+        "http://grpc-echo.shop.local:9090",
+        "grpc-v1",
+        "spiffe://red.local/ns/shop/sa/client",
+        &logs,
+    );
 }
 
 /// An opaque TCP service on echo v1.

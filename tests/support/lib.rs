@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 pub mod envoy;
 pub mod federation;
+pub mod grpc_echo;
 pub mod h2connect;
 pub mod mesh;
 pub mod netns;
