@@ -56,10 +56,11 @@ pub async fn proxy<D: Io>(
         None => upstream,
     };
     cluster.record(&host, crate::upstream::outlier::Outcome::Success);
-    host.active.fetch_add(1, Ordering::Relaxed);
-    let result = copy_with_idle_timeout(downstream, upstream, tcp.idle_timeout).await;
-    host.active.fetch_sub(1, Ordering::Relaxed);
-    result.map_err(TcpError::from)
+    // Open on the host until the copy ends or the connection's task is dropped.
+    let _active = host.track_active();
+    copy_with_idle_timeout(downstream, upstream, tcp.idle_timeout)
+        .await
+        .map_err(TcpError::from)
 }
 
 fn pick_cluster(clusters: &[(String, u32)]) -> &str {
@@ -149,5 +150,46 @@ impl<S: Io> tokio::io::AsyncWrite for Counted<S> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::upstream::testing;
+
+    /// The downstream connection's task dropped mid-copy (a reset, a listener going away):
+    /// the host must not stay busy for least-request balancing.
+    #[tokio::test]
+    async fn a_cancelled_proxy_gives_its_active_count_back() {
+        let (port, mut accepted) = testing::silent_upstream().await;
+        let config = Arc::new(testing::config([testing::cluster("backend", port)]));
+        let runtime = Arc::new(testing::runtime(&config));
+        let host = runtime.clusters["backend"].priorities[0][0].clone();
+        let tcp = TcpProxy {
+            stat_prefix: "test".to_owned(),
+            clusters: vec![("backend".to_owned(), 1)],
+            idle_timeout: None,
+            tunnel: None,
+        };
+        let (mut client, downstream) = tokio::io::duplex(64);
+        let task = tokio::spawn({
+            let runtime = runtime.clone();
+            let destination: SocketAddr = ([127, 0, 0, 1], port).into();
+            async move { proxy(downstream, &tcp, &runtime, destination).await }
+        });
+        // Bytes made it through: the proxy is copying, the host counted as busy.
+        client.write_all(b"ping").await.unwrap();
+        let mut upstream = accepted.recv().await.unwrap();
+        let mut bytes = [0; 4];
+        upstream.read_exact(&mut bytes).await.unwrap();
+        assert_eq!(&bytes, b"ping");
+        assert_eq!(host.active.load(Ordering::Relaxed), 1);
+
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(host.active.load(Ordering::Relaxed), 0, "the count leaked");
     }
 }

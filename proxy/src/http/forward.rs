@@ -2,7 +2,7 @@
 //! `x-forwarded-client-cert`, the upstream request over a pooled connection with the route's
 //! timeout and retry policy, and redirects.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::Rng;
 
-use super::pool::SendError;
+use super::pool::{Pool, SendError};
 use super::{Body, Connection, local_reply};
 use crate::config::listener::{ForwardClientCert, HttpManager};
 use crate::config::route::{
@@ -20,9 +20,9 @@ use crate::config::route::{
 };
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::upstream::ConnectError;
 use crate::upstream::breakers::Breaker;
 use crate::upstream::outlier::Outcome;
+use crate::upstream::{ClusterRuntime, ConnectError, Host};
 
 /// What the forward needs of the matched route: its path match (for a prefix rewrite) and the
 /// header edits of every level, most specific first.
@@ -166,13 +166,7 @@ pub async fn forward(
             runtime.metrics.overflow(cluster_name, "max_requests");
             return overflow_reply();
         };
-        host.active.fetch_add(1, Ordering::Relaxed);
-        let sent = conn.pool.send(&cluster, &host, upstream);
-        let outcome = match per_try {
-            Some(t) => tokio::time::timeout(t, sent).await.ok(),
-            None => Some(sent.await),
-        };
-        host.active.fetch_sub(1, Ordering::Relaxed);
+        let outcome = send_attempt(&conn.pool, &cluster, &host, upstream, per_try).await;
         drop(open);
         if let Some(health) = health_outcome(&outcome) {
             cluster.record(&host, health);
@@ -237,6 +231,23 @@ pub async fn forward(
     strip_hop_by_hop(response.headers_mut());
     edit(response.headers_mut(), edits.iter().map(|e| &e.response));
     response
+}
+
+/// One attempt on the wire, within `per_try` (`None`: timed out). The host counts it as open
+/// until it ends or is dropped (the downstream reset: see [`Host::track_active`]).
+async fn send_attempt(
+    pool: &Arc<Pool>,
+    cluster: &ClusterRuntime,
+    host: &Host,
+    request: http::Request<Body>,
+    per_try: Option<Duration>,
+) -> Option<Result<http::Response<Body>, SendError>> {
+    let _active = host.track_active();
+    let sent = pool.send(cluster, host, request);
+    match per_try {
+        Some(t) => tokio::time::timeout(t, sent).await.ok(),
+        None => Some(sent.await),
+    }
 }
 
 /// A circuit breaker said no (Envoy's wording and header).
@@ -482,4 +493,45 @@ pub fn redirect(
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::upstream::testing;
+
+    /// A client reset drops the request's future mid-flight: the host must not stay busy for
+    /// least-request balancing.
+    #[tokio::test]
+    async fn a_cancelled_attempt_gives_its_active_count_back() {
+        let (port, mut accepted) = testing::silent_upstream().await;
+        let config = Arc::new(testing::config([testing::cluster("backend", port)]));
+        let runtime = testing::runtime(&config);
+        let cluster = runtime.clusters["backend"].clone();
+        let host = cluster.priorities[0][0].clone();
+        let task = tokio::spawn({
+            let (cluster, host) = (cluster.clone(), host.clone());
+            async move {
+                let pool = Arc::new(Pool::default());
+                let request = http::Request::get("/")
+                    .body(super::super::full(Bytes::new()))
+                    .unwrap();
+                send_attempt(&pool, &cluster, &host, request, None).await
+            }
+        });
+        // The request reached the upstream, which never answers: the attempt is in flight.
+        let mut upstream = accepted.recv().await.unwrap();
+        let mut head = [0; 4];
+        upstream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"GET ");
+        assert_eq!(host.active.load(Ordering::Relaxed), 1);
+
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(host.active.load(Ordering::Relaxed), 0, "the count leaked");
+    }
 }

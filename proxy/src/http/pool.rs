@@ -2,8 +2,15 @@
 //! request at a time (back in the pool when the response body ends), HTTP/2 connections are
 //! shared by concurrent requests. Idle connections older than the cluster's idle timeout are
 //! dropped at checkout.
+//!
+//! Clusters are told apart by value ([`ClusterKey`]: the name and a digest of the transport
+//! settings), never by where their configuration happens to be allocated: two clusters share
+//! connections only when those connections are equally valid for both. Each configuration
+//! change prunes the pool to the clusters and hosts of the new runtime ([`Pool::prune`]);
+//! only those clusters pool connections, so a removed or changed cluster's connections close
+//! instead of living for the life of the process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -20,23 +27,27 @@ use tokio::time::Instant;
 use super::Body;
 use crate::config::cluster::HttpVersion;
 use crate::upstream::breakers::{Breaker, ClusterLoad};
-use crate::upstream::{ClusterRuntime, ConnectError, Host};
+use crate::upstream::{ClusterKey, ClusterRuntime, ConnectError, Host};
 
 /// Idle HTTP/1.1 connections kept per host.
 const MAX_IDLE_PER_HOST: usize = 64;
 /// Envoy's default idle timeout of upstream connections.
 const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 
-/// A pool key: the cluster (by identity of its configuration: a changed cluster gets fresh
-/// connections) and the host.
-type Key = (usize, String, u16);
+/// A host of a cluster.
+type HostKey = (String, u16);
+/// Where a connection belongs: its cluster (by value) and host.
+type Key = (ClusterKey, HostKey);
 /// An idle HTTP/1.1 connection and since when.
 type Idle = (http1::SendRequest<Body>, Instant);
+/// Connections by cluster, then host. Only the clusters of the current runtime have an
+/// entry: a connection of any other cluster is not pooled.
+type ByCluster<C> = HashMap<ClusterKey, HashMap<HostKey, C>>;
 
 #[derive(Default)]
 pub struct Pool {
-    http1: Mutex<HashMap<Key, Vec<Idle>>>,
-    http2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+    http1: Mutex<ByCluster<Vec<Idle>>>,
+    http2: Mutex<ByCluster<http2::SendRequest<Body>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -66,18 +77,19 @@ impl Pool {
         host: &Host,
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, SendError> {
-        let key: Key = (
-            Arc::as_ptr(&cluster.cluster) as usize,
-            host.host.clone(),
-            host.port,
-        );
+        let key: Key = (cluster.key.clone(), (host.host.clone(), host.port));
         let idle = cluster
             .cluster
             .protocol
             .idle_timeout
             .unwrap_or(DEFAULT_IDLE);
         if cluster.cluster.protocol.http == Some(HttpVersion::Http2) {
-            let existing = self.http2.lock().get(&key).cloned();
+            let existing = self
+                .http2
+                .lock()
+                .get(&key.0)
+                .and_then(|hosts| hosts.get(&key.1))
+                .cloned();
             let mut sender = match existing {
                 Some(s) if !s.is_closed() => s,
                 _ => {
@@ -88,7 +100,10 @@ impl Pool {
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
-                    self.http2.lock().insert(key, sender.clone());
+                    // Shared from now on, unless the cluster left the runtime meanwhile.
+                    if let Some(hosts) = self.http2.lock().get_mut(&key.0) {
+                        hosts.insert(key.1, sender.clone());
+                    }
                     sender
                 }
             };
@@ -99,7 +114,12 @@ impl Pool {
             return Ok(response.map(box_incoming));
         }
         let mut sender = loop {
-            let candidate = self.http1.lock().get_mut(&key).and_then(Vec::pop);
+            let candidate = self
+                .http1
+                .lock()
+                .get_mut(&key.0)
+                .and_then(|hosts| hosts.get_mut(&key.1))
+                .and_then(Vec::pop);
             match candidate {
                 // Back in the pool as soon as its response body ended: the connection task
                 // may not have caught up yet, so wait for it rather than drop the connection.
@@ -161,12 +181,44 @@ impl Pool {
         sender.send_request(request).await.map_err(SendError::Reset)
     }
 
+    /// Keeps only the connections of `live` clusters (by key) to their hosts, and pools
+    /// connections of those clusters only from now on. Called with each new runtime before
+    /// it is published: idle HTTP/1.1 connections of removed or changed clusters (or to
+    /// removed hosts) are dropped, and so close; shared HTTP/2 connections leave the pool,
+    /// and close once the requests still running on them are done. Requests of an older
+    /// runtime finish on their connections, which are then not pooled again.
+    pub fn prune<'a>(&self, live: impl IntoIterator<Item = &'a ClusterRuntime>) {
+        let mut hosts: HashMap<&ClusterKey, HashSet<(&str, u16)>> = HashMap::new();
+        for cluster in live {
+            hosts.entry(&cluster.key).or_default().extend(
+                cluster
+                    .priorities
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.host.as_str(), h.port)),
+            );
+        }
+        fn keep<C>(pool: &mut ByCluster<C>, hosts: &HashMap<&ClusterKey, HashSet<(&str, u16)>>) {
+            pool.retain(|key, _| hosts.contains_key(key));
+            for (&key, live) in hosts {
+                pool.entry(key.clone())
+                    .or_default()
+                    .retain(|(host, port), _| live.contains(&(host.as_str(), *port)));
+            }
+        }
+        keep(&mut self.http1.lock(), &hosts);
+        keep(&mut self.http2.lock(), &hosts);
+    }
+
     fn give_back(&self, sender: http1::SendRequest<Body>, key: Key, load: &ClusterLoad) {
         {
             let mut idle = self.http1.lock();
-            let list = idle.entry(key).or_default();
-            if list.len() < MAX_IDLE_PER_HOST {
-                list.push((sender, Instant::now()));
+            // A cluster the current runtime no longer has: the connection is dropped.
+            if let Some(hosts) = idle.get_mut(&key.0) {
+                let list = hosts.entry(key.1).or_default();
+                if list.len() < MAX_IDLE_PER_HOST {
+                    list.push((sender, Instant::now()));
+                }
             }
         }
         load.freed.notify_waiters();
@@ -186,13 +238,42 @@ impl Pool {
         tokio::pin!(freed);
         // Registered before looking, so a connection freed in between is not missed.
         freed.as_mut().enable();
-        let idle_here = self.http1.lock().get(key).is_some_and(|l| !l.is_empty());
+        let idle_here = self
+            .http1
+            .lock()
+            .get(&key.0)
+            .and_then(|hosts| hosts.get(&key.1))
+            .is_some_and(|l| !l.is_empty());
         let room = load.connections.load(std::sync::atomic::Ordering::Acquire)
             < cluster.cluster.limits.max_connections;
         if !idle_here && !room {
             freed.await;
         }
         Ok(())
+    }
+
+    /// Whether connections of `cluster` are pooled.
+    #[cfg(test)]
+    fn holds(&self, cluster: &ClusterRuntime) -> bool {
+        let http1 = self
+            .http1
+            .lock()
+            .get(&cluster.key)
+            .is_some_and(|hosts| hosts.values().any(|l| !l.is_empty()));
+        http1
+            || self
+                .http2
+                .lock()
+                .get(&cluster.key)
+                .is_some_and(|hosts| !hosts.is_empty())
+    }
+
+    /// The cluster keys the pool has an entry for.
+    #[cfg(test)]
+    fn keys(&self) -> HashSet<ClusterKey> {
+        let mut keys: HashSet<ClusterKey> = self.http1.lock().keys().cloned().collect();
+        keys.extend(self.http2.lock().keys().cloned());
+        keys
     }
 }
 
@@ -248,5 +329,215 @@ impl http_body::Body for ReturnOnEnd {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::config::ProxyConfig;
+    use crate::config::cluster::Cluster;
+    use crate::config::tls::{TlsContext, UpstreamTls};
+    use crate::runtime::Runtime;
+    use crate::upstream::testing;
+
+    fn clusters(runtime: &Runtime) -> impl Iterator<Item = &ClusterRuntime> {
+        runtime.clusters.values().map(AsRef::as_ref)
+    }
+
+    /// TLS origination verified against the bundle `roots`, with this SNI.
+    fn tls(sni: &str) -> Option<UpstreamTls> {
+        Some(UpstreamTls {
+            context: TlsContext {
+                certificate: None,
+                validation: Some("roots".to_owned()),
+                peer_ids: Vec::new(),
+                alpn: Vec::new(),
+            },
+            sni: sni.to_owned(),
+        })
+    }
+
+    /// A GET through the pool, its body read to the end (an HTTP/1.1 connection goes back).
+    async fn get(pool: &Arc<Pool>, cluster: &ClusterRuntime) -> Result<String, SendError> {
+        let host = cluster.priorities[0][0].clone();
+        let uri = if cluster.cluster.protocol.http == Some(HttpVersion::Http2) {
+            format!("http://{}/", cluster.cluster.name)
+        } else {
+            "/".to_owned()
+        };
+        let request = http::Request::get(uri)
+            .body(super::super::full(Bytes::new()))
+            .unwrap();
+        let response = pool.send(cluster, &host, request).await?;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_cluster_of_the_same_name_with_other_tls_settings_never_reuses_connections() {
+        let (port, _open, _accepted) = testing::http_upstream().await;
+        let pool = Arc::new(Pool::default());
+        let mut config = Arc::new(testing::config([testing::cluster("backend", port)]));
+        let plaintext = testing::runtime(&config);
+        let old_key = plaintext.clusters["backend"].key.clone();
+        pool.prune(clusters(&plaintext));
+        assert_eq!(
+            get(&pool, &plaintext.clusters["backend"]).await.unwrap(),
+            "ok"
+        );
+        assert!(pool.holds(&plaintext.clusters["backend"]));
+        drop(plaintext);
+
+        // The same name, now originating TLS, in the very allocation the old cluster had:
+        // what an allocator reusing a freed address does to a pointer-keyed pool.
+        let cluster = Arc::get_mut(
+            Arc::get_mut(&mut config)
+                .unwrap()
+                .clusters
+                .get_mut("backend")
+                .unwrap(),
+        )
+        .unwrap();
+        cluster.tls = tls("backend.example");
+        let with_tls = testing::runtime(&config);
+        // The plaintext cluster is still live too (equal, allocated elsewhere), so pruning
+        // keeps its connection: only the keys keep the two apart.
+        let plaintext = testing::runtime(&Arc::new(testing::config([testing::cluster(
+            "backend", port,
+        )])));
+        assert_eq!(plaintext.clusters["backend"].key, old_key);
+        assert_ne!(with_tls.clusters["backend"].key, old_key);
+        pool.prune(clusters(&plaintext).chain(clusters(&with_tls)));
+        assert!(pool.holds(&plaintext.clusters["backend"]));
+        // Its own connection, whose TLS cannot be set up (the bundle never came): the
+        // plaintext connection in the pool would have answered.
+        let err = get(&pool, &with_tls.clusters["backend"])
+            .await
+            .expect_err("a plaintext connection was reused for a TLS cluster");
+        assert!(
+            matches!(err, SendError::Connect(ConnectError::Tls { .. })),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn equal_clusters_share_connections_whatever_their_allocation() {
+        let (port, _open, accepted) = testing::http_upstream().await;
+        let pool = Arc::new(Pool::default());
+        let first = testing::runtime(&Arc::new(testing::config([testing::cluster("b", port)])));
+        let second = testing::runtime(&Arc::new(testing::config([testing::cluster("b", port)])));
+        assert_eq!(first.clusters["b"].key, second.clusters["b"].key);
+        pool.prune(clusters(&second));
+        assert_eq!(get(&pool, &first.clusters["b"]).await.unwrap(), "ok");
+        assert_eq!(get(&pool, &second.clusters["b"]).await.unwrap(), "ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_key_follows_every_transport_setting() {
+        let base = testing::cluster("b", 80);
+        let key = |c: &Cluster, config: &mut ProxyConfig| {
+            config.clusters.insert(c.name.clone(), Arc::new(c.clone()));
+            let runtime = testing::runtime(&Arc::new(config.clone()));
+            runtime.clusters["b"].key.clone()
+        };
+        let mut config = ProxyConfig::default();
+        let plain = key(&base, &mut config);
+        let mut variants = vec![plain.clone()];
+        let mut c = base.clone();
+        c.protocol.http = Some(HttpVersion::Http2);
+        variants.push(key(&c, &mut config));
+        c.tls = tls("b.example");
+        let with_tls = key(&c, &mut config);
+        variants.push(with_tls.clone());
+        c.tls = tls("other.example");
+        variants.push(key(&c, &mut config));
+        let mut t = tls("b.example").unwrap();
+        t.context.alpn = vec!["h2".to_owned()];
+        c.tls = Some(t.clone());
+        variants.push(key(&c, &mut config));
+        t.context.peer_ids = vec!["spiffe://td/ns/a/sa/b".to_owned()];
+        c.tls = Some(t.clone());
+        variants.push(key(&c, &mut config));
+        t.context.certificate = Some("default".to_owned());
+        c.tls = Some(t.clone());
+        let before_secret = key(&c, &mut config);
+        variants.push(before_secret.clone());
+        // The secret's content, not only its name: the bundle arriving changes the key.
+        config.secrets.insert(
+            "roots".to_owned(),
+            Arc::new(crate::config::secret::Secret::TrustBundles(Vec::new())),
+        );
+        variants.push(key(&c, &mut config));
+        let distinct: HashSet<_> = variants.iter().collect();
+        assert_eq!(distinct.len(), variants.len(), "{variants:?}");
+        // Settings that do not change a connection do not change the key.
+        let mut c = base.clone();
+        c.connect_timeout = Duration::from_secs(1);
+        c.limits.max_connections = 1;
+        assert_eq!(key(&c, &mut config), plain);
+    }
+
+    #[tokio::test]
+    async fn a_config_change_drops_the_connections_of_replaced_and_removed_clusters() {
+        let (port, mut open, _accepted) = testing::http_upstream().await;
+        let pool = Arc::new(Pool::default());
+        let mut h2 = testing::cluster("changed", port);
+        h2.protocol.http = Some(HttpVersion::Http2);
+        let first = Arc::new(testing::config([
+            testing::cluster("kept", port),
+            testing::cluster("removed", port),
+            h2.clone(),
+        ]));
+        let before = testing::runtime(&first);
+        pool.prune(clusters(&before));
+        for name in ["kept", "removed", "changed"] {
+            assert_eq!(get(&pool, &before.clusters[name]).await.unwrap(), "ok");
+            assert!(pool.holds(&before.clusters[name]), "{name}");
+        }
+
+        let mut changed = h2;
+        changed.tls = tls("changed.example");
+        let second = Arc::new(testing::config([testing::cluster("kept", port), changed]));
+        let after = testing::runtime(&second);
+        pool.prune(clusters(&after));
+
+        assert!(
+            pool.holds(&before.clusters["kept"]),
+            "an unchanged cluster keeps its connections"
+        );
+        assert!(!pool.holds(&before.clusters["removed"]), "removed");
+        assert!(!pool.holds(&before.clusters["changed"]), "changed");
+        let live: HashSet<ClusterKey> = clusters(&after).map(|c| c.key.clone()).collect();
+        assert_eq!(pool.keys(), live, "no entry under an old key");
+        // Closed for real: the upstream sees only the kept cluster's connection open.
+        tokio::time::timeout(Duration::from_secs(10), open.wait_for(|n| *n == 1))
+            .await
+            .expect("the dropped connections close")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_removed_from_a_cluster_loses_its_pooled_connections() {
+        let (gone, mut gone_open, _) = testing::http_upstream().await;
+        let (stays, _, _) = testing::http_upstream().await;
+        let pool = Arc::new(Pool::default());
+        let before = testing::runtime(&Arc::new(testing::config([testing::cluster("b", gone)])));
+        pool.prune(clusters(&before));
+        assert_eq!(get(&pool, &before.clusters["b"]).await.unwrap(), "ok");
+        // EDS moved the cluster to another endpoint; its settings, so its key, are the same.
+        let after = testing::runtime(&Arc::new(testing::config([testing::cluster("b", stays)])));
+        assert_eq!(before.clusters["b"].key, after.clusters["b"].key);
+        pool.prune(clusters(&after));
+        assert!(!pool.holds(&after.clusters["b"]));
+        tokio::time::timeout(Duration::from_secs(10), gone_open.wait_for(|n| *n == 0))
+            .await
+            .expect("the dropped connection closes")
+            .unwrap();
     }
 }

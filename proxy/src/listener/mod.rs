@@ -52,12 +52,10 @@ pub async fn run(
     let mut bound: HashMap<String, (SocketAddr, JoinHandle<()>)> = HashMap::new();
     loop {
         let current = config.borrow_and_update().clone();
-        runtime_tx.send_replace(Arc::new(Runtime::build(
-            current.clone(),
-            &health,
-            &metrics,
-            settings,
-        )));
+        let runtime = Runtime::build(current.clone(), &health, &metrics, settings);
+        // Before any request can use it: removed or changed clusters' pooled connections go.
+        pool.prune(runtime.clusters.values().map(AsRef::as_ref));
+        runtime_tx.send_replace(Arc::new(runtime));
         bound.retain(|name, (address, task)| {
             let keep = current
                 .listeners

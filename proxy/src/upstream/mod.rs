@@ -5,21 +5,25 @@ pub mod balance;
 pub mod breakers;
 pub mod outlier;
 pub mod priority;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 use rustls_pki_types::ServerName;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
 use crate::config::ProxyConfig;
-use crate::config::cluster::{Cluster, Discovery};
+use crate::config::cluster::{Cluster, Discovery, HttpVersion};
 use crate::config::endpoint::LoadAssignment;
+use crate::config::secret::Secret;
 use crate::metrics::Metrics;
 use crate::transport::{BoxedIo, tls};
 
@@ -40,6 +44,30 @@ pub struct Host {
     pub health: Arc<HostHealth>,
 }
 
+impl Host {
+    /// Counts a request or connection as open on this host (least-request balancing) for as
+    /// long as the guard lives. A guard, not an increment and a decrement around an `.await`:
+    /// work cancelled mid-flight (a client reset drops its future) gives its count back like
+    /// finished work, so the host never looks busy forever.
+    pub fn track_active(&self) -> Active<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active { host: self }
+    }
+}
+
+/// One request or connection open on a host ([`Host::track_active`]), given back on drop.
+#[derive(Debug)]
+#[must_use = "the host counts the work as open only while the guard lives"]
+pub struct Active<'a> {
+    host: &'a Host,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.host.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A cluster ready to be used: its hosts by priority, how to pick among them, and its TLS
 /// client configuration.
 #[derive(Debug)]
@@ -55,6 +83,104 @@ pub struct ClusterRuntime {
     pub metrics: Arc<Metrics>,
     /// Circuit breaker counters (open connections, pending and open requests, retries).
     pub load: Arc<ClusterLoad>,
+    /// Which pooled connections this cluster may use (computed here, once per runtime).
+    pub key: ClusterKey,
+}
+
+/// Which upstream connections a cluster may share, by value: its name (its breakers and
+/// metrics) and a SHA-256 of everything a connection to its hosts was made with: the
+/// upstream protocol and the TLS origination (SNI, SAN matchers, ALPN, and the content of
+/// the certificate and trust bundles it names). Two clusters share pooled connections only
+/// when their keys are equal, so a changed or re-created cluster never inherits connections
+/// made under other settings (a pointer-keyed pool could hand a new cluster at a reused
+/// address the old one's TLS session), and an unchanged cluster keeps its connections
+/// across configuration changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClusterKey {
+    pub name: Arc<str>,
+    pub transport: [u8; 32],
+}
+
+impl ClusterKey {
+    /// `secrets`: digests of the secrets already seen in this build (a certificate or a
+    /// bundle named by many clusters is hashed once).
+    fn new<'a>(
+        cluster: &'a Cluster,
+        config: &'a ProxyConfig,
+        secrets: &mut HashMap<&'a str, [u8; 32]>,
+    ) -> Self {
+        let mut h = Sha256::new();
+        let protocol: &[u8] = match cluster.protocol.http {
+            None => b"tcp-or-http1",
+            Some(HttpVersion::Http1) => b"http1",
+            Some(HttpVersion::Http2) => b"http2",
+        };
+        field(&mut h, protocol);
+        match &cluster.tls {
+            None => field(&mut h, b"plaintext"),
+            Some(tls) => {
+                field(&mut h, b"tls");
+                field(&mut h, tls.sni.as_bytes());
+                let context = &tls.context;
+                for name in [&context.certificate, &context.validation] {
+                    match name {
+                        None => field(&mut h, b"none"),
+                        Some(name) => {
+                            field(&mut h, b"some");
+                            field(&mut h, name.as_bytes());
+                            let digest = secrets
+                                .entry(name)
+                                .or_insert_with(|| secret_digest(config.secrets.get(name)));
+                            field(&mut h, &digest[..]);
+                        }
+                    }
+                }
+                for list in [&context.peer_ids, &context.alpn] {
+                    field(&mut h, &(list.len() as u64).to_be_bytes());
+                    for item in list {
+                        field(&mut h, item.as_bytes());
+                    }
+                }
+            }
+        }
+        Self {
+            name: cluster.name.as_str().into(),
+            transport: h.finalize().into(),
+        }
+    }
+}
+
+/// The content of a secret as a digest: the certificate chain (the key is bound to it), or
+/// each trust domain with its roots; a missing secret hashes as such.
+fn secret_digest(secret: Option<&Arc<Secret>>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    match secret.map(|s| &**s) {
+        None => field(&mut h, b"missing"),
+        Some(Secret::Certificate(cert)) => {
+            field(&mut h, b"certificate");
+            field(&mut h, &(cert.chain().len() as u64).to_be_bytes());
+            for der in cert.chain() {
+                field(&mut h, der);
+            }
+        }
+        Some(Secret::TrustBundles(bundles)) => {
+            field(&mut h, b"bundles");
+            for bundle in bundles {
+                field(&mut h, bundle.trust_domain().as_str().as_bytes());
+                field(&mut h, &(bundle.roots().len() as u64).to_be_bytes());
+                for der in bundle.roots() {
+                    field(&mut h, der);
+                }
+            }
+        }
+    }
+    h.finalize().into()
+}
+
+/// One length-prefixed field of a digest: no two different settings hash the same bytes.
+fn field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
 }
 
 /// Every cluster of a configuration; hosts keep their outlier records from `health`.
@@ -63,6 +189,7 @@ pub fn build(
     health: &HealthRegistry,
     metrics: &Arc<Metrics>,
 ) -> HashMap<String, Arc<ClusterRuntime>> {
+    let mut secrets = HashMap::new();
     let clusters: HashMap<String, Arc<ClusterRuntime>> = config
         .clusters
         .iter()
@@ -84,6 +211,7 @@ pub fn build(
                 cluster: cluster.clone(),
                 metrics: metrics.clone(),
                 load: health.load(name),
+                key: ClusterKey::new(cluster, config, &mut secrets),
             };
             (name.clone(), Arc::new(runtime))
         })
