@@ -43,18 +43,20 @@ pub fn tls_channel(
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
-/// As [`tls_channel`], with `sni` as the TLS server name instead of the address's host (a
-/// federation egress gateway routes the session by it).
-pub fn tls_channel_with_sni(
+/// A channel through a federation egress gateway at `address`: an outer TLS session with the
+/// gateway (`outer`, which authenticates the caller), carrying the session with the server
+/// (`inner`); both name `sni`, by which the gateway routes.
+pub fn tls_in_tls_channel(
     address: &str,
     sni: &str,
-    tls: rustls::ClientConfig,
+    outer: rustls::ClientConfig,
+    inner: rustls::ClientConfig,
 ) -> Result<Channel, String> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let outer = tokio_rustls::TlsConnector::from(Arc::new(outer));
+    let inner = tokio_rustls::TlsConnector::from(Arc::new(inner));
     let name = ServerName::try_from(sni.to_owned()).map_err(|e| format!("SNI {sni:?}: {e}"))?;
     let connect = tower::service_fn(move |uri: Uri| {
-        let connector = connector.clone();
-        let name = name.clone();
+        let (outer, inner, name) = (outer.clone(), inner.clone(), name.clone());
         async move {
             let host = uri
                 .host()
@@ -63,7 +65,8 @@ pub fn tls_channel_with_sni(
             let port = uri.port_u16().unwrap_or(15443);
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
+            let gateway = outer.connect(name.clone(), tcp).await?;
+            let tls = inner.connect(name, gateway).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });

@@ -210,6 +210,12 @@ fn bad_fields_are_reported_by_path() {
             "spec.security.trustDomain: invalid trust domain",
         ),
         (
+            json!({"apiVersion": "federation.maistra.io/v1", "kind": "ServiceMeshPeer", "metadata": {"name": "green"},
+                "spec": {"remote": {"addresses": ["a"]}, "security": {"trustDomain": "green.local",
+                    "controlPlaneID": "blue.local/ns/isthmus-system/sa/isthmusd"}}}),
+            "spec.security.controlPlaneID: \"blue.local/ns/isthmus-system/sa/isthmusd\" is not in the peer's trust domain",
+        ),
+        (
             json!({"apiVersion": "federation.maistra.io/v1", "kind": "ImportedServiceSet", "metadata": {"name": "red"},
                 "spec": {"importRules": [{"type": "NameSelector", "importAsLocal": true, "nameSelector": {"name": "ratings"}}]}}),
             "spec.importRules[0].nameSelector.alias.namespace: importAsLocal requires a concrete alias namespace",

@@ -29,7 +29,7 @@ use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
 use crate::xds::cache::SnapshotCache;
 use crate::xds::grpc::AdsService;
-use crate::xds::server::AdsServer;
+use crate::xds::server::{AdsServer, Port as AdsPort};
 use crate::xds::streams::StreamRegistry;
 
 /// Written into the state directory once every port is bound: `{"grpc", "debug", "xdsPlaintext"}`
@@ -47,7 +47,8 @@ pub struct DaemonConfig {
     /// A plugged-in CA (`cacerts` layout); otherwise a root is generated in the state directory.
     pub cacerts: Option<PathBuf>,
     pub grpc_addr: SocketAddr,
-    /// Plaintext xDS for tests and local mode; must be a loopback address.
+    /// Plaintext xDS, an explicit opt-in for tests (off when `None`): it hands any local
+    /// process every node's configuration, private keys included. Loopback addresses only.
     pub xds_plaintext_addr: Option<SocketAddr>,
     pub debug_addr: SocketAddr,
     pub ttl: TtlPolicy,
@@ -119,6 +120,14 @@ pub async fn run(
         return Err(DaemonError::Setup(format!(
             "--xds-plaintext-addr {addr}: plaintext xDS is served on loopback addresses only"
         )));
+    }
+    if let Some(addr) = config.xds_plaintext_addr {
+        tracing::warn!(
+            %addr,
+            "INSECURE: plaintext xDS is on (--xds-plaintext-addr). Any process on this host can \
+             name any node there and receive its certificate and PRIVATE KEY. Use it for tests \
+             only; proxies should use the mTLS port with a bootstrap token."
+        );
     }
     // The configuration in force; a bad change is reported and the last good one stays.
     let config_store = Arc::new(ConfigStore::new());
@@ -228,6 +237,7 @@ pub async fn run(
                         a.to_string()
                     }
                 }),
+            control_plane_identity: identity.clone(),
         },
     );
     // Federation: importers per peer feed the pipeline; the exporter serves the model's exports.
@@ -253,7 +263,7 @@ pub async fn run(
         cache,
         streams,
         gate,
-        require_peer: true,
+        port: AdsPort::Mtls,
         joins: Some(pipeline.joins.clone()),
     };
     // The addresses actually bound (a port of 0 picks a free one), for whoever started us.
@@ -296,7 +306,7 @@ pub async fn run(
             match plaintext_listener {
                 Some(listener) => tonic::transport::Server::builder()
                     .add_service(AdsService::new(AdsServer {
-                        require_peer: false,
+                        port: AdsPort::LoopbackPlaintext,
                         ..ads
                     }))
                     .serve_with_incoming_shutdown(

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_api::envoy::envoy::config::core::v3::Node;
@@ -11,7 +12,7 @@ use isthmus_api::envoy::google::protobuf::Any;
 use isthmus_api::envoy::google::rpc::Status;
 use isthmus_controlplane::xds::grpc::AdsService;
 use isthmus_controlplane::xds::resources::{CLUSTER, ProxySnapshot, TypeResources};
-use isthmus_controlplane::xds::server::AdsServer;
+use isthmus_controlplane::xds::server::{AdsServer, Caller, NodeGate, NodeInfo, Port};
 use isthmus_controlplane::xds::status::TypeStatus;
 use isthmus_controlplane::xds::streams::StreamInfo;
 use tokio::sync::mpsc;
@@ -35,8 +36,18 @@ fn clusters(items: &[(&str, &str)]) -> ProxySnapshot {
     )
 }
 
+/// Admits every node: these tests are about the protocol, not who may have which node.
+#[derive(Debug)]
+struct OpenGate;
+
+impl NodeGate for OpenGate {
+    fn admit(&self, _: &NodeInfo, _: &Caller) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 async fn start() -> (AdsServer, String) {
-    let server = AdsServer::default();
+    let server = AdsServer::new(Port::LoopbackPlaintext, Arc::new(OpenGate));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = AdsService::new(server.clone());

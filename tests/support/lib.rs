@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod discovery;
 pub mod envoy;
 pub mod federation;
 pub mod grpc_echo;

@@ -93,6 +93,15 @@ pub struct ServiceMeshPeerSecurity {
     /// The peer's trust domain.
     #[serde(default)]
     pub trust_domain: String,
+    /// Isthmus: the principal of the peer's control plane (SPIFFE ID without `spiffe://`), the
+    /// only identity of the peer that may watch what we export to it. Default:
+    /// `<trustDomain>/ns/isthmus-system/sa/isthmusd`.
+    #[serde(
+        rename = "controlPlaneID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub control_plane_id: String,
     /// Where the peer's root certificate is: a ConfigMap with key `root-cert.pem`.
     #[serde(default)]
     pub certificate_chain: Option<TypedLocalObjectReference>,
@@ -139,10 +148,30 @@ impl Validate for ServiceMeshPeer {
         {
             v.error("spec.security.trustDomain", e.to_string());
         }
-        if !s.security.client_id.is_empty() {
-            let uri = format!("spiffe://{}", s.security.client_id);
-            if let Err(e) = crate::identity::SpiffeId::parse(&uri) {
-                v.error("spec.security.clientID", e.to_string());
+        for (field, principal) in [
+            ("clientID", &s.security.client_id),
+            ("controlPlaneID", &s.security.control_plane_id),
+        ] {
+            if principal.is_empty() {
+                continue;
+            }
+            match crate::identity::SpiffeId::parse(&format!("spiffe://{principal}")) {
+                Err(e) => v.error(format!("spec.security.{field}"), e.to_string()),
+                // The control plane's identity is checked against the peer's root only.
+                Ok(id)
+                    if field == "controlPlaneID"
+                        && !s.security.trust_domain.is_empty()
+                        && id.trust_domain().as_str() != s.security.trust_domain =>
+                {
+                    v.error(
+                        format!("spec.security.{field}"),
+                        format!(
+                            "{principal:?} is not in the peer's trust domain {:?}",
+                            s.security.trust_domain
+                        ),
+                    );
+                }
+                Ok(_) => {}
             }
         }
         if let Some(chain) = &s.security.certificate_chain {

@@ -33,12 +33,10 @@ struct Args {
     /// Address of the TLS gRPC port (certificate service, xDS).
     #[arg(long, default_value = "0.0.0.0:15012")]
     grpc_addr: SocketAddr,
-    /// Plaintext xDS address for tests and local mode; loopback addresses only.
-    #[arg(long, default_value = "127.0.0.1:15010")]
+    /// INSECURE, for tests only: also serve xDS without TLS on this loopback address. Off by
+    /// default. Any local process can then name any node and receive its private key.
+    #[arg(long)]
     xds_plaintext_addr: Option<SocketAddr>,
-    /// Do not serve plaintext xDS at all.
-    #[arg(long, conflicts_with = "xds_plaintext_addr")]
-    no_xds_plaintext: bool,
     /// Address of the debug port (metrics, readiness).
     #[arg(long, default_value = "0.0.0.0:15014")]
     debug_addr: SocketAddr,
@@ -48,7 +46,6 @@ struct Args {
     /// Longest lifetime a workload may request.
     #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
     max_workload_cert_ttl: Duration,
-    /// Log as JSON lines instead of text.
     /// How long configuration changes settle before they are pushed to proxies.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     push_debounce: Duration,
@@ -74,6 +71,7 @@ struct Args {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     federation_stale_after: Duration,
 
+    /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
 }
@@ -103,9 +101,7 @@ async fn main() -> std::process::ExitCode {
         namespace: args.namespace,
         cacerts: args.cacerts,
         grpc_addr: args.grpc_addr,
-        xds_plaintext_addr: (!args.no_xds_plaintext)
-            .then_some(args.xds_plaintext_addr)
-            .flatten(),
+        xds_plaintext_addr: args.xds_plaintext_addr,
         debug_addr: args.debug_addr,
         push_debounce: args.push_debounce,
         root_namespace: args.root_namespace,

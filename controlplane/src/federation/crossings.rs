@@ -74,7 +74,11 @@ pub fn crossings(meshes: &[MeshConfig], root_namespace: &str) -> BTreeSet<Crossi
                 continue;
             };
             // The exporter's name for the importer is its own `ServiceMeshPeer`'s.
-            let Some(us_there) = exports[m].peers.get(&importer.trust_domain.to_string()) else {
+            let Some(us_there) = exports[m]
+                .peers
+                .get(&importer.trust_domain.to_string())
+                .map(|p| &p.name)
+            else {
                 continue;
             };
             if let Some(catalog) = exports[m].catalogs.get(us_there) {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::channel::{tls_channel, tls_channel_with_sni};
+use isthmus_api::channel::{tls_channel, tls_in_tls_channel};
 use isthmus_api::identity::{
     CredentialCell, PeerPolicy, SharedBundles, SpiffeVerifier, TrustBundle, TrustBundles,
     client_config, shared_bundles,
@@ -79,6 +79,7 @@ pub fn spawn(
                 &current.peers,
                 &mut running,
                 &credentials,
+                &local,
                 settings,
                 &states,
             );
@@ -94,6 +95,7 @@ fn reconcile(
     peers: &[Peer],
     running: &mut BTreeMap<String, Running>,
     credentials: &Arc<CredentialCell>,
+    local: &TrustBundle,
     settings: ImporterSettings,
     states: &watch::Sender<Arc<ImportStates>>,
 ) {
@@ -117,7 +119,7 @@ fn reconcile(
         if running.contains_key(&peer.name) {
             continue;
         }
-        match start(peer, credentials, settings, states) {
+        match start(peer, credentials, local, settings, states) {
             Ok(r) => {
                 tracing::info!(peer = peer.name, addresses = ?peer.discovery_addresses, "discovery importer started");
                 running.insert(peer.name.clone(), r);
@@ -130,19 +132,20 @@ fn reconcile(
 fn start(
     peer: &Peer,
     credentials: &Arc<CredentialCell>,
+    local: &TrustBundle,
     settings: ImporterSettings,
     states: &watch::Sender<Arc<ImportStates>>,
 ) -> Result<Running, String> {
     // Only the peer's root, only for the peer's trust domain.
-    let local = peer.roots.clone();
     let verifier = SpiffeVerifier::new(
-        shared_bundles(TrustBundles::new(local)),
+        shared_bundles(TrustBundles::new(peer.roots.clone())),
         PeerPolicy::TrustDomain(peer.trust_domain.clone()),
     );
     let tls = client_config(Some(credentials.clone()), Arc::new(verifier), &[b"h2"])
         .map_err(|e| format!("TLS: {e}"))?;
-    // Through the local egress gateway when there is one (it routes by SNI and tunnels to the
-    // peer's ingress), else straight to the peer's discovery addresses.
+    // Through the local egress gateway when there is one (it admits this control plane's
+    // certificate on an outer session, routes by SNI and tunnels to the peer's ingress), else
+    // straight to the peer's discovery addresses.
     let (addresses, dialer): (Vec<String>, Arc<dyn Dialer>) = if peer.discovery_via.is_empty() {
         (
             peer.discovery_addresses.clone(),
@@ -150,9 +153,17 @@ fn start(
         )
     } else {
         let sni = discovery_sni(&peer.name);
+        let gateway = SpiffeVerifier::new(
+            shared_bundles(TrustBundles::new(local.clone())),
+            PeerPolicy::TrustDomain(local.trust_domain().clone()),
+        );
+        let outer = client_config(Some(credentials.clone()), Arc::new(gateway), &[])
+            .map_err(|e| format!("TLS: {e}"))?;
         (
             peer.discovery_via.clone(),
-            Arc::new(move |address: &str| tls_channel_with_sni(address, &sni, tls.clone())),
+            Arc::new(move |address: &str| {
+                tls_in_tls_channel(address, &sni, outer.clone(), tls.clone())
+            }),
         )
     };
     let (tx, mut rx) = watch::channel(ImportState::default());

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use isthmus_api::proto::federation::{ExportedService, ServicePort};
+use isthmus_federation::discovery::exporter::ExportPeer;
 use isthmus_federation::discovery::{Catalog, Exports};
 
 use isthmus_api::resources::federation::ExportedServiceSetSpec;
@@ -113,9 +114,13 @@ pub fn discovery_exports(model: &MeshModel) -> Exports {
     let services = local_services(model);
     let mut exports = Exports::default();
     for peer in &model.peers {
-        exports
-            .peers
-            .insert(peer.trust_domain.to_string(), peer.name.clone());
+        exports.peers.insert(
+            peer.trust_domain.to_string(),
+            ExportPeer {
+                name: peer.name.clone(),
+                control_plane: peer.control_plane_id.clone(),
+            },
+        );
         let Some(offer) = offers.get(&peer.name) else {
             continue;
         };

@@ -12,7 +12,7 @@ pub mod workload;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::identity::TrustDomain;
+use isthmus_api::identity::{SpiffeId, TrustDomain};
 use isthmus_api::resources::Resource;
 use isthmus_api::resources::networking::{DestinationRuleSpec, VirtualServiceSpec};
 
@@ -51,6 +51,10 @@ pub struct MeshModel {
     /// Where this control plane serves federation discovery, for its ingress gateways (set by
     /// whoever runs the model; not configuration).
     pub discovery_address: Option<String>,
+    /// This control plane's own identity: the only local caller whose discovery stream the
+    /// egress gateways carry to a peer (set by whoever runs the model; by default `isthmusd`
+    /// in `isthmus-system`).
+    pub control_plane_identity: Option<SpiffeId>,
 }
 
 impl MeshModel {
@@ -147,6 +151,12 @@ impl MeshModel {
             peers,
             imports,
             discovery_address: None,
+            control_plane_identity: SpiffeId::workload(
+                trust_domain,
+                peers::DEFAULT_CONTROL_PLANE_NAMESPACE,
+                "isthmusd",
+            )
+            .ok(),
         }
     }
 

@@ -10,6 +10,10 @@ use isthmus_api::resources::{Kind, Resource};
 use super::ModelWarning;
 use crate::config::{ConfigSnapshot, ResourceKey};
 
+/// The namespace a peer's `isthmusd` runs in unless its `ServiceMeshPeer` says otherwise
+/// (`isthmusd --namespace`'s default, where the manifests install it).
+pub const DEFAULT_CONTROL_PLANE_NAMESPACE: &str = "isthmus-system";
+
 /// A peer mesh this mesh may talk to.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -27,6 +31,9 @@ pub struct Peer {
     pub trust_domain: TrustDomain,
     /// The identity the peer presents when it calls us (`security.clientID`).
     pub client_id: Option<SpiffeId>,
+    /// The one identity of the peer that may watch our exports: its control plane
+    /// (`security.controlPlaneID`, by default `<trustDomain>/ns/isthmus-system/sa/isthmusd`).
+    pub control_plane_id: SpiffeId,
     /// The peer's roots, trusted for `trust_domain` only.
     pub roots: TrustBundle,
     /// Local gateway services (`gateways.ingress` / `gateways.egress`) by name.
@@ -89,6 +96,24 @@ pub fn peers(
                 continue;
             }
         };
+        let control_plane_id = if spec.security.control_plane_id.is_empty() {
+            SpiffeId::workload(&trust_domain, DEFAULT_CONTROL_PLANE_NAMESPACE, "isthmusd")
+        } else {
+            SpiffeId::parse(&format!("spiffe://{}", spec.security.control_plane_id))
+        };
+        let control_plane_id = match control_plane_id {
+            Ok(id) if id.trust_domain() == &trust_domain => id,
+            Ok(id) => {
+                warn(format!(
+                    "ignored: spec.security.controlPlaneID {id} is not in trust domain {trust_domain}"
+                ));
+                continue;
+            }
+            Err(e) => {
+                warn(format!("ignored: spec.security.controlPlaneID: {e}"));
+                continue;
+            }
+        };
         let at = |port: u32| {
             spec.remote
                 .addresses
@@ -107,6 +132,7 @@ pub fn peers(
             client_id: (!spec.security.client_id.is_empty())
                 .then(|| SpiffeId::parse(&format!("spiffe://{}", spec.security.client_id)).ok())
                 .flatten(),
+            control_plane_id,
             roots,
             ingress_gateway: spec.gateways.ingress.as_ref().map(|g| g.name.clone()),
             egress_gateway: spec.gateways.egress.as_ref().map(|g| g.name.clone()),

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use isthmus_api::identity::TrustDomain;
+use isthmus_api::identity::{SpiffeId, TrustDomain};
 use tokio::sync::{mpsc, watch};
 
 use crate::ca::Authority;
@@ -43,6 +43,8 @@ pub struct PipelineSettings {
     pub bundles: Vec<(String, String)>,
     /// Where federation discovery is served (`host:port`), for ingress gateways.
     pub discovery_address: Option<String>,
+    /// `isthmusd`'s own identity, the one caller egress gateways carry discovery for.
+    pub control_plane_identity: SpiffeId,
 }
 
 /// The running pipeline's outputs.
@@ -90,6 +92,7 @@ impl Pipeline {
             &settings.root_namespace,
         );
         first.discovery_address = settings.discovery_address.clone();
+        first.control_plane_identity = Some(settings.control_plane_identity.clone());
         let (exports_tx, exports_rx) = watch::channel(Arc::new(discovery_exports(&first)));
         let (model_tx, model_rx) = watch::channel(Arc::new(first));
         let (errors_tx, errors_rx) = watch::channel(BTreeMap::new());
@@ -163,6 +166,7 @@ impl Worker {
             &self.settings.root_namespace,
         );
         model.discovery_address = self.settings.discovery_address.clone();
+        model.control_plane_identity = Some(self.settings.control_plane_identity.clone());
         for w in &model.warnings {
             tracing::warn!(resource = %w.resource, "{}", w.message);
         }

@@ -175,8 +175,6 @@ impl Runner {
             "127.0.0.1:0",
             "--debug-addr",
             "127.0.0.1:0",
-            "--xds-plaintext-addr",
-            "127.0.0.1:0",
             "--federation-addr",
             "127.0.0.1:0",
         ]
@@ -213,7 +211,8 @@ impl Runner {
             .with_context(|| format!("{name}: cannot read its root {}", root_file.display()))?;
         Ok(MeshRuntime {
             debug: address("debug")?,
-            xds: address("xdsPlaintext")?,
+            // Proxies take their certificate and configuration on the mTLS port, with tokens.
+            xds: address("grpc")?,
             federation: address("federation").ok(),
             config_dir,
             state_dir,
@@ -263,6 +262,7 @@ impl Runner {
             index,
             mesh,
             &format!("gateway/{}", g.name),
+            (&g.namespace, &g.service_account()),
             g.admin(),
             args.to_vec(),
         )
@@ -282,25 +282,47 @@ impl Runner {
             index,
             mesh,
             &format!("sidecar/{}", w.workload.key()),
+            (&w.workload.namespace, &w.workload.service_account),
             w.admin(),
             args,
         )
     }
 
     /// `isthmus-proxy` configured by mesh `index`'s isthmusd, named `<mesh>/<what>`, its log
-    /// `<mesh>/logs/<what with dashes>.log`.
+    /// `<mesh>/logs/<what with dashes>.log`. It runs as service account `(namespace, name)`:
+    /// a bootstrap token for that identity gets its certificate, and the certificate gets its
+    /// configuration over mTLS (isthmusd's gate hands a node's keys only to that identity).
     fn start_proxy(
         &mut self,
         index: usize,
         mesh: &MeshPlan,
         what: &str,
+        (namespace, service_account): (&str, &str),
         admin: SocketAddr,
         mut args: Vec<String>,
     ) -> anyhow::Result<()> {
+        let runtime = &self.meshes[index];
+        let identity = format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            mesh.trust_domain
+        );
+        let token_file = bootstrap_token(runtime, what, &identity)?;
+        let grpc = runtime.xds.to_string();
         args.extend([
-            "--xds-plaintext".to_owned(),
+            "--identity".to_owned(),
+            identity,
+            "--token-file".to_owned(),
+            token_file.display().to_string(),
+            "--root-cert".to_owned(),
+            runtime
+                .state_dir
+                .join("root-cert.pem")
+                .display()
+                .to_string(),
+            "--ca-address".to_owned(),
+            grpc.clone(),
             "--xds-address".to_owned(),
-            self.meshes[index].xds.to_string(),
+            grpc,
             "--admin-addr".to_owned(),
             admin.to_string(),
         ]);
@@ -670,4 +692,21 @@ fn check_ports(plan: &Plan) -> anyhow::Result<()> {
 /// Whether the run recorded in `state` is alive.
 pub fn running(state: &Path) -> bool {
     RunFile::read(state).is_ok_and(|run| process_alive(run.pid))
+}
+
+/// A bootstrap token for `identity` from the mesh's token store, written (0600) where only this
+/// run reads it: `STATE/<mesh>/tokens/<what with dashes>`.
+fn bootstrap_token(runtime: &MeshRuntime, what: &str, identity: &str) -> anyhow::Result<PathBuf> {
+    let id = isthmus_api::identity::SpiffeId::parse(identity)
+        .map_err(|e| anyhow::anyhow!("{identity}: {e}"))?;
+    let (_, token) = crate::auth::tokens::TokenStore::new(&runtime.state_dir)
+        .create(&id)
+        .with_context(|| format!("bootstrap token for {identity}"))?;
+    let dir = runtime.state_dir.join("proxy-tokens");
+    crate::ca::material::create_private_dir(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let file = dir.join(what.replace('/', "-"));
+    crate::ca::material::write_private(&file, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(file)
 }

@@ -135,20 +135,39 @@ impl NodeInfo {
     }
 }
 
-/// Decides whether a stream may receive `node`'s configuration. `peer` is the SPIFFE ID the
-/// client proved over mTLS, `None` on a plaintext (loopback) server.
-pub trait NodeGate: Send + Sync + std::fmt::Debug {
-    fn admit(&self, node: &NodeInfo, peer: Option<&SpiffeId>) -> Result<(), String>;
+/// Who is on the other end of a stream, as far as the port it came in on can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The mTLS port: the SPIFFE ID the client proved with its certificate.
+    Verified(SpiffeId),
+    /// The opt-in plaintext port on loopback: nothing is proven, the node id is believed.
+    LoopbackPlaintext,
 }
 
-/// Admits every node (a plaintext test server).
-#[derive(Debug)]
-pub struct OpenGate;
-
-impl NodeGate for OpenGate {
-    fn admit(&self, _: &NodeInfo, _: Option<&SpiffeId>) -> Result<(), String> {
-        Ok(())
+impl Caller {
+    fn describe(&self) -> String {
+        match self {
+            Self::Verified(id) => id.to_string(),
+            Self::LoopbackPlaintext => "plaintext loopback caller".into(),
+        }
     }
+}
+
+/// Decides whether a stream may receive `node`'s configuration, which holds the node's
+/// private key.
+pub trait NodeGate: Send + Sync + std::fmt::Debug {
+    fn admit(&self, node: &NodeInfo, caller: &Caller) -> Result<(), String>;
+}
+
+/// How a port's streams are authenticated. There is no default: whoever serves ADS says which
+/// port it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// A verified client certificate with a SPIFFE ID is required on every stream.
+    Mtls,
+    /// No authentication at all: only for the plaintext port that an operator opted into, on
+    /// a loopback address (`isthmusd --xds-plaintext-addr`).
+    LoopbackPlaintext,
 }
 
 /// The ADS service: proxies' streams over the per-node snapshots of `cache`.
@@ -158,19 +177,20 @@ pub struct AdsServer {
     pub streams: Arc<StreamRegistry>,
     /// Who may have which node's configuration.
     pub gate: Arc<dyn NodeGate>,
-    /// Whether a stream must come with a verified client certificate (the mTLS port).
-    pub require_peer: bool,
+    /// How this port's callers are authenticated.
+    pub port: Port,
     /// Told of each node when its first stream names it, so its snapshot gets computed.
     pub joins: Option<mpsc::Sender<NodeInfo>>,
 }
 
-impl Default for AdsServer {
-    fn default() -> Self {
+impl AdsServer {
+    /// A server on `port` whose streams `gate` admits, with an empty cache.
+    pub fn new(port: Port, gate: Arc<dyn NodeGate>) -> Self {
         Self {
             cache: Arc::default(),
             streams: Arc::default(),
-            gate: Arc::new(OpenGate),
-            require_peer: false,
+            gate,
+            port,
             joins: None,
         }
     }
@@ -186,20 +206,21 @@ fn peer_identity<T>(request: &Request<T>) -> Option<SpiffeId> {
 pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl AdsServer {
-    pub(super) fn check_peer<T>(&self, request: &Request<T>) -> Result<Option<SpiffeId>, Status> {
-        let peer = peer_identity(request);
-        if self.require_peer && peer.is_none() {
-            return Err(Status::unauthenticated(
-                "xDS on this port requires a client certificate with a SPIFFE ID",
-            ));
+    pub(super) fn check_peer<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        match self.port {
+            Port::LoopbackPlaintext => Ok(Caller::LoopbackPlaintext),
+            Port::Mtls => peer_identity(request).map(Caller::Verified).ok_or_else(|| {
+                Status::unauthenticated(
+                    "xDS on this port requires a client certificate with a SPIFFE ID",
+                )
+            }),
         }
-        Ok(peer)
     }
 
     pub(super) fn spawn<M>(
         &self,
         inbound: Streaming<M::Request>,
-        peer: Option<SpiffeId>,
+        caller: Caller,
     ) -> ResponseStream<M::Response>
     where
         M: StreamMachine,
@@ -207,7 +228,7 @@ impl AdsServer {
     {
         // Responses are built when the channel has room, so it holds only a couple.
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(run_stream::<M>(self.clone(), inbound, tx, peer));
+        tokio::spawn(run_stream::<M>(self.clone(), inbound, tx, caller));
         Box::pin(ReceiverStream::new(rx))
     }
 }
@@ -216,7 +237,7 @@ async fn run_stream<M>(
     server: AdsServer,
     mut inbound: Streaming<M::Request>,
     tx: mpsc::Sender<Result<M::Response, Status>>,
-    peer: Option<SpiffeId>,
+    caller: Caller,
 ) where
     M: StreamMachine,
     M::Request: prost::Message + Default,
@@ -255,8 +276,8 @@ async fn run_stream<M>(
                     && let Some(node) = M::node_of(&request)
                 {
                     let node = NodeInfo::from_node(node);
-                    if let Err(reason) = server.gate.admit(&node, peer.as_ref()) {
-                        tracing::warn!(node = node.id, peer = ?peer.as_ref().map(ToString::to_string), reason, "xDS stream refused");
+                    if let Err(reason) = server.gate.admit(&node, &caller) {
+                        tracing::warn!(node = node.id, caller = caller.describe(), reason, "xDS stream refused");
                         let _ = tx.send(Err(Status::permission_denied(format!("node {}: {reason}", node.id)))).await;
                         break;
                     }

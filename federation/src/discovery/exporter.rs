@@ -1,10 +1,12 @@
 //! The exporting side: a `FederationDiscovery` service that streams to each peer the catalog
-//! exported to it. The peer is named by the verified client certificate's trust domain; a
-//! caller of any other trust domain is refused before anything is sent.
+//! exported to it. The peer is named by the verified client certificate's trust domain, and
+//! only that peer's control plane (the identity its `ServiceMeshPeer` names) may watch: any
+//! other caller, a workload of the peer's mesh included, is refused before anything is sent.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use isthmus_api::identity::{CertInfo, SpiffeId};
@@ -20,16 +22,64 @@ use tonic::{Request, Response, Status, Streaming};
 use super::catalog::Catalog;
 use crate::status::StreamStatus;
 
+/// A peer as the exporter knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportPeer {
+    /// The `ServiceMeshPeer`'s name.
+    pub name: String,
+    /// The one identity that may watch this peer's exports: its control plane.
+    pub control_plane: SpiffeId,
+}
+
 /// What this mesh exports, as the exporter serves it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exports {
     /// Peer name to the catalog exported to it (absent: nothing).
     pub catalogs: BTreeMap<String, Arc<Catalog>>,
-    /// Peer trust domain to peer name (`ServiceMeshPeer.spec.security.trustDomain`).
-    pub peers: BTreeMap<String, String>,
+    /// Peer trust domain (`ServiceMeshPeer.spec.security.trustDomain`) to the peer.
+    pub peers: BTreeMap<String, ExportPeer>,
+}
+
+/// Why a caller may not watch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{caller}: no ServiceMeshPeer has trust domain {trust_domain}")]
+    UnknownTrustDomain {
+        caller: SpiffeId,
+        trust_domain: String,
+    },
+    #[error(
+        "{caller} is not the control plane of peer {peer}: only {allowed} may watch its exports"
+    )]
+    NotControlPlane {
+        caller: SpiffeId,
+        peer: String,
+        allowed: SpiffeId,
+    },
 }
 
 impl Exports {
+    /// The peer whose exports `caller` may watch: the peer of its trust domain, and only if
+    /// `caller` is that peer's control plane.
+    pub fn authorize(&self, caller: &SpiffeId) -> Result<&str, Refusal> {
+        let trust_domain = caller.trust_domain().as_str();
+        let peer = self
+            .peers
+            .get(trust_domain)
+            .ok_or_else(|| Refusal::UnknownTrustDomain {
+                caller: caller.clone(),
+                trust_domain: trust_domain.to_owned(),
+            })?;
+        if &peer.control_plane != caller {
+            return Err(Refusal::NotControlPlane {
+                caller: caller.clone(),
+                peer: peer.name.clone(),
+                allowed: peer.control_plane.clone(),
+            });
+        }
+        Ok(&peer.name)
+    }
+
     fn catalog(&self, peer: &str) -> Catalog {
         self.catalogs
             .get(peer)
@@ -38,8 +88,9 @@ impl Exports {
     }
 }
 
-/// Peer name to its callers' streams, by caller identity.
-pub type RemotesStatus = BTreeMap<String, BTreeMap<String, StreamStatus>>;
+/// Peer name to its callers' streams, by stream (numbered in the order they were opened): two
+/// streams of one identity are two entries, so one ending never hides the other.
+pub type RemotesStatus = BTreeMap<String, BTreeMap<u64, StreamStatus>>;
 
 /// The discovery service.
 #[derive(Debug, Clone)]
@@ -47,6 +98,7 @@ pub struct Exporter {
     exports: watch::Receiver<Arc<Exports>>,
     heartbeat: Duration,
     remotes: Arc<watch::Sender<RemotesStatus>>,
+    streams_opened: Arc<AtomicU64>,
 }
 
 impl Exporter {
@@ -55,6 +107,7 @@ impl Exporter {
             exports,
             heartbeat,
             remotes: Arc::new(watch::channel(RemotesStatus::new()).0),
+            streams_opened: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -81,18 +134,13 @@ impl FederationDiscovery for Exporter {
             .ok_or_else(|| {
                 Status::unauthenticated("federation discovery requires a peer's client certificate")
             })?;
-        let trust_domain = identity.trust_domain().to_string();
-        let peer = self
-            .exports
-            .borrow()
-            .peers
-            .get(&trust_domain)
-            .cloned()
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "{identity}: no ServiceMeshPeer has trust domain {trust_domain}"
-                ))
-            })?;
+        let peer = match self.exports.borrow().authorize(&identity) {
+            Ok(peer) => peer.to_owned(),
+            Err(refusal) => {
+                tracing::warn!(%refusal, remote = ?request.remote_addr(), "discovery watch refused");
+                return Err(Status::permission_denied(refusal.to_string()));
+            }
+        };
         let source = match request.remote_addr() {
             Some(addr) => format!("{identity} from {addr}"),
             None => identity.to_string(),
@@ -100,6 +148,7 @@ impl FederationDiscovery for Exporter {
         tracing::info!(peer, %source, "peer subscribed to its exports");
         let (tx, rx) = mpsc::channel(16);
         let stream = ExportStream {
+            id: self.streams_opened.fetch_add(1, Ordering::Relaxed),
             peer,
             identity,
             source,
@@ -114,6 +163,8 @@ impl FederationDiscovery for Exporter {
 }
 
 struct ExportStream {
+    /// This stream's key in [`RemotesStatus`].
+    id: u64,
     peer: String,
     identity: SpiffeId,
     source: String,
@@ -137,15 +188,22 @@ impl ExportStream {
             "peer's watch ended"
         );
         self.status(|s, now| s.disconnected(&why, now));
+        // Every live stream is shown; of the ended ones, only the one that ended last (when
+        // and why), so that reconnections do not pile up.
+        let id = self.id;
+        self.remotes.send_modify(|remotes| {
+            if let Some(streams) = remotes.get_mut(&self.peer) {
+                streams.retain(|&other, s| other == id || s.connected);
+            }
+        });
     }
 
     fn status(&self, update: impl FnOnce(&mut StreamStatus, SystemTime)) {
-        let key = self.identity.to_string();
         self.remotes.send_modify(|remotes| {
             let entry = remotes
                 .entry(self.peer.clone())
                 .or_default()
-                .entry(key)
+                .entry(self.id)
                 .or_default();
             update(entry, SystemTime::now());
         });
@@ -184,10 +242,9 @@ impl ExportStream {
                         return "exporter stopping".into();
                     }
                     let exports = self.exports.borrow_and_update().clone();
-                    let trust_domain = self.identity.trust_domain().to_string();
-                    if exports.peers.get(&trust_domain) != Some(&self.peer) {
+                    if exports.authorize(&self.identity).ok() != Some(self.peer.as_str()) {
                         let _ = self.tx.send(Err(Status::permission_denied(format!(
-                            "ServiceMeshPeer {} was removed or changed its trust domain",
+                            "ServiceMeshPeer {} was removed, or changed its trust domain or control plane",
                             self.peer
                         )))).await;
                         return "peer removed from configuration".into();
@@ -248,5 +305,58 @@ impl ExportStream {
             self.status(|s, now| s.event(full, now));
         }
         sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(uri: &str) -> SpiffeId {
+        SpiffeId::parse(uri).unwrap()
+    }
+
+    fn exports() -> Exports {
+        Exports {
+            catalogs: BTreeMap::new(),
+            peers: BTreeMap::from([(
+                "red.local".to_owned(),
+                ExportPeer {
+                    name: "red".into(),
+                    control_plane: id("spiffe://red.local/ns/isthmus-system/sa/isthmusd"),
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn only_the_peers_control_plane_may_watch_its_exports() {
+        let exports = exports();
+        assert_eq!(
+            exports.authorize(&id("spiffe://red.local/ns/isthmus-system/sa/isthmusd")),
+            Ok("red")
+        );
+        // Red's trust domain, red's CA, but a workload, a gateway, another namespace's isthmusd.
+        for caller in [
+            "spiffe://red.local/ns/shop/sa/client",
+            "spiffe://red.local/ns/istio-system/sa/egress-green-service-account",
+            "spiffe://red.local/ns/other/sa/isthmusd",
+        ] {
+            let refusal = exports.authorize(&id(caller)).unwrap_err();
+            assert!(
+                matches!(refusal, Refusal::NotControlPlane { ref peer, .. } if peer == "red"),
+                "{caller}: {refusal}"
+            );
+            assert!(
+                refusal
+                    .to_string()
+                    .contains("only spiffe://red.local/ns/isthmus-system/sa/isthmusd may watch"),
+                "{refusal}"
+            );
+        }
+        assert!(matches!(
+            exports.authorize(&id("spiffe://blue.local/ns/isthmus-system/sa/isthmusd")),
+            Err(Refusal::UnknownTrustDomain { .. })
+        ));
     }
 }

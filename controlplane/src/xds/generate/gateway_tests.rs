@@ -11,7 +11,7 @@ use isthmus_api::envoy::envoy::extensions::filters::network::tcp_proxy::v3::TcpP
 use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, UpstreamTlsContext, common_tls_context,
 };
-use isthmus_api::identity::TrustDomain;
+use isthmus_api::identity::{SpiffeId, TrustDomain};
 use isthmus_api::proto::federation::{ExportedService, ServicePort};
 use isthmus_api::testing::TestCa;
 use isthmus_federation::discovery::Catalog;
@@ -181,6 +181,68 @@ fn the_egress_gateway_tunnels_each_imported_service_port_and_discovery_by_sni() 
             .name,
         "ROOTCA/green.local",
         "the peer is verified against its own root alone"
+    );
+}
+
+fn downstream_tls(chain: &FilterChain) -> Option<DownstreamTlsContext> {
+    let Some(
+        isthmus_api::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any),
+    ) = &chain.transport_socket.as_ref()?.config_type
+    else {
+        panic!("{chain:?}")
+    };
+    Some(DownstreamTlsContext::decode(any.value.as_slice()).unwrap())
+}
+
+#[test]
+fn the_egress_gateway_carries_discovery_for_the_control_plane_identity_only() {
+    let ca = TestCa::new("green.local");
+    let mut model = model(&ca.root_pem());
+    model.control_plane_identity =
+        Some(SpiffeId::parse("spiffe://red.local/ns/cp/sa/isthmusd").unwrap());
+    let workload = &model.workloads[&("istio-system".to_owned(), "gateway".to_owned())];
+    let gw = gateway(&model, workload);
+    let egress = gw
+        .listeners
+        .iter()
+        .find(|l| l.name == "federation-egress")
+        .unwrap();
+    let discovery = egress
+        .filter_chains
+        .iter()
+        .find(|c| {
+            c.filter_chain_match.as_ref().unwrap().server_names
+                == ["discovery.green.federation.local"]
+        })
+        .unwrap();
+    let tls = downstream_tls(discovery).expect("discovery callers must authenticate");
+    assert!(tls.require_client_certificate.unwrap().value);
+    let text = format!("{tls:?}");
+    assert!(
+        text.contains("spiffe://red.local/ns/cp/sa/isthmusd") && text.contains("\"ROOTCA\""),
+        "the local control plane's identity, verified against the local bundle: {text}"
+    );
+    // Service traffic stays the caller's end-to-end session, untouched.
+    let ratings = egress
+        .filter_chains
+        .iter()
+        .find(|c| c.name.contains("ratings"))
+        .unwrap();
+    assert!(downstream_tls(ratings).is_none());
+    // Without a known control plane identity nobody's discovery is carried.
+    model.control_plane_identity = None;
+    let gw = gateway(&model, workload);
+    let egress = gw
+        .listeners
+        .iter()
+        .find(|l| l.name == "federation-egress")
+        .unwrap();
+    assert!(
+        egress
+            .filter_chains
+            .iter()
+            .all(|c| !c.name.contains("discovery")),
+        "{egress:?}"
     );
 }
 

@@ -9,6 +9,9 @@
 //!   `tunneling_config` opens an HTTP/2 CONNECT stream to `<exported host>:<port>` over mTLS to
 //!   the peer's ingress (`remote.addresses:servicePort`, the peer verified against its own root
 //!   alone, SNI = the exported host). Anything else finds no chain and is closed.
+//! - discovery (SNI `discovery.<peer>.federation.local`) is for this control plane alone: that
+//!   chain terminates an outer mTLS session that must present `isthmusd`'s identity, and
+//!   tunnels what it carries (the control plane's own session with the peer's).
 //!
 //! Ingress (from one peer), listener `federation-ingress` on the gateway's port:
 //! - one filter chain per peer, matched on the exported hosts as SNI; mTLS verified against
@@ -46,7 +49,7 @@ use super::names::{
     FEDERATION_INGRESS_LISTENER, discovery_sni, federation_egress_cluster,
     federation_ingress_cluster, imported_sni, peer_root_secret,
 };
-use super::tls::{downstream_peer_mtls, upstream_peer_mtls};
+use super::tls::{downstream_mtls_for, downstream_peer_mtls, upstream_peer_mtls};
 use super::{duration, pack};
 use crate::model::imports::LOCAL_DOMAIN;
 use crate::model::peers::Peer;
@@ -159,14 +162,21 @@ fn egress(
             clusters.push(tunnel_cluster(&cluster, peer, &remote.exported_host));
         }
     }
-    // This control plane's discovery stream to the peer's.
+    // This control plane's discovery stream to the peer's, for this control plane only: its
+    // session to the peer is wrapped in an mTLS session with the gateway, which must present
+    // the control plane's identity (the end-to-end session inside hides the caller's).
+    let Some(control_plane) = &model.control_plane_identity else {
+        return;
+    };
     let cluster = federation_egress_cluster(&peer.name, peer.discovery_port, DISCOVERY_AUTHORITY);
-    chains.push(tunnel_chain(
+    let mut chain = tunnel_chain(
         &peer.name,
         &discovery_sni(&peer.name),
         &cluster,
         &format!("{DISCOVERY_AUTHORITY}:{}", peer.discovery_port),
-    ));
+    );
+    chain.transport_socket = Some(downstream_mtls_for(&[control_plane.to_string()]));
+    chains.push(chain);
     clusters.push(tunnel_cluster(&cluster, peer, DISCOVERY_AUTHORITY));
 }
 

@@ -78,8 +78,18 @@ fn common_with(peer_ids: &[String], alpn: &[&str], roots: &str) -> CommonTlsCont
 
 /// mTLS termination: a client certificate from a trusted domain is required.
 pub fn downstream_mtls(alpn: &[&str]) -> TransportSocket {
+    downstream_mtls_with(&[], alpn)
+}
+
+/// mTLS termination for the given local identities only (no ALPN: what is carried inside is
+/// another TLS session).
+pub fn downstream_mtls_for(peer_ids: &[String]) -> TransportSocket {
+    downstream_mtls_with(peer_ids, &[])
+}
+
+fn downstream_mtls_with(peer_ids: &[String], alpn: &[&str]) -> TransportSocket {
     let context = DownstreamTlsContext {
-        common_tls_context: Some(common(&[], alpn)),
+        common_tls_context: Some(common(peer_ids, alpn)),
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
