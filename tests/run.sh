@@ -11,6 +11,8 @@ sudo=""
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# promtool: the metrics endpoints' format check.
+command -v promtool >/dev/null || missing+=(prometheus)
 # Network namespaces and capture rules for the transparent-capture test.
 command -v ip >/dev/null || missing+=(iproute2)
 command -v iptables >/dev/null || missing+=(iptables)

@@ -10,6 +10,8 @@
 //! - [`resources`]: the configuration API (Istio and Maistra kinds), validated at the edge with
 //!   field paths;
 //! - [`envoy`]: Envoy's xDS v3 types, re-exported from `envoy-types`;
+//! - [`metrics_format`]: metrics exposition negotiated by `Accept` (OpenMetrics or the classic
+//!   Prometheus text format), shared by the proxies and `isthmusd`;
 //! - [`proto`]: code generated from the workspace's `proto/` folder;
 //! - [`supervised`]: processes started by `isthmusctl up` stop with it.
 //!
@@ -18,6 +20,7 @@
 pub mod ca_client;
 pub mod channel;
 pub mod identity;
+pub mod metrics_format;
 pub mod proto;
 pub mod resources;
 pub mod supervised;

@@ -1,11 +1,13 @@
 //! The admin port (15000, loopback), with Envoy's paths: `/ready`, `/certs`, `/listeners`,
-//! `/clusters`, `/config_dump`.
+//! `/clusters`, `/config_dump`, `/stats/prometheus` (OpenMetrics or the classic Prometheus
+//! text format, by `Accept`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use isthmus_api::identity::pem::certs_to_pem;
 use isthmus_api::identity::{CertInfo, CertManager, format_time};
@@ -86,6 +88,19 @@ impl AdminState {
     }
 }
 
+/// `/stats/prometheus`: the format the `Accept` header asks for (Prometheus's negotiation).
+fn metrics_response(
+    accept: Option<&str>,
+    registry: &prometheus_client::registry::Registry,
+) -> Response {
+    match isthmus_api::metrics_format::encode(accept, registry) {
+        Ok((content_type, body)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 pub fn router(state: AdminState) -> Router {
     let ready = state.clone();
     let certs = state.certs.clone();
@@ -96,15 +111,10 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route(
             "/stats/prometheus",
-            get(move || {
-                let mut body = String::new();
-                let encoded = prometheus_client::encoding::text::encode(&mut body, &registry);
-                async move {
-                    match encoded {
-                        Ok(()) => (StatusCode::OK, body),
-                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                    }
-                }
+            get(move |headers: HeaderMap| {
+                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                let response = metrics_response(accept, &registry);
+                async move { response }
             }),
         )
         .route(

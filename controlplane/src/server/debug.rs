@@ -1,11 +1,12 @@
-//! `isthmusd`'s debug port (15014): Prometheus metrics, readiness, configuration status, the
-//! connected xDS streams with their per-type versions and ACK/NACK state, proxies that get no
-//! configuration and why, and a per-proxy dump of what it is sent.
+//! `isthmusd`'s debug port (15014): Prometheus metrics (OpenMetrics or the classic text format,
+//! by `Accept`), readiness, configuration status, the connected xDS streams with their per-type
+//! versions and ACK/NACK state, proxies that get no configuration and why, and a per-proxy dump
+//! of what it is sent.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use isthmus_api::identity::format_time;
@@ -77,26 +78,22 @@ pub fn router(state: DebugState) -> Router {
         )
         .route(
             "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move { metrics(&registry) }
+            get(move |headers: HeaderMap| {
+                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                let response = metrics(accept, &registry);
+                async move { response }
             }),
         )
         .route("/ready", get(|| async { "ok\n" }))
 }
 
-fn metrics(registry: &Registry) -> axum::response::Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
+/// `/metrics`: OpenMetrics or the classic Prometheus text format, as `Accept` asks
+/// (Prometheus's negotiation).
+fn metrics(accept: Option<&str>, registry: &Registry) -> axum::response::Response {
+    match isthmus_api::metrics_format::encode(accept, registry) {
+        Ok((content_type, body)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -1,0 +1,131 @@
+//! Every metrics endpoint of a running two-mesh federation (both `isthmusd`s' `/metrics`, the
+//! gateways' and sidecars' `/stats/prometheus`) negotiates its format as Prometheus expects:
+//! without an `Accept` header, the classic text format 0.0.4 that `promtool check metrics`
+//! passes without a word; with Prometheus's scrape header, OpenMetrics ending in `# EOF`.
+
+#![allow(clippy::unwrap_used)]
+// test helpers: a failed unwrap is a failed test
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use isthmus_e2e::federation::Federation;
+
+/// What Prometheus (2.x) sends when it scrapes.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET url` with `accept` as the `Accept` header (none at all with `None`: curl's default
+/// `*/*` is removed): (status, content type, body). Fails the test when there is no response.
+fn fetch(url: &str, accept: Option<&str>) -> (u16, String, String) {
+    let body_file = tempfile::NamedTempFile::new().unwrap();
+    // `-H "Accept:"` makes curl send no Accept header.
+    let header = format!(
+        "Accept:{}",
+        accept.map(|a| format!(" {a}")).unwrap_or_default()
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-H", &header, "-o"])
+        .arg(body_file.path())
+        .args(["-w", "%{content_type}\n%{http_code}", url])
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "{url} is unreachable ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = String::from_utf8(out.stdout).unwrap();
+    let (content_type, status) = written.rsplit_once('\n').unwrap();
+    let body = std::fs::read_to_string(body_file.path()).expect("metrics are UTF-8");
+    (status.parse().unwrap(), content_type.to_owned(), body)
+}
+
+/// `promtool check metrics` on `body` (its stdin): (success, everything it printed).
+fn promtool(body: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (Debian package `prometheus`; tests/run.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn every_metrics_endpoint_serves_promtool_clean_text_or_openmetrics_by_accept() {
+    let f = Federation::start();
+    // Traffic across the meshes: the proxies' families have members (labelled samples).
+    f.wait_up();
+
+    let mut endpoints = vec![
+        (
+            "red isthmusd".to_owned(),
+            format!("http://{}/metrics", f.red.debug),
+        ),
+        (
+            "green isthmusd".to_owned(),
+            format!("http://{}/metrics", f.green().debug),
+        ),
+    ];
+    for (i, proxy) in f.proxies.iter().enumerate() {
+        endpoints.push((
+            format!("proxy {i}"),
+            format!("http://{}/stats/prometheus", proxy.admin()),
+        ));
+    }
+    assert_eq!(
+        endpoints.len(),
+        6,
+        "two isthmusds, two gateways, two sidecars"
+    );
+
+    for (name, url) in &endpoints {
+        let (status, content_type, body) = fetch(url, None);
+        assert_eq!(status, 200, "{name} {url}: {body}");
+        assert_eq!(content_type, TEXT, "{name} {url} without Accept");
+        assert!(
+            body.lines().any(|l| l.starts_with("# TYPE "))
+                && body.lines().any(|l| !l.starts_with('#') && !l.is_empty()),
+            "{name} {url}: families and samples expected:\n{body}"
+        );
+        assert!(!body.contains("# EOF"), "{name} {url}:\n{body}");
+        assert!(!body.contains("_created"), "{name} {url}:\n{body}");
+        assert!(!body.contains("# UNIT"), "{name} {url}:\n{body}");
+        for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
+            if let Some(family) = line.strip_suffix(" counter") {
+                assert!(family.ends_with("_total"), "{name} {url}: {line}");
+            }
+        }
+        let (clean, lint) = promtool(&body);
+        assert!(
+            clean && lint.trim().is_empty(),
+            "{name} {url}: promtool check metrics failed:\n{lint}\n---\n{body}"
+        );
+
+        let (status, content_type, body) = fetch(url, Some(PROMETHEUS_ACCEPT));
+        assert_eq!(status, 200, "{name} {url}: {body}");
+        assert_eq!(
+            content_type, OPENMETRICS,
+            "{name} {url} with Prometheus's Accept"
+        );
+        assert!(body.ends_with("# EOF\n"), "{name} {url}:\n{body}");
+    }
+}
