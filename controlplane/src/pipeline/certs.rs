@@ -45,14 +45,16 @@ impl ProxyCertificates {
             .authority
             .sign(&request.csr_pem, id, 0)
             .map_err(|e| format!("cannot issue a certificate for {id}: {e}"))?;
-        // Half-life from the certificate's own validity (it is backdated a little).
+        // Half of the lifetime left from now: the certificate is back-dated (5 minutes) for
+        // clock skew, and counting that would make a short-lived one due at once, every second.
         let renew_at = issued
             .chain
             .first()
             .and_then(|pem| certs_from_pem(pem.as_bytes(), "issued").ok())
             .and_then(|certs| certs.first().and_then(|c| CertInfo::parse(c).ok()))
             .map_or(now + Duration::from_secs(600), |info| {
-                info.not_before + info.lifetime() / 2
+                let start = info.not_before.max(now);
+                start + info.not_after.duration_since(start).unwrap_or_default() / 2
             });
         let credential = IssuedCredential {
             chain_pem: issued.chain.concat(),
@@ -71,5 +73,53 @@ impl ProxyCertificates {
     /// Forgets identities no proxy uses any more.
     pub fn retain(&mut self, in_use: impl Fn(&SpiffeId) -> bool) {
         self.issued.retain(|id, _| in_use(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use isthmus_api::identity::{CertInfo, SpiffeId};
+    use isthmus_api::testing::TestCa;
+    use rcgen::KeyPair;
+
+    use super::*;
+    use crate::ca::authority::TtlPolicy;
+    use crate::ca::material::CaMaterial;
+
+    fn authority(ttl: Duration) -> Arc<Authority> {
+        let ca = TestCa::new("red.local");
+        let material = CaMaterial {
+            key: KeyPair::from_pem(&ca.key_pem()).unwrap(),
+            cert: ca.cert().clone(),
+            intermediates: Vec::new(),
+            roots: vec![ca.root().clone()],
+            not_after: CertInfo::parse(ca.cert()).unwrap().not_after,
+            origin: "test".into(),
+        };
+        let policy = TtlPolicy {
+            default: ttl,
+            ..TtlPolicy::default()
+        };
+        Arc::new(Authority::new(ca.trust_domain().clone(), material, policy).unwrap())
+    }
+
+    #[test]
+    fn short_lived_certificates_renew_at_half_their_remaining_life_not_at_once() {
+        let mut certs = ProxyCertificates::new(authority(Duration::from_secs(20)));
+        let id = SpiffeId::parse("spiffe://red.local/ns/shop/sa/client").unwrap();
+        let now = SystemTime::now();
+        let first = certs.get(&id, now).unwrap();
+        let due = first.renew_at.duration_since(now).unwrap();
+        assert!(
+            due >= Duration::from_secs(9) && due <= Duration::from_secs(11),
+            "a 20 s certificate is renewed after about 10 s, not {due:?}"
+        );
+        // Until then the same credential is served; after, a new one.
+        let again = certs.get(&id, now + Duration::from_secs(5)).unwrap();
+        assert_eq!(again.chain_pem, first.chain_pem);
+        let renewed = certs.get(&id, now + Duration::from_secs(11)).unwrap();
+        assert_ne!(renewed.chain_pem, first.chain_pem);
     }
 }
