@@ -122,12 +122,18 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let outbound: std::net::SocketAddr = format!("127.0.0.1:{}", f.ports.outbound).parse()?;
     // Until red's client can call its own echo too.
+    let mut last = f.call(IN_MESH);
     for _ in 0..300 {
-        if f.call(IN_MESH).0 == 200 {
+        if matches!(last, Ok((200, _))) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        last = f.call(IN_MESH);
     }
+    anyhow::ensure!(
+        matches!(last, Ok((200, _))),
+        "red's client cannot call {IN_MESH}: {last:?}"
+    );
 
     let urls = [
         (red_app, format!("http://{red_app}/")),

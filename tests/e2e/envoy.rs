@@ -18,7 +18,7 @@ use isthmus_e2e::envoy::{Echo, Envoy, curl};
 use isthmus_e2e::mesh::{
     DENY_CLIENT, HEADER_ROUTES, SPLIT_ROUTES, STRICT, bootstrap, mesh_yaml, until, write,
 };
-use isthmus_e2e::{Isthmusd, free_port, isthmusctl};
+use isthmus_e2e::{CurlError, Isthmusd, free_port, isthmusctl};
 use serde_json::Value;
 
 struct Sidecars {
@@ -83,20 +83,23 @@ fn start_sidecars(dir: &Path, daemon: &Isthmusd, ip: &str) -> Sidecars {
 }
 
 impl Sidecars {
-    /// A request from the client application through its sidecar: (status, echo body).
-    fn call(&self, path: &str, headers: &[&str]) -> (u16, Value) {
+    /// A request from the client application through its sidecar: (status, echo body), or
+    /// why there was no response.
+    fn call(&self, path: &str, headers: &[&str]) -> Result<(u16, Value), CurlError> {
         let proxy = format!("http://127.0.0.1:{}", self.outbound);
         let url = format!("http://echo.shop.local:8080{path}");
         let mut args = vec!["-x", proxy.as_str(), url.as_str()];
         for h in headers {
             args.extend_from_slice(&["-H", h]);
         }
-        let (status, body) = curl(&args);
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+        let (status, body) = curl(&args)?;
+        Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
     }
 
     fn backend(&self, headers: &[&str]) -> String {
-        let (status, body) = self.call("/", headers);
+        let (status, body) = self
+            .call("/", headers)
+            .expect("a request through the client sidecar");
         assert_eq!(status, 200, "{body}");
         body["name"].as_str().unwrap().to_owned()
     }
@@ -153,9 +156,11 @@ fn envoy_sidecars_are_configured_by_isthmusd_end_to_end() {
     until(
         "the first request through the mesh",
         Duration::from_secs(20),
-        || mesh.call("/", &[]).0 == 200,
+        || matches!(mesh.call("/", &[]), Ok((200, _))),
     );
-    let (_, body) = mesh.call("/hello", &[]);
+    let (_, body) = mesh
+        .call("/hello", &[])
+        .expect("a request through the mesh");
     let xfcc = body["headers"]["x-forwarded-client-cert"]
         .as_str()
         .unwrap_or_default();
@@ -163,16 +168,20 @@ fn envoy_sidecars_are_configured_by_isthmusd_end_to_end() {
         xfcc.contains("URI=spiffe://red.local/ns/shop/sa/client"),
         "{body}"
     );
-    let handshakes = mesh
-        .v1
-        .stat(&format!("listener.{ip}.1_{inbound}.ssl.handshake"))
-        + mesh
-            .v2
-            .stat(&format!("listener.{ip}.2_{inbound}.ssl.handshake"));
-    assert!(handshakes >= 1, "the request did not arrive over TLS");
+    let handshakes = [
+        mesh.v1
+            .stat(&format!("listener.{ip}.1_{inbound}.ssl.handshake")),
+        mesh.v2
+            .stat(&format!("listener.{ip}.2_{inbound}.ssl.handshake")),
+    ];
+    assert!(
+        handshakes.iter().flatten().sum::<u64>() >= 1,
+        "the request did not arrive over TLS: {handshakes:?}"
+    );
     // PERMISSIVE (the default): plaintext from outside the mesh is still accepted.
     let direct = format!("http://{ip}.1:{inbound}/");
-    assert_eq!(curl(&[&direct]).0, 200);
+    let (status, body) = curl(&[&direct]).expect("plaintext under PERMISSIVE");
+    assert_eq!(status, 200, "{body}");
 
     // A header match, then a weighted split: each applies within a second, nothing restarts.
     write(&config, "routes.yaml", HEADER_ROUTES);
@@ -234,26 +243,45 @@ fn envoy_sidecars_are_configured_by_isthmusd_end_to_end() {
         "the last good split stays in force ({v2}/20 to v2)"
     );
 
-    // STRICT: clients without a certificate are refused, mesh traffic flows.
+    // STRICT: clients without a certificate are refused, mesh traffic flows. Plaintext
+    // matches no filter chain: Envoy closes the connection before any response.
     write(&config, "routes.yaml", HEADER_ROUTES);
     write(&config, "peer-authentication.yaml", STRICT);
+    let mut plaintext = curl(&[&direct]);
     until("STRICT mTLS", Duration::from_secs(5), || {
-        curl(&[&direct]).0 == 0
+        plaintext = curl(&[&direct]);
+        !matches!(plaintext, Ok((200, _)))
     });
+    assert!(
+        matches!(&plaintext, Err(e) if e.is_closed()),
+        "plaintext under STRICT: {plaintext:?}\n{}",
+        mesh.v1.logs()
+    );
+    // TLS without a client certificate. In TLS 1.2 Envoy's verdict is part of the handshake:
+    // the alert handshake failure.
     let tls_without_cert = format!("https://{ip}.1:{inbound}/");
-    assert_eq!(
-        curl(&["-k", &tls_without_cert]).0,
-        0,
-        "TLS without a client certificate"
+    let no_cert = curl(&["-k", "--tls-max", "1.2", &tls_without_cert]);
+    assert!(
+        matches!(&no_cert, Err(e) if e.tls_alert() == Some("handshake failure")),
+        "TLS 1.2 without a client certificate: {no_cert:?}"
+    );
+    // In TLS 1.3 it comes after the client's side of the handshake: curl, already sending its
+    // request, finds the connection torn down (a send failure) before it reads the alert.
+    let no_cert = curl(&["-k", "--tlsv1.3", &tls_without_cert]);
+    assert!(
+        matches!(&no_cert, Err(e) if e.is_send_failure()
+            || e.tls_alert() == Some("certificate required")),
+        "TLS 1.3 without a client certificate: {no_cert:?}"
     );
     assert_eq!(mesh.backend(&[]), "v1");
 
     // DENY on the caller's principal: its requests become 403s, decided by the server sidecar.
     write(&config, "authorization.yaml", DENY_CLIENT);
     until("the DENY policy", Duration::from_secs(5), || {
-        mesh.call("/", &[]).0 == 403
+        matches!(mesh.call("/", &[]), Ok((403, _)))
     });
-    assert!(mesh.v1.stat(&format!("http.inbound_{inbound}.rbac.denied")) >= 1);
+    let denied = mesh.v1.stat(&format!("http.inbound_{inbound}.rbac.denied"));
+    assert!(denied.is_some_and(|n| n >= 1), "rbac.denied: {denied:?}");
 
     // What a proxy was sent, decoded; never its private key.
     let out = isthmusctl(&[
@@ -274,11 +302,10 @@ fn envoy_sidecars_are_configured_by_isthmusd_end_to_end() {
     for envoy in mesh.all() {
         no_rejected_updates(envoy);
     }
-    assert!(
-        mesh.client
-            .stat("http.outbound_http.rds.outbound.update_success")
-            >= 1
-    );
+    let rds = mesh
+        .client
+        .stat("http.outbound_http.rds.outbound.update_success");
+    assert!(rds.is_some_and(|n| n >= 1), "RDS updates: {rds:?}");
     assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
 }
 
@@ -350,8 +377,12 @@ fn envoy_over_the_mtls_port_gets_only_its_own_workload() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let client = Envoy::start(root, "client", &bootstrap(root, "client", &refs)).unwrap();
     until("configuration over mTLS", Duration::from_secs(20), || {
-        client.stat("listener_manager.lds.update_success") >= 1
-            && client.stat("sds.default.update_success") >= 1
+        client
+            .stat("listener_manager.lds.update_success")
+            .is_some_and(|n| n >= 1)
+            && client
+                .stat("sds.default.update_success")
+                .is_some_and(|n| n >= 1)
     });
     no_rejected_updates(&client);
 
@@ -365,8 +396,16 @@ fn envoy_over_the_mtls_port_gets_only_its_own_workload() {
             .contains("but workload shop/echo-v1 runs as spiffe://red.local/ns/shop/sa/echo")
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(thief.stat("listener_manager.lds.update_success"), 0);
-    assert_eq!(thief.stat("sds.default.update_success"), 0);
+    // The thief runs, its cluster requests were refused (each a failed stream), it got no
+    // clusters and no listeners, and it never even subscribed to the workload's secret.
+    let failures = thief.stat("cluster_manager.cds.update_failure");
+    assert!(
+        failures.is_some_and(|n| n >= 1),
+        "CDS failures: {failures:?}"
+    );
+    assert_eq!(thief.stat("cluster_manager.cds.update_success"), Some(0));
+    assert_eq!(thief.stat("listener_manager.lds.update_success"), Some(0));
+    assert_eq!(thief.stat("sds.default.update_success"), None);
 
     // A proxy for a workload the configuration does not have: status says so.
     let xds = daemon.xds.to_string();

@@ -70,14 +70,16 @@ fn up_runs_the_example_curl_reaches_the_imported_service_and_ctrl_c_leaves_nothi
     let proxy = up.proxy_of("red", "client");
     let url = "http://ratings.bookinfo.svc.green-imports.local:9080/";
     let start = Instant::now();
-    let (status, body) = loop {
-        let (status, body) = curl_with(Command::new("curl"), &["-x", &proxy, url]);
-        if status == 200 || start.elapsed() > Duration::from_secs(30) {
-            break (status, body);
+    let answer = loop {
+        let answer = curl_with(Command::new("curl"), &["-x", &proxy, url]);
+        if matches!(answer, Ok((200, _))) || start.elapsed() > Duration::from_secs(30) {
+            break answer;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(status, 200, "{body}\n{}", up.log());
+    let Ok((200, body)) = answer else {
+        panic!("{answer:?}\n{}", up.log());
+    };
     assert!(
         body.contains("URI=spiffe://red.local/ns/shop/sa/client"),
         "green's sidecar did not see red's client: {body}"

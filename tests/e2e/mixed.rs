@@ -15,35 +15,38 @@ use isthmus_e2e::mesh::{
     DENY_CLIENT, HEADER_ROUTES, STRICT, envoy_client, envoy_server, mesh_yaml, workload_yaml, write,
 };
 use isthmus_e2e::proxy::IsthmusProxy;
-use isthmus_e2e::{Isthmusd, free_port};
+use isthmus_e2e::{CurlError, Isthmusd, free_port};
 use serde_json::Value;
 
-/// Waits up to 20 s for `call` to answer `status`; the last answer and the logs otherwise.
+/// Waits up to 20 s for `call` to answer `status`; the last answer (or why there was none)
+/// and the logs otherwise.
 fn wait_for(status: u16, outbound: u16, headers: &[&str], logs: &dyn Fn() -> String) -> Value {
     let start = std::time::Instant::now();
     loop {
-        let (got, body) = call(outbound, headers);
-        if got == status {
-            return body;
-        }
+        let last = match call(outbound, headers) {
+            Ok((got, body)) if got == status => return body,
+            Ok((got, body)) => format!("{got}: {body}"),
+            Err(e) => e.to_string(),
+        };
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "expected {status}, got {got}: {body}\n{}",
+            "expected {status}, got {last}\n{}",
             logs()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// A request from a client application through its sidecar's outbound port.
-fn call(outbound: u16, headers: &[&str]) -> (u16, Value) {
+/// A request from a client application through its sidecar's outbound port: (status, echo
+/// body), or why there was no response.
+fn call(outbound: u16, headers: &[&str]) -> Result<(u16, Value), CurlError> {
     let proxy = format!("http://127.0.0.1:{outbound}");
     let mut args = vec!["-x", proxy.as_str(), "http://echo.shop.local:8080/hello"];
     for h in headers {
         args.extend_from_slice(&["-H", h]);
     }
-    let (status, body) = curl(&args);
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    let (status, body) = curl(&args)?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 #[test]
@@ -129,22 +132,32 @@ fn envoy_and_isthmus_proxy_interoperate_in_every_pairing() {
         "{body}"
     );
 
-    // STRICT: plaintext straight to the isthmus-proxy server is refused.
-    assert_eq!(curl(&[&format!("http://{ip}.2:{inbound}/")]).0, 0);
+    // STRICT: plaintext straight to the isthmus-proxy server is refused: no filter chain
+    // takes it, the connection is closed before any response.
+    let plaintext = curl(&[&format!("http://{ip}.2:{inbound}/")]);
+    assert!(
+        matches!(&plaintext, Err(e) if e.is_closed()),
+        "plaintext under STRICT: {plaintext:?}\n{}",
+        diagnostics()
+    );
 
     // DENY the caller: every pairing answers 403, decided by the server sidecar.
     write(&config, "authorization.yaml", DENY_CLIENT);
     wait_for(403, isthmus_out, &[], &diagnostics);
     wait_for(403, isthmus_out, &["x-version: v2"], &diagnostics);
     wait_for(403, envoy_out, &["x-version: v2"], &diagnostics);
-    let (_, body) = curl(&[
+    let denied = curl(&[
         "-x",
         &format!("http://127.0.0.1:{envoy_out}"),
         "-H",
         "x-version: v2",
         "http://echo.shop.local:8080/",
     ]);
-    assert_eq!(body, "RBAC: access denied");
+    assert_eq!(
+        denied,
+        Ok((403, "RBAC: access denied".to_owned())),
+        "the server sidecar's denial"
+    );
 }
 
 /// Certificates from SDS that live 4 s rotate every 2 s on both sides of mTLS between two
@@ -191,10 +204,11 @@ fn certificate_rotation_under_load_drops_no_request() {
     let start = std::time::Instant::now();
     let (mut sent, mut failed) = (0, Vec::new());
     while start.elapsed() < Duration::from_secs(7) {
-        let (status, body) = call(outbound, &[]);
         sent += 1;
-        if status != 200 {
-            failed.push(format!("{status} {body}"));
+        match call(outbound, &[]) {
+            Ok((200, _)) => {}
+            Ok((status, body)) => failed.push(format!("{status} {body}")),
+            Err(e) => failed.push(e.to_string()),
         }
     }
     let last = (serial(&client), serial(&server));

@@ -182,7 +182,8 @@ fn websocket_upgrades_cross_both_sidecars_over_mtls() {
         "-x",
         &format!("http://127.0.0.1:{outbound}"),
         "http://echo.shop.local:8080/",
-    ]);
+    ])
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     assert_eq!((status, body.as_str()), (200, "ok"), "{}", logs());
 
     let (mut stream, head) = upgrade(outbound, "websocket");
@@ -322,17 +323,13 @@ fn a_local_tcp_port_carries_opaque_bytes_across_both_sidecars() {
         "{listeners}"
     );
     // HTTP spoken by the application itself, carried as bytes: no sidecar header is added.
-    let (status, body) = curl(&[&format!("http://127.0.0.1:{local}/raw")]);
-    assert_eq!(
-        status,
-        200,
-        "{body}\nclient:\n{}\nserver:\n{}",
-        client.logs(),
-        server.logs()
-    );
+    let logs = || format!("client:\n{}\nserver:\n{}", client.logs(), server.logs());
+    let (status, body) = curl(&[&format!("http://127.0.0.1:{local}/raw")])
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    assert_eq!(status, 200, "{body}\n{}", logs());
     assert!(body.contains("\"name\":\"grpc-v1\""), "{body}");
     assert!(!body.contains("x-forwarded-client-cert"), "{body}");
-    let (_, stats) = server.get("/stats/prometheus");
+    let (_, stats) = server.admin_get("/stats/prometheus");
     assert!(
         stats.contains(
             "isthmus_proxy_downstream_connections_total{listener=\"inbound_127.0.77.1_7000\"}"

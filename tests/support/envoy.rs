@@ -104,9 +104,12 @@ impl Envoy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `GET` on the admin interface.
+    /// `GET` on the admin interface; fails the test when it does not answer (Envoy is gone).
     pub fn admin_get(&self, path: &str) -> String {
-        curl(&["-s", &format!("http://{}{path}", self.admin)]).1
+        match curl(&[&format!("http://{}{path}", self.admin)]) {
+            Ok((_, body)) => body,
+            Err(e) => panic!("envoy {}'s admin port: {e}\n{}", self.name, self.logs()),
+        }
     }
 
     /// Every counter and gauge, by name.
@@ -120,11 +123,12 @@ impl Envoy {
             .collect()
     }
 
-    pub fn stat(&self, name: &str) -> u64 {
+    /// One counter or gauge; `None` when Envoy has no such stat.
+    pub fn stat(&self, name: &str) -> Option<u64> {
         self.stats()
             .into_iter()
             .find(|(k, _)| k == name)
-            .map_or(0, |(_, v)| v)
+            .map(|(_, v)| v)
     }
 }
 
@@ -135,8 +139,8 @@ impl Drop for Envoy {
     }
 }
 
-/// Runs curl with `args`; returns (HTTP status or 0 when there was no response, body).
-pub fn curl(args: &[&str]) -> (u16, String) {
+/// Runs curl with `args`: (HTTP status, body), or why there was no response.
+pub fn curl(args: &[&str]) -> Result<(u16, String), crate::CurlError> {
     crate::curl_with(Command::new("curl"), args)
 }
 

@@ -295,7 +295,7 @@ impl Federation {
     /// says.
     pub fn wait_up(&self) {
         for _ in 0..300 {
-            if self.call(IMPORTED).0 == 200 {
+            if matches!(self.call(IMPORTED), Ok((200, _))) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -327,8 +327,9 @@ impl Federation {
         write(&self.dir.path().join("green/config"), "mesh.yaml", &text);
     }
 
-    /// `GET http://<host>:9080/` through red's client sidecar (its HTTP proxy port).
-    pub fn call(&self, host: &str) -> (u16, String) {
+    /// `GET http://<host>:9080/` through red's client sidecar (its HTTP proxy port): (status,
+    /// body), or why there was no response.
+    pub fn call(&self, host: &str) -> Result<(u16, String), crate::CurlError> {
         curl_with(
             Command::new("curl"),
             &[

@@ -59,17 +59,149 @@ pub fn free_port() -> u16 {
     panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
-/// Runs `command` (curl, perhaps behind a wrapper) with `args`; returns (HTTP status or 0 when
-/// there was no response, body).
-pub fn curl_with(mut command: Command, args: &[&str]) -> (u16, String) {
+/// Why curl got no complete HTTP response: its exit code and what it said on stderr.
+///
+/// Negative checks name the refusal they expect ([`CurlError::is_empty_reply`],
+/// [`CurlError::tls_alert`], ...): a proxy that died gives [`CurlError::is_refused`] instead,
+/// which no such check accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurlError {
+    /// curl's exit code (`None`: killed by a signal). 7 connection refused, 28 timeout, 35 TLS
+    /// handshake failure, 52 empty reply, 56 receive failure, 60 server certificate refused.
+    pub code: Option<i32>,
+    /// The HTTP status curl had received before it failed, if any.
+    pub status: Option<u16>,
+    /// curl's message (it runs with `-sS`), and anything a wrapper printed.
+    pub stderr: String,
+    /// The command, for the failure message.
+    pub command: String,
+}
+
+/// [`CurlError`]'s exit code, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CurlFailure {
+    /// 7: nothing listens there: the process under test is gone (or never bound).
+    Refused,
+    /// 28: no answer within `--max-time`.
+    Timeout,
+    /// 35: the TLS handshake failed (an alert, or the connection closed or reset mid-way).
+    TlsHandshake,
+    /// 52: the server closed the connection without a byte of response.
+    EmptyReply,
+    /// 56: receiving failed: a reset, or a TLS alert after the handshake.
+    RecvFailure,
+    /// 60: the server's certificate was not accepted.
+    PeerCertificate,
+    /// Anything else (the exit code is in [`CurlError::code`]).
+    Other,
+}
+
+impl CurlError {
+    pub fn kind(&self) -> CurlFailure {
+        match self.code {
+            Some(7) => CurlFailure::Refused,
+            Some(28) => CurlFailure::Timeout,
+            Some(35) => CurlFailure::TlsHandshake,
+            Some(52) => CurlFailure::EmptyReply,
+            Some(56) => CurlFailure::RecvFailure,
+            Some(60) => CurlFailure::PeerCertificate,
+            _ => CurlFailure::Other,
+        }
+    }
+
+    /// Connection refused: nothing listens (a dead process), never a proxy's refusal.
+    pub fn is_refused(&self) -> bool {
+        self.kind() == CurlFailure::Refused
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == CurlFailure::Timeout
+    }
+
+    /// The connection was accepted, then closed before any response.
+    pub fn is_empty_reply(&self) -> bool {
+        self.kind() == CurlFailure::EmptyReply
+    }
+
+    /// The peer reset the connection (RST), during the TLS handshake or after it.
+    pub fn is_reset(&self) -> bool {
+        matches!(
+            self.kind(),
+            CurlFailure::TlsHandshake | CurlFailure::RecvFailure | CurlFailure::EmptyReply
+        ) && self.stderr.contains("reset by peer")
+    }
+
+    /// The connection was accepted, then closed with no response and no TLS alert: an empty
+    /// reply (FIN), or a reset (RST: the kernel's answer when the server closes with the
+    /// request still unread, which races with the request's arrival). A dead process is
+    /// [`CurlError::is_refused`] instead.
+    pub fn is_closed(&self) -> bool {
+        self.tls_alert().is_none() && (self.is_empty_reply() || self.is_reset())
+    }
+
+    /// Sending the request failed: the server had torn the connection down (55, or 16 with
+    /// HTTP/2: "Send failure").
+    pub fn is_send_failure(&self) -> bool {
+        self.code == Some(55) || (self.code == Some(16) && self.stderr.contains("Send failure"))
+    }
+
+    /// The TLS alert the server sent (`"certificate required"`, `"handshake failure"`,
+    /// `"unknown ca"`...), during the handshake (35) or at the first read after it (56).
+    pub fn tls_alert(&self) -> Option<&str> {
+        if !matches!(
+            self.kind(),
+            CurlFailure::TlsHandshake | CurlFailure::RecvFailure
+        ) {
+            return None;
+        }
+        // OpenSSL: "...:SSL routines::tlsv13 alert certificate required, errno 0".
+        let at = self.stderr.find(" alert ")? + " alert ".len();
+        let rest = &self.stderr[at..];
+        let end = rest.find([',', '\n', '(']).unwrap_or(rest.len());
+        Some(rest[..end].trim())
+    }
+
+    /// The server sent a TLS alert.
+    pub fn is_tls_alert(&self) -> bool {
+        self.tls_alert().is_some()
+    }
+}
+
+impl std::fmt::Display for CurlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "curl exited with {code} ({:?})", self.kind())?,
+            None => write!(f, "curl was killed by a signal")?,
+        }
+        if let Some(status) = self.status {
+            write!(f, " after HTTP status {status}")?;
+        }
+        write!(f, ": {} [{}]", self.stderr.trim(), self.command)
+    }
+}
+
+impl std::error::Error for CurlError {}
+
+/// Runs `command` (curl, perhaps behind a wrapper) with `args` (5 s at most); the HTTP status
+/// and body of a complete response, or why there was none.
+pub fn curl_with(mut command: Command, args: &[&str]) -> Result<(u16, String), CurlError> {
     let out = command
-        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
         .args(args)
         .output()
         .expect("run curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    let status = code.trim().parse::<u16>().ok().filter(|s| *s != 0);
+    match (out.status.code(), status) {
+        (Some(0), Some(status)) => Ok((status, body.to_owned())),
+        (code, status) => Err(CurlError {
+            code,
+            status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            command: format!("{command:?}"),
+        }),
+    }
 }
 
 /// Runs `isthmusctl` with `args` to completion.
@@ -274,18 +406,16 @@ impl Isthmusd {
         self.state_dir.join("root-cert.pem")
     }
 
-    /// The body of `GET <path>` on the debug port, fetched with curl.
+    /// The body of `GET <path>` on the debug port, fetched with curl; fails the test when
+    /// the port does not answer (isthmusd is gone).
     pub fn http_get(&self, path: &str) -> String {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://{}{path}", self.debug),
-            ])
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        match curl_with(
+            Command::new("curl"),
+            &[&format!("http://{}{path}", self.debug)],
+        ) {
+            Ok((_, body)) => body,
+            Err(e) => panic!("isthmusd's debug port: {e}\n{}", self.logs()),
+        }
     }
 
     /// The text of the debug port's `/metrics`.
@@ -293,12 +423,14 @@ impl Isthmusd {
         self.http_get("/metrics")
     }
 
-    /// The value of one metric line (`name{labels}` exactly), 0 when absent.
-    pub fn metric(&self, series: &str) -> u64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0)
+    /// The value of one metric line (`name{labels}` exactly); `None` when `/metrics` has no
+    /// such series (a labelled series appears at its first count).
+    pub fn metric(&self, series: &str) -> Option<u64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')
+                .and_then(|v| v.trim().parse().ok())
+        })
     }
 }
 

@@ -45,13 +45,13 @@ impl Netns {
         Ok(())
     }
 
-    /// curl from inside the namespace: (HTTP status or 0 without a response, body).
-    pub fn curl(&self, args: &[&str]) -> (u16, String) {
+    /// curl from inside the namespace: (HTTP status, body), or why there was no response.
+    pub fn curl(&self, args: &[&str]) -> Result<(u16, String), crate::CurlError> {
         crate::curl_with(self.command("curl"), args)
     }
 
     /// curl from inside the namespace as the user `uid` (whose traffic capture rules skip).
-    pub fn curl_as(&self, uid: u32, args: &[&str]) -> (u16, String) {
+    pub fn curl_as(&self, uid: u32, args: &[&str]) -> Result<(u16, String), crate::CurlError> {
         let mut c = self.command("setpriv");
         c.args(setpriv_args(uid)).arg("curl");
         crate::curl_with(c, args)

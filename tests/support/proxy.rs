@@ -161,8 +161,8 @@ impl IsthmusProxy {
         }
     }
 
-    /// An admin-port request: (status, body).
-    pub fn get(&self, path: &str) -> (u16, String) {
+    /// An admin-port request: (status, body), or why there was no answer.
+    pub fn get(&self, path: &str) -> Result<(u16, String), crate::CurlError> {
         let url = format!("http://{}{path}", self.admin);
         match &self.netns {
             None => curl(&[&url]),
@@ -174,18 +174,27 @@ impl IsthmusProxy {
         }
     }
 
-    /// Waits up to `limit` for `/ready` to answer 200; the last answer otherwise.
+    /// Waits up to `limit` for `/ready` to answer 200; the last answer (a status, or why
+    /// there was none) otherwise.
     pub fn wait_ready(&self, limit: Duration) -> Result<(), String> {
         let start = Instant::now();
-        let mut last = (0, String::new());
+        let mut last = String::from("not asked");
         while start.elapsed() < limit {
-            last = self.get("/ready");
-            if last.0 == 200 {
-                return Ok(());
+            match self.get("/ready") {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(format!("/ready: {} {}\n{}", last.0, last.1, self.logs()))
+        Err(format!("/ready: {last}\n{}", self.logs()))
+    }
+
+    /// An admin-port request that must be answered: fails the test with the proxy's log
+    /// when the admin port does not answer (the proxy is gone).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        self.get(path)
+            .unwrap_or_else(|e| panic!("{}'s admin port: {e}\n{}", self.admin, self.logs()))
     }
 
     /// Sends SIGTERM and waits up to `limit` for the process to exit; its exit status, or
@@ -219,7 +228,7 @@ impl IsthmusProxy {
     }
 
     pub fn config_dump(&self) -> Value {
-        let (status, body) = self.get("/config_dump");
+        let (status, body) = self.admin_get("/config_dump");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).expect("/config_dump is JSON")
     }
