@@ -204,18 +204,28 @@ pub struct Federation {
 impl Federation {
     /// With `isthmusctl echo` as green's ratings application.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`Federation::start`], both `isthmusd`s started with `isthmusd_args` too.
+    pub fn start_with(isthmusd_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let echo = Echo::start(dir.path(), "ratings-v1").unwrap();
         let port = echo.addr.port();
-        Self::start_in(dir, port, Some(echo))
+        Self::start_in(dir, port, Some(echo), isthmusd_args)
     }
 
     /// With green's ratings application already listening on 127.0.0.1:`app_port`.
     pub fn start_with_app(app_port: u16) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), app_port, None)
+        Self::start_in(tempfile::tempdir().unwrap(), app_port, None, &[])
     }
 
-    fn start_in(dir: tempfile::TempDir, app_port: u16, echo: Option<Echo>) -> Self {
+    fn start_in(
+        dir: tempfile::TempDir,
+        app_port: u16,
+        echo: Option<Echo>,
+        isthmusd_args: &[&str],
+    ) -> Self {
         let ports = Ports {
             ingress: free_port(),
             egress: free_port(),
@@ -224,8 +234,9 @@ impl Federation {
             details_inbound: free_port(),
             outbound: free_port(),
         };
-        let green = Isthmusd::start(&dir.path().join("green"), "green.local", &[]).unwrap();
-        let red = Isthmusd::start(&dir.path().join("red"), "red.local", &[]).unwrap();
+        let green =
+            Isthmusd::start(&dir.path().join("green"), "green.local", isthmusd_args).unwrap();
+        let red = Isthmusd::start(&dir.path().join("red"), "red.local", isthmusd_args).unwrap();
         let red_root_pem = std::fs::read_to_string(red.root_file()).unwrap();
         let green_root_pem = std::fs::read_to_string(green.root_file()).unwrap();
         let mut ports = ports;
@@ -309,6 +320,43 @@ impl Federation {
             self.green().http_get("/debug/federation"),
             proxies.join("\n-----\n")
         );
+    }
+
+    /// Red's `isthmusd` killed outright and started again after `down` (same state, same
+    /// addresses).
+    pub fn restart_red_control_plane(&mut self, down: Duration) {
+        self.red.restart(down).unwrap();
+    }
+
+    /// Green's `isthmusd` killed outright and started again after `down`.
+    pub fn restart_green_control_plane(&mut self, down: Duration) {
+        self.green
+            .as_mut()
+            .expect("green's control plane runs")
+            .restart(down)
+            .unwrap();
+    }
+
+    /// Green's ingress gateway told to stop (SIGTERM: it stops accepting and drains, up to
+    /// `drain`), then started again; returns how long no ingress accepted connections (from
+    /// the SIGTERM until the new one is ready).
+    pub fn restart_green_ingress(&mut self, drain: Duration) -> Duration {
+        let stopped = std::time::Instant::now();
+        let status = self.proxies[0].terminate(drain + Duration::from_secs(1));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the ingress gateway drains and exits 0: {status:?}"
+        );
+        let proxies_dir = self.dir.path().join("proxies");
+        let restarted = IsthmusProxy::gateway(
+            &proxies_dir,
+            self.green(),
+            "router~127.0.20.2~ingress-red.istio-system~istio-system.svc.cluster.local",
+            "green-ingress-restarted",
+        );
+        restarted.wait_ready(Duration::from_secs(30)).unwrap();
+        self.proxies[0] = restarted;
+        stopped.elapsed()
     }
 
     pub fn green(&self) -> &Isthmusd {

@@ -16,6 +16,7 @@ pub mod h2connect;
 pub mod mesh;
 pub mod netns;
 pub mod proxy;
+pub mod traffic;
 pub mod up;
 
 /// Path of a workspace binary in the same target directory as the running test.
@@ -278,7 +279,19 @@ pub struct Isthmusd {
     pub federation: Option<SocketAddr>,
     pub state_dir: PathBuf,
     stderr_file: PathBuf,
+    /// What it was started with, for [`Isthmusd::restart`].
+    root: PathBuf,
+    trust_domain: String,
+    extra: Vec<String>,
 }
+
+/// The address flags `launch` gives a port-0 default unless `extra` names them.
+const ADDRESS_FLAGS: [&str; 4] = [
+    "--grpc-addr",
+    "--debug-addr",
+    "--xds-plaintext-addr",
+    "--federation-addr",
+];
 
 impl Isthmusd {
     /// Starts `isthmusd` for `trust_domain` with fresh config and state dirs under `root`, plus
@@ -327,13 +340,15 @@ impl Isthmusd {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--trust-domain", trust_domain])
-            .args(["--grpc-addr", grpc_addr, "--debug-addr", "127.0.0.1:0"])
-            .args(["--xds-plaintext-addr", "127.0.0.1:0"])
-            .args(if extra.contains(&"--federation-addr") {
-                &[][..]
-            } else {
-                &["--federation-addr", "127.0.0.1:0"][..]
-            })
+            .args(
+                ADDRESS_FLAGS
+                    .into_iter()
+                    .filter(|flag| !extra.contains(flag))
+                    .flat_map(|flag| {
+                        let value = if flag == "--grpc-addr" { grpc_addr } else { "127.0.0.1:0" };
+                        [flag, value]
+                    }),
+            )
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_file)?)
@@ -371,6 +386,9 @@ impl Isthmusd {
             federation,
             state_dir,
             stderr_file,
+            root: root.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         // In another namespace its ports cannot be tried from here; bound is enough there.
         if netns.is_none() {
@@ -431,6 +449,39 @@ impl Isthmusd {
                 .strip_prefix(' ')
                 .and_then(|v| v.trim().parse().ok())
         })
+    }
+}
+
+impl Isthmusd {
+    /// Kills it outright (SIGKILL, as a crash), waits `down`, and starts it again with the same
+    /// directories, trust domain, flags and addresses, so that its proxies and peers find it
+    /// where it was.
+    pub fn restart(&mut self, down: Duration) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let mut args: Vec<String> = Vec::new();
+        let mut extra = self.extra.iter();
+        while let Some(arg) = extra.next() {
+            if ADDRESS_FLAGS.contains(&arg.as_str()) {
+                extra.next();
+            } else {
+                args.push(arg.clone());
+            }
+        }
+        for (flag, addr) in [
+            ("--grpc-addr", Some(self.grpc)),
+            ("--debug-addr", Some(self.debug)),
+            ("--xds-plaintext-addr", Some(self.xds)),
+            ("--federation-addr", self.federation),
+        ] {
+            if let Some(addr) = addr {
+                args.extend([flag.to_owned(), addr.to_string()]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        *self = Self::launch(&self.root.clone(), &self.trust_domain.clone(), &args, None)?;
+        Ok(())
     }
 }
 

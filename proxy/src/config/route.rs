@@ -11,13 +11,15 @@ use isthmus_api::envoy::envoy::config::core::v3::{
 use isthmus_api::envoy::envoy::config::route::v3::{
     DirectResponseAction, RedirectAction, RetryPolicy as EnvoyRetry, Route as EnvoyRoute,
     RouteAction, RouteConfiguration, RouteMatch as EnvoyMatch, VirtualHost as EnvoyVirtualHost,
-    WeightedCluster, redirect_action, route, route_action, route_match, weighted_cluster,
+    WeightedCluster, redirect_action, retry_policy::retry_host_predicate, route, route_action,
+    route_match, weighted_cluster,
 };
+use isthmus_api::envoy::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use isthmus_api::envoy::google::protobuf::Any;
 use regex::Regex;
 
 use super::check::{Checked, Invalid, Path, each, reject_set, required};
-use super::decode::{duration, opt_duration, short_type, u32_or};
+use super::decode::{duration, opt_duration, short_type, typed, u32_or};
 use super::matcher::{self, HeaderMatch, QueryMatch};
 use super::rbac::{self, Rules};
 
@@ -139,7 +141,13 @@ pub struct Retry {
     pub retriable_status_codes: Vec<u16>,
     pub base_interval: Duration,
     pub max_interval: Duration,
+    /// `retry_host_predicate` `previous_hosts`: a retry goes to a host not tried yet, when
+    /// there is one (`host_selection_retry_max_attempts` is checked, and needs no count here).
+    pub avoid_previous_hosts: bool,
 }
+
+/// The one retry host predicate this proxy implements.
+pub const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 
 /// Envoy's `retry_on` conditions that this proxy implements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -599,9 +607,32 @@ fn retry(r: EnvoyRetry, path: &Path) -> Checked<Retry> {
         retriable_request_headers,
         refresh_cluster_on_retry,
     } = r;
-    reject_set!(path; per_try_idle_timeout, retry_priority, retry_host_predicate, retry_options_predicates,
-        host_selection_retry_max_attempts, rate_limited_retry_back_off, retriable_headers,
-        retriable_request_headers, refresh_cluster_on_retry);
+    reject_set!(path; per_try_idle_timeout, retry_priority, retry_options_predicates,
+        rate_limited_retry_back_off, retriable_headers, retriable_request_headers,
+        refresh_cluster_on_retry);
+    let mut avoid_previous_hosts = false;
+    for (i, predicate) in retry_host_predicate.into_iter().enumerate() {
+        let path = path.field("retry_host_predicate").index(i);
+        if predicate.name != PREVIOUS_HOSTS {
+            return Err(Invalid::new(
+                &path.field("name"),
+                format!(
+                    "{:?} is not supported by isthmus-proxy (only {PREVIOUS_HOSTS})",
+                    predicate.name
+                ),
+            ));
+        }
+        if let Some(retry_host_predicate::ConfigType::TypedConfig(any)) = &predicate.config_type {
+            typed::<PreviousHostsPredicate>(any, &path.field("typed_config"))?;
+        }
+        avoid_previous_hosts = true;
+    }
+    if host_selection_retry_max_attempts < 0 {
+        return Err(Invalid::new(
+            &path.field("host_selection_retry_max_attempts"),
+            format!("{host_selection_retry_max_attempts} is not a count"),
+        ));
+    }
     let mut on = RetryOn::default();
     for condition in retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
         match condition {
@@ -662,6 +693,7 @@ fn retry(r: EnvoyRetry, path: &Path) -> Checked<Retry> {
         retriable_status_codes: codes,
         base_interval: base,
         max_interval: max.unwrap_or(base * 10),
+        avoid_previous_hosts,
     })
 }
 
@@ -836,4 +868,73 @@ fn one_direction(
         .collect::<Checked<_>>()?;
     let remove = remove.into_iter().map(|h| h.to_ascii_lowercase()).collect();
     Ok(HeaderEdits { add, remove })
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use isthmus_api::envoy::envoy::config::route::v3::retry_policy::RetryHostPredicate;
+    use prost::{Message as _, Name as _};
+
+    use super::*;
+
+    fn predicate(name: &str, config: Option<Any>) -> RetryHostPredicate {
+        RetryHostPredicate {
+            name: name.into(),
+            config_type: config.map(retry_host_predicate::ConfigType::TypedConfig),
+        }
+    }
+
+    fn previous_hosts_config() -> Any {
+        Any {
+            type_url: PreviousHostsPredicate::type_url(),
+            value: PreviousHostsPredicate {}.encode_to_vec(),
+        }
+    }
+
+    fn policy(predicates: Vec<RetryHostPredicate>) -> EnvoyRetry {
+        EnvoyRetry {
+            retry_on: "connect-failure".into(),
+            retry_host_predicate: predicates,
+            host_selection_retry_max_attempts: 5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn retry_host_predicates_are_previous_hosts_or_refused_by_path() {
+        let path = Path::root().field("retry_policy");
+        let r = retry(policy(vec![]), &path).unwrap();
+        assert!(!r.avoid_previous_hosts);
+        for config in [None, Some(previous_hosts_config())] {
+            let r = retry(policy(vec![predicate(PREVIOUS_HOSTS, config)]), &path).unwrap();
+            assert!(r.avoid_previous_hosts);
+        }
+        let e = retry(
+            policy(vec![predicate(
+                "envoy.retry_host_predicates.omit_canary_hosts",
+                None,
+            )]),
+            &path,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("retry_host_predicate[0].name: \"envoy.retry_host_predicates.omit_canary_hosts\" is not supported"),
+            "{e}"
+        );
+        let wrong_type = Any {
+            type_url: "type.googleapis.com/google.protobuf.Empty".into(),
+            value: Vec::new(),
+        };
+        let e = retry(
+            policy(vec![predicate(PREVIOUS_HOSTS, Some(wrong_type))]),
+            &path,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("retry_host_predicate[0].typed_config"),
+            "{e}"
+        );
+    }
 }

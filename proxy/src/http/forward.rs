@@ -116,6 +116,8 @@ pub async fn forward(
     let limits = &cluster.cluster.limits;
     let mut backoff = retry.map_or(Duration::from_millis(25), |r| r.base_interval);
     let mut last = local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    // The hosts this request went to, for a retry that avoids them.
+    let mut tried: Vec<Arc<Host>> = Vec::new();
     for attempt in 0..attempts {
         // A retry holds a slot of the cluster's retry limit (`max_retries`, or its budget)
         // for as long as it runs; none free, no retry (Envoy's retry overflow).
@@ -132,9 +134,14 @@ pub async fn forward(
         } else {
             None
         };
-        let Some(host) = cluster.pick() else {
+        let picked = match retry {
+            Some(r) if r.avoid_previous_hosts && !tried.is_empty() => cluster.pick_avoiding(&tried),
+            _ => cluster.pick(),
+        };
+        let Some(host) = picked else {
             return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
+        tried.push(host.clone());
         let mut upstream = http::Request::builder()
             .method(parts.method.clone())
             .version(if http2 {

@@ -319,6 +319,21 @@ impl ClusterRuntime {
         self.balancer.pick(&self.usable_hosts())
     }
 
+    /// As [`ClusterRuntime::pick`], for a retry that avoids the hosts already `tried` (Envoy's
+    /// `previous_hosts` predicate): a host not tried yet when there is one. (Envoy picks again
+    /// up to `host_selection_retry_max_attempts` times; leaving the tried hosts out is that,
+    /// without the chance of landing on one again.)
+    pub fn pick_avoiding(&self, tried: &[Arc<Host>]) -> Option<Arc<Host>> {
+        let usable = self.usable_hosts();
+        let untried: Vec<Arc<Host>> = usable
+            .iter()
+            .filter(|h| !tried.iter().any(|t| Arc::ptr_eq(t, h)))
+            .cloned()
+            .collect();
+        let hosts = if untried.is_empty() { usable } else { untried };
+        self.balancer.pick(&hosts)
+    }
+
     /// Records what an attempt to `host` came to, and ejects it if outlier detection says so
     /// (within the cluster's ejection cap).
     pub fn record(&self, host: &Host, outcome: Outcome) {
@@ -443,5 +458,41 @@ impl ClusterRuntime {
             .map_err(|e| tls_err(format!("TLS handshake with {addr}: {e}")))?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok((Box::new(stream), h2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::config::cluster::{Discovery, LbPolicy};
+    use crate::upstream::testing;
+
+    #[test]
+    fn a_retry_avoiding_previous_hosts_takes_one_not_tried_while_there_is_one() {
+        for lb in [
+            LbPolicy::LeastRequest,
+            LbPolicy::Random,
+            LbPolicy::RoundRobin,
+        ] {
+            let mut cluster = testing::cluster("backend", 10001);
+            cluster.lb = lb;
+            if let Discovery::Static(assignment) = &mut cluster.discovery {
+                let mut second = assignment.groups[0].endpoints[0].clone();
+                second.port = 10002;
+                assignment.groups[0].endpoints.push(second);
+            }
+            let config = Arc::new(testing::config([cluster]));
+            let runtime = testing::runtime(&config);
+            let backend = runtime.clusters["backend"].clone();
+            let first = backend.priorities[0][0].clone();
+            for _ in 0..50 {
+                let picked = backend.pick_avoiding(std::slice::from_ref(&first)).unwrap();
+                assert_eq!(picked.port, 10002, "{lb:?}");
+            }
+            // Every host tried: any host will do, rather than none.
+            let all = backend.priorities[0].clone();
+            assert!(backend.pick_avoiding(&all).is_some());
+        }
     }
 }

@@ -15,8 +15,10 @@ use isthmus_api::envoy::envoy::config::core::v3::{
 use isthmus_api::envoy::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
     RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
-    query_parameter_matcher, redirect_action, route, route_action, route_match, weighted_cluster,
+    query_parameter_matcher, redirect_action, retry_policy, route, route_action, route_match,
+    weighted_cluster,
 };
+use isthmus_api::envoy::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use isthmus_api::envoy::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use isthmus_api::envoy::google::protobuf::{BoolValue, UInt32Value};
 use isthmus_api::resources::networking::{
@@ -25,8 +27,8 @@ use isthmus_api::resources::networking::{
 
 use base64::Engine;
 
-use super::duration;
 use super::names::{OUTBOUND_ROUTE, outbound_cluster};
+use super::{duration, pack};
 use crate::model::{MeshModel, Port, Service, Workload};
 
 const DEFAULT_RETRY_ON: &str =
@@ -325,14 +327,29 @@ fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> r
     })
 }
 
+/// As Istio does for every retry policy: a retry goes to another host than the ones the
+/// request already tried (up to 5 picks), so that one endpoint going away costs no request.
+fn avoiding_previous_hosts(policy: RetryPolicy) -> RetryPolicy {
+    RetryPolicy {
+        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                pack(&PreviousHostsPredicate {}),
+            )),
+        }],
+        host_selection_retry_max_attempts: 5,
+        ..policy
+    }
+}
+
 fn retry_policy(retries: Option<&HttpRetry>) -> RetryPolicy {
     let Some(r) = retries else {
-        return RetryPolicy {
+        return avoiding_previous_hosts(RetryPolicy {
             retry_on: DEFAULT_RETRY_ON.into(),
             num_retries: Some(UInt32Value { value: 2 }),
             retriable_status_codes: vec![503],
             ..Default::default()
-        };
+        });
     };
     let on = r.retry_on.as_deref().unwrap_or(DEFAULT_RETRY_ON);
     // Istio lets status codes stand in the list; Envoy wants them apart.
@@ -349,13 +366,13 @@ fn retry_policy(retries: Option<&HttpRetry>) -> RetryPolicy {
     if codes.is_empty() && policies.contains("retriable-status-codes") {
         codes.push(503);
     }
-    RetryPolicy {
+    avoiding_previous_hosts(RetryPolicy {
         retry_on: policies.into_iter().collect::<Vec<_>>().join(","),
         num_retries: Some(UInt32Value { value: r.attempts }),
         per_try_timeout: r.per_try_timeout.as_ref().map(|d| duration(d.0)),
         retriable_status_codes: codes,
         ..Default::default()
-    }
+    })
 }
 
 type HeaderEdits = (
