@@ -255,3 +255,45 @@ fn plaintext_xds_is_off_unless_asked_for_and_then_said_loudly() {
         "the opt-in is stated loudly: {log}"
     );
 }
+
+#[test]
+fn the_importer_accepts_only_the_peers_control_plane_as_the_discovery_server() {
+    let p = Peers::start();
+    // Red now expects green's control plane to be another identity than the one green's
+    // isthmusd has: whatever answers must not be believed.
+    let config = p.f.dir.path().join("red/config/mesh.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text.replace(
+        "    trustDomain: green.local\n",
+        "    trustDomain: green.local\n    controlPlaneID: green.local/ns/elsewhere/sa/isthmusd\n",
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&config, changed).unwrap();
+    let watch = || -> Value {
+        let status: Value = serde_json::from_str(&p.f.red.http_get("/debug/federation")).unwrap();
+        status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"][0]["watch"]
+            .clone()
+    };
+    let refused = |w: &Value| {
+        w["connected"] == false
+            && w["lastDisconnectStatus"].as_str().is_some_and(|s| {
+                s.contains("UnexpectedIdentity")
+                    && s.contains("/ns/isthmus-system/sa/isthmusd")
+                    && s.contains("spiffe://green.local/ns/elsewhere/sa/isthmusd")
+            })
+    };
+    for _ in 0..200 {
+        if refused(&watch()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        refused(&watch()),
+        "red's importer refuses green's isthmusd: {:#}",
+        watch()
+    );
+    // And it stays refused: no stream comes up with the wrong server.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(watch()["connected"], false, "{}", watch());
+}

@@ -337,16 +337,17 @@ impl Federation {
             .unwrap();
     }
 
-    /// Green's ingress gateway told to stop (SIGTERM: it stops accepting and drains, up to
-    /// `drain`), then started again; returns how long no ingress accepted connections (from
-    /// the SIGTERM until the new one is ready).
-    pub fn restart_green_ingress(&mut self, drain: Duration) -> Duration {
-        let stopped = std::time::Instant::now();
+    /// Green's ingress gateway told to stop (SIGTERM: it stops accepting and drains what it
+    /// carries, up to `drain`), then started again on the same address. Returns how long the
+    /// drain took (SIGTERM to exit) and how long nothing listened (exit to the new one ready).
+    pub fn restart_green_ingress(&mut self, drain: Duration) -> (Duration, Duration) {
+        let asked = std::time::Instant::now();
         let status = self.proxies[0].terminate(drain + Duration::from_secs(1));
         assert!(
             status.is_some_and(|s| s.success()),
             "the ingress gateway drains and exits 0: {status:?}"
         );
+        let exited = std::time::Instant::now();
         let proxies_dir = self.dir.path().join("proxies");
         let restarted = IsthmusProxy::gateway(
             &proxies_dir,
@@ -356,7 +357,7 @@ impl Federation {
         );
         restarted.wait_ready(Duration::from_secs(30)).unwrap();
         self.proxies[0] = restarted;
-        stopped.elapsed()
+        (exited - asked, exited.elapsed())
     }
 
     pub fn green(&self) -> &Isthmusd {

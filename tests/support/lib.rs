@@ -453,6 +453,10 @@ impl Isthmusd {
 }
 
 impl Isthmusd {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it outright (SIGKILL, as a crash), waits `down`, and starts it again with the same
     /// directories, trust domain, flags and addresses, so that its proxies and peers find it
     /// where it was.

@@ -1,6 +1,7 @@
 //! One discovery importer per usable peer of the model in force: started when a peer appears,
-//! restarted when its addresses, trust domain or root change, stopped when it goes. Each dials
-//! with `isthmusd`'s own certificate and trusts only that peer's root, for its trust domain.
+//! restarted when its addresses, trust domain, control plane or root change, stopped when it
+//! goes. Each dials with `isthmusd`'s own certificate and accepts only the peer's control plane
+//! (`controlPlaneID`), verified against that peer's root alone.
 //! The discovery port's client verification trusts the peers' roots the same way.
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ struct PeerKey {
     addresses: Vec<String>,
     via: Vec<String>,
     trust_domain: String,
+    control_plane: String,
     roots_pem: String,
 }
 
@@ -36,6 +38,7 @@ impl PeerKey {
             addresses: peer.discovery_addresses.clone(),
             via: peer.discovery_via.clone(),
             trust_domain: peer.trust_domain.to_string(),
+            control_plane: peer.control_plane_id.to_string(),
             roots_pem: peer.roots_pem(),
         }
     }
@@ -136,10 +139,11 @@ fn start(
     settings: ImporterSettings,
     states: &watch::Sender<Arc<ImportStates>>,
 ) -> Result<Running, String> {
-    // Only the peer's root, only for the peer's trust domain.
+    // Only the peer's root, and only its control plane (`controlPlaneID`): a gateway or a
+    // workload of the peer on the path cannot answer for it.
     let verifier = SpiffeVerifier::new(
         shared_bundles(TrustBundles::new(peer.roots.clone())),
-        PeerPolicy::TrustDomain(peer.trust_domain.clone()),
+        PeerPolicy::OneOf(vec![peer.control_plane_id.clone()]),
     );
     let tls = client_config(Some(credentials.clone()), Arc::new(verifier), &[b"h2"])
         .map_err(|e| format!("TLS: {e}"))?;
