@@ -67,6 +67,8 @@ pub struct FederationSettings {
     /// How often an idle discovery stream carries a heartbeat (exporter side).
     pub heartbeat: Duration,
     pub importer: ImporterSettings,
+    /// At start, how long proxies wait for the peers' first full lists (their imports).
+    pub initial_sync: Duration,
 }
 
 impl Default for FederationSettings {
@@ -74,6 +76,7 @@ impl Default for FederationSettings {
         Self {
             heartbeat: Duration::from_secs(10),
             importer: ImporterSettings::default(),
+            initial_sync: Duration::from_secs(5),
         }
     }
 }
@@ -238,6 +241,7 @@ pub async fn run(
                     }
                 }),
             control_plane_identity: identity.clone(),
+            initial_sync: config.federation.initial_sync,
         },
     );
     // Federation: importers per peer feed the pipeline; the exporter serves the model's exports.

@@ -45,6 +45,7 @@ struct Bench {
     green_outbound: u16,
     /// A second ratings endpoint in green (`ratings-v2`), when asked for.
     ratings_v2: Option<IsthmusProxy>,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 /// Green's client workload, and a second ratings endpoint at 127.0.20.6 when `v2_inbound`.
@@ -68,8 +69,15 @@ spec: {{address: 127.0.20.6, labels: {{app: ratings}}, serviceAccount: ratings, 
     text
 }
 
+/// One fault at a time: the load is a rate, and two benches sharing the CPU would measure
+/// each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Bench {
     fn start(isthmusd_args: &[&str], second_ratings: bool) -> Self {
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let f = Federation::start_with(isthmusd_args);
         let v2_inbound = second_ratings.then(free_port);
         write(
@@ -104,6 +112,7 @@ impl Bench {
             _green_client: green_client,
             green_outbound,
             ratings_v2,
+            _turn: turn,
         };
         bench.f.wait_up();
         until("green's in-mesh call", Duration::from_secs(30), || {
@@ -316,4 +325,28 @@ fn a_serving_sidecar_given_sigterm_drains_and_fails_no_request() {
     assert!(exit.success(), "a drained sidecar exits 0: {exit:?}");
     loads.assert_no_failure("sidecar SIGTERM");
     assert!(b.ratings_v2.is_some());
+}
+
+#[test]
+fn isthmusd_restarted_while_the_peer_is_silent_keeps_its_proxies_imports() {
+    let mut b = Bench::start(&[], false);
+    let signal = |sig: &str, pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let loads = b.under_load(|b, _| {
+        // Green's control plane stops answering (its data path goes on); red's restarts and
+        // cannot hear green's exports until green answers again, 3 s later. Red's proxies
+        // reconnect meanwhile: they must keep the imports they hold, not get a configuration
+        // without them.
+        let green = b.f.green().pid();
+        signal("-STOP", green);
+        b.f.restart_red_control_plane(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_secs(3));
+        signal("-CONT", green);
+    });
+    loads.assert_no_failure("isthmusd restart while the peer is silent");
 }

@@ -67,6 +67,10 @@ struct Args {
     /// How often an importer asks a peer for its full list again.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     federation_resync: Duration,
+    /// At start, how long proxies wait for every peer's first list of exports before they are
+    /// configured without it (so that a restart does not drop their imports meanwhile).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    federation_initial_sync: Duration,
     /// How long imports outlive a lost discovery stream before they are dropped.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     federation_stale_after: Duration,
@@ -110,6 +114,7 @@ async fn main() -> std::process::ExitCode {
             .flatten(),
         federation: FederationSettings {
             heartbeat: args.federation_heartbeat,
+            initial_sync: args.federation_initial_sync,
             importer: ImporterSettings {
                 resync: args.federation_resync,
                 heartbeat_timeout: args.federation_heartbeat * 3,

@@ -45,6 +45,9 @@ pub struct PipelineSettings {
     pub discovery_address: Option<String>,
     /// `isthmusd`'s own identity, the one caller egress gateways carry discovery for.
     pub control_plane_identity: SpiffeId,
+    /// At start, how long proxies wait for every peer's first full list before they are
+    /// configured without it (see [`Pipeline::spawn`]).
+    pub initial_sync: Duration,
 }
 
 /// The running pipeline's outputs.
@@ -109,8 +112,32 @@ impl Pipeline {
             nodes: BTreeMap::new(),
             views: HashMap::new(),
         };
+        // A proxy that comes back with configuration before the peers' catalogs have arrived
+        // would be sent one without its imports, and lose them until they do: right after an
+        // `isthmusd` restart, every connected proxy would. So such joins wait (the proxies keep
+        // what they have: a stream answers nothing before its node's first snapshot) until
+        // every peer has sent its first full list, or `initial_sync` has passed. A proxy with
+        // nothing yet (a gateway that carries discovery itself, at first start) has nothing to
+        // lose and is configured at once.
+        let mut synced = worker.peers_synced();
+        let sync_deadline = tokio::time::Instant::now() + worker.settings.initial_sync;
+        let mut waiting: Vec<NodeInfo> = Vec::new();
         tokio::spawn(async move {
             loop {
+                if !synced
+                    && (worker.peers_synced() || tokio::time::Instant::now() >= sync_deadline)
+                {
+                    synced = true;
+                    if !worker.peers_synced() {
+                        tracing::warn!(
+                            after = ?worker.settings.initial_sync,
+                            "configuring proxies without the imports of peers not heard from yet"
+                        );
+                    }
+                    for node in std::mem::take(&mut waiting) {
+                        worker.join(node).await;
+                    }
+                }
                 let renewal = worker
                     .certs
                     .next_renewal()
@@ -141,9 +168,14 @@ impl Pipeline {
                         }
                     }
                     joined = joins_rx.recv() => {
-                        let Some(node) = joined else { return };
-                        worker.join(node).await;
+                        let Some(node): Option<NodeInfo> = joined else { return };
+                        if synced || !node.holds_config {
+                            worker.join(node).await;
+                        } else {
+                            waiting.push(node);
+                        }
                     }
+                    () = tokio::time::sleep_until(sync_deadline), if !synced => {}
                     () = tokio::time::sleep(renewal) => worker.push_all().await,
                 }
             }
@@ -158,6 +190,16 @@ impl Pipeline {
 }
 
 impl Worker {
+    /// Whether every usable peer's catalog has arrived (its first full list, or stale imports
+    /// an importer holds).
+    fn peers_synced(&self) -> bool {
+        let model = self.model.borrow();
+        model
+            .peers
+            .iter()
+            .all(|peer| self.catalogs.contains_key(&peer.name))
+    }
+
     fn rebuild(&mut self, snapshot: Arc<ConfigSnapshot>) {
         let mut model = MeshModel::build_with_imports(
             snapshot,

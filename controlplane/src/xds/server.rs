@@ -31,6 +31,8 @@ pub(super) trait StreamMachine: Default + Send + 'static {
     type Response: Send + 'static;
     const PROTOCOL: &'static str;
     fn node_of(request: &Self::Request) -> Option<&Node>;
+    /// Whether the proxy says it already holds configuration (versions from an earlier stream).
+    fn holds_config(request: &Self::Request) -> bool;
     fn on_request(
         &mut self,
         request: Self::Request,
@@ -56,6 +58,9 @@ impl StreamMachine for SotwMachine {
     const PROTOCOL: &'static str = "sotw";
     fn node_of(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
+    }
+    fn holds_config(request: &DiscoveryRequest) -> bool {
+        !request.version_info.is_empty()
     }
     fn on_request(
         &mut self,
@@ -88,6 +93,9 @@ impl StreamMachine for DeltaStream {
     fn node_of(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
+    fn holds_config(request: &DeltaDiscoveryRequest) -> bool {
+        !request.initial_resource_versions.is_empty()
+    }
     fn on_request(
         &mut self,
         request: DeltaDiscoveryRequest,
@@ -115,6 +123,9 @@ impl StreamMachine for DeltaStream {
 pub struct NodeInfo {
     pub id: String,
     pub metadata: BTreeMap<String, String>,
+    /// It came back with configuration from an earlier stream (a reconnect), which a
+    /// configuration built too early could take away.
+    pub holds_config: bool,
 }
 
 impl NodeInfo {
@@ -131,6 +142,7 @@ impl NodeInfo {
         Self {
             id: node.id.clone(),
             metadata,
+            holds_config: false,
         }
     }
 }
@@ -275,7 +287,8 @@ async fn run_stream<M>(
                 if snapshots.is_none()
                     && let Some(node) = M::node_of(&request)
                 {
-                    let node = NodeInfo::from_node(node);
+                    let mut node = NodeInfo::from_node(node);
+                    node.holds_config = M::holds_config(&request);
                     if let Err(reason) = server.gate.admit(&node, &caller) {
                         tracing::warn!(node = node.id, caller = caller.describe(), reason, "xDS stream refused");
                         let _ = tx.send(Err(Status::permission_denied(format!("node {}: {reason}", node.id)))).await;
