@@ -98,34 +98,71 @@ fn every_metrics_endpoint_serves_promtool_clean_text_or_openmetrics_by_accept() 
     );
 
     for (name, url) in &endpoints {
-        let (status, content_type, body) = fetch(url, None);
-        assert_eq!(status, 200, "{name} {url}: {body}");
-        assert_eq!(content_type, TEXT, "{name} {url} without Accept");
-        assert!(
-            body.lines().any(|l| l.starts_with("# TYPE "))
-                && body.lines().any(|l| !l.starts_with('#') && !l.is_empty()),
-            "{name} {url}: families and samples expected:\n{body}"
-        );
-        assert!(!body.contains("# EOF"), "{name} {url}:\n{body}");
-        assert!(!body.contains("_created"), "{name} {url}:\n{body}");
-        assert!(!body.contains("# UNIT"), "{name} {url}:\n{body}");
-        for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
-            if let Some(family) = line.strip_suffix(" counter") {
-                assert!(family.ends_with("_total"), "{name} {url}: {line}");
+        check_endpoint(name, url);
+    }
+}
+
+/// One endpoint: promtool-clean classic text without `Accept`, OpenMetrics with Prometheus's.
+fn check_endpoint(name: &str, url: &str) {
+    let (status, content_type, body) = fetch(url, None);
+    assert_eq!(status, 200, "{name} {url}: {body}");
+    assert_eq!(content_type, TEXT, "{name} {url} without Accept");
+    assert!(
+        body.lines().any(|l| l.starts_with("# TYPE "))
+            && body.lines().any(|l| !l.starts_with('#') && !l.is_empty()),
+        "{name} {url}: families and samples expected:\n{body}"
+    );
+    assert!(!body.contains("# EOF"), "{name} {url}:\n{body}");
+    assert!(!body.contains("_created"), "{name} {url}:\n{body}");
+    assert!(!body.contains("# UNIT"), "{name} {url}:\n{body}");
+    for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
+        if let Some(family) = line.strip_suffix(" counter") {
+            assert!(family.ends_with("_total"), "{name} {url}: {line}");
+        }
+    }
+    let (clean, lint) = promtool(&body);
+    assert!(
+        clean && lint.trim().is_empty(),
+        "{name} {url}: promtool check metrics failed:\n{lint}\n---\n{body}"
+    );
+
+    let (status, content_type, body) = fetch(url, Some(PROMETHEUS_ACCEPT));
+    assert_eq!(status, 200, "{name} {url}: {body}");
+    assert_eq!(
+        content_type, OPENMETRICS,
+        "{name} {url} with Prometheus's Accept"
+    );
+    assert!(body.ends_with("# EOF\n"), "{name} {url}:\n{body}");
+}
+
+#[test]
+fn every_metrics_endpoint_of_isthmusctl_up_two_meshes_passes_promtool() {
+    let up = isthmus_e2e::up::Up::start(&isthmus_e2e::up::example());
+    let run = up.run();
+    let mut endpoints = Vec::new();
+    for mesh in run["meshes"].as_array().unwrap() {
+        let name = mesh["name"].as_str().unwrap();
+        endpoints.push((
+            format!("{name} isthmusd"),
+            format!("http://{}/metrics", mesh["debug"].as_str().unwrap()),
+        ));
+        for kind in ["gateways", "workloads"] {
+            for proxy in mesh[kind].as_array().unwrap() {
+                endpoints.push((
+                    format!("{name} {kind} {}", proxy["name"]),
+                    format!(
+                        "http://{}/stats/prometheus",
+                        proxy["admin"].as_str().unwrap()
+                    ),
+                ));
             }
         }
-        let (clean, lint) = promtool(&body);
-        assert!(
-            clean && lint.trim().is_empty(),
-            "{name} {url}: promtool check metrics failed:\n{lint}\n---\n{body}"
-        );
-
-        let (status, content_type, body) = fetch(url, Some(PROMETHEUS_ACCEPT));
-        assert_eq!(status, 200, "{name} {url}: {body}");
-        assert_eq!(
-            content_type, OPENMETRICS,
-            "{name} {url} with Prometheus's Accept"
-        );
-        assert!(body.ends_with("# EOF\n"), "{name} {url}:\n{body}");
+    }
+    assert!(
+        endpoints.len() >= 8,
+        "two isthmusds, their gateways and sidecars: {endpoints:?}"
+    );
+    for (name, url) in &endpoints {
+        check_endpoint(name, url);
     }
 }
