@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use isthmus_e2e::federation::{Federation, IMPORTED, green_config};
-use isthmus_e2e::mesh::{until, write};
+use isthmus_e2e::mesh::{churn_document, until, write};
 use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::traffic::{Outcome, Traffic};
 use isthmus_e2e::{curl_with, free_port};
@@ -241,19 +241,7 @@ fn a_storm_of_50_configuration_changes_a_second_fails_no_request() {
             let tick = Duration::from_millis(20);
             let start = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
-                let text = format!(
-                    "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: storm, namespace: shop, labels: {{generation: \"{n}\"}}}}
-spec:
-  hosts: [storm.shop.local]
-  location: MESH_INTERNAL
-  ports: [{{number: {port}, name: http}}]
-  endpoints: [{{address: 127.0.30.{host}}}]
-",
-                    port = 9000 + n % 100,
-                    host = 1 + n % 200,
-                );
+                let text = churn_document("storm", n);
                 write(&dirs[(n % 2) as usize], "storm.yaml", &text);
                 n += 1;
                 written2.store(n, Ordering::Relaxed);

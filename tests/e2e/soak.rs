@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use isthmus_e2e::federation::{ALLOW_RED_CLIENT, Federation, IMPORTED, green_config};
-use isthmus_e2e::mesh::write;
+use isthmus_e2e::mesh::{churn_document, write};
 use isthmus_e2e::traffic::Traffic;
 
 const RPS: u32 = 500;
@@ -156,23 +156,7 @@ fn five_hundred_rps_across_meshes_with_churn_grow_neither_memory_nor_descriptors
         }
         if now >= next_config {
             for dir in [&red_config_dir, &green_config_dir] {
-                write(
-                    dir,
-                    "churn.yaml",
-                    &format!(
-                        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: churn, namespace: shop, labels: {{generation: \"{changes}\"}}}}
-spec:
-  hosts: [churn.shop.local]
-  location: MESH_INTERNAL
-  ports: [{{number: {port}, name: http}}]
-  endpoints: [{{address: 127.0.30.{host}}}]
-",
-                        port = 9000 + changes % 100,
-                        host = 1 + changes % 200,
-                    ),
-                );
+                write(dir, "churn.yaml", &churn_document("churn", changes));
             }
             changes += 1;
             next_config += CONFIG_EVERY;

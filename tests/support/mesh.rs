@@ -180,3 +180,21 @@ pub fn envoy_client(dir: &Path, xds: &str, address: &str, outbound: u16) -> crat
     );
     crate::envoy::Envoy::start(dir, "client", &file).expect("start Envoy")
 }
+
+/// Change number `n` of a service nobody calls (`<name>.shop.local`): relabelled, another port,
+/// another endpoint each time. Configuration churn that touches no route a test calls.
+pub fn churn_document(name: &str, n: u64) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop, labels: {{generation: \"{n}\"}}}}
+spec:
+  hosts: [{name}.shop.local]
+  location: MESH_INTERNAL
+  ports: [{{number: {port}, name: http}}]
+  endpoints: [{{address: 127.0.30.{host}}}]
+",
+        port = 9000 + n % 100,
+        host = 1 + n % 200,
+    )
+}

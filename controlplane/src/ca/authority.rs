@@ -271,6 +271,22 @@ fn requested_identity(csr: &CertificateSigningRequestParams) -> Result<SpiffeId,
     }
 }
 
+/// An authority signing with `ca` (its own certificate, no intermediates, its root), for tests.
+#[cfg(test)]
+pub(crate) fn signing_with(ca: &isthmus_api::testing::TestCa, ttl: TtlPolicy) -> Authority {
+    let material = CaMaterial {
+        key: KeyPair::from_pem(&ca.key_pem()).expect("the test CA's key"),
+        cert: ca.cert().clone(),
+        intermediates: Vec::new(),
+        roots: vec![ca.root().clone()],
+        not_after: isthmus_api::identity::CertInfo::parse(ca.cert())
+            .expect("the test CA's certificate")
+            .not_after,
+        origin: "test".into(),
+    };
+    Authority::new(ca.trust_domain().clone(), material, ttl).expect("an authority")
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
@@ -287,17 +303,8 @@ mod tests {
 
     const WEB: &str = "spiffe://red.local/ns/app/sa/web";
 
-    /// An authority signing with `ca` (its own certificate, intermediates, root).
     fn authority(ca: &TestCa) -> Authority {
-        let material = CaMaterial {
-            key: KeyPair::from_pem(&ca.key_pem()).unwrap(),
-            cert: ca.cert().clone(),
-            intermediates: Vec::new(),
-            roots: vec![ca.root().clone()],
-            not_after: CertInfo::parse(ca.cert()).unwrap().not_after,
-            origin: "test".into(),
-        };
-        Authority::new(ca.trust_domain().clone(), material, TtlPolicy::default()).unwrap()
+        signing_with(ca, TtlPolicy::default())
     }
 
     fn sign(

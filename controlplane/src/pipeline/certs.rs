@@ -80,29 +80,18 @@ impl ProxyCertificates {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use isthmus_api::identity::{CertInfo, SpiffeId};
+    use isthmus_api::identity::SpiffeId;
     use isthmus_api::testing::TestCa;
-    use rcgen::KeyPair;
 
     use super::*;
-    use crate::ca::authority::TtlPolicy;
-    use crate::ca::material::CaMaterial;
+    use crate::ca::authority::{TtlPolicy, signing_with};
 
     fn authority(ttl: Duration) -> Arc<Authority> {
-        let ca = TestCa::new("red.local");
-        let material = CaMaterial {
-            key: KeyPair::from_pem(&ca.key_pem()).unwrap(),
-            cert: ca.cert().clone(),
-            intermediates: Vec::new(),
-            roots: vec![ca.root().clone()],
-            not_after: CertInfo::parse(ca.cert()).unwrap().not_after,
-            origin: "test".into(),
-        };
         let policy = TtlPolicy {
             default: ttl,
             ..TtlPolicy::default()
         };
-        Arc::new(Authority::new(ca.trust_domain().clone(), material, policy).unwrap())
+        Arc::new(signing_with(&TestCa::new("red.local"), policy))
     }
 
     #[test]
