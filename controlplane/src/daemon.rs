@@ -51,6 +51,8 @@ pub struct DaemonConfig {
     /// process every node's configuration, private keys included. Loopback addresses only.
     pub xds_plaintext_addr: Option<SocketAddr>,
     pub debug_addr: SocketAddr,
+    /// Serve `/debug/*` to callers that are not on loopback too.
+    pub debug_allow_remote: bool,
     pub ttl: TtlPolicy,
     /// How long configuration changes settle before they are pushed.
     pub push_debounce: Duration,
@@ -353,7 +355,9 @@ pub async fn run(
             cache: ads.cache.clone(),
             node_errors: pipeline.node_errors.clone(),
             federation: federation_status,
-        }),
+            allow_remote: config.debug_allow_remote,
+        })
+        .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stopped(stop_rx));
     let (grpc, plaintext, discovery, debug) = tokio::join!(grpc, plaintext, discovery, debug);

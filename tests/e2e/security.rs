@@ -297,3 +297,88 @@ fn the_importer_accepts_only_the_peers_control_plane_as_the_discovery_server() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(watch()["connected"], false, "{}", watch());
 }
+
+/// `isthmusd` inside `netns` with its debug port on every address of it, and `extra`.
+fn isthmusd_in(
+    netns: &isthmus_e2e::netns::Netns,
+    dir: &Path,
+    extra: &[&str],
+) -> std::process::Child {
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    let child = netns
+        .command(isthmus_e2e::bin("isthmusd"))
+        .args(["--config-dir", &dir.join("config").to_string_lossy()])
+        .args(["--state-dir", &dir.join("state").to_string_lossy()])
+        .args([
+            "--trust-domain",
+            "red.local",
+            "--grpc-addr",
+            "127.0.0.1:15012",
+        ])
+        .args([
+            "--debug-addr",
+            "0.0.0.0:15014",
+            "--federation-addr",
+            "127.0.0.1:8188",
+        ])
+        .args(extra)
+        .stderr(std::fs::File::create(dir.join("isthmusd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    until(
+        "isthmusd's debug port in its namespace",
+        Duration::from_secs(20),
+        || matches!(netns.curl(&["http://127.0.0.1:15014/ready"]), Ok((200, _))),
+    );
+    child
+}
+
+#[test]
+fn the_debug_endpoints_answer_loopback_callers_only_unless_allowed() {
+    use isthmus_e2e::netns::{Netns, link};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, other) = (
+        Netns::create("dbg-server").unwrap(),
+        Netns::create("dbg-other").unwrap(),
+    );
+    link(&server, "10.78.0.1", &other, "10.78.0.2").unwrap();
+    let mut daemon = isthmusd_in(&server, &dir.path().join("default"), &[]);
+    // From another host: metrics and readiness, not the configuration or the catalogs.
+    for path in [
+        "/debug/federation",
+        "/debug/xds",
+        "/debug/config",
+        "/debug/config_dump?proxy=x",
+    ] {
+        let (status, body) = other
+            .curl(&[&format!("http://10.78.0.1:15014{path}")])
+            .unwrap();
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("loopback callers only"), "{body}");
+    }
+    for path in ["/metrics", "/ready"] {
+        let (status, _) = other
+            .curl(&[&format!("http://10.78.0.1:15014{path}")])
+            .unwrap();
+        assert_eq!(status, 200, "{path}");
+    }
+    // On the host itself (isthmusctl status, kubectl port-forward): everything.
+    let (status, body) = server
+        .curl(&["http://127.0.0.1:15014/debug/federation"])
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // Opted in: remote callers too.
+    let mut daemon = isthmusd_in(
+        &server,
+        &dir.path().join("allowed"),
+        &["--debug-allow-remote"],
+    );
+    let (status, body) = other
+        .curl(&["http://10.78.0.1:15014/debug/federation"])
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

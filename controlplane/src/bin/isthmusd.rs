@@ -37,6 +37,10 @@ struct Args {
     /// default. Any local process can then name any node and receive its private key.
     #[arg(long)]
     xds_plaintext_addr: Option<SocketAddr>,
+    /// Also answer /debug/* (configuration, every peer's export catalog) to callers that are
+    /// not on loopback. Off: only /metrics and /ready answer them.
+    #[arg(long)]
+    debug_allow_remote: bool,
     /// Address of the debug port (metrics, readiness).
     #[arg(long, default_value = "0.0.0.0:15014")]
     debug_addr: SocketAddr,
@@ -107,6 +111,7 @@ async fn main() -> std::process::ExitCode {
         grpc_addr: args.grpc_addr,
         xds_plaintext_addr: args.xds_plaintext_addr,
         debug_addr: args.debug_addr,
+        debug_allow_remote: args.debug_allow_remote,
         push_debounce: args.push_debounce,
         root_namespace: args.root_namespace,
         federation_addr: (!args.no_federation)

@@ -695,7 +695,7 @@ pub fn running(state: &Path) -> bool {
 }
 
 /// A bootstrap token for `identity` from the mesh's token store, written (0600) where only this
-/// run reads it: `STATE/<mesh>/tokens/<what with dashes>`.
+/// run reads it: `<the mesh's state>/proxy-tokens/<what with dashes>`.
 fn bootstrap_token(runtime: &MeshRuntime, what: &str, identity: &str) -> anyhow::Result<PathBuf> {
     let id = isthmus_api::identity::SpiffeId::parse(identity)
         .map_err(|e| anyhow::anyhow!("{identity}: {e}"))?;

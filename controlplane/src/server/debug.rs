@@ -1,7 +1,9 @@
 //! `isthmusd`'s debug port (15014): Prometheus metrics (OpenMetrics or the classic text format,
 //! by `Accept`), readiness, configuration status, the connected xDS streams with their per-type
 //! versions and ACK/NACK state, proxies that get no configuration and why, and a per-proxy dump
-//! of what it is sent.
+//! of what it is sent. `/debug/*` shows configuration and every peer's export catalog, so it
+//! answers loopback callers only (`kubectl port-forward`, `isthmusctl status` on the host)
+//! unless `isthmusd --debug-allow-remote`; `/metrics` and `/ready` answer anyone.
 
 use std::sync::Arc;
 
@@ -34,6 +36,26 @@ pub struct DebugState {
     pub node_errors: watch::Receiver<BTreeMap<String, String>>,
     /// The federation resources' status.
     pub federation: watch::Receiver<Arc<crate::federation::status::FederationStatus>>,
+    /// Whether `/debug/*` answers callers that are not on loopback.
+    pub allow_remote: bool,
+}
+
+/// Refuses `/debug/*` to a caller that is not on loopback (the router is served with the
+/// caller's address as `ConnectInfo`).
+async fn loopback_only(
+    axum::extract::ConnectInfo(caller): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if caller.ip().is_loopback() {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "the debug endpoints answer loopback callers only (isthmusd --debug-allow-remote)\n",
+        )
+            .into_response()
+    }
 }
 
 /// The debug HTTP routes.
@@ -45,8 +67,9 @@ pub fn router(state: DebugState) -> Router {
         cache,
         node_errors,
         federation,
+        allow_remote,
     } = state;
-    Router::new()
+    let debug = Router::new()
         .route(
             "/debug/federation",
             get(move || {
@@ -75,7 +98,14 @@ pub fn router(state: DebugState) -> Router {
                 let body = config_status(&config);
                 async move { body }
             }),
-        )
+        );
+    let debug = if allow_remote {
+        debug
+    } else {
+        debug.layer(axum::middleware::from_fn(loopback_only))
+    };
+    Router::new()
+        .merge(debug)
         .route(
             "/metrics",
             get(move |headers: HeaderMap| {

@@ -47,7 +47,8 @@ type ByCluster<C> = HashMap<ClusterKey, HashMap<HostKey, C>>;
 #[derive(Default)]
 pub struct Pool {
     http1: Mutex<ByCluster<Vec<Idle>>>,
-    http2: Mutex<ByCluster<http2::SendRequest<Body>>>,
+    /// `None`: a live host of a live cluster with no shared connection yet.
+    http2: Mutex<ByCluster<Option<http2::SendRequest<Body>>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -88,8 +89,7 @@ impl Pool {
                 .http2
                 .lock()
                 .get(&key.0)
-                .and_then(|hosts| hosts.get(&key.1))
-                .cloned();
+                .and_then(|hosts| hosts.get(&key.1).cloned().flatten());
             let mut sender = match existing {
                 Some(s) if !s.is_closed() => s,
                 _ => {
@@ -100,9 +100,15 @@ impl Pool {
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
-                    // Shared from now on, unless the cluster left the runtime meanwhile.
-                    if let Some(hosts) = self.http2.lock().get_mut(&key.0) {
-                        hosts.insert(key.1, sender.clone());
+                    // Shared from now on, unless the cluster or the host left the runtime
+                    // meanwhile (a pruned host never comes back into the pool).
+                    if let Some(slot) = self
+                        .http2
+                        .lock()
+                        .get_mut(&key.0)
+                        .and_then(|hosts| hosts.get_mut(&key.1))
+                    {
+                        *slot = Some(sender.clone());
                     }
                     sender
                 }
@@ -198,12 +204,20 @@ impl Pool {
                     .map(|h| (h.host.as_str(), h.port)),
             );
         }
-        fn keep<C>(pool: &mut ByCluster<C>, hosts: &HashMap<&ClusterKey, HashSet<(&str, u16)>>) {
+        // Every live host of every live cluster gets an entry, and only those: a connection
+        // is pooled only where an entry is, so one that an older runtime gives back late to a
+        // host or cluster that has gone is dropped.
+        fn keep<C: Default>(
+            pool: &mut ByCluster<C>,
+            hosts: &HashMap<&ClusterKey, HashSet<(&str, u16)>>,
+        ) {
             pool.retain(|key, _| hosts.contains_key(key));
             for (&key, live) in hosts {
-                pool.entry(key.clone())
-                    .or_default()
-                    .retain(|(host, port), _| live.contains(&(host.as_str(), *port)));
+                let entries = pool.entry(key.clone()).or_default();
+                entries.retain(|(host, port), _| live.contains(&(host.as_str(), *port)));
+                for &(host, port) in live {
+                    entries.entry((host.to_owned(), port)).or_default();
+                }
             }
         }
         keep(&mut self.http1.lock(), &hosts);
@@ -213,12 +227,11 @@ impl Pool {
     fn give_back(&self, sender: http1::SendRequest<Body>, key: Key, load: &ClusterLoad) {
         {
             let mut idle = self.http1.lock();
-            // A cluster the current runtime no longer has: the connection is dropped.
-            if let Some(hosts) = idle.get_mut(&key.0) {
-                let list = hosts.entry(key.1).or_default();
-                if list.len() < MAX_IDLE_PER_HOST {
-                    list.push((sender, Instant::now()));
-                }
+            // A cluster or host the current runtime no longer has: the connection is dropped.
+            if let Some(list) = idle.get_mut(&key.0).and_then(|hosts| hosts.get_mut(&key.1))
+                && list.len() < MAX_IDLE_PER_HOST
+            {
+                list.push((sender, Instant::now()));
             }
         }
         load.freed.notify_waiters();
@@ -265,7 +278,7 @@ impl Pool {
                 .http2
                 .lock()
                 .get(&cluster.key)
-                .is_some_and(|hosts| !hosts.is_empty())
+                .is_some_and(|hosts| hosts.values().any(Option::is_some))
     }
 
     /// The cluster keys the pool has an entry for.
@@ -538,6 +551,36 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), gone_open.wait_for(|n| *n == 0))
             .await
             .expect("the dropped connection closes")
+            .unwrap();
+    }
+
+    /// A request of the older runtime that ends after the change gives its connection back to
+    /// a host that is gone: the pool must not take it (it would never be checked out again).
+    #[tokio::test]
+    async fn a_connection_given_back_after_its_host_was_pruned_is_dropped() {
+        let (gone, mut gone_open, _) = testing::http_upstream().await;
+        let (stays, _, _) = testing::http_upstream().await;
+        let pool = Arc::new(Pool::default());
+        let before = testing::runtime(&Arc::new(testing::config([testing::cluster("b", gone)])));
+        pool.prune(clusters(&before));
+        let cluster = &before.clusters["b"];
+        let host = cluster.priorities[0][0].clone();
+        let request = http::Request::get("/")
+            .body(super::super::full(Bytes::new()))
+            .unwrap();
+        // The response head is in; its body is not read yet.
+        let response = pool.send(cluster, &host, request).await.unwrap();
+        let after = testing::runtime(&Arc::new(testing::config([testing::cluster("b", stays)])));
+        pool.prune(clusters(&after));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert!(
+            !pool.holds(&after.clusters["b"]),
+            "the late connection was pooled"
+        );
+        tokio::time::timeout(Duration::from_secs(10), gone_open.wait_for(|n| *n == 0))
+            .await
+            .expect("the late connection closes")
             .unwrap();
     }
 }

@@ -89,8 +89,8 @@ pub struct ClusterRuntime {
 
 /// Which upstream connections a cluster may share, by value: its name (its breakers and
 /// metrics) and a SHA-256 of everything a connection to its hosts was made with: the
-/// upstream protocol and the TLS origination (SNI, SAN matchers, ALPN, and the content of
-/// the certificate and trust bundles it names). Two clusters share pooled connections only
+/// upstream protocol and the TLS origination (SNI, SAN matchers, ALPN, the identity of the
+/// certificate and the content of the trust bundles it names). Two clusters share pooled connections only
 /// when their keys are equal, so a changed or re-created cluster never inherits connections
 /// made under other settings (a pointer-keyed pool could hand a new cluster at a reused
 /// address the old one's TLS session), and an unchanged cluster keeps its connections
@@ -150,18 +150,18 @@ impl ClusterKey {
     }
 }
 
-/// The content of a secret as a digest: the certificate chain (the key is bound to it), or
-/// each trust domain with its roots; a missing secret hashes as such.
+/// The content of a secret as a digest: the certificate's identity, or each trust domain with
+/// its roots (trust withdrawn must end what it allowed); a missing secret hashes as such.
 fn secret_digest(secret: Option<&Arc<Secret>>) -> [u8; 32] {
     let mut h = Sha256::new();
     match secret.map(|s| &**s) {
         None => field(&mut h, b"missing"),
+        // The identity, not the chain: a renewed certificate of the same identity keeps the
+        // connections made with the one before (as Envoy does on rotation); another identity
+        // does not.
         Some(Secret::Certificate(cert)) => {
             field(&mut h, b"certificate");
-            field(&mut h, &(cert.chain().len() as u64).to_be_bytes());
-            for der in cert.chain() {
-                field(&mut h, der);
-            }
+            field(&mut h, cert.spiffe_id().to_string().as_bytes());
         }
         Some(Secret::TrustBundles(bundles)) => {
             field(&mut h, b"bundles");
