@@ -117,8 +117,14 @@ fn no_rejected_updates(envoy: &Envoy) {
         .collect();
     assert!(
         rejected.is_empty(),
-        "envoy {} rejected: {rejected:?}",
-        envoy.name
+        "envoy {} rejected: {rejected:?}\n{}",
+        envoy.name,
+        envoy
+            .logs()
+            .lines()
+            .filter(|l| l.contains("rejected") || l.contains("[warning]") || l.contains("[error]"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let accepted = |prefix: &str| {
         stats

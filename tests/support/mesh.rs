@@ -101,6 +101,9 @@ pub fn bootstrap(dir: &Path, name: &str, args: &[&str]) -> std::path::PathBuf {
         "--admin-port",
         "0",
     ];
+    if !args.contains(&"--tls-dir") {
+        all.push("--insecure-plaintext");
+    }
     all.extend_from_slice(args);
     let out_file = file.to_string_lossy().into_owned();
     all.extend_from_slice(&["-o", &out_file]);

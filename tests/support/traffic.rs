@@ -27,6 +27,9 @@ pub struct Failure {
 pub struct Outcome {
     pub sent: u64,
     pub ok: u64,
+    /// Requests sent again because the keep-alive connection they went out on had been closed
+    /// by the sidecar before any response (counted apart: a client's retry, not a failure).
+    pub resent: u64,
     pub failures: Vec<Failure>,
     /// How long it ran.
     pub elapsed: Duration,
@@ -42,10 +45,11 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} sent, {} ok, {} failed in {:.1} s",
+            "{} sent, {} ok, {} failed, {} resent on a fresh connection in {:.1} s",
             self.sent,
             self.ok,
             self.failures.len(),
+            self.resent,
             self.elapsed.as_secs_f64()
         )?;
         for failure in self.failures.iter().take(20) {
@@ -125,6 +129,7 @@ async fn run(
         let part = done.expect("a traffic task");
         outcome.sent += part.sent;
         outcome.ok += part.ok;
+        outcome.resent += part.resent;
         outcome.failures.extend(part.failures);
     }
     outcome.failures.sort_by_key(|f| f.at);
@@ -151,7 +156,7 @@ async fn connection(
         out.sent += 1;
         sent.fetch_add(1, Ordering::Relaxed);
         let at = start.elapsed();
-        match request(proxy, &url, &mut sender).await {
+        match request(proxy, &url, &mut sender, &mut out.resent).await {
             Ok(()) => out.ok += 1,
             Err(why) => {
                 sender = None;
@@ -169,11 +174,13 @@ async fn request(
     proxy: SocketAddr,
     url: &http::Uri,
     sender: &mut Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+    resent: &mut u64,
 ) -> Result<(), String> {
     let reused = sender.as_ref().is_some_and(|s| !s.is_closed());
     match attempt(proxy, url, sender).await {
         Err(Attempt::StaleConnection(_)) if reused => {
             *sender = None;
+            *resent += 1;
             attempt(proxy, url, sender).await.map_err(|e| e.to_string())
         }
         other => other.map_err(|e| e.to_string()),

@@ -33,14 +33,18 @@ pub struct EnvoyBootstrap {
     /// The workload's address (the node id's IP field).
     #[arg(long, default_value = "127.0.0.1")]
     address: IpAddr,
-    /// isthmusd's xDS address: the mTLS port (15012) with --tls-dir, else the loopback
-    /// plaintext port (15010).
-    #[arg(long, default_value = "127.0.0.1:15010")]
+    /// isthmusd's xDS address: its mTLS port (with --tls-dir), or the plaintext port it was
+    /// started with (with --insecure-plaintext).
+    #[arg(long, default_value = "127.0.0.1:15012")]
     xds_address: String,
     /// Directory with cert-chain.pem, key.pem and root-cert.pem (`isthmusctl cert request`):
     /// connect to isthmusd over mTLS with that identity.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "insecure_plaintext")]
     tls_dir: Option<PathBuf>,
+    /// INSECURE, for tests: connect without TLS to an isthmusd started with
+    /// --xds-plaintext-addr (it hands any local process any node's private key).
+    #[arg(long, conflicts_with = "tls_dir")]
+    insecure_plaintext: bool,
     /// The trust domain of isthmusd's certificate, with --tls-dir.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: TrustDomain,
