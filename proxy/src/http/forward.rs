@@ -241,19 +241,50 @@ pub async fn forward(
 }
 
 /// One attempt on the wire, within `per_try` (`None`: timed out). The host counts it as open
-/// until it ends or is dropped (the downstream reset: see [`Host::track_active`]).
+/// until its response body ends, or until it is dropped (a downstream reset, an attempt given
+/// up): see [`Host::track_active`]. Least-request balancing then sees streams and slow
+/// downloads as the open work they are, as Envoy's does.
 async fn send_attempt(
     pool: &Arc<Pool>,
     cluster: &ClusterRuntime,
-    host: &Host,
+    host: &Arc<Host>,
     request: http::Request<Body>,
     per_try: Option<Duration>,
 ) -> Option<Result<http::Response<Body>, SendError>> {
-    let _active = host.track_active();
+    let active = host.track_active();
     let sent = pool.send(cluster, host, request);
-    match per_try {
+    let outcome = match per_try {
         Some(t) => tokio::time::timeout(t, sent).await.ok(),
         None => Some(sent.await),
+    };
+    outcome.map(|result| {
+        result.map(|response| response.map(|body| Body::new(Holding { body, _active: active })))
+    })
+}
+
+/// A response body that keeps its request counted on its host until it ends or is dropped.
+struct Holding {
+    body: Body,
+    _active: crate::upstream::Active,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -540,5 +571,28 @@ mod tests {
         task.abort();
         assert!(task.await.unwrap_err().is_cancelled());
         assert_eq!(host.active.load(Ordering::Relaxed), 0, "the count leaked");
+    }
+    /// A response counts on its host until its body has been read, not just until its head
+    /// came in: a stream or a slow download is open work for least-request balancing.
+    #[tokio::test]
+    async fn a_response_counts_on_its_host_until_its_body_ends() {
+        use http_body_util::BodyExt as _;
+        let (port, _open, _accepted) = testing::http_upstream().await;
+        let config = Arc::new(testing::config([testing::cluster("backend", port)]));
+        let runtime = testing::runtime(&config);
+        let cluster = runtime.clusters["backend"].clone();
+        let host = cluster.priorities[0][0].clone();
+        let pool = Arc::new(Pool::default());
+        let request = http::Request::get("/")
+            .body(super::super::full(Bytes::new()))
+            .unwrap();
+        let response = send_attempt(&pool, &cluster, &host, request, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(host.active.load(Ordering::Relaxed), 1, "the body is still to come");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(host.active.load(Ordering::Relaxed), 0);
     }
 }

@@ -49,20 +49,20 @@ impl Host {
     /// long as the guard lives. A guard, not an increment and a decrement around an `.await`:
     /// work cancelled mid-flight (a client reset drops its future) gives its count back like
     /// finished work, so the host never looks busy forever.
-    pub fn track_active(&self) -> Active<'_> {
+    pub fn track_active(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
-        Active { host: self }
+        Active { host: self.clone() }
     }
 }
 
 /// One request or connection open on a host ([`Host::track_active`]), given back on drop.
 #[derive(Debug)]
 #[must_use = "the host counts the work as open only while the guard lives"]
-pub struct Active<'a> {
-    host: &'a Host,
+pub struct Active {
+    host: Arc<Host>,
 }
 
-impl Drop for Active<'_> {
+impl Drop for Active {
     fn drop(&mut self) {
         self.host.active.fetch_sub(1, Ordering::Relaxed);
     }
