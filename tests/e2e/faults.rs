@@ -88,20 +88,28 @@ impl Bench {
         f.write_green(true, ALLOW_BOTH_CLIENTS);
         let proxies = f.dir.path().join("proxies");
         let green_outbound = free_port();
-        let green_client = IsthmusProxy::node(
+        let green_client = IsthmusProxy::with_identity(
             &proxies,
             f.green(),
             "sidecar~127.0.20.9~client.shop~shop.svc.cluster.local",
             "green-client",
-            &[format!("OUTBOUND_PORT={green_outbound}")],
+            "spiffe://green.local/ns/shop/sa/client",
+            &[
+                "--metadata".to_owned(),
+                format!("OUTBOUND_PORT={green_outbound}"),
+            ],
         );
         let ratings_v2 = v2_inbound.map(|_| {
-            IsthmusProxy::node(
+            IsthmusProxy::with_identity(
                 &proxies,
                 f.green(),
                 "sidecar~127.0.20.6~ratings-v2.bookinfo~bookinfo.svc.cluster.local",
                 "green-ratings-v2",
-                &[format!("APP_PORTS=http={}", f.ports.ratings_app)],
+                "spiffe://green.local/ns/bookinfo/sa/ratings",
+                &[
+                    "--metadata".to_owned(),
+                    format!("APP_PORTS=http={}", f.ports.ratings_app),
+                ],
             )
         });
         for proxy in std::iter::once(&green_client).chain(&ratings_v2) {

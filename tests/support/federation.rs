@@ -16,6 +16,10 @@ use crate::mesh::write;
 use crate::proxy::IsthmusProxy;
 use crate::{Isthmusd, curl_with, free_port};
 
+/// Green's ingress gateway for red, as a node.
+const GREEN_INGRESS_NODE: &str =
+    "router~127.0.20.2~ingress-red.istio-system~istio-system.svc.cluster.local";
+
 /// What red imports from green.
 pub const IMPORTED: &str = "ratings.bookinfo.svc.green-imports.local";
 
@@ -253,32 +257,46 @@ impl Federation {
         );
         let proxies_dir = dir.path().join("proxies");
         std::fs::create_dir_all(&proxies_dir).unwrap();
+        // Each as its own workload identity, on the mTLS port (as `isthmusctl up` runs them).
+        let gateway = ["--role".to_owned(), "federation".to_owned()];
         let proxies = vec![
-            IsthmusProxy::gateway(
+            IsthmusProxy::with_identity(
                 &proxies_dir,
                 &green,
-                "router~127.0.20.2~ingress-red.istio-system~istio-system.svc.cluster.local",
+                GREEN_INGRESS_NODE,
                 "green-ingress",
+                "spiffe://green.local/ns/istio-system/sa/ingress-red-service-account",
+                &gateway,
             ),
-            IsthmusProxy::node(
+            IsthmusProxy::with_identity(
                 &proxies_dir,
                 &green,
                 "sidecar~127.0.20.3~ratings-v1.bookinfo~bookinfo.svc.cluster.local",
                 "green-ratings",
-                &[format!("APP_PORTS=http={}", ports.ratings_app)],
+                "spiffe://green.local/ns/bookinfo/sa/ratings",
+                &[
+                    "--metadata".to_owned(),
+                    format!("APP_PORTS=http={}", ports.ratings_app),
+                ],
             ),
-            IsthmusProxy::gateway(
+            IsthmusProxy::with_identity(
                 &proxies_dir,
                 &red,
                 "router~127.0.10.2~egress-green.istio-system~istio-system.svc.cluster.local",
                 "red-egress",
+                "spiffe://red.local/ns/istio-system/sa/egress-green-service-account",
+                &gateway,
             ),
-            IsthmusProxy::node(
+            IsthmusProxy::with_identity(
                 &proxies_dir,
                 &red,
                 "sidecar~127.0.10.3~client.shop~shop.svc.cluster.local",
                 "red-client",
-                &[format!("OUTBOUND_PORT={}", ports.outbound)],
+                "spiffe://red.local/ns/shop/sa/client",
+                &[
+                    "--metadata".to_owned(),
+                    format!("OUTBOUND_PORT={}", ports.outbound),
+                ],
             ),
         ];
         for proxy in &proxies {
@@ -349,11 +367,13 @@ impl Federation {
         );
         let exited = std::time::Instant::now();
         let proxies_dir = self.dir.path().join("proxies");
-        let restarted = IsthmusProxy::gateway(
+        let restarted = IsthmusProxy::with_identity(
             &proxies_dir,
             self.green(),
-            "router~127.0.20.2~ingress-red.istio-system~istio-system.svc.cluster.local",
+            GREEN_INGRESS_NODE,
             "green-ingress-restarted",
+            "spiffe://green.local/ns/istio-system/sa/ingress-red-service-account",
+            &["--role".to_owned(), "federation".to_owned()],
         );
         restarted.wait_ready(Duration::from_secs(30)).unwrap();
         self.proxies[0] = restarted;

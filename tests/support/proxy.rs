@@ -44,6 +44,41 @@ impl IsthmusProxy {
         )
     }
 
+    /// A proxy with node id `node_id` running as `identity`, the way a deployed proxy runs: a
+    /// bootstrap token from `daemon`'s token store gets its certificate, and the certificate
+    /// opens its xDS stream on the mTLS port (the gate hands it its own node's configuration
+    /// only). `args` are more flags (`--role`, `--metadata`, …).
+    pub fn with_identity(
+        dir: &Path,
+        daemon: &crate::Isthmusd,
+        node_id: &str,
+        name: &str,
+        identity: &str,
+        args: &[String],
+    ) -> Self {
+        // A folder per proxy: two proxies' tokens never share a file (it is re-read at each
+        // renewal).
+        let tokens = dir.join(format!("{name}-token"));
+        std::fs::create_dir_all(&tokens).expect("a token folder");
+        let token = crate::create_token(daemon, &tokens, identity);
+        let mut all = vec![
+            "--node-id".to_owned(),
+            node_id.to_owned(),
+            "--identity".to_owned(),
+            identity.to_owned(),
+            "--token-file".to_owned(),
+            token.to_string_lossy().into_owned(),
+            "--root-cert".to_owned(),
+            daemon.root_file().to_string_lossy().into_owned(),
+            "--ca-address".to_owned(),
+            daemon.grpc.to_string(),
+            "--xds-address".to_owned(),
+            daemon.grpc.to_string(),
+        ];
+        all.extend_from_slice(args);
+        Self::start(dir, name, &all)
+    }
+
     /// A federation gateway (`--role federation`, node id `router~…`), configured by `daemon`
     /// over its loopback plaintext xDS port.
     pub fn gateway(dir: &Path, daemon: &crate::Isthmusd, node_id: &str, name: &str) -> Self {
