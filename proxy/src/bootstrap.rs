@@ -5,7 +5,8 @@
 //! - identity (`--identity`, `--root-cert`, `--token-file`): a certificate from `isthmusd`'s CA
 //!   with the bootstrap token, renewed at half-life;
 //! - configuration (`--node-id`): a delta-ADS stream to `isthmusd`, over mTLS with that
-//!   certificate (port 15012) or, with `--xds-plaintext`, over the loopback-only port 15010.
+//!   certificate (port 15012) or, with `--xds-plaintext`, without TLS to an `isthmusd` that
+//!   opted into its insecure, test-only plaintext port (`--xds-plaintext-addr`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -65,7 +66,8 @@ pub struct Args {
     /// isthmusd's xDS address; default: the CA address (both are on 15012).
     #[arg(long, env = "ISTHMUS_XDS_ADDRESS")]
     pub xds_address: Option<String>,
-    /// Connect to xDS without TLS (isthmusd's loopback-only port 15010).
+    /// INSECURE, for tests: connect to xDS without TLS (an isthmusd started with
+    /// --xds-plaintext-addr, which hands any local process any node's private key).
     #[arg(long)]
     pub xds_plaintext: bool,
     /// Speak state-of-the-world ADS instead of delta (incremental) ADS.
