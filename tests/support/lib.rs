@@ -345,7 +345,11 @@ impl Isthmusd {
                     .into_iter()
                     .filter(|flag| !extra.contains(flag))
                     .flat_map(|flag| {
-                        let value = if flag == "--grpc-addr" { grpc_addr } else { "127.0.0.1:0" };
+                        let value = if flag == "--grpc-addr" {
+                            grpc_addr
+                        } else {
+                            "127.0.0.1:0"
+                        };
                         [flag, value]
                     }),
             )

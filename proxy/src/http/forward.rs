@@ -258,7 +258,14 @@ async fn send_attempt(
         None => Some(sent.await),
     };
     outcome.map(|result| {
-        result.map(|response| response.map(|body| Body::new(Holding { body, _active: active })))
+        result.map(|response| {
+            response.map(|body| {
+                Body::new(Holding {
+                    body,
+                    _active: active,
+                })
+            })
+        })
     })
 }
 
@@ -590,7 +597,11 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(host.active.load(Ordering::Relaxed), 1, "the body is still to come");
+        assert_eq!(
+            host.active.load(Ordering::Relaxed),
+            1,
+            "the body is still to come"
+        );
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         assert_eq!(host.active.load(Ordering::Relaxed), 0);
