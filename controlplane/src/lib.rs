@@ -22,6 +22,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod federation;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod pipeline;
 pub mod runner;

@@ -17,6 +17,8 @@
 
 pub mod discovery;
 pub mod exports;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imports;
 pub mod names;
 mod selector;

@@ -19,6 +19,8 @@ pub mod authz;
 pub mod bootstrap;
 pub mod config;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod listener;
 pub mod metrics;

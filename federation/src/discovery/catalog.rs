@@ -137,7 +137,14 @@ impl Catalog {
     /// Heartbeats change nothing but are checked too.
     pub fn apply(&mut self, event: &watch_event::Event, checksum: u64) -> Result<(), ApplyError> {
         match event {
-            watch_event::Event::Full(full) => *self = Catalog::new(full.services.iter().cloned()),
+            watch_event::Event::Full(full) => {
+                // As for a change: a service is known by its host name (an empty one would
+                // be held, then never named by a change, and the diff to it refused).
+                if full.services.iter().any(|s| s.hostname.is_empty()) {
+                    return Err(ApplyError::Malformed("a service without a hostname"));
+                }
+                *self = Catalog::new(full.services.iter().cloned());
+            }
             watch_event::Event::Change(change) => self.apply_change(change)?,
             watch_event::Event::Heartbeat(_) => {}
         }
@@ -276,5 +283,15 @@ mod tests {
             assert!(err.contains(expected), "{err}");
         }
         assert!(c.is_empty());
+        // Nor in a full list (found by the fuzz target `discovery_importer`).
+        let full = FullList {
+            services: vec![service("a.x", 1), ExportedService::default()],
+        };
+        let err = c
+            .apply(&watch_event::Event::Full(full), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without a hostname"), "{err}");
+        assert!(c.is_empty(), "nothing applied");
     }
 }

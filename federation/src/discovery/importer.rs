@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use isthmus_api::proto::federation::federation_discovery_client::FederationDiscoveryClient;
-use isthmus_api::proto::federation::{Resync, Subscribe, WatchRequest, watch_event, watch_request};
+use isthmus_api::proto::federation::{
+    Resync, Subscribe, WatchEvent, WatchRequest, watch_event, watch_request,
+};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -204,23 +206,9 @@ async fn session(
                     Ok(Ok(None)) => return "stream closed by the peer".into(),
                     Ok(Ok(Some(event))) => event,
                 };
-                let Some(body) = event.event else {
-                    return "protocol error: an event without a body".into();
-                };
-                let full = matches!(body, watch_event::Event::Full(_));
-                if !synced && !full {
-                    // Changes before the first full list mean nothing; heartbeats are fine.
-                    if matches!(body, watch_event::Event::Change(_)) {
-                        return "protocol error: a change before the full list".into();
-                    }
-                    continue;
-                }
-                match catalog.apply(&body, event.checksum) {
-                    Ok(()) => {
-                        synced = true;
-                        if matches!(body, watch_event::Event::Heartbeat(_)) {
-                            continue;
-                        }
+                match on_event(&mut catalog, &mut synced, event) {
+                    Step::Ignored | Step::Heartbeat => {}
+                    Step::Publish { full } => {
                         let published = Arc::new(catalog.clone());
                         state.send_modify(|s| {
                             s.catalog = Some(published);
@@ -231,14 +219,14 @@ async fn session(
                             s.status.stream.event(full, SystemTime::now());
                         });
                     }
-                    Err(ApplyError::Checksum { ours, theirs }) => {
+                    Step::Resync { ours, theirs } => {
                         tracing::warn!(peer, ours, theirs, "checksum mismatch; asking for a resync");
                         state.send_modify(|s| s.status.checksum_mismatches += 1);
                         if !ask_resync(&tx, "checksum mismatch").await {
                             return "internal: request channel closed".into();
                         }
                     }
-                    Err(e @ ApplyError::Malformed(_)) => return format!("protocol error: {e}"),
+                    Step::End(why) => return why,
                 }
             }
             _ = resync.tick() => {
@@ -247,6 +235,49 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// What one event of the stream leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing: a heartbeat before the first full list.
+    Ignored,
+    /// A heartbeat whose checksum agrees.
+    Heartbeat,
+    /// The catalog changed and agrees with the exporter's checksum: publish it.
+    Publish { full: bool },
+    /// The checksums differ: ask for a resync.
+    Resync { ours: u64, theirs: u64 },
+    /// A protocol error ends the stream, for this reason.
+    End(String),
+}
+
+/// Applies one event of a stream to the stream's `catalog`; `synced` says whether a full list
+/// has been applied on this stream.
+pub fn on_event(catalog: &mut Catalog, synced: &mut bool, event: WatchEvent) -> Step {
+    let Some(body) = event.event else {
+        return Step::End("protocol error: an event without a body".into());
+    };
+    let full = matches!(body, watch_event::Event::Full(_));
+    if !*synced && !full {
+        // Changes before the first full list mean nothing; heartbeats are fine.
+        if matches!(body, watch_event::Event::Change(_)) {
+            return Step::End("protocol error: a change before the full list".into());
+        }
+        return Step::Ignored;
+    }
+    match catalog.apply(&body, event.checksum) {
+        Ok(()) => {
+            *synced = true;
+            if matches!(body, watch_event::Event::Heartbeat(_)) {
+                Step::Heartbeat
+            } else {
+                Step::Publish { full }
+            }
+        }
+        Err(ApplyError::Checksum { ours, theirs }) => Step::Resync { ours, theirs },
+        Err(e @ ApplyError::Malformed(_)) => Step::End(format!("protocol error: {e}")),
     }
 }
 

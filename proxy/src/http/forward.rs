@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use rand::Rng;
 
 use super::pool::{Pool, SendError};
-use super::{Body, Connection, local_reply};
+use super::{Body, Connection, TlsPeer, local_reply};
 use crate::config::listener::{ForwardClientCert, HttpManager};
 use crate::config::route::{
     AppendAction, Edits, Forward, HeaderEdits, PathMatch, Redirect, Retry, Targets,
@@ -73,24 +73,15 @@ pub async fn forward(
     }
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    edit(&mut parts.headers, edits.iter().map(|e| &e.request));
-    client_cert_header(&mut parts.headers, hcm, conn);
-    if !parts.headers.contains_key("x-forwarded-proto") {
-        let proto = if conn.tls.is_some() { "https" } else { "http" };
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    }
-    if !parts.headers.contains_key("x-request-id") {
-        parts.headers.insert("x-request-id", request_id());
-    }
-    let authority = action
-        .host_rewrite
-        .as_deref()
-        .unwrap_or(authority)
-        .to_owned();
-    let path_and_query = rewrite_path(&parts.uri, action, levels);
+    let (authority, path_and_query) = upstream_head(
+        &mut parts,
+        &edits,
+        action,
+        levels,
+        authority,
+        hcm,
+        conn.tls.as_ref(),
+    );
     let http2 = cluster.cluster.protocol.http == Some(crate::config::cluster::HttpVersion::Http2);
 
     if let (Some(protocol), Some(on_upgrade)) = (&upgrade, on_upgrade) {
@@ -238,6 +229,39 @@ pub async fn forward(
     strip_hop_by_hop(response.headers_mut());
     edit(response.headers_mut(), edits.iter().map(|e| &e.response));
     response
+}
+
+/// The request head as it goes upstream: hop-by-hop headers gone, the header edits of every
+/// level (`edits`, most specific first), `x-forwarded-client-cert`, `x-forwarded-proto`,
+/// `x-request-id`; returns the authority and the path and query to send.
+pub fn upstream_head(
+    parts: &mut http::request::Parts,
+    edits: &[&Edits; 4],
+    action: &Forward,
+    levels: &Levels<'_>,
+    authority: &str,
+    hcm: &HttpManager,
+    tls: Option<&TlsPeer>,
+) -> (String, String) {
+    strip_hop_by_hop(&mut parts.headers);
+    edit(&mut parts.headers, edits.iter().map(|e| &e.request));
+    client_cert_header(&mut parts.headers, hcm, tls);
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        let proto = if tls.is_some() { "https" } else { "http" };
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if !parts.headers.contains_key("x-request-id") {
+        parts.headers.insert("x-request-id", request_id());
+    }
+    let authority = action
+        .host_rewrite
+        .as_deref()
+        .unwrap_or(authority)
+        .to_owned();
+    let path_and_query = rewrite_path(&parts.uri, action, levels);
+    (authority, path_and_query)
 }
 
 /// One attempt on the wire, within `per_try` (`None`: timed out). The host counts it as open
@@ -449,8 +473,8 @@ pub fn edit_response(headers: &mut HeaderMap, levels: &[&Edits]) {
 }
 
 /// `x-forwarded-client-cert` as Envoy writes it: `By=<our SAN>;Hash=<peer cert SHA-256>;URI=<peer SAN>`.
-fn client_cert_header(headers: &mut HeaderMap, hcm: &HttpManager, conn: &Connection) {
-    let mtls = conn.tls.as_ref().filter(|t| t.peer_id.is_some());
+fn client_cert_header(headers: &mut HeaderMap, hcm: &HttpManager, tls: Option<&TlsPeer>) {
+    let mtls = tls.filter(|t| t.peer_id.is_some());
     match hcm.forward_client_cert {
         ForwardClientCert::Sanitize => {
             headers.remove(XFCC);
@@ -499,9 +523,9 @@ fn request_id() -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
-pub fn redirect(
+pub fn redirect<B>(
     r: &Redirect,
-    request: &http::Request<Incoming>,
+    request: &http::Request<B>,
     authority: &str,
     tls: bool,
 ) -> http::Response<Body> {
@@ -579,6 +603,7 @@ mod tests {
         assert!(task.await.unwrap_err().is_cancelled());
         assert_eq!(host.active.load(Ordering::Relaxed), 0, "the count leaked");
     }
+
     /// A response counts on its host until its body has been read, not just until its head
     /// came in: a stream or a slow download is open work for least-request balancing.
     #[tokio::test]

@@ -24,7 +24,7 @@ use self::pool::Pool;
 use self::router::RequestFacts;
 use crate::authz::{self, Decision, Subject};
 use crate::config::listener::{Codec, HttpManager, RouteSource, Terminal};
-use crate::config::route::Action;
+use crate::config::route::{Action, Route, RouteTable, VirtualHost};
 use crate::drain;
 use crate::metrics::{ListenerLabels, ResponseLabels};
 use crate::runtime::{ChainId, Runtime};
@@ -212,56 +212,18 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
     let Some(table) = table else {
         return local_reply(http::StatusCode::NOT_FOUND, "");
     };
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_ascii_lowercase)
-        })
-        .unwrap_or_default();
-    let path = request.uri().path().to_owned();
-    let query = request.uri().query().map(str::to_owned);
-    let facts = RequestFacts {
-        authority: &authority,
-        path: &path,
-        query: query.as_deref(),
-        headers: request.headers(),
-        connect: request.method() == http::Method::CONNECT,
-    };
-    if facts.connect && !hcm.allow_connect {
-        return local_reply(http::StatusCode::FORBIDDEN, "");
-    }
-    let Some(vh) = router::virtual_host(table, &authority) else {
-        return local_reply(http::StatusCode::NOT_FOUND, "");
-    };
-    let Some(route) = router::route(vh, &facts) else {
-        return local_reply(http::StatusCode::NOT_FOUND, "");
-    };
-
-    // HTTP RBAC: a route's or virtual host's override replaces the filter's own rules.
-    let subject = Subject {
+    let authority = request_authority(&request);
+    let peer = ConnectionFacts {
         peer: conn.tls.as_ref().and_then(|t| t.peer_id.as_deref()),
         remote: conn.remote.ip(),
         local: conn.local,
         server_name: conn.server_name.as_deref(),
-        headers: Some(request.headers()),
-        path: Some(&path),
     };
-    for (filter, own) in &hcm.rbac {
-        let rules = route
-            .rbac
-            .get(filter)
-            .or_else(|| vh.rbac.get(filter))
-            .unwrap_or(own);
-        if let Some(rules) = rules
-            && let Decision::Deny(policy) = authz::evaluate(rules, &subject)
-        {
-            tracing::info!(listener = conn.listener, peer = ?subject.peer, path, policy = ?policy, "request denied by RBAC");
+    let (vh, route) = match decide(&request, &authority, hcm, table, &peer) {
+        Verdict::Refused(status) => return local_reply(status, ""),
+        Verdict::Denied(policy) => {
+            let path = request.uri().path();
+            tracing::info!(listener = conn.listener, peer = ?peer.peer, path, policy = ?policy, "request denied by RBAC");
             conn.runtime
                 .metrics
                 .http_rbac_denied
@@ -271,7 +233,8 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
                 .inc();
             return local_reply(http::StatusCode::FORBIDDEN, "RBAC: access denied");
         }
-    }
+        Verdict::Route { vh, route } => (vh, route),
+    };
 
     match &route.action {
         Action::Direct { status, body } => {
@@ -303,6 +266,94 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
             forward::forward(request, action, &edits, &authority, hcm, conn, &latest).await
         }
     }
+}
+
+/// The request's authority as routing sees it: the URI's, else the `Host` header's, lower-case.
+pub fn request_authority<B>(request: &http::Request<B>) -> String {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        })
+        .unwrap_or_default()
+}
+
+/// What RBAC may know of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionFacts<'a> {
+    pub peer: Option<&'a str>,
+    pub remote: std::net::IpAddr,
+    pub local: SocketAddr,
+    pub server_name: Option<&'a str>,
+}
+
+/// What the connection manager makes of a request before any I/O.
+#[derive(Debug)]
+pub enum Verdict<'t> {
+    /// A local answer with an empty body: 403 (CONNECT not allowed), 404 (no route).
+    Refused(http::StatusCode),
+    /// HTTP RBAC refused it: the policy that matched (DENY) or none (no ALLOW policy matched).
+    Denied(Option<String>),
+    /// The route to act on.
+    Route {
+        vh: &'t VirtualHost,
+        route: &'t Route,
+    },
+}
+
+/// Virtual host, route and HTTP RBAC (a route's or virtual host's override replaces the
+/// filter's own rules), for a request whose authority is `authority`.
+pub fn decide<'t, B>(
+    request: &http::Request<B>,
+    authority: &str,
+    hcm: &HttpManager,
+    table: &'t RouteTable,
+    conn: &ConnectionFacts<'_>,
+) -> Verdict<'t> {
+    let path = request.uri().path();
+    let facts = RequestFacts {
+        authority,
+        path,
+        query: request.uri().query(),
+        headers: request.headers(),
+        connect: request.method() == http::Method::CONNECT,
+    };
+    if facts.connect && !hcm.allow_connect {
+        return Verdict::Refused(http::StatusCode::FORBIDDEN);
+    }
+    let Some(vh) = router::virtual_host(table, authority) else {
+        return Verdict::Refused(http::StatusCode::NOT_FOUND);
+    };
+    let Some(route) = router::route(vh, &facts) else {
+        return Verdict::Refused(http::StatusCode::NOT_FOUND);
+    };
+    let subject = Subject {
+        peer: conn.peer,
+        remote: conn.remote,
+        local: conn.local,
+        server_name: conn.server_name,
+        headers: Some(request.headers()),
+        path: Some(path),
+    };
+    for (filter, own) in &hcm.rbac {
+        let rules = route
+            .rbac
+            .get(filter)
+            .or_else(|| vh.rbac.get(filter))
+            .unwrap_or(own);
+        if let Some(rules) = rules
+            && let Decision::Deny(policy) = authz::evaluate(rules, &subject)
+        {
+            return Verdict::Denied(policy);
+        }
+    }
+    Verdict::Route { vh, route }
 }
 
 fn facts_connect(request: &http::Request<Incoming>) -> bool {
