@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use isthmus_api::envoy::envoy::config::listener::v3::{FilterChain, filter};
+use isthmus_api::envoy::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
@@ -123,11 +123,7 @@ fn the_egress_gateway_tunnels_each_imported_service_port_and_discovery_by_sni() 
     let model = model(&ca.root_pem());
     let workload = &model.workloads[&("istio-system".to_owned(), "gateway".to_owned())];
     let gw = gateway(&model, workload);
-    let egress = gw
-        .listeners
-        .iter()
-        .find(|l| l.name == "federation-egress")
-        .unwrap();
+    let egress = listener(&gw, "federation-egress");
     assert!(
         format!("{:?}", egress.address).contains("15444"),
         "the gateway service's port for this workload"
@@ -184,6 +180,14 @@ fn the_egress_gateway_tunnels_each_imported_service_port_and_discovery_by_sni() 
     );
 }
 
+/// The gateway's listener `name`.
+fn listener<'g>(gw: &'g super::gateways::Gateway, name: &str) -> &'g Listener {
+    gw.listeners
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no {name} listener: {:?}", gw.listeners))
+}
+
 fn downstream_tls(chain: &FilterChain) -> Option<DownstreamTlsContext> {
     let Some(
         isthmus_api::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any),
@@ -202,11 +206,7 @@ fn the_egress_gateway_carries_discovery_for_the_control_plane_identity_only() {
         Some(SpiffeId::parse("spiffe://red.local/ns/cp/sa/isthmusd").unwrap());
     let workload = &model.workloads[&("istio-system".to_owned(), "gateway".to_owned())];
     let gw = gateway(&model, workload);
-    let egress = gw
-        .listeners
-        .iter()
-        .find(|l| l.name == "federation-egress")
-        .unwrap();
+    let egress = listener(&gw, "federation-egress");
     let discovery = egress
         .filter_chains
         .iter()
@@ -232,11 +232,7 @@ fn the_egress_gateway_carries_discovery_for_the_control_plane_identity_only() {
     // Without a known control plane identity nobody's discovery is carried.
     model.control_plane_identity = None;
     let gw = gateway(&model, workload);
-    let egress = gw
-        .listeners
-        .iter()
-        .find(|l| l.name == "federation-egress")
-        .unwrap();
+    let egress = listener(&gw, "federation-egress");
     assert!(
         egress
             .filter_chains
@@ -252,11 +248,7 @@ fn the_ingress_gateway_admits_the_peers_client_id_to_what_is_exported_only() {
     let model = model(&ca.root_pem());
     let workload = &model.workloads[&("istio-system".to_owned(), "gateway".to_owned())];
     let gw = gateway(&model, workload);
-    let ingress = gw
-        .listeners
-        .iter()
-        .find(|l| l.name == "federation-ingress")
-        .unwrap();
+    let ingress = listener(&gw, "federation-ingress");
     let [chain] = ingress.filter_chains.as_slice() else {
         panic!("one chain per peer: {ingress:?}")
     };
@@ -267,13 +259,7 @@ fn the_ingress_gateway_admits_the_peers_client_id_to_what_is_exported_only() {
             "discovery.federation.local"
         ]
     );
-    let Some(
-        isthmus_api::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any),
-    ) = &chain.transport_socket.as_ref().unwrap().config_type
-    else {
-        panic!()
-    };
-    let tls = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    let tls = downstream_tls(chain).expect("the peer's mTLS");
     assert!(tls.require_client_certificate.unwrap().value);
     let text = format!("{tls:?}");
     assert!(
