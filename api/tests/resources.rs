@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use isthmus_api::resources::{Resource, ResourceError, from_value};
+use isthmus_api::{Resource, ResourceError, from_value};
 use serde_json::{Value, json};
 
 fn parse(v: Value) -> Result<Resource, ResourceError> {

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use isthmus_api::identity::{SpiffeId, TrustDomain, generate_csr};
 use isthmus_controlplane::ca::{Authority, CaMaterial, TtlPolicy};
+use isthmus_identity::{SpiffeId, TrustDomain, generate_csr};
 
 fn bench(c: &mut Criterion) {
     let state = tempfile::tempdir().unwrap();

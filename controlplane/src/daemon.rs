@@ -6,19 +6,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_api::identity::{
+use isthmus_federation::discovery::{Exporter, ImporterSettings};
+use isthmus_identity::{
     CertManager, CertManagerConfig, PeerPolicy, SpiffeId, SpiffeVerifier, TrustBundle,
     TrustBundles, TrustDomain, server_config, shared_bundles,
 };
-use isthmus_api::proto::ca::certificate_service_server::CertificateServiceServer;
-use isthmus_api::proto::federation::federation_discovery_server::FederationDiscoveryServer;
-use isthmus_federation::discovery::{Exporter, ImporterSettings};
+use isthmus_proto::ca::certificate_service_server::CertificateServiceServer;
+use isthmus_proto::federation::federation_discovery_server::FederationDiscoveryServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::auth::tokens::TokenStore;
 use crate::ca::local_source::LocalSource;
-use crate::ca::material::{create_private_dir, write_private};
 use crate::ca::metrics::CaMetrics;
 use crate::ca::service::CaService;
 use crate::ca::{Authority, CaLoadError, CaMaterial, TtlPolicy};
@@ -26,6 +25,7 @@ use crate::config::ConfigStore;
 use crate::config::watch::{WatchSettings, watch_dir};
 use crate::pipeline::gate::WorkloadGate;
 use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::private_files::{create_private_dir, write_private};
 use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
 use crate::xds::cache::SnapshotCache;
 use crate::xds::grpc::AdsService;

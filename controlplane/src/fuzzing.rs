@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use isthmus_api::identity::TrustDomain;
+use isthmus_identity::TrustDomain;
 
 use crate::config::directory::load_text;
 use crate::model::MeshModel;

@@ -1,6 +1,8 @@
 //! # isthmus-controlplane
 //!
-//! The control plane behind `isthmusd` and `isthmusctl`:
+//! The control plane, `isthmusd` (the thin binary `src/bin/isthmusd.rs` parses flags and calls
+//! [`daemon`]); `isthmusctl` (its own crate, `controlplane/isthmusctl/`) reads the mesh through
+//! this library:
 //!
 //! - [`ca`]: the mesh certificate authority — signing material (generated root or plugged-in
 //!   `cacerts`), the rules for what a caller may get signed, the gRPC certificate service;
@@ -8,17 +10,15 @@
 //! - [`model`]: the mesh model built from a snapshot: services, workloads, routes, policies;
 //! - [`pipeline`]: config -> model -> per-proxy snapshots (debounced), with proxy certificates;
 //! - [`auth`]: who a caller is (bootstrap tokens in local mode);
+//! - [`private_files`]: the state directory's private files (0700 directory, atomic 0600 writes);
 //! - [`xds`]: the xDS protocol (ADS, state-of-the-world and delta) over per-proxy snapshots;
 //! - [`server`]: TLS accept loop for gRPC, the debug/metrics HTTP port;
 //! - [`daemon`]: `isthmusd`'s start-up and shutdown;
-//! - [`runner`]: the local runner behind `isthmusctl up` and `isthmusctl demo`;
-//! - [`cli`]: `isthmusctl`'s commands.
-//!
-//! The binaries in `src/bin` only parse flags and call into this library.
+//! - [`federation`]: discovery importers per peer, federation status, what crosses between
+//!   meshes from configuration alone.
 
 pub mod auth;
 pub mod ca;
-pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod federation;
@@ -26,6 +26,6 @@ pub mod federation;
 pub mod fuzzing;
 pub mod model;
 pub mod pipeline;
-pub mod runner;
+pub mod private_files;
 pub mod server;
 pub mod xds;

@@ -5,16 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use isthmus_api::envoy::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use isthmus_api::envoy::google::protobuf::Any;
-use isthmus_api::envoy::google::rpc::Status;
 use isthmus_controlplane::xds::grpc::AdsService;
 use isthmus_controlplane::xds::resources::{CLUSTER, ProxySnapshot, TypeResources};
 use isthmus_controlplane::xds::server::{AdsServer, Caller, NodeGate, NodeInfo, Port};
 use isthmus_controlplane::xds::status::TypeStatus;
 use isthmus_controlplane::xds::streams::StreamInfo;
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use isthmus_proto::envoy::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest,
+};
+use isthmus_proto::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::google::rpc::Status;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;

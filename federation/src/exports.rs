@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::resources::federation::{ExportRule, ExportedServiceSetSpec, RuleType};
+use isthmus_api::federation::{ExportRule, ExportedServiceSetSpec, RuleType};
 
 use crate::names::{ServiceName, exported_host};
 use crate::selector::{alias, namespace_matches, selects};

@@ -2,7 +2,7 @@
 //! so that the stable test `tests/e2e/fuzz_regressions.rs` replays the saved inputs through
 //! the same code. It panics only on a bug.
 
-use isthmus_api::proto::federation::WatchEvent;
+use isthmus_proto::federation::WatchEvent;
 use prost::Message;
 
 use crate::discovery::Catalog;

@@ -6,9 +6,7 @@
 //! sets a `domainSuffix`; `importAsLocal` merges the peer's endpoints into the local service of
 //! the aliased name instead, with the spec's `locality` on them.
 
-use isthmus_api::resources::federation::{
-    ImportedServiceLocality, ImportedServiceSetSpec, RuleType,
-};
+use isthmus_api::federation::{ImportedServiceLocality, ImportedServiceSetSpec, RuleType};
 
 use crate::names::{ServiceName, imported_host, local_host, suffixed_host};
 use crate::selector::{alias, selects};

@@ -13,7 +13,7 @@
 //! out, so that status (`exportedServices`, `importedServices`, "exported but not imported")
 //! and `isthmusctl federation check` can say why. The discovery protocol and the gateways
 //! build on these. Trust between meshes — each peer's root bound to the peer's trust domain —
-//! lives in `isthmus_api::identity::TrustBundles`.
+//! lives in `isthmus_identity::TrustBundles`.
 
 pub mod discovery;
 pub mod exports;

@@ -1,7 +1,7 @@
 //! Maistra's name selectors: a part that is empty or `*` matches anything, and an alias part
 //! that is empty or `*` keeps the original part.
 
-use isthmus_api::resources::federation::{ServiceName as AliasName, ServiceNameMapping};
+use isthmus_api::federation::{ServiceName as AliasName, ServiceNameMapping};
 
 use crate::names::ServiceName;
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::resources::federation::{ExportedServiceSetSpec, ImportedServiceSetSpec};
+use isthmus_api::federation::{ExportedServiceSetSpec, ImportedServiceSetSpec};
 use serde_json::json;
 
 use crate::exports::{self, ExportDecision, LocalService, NotExportable};

@@ -9,8 +9,8 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use isthmus_api::identity::pem::certs_to_pem;
-use isthmus_api::identity::{CertInfo, CertManager, format_time};
+use isthmus_identity::pem::certs_to_pem;
+use isthmus_identity::{CertInfo, CertManager, format_time};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -93,7 +93,7 @@ fn metrics_response(
     accept: Option<&str>,
     registry: &prometheus_client::registry::Registry,
 ) -> Response {
-    match isthmus_api::metrics_format::encode(accept, registry) {
+    match isthmus_runtime::metrics_format::encode(accept, registry) {
         Ok((content_type, body)) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
         }

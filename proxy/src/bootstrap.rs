@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
-use isthmus_api::ca_client::{BearerToken, CaClient};
-use isthmus_api::channel::{plaintext_channel, tls_channel};
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::google::protobuf::{Struct, Value, value};
-use isthmus_api::identity::pem::read_certs;
-use isthmus_api::identity::{
+use isthmus_identity::ca_client::{BearerToken, CaClient};
+use isthmus_identity::channel::{plaintext_channel, tls_channel};
+use isthmus_identity::pem::read_certs;
+use isthmus_identity::{
     CertManager, CertManagerConfig, PeerPolicy, SpiffeId, SpiffeVerifier, TrustBundle,
     TrustBundles, client_config, shared_bundles,
 };
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::google::protobuf::{Struct, Value, value};
 
 use crate::admin::AdminState;
 use crate::xds::client::XdsClient;

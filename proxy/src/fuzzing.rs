@@ -15,11 +15,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::envoy::service::discovery::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse, DiscoveryResponse,
 };
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::google::protobuf::Any;
 use prost::Message;
 
 use crate::config::listener::{Codec, ForwardClientCert, HttpManager, RouteSource};
@@ -126,11 +126,11 @@ fn one_resource(kind: XdsType, url_of: XdsType, body: &[u8]) {
 
 /// The name a resource carries in its body, if it decodes.
 fn resource_name(kind: XdsType, body: &[u8]) -> Option<String> {
-    use isthmus_api::envoy::envoy::config::cluster::v3::Cluster;
-    use isthmus_api::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
-    use isthmus_api::envoy::envoy::config::listener::v3::Listener;
-    use isthmus_api::envoy::envoy::config::route::v3::RouteConfiguration;
-    use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use isthmus_proto::envoy::envoy::config::cluster::v3::Cluster;
+    use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use isthmus_proto::envoy::envoy::config::listener::v3::Listener;
+    use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
+    use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::Secret;
     Some(match kind {
         XdsType::Listener => Listener::decode(body).ok()?.name,
         XdsType::Cluster => Cluster::decode(body).ok()?.name,

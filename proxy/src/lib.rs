@@ -29,4 +29,5 @@ pub mod tcp;
 pub mod transport;
 pub mod tunnel;
 pub mod upstream;
+pub mod weighted;
 pub mod xds;

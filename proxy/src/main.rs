@@ -4,7 +4,7 @@ use clap::Parser;
 use isthmus_proxy::bootstrap;
 
 fn main() -> std::process::ExitCode {
-    isthmus_api::supervised::stop_with_runner();
+    isthmus_runtime::supervised::stop_with_runner();
     let args = bootstrap::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use isthmus_api::ca_client::{BearerToken, CaClient};
-use isthmus_api::identity::pem::{certs_to_pem, read_certs};
-use isthmus_api::identity::{
+use isthmus_e2e::{Isthmusd, create_token, isthmusctl, isthmusd_start_failure, sh};
+use isthmus_identity::ca_client::{BearerToken, CaClient};
+use isthmus_identity::pem::{certs_to_pem, read_certs};
+use isthmus_identity::testing::{TestCa, hours_ago, minutes_ago};
+use isthmus_identity::{
     CertificateSource, IssueError, PeerPolicy, SpiffeId, TrustBundle, TrustBundles, generate_csr,
     shared_bundles,
 };
-use isthmus_api::testing::{TestCa, hours_ago, minutes_ago};
-use isthmus_e2e::{Isthmusd, create_token, isthmusctl, isthmusd_start_failure, sh};
 
 const WEB: &str = "spiffe://red.local/ns/app/sa/web";
 
@@ -290,7 +290,7 @@ fn tampered_csr(uri: &str) -> String {
     // Flip a byte inside the SAN (".../sa/web" -> ".../sa/wec"): the structure stays valid.
     let at = der.windows(3).position(|w| w == b"web").unwrap();
     der[at + 2] = b'c';
-    isthmus_api::identity::pem::to_pem("CERTIFICATE REQUEST", &der)
+    isthmus_identity::pem::to_pem("CERTIFICATE REQUEST", &der)
 }
 
 #[tokio::test]
@@ -356,7 +356,7 @@ fn broken_ca_files_stop_startup_with_the_file_and_problem() {
     let other = TestCa::new("red.local");
     let expired =
         TestCa::new("red.local").intermediate_with_validity("old", hours_ago(48), hours_ago(24));
-    let pem = |c: &rustls_pki_types::CertificateDer<'_>| isthmus_api::identity::pem::cert_to_pem(c);
+    let pem = |c: &rustls_pki_types::CertificateDer<'_>| isthmus_identity::pem::cert_to_pem(c);
 
     struct Case {
         name: &'static str,

@@ -95,18 +95,18 @@ mod seeds {
     use std::path::Path;
     use std::sync::Arc;
 
-    use isthmus_api::envoy::envoy::service::discovery::v3::{
-        DeltaDiscoveryResponse, DiscoveryResponse, Resource,
-    };
-    use isthmus_api::identity::TrustDomain;
-    use isthmus_api::proto::federation::{
-        Change, ExportedService, FullList, Heartbeat, ServicePort, WatchEvent, change, watch_event,
-    };
     use isthmus_controlplane::config::directory::{load_dir, load_text};
     use isthmus_controlplane::model::{MeshModel, ProxyNode};
     use isthmus_controlplane::xds::generate::{ProxySecrets, proxy_snapshot};
     use isthmus_controlplane::xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
     use isthmus_federation::discovery::Catalog;
+    use isthmus_identity::TrustDomain;
+    use isthmus_proto::envoy::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+    };
+    use isthmus_proto::federation::{
+        Change, ExportedService, FullList, Heartbeat, ServicePort, WatchEvent, change, watch_event,
+    };
     use prost::Message;
 
     fn write(target: &str, name: &str, data: &[u8]) {
@@ -157,7 +157,7 @@ mod seeds {
             &TrustDomain::new("cluster.local").unwrap(),
             "istio-system",
         );
-        let ca = isthmus_api::testing::TestCa::new("cluster.local");
+        let ca = isthmus_identity::testing::TestCa::new("cluster.local");
         let secrets = ProxySecrets {
             certificate_chain_pem: String::new(),
             private_key_pem: String::new().into(),

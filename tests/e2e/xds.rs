@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::envoy::service::discovery::v3::DiscoveryRequest;
-use isthmus_api::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use isthmus_e2e::{Isthmusd, isthmusd_start_failure};
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::envoy::service::discovery::v3::DiscoveryRequest;
+use isthmus_proto::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;

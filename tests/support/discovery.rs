@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_api::identity::pem::{read_certs, read_key};
-use isthmus_api::identity::{
+use isthmus_identity::pem::{read_certs, read_key};
+use isthmus_identity::{
     CredentialCell, PeerPolicy, SpiffeVerifier, TrustBundle, TrustBundles, TrustDomain,
     WorkloadCertificate, client_config, shared_bundles,
 };
-use isthmus_api::proto::federation::federation_discovery_client::FederationDiscoveryClient;
-use isthmus_api::proto::federation::{Subscribe, WatchRequest, watch_event, watch_request};
+use isthmus_proto::federation::federation_discovery_client::FederationDiscoveryClient;
+use isthmus_proto::federation::{Subscribe, WatchRequest, watch_event, watch_request};
 
 /// A certificate folder (`cert-chain.pem`, `key.pem`) and the root that verifies the server,
 /// an SVID of `server_td`.
@@ -124,7 +124,7 @@ async fn first_full_list(
     let tls = client(inner, &[b"h2"])?;
     let channel = match outer {
         Some(outer) => {
-            isthmus_api::channel::tls_in_tls_channel(address, sni, client(outer, &[])?, tls)
+            isthmus_identity::channel::tls_in_tls_channel(address, sni, client(outer, &[])?, tls)
                 .map_err(WatchError::Setup)?
         }
         None => direct(address, sni, tls)?,

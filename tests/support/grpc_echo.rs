@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use isthmus_api::proto::echo::EchoRequest;
-use isthmus_api::proto::echo::echo_client::EchoClient;
+use isthmusctl::echo_proto::EchoRequest;
+use isthmusctl::echo_proto::echo_client::EchoClient;
 
 /// Calls `authority` (an `http://host:port` origin) over h2c through the HTTP proxy `proxy`
 /// (`host:port`) and checks every answer: from the echo named `server`, seeing `caller` (a

@@ -14,8 +14,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isthmus_api::identity::pem::{read_certs, read_key};
-use isthmus_api::identity::{
+use isthmus_identity::pem::{read_certs, read_key};
+use isthmus_identity::{
     CredentialCell, PeerPolicy, SpiffeVerifier, TrustBundle, TrustBundles, TrustDomain,
     WorkloadCertificate, client_config, shared_bundles,
 };

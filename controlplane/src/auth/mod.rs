@@ -6,7 +6,7 @@ pub mod tokens;
 
 use std::future::Future;
 
-use isthmus_api::identity::SpiffeId;
+use isthmus_identity::SpiffeId;
 use tonic::metadata::MetadataMap;
 
 /// A caller that could not be authenticated.

@@ -12,13 +12,13 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use isthmus_api::identity::{SpiffeId, format_time};
+use isthmus_identity::{SpiffeId, format_time};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{AuthError, Authenticator};
-use crate::ca::material::{create_private_dir, write_private};
+use crate::private_files::{create_private_dir, write_private};
 
 const PREFIX: &str = "isth";
 

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use isthmus_api::identity::TrustDomain;
 use isthmus_controlplane::ca::TtlPolicy;
 use isthmus_controlplane::daemon::{DaemonConfig, FederationSettings, run};
 use isthmus_federation::discovery::ImporterSettings;
+use isthmus_identity::TrustDomain;
 
 /// Isthmus control plane daemon: the mesh certificate authority and xDS server.
 #[derive(Debug, Parser)]
@@ -86,7 +86,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    isthmus_api::supervised::stop_with_runner();
+    isthmus_runtime::supervised::stop_with_runner();
     let args = Args::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use isthmus_api::identity::pem::cert_to_pem;
-use isthmus_api::identity::{SpiffeId, TrustDomain, profile};
+use isthmus_identity::pem::cert_to_pem;
+use isthmus_identity::{SpiffeId, TrustDomain, profile};
 use rcgen::{CertificateSigningRequestParams, IsCa, Issuer, KeyPair, SanType};
 use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject;
@@ -273,13 +273,13 @@ fn requested_identity(csr: &CertificateSigningRequestParams) -> Result<SpiffeId,
 
 /// An authority signing with `ca` (its own certificate, no intermediates, its root), for tests.
 #[cfg(test)]
-pub(crate) fn signing_with(ca: &isthmus_api::testing::TestCa, ttl: TtlPolicy) -> Authority {
+pub(crate) fn signing_with(ca: &isthmus_identity::testing::TestCa, ttl: TtlPolicy) -> Authority {
     let material = CaMaterial {
         key: KeyPair::from_pem(&ca.key_pem()).expect("the test CA's key"),
         cert: ca.cert().clone(),
         intermediates: Vec::new(),
         roots: vec![ca.root().clone()],
-        not_after: isthmus_api::identity::CertInfo::parse(ca.cert())
+        not_after: isthmus_identity::CertInfo::parse(ca.cert())
             .expect("the test CA's certificate")
             .not_after,
         origin: "test".into(),
@@ -291,11 +291,9 @@ pub(crate) fn signing_with(ca: &isthmus_api::testing::TestCa, ttl: TtlPolicy) ->
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use isthmus_api::identity::pem::certs_from_pem;
-    use isthmus_api::identity::{
-        CertInfo, SpiffeId, TrustBundles, Usage, generate_csr, verify_svid,
-    };
-    use isthmus_api::testing::{TestCa, hours_ago};
+    use isthmus_identity::pem::certs_from_pem;
+    use isthmus_identity::testing::{TestCa, hours_ago};
+    use isthmus_identity::{CertInfo, SpiffeId, TrustBundles, Usage, generate_csr, verify_svid};
     use rcgen::KeyPair;
     use rustls_pki_types::UnixTime;
 

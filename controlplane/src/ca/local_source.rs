@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_api::identity::{CertificateSource, IssueError, IssuedChain, SpiffeId};
+use isthmus_identity::{CertificateSource, IssueError, IssuedChain, SpiffeId};
 
 use super::authority::Authority;
 

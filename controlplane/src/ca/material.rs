@@ -12,13 +12,13 @@
 //! expired or not-yet-valid CA, a chain that does not lead to the root) stops start-up with an
 //! error naming the file and the problem.
 
+use crate::private_files::{create_private_dir, write_private};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use isthmus_api::identity::pem::{PemError, cert_to_pem, read_certs};
-use isthmus_api::identity::{CertInfo, TrustDomain, format_time, profile};
+use isthmus_identity::pem::{PemError, cert_to_pem, read_certs};
+use isthmus_identity::{CertInfo, TrustDomain, format_time, profile};
 use rcgen::{KeyPair, PublicKeyData};
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -264,29 +264,4 @@ fn generate(
     write_private(cert_file, cert.pem().as_bytes()).map_err(write_err)?;
     tracing::info!(dir = %dir.display(), trust_domain = %td, "generated a new root CA");
     Ok(())
-}
-
-/// Creates `dir` (and parents) readable by the owner only.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-}
-
-/// Writes `data` to `path` with mode 0600, atomically (temporary file, then rename).
-pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
 }

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use isthmus_api::proto::ca::certificate_service_server::CertificateService;
-use isthmus_api::proto::ca::{CreateCertificateRequest, CreateCertificateResponse};
+use isthmus_proto::ca::certificate_service_server::CertificateService;
+use isthmus_proto::ca::{CreateCertificateRequest, CreateCertificateResponse};
 use tonic::{Request, Response, Status};
 
 use super::authority::Authority;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::path::{Path, PathBuf};
 
-use isthmus_api::resources::{Resource, ResourceError, from_value};
+use isthmus_api::{Resource, ResourceError, from_value};
 
 use super::error::ConfigError;
 use super::snapshot::{ConfigSnapshot, DEFAULT_NAMESPACE, ResourceKey, SourceRef};
@@ -185,7 +185,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ConfigErro
 mod tests {
     use std::fs;
 
-    use isthmus_api::resources::Kind;
+    use isthmus_api::Kind;
 
     use super::*;
     use crate::config::ConfigStore;

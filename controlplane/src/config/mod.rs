@@ -1,5 +1,5 @@
 //! Config sources. The YAML directory ([`directory`]) reads every document under a folder into
-//! validated [`isthmus_api::resources::Resource`]s; [`store`] applies a complete, valid set
+//! validated [`isthmus_api::Resource`]s; [`store`] applies a complete, valid set
 //! atomically and keeps the last good one when a change is bad.
 
 pub mod directory;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use isthmus_api::resources::{Kind, Resource};
+use isthmus_api::{Kind, Resource};
 
 /// Namespace of resources whose metadata names none (as `kubectl apply` does).
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use isthmus_api::identity::TrustDomain;
 use isthmus_federation::imports::ImportDecision;
+use isthmus_identity::TrustDomain;
 
 use crate::config::ConfigSnapshot;
 use crate::model::MeshModel;

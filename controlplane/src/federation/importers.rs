@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::channel::{tls_channel, tls_in_tls_channel};
-use isthmus_api::identity::{
+use isthmus_federation::discovery::importer::{self, Dialer};
+use isthmus_federation::discovery::{ImportState, ImporterSettings};
+use isthmus_identity::channel::{tls_channel, tls_in_tls_channel};
+use isthmus_identity::{
     CredentialCell, PeerPolicy, SharedBundles, SpiffeVerifier, TrustBundle, TrustBundles,
     client_config, shared_bundles,
 };
-use isthmus_federation::discovery::importer::{self, Dialer};
-use isthmus_federation::discovery::{ImportState, ImporterSettings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

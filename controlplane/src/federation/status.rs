@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_api::resources::{Kind, Resource};
+use isthmus_api::{Kind, Resource};
 use isthmus_federation::discovery::exporter::RemotesStatus;
 use isthmus_federation::exports::ExportDecision;
 use isthmus_federation::imports::ImportDecision;
@@ -320,7 +320,7 @@ fn write_files(dir: &Path, status: &FederationStatus, written: &mut BTreeMap<Pat
         let result = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| crate::ca::material::write_private(path, json.as_bytes()));
+            .and_then(|()| crate::private_files::write_private(path, json.as_bytes()));
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "cannot write status");
         }

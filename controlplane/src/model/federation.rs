@@ -12,13 +12,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::proto::federation::{ExportedService, ServicePort};
 use isthmus_federation::discovery::exporter::ExportPeer;
 use isthmus_federation::discovery::{Catalog, Exports};
+use isthmus_proto::federation::{ExportedService, ServicePort};
 
-use isthmus_api::resources::federation::ExportedServiceSetSpec;
-use isthmus_api::resources::networking::Location;
-use isthmus_api::resources::{Kind, Resource};
+use isthmus_api::federation::ExportedServiceSetSpec;
+use isthmus_api::networking::Location;
+use isthmus_api::{Kind, Resource};
 use isthmus_federation::exports::{self, ExportDecision, LocalService, NotExportable};
 use isthmus_federation::names::ServiceName;
 
@@ -176,7 +176,7 @@ fn ignored(key: &ResourceKey, control_plane: &str, peers: &[&str]) -> Option<Str
 mod tests {
     use std::path::Path;
 
-    use isthmus_api::identity::TrustDomain;
+    use isthmus_identity::TrustDomain;
 
     use super::*;
     use crate::config::load_text;

@@ -17,13 +17,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::identity::SpiffeId;
-use isthmus_api::resources::federation::ImportedServiceSetSpec;
-use isthmus_api::resources::networking::{Location, Resolution};
-use isthmus_api::resources::{Kind, Resource};
+use isthmus_api::federation::ImportedServiceSetSpec;
+use isthmus_api::networking::{Location, Resolution};
+use isthmus_api::{Kind, Resource};
 use isthmus_federation::discovery::Catalog;
 use isthmus_federation::imports::{self, ImportDecision};
 use isthmus_federation::names::ServiceName;
+use isthmus_identity::SpiffeId;
 
 use super::peers::Peer;
 use super::registry::{
@@ -279,10 +279,10 @@ fn gateway_endpoints(
 mod tests {
     use std::path::Path;
 
-    use isthmus_api::identity::TrustDomain;
-    use isthmus_api::proto::federation::{ExportedService, ServicePort};
-    use isthmus_api::testing::TestCa;
     use isthmus_federation::exports::NotExportable;
+    use isthmus_identity::TrustDomain;
+    use isthmus_identity::testing::TestCa;
+    use isthmus_proto::federation::{ExportedService, ServicePort};
 
     use super::*;
     use crate::config::load_text;

@@ -12,9 +12,9 @@ pub mod workload;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::identity::{SpiffeId, TrustDomain};
-use isthmus_api::resources::Resource;
-use isthmus_api::resources::networking::{DestinationRuleSpec, VirtualServiceSpec};
+use isthmus_api::Resource;
+use isthmus_api::networking::{DestinationRuleSpec, VirtualServiceSpec};
+use isthmus_identity::{SpiffeId, TrustDomain};
 
 pub use policy::{InboundMtls, MtlsPolicy};
 pub use registry::{
@@ -174,7 +174,7 @@ impl MeshModel {
         workload: &Workload,
     ) -> Vec<(
         &ResourceKey,
-        &isthmus_api::resources::security::AuthorizationPolicySpec,
+        &isthmus_api::security::AuthorizationPolicySpec,
     )> {
         policy::authorization_policies(&self.config, &self.root_namespace, workload)
     }

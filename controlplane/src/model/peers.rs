@@ -3,9 +3,9 @@
 //! `spec.security.certificateChain` names, key `root-cert.pem`). A peer without a usable trust
 //! domain or root cannot be trusted and is left out, with a warning saying why.
 
-use isthmus_api::identity::{SpiffeId, TrustBundle, TrustDomain};
-use isthmus_api::resources::core::ROOT_CERT_KEY;
-use isthmus_api::resources::{Kind, Resource};
+use isthmus_api::core::ROOT_CERT_KEY;
+use isthmus_api::{Kind, Resource};
+use isthmus_identity::{SpiffeId, TrustBundle, TrustDomain};
 
 use super::ModelWarning;
 use crate::config::{ConfigSnapshot, ResourceKey};
@@ -144,7 +144,7 @@ pub fn peers(
 fn root_of(
     config: &ConfigSnapshot,
     namespace: &str,
-    security: &isthmus_api::resources::federation::ServiceMeshPeerSecurity,
+    security: &isthmus_api::federation::ServiceMeshPeerSecurity,
     trust_domain: &TrustDomain,
 ) -> Result<TrustBundle, String> {
     let Some(chain) = &security.certificate_chain else {

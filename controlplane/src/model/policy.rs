@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::resources::Kind;
-use isthmus_api::resources::Resource;
-use isthmus_api::resources::meta::WorkloadSelector;
-use isthmus_api::resources::security::{AuthorizationPolicySpec, MtlsMode, PeerAuthenticationSpec};
+use isthmus_api::Kind;
+use isthmus_api::Resource;
+use isthmus_api::meta::WorkloadSelector;
+use isthmus_api::security::{AuthorizationPolicySpec, MtlsMode, PeerAuthenticationSpec};
 
 use super::workload::Workload;
 use crate::config::{ConfigSnapshot, ResourceKey};
@@ -125,7 +125,7 @@ pub fn authorization_policies<'a>(
 mod tests {
     use std::path::Path;
 
-    use isthmus_api::identity::TrustDomain;
+    use isthmus_identity::TrustDomain;
 
     use super::*;
     use crate::config::load_text;

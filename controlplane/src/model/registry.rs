@@ -15,9 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::identity::{SpiffeId, TrustDomain};
-use isthmus_api::resources::networking::{Location, Resolution, ServiceEntry, WorkloadEntrySpec};
-use isthmus_api::resources::{Kind, Resource};
+use isthmus_api::networking::{Location, Resolution, ServiceEntry, WorkloadEntrySpec};
+use isthmus_api::{Kind, Resource};
+use isthmus_identity::{SpiffeId, TrustDomain};
 
 use crate::config::{ConfigSnapshot, ResourceKey};
 
@@ -232,7 +232,7 @@ pub fn build_registry(
     (services, warnings)
 }
 
-fn port(p: &isthmus_api::resources::networking::ServicePort) -> Port {
+fn port(p: &isthmus_api::networking::ServicePort) -> Port {
     let protocol = p
         .protocol
         .as_deref()

@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::identity::{SpiffeId, TrustDomain};
-use isthmus_api::resources::Resource;
-use isthmus_api::resources::networking::WorkloadEntrySpec;
+use isthmus_api::Resource;
+use isthmus_api::networking::WorkloadEntrySpec;
+use isthmus_identity::{SpiffeId, TrustDomain};
 
 use super::registry::Locality;
 use crate::config::ConfigSnapshot;
-use isthmus_api::resources::Kind;
+use isthmus_api::Kind;
 
 /// A workload: one `WorkloadEntry`.
 #[derive(Debug, Clone, PartialEq, Eq)]

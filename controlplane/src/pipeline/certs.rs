@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use isthmus_api::identity::pem::{certs_from_pem, to_pem};
-use isthmus_api::identity::{CertInfo, SpiffeId, generate_csr};
+use isthmus_identity::pem::{certs_from_pem, to_pem};
+use isthmus_identity::{CertInfo, SpiffeId, generate_csr};
 use zeroize::Zeroizing;
 
 use crate::ca::Authority;
@@ -80,8 +80,8 @@ impl ProxyCertificates {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use isthmus_api::identity::SpiffeId;
-    use isthmus_api::testing::TestCa;
+    use isthmus_identity::SpiffeId;
+    use isthmus_identity::testing::TestCa;
 
     use super::*;
     use crate::ca::authority::{TtlPolicy, signing_with};

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use isthmus_api::identity::{SpiffeId, TrustDomain};
+use isthmus_identity::{SpiffeId, TrustDomain};
 use tokio::sync::{mpsc, watch};
 
 use crate::ca::Authority;

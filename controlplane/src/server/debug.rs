@@ -11,7 +11,7 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use isthmus_api::identity::format_time;
+use isthmus_identity::format_time;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
@@ -120,7 +120,7 @@ pub fn router(state: DebugState) -> Router {
 /// `/metrics`: OpenMetrics or the classic Prometheus text format, as `Accept` asks
 /// (Prometheus's negotiation).
 fn metrics(accept: Option<&str>, registry: &Registry) -> axum::response::Response {
-    match isthmus_api::metrics_format::encode(accept, registry) {
+    match isthmus_runtime::metrics_format::encode(accept, registry) {
         Ok((content_type, body)) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
         }

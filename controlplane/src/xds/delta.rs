@@ -16,8 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::envoy::service::discovery::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 

@@ -1,12 +1,12 @@
 //! A readable dump of a proxy's snapshot, for `/debug/config_dump` and `isthmusctl status
 //! --dump`: per type its version, per resource its version and the decoded message.
 
-use isthmus_api::envoy::envoy::config::cluster::v3::Cluster;
-use isthmus_api::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use isthmus_api::envoy::envoy::config::listener::v3::Listener;
-use isthmus_api::envoy::envoy::config::route::v3::RouteConfiguration;
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::envoy::config::cluster::v3::Cluster;
+use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use isthmus_proto::envoy::envoy::config::listener::v3::Listener;
+use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+use isthmus_proto::envoy::google::protobuf::Any;
 use prost::Message;
 use serde_json::{Value, json};
 

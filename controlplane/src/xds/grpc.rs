@@ -169,7 +169,7 @@ fn trailers(status: &Status) -> HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    use isthmus_api::envoy::envoy::service::discovery::v3::DiscoveryResponse;
+    use isthmus_proto::envoy::envoy::service::discovery::v3::DiscoveryResponse;
 
     use super::*;
 

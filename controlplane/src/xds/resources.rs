@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::google::protobuf::Any;
 use sha2::{Digest, Sha256};
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";

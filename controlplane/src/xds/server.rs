@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::google::protobuf::value;
-use isthmus_api::identity::{CertInfo, SpiffeId};
+use isthmus_identity::{CertInfo, SpiffeId};
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::google::protobuf::value;
 
-use isthmus_api::envoy::envoy::service::discovery::v3::{
+use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::{mpsc, watch};
@@ -365,8 +365,8 @@ fn log_reply(node_id: &str, reply: Option<Reply>) {
 
 #[cfg(test)]
 mod tests {
-    use isthmus_api::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-    use isthmus_api::envoy::google::protobuf::Any;
+    use isthmus_proto::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use isthmus_proto::envoy::google::protobuf::Any;
 
     use super::*;
     use crate::xds::resources::{CLUSTER, LISTENER, ROUTE, TypeResources};

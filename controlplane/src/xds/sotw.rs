@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::resources::{ProxySnapshot, is_wildcard_type};
 pub use super::status::ProtocolError;

@@ -2,8 +2,8 @@
 //! reason of its last rejection. Also the request checks and ACK/NACK bookkeeping both protocol
 //! variants share.
 
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::google::rpc::Status;
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::google::rpc::Status;
 
 /// The outcome of a proxy's reply to a response.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
-use isthmus_api::envoy::envoy::config::core::v3::Node;
-use isthmus_api::envoy::envoy::service::discovery::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::Node;
+use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
-use isthmus_api::envoy::google::protobuf::Any;
-use isthmus_api::envoy::google::rpc::Status;
+use isthmus_proto::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::google::rpc::Status;
 
 use super::delta::DeltaStream;
 use super::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, TypeResources};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::proto::federation::{Change, ExportedService, change, watch_event};
+use isthmus_proto::federation::{Change, ExportedService, change, watch_event};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -160,7 +160,7 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
-    use isthmus_api::proto::federation::{FullList, ServicePort};
+    use isthmus_proto::federation::{FullList, ServicePort};
 
     use super::*;
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use isthmus_api::identity::{CertInfo, SpiffeId};
-use isthmus_api::proto::federation::federation_discovery_server::FederationDiscovery;
-use isthmus_api::proto::federation::{
+use isthmus_identity::{CertInfo, SpiffeId};
+use isthmus_proto::federation::federation_discovery_server::FederationDiscovery;
+use isthmus_proto::federation::{
     FullList, Heartbeat, WatchEvent, WatchRequest, watch_event, watch_request,
 };
 use tokio::sync::{mpsc, watch};

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use isthmus_api::proto::federation::federation_discovery_client::FederationDiscoveryClient;
-use isthmus_api::proto::federation::{
+use isthmus_proto::federation::federation_discovery_client::FederationDiscoveryClient;
+use isthmus_proto::federation::{
     Resync, Subscribe, WatchEvent, WatchRequest, watch_event, watch_request,
 };
 use rand::Rng;

@@ -4,17 +4,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::cluster::v3::{
+use isthmus_proto::envoy::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster as EnvoyCluster, OutlierDetection, circuit_breakers, cluster,
 };
-use isthmus_api::envoy::envoy::config::core::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::{
     Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions,
     RoutingPriority,
 };
-use isthmus_api::envoy::envoy::extensions::upstreams::http::v3::{
+use isthmus_proto::envoy::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::google::protobuf::Any;
 
 use super::check::{Checked, Invalid, Path, one_of, reject_set, required};
 use super::decode::{ads_source, opt_duration, short_type, typed, u32_or};

@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::core::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::{
     Address, ApiVersion, ConfigSource, SocketAddress, address, config_source, socket_address,
 };
-use isthmus_api::envoy::google::protobuf::{Any, Duration as PbDuration};
+use isthmus_proto::envoy::google::protobuf::{Any, Duration as PbDuration};
 use prost::{Message, Name};
 
 use super::check::{Checked, Invalid, Path, reject_set, required};
@@ -115,7 +115,7 @@ pub fn host_port(address: Option<Address>, path: &Path) -> Checked<(String, u16)
 
 /// A `UInt32Value`'s value, or `default`.
 pub fn u32_or(
-    value: Option<isthmus_api::envoy::google::protobuf::UInt32Value>,
+    value: Option<isthmus_proto::envoy::google::protobuf::UInt32Value>,
     default: u32,
 ) -> u32 {
     value.map_or(default, |v| v.value)

@@ -1,8 +1,8 @@
 //! `ClusterLoadAssignment` (EDS, and the static assignment of static and DNS clusters): the
 //! endpoints of a cluster, grouped by priority and locality.
 
-use isthmus_api::envoy::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
-use isthmus_api::envoy::envoy::config::endpoint::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
+use isthmus_proto::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
     cluster_load_assignment, lb_endpoint,
 };

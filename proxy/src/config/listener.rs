@@ -5,18 +5,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::core::v3::TrafficDirection;
-use isthmus_api::envoy::envoy::config::listener::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::TrafficDirection;
+use isthmus_proto::envoy::envoy::config::listener::v3::{
     Filter, FilterChain as EnvoyChain, FilterChainMatch, Listener as EnvoyListener, ListenerFilter,
     filter, listener_filter,
 };
-use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
-use isthmus_api::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{
+use isthmus_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy as EnvoyTcpProxy, tcp_proxy,
 };
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::google::protobuf::Any;
 
 use super::check::{Checked, Invalid, Path, each, reject_set, required};
 use super::cluster::http1_check;
@@ -596,7 +596,7 @@ fn http_filters_chain(
 }
 
 fn router_check(any: &Any, path: &Path) -> Checked<()> {
-    use isthmus_api::envoy::envoy::extensions::filters::http::router::v3::Router;
+    use isthmus_proto::envoy::envoy::extensions::filters::http::router::v3::Router;
     #[allow(deprecated)]
     let Router {
         dynamic_stats: _,

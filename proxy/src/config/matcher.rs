@@ -2,10 +2,12 @@
 //! whose syntax and linear-time guarantee match RE2's (Envoy's `safe_regex`); a match is of the
 //! whole value, as in Envoy.
 
-use isthmus_api::envoy::envoy::config::route::v3::{
+use isthmus_proto::envoy::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, header_matcher, query_parameter_matcher,
 };
-use isthmus_api::envoy::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use isthmus_proto::envoy::envoy::r#type::matcher::v3::{
+    RegexMatcher, StringMatcher, string_matcher,
+};
 use regex::Regex;
 
 use super::check::{Checked, Invalid, Path, required};
@@ -122,6 +124,57 @@ pub fn string(m: Option<StringMatcher>, path: &Path) -> Checked<Matcher> {
     })
 }
 
+/// The header a matcher reads: one of the request's headers by its validated name, or a
+/// pseudo-header (Envoy shows matchers the request line as `:method`, `:authority`, `:scheme`
+/// and `:path`; isthmusd matches Istio's `methods`, `hosts` and `uri` on them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderKey {
+    Name(http::HeaderName),
+    Method,
+    Authority,
+    Scheme,
+    /// The path with its query, as sent.
+    Path,
+}
+
+impl HeaderKey {
+    /// The key `name` (any case) stands for; `None` if it is neither a header name nor one of
+    /// the four pseudo-headers.
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.to_ascii_lowercase();
+        Some(match name.as_str() {
+            ":method" => Self::Method,
+            ":authority" => Self::Authority,
+            ":scheme" => Self::Scheme,
+            ":path" => Self::Path,
+            _ => Self::Name(http::HeaderName::from_bytes(name.as_bytes()).ok()?),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Name(name) => name.as_str(),
+            Self::Method => ":method",
+            Self::Authority => ":authority",
+            Self::Scheme => ":scheme",
+            Self::Path => ":path",
+        }
+    }
+}
+
+/// A request's head as header matchers see it: its headers and its pseudo-headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub headers: &'a http::HeaderMap,
+    pub method: &'a http::Method,
+    /// As the request carried it (URI or `Host`), port included.
+    pub authority: &'a str,
+    /// `http` or `https` (the URI's, else by the connection).
+    pub scheme: &'a str,
+    /// The path with its query.
+    pub path_and_query: &'a str,
+}
+
 /// What a header matcher asks of a header.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeaderTest {
@@ -132,8 +185,7 @@ pub enum HeaderTest {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeaderMatch {
-    /// Lower case.
-    pub name: String,
+    pub name: HeaderKey,
     pub test: HeaderTest,
     pub invert: bool,
     pub treat_missing_as_empty: bool,
@@ -153,6 +205,35 @@ impl HeaderMatch {
         };
         hit != self.invert
     }
+
+    /// Whether the request's header matches: its values joined by `,` (values that are not
+    /// visible ASCII are left out, as before), or the pseudo-header's value.
+    pub fn matches_request(&self, head: &RequestHead<'_>) -> bool {
+        let name = match &self.name {
+            HeaderKey::Name(name) => name,
+            HeaderKey::Method => return self.matches(Some(head.method.as_str())),
+            HeaderKey::Authority => return self.matches(Some(head.authority)),
+            HeaderKey::Scheme => return self.matches(Some(head.scheme)),
+            HeaderKey::Path => return self.matches(Some(head.path_and_query)),
+        };
+        let mut values = head
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        match (values.next(), values.next()) {
+            (None, _) => self.matches(None),
+            (Some(only), None) => self.matches(Some(only)),
+            (Some(first), Some(second)) => {
+                let mut joined = format!("{first},{second}");
+                for value in values {
+                    joined.push(',');
+                    joined.push_str(value);
+                }
+                self.matches(Some(&joined))
+            }
+        }
+    }
 }
 
 pub fn header(m: HeaderMatcher, path: &Path) -> Checked<HeaderMatch> {
@@ -165,6 +246,12 @@ pub fn header(m: HeaderMatcher, path: &Path) -> Checked<HeaderMatch> {
     if name.is_empty() {
         return Err(Invalid::required(&path.field("name")));
     }
+    let key = HeaderKey::parse(&name).ok_or_else(|| {
+        Invalid::new(
+            &path.field("name"),
+            format!("{name:?} is not a header name (nor :method, :authority, :scheme or :path)"),
+        )
+    })?;
     use header_matcher::HeaderMatchSpecifier as S;
     let exact = |s: String| {
         HeaderTest::Value(Matcher {
@@ -197,7 +284,7 @@ pub fn header(m: HeaderMatcher, path: &Path) -> Checked<HeaderMatch> {
         Some(S::RangeMatch(_)) => return Err(Invalid::unsupported(&path.field("range_match"))),
     };
     Ok(HeaderMatch {
-        name: name.to_ascii_lowercase(),
+        name: key,
         test,
         invert: invert_match,
         treat_missing_as_empty: treat_missing_header_as_empty,
@@ -254,7 +341,7 @@ mod tests {
     #[test]
     fn header_matches_follow_envoy() {
         let m = HeaderMatch {
-            name: "x-version".into(),
+            name: HeaderKey::parse("x-version").unwrap(),
             test: HeaderTest::Value(Matcher {
                 pattern: StringMatch::Exact("v2".into()),
                 ignore_case: false,

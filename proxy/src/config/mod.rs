@@ -27,12 +27,12 @@ pub mod tls;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use isthmus_api::envoy::envoy::config::cluster::v3::Cluster as EnvoyCluster;
-use isthmus_api::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use isthmus_api::envoy::envoy::config::listener::v3::Listener as EnvoyListener;
-use isthmus_api::envoy::envoy::config::route::v3::RouteConfiguration;
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::Secret as EnvoySecret;
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::envoy::config::cluster::v3::Cluster as EnvoyCluster;
+use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use isthmus_proto::envoy::envoy::config::listener::v3::Listener as EnvoyListener;
+use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::Secret as EnvoySecret;
+use isthmus_proto::envoy::google::protobuf::Any;
 use prost::Name;
 
 use self::check::{Checked, Invalid, Path};

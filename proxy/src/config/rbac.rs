@@ -4,17 +4,17 @@
 
 use std::net::IpAddr;
 
-use isthmus_api::envoy::envoy::config::core::v3::CidrRange;
-use isthmus_api::envoy::envoy::config::rbac::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::CidrRange;
+use isthmus_proto::envoy::envoy::config::rbac::v3::{
     Permission as EnvoyPermission, Policy as EnvoyPolicy, Principal as EnvoyPrincipal,
     Rbac as EnvoyRbac, permission, principal, rbac,
 };
-use isthmus_api::envoy::envoy::extensions::filters::http::rbac::v3::{
+use isthmus_proto::envoy::envoy::extensions::filters::http::rbac::v3::{
     Rbac as HttpRbac, RbacPerRoute,
 };
-use isthmus_api::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
-use isthmus_api::envoy::envoy::r#type::matcher::v3::{PathMatcher, path_matcher};
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use isthmus_proto::envoy::envoy::r#type::matcher::v3::{PathMatcher, path_matcher};
+use isthmus_proto::envoy::google::protobuf::Any;
 
 use super::check::{Checked, Invalid, Path, each, reject_set, required};
 use super::decode::typed;

@@ -5,17 +5,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::core::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, data_source, header_value_option,
 };
-use isthmus_api::envoy::envoy::config::route::v3::{
+use isthmus_proto::envoy::envoy::config::route::v3::{
     DirectResponseAction, RedirectAction, RetryPolicy as EnvoyRetry, Route as EnvoyRoute,
     RouteAction, RouteConfiguration, RouteMatch as EnvoyMatch, VirtualHost as EnvoyVirtualHost,
     WeightedCluster, redirect_action, retry_policy::retry_host_predicate, route, route_action,
     route_match, weighted_cluster,
 };
-use isthmus_api::envoy::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use isthmus_proto::envoy::google::protobuf::Any;
 use regex::Regex;
 
 use super::check::{Checked, Invalid, Path, each, reject_set, required};
@@ -872,7 +872,7 @@ fn one_direction(
 
 #[cfg(test)]
 mod retry_tests {
-    use isthmus_api::envoy::envoy::config::route::v3::retry_policy::RetryHostPredicate;
+    use isthmus_proto::envoy::envoy::config::route::v3::retry_policy::RetryHostPredicate;
     use prost::{Message as _, Name as _};
 
     use super::*;

@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use isthmus_api::envoy::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source};
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+use isthmus_identity::pem::{certs_from_pem, key_from_pem};
+use isthmus_identity::{TrustBundle, TrustDomain, WorkloadCertificate};
+use isthmus_proto::envoy::envoy::config::core::v3::{
+    DataSource, TypedExtensionConfig, data_source,
+};
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret as EnvoySecret, SpiffeCertValidatorConfig, TlsCertificate,
     secret, spiffe_cert_validator_config,
 };
-use isthmus_api::identity::pem::{certs_from_pem, key_from_pem};
-use isthmus_api::identity::{TrustBundle, TrustDomain, WorkloadCertificate};
 
 use super::check::{Checked, Invalid, Path, reject_set, required};
 use super::decode::{short_type, typed};

@@ -2,16 +2,16 @@
 //! originates. Certificates and trust bundles always come by name over SDS, so a rotation is a
 //! secret update and never a listener or cluster change.
 
-use isthmus_api::envoy::envoy::config::core::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::{
     TransportSocket, TypedExtensionConfig, transport_socket,
 };
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
     SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
     subject_alt_name_matcher, tls_parameters,
 };
-use isthmus_api::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use isthmus_proto::envoy::google::protobuf::Any;
 
 use super::check::{Checked, Invalid, Path, reject_set, required};
 use super::decode::{ads_source, short_type, typed};

@@ -9,10 +9,11 @@
 
 pub mod chain;
 pub mod client_hello;
+pub mod error;
 pub mod original_dst;
 pub mod rewind;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +21,11 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinSet};
 
 use self::chain::ConnectionFacts;
 use self::client_hello::{Inspect, MAX_HELLO_BYTES, inspect};
+use self::error::{ConnectionError, ErrorChain, InspectorError};
 use self::rewind::Rewind;
 use crate::authz::{self, Decision, Subject};
 use crate::config::ProxyConfig;
@@ -37,11 +39,18 @@ use crate::runtime::{Runtime, Settings};
 use crate::upstream::outlier::HealthRegistry;
 use sha2::{Digest, Sha256};
 
+/// The data-plane listeners bound now, by name: the address each accepts on (its local
+/// address, so a configured port 0 reads as the port the kernel picked).
+pub type BoundListeners = BTreeMap<String, SocketAddr>;
+
 /// Keeps the bound listeners in line with the configuration, publishing each runtime on
-/// `runtime_tx`; runs until `config` closes.
+/// `runtime_tx` and the bound addresses on `addresses`; runs until a drain starts (the accept
+/// loops stop accepting and end) or `config` closes (they are stopped). The accept loops are
+/// this task's own: none outlives it.
 pub async fn run(
     mut config: watch::Receiver<Arc<ProxyConfig>>,
     runtime_tx: watch::Sender<Arc<Runtime>>,
+    addresses: watch::Sender<BoundListeners>,
     drain: drain::Watch,
     metrics: Arc<Metrics>,
     settings: Settings,
@@ -49,14 +58,16 @@ pub async fn run(
     let runtime_rx = runtime_tx.subscribe();
     let pool = Arc::new(Pool::default());
     let health = HealthRegistry::default();
-    let mut bound: HashMap<String, (SocketAddr, JoinHandle<()>)> = HashMap::new();
-    loop {
+    let mut accepting: JoinSet<()> = JoinSet::new();
+    // By name: the configured address, the one bound, and its accept loop.
+    let mut bound: HashMap<String, (SocketAddr, SocketAddr, AbortHandle)> = HashMap::new();
+    let draining = loop {
         let current = config.borrow_and_update().clone();
         let runtime = Runtime::build(current.clone(), &health, &metrics, settings);
         // Before any request can use it: removed or changed clusters' pooled connections go.
         pool.prune(runtime.clusters.values().map(AsRef::as_ref));
         runtime_tx.send_replace(Arc::new(runtime));
-        bound.retain(|name, (address, task)| {
+        bound.retain(|name, (address, _, task)| {
             let keep = current
                 .listeners
                 .get(name)
@@ -67,21 +78,24 @@ pub async fn run(
             }
             keep
         });
+        // The removed listeners' loops, aborted above.
+        while accepting.try_join_next().is_some() {}
         for (name, listener) in &current.listeners {
             if bound.contains_key(name) {
                 continue;
             }
             match bind(listener.address) {
                 Ok(socket) => {
-                    tracing::info!(listener = name, address = %listener.address, "listening");
-                    let task = tokio::spawn(accept_loop(
+                    let local = socket.local_addr().unwrap_or(listener.address);
+                    tracing::info!(listener = name, address = %local, "listening");
+                    let task = accepting.spawn(accept_loop(
                         name.clone(),
                         socket,
                         runtime_rx.clone(),
                         pool.clone(),
                         drain.clone(),
                     ));
-                    bound.insert(name.clone(), (listener.address, task));
+                    bound.insert(name.clone(), (listener.address, local, task));
                 }
                 // Retried at the next configuration change, as Envoy keeps it warming.
                 Err(e) => {
@@ -89,15 +103,28 @@ pub async fn run(
                 }
             }
         }
+        addresses.send_if_modified(|published| {
+            let now: BoundListeners = bound
+                .iter()
+                .map(|(name, (_, local, _))| (name.clone(), *local))
+                .collect();
+            let changed = *published != now;
+            *published = now;
+            changed
+        });
         tokio::select! {
-            changed = config.changed() => if changed.is_err() { break },
-            // Draining: the accept loops stop on their own; no more changes are applied.
-            () = drain.signaled() => return,
+            changed = config.changed() => if changed.is_err() { break false },
+            // Draining: no more changes are applied.
+            () = drain.signaled() => break true,
         }
+    };
+    if draining {
+        // The accept loops saw the drain too: they stop accepting and end.
+        while accepting.join_next().await.is_some() {}
+    } else {
+        accepting.shutdown().await;
     }
-    for (_, (_, task)) in bound {
-        task.abort();
-    }
+    addresses.send_replace(BoundListeners::new());
 }
 
 fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
@@ -228,7 +255,7 @@ async fn serve(
                 .map_err(|e| refuse("tls_handshake", format!("TLS handshake: {e}")))?;
             let session = tls.get_ref().1;
             let peer = TlsPeer {
-                peer_id: isthmus_api::identity::peer_identity(session).map(|id| id.to_string()),
+                peer_id: isthmus_identity::peer_identity(session).map(|id| id.to_string()),
                 peer_hash: session
                     .peer_certificates()
                     .and_then(|c| c.first())

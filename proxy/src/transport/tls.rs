@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use isthmus_api::identity::{
+use isthmus_identity::{
     CredentialCell, PeerPolicy, SpiffeId, SpiffeVerifier, TrustBundles, client_config,
     server_config, shared_bundles,
 };

@@ -10,15 +10,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use isthmus_api::envoy::envoy::config::cluster::v3::Cluster;
-use isthmus_api::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use isthmus_api::envoy::envoy::config::listener::v3::Listener;
-use isthmus_api::envoy::envoy::config::route::v3::RouteConfiguration;
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::Secret;
-use isthmus_api::envoy::envoy::service::discovery::v3::{
+use isthmus_proto::envoy::envoy::config::cluster::v3::Cluster;
+use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use isthmus_proto::envoy::envoy::config::listener::v3::Listener;
+use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::Secret;
+use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::google::protobuf::Any;
 use prost::Message;
 
 use crate::config::XdsType;

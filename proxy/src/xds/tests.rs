@@ -3,24 +3,24 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
-use isthmus_api::envoy::envoy::config::core::v3::{
+use isthmus_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_proto::envoy::envoy::config::core::v3::{
     AggregatedConfigSource, ConfigSource, Node, SocketAddress, address, config_source,
     socket_address,
 };
-use isthmus_api::envoy::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
-use isthmus_api::envoy::envoy::config::route::v3::{
+use isthmus_proto::envoy::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use isthmus_proto::envoy::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
     route_match,
 };
-use isthmus_api::envoy::envoy::extensions::filters::http::router::v3::Router;
-use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+use isthmus_proto::envoy::envoy::extensions::filters::http::router::v3::Router;
+use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
-use isthmus_api::envoy::envoy::service::discovery::v3::{
+use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
-use isthmus_api::envoy::google::protobuf::Any;
+use isthmus_proto::envoy::google::protobuf::Any;
 use prost::{Message, Name};
 
 use super::sotw::SotwAdapter;
@@ -75,7 +75,7 @@ fn http_listener(name: &str, route: &str) -> Listener {
     };
     Listener {
         name: name.into(),
-        address: Some(isthmus_api::envoy::envoy::config::core::v3::Address {
+        address: Some(isthmus_proto::envoy::envoy::config::core::v3::Address {
             address: Some(address::Address::SocketAddress(SocketAddress {
                 address: "127.0.0.1".into(),
                 port_specifier: Some(socket_address::PortSpecifier::PortValue(15001)),
@@ -325,7 +325,7 @@ fn removals_and_unreferenced_names_are_forgotten_and_unsubscribed() {
         "2",
         &[(
             "c1",
-            isthmus_api::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment {
+            isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment {
                 cluster_name: "c1".into(),
                 ..Default::default()
             },

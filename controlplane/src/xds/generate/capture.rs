@@ -13,13 +13,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
-use isthmus_api::envoy::envoy::config::core::v3::{CidrRange, TrafficDirection};
-use isthmus_api::envoy::envoy::config::listener::v3::{
+use isthmus_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_proto::envoy::envoy::config::core::v3::{CidrRange, TrafficDirection};
+use isthmus_proto::envoy::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
 };
-use isthmus_api::envoy::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
-use isthmus_api::envoy::google::protobuf::UInt32Value;
+use isthmus_proto::envoy::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
 use super::endpoints::socket;
 use super::listeners::{Inbound, outbound_http, tcp_proxy_to, tls_inspector};

@@ -4,20 +4,20 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
-};
-use isthmus_api::envoy::envoy::config::core::v3::{
-    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions,
-};
-use isthmus_api::envoy::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions, http_protocol_options,
-};
-use isthmus_api::envoy::envoy::r#type::v3::Percent;
-use isthmus_api::envoy::google::protobuf::UInt32Value;
-use isthmus_api::resources::networking::{
+use isthmus_api::networking::{
     DestinationRuleSpec, Location, OutlierDetection, Resolution, SimpleLb, TlsMode, TrafficPolicy,
 };
+use isthmus_proto::envoy::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
+};
+use isthmus_proto::envoy::envoy::config::core::v3::{
+    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions,
+};
+use isthmus_proto::envoy::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use isthmus_proto::envoy::envoy::r#type::v3::Percent;
+use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
 use super::endpoints::{dns_load_assignment, subset_endpoints};
 use super::names::{imported_sni, outbound_cluster};
@@ -205,7 +205,7 @@ const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptio
 pub(super) fn protocol_options(
     protocol: Protocol,
     policy: Option<&TrafficPolicy>,
-) -> HashMap<String, isthmus_api::envoy::google::protobuf::Any> {
+) -> HashMap<String, isthmus_proto::envoy::google::protobuf::Any> {
     let http = policy
         .and_then(|p| p.connection_pool.as_ref())
         .and_then(|p| p.http.as_ref());

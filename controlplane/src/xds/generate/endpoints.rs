@@ -6,14 +6,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use isthmus_api::envoy::envoy::config::core::v3::{
+use isthmus_api::networking::{DestinationRuleSpec, LocalityLbSetting, Resolution};
+use isthmus_proto::envoy::envoy::config::core::v3::{
     Address, Locality as EnvoyLocality, SocketAddress, address, socket_address,
 };
-use isthmus_api::envoy::envoy::config::endpoint::v3::{
+use isthmus_proto::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use isthmus_api::envoy::google::protobuf::UInt32Value;
-use isthmus_api::resources::networking::{DestinationRuleSpec, LocalityLbSetting, Resolution};
+use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
 use super::names::outbound_cluster;
 use crate::model::{Endpoint, Locality, MeshModel, Port, Service, Workload};

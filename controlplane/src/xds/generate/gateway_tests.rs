@@ -3,18 +3,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use isthmus_api::envoy::envoy::config::listener::v3::{FilterChain, Listener, filter};
-use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+use isthmus_federation::discovery::Catalog;
+use isthmus_identity::testing::TestCa;
+use isthmus_identity::{SpiffeId, TrustDomain};
+use isthmus_proto::envoy::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
-use isthmus_api::envoy::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+use isthmus_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, UpstreamTlsContext, common_tls_context,
 };
-use isthmus_api::identity::{SpiffeId, TrustDomain};
-use isthmus_api::proto::federation::{ExportedService, ServicePort};
-use isthmus_api::testing::TestCa;
-use isthmus_federation::discovery::Catalog;
+use isthmus_proto::federation::{ExportedService, ServicePort};
 use prost::Message;
 
 use super::gateways::gateway;
@@ -155,7 +155,9 @@ fn the_egress_gateway_tunnels_each_imported_service_port_and_discovery_by_sni() 
     assert!(format!("{:?}", cluster.load_assignment).contains("192.0.2.1"));
     let socket = cluster.transport_socket.as_ref().unwrap();
     let Some(
-        isthmus_api::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any),
+        isthmus_proto::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+            any,
+        ),
     ) = &socket.config_type
     else {
         panic!()
@@ -190,7 +192,9 @@ fn listener<'g>(gw: &'g super::gateways::Gateway, name: &str) -> &'g Listener {
 
 fn downstream_tls(chain: &FilterChain) -> Option<DownstreamTlsContext> {
     let Some(
-        isthmus_api::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any),
+        isthmus_proto::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+            any,
+        ),
     ) = &chain.transport_socket.as_ref()?.config_type
     else {
         panic!("{chain:?}")

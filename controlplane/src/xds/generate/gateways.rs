@@ -24,22 +24,24 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
-use isthmus_api::envoy::envoy::config::core::v3::TrafficDirection;
-use isthmus_api::envoy::envoy::config::endpoint::v3::{
+use isthmus_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_proto::envoy::envoy::config::core::v3::TrafficDirection;
+use isthmus_proto::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use isthmus_api::envoy::envoy::config::listener::v3::{
+use isthmus_proto::envoy::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, filter,
 };
-use isthmus_api::envoy::envoy::config::route::v3::{
+use isthmus_proto::envoy::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
     route_match,
 };
-use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
-use isthmus_api::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use isthmus_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy,
+};
 
 use super::clusters::protocol_options;
 use super::endpoints::socket;

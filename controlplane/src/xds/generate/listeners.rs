@@ -6,31 +6,35 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
-use isthmus_api::envoy::envoy::config::core::v3::TrafficDirection;
-use isthmus_api::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
-use isthmus_api::envoy::envoy::config::endpoint::v3::{
+use isthmus_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_proto::envoy::envoy::config::core::v3::TrafficDirection;
+use isthmus_proto::envoy::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, LocalityLbEndpoints,
+};
+use isthmus_proto::envoy::envoy::config::endpoint::v3::{
     Endpoint as EnvoyEndpoint, LbEndpoint, lb_endpoint,
 };
-use isthmus_api::envoy::envoy::config::listener::v3::{
+use isthmus_proto::envoy::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
-use isthmus_api::envoy::envoy::config::rbac::v3::{Rbac, rbac};
-use isthmus_api::envoy::envoy::config::route::v3::{
+use isthmus_proto::envoy::envoy::config::rbac::v3::{Rbac, rbac};
+use isthmus_proto::envoy::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
     route_match,
 };
-use isthmus_api::envoy::envoy::extensions::filters::http::rbac::v3::{
+use isthmus_proto::envoy::envoy::extensions::filters::http::rbac::v3::{
     Rbac as HttpRbac, RbacPerRoute,
 };
-use isthmus_api::envoy::envoy::extensions::filters::http::router::v3::Router;
-use isthmus_api::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-use isthmus_api::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+use isthmus_proto::envoy::envoy::extensions::filters::http::router::v3::Router;
+use isthmus_proto::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
-use isthmus_api::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
-use isthmus_api::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use isthmus_api::envoy::google::protobuf::BoolValue;
+use isthmus_proto::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use isthmus_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy,
+};
+use isthmus_proto::envoy::google::protobuf::BoolValue;
 
 use super::clusters::protocol_options;
 use super::endpoints::socket;
@@ -409,7 +413,7 @@ pub(super) fn outbound_http() -> Filter {
         upgrade_configs: websocket(),
         // Requests in absolute form (`GET http://svc:port/ HTTP/1.1`, as HTTP proxies get).
         http_protocol_options: Some(
-            isthmus_api::envoy::envoy::config::core::v3::Http1ProtocolOptions {
+            isthmus_proto::envoy::envoy::config::core::v3::Http1ProtocolOptions {
                 allow_absolute_url: Some(BoolValue { value: true }),
                 ..Default::default()
             },

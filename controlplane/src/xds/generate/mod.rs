@@ -33,7 +33,7 @@ mod visibility;
 
 use std::collections::BTreeMap;
 
-use isthmus_api::envoy::google::protobuf::{Any, Duration};
+use isthmus_proto::envoy::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
 use super::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, ROUTE, SECRET, TypeResources};

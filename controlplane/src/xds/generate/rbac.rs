@@ -10,18 +10,16 @@
 
 use std::collections::HashMap;
 
-use isthmus_api::envoy::envoy::config::core::v3::CidrRange;
-use isthmus_api::envoy::envoy::config::rbac::v3::{
+use isthmus_api::security::{Action, AuthorizationPolicySpec, Condition, Operation, Rule, Source};
+use isthmus_proto::envoy::envoy::config::core::v3::CidrRange;
+use isthmus_proto::envoy::envoy::config::rbac::v3::{
     Permission, Policy, Principal, Rbac, permission, principal, rbac,
 };
-use isthmus_api::envoy::envoy::config::route::v3::{HeaderMatcher, header_matcher};
-use isthmus_api::envoy::envoy::r#type::matcher::v3::{
+use isthmus_proto::envoy::envoy::config::route::v3::{HeaderMatcher, header_matcher};
+use isthmus_proto::envoy::envoy::r#type::matcher::v3::{
     PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher,
 };
-use isthmus_api::envoy::google::protobuf::UInt32Value;
-use isthmus_api::resources::security::{
-    Action, AuthorizationPolicySpec, Condition, Operation, Rule, Source,
-};
+use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
 use crate::config::ResourceKey;
 

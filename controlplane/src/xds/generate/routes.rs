@@ -9,21 +9,23 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use isthmus_api::envoy::envoy::config::core::v3::{
+use isthmus_api::networking::{
+    Destination, Headers, HttpMatchRequest, HttpRetry, HttpRoute, StringMatch,
+};
+use isthmus_proto::envoy::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, data_source, header_value_option,
 };
-use isthmus_api::envoy::envoy::config::route::v3::{
+use isthmus_proto::envoy::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
     RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
     query_parameter_matcher, redirect_action, retry_policy, route, route_action, route_match,
     weighted_cluster,
 };
-use isthmus_api::envoy::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
-use isthmus_api::envoy::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
-use isthmus_api::envoy::google::protobuf::{BoolValue, UInt32Value};
-use isthmus_api::resources::networking::{
-    Destination, Headers, HttpMatchRequest, HttpRetry, HttpRoute, StringMatch,
+use isthmus_proto::envoy::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use isthmus_proto::envoy::envoy::r#type::matcher::v3::{
+    RegexMatcher, StringMatcher, string_matcher,
 };
+use isthmus_proto::envoy::google::protobuf::{BoolValue, UInt32Value};
 
 use base64::Engine;
 
@@ -264,7 +266,7 @@ fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> r
         });
     }
     if let Some(direct) = &r.direct_response {
-        use isthmus_api::resources::networking::HttpBody;
+        use isthmus_api::networking::HttpBody;
         let body = direct.body.as_ref().map(|b| DataSource {
             specifier: Some(match b {
                 HttpBody::String(s) => data_source::Specifier::InlineString(s.clone()),
@@ -383,7 +385,7 @@ type HeaderEdits = (
 );
 
 fn header_edits(headers: Option<&Headers>) -> HeaderEdits {
-    let ops = |o: Option<&isthmus_api::resources::networking::HeaderOperations>| {
+    let ops = |o: Option<&isthmus_api::networking::HeaderOperations>| {
         let Some(o) = o else {
             return (Vec::new(), Vec::new());
         };

@@ -2,8 +2,10 @@
 //! identity) and the trust bundles, each bound to its trust domain by Envoy's SPIFFE validator,
 //! so that a peer mesh's root can never vouch for a local identity.
 
-use isthmus_api::envoy::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source};
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::{
+    DataSource, TypedExtensionConfig, data_source,
+};
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
     spiffe_cert_validator_config,
 };

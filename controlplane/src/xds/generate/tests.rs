@@ -4,16 +4,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use isthmus_api::envoy::envoy::config::cluster::v3::{Cluster, cluster};
-use isthmus_api::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
-use isthmus_api::envoy::envoy::config::listener::v3::{Listener, listener_filter};
-use isthmus_api::envoy::envoy::config::rbac::v3::rbac;
-use isthmus_api::envoy::envoy::config::route::v3::{RouteConfiguration, route, route_action};
-use isthmus_api::envoy::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+use isthmus_identity::TrustDomain;
+use isthmus_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_proto::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use isthmus_proto::envoy::envoy::config::listener::v3::{Listener, listener_filter};
+use isthmus_proto::envoy::envoy::config::rbac::v3::rbac;
+use isthmus_proto::envoy::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+use isthmus_proto::envoy::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     Secret, SpiffeCertValidatorConfig, UpstreamTlsContext, common_tls_context, secret,
 };
-use isthmus_api::identity::TrustDomain;
 use prost::Message;
 
 use super::*;
@@ -120,7 +120,9 @@ fn clusters(s: &ProxySnapshot) -> BTreeMap<String, Cluster> {
 fn upstream_tls(c: &Cluster) -> Option<UpstreamTlsContext> {
     let socket = c.transport_socket.as_ref()?;
     let Some(
-        isthmus_api::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any),
+        isthmus_proto::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+            any,
+        ),
     ) = &socket.config_type
     else {
         return None;
@@ -787,8 +789,8 @@ spec:
     assert_eq!(ports, BTreeSet::from([19080, 7000]));
 }
 
-fn address_of(a: &isthmus_api::envoy::envoy::config::core::v3::Address) -> (String, u32) {
-    use isthmus_api::envoy::envoy::config::core::v3::{address, socket_address};
+fn address_of(a: &isthmus_proto::envoy::envoy::config::core::v3::Address) -> (String, u32) {
+    use isthmus_proto::envoy::envoy::config::core::v3::{address, socket_address};
     match &a.address {
         Some(address::Address::SocketAddress(s)) => (
             s.address.clone(),

@@ -1,17 +1,17 @@
 //! TLS contexts of sidecars: certificates and trust bundles come from SDS over the same ADS
 //! stream, so a rotation is one SDS push and no listener or cluster changes.
 
-use isthmus_api::envoy::envoy::config::core::v3::{
+use isthmus_proto::envoy::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, TransportSocket, config_source,
     transport_socket,
 };
-use isthmus_api::envoy::envoy::extensions::transport_sockets::tls::v3::{
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
     SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
     subject_alt_name_matcher, tls_parameters,
 };
-use isthmus_api::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use isthmus_api::envoy::google::protobuf::BoolValue;
+use isthmus_proto::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use isthmus_proto::envoy::google::protobuf::BoolValue;
 
 use super::names::{ROOT_CA_SECRET, WORKLOAD_SECRET};
 use super::pack;

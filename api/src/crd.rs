@@ -1,0 +1,88 @@
+//! The CustomResourceDefinitions of every supported kind, generated from the Rust types (kube's
+//! `CustomResource` derive, schemas by `schemars`), as checked in under `manifests/crds/`.
+//! `isthmusctl manifests crds` writes them; a test fails when the checked-in files are stale.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use super::federation::{KubeExportedServiceSet, KubeImportedServiceSet, KubeServiceMeshPeer};
+use super::networking::{
+    KubeDestinationRule, KubeServiceEntry, KubeVirtualService, KubeWorkloadEntry,
+};
+use super::security::{KubeAuthorizationPolicy, KubePeerAuthentication};
+
+/// Every CRD, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        KubeServiceEntry::crd(),
+        KubeWorkloadEntry::crd(),
+        KubeVirtualService::crd(),
+        KubeDestinationRule::crd(),
+        KubePeerAuthentication::crd(),
+        KubeAuthorizationPolicy::crd(),
+        KubeServiceMeshPeer::crd(),
+        KubeExportedServiceSet::crd(),
+        KubeImportedServiceSet::crd(),
+    ]
+}
+
+const HEADER: &str =
+    "# Generated from the types in api/src by `isthmusctl manifests crds`. Do not edit.\n";
+
+/// Each CRD as (file name, YAML), plus the `kustomization.yaml` that lists them.
+pub fn crd_files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = crds()
+        .iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let yaml =
+                serde_saphyr::to_string(crd).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+            (format!("{name}.yaml"), format!("{HEADER}{yaml}"))
+        })
+        .collect();
+    let mut kustomization = format!(
+        "{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n"
+    );
+    for (name, _) in &files {
+        kustomization.push_str(&format!("- {name}\n"));
+    }
+    files.push(("kustomization.yaml".into(), kustomization));
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_crds_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds");
+        let mut stale = Vec::new();
+        for (name, expected) in crd_files() {
+            let actual = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+            if actual != expected {
+                stale.push(name);
+            }
+        }
+        let mut extra: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !crd_files().iter().any(|(f, _)| f == n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        extra.sort();
+        assert!(
+            stale.is_empty() && extra.is_empty(),
+            "manifests/crds is stale (changed: {stale:?}, unknown: {extra:?}): run `isthmusctl manifests crds --out manifests/crds`"
+        );
+    }
+
+    #[test]
+    fn unsupported_fields_are_preserved_for_isthmus_to_reject() {
+        let crd = KubeVirtualService::crd();
+        let json = serde_json::to_string(&crd).unwrap_or_default();
+        assert!(json.contains("\"mirror\":{\"description\":\"Not supported by Isthmus: setting it is an error.\",\"x-kubernetes-preserve-unknown-fields\":true"), "{json}");
+    }
+}

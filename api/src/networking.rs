@@ -1,0 +1,998 @@
+//! `networking.istio.io/v1`: `ServiceEntry`, `WorkloadEntry`, `VirtualService`,
+//! `DestinationRule`, for the subset Isthmus implements.
+
+use std::collections::BTreeMap;
+
+#[cfg(feature = "crd")]
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Validate;
+use super::duration::IstioDuration;
+use super::meta::{Unsupported, Validator, WorkloadSelector, is_host};
+
+// ---------------------------------------------------------------------------------------------
+// ServiceEntry and WorkloadEntry
+
+/// `ServiceEntry.workloadSelector`: Istio's `networking.v1alpha3.WorkloadSelector`, whose
+/// field is `labels` (the policies' selector, `type.v1beta1.WorkloadSelector`, says
+/// `matchLabels`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntryWorkloadSelector {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+resource!(
+    /// Services (and their endpoints) outside Kubernetes: the registry of local mode.
+    ServiceEntry,
+    ServiceEntrySpec
+);
+
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "networking.istio.io",
+        version = "v1",
+        kind = "ServiceEntry",
+        plural = "serviceentries",
+        shortname = "se",
+        namespaced,
+        root = "KubeServiceEntry",
+        doc = "A service in the mesh registry: hosts, ports, and endpoints (inline or selected WorkloadEntries)."
+    )
+)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntrySpec {
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    #[serde(default)]
+    pub location: Location,
+    #[serde(default)]
+    pub resolution: Resolution,
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntrySpec>,
+    #[serde(default)]
+    pub workload_selector: Option<EntryWorkloadSelector>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    pub number: u32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub target_port: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Location {
+    #[default]
+    MeshExternal,
+    MeshInternal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    #[default]
+    None,
+    Static,
+    Dns,
+    DnsRoundRobin,
+}
+
+resource!(
+    /// One workload (a VM, a process in local mode) that `ServiceEntry` selectors pick up.
+    WorkloadEntry,
+    WorkloadEntrySpec
+);
+
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "networking.istio.io",
+        version = "v1",
+        kind = "WorkloadEntry",
+        plural = "workloadentries",
+        shortname = "we",
+        namespaced,
+        root = "KubeWorkloadEntry",
+        doc = "A workload outside Kubernetes: its address, labels, service account and locality."
+    )
+)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntrySpec {
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Port name (of the service) to the workload's port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    /// `region/zone/subzone`.
+    #[serde(default)]
+    pub locality: Option<String>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub service_account: Option<String>,
+}
+
+const KNOWN_PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"];
+
+/// `spec.hosts`: at least one, each a valid host name.
+fn validate_hosts(v: &mut Validator, hosts: &[String]) {
+    v.check(
+        !hosts.is_empty(),
+        "spec.hosts",
+        "at least one host is required",
+    );
+    for (i, host) in hosts.iter().enumerate() {
+        v.check(
+            is_host(host),
+            format!("spec.hosts[{i}]"),
+            format!("{host:?} is not a valid host"),
+        );
+    }
+}
+
+/// `10.96.0.10` or `10.96.0.0/16` (IPv4 or IPv6).
+pub fn is_ip_or_cidr(text: &str) -> bool {
+    let (ip, len) = match text.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (text, None),
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
+}
+
+fn validate_port(v: &mut Validator, path: &str, number: u32) {
+    v.check(
+        (1..=65535).contains(&number),
+        path,
+        format!("port {number} is not in 1-65535"),
+    );
+}
+
+impl Validate for ServiceEntry {
+    fn validate(&self, v: &mut Validator) {
+        let s = &self.spec;
+        validate_hosts(v, &s.hosts);
+        for (i, address) in s.addresses.iter().enumerate() {
+            v.check(
+                is_ip_or_cidr(address),
+                format!("spec.addresses[{i}]"),
+                format!("{address:?} is not an IP address or CIDR range"),
+            );
+        }
+        for (i, port) in s.ports.iter().enumerate() {
+            validate_port(v, &format!("spec.ports[{i}].number"), port.number);
+            if let Some(target) = port.target_port {
+                validate_port(v, &format!("spec.ports[{i}].targetPort"), target);
+            }
+            if let Some(p) = &port.protocol {
+                v.check(
+                    KNOWN_PROTOCOLS.contains(&p.to_ascii_uppercase().as_str()),
+                    format!("spec.ports[{i}].protocol"),
+                    format!("{p:?} is not one of {}", KNOWN_PROTOCOLS.join(", ")),
+                );
+            }
+        }
+        v.check(
+            s.workload_selector.is_none() || s.endpoints.is_empty(),
+            "spec.workloadSelector",
+            "workloadSelector and endpoints cannot both be set",
+        );
+        for (i, e) in s.endpoints.iter().enumerate() {
+            validate_workload(v, &format!("spec.endpoints[{i}]"), e);
+            if s.resolution == Resolution::Static {
+                v.check(
+                    e.address.is_some(),
+                    format!("spec.endpoints[{i}].address"),
+                    "required with resolution STATIC",
+                );
+            }
+        }
+    }
+}
+
+impl Validate for WorkloadEntry {
+    fn validate(&self, v: &mut Validator) {
+        validate_workload(v, "spec", &self.spec);
+    }
+}
+
+fn validate_workload(v: &mut Validator, path: &str, w: &WorkloadEntrySpec) {
+    for (name, port) in &w.ports {
+        validate_port(v, &format!("{path}.ports.{name}"), *port);
+    }
+    if let Some(locality) = &w.locality {
+        v.check(
+            locality.split('/').count() <= 3 && !locality.split('/').any(str::is_empty),
+            format!("{path}.locality"),
+            format!("{locality:?} is not region[/zone[/subzone]]"),
+        );
+    }
+    if let Some(weight) = w.weight {
+        v.check(weight > 0, format!("{path}.weight"), "must be positive");
+    }
+    if let Some(sa) = &w.service_account {
+        v.check(
+            super::meta::is_dns_subdomain(sa),
+            format!("{path}.serviceAccount"),
+            format!("{sa:?} is not a valid service account name"),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VirtualService
+
+resource!(
+    /// Routing rules for hosts: HTTP and TCP routes.
+    VirtualService,
+    VirtualServiceSpec
+);
+
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "networking.istio.io",
+        version = "v1",
+        kind = "VirtualService",
+        plural = "virtualservices",
+        shortname = "vs",
+        namespaced,
+        root = "KubeVirtualService",
+        doc = "HTTP routing for hosts: matches, weighted destinations, redirects, retries, timeouts."
+    )
+)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualServiceSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub http: Vec<HttpRoute>,
+    #[serde(default)]
+    pub tcp: Vec<TcpRoute>,
+    #[serde(default)]
+    pub tls: Option<Unsupported>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoute {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matches: Vec<HttpMatchRequest>,
+    #[serde(default)]
+    pub route: Vec<HttpRouteDestination>,
+    #[serde(default)]
+    pub redirect: Option<HttpRedirect>,
+    #[serde(default)]
+    pub direct_response: Option<HttpDirectResponse>,
+    #[serde(default)]
+    pub rewrite: Option<HttpRewrite>,
+    #[serde(default)]
+    pub timeout: Option<IstioDuration>,
+    #[serde(default)]
+    pub retries: Option<HttpRetry>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
+    #[serde(default)]
+    pub delegate: Option<Unsupported>,
+    #[serde(default)]
+    pub fault: Option<Unsupported>,
+    #[serde(default)]
+    pub mirror: Option<Unsupported>,
+    #[serde(default)]
+    pub mirrors: Option<Unsupported>,
+    #[serde(default)]
+    pub mirror_percentage: Option<Unsupported>,
+    #[serde(default)]
+    pub mirror_percent: Option<Unsupported>,
+    #[serde(default)]
+    pub cors_policy: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMatchRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub uri: Option<StringMatch>,
+    #[serde(default)]
+    pub scheme: Option<StringMatch>,
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+    #[serde(default)]
+    pub stat_prefix: Option<Unsupported>,
+}
+
+/// `exact`, `prefix` or `regex` (RE2 syntax): exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    pub host: String,
+    #[serde(default)]
+    pub subset: Option<String>,
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSelector {
+    pub number: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteDestination {
+    pub destination: Destination,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Headers {
+    #[serde(default)]
+    pub request: Option<HeaderOperations>,
+    #[serde(default)]
+    pub response: Option<HeaderOperations>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderOperations {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRedirect {
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub redirect_code: Option<u32>,
+    #[serde(default)]
+    pub derive_port: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpDirectResponse {
+    pub status: u32,
+    #[serde(default)]
+    pub body: Option<HttpBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum HttpBody {
+    String(String),
+    /// Base64, as Istio's `bytes`.
+    Bytes(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRewrite {
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default)]
+    pub uri_regex_rewrite: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRetry {
+    pub attempts: u32,
+    #[serde(default)]
+    pub per_try_timeout: Option<IstioDuration>,
+    /// Envoy retry policies, comma-separated (`5xx,gateway-error,connect-failure,...`).
+    #[serde(default)]
+    pub retry_on: Option<String>,
+    #[serde(default)]
+    pub retry_remote_localities: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4MatchAttributes>,
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4MatchAttributes {
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteDestination {
+    pub destination: Destination,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// Envoy's retry-on policies Istio passes through.
+const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+impl Validate for VirtualService {
+    fn validate(&self, v: &mut Validator) {
+        let s = &self.spec;
+        validate_hosts(v, &s.hosts);
+        v.check(
+            !s.http.is_empty() || !s.tcp.is_empty(),
+            "spec",
+            "at least one http or tcp route is required",
+        );
+        for (i, route) in s.http.iter().enumerate() {
+            validate_http_route(v, &format!("spec.http[{i}]"), route);
+        }
+        for (i, route) in s.tcp.iter().enumerate() {
+            let path = format!("spec.tcp[{i}]");
+            v.check(
+                !route.route.is_empty(),
+                format!("{path}.route"),
+                "at least one destination is required",
+            );
+            let weights: Vec<_> = route.route.iter().map(|r| r.weight).collect();
+            validate_weights(v, &format!("{path}.route"), &weights);
+            for (j, r) in route.route.iter().enumerate() {
+                validate_destination(v, &format!("{path}.route[{j}].destination"), &r.destination);
+            }
+        }
+    }
+}
+
+fn validate_http_route(v: &mut Validator, path: &str, r: &HttpRoute) {
+    let actions = [
+        !r.route.is_empty(),
+        r.redirect.is_some(),
+        r.direct_response.is_some(),
+    ];
+    v.check(
+        actions.iter().filter(|a| **a).count() == 1,
+        path,
+        "exactly one of route, redirect or directResponse is required",
+    );
+    for (i, m) in r.matches.iter().enumerate() {
+        let mpath = format!("{path}.match[{i}]");
+        let named = [
+            ("uri", &m.uri),
+            ("scheme", &m.scheme),
+            ("method", &m.method),
+            ("authority", &m.authority),
+        ];
+        for (name, sm) in named {
+            if let Some(sm) = sm {
+                validate_string_match(v, &format!("{mpath}.{name}"), sm);
+            }
+        }
+        for (field, map) in [
+            ("headers", &m.headers),
+            ("queryParams", &m.query_params),
+            ("withoutHeaders", &m.without_headers),
+        ] {
+            for (key, sm) in map {
+                validate_string_match(v, &format!("{mpath}.{field}.{key}"), sm);
+            }
+        }
+        if let Some(port) = m.port {
+            validate_port(v, &format!("{mpath}.port"), port);
+        }
+    }
+    let weights: Vec<_> = r.route.iter().map(|d| d.weight).collect();
+    validate_weights(v, &format!("{path}.route"), &weights);
+    for (i, d) in r.route.iter().enumerate() {
+        validate_destination(v, &format!("{path}.route[{i}].destination"), &d.destination);
+    }
+    if let Some(code) = r
+        .redirect
+        .as_ref()
+        .and_then(|redirect| redirect.redirect_code)
+    {
+        v.check(
+            matches!(code, 301 | 302 | 303 | 307 | 308),
+            format!("{path}.redirect.redirectCode"),
+            format!("{code} is not a redirect status (301, 302, 303, 307, 308)"),
+        );
+    }
+    if let Some(direct) = &r.direct_response {
+        v.check(
+            (200..=599).contains(&direct.status),
+            format!("{path}.directResponse.status"),
+            format!("{} is not an HTTP status", direct.status),
+        );
+    }
+    if let Some(on) = r
+        .retries
+        .as_ref()
+        .and_then(|retries| retries.retry_on.as_ref())
+    {
+        for policy in on.split(',').map(str::trim) {
+            v.check(
+                RETRY_ON.contains(&policy) || policy.parse::<u16>().is_ok(),
+                format!("{path}.retries.retryOn"),
+                format!("{policy:?} is not a retry policy"),
+            );
+        }
+    }
+}
+
+fn validate_string_match(v: &mut Validator, path: &str, m: &StringMatch) {
+    if let StringMatch::Regex(re) = m
+        && let Err(e) = regex::Regex::new(re)
+    {
+        v.error(
+            format!("{path}.regex"),
+            format!("invalid regular expression: {e}"),
+        );
+    }
+}
+
+/// Weights: all set or (for a single destination) none; each at most 100; the sum 100.
+fn validate_weights(v: &mut Validator, path: &str, weights: &[Option<u32>]) {
+    if weights.len() <= 1 && weights.iter().all(Option::is_none) {
+        return;
+    }
+    if weights.iter().any(Option::is_none) {
+        v.error(
+            path,
+            "every destination needs a weight when there are several",
+        );
+        return;
+    }
+    let sum: u64 = weights
+        .iter()
+        .map(|w| u64::from(w.unwrap_or_default()))
+        .sum();
+    v.check(
+        sum == 100,
+        path,
+        format!("weights add up to {sum}, not 100"),
+    );
+}
+
+fn validate_destination(v: &mut Validator, path: &str, d: &Destination) {
+    v.check(
+        is_host(&d.host) && d.host != "*",
+        format!("{path}.host"),
+        format!("{:?} is not a valid host", d.host),
+    );
+    if let Some(port) = d.port {
+        validate_port(v, &format!("{path}.port.number"), port.number);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DestinationRule
+
+resource!(
+    /// What happens to traffic for a host after routing: subsets, load balancing, outlier
+    /// detection, connection pool, TLS origination, locality failover.
+    DestinationRule,
+    DestinationRuleSpec
+);
+
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "networking.istio.io",
+        version = "v1",
+        kind = "DestinationRule",
+        plural = "destinationrules",
+        shortname = "dr",
+        namespaced,
+        root = "KubeDestinationRule",
+        doc = "Traffic policy for a host: subsets, load balancing, connection pool, outlier detection, TLS."
+    )
+)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRuleSpec {
+    pub host: String,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicy>,
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub workload_selector: Option<WorkloadSelector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default)]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default)]
+    pub tls: Option<ClientTlsSettings>,
+    #[serde(default)]
+    pub port_level_settings: Option<Unsupported>,
+    #[serde(default)]
+    pub tunnel: Option<Unsupported>,
+    #[serde(default)]
+    pub proxy_protocol: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub traffic_policy: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerSettings {
+    #[serde(default)]
+    pub simple: Option<SimpleLb>,
+    #[serde(default)]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    #[serde(default)]
+    pub consistent_hash: Option<Unsupported>,
+    #[serde(default)]
+    pub warmup_duration_secs: Option<Unsupported>,
+    #[serde(default)]
+    pub warmup: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SimpleLb {
+    Unspecified,
+    RoundRobin,
+    LeastRequest,
+    /// Istio's deprecated alias of `LEAST_REQUEST`.
+    LeastConn,
+    Random,
+    Passthrough,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub distribute: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityFailover {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPoolSettings {
+    #[serde(default)]
+    pub tcp: Option<TcpSettings>,
+    #[serde(default)]
+    pub http: Option<HttpSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSettings {
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub connect_timeout: Option<IstioDuration>,
+    #[serde(default)]
+    pub idle_timeout: Option<IstioDuration>,
+    #[serde(default)]
+    pub tcp_keepalive: Option<Unsupported>,
+    #[serde(default)]
+    pub max_connection_duration: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(default)]
+    pub http1_max_pending_requests: Option<u32>,
+    #[serde(default)]
+    pub http2_max_requests: Option<u32>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<IstioDuration>,
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+    #[serde(default)]
+    pub h2_upgrade_policy: Option<Unsupported>,
+    #[serde(default)]
+    pub use_client_protocol: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default, rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default)]
+    pub interval: Option<IstioDuration>,
+    #[serde(default)]
+    pub base_ejection_time: Option<IstioDuration>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+    #[serde(default)]
+    pub min_health_percent: Option<u32>,
+    #[serde(default)]
+    pub consecutive_errors: Option<Unsupported>,
+    #[serde(default)]
+    pub consecutive_local_origin_failures: Option<Unsupported>,
+    #[serde(default)]
+    pub split_external_local_origin_errors: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    pub mode: TlsMode,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub client_certificate: Option<Unsupported>,
+    #[serde(default)]
+    pub private_key: Option<Unsupported>,
+    #[serde(default)]
+    pub ca_certificates: Option<Unsupported>,
+    #[serde(default)]
+    pub credential_name: Option<Unsupported>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<Unsupported>,
+    #[serde(default)]
+    pub ca_crl: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TlsMode {
+    Disable,
+    Simple,
+    Mutual,
+    IstioMutual,
+}
+
+impl Validate for DestinationRule {
+    fn validate(&self, v: &mut Validator) {
+        let s = &self.spec;
+        v.check(
+            is_host(&s.host),
+            "spec.host",
+            format!("{:?} is not a valid host", s.host),
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, subset) in s.subsets.iter().enumerate() {
+            v.check(
+                !subset.name.is_empty(),
+                format!("spec.subsets[{i}].name"),
+                "is required",
+            );
+            v.check(
+                seen.insert(subset.name.as_str()),
+                format!("spec.subsets[{i}].name"),
+                format!("duplicate subset {:?}", subset.name),
+            );
+        }
+        let Some(policy) = &s.traffic_policy else {
+            return;
+        };
+        if let Some(lb) = &policy.load_balancer {
+            v.check(
+                lb.simple != Some(SimpleLb::Passthrough),
+                "spec.trafficPolicy.loadBalancer.simple",
+                "PASSTHROUGH is not supported by Isthmus",
+            );
+        }
+        if let Some(od) = &policy.outlier_detection {
+            for (name, value) in [
+                ("maxEjectionPercent", od.max_ejection_percent),
+                ("minHealthPercent", od.min_health_percent),
+            ] {
+                if let Some(p) = value {
+                    v.check(
+                        p <= 100,
+                        format!("spec.trafficPolicy.outlierDetection.{name}"),
+                        format!("{p} is more than 100"),
+                    );
+                }
+            }
+        }
+        if let Some(tls) = &policy.tls {
+            v.check(
+                matches!(tls.mode, TlsMode::Disable | TlsMode::IstioMutual),
+                "spec.trafficPolicy.tls.mode",
+                "only DISABLE and ISTIO_MUTUAL are supported by Isthmus",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ip_or_cidr;
+
+    #[test]
+    fn service_entry_addresses_are_ips_or_cidr_ranges() {
+        for good in [
+            "10.96.0.10",
+            "10.96.0.0/16",
+            "fd00::1",
+            "fd00::/64",
+            "0.0.0.0/0",
+        ] {
+            assert!(is_ip_or_cidr(good), "{good}");
+        }
+        for bad in [
+            "",
+            "reviews",
+            "10.96.0.0/33",
+            "fd00::/129",
+            "10.96.0.0/",
+            "10.96/16",
+        ] {
+            assert!(!is_ip_or_cidr(bad), "{bad}");
+        }
+    }
+}
