@@ -9,7 +9,19 @@
 //! Isthmus does not implement (`spec.http[0].mirror: not supported by Isthmus`) and semantic
 //! rules (`spec.http[0].route: weights add up to 90, not 100`). Nothing is silently dropped.
 //!
-//! With the `crd` feature, [`crd`] derives the CustomResourceDefinitions of every kind (kube's
+//! - [`networking`]: `ServiceEntry`, `WorkloadEntry`, `VirtualService`, `DestinationRule`;
+//! - [`security`]: `PeerAuthentication`, `AuthorizationPolicy`;
+//! - [`federation`]: `ServiceMeshPeer`, `ExportedServiceSet`, `ImportedServiceSet`;
+//! - [`core`]: `v1 ConfigMap`;
+//! - [`meta`]: object metadata, label selectors, `Unsupported` (an Istio field Isthmus does not
+//!   implement), field errors and the [`Validator`];
+//! - [`duration`]: Istio's duration notation (`1m30s`);
+//! - `crd` (feature `crd`): the CustomResourceDefinitions;
+//! - here: [`Resource`] (one variant per kind, each variant's type a [`TypedResource`]) and
+//!   [`from_value`], which dispatches on `apiVersion`/`kind`, deserialises with the failing
+//!   field's path, then validates.
+//!
+//! With the `crd` feature, `crd` derives the CustomResourceDefinitions of every kind (kube's
 //! derive, schemas by schemars). Without it this crate pulls in neither `kube`, `k8s-openapi` nor
 //! `schemars`: the proxy never depends on it, and the federation rules use it without them.
 
@@ -62,6 +74,40 @@ pub enum Resource {
     ImportedServiceSet(federation::ImportedServiceSet),
     ConfigMap(core::ConfigMap),
 }
+
+/// The type of one kind's resources: its [`Kind`], and how to find it in a [`Resource`].
+pub trait TypedResource {
+    const KIND: Kind;
+    /// `resource` as this type, if it is of this kind.
+    fn from_resource(resource: &Resource) -> Option<&Self>;
+}
+
+macro_rules! typed_resources {
+    ($($kind:ident: $type:ty),* $(,)?) => {$(
+        impl TypedResource for $type {
+            const KIND: Kind = Kind::$kind;
+            fn from_resource(resource: &Resource) -> Option<&Self> {
+                match resource {
+                    Resource::$kind(r) => Some(r),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+typed_resources!(
+    ServiceEntry: networking::ServiceEntry,
+    WorkloadEntry: networking::WorkloadEntry,
+    VirtualService: networking::VirtualService,
+    DestinationRule: networking::DestinationRule,
+    PeerAuthentication: security::PeerAuthentication,
+    AuthorizationPolicy: security::AuthorizationPolicy,
+    ServiceMeshPeer: federation::ServiceMeshPeer,
+    ExportedServiceSet: federation::ExportedServiceSet,
+    ImportedServiceSet: federation::ImportedServiceSet,
+    ConfigMap: core::ConfigMap,
+);
 
 /// A resource kind, by API group and kind name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -16,6 +16,8 @@
 //! - [`daemon`]: `isthmusd`'s start-up and shutdown;
 //! - [`federation`]: discovery importers per peer, federation status, what crosses between
 //!   meshes from configuration alone.
+//!
+//! `fuzzing` (hidden) holds the body of the `yaml_config` fuzz target.
 
 pub mod auth;
 pub mod ca;

@@ -72,7 +72,7 @@ async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
 #[tokio::test]
 async fn sotw_push_ack_nack_over_grpc() {
     let (server, url) = start().await;
-    server.cache.set(NODE, clusters(&[("a", "1")])).await;
+    server.cache.set(NODE, clusters(&[("a", "1")]));
     let mut client = AggregatedDiscoveryServiceClient::connect(url)
         .await
         .unwrap();
@@ -114,8 +114,7 @@ async fn sotw_push_ack_nack_over_grpc() {
     // A change is pushed; the proxy NACKs it; status shows it.
     server
         .cache
-        .set(NODE, clusters(&[("a", "1"), ("b", "bad")]))
-        .await;
+        .set(NODE, clusters(&[("a", "1"), ("b", "bad")]));
     let r2 = next(&mut responses).await;
     assert_eq!(r2.resources.len(), 2);
     tx.send(DiscoveryRequest {
@@ -161,25 +160,19 @@ async fn wait_for(
     done: impl Fn(&Vec<StreamInfo>) -> bool,
 ) -> Vec<StreamInfo> {
     for _ in 0..100 {
-        let streams = server.streams.list().await;
+        let streams = server.streams.list();
         if done(&streams) {
             return streams;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!(
-        "timed out waiting for {what}: {:?}",
-        server.streams.list().await
-    );
+    panic!("timed out waiting for {what}: {:?}", server.streams.list());
 }
 
 #[tokio::test]
 async fn delta_over_grpc_sends_only_changes() {
     let (server, url) = start().await;
-    server
-        .cache
-        .set(NODE, clusters(&[("a", "1"), ("b", "1")]))
-        .await;
+    server.cache.set(NODE, clusters(&[("a", "1"), ("b", "1")]));
     let mut client = AggregatedDiscoveryServiceClient::connect(url)
         .await
         .unwrap();
@@ -215,7 +208,7 @@ async fn delta_over_grpc_sends_only_changes() {
     .await
     .unwrap();
 
-    server.cache.set(NODE, clusters(&[("a", "2")])).await;
+    server.cache.set(NODE, clusters(&[("a", "2")]));
     let r2 = next(&mut responses).await;
     assert_eq!(
         r2.resources

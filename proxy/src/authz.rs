@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::matcher::HeaderMatch;
+use crate::config::matcher::{HeaderMatch, RequestHead};
 use crate::config::rbac::{Action, Permission, Principal, Rules};
 
 /// What a decision may look at.
@@ -15,7 +15,9 @@ pub struct Subject<'a> {
     pub remote: IpAddr,
     pub local: SocketAddr,
     pub server_name: Option<&'a str>,
-    pub headers: Option<&'a http::HeaderMap>,
+    /// The request's headers and pseudo-headers; `None` on a connection (HTTP fields never
+    /// match there).
+    pub headers: Option<RequestHead<'a>>,
     /// The request path without the query.
     pub path: Option<&'a str>,
 }
@@ -44,19 +46,7 @@ pub fn evaluate(rules: &Rules, s: &Subject<'_>) -> Decision {
 }
 
 fn header(m: &HeaderMatch, s: &Subject<'_>) -> bool {
-    let Some(headers) = s.headers else {
-        return false;
-    };
-    let values: Vec<&str> = headers
-        .get_all(m.name.as_str())
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if values.is_empty() {
-        m.matches(None)
-    } else {
-        m.matches(Some(&values.join(",")))
-    }
+    s.headers.is_some_and(|head| m.matches_request(&head))
 }
 
 fn permission(p: &Permission, s: &Subject<'_>) -> bool {
@@ -152,7 +142,7 @@ mod tests {
     #[test]
     fn http_fields_never_match_on_a_connection() {
         let m = HeaderMatch {
-            name: "x".into(),
+            name: crate::config::matcher::HeaderKey::parse("x").unwrap(),
             test: crate::config::matcher::HeaderTest::Present(true),
             invert: false,
             treat_missing_as_empty: false,
@@ -168,5 +158,57 @@ mod tests {
             )],
         };
         assert_eq!(evaluate(&deny, &subject(None)), Decision::Allow);
+    }
+
+    #[test]
+    fn method_and_authority_rules_match_the_request_line() {
+        use crate::config::matcher::{HeaderKey, HeaderTest};
+        let on = |name: &str, value: &str| {
+            Permission::Header(HeaderMatch {
+                name: HeaderKey::parse(name).unwrap(),
+                test: HeaderTest::Value(Matcher {
+                    pattern: StringMatch::Exact(value.into()),
+                    ignore_case: true,
+                }),
+                invert: false,
+                treat_missing_as_empty: false,
+            })
+        };
+        // Istio's `methods: [GET]` and `hosts: [reviews:9080]`.
+        let allow = Rules {
+            action: Action::Allow,
+            policies: vec![(
+                "read".into(),
+                Policy {
+                    permissions: vec![Permission::And(vec![
+                        on(":method", "GET"),
+                        on(":authority", "Reviews:9080"),
+                    ])],
+                    principals: vec![Principal::Any],
+                },
+            )],
+        };
+        let headers = http::HeaderMap::new();
+        let request = |method: &'static http::Method| Subject {
+            headers: Some(RequestHead {
+                headers: &headers,
+                method,
+                authority: "reviews:9080",
+                scheme: "http",
+                path_and_query: "/",
+            }),
+            path: Some("/"),
+            ..subject(None)
+        };
+        assert_eq!(
+            evaluate(&allow, &request(&http::Method::GET)),
+            Decision::Allow
+        );
+        assert_eq!(
+            evaluate(&allow, &request(&http::Method::POST)),
+            Decision::Deny(None)
+        );
+        // On a connection, no request line: no match, as in Envoy.
+        assert_eq!(evaluate(&allow, &subject(None)), Decision::Deny(None));
     }
 }

@@ -1,5 +1,6 @@
-//! Start-up: flags, the identity (certificate from the mesh CA, renewed in the background), the
-//! xDS client, the admin port, and shutdown on SIGTERM or Ctrl-C.
+//! Start-up: the options (flags, or [`Options::default`] and its public fields from code), the
+//! identity (certificate from the mesh CA, renewed in the background) and the xDS channel.
+//! `app.rs` binds and serves with them.
 //!
 //! Two independent halves, each enabled by its flags:
 //! - identity (`--identity`, `--root-cert`, `--token-file`): a certificate from `isthmusd`'s CA
@@ -11,28 +12,30 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use isthmus_identity::ca_client::{BearerToken, CaClient};
 use isthmus_identity::channel::{plaintext_channel, tls_channel};
+use isthmus_identity::pem::PemError;
 use isthmus_identity::pem::read_certs;
 use isthmus_identity::{
-    CertManager, CertManagerConfig, PeerPolicy, SpiffeId, SpiffeVerifier, TrustBundle,
-    TrustBundles, client_config, shared_bundles,
+    BundleError, CertManager, CertManagerConfig, IssueError, PeerPolicy, SharedBundles, SpiffeId,
+    SpiffeIdError, SpiffeVerifier, TrustBundle, TrustBundles, client_config, shared_bundles,
 };
 use isthmus_proto::envoy::envoy::config::core::v3::Node;
 use isthmus_proto::envoy::google::protobuf::{Struct, Value, value};
-
-use crate::admin::AdminState;
-use crate::xds::client::XdsClient;
-use crate::xds::state::AdsState;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
 
 /// Isthmus data-plane proxy.
-#[derive(Debug, Parser)]
+///
+/// From code: [`Options::default`] (the flags' defaults; no identity, no xDS) with the fields
+/// a test needs set, e.g. `admin_addr: "127.0.0.1:0".parse()?`.
+#[derive(Debug, Clone, Parser)]
 #[command(name = "isthmus-proxy", version)]
-pub struct Args {
+pub struct Options {
     /// The workload identity this proxy acts for (with --root-cert and --token-file: get a
     /// certificate from isthmusd's CA).
     #[arg(long, env = "ISTHMUS_IDENTITY")]
@@ -107,140 +110,158 @@ impl Role {
     }
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+impl Default for Options {
+    /// The flags' defaults, without reading the environment.
+    fn default() -> Self {
+        Self {
+            identity: None,
+            ca_address: "127.0.0.1:15012".to_owned(),
+            root_cert: None,
+            token_file: None,
+            ca_namespace: "isthmus-system".to_owned(),
+            cert_ttl: Duration::from_secs(24 * 3600),
+            node_id: None,
+            metadata: Vec::new(),
+            role: Role::Sidecar,
+            xds_address: None,
+            xds_plaintext: false,
+            xds_sotw: false,
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            handshake_timeout: Duration::from_secs(10),
+            concurrency: None,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A `--metadata` argument that is not `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("{0:?}: expected KEY=VALUE")]
+    NoEquals(String),
+    #[error("{0:?}: empty key")]
+    EmptyKey(String),
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), MetadataError> {
     let (k, v) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+        .ok_or_else(|| MetadataError::NoEquals(s.to_owned()))?;
     if k.is_empty() {
-        return Err(format!("{s:?}: empty key"));
+        return Err(MetadataError::EmptyKey(s.to_owned()));
     }
     Ok((k.to_owned(), v.to_owned()))
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let certs = match (&args.identity, &args.root_cert, &args.token_file) {
-        (Some(identity), Some(root), Some(token)) => {
-            Some(start_identity(&args, identity, root, token)?)
-        }
-        (None, None, None) => None,
-        _ => bail!("--identity, --root-cert and --token-file go together"),
-    };
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let mut admin = AdminState::new(certs.clone()).with_metrics(registry);
-    let mut drain_trigger = None;
-    if let Some(node_id) = &args.node_id {
-        let channel = if args.xds_plaintext {
-            plaintext_channel(args.xds_address.as_deref().unwrap_or("127.0.0.1:15010"))
-                .map_err(anyhow::Error::msg)?
-        } else {
-            let (Some(certs), Some(identity), Some(root)) =
-                (&certs, &args.identity, &args.root_cert)
-            else {
-                bail!(
-                    "xDS over mTLS needs the proxy's certificate: give --identity, --root-cert and --token-file, or use --xds-plaintext"
-                );
-            };
-            let td = identity.trust_domain().clone();
-            let bundle = TrustBundle::new(td.clone(), read_certs(root)?)?;
-            let server = SpiffeId::workload(&td, &args.ca_namespace, "isthmusd")?;
-            let verifier = std::sync::Arc::new(SpiffeVerifier::new(
-                shared_bundles(TrustBundles::new(bundle)),
-                PeerPolicy::OneOf(vec![server]),
-            ));
-            let tls = client_config(Some(certs.resolver()), verifier, &[b"h2"])?;
-            tls_channel(
-                args.xds_address.as_deref().unwrap_or(&args.ca_address),
-                tls,
-                None,
-            )
-            .map_err(anyhow::Error::msg)?
-        };
-        let node = node(node_id, args.role, &args.metadata);
-        let protocol = if args.xds_sotw {
-            crate::xds::client::Protocol::StateOfTheWorld
-        } else {
-            crate::xds::client::Protocol::Delta
-        };
-        let (client, config, status) =
-            XdsClient::new(channel, protocol, AdsState::new(node), metrics.clone());
-        let (runtime_tx, runtime) = tokio::sync::watch::channel(std::sync::Arc::default());
-        let (trigger, drain) = crate::drain::new();
-        drain_trigger = Some(trigger);
-        tokio::spawn(crate::listener::run(
-            config.clone(),
-            runtime_tx,
-            drain,
-            metrics.clone(),
-            crate::runtime::Settings {
-                handshake_timeout: args.handshake_timeout,
-            },
-        ));
-        admin = admin.with_xds(config, status, runtime);
-        // Over mTLS the first connection must already present the certificate: HTTP/2 keeps
-        // that connection for every later stream.
-        let first_cert = (!args.xds_plaintext).then(|| certs.clone()).flatten();
-        tokio::spawn(async move {
-            if let Some(certs) = first_cert {
-                let mut current = certs.subscribe();
-                if current.wait_for(Option::is_some).await.is_err() {
-                    return;
-                }
-            }
-            client.run().await;
-        });
-    }
-    let listener = tokio::net::TcpListener::bind(args.admin_addr)
-        .await
-        .with_context(|| format!("admin address {}", args.admin_addr))?;
-    tracing::info!(identity = ?args.identity.as_ref().map(ToString::to_string), node = ?args.node_id, admin = %args.admin_addr, "isthmus-proxy started");
-    let drain_timeout = args.drain_timeout;
-    let shutdown = async move {
-        shutdown_signal().await;
-        if let Some(trigger) = drain_trigger {
-            tracing::info!(deadline = ?drain_timeout, "draining");
-            if !trigger.drain(drain_timeout).await {
-                tracing::warn!("drain deadline reached with connections still open");
-            }
-        }
-    };
-    axum::serve(listener, crate::admin::router(admin))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("admin server")?;
-    tracing::info!("isthmus-proxy stopped");
-    Ok(())
+/// Why the proxy cannot start: options that do not go together, files and identities that do
+/// not parse, a port that cannot be bound. The cause is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--identity, --root-cert and --token-file go together")]
+    IdentityFlags,
+    #[error(
+        "xDS over mTLS needs the proxy's certificate: give --identity, --root-cert and --token-file, or use --xds-plaintext"
+    )]
+    XdsNeedsCertificate,
+    #[error("the mesh root (--root-cert)")]
+    RootCert(#[source] PemError),
+    #[error("the mesh root (--root-cert)")]
+    TrustBundle(#[source] BundleError),
+    #[error("isthmusd's identity (--ca-namespace)")]
+    IsthmusdIdentity(#[source] SpiffeIdError),
+    #[error("the certificate service client")]
+    CaClient(#[source] IssueError),
+    #[error("the xDS client's TLS configuration")]
+    XdsTls(#[source] rustls::Error),
+    /// The channel's constructor says why in words only.
+    #[error("xDS address {address:?}: {reason}")]
+    XdsChannel { address: String, reason: String },
+    #[error("admin address {address}")]
+    AdminBind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-fn start_identity(
-    args: &Args,
-    identity: &SpiffeId,
-    root: &std::path::Path,
-    token: &std::path::Path,
-) -> anyhow::Result<CertManager> {
-    let td = identity.trust_domain().clone();
-    let bundle = TrustBundle::new(td.clone(), read_certs(root)?)?;
-    let ca_identity = SpiffeId::workload(&td, &args.ca_namespace, "isthmusd")?;
+/// The identity half: with `--identity`, `--root-cert` and `--token-file`, a certificate
+/// manager fetching and renewing the workload certificate, and its renewal task (the caller
+/// owns it); without them, `None`.
+pub fn start_identity(
+    options: &Options,
+) -> Result<Option<(CertManager, JoinHandle<()>)>, StartError> {
+    let (identity, root, token) = match (&options.identity, &options.root_cert, &options.token_file)
+    {
+        (Some(identity), Some(root), Some(token)) => (identity, root, token),
+        (None, None, None) => return Ok(None),
+        _ => return Err(StartError::IdentityFlags),
+    };
+    let (bundles, ca_identity) = mesh_trust(options, identity, root)?;
     let ca = CaClient::new(
-        &args.ca_address,
-        shared_bundles(TrustBundles::new(bundle)),
+        &options.ca_address,
+        bundles,
         PeerPolicy::OneOf(vec![ca_identity]),
-        BearerToken::File(token.to_path_buf()),
-    )?;
-    let (certs, _renewal) = CertManager::spawn(
+        BearerToken::File(token.clone()),
+    )
+    .map_err(StartError::CaClient)?;
+    Ok(Some(CertManager::spawn(
         identity.clone(),
         ca,
         CertManagerConfig {
-            ttl: args.cert_ttl,
+            ttl: options.cert_ttl,
             ..CertManagerConfig::default()
         },
-    );
-    Ok(certs)
+    )))
+}
+
+/// The mesh root as the only trust bundle, and the identity `isthmusd` must present.
+fn mesh_trust(
+    options: &Options,
+    identity: &SpiffeId,
+    root: &std::path::Path,
+) -> Result<(SharedBundles, SpiffeId), StartError> {
+    let td = identity.trust_domain().clone();
+    let roots = read_certs(root).map_err(StartError::RootCert)?;
+    let bundle = TrustBundle::new(td.clone(), roots).map_err(StartError::TrustBundle)?;
+    let server = SpiffeId::workload(&td, &options.ca_namespace, "isthmusd")
+        .map_err(StartError::IsthmusdIdentity)?;
+    Ok((shared_bundles(TrustBundles::new(bundle)), server))
+}
+
+/// The channel of the xDS half: loopback plaintext with `--xds-plaintext`, else mTLS with the
+/// proxy's certificate (`certs`), verifying `isthmusd`'s identity. Lazy: nothing is dialled
+/// until the first stream.
+pub fn xds_channel(options: &Options, certs: Option<&CertManager>) -> Result<Channel, StartError> {
+    if options.xds_plaintext {
+        let address = options.xds_address.as_deref().unwrap_or("127.0.0.1:15010");
+        return plaintext_channel(address).map_err(|reason| StartError::XdsChannel {
+            address: address.to_owned(),
+            reason,
+        });
+    }
+    let (Some(certs), Some(identity), Some(root)) = (certs, &options.identity, &options.root_cert)
+    else {
+        return Err(StartError::XdsNeedsCertificate);
+    };
+    let (bundles, server) = mesh_trust(options, identity, root)?;
+    let verifier = Arc::new(SpiffeVerifier::new(
+        bundles,
+        PeerPolicy::OneOf(vec![server]),
+    ));
+    let tls =
+        client_config(Some(certs.resolver()), verifier, &[b"h2"]).map_err(StartError::XdsTls)?;
+    let address = options
+        .xds_address
+        .as_deref()
+        .unwrap_or(&options.ca_address);
+    tls_channel(address, tls, None).map_err(|reason| StartError::XdsChannel {
+        address: address.to_owned(),
+        reason,
+    })
 }
 
 /// The xDS node: its id, and metadata as string values (the role under `ISTHMUS_ROLE`).
-fn node(id: &str, role: Role, metadata: &[(String, String)]) -> Node {
+pub fn node(id: &str, role: Role, metadata: &[(String, String)]) -> Node {
     let mut fields: BTreeMap<String, String> = metadata.iter().cloned().collect();
     fields.insert("ISTHMUS_ROLE".into(), role.as_str().into());
     Node {
@@ -264,13 +285,61 @@ fn node(id: &str, role: Role, metadata: &[(String, String)]) -> Node {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Options::default()` (for code) and the flags' defaults (for the binary) agree.
+    #[test]
+    fn the_default_options_are_the_flags_defaults() {
+        let parsed = Options::try_parse_from(["isthmus-proxy"]).unwrap();
+        assert_eq!(format!("{:?}", Options::default()), format!("{parsed:?}"));
+    }
+
+    #[test]
+    fn metadata_is_key_equals_value() {
+        assert_eq!(
+            parse_key_value("APP_PORTS=8080=x").unwrap(),
+            ("APP_PORTS".to_owned(), "8080=x".to_owned())
+        );
+        assert_eq!(
+            parse_key_value("APP_PORTS").unwrap_err().to_string(),
+            "\"APP_PORTS\": expected KEY=VALUE"
+        );
+        assert!(matches!(
+            parse_key_value("=1"),
+            Err(MetadataError::EmptyKey(_))
+        ));
+    }
+
+    #[test]
+    fn identity_flags_go_together_and_mtls_xds_needs_them() {
+        let partial = Options {
+            token_file: Some("token".into()),
+            ..Options::default()
+        };
+        assert!(matches!(
+            start_identity(&partial),
+            Err(StartError::IdentityFlags)
+        ));
+        assert!(start_identity(&Options::default()).unwrap().is_none());
+        assert!(matches!(
+            xds_channel(&Options::default(), None),
+            Err(StartError::XdsNeedsCertificate)
+        ));
+    }
+
+    #[test]
+    fn a_bad_root_keeps_its_cause() {
+        let options = Options {
+            identity: Some(SpiffeId::parse("spiffe://example.local/ns/a/sa/b").unwrap()),
+            root_cert: Some("/nonexistent/root-cert.pem".into()),
+            token_file: Some("token".into()),
+            ..Options::default()
+        };
+        let error = start_identity(&options).unwrap_err();
+        assert!(matches!(error, StartError::RootCert(_)), "{error:?}");
+        let cause = std::error::Error::source(&error).expect("the PEM error is the source");
+        assert!(cause.to_string().contains("root-cert.pem"), "{cause}");
     }
 }

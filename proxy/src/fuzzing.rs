@@ -23,7 +23,9 @@ use isthmus_proto::envoy::google::protobuf::Any;
 use prost::Message;
 
 use crate::config::listener::{Codec, ForwardClientCert, HttpManager, RouteSource};
-use crate::config::matcher::{HeaderMatch, HeaderTest, Matcher, QueryMatch, StringMatch};
+use crate::config::matcher::{
+    HeaderKey, HeaderMatch, HeaderTest, Matcher, QueryMatch, StringMatch,
+};
 use crate::config::rbac::{self, Cidr, Permission, Policy, Principal, Rules};
 use crate::config::route::{
     Action, AppendAction, Domain, Edits, Forward, HeaderAdd, HeaderEdits, PathMatch, Redirect,
@@ -100,7 +102,7 @@ fn one_resource(kind: XdsType, url_of: XdsType, body: &[u8]) {
         value: body.to_vec(),
     };
     // The name is checked after the conversion: any name reaches every converter.
-    let name = resource_name(kind, body).unwrap_or_default();
+    let name = crate::xds::sotw::resource_name(kind, body).unwrap_or_default();
     match config::convert(kind, &name, &any) {
         Ok(resource) => {
             assert_eq!(kind, url_of, "a resource of the wrong type accepted");
@@ -122,22 +124,6 @@ fn one_resource(kind: XdsType, url_of: XdsType, body: &[u8]) {
             assert!(!e.to_string().is_empty());
         }
     }
-}
-
-/// The name a resource carries in its body, if it decodes.
-fn resource_name(kind: XdsType, body: &[u8]) -> Option<String> {
-    use isthmus_proto::envoy::envoy::config::cluster::v3::Cluster;
-    use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
-    use isthmus_proto::envoy::envoy::config::listener::v3::Listener;
-    use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
-    use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::Secret;
-    Some(match kind {
-        XdsType::Listener => Listener::decode(body).ok()?.name,
-        XdsType::Cluster => Cluster::decode(body).ok()?.name,
-        XdsType::Route => RouteConfiguration::decode(body).ok()?.name,
-        XdsType::Endpoint => ClusterLoadAssignment::decode(body).ok()?.cluster_name,
-        XdsType::Secret => Secret::decode(body).ok()?.name,
-    })
 }
 
 fn ads_response(response: DeltaDiscoveryResponse) {
@@ -187,6 +173,7 @@ pub fn http_edge(data: &[u8]) {
         remote: IpAddr::from([10, 0, 0, 7]),
         local: SocketAddr::from(([10, 0, 0, 5], 15006)),
         server_name: None,
+        tls: false,
     };
     let mtls_peer = TlsPeer {
         peer_id: Some("spiffe://red.local/ns/bookinfo/sa/productpage".into()),
@@ -198,6 +185,7 @@ pub fn http_edge(data: &[u8]) {
         remote: IpAddr::from([127, 0, 0, 6]),
         local: SocketAddr::from(([127, 0, 0, 5], 15006)),
         server_name: Some("outbound_.9080_._.reviews.bookinfo.svc.cluster.local"),
+        tls: true,
     };
     for (conn, tls) in [(plaintext, None), (mtls, Some(&mtls_peer))] {
         let authority = request_authority(&request);
@@ -232,17 +220,15 @@ pub fn http_edge(data: &[u8]) {
                 for target in targets {
                     let edits = [target, levels.route, levels.vhost, levels.table];
                     let (mut parts, ()) = request.clone().into_parts();
-                    let (authority, path_and_query) = forward::upstream_head(
+                    let Ok(target) = forward::upstream_head(
                         &mut parts, &edits, action, &levels, &authority, hcm, tls,
-                    );
-                    // The two ways the upstream request's target is written.
-                    let _ = http::Request::builder()
-                        .uri(format!("http://{authority}{path_and_query}"))
-                        .body(());
-                    let _ = http::Request::builder()
-                        .uri(path_and_query.as_str())
-                        .body(());
-                    let _ = http::HeaderValue::from_str(&authority);
+                    ) else {
+                        continue;
+                    };
+                    // The two ways the upstream request's target is written, and `Host`.
+                    let _ = target.uri(true);
+                    let _ = target.uri(false);
+                    let _ = target.host();
                 }
             }
         }
@@ -294,7 +280,7 @@ fn regex(s: &str) -> Matcher {
 
 fn header(name: &str, test: HeaderTest, invert: bool) -> HeaderMatch {
     HeaderMatch {
-        name: name.into(),
+        name: HeaderKey::parse(name).expect("a fixed header name"),
         test,
         invert,
         treat_missing_as_empty: false,
@@ -379,23 +365,33 @@ fn deny_rules() -> Rules {
     }
 }
 
-fn add(name: &str, value: &str, action: AppendAction) -> HeaderAdd {
+fn add(name: &'static str, value: &'static str, action: AppendAction) -> HeaderAdd {
     HeaderAdd {
-        name: name.into(),
-        value: value.into(),
+        name: http::HeaderName::from_static(name),
+        value: http::HeaderValue::from_static(value),
         action,
     }
 }
 
-fn edits(add_request: Vec<HeaderAdd>, remove: &[&str], add_response: Vec<HeaderAdd>) -> Edits {
+fn edits(
+    add_request: Vec<HeaderAdd>,
+    remove: &[&'static str],
+    add_response: Vec<HeaderAdd>,
+) -> Edits {
     Edits {
         request: HeaderEdits {
             add: add_request,
-            remove: remove.iter().map(|s| (*s).to_owned()).collect(),
+            remove: remove
+                .iter()
+                .copied()
+                .map(http::HeaderName::from_static)
+                .collect(),
         },
         response: HeaderEdits {
             add: add_response,
-            remove: vec!["x-envoy-upstream-service-time".into()],
+            remove: vec![http::HeaderName::from_static(
+                "x-envoy-upstream-service-time",
+            )],
         },
     }
 }
@@ -474,7 +470,9 @@ fn route_table() -> RouteTable {
             PathMatch::SeparatedPrefix("/api/v1".into()),
             Action::Forward(Forward {
                 prefix_rewrite: Some("/v1".into()),
-                host_rewrite: Some("reviews-api.bookinfo.svc.cluster.local".into()),
+                host_rewrite: Some(http::uri::Authority::from_static(
+                    "reviews-api.bookinfo.svc.cluster.local",
+                )),
                 ..to("outbound|9080||reviews.bookinfo.svc.cluster.local")
             }),
         );
@@ -509,7 +507,7 @@ fn route_table() -> RouteTable {
         "exact-health",
         PathMatch::Exact("/Health".into()),
         Action::Direct {
-            status: 200,
+            status: http::StatusCode::OK,
             body: Some("ok".into()),
         },
     );
@@ -543,13 +541,13 @@ fn route_table() -> RouteTable {
                 "old",
                 PathMatch::Prefix("/old".into()),
                 Action::Redirect(Redirect {
-                    scheme: Some("https".into()),
+                    scheme: Some(http::uri::Scheme::HTTPS),
                     host: None,
                     port: Some(8443),
                     path: None,
                     prefix_rewrite: Some("/new".into()),
                     strip_query: false,
-                    status: 308,
+                    status: http::StatusCode::PERMANENT_REDIRECT,
                 }),
             ),
             route(
@@ -590,12 +588,12 @@ fn route_table() -> RouteTable {
             PathMatch::Prefix("/".into()),
             Action::Redirect(Redirect {
                 scheme: None,
-                host: Some("www.example.com".into()),
+                host: Some(http::uri::Authority::from_static("www.example.com")),
                 port: None,
                 path: Some("/moved?x=1".into()),
                 prefix_rewrite: None,
                 strip_query: true,
-                status: 301,
+                status: http::StatusCode::MOVED_PERMANENTLY,
             }),
         )],
         headers: Edits::default(),

@@ -1,20 +1,35 @@
 //! # isthmus-proxy
 //!
 //! The Isthmus data plane, one binary for every role (sidecar, ingress, egress, federation
-//! gateway). Today it bootstraps the workload's identity (a certificate from `isthmusd` with
-//! its bootstrap token, renewed at half-life) and takes its configuration from `isthmusd` over
-//! delta ADS:
+//! gateway): it bootstraps the workload's identity (a certificate from `isthmusd` with its
+//! bootstrap token, renewed at half-life), takes its configuration from `isthmusd` over ADS,
+//! and serves the data path that configuration describes.
 //!
+//! - [`app`]: the proxy as a value: bind everything, serve until shutdown, drain;
+//! - [`bootstrap`]: options (flags) and start-up: the identity and the xDS channel;
+//! - [`xds`]: the ADS client (delta, or state of the world): ACK/NACK, subscriptions that
+//!   follow what listeners and clusters reference, reconnect with backoff, readiness;
 //! - [`config`]: Envoy xDS v3 resources converted into a validated model (the profile in
 //!   `docs/xds-profile.md`); anything outside it is refused with its field path;
-//! - [`xds`]: the delta-ADS client (ACK/NACK, subscriptions that follow what listeners and
-//!   clusters reference, reconnect with backoff, readiness);
-//! - [`admin`]: the admin port (`/ready`, `/certs`, `/listeners`, `/clusters`, `/config_dump`);
-//! - [`bootstrap`]: flags and start-up.
+//! - [`runtime`]: what the data path reads, built once per configuration change;
+//! - [`listener`]: binding, accepting, filter chain choice, TLS termination, network RBAC;
+//! - [`authz`]: RBAC rules (`AuthorizationPolicy`) evaluated on the verified peer identity;
+//! - [`http`]: the HTTP connection manager: routing, HTTP RBAC, forwarding over pooled
+//!   connections;
+//! - [`tcp`]: the TCP proxy; [`tunnel`]: its upstream as an HTTP/2 CONNECT stream;
+//! - [`upstream`]: clusters at run time: endpoints, load balancing, circuit breakers, outlier
+//!   detection, connecting;
+//! - [`weighted`]: weighted choice (weighted clusters, hosts, priority levels);
+//! - [`transport`]: TLS configurations from SDS secrets and the boxed byte stream;
+//! - [`drain`]: graceful drain on SIGTERM;
+//! - [`metrics`]: the proxy's own counters and gauges;
+//! - [`admin`]: the admin port (`/ready`, `/certs`, `/listeners`, `/clusters`, `/config_dump`,
+//!   `/stats/prometheus`).
 //!
-//! The data path (listeners, routing, mTLS) builds on this configuration.
+//! `fuzzing` (hidden) holds the bodies of the fuzz targets that reach this crate.
 
 pub mod admin;
+pub mod app;
 pub mod authz;
 pub mod bootstrap;
 pub mod config;

@@ -1,20 +1,35 @@
-//! `isthmus-proxy`: the Isthmus data plane (see the library's documentation).
+//! `isthmus-proxy`: the Isthmus data plane (see the library's documentation): parse the flags,
+//! set up logging and the runtime, then `app::bind` and serve until SIGTERM or Ctrl-C.
 
+use anyhow::Context as _;
 use clap::Parser;
-use isthmus_proxy::bootstrap;
+use isthmus_proxy::app;
+use isthmus_proxy::bootstrap::Options;
+use isthmus_proxy::listener::error::ErrorChain;
 
 fn main() -> std::process::ExitCode {
     isthmus_runtime::supervised::stop_with_runner();
-    let args = bootstrap::Args::parse();
+    let options = Options::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    match run(options) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Every cause once (some errors print their source themselves).
+            eprintln!("isthmus-proxy: {}", ErrorChain(&*e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(options: Options) -> anyhow::Result<()> {
     // One worker: a current-thread runtime (no work stealing, no cross-thread wake-ups), as
     // Envoy's `--concurrency 1` is one worker thread.
-    let mut runtime = match args.concurrency {
+    let mut runtime = match options.concurrency {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(threads) => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -23,18 +38,29 @@ fn main() -> std::process::ExitCode {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    let runtime = match runtime.enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("isthmus-proxy: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        app::bind(options).await?.serve(termination()).await?;
+        Ok(())
+    })
+}
+
+/// SIGTERM or Ctrl-C (SIGINT).
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         }
-    };
-    match runtime.block_on(bootstrap::run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("isthmus-proxy: {e:#}");
-            std::process::ExitCode::FAILURE
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -15,13 +15,14 @@ use crate::config::listener::TcpProxy;
 use crate::runtime::Runtime;
 use crate::transport::Io;
 
+/// Why the TCP proxy ended a connection with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
     #[error("no cluster {0:?}")]
     NoCluster(String),
     #[error(transparent)]
     Connect(#[from] crate::upstream::ConnectError),
-    #[error("copying: {0}")]
+    #[error("copying")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Tunnel(#[from] crate::tunnel::TunnelError),

@@ -9,13 +9,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::transport::BoxedIo;
 
+/// Why a CONNECT tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    #[error("HTTP/2 to the tunnel's upstream: {0}")]
+    #[error("HTTP/2 to the tunnel's upstream")]
     Http(#[from] hyper::Error),
-    #[error("CONNECT {authority}: {0}", authority = .1)]
-    Refused(http::StatusCode, String),
-    #[error("CONNECT request: {0}")]
+    #[error("CONNECT {authority}: {status}")]
+    Refused {
+        status: http::StatusCode,
+        authority: String,
+    },
+    #[error("CONNECT request")]
     Request(#[from] http::Error),
 }
 
@@ -26,7 +30,9 @@ pub async fn open(
 ) -> Result<TokioIo<hyper::upgrade::Upgraded>, TunnelError> {
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(upstream)).await?;
-    // The session lives as long as its one stream: dropping the sender ends it.
+    // The session lives as long as its one stream: dropping the sender ends it. Detached: the
+    // stream is the upstream of a TCP proxy connection, which holds a drain `Watch` until it
+    // ends.
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "tunnel session ended");
@@ -38,10 +44,10 @@ pub async fn open(
         .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
     if !response.status().is_success() {
-        return Err(TunnelError::Refused(
-            response.status(),
-            authority.to_owned(),
-        ));
+        return Err(TunnelError::Refused {
+            status: response.status(),
+            authority: authority.to_owned(),
+        });
     }
     let upgraded = hyper::upgrade::on(response).await?;
     Ok(TokioIo::new(upgraded))

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use isthmus_controlplane::daemon::Addresses;
 use isthmus_proto::envoy::envoy::config::core::v3::Node;
 use isthmus_proto::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use isthmus_proto::envoy::envoy::service::discovery::v3::{
@@ -282,13 +283,10 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("starting {}", isthmusd.display()))?;
     let daemon = Daemon { child };
     let pid = daemon.child.id();
-    let addresses = state.join("addresses.json");
     let mut xds = None;
     for _ in 0..600 {
-        if let Ok(text) = std::fs::read_to_string(&addresses)
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-        {
-            xds = v["xdsPlaintext"].as_str().map(str::to_owned);
+        if let Ok(addresses) = Addresses::read(&state) {
+            xds = addresses.xds_plaintext.map(|a| a.to_string());
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -147,12 +147,16 @@ fn sidecar(netns: &Netns, dir: &Path, daemon: &Isthmusd, workload: &str, ip: &st
     )
 }
 
-fn metric(proxy: &IsthmusProxy, prefix: &str) -> u64 {
+/// The sum of the series whose lines start with `prefix`; `None` when there is none (the
+/// proxy's families are labelled, so a series appears at its first count).
+fn metric(proxy: &IsthmusProxy, prefix: &str) -> Option<u64> {
     let (_, text) = proxy.admin_get("/stats/prometheus");
-    text.lines()
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() as u64)
 }
 
 #[test]
@@ -240,9 +244,13 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
     );
 
     // Outside the mesh: passed through to where it was going.
+    // The requests above were accepted on the capture listener: its series exists.
     let passed = metric(
         &client,
         "isthmus_proxy_downstream_connections_total{listener=\"virtualOutbound\"",
+    )
+    .expect(
+        "metric isthmus_proxy_downstream_connections_total{listener=\"virtualOutbound\"} present",
     );
     let (status, body) = client_ns
         .curl(&[&format!("http://{SERVER_IP}:18080/outside")])
@@ -253,16 +261,21 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
         metric(
             &client,
             "isthmus_proxy_downstream_connections_total{listener=\"virtualOutbound\""
-        ) > passed,
+        )
+        .expect("metric isthmus_proxy_downstream_connections_total present")
+            > passed,
         "the passthrough went through the client sidecar"
     );
 
     // Around the client sidecar (as its user, which capture lets through): plaintext reaches
     // the server's inbound capture, where STRICT refuses it before the application.
+    // Absent until the first refusal (a labelled series is created at its first count):
+    // zero then.
     let refused = metric(
         &server,
         "isthmus_proxy_downstream_connections_refused_total",
-    );
+    )
+    .unwrap_or(0);
     let around = client_ns.curl_as(PROXY_UID, &[&format!("http://{SERVER_IP}:8080/around")]);
     assert!(
         matches!(&around, Err(e) if e.is_closed()),
@@ -273,7 +286,9 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
         metric(
             &server,
             "isthmus_proxy_downstream_connections_refused_total"
-        ) > refused,
+        )
+        .expect("metric isthmus_proxy_downstream_connections_refused_total present")
+            > refused,
         "counted as refused"
     );
 

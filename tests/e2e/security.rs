@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use isthmus_controlplane::daemon::Addresses;
 use isthmus_e2e::discovery::{Side, WatchError, watch};
 use isthmus_e2e::federation::Federation;
 use isthmus_e2e::mesh::until;
@@ -203,7 +204,7 @@ fn a_second_stream_of_the_control_plane_ending_leaves_the_first_shown_connected(
 }
 
 /// `isthmusd` with every port on 0 and `extra`; its `addresses.json` and its log once it is up.
-fn isthmusd_addresses(dir: &Path, extra: &[&str]) -> (Value, String) {
+fn isthmusd_addresses(dir: &Path, extra: &[&str]) -> (Addresses, String) {
     let state = dir.join("state");
     let log = dir.join("isthmusd.log");
     std::fs::create_dir_all(dir.join("config")).unwrap();
@@ -221,13 +222,12 @@ fn isthmusd_addresses(dir: &Path, extra: &[&str]) -> (Value, String) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let file = state.join("addresses.json");
     until(
         "isthmusd to bind its ports",
         Duration::from_secs(20),
-        || std::fs::read_to_string(&file).is_ok_and(|t| serde_json::from_str::<Value>(&t).is_ok()),
+        || Addresses::read(&state).is_ok(),
     );
-    let addresses = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let addresses = Addresses::read(&state).unwrap();
     let _ = child.kill();
     let _ = child.wait();
     (addresses, std::fs::read_to_string(&log).unwrap())
@@ -239,17 +239,16 @@ fn plaintext_xds_is_off_unless_asked_for_and_then_said_loudly() {
     // By default no port hands out configuration (and with it private keys) without mTLS.
     let (addresses, log) = isthmusd_addresses(&dir.path().join("default"), &[]);
     assert!(
-        addresses["xdsPlaintext"].is_null(),
-        "no plaintext xDS by default: {addresses}"
+        addresses.xds_plaintext.is_none(),
+        "no plaintext xDS by default: {addresses:?}"
     );
-    assert!(addresses["grpc"].is_string(), "{addresses}");
     assert!(!log.contains("INSECURE"), "{log}");
     // The opt-in is explicit, and isthmusd says at start-up what it gives away.
     let (addresses, log) = isthmusd_addresses(
         &dir.path().join("opt-in"),
         &["--xds-plaintext-addr", "127.0.0.1:0"],
     );
-    assert!(addresses["xdsPlaintext"].is_string(), "{addresses}");
+    assert!(addresses.xds_plaintext.is_some(), "{addresses:?}");
     assert!(
         log.contains("INSECURE") && log.contains("PRIVATE KEY"),
         "the opt-in is stated loudly: {log}"

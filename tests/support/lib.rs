@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use isthmus_controlplane::daemon::Addresses;
 
 pub mod discovery;
 pub mod envoy;
@@ -322,8 +323,7 @@ impl Isthmusd {
         std::fs::create_dir_all(&config_dir)?;
         // Port 0 everywhere: isthmusd binds free ports and publishes them, so parallel tests
         // cannot race for a port.
-        let addresses_file = state_dir.join("addresses.json");
-        let _ = std::fs::remove_file(&addresses_file);
+        let _ = std::fs::remove_file(Addresses::path(&state_dir));
         let stderr_file = root.join("isthmusd.log");
         let mut command = match netns {
             Some((netns, _)) => {
@@ -358,7 +358,7 @@ impl Isthmusd {
             .stderr(std::fs::File::create(&stderr_file)?)
             .spawn()
             .context("spawn isthmusd")?;
-        let addresses = match wait_for_addresses(&mut child, &addresses_file) {
+        let addresses = match wait_for_addresses(&mut child, &state_dir) {
             Ok(addresses) => addresses,
             Err(e) => {
                 let _ = child.kill();
@@ -367,21 +367,10 @@ impl Isthmusd {
                 bail!("{e}:\n{logs}");
             }
         };
-        let address = |key: &str| -> anyhow::Result<SocketAddr> {
-            addresses[key]
-                .as_str()
-                .with_context(|| format!("{key} missing from addresses.json"))?
-                .parse()
-                .context("address")
-        };
-        let (grpc, debug, xds) = (
-            address("grpc")?,
-            address("debug")?,
-            address("xdsPlaintext")?,
-        );
-        let federation = addresses["federation"]
-            .as_str()
-            .and_then(|a| a.parse().ok());
+        let (grpc, debug, federation) = (addresses.grpc, addresses.debug, addresses.federation);
+        let xds = addresses
+            .xds_plaintext
+            .context("isthmusd published no plaintext xDS address")?;
         let mut daemon = Self {
             child,
             grpc,
@@ -501,15 +490,14 @@ impl Drop for Isthmusd {
 }
 
 /// Waits (10 s at most) for the addresses file isthmusd writes once its ports are bound.
-fn wait_for_addresses(child: &mut Child, file: &Path) -> anyhow::Result<serde_json::Value> {
+/// The addresses `isthmusd` publishes in `STATE/addresses.json` once every port is bound.
+fn wait_for_addresses(child: &mut Child, state_dir: &Path) -> anyhow::Result<Addresses> {
     for _ in 0..200 {
         if let Some(status) = child.try_wait()? {
             bail!("isthmusd exited with {status}");
         }
-        if let Ok(text) = std::fs::read_to_string(file)
-            && let Ok(value) = serde_json::from_str(&text)
-        {
-            return Ok(value);
+        if let Ok(addresses) = Addresses::read(state_dir) {
+            return Ok(addresses);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

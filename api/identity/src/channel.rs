@@ -21,22 +21,14 @@ pub fn tls_channel(
     let connect = tower::service_fn(move |uri: Uri| {
         let connector = connector.clone();
         async move {
-            let host = uri
-                .host()
-                .unwrap_or_default()
-                .trim_matches(|c| c == '[' || c == ']');
-            let port = uri.port_u16().unwrap_or(15012);
-            let tcp = TcpStream::connect((host, port)).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(host.to_owned())
+            let (host, tcp) = dial(&uri, 15012).await?;
+            let name = ServerName::try_from(host)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             let tls = connector.connect(name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
-    let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("address {address:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
+    let mut endpoint = endpoint(address)?;
     if let Some(timeout) = timeout {
         endpoint = endpoint.timeout(timeout);
     }
@@ -58,29 +50,36 @@ pub fn tls_in_tls_channel(
     let connect = tower::service_fn(move |uri: Uri| {
         let (outer, inner, name) = (outer.clone(), inner.clone(), name.clone());
         async move {
-            let host = uri
-                .host()
-                .unwrap_or_default()
-                .trim_matches(|c| c == '[' || c == ']');
-            let port = uri.port_u16().unwrap_or(15443);
-            let tcp = TcpStream::connect((host, port)).await?;
-            tcp.set_nodelay(true)?;
+            let (_, tcp) = dial(&uri, 15443).await?;
             let gateway = outer.connect(name.clone(), tcp).await?;
             let tls = inner.connect(name, gateway).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
-    Ok(Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("address {address:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector_lazy(connect))
+    Ok(endpoint(address)?.connect_with_connector_lazy(connect))
 }
 
 /// A plaintext channel to `address` (`host:port`), for the loopback-only xDS port.
 pub fn plaintext_channel(address: &str) -> Result<Channel, String> {
+    Ok(endpoint(address)?.tcp_nodelay(true).connect_lazy())
+}
+
+/// The endpoint of `address` (`host:port`), connections attempted for 5 s at most.
+fn endpoint(address: &str) -> Result<Endpoint, String> {
     Ok(Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| format!("address {address:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_timeout(Duration::from_secs(5)))
+}
+
+/// TCP to the host and port of `uri` (`default_port` when it names none), Nagle off; and that
+/// host, without the brackets of an IPv6 literal.
+async fn dial(uri: &Uri, default_port: u16) -> std::io::Result<(String, TcpStream)> {
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(|c| c == '[' || c == ']');
+    let port = uri.port_u16().unwrap_or(default_port);
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok((host.to_owned(), tcp))
 }

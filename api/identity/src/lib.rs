@@ -1,17 +1,30 @@
 //! # isthmus-identity
 //!
-//! Workload identity, shared by the proxy, `isthmusd` and `isthmusctl`:
+//! Workload identity, shared by the proxy, `isthmusd` and `isthmusctl`. The private modules'
+//! items are re-exported at the root:
 //!
-//! - SPIFFE IDs and trust domains ([`SpiffeId`], [`TrustDomain`]);
-//! - X.509 SVIDs: decoding ([`CertInfo`]), path building against the bundle of the claimed
-//!   trust domain only ([`verify_svid`]), trust bundles ([`TrustBundles`]);
-//! - rustls client and server configurations for mesh mTLS ([`SpiffeVerifier`], [`PeerPolicy`]);
-//! - the certificate manager that renews a workload's certificate at half-life
-//!   ([`CertManager`]) and its gRPC client of the mesh CA ([`ca_client`]);
-//! - gRPC channels to `isthmusd` over mesh TLS, loopback plaintext, or TLS inside TLS through a
-//!   federation egress gateway ([`channel`]).
+//! - `spiffe`: SPIFFE IDs and trust domains ([`SpiffeId`], [`TrustDomain`]);
+//! - `cert`: decoding X.509 SVIDs ([`CertInfo`]);
+//! - `bundle`: trust bundles, each bound to its trust domain ([`TrustBundle`],
+//!   [`TrustBundles`]);
+//! - `verify`: path building against the bundle of the claimed trust domain only
+//!   ([`verify_svid`]);
+//! - `tls`: rustls client and server configurations for mesh mTLS ([`SpiffeVerifier`],
+//!   [`PeerPolicy`]);
+//! - `credentials`: a workload's own key, chain and roots, and the cell that hands the current
+//!   ones to every new handshake ([`WorkloadCertificate`], [`CredentialCell`]);
+//! - `csr`: a workload's key pair and certificate signing request ([`generate_csr`]);
+//! - `manager`: the certificate manager that renews a workload's certificate at half-life
+//!   and retries failures with backoff ([`CertManager`]).
 //!
-//! With the `test-util` feature, [`testing`] offers a throw-away CA for tests.
+//! And public modules:
+//!
+//! - [`pem`]: reading certificates and keys from PEM, errors naming the origin;
+//! - [`profile`]: the X.509 profile of workload and mesh CA certificates;
+//! - [`ca_client`]: the gRPC client of the mesh CA, a [`CertificateSource`];
+//! - [`channel`]: gRPC channels to `isthmusd` over mesh TLS, loopback plaintext, or TLS inside
+//!   TLS through a federation egress gateway;
+//! - [`testing`] (feature `test-util`): a throw-away CA for tests.
 
 mod bundle;
 mod cert;

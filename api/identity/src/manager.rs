@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use isthmus_runtime::backoff::{Backoff, Jitter};
 use rand::Rng;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::UnixTime;
@@ -77,6 +78,9 @@ pub struct CertManagerConfig {
     pub renew_fraction: f64,
     /// Up to this fraction of the lifetime is taken off the renewal time at random.
     pub jitter_fraction: f64,
+    /// The retry step after a failed request; it doubles with each failure, up to
+    /// `max_backoff`, and each wait is 50-100 % of it (the whole step when `jitter_fraction`
+    /// is 0).
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -146,7 +150,14 @@ async fn run<S: CertificateSource>(
     tx: watch::Sender<Option<Arc<WorkloadCertificate>>>,
     cell: Arc<CredentialCell>,
 ) {
-    let mut backoff = config.initial_backoff;
+    // Jittered (50-100 % of the step) so a fleet does not retry in lock-step after a CA
+    // restart; without jitter when the renewal jitter is off too (tests).
+    let jitter = if config.jitter_fraction > 0.0 {
+        Jitter::Equal
+    } else {
+        Jitter::None
+    };
+    let mut backoff = Backoff::new(config.initial_backoff, config.max_backoff).with_jitter(jitter);
     loop {
         let wait = match fetch(&id, &source, config.ttl).await {
             Ok(cert) => {
@@ -160,7 +171,7 @@ async fn run<S: CertificateSource>(
                 );
                 cell.store(&cert);
                 tx.send_replace(Some(Arc::new(cert)));
-                backoff = config.initial_backoff;
+                backoff.reset();
                 wait
             }
             Err(error) => {
@@ -168,18 +179,11 @@ async fn run<S: CertificateSource>(
                     .borrow()
                     .as_ref()
                     .is_some_and(|c| c.leaf().is_valid_at(SystemTime::now()));
+                let wait = backoff.next_delay();
                 tracing::warn!(
-                    identity = %id, %error, still_valid, retry_in_ms = backoff.as_millis() as u64,
+                    identity = %id, %error, still_valid, retry_in_ms = wait.as_millis() as u64,
                     "certificate request failed; keeping the current certificate"
                 );
-                // Jittered (50-100 % of the step) so a fleet does not retry in lock-step after a
-                // CA restart.
-                let wait = if config.jitter_fraction > 0.0 {
-                    backoff.mul_f64(rand::rng().random_range(0.5..=1.0))
-                } else {
-                    backoff
-                };
-                backoff = (backoff * 2).min(config.max_backoff);
                 wait
             }
         };

@@ -3,9 +3,12 @@
 //! Process plumbing that every Isthmus binary (`isthmus-proxy`, `isthmusd`, `isthmusctl`)
 //! shares, with no knowledge of the mesh:
 //!
+//! - [`backoff`]: jittered exponential backoff, the one retry schedule (certificate renewal,
+//!   the proxies' xDS stream, federation discovery streams);
 //! - [`metrics_format`]: the metrics exposition, negotiated by `Accept` (OpenMetrics, or the
 //!   classic Prometheus text format 0.0.4 converted from prometheus-client's output);
 //! - [`supervised`]: processes started by `isthmusctl up` stop with it (`PR_SET_PDEATHSIG`).
 
+pub mod backoff;
 pub mod metrics_format;
 pub mod supervised;

@@ -1,4 +1,6 @@
-//! `isthmusd`: the control plane daemon. Parses flags and runs `isthmus_controlplane::daemon`.
+//! `isthmusd`: the control plane daemon. Parses flags, then binds and serves with
+//! `isthmus_controlplane::daemon` until SIGTERM or Ctrl-C; a failure is printed with its chain
+//! of causes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use isthmus_controlplane::ca::TtlPolicy;
+use isthmus_controlplane::config::watch::WatchSettings;
 use isthmus_controlplane::daemon::{DaemonConfig, FederationSettings, run};
 use isthmus_federation::discovery::ImporterSettings;
 use isthmus_identity::TrustDomain;
@@ -37,13 +40,13 @@ struct Args {
     /// default. Any local process can then name any node and receive its private key.
     #[arg(long)]
     xds_plaintext_addr: Option<SocketAddr>,
+    /// Address of the debug port (metrics, readiness).
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    debug_addr: SocketAddr,
     /// Also answer /debug/* (configuration, every peer's export catalog) to callers that are
     /// not on loopback. Off: only /metrics and /ready answer them.
     #[arg(long)]
     debug_allow_remote: bool,
-    /// Address of the debug port (metrics, readiness).
-    #[arg(long, default_value = "0.0.0.0:15014")]
-    debug_addr: SocketAddr,
     /// Lifetime of workload certificates when the request names none.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     workload_cert_ttl: Duration,
@@ -53,6 +56,11 @@ struct Args {
     /// How long configuration changes settle before they are pushed to proxies.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     push_debounce: Duration,
+    /// At shutdown, how long requests in progress may take to finish before every connection
+    /// is closed. xDS streams and discovery watches do not end by themselves: those are closed
+    /// then, and their clients reconnect.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 
     /// Policies in this namespace apply to the whole mesh (Istio's root namespace).
     #[arg(long, default_value = "istio-system")]
@@ -113,6 +121,7 @@ async fn main() -> std::process::ExitCode {
         debug_addr: args.debug_addr,
         debug_allow_remote: args.debug_allow_remote,
         push_debounce: args.push_debounce,
+        config_watch: WatchSettings::default(),
         root_namespace: args.root_namespace,
         federation_addr: (!args.no_federation)
             .then_some(args.federation_addr)
@@ -131,15 +140,29 @@ async fn main() -> std::process::ExitCode {
             default: args.workload_cert_ttl,
             max: args.max_workload_cert_ttl,
         },
+        drain_timeout: args.drain_timeout,
     };
     match run(config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("isthmusd: {e}");
+            let chain = chain(&e);
+            tracing::error!("{chain}");
+            eprintln!("isthmusd: {chain}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `outer: inner: …`.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn shutdown_signal() {

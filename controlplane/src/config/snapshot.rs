@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use isthmus_api::{Kind, Resource};
+use isthmus_api::{Kind, Resource, TypedResource};
 
 /// Namespace of resources whose metadata names none (as `kubectl apply` does).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -82,6 +82,14 @@ impl ConfigSnapshot {
             .range(from..)
             .take_while(move |(k, _)| k.kind == kind)
             .map(|(k, (r, _))| (k, r))
+    }
+
+    /// The resources of type `T` (one kind), typed, in key order.
+    pub fn of_type<'a, T: TypedResource + 'a>(
+        &'a self,
+    ) -> impl Iterator<Item = (&'a ResourceKey, &'a T)> {
+        self.of_kind(T::KIND)
+            .filter_map(|(k, r)| Some((k, T::from_resource(r)?)))
     }
 
     /// How many resources of each kind.

@@ -29,13 +29,15 @@ impl Default for WatchSettings {
     }
 }
 
-/// Loads `dir` into `store` now, then keeps reloading it on changes until the returned task is
-/// dropped or aborted. Fails if the directory cannot be watched.
+/// Loads `dir` into `store` now, and returns the task that keeps reloading it: on changes
+/// (debounced) and every `resync`. The caller runs and owns that task; it never ends by itself,
+/// and dropping it (or aborting the task it was spawned as) drops the file-system watch too.
+/// Fails if the directory cannot be watched.
 pub fn watch_dir(
     dir: PathBuf,
     store: Arc<ConfigStore>,
     settings: WatchSettings,
-) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+) -> Result<impl Future<Output = ()> + Send + 'static, notify::Error> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -44,8 +46,10 @@ pub fn watch_dir(
     })?;
     watcher.watch(&dir, RecursiveMode::Recursive)?;
     store.apply(load_dir(&dir));
-    Ok(tokio::spawn(async move {
-        let _watcher = watcher; // dropped with the task
+    Ok(async move {
+        // The watch lives as long as the task; its sender, in the watcher's callback, too, so
+        // `rx` does not close while the task runs.
+        let _watcher = watcher;
         let mut resync = tokio::time::interval(settings.resync);
         resync.tick().await;
         loop {
@@ -65,5 +69,5 @@ pub fn watch_dir(
                 store.apply(loaded);
             }
         }
-    }))
+    })
 }

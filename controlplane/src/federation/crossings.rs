@@ -55,43 +55,61 @@ impl std::fmt::Display for Crossing {
     }
 }
 
-/// Every crossing among `meshes` (peers are matched to meshes by trust domain).
-pub fn crossings(meshes: &[MeshConfig], root_namespace: &str) -> BTreeSet<Crossing> {
+/// Each mesh's model with what its peers among `meshes` export to it, as discovery would
+/// deliver it (peers are matched to meshes by trust domain). Also returns, per mesh, which
+/// mesh each of its peers is (peer name -> index in `meshes`).
+pub fn federated_models(
+    meshes: &[MeshConfig],
+    root_namespace: &str,
+) -> Vec<(MeshModel, BTreeMap<String, usize>)> {
     let models: Vec<MeshModel> = meshes
         .iter()
         .map(|m| MeshModel::build(m.config.clone(), &m.trust_domain, root_namespace))
         .collect();
     let exports: Vec<_> = models.iter().map(discovery_exports).collect();
-    let mut out = BTreeSet::new();
-    for (n, importer) in meshes.iter().enumerate() {
-        let mut catalogs = RemoteCatalogs::new();
-        let mut exporter_of: BTreeMap<String, usize> = BTreeMap::new();
-        for peer in &models[n].peers {
-            let Some(m) = meshes
-                .iter()
-                .position(|x| x.trust_domain == peer.trust_domain)
-            else {
-                continue;
-            };
-            // The exporter's name for the importer is its own `ServiceMeshPeer`'s.
-            let Some(us_there) = exports[m]
-                .peers
-                .get(&importer.trust_domain.to_string())
-                .map(|p| &p.name)
-            else {
-                continue;
-            };
-            if let Some(catalog) = exports[m].catalogs.get(us_there) {
-                catalogs.insert(peer.name.clone(), catalog.clone());
-                exporter_of.insert(peer.name.clone(), m);
+    meshes
+        .iter()
+        .enumerate()
+        .map(|(n, importer)| {
+            let mut catalogs = RemoteCatalogs::new();
+            let mut exporter_of: BTreeMap<String, usize> = BTreeMap::new();
+            for peer in &models[n].peers {
+                let Some(m) = meshes
+                    .iter()
+                    .position(|x| x.trust_domain == peer.trust_domain)
+                else {
+                    continue;
+                };
+                // The exporter's name for the importer is its own `ServiceMeshPeer`'s.
+                let Some(us_there) = exports[m]
+                    .peers
+                    .get(&importer.trust_domain.to_string())
+                    .map(|p| &p.name)
+                else {
+                    continue;
+                };
+                if let Some(catalog) = exports[m].catalogs.get(us_there) {
+                    catalogs.insert(peer.name.clone(), catalog.clone());
+                    exporter_of.insert(peer.name.clone(), m);
+                }
             }
-        }
-        let model = MeshModel::build_with_imports(
-            importer.config.clone(),
-            &catalogs,
-            &importer.trust_domain,
-            root_namespace,
-        );
+            let model = MeshModel::build_with_imports(
+                importer.config.clone(),
+                &catalogs,
+                &importer.trust_domain,
+                root_namespace,
+            );
+            (model, exporter_of)
+        })
+        .collect()
+}
+
+/// Every crossing among `meshes` (peers are matched to meshes by trust domain).
+pub fn crossings(meshes: &[MeshConfig], root_namespace: &str) -> BTreeSet<Crossing> {
+    let mut out = BTreeSet::new();
+    for ((model, exporter_of), importer) in
+        federated_models(meshes, root_namespace).iter().zip(meshes)
+    {
         for (peer, entries) in &model.imports {
             let Some(&m) = exporter_of.get(peer) else {
                 continue;

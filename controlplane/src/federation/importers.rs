@@ -44,6 +44,8 @@ impl PeerKey {
     }
 }
 
+/// A peer's importer and the task forwarding its state; both stop when this is dropped (when
+/// the peer changes or goes, and when the task of [`start`] that holds them is dropped).
 struct Running {
     key: PeerKey,
     tasks: [JoinHandle<()>; 2],
@@ -57,17 +59,19 @@ impl Drop for Running {
     }
 }
 
-/// Runs the importers of the model's peers; returns the bundles the discovery port trusts.
-pub fn spawn(
+/// The bundles the discovery port trusts, and the task that runs the importers of the model's
+/// peers (and keeps those bundles to the peers' roots). The caller runs and owns the task; it
+/// ends when the model is no longer published, and dropping it stops every importer.
+pub fn start(
     mut model: watch::Receiver<Arc<MeshModel>>,
     credentials: Arc<CredentialCell>,
     local: TrustBundle,
     settings: ImporterSettings,
     states: watch::Sender<Arc<ImportStates>>,
-) -> SharedBundles {
+) -> (SharedBundles, impl Future<Output = ()> + Send + 'static) {
     let bundles = shared_bundles(TrustBundles::new(local.clone()));
     let server_bundles = bundles.clone();
-    tokio::spawn(async move {
+    let task = async move {
         let mut running: BTreeMap<String, Running> = BTreeMap::new();
         loop {
             let current = model.borrow_and_update().clone();
@@ -90,8 +94,8 @@ pub fn spawn(
                 return;
             }
         }
-    });
-    server_bundles
+    };
+    (server_bundles, task)
 }
 
 fn reconcile(
@@ -122,7 +126,7 @@ fn reconcile(
         if running.contains_key(&peer.name) {
             continue;
         }
-        match start(peer, credentials, local, settings, states) {
+        match start_peer(peer, credentials, local, settings, states) {
             Ok(r) => {
                 tracing::info!(peer = peer.name, addresses = ?peer.discovery_addresses, "discovery importer started");
                 running.insert(peer.name.clone(), r);
@@ -132,7 +136,7 @@ fn reconcile(
     }
 }
 
-fn start(
+fn start_peer(
     peer: &Peer,
     credentials: &Arc<CredentialCell>,
     local: &TrustBundle,

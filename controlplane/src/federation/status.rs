@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_api::{Kind, Resource};
+use isthmus_api::Kind;
+use isthmus_api::federation::ImportedServiceSet;
 use isthmus_federation::discovery::exporter::RemotesStatus;
 use isthmus_federation::exports::ExportDecision;
 use isthmus_federation::imports::ImportDecision;
@@ -180,10 +181,7 @@ pub fn compute(
             },
         );
     }
-    for (key, resource) in model.config.of_kind(Kind::ImportedServiceSet) {
-        let Resource::ImportedServiceSet(set) = resource else {
-            continue;
-        };
+    for (key, set) in model.config.of_type::<ImportedServiceSet>() {
         let entries = (key.namespace == model.root_namespace)
             .then(|| model.imports.get(&key.name))
             .flatten();

@@ -16,7 +16,7 @@ use isthmus_federation::discovery::exporter::ExportPeer;
 use isthmus_federation::discovery::{Catalog, Exports};
 use isthmus_proto::federation::{ExportedService, ServicePort};
 
-use isthmus_api::federation::ExportedServiceSetSpec;
+use isthmus_api::federation::{ExportedServiceSet, ExportedServiceSetSpec};
 use isthmus_api::networking::Location;
 use isthmus_api::{Kind, Resource};
 use isthmus_federation::exports::{self, ExportDecision, LocalService, NotExportable};
@@ -87,10 +87,7 @@ pub fn offers(model: &MeshModel) -> (BTreeMap<String, Offer>, Vec<ModelWarning>)
         .collect();
     let services = local_services(model);
     let mut offers = BTreeMap::new();
-    for (key, resource) in model.config.of_kind(Kind::ExportedServiceSet) {
-        let Resource::ExportedServiceSet(set) = resource else {
-            continue;
-        };
+    for (key, set) in model.config.of_type::<ExportedServiceSet>() {
         if let Some(reason) = ignored(key, &model.root_namespace, &peers) {
             warnings.push(ModelWarning {
                 resource: key.clone(),

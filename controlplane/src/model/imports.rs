@@ -17,9 +17,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_api::federation::ImportedServiceSetSpec;
+use isthmus_api::federation::{ImportedServiceSet, ImportedServiceSetSpec};
 use isthmus_api::networking::{Location, Resolution};
-use isthmus_api::{Kind, Resource};
 use isthmus_federation::discovery::Catalog;
 use isthmus_federation::imports::{self, ImportDecision};
 use isthmus_federation::names::ServiceName;
@@ -56,10 +55,7 @@ pub fn add_imports(
     warnings: &mut Vec<ModelWarning>,
 ) -> BTreeMap<String, Vec<ImportEntry>> {
     let mut result = BTreeMap::new();
-    for (key, resource) in config.of_kind(Kind::ImportedServiceSet) {
-        let Resource::ImportedServiceSet(set) = resource else {
-            continue;
-        };
+    for (key, set) in config.of_type::<ImportedServiceSet>() {
         let peer = (key.namespace == root_namespace)
             .then(|| peers.iter().find(|p| p.name == key.name))
             .flatten();

@@ -4,6 +4,7 @@
 //! domain or root cannot be trusted and is left out, with a warning saying why.
 
 use isthmus_api::core::ROOT_CERT_KEY;
+use isthmus_api::federation::ServiceMeshPeer;
 use isthmus_api::{Kind, Resource};
 use isthmus_identity::{SpiffeId, TrustBundle, TrustDomain};
 
@@ -55,10 +56,7 @@ pub fn peers(
 ) -> (Vec<Peer>, Vec<ModelWarning>) {
     let mut peers: Vec<Peer> = Vec::new();
     let mut warnings = Vec::new();
-    for (key, resource) in config.of_kind(Kind::ServiceMeshPeer) {
-        let Resource::ServiceMeshPeer(peer) = resource else {
-            continue;
-        };
+    for (key, peer) in config.of_type::<ServiceMeshPeer>() {
         let mut warn = |message: String| {
             warnings.push(ModelWarning {
                 resource: key.clone(),

@@ -9,10 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::Kind;
-use isthmus_api::Resource;
 use isthmus_api::meta::WorkloadSelector;
-use isthmus_api::security::{AuthorizationPolicySpec, MtlsMode, PeerAuthenticationSpec};
+use isthmus_api::security::{
+    AuthorizationPolicy, AuthorizationPolicySpec, MtlsMode, PeerAuthentication,
+    PeerAuthenticationSpec,
+};
 
 use super::workload::Workload;
 use crate::config::{ConfigSnapshot, ResourceKey};
@@ -65,11 +66,8 @@ pub fn mtls_policy(
     workload: &Workload,
 ) -> MtlsPolicy {
     let policies: Vec<(&ResourceKey, &PeerAuthenticationSpec)> = snapshot
-        .of_kind(Kind::PeerAuthentication)
-        .filter_map(|(k, r)| match r {
-            Resource::PeerAuthentication(p) => Some((k, &p.spec)),
-            _ => None,
-        })
+        .of_type::<PeerAuthentication>()
+        .map(|(k, p)| (k, &p.spec))
         .collect();
     // Oldest-wins is Istio's tie-break; without creation times, name order stands in for it.
     let workload_level = policies.iter().find(|(k, p)| {
@@ -109,11 +107,8 @@ pub fn authorization_policies<'a>(
     workload: &Workload,
 ) -> Vec<(&'a ResourceKey, &'a AuthorizationPolicySpec)> {
     snapshot
-        .of_kind(Kind::AuthorizationPolicy)
-        .filter_map(|(k, r)| match r {
-            Resource::AuthorizationPolicy(p) => Some((k, &p.spec)),
-            _ => None,
-        })
+        .of_type::<AuthorizationPolicy>()
+        .map(|(k, p)| (k, &p.spec))
         .filter(|(k, p)| {
             (k.namespace == workload.namespace || k.namespace == root_namespace)
                 && selects(p.selector.as_ref(), workload)

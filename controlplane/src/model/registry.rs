@@ -15,8 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::networking::{Location, Resolution, ServiceEntry, WorkloadEntrySpec};
-use isthmus_api::{Kind, Resource};
+use isthmus_api::networking::{
+    Location, Resolution, ServiceEntry, WorkloadEntry, WorkloadEntrySpec,
+};
 use isthmus_identity::{SpiffeId, TrustDomain};
 
 use crate::config::{ConfigSnapshot, ResourceKey};
@@ -174,17 +175,11 @@ pub fn build_registry(
     let mut services = BTreeMap::new();
     let mut warnings = Vec::new();
     let workload_entries: Vec<(&ResourceKey, &WorkloadEntrySpec)> = snapshot
-        .of_kind(Kind::WorkloadEntry)
-        .filter_map(|(k, r)| match r {
-            Resource::WorkloadEntry(w) => Some((k, &w.spec)),
-            _ => None,
-        })
+        .of_type::<WorkloadEntry>()
+        .map(|(k, w)| (k, &w.spec))
         .collect();
 
-    for (entry_key, resource) in snapshot.of_kind(Kind::ServiceEntry) {
-        let Resource::ServiceEntry(entry) = resource else {
-            continue;
-        };
+    for (entry_key, entry) in snapshot.of_type::<ServiceEntry>() {
         let ports = entry.spec.ports.iter().map(port).collect::<Vec<_>>();
         let endpoints = endpoints_of(
             entry_key,

@@ -8,13 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::Resource;
-use isthmus_api::networking::WorkloadEntrySpec;
+use isthmus_api::networking::{WorkloadEntry, WorkloadEntrySpec};
 use isthmus_identity::{SpiffeId, TrustDomain};
 
 use super::registry::Locality;
 use crate::config::ConfigSnapshot;
-use isthmus_api::Kind;
 
 /// A workload: one `WorkloadEntry`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +33,8 @@ pub fn build_workloads(
     td: &TrustDomain,
 ) -> BTreeMap<(String, String), Workload> {
     snapshot
-        .of_kind(Kind::WorkloadEntry)
-        .filter_map(|(key, resource)| {
-            let Resource::WorkloadEntry(entry) = resource else {
-                return None;
-            };
+        .of_type::<WorkloadEntry>()
+        .filter_map(|(key, entry)| {
             workload(&key.namespace, &key.name, &entry.spec, td)
                 .map(|w| ((key.namespace.clone(), key.name.clone()), w))
         })

@@ -46,7 +46,7 @@ pub struct PipelineSettings {
     /// `isthmusd`'s own identity, the one caller egress gateways carry discovery for.
     pub control_plane_identity: SpiffeId,
     /// At start, how long proxies wait for every peer's first full list before they are
-    /// configured without it (see [`Pipeline::spawn`]).
+    /// configured without it (see [`Pipeline::new`]).
     pub initial_sync: Duration,
 }
 
@@ -79,14 +79,17 @@ struct Worker {
 }
 
 impl Pipeline {
-    pub fn spawn(
+    /// The pipeline's outputs, and the task that computes them: the caller runs (and owns) it.
+    /// The task ends when the configuration or the imports are no longer published, or when
+    /// the xDS server's join channel closes; dropping it stops the pipeline.
+    pub fn new(
         mut config: watch::Receiver<Arc<ConfigSnapshot>>,
         mut imports: watch::Receiver<Arc<ImportStates>>,
         cache: Arc<SnapshotCache>,
         streams: Arc<StreamRegistry>,
         authority: Arc<Authority>,
         settings: PipelineSettings,
-    ) -> Self {
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let catalogs = federation::catalogs(&imports.borrow_and_update());
         let mut first = MeshModel::build_with_imports(
             config.borrow_and_update().clone(),
@@ -122,7 +125,7 @@ impl Pipeline {
         let mut synced = worker.peers_synced();
         let sync_deadline = tokio::time::Instant::now() + worker.settings.initial_sync;
         let mut waiting: Vec<NodeInfo> = Vec::new();
-        tokio::spawn(async move {
+        let task = async move {
             loop {
                 if !synced
                     && (worker.peers_synced() || tokio::time::Instant::now() >= sync_deadline)
@@ -179,13 +182,14 @@ impl Pipeline {
                     () = tokio::time::sleep(renewal) => worker.push_all().await,
                 }
             }
-        });
-        Self {
+        };
+        let pipeline = Self {
             model: model_rx,
             joins: joins_tx,
             node_errors: errors_rx,
             exports: exports_rx,
-        }
+        };
+        (pipeline, task)
     }
 }
 
@@ -236,15 +240,10 @@ impl Worker {
 
     /// Recomputes every connected proxy; forgets proxies that left.
     async fn push_all(&mut self) {
-        let connected: HashSet<String> = self
-            .streams
-            .list()
-            .await
-            .into_iter()
-            .map(|s| s.node_id)
-            .collect();
+        let connected: HashSet<String> =
+            self.streams.list().into_iter().map(|s| s.node_id).collect();
         self.nodes.retain(|id, _| connected.contains(id));
-        self.cache.prune().await;
+        self.cache.prune();
         let nodes: Vec<ProxyNode> = self.nodes.values().cloned().collect();
         for node in &nodes {
             self.push(node).await;
@@ -293,7 +292,7 @@ impl Worker {
             });
         match result {
             Ok(snapshot) => {
-                self.cache.set(&node.id, snapshot).await;
+                self.cache.set(&node.id, snapshot);
                 self.record(&node.id, None);
             }
             // The proxy keeps what it has: the last good configuration stays in force.

@@ -163,7 +163,6 @@ async fn xds_status(
 ) -> axum::Json<serde_json::Value> {
     let list: Vec<_> = streams
         .list()
-        .await
         .into_iter()
         .map(|s| {
             let types: Vec<_> = s
@@ -192,7 +191,7 @@ struct DumpQuery {
 /// What `proxy` is sent, per type: versions and each resource decoded (Envoy's types, in
 /// their Rust debug form; nested `Any`s stay encoded).
 async fn config_dump(cache: &SnapshotCache, proxy: &str) -> axum::response::Response {
-    let Some(snapshot) = cache.get(proxy).await else {
+    let Some(snapshot) = cache.get(proxy) else {
         return (
             StatusCode::NOT_FOUND,
             format!("no configuration for proxy {proxy:?}\n"),

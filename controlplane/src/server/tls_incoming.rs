@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +28,9 @@ impl Default for HandshakeLimits {
 }
 
 /// A stream of established TLS connections accepted on `listener`.
+///
+/// The accept loop is a task owned by the stream: it ends, closing `listener`, as soon as the
+/// stream is dropped (a tonic server drops its incoming stream when its shutdown fires).
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -38,20 +41,18 @@ pub fn tls_incoming(
     let permits = Arc::new(Semaphore::new(limits.max_in_flight));
     tokio::spawn(async move {
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                accepted = accept(&listener, &permits) => accepted,
             };
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Some((tcp, peer, permit)) = accepted else {
+                return;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
+            // Detached on purpose: a handshake ends by its deadline (`limits.timeout`), and at
+            // most `limits.max_in_flight` run at once (each holds a permit).
             tokio::spawn(async move {
                 let result = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
                 drop(permit);
@@ -63,10 +64,24 @@ pub fn tls_incoming(
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The next TCP connection, once a handshake slot is free; `None` if the semaphore closed.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> Option<(TcpStream, std::net::SocketAddr, OwnedSemaphorePermit)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => return Some((tcp, peer, permit)),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{RwLock, watch};
+use parking_lot::RwLock;
+use tokio::sync::watch;
 
 use super::resources::ProxySnapshot;
 
@@ -16,8 +17,8 @@ pub struct SnapshotCache {
 
 impl SnapshotCache {
     /// Sets the snapshot of `node_id`; streams of that node are notified if it changed.
-    pub async fn set(&self, node_id: &str, snapshot: ProxySnapshot) {
-        let mut nodes = self.nodes.write().await;
+    pub fn set(&self, node_id: &str, snapshot: ProxySnapshot) {
+        let mut nodes = self.nodes.write();
         match nodes.get(node_id) {
             Some(tx) => {
                 tx.send_if_modified(|current| {
@@ -35,33 +36,28 @@ impl SnapshotCache {
     }
 
     /// Watches `node_id`'s snapshot ([`ProxySnapshot::pending`] until one is set).
-    pub async fn subscribe(&self, node_id: &str) -> watch::Receiver<Arc<ProxySnapshot>> {
-        if let Some(tx) = self.nodes.read().await.get(node_id) {
+    pub fn subscribe(&self, node_id: &str) -> watch::Receiver<Arc<ProxySnapshot>> {
+        if let Some(tx) = self.nodes.read().get(node_id) {
             return tx.subscribe();
         }
         self.nodes
             .write()
-            .await
             .entry(node_id.to_owned())
             .or_insert_with(|| watch::channel(Arc::new(ProxySnapshot::pending())).0)
             .subscribe()
     }
 
     /// The snapshot of `node_id`, if it has one.
-    pub async fn get(&self, node_id: &str) -> Option<Arc<ProxySnapshot>> {
+    pub fn get(&self, node_id: &str) -> Option<Arc<ProxySnapshot>> {
         self.nodes
             .read()
-            .await
             .get(node_id)
             .map(|tx| tx.borrow().clone())
             .filter(|s| !s.is_pending())
     }
 
     /// Forgets nodes nobody watches any more.
-    pub async fn prune(&self) {
-        self.nodes
-            .write()
-            .await
-            .retain(|_, tx| tx.receiver_count() > 0);
+    pub fn prune(&self) {
+        self.nodes.write().retain(|_, tx| tx.receiver_count() > 0);
     }
 }

@@ -254,7 +254,8 @@ async fn run_stream<M>(
     M: StreamMachine,
     M::Request: prost::Message + Default,
 {
-    let id = server.streams.open(M::PROTOCOL).await;
+    let stream = server.streams.open(M::PROTOCOL);
+    let id = stream.id();
     let mut machine = M::default();
     let mut node_id = String::new();
     let mut snapshots: Option<watch::Receiver<Arc<ProxySnapshot>>> = None;
@@ -294,7 +295,7 @@ async fn run_stream<M>(
                         let _ = tx.send(Err(Status::permission_denied(format!("node {}: {reason}", node.id)))).await;
                         break;
                     }
-                    snapshots = Some(server.cache.subscribe(&node.id).await);
+                    snapshots = Some(server.cache.subscribe(&node.id));
                     node_id.clone_from(&node.id);
                     if let Some(joins) = &server.joins {
                         let _ = joins.send(node).await;
@@ -316,9 +317,8 @@ async fn run_stream<M>(
                 machine.on_snapshot(&snapshot);
             }
         }
-        server.streams.update(id, &node_id, machine.status()).await;
+        stream.update(&node_id, machine.status());
     }
-    server.streams.close(id).await;
 }
 
 /// Answers one request from the newest snapshot. If the snapshot changed since the stream last

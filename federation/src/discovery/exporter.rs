@@ -174,12 +174,51 @@ struct ExportStream {
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
 }
 
+/// A stream's entry in [`RemotesStatus`], connected while this guard lives. Dropping it (the
+/// stream ended, or its task was dropped mid-stream) marks the entry disconnected with `why`,
+/// so status never shows a stream that is gone as connected.
+struct Connection {
+    remotes: Arc<watch::Sender<RemotesStatus>>,
+    peer: String,
+    id: u64,
+    why: String,
+}
+
+impl Connection {
+    fn open(stream: &ExportStream) -> Self {
+        stream.status(|s, now| s.connected(&stream.source, now));
+        Self {
+            remotes: stream.remotes.clone(),
+            peer: stream.peer.clone(),
+            id: stream.id,
+            why: "the stream's task ended".into(),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let now = SystemTime::now();
+        let id = self.id;
+        self.remotes.send_modify(|remotes| {
+            if let Some(streams) = remotes.get_mut(&self.peer) {
+                if let Some(status) = streams.get_mut(&id) {
+                    status.disconnected(&self.why, now);
+                }
+                // Every live stream is shown; of the ended ones, only the one that ended last
+                // (when and why), so that reconnections do not pile up.
+                streams.retain(|&other, s| other == id || s.connected);
+            }
+        });
+    }
+}
+
 /// How long a caller has to say what it wants.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ExportStream {
     async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
-        self.status(|s, now| s.connected(&self.source, now));
+        let mut connection = Connection::open(&self);
         let why = self.serve(&mut inbound).await;
         tracing::info!(
             peer = self.peer,
@@ -187,15 +226,7 @@ impl ExportStream {
             why,
             "peer's watch ended"
         );
-        self.status(|s, now| s.disconnected(&why, now));
-        // Every live stream is shown; of the ended ones, only the one that ended last (when
-        // and why), so that reconnections do not pile up.
-        let id = self.id;
-        self.remotes.send_modify(|remotes| {
-            if let Some(streams) = remotes.get_mut(&self.peer) {
-                streams.retain(|&other, s| other == id || s.connected);
-            }
-        });
+        connection.why = why;
     }
 
     fn status(&self, update: impl FnOnce(&mut StreamStatus, SystemTime)) {

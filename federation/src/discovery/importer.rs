@@ -16,7 +16,7 @@ use isthmus_proto::federation::federation_discovery_client::FederationDiscoveryC
 use isthmus_proto::federation::{
     Resync, Subscribe, WatchEvent, WatchRequest, watch_event, watch_request,
 };
-use rand::Rng;
+use isthmus_runtime::backoff::{Backoff, Jitter};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,6 +36,8 @@ pub struct ImporterSettings {
     pub heartbeat_timeout: Duration,
     /// How long imports outlive the stream that brought them.
     pub stale_after: Duration,
+    /// Reconnection waits 50-100 % of a step that starts here and doubles with each failure,
+    /// up to `backoff_max`; a stream that lived longer than `backoff_max` starts it again.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
 }
@@ -86,7 +88,8 @@ pub async fn run(
 ) {
     let expiry = tokio::spawn(expire_stale(state.clone(), settings.stale_after));
     let _abort_expiry = AbortOnDrop(expiry);
-    let mut backoff = settings.backoff_min;
+    let mut backoff =
+        Backoff::new(settings.backoff_min, settings.backoff_max).with_jitter(Jitter::Equal);
     for attempt in 0usize.. {
         let Some(address) = addresses.get(attempt % addresses.len().max(1)) else {
             tracing::warn!(peer, "no address to watch");
@@ -111,11 +114,9 @@ pub async fn run(
         });
         // A stream that lived a while resets the backoff.
         if started.elapsed() > settings.backoff_max {
-            backoff = settings.backoff_min;
+            backoff.reset();
         }
-        let jitter = rand::rng().random_range(0.5..1.0);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(settings.backoff_max);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

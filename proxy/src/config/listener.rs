@@ -702,11 +702,13 @@ fn tunnel(t: tcp_proxy::TunnelingConfig, path: &Path) -> Checked<String> {
     reject_set!(path; use_post, headers_to_add, propagate_response_headers, post_path,
         propagate_response_trailers, request_id_extension, request_id_header,
         request_id_metadata_key, formatters);
-    // Envoy's format operators (`%REQUESTED_SERVER_NAME%`) are outside the profile.
+    // Envoy's format operators (`%REQUESTED_SERVER_NAME%`) are outside the profile. The
+    // tunnel's CONNECT request carries it as its URI: it must be an authority.
     let valid = hostname
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-        && !hostname.contains('%');
+        && !hostname.contains(['%', '@'])
+        && hostname.parse::<http::uri::Authority>().is_ok();
     if !valid {
         return Err(Invalid::new(
             &path.field("hostname"),

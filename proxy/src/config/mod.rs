@@ -3,6 +3,12 @@
 //! every field a conversion does not honour is refused with its path (`filter_chains[0]
 //! .filters[1].typed_config(HttpConnectionManager).tracing: not supported by isthmus-proxy`),
 //! so a resource is either applied as meant or NACKed, never half-understood.
+//!
+//! The model holds values as the data path uses them — `http::HeaderName` and `HeaderValue`,
+//! `StatusCode`, `uri::Authority` and `Scheme`, compiled regexes, header keys with the
+//! pseudo-headers told apart — so nothing is parsed again per request, and a value that would
+//! not parse is a rejection at its field, never a setting skipped at run time. `tests/` holds
+//! the table tests of each conversion.
 
 // The conversions destructure every field, deprecated ones too, so that they can refuse them.
 pub mod check;
@@ -23,6 +29,9 @@ pub mod route;
 pub mod secret;
 #[allow(deprecated)]
 pub mod tls;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use http::StatusCode;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use isthmus_proto::envoy::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, data_source, header_value_option,
 };
@@ -103,7 +105,10 @@ pub struct RouteMatch {
 pub enum Action {
     Forward(Forward),
     Redirect(Redirect),
-    Direct { status: u16, body: Option<String> },
+    Direct {
+        status: StatusCode,
+        body: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,8 +118,11 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub retry: Option<Retry>,
+    /// Replaces the matched prefix; checked to be path characters, so that the rewritten path
+    /// is always a path.
     pub prefix_rewrite: Option<String>,
-    pub host_rewrite: Option<String>,
+    /// `host_rewrite_literal`: the authority sent upstream instead of the request's.
+    pub host_rewrite: Option<Authority>,
     /// A CONNECT request is terminated here and its payload sent as TCP to the cluster
     /// (`upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]`).
     pub terminate_connect: bool,
@@ -138,7 +146,7 @@ pub struct Retry {
     pub on: RetryOn,
     pub num_retries: u32,
     pub per_try_timeout: Option<Duration>,
-    pub retriable_status_codes: Vec<u16>,
+    pub retriable_status_codes: Vec<StatusCode>,
     pub base_interval: Duration,
     pub max_interval: Duration,
     /// `retry_host_predicate` `previous_hosts`: a retry goes to a host not tried yet, when
@@ -182,13 +190,17 @@ pub struct GrpcRetryOn {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirect {
-    pub scheme: Option<String>,
-    pub host: Option<String>,
+    /// Lower case.
+    pub scheme: Option<Scheme>,
+    pub host: Option<Authority>,
     pub port: Option<u16>,
+    /// `path_redirect`: the whole path (and query, if it has one); checked to fit `Location`.
     pub path: Option<String>,
+    /// `prefix_rewrite`; checked to fit `Location`.
     pub prefix_rewrite: Option<String>,
     pub strip_query: bool,
-    pub status: u16,
+    /// 301, 302, 303, 307 or 308.
+    pub status: StatusCode,
 }
 
 /// Header edits of one level (configuration, virtual host, route, weighted cluster).
@@ -201,15 +213,13 @@ pub struct Edits {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderEdits {
     pub add: Vec<HeaderAdd>,
-    /// Lower case.
-    pub remove: Vec<String>,
+    pub remove: Vec<http::HeaderName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderAdd {
-    /// Lower case.
-    pub name: String,
-    pub value: String,
+    pub name: http::HeaderName,
+    pub value: http::HeaderValue,
     pub action: AppendAction,
 }
 
@@ -495,8 +505,14 @@ fn forward(r: RouteAction, path: &Path) -> Checked<Forward> {
     };
     let host_rewrite = match host_rewrite_specifier {
         None => None,
-        Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h),
+        Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
+            Some(authority(h, &path.field("host_rewrite_literal"))?)
+        }
         Some(_) => return Err(Invalid::new(path, "only host_rewrite_literal")),
+    };
+    let prefix_rewrite = match prefix_rewrite.as_str() {
+        "" => None,
+        _ => Some(path_chars(prefix_rewrite, &path.field("prefix_rewrite"))?),
     };
     Ok(Forward {
         targets,
@@ -505,7 +521,7 @@ fn forward(r: RouteAction, path: &Path) -> Checked<Forward> {
         retry: retry_policy
             .map(|r| retry(r, &path.field("retry_policy")))
             .transpose()?,
-        prefix_rewrite: (!prefix_rewrite.is_empty()).then_some(prefix_rewrite),
+        prefix_rewrite,
         host_rewrite,
         terminate_connect: connect_upgrade(upgrade_configs, &path.field("upgrade_configs"))?,
     })
@@ -662,6 +678,7 @@ fn retry(r: EnvoyRetry, path: &Path) -> Checked<Retry> {
             u16::try_from(c)
                 .ok()
                 .filter(|c| (100..600).contains(c))
+                .and_then(|c| StatusCode::from_u16(c).ok())
                 .ok_or_else(|| {
                     Invalid::new(
                         &path.field("retriable_status_codes"),
@@ -707,11 +724,11 @@ fn redirect(r: RedirectAction, path: &Path) -> Checked<Redirect> {
         path_rewrite_specifier,
     } = r;
     let status = match response_code {
-        0 => 301,
-        1 => 302,
-        2 => 303,
-        3 => 307,
-        4 => 308,
+        0 => StatusCode::MOVED_PERMANENTLY,
+        1 => StatusCode::FOUND,
+        2 => StatusCode::SEE_OTHER,
+        3 => StatusCode::TEMPORARY_REDIRECT,
+        4 => StatusCode::PERMANENT_REDIRECT,
         other => {
             return Err(Invalid::new(
                 &path.field("response_code"),
@@ -721,24 +738,36 @@ fn redirect(r: RedirectAction, path: &Path) -> Checked<Redirect> {
     };
     let scheme = match scheme_rewrite_specifier {
         None => None,
-        Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true)) => {
-            Some("https".to_owned())
-        }
+        Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true)) => Some(Scheme::HTTPS),
         Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(false)) => None,
         Some(redirect_action::SchemeRewriteSpecifier::SchemeRedirect(s)) => {
-            Some(s.to_ascii_lowercase())
+            let lower = s.to_ascii_lowercase();
+            Some(lower.parse::<Scheme>().map_err(|_| {
+                Invalid::new(
+                    &path.field("scheme_redirect"),
+                    format!("{s:?} is not a URI scheme"),
+                )
+            })?)
         }
     };
     let (mut redirect_path, mut prefix) = (None, None);
     match path_rewrite_specifier {
         None => {}
-        Some(redirect_action::PathRewriteSpecifier::PathRedirect(p)) => redirect_path = Some(p),
-        Some(redirect_action::PathRewriteSpecifier::PrefixRewrite(p)) => prefix = Some(p),
+        Some(redirect_action::PathRewriteSpecifier::PathRedirect(p)) => {
+            redirect_path = Some(location_part(p, &path.field("path_redirect"))?);
+        }
+        Some(redirect_action::PathRewriteSpecifier::PrefixRewrite(p)) => {
+            prefix = Some(location_part(p, &path.field("prefix_rewrite"))?);
+        }
         Some(_) => return Err(Invalid::new(path, "only path_redirect or prefix_rewrite")),
     }
+    let host = match host_redirect.as_str() {
+        "" => None,
+        _ => Some(authority(host_redirect, &path.field("host_redirect"))?),
+    };
     Ok(Redirect {
         scheme,
-        host: (!host_redirect.is_empty()).then_some(host_redirect),
+        host,
         port: match port_redirect {
             0 => None,
             p => Some(
@@ -763,6 +792,7 @@ fn direct(d: DirectResponseAction, path: &Path) -> Checked<Action> {
     let status = u16::try_from(status)
         .ok()
         .filter(|s| (200..600).contains(s))
+        .and_then(|s| StatusCode::from_u16(s).ok())
         .ok_or_else(|| {
             Invalid::new(
                 &path.field("status"),
@@ -838,19 +868,13 @@ fn one_direction(
                     Invalid::new(&path.field("header").field("raw_value"), "not UTF-8")
                 })?
             };
-            let name = key.to_ascii_lowercase();
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(Invalid::new(
-                    &path.field("header").field("key"),
-                    format!("{key:?} is not a header name"),
-                ));
-            }
-            if http::HeaderValue::from_str(&value).is_err() {
-                return Err(Invalid::new(
+            let name = header_name(&key, &path.field("header").field("key"))?;
+            let value = http::HeaderValue::from_str(&value).map_err(|_| {
+                Invalid::new(
                     &path.field("header").field("value"),
                     "not a valid header value",
-                ));
-            }
+                )
+            })?;
             use header_value_option::HeaderAppendAction as A;
             let action = match A::try_from(append_action) {
                 Ok(A::AppendIfExistsOrAdd) => AppendAction::AppendIfExistsOrAdd,
@@ -866,75 +890,47 @@ fn one_direction(
             })
         })
         .collect::<Checked<_>>()?;
-    let remove = remove.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+    let remove_path = path.field(&format!("{direction}_headers_to_remove"));
+    let remove = remove
+        .iter()
+        .enumerate()
+        .map(|(i, name)| header_name(name, &remove_path.index(i)))
+        .collect::<Checked<_>>()?;
     Ok(HeaderEdits { add, remove })
 }
 
-#[cfg(test)]
-mod retry_tests {
-    use isthmus_proto::envoy::envoy::config::route::v3::retry_policy::RetryHostPredicate;
-    use prost::{Message as _, Name as _};
+/// A header name (any case; kept lower case, as HTTP/2 sends it).
+fn header_name(name: &str, path: &Path) -> Checked<http::HeaderName> {
+    http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| Invalid::new(path, format!("{name:?} is not a header name")))
+}
 
-    use super::*;
+/// An authority (`host` or `host:port`) as it goes into a URI and a `Host` header.
+fn authority(value: String, path: &Path) -> Checked<Authority> {
+    let parsed = value.parse::<Authority>().ok();
+    parsed
+        .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        .ok_or_else(|| Invalid::new(path, format!("{value:?} is not a host or host:port")))
+}
 
-    fn predicate(name: &str, config: Option<Any>) -> RetryHostPredicate {
-        RetryHostPredicate {
-            name: name.into(),
-            config_type: config.map(retry_host_predicate::ConfigType::TypedConfig),
-        }
+/// A part of a redirect's `Location`: text a header value may hold.
+fn location_part(value: String, path: &Path) -> Checked<String> {
+    match http::HeaderValue::from_str(&value) {
+        Ok(_) => Ok(value),
+        Err(_) => Err(Invalid::new(
+            path,
+            format!("{value:?} cannot be part of a Location header"),
+        )),
     }
+}
 
-    fn previous_hosts_config() -> Any {
-        Any {
-            type_url: PreviousHostsPredicate::type_url(),
-            value: PreviousHostsPredicate {}.encode_to_vec(),
-        }
+/// A path prefix: only characters a path may hold, so that a path rewritten with it is one.
+fn path_chars(value: String, path: &Path) -> Checked<String> {
+    if PathAndQuery::try_from(value.as_str()).is_err() {
+        return Err(Invalid::new(
+            path,
+            format!("{value:?} holds characters a path may not"),
+        ));
     }
-
-    fn policy(predicates: Vec<RetryHostPredicate>) -> EnvoyRetry {
-        EnvoyRetry {
-            retry_on: "connect-failure".into(),
-            retry_host_predicate: predicates,
-            host_selection_retry_max_attempts: 5,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn retry_host_predicates_are_previous_hosts_or_refused_by_path() {
-        let path = Path::root().field("retry_policy");
-        let r = retry(policy(vec![]), &path).unwrap();
-        assert!(!r.avoid_previous_hosts);
-        for config in [None, Some(previous_hosts_config())] {
-            let r = retry(policy(vec![predicate(PREVIOUS_HOSTS, config)]), &path).unwrap();
-            assert!(r.avoid_previous_hosts);
-        }
-        let e = retry(
-            policy(vec![predicate(
-                "envoy.retry_host_predicates.omit_canary_hosts",
-                None,
-            )]),
-            &path,
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("retry_host_predicate[0].name: \"envoy.retry_host_predicates.omit_canary_hosts\" is not supported"),
-            "{e}"
-        );
-        let wrong_type = Any {
-            type_url: "type.googleapis.com/google.protobuf.Empty".into(),
-            value: Vec::new(),
-        };
-        let e = retry(
-            policy(vec![predicate(PREVIOUS_HOSTS, Some(wrong_type))]),
-            &path,
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("retry_host_predicate[0].typed_config"),
-            "{e}"
-        );
-    }
+    Ok(value)
 }

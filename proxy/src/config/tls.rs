@@ -105,6 +105,13 @@ pub fn upstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<
         enforce_rsa_key_usage,
     } = typed(&any, &path)?;
     reject_set!(path; auto_host_sni, auto_sni_san_validation, allow_renegotiation, enforce_rsa_key_usage);
+    // Checked here so that a connection never finds its SNI unusable.
+    if !sni.is_empty() && rustls_pki_types::ServerName::try_from(sni.as_str()).is_err() {
+        return Err(Invalid::new(
+            &path.field("sni"),
+            format!("{sni:?} is not a DNS name or an IP address"),
+        ));
+    }
     Ok(Some(UpstreamTls {
         context: common(common_tls_context, &path.field("common_tls_context"))?,
         sni,

@@ -37,6 +37,10 @@ pub async fn terminate(
     };
     let downstream = hyper::upgrade::on(&mut request);
     let name = cluster_name.to_owned();
+    // Detached, ending when either side closes. Over HTTP/2 the tunnel is a stream of the
+    // downstream connection, whose task (and drain `Watch`) lives until the stream ends; over
+    // HTTP/1.1 the connection is handed over here and a drain does not wait for the tunnel
+    // (it would need the connection's `Watch` passed in).
     tokio::spawn(async move {
         let downstream = match downstream.await {
             Ok(io) => io,

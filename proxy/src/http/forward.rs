@@ -1,28 +1,44 @@
 //! Forwarding a routed request: the weighted target, header edits at every level, rewrites,
 //! `x-forwarded-client-cert`, the upstream request over a pooled connection with the route's
 //! timeout and retry policy, and redirects.
+//!
+//! The way upstream is a composition of small steps over an [`Exchange`] (what every attempt
+//! of one request shares):
+//!
+//! - [`with_retries`] runs attempts as the retry policy allows: each retry takes a slot of the
+//!   cluster's retry breaker ([`retry_slot`]), waits its [`Backoff`], and goes to a host chosen
+//!   by [`choose_host`] (one not tried yet, with `previous_hosts`);
+//! - [`attempt`] takes the `max_requests` breaker and sends within the per-try timeout
+//!   ([`send_attempt`]);
+//! - [`record`] reports each outcome to outlier detection, the metrics and the log;
+//! - [`retriable`] says whether an outcome is retried (`retry_on`).
+//!
+//! Failures are [`RequestError`]s, answered locally in Envoy's words.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::Rng;
 
+use super::error::RequestError;
 use super::pool::{Pool, SendError};
-use super::{Body, Connection, TlsPeer, local_reply};
+use super::{Body, Connection, TlsPeer};
 use crate::config::listener::{ForwardClientCert, HttpManager};
 use crate::config::route::{
     AppendAction, Edits, Forward, HeaderEdits, PathMatch, Redirect, Retry, Targets,
 };
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::upstream::breakers::Breaker;
+use crate::upstream::breakers::{Breaker, Slot};
 use crate::upstream::outlier::Outcome;
-use crate::upstream::{ClusterRuntime, ConnectError, Host};
+use crate::upstream::{ClusterRuntime, Host};
+use crate::weighted;
 
 /// What the forward needs of the matched route: its path match (for a prefix rewrite) and the
 /// header edits of every level, most specific first.
@@ -43,7 +59,11 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TE,
 ];
 const XFCC: &str = "x-forwarded-client-cert";
+/// Envoy's default first retry interval.
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 
+/// Forwards a routed request to the route's cluster and answers with the upstream's response
+/// (or a local one), the response edits of every level applied.
 pub async fn forward(
     mut request: http::Request<Incoming>,
     action: &Forward,
@@ -55,7 +75,7 @@ pub async fn forward(
 ) -> http::Response<Body> {
     let (cluster_name, target_edits) = pick_target(&action.targets);
     let Some(cluster) = runtime.clusters.get(cluster_name).cloned() else {
-        return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        return RequestError::NoCluster.reply();
     };
     let empty = Edits::default();
     let edits: [&Edits; 4] = [
@@ -69,11 +89,11 @@ pub async fn forward(
     if let Some(protocol) = &upgrade
         && !hcm.upgrades.contains(protocol)
     {
-        return local_reply(http::StatusCode::FORBIDDEN, "");
+        return RequestError::UpgradeRefused(protocol.clone()).reply();
     }
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    let (authority, path_and_query) = upstream_head(
+    let head = upstream_head(
         &mut parts,
         &edits,
         action,
@@ -82,153 +102,302 @@ pub async fn forward(
         hcm,
         conn.tls.as_ref(),
     );
-    let http2 = cluster.cluster.protocol.http == Some(crate::config::cluster::HttpVersion::Http2);
+    let target = match head {
+        Ok(target) => target,
+        Err(e) => return e.reply(),
+    };
 
     if let (Some(protocol), Some(on_upgrade)) = (&upgrade, on_upgrade) {
-        let mut upstream = http::Request::new(super::full(Bytes::new()));
-        *upstream.method_mut() = parts.method.clone();
-        if let Ok(uri) = path_and_query.parse() {
-            *upstream.uri_mut() = uri;
-        }
-        *upstream.headers_mut() = parts.headers;
-        if let Ok(value) = HeaderValue::from_str(&authority) {
-            upstream.headers_mut().insert(header::HOST, value);
-        }
-        let mut response = super::upgrade::forward(on_upgrade, upstream, protocol, &cluster).await;
+        let mut response = match upgrade_request(parts, &target) {
+            Ok(upstream) => super::upgrade::forward(on_upgrade, upstream, protocol, &cluster).await,
+            Err(e) => e.reply(),
+        };
         edit(response.headers_mut(), edits.iter().map(|e| &e.response));
         return response;
     }
 
     // A request with a body goes once (it is streamed, not kept for a retry).
-    let replayable = body.is_end_stream();
+    let retry = action.retry.as_ref().filter(|_| body.is_end_stream());
+    let body: Body = body
+        .map_err(|e| Box::new(e) as super::BoxError)
+        .boxed_unsync();
+    let per_try = retry.and_then(|r| r.per_try_timeout).or(action.timeout);
+    let metrics = &runtime.metrics;
+    let exchange = match Exchange::new(
+        &conn.pool, &cluster, metrics, parts, &target, retry, per_try,
+    ) {
+        Ok(exchange) => exchange,
+        Err(e) => return e.reply(),
+    };
+    let mut response = match with_retries(&exchange, body).await {
+        Ok(Ok(response)) => response,
+        // The last attempt's failure is answered like a response: edited.
+        Ok(Err(failed)) => failed.reply(),
+        // Answered at once, as is.
+        Err(refused) => {
+            tracing::debug!(cluster = cluster_name, reason = refused.reason(), error = %refused, "request not sent");
+            return refused.reply();
+        }
+    };
+    strip_hop_by_hop(response.headers_mut());
+    edit(response.headers_mut(), edits.iter().map(|e| &e.response));
+    response
+}
+
+/// The outcome of one attempt: the upstream's response, or why there is none.
+type Attempted = Result<http::Response<Body>, RequestError>;
+
+/// What every attempt of one request shares: where it goes, the request head as sent
+/// upstream, and the route's retry policy and per-try timeout.
+struct Exchange<'a> {
+    pool: &'a Arc<Pool>,
+    cluster: &'a ClusterRuntime,
+    metrics: &'a Metrics,
+    method: http::Method,
+    version: http::Version,
+    uri: http::Uri,
+    /// Edited, with `Host` for HTTP/1.1 (HTTP/2 carries the authority in the URI).
+    headers: HeaderMap,
+    /// `None` when the request has a body (it cannot be replayed).
+    retry: Option<&'a Retry>,
+    per_try: Option<Duration>,
+}
+
+impl<'a> Exchange<'a> {
+    /// `per_try`: the retry policy's per-try timeout, else the route's.
+    fn new(
+        pool: &'a Arc<Pool>,
+        cluster: &'a ClusterRuntime,
+        metrics: &'a Metrics,
+        parts: http::request::Parts,
+        target: &Target,
+        retry: Option<&'a Retry>,
+        per_try: Option<Duration>,
+    ) -> Result<Self, RequestError> {
+        let http2 =
+            cluster.cluster.protocol.http == Some(crate::config::cluster::HttpVersion::Http2);
+        let mut headers = parts.headers;
+        if http2 {
+            headers.remove(header::HOST);
+        } else {
+            headers.insert(header::HOST, target.host()?);
+        }
+        Ok(Self {
+            pool,
+            cluster,
+            metrics,
+            method: parts.method,
+            version: if http2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            },
+            uri: target.uri(http2)?,
+            headers,
+            retry,
+            per_try,
+        })
+    }
+
+    fn cluster_name(&self) -> &str {
+        &self.cluster.cluster.name
+    }
+
+    /// The upstream request of one attempt; a retry sends an empty body (only requests
+    /// without one are retried).
+    fn request(&self, body: Option<Body>) -> http::Request<Body> {
+        let body = body.unwrap_or_else(|| super::full(Bytes::new()));
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.version_mut() = self.version;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Runs the attempts the retry policy allows. `Err`: the request is answered at once (no
+/// host, the `max_requests` breaker); otherwise the last attempt's outcome.
+async fn with_retries(x: &Exchange<'_>, body: Body) -> Result<Attempted, RequestError> {
     let mut body = Some(body);
-    let retry = action.retry.as_ref().filter(|_| replayable);
-    let attempts = 1 + retry.map_or(0, |r| r.num_retries);
-    let limits = &cluster.cluster.limits;
-    let mut backoff = retry.map_or(Duration::from_millis(25), |r| r.base_interval);
-    let mut last = local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    let attempts = 1 + x.retry.map_or(0, |r| r.num_retries);
+    let mut backoff = Backoff::new(x.retry);
     // The hosts this request went to, for a retry that avoids them.
     let mut tried: Vec<Arc<Host>> = Vec::new();
-    for attempt in 0..attempts {
-        // A retry holds a slot of the cluster's retry limit (`max_retries`, or its budget)
-        // for as long as it runs; none free, no retry (Envoy's retry overflow).
-        let _retry = if attempt > 0 {
-            let Some(slot) = cluster.load.try_acquire(Breaker::Retries, limits) else {
-                Metrics::cluster(&runtime.metrics.upstream_retry_overflows, cluster_name);
+    let mut last = None;
+    for n in 0..attempts {
+        // Held for as long as the retry runs.
+        let _retry = if n > 0 {
+            let Some(slot) = retry_slot(x) else {
                 break;
             };
-            Metrics::cluster(&runtime.metrics.upstream_retries, cluster_name);
-            let jitter = rand::rng().random_range(Duration::ZERO..=backoff);
-            tokio::time::sleep(jitter).await;
-            backoff = (backoff * 2).min(retry.map_or(backoff, |r| r.max_interval));
+            backoff.wait().await;
             Some(slot)
         } else {
             None
         };
-        let picked = match retry {
-            Some(r) if r.avoid_previous_hosts && !tried.is_empty() => cluster.pick_avoiding(&tried),
-            _ => cluster.pick(),
-        };
-        let Some(host) = picked else {
-            return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
-        };
+        let host = choose_host(x, &tried).ok_or(RequestError::NoHealthyUpstream)?;
         tried.push(host.clone());
-        let mut upstream = http::Request::builder()
-            .method(parts.method.clone())
-            .version(if http2 {
-                http::Version::HTTP_2
-            } else {
-                http::Version::HTTP_11
-            });
-        upstream = if http2 {
-            upstream.uri(format!("http://{authority}{path_and_query}"))
-        } else {
-            upstream.uri(path_and_query.as_str())
-        };
-        let request_body: Body = match body.take() {
-            Some(b) => b.map_err(|e| Box::new(e) as super::BoxError).boxed_unsync(),
-            None => super::full(Bytes::new()),
-        };
-        let Ok(mut upstream) = upstream.body(request_body) else {
-            return local_reply(http::StatusCode::BAD_REQUEST, "invalid request");
-        };
-        *upstream.headers_mut() = parts.headers.clone();
-        if !http2 && let Ok(value) = HeaderValue::from_str(&authority) {
-            upstream.headers_mut().insert(header::HOST, value);
-        } else {
-            upstream.headers_mut().remove(header::HOST);
-        }
-        let per_try = retry.and_then(|r| r.per_try_timeout).or(action.timeout);
-        // The `max_requests` circuit breaker: over it, fail at once (Envoy's overflow).
-        let Some(open) = cluster.load.try_acquire(Breaker::Requests, limits) else {
-            runtime.metrics.overflow(cluster_name, "max_requests");
-            return overflow_reply();
-        };
-        let outcome = send_attempt(&conn.pool, &cluster, &host, upstream, per_try).await;
-        drop(open);
-        if let Some(health) = health_outcome(&outcome) {
-            cluster.record(&host, health);
-        }
-        let (response, retriable) = match outcome {
-            None => (
-                {
-                    Metrics::cluster(&runtime.metrics.upstream_timeouts, cluster_name);
-                    local_reply(
-                        http::StatusCode::GATEWAY_TIMEOUT,
-                        "upstream request timeout",
-                    )
-                },
-                retry.is_some_and(|r| r.on.server_error || r.on.gateway_error),
-            ),
-            // The connection or pending-request breakers: fail at once, never retried.
-            Some(Err(SendError::Connect(ConnectError::Overflow(_)) | SendError::Overflow)) => {
-                (overflow_reply(), false)
-            }
-            Some(Err(e)) => {
-                tracing::debug!(cluster = cluster_name, host = host.host, error = %e, "upstream failed");
-                let connect = matches!(e, SendError::Connect(_));
-                // Envoy's wording, reset reason included.
-                let reason = match &e {
-                    SendError::Connect(crate::upstream::ConnectError::Timeout { .. }) => {
-                        "connection timeout"
-                    }
-                    SendError::Connect(_) => "remote connection failure",
-                    _ => "connection termination",
-                };
-                let retried = if attempt > 0 {
-                    "retried and the latest "
-                } else {
-                    ""
-                };
-                let text = format!(
-                    "upstream connect error or disconnect/reset before headers. {retried}reset reason: {reason}"
-                );
-                let retriable = retry.is_some_and(|r| {
-                    r.on.server_error
-                        || r.on.gateway_error
-                        || r.on.reset
-                        || (connect && r.on.connect_failure)
-                        || r.on.refused_stream
-                });
-                (
-                    local_reply(http::StatusCode::SERVICE_UNAVAILABLE, &text),
-                    retriable,
-                )
-            }
-            Some(Ok(response)) => {
-                let retriable = retry.is_some_and(|r| retriable_status(r, &response));
-                (response, retriable)
-            }
-        };
-        last = response;
-        if !retriable || attempt + 1 == attempts {
+        let outcome = attempt(x, &host, body.take(), n > 0).await?;
+        let again = retriable(x.retry, &outcome);
+        last = Some(outcome);
+        if !again {
             break;
         }
     }
-    let mut response = last;
-    strip_hop_by_hop(response.headers_mut());
-    edit(response.headers_mut(), edits.iter().map(|e| &e.response));
-    response
+    // The first attempt always runs: `last` is set.
+    Ok(last.unwrap_or(Err(RequestError::NoHealthyUpstream)))
+}
+
+/// A slot of the cluster's retry limit (`max_retries`, or its budget), the retry counted;
+/// `None` when none is free (Envoy's retry overflow, counted as such): no retry.
+fn retry_slot(x: &Exchange<'_>) -> Option<Slot> {
+    let limits = &x.cluster.cluster.limits;
+    let Some(slot) = x.cluster.load.try_acquire(Breaker::Retries, limits) else {
+        Metrics::cluster(&x.metrics.upstream_retry_overflows, x.cluster_name());
+        return None;
+    };
+    Metrics::cluster(&x.metrics.upstream_retries, x.cluster_name());
+    Some(slot)
+}
+
+/// The host of the next attempt: with `previous_hosts`, one not tried yet when there is one.
+fn choose_host(x: &Exchange<'_>, tried: &[Arc<Host>]) -> Option<Arc<Host>> {
+    match x.retry {
+        Some(r) if r.avoid_previous_hosts && !tried.is_empty() => x.cluster.pick_avoiding(tried),
+        _ => x.cluster.pick(),
+    }
+}
+
+/// One attempt on `host`. `Err` when the `max_requests` breaker is open (Envoy's overflow:
+/// answered at once, never retried); otherwise the outcome, [`record`]ed.
+async fn attempt(
+    x: &Exchange<'_>,
+    host: &Arc<Host>,
+    body: Option<Body>,
+    retried: bool,
+) -> Result<Attempted, RequestError> {
+    let request = x.request(body);
+    let Some(open) = x
+        .cluster
+        .load
+        .try_acquire(Breaker::Requests, &x.cluster.cluster.limits)
+    else {
+        x.metrics.overflow(x.cluster_name(), "max_requests");
+        return Err(RequestError::Overflow("max_requests"));
+    };
+    let sent = send_attempt(x.pool, x.cluster, host, request, x.per_try).await;
+    drop(open);
+    let outcome = match sent {
+        None => Err(RequestError::Timeout),
+        Some(Ok(response)) => Ok(response),
+        Some(Err(e)) => Err(RequestError::from_send(e, retried)),
+    };
+    record(x, host, &outcome);
+    Ok(outcome)
+}
+
+/// Reports an attempt's outcome: to outlier detection (a breaker's refusal says nothing of the
+/// host), to the timeout count, and to the log.
+fn record(x: &Exchange<'_>, host: &Host, outcome: &Attempted) {
+    if let Some(health) = health_outcome(outcome) {
+        x.cluster.record(host, health);
+    }
+    match outcome {
+        Err(RequestError::Timeout) => {
+            Metrics::cluster(&x.metrics.upstream_timeouts, x.cluster_name());
+        }
+        Err(e @ RequestError::Upstream { .. }) => {
+            tracing::debug!(cluster = x.cluster_name(), host = host.host, reason = e.reason(), error = %e, "upstream failed");
+        }
+        _ => {}
+    }
+}
+
+/// Whether the retry policy retries this outcome (`retry_on`).
+fn retriable(retry: Option<&Retry>, outcome: &Attempted) -> bool {
+    let Some(r) = retry else {
+        return false;
+    };
+    match outcome {
+        Ok(response) => retriable_status(r, response),
+        Err(RequestError::Timeout) => r.on.server_error || r.on.gateway_error,
+        // The connection or pending-request breakers: never retried.
+        Err(RequestError::Overflow(_)) => false,
+        Err(e) => {
+            r.on.server_error
+                || r.on.gateway_error
+                || r.on.reset
+                || (e.is_connect_failure() && r.on.connect_failure)
+                || r.on.refused_stream
+        }
+    }
+}
+
+/// Envoy's retry back-off: a wait drawn up to the current interval, which doubles after each
+/// retry up to the maximum.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(retry: Option<&Retry>) -> Self {
+        let base = retry.map_or(DEFAULT_BACKOFF, |r| r.base_interval);
+        Self {
+            next: base,
+            max: retry.map_or(base, |r| r.max_interval),
+        }
+    }
+
+    async fn wait(&mut self) {
+        let jitter = rand::rng().random_range(Duration::ZERO..=self.next);
+        tokio::time::sleep(jitter).await;
+        self.next = self.next.saturating_mul(2).min(self.max);
+    }
+}
+
+/// Where the upstream request goes: the authority (the request's, or the route's host
+/// rewrite) and the path and query (rewritten).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub authority: String,
+    pub path_and_query: PathAndQuery,
+}
+
+impl Target {
+    /// The request target: origin form (`/path?query`) for HTTP/1.1, absolute for HTTP/2.
+    pub fn uri(&self, http2: bool) -> Result<http::Uri, RequestError> {
+        if !http2 {
+            return Ok(http::Uri::from(self.path_and_query.clone()));
+        }
+        http::Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.as_str())
+            .path_and_query(self.path_and_query.clone())
+            .build()
+            .map_err(|e| RequestError::InvalidRequest(format!("authority: {e}")))
+    }
+
+    /// The `Host` header (HTTP/1.1).
+    pub fn host(&self) -> Result<HeaderValue, RequestError> {
+        HeaderValue::from_str(&self.authority)
+            .map_err(|e| RequestError::InvalidRequest(format!("Host: {e}")))
+    }
+}
+
+/// An upgrade request as it goes upstream: the edited head, no body.
+fn upgrade_request(
+    parts: http::request::Parts,
+    target: &Target,
+) -> Result<http::Request<Body>, RequestError> {
+    let mut upstream = http::Request::new(super::full(Bytes::new()));
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = target.uri(false)?;
+    *upstream.headers_mut() = parts.headers;
+    upstream.headers_mut().insert(header::HOST, target.host()?);
+    Ok(upstream)
 }
 
 /// The request head as it goes upstream: hop-by-hop headers gone, the header edits of every
@@ -242,7 +411,7 @@ pub fn upstream_head(
     authority: &str,
     hcm: &HttpManager,
     tls: Option<&TlsPeer>,
-) -> (String, String) {
+) -> Result<Target, RequestError> {
     strip_hop_by_hop(&mut parts.headers);
     edit(&mut parts.headers, edits.iter().map(|e| &e.request));
     client_cert_header(&mut parts.headers, hcm, tls);
@@ -255,13 +424,16 @@ pub fn upstream_head(
     if !parts.headers.contains_key("x-request-id") {
         parts.headers.insert("x-request-id", request_id());
     }
-    let authority = action
-        .host_rewrite
-        .as_deref()
-        .unwrap_or(authority)
-        .to_owned();
-    let path_and_query = rewrite_path(&parts.uri, action, levels);
-    (authority, path_and_query)
+    let authority = match &action.host_rewrite {
+        Some(rewrite) => rewrite.as_str().to_owned(),
+        None => authority.to_owned(),
+    };
+    let path_and_query = PathAndQuery::try_from(rewrite_path(&parts.uri, action, levels))
+        .map_err(|e| RequestError::InvalidRequest(format!("path: {e}")))?;
+    Ok(Target {
+        authority,
+        path_and_query,
+    })
 }
 
 /// One attempt on the wire, within `per_try` (`None`: timed out). The host counts it as open
@@ -319,45 +491,27 @@ impl http_body::Body for Holding {
     }
 }
 
-/// A circuit breaker said no (Envoy's wording and header).
-fn overflow_reply() -> http::Response<Body> {
-    let mut response = local_reply(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-    );
-    response
-        .headers_mut()
-        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-    response
-}
-
 /// What an attempt means for outlier detection.
 /// A circuit breaker's refusal says nothing of the host.
-fn health_outcome(outcome: &Option<Result<http::Response<Body>, SendError>>) -> Option<Outcome> {
+fn health_outcome(outcome: &Attempted) -> Option<Outcome> {
     Some(match outcome {
-        Some(Err(SendError::Connect(ConnectError::Overflow(_)) | SendError::Overflow)) => {
-            return None;
-        }
-        Some(Ok(r)) if matches!(r.status().as_u16(), 502..=504) => Outcome::GatewayError,
-        Some(Ok(r)) if r.status().is_server_error() => Outcome::ServerError,
-        Some(Ok(_)) => Outcome::Success,
-        Some(Err(_)) | None => Outcome::GatewayError,
+        Err(RequestError::Overflow(_)) => return None,
+        Ok(r) if matches!(r.status().as_u16(), 502..=504) => Outcome::GatewayError,
+        Ok(r) if r.status().is_server_error() => Outcome::ServerError,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::GatewayError,
     })
 }
 
+/// The cluster of the route (drawn by weight from a split) and the split's own edits.
 fn pick_target(targets: &Targets) -> (&str, Option<&Edits>) {
     match targets {
         Targets::Cluster(c) => (c, None),
         Targets::Weighted(all) => {
-            let total: u64 = all.iter().map(|t| u64::from(t.weight)).sum();
-            let mut slot = rand::rng().random_range(0..total.max(1));
-            for t in all {
-                if slot < u64::from(t.weight) {
-                    return (&t.cluster, Some(&t.headers));
-                }
-                slot -= u64::from(t.weight);
-            }
-            all.last()
+            // The configuration refuses weights that add up to zero; the last one otherwise.
+            let i = weighted::pick_random(all.iter().map(|t| u64::from(t.weight)))
+                .unwrap_or(all.len().saturating_sub(1));
+            all.get(i)
                 .map_or(("", None), |t| (t.cluster.as_str(), Some(&t.headers)))
         }
     }
@@ -374,7 +528,7 @@ fn retriable_status(r: &Retry, response: &http::Response<Body>) -> bool {
     if r.on.retriable_4xx && status == 409 {
         return true;
     }
-    if r.on.retriable_status_codes && r.retriable_status_codes.contains(&status) {
+    if r.on.retriable_status_codes && r.retriable_status_codes.contains(&response.status()) {
         return true;
     }
     let grpc = response
@@ -436,15 +590,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn edit<'a>(headers: &mut HeaderMap, levels: impl Iterator<Item = &'a HeaderEdits>) {
     for level in levels {
         for name in &level.remove {
-            headers.remove(name.as_str());
+            headers.remove(name);
         }
         for add in &level.add {
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(add.name.as_bytes()),
-                HeaderValue::from_str(&add.value),
-            ) else {
-                continue;
-            };
+            let (name, value) = (add.name.clone(), add.value.clone());
             match add.action {
                 AppendAction::AppendIfExistsOrAdd => {
                     headers.append(name, value);
@@ -523,17 +672,20 @@ fn request_id() -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
+/// The redirect's answer: its status and `Location` (scheme, host, port and path from the
+/// redirect, the request's where it says nothing).
 pub fn redirect<B>(
     r: &Redirect,
     request: &http::Request<B>,
     authority: &str,
     tls: bool,
-) -> http::Response<Body> {
-    let scheme = r
-        .scheme
-        .clone()
-        .unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
-    let mut host = r.host.clone().unwrap_or_else(|| authority.to_owned());
+) -> Result<http::Response<Body>, RequestError> {
+    let scheme = match &r.scheme {
+        Some(scheme) => scheme.as_str(),
+        None if tls => "https",
+        None => "http",
+    };
+    let mut host = r.host.as_ref().map_or(authority, |h| h.as_str()).to_owned();
     if let Some(port) = r.port {
         let bare = host
             .rsplit_once(':')
@@ -555,13 +707,13 @@ pub fn redirect<B>(
             .map(|q| format!("?{q}"))
             .unwrap_or_default()
     };
-    let status =
-        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
-    let mut response = local_reply(status, "");
-    if let Ok(location) = HeaderValue::from_str(&format!("{scheme}://{host}{path}{query}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
+    // The redirect's parts are checked by the configuration and the request's are header
+    // text already: this holds.
+    let location = HeaderValue::from_str(&format!("{scheme}://{host}{path}{query}"))
+        .map_err(|e| RequestError::InvalidRequest(format!("Location: {e}")))?;
+    let mut response = super::local_reply(r.status, "");
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -571,6 +723,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+    use crate::config::route::HeaderAdd;
     use crate::upstream::testing;
 
     /// A client reset drops the request's future mid-flight: the host must not stay busy for
@@ -630,5 +783,421 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         assert_eq!(host.active.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn redirects_write_location_from_the_typed_redirect_and_the_request() {
+        use http::uri::{Authority, Scheme};
+        let request = http::Request::get("/old/page?q=1").body(()).unwrap();
+        let to = |r: Redirect, tls: bool| {
+            let response = redirect(&r, &request, "shop.local:8080", tls).unwrap();
+            let location = response.headers()[header::LOCATION].to_str().unwrap();
+            (response.status().as_u16(), location.to_owned())
+        };
+        let moved = Redirect {
+            scheme: None,
+            host: None,
+            port: None,
+            path: None,
+            prefix_rewrite: None,
+            strip_query: false,
+            status: http::StatusCode::MOVED_PERMANENTLY,
+        };
+        assert_eq!(
+            to(moved.clone(), false),
+            (301, "http://shop.local:8080/old/page?q=1".into())
+        );
+        assert_eq!(
+            to(moved.clone(), true),
+            (301, "https://shop.local:8080/old/page?q=1".into())
+        );
+        let everything = Redirect {
+            scheme: Some(Scheme::HTTPS),
+            host: Some(Authority::from_static("www.example.com")),
+            port: Some(8443),
+            path: Some("/new".into()),
+            strip_query: true,
+            status: http::StatusCode::PERMANENT_REDIRECT,
+            ..moved
+        };
+        assert_eq!(
+            to(everything, false),
+            (308, "https://www.example.com:8443/new".into())
+        );
+    }
+
+    #[test]
+    fn header_edits_apply_typed_names_and_values_by_their_action() {
+        let add = |name: &'static str, value: &'static str, action| HeaderAdd {
+            name: HeaderName::from_static(name),
+            value: HeaderValue::from_static(value),
+            action,
+        };
+        let route = HeaderEdits {
+            add: vec![
+                add("x-append", "route", AppendAction::AppendIfExistsOrAdd),
+                add("x-absent", "route", AppendAction::AddIfAbsent),
+                add("x-present", "route", AppendAction::OverwriteIfExists),
+                add("x-missing", "route", AppendAction::OverwriteIfExists),
+            ],
+            remove: vec![HeaderName::from_static("x-drop")],
+        };
+        // The less specific level has the last word.
+        let table = HeaderEdits {
+            add: vec![add(
+                "x-absent",
+                "table",
+                AppendAction::OverwriteIfExistsOrAdd,
+            )],
+            remove: vec![],
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-append", HeaderValue::from_static("client"));
+        headers.insert("x-present", HeaderValue::from_static("client"));
+        headers.insert("x-drop", HeaderValue::from_static("client"));
+        edit(&mut headers, [&route, &table].into_iter());
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("x-append"), ["client", "route"]);
+        assert_eq!(all("x-absent"), ["table"]);
+        assert_eq!(all("x-present"), ["route"]);
+        assert!(all("x-missing").is_empty());
+        assert!(all("x-drop").is_empty());
+    }
+
+    mod composition {
+        //! The steps of the way upstream: retry predicates, outlier outcomes, back-off, and
+        //! `with_retries` against loopback upstreams (breakers, per-try timeouts, metrics).
+
+        use std::sync::atomic::Ordering;
+        use std::time::Duration;
+
+        use http::uri::PathAndQuery;
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use tokio::net::TcpListener;
+
+        use super::super::*;
+        use crate::config::cluster::{Cluster, Discovery, LbPolicy};
+        use crate::config::route::{GrpcRetryOn, RetryOn};
+        use crate::metrics::{ClusterLabels, OverflowLabels};
+        use crate::upstream::ConnectError;
+        use crate::upstream::testing;
+
+        fn response(status: u16, grpc: Option<&str>) -> Attempted {
+            let mut builder = http::Response::builder().status(status);
+            if let Some(g) = grpc {
+                builder = builder.header("grpc-status", g);
+            }
+            Ok(builder.body(crate::http::full(Bytes::new())).unwrap())
+        }
+
+        fn refused() -> Attempted {
+            Err(RequestError::from_send(
+                SendError::Connect(ConnectError::Io {
+                    host: "127.0.0.1".into(),
+                    port: 1,
+                    source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                }),
+                false,
+            ))
+        }
+
+        fn policy(on: RetryOn) -> Retry {
+            Retry {
+                on,
+                num_retries: 1,
+                per_try_timeout: None,
+                retriable_status_codes: vec![http::StatusCode::IM_A_TEAPOT],
+                base_interval: Duration::from_millis(1),
+                max_interval: Duration::from_millis(1),
+                avoid_previous_hosts: true,
+            }
+        }
+
+        #[test]
+        fn outcomes_are_retried_as_retry_on_says() {
+            let on = |f: fn(&mut RetryOn)| {
+                let mut on = RetryOn::default();
+                f(&mut on);
+                on
+            };
+            // (retry_on, outcome, retried, why)
+            let table: Vec<(RetryOn, Attempted, bool, &str)> = vec![
+                (
+                    on(|o| o.server_error = true),
+                    response(500, None),
+                    true,
+                    "5xx",
+                ),
+                (
+                    on(|o| o.server_error = true),
+                    response(404, None),
+                    false,
+                    "not 5xx",
+                ),
+                (
+                    on(|o| o.gateway_error = true),
+                    response(503, None),
+                    true,
+                    "gateway-error",
+                ),
+                (
+                    on(|o| o.gateway_error = true),
+                    response(500, None),
+                    false,
+                    "500 is not a gateway error",
+                ),
+                (
+                    on(|o| o.retriable_4xx = true),
+                    response(409, None),
+                    true,
+                    "retriable-4xx",
+                ),
+                (
+                    on(|o| o.retriable_status_codes = true),
+                    response(418, None),
+                    true,
+                    "a listed code",
+                ),
+                (
+                    RetryOn::default(),
+                    response(418, None),
+                    false,
+                    "listed, but retriable-status-codes is not on",
+                ),
+                (
+                    on(|o| {
+                        o.grpc = GrpcRetryOn {
+                            unavailable: true,
+                            ..GrpcRetryOn::default()
+                        }
+                    }),
+                    response(200, Some("14")),
+                    true,
+                    "grpc unavailable",
+                ),
+                (
+                    on(|o| {
+                        o.grpc = GrpcRetryOn {
+                            unavailable: true,
+                            ..GrpcRetryOn::default()
+                        }
+                    }),
+                    response(200, Some("13")),
+                    false,
+                    "grpc internal is not asked for",
+                ),
+                (
+                    on(|o| o.gateway_error = true),
+                    Err(RequestError::Timeout),
+                    true,
+                    "a timeout is a gateway error",
+                ),
+                (
+                    on(|o| o.reset = true),
+                    Err(RequestError::Timeout),
+                    false,
+                    "a timeout is not a reset",
+                ),
+                (
+                    on(|o| o.connect_failure = true),
+                    refused(),
+                    true,
+                    "connect-failure",
+                ),
+                (
+                    on(|o| o.reset = true),
+                    refused(),
+                    true,
+                    "no response at all",
+                ),
+                (
+                    on(|o| o.server_error = true),
+                    Err(RequestError::Overflow("max_pending_requests")),
+                    false,
+                    "a breaker's refusal is never retried",
+                ),
+            ];
+            for (on, outcome, retried, why) in table {
+                assert_eq!(retriable(Some(&policy(on)), &outcome), retried, "{why}");
+                assert!(!retriable(None, &outcome), "{why}: no policy, no retry");
+            }
+        }
+
+        #[test]
+        fn outlier_detection_hears_of_everything_but_breakers() {
+            let table: Vec<(Attempted, Option<Outcome>)> = vec![
+                (response(200, None), Some(Outcome::Success)),
+                (response(404, None), Some(Outcome::Success)),
+                (response(500, None), Some(Outcome::ServerError)),
+                (response(503, None), Some(Outcome::GatewayError)),
+                (Err(RequestError::Timeout), Some(Outcome::GatewayError)),
+                (refused(), Some(Outcome::GatewayError)),
+                (Err(RequestError::Overflow("max_connections")), None),
+            ];
+            for (outcome, expected) in table {
+                assert_eq!(health_outcome(&outcome), expected, "{outcome:?}");
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_back_off_doubles_up_to_its_maximum() {
+            let retry = Retry {
+                base_interval: Duration::from_millis(25),
+                max_interval: Duration::from_millis(150),
+                ..policy(RetryOn::default())
+            };
+            let mut backoff = Backoff::new(Some(&retry));
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let before = tokio::time::Instant::now();
+                let cap = backoff.next;
+                backoff.wait().await;
+                assert!(before.elapsed() <= cap);
+                seen.push(backoff.next.as_millis());
+            }
+            assert_eq!(seen, [50, 100, 150, 150]);
+        }
+
+        /// A round-robin cluster `backend` of these loopback ports (the first pick is the
+        /// first port).
+        fn backend(ports: &[u16], edit: impl FnOnce(&mut Cluster)) -> Runtime {
+            let mut cluster = testing::cluster("backend", ports[0]);
+            cluster.lb = LbPolicy::RoundRobin;
+            if let Discovery::Static(a) = &mut cluster.discovery {
+                for port in &ports[1..] {
+                    let mut more = a.groups[0].endpoints[0].clone();
+                    more.port = *port;
+                    a.groups[0].endpoints.push(more);
+                }
+            }
+            edit(&mut cluster);
+            testing::runtime(&Arc::new(testing::config([cluster])))
+        }
+
+        async fn closed_port() -> u16 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap().port()
+        }
+
+        /// A GET of `/` through `with_retries`.
+        async fn send(
+            runtime: &Runtime,
+            retry: Option<&Retry>,
+            per_try: Option<Duration>,
+        ) -> Result<Attempted, RequestError> {
+            let pool = Arc::new(Pool::default());
+            let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+            let target = Target {
+                authority: "backend".into(),
+                path_and_query: PathAndQuery::from_static("/"),
+            };
+            let cluster = &runtime.clusters["backend"];
+            let x = Exchange::new(
+                &pool,
+                cluster,
+                &runtime.metrics,
+                parts,
+                &target,
+                retry,
+                per_try,
+            )
+            .unwrap();
+            with_retries(&x, crate::http::full(Bytes::new())).await
+        }
+
+        /// The count of `backend` in a family of cluster counters.
+        fn count(
+            runtime: &Runtime,
+            family: fn(&Metrics) -> &Family<ClusterLabels, Counter>,
+        ) -> u64 {
+            family(&runtime.metrics)
+                .get_or_create(&ClusterLabels {
+                    cluster: "backend".into(),
+                })
+                .get()
+        }
+
+        #[tokio::test]
+        async fn a_connect_failure_is_retried_on_a_host_not_tried_yet() {
+            let (live, _open, _accepted) = testing::http_upstream().await;
+            let runtime = backend(&[closed_port().await, live], |_| {});
+            let retry = policy(RetryOn {
+                connect_failure: true,
+                ..RetryOn::default()
+            });
+            let response = send(&runtime, Some(&retry), None).await.unwrap().unwrap();
+            assert_eq!(response.status(), http::StatusCode::OK);
+            assert_eq!(count(&runtime, |m| &m.upstream_retries), 1);
+            assert_eq!(count(&runtime, |m| &m.upstream_retry_overflows), 0);
+        }
+
+        #[tokio::test]
+        async fn without_a_retry_policy_the_failure_is_answered_as_envoy_words_it() {
+            let runtime = backend(&[closed_port().await], |_| {});
+            let failed = send(&runtime, None, None).await.unwrap().unwrap_err();
+            assert!(failed.is_connect_failure(), "{failed}");
+            assert_eq!(failed.reason(), "remote_connection_failure");
+            assert_eq!(count(&runtime, |m| &m.upstream_retries), 0);
+        }
+
+        #[tokio::test]
+        async fn every_try_has_its_own_timeout_and_each_is_counted() {
+            let (port, _accepted) = testing::silent_upstream().await;
+            let runtime = backend(&[port], |_| {});
+            let retry = policy(RetryOn {
+                gateway_error: true,
+                ..RetryOn::default()
+            });
+            let per_try = Some(Duration::from_millis(100));
+            let failed = send(&runtime, Some(&retry), per_try)
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(matches!(failed, RequestError::Timeout), "{failed}");
+            assert_eq!(count(&runtime, |m| &m.upstream_timeouts), 2);
+            assert_eq!(count(&runtime, |m| &m.upstream_retries), 1);
+        }
+
+        #[tokio::test]
+        async fn breakers_refuse_at_once_and_retries_stop_at_their_limit() {
+            let (live, _open, _accepted) = testing::http_upstream().await;
+            // No request slot: answered at once, counted by breaker, nothing sent.
+            let runtime = backend(&[live], |c| c.limits.max_requests = 0);
+            let refused = send(&runtime, None, None).await.unwrap_err();
+            assert_eq!(refused.reason(), "max_requests");
+            let overflows = runtime
+                .metrics
+                .upstream_overflows
+                .get_or_create(&OverflowLabels {
+                    cluster: "backend".into(),
+                    breaker: "max_requests",
+                })
+                .get();
+            assert_eq!(overflows, 1);
+            // No retry slot: the first failure stands, counted as a retry overflow.
+            let runtime = backend(&[closed_port().await, live], |c| c.limits.max_retries = 0);
+            let retry = policy(RetryOn {
+                connect_failure: true,
+                ..RetryOn::default()
+            });
+            let failed = send(&runtime, Some(&retry), None)
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(failed.is_connect_failure(), "{failed}");
+            assert_eq!(count(&runtime, |m| &m.upstream_retries), 0);
+            assert_eq!(count(&runtime, |m| &m.upstream_retry_overflows), 1);
+            // Every slot given back.
+            let cluster = &runtime.clusters["backend"];
+            assert_eq!(cluster.load.requests.load(Ordering::Relaxed), 0);
+            assert_eq!(cluster.load.retries.load(Ordering::Relaxed), 0);
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! RBAC, 503 no healthy upstream or connect failure, 504 timeout).
 
 pub mod connect;
+pub mod error;
 pub mod forward;
 pub mod pool;
 pub mod router;
@@ -20,10 +21,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 
+use self::error::ConnectionError;
 use self::pool::Pool;
 use self::router::RequestFacts;
 use crate::authz::{self, Decision, Subject};
 use crate::config::listener::{Codec, HttpManager, RouteSource, Terminal};
+use crate::config::matcher::RequestHead;
 use crate::config::route::{Action, Route, RouteTable, VirtualHost};
 use crate::drain;
 use crate::metrics::{ListenerLabels, ResponseLabels};
@@ -79,12 +82,12 @@ impl Connection {
 /// Serves HTTP on one downstream connection until it closes; on drain, asks the client to go
 /// away (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in progress) and lets the requests
 /// in flight finish.
-pub async fn serve(
+pub async fn serve_connection(
     io: BoxedIo,
     codec: Codec,
     conn: Connection,
     drain: drain::Watch,
-) -> Result<(), String> {
+) -> Result<(), ConnectionError> {
     let header_timeout = conn.runtime.settings.handshake_timeout;
     // The first bytes must come within the timeout (hyper's header timeout starts only once
     // it knows the protocol); they are replayed to the codec.
@@ -95,8 +98,7 @@ pub async fn serve(
         tokio::io::AsyncReadExt::read(&mut io, &mut first),
     )
     .await
-    .map_err(|_| "no request within the timeout".to_owned())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| ConnectionError::FirstBytesTimeout)??;
     if n == 0 {
         return Ok(());
     }
@@ -154,32 +156,13 @@ pub async fn serve(
             connection.await
         }
     };
-    result.map_err(|e| {
-        // hyper says "http2 error"; the cause (h2's reason) is in the source chain.
-        let mut text = format!("HTTP: {e}");
-        let mut source = std::error::Error::source(&*e);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
-    })
+    result.map_err(ConnectionError::from_session)
 }
 
 /// Client resets of streams not yet served, per connection (hyper's default, named).
 const MAX_PENDING_RESETS: usize = 20;
 /// Streams the proxy reset because of a client's protocol errors, per connection.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
-
-/// The refusal reason of a connection's HTTP error: floods are told apart.
-pub fn error_reason(error: &str) -> &'static str {
-    if error.contains("excessive load generating behavior") {
-        "http2_flood"
-    } else {
-        "http_protocol"
-    }
-}
 
 /// A local answer (Envoy's wording), `text/plain`.
 pub fn local_reply(status: http::StatusCode, text: &str) -> http::Response<Body> {
@@ -218,6 +201,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         remote: conn.remote.ip(),
         local: conn.local,
         server_name: conn.server_name.as_deref(),
+        tls: conn.tls.is_some(),
     };
     let (vh, route) = match decide(&request, &authority, hcm, table, &peer) {
         Verdict::Refused(status) => return local_reply(status, ""),
@@ -238,8 +222,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
 
     match &route.action {
         Action::Direct { status, body } => {
-            let status = http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);
-            let mut response = local_reply(status, body.as_deref().unwrap_or_default());
+            let mut response = local_reply(*status, body.as_deref().unwrap_or_default());
             forward::edit_response(
                 response.headers_mut(),
                 &[&route.headers, &vh.headers, &table.headers],
@@ -248,6 +231,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         }
         Action::Redirect(redirect) => {
             forward::redirect(redirect, &request, &authority, conn.tls.is_some())
+                .unwrap_or_else(|e| e.reply())
         }
         Action::Forward(action) if facts_connect(&request) => {
             if !action.terminate_connect {
@@ -291,6 +275,8 @@ pub struct ConnectionFacts<'a> {
     pub remote: std::net::IpAddr,
     pub local: SocketAddr,
     pub server_name: Option<&'a str>,
+    /// The connection is TLS (the `:scheme` of a request that does not say).
+    pub tls: bool,
 }
 
 /// What the connection manager makes of a request before any I/O.
@@ -316,12 +302,30 @@ pub fn decide<'t, B>(
     table: &'t RouteTable,
     conn: &ConnectionFacts<'_>,
 ) -> Verdict<'t> {
-    let path = request.uri().path();
-    let facts = RequestFacts {
-        authority,
-        path,
-        query: request.uri().query(),
+    let uri = request.uri();
+    let path = uri.path();
+    let head = RequestHead {
         headers: request.headers(),
+        method: request.method(),
+        authority: uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or(authority),
+        scheme: uri
+            .scheme_str()
+            .unwrap_or(if conn.tls { "https" } else { "http" }),
+        path_and_query: uri.path_and_query().map_or("", |p| p.as_str()),
+    };
+    let facts = RequestFacts {
+        head,
+        path,
+        query: uri.query(),
         connect: request.method() == http::Method::CONNECT,
     };
     if facts.connect && !hcm.allow_connect {
@@ -338,7 +342,7 @@ pub fn decide<'t, B>(
         remote: conn.remote,
         local: conn.local,
         server_name: conn.server_name,
-        headers: Some(request.headers()),
+        headers: Some(head),
         path: Some(path),
     };
     for (filter, own) in &hcm.rbac {

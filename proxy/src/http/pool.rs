@@ -57,14 +57,16 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Why a request could not be sent upstream. The messages name hyper's error (logs print
+/// them with `%`); it is the source too, for its own causes.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("HTTP handshake with the upstream: {0}")]
-    Handshake(hyper::Error),
+    Handshake(#[source] hyper::Error),
     #[error("upstream reset: {0}")]
-    Reset(hyper::Error),
+    Reset(#[source] hyper::Error),
     /// No connection could be had and the `max_pending_requests` breaker is open too.
     #[error("too many requests waiting for a connection (max_pending_requests)")]
     Overflow,
@@ -97,6 +99,9 @@ impl Pool {
                     let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                         .await
                         .map_err(SendError::Handshake)?;
+                    // Detached: the connection ends when its last sender is dropped (pruned
+                    // from the pool, or the pool gone) and its requests are done; those
+                    // requests belong to downstream connections that hold a drain `Watch`.
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
@@ -149,6 +154,8 @@ impl Pool {
                     let (sender, conn) = http1::handshake(TokioIo::new(io))
                         .await
                         .map_err(SendError::Handshake)?;
+                    // Detached, as above: it ends with its sender (dropped by the pool, or
+                    // with the response body that would have returned it).
                     tokio::spawn(async move {
                         let _ = conn.with_upgrades().await;
                     });
@@ -181,6 +188,8 @@ impl Pool {
         let (mut sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Handshake)?;
+        // Detached: after a 101 the connection is the upgraded stream's (`upgrade.rs`), else
+        // it ends with `sender`.
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });

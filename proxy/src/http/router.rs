@@ -1,15 +1,16 @@
 //! Route selection: the virtual host by authority, then the first route whose match holds.
 
+use crate::config::matcher::RequestHead;
 use crate::config::route::{Domain, PathMatch, Route, RouteMatch, RouteTable, VirtualHost};
 
 /// What a route match looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
-    /// Lower-case authority, with the port if the request carried one.
-    pub authority: &'a str,
+    /// Headers and pseudo-headers, for header matchers.
+    pub head: RequestHead<'a>,
+    /// The path without the query.
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub headers: &'a http::HeaderMap,
     /// A CONNECT request: only `connect_matcher` routes match it.
     pub connect: bool,
 }
@@ -93,6 +94,7 @@ fn matches(m: &RouteMatch, r: &RequestFacts<'_>) -> bool {
     }
     if m.grpc
         && !r
+            .head
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -100,17 +102,8 @@ fn matches(m: &RouteMatch, r: &RequestFacts<'_>) -> bool {
     {
         return false;
     }
-    for h in &m.headers {
-        let values: Vec<&str> = r
-            .headers
-            .get_all(h.name.as_str())
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let joined = values.join(",");
-        if !h.matches((!values.is_empty()).then_some(joined.as_str())) {
-            return false;
-        }
+    if !m.headers.iter().all(|h| h.matches_request(&r.head)) {
+        return false;
     }
     for q in &m.query {
         let value = r.query.and_then(|query| {
@@ -148,7 +141,9 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::config::matcher::{HeaderMatch, HeaderTest, Matcher, QueryMatch, StringMatch};
+    use crate::config::matcher::{
+        HeaderKey, HeaderMatch, HeaderTest, Matcher, QueryMatch, StringMatch,
+    };
     use crate::config::route::{Action, Edits};
 
     fn vh(name: &str, domains: Vec<Domain>, routes: Vec<Route>) -> VirtualHost {
@@ -177,7 +172,7 @@ mod tests {
                 grpc: false,
             },
             action: Action::Direct {
-                status: 200,
+                status: http::StatusCode::OK,
                 body: None,
             },
             headers: Edits::default(),
@@ -240,7 +235,7 @@ mod tests {
     #[test]
     fn routes_match_in_order_on_path_headers_and_query() {
         let v2 = HeaderMatch {
-            name: "x-version".into(),
+            name: HeaderKey::parse("x-version").unwrap(),
             test: HeaderTest::Value(Matcher {
                 pattern: StringMatch::Exact("v2".into()),
                 ignore_case: false,
@@ -273,10 +268,9 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         let pick = |path: &str, query: Option<&str>, headers: &http::HeaderMap| {
             let facts = RequestFacts {
-                authority: "a",
+                head: head(headers, &http::Method::GET, path),
                 path,
                 query,
-                headers,
                 connect: false,
             };
             super::route(&host, &facts).unwrap().name.clone()
@@ -291,5 +285,77 @@ mod tests {
         assert_eq!(pick("/api/x", Some("debug=2"), &headers), "rest");
         headers.insert("x-version", "v2".parse().unwrap());
         assert_eq!(pick("/health", None, &headers), "v2");
+    }
+
+    fn head<'a>(
+        headers: &'a http::HeaderMap,
+        method: &'a http::Method,
+        path: &'a str,
+    ) -> RequestHead<'a> {
+        RequestHead {
+            headers,
+            method,
+            authority: "a",
+            scheme: "http",
+            path_and_query: path,
+        }
+    }
+
+    #[test]
+    fn routes_match_on_pseudo_headers_and_joined_values() {
+        let on = |name: &str, pattern: StringMatch| HeaderMatch {
+            name: HeaderKey::parse(name).unwrap(),
+            test: HeaderTest::Value(Matcher {
+                pattern,
+                ignore_case: false,
+            }),
+            invert: false,
+            treat_missing_as_empty: false,
+        };
+        let host = vh(
+            "h",
+            vec![Domain::Any],
+            vec![
+                route(
+                    "post",
+                    PathMatch::Prefix("/".into()),
+                    vec![on(":method", StringMatch::Exact("POST".into()))],
+                    vec![],
+                ),
+                route(
+                    "query-in-path",
+                    PathMatch::Prefix("/".into()),
+                    vec![on(":path", StringMatch::Suffix("?v=1".into()))],
+                    vec![],
+                ),
+                route(
+                    "both-tags",
+                    PathMatch::Prefix("/".into()),
+                    vec![on("x-tag", StringMatch::Exact("a,b".into()))],
+                    vec![],
+                ),
+                route("rest", PathMatch::Prefix("/".into()), vec![], vec![]),
+            ],
+        );
+        let mut headers = http::HeaderMap::new();
+        let pick = |method: http::Method, path_and_query: &str, headers: &http::HeaderMap| {
+            let (path, query) = path_and_query
+                .split_once('?')
+                .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+            let facts = RequestFacts {
+                head: head(headers, &method, path_and_query),
+                path,
+                query,
+                connect: false,
+            };
+            super::route(&host, &facts).unwrap().name.clone()
+        };
+        assert_eq!(pick(http::Method::POST, "/x", &headers), "post");
+        assert_eq!(pick(http::Method::GET, "/x?v=1", &headers), "query-in-path");
+        assert_eq!(pick(http::Method::GET, "/x", &headers), "rest");
+        headers.append("x-tag", "a".parse().unwrap());
+        assert_eq!(pick(http::Method::GET, "/x", &headers), "rest");
+        headers.append("x-tag", "b".parse().unwrap());
+        assert_eq!(pick(http::Method::GET, "/x", &headers), "both-tags");
     }
 }

@@ -70,6 +70,9 @@ pub async fn forward(
     }
     let upstream_io = hyper::upgrade::on(&mut response);
     let name = cluster.cluster.name.clone();
+    // Detached, ending when either side closes. The downstream connection is handed over
+    // after the 101, so a drain does not wait for the upgraded stream (it would need the
+    // connection's drain `Watch` passed in).
     tokio::spawn(async move {
         let (down, up) = match tokio::try_join!(downstream, upstream_io) {
             Ok(pair) => pair,

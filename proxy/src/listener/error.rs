@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 
+use crate::http::error::ConnectionError as HttpError;
 use crate::tcp::TcpError;
 use crate::transport::tls::TlsError;
 
@@ -45,13 +46,10 @@ pub enum ConnectionError {
     /// The TCP proxy (the terminal filter) failed.
     #[error(transparent)]
     Tcp(#[from] TcpError),
-    /// The HTTP connection manager (the terminal filter) ended the connection with an error;
-    /// `reason` tells floods apart from other protocol errors.
-    #[error("{detail}")]
-    Http {
-        reason: &'static str,
-        detail: String,
-    },
+    /// The HTTP connection manager (the terminal filter) ended the connection with an error
+    /// (its reason tells floods apart from other protocol errors).
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 impl ConnectionError {
@@ -71,7 +69,7 @@ impl ConnectionError {
             Self::TlsHandshake(_) => "tls_handshake",
             Self::Rbac => "rbac",
             Self::Tcp(_) => "tcp_proxy",
-            Self::Http { reason, .. } => reason,
+            Self::Http(e) => e.reason(),
         }
     }
 
@@ -151,13 +149,7 @@ mod tests {
                 "tls_handshake",
             ),
             (ConnectionError::Rbac, "rbac"),
-            (
-                ConnectionError::Http {
-                    reason: "http2_flood",
-                    detail: "HTTP: flood".into(),
-                },
-                "http2_flood",
-            ),
+            (HttpError::FirstBytesTimeout.into(), "http_protocol"),
         ];
         for (error, reason) in refused {
             assert_eq!(error.reason(), reason, "{error}");

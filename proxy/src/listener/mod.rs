@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -169,15 +170,29 @@ async fn accept_loop(
         let name = name.clone();
         let pool = pool.clone();
         let drain = drain.clone();
+        // Detached on purpose: the connection holds a drain `Watch` until it ends, so a drain
+        // asks it to finish and waits for it (up to the deadline), and the listener's
+        // removal does not cut it short.
         tokio::spawn(async move {
-            if let Err(reason) = serve(&name, stream, remote, runtime, latest, pool, drain).await {
-                tracing::debug!(listener = &*name, %remote, reason, "connection closed");
+            let metrics = runtime.metrics.clone();
+            if let Err(error) = serve(&name, stream, remote, runtime, latest, pool, drain).await {
+                if error.is_refusal() {
+                    metrics.refused(&name, error.reason());
+                }
+                tracing::debug!(
+                    listener = &*name,
+                    %remote,
+                    reason = error.reason(),
+                    error = %ErrorChain(&error),
+                    "connection closed"
+                );
             }
         });
     }
 }
 
-/// One downstream connection, from the first byte to the terminal filter.
+/// One downstream connection, from the first byte to the terminal filter. A refusal is counted
+/// by the caller (`ConnectionError::is_refusal`).
 async fn serve(
     name: &str,
     stream: TcpStream,
@@ -186,58 +201,48 @@ async fn serve(
     latest: watch::Receiver<Arc<Runtime>>,
     pool: Arc<Pool>,
     drain: drain::Watch,
-) -> Result<(), String> {
+) -> Result<(), ConnectionError> {
     let listener = runtime
         .config
         .listeners
         .get(name)
-        .ok_or("the listener was removed")?;
-    let metrics = runtime.metrics.clone();
+        .ok_or(ConnectionError::ListenerRemoved)?;
     let labels = ListenerLabels {
         listener: name.to_owned(),
     };
-    metrics.downstream_cx_total.get_or_create(&labels).inc();
-    let active = metrics.downstream_cx_active.get_or_create(&labels).clone();
-    active.inc();
-    // Decrements when the connection ends, however it ends.
-    struct Open(prometheus_client::metrics::gauge::Gauge);
-    impl Drop for Open {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    let _open = Open(active);
-    let refuse = |reason: &str, detail: String| {
-        metrics.refused(name, reason);
-        detail
-    };
+    runtime
+        .metrics
+        .downstream_cx_total
+        .get_or_create(&labels)
+        .inc();
+    let _open = OpenConnection::new(
+        runtime
+            .metrics
+            .downstream_cx_active
+            .get_or_create(&labels)
+            .clone(),
+    );
     let _ = stream.set_nodelay(true);
     // On a capture listener, the connection is treated as if it had been accepted at its
     // original destination: chains, RBAC and passthrough clusters see that address.
     let local = if listener.original_dst {
-        let original = original_dst::original_destination(&stream)
-            .map_err(|e| refuse("original_dst", format!("SO_ORIGINAL_DST: {e}")))?;
+        let original =
+            original_dst::original_destination(&stream).map_err(ConnectionError::OriginalDst)?;
         if original == listener.address || Some(original) == stream.local_addr().ok() {
-            return Err(refuse(
-                "original_dst",
-                "not a redirected connection: its destination is the capture listener itself"
-                    .into(),
-            ));
+            return Err(ConnectionError::NotRedirected);
         }
         original
     } else {
-        stream.local_addr().map_err(|e| e.to_string())?
+        stream.local_addr().map_err(ConnectionError::LocalAddress)?
     };
     let mut stream = stream;
     let (prefix, facts) = if listener.tls_inspector {
-        read_hello(&mut stream, local, runtime.settings.handshake_timeout)
-            .await
-            .map_err(|e| refuse("tls_inspector", e))?
+        read_hello(&mut stream, local, runtime.settings.handshake_timeout).await?
     } else {
         (Vec::new(), plaintext_facts(local))
     };
-    let (chain_id, chain) = chain::select(listener, &facts)
-        .ok_or_else(|| refuse("no_filter_chain", "no filter chain matches".into()))?;
+    let (chain_id, chain) =
+        chain::select(listener, &facts).ok_or(ConnectionError::NoFilterChain)?;
     let downstream = Rewind::new(prefix, stream);
     let (io, tls): (crate::transport::BoxedIo, Option<TlsPeer>) = match &chain.tls {
         None => (Box::new(downstream), None),
@@ -245,14 +250,14 @@ async fn serve(
             let config = runtime
                 .server_tls
                 .get(&(name.to_owned(), chain_id))
-                .ok_or("no TLS configuration")?
+                .ok_or(ConnectionError::NoTlsConfiguration)?
                 .as_ref()
-                .map_err(Clone::clone)?;
+                .map_err(|e| ConnectionError::TlsConfiguration(e.clone()))?;
             let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(downstream);
             let tls = tokio::time::timeout(runtime.settings.handshake_timeout, accept)
                 .await
-                .map_err(|_| refuse("tls_handshake_timeout", "TLS handshake timed out".into()))?
-                .map_err(|e| refuse("tls_handshake", format!("TLS handshake: {e}")))?;
+                .map_err(|_| ConnectionError::TlsHandshakeTimeout)?
+                .map_err(ConnectionError::TlsHandshake)?;
             let session = tls.get_ref().1;
             let peer = TlsPeer {
                 peer_id: isthmus_identity::peer_identity(session).map(|id| id.to_string()),
@@ -277,13 +282,17 @@ async fn serve(
     for rules in &chain.rbac {
         if let Decision::Deny(policy) = authz::evaluate(rules, &subject) {
             tracing::info!(listener = name, %remote, peer = ?peer, policy = ?policy, "connection denied by RBAC");
-            return Err(refuse("rbac", "RBAC: access denied".into()));
+            return Err(ConnectionError::Rbac);
         }
     }
     match &chain.terminal {
-        Terminal::Tcp(tcp) => crate::tcp::proxy(io, tcp, &runtime, local)
-            .await
-            .map_err(|e| e.to_string()),
+        // `drain` lives until the copy ends: a TCP connection counts as open work (a drain
+        // waits for it up to the deadline) but is not cut, having no request boundary.
+        Terminal::Tcp(tcp) => {
+            let result = crate::tcp::proxy(io, tcp, &runtime, local).await;
+            drop(drain);
+            Ok(result?)
+        }
         Terminal::Http(hcm) => {
             let codec = hcm.codec;
             let connection = Connection {
@@ -297,10 +306,26 @@ async fn serve(
                 server_name: facts.server_name.clone(),
                 tls,
             };
-            crate::http::serve(io, codec, connection, drain)
-                .await
-                .map_err(|e| refuse(crate::http::error_reason(&e), e))
+            Ok(crate::http::serve_connection(io, codec, connection, drain).await?)
         }
+    }
+}
+
+/// One open downstream connection in `downstream_connections_active`: counted when made,
+/// given back on drop, however the connection ends (an error, a cancelled task).
+#[must_use = "the connection counts as open only while the guard lives"]
+struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -331,7 +356,7 @@ async fn read_hello(
     stream: &mut TcpStream,
     destination: SocketAddr,
     timeout: Duration,
-) -> Result<(Vec<u8>, ConnectionFacts), String> {
+) -> Result<(Vec<u8>, ConnectionFacts), InspectorError> {
     let mut buf = Vec::with_capacity(2048);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -346,19 +371,107 @@ async fn read_hello(
                 };
                 return Ok((buf, facts));
             }
-            Inspect::Malformed(why) => return Err(format!("TLS inspector: {why}")),
+            Inspect::Malformed(why) => return Err(InspectorError::Malformed(why)),
             Inspect::Incomplete => {}
         }
         if buf.len() >= MAX_HELLO_BYTES {
-            return Err("TLS inspector: ClientHello too large".into());
+            return Err(InspectorError::TooLarge);
         }
         let mut chunk = [0u8; 4096];
         match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Err(_) if buf.is_empty() => return Ok((buf, plaintext_facts(destination))),
-            Err(_) => return Err("TLS inspector: the ClientHello did not arrive in time".into()),
-            Ok(Ok(0)) => return Err("closed before sending anything".into()),
+            Err(_) => return Err(InspectorError::Timeout),
+            Ok(Ok(0)) => return Err(InspectorError::Closed),
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(InspectorError::Read(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::config::listener::{Direction, Listener};
+    use crate::metrics::RefusedLabels;
+
+    /// A listener on port 0 with no filter chain: every connection is refused.
+    fn config_with_listener() -> ProxyConfig {
+        let mut config = ProxyConfig::default();
+        config.listeners.insert(
+            "in".to_owned(),
+            Arc::new(Listener {
+                name: "in".to_owned(),
+                address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                direction: Direction::Inbound,
+                tls_inspector: false,
+                original_dst: false,
+                chains: Vec::new(),
+                default_chain: None,
+            }),
+        );
+        config
+    }
+
+    #[tokio::test]
+    async fn listeners_publish_their_address_count_refusals_and_stop_at_the_drain() {
+        let (config_tx, config) = watch::channel(Arc::new(config_with_listener()));
+        let (runtime_tx, _runtime) = watch::channel(Arc::default());
+        let (addresses_tx, mut addresses) = watch::channel(BoundListeners::new());
+        let (trigger, drain) = drain::new();
+        let metrics = Arc::new(Metrics::default());
+        let manager = tokio::spawn(run(
+            config,
+            runtime_tx,
+            addresses_tx,
+            drain,
+            metrics.clone(),
+            Settings::default(),
+        ));
+        let bound = addresses
+            .wait_for(|a| a.contains_key("in"))
+            .await
+            .unwrap()
+            .clone();
+        let address = bound["in"];
+        assert_ne!(address.port(), 0, "the port the kernel picked");
+
+        // No chain matches: refused, counted with its reason, no longer open once closed.
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("the refused connection is closed");
+        let refused = metrics.downstream_cx_refused.get_or_create(&RefusedLabels {
+            listener: "in".to_owned(),
+            reason: "no_filter_chain".to_owned(),
+        });
+        let labels = ListenerLabels {
+            listener: "in".to_owned(),
+        };
+        // Counted once the connection's task has ended (just after the close).
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while refused.get() != 1
+                || metrics.downstream_cx_active.get_or_create(&labels).get() != 0
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("one refusal counted, nothing left open");
+
+        assert!(trigger.drain(Duration::from_secs(5)).await, "nothing open");
+        tokio::time::timeout(Duration::from_secs(10), manager)
+            .await
+            .expect("the manager ends at the drain")
+            .unwrap();
+        assert!(addresses.borrow().is_empty(), "no listener after the drain");
+        assert!(
+            TcpStream::connect(address).await.is_err(),
+            "still accepting"
+        );
+        drop(config_tx);
     }
 }

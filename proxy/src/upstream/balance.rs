@@ -53,16 +53,11 @@ impl Balancer {
     }
 }
 
-/// The host that covers `slot` of the cumulative weights.
-fn weighted(hosts: &[Arc<Host>], mut slot: u64) -> Arc<Host> {
-    for host in hosts {
-        let w = u64::from(host.weight);
-        if slot < w {
-            return host.clone();
-        }
-        slot -= w;
-    }
-    hosts[hosts.len() - 1].clone()
+/// The host that covers `slot` of the cumulative weights (the last one past them).
+fn weighted(hosts: &[Arc<Host>], slot: u64) -> Arc<Host> {
+    let i = crate::weighted::pick(hosts.iter().map(|h| u64::from(h.weight)), slot)
+        .unwrap_or(hosts.len() - 1);
+    hosts[i].clone()
 }
 
 #[cfg(test)]

@@ -95,14 +95,7 @@ pub fn loads(levels: &[Level], overprovisioning: u32, panic_threshold: f64) -> V
 
 /// The level a draw in `0..100` falls on.
 pub fn choose(loads: &[Load], draw: u32) -> Option<usize> {
-    let mut edge = 0;
-    for (i, load) in loads.iter().enumerate() {
-        edge += load.percent;
-        if draw < edge {
-            return Some(i);
-        }
-    }
-    None
+    crate::weighted::pick(loads.iter().map(|l| u64::from(l.percent)), u64::from(draw))
 }
 
 #[cfg(test)]

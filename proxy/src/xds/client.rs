@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_proto::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use rand::Rng;
+use isthmus_runtime::backoff::{Backoff, Jitter};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -81,9 +81,10 @@ impl XdsClient {
         )
     }
 
-    /// Runs until the process ends.
+    /// Runs until its task is stopped (`app.rs` owns it and stops it after the drain).
     pub async fn run(mut self) {
-        let mut delay = BACKOFF_FIRST;
+        // Full jitter: anywhere up to the current step, so proxies do not reconnect in step.
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX).with_jitter(Jitter::Full);
         loop {
             let (result, got_response) = match self.protocol {
                 Protocol::Delta => self.stream_once::<Delta>().await,
@@ -102,12 +103,9 @@ impl XdsClient {
                 s.last_disconnect = Some(reason);
             });
             if got_response {
-                delay = BACKOFF_FIRST;
+                backoff.reset();
             }
-            // Full jitter: anywhere up to the current delay, so proxies do not reconnect in step.
-            let sleep = rand::rng().random_range(Duration::ZERO..=delay);
-            tokio::time::sleep(sleep).await;
-            delay = (delay * 2).min(BACKOFF_MAX);
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 

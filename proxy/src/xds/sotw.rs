@@ -18,15 +18,13 @@ use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::Secret;
 use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
-use isthmus_proto::envoy::google::protobuf::Any;
 use prost::Message;
 
 use crate::config::XdsType;
 
 /// The name a resource carries in its own body (SotW responses do not name them apart).
 /// `None` when the body does not decode: the delta machine then reports the resource.
-fn resource_name(kind: XdsType, any: &Any) -> Option<String> {
-    let bytes = any.value.as_slice();
+pub(crate) fn resource_name(kind: XdsType, bytes: &[u8]) -> Option<String> {
     Some(match kind {
         XdsType::Listener => Listener::decode(bytes).ok()?.name,
         XdsType::Cluster => Cluster::decode(bytes).ok()?.name,
@@ -64,7 +62,7 @@ impl SotwAdapter {
             .map(|(i, any)| {
                 // Undecodable: named by position, and the delta machine says why it fails.
                 let name = kind
-                    .and_then(|k| resource_name(k, &any))
+                    .and_then(|k| resource_name(k, &any.value))
                     .unwrap_or_else(|| format!("resources[{i}]"));
                 present.insert(name.clone());
                 Resource {

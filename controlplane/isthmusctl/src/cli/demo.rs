@@ -14,7 +14,7 @@ use crate::runner::Runner;
 use crate::runner::http::get_via;
 
 /// The example bundled with the repository this binary was built from.
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/two-meshes");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/two-meshes");
 
 const IMPORTED: &str = "ratings.bookinfo.svc.green-imports.local:9080";
 const CLIENT: &str = "spiffe://red.local/ns/shop/sa/client";
@@ -125,16 +125,11 @@ async fn run_steps(runner: &mut Runner, example: &Path, bar: &ProgressBar) -> Ve
     steps
 }
 
-/// A call from `workload` (namespace/name) of `mesh` through its sidecar; (status, echo JSON).
-async fn call(
-    runner: &Runner,
-    mesh: &str,
-    workload: &str,
-    host: &str,
-) -> anyhow::Result<(u16, Value)> {
+/// A call from red's `workload` (namespace/name) through its sidecar; (status, echo JSON).
+async fn call(runner: &Runner, workload: &str, host: &str) -> anyhow::Result<(u16, Value)> {
     let w = runner
-        .workload(mesh, workload)
-        .with_context(|| format!("{mesh} has no workload {workload}"))?;
+        .workload("red", workload)
+        .with_context(|| format!("red has no workload {workload}"))?;
     let (status, body) = get_via(&w.outbound().to_string(), host, "/").await?;
     Ok((
         status,
@@ -142,17 +137,17 @@ async fn call(
     ))
 }
 
-/// Calls until `done` holds, for at most `limit`; the last answer either way.
+/// Calls from red's `shop/client` until `done` holds, for at most `limit`; the last answer
+/// either way.
 async fn call_until(
     runner: &Runner,
-    workload: &str,
     host: &str,
     limit: Duration,
     done: impl Fn(u16, &Value) -> bool,
 ) -> (bool, String, Duration) {
     let start = tokio::time::Instant::now();
     loop {
-        let answer = call(runner, "red", workload, host).await;
+        let answer = call(runner, "shop/client", host).await;
         let last = match &answer {
             Ok((status, body)) if done(*status, body) => {
                 return (true, describe(*status, body), start.elapsed());
@@ -190,9 +185,9 @@ async fn reach_as_client(
     host: &str,
     limit: Duration,
 ) -> anyhow::Result<(String, Duration, String)> {
-    let (ok, last, took) = call_until(runner, "shop/client", host, limit, |s, _| s == 200).await;
+    let (ok, last, took) = call_until(runner, host, limit, |s, _| s == 200).await;
     anyhow::ensure!(ok, "red's client cannot reach {host}: {last}");
-    let (_, body) = call(runner, "red", "shop/client", host).await?;
+    let (_, body) = call(runner, "shop/client", host).await?;
     let seen = xfcc(&body).to_owned();
     anyhow::ensure!(
         seen.contains(&format!("URI={CLIENT}")),
@@ -226,7 +221,7 @@ async fn cross_mesh(runner: &Runner) -> anyhow::Result<String> {
 }
 
 async fn authorization(runner: &Runner) -> anyhow::Result<String> {
-    let (status, body) = call(runner, "red", "shop/frontend", IMPORTED).await?;
+    let (status, body) = call(runner, "shop/frontend", IMPORTED).await?;
     anyhow::ensure!(
         status == 403,
         "red's frontend (not allowed by green's policy) got {}",
@@ -250,7 +245,7 @@ async fn refused(runner: &Runner) -> anyhow::Result<String> {
             "exported, not imported",
         ),
     ] {
-        let (status, body) = call(runner, "red", "shop/client", host).await?;
+        let (status, body) = call(runner, "shop/client", host).await?;
         anyhow::ensure!(
             status == 404,
             "{host} ({why}) answered {}",
@@ -275,14 +270,8 @@ async fn withdraw_and_restore(runner: &mut Runner, example: &Path) -> anyhow::Re
     );
     std::fs::write(&file, original.replace(rule, ""))?;
     runner.reload()?;
-    let (gone, last, withdrawn) = call_until(
-        runner,
-        "shop/client",
-        IMPORTED,
-        Duration::from_secs(10),
-        |s, _| s != 200,
-    )
-    .await;
+    let (gone, last, withdrawn) =
+        call_until(runner, IMPORTED, Duration::from_secs(10), |s, _| s != 200).await;
     anyhow::ensure!(
         gone,
         "still reachable 10 s after the export rule was removed: {last}"
@@ -290,14 +279,8 @@ async fn withdraw_and_restore(runner: &mut Runner, example: &Path) -> anyhow::Re
     let refused = last;
     std::fs::write(&file, &original)?;
     runner.reload()?;
-    let (back, last, restored) = call_until(
-        runner,
-        "shop/client",
-        IMPORTED,
-        Duration::from_secs(10),
-        |s, _| s == 200,
-    )
-    .await;
+    let (back, last, restored) =
+        call_until(runner, IMPORTED, Duration::from_secs(10), |s, _| s == 200).await;
     anyhow::ensure!(
         back,
         "not reachable 10 s after the export rule was restored: {last}"
@@ -309,24 +292,27 @@ async fn withdraw_and_restore(runner: &mut Runner, example: &Path) -> anyhow::Re
     ))
 }
 
-async fn failover(runner: &mut Runner) -> anyhow::Result<String> {
-    let host = "inventory.shop.svc.cluster.local:9080";
-    let name = |_: u16, body: &Value| body["name"].as_str().unwrap_or_default().to_owned();
-    let answered_by = |want: &'static str| move |s: u16, b: &Value| s == 200 && name(s, b) == want;
-    let (ok, last, _) = call_until(
+const INVENTORY: &str = "inventory.shop.svc.cluster.local:9080";
+
+/// Calls the inventory from red's client until red's own inventory answers (30 s at most).
+async fn until_red_inventory_answers(runner: &Runner) -> (bool, String, Duration) {
+    call_until(
         runner,
-        "shop/client",
-        host,
+        INVENTORY,
         Duration::from_secs(30),
-        answered_by("inventory-red"),
+        |status, body| status == 200 && body["name"] == "inventory-red",
     )
-    .await;
+    .await
+}
+
+async fn failover(runner: &mut Runner) -> anyhow::Result<String> {
+    let (ok, last, _) = until_red_inventory_answers(runner).await;
     anyhow::ensure!(ok, "red's own inventory does not answer: {last}");
     runner.stop_app("red", "shop/inventory").await?;
     let mut failures = 0;
     let start = tokio::time::Instant::now();
     loop {
-        let answer = call(runner, "red", "shop/client", host).await;
+        let answer = call(runner, "shop/client", INVENTORY).await;
         if let Ok((200, body)) = &answer
             && body["name"] == "inventory-green"
         {
@@ -340,14 +326,7 @@ async fn failover(runner: &mut Runner) -> anyhow::Result<String> {
     }
     let over = start.elapsed();
     runner.start_app("red", "shop/inventory")?;
-    let (ok, last, back) = call_until(
-        runner,
-        "shop/client",
-        host,
-        Duration::from_secs(30),
-        answered_by("inventory-red"),
-    )
-    .await;
+    let (ok, last, back) = until_red_inventory_answers(runner).await;
     anyhow::ensure!(ok, "traffic did not come back to red's inventory: {last}");
     Ok(format!(
         "red's inventory stopped: green answered after {failures} failed request(s) ({:.2} s); restarted: red answered again after {:.1} s",

@@ -17,13 +17,14 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use isthmus_api::{Kind, Resource};
+use isthmus_api::core::ConfigMap;
+use isthmus_api::federation::ServiceMeshPeer;
 use serde_json::Value;
 
 use super::debug_client::get_json;
 use crate::runner::http::{get, get_via};
 use crate::runner::run::located;
-use crate::runner::run_file::{MeshEntry, RunFile, WorkloadEntry, default_state};
+use crate::runner::run_file::{GatewayEntry, MeshEntry, RunFile, WorkloadEntry, default_state};
 use isthmus_controlplane::config::ConfigSnapshot;
 
 mod tls_probe;
@@ -358,17 +359,7 @@ impl<'a> Path<'a> {
     }
 
     async fn egress(&self, host: &str, expect_chain: bool) -> Result<String, String> {
-        let gateway = self
-            .importer
-            .gateways
-            .iter()
-            .find(|g| g.direction == "egress" && g.peer == self.peer_here)
-            .ok_or_else(|| {
-                format!(
-                    "{} runs no egress gateway for {}",
-                    self.importer.name, self.peer_here
-                )
-            })?;
+        let gateway = gateway_of(self.importer, "egress", &self.peer_here)?;
         let admin = gateway.admin.to_string();
         match get(&admin, "/ready", &admin).await {
             Ok((200, _)) => {}
@@ -399,17 +390,7 @@ impl<'a> Path<'a> {
     }
 
     async fn ingress(&self) -> Result<String, String> {
-        let gateway = self
-            .exporter
-            .gateways
-            .iter()
-            .find(|g| g.direction == "ingress" && g.peer == self.peer_there)
-            .ok_or_else(|| {
-                format!(
-                    "{} runs no ingress gateway for {}",
-                    self.exporter.name, self.peer_there
-                )
-            })?;
+        let gateway = gateway_of(self.exporter, "ingress", &self.peer_there)?;
         let root = self.configured_root().map_err(|e| format!("{e:#}"))?;
         let local_root = std::fs::read_to_string(
             self.importer
@@ -444,13 +425,9 @@ impl<'a> Path<'a> {
     fn configured_root(&self) -> anyhow::Result<String> {
         let (key, peer) = self
             .importer_config
-            .of_kind(Kind::ServiceMeshPeer)
-            .find_map(|(key, r)| match r {
-                Resource::ServiceMeshPeer(p) if key.name == self.peer_here => {
-                    Some((key.clone(), p.clone()))
-                }
-                _ => None,
-            })
+            .of_type::<ServiceMeshPeer>()
+            .find(|(key, _)| key.name == self.peer_here)
+            .map(|(key, p)| (key.clone(), p.clone()))
             .with_context(|| {
                 format!(
                     "{} has no ServiceMeshPeer {}",
@@ -464,15 +441,9 @@ impl<'a> Path<'a> {
             .as_ref()
             .with_context(|| format!("ServiceMeshPeer {key}: no spec.security.certificateChain"))?;
         self.importer_config
-            .of_kind(Kind::ConfigMap)
-            .find_map(|(k, r)| match r {
-                Resource::ConfigMap(map)
-                    if k.name == chain.name && k.namespace == key.namespace =>
-                {
-                    map.data.get("root-cert.pem").cloned()
-                }
-                _ => None,
-            })
+            .of_type::<ConfigMap>()
+            .find(|(k, _)| k.name == chain.name && k.namespace == key.namespace)
+            .and_then(|(_, map)| map.data.get("root-cert.pem").cloned())
             .with_context(|| {
                 format!(
                     "ConfigMap {}/{} with root-cert.pem is missing",
@@ -527,17 +498,24 @@ impl<'a> Path<'a> {
     }
 }
 
+/// The gateway of `mesh` in `direction` (`egress` or `ingress`) for its peer `peer`.
+fn gateway_of<'a>(
+    mesh: &'a MeshEntry,
+    direction: &str,
+    peer: &str,
+) -> Result<&'a GatewayEntry, String> {
+    mesh.gateways
+        .iter()
+        .find(|g| g.direction == direction && g.peer == peer)
+        .ok_or_else(|| format!("{} runs no {direction} gateway for {peer}", mesh.name))
+}
+
 /// A mesh's `ServiceMeshPeer`s: (name, trust domain).
 fn peers(mesh: &MeshEntry) -> anyhow::Result<Vec<(String, String)>> {
     let config =
         isthmus_controlplane::config::load_dir(&mesh.config_dir).map_err(|e| located(&e))?;
     Ok(config
-        .of_kind(Kind::ServiceMeshPeer)
-        .filter_map(|(key, r)| match r {
-            Resource::ServiceMeshPeer(p) => {
-                Some((key.name.clone(), p.spec.security.trust_domain.clone()))
-            }
-            _ => None,
-        })
+        .of_type::<ServiceMeshPeer>()
+        .map(|(key, p)| (key.name.clone(), p.spec.security.trust_domain.clone()))
         .collect())
 }

@@ -107,13 +107,9 @@ fn peer_meshes(
     config: &isthmus_controlplane::config::ConfigSnapshot,
     run: &RunFile,
 ) -> BTreeMap<String, String> {
-    use isthmus_api::{Kind, Resource};
     config
-        .of_kind(Kind::ServiceMeshPeer)
-        .filter_map(|(key, resource)| {
-            let Resource::ServiceMeshPeer(peer) = resource else {
-                return None;
-            };
+        .of_type::<isthmus_api::federation::ServiceMeshPeer>()
+        .filter_map(|(key, peer)| {
             let mesh = run
                 .meshes
                 .iter()
@@ -131,6 +127,20 @@ pub struct MeshView {
     pub peers: BTreeMap<String, String>,
     /// Its `/debug/federation` document.
     pub federation: Value,
+}
+
+impl MeshView {
+    /// Its sets of `field` (`exportedServiceSets` or `importedServiceSets` of its
+    /// `/debug/federation`), each with the mesh its peer is (the peer's name when no mesh of
+    /// the run is that peer).
+    fn sets_by_peer_mesh<'a>(&'a self, field: &str) -> impl Iterator<Item = (String, &'a Value)> {
+        let sets = self.federation[field].as_object();
+        sets.into_iter().flatten().map(|(key, set)| {
+            let peer = set_name(key);
+            let mesh = self.peers.get(peer).cloned();
+            (mesh.unwrap_or_else(|| peer.to_owned()), set)
+        })
+    }
 }
 
 /// One line of the graph.
@@ -155,14 +165,7 @@ fn set_name(key: &str) -> &str {
 pub fn graph(meshes: &[MeshView]) -> Vec<GraphRow> {
     let mut rows = Vec::new();
     for exporter in meshes {
-        let sets = exporter.federation["exportedServiceSets"].as_object();
-        for (key, set) in sets.into_iter().flatten() {
-            let peer = set_name(key);
-            let importer_name = exporter
-                .peers
-                .get(peer)
-                .cloned()
-                .unwrap_or_else(|| peer.to_owned());
+        for (importer_name, set) in exporter.sets_by_peer_mesh("exportedServiceSets") {
             let importer = meshes.iter().find(|m| m.name == importer_name);
             // The importer's set for the exporter.
             let imported = importer.and_then(|m| {
@@ -223,14 +226,7 @@ pub fn graph(meshes: &[MeshView]) -> Vec<GraphRow> {
         }
     }
     for importer in meshes {
-        let sets = importer.federation["importedServiceSets"].as_object();
-        for (key, set) in sets.into_iter().flatten() {
-            let peer = set_name(key);
-            let exporter = importer
-                .peers
-                .get(peer)
-                .cloned()
-                .unwrap_or_else(|| peer.to_owned());
+        for (exporter, set) in importer.sets_by_peer_mesh("importedServiceSets") {
             for rule in set["unmatchedRules"].as_array().into_iter().flatten() {
                 rows.push(GraphRow {
                     exporter: exporter.clone(),

@@ -6,6 +6,7 @@
 //! - [`plan`]: addresses and ports, and each mesh's rendered configuration (pure);
 //! - [`processes`]: starting, watching and stopping the processes (process groups);
 //! - [`run`]: the order things start in, readiness, reloads, the run file operators read;
+//! - [`run_file`]: `STATE/run.json`, what a running `up` started and where;
 //! - [`offline`]: a description's meshes as configuration, for dry runs;
 //! - [`http`]: one-shot HTTP requests (admin and debug ports, calls through a sidecar).
 

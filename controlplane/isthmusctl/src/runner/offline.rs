@@ -84,7 +84,7 @@ mod tests {
     use isthmus_controlplane::model::DEFAULT_ROOT_NAMESPACE;
 
     fn example() -> Description {
-        read_description(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-meshes"))
+        read_description(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/two-meshes"))
             .unwrap()
     }
 

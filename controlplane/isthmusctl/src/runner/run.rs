@@ -19,6 +19,7 @@ use super::run_file::{
 };
 use super::{http, our_binary};
 use isthmus_controlplane::config::{ConfigError, load_text};
+use isthmus_controlplane::daemon::Addresses;
 
 /// How long proxies get to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
@@ -160,8 +161,7 @@ impl Runner {
         let state_dir = root.join("state");
         std::fs::create_dir_all(&config_dir)?;
         std::fs::create_dir_all(&state_dir)?;
-        let addresses_file = state_dir.join(isthmus_controlplane::daemon::ADDRESSES_FILE);
-        let _ = std::fs::remove_file(&addresses_file);
+        let _ = std::fs::remove_file(Addresses::path(&state_dir));
         let log = root.join("isthmusd.log");
         let name = format!("{}/isthmusd", mesh.name);
         let args = [
@@ -188,32 +188,25 @@ impl Runner {
             log: log.clone(),
         })?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let addresses: serde_json::Value = loop {
+        let addresses = loop {
             self.fail_on_exit()?;
-            if let Ok(text) = std::fs::read_to_string(&addresses_file)
-                && let Ok(value) = serde_json::from_str(&text)
-            {
-                break value;
+            // Written once every port is bound (atomically: a read sees all of it or nothing).
+            if let Ok(addresses) = Addresses::read(&state_dir) {
+                break addresses;
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("{name} did not start within 20 s:\n{}", tail(&log, 20));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let address = |key: &str| -> anyhow::Result<SocketAddr> {
-            addresses[key]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .with_context(|| format!("{name}: {key} missing from {}", addresses_file.display()))
-        };
         let root_file = state_dir.join("root-cert.pem");
         let root_pem = std::fs::read_to_string(&root_file)
             .with_context(|| format!("{name}: cannot read its root {}", root_file.display()))?;
         Ok(MeshRuntime {
-            debug: address("debug")?,
+            debug: addresses.debug,
             // Proxies take their certificate and configuration on the mTLS port, with tokens.
-            xds: address("grpc")?,
-            federation: address("federation").ok(),
+            xds: addresses.grpc,
+            federation: addresses.federation,
             config_dir,
             state_dir,
             root_pem,

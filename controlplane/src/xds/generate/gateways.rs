@@ -91,22 +91,18 @@ pub fn gateway(model: &MeshModel, workload: &Workload) -> Gateway {
     let mut egress_port = None;
     let mut ingress_chains = Vec::new();
     let mut ingress_port = None;
-    for peer in &model.peers {
-        if let Some(port) = peer
-            .egress_gateway
-            .as_deref()
+    // The port `workload` serves as the gateway named, if it is one of its endpoints.
+    let port_as = |gateway: Option<&str>| {
+        gateway
             .and_then(|g| gateway_service(model, g))
             .and_then(|s| gateway_port(s, workload))
-        {
+    };
+    for peer in &model.peers {
+        if let Some(port) = port_as(peer.egress_gateway.as_deref()) {
             egress_port.get_or_insert(port);
             egress(model, peer, &mut egress_chains, &mut out.clusters);
         }
-        if let Some(port) = peer
-            .ingress_gateway
-            .as_deref()
-            .and_then(|g| gateway_service(model, g))
-            .and_then(|s| gateway_port(s, workload))
-        {
+        if let Some(port) = port_as(peer.ingress_gateway.as_deref()) {
             ingress_port.get_or_insert(port);
             if let Some(chain) = ingress(model, peer, &mut out.clusters) {
                 ingress_chains.push(chain);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 
 fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-meshes")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/two-meshes")
 }
 
 /// A description folder with one mesh folder `m` holding `files`.

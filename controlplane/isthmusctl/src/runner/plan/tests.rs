@@ -9,7 +9,8 @@ use crate::runner::read_description;
 use isthmus_controlplane::config::load_text;
 
 fn example() -> Description {
-    read_description(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-meshes")).unwrap()
+    read_description(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/two-meshes"))
+        .unwrap()
 }
 
 fn roots() -> BTreeMap<String, String> {

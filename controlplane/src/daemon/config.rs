@@ -1,0 +1,96 @@
+//! What `isthmusd` is started with: the flags of `src/bin/isthmusd.rs`, or
+//! [`DaemonConfig::local`] for tests and in-process use.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use isthmus_federation::discovery::ImporterSettings;
+use isthmus_identity::TrustDomain;
+
+use crate::ca::TtlPolicy;
+use crate::config::watch::WatchSettings;
+
+/// Everything `isthmusd` is started with.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub trust_domain: TrustDomain,
+    /// Namespace `isthmusd` runs in; its own identity is `…/ns/<namespace>/sa/isthmusd`.
+    pub namespace: String,
+    /// A plugged-in CA (`cacerts` layout); otherwise a root is generated in the state directory.
+    pub cacerts: Option<PathBuf>,
+    /// The mTLS gRPC port: the certificate service and xDS.
+    pub grpc_addr: SocketAddr,
+    /// Plaintext xDS, an explicit opt-in for tests (off when `None`): it hands any local
+    /// process every node's configuration, private keys included. Loopback addresses only.
+    pub xds_plaintext_addr: Option<SocketAddr>,
+    /// The debug port: `/metrics`, `/ready`, `/debug/*`.
+    pub debug_addr: SocketAddr,
+    /// Serve `/debug/*` to callers that are not on loopback too.
+    pub debug_allow_remote: bool,
+    pub ttl: TtlPolicy,
+    /// How long configuration changes settle before they are pushed.
+    pub push_debounce: Duration,
+    /// How the configuration directory is watched and reloaded.
+    pub config_watch: WatchSettings,
+    /// Policies in this namespace apply mesh-wide (Istio's root namespace).
+    pub root_namespace: String,
+    /// The federation discovery port (peers' control planes watch our exports there).
+    pub federation_addr: Option<SocketAddr>,
+    pub federation: FederationSettings,
+    /// At shutdown, how long requests in progress may take to finish before every connection
+    /// is closed (xDS streams and discovery watches do not end by themselves).
+    pub drain_timeout: Duration,
+}
+
+impl DaemonConfig {
+    /// A daemon on loopback for tests and in-process use: every port (gRPC, debug, federation
+    /// discovery) on `127.0.0.1:0`, so the system picks free ones ([`super::Bound::addresses`]
+    /// says which); no plaintext xDS (set `xds_plaintext_addr` to `127.0.0.1:0` to opt in); a
+    /// CA generated in `state_dir`; namespace `isthmus-system`, root namespace
+    /// `istio-system`; `isthmusd`'s default timings. Every field is public: change what a test
+    /// needs.
+    pub fn local(config_dir: PathBuf, state_dir: PathBuf, trust_domain: TrustDomain) -> Self {
+        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Self {
+            config_dir,
+            state_dir,
+            trust_domain,
+            namespace: "isthmus-system".to_owned(),
+            cacerts: None,
+            grpc_addr: any_port,
+            xds_plaintext_addr: None,
+            debug_addr: any_port,
+            debug_allow_remote: false,
+            ttl: TtlPolicy::default(),
+            push_debounce: Duration::from_millis(100),
+            config_watch: WatchSettings::default(),
+            root_namespace: "istio-system".to_owned(),
+            federation_addr: Some(any_port),
+            federation: FederationSettings::default(),
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Timings of federation discovery.
+#[derive(Debug, Clone, Copy)]
+pub struct FederationSettings {
+    /// How often an idle discovery stream carries a heartbeat (exporter side).
+    pub heartbeat: Duration,
+    pub importer: ImporterSettings,
+    /// At start, how long proxies wait for the peers' first full lists (their imports).
+    pub initial_sync: Duration,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(10),
+            importer: ImporterSettings::default(),
+            initial_sync: Duration::from_secs(5),
+        }
+    }
+}

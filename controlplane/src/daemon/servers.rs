@@ -1,0 +1,177 @@
+//! `isthmusd`'s servers, one per bound port: set up by [`super::bind`], started by
+//! [`super::Bound::serve`], each stopping when the stop signal turns true.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_federation::discovery::Exporter;
+use isthmus_proto::ca::certificate_service_server::CertificateServiceServer;
+use isthmus_proto::federation::federation_discovery_server::FederationDiscoveryServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::tasks::Owned;
+use super::{DaemonError, Listener};
+use crate::auth::tokens::TokenStore;
+use crate::ca::service::CaService;
+use crate::server::debug::DebugState;
+use crate::server::severable::{Cut, Severable};
+use crate::server::tls_incoming::{HandshakeLimits, tls_incoming};
+use crate::xds::grpc::AdsService;
+use crate::xds::server::AdsServer;
+
+/// The running servers, by port; each ends with its server's outcome.
+pub(super) type Running = Owned<Listener, Result<(), DaemonError>>;
+
+/// What every port serves, not yet accepting.
+pub(super) struct Servers {
+    pub grpc: Grpc,
+    pub xds_plaintext: Option<XdsPlaintext>,
+    pub discovery: Discovery,
+    pub debug: Debug,
+}
+
+/// The mTLS gRPC port: the certificate service and xDS.
+pub(super) struct Grpc {
+    pub listener: TcpListener,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub limits: HandshakeLimits,
+    pub ca: CaService<TokenStore>,
+    pub ads: AdsServer,
+}
+
+/// The opt-in plaintext xDS port.
+pub(super) struct XdsPlaintext {
+    pub listener: TcpListener,
+    pub ads: AdsServer,
+}
+
+/// The federation discovery port, when it is on.
+pub(super) struct Discovery {
+    pub listener: Option<TcpListener>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub limits: HandshakeLimits,
+    /// Kept until shutdown even without a listener: the federation status watches its streams.
+    pub exporter: Exporter,
+}
+
+/// The debug port.
+pub(super) struct Debug {
+    pub listener: TcpListener,
+    pub state: DebugState,
+}
+
+impl Servers {
+    /// Starts every server; each stops accepting when `stop` turns true (or its sender is
+    /// dropped) and ends once its open connections have. The gRPC ports' connections fail
+    /// when `cut` fires: their streams do not end by themselves.
+    pub fn start(self, stop: &watch::Receiver<bool>, cut: &Cut) -> Running {
+        let mut running = Running::default();
+        running.spawn(
+            Listener::Grpc,
+            self.grpc.serve(stopped(stop.clone()), cut.clone()),
+        );
+        if let Some(plaintext) = self.xds_plaintext {
+            running.spawn(
+                Listener::XdsPlaintext,
+                plaintext.serve(stopped(stop.clone()), cut.clone()),
+            );
+        }
+        running.spawn(
+            Listener::Federation,
+            self.discovery.serve(stopped(stop.clone()), cut.clone()),
+        );
+        running.spawn(Listener::Debug, self.debug.serve(stopped(stop.clone())));
+        running
+    }
+}
+
+/// Resolves once `stop` is true or its sender is gone.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn failed(
+    listener: Listener,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> DaemonError {
+    DaemonError::Serve {
+        listener,
+        source: source.into(),
+    }
+}
+
+impl Grpc {
+    async fn serve(
+        self,
+        stop: impl Future<Output = ()> + Send,
+        cut: Cut,
+    ) -> Result<(), DaemonError> {
+        let incoming = tls_incoming(self.listener, self.tls, self.limits)
+            .map(move |tls| tls.map(|tls| Severable::new(tls, cut.clone())));
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(
+                CertificateServiceServer::new(self.ca).max_decoding_message_size(64 * 1024),
+            )
+            .add_service(AdsService::new(self.ads))
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+            .map_err(|e| failed(Listener::Grpc, e))
+    }
+}
+
+impl XdsPlaintext {
+    async fn serve(
+        self,
+        stop: impl Future<Output = ()> + Send,
+        cut: Cut,
+    ) -> Result<(), DaemonError> {
+        let incoming = TcpListenerStream::new(self.listener)
+            .map(move |tcp| tcp.map(|tcp| Severable::new(tcp, cut.clone())));
+        tonic::transport::Server::builder()
+            .add_service(AdsService::new(self.ads))
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+            .map_err(|e| failed(Listener::XdsPlaintext, e))
+    }
+}
+
+impl Discovery {
+    async fn serve(
+        self,
+        stop: impl Future<Output = ()> + Send,
+        cut: Cut,
+    ) -> Result<(), DaemonError> {
+        let Some(listener) = self.listener else {
+            let _exporter = self.exporter;
+            stop.await;
+            return Ok(());
+        };
+        let incoming = tls_incoming(listener, self.tls, self.limits)
+            .map(move |tls| tls.map(|tls| Severable::new(tls, cut.clone())));
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(FederationDiscoveryServer::new(self.exporter))
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+            .map_err(|e| failed(Listener::Federation, e))
+    }
+}
+
+impl Debug {
+    async fn serve(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        let app = crate::server::debug::router(self.state)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(|e| failed(Listener::Debug, e))
+    }
+}

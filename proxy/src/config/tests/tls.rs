@@ -1,0 +1,295 @@
+//! TLS transport sockets -> `DownstreamTls` (listeners) and `UpstreamTls` (clusters).
+
+use isthmus_proto::envoy::envoy::config::core::v3::{
+    DataSource, TransportSocket, transport_socket,
+};
+use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
+    subject_alt_name_matcher, tls_parameters,
+};
+use isthmus_proto::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use isthmus_proto::envoy::google::protobuf::{Any, BoolValue};
+
+use super::{Expect, Table, ads, not_ads, pack, run};
+use crate::config::tls::{DownstreamTls, TlsContext, UpstreamTls, downstream, upstream};
+
+fn socket(config: Any) -> Option<TransportSocket> {
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(config)),
+    })
+}
+
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.into(),
+        sds_config: ads(),
+    }
+}
+
+fn uri_san(matcher: string_matcher::MatchPattern) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: subject_alt_name_matcher::SanType::Uri as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(matcher),
+            ignore_case: false,
+        }),
+        oid: String::new(),
+    }
+}
+
+/// mTLS as isthmusd configures it: the workload certificate, the trust bundles, one peer ID.
+fn mtls(validation: CertificateValidationContext) -> CommonTlsContext {
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds("default")],
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(validation),
+                    validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..CommonTlsContext::default()
+    }
+}
+
+fn peer_ids(ids: &[&str]) -> CertificateValidationContext {
+    CertificateValidationContext {
+        match_typed_subject_alt_names: ids
+            .iter()
+            .map(|id| uri_san(string_matcher::MatchPattern::Exact((*id).into())))
+            .collect(),
+        ..CertificateValidationContext::default()
+    }
+}
+
+fn server(common: CommonTlsContext) -> Option<TransportSocket> {
+    socket(pack(&DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..DownstreamTlsContext::default()
+    }))
+}
+
+fn client(sni: &str, common: CommonTlsContext) -> Option<TransportSocket> {
+    socket(pack(&UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: sni.into(),
+        ..UpstreamTlsContext::default()
+    }))
+}
+
+fn context(peer_ids: &[&str]) -> TlsContext {
+    TlsContext {
+        certificate: Some("default".into()),
+        validation: Some("ROOTCA".into()),
+        peer_ids: peer_ids.iter().map(|s| (*s).to_owned()).collect(),
+        alpn: vec!["h2".into(), "http/1.1".into()],
+    }
+}
+
+/// A path inside the downstream context.
+macro_rules! down {
+    ($rest:literal) => {
+        concat!(
+            "typed_config(DownstreamTlsContext).common_tls_context.",
+            $rest
+        )
+    };
+}
+
+#[test]
+fn downstream_tls_converts_to_its_model() {
+    const CLIENT: &str = "spiffe://red.local/ns/shop/sa/client";
+    let table: Table<Option<TransportSocket>, Option<DownstreamTls>> = vec![
+        ("plaintext: no socket", None, Expect::Model(None)),
+        (
+            "plaintext: raw_buffer",
+            Some(TransportSocket {
+                name: "envoy.transport_sockets.raw_buffer".into(),
+                config_type: None,
+            }),
+            Expect::Model(None),
+        ),
+        (
+            "mTLS with a certificate, trust bundles and peer IDs over SDS",
+            server(mtls(peer_ids(&[CLIENT]))),
+            Expect::Model(Some(DownstreamTls {
+                context: context(&[CLIENT]),
+                require_client_certificate: true,
+            })),
+        ),
+        (
+            "TLS 1.2 to 1.3",
+            server(CommonTlsContext {
+                tls_params: Some(TlsParameters {
+                    tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv12 as i32,
+                    tls_maximum_protocol_version: tls_parameters::TlsProtocol::TlSv13 as i32,
+                    ..TlsParameters::default()
+                }),
+                ..mtls(peer_ids(&[]))
+            }),
+            Expect::Holds(|t| t.as_ref().is_some_and(|t| t.context.peer_ids.is_empty())),
+        ),
+    ];
+    run(table, downstream);
+}
+
+#[test]
+fn downstream_tls_outside_the_profile_is_rejected_at_its_path() {
+    let table: Table<Option<TransportSocket>, Option<DownstreamTls>> = vec![
+        (
+            "two certificates",
+            server(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds("a"), sds("b")],
+                ..mtls(peer_ids(&[]))
+            }),
+            Expect::Rejected(down!("tls_certificate_sds_secret_configs")),
+        ),
+        (
+            "a certificate not over ADS",
+            server(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                    name: "default".into(),
+                    sds_config: not_ads(),
+                }],
+                ..mtls(peer_ids(&[]))
+            }),
+            Expect::Rejected(down!(
+                "tls_certificate_sds_secret_configs[0].sds_config.config_source_specifier"
+            )),
+        ),
+        (
+            "a DNS SAN",
+            server(mtls(CertificateValidationContext {
+                match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                    san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                    ..uri_san(string_matcher::MatchPattern::Exact("a".into()))
+                }],
+                ..CertificateValidationContext::default()
+            })),
+            Expect::Rejected(down!(
+                "combined_validation_context.default_validation_context.match_typed_subject_alt_names[0].san_type"
+            )),
+        ),
+        (
+            "a SAN prefix",
+            server(mtls(CertificateValidationContext {
+                match_typed_subject_alt_names: vec![uri_san(string_matcher::MatchPattern::Prefix(
+                    "spiffe://red.local/".into(),
+                ))],
+                ..CertificateValidationContext::default()
+            })),
+            Expect::Rejected(down!(
+                "combined_validation_context.default_validation_context.match_typed_subject_alt_names[0].matcher"
+            )),
+        ),
+        (
+            "roots without their trust domain",
+            server(mtls(CertificateValidationContext {
+                trusted_ca: Some(DataSource::default()),
+                ..CertificateValidationContext::default()
+            })),
+            Expect::Rejected(down!(
+                "combined_validation_context.default_validation_context.trusted_ca"
+            )),
+        ),
+        (
+            "TLS 1.1",
+            server(CommonTlsContext {
+                tls_params: Some(TlsParameters {
+                    tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv11 as i32,
+                    ..TlsParameters::default()
+                }),
+                ..mtls(peer_ids(&[]))
+            }),
+            Expect::Rejected(down!("tls_params.tls_minimum_protocol_version")),
+        ),
+        (
+            "a context without its common part",
+            socket(pack(&DownstreamTlsContext::default())),
+            Expect::Rejected("typed_config(DownstreamTlsContext).common_tls_context"),
+        ),
+        (
+            "SNI required",
+            socket(pack(&DownstreamTlsContext {
+                common_tls_context: Some(mtls(peer_ids(&[]))),
+                require_sni: Some(BoolValue { value: true }),
+                ..DownstreamTlsContext::default()
+            })),
+            Expect::Rejected("typed_config(DownstreamTlsContext).require_sni"),
+        ),
+        (
+            "another transport socket",
+            Some(TransportSocket {
+                name: "envoy.transport_sockets.alts".into(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(Any {
+                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts"
+                        .into(),
+                    value: Vec::new(),
+                })),
+            }),
+            Expect::Rejected("name"),
+        ),
+        (
+            "a socket without its config",
+            Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: None,
+            }),
+            Expect::Rejected("typed_config"),
+        ),
+    ];
+    run(table, downstream);
+}
+
+#[test]
+fn upstream_tls_checks_its_sni() {
+    let table: Table<Option<TransportSocket>, Option<UpstreamTls>> = vec![
+        (
+            "mTLS to a service, by its name",
+            client(
+                "outbound_.9080_._.reviews.bookinfo.svc.cluster.local",
+                mtls(peer_ids(&["spiffe://red.local/ns/bookinfo/sa/reviews"])),
+            ),
+            Expect::Model(Some(UpstreamTls {
+                context: context(&["spiffe://red.local/ns/bookinfo/sa/reviews"]),
+                sni: "outbound_.9080_._.reviews.bookinfo.svc.cluster.local".into(),
+            })),
+        ),
+        (
+            "no SNI: the peer's address",
+            client("", mtls(peer_ids(&[]))),
+            Expect::Holds(|t| t.as_ref().is_some_and(|t| t.sni.is_empty())),
+        ),
+        (
+            "an IP address as SNI",
+            client("10.0.0.1", mtls(peer_ids(&[]))),
+            Expect::Holds(|t| t.is_some()),
+        ),
+        (
+            "an SNI that is not a name",
+            client("two words", mtls(peer_ids(&[]))),
+            Expect::Rejected("typed_config(UpstreamTlsContext).sni"),
+        ),
+        (
+            "an SNI with an empty label",
+            client("a..b", mtls(peer_ids(&[]))),
+            Expect::Rejected("typed_config(UpstreamTlsContext).sni"),
+        ),
+        (
+            "renegotiation",
+            socket(pack(&UpstreamTlsContext {
+                common_tls_context: Some(mtls(peer_ids(&[]))),
+                allow_renegotiation: true,
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Rejected("typed_config(UpstreamTlsContext).allow_renegotiation"),
+        ),
+    ];
+    run(table, upstream);
+}
