@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::config::cluster::Discovery;
 use crate::config::listener::TcpProxy;
 use crate::runtime::Runtime;
@@ -65,15 +63,9 @@ pub async fn proxy<D: Io>(
 }
 
 fn pick_cluster(clusters: &[(String, u32)]) -> &str {
-    let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
-    let mut slot = rand::rng().random_range(0..total.max(1));
-    for (name, weight) in clusters {
-        if slot < u64::from(*weight) {
-            return name;
-        }
-        slot -= u64::from(*weight);
-    }
-    clusters.last().map(|(n, _)| n.as_str()).unwrap_or_default()
+    let i = crate::weighted::pick_random(clusters.iter().map(|(_, w)| u64::from(*w)))
+        .unwrap_or(clusters.len().saturating_sub(1));
+    clusters.get(i).map_or("", |(n, _)| n.as_str())
 }
 
 /// Copies both ways; stops when both directions are done, or when no byte moved for `idle`.

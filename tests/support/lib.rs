@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod federation;
 pub mod grpc_echo;
 pub mod h2connect;
+pub mod in_process;
 pub mod mesh;
 pub mod netns;
 pub mod proxy;
