@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::get;
 use isthmus_identity::pem::certs_to_pem;
 use isthmus_identity::{CertInfo, CertManager, format_time};
+use isthmus_runtime::metrics_format;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -88,19 +88,6 @@ impl AdminState {
     }
 }
 
-/// `/stats/prometheus`: the format the `Accept` header asks for (Prometheus's negotiation).
-fn metrics_response(
-    accept: Option<&str>,
-    registry: &prometheus_client::registry::Registry,
-) -> Response {
-    match isthmus_runtime::metrics_format::encode(accept, registry) {
-        Ok((content_type, body)) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
-        }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
 pub fn router(state: AdminState) -> Router {
     let ready = state.clone();
     let certs = state.certs.clone();
@@ -109,14 +96,7 @@ pub fn router(state: AdminState) -> Router {
     let registry = state.registry.clone();
     let dump = state;
     Router::new()
-        .route(
-            "/stats/prometheus",
-            get(move |headers: HeaderMap| {
-                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-                let response = metrics_response(accept, &registry);
-                async move { response }
-            }),
-        )
+        .route("/stats/prometheus", get(metrics_format::handler(registry)))
         .route(
             "/ready",
             get(move || {

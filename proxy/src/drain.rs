@@ -1,7 +1,10 @@
 //! Graceful drain: on SIGTERM the listeners stop accepting, HTTP connections are asked to
 //! finish (HTTP/2 GOAWAY, HTTP/1.1 closes after the response in progress), and the process
-//! waits for open connections up to a deadline.
+//! waits for open connections up to a deadline. Tunnels (CONNECT, upgrades), which have no
+//! request boundary to stop at, are waited for too and end when the deadline passes
+//! ([`Watch::until_ended`]).
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -38,6 +41,22 @@ impl Watch {
     pub async fn signaled(&self) {
         let mut signal = self.signal.clone();
         let _ = signal.wait_for(|draining| *draining).await;
+    }
+
+    /// Resolves once the drain is over: its deadline passed (the [`Trigger`] is gone with it),
+    /// or the [`Trigger`] was dropped without a drain.
+    pub async fn ended(&self) {
+        let mut signal = self.signal.clone();
+        while signal.changed().await.is_ok() {}
+    }
+
+    /// Runs `work` until it finishes (`Some` of its output) or the drain is over (`None`,
+    /// `work` dropped): for work with no request boundary to stop at, such as a tunnel.
+    pub async fn until_ended<F: Future>(&self, work: F) -> Option<F::Output> {
+        tokio::select! {
+            output = work => Some(output),
+            () = self.ended() => None,
+        }
     }
 }
 
@@ -81,5 +100,25 @@ mod tests {
             "gave up at the deadline"
         );
         drop(stuck);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_held_past_the_deadline_ends_with_the_drain() {
+        let (trigger, watch) = new();
+        let tunnel = tokio::spawn(async move {
+            // Work that would never finish by itself, holding the `Watch`.
+            watch.until_ended(std::future::pending::<()>()).await
+        });
+        let started = tokio::time::Instant::now();
+        assert!(
+            !trigger.drain(Duration::from_secs(5)).await,
+            "the drain waited for the work"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(tunnel.await.unwrap(), None, "the work ended at the deadline");
+
+        // Work that finishes by itself gives its output.
+        let (_trigger, watch) = new();
+        assert_eq!(watch.until_ended(async { 7 }).await, Some(7));
     }
 }

@@ -9,11 +9,14 @@
 //! re-escaped (classic HELP knows only `\\` and `\n`) and sample timestamps become
 //! milliseconds. Label values are escaped alike in both formats and pass through unchanged.
 //!
-//! Both metrics endpoints use [`encode`]: the proxies' `/stats/prometheus` and `isthmusd`'s
-//! `/metrics`.
+//! Both metrics endpoints are [`handler`] (through [`response`] and [`encode`]): the proxies'
+//! `/stats/prometheus` and `isthmusd`'s `/metrics`.
 
 use std::fmt::Write as _;
+use std::future::{Ready, ready};
+use std::sync::Arc;
 
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use prometheus_client::registry::Registry;
 
 /// The content type of an OpenMetrics response.
@@ -55,6 +58,37 @@ pub fn encode(
         Format::Text => openmetrics_to_text(&openmetrics),
     };
     Ok((format.content_type(), body))
+}
+
+/// A metrics endpoint as a request handler, for any server that hands a handler the request's
+/// headers (axum's `get(handler(registry))`): the [`response`] to each request.
+pub fn handler(
+    registry: Arc<Registry>,
+) -> impl Fn(HeaderMap) -> Ready<http::Response<String>> + Clone + Send + Sync + 'static {
+    move |headers: HeaderMap| {
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        ready(response(accept, &registry))
+    }
+}
+
+/// The whole answer of a metrics endpoint: 200 with the registry [`encode`]d as `accept` asks,
+/// or 500 with the encoding error as plain text.
+pub fn response(accept: Option<&str>, registry: &Registry) -> http::Response<String> {
+    let (status, content_type, body) = match encode(accept, registry) {
+        Ok((content_type, body)) => (StatusCode::OK, content_type, body),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            e.to_string(),
+        ),
+    };
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 /// The format for an `Accept` header value. Media ranges are taken by quality (`q`, default
@@ -414,6 +448,34 @@ mod tests {
         );
     }
 
+
+    #[test]
+    fn the_handler_answers_by_the_request_accept_header() {
+        let mut registry = Registry::default();
+        let counter: Counter = Counter::default();
+        registry.register("isthmus_x", "Things", counter.clone());
+        let handler = handler(Arc::new(registry));
+        let answer = |accept: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(a) = accept {
+                headers.insert(header::ACCEPT, HeaderValue::from_str(a).unwrap());
+            }
+            handler(headers).into_inner()
+        };
+
+        let plain = answer(None);
+        assert_eq!(plain.status(), StatusCode::OK);
+        assert_eq!(plain.headers()[header::CONTENT_TYPE], TEXT_CONTENT_TYPE);
+        assert!(plain.body().contains("isthmus_x_total 0\n"));
+
+        let open = answer(Some(PROMETHEUS_ACCEPT));
+        assert_eq!(open.status(), StatusCode::OK);
+        assert_eq!(
+            open.headers()[header::CONTENT_TYPE],
+            OPENMETRICS_CONTENT_TYPE
+        );
+        assert!(open.body().ends_with("# EOF\n"));
+    }
     #[test]
     fn counters_and_gauges_in_the_classic_format() {
         let mut registry = Registry::default();

@@ -8,9 +8,11 @@ use std::time::Duration;
 use isthmus_federation::discovery::Exporter;
 use isthmus_proto::ca::certificate_service_server::CertificateServiceServer;
 use isthmus_proto::federation::federation_discovery_server::FederationDiscoveryServer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::transport::server::{Connected, Router};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use super::tasks::Owned;
@@ -104,23 +106,41 @@ fn failed(
     }
 }
 
+/// Serves `router` on the connections of `incoming` until `stop`, each connection failing
+/// when `cut` fires (the gRPC ports: their streams do not end by themselves); a server error
+/// names `listener`.
+async fn serve_severable<IO>(
+    listener: Listener,
+    router: Router,
+    incoming: impl Stream<Item = std::io::Result<IO>> + Send,
+    stop: impl Future<Output = ()> + Send,
+    cut: Cut,
+) -> Result<(), DaemonError>
+where
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let incoming = incoming.map(move |io| io.map(|io| Severable::new(io, cut.clone())));
+    router
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+        .map_err(|e| failed(listener, e))
+}
+
 impl Grpc {
     async fn serve(
         self,
         stop: impl Future<Output = ()> + Send,
         cut: Cut,
     ) -> Result<(), DaemonError> {
-        let incoming = tls_incoming(self.listener, self.tls, self.limits)
-            .map(move |tls| tls.map(|tls| Severable::new(tls, cut.clone())));
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(
                 CertificateServiceServer::new(self.ca).max_decoding_message_size(64 * 1024),
             )
-            .add_service(AdsService::new(self.ads))
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await
-            .map_err(|e| failed(Listener::Grpc, e))
+            .add_service(AdsService::new(self.ads));
+        let incoming = tls_incoming(self.listener, self.tls, self.limits);
+        serve_severable(Listener::Grpc, router, incoming, stop, cut).await
     }
 }
 
@@ -130,13 +150,9 @@ impl XdsPlaintext {
         stop: impl Future<Output = ()> + Send,
         cut: Cut,
     ) -> Result<(), DaemonError> {
-        let incoming = TcpListenerStream::new(self.listener)
-            .map(move |tcp| tcp.map(|tcp| Severable::new(tcp, cut.clone())));
-        tonic::transport::Server::builder()
-            .add_service(AdsService::new(self.ads))
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await
-            .map_err(|e| failed(Listener::XdsPlaintext, e))
+        let router = tonic::transport::Server::builder().add_service(AdsService::new(self.ads));
+        let incoming = TcpListenerStream::new(self.listener);
+        serve_severable(Listener::XdsPlaintext, router, incoming, stop, cut).await
     }
 }
 
@@ -151,14 +167,11 @@ impl Discovery {
             stop.await;
             return Ok(());
         };
-        let incoming = tls_incoming(listener, self.tls, self.limits)
-            .map(move |tls| tls.map(|tls| Severable::new(tls, cut.clone())));
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(FederationDiscoveryServer::new(self.exporter))
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await
-            .map_err(|e| failed(Listener::Federation, e))
+            .add_service(FederationDiscoveryServer::new(self.exporter));
+        let incoming = tls_incoming(listener, self.tls, self.limits);
+        serve_severable(Listener::Federation, router, incoming, stop, cut).await
     }
 }
 

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use isthmus_identity::format_time;
+use isthmus_runtime::metrics_format;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
@@ -106,26 +107,8 @@ pub fn router(state: DebugState) -> Router {
     };
     Router::new()
         .merge(debug)
-        .route(
-            "/metrics",
-            get(move |headers: HeaderMap| {
-                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-                let response = metrics(accept, &registry);
-                async move { response }
-            }),
-        )
+        .route("/metrics", get(metrics_format::handler(registry)))
         .route("/ready", get(|| async { "ok\n" }))
-}
-
-/// `/metrics`: OpenMetrics or the classic Prometheus text format, as `Accept` asks
-/// (Prometheus's negotiation).
-fn metrics(accept: Option<&str>, registry: &Registry) -> axum::response::Response {
-    match isthmus_runtime::metrics_format::encode(accept, registry) {
-        Ok((content_type, body)) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
-        }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
 }
 
 /// The configuration in force and the problems of the newest load.

@@ -121,43 +121,48 @@ pub fn convert(kind: XdsType, name: &str, any: &Any) -> Checked<Resource> {
             format!("expected a {expected}, got {:?}", any.type_url),
         ));
     }
-    let (resource, actual) = match kind {
+    Ok(match kind {
         XdsType::Listener => {
-            let l = listener::convert(decode::typed(any, &root)?, &root)?;
-            let n = l.name.clone();
-            (Resource::Listener(Arc::new(l)), n)
+            Resource::Listener(named(any, name, |l: &EnvoyListener| &l.name, listener::convert)?)
         }
         XdsType::Route => {
-            let r = route::convert(decode::typed(any, &root)?, &root)?;
-            let n = r.name.clone();
-            (Resource::Route(Arc::new(r)), n)
+            Resource::Route(named(any, name, |r: &RouteConfiguration| &r.name, route::convert)?)
         }
         XdsType::Cluster => {
-            let c = cluster::convert(decode::typed(any, &root)?, &root)?;
-            let n = c.name.clone();
-            (Resource::Cluster(Arc::new(c)), n)
+            Resource::Cluster(named(any, name, |c: &EnvoyCluster| &c.name, cluster::convert)?)
         }
-        XdsType::Endpoint => {
-            let e = endpoint::convert(decode::typed(any, &root)?, &root)?;
-            let n = e.cluster_name.clone();
-            (Resource::Endpoints(Arc::new(e)), n)
-        }
+        XdsType::Endpoint => Resource::Endpoints(named(
+            any,
+            name,
+            |e: &ClusterLoadAssignment| &e.cluster_name,
+            endpoint::convert,
+        )?),
         XdsType::Secret => {
-            let envoy: EnvoySecret = decode::typed(any, &root)?;
-            let n = envoy.name.clone();
-            (
-                Resource::Secret(Arc::new(secret::convert(envoy, &root)?)),
-                n,
-            )
+            Resource::Secret(named(any, name, |s: &EnvoySecret| &s.name, secret::convert)?)
         }
-    };
+    })
+}
+
+/// Decodes `any` as the Envoy message `M` and converts it; the name the message gives itself
+/// (`name_of`) must be `name`, checked after the conversion (a resource that does not convert
+/// says why first).
+fn named<M: prost::Message + Name + Default, T>(
+    any: &Any,
+    name: &str,
+    name_of: impl FnOnce(&M) -> &String,
+    convert: impl FnOnce(M, &Path) -> Checked<T>,
+) -> Checked<Arc<T>> {
+    let root = Path::root();
+    let envoy: M = decode::typed(any, &root)?;
+    let actual = name_of(&envoy).clone();
+    let converted = convert(envoy, &root)?;
     if actual != name {
         return Err(Invalid::new(
             &root.field("name"),
             format!("{actual:?} differs from the resource's name {name:?}"),
         ));
     }
-    Ok(resource)
+    Ok(Arc::new(converted))
 }
 
 /// Everything the proxy has applied: the one state the data path reads, replaced as a whole.

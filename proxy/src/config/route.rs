@@ -307,19 +307,20 @@ fn virtual_host(vh: EnvoyVirtualHost, path: &Path) -> Checked<VirtualHost> {
     if domains.is_empty() {
         return Err(Invalid::required(&path.field("domains")));
     }
+    let domains = each(domains, path, "domains", domain)?;
+    let routes = each(routes, path, "routes", self::route)?;
+    let (headers, rbac) = level(
+        (request_headers_to_add, request_headers_to_remove),
+        (response_headers_to_add, response_headers_to_remove),
+        typed_per_filter_config,
+        path,
+    )?;
     Ok(VirtualHost {
-        domains: each(domains, path, "domains", domain)?,
-        routes: each(routes, path, "routes", self::route)?,
-        headers: edits(
-            (request_headers_to_add, request_headers_to_remove),
-            (response_headers_to_add, response_headers_to_remove),
-            path,
-        )?,
-        rbac: per_filter(
-            typed_per_filter_config,
-            &path.field("typed_per_filter_config"),
-        )?,
         name,
+        domains,
+        routes,
+        headers,
+        rbac,
     })
 }
 
@@ -342,6 +343,23 @@ fn domain(d: String, path: &Path) -> Checked<Domain> {
         _ if d.is_empty() => Err(Invalid::required(path)),
         _ => Ok(Domain::Exact(d)),
     }
+}
+
+/// What a virtual host and a route both carry, in this order: the header edits of their level
+/// and their RBAC overrides per filter (`typed_per_filter_config`).
+fn level(
+    request: (Vec<HeaderValueOption>, Vec<String>),
+    response: (Vec<HeaderValueOption>, Vec<String>),
+    typed_per_filter_config: HashMap<String, Any>,
+    path: &Path,
+) -> Checked<(Edits, HashMap<String, Option<Rules>>)> {
+    Ok((
+        edits(request, response, path)?,
+        per_filter(
+            typed_per_filter_config,
+            &path.field("typed_per_filter_config"),
+        )?,
+    ))
 }
 
 /// RBAC overrides per filter name; anything else per filter is outside the profile.
@@ -383,22 +401,23 @@ fn route(r: EnvoyRoute, path: &Path) -> Checked<Route> {
         action,
     } = r;
     reject_set!(path; decorator, tracing, per_request_buffer_limit_bytes, request_body_buffer_limit, route_specifiers);
+    let matcher = route_match(
+        required(r#match, &path.field("match"))?,
+        &path.field("match"),
+    )?;
+    let action = self::action(required(action, &path.field("action"))?, path)?;
+    let (headers, rbac) = level(
+        (request_headers_to_add, request_headers_to_remove),
+        (response_headers_to_add, response_headers_to_remove),
+        typed_per_filter_config,
+        path,
+    )?;
     Ok(Route {
-        matcher: route_match(
-            required(r#match, &path.field("match"))?,
-            &path.field("match"),
-        )?,
-        action: self::action(required(action, &path.field("action"))?, path)?,
-        headers: edits(
-            (request_headers_to_add, request_headers_to_remove),
-            (response_headers_to_add, response_headers_to_remove),
-            path,
-        )?,
-        rbac: per_filter(
-            typed_per_filter_config,
-            &path.field("typed_per_filter_config"),
-        )?,
         name,
+        matcher,
+        action,
+        headers,
+        rbac,
     })
 }
 
@@ -564,38 +583,33 @@ fn weighted(w: WeightedCluster, path: &Path) -> Checked<Targets> {
         random_value_specifier,
     } = w;
     reject_set!(path; total_weight, runtime_key_prefix, random_value_specifier);
-    let targets: Vec<WeightedTarget> = clusters
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let path = path.field("clusters").index(i);
-            let weighted_cluster::ClusterWeight {
-                name,
-                cluster_header,
-                weight,
-                metadata_match,
-                request_headers_to_add,
-                request_headers_to_remove,
-                response_headers_to_add,
-                response_headers_to_remove,
-                typed_per_filter_config,
-                host_rewrite_specifier,
-            } = c;
-            reject_set!(path; cluster_header, metadata_match, typed_per_filter_config, host_rewrite_specifier);
-            if name.is_empty() {
-                return Err(Invalid::required(&path.field("name")));
-            }
-            Ok(WeightedTarget {
-                cluster: name,
-                weight: u32_or(weight, 0),
-                headers: edits(
-                    (request_headers_to_add, request_headers_to_remove),
-                    (response_headers_to_add, response_headers_to_remove),
-                    &path,
-                )?,
-            })
+    let targets = each(clusters, path, "clusters", |c, path| {
+        let weighted_cluster::ClusterWeight {
+            name,
+            cluster_header,
+            weight,
+            metadata_match,
+            request_headers_to_add,
+            request_headers_to_remove,
+            response_headers_to_add,
+            response_headers_to_remove,
+            typed_per_filter_config,
+            host_rewrite_specifier,
+        } = c;
+        reject_set!(path; cluster_header, metadata_match, typed_per_filter_config, host_rewrite_specifier);
+        if name.is_empty() {
+            return Err(Invalid::required(&path.field("name")));
+        }
+        Ok(WeightedTarget {
+            cluster: name,
+            weight: u32_or(weight, 0),
+            headers: edits(
+                (request_headers_to_add, request_headers_to_remove),
+                (response_headers_to_add, response_headers_to_remove),
+                path,
+            )?,
         })
-        .collect::<Checked<_>>()?;
+    })?;
     let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
     if total == 0 {
         return Err(Invalid::new(

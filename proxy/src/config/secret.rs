@@ -13,7 +13,7 @@ use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     secret, spiffe_cert_validator_config,
 };
 
-use super::check::{Checked, Invalid, Path, reject_set, required};
+use super::check::{Checked, Invalid, Path, each, reject_set, required};
 use super::decode::{short_type, typed};
 use super::tls::validation_parts;
 
@@ -100,24 +100,19 @@ fn bundles(v: CertificateValidationContext, path: &Path) -> Checked<Vec<TrustBun
     if trust_domains.is_empty() {
         return Err(Invalid::required(&path.field("trust_domains")));
     }
-    trust_domains
-        .into_iter()
-        .enumerate()
-        .map(|(i, td)| {
-            let path = path.field("trust_domains").index(i);
-            let spiffe_cert_validator_config::TrustDomain {
-                name,
-                trust_bundle,
-                workload_trust_domain,
-            } = td;
-            reject_set!(path; workload_trust_domain);
-            let domain = TrustDomain::new(&name)
-                .map_err(|e| Invalid::new(&path.field("name"), e.to_string()))?;
-            let pem = inline(trust_bundle, &path.field("trust_bundle"))?;
-            TrustBundle::from_pem(domain, &pem, &name)
-                .map_err(|e| Invalid::new(&path.field("trust_bundle"), e.to_string()))
-        })
-        .collect()
+    each(trust_domains, &path, "trust_domains", |td, path| {
+        let spiffe_cert_validator_config::TrustDomain {
+            name,
+            trust_bundle,
+            workload_trust_domain,
+        } = td;
+        reject_set!(path; workload_trust_domain);
+        let domain = TrustDomain::new(&name)
+            .map_err(|e| Invalid::new(&path.field("name"), e.to_string()))?;
+        let pem = inline(trust_bundle, &path.field("trust_bundle"))?;
+        TrustBundle::from_pem(domain, &pem, &name)
+            .map_err(|e| Invalid::new(&path.field("trust_bundle"), e.to_string()))
+    })
 }
 
 /// The bytes of an inline data source (files and environment variables are the control plane's

@@ -24,6 +24,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use isthmus_runtime::backoff::Backoff;
 use rand::Rng;
 
 use super::error::RequestError;
@@ -221,7 +222,7 @@ impl<'a> Exchange<'a> {
 async fn with_retries(x: &Exchange<'_>, body: Body) -> Result<Attempted, RequestError> {
     let mut body = Some(body);
     let attempts = 1 + x.retry.map_or(0, |r| r.num_retries);
-    let mut backoff = Backoff::new(x.retry);
+    let mut backoff = retry_backoff(x.retry);
     // The hosts this request went to, for a retry that avoids them.
     let mut tried: Vec<Arc<Host>> = Vec::new();
     let mut last = None;
@@ -231,7 +232,7 @@ async fn with_retries(x: &Exchange<'_>, body: Body) -> Result<Attempted, Request
             let Some(slot) = retry_slot(x) else {
                 break;
             };
-            backoff.wait().await;
+            tokio::time::sleep(backoff.next_delay()).await;
             Some(slot)
         } else {
             None
@@ -334,28 +335,11 @@ fn retriable(retry: Option<&Retry>, outcome: &Attempted) -> bool {
     }
 }
 
-/// Envoy's retry back-off: a wait drawn up to the current interval, which doubles after each
-/// retry up to the maximum.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(retry: Option<&Retry>) -> Self {
-        let base = retry.map_or(DEFAULT_BACKOFF, |r| r.base_interval);
-        Self {
-            next: base,
-            max: retry.map_or(base, |r| r.max_interval),
-        }
-    }
-
-    async fn wait(&mut self) {
-        let jitter = rand::rng().random_range(Duration::ZERO..=self.next);
-        tokio::time::sleep(jitter).await;
-        self.next = self.next.saturating_mul(2).min(self.max);
-    }
+/// Envoy's retry back-off: a wait drawn up to the current interval (full jitter), which doubles
+/// after each retry up to the maximum and is never reset within a request.
+fn retry_backoff(retry: Option<&Retry>) -> Backoff {
+    let base = retry.map_or(DEFAULT_BACKOFF, |r| r.base_interval);
+    Backoff::new(base, retry.map_or(base, |r| r.max_interval))
 }
 
 /// Where the upstream request goes: the authority (the request's, or the route's host
@@ -1046,23 +1030,23 @@ mod tests {
             }
         }
 
-        #[tokio::test(start_paused = true)]
-        async fn the_back_off_doubles_up_to_its_maximum() {
+        #[test]
+        fn the_back_off_doubles_up_to_its_maximum() {
             let retry = Retry {
                 base_interval: Duration::from_millis(25),
                 max_interval: Duration::from_millis(150),
                 ..policy(RetryOn::default())
             };
-            let mut backoff = Backoff::new(Some(&retry));
+            let mut backoff = retry_backoff(Some(&retry));
             let mut seen = Vec::new();
             for _ in 0..4 {
-                let before = tokio::time::Instant::now();
-                let cap = backoff.next;
-                backoff.wait().await;
-                assert!(before.elapsed() <= cap);
-                seen.push(backoff.next.as_millis());
+                let cap = backoff.step();
+                assert!(backoff.next_delay() <= cap);
+                seen.push(backoff.step().as_millis());
             }
             assert_eq!(seen, [50, 100, 150, 150]);
+            // Without a policy: Envoy's default interval (no retry waits on it).
+            assert_eq!(retry_backoff(None).step(), DEFAULT_BACKOFF);
         }
 
         /// A round-robin cluster `backend` of these loopback ports (the first pick is the
