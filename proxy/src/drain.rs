@@ -115,7 +115,11 @@ mod tests {
             "the drain waited for the work"
         );
         assert_eq!(started.elapsed(), Duration::from_secs(5));
-        assert_eq!(tunnel.await.unwrap(), None, "the work ended at the deadline");
+        assert_eq!(
+            tunnel.await.unwrap(),
+            None,
+            "the work ended at the deadline"
+        );
 
         // Work that finishes by itself gives its output.
         let (_trigger, watch) = new();

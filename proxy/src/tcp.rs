@@ -158,9 +158,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_proxy_gives_its_active_count_back() {
         let (port, mut accepted) = testing::silent_upstream().await;
-        let config = Arc::new(testing::config([testing::cluster("backend", port)]));
-        let runtime = Arc::new(testing::runtime(&config));
-        let host = runtime.clusters["backend"].priorities[0][0].clone();
+        let (runtime, host) = testing::backend(port);
         let tcp = TcpProxy {
             stat_prefix: "test".to_owned(),
             clusters: vec![("backend".to_owned(), 1)],
@@ -180,9 +178,6 @@ mod tests {
         upstream.read_exact(&mut bytes).await.unwrap();
         assert_eq!(&bytes, b"ping");
         assert_eq!(host.active.load(Ordering::Relaxed), 1);
-
-        task.abort();
-        assert!(task.await.unwrap_err().is_cancelled());
-        assert_eq!(host.active.load(Ordering::Relaxed), 0, "the count leaked");
+        testing::abort_gives_the_count_back(task, &host).await;
     }
 }

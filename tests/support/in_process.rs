@@ -53,7 +53,7 @@ impl InProcessIsthmusd {
         let bound = isthmus_controlplane::daemon::bind(config)
             .await
             .unwrap_or_else(|e| panic!("isthmusd in-process: {}", chain(&e)));
-        let addresses = bound.addresses().clone();
+        let addresses = *bound.addresses();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async move {
             let _ = stopped.await;

@@ -1,5 +1,5 @@
 //! Jittered exponential backoff: the one schedule every retry loop of Isthmus uses (certificate
-//! renewal, the proxies' xDS stream, federation discovery streams).
+//! renewal, the proxies' xDS stream, federation discovery streams, the proxies' route retries).
 //!
 //! A [`Backoff`] holds the current step. [`Backoff::next_delay`] returns that step with jitter
 //! applied and doubles the step for next time, up to the cap; [`Backoff::reset`] goes back to

@@ -84,10 +84,9 @@ pub fn response(accept: Option<&str>, registry: &Registry) -> http::Response<Str
     };
     let mut response = http::Response::new(body);
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -447,7 +446,6 @@ mod tests {
             "# HELP isthmus_x Things.\n# TYPE isthmus_x counter\nisthmus_x_total 1\n# EOF\n"
         );
     }
-
 
     #[test]
     fn the_handler_answers_by_the_request_accept_header() {

@@ -11,9 +11,9 @@ use isthmus_proto::federation::federation_discovery_server::FederationDiscoveryS
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::server::{Connected, Router};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use super::tasks::Owned;
 use super::{DaemonError, Listener};

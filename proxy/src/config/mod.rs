@@ -122,24 +122,13 @@ pub fn convert(kind: XdsType, name: &str, any: &Any) -> Checked<Resource> {
         ));
     }
     Ok(match kind {
-        XdsType::Listener => {
-            Resource::Listener(named(any, name, |l: &EnvoyListener| &l.name, listener::convert)?)
+        XdsType::Listener => Resource::Listener(named(any, name, |l| &l.name, listener::convert)?),
+        XdsType::Route => Resource::Route(named(any, name, |r| &r.name, route::convert)?),
+        XdsType::Cluster => Resource::Cluster(named(any, name, |c| &c.name, cluster::convert)?),
+        XdsType::Endpoint => {
+            Resource::Endpoints(named(any, name, |e| &e.cluster_name, endpoint::convert)?)
         }
-        XdsType::Route => {
-            Resource::Route(named(any, name, |r: &RouteConfiguration| &r.name, route::convert)?)
-        }
-        XdsType::Cluster => {
-            Resource::Cluster(named(any, name, |c: &EnvoyCluster| &c.name, cluster::convert)?)
-        }
-        XdsType::Endpoint => Resource::Endpoints(named(
-            any,
-            name,
-            |e: &ClusterLoadAssignment| &e.cluster_name,
-            endpoint::convert,
-        )?),
-        XdsType::Secret => {
-            Resource::Secret(named(any, name, |s: &EnvoySecret| &s.name, secret::convert)?)
-        }
+        XdsType::Secret => Resource::Secret(named(any, name, |s| &s.name, secret::convert)?),
     })
 }
 

@@ -110,7 +110,9 @@ pub async fn forward(
 
     if let (Some(protocol), Some(on_upgrade)) = (&upgrade, on_upgrade) {
         let mut response = match upgrade_request(parts, &target) {
-            Ok(upstream) => super::upgrade::forward(on_upgrade, upstream, protocol, &cluster).await,
+            Ok(upstream) => {
+                super::upgrade::forward(on_upgrade, upstream, protocol, &cluster, &conn.drain).await
+            }
             Err(e) => e.reply(),
         };
         edit(response.headers_mut(), edits.iter().map(|e| &e.response));
@@ -715,10 +717,8 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_attempt_gives_its_active_count_back() {
         let (port, mut accepted) = testing::silent_upstream().await;
-        let config = Arc::new(testing::config([testing::cluster("backend", port)]));
-        let runtime = testing::runtime(&config);
+        let (runtime, host) = testing::backend(port);
         let cluster = runtime.clusters["backend"].clone();
-        let host = cluster.priorities[0][0].clone();
         let task = tokio::spawn({
             let (cluster, host) = (cluster.clone(), host.clone());
             async move {
@@ -735,10 +735,7 @@ mod tests {
         upstream.read_exact(&mut head).await.unwrap();
         assert_eq!(&head, b"GET ");
         assert_eq!(host.active.load(Ordering::Relaxed), 1);
-
-        task.abort();
-        assert!(task.await.unwrap_err().is_cancelled());
-        assert_eq!(host.active.load(Ordering::Relaxed), 0, "the count leaked");
+        testing::abort_gives_the_count_back(task, &host).await;
     }
 
     /// A response counts on its host until its body has been read, not just until its head
@@ -747,10 +744,8 @@ mod tests {
     async fn a_response_counts_on_its_host_until_its_body_ends() {
         use http_body_util::BodyExt as _;
         let (port, _open, _accepted) = testing::http_upstream().await;
-        let config = Arc::new(testing::config([testing::cluster("backend", port)]));
-        let runtime = testing::runtime(&config);
+        let (runtime, host) = testing::backend(port);
         let cluster = runtime.clusters["backend"].clone();
-        let host = cluster.priorities[0][0].clone();
         let pool = Arc::new(Pool::default());
         let request = http::Request::get("/")
             .body(super::super::full(Bytes::new()))

@@ -54,6 +54,9 @@ pub struct Connection {
     pub local: SocketAddr,
     pub server_name: Option<String>,
     pub tls: Option<TlsPeer>,
+    /// The connection's part in a drain: held by the connection, and by the tunnels (CONNECT,
+    /// upgrades) it hands over, so that a drain waits for them and ends them at its deadline.
+    pub drain: drain::Watch,
 }
 
 /// The verified peer of an mTLS connection, and this side's identity.
@@ -79,15 +82,15 @@ impl Connection {
     }
 }
 
-/// Serves HTTP on one downstream connection until it closes; on drain, asks the client to go
-/// away (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in progress) and lets the requests
-/// in flight finish.
+/// Serves HTTP on one downstream connection until it closes; on drain (`conn.drain`), asks the
+/// client to go away (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in progress) and lets
+/// the requests in flight finish.
 pub async fn serve_connection(
     io: BoxedIo,
     codec: Codec,
     conn: Connection,
-    drain: drain::Watch,
 ) -> Result<(), ConnectionError> {
+    let drain = conn.drain.clone();
     let header_timeout = conn.runtime.settings.handshake_timeout;
     // The first bytes must come within the timeout (hyper's header timeout starts only once
     // it knows the protocol); they are replayed to the codec.
@@ -238,7 +241,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
                 // The profile terminates CONNECT; it never forwards the request itself.
                 return local_reply(http::StatusCode::FORBIDDEN, "");
             }
-            connect::terminate(request, action, &latest).await
+            connect::terminate(request, action, &latest, &conn.drain).await
         }
         Action::Forward(action) => {
             let edits = forward::Levels {

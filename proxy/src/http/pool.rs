@@ -429,9 +429,7 @@ mod tests {
         let with_tls = testing::runtime(&config);
         // The plaintext cluster is still live too (equal, allocated elsewhere), so pruning
         // keeps its connection: only the keys keep the two apart.
-        let plaintext = testing::runtime(&Arc::new(testing::config([testing::cluster(
-            "backend", port,
-        )])));
+        let plaintext = testing::runtime_of([testing::cluster("backend", port)]);
         assert_eq!(plaintext.clusters["backend"].key, old_key);
         assert_ne!(with_tls.clusters["backend"].key, old_key);
         pool.prune(clusters(&plaintext).chain(clusters(&with_tls)));
@@ -451,8 +449,8 @@ mod tests {
     async fn equal_clusters_share_connections_whatever_their_allocation() {
         let (port, _open, accepted) = testing::http_upstream().await;
         let pool = Arc::new(Pool::default());
-        let first = testing::runtime(&Arc::new(testing::config([testing::cluster("b", port)])));
-        let second = testing::runtime(&Arc::new(testing::config([testing::cluster("b", port)])));
+        let first = testing::runtime_of([testing::cluster("b", port)]);
+        let second = testing::runtime_of([testing::cluster("b", port)]);
         assert_eq!(first.clusters["b"].key, second.clusters["b"].key);
         pool.prune(clusters(&second));
         assert_eq!(get(&pool, &first.clusters["b"]).await.unwrap(), "ok");
@@ -538,40 +536,50 @@ mod tests {
         let live: HashSet<ClusterKey> = clusters(&after).map(|c| c.key.clone()).collect();
         assert_eq!(pool.keys(), live, "no entry under an old key");
         // Closed for real: the upstream sees only the kept cluster's connection open.
-        tokio::time::timeout(Duration::from_secs(10), open.wait_for(|n| *n == 1))
+        open_becomes(&mut open, 1, "the dropped connections close").await;
+    }
+
+    /// Waits (up to 10 s) until the upstream has `n` connections open.
+    async fn open_becomes(open: &mut tokio::sync::watch::Receiver<usize>, n: usize, what: &str) {
+        tokio::time::timeout(Duration::from_secs(10), open.wait_for(|open| *open == n))
             .await
-            .expect("the dropped connections close")
+            .expect(what)
             .unwrap();
+    }
+
+    /// Cluster `b` on one upstream (`before`, the pool pruned to it), then moved by EDS to
+    /// another (`after`: same settings, so the same key); and the connections open to the
+    /// first upstream.
+    async fn moved_endpoint() -> (
+        Arc<Pool>,
+        Runtime,
+        Runtime,
+        tokio::sync::watch::Receiver<usize>,
+    ) {
+        let (gone, gone_open, _) = testing::http_upstream().await;
+        let (stays, _, _) = testing::http_upstream().await;
+        let pool = Arc::new(Pool::default());
+        let before = testing::runtime_of([testing::cluster("b", gone)]);
+        pool.prune(clusters(&before));
+        let after = testing::runtime_of([testing::cluster("b", stays)]);
+        assert_eq!(before.clusters["b"].key, after.clusters["b"].key);
+        (pool, before, after, gone_open)
     }
 
     #[tokio::test]
     async fn an_endpoint_removed_from_a_cluster_loses_its_pooled_connections() {
-        let (gone, mut gone_open, _) = testing::http_upstream().await;
-        let (stays, _, _) = testing::http_upstream().await;
-        let pool = Arc::new(Pool::default());
-        let before = testing::runtime(&Arc::new(testing::config([testing::cluster("b", gone)])));
-        pool.prune(clusters(&before));
+        let (pool, before, after, mut gone_open) = moved_endpoint().await;
         assert_eq!(get(&pool, &before.clusters["b"]).await.unwrap(), "ok");
-        // EDS moved the cluster to another endpoint; its settings, so its key, are the same.
-        let after = testing::runtime(&Arc::new(testing::config([testing::cluster("b", stays)])));
-        assert_eq!(before.clusters["b"].key, after.clusters["b"].key);
         pool.prune(clusters(&after));
         assert!(!pool.holds(&after.clusters["b"]));
-        tokio::time::timeout(Duration::from_secs(10), gone_open.wait_for(|n| *n == 0))
-            .await
-            .expect("the dropped connection closes")
-            .unwrap();
+        open_becomes(&mut gone_open, 0, "the dropped connection closes").await;
     }
 
     /// A request of the older runtime that ends after the change gives its connection back to
     /// a host that is gone: the pool must not take it (it would never be checked out again).
     #[tokio::test]
     async fn a_connection_given_back_after_its_host_was_pruned_is_dropped() {
-        let (gone, mut gone_open, _) = testing::http_upstream().await;
-        let (stays, _, _) = testing::http_upstream().await;
-        let pool = Arc::new(Pool::default());
-        let before = testing::runtime(&Arc::new(testing::config([testing::cluster("b", gone)])));
-        pool.prune(clusters(&before));
+        let (pool, before, after, mut gone_open) = moved_endpoint().await;
         let cluster = &before.clusters["b"];
         let host = cluster.priorities[0][0].clone();
         let request = http::Request::get("/")
@@ -579,7 +587,6 @@ mod tests {
             .unwrap();
         // The response head is in; its body is not read yet.
         let response = pool.send(cluster, &host, request).await.unwrap();
-        let after = testing::runtime(&Arc::new(testing::config([testing::cluster("b", stays)])));
         pool.prune(clusters(&after));
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
@@ -587,9 +594,6 @@ mod tests {
             !pool.holds(&after.clusters["b"]),
             "the late connection was pooled"
         );
-        tokio::time::timeout(Duration::from_secs(10), gone_open.wait_for(|n| *n == 0))
-            .await
-            .expect("the late connection closes")
-            .unwrap();
+        open_becomes(&mut gone_open, 0, "the late connection closes").await;
     }
 }

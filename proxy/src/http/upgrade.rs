@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 
 use super::pool::Pool;
 use super::{Body, BoxError, local_reply};
+use crate::drain;
 use crate::upstream::ClusterRuntime;
 use crate::upstream::outlier::Outcome;
 
@@ -38,12 +39,14 @@ fn upgrade_headers(headers: &mut HeaderMap, protocol: &str) {
 }
 
 /// Forwards the upgrade request `upstream` (headers already edited) to a host of `cluster`,
-/// and on 101 joins `downstream` to the upstream connection. Not retried.
+/// and on 101 joins `downstream` to the upstream connection, holding `drain` (a drain waits
+/// for the upgraded connection and ends it at its deadline). Not retried.
 pub async fn forward(
     downstream: OnUpgrade,
     mut upstream: http::Request<Body>,
     protocol: &str,
     cluster: &ClusterRuntime,
+    drain: &drain::Watch,
 ) -> http::Response<Body> {
     let Some(host) = cluster.pick() else {
         return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
@@ -70,9 +73,10 @@ pub async fn forward(
     }
     let upstream_io = hyper::upgrade::on(&mut response);
     let name = cluster.cluster.name.clone();
-    // Detached, ending when either side closes. The downstream connection is handed over
-    // after the 101, so a drain does not wait for the upgraded stream (it would need the
-    // connection's drain `Watch` passed in).
+    // Detached, ending when either side closes or the drain is over. The downstream connection
+    // is handed over after the 101: the task holds a drain `Watch` of its own, so a drain waits
+    // for the upgraded connection (up to the deadline).
+    let drain = drain.clone();
     tokio::spawn(async move {
         let (down, up) = match tokio::try_join!(downstream, upstream_io) {
             Ok(pair) => pair,
@@ -82,8 +86,15 @@ pub async fn forward(
             }
         };
         let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            tracing::debug!(cluster = name, error = %e, "upgraded connection ended");
+        match drain
+            .until_ended(tokio::io::copy_bidirectional(&mut down, &mut up))
+            .await
+        {
+            Some(Err(e)) => {
+                tracing::debug!(cluster = name, error = %e, "upgraded connection ended");
+            }
+            Some(Ok(_)) => {}
+            None => tracing::debug!(cluster = name, "upgraded connection cut: drain deadline"),
         }
     });
     let (mut parts, _) = response.into_parts();

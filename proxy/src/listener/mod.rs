@@ -305,8 +305,9 @@ async fn serve(
                 local,
                 server_name: facts.server_name.clone(),
                 tls,
+                drain,
             };
-            Ok(crate::http::serve_connection(io, codec, connection, drain).await?)
+            Ok(crate::http::serve_connection(io, codec, connection).await?)
         }
     }
 }
@@ -393,24 +394,15 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::config::listener::{Direction, Listener};
     use crate::metrics::RefusedLabels;
+    use crate::upstream::testing;
 
     /// A listener on port 0 with no filter chain: every connection is refused.
     fn config_with_listener() -> ProxyConfig {
         let mut config = ProxyConfig::default();
-        config.listeners.insert(
-            "in".to_owned(),
-            Arc::new(Listener {
-                name: "in".to_owned(),
-                address: SocketAddr::from(([127, 0, 0, 1], 0)),
-                direction: Direction::Inbound,
-                tls_inspector: false,
-                original_dst: false,
-                chains: Vec::new(),
-                default_chain: None,
-            }),
-        );
+        config
+            .listeners
+            .insert("in".to_owned(), testing::listener(Vec::new()));
         config
     }
 

@@ -1,8 +1,11 @@
 //! Test fixtures: static clusters on loopback, runtimes built from them, and upstreams that
-//! answer (HTTP/1.1 and HTTP/2) or never do.
+//! answer (HTTP/1.1 and HTTP/2) or never do; a listener and a route table to put in front.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,12 +13,16 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::ProxyConfig;
 use crate::config::cluster::{Cluster, Discovery, LbPolicy, Limits, UpstreamProtocol};
 use crate::config::endpoint::{Endpoint, LoadAssignment, Locality, LocalityGroup};
+use crate::config::listener::{Direction, FilterChain, Listener};
+use crate::config::route::{Domain, Edits, Route, RouteTable, VirtualHost};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, Settings};
+use crate::upstream::Host;
 use crate::upstream::outlier::HealthRegistry;
 
 /// A plaintext, least-request cluster with one endpoint, `127.0.0.1:port`.
@@ -52,6 +59,34 @@ pub fn cluster(name: &str, port: u16) -> Cluster {
     }
 }
 
+/// An inbound listener `in` on `127.0.0.1:0` with these filter chains and no default one.
+pub fn listener(chains: Vec<FilterChain>) -> Arc<Listener> {
+    Arc::new(Listener {
+        name: "in".to_owned(),
+        address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        direction: Direction::Inbound,
+        tls_inspector: false,
+        original_dst: false,
+        chains,
+        default_chain: None,
+    })
+}
+
+/// A route table `r` of one virtual host `all` (any domain) with this one route.
+pub fn table(route: Route) -> RouteTable {
+    RouteTable {
+        name: "r".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "all".into(),
+            domains: vec![Domain::Any],
+            routes: vec![route],
+            headers: Edits::default(),
+            rbac: HashMap::new(),
+        }],
+        headers: Edits::default(),
+    }
+}
+
 /// A configuration of just these clusters.
 pub fn config(clusters: impl IntoIterator<Item = Cluster>) -> ProxyConfig {
     let mut config = ProxyConfig::default();
@@ -69,6 +104,26 @@ pub fn runtime(config: &Arc<ProxyConfig>) -> Runtime {
         &Arc::new(Metrics::default()),
         Settings::default(),
     )
+}
+
+/// The runtime of a configuration of just these clusters.
+pub fn runtime_of(clusters: impl IntoIterator<Item = Cluster>) -> Runtime {
+    runtime(&Arc::new(config(clusters)))
+}
+
+/// The runtime of one [`cluster`] `backend` on `127.0.0.1:port`, and its one host.
+pub fn backend(port: u16) -> (Arc<Runtime>, Arc<Host>) {
+    let runtime = Arc::new(runtime_of([cluster("backend", port)]));
+    let host = runtime.clusters["backend"].priorities[0][0].clone();
+    (runtime, host)
+}
+
+/// Aborts `task`, which holds work on `host` (a reset, a listener going away), and checks
+/// that the host got its active count back: it must not stay busy for least-request balancing.
+pub async fn abort_gives_the_count_back<T: std::fmt::Debug>(task: JoinHandle<T>, host: &Host) {
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(host.active.load(Ordering::Relaxed), 0, "the count leaked");
 }
 
 /// An upstream that accepts connections and never answers; the test gets each accepted

@@ -23,9 +23,10 @@ use super::{Expect, Table, pack, run};
 use crate::config::matcher::{HeaderKey, HeaderMatch, HeaderTest, Matcher, StringMatch};
 use crate::config::route::{
     Action, AppendAction, Domain, Edits, Forward, HeaderAdd, HeaderEdits, PREVIOUS_HOSTS,
-    PathMatch, Redirect, Retry, Route, RouteMatch, RouteTable, Targets, VirtualHost,
-    WeightedTarget, convert,
+    PathMatch, Redirect, Retry, Route, RouteMatch, RouteTable, Targets, WeightedTarget, convert,
 };
+// The model of `config` with one route.
+use crate::upstream::testing::table;
 
 fn to_cluster(cluster: &str) -> RouteAction {
     RouteAction {
@@ -82,21 +83,6 @@ fn add(key: &str, value: &str) -> HeaderValueOption {
             raw_value: Vec::new(),
         }),
         ..HeaderValueOption::default()
-    }
-}
-
-/// The model of [`config`] with one route.
-fn table(route: Route) -> RouteTable {
-    RouteTable {
-        name: "r".into(),
-        virtual_hosts: vec![VirtualHost {
-            name: "all".into(),
-            domains: vec![Domain::Any],
-            routes: vec![route],
-            headers: Edits::default(),
-            rbac: HashMap::new(),
-        }],
-        headers: Edits::default(),
     }
 }
 
