@@ -18,6 +18,7 @@ pub mod in_process;
 pub mod mesh;
 pub mod netns;
 pub mod proxy;
+pub mod test_api_server;
 pub mod traffic;
 pub mod up;
 
