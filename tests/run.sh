@@ -17,6 +17,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v iptables >/dev/null || missing+=(iptables)
 command -v setpriv >/dev/null || missing+=(util-linux)
+# kubectl kustomize renders the manifests (tests/e2e/manifests.rs).
+command -v kubectl >/dev/null || missing+=(kubectl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq

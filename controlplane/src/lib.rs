@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod federation;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod kubernetes;
 pub mod model;
 pub mod pipeline;
 pub mod private_files;

@@ -15,6 +15,7 @@ pub mod federation;
 pub mod grpc_echo;
 pub mod h2connect;
 pub mod in_process;
+pub mod kube;
 pub mod mesh;
 pub mod netns;
 pub mod proxy;

@@ -411,6 +411,30 @@ impl TestApiServer {
             .map_err(|e| anyhow::anyhow!("{}", e.message))
     }
 
+    /// Writes `status` through the object's `status` subresource, as the component that owns
+    /// it would (the kubelet for a Pod's `podIP`); whether the object was there.
+    pub fn set_status(
+        &self,
+        kind_or_plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        status: Value,
+    ) -> anyhow::Result<()> {
+        let res = resource(kind_or_plural)
+            .ok_or_else(|| anyhow::anyhow!("unknown kind {kind_or_plural:?}"))?;
+        let mut store = self.shared.lock();
+        let key = Key::new(res, namespace.unwrap_or_default(), name);
+        let mut doc = store
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no {kind_or_plural} {name}"))?;
+        doc["status"] = status;
+        replace(&mut store, &self.shared, res, &key, doc, Part::Status)
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+    }
+
     /// Deletes an object as `kubectl delete` (DELETED, or with finalizers a MODIFIED that sets
     /// `deletionTimestamp`); whether it was there.
     pub fn delete(&self, kind_or_plural: &str, namespace: Option<&str>, name: &str) -> bool {

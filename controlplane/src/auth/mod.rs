@@ -1,7 +1,14 @@
 //! Who is asking: turns a caller's credential into the one SPIFFE ID it may get a certificate
-//! for. Local mode uses bootstrap tokens ([`tokens`]); a Kubernetes service-account token check
-//! plugs in behind the same [`Authenticator`] interface.
+//! for, behind one [`Authenticator`] interface:
+//!
+//! - local mode: bootstrap tokens ([`tokens`]), bound to an identity by `isthmusctl token create`;
+//! - Kubernetes mode: the pod's service-account token, checked by the API server with a
+//!   `TokenReview` for the audience [`token_review::AUDIENCE`] ([`token_review`]); the identity
+//!   is `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+//!
+//! [`CallerAuthenticator`] is the one the daemon picks by mode.
 
+pub mod token_review;
 pub mod tokens;
 
 use std::future::Future;
@@ -25,6 +32,21 @@ pub enum AuthError {
     },
     #[error("token store: {0}")]
     Store(String),
+    /// The Kubernetes API server did not authenticate the token (its `status.error`).
+    #[error("the Kubernetes API server rejected the token: {reason}")]
+    Rejected { reason: String },
+    /// The token was authenticated, but not for the CA's audience.
+    #[error(
+        "the token is not for the audience `{}` (it is for: {audiences})",
+        token_review::AUDIENCE
+    )]
+    WrongAudience { audiences: String },
+    /// The token was authenticated, but not as a service account.
+    #[error("{username:?} is not a service account (`system:serviceaccount:<namespace>:<name>`)")]
+    NotServiceAccount { username: String },
+    /// The token could not be reviewed: the API server is unreachable or failed.
+    #[error("cannot review the token with the Kubernetes API server: {0}")]
+    ApiServer(String),
 }
 
 impl AuthError {
@@ -36,12 +58,17 @@ impl AuthError {
             Self::UnknownToken => "unknown_token",
             Self::Revoked { .. } => "revoked_token",
             Self::Store(_) => "internal",
+            Self::Rejected { .. } => "token_rejected",
+            Self::WrongAudience { .. } => "wrong_audience",
+            Self::NotServiceAccount { .. } => "not_service_account",
+            Self::ApiServer(_) => "token_review_failed",
         }
     }
 
     pub fn code(&self) -> tonic::Code {
         match self {
             Self::Store(_) => tonic::Code::Internal,
+            Self::ApiServer(_) => tonic::Code::Unavailable,
             _ => tonic::Code::Unauthenticated,
         }
     }
@@ -53,6 +80,23 @@ pub trait Authenticator: Send + Sync + 'static {
         &self,
         bearer: String,
     ) -> impl Future<Output = Result<SpiffeId, AuthError>> + Send;
+}
+
+/// The caller authentication of a mode: bootstrap tokens (local) or `TokenReview`
+/// (Kubernetes).
+#[derive(Debug, Clone)]
+pub enum CallerAuthenticator {
+    Tokens(tokens::TokenStore),
+    Kubernetes(token_review::TokenReviewAuthenticator),
+}
+
+impl Authenticator for CallerAuthenticator {
+    async fn authenticate(&self, bearer: String) -> Result<SpiffeId, AuthError> {
+        match self {
+            Self::Tokens(store) => store.authenticate(bearer).await,
+            Self::Kubernetes(review) => review.authenticate(bearer).await,
+        }
+    }
 }
 
 /// The token of an `authorization: Bearer <token>` header.

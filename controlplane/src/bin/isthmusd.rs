@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use isthmus_controlplane::ca::TtlPolicy;
 use isthmus_controlplane::config::watch::WatchSettings;
-use isthmus_controlplane::daemon::{DaemonConfig, FederationSettings, run};
+use isthmus_controlplane::daemon::{DaemonConfig, FederationSettings, KubernetesSettings, run};
 use isthmus_federation::discovery::ImporterSettings;
 use isthmus_identity::TrustDomain;
 
@@ -17,9 +17,33 @@ use isthmus_identity::TrustDomain;
 #[derive(Debug, Parser)]
 #[command(name = "isthmusd", version)]
 struct Args {
-    /// Directory of mesh configuration (YAML).
-    #[arg(long, env = "ISTHMUS_CONFIG_DIR")]
-    config_dir: PathBuf,
+    /// Where the mesh configuration comes from: a YAML directory (`--config-dir`), or the
+    /// Kubernetes API server (in-cluster, or from KUBECONFIG).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "directory",
+        env = "ISTHMUS_CONFIG_SOURCE"
+    )]
+    config_source: ConfigSource,
+    /// Directory of mesh configuration (YAML); required with --config-source directory.
+    #[arg(
+        long,
+        env = "ISTHMUS_CONFIG_DIR",
+        required_if_eq("config_source", "directory")
+    )]
+    config_dir: Option<PathBuf>,
+    /// Kubernetes mode: a kubeconfig file (default: in-cluster, or the KUBECONFIG variable).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: this replica's name, holder of the status lease (the pod's name, from
+    /// the downward API).
+    #[arg(long, env = "POD_NAME", default_value = "isthmusd")]
+    pod_name: String,
+    /// Kubernetes mode: how long the status lease lasts unrenewed, so how soon another replica
+    /// takes over writing status when the holder stops.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
     /// Directory for state: the generated CA, bootstrap token records, the published root.
     #[arg(long, env = "ISTHMUS_STATE_DIR")]
     state_dir: PathBuf,
@@ -110,8 +134,14 @@ async fn main() -> std::process::ExitCode {
         eprintln!("isthmusd: --workload-cert-ttl is longer than --max-workload-cert-ttl");
         return std::process::ExitCode::FAILURE;
     }
+    let kubernetes = (args.config_source == ConfigSource::Kubernetes).then(|| KubernetesSettings {
+        kubeconfig: args.kubeconfig.clone(),
+        pod_name: args.pod_name.clone(),
+        lease_duration: args.lease_duration,
+    });
     let config = DaemonConfig {
-        config_dir: args.config_dir,
+        config_dir: args.config_dir.unwrap_or_default(),
+        kubernetes,
         state_dir: args.state_dir,
         trust_domain: args.trust_domain,
         namespace: args.namespace,
@@ -151,6 +181,12 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConfigSource {
+    Directory,
+    Kubernetes,
 }
 
 /// The error and its causes, `outer: inner: …`.

@@ -124,10 +124,12 @@ fn insert(
 }
 
 fn located(source: &SourceRef, reason: String) -> ConfigError {
+    // Document 0: an object of the Kubernetes API, located by its path alone.
+    let in_file = source.document != 0;
     ConfigError {
         file: source.file.clone(),
-        document: Some(source.document),
-        line: Some(source.line),
+        document: in_file.then_some(source.document),
+        line: in_file.then_some(source.line),
         resource: None,
         path: None,
         reason,

@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use isthmus_api::{Kind, Resource, TypedResource};
+
+use super::cluster::ClusterState;
 
 /// Namespace of resources whose metadata names none (as `kubectl apply` does).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -23,7 +26,8 @@ impl fmt::Display for ResourceKey {
     }
 }
 
-/// Where a resource was read from.
+/// Where a resource was read from: a file's document, or (document 0) an object of the
+/// Kubernetes API, `file` being its API path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRef {
     pub file: PathBuf,
@@ -33,6 +37,9 @@ pub struct SourceRef {
 
 impl fmt::Display for SourceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.document == 0 {
+            return write!(f, "{}", self.file.display());
+        }
         write!(
             f,
             "{}:{} (document {})",
@@ -47,11 +54,27 @@ impl fmt::Display for SourceRef {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigSnapshot {
     resources: BTreeMap<ResourceKey, (Resource, SourceRef)>,
+    /// Kubernetes `Service`s, their endpoints and `Pod`s (Kubernetes mode only).
+    cluster: Arc<ClusterState>,
 }
 
 impl ConfigSnapshot {
     pub(crate) fn from_map(resources: BTreeMap<ResourceKey, (Resource, SourceRef)>) -> Self {
-        Self { resources }
+        Self {
+            resources,
+            cluster: Arc::default(),
+        }
+    }
+
+    /// The snapshot with the cluster's services and pods.
+    pub fn with_cluster(mut self, cluster: Arc<ClusterState>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Kubernetes `Service`s and `Pod`s; empty in directory mode.
+    pub fn cluster(&self) -> &ClusterState {
+        &self.cluster
     }
 
     pub fn len(&self) -> usize {

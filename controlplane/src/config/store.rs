@@ -80,6 +80,29 @@ impl ConfigStore {
         }
     }
 
+    /// Applies what a source of independent objects (Kubernetes) could read: `snapshot` holds
+    /// every valid object and replaces the current one (if different); `skipped` are the
+    /// problems of the objects left out (already logged by the source), kept in the status
+    /// until they are fixed. Returns whether a new snapshot was published.
+    pub fn apply_partial(&self, snapshot: ConfigSnapshot, skipped: Vec<ConfigError>) -> bool {
+        let changed = **self.snapshot.borrow() != snapshot;
+        self.status.send_modify(|s| {
+            if changed {
+                s.version += 1;
+                s.applied_at = Some(SystemTime::now());
+            }
+            if !skipped.is_empty() && s.errors != skipped {
+                s.rejected_at = Some(SystemTime::now());
+            }
+            s.errors = skipped;
+        });
+        if changed {
+            tracing::info!(resources = snapshot.len(), "configuration applied");
+            self.snapshot.send_replace(Arc::new(snapshot));
+        }
+        changed
+    }
+
     pub fn current(&self) -> Arc<ConfigSnapshot> {
         self.snapshot.borrow().clone()
     }

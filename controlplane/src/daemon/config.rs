@@ -14,7 +14,12 @@ use crate::config::watch::WatchSettings;
 /// Everything `isthmusd` is started with.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
+    /// The YAML directory of the configuration (unused in Kubernetes mode).
     pub config_dir: PathBuf,
+    /// Kubernetes mode: configuration, registry and status through the API server (the
+    /// client is inferred in-cluster or from `KUBECONFIG`), proxies authenticated by
+    /// service-account tokens. `None`: the directory, bootstrap tokens.
+    pub kubernetes: Option<KubernetesSettings>,
     pub state_dir: PathBuf,
     pub trust_domain: TrustDomain,
     /// Namespace `isthmusd` runs in; its own identity is `…/ns/<namespace>/sa/isthmusd`.
@@ -56,6 +61,7 @@ impl DaemonConfig {
         let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         Self {
             config_dir,
+            kubernetes: None,
             state_dir,
             trust_domain,
             namespace: "isthmus-system".to_owned(),
@@ -73,6 +79,18 @@ impl DaemonConfig {
             drain_timeout: Duration::from_secs(1),
         }
     }
+}
+
+/// How `isthmusd` runs in Kubernetes mode.
+#[derive(Debug, Clone)]
+pub struct KubernetesSettings {
+    /// A kubeconfig file to use instead of the in-cluster or `KUBECONFIG` configuration.
+    pub kubeconfig: Option<PathBuf>,
+    /// This replica's name (the pod's): the holder of the status lease.
+    pub pod_name: String,
+    /// How long the status writer's lease lasts without renewal: the longest a status
+    /// writer can be missing before another replica takes over.
+    pub lease_duration: Duration,
 }
 
 /// Timings of federation discovery.

@@ -35,6 +35,18 @@ impl std::fmt::Display for Listener {
 /// Why `isthmusd` could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error(
+        "--config-source kubernetes: no Kubernetes client configuration (in-cluster or KUBECONFIG)"
+    )]
+    KubernetesConfig(#[source] kube::config::InferConfigError),
+    #[error("--kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("--config-source kubernetes: cannot build the Kubernetes client")]
+    KubernetesClient(#[source] kube::Error),
     #[error("--config-dir {dir}: not a directory")]
     ConfigDirNotADirectory { dir: PathBuf },
     #[error("--config-dir {dir}")]

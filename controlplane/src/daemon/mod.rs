@@ -42,7 +42,7 @@ use std::time::Duration;
 use isthmus_identity::{CertManager, SpiffeId, TrustDomain};
 
 pub use addresses::{ADDRESSES_FILE, Addresses, AddressesError};
-pub use config::{DaemonConfig, FederationSettings};
+pub use config::{DaemonConfig, FederationSettings, KubernetesSettings};
 pub use error::{DaemonError, Listener};
 use servers::{Running, Servers};
 use setup::Tasks;
@@ -66,7 +66,8 @@ pub fn control_plane_identity(
 pub async fn bind(config: DaemonConfig) -> Result<Bound, DaemonError> {
     setup::check(&config)?;
     let mut tasks = Tasks::default();
-    let store = setup::config_source(&config, &mut tasks)?;
+    let kube = setup::kubernetes_client(&config).await?;
+    let store = setup::config_source(&config, kube.as_ref(), &mut tasks)?;
     let ca = setup::state_and_ca(&config)?;
     let own = setup::own_certificate(&config, &ca, &mut tasks).await?;
     let listeners = setup::Listeners::bind(&config).await?;
@@ -74,8 +75,16 @@ pub async fn bind(config: DaemonConfig) -> Result<Bound, DaemonError> {
     // Peers' catalogs, from the federation importers to the pipeline.
     let (imports, imported) = tokio::sync::watch::channel(Default::default());
     let flow = setup::pipeline(&config, &ca, &own, &store, &addresses, imported, &mut tasks);
-    let federation = setup::federation(&config, &ca, &own, &flow.pipeline, imports, &mut tasks);
-    let servers = setup::servers(&config, &ca, &own, store, flow, federation, listeners)?;
+    let federation = setup::federation(
+        &config,
+        &ca,
+        &own,
+        &flow.pipeline,
+        imports,
+        kube.as_ref(),
+        &mut tasks,
+    );
+    let servers = setup::servers(&config, &ca, &own, kube, store, flow, federation, listeners)?;
     addresses
         .write(&config.state_dir)
         .map_err(|source| DaemonError::StateFile {

@@ -17,7 +17,7 @@ use tonic::transport::server::{Connected, Router};
 
 use super::tasks::Owned;
 use super::{DaemonError, Listener};
-use crate::auth::tokens::TokenStore;
+use crate::auth::CallerAuthenticator;
 use crate::ca::service::CaService;
 use crate::server::debug::DebugState;
 use crate::server::severable::{Cut, Severable};
@@ -41,7 +41,7 @@ pub(super) struct Grpc {
     pub listener: TcpListener,
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: HandshakeLimits,
-    pub ca: CaService<TokenStore>,
+    pub ca: CaService<CallerAuthenticator>,
     pub ads: AdsServer,
 }
 

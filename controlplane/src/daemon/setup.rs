@@ -16,6 +16,8 @@ use tokio::sync::watch;
 use super::servers::{Debug, Discovery, Grpc, Servers, XdsPlaintext};
 use super::tasks::Owned;
 use super::{Addresses, DaemonConfig, DaemonError, Listener, control_plane_identity};
+use crate::auth::CallerAuthenticator;
+use crate::auth::token_review::TokenReviewAuthenticator;
 use crate::auth::tokens::TokenStore;
 use crate::ca::local_source::LocalSource;
 use crate::ca::metrics::CaMetrics;
@@ -25,6 +27,8 @@ use crate::config::ConfigStore;
 use crate::config::watch::watch_dir;
 use crate::federation::ImportStates;
 use crate::federation::status::FederationStatus;
+use crate::kubernetes::leader::{LeaseSettings, elect};
+use crate::kubernetes::status_writer::write_status;
 use crate::pipeline::gate::WorkloadGate;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::private_files::{create_private_dir, write_private};
@@ -50,6 +54,9 @@ pub(super) fn check(config: &DaemonConfig) -> Result<(), DaemonError> {
              only; proxies should use the mTLS port with a bootstrap token."
         );
     }
+    if config.kubernetes.is_some() {
+        return Ok(());
+    }
     let dir = &config.config_dir;
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
@@ -61,13 +68,53 @@ pub(super) fn check(config: &DaemonConfig) -> Result<(), DaemonError> {
     }
 }
 
-/// The configuration in force, loaded now and kept in step with the directory by a task.
+/// In Kubernetes mode, the API server's client: in-cluster, or from `KUBECONFIG`.
+pub(super) async fn kubernetes_client(
+    config: &DaemonConfig,
+) -> Result<Option<kube::Client>, DaemonError> {
+    let Some(settings) = &config.kubernetes else {
+        return Ok(None);
+    };
+    let inferred = match &settings.kubeconfig {
+        Some(path) => {
+            let file = |source| DaemonError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(file)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(file)?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(DaemonError::KubernetesConfig)?,
+    };
+    tracing::info!(api_server = %inferred.cluster_url, "Kubernetes mode");
+    let client = kube::Client::try_from(inferred).map_err(DaemonError::KubernetesClient)?;
+    Ok(Some(client))
+}
+
+/// The configuration in force, kept in step with its source by a task: the directory (loaded
+/// now), or in Kubernetes mode the API server (published once every kind is listed).
 pub(super) fn config_source(
     config: &DaemonConfig,
+    kube: Option<&kube::Client>,
     tasks: &mut Tasks,
 ) -> Result<Arc<ConfigStore>, DaemonError> {
     // A bad change is reported and the last good configuration stays.
     let store = Arc::new(ConfigStore::new());
+    if let Some(client) = kube {
+        let settings = crate::kubernetes::source::SourceSettings {
+            root_namespace: config.root_namespace.clone(),
+            ..Default::default()
+        };
+        tasks.spawn(
+            "kubernetes source",
+            crate::kubernetes::source::watch_cluster(client.clone(), store.clone(), settings),
+        );
+        return Ok(store);
+    }
     let watch = watch_dir(
         config.config_dir.clone(),
         store.clone(),
@@ -290,6 +337,7 @@ pub(super) fn federation(
     own: &Own,
     pipeline: &Pipeline,
     imports: watch::Sender<Arc<ImportStates>>,
+    kube: Option<&kube::Client>,
     tasks: &mut Tasks,
 ) -> Federation {
     let imported = imports.subscribe();
@@ -304,13 +352,32 @@ pub(super) fn federation(
     let exporter = Exporter::new(pipeline.exports.clone(), config.federation.heartbeat);
     // Spawned by `status::spawn`: it ends when the pipeline's task (owned) ends and the model
     // is no longer published.
+    // Maistra's `pod`: which control plane replica saw it.
+    let pod = match &config.kubernetes {
+        Some(k) => k.pod_name.clone(),
+        None => own.identity.to_string(),
+    };
     let status = crate::federation::status::spawn(
         pipeline.model.clone(),
         imported,
         exporter.remotes(),
-        own.identity.to_string(),
+        pod,
         config.state_dir.join("status"),
     );
+    if let (Some(client), Some(settings)) = (kube, &config.kubernetes) {
+        // Every replica computes status; only the Lease holder writes it back.
+        let lease = LeaseSettings {
+            duration: settings.lease_duration,
+            renew_every: settings.lease_duration / 3,
+            ..LeaseSettings::new(config.namespace.clone(), settings.pod_name.clone())
+        };
+        let (leader, election) = elect(client.clone(), lease);
+        tasks.spawn("status lease", election);
+        tasks.spawn(
+            "status writer",
+            write_status(client.clone(), status.clone(), leader),
+        );
+    }
     Federation {
         exporter,
         peer_bundles,
@@ -319,10 +386,12 @@ pub(super) fn federation(
 }
 
 /// What each port serves: TLS configurations, services, debug state.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn servers(
     config: &DaemonConfig,
     ca: &Ca,
     own: &Own,
+    kube: Option<kube::Client>,
     store: Arc<ConfigStore>,
     flow: Flow,
     federation: Federation,
@@ -344,6 +413,15 @@ pub(super) fn servers(
         })?;
     let mut registry = Registry::default();
     let ca_metrics = CaMetrics::register(&mut registry);
+    // Kubernetes mode: projected service-account tokens, checked by TokenReview; otherwise
+    // bootstrap tokens.
+    let authenticator = match kube {
+        Some(client) => CallerAuthenticator::Kubernetes(TokenReviewAuthenticator::new(
+            client,
+            config.trust_domain.clone(),
+        )),
+        None => CallerAuthenticator::Tokens(TokenStore::new(&config.state_dir)),
+    };
     let ads = AdsServer {
         cache: flow.cache,
         streams: flow.streams,
@@ -365,11 +443,7 @@ pub(super) fn servers(
             listener: listeners.grpc,
             tls: Arc::new(grpc_tls),
             limits: HandshakeLimits::default(),
-            ca: CaService::new(
-                ca.authority.clone(),
-                TokenStore::new(&config.state_dir),
-                ca_metrics,
-            ),
+            ca: CaService::new(ca.authority.clone(), authenticator, ca_metrics),
             ads: ads.clone(),
         },
         xds_plaintext: listeners.xds_plaintext.map(|listener| XdsPlaintext {

@@ -22,7 +22,7 @@ use isthmus_api::{Kind, Resource};
 use isthmus_federation::exports::{self, ExportDecision, LocalService, NotExportable};
 use isthmus_federation::names::ServiceName;
 
-use super::{MeshModel, ModelWarning, Service};
+use super::{MeshModel, ModelWarning, Service, ServiceSource};
 use crate::config::ResourceKey;
 
 /// What one peer is offered: every local service with its decision.
@@ -37,7 +37,7 @@ pub fn rule_name(service: &Service) -> ServiceName {
         .split_once('.')
         .filter(|(_, rest)| rest.starts_with(&format!("{ns}.svc.")))
         .map(|(name, _)| name);
-    ServiceName::new(ns, from_host.unwrap_or(&service.source.name))
+    ServiceName::new(ns, from_host.unwrap_or(service.source.name()))
 }
 
 fn visible_to(service: &Service, namespace: &str) -> bool {
@@ -53,9 +53,12 @@ pub fn local_services(model: &MeshModel) -> Vec<LocalService> {
         .services
         .values()
         .map(|service| {
-            let labels = match model.config.get(&service.source) {
-                Some(Resource::ServiceEntry(entry)) => entry.metadata.labels.clone(),
-                _ => BTreeMap::new(),
+            let labels = match &service.source {
+                ServiceSource::Config(key) => match model.config.get(key) {
+                    Some(Resource::ServiceEntry(entry)) => entry.metadata.labels.clone(),
+                    _ => BTreeMap::new(),
+                },
+                ServiceSource::Kubernetes { labels, .. } => labels.clone(),
             };
             let not_exportable = if let Some(peer) = &service.imported_from {
                 Some(NotExportable::ImportedFrom(peer.clone()))

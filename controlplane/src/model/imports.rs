@@ -27,6 +27,7 @@ use isthmus_identity::SpiffeId;
 use super::peers::Peer;
 use super::registry::{
     Endpoint, Locality, ModelWarning, Port, Protocol, RemoteService, Service, ServiceKey,
+    ServiceSource,
 };
 use crate::config::{ConfigSnapshot, ResourceKey};
 
@@ -174,7 +175,7 @@ fn import_from(
                             resolution: Resolution::Static,
                             endpoints,
                             export_to: vec!["*".into()],
-                            source: set.clone(),
+                            source: ServiceSource::Config(set.clone()),
                             imported_from: Some(peer.name.clone()),
                             remote: Some(remote_service),
                             failover: Vec::new(),

@@ -2,6 +2,7 @@
 //! directory or Kubernetes) and of how it is delivered (xDS). Built by a pure function from a
 //! [`ConfigSnapshot`]; per-proxy xDS resources are computed from it by [`crate::xds::generate`].
 
+pub mod cluster;
 pub mod federation;
 pub mod imports;
 pub mod peers;
@@ -18,7 +19,8 @@ use isthmus_identity::{SpiffeId, TrustDomain};
 
 pub use policy::{InboundMtls, MtlsPolicy};
 pub use registry::{
-    Endpoint, Locality, ModelWarning, Port, Protocol, Service, ServiceKey, build_registry,
+    Endpoint, Locality, ModelWarning, Port, Protocol, Service, ServiceKey, ServiceSource,
+    build_registry,
 };
 pub use workload::{Interception, NodeError, NodeRole, ProxyNode, Workload};
 

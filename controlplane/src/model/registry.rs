@@ -1,5 +1,5 @@
 //! The service registry: services and their endpoints, from `ServiceEntry` and `WorkloadEntry`
-//! (local mode's registry; Kubernetes `Service`/`EndpointSlice` will feed the same types).
+//! (local mode's registry), and from Kubernetes `Service`s and `EndpointSlice`s ([`super::cluster`]).
 //!
 //! Istio's rules, as users know them:
 //! - one service per host of a `ServiceEntry`, in the entry's namespace;
@@ -140,14 +140,55 @@ pub struct Service {
     pub resolution: Resolution,
     pub endpoints: Vec<Endpoint>,
     pub export_to: Vec<String>,
-    /// The `ServiceEntry` that declared it (for an imported service, the `ImportedServiceSet`).
-    pub source: ResourceKey,
+    /// What declared it.
+    pub source: ServiceSource,
     /// The peer it was imported from: such a service is never exported.
     pub imported_from: Option<String>,
     /// For an imported service: how the peer exports it.
     pub remote: Option<RemoteService>,
     /// For a local service that peers' copies join (`importAsLocal`): how each exports it.
     pub failover: Vec<RemoteService>,
+}
+
+/// What declared a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceSource {
+    /// A `ServiceEntry` (for an imported service, the `ImportedServiceSet`).
+    Config(ResourceKey),
+    /// A Kubernetes `Service`, with its labels (export rules select on them).
+    Kubernetes {
+        namespace: String,
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+}
+
+impl ServiceSource {
+    /// The declaring object's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Config(key) => &key.name,
+            Self::Kubernetes { name, .. } => name,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(key) => write!(f, "{key}"),
+            Self::Kubernetes {
+                namespace, name, ..
+            } => write!(f, "Service {namespace}/{name}"),
+        }
+    }
+}
+
+impl Service {
+    /// What declared it, as messages name it.
+    pub fn to_string_source(&self) -> String {
+        self.source.to_string()
+    }
 }
 
 /// An imported service as its peer exports it.
@@ -174,6 +215,11 @@ pub fn build_registry(
 ) -> (BTreeMap<ServiceKey, Service>, Vec<ModelWarning>) {
     let mut services = BTreeMap::new();
     let mut warnings = Vec::new();
+    // Kubernetes `Service`s first: a `ServiceEntry` of the same host and namespace is the
+    // duplicate.
+    for service in super::cluster::services(snapshot.cluster(), trust_domain) {
+        services.insert(service.key.clone(), service);
+    }
     let workload_entries: Vec<(&ResourceKey, &WorkloadEntrySpec)> = snapshot
         .of_type::<WorkloadEntry>()
         .map(|(k, w)| (k, &w.spec))
@@ -205,7 +251,7 @@ pub fn build_registry(
                 resolution: entry.spec.resolution,
                 endpoints,
                 export_to: entry.spec.export_to.clone(),
-                source: entry_key.clone(),
+                source: ServiceSource::Config(entry_key.clone()),
                 imported_from: None,
                 remote: None,
                 failover: Vec::new(),
@@ -487,8 +533,8 @@ spec:
         );
         let (services, warnings) = registry(&yaml);
         assert_eq!(
-            services[&key("bookinfo", "ratings.local")].source.name,
-            "ratings",
+            services[&key("bookinfo", "ratings.local")].to_string_source(),
+            "ServiceEntry bookinfo/ratings",
             "first declaration wins"
         );
         let messages: Vec<_> = warnings

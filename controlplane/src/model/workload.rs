@@ -1,4 +1,5 @@
-//! Workloads (from `WorkloadEntry`) and the proxies that speak for them.
+//! Workloads (from `WorkloadEntry`, and in Kubernetes mode `Pod`s) and the proxies that speak
+//! for them.
 //!
 //! A proxy names its workload in its xDS node id, in Istio's format
 //! `sidecar~<ip>~<workload>.<namespace>~<namespace>.svc.cluster.local`, so that tools which
@@ -32,13 +33,16 @@ pub fn build_workloads(
     snapshot: &ConfigSnapshot,
     td: &TrustDomain,
 ) -> BTreeMap<(String, String), Workload> {
-    snapshot
-        .of_type::<WorkloadEntry>()
-        .filter_map(|(key, entry)| {
-            workload(&key.namespace, &key.name, &entry.spec, td)
-                .map(|w| ((key.namespace.clone(), key.name.clone()), w))
-        })
-        .collect()
+    let mut workloads = super::cluster::workloads(snapshot.cluster(), td);
+    workloads.extend(
+        snapshot
+            .of_type::<WorkloadEntry>()
+            .filter_map(|(key, entry)| {
+                workload(&key.namespace, &key.name, &entry.spec, td)
+                    .map(|w| ((key.namespace.clone(), key.name.clone()), w))
+            }),
+    );
+    workloads
 }
 
 fn workload(

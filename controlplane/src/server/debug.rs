@@ -134,6 +134,11 @@ fn config_status(store: &ConfigStore) -> axum::Json<serde_json::Value> {
         "version": status.version,
         "appliedAt": status.applied_at.map(format_time),
         "resources": snapshot.counts(),
+        // Kubernetes mode's registry: Services and Pods of the cluster.
+        "cluster": {
+            "services": snapshot.cluster().services.len(),
+            "pods": snapshot.cluster().pods.len(),
+        },
         "rejectedAt": status.rejected_at.map(format_time),
         "errors": errors,
     }))
