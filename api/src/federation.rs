@@ -31,6 +31,7 @@ resource!(
         shortname = "smp",
         namespaced,
         root = "KubeServiceMeshPeer",
+        status = "crate::meta::WrittenStatus",
         doc = "A federated peer mesh: where to reach it and how to trust it."
     )
 )]
@@ -211,6 +212,7 @@ resource!(
         shortname = "ess",
         namespaced,
         root = "KubeExportedServiceSet",
+        status = "crate::meta::WrittenStatus",
         doc = "The services this mesh exports to the peer of the same name."
     )
 )]
@@ -294,6 +296,7 @@ resource!(
         shortname = "iss",
         namespaced,
         root = "KubeImportedServiceSet",
+        status = "crate::meta::WrittenStatus",
         doc = "The services this mesh imports from the peer of the same name."
     )
 )]

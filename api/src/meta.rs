@@ -86,6 +86,32 @@ pub struct WorkloadSelector {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Unsupported;
 
+/// The `status` of the federation kinds in their CRDs: written by `isthmusd` (Maistra's
+/// shapes, with conditions) through the `status` subresource, never read as configuration, so
+/// its schema keeps every field.
+#[cfg(feature = "crd")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WrittenStatus(pub serde_json::Map<String, serde_json::Value>);
+
+#[cfg(feature = "crd")]
+impl JsonSchema for WrittenStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WrittenStatus".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Written by isthmusd through the status subresource.",
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
+    }
+}
+
 /// In a CRD, an unsupported field keeps whatever it holds (no pruning by the API server), so
 /// that Isthmus sees it and rejects it by path instead of it vanishing silently.
 #[cfg(feature = "crd")]

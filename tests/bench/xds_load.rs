@@ -5,6 +5,12 @@
 //! long every client takes to get the change (the time of its ACK), how much CPU `isthmusd`
 //! spends on a push, and its peak RSS.
 //!
+//! `--source kubernetes` serves the same mesh from an in-process test API server
+//! (`tests/support/test_api_server.rs`) as Services, EndpointSlices and Pods instead: `isthmusd`
+//! runs with `--config-source kubernetes`, the endpoint change is an `EndpointSlice` whose
+//! address changed, and the API server requests of the initial sync and of each change are
+//! counted.
+//!
 //! `cargo build --release --workspace --bins && target/release/isthmus-xds-load`
 //! (`--help` for the sizes). Results: docs/benchmarks.md.
 
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use isthmus_controlplane::daemon::Addresses;
+use isthmus_e2e::test_api_server::TestApiServer;
 use isthmus_proto::envoy::envoy::config::core::v3::Node;
 use isthmus_proto::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use isthmus_proto::envoy::envoy::service::discovery::v3::{
@@ -56,6 +63,37 @@ struct Args {
     /// The isthmusd binary; default: next to this one.
     #[arg(long)]
     isthmusd: Option<PathBuf>,
+    /// Where the mesh comes from: a configuration directory, or an in-process test API server
+    /// (`isthmusd --config-source kubernetes`).
+    #[arg(long, value_enum, default_value = "directory")]
+    source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    Directory,
+    Kubernetes,
+}
+
+/// The namespace of every object of the synthetic mesh.
+const NAMESPACE: &str = "bench";
+
+/// Service `s`'s host name: a `ServiceEntry` host, or the Kubernetes `Service`'s name.
+fn host(source: Source, s: usize) -> String {
+    match source {
+        Source::Directory => format!("svc-{s}.{NAMESPACE}.local"),
+        Source::Kubernetes => format!("svc-{s}.{NAMESPACE}.svc.cluster.local"),
+    }
+}
+
+/// The address of the `n`th endpoint of the mesh.
+fn endpoint_ip(n: usize) -> String {
+    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+}
+
+/// The address of client `c`'s workload.
+fn client_ip(c: usize) -> String {
+    format!("127.1.{}.{}", (c >> 8) & 255, c & 255)
 }
 
 /// What a client saw: (client, type, resource names, when).
@@ -72,22 +110,155 @@ fn mesh_yaml(args: &Args) -> String {
             let n = s * args.endpoints_per_service + e;
             let _ = writeln!(
                 y,
-                "  - {{address: 10.{}.{}.{}, serviceAccount: svc-{s}}}",
-                (n >> 16) & 255,
-                (n >> 8) & 255,
-                n & 255
+                "  - {{address: {}, serviceAccount: svc-{s}}}",
+                endpoint_ip(n)
             );
         }
     }
     for c in 0..args.clients {
         let _ = write!(
             y,
-            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: client-{c}, namespace: bench}}\nspec: {{address: 127.1.{}.{}, labels: {{app: client}}, serviceAccount: client}}\n",
-            (c >> 8) & 255,
-            c & 255
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: client-{c}, namespace: bench}}\nspec: {{address: {}, labels: {{app: client}}, serviceAccount: client}}\n",
+            client_ip(c)
         );
     }
     y
+}
+
+/// Service `s`'s `EndpointSlice`: its endpoints at their Pods' addresses, each naming its Pod;
+/// `moved` puts endpoint 0 at another address.
+fn slice_yaml(args: &Args, s: usize, moved: Option<&str>) -> String {
+    let mut y = format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{s}-slice\n  namespace: {NAMESPACE}\n  labels: {{kubernetes.io/service-name: svc-{s}}}\naddressType: IPv4\nports: [{{name: http, port: 80, protocol: TCP}}]\nendpoints:\n"
+    );
+    for e in 0..args.endpoints_per_service {
+        let n = s * args.endpoints_per_service + e;
+        let address = match moved {
+            Some(a) if e == 0 => a.to_owned(),
+            _ => endpoint_ip(n),
+        };
+        let _ = write!(
+            y,
+            "- addresses: [{address}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  targetRef: {{kind: Pod, name: svc-{s}-{e}, namespace: {NAMESPACE}}}\n"
+        );
+    }
+    y
+}
+
+/// A Pod (without its status, which the kubelet would write: see [`fill_cluster`]).
+fn pod_yaml(name: &str, app: &str, service_account: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NAMESPACE}, labels: {{app: {app}}}}}\nspec:\n  serviceAccountName: {service_account}\n  containers: [{{name: app, image: app}}]\n"
+    )
+}
+
+/// The synthetic mesh as a cluster's objects: per service a `Service` (with a cluster IP) and
+/// one `EndpointSlice` whose endpoints are Pods running as `svc-N`, and per client a Pod
+/// `client-N` (the workload its node id names). Pods get their IP through the `status`
+/// subresource, as from the kubelet. Returns how many objects were written.
+fn fill_cluster(api: &TestApiServer, args: &Args) -> anyhow::Result<usize> {
+    let mut y = format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n");
+    let mut pods = Vec::new();
+    for s in 0..args.services {
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: {NAMESPACE}, labels: {{app: svc-{s}}}}}\nspec:\n  clusterIP: 10.96.{}.{}\n  clusterIPs: [10.96.{}.{}]\n  selector: {{app: svc-{s}}}\n  ports: [{{name: http, port: 80, targetPort: 80}}]\n",
+            (s >> 8) & 255,
+            s & 255,
+            (s >> 8) & 255,
+            s & 255
+        );
+        y.push_str(&slice_yaml(args, s, None));
+        for e in 0..args.endpoints_per_service {
+            let name = format!("svc-{s}-{e}");
+            y.push_str(&pod_yaml(&name, &format!("svc-{s}"), &format!("svc-{s}")));
+            pods.push((name, endpoint_ip(s * args.endpoints_per_service + e)));
+        }
+    }
+    for c in 0..args.clients {
+        let name = format!("client-{c}");
+        y.push_str(&pod_yaml(&name, "client", "client"));
+        pods.push((name, client_ip(c)));
+    }
+    api.apply_yaml(&y)?;
+    for (name, ip) in &pods {
+        api.set_status(
+            "Pod",
+            Some(NAMESPACE),
+            name,
+            serde_json::json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}),
+        )?;
+    }
+    Ok(1 + 2 * args.services + pods.len())
+}
+
+fn kubeconfig(dir: &Path, api: &TestApiServer) -> anyhow::Result<PathBuf> {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster: {{server: \"{}\"}}\nusers:\n- name: isthmusd\n  user: {{token: isthmusd-token}}\ncontexts:\n- name: bench\n  context: {{cluster: bench, user: isthmusd}}\ncurrent-context: bench\n",
+        api.url()
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// API server requests by what they are: lists (and gets), watches, the status Lease's reads
+/// and renewals, other writes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Requests {
+    lists: usize,
+    watches: usize,
+    lease: usize,
+    writes: usize,
+}
+
+impl Requests {
+    fn of(requests: &[(String, String)]) -> Self {
+        let mut r = Self::default();
+        for (method, path) in requests {
+            if path.contains("/leases") {
+                r.lease += 1;
+            } else if method != "GET" {
+                r.writes += 1;
+            } else if path.contains("watch=true") || path.contains("watch=1") {
+                r.watches += 1;
+            } else {
+                r.lists += 1;
+            }
+        }
+        r
+    }
+
+    /// Every request but the Lease's (which are periodic, not caused by a change).
+    fn mesh(&self) -> usize {
+        self.lists + self.watches + self.writes
+    }
+}
+
+impl std::fmt::Display for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} lists/gets, {} watches, {} other writes; status Lease: {}",
+            self.lists, self.watches, self.writes, self.lease
+        )
+    }
+}
+
+/// `GET path` on isthmusd's debug port; the body.
+async fn debug_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (_, body) = text.split_once("\r\n\r\n").context("an HTTP response")?;
+    Ok(body.to_owned())
 }
 
 fn write_atomic(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
@@ -252,7 +423,25 @@ async fn main() -> anyhow::Result<()> {
     let config = dir.path().join("config");
     let state = dir.path().join("state");
     std::fs::create_dir_all(&config)?;
-    write_atomic(&config, "mesh.yaml", &mesh_yaml(&args))?;
+    let api = match args.source {
+        Source::Directory => {
+            write_atomic(&config, "mesh.yaml", &mesh_yaml(&args))?;
+            None
+        }
+        Source::Kubernetes => {
+            // Served by this program's runtime; filled before isthmusd starts, so its initial
+            // list is the whole mesh.
+            let api = TestApiServer::start().await?;
+            let t0 = Instant::now();
+            let objects = fill_cluster(&api, &args)?;
+            println!(
+                "test API server {}: {objects} objects written in {:.2} s (not part of isthmusd's figures)",
+                api.url(),
+                t0.elapsed().as_secs_f64()
+            );
+            Some(api)
+        }
+    };
     let isthmusd = match &args.isthmusd {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -260,9 +449,16 @@ async fn main() -> anyhow::Result<()> {
             .context("exe dir")?
             .join("isthmusd"),
     };
-    let child = Command::new(&isthmusd)
-        .arg("--config-dir")
-        .arg(&config)
+    let mut command = Command::new(&isthmusd);
+    match &api {
+        None => command.arg("--config-dir").arg(&config),
+        Some(api) => command
+            .args(["--config-source", "kubernetes", "--kubeconfig"])
+            .arg(kubeconfig(dir.path(), api)?),
+    };
+    let requests_before = api.as_ref().map_or(0, |a| a.requests().len());
+    let spawned = Instant::now();
+    let child = command
         .arg("--state-dir")
         .arg(&state)
         .args(["--trust-domain", "bench.local"])
@@ -283,22 +479,55 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("starting {}", isthmusd.display()))?;
     let daemon = Daemon { child };
     let pid = daemon.child.id();
-    let mut xds = None;
-    for _ in 0..600 {
+    let mut bound = None;
+    for _ in 0..1200 {
         if let Ok(addresses) = Addresses::read(&state) {
-            xds = addresses.xds_plaintext.map(|a| a.to_string());
+            bound = Some(addresses);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let xds = xds.context("isthmusd did not start")?;
+    let bound = bound.context("isthmusd did not start")?;
+    let xds = bound
+        .xds_plaintext
+        .map(|a| a.to_string())
+        .context("no plaintext xDS address")?;
+    // The first applied configuration: in Kubernetes mode, once every kind is listed.
+    let mut status = serde_json::Value::Null;
+    let first_config = loop {
+        if let Ok(body) = debug_get(bound.debug, "/debug/config").await
+            && let Ok(s) = serde_json::from_str::<serde_json::Value>(&body)
+        {
+            status = s;
+            if status["version"].as_u64().is_some_and(|v| v >= 1) {
+                break spawned.elapsed();
+            }
+        }
+        if spawned.elapsed() > Duration::from_secs(120) {
+            bail!("isthmusd applied no configuration within 120 s: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let initial_requests = api
+        .as_ref()
+        .map(|a| Requests::of(&a.requests()[requests_before..]));
     println!(
-        "mesh: {} services, {} endpoints, {} clients; isthmusd {}",
+        "mesh: {} services, {} endpoints, {} clients, from {:?}; isthmusd {}",
         args.services,
         args.services * args.endpoints_per_service,
         args.clients,
+        args.source,
         isthmusd.display()
     );
+    println!(
+        "isthmusd start to first applied configuration: {:.2} s (resources {}, cluster {})",
+        first_config.as_secs_f64(),
+        status["resources"],
+        status["cluster"]
+    );
+    if let Some(r) = &initial_requests {
+        println!("API server requests until then: {r}");
+    }
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let start = Instant::now();
@@ -322,39 +551,59 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let last_svc = format!("outbound|80||svc-{}.bench.local", args.services - 1);
+    let last_svc = format!("outbound|80||{}", host(args.source, args.services - 1));
     let initial = converge(&mut events, args.clients, ENDPOINT, &last_svc, start).await?;
+    let initial_sync = percentile(&initial, 100.0);
+    let initial_rss = rss_mib(pid, "VmRSS:");
     println!(
         "initial sync of all clients: {:.2} s, isthmusd CPU {:.2} s, RSS {:.0} MiB",
-        percentile(&initial, 100.0).as_secs_f64(),
+        initial_sync.as_secs_f64(),
         cpu_seconds(pid) - cpu_before,
-        rss_mib(pid, "VmRSS:")
+        initial_rss
     );
+    if let Some(api) = &api {
+        println!(
+            "API server requests from isthmusd's start to the clients' initial sync: {}",
+            Requests::of(&api.requests()[requests_before..])
+        );
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     while events.try_recv().is_ok() {}
 
     let mut report = String::new();
+    let mut per_change: Vec<(String, Vec<Requests>)> = Vec::new();
     for kind in ["endpoint", "route"] {
         let mut all = Vec::new();
         let mut cpu = Vec::new();
+        let mut requests = Vec::new();
         for round in 0..args.changes {
             let svc = (round * 7919) % args.services;
-            let host = format!("svc-{svc}.bench.local");
+            let host = host(args.source, svc);
             let cpu_before = cpu_seconds(pid);
+            let requests_before = api.as_ref().map_or(0, |a| a.requests().len());
             let t0 = Instant::now();
             let latencies = if kind == "endpoint" {
-                // Add an endpoint to one service.
-                let anchor = format!(
-                    "hosts: [{host}]\n  location: MESH_INTERNAL\n  ports: [{{number: 80, name: http}}]\n  endpoints:\n"
-                );
-                let mesh = mesh_yaml(&args).replacen(
-                    &anchor,
-                    &format!(
-                        "{anchor}  - {{address: 10.200.{round}.1, serviceAccount: svc-{svc}}}\n"
-                    ),
-                    1,
-                );
-                write_atomic(&config, "mesh.yaml", &mesh)?;
+                match &api {
+                    None => {
+                        // Add an endpoint to one service.
+                        let anchor = format!(
+                            "hosts: [{host}]\n  location: MESH_INTERNAL\n  ports: [{{number: 80, name: http}}]\n  endpoints:\n"
+                        );
+                        let mesh = mesh_yaml(&args).replacen(
+                            &anchor,
+                            &format!(
+                                "{anchor}  - {{address: 10.200.{round}.1, serviceAccount: svc-{svc}}}\n"
+                            ),
+                            1,
+                        );
+                        write_atomic(&config, "mesh.yaml", &mesh)?;
+                    }
+                    Some(api) => {
+                        // Move one endpoint of one service's slice to another address.
+                        let moved = format!("10.200.{}.{}", (round >> 8) & 255, round & 255);
+                        api.apply_yaml(&slice_yaml(&args, svc, Some(&moved)))?;
+                    }
+                }
                 converge(
                     &mut events,
                     args.clients,
@@ -364,16 +613,28 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await?
             } else {
+                // The directory's `routes.yaml` is replaced by one with another route; the
+                // cluster's one `VirtualService` is replaced likewise (one MODIFIED event).
+                let name = match args.source {
+                    Source::Directory => format!("route-{round}"),
+                    Source::Kubernetes => "route".to_owned(),
+                };
                 let yaml = format!(
-                    "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: route-{round}, namespace: bench}}\nspec:\n  hosts: [{host}]\n  http:\n  - timeout: {}s\n    route: [{{destination: {{host: {host}}}}}]\n",
+                    "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  hosts: [{host}]\n  http:\n  - timeout: {}s\n    route: [{{destination: {{host: {host}}}}}]\n",
                     round + 1
                 );
-                write_atomic(&config, "routes.yaml", &yaml)?;
+                match &api {
+                    None => write_atomic(&config, "routes.yaml", &yaml)?,
+                    Some(api) => api.apply_yaml(&yaml)?,
+                }
                 converge(&mut events, args.clients, ROUTE, "outbound", t0).await?
             };
             // Let the push finish everywhere before reading the CPU it cost.
             tokio::time::sleep(Duration::from_millis(500)).await;
             cpu.push(cpu_seconds(pid) - cpu_before);
+            if let Some(api) = &api {
+                requests.push(Requests::of(&api.requests()[requests_before..]));
+            }
             all.extend(latencies);
             while events.try_recv().is_ok() {}
         }
@@ -390,6 +651,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{line}");
         report.push_str(&line);
         report.push('\n');
+        per_change.push((kind.to_owned(), requests));
     }
     println!(
         "isthmusd RSS: peak {:.0} MiB, after the changes {:.0} MiB",
@@ -403,6 +665,19 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\n| change | rounds | p50 to ACK | p99 to ACK | last client | isthmusd CPU per push |\n|---|---|---|---|---|---|\n{report}"
     );
+    if api.is_some() {
+        for (kind, requests) in &per_change {
+            let counts: Vec<String> = requests.iter().map(|r| r.mesh().to_string()).collect();
+            let relists: usize = requests.iter().map(|r| r.lists).sum();
+            println!(
+                "API server requests per {kind} change (without the status Lease's): [{}]; lists among them: {relists}",
+                counts.join(", ")
+            );
+            for (round, r) in requests.iter().enumerate() {
+                println!("  round {round}: {r}");
+            }
+        }
+    }
     drop(daemon);
     // Clients are mid-stream; end here rather than unwinding them.
     std::process::exit(0)

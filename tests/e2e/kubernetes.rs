@@ -526,3 +526,146 @@ fn wait_call(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn two_replicas_one_status_writer_and_the_lease_fails_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start();
+    // A peer that cannot be reached: its status still says so, written by the lease holder.
+    api.apply(
+        "apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {name: green, namespace: istio-system}
+spec:
+  remote: {addresses: [127.0.0.1], discoveryPort: 9}
+  gateways: {ingress: {name: ingress-green}, egress: {name: egress-green}}
+  security:
+    trustDomain: green.local
+    clientID: green.local/ns/istio-system/sa/egress-red-service-account
+    certificateChain: {kind: ConfigMap, name: green-ca-root-cert}
+",
+    );
+    let replica = |name: &str| {
+        kubernetes_isthmusd(
+            &dir.path().join(name),
+            &api,
+            "red.local",
+            &["--pod-name", name, "--lease-duration", "2s"],
+        )
+    };
+    let mut replicas = vec![Some(replica("isthmusd-a")), Some(replica("isthmusd-b"))];
+    let holder = |api: &ApiServer| -> Option<String> {
+        api.server
+            .get("Lease", Some("isthmus-system"), "isthmusd-status")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+            .filter(|h| !h.is_empty())
+    };
+    let writer_of = |api: &ApiServer| -> Option<String> {
+        api.server
+            .get("ServiceMeshPeer", Some("istio-system"), "green")
+            .and_then(|p| {
+                p["status"]["discoveryStatus"]["active"][0]["pod"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+    };
+    until(
+        "a lease holder writes status",
+        Duration::from_secs(10),
+        || holder(&api).is_some() && writer_of(&api) == holder(&api),
+    );
+    let first = holder(&api).unwrap();
+    // For a while, only the holder writes: the status names it every time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(
+            writer_of(&api).as_deref(),
+            Some(first.as_str()),
+            "one writer"
+        );
+        assert_eq!(
+            holder(&api).as_deref(),
+            Some(first.as_str()),
+            "a stable holder"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status_patches = |api: &ApiServer| {
+        api.server
+            .requests()
+            .iter()
+            .filter(|(m, p)| m == "PATCH" && p.contains("/servicemeshpeers/green/status"))
+            .count()
+    };
+    let before = status_patches(&api);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        status_patches(&api),
+        before,
+        "an unchanged status is not written again"
+    );
+
+    // The holder stops without a word: the other replica takes over within the lease time.
+    let index = usize::from(first == "isthmusd-b");
+    let stopped = std::time::Instant::now();
+    drop(replicas[index].take());
+    let second = if index == 0 {
+        "isthmusd-b"
+    } else {
+        "isthmusd-a"
+    };
+    until(
+        "the other replica holds the lease and writes",
+        Duration::from_secs(6),
+        || holder(&api).as_deref() == Some(second) && writer_of(&api).as_deref() == Some(second),
+    );
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "failover within the 2 s lease plus a renewal period, took {took:?}"
+    );
+    eprintln!("lease failover took {took:?}");
+    drop(replicas);
+}
+
+#[test]
+fn discovery_selectors_scope_the_mesh_to_the_selected_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start();
+    api.apply(
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-discovery: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+",
+    );
+    api.apply(&service_entry("payments"));
+    api.apply(&service_entry("ledger").replace("namespace: shop", "namespace: legacy"));
+    api.pod("legacy", "ledger-0", "127.0.33.1", "ledger", "ledger");
+    let daemon = kubernetes_isthmusd(
+        dir.path(),
+        &api,
+        "cluster.local",
+        &["--discovery-selector", "istio-discovery=enabled"],
+    );
+    wait_config(&daemon, "the selected namespace only", 10, |s| {
+        s["version"].as_u64() >= Some(1)
+    });
+    let status = config_status(&daemon);
+    assert_eq!(status["resources"]["ServiceEntry"], 1, "{status}");
+    assert_eq!(status["cluster"]["pods"], 0, "{status}");
+
+    // Labelled, the namespace joins the mesh.
+    api.apply(
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: legacy, labels: {istio-discovery: enabled}}
+",
+    );
+    wait_config(&daemon, "the newly selected namespace", 10, |s| {
+        s["resources"]["ServiceEntry"] == 2 && s["cluster"]["pods"] == 1
+    });
+}

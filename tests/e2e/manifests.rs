@@ -1,11 +1,17 @@
 //! The generated CRDs are current, valid Kubernetes objects with structural schemas, and the
-//! examples validate against them (and against Isthmus's own parser).
+//! examples validate against them (and against Isthmus's own parser). The kustomize install
+//! (`manifests/base`, `manifests/examples/{red,green}`) renders, validates, and declares what
+//! `isthmusd` and the federation peers need (`docs/kubernetes.md`).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
+use isthmus_controlplane::kubernetes::access::{API_ACCESS, Scope};
 use isthmus_e2e::{isthmusctl, sh};
+use serde_json::Value;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -94,12 +100,6 @@ fn examples_are_valid_isthmus_configuration() {
 // `kubectl kustomize`. kubectl and kubernetes-validate are installed by tests/run.sh: a missing
 // one fails these tests, it does not skip them.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
-
-use isthmus_controlplane::kubernetes::access::{API_ACCESS, Scope};
-use serde_json::Value;
-
 /// Every kustomization the tests render.
 const KUSTOMIZATIONS: [&str; 3] = [
     "manifests/base",
@@ -107,7 +107,8 @@ const KUSTOMIZATIONS: [&str; 3] = [
     "manifests/examples/green",
 ];
 
-/// The Kubernetes version the rendered objects are validated against (the oldest we support).
+/// The Kubernetes version the rendered objects are validated against (pinned, so that a new
+/// kubernetes-validate release does not change the check).
 const KUBERNETES_VERSION: &str = "1.29.0";
 
 /// API groups whose kinds are our CRDs: validated against `manifests/crds`, not by
@@ -475,7 +476,7 @@ fn isthmusd_rbac_is_exactly_its_api_access() {
             granted, required,
             "{kustomization}: isthmusd's RBAC differs from API_ACCESS"
         );
-        // No other subject is bound to isthmusd's roles and nothing reaches cluster-admin.
+        // Nothing in the install binds cluster-admin.
         for binding in of_kind(&docs, "ClusterRoleBinding").chain(of_kind(&docs, "RoleBinding")) {
             assert_ne!(
                 str_at(binding, "/roleRef/name"),

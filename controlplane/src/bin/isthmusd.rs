@@ -36,6 +36,11 @@ struct Args {
     /// Kubernetes mode: a kubeconfig file (default: in-cluster, or the KUBECONFIG variable).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: Istio's discoverySelectors. Only namespaces whose labels match one of
+    /// these selectors (`key=value[,key=value]`, repeatable; any may match), and the root
+    /// namespace, are part of the mesh. Default: every namespace.
+    #[arg(long = "discovery-selector", value_parser = isthmus_controlplane::kubernetes::source::parse_selector)]
+    discovery_selectors: Vec<std::collections::BTreeMap<String, String>>,
     /// Kubernetes mode: this replica's name, holder of the status lease (the pod's name, from
     /// the downward API).
     #[arg(long, env = "POD_NAME", default_value = "isthmusd")]
@@ -138,6 +143,7 @@ async fn main() -> std::process::ExitCode {
         kubeconfig: args.kubeconfig.clone(),
         pod_name: args.pod_name.clone(),
         lease_duration: args.lease_duration,
+        discovery_selectors: args.discovery_selectors.clone(),
     });
     let config = DaemonConfig {
         config_dir: args.config_dir.unwrap_or_default(),

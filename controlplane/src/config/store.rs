@@ -19,6 +19,9 @@ pub struct ConfigStatus {
     /// Problems of the newest load; empty when it was applied.
     pub errors: Vec<ConfigError>,
     pub rejected_at: Option<SystemTime>,
+    /// Whether the source finished its first load (applied or not): the directory read once,
+    /// or every Kubernetes kind listed. Until then `isthmusd` is not ready.
+    pub loaded: bool,
 }
 
 /// Holds the good snapshot and the status; consumers subscribe to changes.
@@ -50,6 +53,7 @@ impl ConfigStore {
             Ok(snapshot) => {
                 let changed = **self.snapshot.borrow() != snapshot;
                 self.status.send_modify(|s| {
+                    s.loaded = true;
                     s.errors.clear();
                     if changed {
                         s.version += 1;
@@ -72,6 +76,7 @@ impl ConfigStore {
                     }
                 }
                 self.status.send_modify(|s| {
+                    s.loaded = true;
                     s.errors = errors;
                     s.rejected_at = Some(SystemTime::now());
                 });
@@ -87,6 +92,7 @@ impl ConfigStore {
     pub fn apply_partial(&self, snapshot: ConfigSnapshot, skipped: Vec<ConfigError>) -> bool {
         let changed = **self.snapshot.borrow() != snapshot;
         self.status.send_modify(|s| {
+            s.loaded = true;
             if changed {
                 s.version += 1;
                 s.applied_at = Some(SystemTime::now());

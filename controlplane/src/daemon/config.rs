@@ -91,6 +91,9 @@ pub struct KubernetesSettings {
     /// How long the status writer's lease lasts without renewal: the longest a status
     /// writer can be missing before another replica takes over.
     pub lease_duration: Duration,
+    /// Istio's `discoverySelectors` (each `key=value` pairs, any may match): the namespaces
+    /// that are part of the mesh, besides the root namespace. Empty: all.
+    pub discovery_selectors: Vec<std::collections::BTreeMap<String, String>>,
 }
 
 /// Timings of federation discovery.

@@ -107,6 +107,11 @@ pub(super) fn config_source(
     if let Some(client) = kube {
         let settings = crate::kubernetes::source::SourceSettings {
             root_namespace: config.root_namespace.clone(),
+            discovery_selectors: config
+                .kubernetes
+                .as_ref()
+                .map(|k| k.discovery_selectors.clone())
+                .unwrap_or_default(),
             ..Default::default()
         };
         tasks.spawn(

@@ -847,9 +847,8 @@ spec:
             "discovery watch not connected: cannot dial green.example:8188: connection refused"
         );
         assert!(
-            message(&status, 2).starts_with(
-                "ServiceMeshPeer istio-system/green is not ready: PeerUnreachable: "
-            ),
+            message(&status, 2)
+                .starts_with("ServiceMeshPeer istio-system/green is not ready: PeerUnreachable: "),
             "{}",
             message(&status, 2)
         );
@@ -880,7 +879,10 @@ spec:
                 "ConfigMap istio-system/green-root has no \"root-cert.pem\" key",
             ),
             (
-                good.replace(", certificateChain: {kind: ConfigMap, name: green-root}", ""),
+                good.replace(
+                    ", certificateChain: {kind: ConfigMap, name: green-root}",
+                    "",
+                ),
                 reason::ROOT_MISSING,
                 "spec.security.certificateChain is required: it names the ConfigMap holding the peer's root",
             ),
@@ -926,23 +928,30 @@ spec:
     #[test]
     fn sets_without_their_peer_or_outside_the_namespace() {
         let ca = TestCa::new("green.local");
-        let text = config(&ca.root_pem())
-            .replace("kind: ServiceMeshPeer\nmetadata: {name: green", "kind: ServiceMeshPeer\nmetadata: {name: blue");
+        let text = config(&ca.root_pem()).replace(
+            "kind: ServiceMeshPeer\nmetadata: {name: green",
+            "kind: ServiceMeshPeer\nmetadata: {name: blue",
+        );
         let status = status_of(&text, &watch(true, &["ratings"]));
         let id = "istio-system/green";
         for c in [
             &status.exported_service_sets[id].conditions[0],
             &status.imported_service_sets[id].conditions[0],
         ] {
-            assert_eq!((c.status, c.reason.as_str()), (False, reason::PEER_NOT_READY));
+            assert_eq!(
+                (c.status, c.reason.as_str()),
+                (False, reason::PEER_NOT_READY)
+            );
         }
         assert_eq!(
             message(&status, 1),
             "no ServiceMeshPeer istio-system/green (a set shares its peer's name)"
         );
 
-        let text = config(&ca.root_pem())
-            .replace("kind: ExportedServiceSet\nmetadata: {name: green, namespace: istio-system}", "kind: ExportedServiceSet\nmetadata: {name: green, namespace: bookinfo}");
+        let text = config(&ca.root_pem()).replace(
+            "kind: ExportedServiceSet\nmetadata: {name: green, namespace: istio-system}",
+            "kind: ExportedServiceSet\nmetadata: {name: green, namespace: bookinfo}",
+        );
         let status = status_of(&text, &watch(true, &["ratings"]));
         let c = &status.exported_service_sets["bookinfo/green"].conditions[0];
         assert_eq!((c.status, c.reason.as_str()), (False, reason::IGNORED));

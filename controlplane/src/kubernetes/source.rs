@@ -8,7 +8,7 @@
 //! other object applies. The first snapshot is built only when every kind has been listed, so
 //! a start never publishes a partial mesh.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,6 +88,10 @@ pub struct SourceSettings {
     pub debounce: Duration,
     /// The longest a rebuild waits for a quiet moment under a steady stream of changes.
     pub max_delay: Duration,
+    /// Istio's `discoverySelectors`: when any is given, only namespaces whose labels match
+    /// one of them (and the root namespace) are part of the mesh; their objects and services
+    /// are read, the others' ignored. Empty: every namespace.
+    pub discovery_selectors: Vec<BTreeMap<String, String>>,
 }
 
 impl Default for SourceSettings {
@@ -96,6 +100,7 @@ impl Default for SourceSettings {
             root_namespace: crate::model::DEFAULT_ROOT_NAMESPACE.to_owned(),
             debounce: Duration::from_millis(50),
             max_delay: Duration::from_millis(500),
+            discovery_selectors: Vec::new(),
         }
     }
 }
@@ -130,7 +135,7 @@ pub fn watch_cluster(
         let writer = Writer::new(resource.clone());
         let reader = writer.as_reader();
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        streams.push(reflect(writer, api, kind.name()));
+        streams.push(reflect(writer, api, kind.name(), trim_custom));
         config.push((kind, resource, reader));
     }
     let stores = Stores {
@@ -139,11 +144,34 @@ pub fn watch_cluster(
             &mut streams,
             Api::namespaced(client.clone(), &settings.root_namespace),
             "ConfigMap",
+            |m: &mut ConfigMap| trim_meta(&mut m.metadata),
         ),
-        services: typed(&mut streams, Api::all(client.clone()), "Service"),
-        slices: typed(&mut streams, Api::all(client.clone()), "EndpointSlice"),
-        pods: typed(&mut streams, Api::all(client.clone()), "Pod"),
-        namespaces: typed(&mut streams, Api::all(client), "Namespace"),
+        services: typed(
+            &mut streams,
+            Api::all(client.clone()),
+            "Service",
+            |s: &mut Service| {
+                trim_meta(&mut s.metadata);
+                s.status = None;
+            },
+        ),
+        slices: typed(
+            &mut streams,
+            Api::all(client.clone()),
+            "EndpointSlice",
+            |s: &mut EndpointSlice| trim_meta(&mut s.metadata),
+        ),
+        pods: typed(&mut streams, Api::all(client.clone()), "Pod", trim_pod),
+        namespaces: typed(
+            &mut streams,
+            Api::all(client),
+            "Namespace",
+            |n: &mut Namespace| {
+                trim_meta(&mut n.metadata);
+                n.spec = None;
+                n.status = None;
+            },
+        ),
     };
     run(stores, streams, store, settings)
 }
@@ -153,6 +181,7 @@ fn typed<K>(
     streams: &mut SelectAll<BoxStream<'static, ()>>,
     api: Api<K>,
     name: &'static str,
+    trim: fn(&mut K),
 ) -> Store<K>
 where
     K: KubeResource<DynamicType = ()>
@@ -165,19 +194,26 @@ where
 {
     let writer = Writer::<K>::new(());
     let reader = writer.as_reader();
-    streams.push(reflect(writer, api, name));
+    streams.push(reflect(writer, api, name, trim));
     reader
 }
 
 /// The reflector's stream, reduced to "something changed"; errors (a lost watch, a refused
 /// list) are logged and retried with kube's default backoff. `410 Gone` makes the watcher
-/// list again; the store swaps to the new list only when it is complete.
-fn reflect<K>(writer: Writer<K>, api: Api<K>, name: &'static str) -> BoxStream<'static, ()>
+/// list again; the store swaps to the new list only when it is complete. `trim` drops what
+/// the mesh never reads before an object is stored (a cluster's pods are many).
+fn reflect<K>(
+    writer: Writer<K>,
+    api: Api<K>,
+    name: &'static str,
+    trim: fn(&mut K),
+) -> BoxStream<'static, ()>
 where
     K: KubeResource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    let events = watcher(api, watcher::Config::default()).modify(trim);
+    reflector::reflector(writer, events)
         .default_backoff()
         .filter_map(move |event| async move {
             match event {
@@ -189,6 +225,42 @@ where
             }
         })
         .boxed()
+}
+
+/// Server bookkeeping no conversion reads: field managers and annotations (among them
+/// `kubectl`'s copy of the whole last-applied object).
+fn trim_meta(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+}
+
+/// A custom resource keeps its annotations (Istio reads some) but not its `status`.
+fn trim_custom(object: &mut DynamicObject) {
+    object.metadata.managed_fields = None;
+    if let Some(data) = object.data.as_object_mut() {
+        data.remove("status");
+    }
+}
+
+/// A Pod keeps what makes it a workload: labels, service account, phase and IP.
+fn trim_pod(pod: &mut Pod) {
+    trim_meta(&mut pod.metadata);
+    let service_account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone());
+    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        service_account_name: service_account,
+        ..Default::default()
+    });
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            ..Default::default()
+        });
+    }
 }
 
 async fn run(
@@ -217,7 +289,7 @@ async fn run(
         }
     }
     tracing::info!("every Kubernetes kind listed");
-    publish(&stores, &store, &mut converted);
+    publish(&stores, &store, &mut converted, &settings);
     while events.next().await.is_some() {
         // Settle: wait for a quiet `debounce`, at most `max_delay` in all.
         let deadline = tokio::time::Instant::now() + settings.max_delay;
@@ -233,7 +305,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        publish(&stores, &store, &mut converted);
+        publish(&stores, &store, &mut converted, &settings);
     }
 }
 
@@ -262,67 +334,87 @@ struct Converted {
 }
 
 /// Rebuilds the snapshot from the stores and applies it with the skipped objects' problems.
-fn publish(stores: &Stores, store: &ConfigStore, conversions: &mut Conversions) {
-    let mut next = HashMap::with_capacity(conversions.by_key.len());
-    let mut resources = std::collections::BTreeMap::new();
-    let mut skipped = Vec::new();
-    let mut take =
-        |key: ResourceKey,
-         resource_version: Option<String>,
-         convert: &dyn Fn() -> Result<(Resource, SourceRef), Vec<ConfigError>>| {
-            let converted = match conversions.by_key.remove(&key) {
-                Some(c) if c.resource_version == resource_version && resource_version.is_some() => {
-                    c
-                }
-                _ => {
-                    let result = convert();
-                    if let Err(errors) = &result {
-                        for e in errors {
-                            tracing::warn!("skipped, the other objects apply: {e}");
-                        }
-                    }
-                    Converted {
-                        resource_version,
-                        result,
-                    }
-                }
-            };
-            match &converted.result {
-                Ok((resource, source)) => {
-                    resources.insert(key.clone(), (resource.clone(), source.clone()));
-                }
-                Err(errors) => skipped.extend(errors.iter().cloned()),
-            }
-            next.insert(key, converted);
-        };
+fn publish(
+    stores: &Stores,
+    store: &ConfigStore,
+    conversions: &mut Conversions,
+    settings: &SourceSettings,
+) {
+    let scope = Scope::new(stores, settings);
+    let mut assembly = Assembly {
+        previous: std::mem::take(&mut conversions.by_key),
+        next: HashMap::new(),
+        resources: BTreeMap::new(),
+        skipped: Vec::new(),
+    };
     for (kind, api, reader) in &stores.config {
         for object in reader.state() {
+            if !scope.contains(object.metadata.namespace.as_deref()) {
+                continue;
+            }
             let key = key_of(
                 *kind,
                 object.metadata.namespace.as_deref(),
                 object.metadata.name.as_deref(),
             );
             let rv = object.metadata.resource_version.clone();
-            take(key, rv, &|| convert_custom(&object, api, *kind));
+            assembly.take(key, rv, || convert_custom(&object, api, *kind));
         }
     }
+    // Only the ConfigMaps that peers name hold configuration; the root namespace's others
+    // (Istio's own, say) are none of the mesh's business.
+    let named: HashSet<(String, String)> = assembly
+        .resources
+        .iter()
+        .filter_map(|(key, (resource, _))| match resource {
+            Resource::ServiceMeshPeer(peer) => peer
+                .spec
+                .security
+                .certificate_chain
+                .as_ref()
+                .filter(|chain| chain.kind == "ConfigMap")
+                .map(|chain| (key.namespace.clone(), chain.name.clone())),
+            _ => None,
+        })
+        .collect();
     for map in stores.config_maps.state() {
+        let named_by_a_peer = named.contains(&(
+            map.metadata.namespace.clone().unwrap_or_default(),
+            map.metadata.name.clone().unwrap_or_default(),
+        ));
+        if !named_by_a_peer {
+            continue;
+        }
         let key = key_of(
             Kind::ConfigMap,
             map.metadata.namespace.as_deref(),
             map.metadata.name.as_deref(),
         );
         let rv = map.metadata.resource_version.clone();
-        take(key, rv, &|| convert_config_map(&map));
+        assembly.take(key, rv, || convert_config_map(&map));
     }
+    let Assembly {
+        next,
+        resources,
+        skipped,
+        ..
+    } = assembly;
     conversions.by_key = next;
     let services = stores.services.state();
     let slices = stores.slices.state();
     let pods = stores.pods.state();
     let cluster = cluster_state(
-        services.iter().map(AsRef::as_ref),
-        slices.iter().map(AsRef::as_ref),
-        pods.iter().map(AsRef::as_ref),
+        services
+            .iter()
+            .filter(|s| scope.contains(s.metadata.namespace.as_deref()))
+            .map(AsRef::as_ref),
+        slices
+            .iter()
+            .filter(|s| scope.contains(s.metadata.namespace.as_deref()))
+            .map(AsRef::as_ref),
+        pods.iter()
+            .filter(|p| scope.contains(p.metadata.namespace.as_deref()))
+            .map(AsRef::as_ref),
     );
     tracing::debug!(
         namespaces = stores.namespaces.state().len(),
@@ -332,6 +424,107 @@ fn publish(stores: &Stores, store: &ConfigStore, conversions: &mut Conversions) 
     );
     let snapshot = ConfigSnapshot::from_map(resources).with_cluster(Arc::new(cluster));
     store.apply_partial(snapshot, skipped);
+}
+
+/// The namespaces of the mesh: all, or those the discovery selectors pick plus the root.
+struct Scope {
+    namespaces: Option<HashSet<String>>,
+}
+
+impl Scope {
+    fn new(stores: &Stores, settings: &SourceSettings) -> Self {
+        if settings.discovery_selectors.is_empty() {
+            return Self { namespaces: None };
+        }
+        let mut namespaces: HashSet<String> = stores
+            .namespaces
+            .state()
+            .iter()
+            .filter(|ns| {
+                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                selected(&settings.discovery_selectors, &labels)
+            })
+            .filter_map(|ns| ns.metadata.name.clone())
+            .collect();
+        namespaces.insert(settings.root_namespace.clone());
+        Self {
+            namespaces: Some(namespaces),
+        }
+    }
+
+    fn contains(&self, namespace: Option<&str>) -> bool {
+        match (&self.namespaces, namespace) {
+            (None, _) => true,
+            (Some(set), Some(ns)) => set.contains(ns),
+            (Some(_), None) => true,
+        }
+    }
+}
+
+/// Whether `labels` match any selector (each a set of `key=value` that must all hold).
+fn selected(selectors: &[BTreeMap<String, String>], labels: &BTreeMap<String, String>) -> bool {
+    selectors
+        .iter()
+        .any(|selector| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// Parses one selector, `key=value[,key=value…]` (as `kubectl -l` writes equality selectors).
+pub fn parse_selector(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+            let (k, v) = (k.trim(), v.trim().trim_start_matches('='));
+            if k.is_empty() {
+                return Err(format!("{pair:?} has no key"));
+            }
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// One rebuild's progress: conversions reused or made, the valid resources, the problems.
+struct Assembly {
+    previous: HashMap<ResourceKey, Converted>,
+    next: HashMap<ResourceKey, Converted>,
+    resources: BTreeMap<ResourceKey, (Resource, SourceRef)>,
+    skipped: Vec<ConfigError>,
+}
+
+impl Assembly {
+    /// Adds the object at `key`: its previous conversion if its `resourceVersion` is the
+    /// same, else `convert`'s (a new problem is logged once, here).
+    fn take(
+        &mut self,
+        key: ResourceKey,
+        resource_version: Option<String>,
+        convert: impl FnOnce() -> Result<(Resource, SourceRef), Vec<ConfigError>>,
+    ) {
+        let converted = match self.previous.remove(&key) {
+            Some(c) if resource_version.is_some() && c.resource_version == resource_version => c,
+            _ => {
+                let result = convert();
+                if let Err(errors) = &result {
+                    for e in errors {
+                        tracing::warn!("skipped, the other objects apply: {e}");
+                    }
+                }
+                Converted {
+                    resource_version,
+                    result,
+                }
+            }
+        };
+        match &converted.result {
+            Ok((resource, source)) => {
+                self.resources
+                    .insert(key.clone(), (resource.clone(), source.clone()));
+            }
+            Err(errors) => self.skipped.extend(errors.iter().cloned()),
+        }
+        self.next.insert(key, converted);
+    }
 }
 
 fn key_of(kind: Kind, namespace: Option<&str>, name: Option<&str>) -> ResourceKey {
@@ -479,6 +672,29 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn discovery_selectors_are_equality_label_sets_any_of_which_selects() {
+        let selector = parse_selector("istio-discovery=enabled, team=shop").unwrap();
+        assert_eq!(selector.len(), 2);
+        assert!(parse_selector("nope").is_err());
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let selectors = vec![selector, parse_selector("env=prod").unwrap()];
+        assert!(selected(&selectors, &labels(&[("env", "prod")])));
+        assert!(selected(
+            &selectors,
+            &labels(&[("istio-discovery", "enabled"), ("team", "shop")])
+        ));
+        assert!(!selected(
+            &selectors,
+            &labels(&[("istio-discovery", "enabled")])
+        ));
     }
 
     #[test]

@@ -331,87 +331,85 @@ pub fn write_status(
 }
 
 /// [`write_status`] with its pace given.
-pub fn write_status_with(
+pub async fn write_status_with(
     client: kube::Client,
     mut status: watch::Receiver<Arc<FederationStatus>>,
     mut leader: watch::Receiver<bool>,
     settings: StatusWriterSettings,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let mut entries: BTreeMap<ObjectKey, Entry> = BTreeMap::new();
-        loop {
-            if leader.has_changed().is_err() {
-                tracing::info!("leader election stopped; status writer ends");
-                return;
-            }
-            if !*leader.borrow_and_update() {
-                entries.values_mut().for_each(Entry::forget);
-                match leader.changed().await {
-                    Ok(()) => continue,
-                    Err(_) => {
-                        tracing::info!("leader election stopped; status writer ends");
-                        return;
-                    }
-                }
-            }
-            // The documents in force.
-            let documents = documents(&status.borrow_and_update());
-            entries.retain(|key, _| documents.contains_key(key));
-            for (key, document) in documents {
-                match entries.get_mut(&key) {
-                    Some(entry) => entry.desired = document,
-                    None => {
-                        entries.insert(key, Entry::new(document, &settings));
-                    }
-                }
-            }
-            let now = Instant::now();
-            let due: Vec<(ObjectKey, Op)> = entries
-                .iter()
-                .filter(|(_, e)| e.due(&settings, now).is_some_and(|at| at <= now))
-                .map(|(k, e)| (k.clone(), e.op()))
-                .collect();
-            if !due.is_empty() {
-                let mut calls = futures::stream::iter(due)
-                    .map(|(key, op)| call(client.clone(), key, op, settings.request_timeout))
-                    .buffer_unordered(settings.concurrency.max(1));
-                loop {
-                    tokio::select! {
-                        done = calls.next() => match done {
-                            Some((key, started, write, outcome)) => {
-                                record(&mut entries, key, started, write, outcome);
-                            }
-                            None => break,
-                        },
-                        changed = leader.changed() => {
-                            if changed.is_err() {
-                                tracing::info!("leader election stopped; status writer ends");
-                                return;
-                            }
-                            // Any change while leading means leadership was lost, perhaps
-                            // regained: what the objects hold is not known any more.
-                            entries.values_mut().for_each(Entry::forget);
-                            break;
-                        }
-                    }
-                }
-                continue;
-            }
-            let next = entries.values().filter_map(|e| e.due(&settings, now)).min();
-            tokio::select! {
-                changed = status.changed() => if changed.is_err() {
-                    tracing::info!("federation status closed; status writer ends");
+) {
+    let mut entries: BTreeMap<ObjectKey, Entry> = BTreeMap::new();
+    loop {
+        if leader.has_changed().is_err() {
+            tracing::info!("leader election stopped; status writer ends");
+            return;
+        }
+        if !*leader.borrow_and_update() {
+            entries.values_mut().for_each(Entry::forget);
+            match leader.changed().await {
+                Ok(()) => continue,
+                Err(_) => {
+                    tracing::info!("leader election stopped; status writer ends");
                     return;
-                },
-                changed = leader.changed() => match changed {
-                    Ok(()) => entries.values_mut().for_each(Entry::forget),
-                    Err(_) => {
-                        tracing::info!("leader election stopped; status writer ends");
-                        return;
-                    }
-                },
-                () = sleep_until(next) => {}
+                }
             }
+        }
+        // The documents in force.
+        let documents = documents(&status.borrow_and_update());
+        entries.retain(|key, _| documents.contains_key(key));
+        for (key, document) in documents {
+            match entries.get_mut(&key) {
+                Some(entry) => entry.desired = document,
+                None => {
+                    entries.insert(key, Entry::new(document, &settings));
+                }
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<(ObjectKey, Op)> = entries
+            .iter()
+            .filter(|(_, e)| e.due(&settings, now).is_some_and(|at| at <= now))
+            .map(|(k, e)| (k.clone(), e.op()))
+            .collect();
+        if !due.is_empty() {
+            let mut calls = futures::stream::iter(due)
+                .map(|(key, op)| call(client.clone(), key, op, settings.request_timeout))
+                .buffer_unordered(settings.concurrency.max(1));
+            loop {
+                tokio::select! {
+                    done = calls.next() => match done {
+                        Some((key, started, write, outcome)) => {
+                            record(&mut entries, key, started, write, outcome);
+                        }
+                        None => break,
+                    },
+                    changed = leader.changed() => {
+                        if changed.is_err() {
+                            tracing::info!("leader election stopped; status writer ends");
+                            return;
+                        }
+                        // Any change while leading means leadership was lost, perhaps
+                        // regained: what the objects hold is not known any more.
+                        entries.values_mut().for_each(Entry::forget);
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        let next = entries.values().filter_map(|e| e.due(&settings, now)).min();
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() {
+                tracing::info!("federation status closed; status writer ends");
+                return;
+            },
+            changed = leader.changed() => match changed {
+                Ok(()) => entries.values_mut().for_each(Entry::forget),
+                Err(_) => {
+                    tracing::info!("leader election stopped; status writer ends");
+                    return;
+                }
+            },
+            () = sleep_until(next) => {}
         }
     }
 }

@@ -70,6 +70,7 @@ pub fn router(state: DebugState) -> Router {
         federation,
         allow_remote,
     } = state;
+    let ready_config = config.clone();
     let debug = Router::new()
         .route(
             "/debug/federation",
@@ -108,7 +109,21 @@ pub fn router(state: DebugState) -> Router {
     Router::new()
         .merge(debug)
         .route("/metrics", get(metrics_format::handler(registry)))
-        .route("/ready", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                // Not ready before the first load: in Kubernetes mode, a replica that has not
+                // listed every kind would serve proxies a partial mesh.
+                let loaded = ready_config.status().loaded;
+                async move {
+                    if loaded {
+                        (StatusCode::OK, "ok\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded yet\n")
+                    }
+                }
+            }),
+        )
 }
 
 /// The configuration in force and the problems of the newest load.
