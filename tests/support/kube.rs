@@ -160,10 +160,8 @@ endpoints:
         let deadline = std::time::Instant::now() + limit;
         loop {
             let object = self.server.get(kind, Some(namespace), name);
-            if let Some(o) = &object {
-                if check(o) {
-                    return Ok(o.clone());
-                }
+            if let Some(o) = object.as_ref().filter(|o| check(o)) {
+                return Ok(o.clone());
             }
             if std::time::Instant::now() > deadline {
                 return Err(object);

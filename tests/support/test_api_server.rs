@@ -245,6 +245,9 @@ struct Shared {
     events: broadcast::Sender<Event>,
     /// Bumped by [`TestApiServer::close_watches`].
     close: watch::Sender<u64>,
+    /// While `true` ([`TestApiServer::hold_watches`]), new watch requests wait before they
+    /// are answered, as behind a slow load balancer.
+    hold: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -333,10 +336,12 @@ impl TestApiServer {
         let addr = listener.local_addr()?;
         let (events, _) = broadcast::channel(4096);
         let (close, _) = watch::channel(0);
+        let (hold, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             events,
             close,
+            hold,
         });
         let app = Router::new()
             .fallback(handle)
@@ -366,6 +371,18 @@ impl TestApiServer {
         let mut store = self.shared.lock();
         store.compacted = store.rv;
         store.log.clear();
+    }
+
+    /// Makes new watch requests wait (they are answered, from the state of that moment, once
+    /// [`TestApiServer::release_watches`] is called), so that a test can change objects while
+    /// no watch is open.
+    pub fn hold_watches(&self) {
+        self.shared.hold.send_replace(true);
+    }
+
+    /// Answers the watch requests held by [`TestApiServer::hold_watches`].
+    pub fn release_watches(&self) {
+        self.shared.hold.send_replace(false);
     }
 
     /// Ends every open watch stream now (as an API server restart or a load balancer would).
@@ -622,6 +639,8 @@ async fn handle(
         (Target::TokenReview, &Method::POST) => token_review(&shared, &body),
         (Target::Collection { res, namespace }, &Method::GET) => {
             if matches!(params.get("watch").map(String::as_str), Some("true" | "1")) {
+                let mut hold = shared.hold.subscribe();
+                let _ = hold.wait_for(|held| !held).await;
                 start_watch(&shared, res, namespace, &params)
             } else {
                 list(&shared, res, namespace.as_deref(), &params)
@@ -1384,7 +1403,10 @@ async fn stream_live(
     let mut ticker = tokio::time::interval(BOOKMARK_EVERY);
     ticker.tick().await;
     loop {
+        // Closing first: an event sent after `close_watches` never reaches a closed stream.
         let line = tokio::select! {
+            biased;
+            _ = close.changed() => return,
             event = events.recv() => match event {
                 Ok(event) => {
                     watch.seen = event.rv;
@@ -1397,7 +1419,6 @@ async fn stream_live(
                 Err(_) => return,
             },
             _ = ticker.tick(), if watch.bookmarks => watch.bookmark(),
-            _ = close.changed() => return,
             () = sleep_until(deadline) => return,
         };
         if tx.send(line).await.is_err() {

@@ -99,6 +99,11 @@ struct Args {
     /// this mesh exports to them (Maistra's discovery port is 8188).
     #[arg(long, default_value = "0.0.0.0:8188")]
     federation_addr: Option<SocketAddr>,
+    /// The host the federation ingress gateways dial for discovery (with the discovery port).
+    /// Default: in Kubernetes mode the isthmusd Service, isthmusd.<namespace>.svc.cluster.local;
+    /// otherwise the bound address.
+    #[arg(long)]
+    federation_advertise_host: Option<String>,
     /// Do not serve federation discovery.
     #[arg(long, conflicts_with = "federation_addr")]
     no_federation: bool,
@@ -159,6 +164,7 @@ async fn main() -> std::process::ExitCode {
         push_debounce: args.push_debounce,
         config_watch: WatchSettings::default(),
         root_namespace: args.root_namespace,
+        federation_advertise_host: args.federation_advertise_host,
         federation_addr: (!args.no_federation)
             .then_some(args.federation_addr)
             .flatten(),

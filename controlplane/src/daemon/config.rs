@@ -44,6 +44,10 @@ pub struct DaemonConfig {
     pub root_namespace: String,
     /// The federation discovery port (peers' control planes watch our exports there).
     pub federation_addr: Option<SocketAddr>,
+    /// The host the ingress gateways dial to reach the discovery port (with its bound port).
+    /// Default: in Kubernetes mode the `isthmusd` Service, `isthmusd.<namespace>.svc.cluster.local`;
+    /// otherwise the bound address (loopback when bound to every address).
+    pub federation_advertise_host: Option<String>,
     pub federation: FederationSettings,
     /// At shutdown, how long requests in progress may take to finish before every connection
     /// is closed (xDS streams and discovery watches do not end by themselves).
@@ -75,6 +79,7 @@ impl DaemonConfig {
             config_watch: WatchSettings::default(),
             root_namespace: "istio-system".to_owned(),
             federation_addr: Some(any_port),
+            federation_advertise_host: None,
             federation: FederationSettings::default(),
             drain_timeout: Duration::from_secs(1),
         }

@@ -306,14 +306,7 @@ pub(super) fn pipeline(
             trust_domain: config.trust_domain.clone(),
             root_namespace: config.root_namespace.clone(),
             bundles: vec![(config.trust_domain.to_string(), ca.roots_pem.clone())],
-            // Local gateways reach it on loopback when it listens on every address.
-            discovery_address: addresses.federation.map(|a| {
-                if a.ip().is_unspecified() {
-                    format!("127.0.0.1:{}", a.port())
-                } else {
-                    a.to_string()
-                }
-            }),
+            discovery_address: addresses.federation.map(|a| discovery_address(config, a)),
             control_plane_identity: own.identity.clone(),
             initial_sync: config.federation.initial_sync,
         },
@@ -323,6 +316,19 @@ pub(super) fn pipeline(
         pipeline,
         cache,
         streams,
+    }
+}
+
+/// Where the ingress gateways reach the discovery port: the advertised host, else in
+/// Kubernetes mode `isthmusd`'s Service, else the bound address (loopback when bound to every
+/// address, as local gateways reach it).
+fn discovery_address(config: &DaemonConfig, bound: SocketAddr) -> String {
+    let port = bound.port();
+    match (&config.federation_advertise_host, &config.kubernetes) {
+        (Some(host), _) => format!("{host}:{port}"),
+        (None, Some(_)) => format!("isthmusd.{}.svc.cluster.local:{port}", config.namespace),
+        (None, None) if bound.ip().is_unspecified() => format!("127.0.0.1:{port}"),
+        (None, None) => bound.to_string(),
     }
 }
 

@@ -119,7 +119,10 @@ pub fn router(state: DebugState) -> Router {
                     if loaded {
                         (StatusCode::OK, "ok\n")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded yet\n")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "configuration not loaded yet\n",
+                        )
                     }
                 }
             }),
