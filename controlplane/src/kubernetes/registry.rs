@@ -4,6 +4,7 @@
 //! `ExternalName` service, a pod without an IP or finished) is left out.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -12,6 +13,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::config::cluster::{
     ClusterEndpoint, ClusterPod, ClusterService, ClusterServicePort, ClusterState,
 };
+
+/// A TCP port number (1–65535).
+fn port_number(n: i32) -> Option<u32> {
+    u32::try_from(n).ok().filter(|p| (1..=65535).contains(p))
+}
 
 /// The label that ties an `EndpointSlice` to its `Service`.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -87,10 +93,10 @@ pub fn cluster_service(service: &Service) -> Option<ClusterService> {
         .filter_map(|p| {
             Some(ClusterServicePort {
                 name: p.name.clone().unwrap_or_default(),
-                port: u32::try_from(p.port).ok()?,
+                port: port_number(p.port)?,
                 app_protocol: p.app_protocol.clone(),
                 target_port: match &p.target_port {
-                    Some(IntOrString::Int(n)) => u32::try_from(*n).ok(),
+                    Some(IntOrString::Int(n)) => port_number(*n),
                     _ => None,
                 },
             })
@@ -116,12 +122,7 @@ pub fn slice_endpoints(slice: &EndpointSlice) -> Vec<ClusterEndpoint> {
         .iter()
         .flatten()
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| {
-            Some((
-                p.name.clone().unwrap_or_default(),
-                u32::try_from(p.port?).ok()?,
-            ))
-        })
+        .filter_map(|p| Some((p.name.clone().unwrap_or_default(), port_number(p.port?)?)))
         .collect();
     let namespace = slice.metadata.namespace.as_deref();
     let mut out = Vec::new();
@@ -140,7 +141,13 @@ pub fn slice_endpoints(slice: &EndpointSlice) -> Vec<ClusterEndpoint> {
                         .is_none_or(|ns| Some(ns) == namespace)
             })
             .and_then(|r| r.name.clone());
-        for address in &endpoint.addresses {
+        // An address the API server should never hold (it validates them) is left out rather
+        // than handed to proxies.
+        for address in endpoint
+            .addresses
+            .iter()
+            .filter(|a| a.parse::<IpAddr>().is_ok())
+        {
             out.push(ClusterEndpoint {
                 address: address.clone(),
                 ports: ports.clone(),
@@ -161,7 +168,10 @@ pub fn cluster_pod(pod: &Pod) -> Option<ClusterPod> {
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return None;
     }
-    let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+    let ip = status
+        .pod_ip
+        .clone()
+        .filter(|ip| ip.parse::<IpAddr>().is_ok())?;
     Some(ClusterPod {
         namespace: pod.metadata.namespace.clone()?,
         name: pod.metadata.name.clone()?,
@@ -274,5 +284,14 @@ status: {phase: Running, podIP: 10.1.0.5}
             "metadata: {name: s, namespace: shop, labels: {kubernetes.io/service-name: db}}\naddressType: FQDN\nendpoints: [{addresses: [db.example.com]}]",
         );
         assert!(slice_endpoints(&fqdn).is_empty());
+        let odd: EndpointSlice = parse(
+            "metadata: {name: s, namespace: shop}\naddressType: IPv4\nports: [{name: http, port: 70000}, {name: ok, port: 80}]\nendpoints: [{addresses: [not-an-ip, 10.0.0.1]}]",
+        );
+        let endpoints = slice_endpoints(&odd);
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].ports.keys().collect::<Vec<_>>(), ["ok"]);
+        let bad_ip: Pod =
+            parse("metadata: {name: p, namespace: shop}\nstatus: {phase: Running, podIP: 'x; rm'}");
+        assert!(cluster_pod(&bad_ip).is_none());
     }
 }

@@ -235,9 +235,14 @@ fn trim_meta(meta: &mut kube::api::ObjectMeta) {
     meta.owner_references = None;
 }
 
-/// A custom resource keeps its annotations (Istio reads some) but not its `status`.
+/// A custom resource keeps its annotations (Istio reads some), except `kubectl`'s copy of
+/// the object, but not its `status`.
 fn trim_custom(object: &mut DynamicObject) {
     object.metadata.managed_fields = None;
+    if let Some(annotations) = &mut object.metadata.annotations {
+        // `kubectl apply`'s copy of the whole object.
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
     if let Some(data) = object.data.as_object_mut() {
         data.remove("status");
     }

@@ -303,4 +303,65 @@ mod tests {
             "spiffe://green.local/ns/bookinfo/sa/ratings-old"
         );
     }
+
+    #[test]
+    fn service_entries_and_workload_entries_work_beside_kubernetes_services() {
+        let snapshot = crate::config::load_text(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ledger, namespace: bookinfo}
+spec:
+  hosts: [ledger.example.internal]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http}]
+  workloadSelector: {labels: {app: ledger}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ledger-vm, namespace: bookinfo}
+spec: {address: 192.0.2.7, labels: {app: ledger}, serviceAccount: ledger}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow, namespace: bookinfo}
+spec:
+  hosts: [ratings.bookinfo.svc.cluster.local]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 192.0.2.9}]
+",
+            std::path::Path::new("test.yaml"),
+        )
+        .unwrap()
+        .with_cluster(std::sync::Arc::new(cluster(vec![endpoint(
+            "10.0.0.1",
+            "ratings-1",
+            true,
+            false,
+        )])));
+        let (services, warnings) = super::super::registry::build_registry(&snapshot, &td());
+        let hosts: Vec<_> = services.keys().map(|k| k.hostname.as_str()).collect();
+        assert_eq!(
+            hosts,
+            [
+                "ledger.example.internal",
+                "ratings.bookinfo.svc.cluster.local"
+            ]
+        );
+        let ratings = services
+            .values()
+            .find(|s| s.key.hostname.starts_with("ratings"))
+            .unwrap();
+        assert_eq!(
+            ratings.to_string_source(),
+            "Service bookinfo/ratings",
+            "the Kubernetes Service wins over a ServiceEntry of the same host"
+        );
+        assert!(
+            warnings.iter().any(|w| w.resource.name == "shadow"),
+            "{warnings:?}"
+        );
+        let workloads = crate::model::workload::build_workloads(&snapshot, &td());
+        assert!(workloads.contains_key(&("bookinfo".to_owned(), "ledger-vm".to_owned())));
+        assert!(workloads.contains_key(&("bookinfo".to_owned(), "ratings-1".to_owned())));
+    }
 }
