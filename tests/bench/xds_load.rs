@@ -67,6 +67,11 @@ struct Args {
     /// (`isthmusd --config-source kubernetes`).
     #[arg(long, value_enum, default_value = "directory")]
     source: Source,
+    /// Kubernetes mode: Services without cluster IPs (`clusterIP` left out), like the
+    /// directory mode's `ServiceEntry`s, which have no addresses. By default each Service has
+    /// one, as in a cluster, and its listeners and routes match it.
+    #[arg(long)]
+    no_cluster_ips: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,33 +159,39 @@ fn pod_yaml(name: &str, app: &str, service_account: &str) -> String {
 
 /// The synthetic mesh as a cluster's objects: per service a `Service` (with a cluster IP) and
 /// one `EndpointSlice` whose endpoints are Pods running as `svc-N`, and per client a Pod
-/// `client-N` (the workload its node id names). Pods get their IP through the `status`
-/// subresource, as from the kubelet. Returns how many objects were written.
+/// `client-N` (the workload its node id names). Written as multi-document YAML, 1,000
+/// documents at a time (the YAML parser's limit per input is 1,024); Pods then get their IP
+/// through the `status` subresource, as from the kubelet. Returns how many objects were written.
 fn fill_cluster(api: &TestApiServer, args: &Args) -> anyhow::Result<usize> {
-    let mut y = format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n");
+    let mut docs = vec![format!(
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n"
+    )];
     let mut pods = Vec::new();
     for s in 0..args.services {
-        let _ = write!(
-            y,
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: {NAMESPACE}, labels: {{app: svc-{s}}}}}\nspec:\n  clusterIP: 10.96.{}.{}\n  clusterIPs: [10.96.{}.{}]\n  selector: {{app: svc-{s}}}\n  ports: [{{name: http, port: 80, targetPort: 80}}]\n",
-            (s >> 8) & 255,
-            s & 255,
-            (s >> 8) & 255,
-            s & 255
-        );
-        y.push_str(&slice_yaml(args, s, None));
+        let cluster_ip = if args.no_cluster_ips {
+            String::new()
+        } else {
+            let ip = format!("10.96.{}.{}", (s >> 8) & 255, s & 255);
+            format!("  clusterIP: {ip}\n  clusterIPs: [{ip}]\n")
+        };
+        docs.push(format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: {NAMESPACE}, labels: {{app: svc-{s}}}}}\nspec:\n{cluster_ip}  selector: {{app: svc-{s}}}\n  ports: [{{name: http, port: 80, targetPort: 80}}]\n",
+        ));
+        docs.push(slice_yaml(args, s, None));
         for e in 0..args.endpoints_per_service {
             let name = format!("svc-{s}-{e}");
-            y.push_str(&pod_yaml(&name, &format!("svc-{s}"), &format!("svc-{s}")));
+            docs.push(pod_yaml(&name, &format!("svc-{s}"), &format!("svc-{s}")));
             pods.push((name, endpoint_ip(s * args.endpoints_per_service + e)));
         }
     }
     for c in 0..args.clients {
         let name = format!("client-{c}");
-        y.push_str(&pod_yaml(&name, "client", "client"));
+        docs.push(pod_yaml(&name, "client", "client"));
         pods.push((name, client_ip(c)));
     }
-    api.apply_yaml(&y)?;
+    for batch in docs.chunks(1000) {
+        api.apply_yaml(&batch.concat())?;
+    }
     for (name, ip) in &pods {
         api.set_status(
             "Pod",
@@ -189,7 +200,7 @@ fn fill_cluster(api: &TestApiServer, args: &Args) -> anyhow::Result<usize> {
             serde_json::json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}),
         )?;
     }
-    Ok(1 + 2 * args.services + pods.len())
+    Ok(docs.len())
 }
 
 fn kubeconfig(dir: &Path, api: &TestApiServer) -> anyhow::Result<PathBuf> {

@@ -65,8 +65,11 @@ async fn one_replica_leads_and_the_other_takes_over_once_its_lease_expires() {
     let watch_until = Instant::now() + Duration::from_millis(1500);
     let first = *a.borrow();
     while Instant::now() < watch_until {
-        assert_ne!(*a.borrow(), *b.borrow(), "exactly one leader");
-        assert_eq!(*a.borrow(), first, "the leader stays");
+        // Never two; and the other never leads while the first renews (a slow round on a
+        // loaded machine may make the leader step down for a moment, which is safe).
+        assert!(!(*a.borrow() && *b.borrow()), "two leaders");
+        let other = if first { *b.borrow() } else { *a.borrow() };
+        assert!(!other, "the leader stays");
         sleep(Duration::from_millis(20)).await;
     }
     let (leader, mut follower, leader_task, follower_task, leader_name, follower_name) = if first {
@@ -83,8 +86,10 @@ async fn one_replica_leads_and_the_other_takes_over_once_its_lease_expires() {
     assert!(spec["acquireTime"].is_string() && spec["renewTime"].is_string());
     let transitions = spec["leaseTransitions"].as_i64().unwrap();
 
-    // The leader stops without releasing: the other takes over within the lease's duration
-    // and one renewal period (plus slack for the HTTP round trips).
+    // The leader stops without releasing: the other takes over once the lease has gone
+    // unrenewed for its duration by the other's clock, counted from the other's first read of
+    // the last renewal (up to a renewal period after it), noticed at its next round (another
+    // period), plus slack for the HTTP round trips.
     leader_task.abort();
     let stopped = Instant::now();
     let _ = leader_task.await;
@@ -92,7 +97,7 @@ async fn one_replica_leads_and_the_other_takes_over_once_its_lease_expires() {
         leader.has_changed().is_err(),
         "the stopped elector's watch is closed"
     );
-    timeout(Duration::from_millis(2000 + 667 + 800), async {
+    timeout(Duration::from_millis(2000 + 2 * 667 + 1500), async {
         while !*follower.borrow_and_update() {
             follower.changed().await.unwrap();
         }

@@ -41,6 +41,11 @@ pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// The username prefix of Kubernetes service accounts.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
+/// Most reviews in flight at once: the API server is shared (its flow control also carries our
+/// watches and the status lease), and any pod can send tokens. Callers beyond it are told to
+/// retry (`UNAVAILABLE`) rather than queued.
+pub const MAX_REVIEWS_IN_FLIGHT: usize = 64;
+
 /// Longest API server message passed on to a caller.
 const MAX_REASON: usize = 256;
 
@@ -51,6 +56,7 @@ pub struct TokenReviewAuthenticator {
     trust_domain: TrustDomain,
     cache: Arc<Mutex<ReviewCache>>,
     timeout: Duration,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl fmt::Debug for TokenReviewAuthenticator {
@@ -75,6 +81,7 @@ impl TokenReviewAuthenticator {
             trust_domain,
             cache: Arc::new(Mutex::new(ReviewCache::new(CACHE_TTL, CACHE_CAPACITY))),
             timeout: REVIEW_TIMEOUT,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT)),
         }
     }
 
@@ -105,6 +112,11 @@ impl TokenReviewAuthenticator {
             },
             ..TokenReview::default()
         };
+        let _permit = self.in_flight.try_acquire().map_err(|_| {
+            AuthError::ApiServer(format!(
+                "{MAX_REVIEWS_IN_FLIGHT} token reviews already in flight; retry"
+            ))
+        })?;
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let response =
             tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &request))
@@ -143,11 +155,12 @@ pub fn evaluate(
             reason: bounded(reason),
         });
     }
-    // An API server that reports audiences must report ours; one that reports none is not
-    // audience-aware (the review asked for ours: an audience-aware one would have refused).
-    if let Some(audiences) = &status.audiences
-        && !audiences.iter().any(|a| a == AUDIENCE)
-    {
+    // The review asked for our audience and must say the token is bound to it. No audiences
+    // means the token is valid for the API server's own audience only (an authenticator that
+    // ignores audiences answers so): a token any pod holds for the API server is not a CA
+    // credential.
+    let audiences = status.audiences.as_deref().unwrap_or_default();
+    if !audiences.iter().any(|a| a == AUDIENCE) {
         return Err(AuthError::WrongAudience {
             audiences: bounded(&audiences.join(", ")),
         });
@@ -275,9 +288,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(id.to_string(), "spiffe://red.local/ns/bookinfo/sa/ratings");
-        // An API server that does not report audiences.
-        let id = evaluate(&status(true, "system:serviceaccount:a:b", None), &td()).unwrap();
-        assert_eq!(id.to_string(), "spiffe://red.local/ns/a/sa/b");
+        // A review that reports no audiences: the token is the API server's, not ours.
+        assert!(matches!(
+            evaluate(&status(true, "system:serviceaccount:a:b", None), &td()),
+            Err(AuthError::WrongAudience { .. })
+        ));
     }
 
     #[test]

@@ -43,8 +43,9 @@ struct Args {
     discovery_selectors: Vec<std::collections::BTreeMap<String, String>>,
     /// Kubernetes mode: this replica's name, holder of the status lease (the pod's name, from
     /// the downward API).
-    #[arg(long, env = "POD_NAME", default_value = "isthmusd")]
-    pod_name: String,
+    /// Default: the host name (in a pod, the pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Kubernetes mode: how long the status lease lasts unrenewed, so how soon another replica
     /// takes over writing status when the holder stops.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
@@ -140,13 +141,22 @@ async fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
+    if args.lease_duration < Duration::from_secs(1) {
+        eprintln!("isthmusd: --lease-duration must be at least 1s");
+        return std::process::ExitCode::FAILURE;
+    }
     if args.workload_cert_ttl > args.max_workload_cert_ttl {
         eprintln!("isthmusd: --workload-cert-ttl is longer than --max-workload-cert-ttl");
         return std::process::ExitCode::FAILURE;
     }
     let kubernetes = (args.config_source == ConfigSource::Kubernetes).then(|| KubernetesSettings {
         kubeconfig: args.kubeconfig.clone(),
-        pod_name: args.pod_name.clone(),
+        // Replicas must differ here, or both would hold the lease: the host name is the pod's.
+        pod_name: args
+            .pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "isthmusd".to_owned()),
         lease_duration: args.lease_duration,
         discovery_selectors: args.discovery_selectors.clone(),
     });

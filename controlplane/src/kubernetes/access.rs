@@ -24,6 +24,9 @@ pub struct Access {
 }
 
 const READ_LIST: &[&str] = &["list", "watch"];
+/// The federation kinds are also read one by one: the status writer tells an object that is
+/// gone from one whose CRD lacks the status subresource.
+const READ_GET: &[&str] = &["get", "list", "watch"];
 
 /// Everything `isthmusd --config-source kubernetes` does against the API server.
 pub const API_ACCESS: &[Access] = &[
@@ -67,19 +70,19 @@ pub const API_ACCESS: &[Access] = &[
     rule(
         "federation.maistra.io",
         "servicemeshpeers",
-        READ_LIST,
+        READ_GET,
         Scope::Cluster,
     ),
     rule(
         "federation.maistra.io",
         "exportedservicesets",
-        READ_LIST,
+        READ_GET,
         Scope::Cluster,
     ),
     rule(
         "federation.maistra.io",
         "importedservicesets",
-        READ_LIST,
+        READ_GET,
         Scope::Cluster,
     ),
     // Status written back (by the lease holder only).

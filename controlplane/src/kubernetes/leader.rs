@@ -6,10 +6,12 @@
 //!
 //! - creates it, held by us, if there is none (`409 AlreadyExists`: another replica created it
 //!   first; read again at once);
-//! - takes it if it has no holder or has expired (`renewTime + leaseDurationSeconds` before
-//!   now, by the wall clock: the replicas' clocks are assumed to be roughly in step, as
-//!   client-go's election also assumes), by a replace carrying the `resourceVersion` read, so of
-//!   two replicas taking it at once one gets `409 Conflict` and stays a follower;
+//! - takes it if it has no holder or has expired, by a replace carrying the `resourceVersion`
+//!   read, so of two replicas taking it at once one gets `409 Conflict` and stays a follower.
+//!   Expiry is timed on the local clock, as client-go times it: from when this replica first
+//!   saw the Lease's current `resourceVersion`, `leaseDurationSeconds` without a change (every
+//!   renewal changes it). Comparing the holder's `renewTime` with our clock would let a skew
+//!   between the replicas' clocks make two leaders;
 //! - renews it (`renewTime`) if we hold it;
 //! - else follows.
 //!
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
@@ -102,12 +104,18 @@ pub fn elect(
         // Until when we are the leader (None: we are not).
         let mut leader_until: Option<Instant> = None;
         let mut last_holder: Option<String> = None;
+        let mut observed: Option<Observed> = None;
         let mut again = 0u32;
         loop {
             let started = Instant::now();
             let round = tokio::time::timeout(
                 settings.renew_every,
-                round(&api, &settings, leader_until.is_some_and(|t| t > started)),
+                round(
+                    &api,
+                    &settings,
+                    leader_until.is_some_and(|t| t > started),
+                    &mut observed,
+                ),
             )
             .await;
             match round {
@@ -183,6 +191,7 @@ async fn round(
     api: &Api<Lease>,
     settings: &LeaseSettings,
     leading: bool,
+    observed: &mut Option<Observed>,
 ) -> Result<Round, kube::Error> {
     let now = Timestamp::now();
     let Some(mut lease) = api.get_opt(&settings.name).await? else {
@@ -207,10 +216,11 @@ async fn round(
             Err(e) => Err(e),
         };
     };
+    let since = Observed::since(observed, lease.metadata.resource_version.clone());
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
     let ours = holder.as_deref() == Some(settings.holder.as_str());
-    if !ours && holder.is_some() && !expired(spec, now) {
+    if !ours && holder.is_some() && !expired(spec, since, Instant::now()) {
         return Ok(Round::Follower { holder });
     }
     if !ours || !leading {
@@ -244,28 +254,53 @@ async fn round(
     }
 }
 
-/// Whether a held Lease has expired: `renewTime + leaseDurationSeconds` before `now` (a Lease
-/// without either is expired).
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let (Some(renewed), Some(seconds)) = (&spec.renew_time, spec.lease_duration_seconds) else {
+/// When this replica first saw the Lease's current `resourceVersion`.
+#[derive(Debug)]
+struct Observed {
+    resource_version: Option<String>,
+    at: Instant,
+}
+
+impl Observed {
+    /// The local time the Lease at `resource_version` was first seen (now, if it changed).
+    fn since(observed: &mut Option<Observed>, resource_version: Option<String>) -> Instant {
+        match observed {
+            Some(o) if o.resource_version.is_some() && o.resource_version == resource_version => {
+                o.at
+            }
+            _ => {
+                let at = Instant::now();
+                *observed = Some(Observed {
+                    resource_version,
+                    at,
+                });
+                at
+            }
+        }
+    }
+}
+
+/// Whether a held Lease has expired: unchanged for `leaseDurationSeconds` since `seen` (by our
+/// clock, at `now`). A Lease without a renewal time or a duration is expired.
+fn expired(spec: &LeaseSpec, seen: Instant, now: Instant) -> bool {
+    let (Some(_), Some(seconds)) = (&spec.renew_time, spec.lease_duration_seconds) else {
         return true;
     };
-    renewed
-        .0
-        .checked_add(SignedDuration::from_secs(i64::from(seconds)))
-        .map_or(true, |until| until < now)
+    let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+    now.saturating_duration_since(seen) >= duration
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::SignedDuration;
 
-    fn spec(renewed_secs_ago: i64, duration: i32) -> LeaseSpec {
+    fn spec(renewed_hours_ago: i64, duration: i32) -> LeaseSpec {
         let now = Timestamp::now();
         LeaseSpec {
             holder_identity: Some("other".into()),
             renew_time: Some(MicroTime(
-                now.checked_sub(SignedDuration::from_secs(renewed_secs_ago))
+                now.checked_sub(SignedDuration::from_hours(renewed_hours_ago))
                     .unwrap(),
             )),
             lease_duration_seconds: Some(duration),
@@ -274,11 +309,21 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_expires_after_its_duration_from_the_last_renewal() {
-        let now = Timestamp::now();
-        assert!(!expired(&spec(1, 15), now));
-        assert!(expired(&spec(16, 15), now));
-        assert!(expired(&LeaseSpec::default(), now));
+    fn a_lease_expires_after_its_duration_unchanged_by_our_clock_whatever_its_renew_time() {
+        let seen = Instant::now();
+        // A holder whose clock is hours behind ours still holds a Lease it keeps renewing.
+        assert!(!expired(&spec(5, 15), seen, seen + Duration::from_secs(1)));
+        assert!(expired(&spec(0, 15), seen, seen + Duration::from_secs(15)));
+        assert!(expired(&LeaseSpec::default(), seen, seen));
+    }
+
+    #[test]
+    fn the_observation_restarts_when_the_lease_changes() {
+        let mut observed = None;
+        let first = Observed::since(&mut observed, Some("1".into()));
+        assert_eq!(Observed::since(&mut observed, Some("1".into())), first);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(Observed::since(&mut observed, Some("2".into())) > first);
     }
 
     #[test]

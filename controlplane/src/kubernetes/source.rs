@@ -88,8 +88,8 @@ pub struct SourceSettings {
     pub debounce: Duration,
     /// The longest a rebuild waits for a quiet moment under a steady stream of changes.
     pub max_delay: Duration,
-    /// Istio's `discoverySelectors`: when any is given, only namespaces whose labels match
-    /// one of them (and the root namespace) are part of the mesh; their objects and services
+    /// Istio's `discoverySelectors` (their `matchLabels`): when any is given, only namespaces
+    /// whose labels match one of them (and the root namespace) are part of the mesh; their objects and services
     /// are read, the others' ignored. Empty: every namespace.
     pub discovery_selectors: Vec<BTreeMap<String, String>>,
 }
@@ -481,8 +481,17 @@ pub fn parse_selector(text: &str) -> Result<BTreeMap<String, String>, String> {
                 .split_once('=')
                 .ok_or_else(|| format!("{pair:?} is not key=value"))?;
             let (k, v) = (k.trim(), v.trim().trim_start_matches('='));
-            if k.is_empty() {
-                return Err(format!("{pair:?} has no key"));
+            // Label keys and values: `[prefix/]name` of alphanumerics, `-`, `_`, `.`; anything
+            // else is another operator (`!=`, `in`), which this flag does not take.
+            let label = |t: &str, slash: bool| {
+                t.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || (slash && c == '/')
+                })
+            };
+            if k.is_empty() || !label(k, true) || !label(v, false) {
+                return Err(format!(
+                    "{pair:?}: only key=value selectors are supported (Istio's matchLabels)"
+                ));
             }
             Ok((k.to_owned(), v.to_owned()))
         })
@@ -684,6 +693,8 @@ mod tests {
         let selector = parse_selector("istio-discovery=enabled, team=shop").unwrap();
         assert_eq!(selector.len(), 2);
         assert!(parse_selector("nope").is_err());
+        assert!(parse_selector("env!=prod").is_err());
+        assert!(parse_selector("env in (a,b)").is_err());
         let labels = |pairs: &[(&str, &str)]| {
             pairs
                 .iter()

@@ -313,7 +313,18 @@ async fn call(
     .await;
     let outcome = match result {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(kube::Error::Api(status))) if status.is_not_found() => Outcome::Gone,
+        Ok(Err(kube::Error::Api(status))) if status.is_not_found() => {
+            // Gone, or there but its CRD has no status subresource (CRDs from before status
+            // was written back): say which.
+            match tokio::time::timeout(timeout, api.get_opt(&key.name)).await {
+                Ok(Ok(Some(_))) => Outcome::Failed(
+                    "the object exists but its /status does not: its CRD lacks the status \
+                     subresource (apply manifests/crds again)"
+                        .to_owned(),
+                ),
+                _ => Outcome::Gone,
+            }
+        }
         Ok(Err(e)) => Outcome::Failed(e.to_string()),
         Err(_) => Outcome::Failed(format!("no answer in {timeout:?}")),
     };

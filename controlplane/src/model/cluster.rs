@@ -7,7 +7,7 @@
 //!   of its name (`http-web` is HTTP), else TCP;
 //! - endpoints are the ready addresses of its `EndpointSlice`s; when none is ready, the
 //!   serving ones that are terminating (kube-proxy's rule, so a rollout's last pods still
-//!   answer);
+//!   answer); an address in two slices (while the controller moves it) is one endpoint;
 //! - an endpoint's identity is its `targetRef` Pod's service account,
 //!   `spiffe://<td>/ns/<namespace>/sa/<serviceAccountName>`, and its labels the Pod's; an
 //!   address without a Pod has no mesh identity;
@@ -37,6 +37,8 @@ pub fn services(cluster: &ClusterState, td: &TrustDomain) -> Vec<Service> {
 fn service(s: &ClusterService, cluster: &ClusterState, td: &TrustDomain) -> Service {
     let ports: Vec<Port> = s.ports.iter().map(port).collect();
     let any_ready = s.endpoints.iter().any(|e| e.ready);
+    // An address can be in two slices while the controller moves it: it is one endpoint.
+    let mut seen = std::collections::HashSet::new();
     let endpoints = s
         .endpoints
         .iter()
@@ -47,6 +49,7 @@ fn service(s: &ClusterService, cluster: &ClusterState, td: &TrustDomain) -> Serv
                 e.serving && e.terminating
             }
         })
+        .filter(|e| seen.insert(e.address.as_str()))
         .map(|e| {
             let pod = e
                 .pod
@@ -110,7 +113,9 @@ fn port(p: &ClusterServicePort) -> Port {
 fn app_protocol(value: &str) -> Option<Protocol> {
     match value {
         "kubernetes.io/h2c" => Some(Protocol::Http2),
-        "kubernetes.io/ws" | "kubernetes.io/wss" => Some(Protocol::Http),
+        "kubernetes.io/ws" => Some(Protocol::Http),
+        // WebSocket over TLS: the bytes are TLS, carried opaque.
+        "kubernetes.io/wss" => Some(Protocol::Https),
         other => Protocol::from_name(other),
     }
 }
@@ -358,6 +363,36 @@ spec:
         );
         assert!(
             warnings.iter().any(|w| w.resource.name == "shadow"),
+            "{warnings:?}"
+        );
+
+        // From another namespace, a ServiceEntry cannot take a Kubernetes Service's host.
+        let foreign = crate::config::load_text(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: takeover, namespace: aaa}
+spec:
+  hosts: [ratings.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 192.0.2.66, serviceAccount: thief}]
+",
+            std::path::Path::new("test.yaml"),
+        )
+        .unwrap()
+        .with_cluster(std::sync::Arc::new(cluster(vec![endpoint(
+            "10.0.0.1",
+            "ratings-1",
+            true,
+            false,
+        )])));
+        let (services, warnings) = super::super::registry::build_registry(&foreign, &td());
+        assert_eq!(services.len(), 1, "{services:?}");
+        assert_eq!(services.keys().next().unwrap().namespace, "bookinfo");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.resource.name == "takeover" && w.message.contains("namespace bookinfo")),
             "{warnings:?}"
         );
         let workloads = crate::model::workload::build_workloads(&snapshot, &td());

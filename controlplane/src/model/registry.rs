@@ -217,7 +217,11 @@ pub fn build_registry(
     let mut warnings = Vec::new();
     // Kubernetes `Service`s first: a `ServiceEntry` of the same host and namespace is the
     // duplicate.
+    // A Kubernetes Service's host belongs to its namespace: a `ServiceEntry` elsewhere that
+    // declares it is ignored, or any namespace could take over another's service.
+    let mut cluster_hosts: BTreeMap<String, String> = BTreeMap::new();
     for service in super::cluster::services(snapshot.cluster(), trust_domain) {
+        cluster_hosts.insert(service.key.hostname.clone(), service.key.namespace.clone());
         services.insert(service.key.clone(), service);
     }
     let workload_entries: Vec<(&ResourceKey, &WorkloadEntrySpec)> = snapshot
@@ -235,6 +239,18 @@ pub fn build_registry(
             &mut warnings,
         );
         for host in &entry.spec.hosts {
+            if let Some(owner) = cluster_hosts
+                .get(host)
+                .filter(|owner| **owner != entry_key.namespace)
+            {
+                warnings.push(ModelWarning {
+                    resource: entry_key.clone(),
+                    message: format!(
+                        "host {host} is the Kubernetes Service of namespace {owner}: only a ServiceEntry in {owner} may declare it; ignored"
+                    ),
+                });
+                continue;
+            }
             let key = ServiceKey {
                 namespace: entry_key.namespace.clone(),
                 hostname: host.clone(),

@@ -109,6 +109,8 @@ pub fn router(state: DebugState) -> Router {
     Router::new()
         .merge(debug)
         .route("/metrics", get(metrics_format::handler(registry)))
+        // Liveness: the process serves. Not readiness (below), which waits for the first load.
+        .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/ready",
             get(move || {
