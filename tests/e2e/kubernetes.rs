@@ -210,11 +210,11 @@ fn a_closed_watch_and_a_410_lose_no_event() {
 /// What red imports from green.
 const IMPORTED: &str = "ratings.bookinfo.svc.green-imports.local";
 
-/// The federation YAML of `examples/two-meshes/<mesh>/federation.yaml`, the peer's address
-/// pointed at `address:port` on loopback.
+/// The federation YAML of the `manifests/examples/<mesh>` overlay (that of
+/// `examples/two-meshes`), the peer's address pointed at `address:port` on loopback.
 fn example_federation(mesh: &str, placeholder: &str, address: &str, port: u16) -> String {
     let path = format!(
-        "{}/../examples/two-meshes/{mesh}/federation.yaml",
+        "{}/../manifests/examples/{mesh}/federation.yaml",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap();
