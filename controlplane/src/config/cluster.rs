@@ -4,6 +4,7 @@
 //! and workloads beside those of `ServiceEntry` and `WorkloadEntry`. Empty in directory mode.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Services and pods of the cluster, by (namespace, name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,8 +47,8 @@ pub struct ClusterServicePort {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterEndpoint {
     pub address: String,
-    /// Service port name to the endpoint's port (the slice's ports).
-    pub ports: BTreeMap<String, u32>,
+    /// Service port name to the endpoint's port (the slice's ports, one map per slice).
+    pub ports: Arc<BTreeMap<String, u32>>,
     /// `conditions.ready` (unset means ready).
     pub ready: bool,
     /// `conditions.serving` (unset: as `ready`).
@@ -65,7 +66,8 @@ pub struct ClusterPod {
     pub namespace: String,
     pub name: String,
     pub ip: String,
-    pub labels: BTreeMap<String, String>,
+    /// Shared with the workload and endpoints the pod becomes.
+    pub labels: Arc<BTreeMap<String, String>>,
     /// `spec.serviceAccountName` (`default` when unset).
     pub service_account: String,
 }

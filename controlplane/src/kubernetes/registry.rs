@@ -6,13 +6,67 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::config::cluster::{
     ClusterEndpoint, ClusterPod, ClusterService, ClusterServicePort, ClusterState,
 };
+
+/// A `Pod` as the reflector stores it: only what makes it a workload is decoded (every other
+/// field of the API's `Pod` is skipped while parsing). A cluster's pods are its most numerous
+/// objects, and the full type costs kilobytes each even when empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pod {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<PodSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PodStatus>,
+}
+
+/// The part of `spec` the mesh reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+/// The part of `status` the mesh reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(rename = "podIP", default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+}
+
+impl k8s_openapi::Resource for Pod {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for Pod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// A TCP port number (1–65535).
 fn port_number(n: i32) -> Option<u32> {
@@ -117,13 +171,16 @@ pub fn slice_endpoints(slice: &EndpointSlice) -> Vec<ClusterEndpoint> {
     if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
         return Vec::new();
     }
-    let ports: BTreeMap<String, u32> = slice
-        .ports
-        .iter()
-        .flatten()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| Some((p.name.clone().unwrap_or_default(), port_number(p.port?)?)))
-        .collect();
+    // One map for the slice, shared by its endpoints.
+    let ports: std::sync::Arc<BTreeMap<String, u32>> = std::sync::Arc::new(
+        slice
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), port_number(p.port?)?)))
+            .collect(),
+    );
     let namespace = slice.metadata.namespace.as_deref();
     let mut out = Vec::new();
     for endpoint in &slice.endpoints {
@@ -176,7 +233,7 @@ pub fn cluster_pod(pod: &Pod) -> Option<ClusterPod> {
         namespace: pod.metadata.namespace.clone()?,
         name: pod.metadata.name.clone()?,
         ip,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: std::sync::Arc::new(pod.metadata.labels.clone().unwrap_or_default()),
         service_account: pod
             .spec
             .as_ref()

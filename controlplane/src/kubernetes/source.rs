@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
 use isthmus_api::{Kind, Resource};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store, store::Writer};
@@ -25,7 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource as KubeResource};
 use serde_json::{Map, Value, json};
 
-use super::registry::cluster_state;
+use super::registry::{Pod, cluster_state};
 use crate::config::directory::check_document;
 use crate::config::snapshot::DEFAULT_NAMESPACE;
 use crate::config::{ConfigError, ConfigSnapshot, ConfigStore, ResourceKey, SourceRef};
@@ -248,24 +248,9 @@ fn trim_custom(object: &mut DynamicObject) {
     }
 }
 
-/// A Pod keeps what makes it a workload: labels, service account, phase and IP.
+/// A Pod is decoded slim already ([`Pod`]); its metadata is trimmed too.
 fn trim_pod(pod: &mut Pod) {
     trim_meta(&mut pod.metadata);
-    let service_account = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone());
-    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
-        service_account_name: service_account,
-        ..Default::default()
-    });
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            ..Default::default()
-        });
-    }
 }
 
 async fn run(

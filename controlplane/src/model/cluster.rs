@@ -146,6 +146,8 @@ pub fn workloads(cluster: &ClusterState, td: &TrustDomain) -> BTreeMap<(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::config::cluster::{ClusterEndpoint, ClusterPod};
 
     fn td() -> TrustDomain {
@@ -155,7 +157,7 @@ mod tests {
     fn endpoint(address: &str, pod: &str, ready: bool, terminating: bool) -> ClusterEndpoint {
         ClusterEndpoint {
             address: address.into(),
-            ports: BTreeMap::from([("http".to_owned(), 8080)]),
+            ports: Arc::new(BTreeMap::from([("http".to_owned(), 8080)])),
             ready,
             serving: ready || terminating,
             terminating,
@@ -173,7 +175,7 @@ mod tests {
                     namespace: "bookinfo".into(),
                     name: name.into(),
                     ip: "10.0.0.1".into(),
-                    labels: BTreeMap::from([("app".to_owned(), "ratings".to_owned())]),
+                    labels: Arc::new(BTreeMap::from([("app".to_owned(), "ratings".to_owned())])),
                     service_account: sa.into(),
                 },
             );

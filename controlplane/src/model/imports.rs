@@ -136,7 +136,7 @@ fn import_from(
             let endpoints: Vec<Endpoint> = gateway
                 .iter()
                 .map(|e| Endpoint {
-                    ports: ports.iter().map(|p| (p.name.clone(), e.port)).collect(),
+                    ports: Arc::new(ports.iter().map(|p| (p.name.clone(), e.port)).collect()),
                     locality: locality.clone().unwrap_or_default(),
                     identity: identity.clone(),
                     via_peer: Some(peer.name.clone()),

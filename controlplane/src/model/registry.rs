@@ -14,6 +14,7 @@
 //!   when unset); a host resolved by DNS has none.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use isthmus_api::networking::{
     Location, Resolution, ServiceEntry, WorkloadEntry, WorkloadEntrySpec,
@@ -97,13 +98,20 @@ impl Locality {
     }
 }
 
+/// Labels, shared: a pod's are the same map in its workload and in every endpoint it is (and
+/// a cluster's pods are many).
+pub type Labels = Arc<BTreeMap<String, String>>;
+
+/// Service port name to an endpoint's port, shared by the endpoints of one `EndpointSlice`.
+pub type EndpointPorts = Arc<BTreeMap<String, u32>>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// IP address or DNS name.
     pub address: String,
     /// Service port name to the endpoint's port.
-    pub ports: BTreeMap<String, u32>,
-    pub labels: BTreeMap<String, String>,
+    pub ports: EndpointPorts,
+    pub labels: Labels,
     pub locality: Locality,
     pub weight: u32,
     /// The workload's SPIFFE ID; `None` for an endpoint resolved from a DNS name (outside the
@@ -333,14 +341,14 @@ fn endpoints_of(
                     .unwrap_or(p.number);
                 (p.name.clone(), number)
             })
-            .collect();
+            .collect::<BTreeMap<_, _>>();
         let sa = w.service_account.as_deref().unwrap_or("default");
         let namespace = from.map_or(ns.as_str(), |k| k.namespace.as_str());
         let identity = SpiffeId::workload(td, namespace, sa).ok();
         Some(Endpoint {
             address,
-            ports,
-            labels: w.labels.clone(),
+            ports: Arc::new(ports),
+            labels: Arc::new(w.labels.clone()),
             locality: w
                 .locality
                 .as_deref()
@@ -385,8 +393,8 @@ fn endpoints_of(
 fn dns_endpoint(host: &str) -> Endpoint {
     Endpoint {
         address: host.to_owned(),
-        ports: BTreeMap::new(),
-        labels: BTreeMap::new(),
+        ports: EndpointPorts::default(),
+        labels: Labels::default(),
         locality: Locality::default(),
         weight: 1,
         identity: None,

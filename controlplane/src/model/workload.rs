@@ -22,7 +22,7 @@ pub struct Workload {
     pub name: String,
     /// Where the workload's sidecar accepts mesh traffic.
     pub address: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: super::registry::Labels,
     pub service_account: String,
     pub identity: SpiffeId,
     pub locality: Locality,
@@ -59,7 +59,7 @@ fn workload(
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         address: spec.address.clone()?,
-        labels: spec.labels.clone(),
+        labels: std::sync::Arc::new(spec.labels.clone()),
         identity: SpiffeId::workload(td, namespace, &service_account).ok()?,
         service_account,
         locality: spec
