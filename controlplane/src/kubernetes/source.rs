@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{BoxStream, SelectAll};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures::{FutureExt, StreamExt};
 use isthmus_api::{Kind, Resource};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
@@ -299,16 +300,41 @@ async fn run(
     }
 }
 
+/// Resolves once every kind has been listed; meanwhile, every 10 s, logs the kinds still
+/// waiting (a missing CRD or a forbidden list shows there, with the watch errors above it).
 async fn all_ready(stores: &Stores) -> Result<(), reflector::store::WriterDropped> {
-    for (_, _, s) in &stores.config {
-        s.wait_until_ready().await?;
+    type Listed<'a> = BoxFuture<'a, (&'static str, Result<(), reflector::store::WriterDropped>)>;
+    let mut pending: FuturesUnordered<Listed<'_>> = FuturesUnordered::new();
+    for (kind, _, s) in &stores.config {
+        let name = kind.name();
+        pending.push(async move { (name, s.wait_until_ready().await) }.boxed());
     }
-    stores.config_maps.wait_until_ready().await?;
-    stores.services.wait_until_ready().await?;
-    stores.slices.wait_until_ready().await?;
-    stores.pods.wait_until_ready().await?;
-    stores.namespaces.wait_until_ready().await?;
-    Ok(())
+    pending.push(async { ("ConfigMap", stores.config_maps.wait_until_ready().await) }.boxed());
+    pending.push(async { ("Service", stores.services.wait_until_ready().await) }.boxed());
+    pending.push(async { ("EndpointSlice", stores.slices.wait_until_ready().await) }.boxed());
+    pending.push(async { ("Pod", stores.pods.wait_until_ready().await) }.boxed());
+    pending.push(async { ("Namespace", stores.namespaces.wait_until_ready().await) }.boxed());
+    let mut waiting: Vec<&str> = CONFIG_KINDS
+        .iter()
+        .map(|(k, ..)| k.name())
+        .chain(["ConfigMap", "Service", "EndpointSlice", "Pod", "Namespace"])
+        .collect();
+    let mut report = tokio::time::interval(Duration::from_secs(10));
+    report.tick().await;
+    loop {
+        tokio::select! {
+            listed = pending.next() => match listed {
+                Some((kind, result)) => {
+                    result?;
+                    waiting.retain(|k| *k != kind);
+                }
+                None => return Ok(()),
+            },
+            _ = report.tick() => {
+                tracing::warn!(kinds = ?waiting, "not ready: still waiting for the first list of these kinds");
+            }
+        }
+    }
 }
 
 /// Each object's conversion, kept while its `resourceVersion` stays, so that a change

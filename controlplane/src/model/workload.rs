@@ -34,14 +34,15 @@ pub fn build_workloads(
     td: &TrustDomain,
 ) -> BTreeMap<(String, String), Workload> {
     let mut workloads = super::cluster::workloads(snapshot.cluster(), td);
-    workloads.extend(
-        snapshot
-            .of_type::<WorkloadEntry>()
-            .filter_map(|(key, entry)| {
-                workload(&key.namespace, &key.name, &entry.spec, td)
-                    .map(|w| ((key.namespace.clone(), key.name.clone()), w))
-            }),
-    );
+    for (key, entry) in snapshot.of_type::<WorkloadEntry>() {
+        // A Pod of the same name keeps its workload: a `WorkloadEntry` cannot stand in for a
+        // running pod (its identity and address come from the pod).
+        if let Some(w) = workload(&key.namespace, &key.name, &entry.spec, td) {
+            workloads
+                .entry((key.namespace.clone(), key.name.clone()))
+                .or_insert(w);
+        }
+    }
     workloads
 }
 

@@ -31,7 +31,6 @@ mod tests;
 mod tls;
 mod visibility;
 
-
 use isthmus_proto::envoy::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
@@ -82,7 +81,11 @@ pub struct OutboundView {
 }
 
 /// Workloads with equal keys get the same [`OutboundView`].
-pub type ViewKey = (String, crate::model::registry::Labels, crate::model::Locality);
+pub type ViewKey = (
+    String,
+    crate::model::registry::Labels,
+    crate::model::Locality,
+);
 
 pub fn view_key(workload: &Workload) -> ViewKey {
     (
