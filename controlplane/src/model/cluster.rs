@@ -311,9 +311,21 @@ mod tests {
         );
     }
 
+    /// The configuration of `yaml` beside the cluster's `ratings` Service (one ready pod).
+    fn with_ratings(yaml: &str) -> crate::config::ConfigSnapshot {
+        crate::config::load_text(yaml, std::path::Path::new("test.yaml"))
+            .unwrap()
+            .with_cluster(Arc::new(cluster(vec![endpoint(
+                "10.0.0.1",
+                "ratings-1",
+                true,
+                false,
+            )])))
+    }
+
     #[test]
     fn service_entries_and_workload_entries_work_beside_kubernetes_services() {
-        let snapshot = crate::config::load_text(
+        let snapshot = with_ratings(
             "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: ledger, namespace: bookinfo}
@@ -336,15 +348,7 @@ spec:
   ports: [{number: 80, name: http}]
   endpoints: [{address: 192.0.2.9}]
 ",
-            std::path::Path::new("test.yaml"),
-        )
-        .unwrap()
-        .with_cluster(std::sync::Arc::new(cluster(vec![endpoint(
-            "10.0.0.1",
-            "ratings-1",
-            true,
-            false,
-        )])));
+        );
         let (services, warnings) = super::super::registry::build_registry(&snapshot, &td());
         let hosts: Vec<_> = services.keys().map(|k| k.hostname.as_str()).collect();
         assert_eq!(
@@ -369,7 +373,7 @@ spec:
         );
 
         // From another namespace, a ServiceEntry cannot take a Kubernetes Service's host.
-        let foreign = crate::config::load_text(
+        let foreign = with_ratings(
             "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: takeover, namespace: aaa}
@@ -379,15 +383,7 @@ spec:
   ports: [{number: 80, name: http}]
   endpoints: [{address: 192.0.2.66, serviceAccount: thief}]
 ",
-            std::path::Path::new("test.yaml"),
-        )
-        .unwrap()
-        .with_cluster(std::sync::Arc::new(cluster(vec![endpoint(
-            "10.0.0.1",
-            "ratings-1",
-            true,
-            false,
-        )])));
+        );
         let (services, warnings) = super::super::registry::build_registry(&foreign, &td());
         assert_eq!(services.len(), 1, "{services:?}");
         assert_eq!(services.keys().next().unwrap().namespace, "bookinfo");

@@ -16,7 +16,7 @@ use isthmus_proto::envoy::envoy::config::endpoint::v3::{
 use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
 use super::names::outbound_cluster;
-use crate::model::{Endpoint, Locality, MeshModel, Port, Service, Workload};
+use crate::model::{Endpoint, Locality, MeshModel, Port, Service, ServiceSource, Workload};
 
 pub fn socket(address: &str, port: u32) -> Address {
     Address {
@@ -37,6 +37,14 @@ pub fn subset_endpoints<'s>(
         .endpoints
         .iter()
         .filter(move |e| labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+}
+
+/// Whether `endpoint` serves `port`. A Kubernetes Service's endpoints serve the ports their
+/// `EndpointSlice` lists, by name, and no other (a pod without a named target port is in a
+/// slice without it); a `ServiceEntry`'s serve every port.
+fn serves(service: &Service, endpoint: &Endpoint, port: &Port) -> bool {
+    !matches!(service.source, ServiceSource::Kubernetes { .. })
+        || endpoint.ports.contains_key(&port.name)
 }
 
 fn lb_endpoint(endpoint: &Endpoint, port: &Port) -> LbEndpoint {
@@ -110,7 +118,8 @@ pub fn outbound(
                 let name = outbound_cluster(port.number, *subset, &service.key.hostname);
                 let endpoints = subset_endpoints(service, *labels)
                     // EDS carries IP addresses only; DNS names need a DNS cluster.
-                    .filter(|e| e.address.parse::<IpAddr>().is_ok());
+                    .filter(|e| e.address.parse::<IpAddr>().is_ok())
+                    .filter(|e| serves(service, e, port));
                 out.push(assignment(name, endpoints, port, workload, rule));
             }
         }

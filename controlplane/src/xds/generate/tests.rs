@@ -554,6 +554,81 @@ const RBAC_DENY: &str = super::names::RBAC_DENY_FILTER;
 const RBAC_ALLOW: &str = super::names::RBAC_ALLOW_FILTER;
 
 #[test]
+fn a_kubernetes_endpoint_serves_only_the_ports_its_slice_lists() {
+    use crate::config::cluster::{
+        ClusterEndpoint, ClusterPod, ClusterService, ClusterServicePort, ClusterState,
+    };
+    let endpoint = |address: &str, pod: &str, ports: &[(&str, u32)]| ClusterEndpoint {
+        address: address.into(),
+        ports: Arc::new(ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect()),
+        ready: true,
+        serving: true,
+        terminating: false,
+        pod: Some(pod.into()),
+        zone: None,
+    };
+    let mut cluster = ClusterState::default();
+    for (name, ip) in [("api-new", "10.1.0.1"), ("api-old", "10.1.0.2")] {
+        cluster.pods.insert(
+            ("shop".into(), name.into()),
+            ClusterPod {
+                namespace: "shop".into(),
+                name: name.into(),
+                ip: ip.into(),
+                labels: Arc::default(),
+                service_account: "api".into(),
+            },
+        );
+    }
+    let port = |name: &str, number| ClusterServicePort {
+        name: name.into(),
+        port: number,
+        app_protocol: None,
+        target_port: None,
+    };
+    cluster.services.insert(
+        ("shop".into(), "api".into()),
+        ClusterService {
+            namespace: "shop".into(),
+            name: "api".into(),
+            labels: BTreeMap::new(),
+            cluster_ips: vec!["10.96.0.7".into()],
+            ports: vec![port("http", 80), port("http-metrics", 9090)],
+            // The old pod has no container port named for metrics: its slice lists http only.
+            endpoints: vec![
+                endpoint(
+                    "10.1.0.1",
+                    "api-new",
+                    &[("http", 8080), ("http-metrics", 9091)],
+                ),
+                endpoint("10.1.0.2", "api-old", &[("http", 8080)]),
+            ],
+        },
+    );
+    let snapshot = load_text(MESH, Path::new("t.yaml"))
+        .unwrap()
+        .with_cluster(Arc::new(cluster));
+    let model = MeshModel::build(
+        Arc::new(snapshot),
+        &TrustDomain::new("red.local").unwrap(),
+        "istio-system",
+    );
+    let s = proxy_snapshot(&model, &node("web"), &secrets()).unwrap();
+    let all = decoded::<ClusterLoadAssignment>(&s, ENDPOINT);
+    let http = format!("{:?}", all["outbound|80||api.shop.svc.cluster.local"]);
+    assert!(
+        http.contains("10.1.0.1") && http.contains("10.1.0.2"),
+        "{http}"
+    );
+    let metrics = format!("{:?}", all["outbound|9090||api.shop.svc.cluster.local"]);
+    assert!(
+        metrics.contains("10.1.0.1") && metrics.contains("PortValue(9091)"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("10.1.0.2"), "{metrics}");
+}
+
+#[test]
 fn endpoints_get_locality_priorities_only_with_outlier_detection() {
     let eds = |extra: &str| -> Vec<(String, u32)> {
         let s = snapshot_of(extra, "web");
