@@ -32,6 +32,7 @@ pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod bootstrap;
+pub mod capture;
 pub mod config;
 pub mod drain;
 #[doc(hidden)]

@@ -1,5 +1,7 @@
 //! `isthmus-proxy`: the Isthmus data plane (see the library's documentation): parse the flags,
 //! set up logging and the runtime, then `app::bind` and serve until SIGTERM or Ctrl-C.
+//! `isthmus-proxy capture …` installs a pod's transparent-capture rules instead
+//! ([`isthmus_proxy::capture`]).
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -8,6 +10,18 @@ use isthmus_proxy::bootstrap::Options;
 use isthmus_proxy::listener::error::ErrorChain;
 
 fn main() -> std::process::ExitCode {
+    // `isthmus-proxy capture …`: install the pod's capture rules and exit (the injected init
+    // container's job).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "capture") {
+        let args = isthmus_proxy::capture::CaptureArgs::parse_from(std::env::args_os().skip(1));
+        return match args.run() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("isthmus-proxy capture: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     isthmus_runtime::supervised::stop_with_runner();
     let options = Options::parse();
     tracing_subscriber::fmt()

@@ -71,26 +71,22 @@ spec: {{mtls: {{mode: STRICT}}}}
 
 /// Istio's capture rules (nat table): inbound TCP to 15006 but for the `exempt` ports,
 /// outbound TCP to 15001 but for the proxy's own user and loopback.
-fn capture_rules(exempt: &[u16]) -> String {
-    let mut rules = String::from(
-        "-t nat -N ISTHMUS_INBOUND
-         -t nat -A PREROUTING -p tcp -j ISTHMUS_INBOUND\n",
+/// Installs the pod's capture rules in `netns` with `isthmus-proxy capture` (iptables-restore):
+/// the proxy's own traffic (`PROXY_UID`) and loopback are left alone, `extra` adds Istio's
+/// exclusions.
+fn install_capture(netns: &Netns, extra: &[&str]) {
+    let uid = PROXY_UID.to_string();
+    let mut args = vec!["capture", "--proxy-uid", uid.as_str()];
+    args.extend_from_slice(extra);
+    let proxy = bin("isthmus-proxy");
+    netns
+        .run(&proxy.to_string_lossy(), &args)
+        .unwrap_or_else(|e| panic!("isthmus-proxy capture: {e:#}"));
+    let rules = netns.run("iptables", &["-t", "nat", "-S"]).unwrap();
+    assert!(
+        rules.contains("-A ISTHMUS_REDIRECT -p tcp -j REDIRECT --to-ports 15001"),
+        "{rules}"
     );
-    for port in exempt {
-        rules.push_str(&format!(
-            "-t nat -A ISTHMUS_INBOUND -p tcp --dport {port} -j RETURN\n"
-        ));
-    }
-    rules.push_str(&format!(
-        "-t nat -A ISTHMUS_INBOUND -p tcp -j REDIRECT --to-ports 15006
-         -t nat -N ISTHMUS_OUTPUT
-         -t nat -A OUTPUT -p tcp -j ISTHMUS_OUTPUT
-         -t nat -A ISTHMUS_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN
-         -t nat -A ISTHMUS_OUTPUT -m owner --gid-owner {PROXY_UID} -j RETURN
-         -t nat -A ISTHMUS_OUTPUT -d 127.0.0.1/32 -j RETURN
-         -t nat -A ISTHMUS_OUTPUT -p tcp -j REDIRECT --to-ports 15001\n"
-    ));
-    rules
 }
 
 /// A process inside a namespace, killed on drop.
@@ -173,8 +169,9 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
         .run("ip", &["route", "add", "default", "via", CLIENT_IP])
         .unwrap();
     // isthmusd (15012) and a service outside the mesh (18080) are not captured.
-    server_ns.iptables(&capture_rules(&[15012, 18080])).unwrap();
-    client_ns.iptables(&capture_rules(&[])).unwrap();
+    // The rules as the injected init container installs them: `isthmus-proxy capture`.
+    install_capture(&server_ns, &["--exclude-inbound-ports", "15012,18080"]);
+    install_capture(&client_ns, &[]);
 
     let root = dir.path().join("isthmusd");
     std::fs::create_dir_all(root.join("config")).unwrap();
