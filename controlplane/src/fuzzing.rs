@@ -1,6 +1,6 @@
-//! The body of the fuzz target `yaml_config` of `fuzz/` (cargo-fuzz, libFuzzer), here so that
-//! the stable test `tests/e2e/fuzz_regressions.rs` replays the saved inputs through the same
-//! code. It panics only on a bug.
+//! The bodies of the fuzz targets `yaml_config` and `admission_review` of `fuzz/` (cargo-fuzz,
+//! libFuzzer), here so that the stable test `tests/e2e/fuzz_regressions.rs` replays the saved
+//! inputs through the same code. They panic only on a bug.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,4 +29,40 @@ pub fn yaml_config(data: &[u8]) {
             }
         }
     }
+}
+
+/// The input as the body of a request to the webhooks: parsed as an `AdmissionReview` (or
+/// refused with a reason), then answered by `/inject` and `/validate`. An injection's patch must
+/// apply to the pod sent and give a pod that is not injected again.
+pub fn admission_review(data: &[u8]) {
+    use crate::admission::handlers;
+    use crate::admission::inject::{InjectSettings, Injection, inject_pod};
+    use crate::admission::review::{Review, to_body};
+
+    let review = match Review::parse(data) {
+        Ok(review) => review,
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "refused without a reason");
+            return;
+        }
+    };
+    let trust_domain = TrustDomain::new("cluster.local").expect("a valid trust domain");
+    let settings = InjectSettings::new(trust_domain, "isthmus-system");
+    let _ = to_body(handlers::validate(&review));
+    let response = handlers::inject(&review, &settings);
+    let (Some(patch), Some(pod)) = (&response.patch, &review.object) else {
+        let _ = to_body(response);
+        return;
+    };
+    let patch: json_patch::Patch = serde_json::from_slice(patch).expect("the patch is JSON Patch");
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &patch).expect("the patch applies to the pod sent");
+    assert!(
+        matches!(
+            inject_pod(&patched, review.namespace(), &settings),
+            Ok(Injection::Skipped(_))
+        ),
+        "an injected pod is injected again"
+    );
+    let _ = to_body(response);
 }

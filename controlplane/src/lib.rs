@@ -9,7 +9,10 @@
 //! - [`config`]: config sources — the YAML directory, validated whole and applied atomically;
 //! - [`model`]: the mesh model built from a snapshot: services, workloads, routes, policies;
 //! - [`pipeline`]: config -> model -> per-proxy snapshots (debounced), with proxy certificates;
-//! - [`auth`]: who a caller is (bootstrap tokens in local mode);
+//! - [`admission`]: the Kubernetes admission webhooks (sidecar injection, validation) and the
+//!   injector `isthmusctl kube-inject` runs offline;
+//! - [`auth`]: who a caller is (bootstrap tokens in local mode, `TokenReview` in Kubernetes mode);
+//! - [`kubernetes`]: Kubernetes mode's source, status writer, lease and webhook bookkeeping;
 //! - [`private_files`]: the state directory's private files (0700 directory, atomic 0600 writes);
 //! - [`xds`]: the xDS protocol (ADS, state-of-the-world and delta) over per-proxy snapshots;
 //! - [`server`]: TLS accept loop for gRPC, the debug/metrics HTTP port;
@@ -19,6 +22,7 @@
 //!
 //! `fuzzing` (hidden) holds the body of the `yaml_config` fuzz target.
 
+pub mod admission;
 pub mod auth;
 pub mod ca;
 pub mod config;

@@ -63,8 +63,9 @@ impl AdminState {
             .unwrap_or_default()
     }
 
-    /// `None` when ready; else what is missing.
-    fn not_ready(&self) -> Option<String> {
+    /// `None` when ready; else what is missing. The status port's `/healthz/ready` asks the
+    /// same (`status.rs`).
+    pub(crate) fn not_ready(&self) -> Option<String> {
         if let Some(certs) = &self.certs
             && certs.current().is_none()
         {

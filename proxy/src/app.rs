@@ -1,5 +1,5 @@
-//! The proxy as a value: [`bind`] starts everything and binds the admin port, returning the
-//! addresses it listens on ([`Bound`]); [`Bound::serve`] serves until its shutdown future
+//! The proxy as a value: [`bind`] starts everything and binds the admin port (and the status
+//! port, with `--status-addr`), returning the addresses it listens on ([`Bound`]); [`Bound::serve`] serves until its shutdown future
 //! resolves, drains, and stops every task it owns. The binary is `bind(options)` then
 //! `serve(SIGTERM or Ctrl-C)`; a test runs the same in-process, the admin port on port 0:
 //!
@@ -28,8 +28,8 @@
 //!
 //! Shutdown order: the shutdown future resolves, the drain starts (listeners stop accepting,
 //! connections are asked to finish) and is waited for up to `--drain-timeout` while the admin
-//! port still answers; then the admin server stops, and the long-lived tasks (xDS client,
-//! certificate renewal, listener manager) are stopped and awaited.
+//! and status ports still answer; then their servers stop, and the long-lived tasks (xDS
+//! client, certificate renewal, listener manager) are stopped and awaited.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -45,6 +45,7 @@ use crate::bootstrap::{self, Options, StartError};
 use crate::drain;
 use crate::listener::BoundListeners;
 use crate::metrics::Metrics;
+use crate::status::AppProbers;
 use crate::xds::client::{Protocol, XdsClient};
 use crate::xds::state::AdsState;
 
@@ -56,6 +57,8 @@ pub struct Bound {
     admin_address: SocketAddr,
     admin_listener: TcpListener,
     admin: axum::Router,
+    /// With `--status-addr`.
+    status: Option<StatusPort>,
     listeners: watch::Receiver<BoundListeners>,
     drain: drain::Trigger,
     drain_timeout: Duration,
@@ -64,16 +67,28 @@ pub struct Bound {
     tasks: JoinSet<()>,
 }
 
+/// The status port, bound (`status.rs`).
+#[derive(Debug)]
+struct StatusPort {
+    address: SocketAddr,
+    listener: TcpListener,
+    router: axum::Router,
+}
+
 /// Why a bound proxy stopped serving with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("admin server")]
     Admin(#[source] std::io::Error),
+    #[error("status server")]
+    Status(#[source] std::io::Error),
 }
 
 /// Starts the proxy's halves that `options` enable (identity, xDS and the listeners it
-/// configures) and binds the admin port.
+/// configures) and binds the admin port, and the status port with `--status-addr`.
 pub async fn bind(options: Options) -> Result<Bound, StartError> {
+    // Checked before anything starts.
+    let probers = bootstrap::app_probers(&options)?;
     // Owned from the start: an error below drops the set, which stops what was spawned.
     let mut tasks = JoinSet::new();
     let certs = match bootstrap::start_identity(&options)? {
@@ -139,21 +154,54 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
             address: options.admin_addr,
             source,
         })?;
+    let status = bind_status(&options, &admin, probers).await?;
     tracing::info!(
         identity = ?options.identity.as_ref().map(ToString::to_string),
         node = ?options.node_id,
         admin = %admin_address,
+        status = ?status.as_ref().map(|s| s.address),
         "isthmus-proxy started"
     );
     Ok(Bound {
         admin_address,
         admin_listener,
         admin: crate::admin::router(admin),
+        status,
         listeners,
         drain,
         drain_timeout: options.drain_timeout,
         tasks,
     })
+}
+
+/// The status port with `--status-addr`, its readiness that of `admin`; else `None` (and the
+/// probes, if any, unused).
+async fn bind_status(
+    options: &Options,
+    admin: &AdminState,
+    probers: AppProbers,
+) -> Result<Option<StatusPort>, StartError> {
+    let Some(requested) = options.status_addr else {
+        if !probers.is_empty() {
+            tracing::warn!(
+                probes = probers.len(),
+                "--app-probers without --status-addr: the application probes are not served"
+            );
+        }
+        return Ok(None);
+    };
+    let router = crate::status::router(admin.clone(), probers).map_err(StartError::ProbeTls)?;
+    let bind_error = |source| StartError::StatusBind {
+        address: requested,
+        source,
+    };
+    let listener = TcpListener::bind(requested).await.map_err(bind_error)?;
+    let address = listener.local_addr().map_err(bind_error)?;
+    Ok(Some(StatusPort {
+        address,
+        listener,
+        router,
+    }))
 }
 
 impl Bound {
@@ -162,15 +210,21 @@ impl Bound {
         self.admin_address
     }
 
+    /// The address the status port is bound to (the port the kernel picked for port 0);
+    /// `None` without `--status-addr`.
+    pub fn status_address(&self) -> Option<SocketAddr> {
+        self.status.as_ref().map(|s| s.address)
+    }
+
     /// The data-plane listeners bound now, by name, and their changes: empty at start (LDS
     /// names them), empty again once the proxy has stopped.
     pub fn listeners(&self) -> watch::Receiver<BoundListeners> {
         self.listeners.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains (up to the drain timeout, the admin port
-    /// still answering), stops the admin server and every task this proxy owns, and returns
-    /// once they have ended.
+    /// Serves until `shutdown` resolves, then drains (up to the drain timeout, the admin and
+    /// status ports still answering), stops their servers and every task this proxy owns, and
+    /// returns once they have ended.
     pub async fn serve<F>(self, shutdown: F) -> Result<(), ServeError>
     where
         F: Future<Output = ()> + Send,
@@ -178,27 +232,43 @@ impl Bound {
         let Bound {
             admin_listener,
             admin,
+            status,
             drain,
             drain_timeout,
             mut tasks,
             ..
         } = self;
-        // The drain runs here, not in the admin server's shutdown future (axum spawns that
-        // one): dropping `serve` drops it too. The admin port answers until it is over.
-        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        // The drain runs here, not in the servers' shutdown futures (axum spawns those): dropping
+        // `serve` drops it too. The admin and status ports answer until it is over.
+        let (servers_stop, servers_stopped) = watch::channel(false);
         let draining = async move {
             shutdown.await;
             tracing::info!(deadline = ?drain_timeout, "draining");
             if !drain.drain(drain_timeout).await {
                 tracing::warn!("drain deadline reached with connections still open");
             }
-            let _ = admin_stop.send(());
+            let _ = servers_stop.send(true);
         };
-        let server = axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stopped.await;
-            })
+        let admin_server = axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(stopped(servers_stopped.clone()))
             .into_future();
+        let status_server = async move {
+            match status {
+                Some(status) => axum::serve(status.listener, status.router)
+                    .with_graceful_shutdown(stopped(servers_stopped))
+                    .await
+                    .map_err(ServeError::Status),
+                None => Ok(()),
+            }
+        };
+        // Both end at the drain's end; one failing ends the other.
+        let server = async move {
+            tokio::try_join!(
+                async move { admin_server.await.map_err(ServeError::Admin) },
+                status_server
+            )
+            .map(|((), ())| ())
+        };
         tokio::pin!(draining, server);
         let mut drained = false;
         let served = loop {
@@ -217,8 +287,13 @@ impl Bound {
         };
         tasks.shutdown().await;
         tracing::info!("isthmus-proxy stopped");
-        served.map_err(ServeError::Admin)
+        served
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone): the servers' shutdown signal.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// A task spawned elsewhere (the certificate manager's renewal) as a future of this proxy's

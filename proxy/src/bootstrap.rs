@@ -8,6 +8,9 @@
 //! - configuration (`--node-id`): a delta-ADS stream to `isthmusd`, over mTLS with that
 //!   certificate (port 15012) or, with `--xds-plaintext`, without TLS to an `isthmusd` that
 //!   opted into its insecure, test-only plaintext port (`--xds-plaintext-addr`).
+//!
+//! `--status-addr` and `--app-probers` add the status port (`status.rs`); the probes are parsed
+//! here, at start, and a bad value stops the proxy from starting.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +31,8 @@ use isthmus_proto::envoy::envoy::config::core::v3::Node;
 use isthmus_proto::envoy::google::protobuf::{Struct, Value, value};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+use crate::status::{AppProbers, ProbersError};
 
 /// Isthmus data-plane proxy.
 ///
@@ -79,6 +84,16 @@ pub struct Options {
     /// Admin address; keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// Status address (Istio's port 15020, e.g. 0.0.0.0:15020: the kubelet must reach it):
+    /// /healthz/ready and the application probes of --app-probers under
+    /// /app-health/<container>/<readyz|livez|startupz>. Off unless given.
+    #[arg(long, env = "ISTHMUS_STATUS_ADDR")]
+    pub status_addr: Option<SocketAddr>,
+    /// The application's original probes, as Istio's injector writes them
+    /// (ISTIO_KUBE_APP_PROBERS JSON: {"/app-health/<container>/<kind>": {"httpGet": {...}} or
+    /// {"tcpSocket": {...}}, "timeoutSeconds": N}), answered on the status port.
+    #[arg(long, env = "ISTHMUS_KUBE_APP_PROBERS")]
+    pub app_probers: Option<String>,
     /// How long a downstream client may take to send its first bytes, its ClientHello, and to
     /// finish the TLS handshake (slow or stuck clients are dropped and counted).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -127,6 +142,8 @@ impl Default for Options {
             xds_plaintext: false,
             xds_sotw: false,
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            status_addr: None,
+            app_probers: None,
             handshake_timeout: Duration::from_secs(10),
             concurrency: None,
             drain_timeout: Duration::from_secs(5),
@@ -182,6 +199,24 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--app-probers (env ISTHMUS_KUBE_APP_PROBERS)")]
+    AppProbers(#[source] ProbersError),
+    #[error("the application probes' TLS configuration")]
+    ProbeTls(#[source] rustls::Error),
+    #[error("status address {address}")]
+    StatusBind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The application probes of `--app-probers` (none without it), for the status port.
+pub fn app_probers(options: &Options) -> Result<AppProbers, StartError> {
+    match &options.app_probers {
+        None => Ok(AppProbers::default()),
+        Some(json) => AppProbers::parse(json).map_err(StartError::AppProbers),
+    }
 }
 
 /// The identity half: with `--identity`, `--root-cert` and `--token-file`, a certificate

@@ -24,7 +24,9 @@
 //! - [`drain`]: graceful drain on SIGTERM;
 //! - [`metrics`]: the proxy's own counters and gauges;
 //! - [`admin`]: the admin port (`/ready`, `/certs`, `/listeners`, `/clusters`, `/config_dump`,
-//!   `/stats/prometheus`).
+//!   `/stats/prometheus`);
+//! - [`status`]: the status port (Istio's 15020, `--status-addr`): `/healthz/ready` and the
+//!   application probes the sidecar injector rewrote (`/app-health/...`, `--app-probers`).
 //!
 //! `fuzzing` (hidden) holds the bodies of the fuzz targets that reach this crate.
 
@@ -41,6 +43,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod runtime;
+pub mod status;
 pub mod tcp;
 pub mod transport;
 pub mod tunnel;

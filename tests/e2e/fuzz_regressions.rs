@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 type Body = fn(&[u8]);
 
 /// Each target of `fuzz/fuzz_targets/` and the function it calls.
-const TARGETS: [(&str, Body); 5] = [
+const TARGETS: [(&str, Body); 6] = [
     ("client_hello", isthmus_proxy::fuzzing::client_hello),
     ("envoy_config", isthmus_proxy::fuzzing::envoy_config),
     ("yaml_config", isthmus_controlplane::fuzzing::yaml_config),
@@ -22,6 +22,10 @@ const TARGETS: [(&str, Body); 5] = [
         isthmus_federation::fuzzing::discovery_importer,
     ),
     ("http_edge", isthmus_proxy::fuzzing::http_edge),
+    (
+        "admission_review",
+        isthmus_controlplane::fuzzing::admission_review,
+    ),
 ];
 
 fn fuzz_dir() -> PathBuf {

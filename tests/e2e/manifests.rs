@@ -11,7 +11,7 @@ use std::process::Command;
 
 use isthmus_controlplane::kubernetes::access::{API_ACCESS, Scope};
 use isthmus_e2e::{isthmusctl, sh};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -366,11 +366,12 @@ fn isthmusd_ports_and_service_account_are_declared() {
     }
 }
 
-/// One grant: (API group, resource, verb).
-type Grant = (String, String, String);
+/// One grant: (API group, resource, verb, the object's name: `None` for any).
+type Grant = (String, String, String, Option<String>);
 
 /// What the rendered RBAC grants `namespace/account`, by scope: cluster-wide (`None`) or in a
-/// namespace. Fails on wildcards.
+/// namespace. Fails on wildcards, and on names where Kubernetes cannot authorize by name
+/// (`create`, `deletecollection`: the name is not known when the request is authorized).
 fn granted(
     docs: &[Value],
     namespace: &str,
@@ -403,10 +404,24 @@ fn granted(
                     .collect()
             };
             assert!(
-                list("/resourceNames").is_empty() && list("/nonResourceURLs").is_empty(),
+                list("/nonResourceURLs").is_empty(),
                 "unexpected rule shape in {role_kind} {}: {rule}",
                 str_at(role, "/metadata/name")
             );
+            let names: Vec<Option<String>> = match list("/resourceNames") {
+                names if names.is_empty() => vec![None],
+                names => {
+                    assert!(
+                        list("/verbs")
+                            .iter()
+                            .all(|v| v != "create" && v != "deletecollection"),
+                        "{role_kind} {}: create and deletecollection cannot be restricted by \
+                         name: {rule}",
+                        str_at(role, "/metadata/name")
+                    );
+                    names.into_iter().map(Some).collect()
+                }
+            };
             for group in list("/apiGroups") {
                 for resource in list("/resources") {
                     for verb in list("/verbs") {
@@ -415,11 +430,14 @@ fn granted(
                             "wildcard in {role_kind} {}: {rule}",
                             str_at(role, "/metadata/name")
                         );
-                        grants.entry(scope.clone()).or_default().insert((
-                            group.clone(),
-                            resource.clone(),
-                            verb,
-                        ));
+                        for name in &names {
+                            grants.entry(scope.clone()).or_default().insert((
+                                group.clone(),
+                                resource.clone(),
+                                verb.clone(),
+                                name.clone(),
+                            ));
+                        }
                     }
                 }
             }
@@ -437,12 +455,24 @@ fn required(own: &str, root: &str) -> BTreeMap<Option<String>, BTreeSet<Grant>> 
             Scope::RootNamespace => Some(root.to_owned()),
             Scope::OwnNamespace => Some(own.to_owned()),
         };
+        let names: Vec<Option<String>> = if access.resource_names.is_empty() {
+            vec![None]
+        } else {
+            access
+                .resource_names
+                .iter()
+                .map(|n| Some((*n).to_owned()))
+                .collect()
+        };
         for verb in access.verbs {
-            required.entry(scope.clone()).or_default().insert((
-                access.group.to_owned(),
-                access.resource.to_owned(),
-                (*verb).to_owned(),
-            ));
+            for name in &names {
+                required.entry(scope.clone()).or_default().insert((
+                    access.group.to_owned(),
+                    access.resource.to_owned(),
+                    (*verb).to_owned(),
+                    name.clone(),
+                ));
+            }
         }
     }
     required
@@ -484,6 +514,222 @@ fn isthmusd_rbac_is_exactly_its_api_access() {
                 "{binding}"
             );
         }
+    }
+}
+
+/// A label selector's `matchExpressions` as key -> (operator, values); fails on `matchLabels`
+/// (the webhooks spell everything as expressions) and on a key given twice.
+fn requirements(selector: &Value) -> BTreeMap<String, (String, Vec<String>)> {
+    assert!(selector.pointer("/matchLabels").is_none(), "{selector}");
+    let mut out = BTreeMap::new();
+    for e in array_at(selector, "/matchExpressions") {
+        let values = array_at(e, "/values")
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        let previous = out.insert(
+            str_at(e, "/key").to_owned(),
+            (str_at(e, "/operator").to_owned(), values),
+        );
+        assert!(previous.is_none(), "a key twice in {selector}");
+    }
+    out
+}
+
+/// `(operator, values)` as `requirements` returns them.
+fn req(operator: &str, values: &[&str]) -> (String, Vec<String>) {
+    (
+        operator.to_owned(),
+        values.iter().map(|v| (*v).to_owned()).collect(),
+    )
+}
+
+#[test]
+fn webhook_configurations_call_isthmusd_with_istios_injection_semantics() {
+    use isthmus_controlplane::kubernetes::source::CONFIG_KINDS;
+    use isthmus_controlplane::kubernetes::webhook_bundle::{
+        DEFAULT_INJECTOR_CONFIG, DEFAULT_VALIDATOR_CONFIG,
+    };
+    for kustomization in KUSTOMIZATIONS {
+        let docs = rendered(kustomization);
+        let deployment = object(&docs, "Deployment", "isthmus-system", "isthmusd");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let args = array_at(container, "/args");
+        // The webhook port: declared on the container, reached through the Service.
+        let webhook_addr: std::net::SocketAddr = flag(args, "--webhook-addr")
+            .unwrap_or_else(|| panic!("{kustomization}: isthmusd has no --webhook-addr"))
+            .parse()
+            .unwrap();
+        let service = object(&docs, "Service", "isthmus-system", "isthmusd");
+        // Every webhook calls Service isthmusd in isthmusd's namespace at `path`, on a Service
+        // port that leads to the webhook port; no caBundle (isthmusd writes it).
+        let calls_isthmusd = |webhook: &Value, path: &str| {
+            let at = format!("{kustomization}: webhook {}", str_at(webhook, "/name"));
+            let client = &webhook["clientConfig"];
+            assert!(client.pointer("/caBundle").is_none(), "{at}");
+            assert!(client.pointer("/url").is_none(), "{at}");
+            assert_eq!(str_at(client, "/service/name"), "isthmusd", "{at}");
+            assert_eq!(
+                str_at(client, "/service/namespace"),
+                "isthmus-system",
+                "{at}"
+            );
+            assert_eq!(str_at(client, "/service/path"), path, "{at}");
+            let port = client
+                .pointer("/service/port")
+                .and_then(Value::as_u64)
+                .unwrap_or(443);
+            let target = array_at(service, "/spec/ports")
+                .iter()
+                .find(|p| p.pointer("/port").and_then(Value::as_u64) == Some(port))
+                .and_then(|p| resolve_port(container, &p["targetPort"]))
+                .unwrap_or_else(|| panic!("{at}: the Service has no port {port}"));
+            assert_eq!(target, u64::from(webhook_addr.port()), "{at}");
+            assert!(
+                array_at(container, "/ports")
+                    .iter()
+                    .any(|p| p.pointer("/containerPort").and_then(Value::as_u64) == Some(target)),
+                "{at}: no containerPort {target}"
+            );
+            assert_eq!(
+                array_at(webhook, "/admissionReviewVersions"),
+                [json!("v1")],
+                "{at}"
+            );
+            assert_eq!(str_at(webhook, "/sideEffects"), "None", "{at}");
+            assert_eq!(
+                webhook.pointer("/timeoutSeconds").and_then(Value::as_u64),
+                Some(10),
+                "{at}"
+            );
+        };
+
+        // Injection: isthmusd keeps the caBundle of the configuration its flag names.
+        let injector_name =
+            flag(args, "--injector-webhook-config").unwrap_or(DEFAULT_INJECTOR_CONFIG);
+        let injector = object(&docs, "MutatingWebhookConfiguration", "", injector_name);
+        let webhooks = array_at(injector, "/webhooks");
+        let names: Vec<&str> = webhooks.iter().map(|w| str_at(w, "/name")).collect();
+        assert_eq!(
+            names,
+            [
+                "namespace.sidecar-injector.isthmus.io",
+                "isthmus-namespace.sidecar-injector.isthmus.io",
+                "object.sidecar-injector.isthmus.io"
+            ],
+            "{kustomization}"
+        );
+        for webhook in webhooks {
+            let at = format!("{kustomization}: webhook {}", str_at(webhook, "/name"));
+            calls_isthmusd(webhook, "/inject");
+            // A pod that cannot be injected is not created uninjected; injected again when a
+            // later webhook changed it.
+            assert_eq!(str_at(webhook, "/failurePolicy"), "Fail", "{at}");
+            assert_eq!(str_at(webhook, "/reinvocationPolicy"), "IfNeeded", "{at}");
+            assert_eq!(
+                webhook["rules"],
+                json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                        "resources": ["pods"]}]),
+                "{at}"
+            );
+            // Never the control plane's own namespace.
+            let namespaces = requirements(&webhook["namespaceSelector"]);
+            let (operator, excluded) = &namespaces["kubernetes.io/metadata.name"];
+            assert_eq!(operator, "NotIn", "{at}");
+            assert!(excluded.iter().any(|n| n == "isthmus-system"), "{at}");
+        }
+        let selectors: Vec<_> = webhooks
+            .iter()
+            .map(|w| {
+                (
+                    requirements(&w["namespaceSelector"]),
+                    requirements(&w["objectSelector"]),
+                )
+            })
+            .collect();
+        let not_false = BTreeMap::from([(
+            "sidecar.istio.io/inject".to_owned(),
+            req("NotIn", &["false"]),
+        )]);
+        let own = (
+            "kubernetes.io/metadata.name".to_owned(),
+            req("NotIn", &["isthmus-system"]),
+        );
+        assert_eq!(
+            selectors[0],
+            (
+                BTreeMap::from([
+                    ("istio-injection".to_owned(), req("In", &["enabled"])),
+                    own.clone(),
+                ]),
+                not_false.clone()
+            ),
+            "{kustomization}: istio-injection=enabled namespaces"
+        );
+        assert_eq!(
+            selectors[1],
+            (
+                BTreeMap::from([
+                    ("isthmus.io/inject".to_owned(), req("In", &["enabled"])),
+                    ("istio-injection".to_owned(), req("DoesNotExist", &[])),
+                    own,
+                ]),
+                not_false
+            ),
+            "{kustomization}: isthmus.io/inject=enabled namespaces"
+        );
+        assert_eq!(
+            selectors[2],
+            (
+                BTreeMap::from([
+                    ("istio-injection".to_owned(), req("DoesNotExist", &[])),
+                    ("isthmus.io/inject".to_owned(), req("DoesNotExist", &[])),
+                    (
+                        "kubernetes.io/metadata.name".to_owned(),
+                        req("NotIn", &["isthmus-system", "kube-system", "kube-public"])
+                    ),
+                ]),
+                BTreeMap::from([("sidecar.istio.io/inject".to_owned(), req("In", &["true"]))])
+            ),
+            "{kustomization}: pods that ask for it elsewhere"
+        );
+
+        // Validation of the nine kinds isthmusd reads; isthmusd down never blocks kubectl.
+        let validator_name =
+            flag(args, "--validator-webhook-config").unwrap_or(DEFAULT_VALIDATOR_CONFIG);
+        let validator = object(&docs, "ValidatingWebhookConfiguration", "", validator_name);
+        let webhooks = array_at(validator, "/webhooks");
+        assert_eq!(webhooks.len(), 1, "{kustomization}");
+        let webhook = &webhooks[0];
+        assert_eq!(str_at(webhook, "/name"), "validation.isthmus.io");
+        calls_isthmusd(webhook, "/validate");
+        assert_eq!(
+            str_at(webhook, "/failurePolicy"),
+            "Ignore",
+            "{kustomization}"
+        );
+        let mut validated = BTreeSet::new();
+        for rule in array_at(webhook, "/rules") {
+            assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]), "{rule}");
+            assert_eq!(rule["apiVersions"], json!(["*"]), "{rule}");
+            for group in array_at(rule, "/apiGroups") {
+                for resource in array_at(rule, "/resources") {
+                    let new = validated.insert((
+                        group.as_str().unwrap().to_owned(),
+                        resource.as_str().unwrap().to_owned(),
+                    ));
+                    assert!(new, "{kustomization}: {group}/{resource} twice");
+                }
+            }
+        }
+        let read: BTreeSet<(String, String)> = CONFIG_KINDS
+            .iter()
+            .map(|(_, group, plural)| ((*group).to_owned(), (*plural).to_owned()))
+            .collect();
+        assert_eq!(
+            validated, read,
+            "{kustomization}: exactly the kinds isthmusd reads"
+        );
     }
 }
 

@@ -491,6 +491,126 @@ async fn finalizers_hold_a_deleted_object_until_they_are_removed() {
 }
 
 #[tokio::test]
+async fn webhook_configurations_are_cluster_scoped_and_replaced_by_resource_version() {
+    let server = server().await;
+    server
+        .apply_yaml(
+            "apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: injector}
+webhooks:
+- name: a.example.io
+  clientConfig: {service: {name: isthmusd, namespace: isthmus-system, path: /inject}}
+",
+        )
+        .unwrap();
+    let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/injector";
+    let (status, mut config) = get(&server, path).await;
+    assert_eq!(status, 200, "{config}");
+    assert!(config["metadata"].get("namespace").is_none(), "{config}");
+    // Listed by name across the cluster; no namespaced path, no status subresource.
+    let (status, list) = get(
+        &server,
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations?fieldSelector=metadata.name%3Dinjector",
+    )
+    .await;
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 1));
+    for missing in [
+        "/apis/admissionregistration.k8s.io/v1/namespaces/x/mutatingwebhookconfigurations/injector",
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/injector/status",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/injector",
+    ] {
+        assert_eq!(get(&server, missing).await.0, 404, "{missing}");
+    }
+    // A list item is replaced with the resourceVersion read; a stale one conflicts.
+    config["webhooks"][0]["clientConfig"]["caBundle"] = json!("Y2E=");
+    let (status, updated) = request(
+        &server,
+        "PUT",
+        path,
+        "application/json",
+        &config.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["webhooks"][0]["clientConfig"]["caBundle"], "Y2E=");
+    assert_eq!(updated["metadata"]["generation"], 2);
+    let (status, _) = request(
+        &server,
+        "PUT",
+        path,
+        "application/json",
+        &config.to_string(),
+    )
+    .await;
+    assert_eq!(status, 409);
+    // JSON patch is refused (a client must replace).
+    let (status, _) = request(
+        &server,
+        "PATCH",
+        path,
+        "application/json-patch+json",
+        r#"[{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ""}]"#,
+    )
+    .await;
+    assert_eq!(status, 415);
+}
+
+#[tokio::test]
+async fn with_namespace_lifecycle_a_create_needs_a_live_namespace() {
+    let server = server().await;
+    server
+        .apply_yaml(
+            "apiVersion: v1
+kind: Namespace
+metadata: {name: leaving, finalizers: [example.io/hold]}
+",
+        )
+        .unwrap();
+    assert!(server.delete("Namespace", None, "leaving"));
+    let config_map = |ns: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "root", "namespace": ns},
+               "data": {"k": "v"}})
+        .to_string()
+    };
+    let create = |ns: &'static str| {
+        let body = config_map(ns);
+        let server = &server;
+        async move {
+            let path = format!("/api/v1/namespaces/{ns}/configmaps");
+            request(server, "POST", &path, "application/json", &body).await
+        }
+    };
+    // Off by default: anywhere.
+    assert_eq!(create("nowhere").await.0, 201);
+    server.enforce_namespace_lifecycle();
+    let (status, error) = create("elsewhere").await;
+    assert_eq!((status, error["reason"].as_str()), (404, Some("NotFound")));
+    assert_eq!(error["message"], "namespaces \"elsewhere\" not found");
+    let (status, error) = create("leaving").await;
+    assert_eq!((status, error["reason"].as_str()), (403, Some("Forbidden")));
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("because it is being terminated"),
+        "{error}"
+    );
+    let (status, created) = create("shop").await;
+    assert_eq!(status, 201, "{created}");
+    // Then replaced like any object: by resourceVersion, other keys kept as sent.
+    let path = "/api/v1/namespaces/shop/configmaps/root";
+    let mut map = created;
+    map["data"]["root-cert.pem"] = json!("PEM");
+    let (status, updated) =
+        request(&server, "PUT", path, "application/json", &map.to_string()).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["data"], json!({"k": "v", "root-cert.pem": "PEM"}));
+    let (status, _) = request(&server, "PUT", path, "application/json", &map.to_string()).await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
 async fn unknown_paths_are_404_with_a_status() {
     let server = server().await;
     for path in [

@@ -281,6 +281,8 @@ pub struct Isthmusd {
     pub debug: SocketAddr,
     /// Federation discovery (peers' control planes connect here).
     pub federation: Option<SocketAddr>,
+    /// The admission webhooks (HTTPS).
+    pub webhook: Option<SocketAddr>,
     pub state_dir: PathBuf,
     stderr_file: PathBuf,
     /// What it was started with, for [`Isthmusd::restart`].
@@ -290,11 +292,12 @@ pub struct Isthmusd {
 }
 
 /// The address flags `launch` gives a port-0 default unless `extra` names them.
-const ADDRESS_FLAGS: [&str; 4] = [
+const ADDRESS_FLAGS: [&str; 5] = [
     "--grpc-addr",
     "--debug-addr",
     "--xds-plaintext-addr",
     "--federation-addr",
+    "--webhook-addr",
 ];
 
 impl Isthmusd {
@@ -380,6 +383,7 @@ impl Isthmusd {
             xds,
             debug,
             federation,
+            webhook: addresses.webhook,
             state_dir,
             stderr_file,
             root: root.to_owned(),
@@ -474,6 +478,7 @@ impl Isthmusd {
             ("--debug-addr", Some(self.debug)),
             ("--xds-plaintext-addr", Some(self.xds)),
             ("--federation-addr", self.federation),
+            ("--webhook-addr", self.webhook),
         ] {
             if let Some(addr) = addr {
                 args.extend([flag.to_owned(), addr.to_string()]);

@@ -5,8 +5,10 @@
 //! What it implements:
 //! - a fixed registry of resources ([`RESOURCES`]): core `v1` services, pods, configmaps,
 //!   namespaces (cluster-scoped); `discovery.k8s.io/v1` endpointslices;
-//!   `coordination.k8s.io/v1` leases; the Istio networking and security kinds; the Maistra
-//!   federation kinds. Objects are kept as `serde_json::Value`;
+//!   `coordination.k8s.io/v1` leases; `admissionregistration.k8s.io/v1`
+//!   mutatingwebhookconfigurations and validatingwebhookconfigurations (cluster-scoped); the
+//!   Istio networking and security kinds; the Maistra federation kinds. Objects are kept as
+//!   `serde_json::Value`;
 //! - one global `resourceVersion` counter, bumped by every write; `uid`, `creationTimestamp`
 //!   and `generation` (bumped when anything outside `metadata` and `status` changes) set by
 //!   the server; a write that changes nothing bumps nothing and emits no event, as the real one;
@@ -35,7 +37,13 @@
 //! (`resourceVersion`, `uid`) are checked (`409`); `dryRun` is refused (`400`) rather than
 //! silently written.
 //!
-//! Not implemented: namespace existence checks, `managedFields` and field ownership conflicts of server-side apply,
+//! With [`TestApiServer::enforce_namespace_lifecycle`], a CREATE (POST) of a namespaced object
+//! is checked as the `NamespaceLifecycle` admission plugin does: `404 NotFound` when its
+//! namespace does not exist, `403 Forbidden` (cause `NamespaceTerminating`) when it is being
+//! deleted (`deletionTimestamp` set, or phase `Terminating`). Off by default: older tests write
+//! into namespaces they never create; `apply_yaml` is never checked.
+//!
+//! Not implemented: namespace existence checks (but see above), `managedFields` and field ownership conflicts of server-side apply,
 //! `sendInitialEvents` streaming lists, discovery (`/api`, `/apis`, `/version`), pagination.
 
 use std::collections::{BTreeMap, HashMap};
@@ -107,6 +115,20 @@ pub const RESOURCES: &[ResourceType] = &[
         false,
     ),
     res("coordination.k8s.io", "leases", "Lease", true, false),
+    res(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        false,
+        false,
+    ),
+    res(
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        false,
+        false,
+    ),
     res(
         "networking.istio.io",
         "serviceentries",
@@ -236,6 +258,8 @@ struct Store {
     compacted: u64,
     tokens: HashMap<String, Token>,
     requests: Vec<(String, String)>,
+    /// [`TestApiServer::enforce_namespace_lifecycle`].
+    namespace_lifecycle: bool,
 }
 
 #[derive(Debug)]
@@ -468,6 +492,12 @@ impl TestApiServer {
         let res = resource(kind_or_plural)?;
         let key = Key::new(res, namespace.unwrap_or_default(), name);
         self.shared.lock().objects.get(&key).cloned()
+    }
+
+    /// From now on, a CREATE into a namespace that does not exist is `404`, into one being
+    /// deleted `403`, as the real server's `NamespaceLifecycle` admission answers.
+    pub fn enforce_namespace_lifecycle(&self) {
+        self.shared.lock().namespace_lifecycle = true;
     }
 
     /// Every request so far: method and path with query.
@@ -811,8 +841,40 @@ fn post(
     let namespace = namespace.unwrap_or_default();
     check_namespace(res, namespace, &doc)?;
     let mut store = shared.lock();
+    if store.namespace_lifecycle && res.namespaced {
+        namespace_admits(&store, res, namespace, &doc)?;
+    }
     let object = create(&mut store, shared, res, namespace, doc)?;
     Ok(json_response(StatusCode::CREATED, &object))
+}
+
+/// The `NamespaceLifecycle` admission plugin's check of a create in `namespace`.
+fn namespace_admits(
+    store: &Store,
+    res: &ResourceType,
+    namespace: &str,
+    doc: &Value,
+) -> Result<(), ApiError> {
+    let Some(namespaces) = resource("namespaces") else {
+        return Ok(());
+    };
+    let Some(ns) = store.objects.get(&Key::new(namespaces, "", namespace)) else {
+        return Err(not_found(format!("namespaces \"{namespace}\" not found")));
+    };
+    let terminating = ns["metadata"].get("deletionTimestamp").is_some()
+        || ns["status"]["phase"].as_str() == Some("Terminating");
+    if terminating {
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        return Err(fail(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                res.plural
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn create(

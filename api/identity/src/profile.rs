@@ -35,6 +35,37 @@ pub fn workload_cert_params(
     Ok(params)
 }
 
+/// A TLS server certificate for DNS names (the admission webhook's: the API server dials a
+/// Service by name and knows nothing of SPIFFE): leaf, `dns_names` as DNS SANs, server
+/// authentication only, random 128-bit serial.
+pub fn dns_server_cert_params(
+    dns_names: &[String],
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    if let Some(first) = dns_names.first() {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, first.as_str());
+    }
+    params.subject_alt_names = dns_names
+        .iter()
+        .map(|name| Ok(SanType::DnsName(name.as_str().try_into()?)))
+        .collect::<Result<_, rcgen::Error>>()?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.serial_number = Some(random_serial());
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    Ok(params)
+}
+
 /// A CA certificate of trust domain `trust_domain` (organisation = trust domain).
 pub fn ca_cert_params(
     trust_domain: &TrustDomain,

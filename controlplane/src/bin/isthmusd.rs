@@ -10,6 +10,7 @@ use clap::Parser;
 use isthmus_controlplane::ca::TtlPolicy;
 use isthmus_controlplane::config::watch::WatchSettings;
 use isthmus_controlplane::daemon::{DaemonConfig, FederationSettings, KubernetesSettings, run};
+use isthmus_controlplane::kubernetes::webhook_bundle::WebhookConfigs;
 use isthmus_federation::discovery::ImporterSettings;
 use isthmus_identity::TrustDomain;
 
@@ -50,6 +51,14 @@ struct Args {
     /// takes over writing status when the holder stops.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
+    /// Kubernetes mode: the MutatingWebhookConfiguration of sidecar injection, whose webhooks'
+    /// caBundle the status lease holder keeps at the mesh root. Empty: leave it alone.
+    #[arg(long, default_value = isthmus_controlplane::kubernetes::webhook_bundle::DEFAULT_INJECTOR_CONFIG)]
+    injector_webhook_config: String,
+    /// Kubernetes mode: the ValidatingWebhookConfiguration of configuration validation, kept
+    /// likewise. Empty: leave it alone.
+    #[arg(long, default_value = isthmus_controlplane::kubernetes::webhook_bundle::DEFAULT_VALIDATOR_CONFIG)]
+    validator_webhook_config: String,
     /// Directory for state: the generated CA, bootstrap token records, the published root.
     #[arg(long, env = "ISTHMUS_STATE_DIR")]
     state_dir: PathBuf,
@@ -77,6 +86,13 @@ struct Args {
     /// not on loopback. Off: only /metrics and /ready answer them.
     #[arg(long)]
     debug_allow_remote: bool,
+    /// Address of the admission webhooks' HTTPS port (sidecar injection at /inject,
+    /// validation at /validate). Default: 0.0.0.0:15017 in Kubernetes mode, off otherwise.
+    #[arg(long)]
+    webhook_addr: Option<SocketAddr>,
+    /// The isthmus-proxy image the sidecar injector puts into pods.
+    #[arg(long, env = "ISTHMUS_PROXY_IMAGE", default_value = isthmus_controlplane::admission::inject::settings::DEFAULT_PROXY_IMAGE)]
+    proxy_image: String,
     /// Lifetime of workload certificates when the request names none.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     workload_cert_ttl: Duration,
@@ -159,8 +175,20 @@ async fn main() -> std::process::ExitCode {
             .unwrap_or_else(|| "isthmusd".to_owned()),
         lease_duration: args.lease_duration,
         discovery_selectors: args.discovery_selectors.clone(),
+        webhook_configs: WebhookConfigs {
+            mutating: Some(args.injector_webhook_config.clone()).filter(|n| !n.is_empty()),
+            validating: Some(args.validator_webhook_config.clone()).filter(|n| !n.is_empty()),
+        },
+    });
+    // The webhooks serve the API server: on by default where there is one.
+    let webhook_addr = args.webhook_addr.or_else(|| {
+        kubernetes
+            .is_some()
+            .then(|| SocketAddr::from(([0, 0, 0, 0], 15017)))
     });
     let config = DaemonConfig {
+        webhook_addr,
+        proxy_image: args.proxy_image,
         config_dir: args.config_dir.unwrap_or_default(),
         kubernetes,
         state_dir: args.state_dir,

@@ -116,6 +116,24 @@ pub struct Issued {
     pub spiffe_id: SpiffeId,
 }
 
+/// A TLS server certificate for DNS names and its private key, PEM.
+pub struct IssuedServer {
+    /// Leaf first, then intermediates (no root).
+    pub chain: Vec<String>,
+    pub key_pem: zeroize::Zeroizing<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for IssuedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedServer")
+            .field("chain", &self.chain.len())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The mesh's signing authority.
 #[derive(Debug)]
 pub struct Authority {
@@ -203,6 +221,27 @@ impl Authority {
             chain,
             roots: self.roots.clone(),
             spiffe_id: entitled.clone(),
+        })
+    }
+
+    /// Issues `isthmusd`'s own TLS server certificate for `dns_names` (the admission webhook's),
+    /// with a key generated here that never leaves the process; the default lifetime.
+    pub fn issue_dns_server(&self, dns_names: &[String]) -> Result<IssuedServer, SignError> {
+        let internal = |e: rcgen::Error| SignError::Internal(e.to_string());
+        let key = KeyPair::generate().map_err(internal)?;
+        let now = SystemTime::now();
+        let not_after = (now + self.ttl.default).min(self.ca_not_after);
+        let params = profile::dns_server_cert_params(dns_names, now - BACKDATE, not_after)
+            .map_err(internal)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(internal)?;
+        let mut chain = Vec::with_capacity(1 + self.chain_tail.len());
+        chain.push(cert_to_pem(cert.der()));
+        chain.extend(self.chain_tail.iter().cloned());
+        Ok(IssuedServer {
+            chain,
+            key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+            not_before: now,
+            not_after,
         })
     }
 

@@ -15,7 +15,7 @@ pub const ADDRESSES_FILE: &str = "addresses.json";
 /// The addresses actually bound (a port of 0 in the configuration picks a free one).
 ///
 /// In `addresses.json`: `{"grpc": "127.0.0.1:15012", "debug": "…", "xdsPlaintext": null,
-/// "federation": "…"}`, each `host:port`, `null` for a port that is off.
+/// "federation": "…", "webhook": "…"}`, each `host:port`, `null` for a port that is off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Addresses {
@@ -29,6 +29,9 @@ pub struct Addresses {
     /// Federation discovery, unless it is off.
     #[serde(default)]
     pub federation: Option<SocketAddr>,
+    /// The admission webhooks (HTTPS), unless they are off.
+    #[serde(default)]
+    pub webhook: Option<SocketAddr>,
 }
 
 /// Why `addresses.json` could not be read.
@@ -85,6 +88,7 @@ mod tests {
             debug: "127.0.0.1:15014".parse().unwrap(),
             xds_plaintext: None,
             federation: Some("127.0.0.1:8188".parse().unwrap()),
+            webhook: None,
         };
         let json = serde_json::to_value(addresses).unwrap();
         assert_eq!(
@@ -94,6 +98,7 @@ mod tests {
                 "debug": "127.0.0.1:15014",
                 "xdsPlaintext": null,
                 "federation": "127.0.0.1:8188",
+                "webhook": null,
             })
         );
         assert_eq!(

@@ -33,6 +33,10 @@ pub struct DaemonConfig {
     pub xds_plaintext_addr: Option<SocketAddr>,
     /// The debug port: `/metrics`, `/ready`, `/debug/*`.
     pub debug_addr: SocketAddr,
+    /// The admission webhooks' HTTPS port (sidecar injection, validation); off when `None`.
+    pub webhook_addr: Option<SocketAddr>,
+    /// The image the injector puts into pods (`isthmus-proxy`'s).
+    pub proxy_image: String,
     /// Serve `/debug/*` to callers that are not on loopback too.
     pub debug_allow_remote: bool,
     pub ttl: TtlPolicy,
@@ -56,7 +60,7 @@ pub struct DaemonConfig {
 
 impl DaemonConfig {
     /// A daemon on loopback for tests and in-process use: every port (gRPC, debug, federation
-    /// discovery) on `127.0.0.1:0`, so the system picks free ones ([`super::Bound::addresses`]
+    /// discovery, webhooks) on `127.0.0.1:0`, so the system picks free ones ([`super::Bound::addresses`]
     /// says which); no plaintext xDS (set `xds_plaintext_addr` to `127.0.0.1:0` to opt in); a
     /// CA generated in `state_dir`; namespace `isthmus-system`, root namespace
     /// `istio-system`; `isthmusd`'s default timings. Every field is public: change what a test
@@ -73,6 +77,8 @@ impl DaemonConfig {
             grpc_addr: any_port,
             xds_plaintext_addr: None,
             debug_addr: any_port,
+            webhook_addr: Some(any_port),
+            proxy_image: crate::admission::inject::settings::DEFAULT_PROXY_IMAGE.to_owned(),
             debug_allow_remote: false,
             ttl: TtlPolicy::default(),
             push_debounce: Duration::from_millis(100),
@@ -99,6 +105,9 @@ pub struct KubernetesSettings {
     /// Istio's `discoverySelectors` (each `key=value` pairs, any may match): the namespaces
     /// that are part of the mesh, besides the root namespace. Empty: all.
     pub discovery_selectors: Vec<std::collections::BTreeMap<String, String>>,
+    /// The admission webhook configurations whose `caBundle` the Lease holder keeps at the
+    /// mesh root (`kubernetes/webhook_bundle.rs`).
+    pub webhook_configs: crate::kubernetes::webhook_bundle::WebhookConfigs,
 }
 
 /// Timings of federation discovery.

@@ -19,6 +19,8 @@ pub enum Listener {
     Debug,
     /// The federation discovery port.
     Federation,
+    /// The admission webhooks' port.
+    Webhook,
 }
 
 impl std::fmt::Display for Listener {
@@ -28,6 +30,7 @@ impl std::fmt::Display for Listener {
             Self::XdsPlaintext => "plaintext xDS port (--xds-plaintext-addr)",
             Self::Debug => "debug port (--debug-addr)",
             Self::Federation => "federation discovery port (--federation-addr)",
+            Self::Webhook => "admission webhook port (--webhook-addr)",
         })
     }
 }
@@ -87,6 +90,8 @@ pub enum DaemonError {
     },
     #[error("could not issue the control plane's own certificate")]
     OwnCertificate,
+    #[error("could not issue the admission webhook's certificate")]
+    WebhookCertificate(#[source] crate::admission::serving_cert::ServingCertError),
     #[error("TLS configuration of the {listener}")]
     Tls {
         listener: Listener,

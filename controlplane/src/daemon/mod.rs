@@ -84,7 +84,9 @@ pub async fn bind(config: DaemonConfig) -> Result<Bound, DaemonError> {
         kube.as_ref(),
         &mut tasks,
     );
-    let servers = setup::servers(&config, &ca, &own, kube, store, flow, federation, listeners)?;
+    let servers = setup::servers(
+        &config, &ca, &own, kube, store, flow, federation, listeners, &mut tasks,
+    )?;
     addresses
         .write(&config.state_dir)
         .map_err(|source| DaemonError::StateFile {

@@ -17,6 +17,7 @@ use tonic::transport::server::{Connected, Router};
 
 use super::tasks::Owned;
 use super::{DaemonError, Listener};
+use crate::admission::server::WebhookState;
 use crate::auth::CallerAuthenticator;
 use crate::ca::service::CaService;
 use crate::server::debug::DebugState;
@@ -34,6 +35,15 @@ pub(super) struct Servers {
     pub xds_plaintext: Option<XdsPlaintext>,
     pub discovery: Discovery,
     pub debug: Debug,
+    pub webhook: Option<Webhook>,
+}
+
+/// The admission webhooks' HTTPS port.
+pub(super) struct Webhook {
+    pub listener: TcpListener,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub limits: HandshakeLimits,
+    pub state: WebhookState,
 }
 
 /// The mTLS gRPC port: the certificate service and xDS.
@@ -87,6 +97,9 @@ impl Servers {
             self.discovery.serve(stopped(stop.clone()), cut.clone()),
         );
         running.spawn(Listener::Debug, self.debug.serve(stopped(stop.clone())));
+        if let Some(webhook) = self.webhook {
+            running.spawn(Listener::Webhook, webhook.serve(stopped(stop.clone())));
+        }
         running
     }
 }
@@ -172,6 +185,17 @@ impl Discovery {
             .add_service(FederationDiscoveryServer::new(self.exporter));
         let incoming = tls_incoming(listener, self.tls, self.limits);
         serve_severable(Listener::Federation, router, incoming, stop, cut).await
+    }
+}
+
+impl Webhook {
+    async fn serve(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        crate::admission::server::serve(self.listener, self.tls, self.limits, self.state, stop)
+            .await
+            .map_err(|e| failed(Listener::Webhook, e))
     }
 }
 

@@ -13,9 +13,12 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::servers::{Debug, Discovery, Grpc, Servers, XdsPlaintext};
+use super::servers::{Debug, Discovery, Grpc, Servers, Webhook, XdsPlaintext};
 use super::tasks::Owned;
 use super::{Addresses, DaemonConfig, DaemonError, Listener, control_plane_identity};
+use crate::admission::inject::InjectSettings;
+use crate::admission::server::{WebhookState, tls_config as webhook_tls};
+use crate::admission::serving_cert::{ServingCert, renew, service_names};
 use crate::auth::CallerAuthenticator;
 use crate::auth::token_review::TokenReviewAuthenticator;
 use crate::auth::tokens::TokenStore;
@@ -218,6 +221,7 @@ pub(super) struct Listeners {
     pub xds_plaintext: Option<TcpListener>,
     pub debug: TcpListener,
     pub federation: Option<TcpListener>,
+    pub webhook: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -228,6 +232,7 @@ impl Listeners {
             xds_plaintext: bind_optional(Listener::XdsPlaintext, config.xds_plaintext_addr).await?,
             debug: bind(Listener::Debug, config.debug_addr).await?,
             federation: bind_optional(Listener::Federation, config.federation_addr).await?,
+            webhook: bind_optional(Listener::Webhook, config.webhook_addr).await?,
         })
     }
 
@@ -245,6 +250,11 @@ impl Listeners {
                 .federation
                 .as_ref()
                 .map(|l| local_addr(Listener::Federation, l))
+                .transpose()?,
+            webhook: self
+                .webhook
+                .as_ref()
+                .map(|l| local_addr(Listener::Webhook, l))
                 .transpose()?,
         })
     }
@@ -384,6 +394,29 @@ pub(super) fn federation(
         };
         let (leader, election) = elect(client.clone(), lease);
         tasks.spawn("status lease", election);
+        // The lease holder also keeps the mesh root where the cluster needs it: in the
+        // admission webhooks' caBundle and in every mesh namespace's ConfigMap.
+        tasks.spawn(
+            "webhook CA bundles",
+            crate::kubernetes::webhook_bundle::patch_ca_bundles(
+                client.clone(),
+                settings.webhook_configs.clone(),
+                ca.roots_pem.clone(),
+                leader.clone(),
+            ),
+        );
+        tasks.spawn(
+            "mesh root publisher",
+            crate::kubernetes::root_publisher::publish_root_cert(
+                client.clone(),
+                crate::kubernetes::root_publisher::RootPublisherSettings::new(
+                    config.root_namespace.clone(),
+                    settings.discovery_selectors.clone(),
+                ),
+                ca.roots_pem.clone(),
+                leader.clone(),
+            ),
+        );
         tasks.spawn(
             "status writer",
             write_status(client.clone(), status.clone(), leader),
@@ -394,6 +427,40 @@ pub(super) fn federation(
         peer_bundles,
         status,
     }
+}
+
+/// The admission webhooks' server, when their port is on: a certificate from the mesh CA for
+/// `isthmusd`'s `Service` names (renewed by a task), the injector's settings from the flags.
+fn webhook(
+    config: &DaemonConfig,
+    ca: &Ca,
+    listener: Option<TcpListener>,
+    tasks: &mut Tasks,
+) -> Result<Option<Webhook>, DaemonError> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let names = service_names("isthmusd", &config.namespace);
+    let (cert, renew_at) =
+        ServingCert::issue(&ca.authority, &names).map_err(DaemonError::WebhookCertificate)?;
+    tasks.spawn(
+        "webhook certificate renewal",
+        renew(cert.clone(), ca.authority.clone(), names, renew_at),
+    );
+    let tls = webhook_tls(cert).map_err(|source| DaemonError::Tls {
+        listener: Listener::Webhook,
+        source,
+    })?;
+    let mut inject = InjectSettings::new(config.trust_domain.clone(), &config.namespace);
+    inject.proxy_image = config.proxy_image.clone();
+    Ok(Some(Webhook {
+        listener,
+        tls: Arc::new(tls),
+        limits: HandshakeLimits::default(),
+        state: WebhookState {
+            inject: Arc::new(inject),
+        },
+    }))
 }
 
 /// What each port serves: TLS configurations, services, debug state.
@@ -407,6 +474,7 @@ pub(super) fn servers(
     flow: Flow,
     federation: Federation,
     listeners: Listeners,
+    tasks: &mut Tasks,
 ) -> Result<Servers, DaemonError> {
     // Callers without a certificate are let through the handshake: a bootstrapping workload has
     // none yet and authenticates with its token.
@@ -449,7 +517,9 @@ pub(super) fn servers(
             listener: Listener::Federation,
             source,
         })?;
+    let webhook = webhook(config, ca, listeners.webhook, tasks)?;
     Ok(Servers {
+        webhook,
         grpc: Grpc {
             listener: listeners.grpc,
             tls: Arc::new(grpc_tls),

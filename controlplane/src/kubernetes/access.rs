@@ -1,6 +1,16 @@
 //! What `isthmusd` asks of the Kubernetes API server, in one table: the manifests' RBAC must
 //! grant exactly this (a test in `tests/e2e/manifests.rs` checks the rendered roles against
 //! it), and the code below uses nothing that is not listed here.
+//!
+//! Where `isthmusd` only ever touches objects of known names (the webhook configurations, the
+//! mesh root `ConfigMap`), the rows name them (`resourceNames`). Kubernetes authorizes `get`,
+//! `update` and `patch` by name, and `list` and `watch` too when the request carries the field
+//! selector `metadata.name=<name>`, as every watch of those objects here does; `create` cannot
+//! be restricted by name, so it has a row of its own. A non-default
+//! `--injector-webhook-config` or `--validator-webhook-config` needs the same name in the role.
+
+use super::root_publisher::ROOT_CERT_CONFIG_MAP;
+use super::webhook_bundle::{DEFAULT_INJECTOR_CONFIG, DEFAULT_VALIDATOR_CONFIG};
 
 /// Where a grant applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,13 +24,14 @@ pub enum Scope {
 }
 
 /// One RBAC rule: API group (`""` for core), resource (with `/status` for the subresource),
-/// verbs, scope.
+/// verbs, scope, and the objects' names (`resourceNames`; empty: any).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
     pub group: &'static str,
     pub resource: &'static str,
     pub verbs: &'static [&'static str],
     pub scope: Scope,
+    pub resource_names: &'static [&'static str],
 }
 
 const READ_LIST: &[&str] = &["list", "watch"];
@@ -131,7 +142,34 @@ pub const API_ACCESS: &[Access] = &[
         &["get", "create", "update"],
         Scope::OwnNamespace,
     ),
+    // The admission webhooks' `caBundle`, kept at the mesh root by the lease holder
+    // (`webhook_bundle.rs`: watch by name, replace with the `resourceVersion`).
+    named(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        WEBHOOK_VERBS,
+        &[DEFAULT_INJECTOR_CONFIG],
+    ),
+    named(
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        WEBHOOK_VERBS,
+        &[DEFAULT_VALIDATOR_CONFIG],
+    ),
+    // The mesh root published in every namespace of the mesh (`root_publisher.rs`), by the
+    // lease holder: created where missing (a create names no object yet), read and updated by
+    // name only.
+    rule("", "configmaps", &["create"], Scope::Cluster),
+    named(
+        "",
+        "configmaps",
+        &["get", "list", "watch", "update"],
+        &[ROOT_CERT_CONFIG_MAP],
+    ),
 ];
+
+/// The webhook configurations: watched by name, re-read after a conflict, replaced.
+const WEBHOOK_VERBS: &[&str] = &["get", "list", "watch", "update"];
 
 const fn rule(
     group: &'static str,
@@ -144,5 +182,22 @@ const fn rule(
         resource,
         verbs,
         scope,
+        resource_names: &[],
+    }
+}
+
+/// A cluster-wide rule for the objects named `names` only.
+const fn named(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+    names: &'static [&'static str],
+) -> Access {
+    Access {
+        group,
+        resource,
+        verbs,
+        scope: Scope::Cluster,
+        resource_names: names,
     }
 }

@@ -170,6 +170,19 @@ pub fn elect(
     (rx, task)
 }
 
+/// Waits until `leader` says we lead; `false` if the election stopped first (its watch closed).
+/// For the tasks that act only while leading (`webhook_bundle.rs`, `root_publisher.rs`).
+pub async fn until_leading(leader: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        if *leader.borrow_and_update() {
+            return true;
+        }
+        if leader.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
 fn publish(tx: &watch::Sender<bool>, settings: &LeaseSettings, leader: bool) {
     tx.send_if_modified(|current| {
         if *current == leader {

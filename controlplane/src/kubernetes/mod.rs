@@ -11,6 +11,10 @@
 //! - [`leader`]: a `coordination.k8s.io/v1` `Lease`; only its holder writes status.
 //! - [`status_writer`]: Maistra's status of the federation resources, through the `status`
 //!   subresource.
+//! - [`webhook_bundle`]: the mesh root as the `caBundle` of the admission webhook
+//!   configurations, kept by the Lease holder.
+//! - [`root_publisher`]: the mesh root `ConfigMap` in every namespace of the mesh, kept by the
+//!   Lease holder.
 //! - [`access`]: every API call's RBAC need, checked against the manifests.
 //!
 //! No API server runs on the project's machines: the tests drive this code against the test
@@ -19,5 +23,7 @@
 pub mod access;
 pub mod leader;
 pub mod registry;
+pub mod root_publisher;
 pub mod source;
 pub mod status_writer;
+pub mod webhook_bundle;

@@ -443,32 +443,46 @@ fn publish(
 }
 
 /// The namespaces of the mesh: all, or those the discovery selectors pick plus the root.
-struct Scope {
+/// (Also the namespaces `root_publisher.rs` publishes the mesh root in.)
+pub(crate) struct Scope {
     namespaces: Option<HashSet<String>>,
 }
 
 impl Scope {
     fn new(stores: &Stores, settings: &SourceSettings) -> Self {
-        if settings.discovery_selectors.is_empty() {
+        Self::of(
+            &stores.namespaces.state(),
+            &settings.discovery_selectors,
+            &settings.root_namespace,
+        )
+    }
+
+    /// The scope among `namespaces` that `selectors` (Istio's `discoverySelectors`; none: every
+    /// namespace) and the root namespace make.
+    pub(crate) fn of(
+        namespaces: &[Arc<Namespace>],
+        selectors: &[BTreeMap<String, String>],
+        root_namespace: &str,
+    ) -> Self {
+        if selectors.is_empty() {
             return Self { namespaces: None };
         }
-        let mut namespaces: HashSet<String> = stores
-            .namespaces
-            .state()
+        let mut namespaces: HashSet<String> = namespaces
             .iter()
             .filter(|ns| {
                 let labels = ns.metadata.labels.clone().unwrap_or_default();
-                selected(&settings.discovery_selectors, &labels)
+                selected(selectors, &labels)
             })
             .filter_map(|ns| ns.metadata.name.clone())
             .collect();
-        namespaces.insert(settings.root_namespace.clone());
+        namespaces.insert(root_namespace.to_owned());
         Self {
             namespaces: Some(namespaces),
         }
     }
 
-    fn contains(&self, namespace: Option<&str>) -> bool {
+    /// Whether objects of `namespace` (`None`: cluster-scoped) are part of the mesh.
+    pub(crate) fn contains(&self, namespace: Option<&str>) -> bool {
         match (&self.namespaces, namespace) {
             (None, _) => true,
             (Some(set), Some(ns)) => set.contains(ns),

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod echo;
 mod echo_grpc;
 pub mod federation;
+pub mod kube_inject;
 pub mod manifests;
 pub mod status;
 pub mod token;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Kubernetes manifests generated from the code: `manifests crds`.
     #[command(subcommand)]
     Manifests(manifests::ManifestsCommand),
+    /// Add the Isthmus sidecar to the pods of Kubernetes YAML offline, as the injection
+    /// webhook would (`kube-inject -f deployment.yaml | kubectl apply -f -`).
+    KubeInject(kube_inject::KubeInjectArgs),
     /// Federation across the running meshes: `graph` (who exports what to whom, imported as
     /// what), `check DIR` (what a change would start or stop sending across).
     #[command(subcommand)]
@@ -72,6 +76,7 @@ impl Cli {
             Command::Bootstrap(cmd) => cmd.run(),
             Command::Echo(cmd) => cmd.run().await,
             Command::Manifests(cmd) => cmd.run(),
+            Command::KubeInject(cmd) => cmd.run(),
             Command::Federation(cmd) => cmd.run().await,
             Command::Doctor(cmd) => cmd.run().await,
             Command::Up(cmd) => cmd.run().await,

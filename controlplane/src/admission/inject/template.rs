@@ -1,0 +1,318 @@
+//! What an injected pod gets:
+//! - the init container `isthmus-init`, `isthmus-proxy capture …`, which installs the capture
+//!   rules (root with `NET_ADMIN`/`NET_RAW` only, and only until it exits) with Istio's
+//!   exclusions from the pod's `traffic.sidecar.istio.io/*` annotations;
+//! - the sidecar `isthmus-proxy` as a native sidecar (an init container with
+//!   `restartPolicy: Always`, started after the capture and before the pod's own init
+//!   containers, which so reach the mesh too), with its node id, identity, `isthmusd`'s address
+//!   and its token and root paths in its environment, and a startup probe that holds the
+//!   application back until the sidecar has its certificate and configuration;
+//! - the volumes `isthmus-token` (a service-account token projected for the audience
+//!   `isthmus-ca`) and `isthmus-ca-root` (the `ConfigMap` `isthmus-ca-root-cert`);
+//! - the applications' HTTP and TCP probes rewritten to the status port ([`super::probes`]);
+//! - the annotation `sidecar.isthmus.io/status` saying what was added.
+
+use serde_json::{Map, Value, json};
+
+use super::probes::{self, Probers, REWRITE_ANNOTATION};
+use super::settings::{
+    PROXY_UID, ROOT_CONFIG_MAP, ROOT_DIR, ROOT_FILE, STATUS_PORT, TOKEN_AUDIENCE, TOKEN_DIR,
+    TOKEN_FILE,
+};
+use super::{
+    INIT_CONTAINER, InjectError, InjectSettings, PROXY_CONTAINER, STATUS_ANNOTATION, meta_value,
+};
+
+/// The token volume and the mesh root volume.
+pub const TOKEN_VOLUME: &str = "isthmus-token";
+pub const ROOT_VOLUME: &str = "isthmus-ca-root";
+
+/// Istio's capture annotations, as `isthmus-proxy capture` flags.
+const CAPTURE_ANNOTATIONS: [(&str, &str, Syntax); 3] = [
+    (
+        "traffic.sidecar.istio.io/excludeInboundPorts",
+        "--exclude-inbound-ports",
+        Syntax::Ports,
+    ),
+    (
+        "traffic.sidecar.istio.io/excludeOutboundPorts",
+        "--exclude-outbound-ports",
+        Syntax::Ports,
+    ),
+    (
+        "traffic.sidecar.istio.io/includeOutboundIPRanges",
+        "--include-outbound-ip-ranges",
+        Syntax::Ranges,
+    ),
+];
+
+/// The annotation that replaces the sidecar's image for one pod.
+const IMAGE_ANNOTATION: &str = "sidecar.istio.io/proxyImage";
+
+#[derive(Clone, Copy)]
+enum Syntax {
+    Ports,
+    Ranges,
+}
+
+/// Adds the sidecar, its init container, volumes and annotation to `pod`, and rewrites its
+/// probes.
+pub fn add_sidecar(
+    pod: &mut Map<String, Value>,
+    settings: &InjectSettings,
+) -> Result<(), InjectError> {
+    let metadata = super::optional_object(pod, "metadata", "metadata")?.cloned();
+    let capture_flags = capture_flags(metadata.as_ref())?;
+    let image = meta_value(metadata.as_ref(), "annotations", IMAGE_ANNOTATION)
+        .unwrap_or(&settings.proxy_image)
+        .to_owned();
+    let rewrite_probes = meta_value(metadata.as_ref(), "annotations", REWRITE_ANNOTATION)
+        .is_none_or(|v| v.trim() != "false");
+
+    let spec = object_mut(pod, "spec", "spec")?;
+    let mut probers = Probers::new();
+    if rewrite_probes {
+        let containers = array_mut(spec, "containers", "spec.containers")?;
+        for container in containers.iter_mut() {
+            if let Value::Object(container) = container {
+                probes::rewrite(container, &mut probers);
+            }
+        }
+    }
+    let volumes = array_mut(spec, "volumes", "spec.volumes")?;
+    for name in [TOKEN_VOLUME, ROOT_VOLUME] {
+        if volumes
+            .iter()
+            .any(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        {
+            return Err(InjectError::new(
+                "spec.volumes",
+                format!("the pod already has a volume named {name:?}, which the sidecar needs"),
+            ));
+        }
+    }
+    volumes.push(token_volume());
+    volumes.push(root_volume());
+    let init_containers = array_mut(spec, "initContainers", "spec.initContainers")?;
+    let sidecar = sidecar(&image, settings, &probers)?;
+    init_containers.splice(0..0, [init_container(&image, capture_flags), sidecar]);
+
+    let metadata = object_mut(pod, "metadata", "metadata")?;
+    let annotations = object_mut(metadata, "annotations", "metadata.annotations")?;
+    annotations.insert(STATUS_ANNOTATION.into(), Value::String(status_annotation()));
+    Ok(())
+}
+
+/// What the status annotation records.
+fn status_annotation() -> String {
+    json!({
+        "initContainers": [INIT_CONTAINER, PROXY_CONTAINER],
+        "containers": [],
+        "volumes": [TOKEN_VOLUME, ROOT_VOLUME],
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string()
+}
+
+/// The `isthmus-proxy capture` flags from the pod's annotations, each checked.
+fn capture_flags(metadata: Option<&Map<String, Value>>) -> Result<Vec<String>, InjectError> {
+    let mut flags = Vec::new();
+    for (annotation, flag, syntax) in CAPTURE_ANNOTATIONS {
+        let Some(value) = meta_value(metadata, "annotations", annotation) else {
+            continue;
+        };
+        let items: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let path = format!("metadata.annotations[{annotation:?}]");
+        for item in &items {
+            let ok = match syntax {
+                Syntax::Ports => item.parse::<u16>().is_ok_and(|p| p > 0),
+                Syntax::Ranges => *item == "*" || is_ipv4_cidr(item),
+            };
+            if !ok {
+                let expected = match syntax {
+                    Syntax::Ports => "a port number",
+                    Syntax::Ranges => "\"*\" or an IPv4 CIDR",
+                };
+                return Err(InjectError::new(
+                    path,
+                    format!("{item:?} is not {expected}"),
+                ));
+            }
+        }
+        if !items.is_empty() {
+            flags.push(format!("{flag}={}", items.join(",")));
+        }
+    }
+    Ok(flags)
+}
+
+fn is_ipv4_cidr(s: &str) -> bool {
+    let (ip, prefix) = s.split_once('/').unwrap_or((s, "32"));
+    ip.parse::<std::net::Ipv4Addr>().is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= 32)
+}
+
+fn init_container(image: &str, capture_flags: Vec<String>) -> Value {
+    let mut args = vec![
+        "capture".to_owned(),
+        format!("--proxy-uid={PROXY_UID}"),
+        format!("--proxy-gid={PROXY_UID}"),
+        "--inbound-port=15006".to_owned(),
+        "--outbound-port=15001".to_owned(),
+    ];
+    args.extend(capture_flags);
+    json!({
+        "name": INIT_CONTAINER,
+        "image": image,
+        "command": ["isthmus-proxy"],
+        "args": args,
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        // iptables needs root with NET_ADMIN and NET_RAW, for the moment the rules take.
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": false,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": false,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    })
+}
+
+fn sidecar(
+    image: &str,
+    settings: &InjectSettings,
+    probers: &Probers,
+) -> Result<Value, InjectError> {
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let value = |name: &str, value: String| json!({"name": name, "value": value});
+    let mut env = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("INSTANCE_IP", "status.podIP"),
+        field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        value(
+            "ISTHMUS_NODE_ID",
+            "sidecar~$(INSTANCE_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local"
+                .to_owned(),
+        ),
+        value(
+            "ISTHMUS_IDENTITY",
+            format!(
+                "spiffe://{}/ns/$(POD_NAMESPACE)/sa/$(SERVICE_ACCOUNT)",
+                settings.trust_domain
+            ),
+        ),
+        value("ISTHMUS_CA_ADDRESS", settings.isthmusd_address.clone()),
+        value("ISTHMUS_XDS_ADDRESS", settings.isthmusd_address.clone()),
+        value("ISTHMUS_TOKEN_FILE", TOKEN_FILE.to_owned()),
+        value("ISTHMUS_ROOT_CERT", ROOT_FILE.to_owned()),
+        value("ISTHMUS_STATUS_ADDR", format!("0.0.0.0:{STATUS_PORT}")),
+    ];
+    if !probers.is_empty() {
+        let json = serde_json::to_string(probers)
+            .map_err(|e| InjectError::new("spec.containers", format!("probes: {e}")))?;
+        env.push(value("ISTHMUS_KUBE_APP_PROBERS", json));
+    }
+    let ready = json!({"path": "/healthz/ready", "port": STATUS_PORT, "scheme": "HTTP"});
+    Ok(json!({
+        "name": PROXY_CONTAINER,
+        "image": image,
+        "command": ["isthmus-proxy"],
+        "args": [
+            "--role=sidecar",
+            format!("--ca-namespace={}", settings.control_plane_namespace),
+            "--metadata=INTERCEPTION_MODE=REDIRECT",
+            "--admin-addr=127.0.0.1:15000",
+        ],
+        "restartPolicy": "Always",
+        "env": env,
+        // The application starts once the sidecar is ready (a native sidecar's startup probe).
+        "startupProbe": {
+            "httpGet": ready,
+            "periodSeconds": 1,
+            "timeoutSeconds": 3,
+            "failureThreshold": 600,
+        },
+        "readinessProbe": {
+            "httpGet": ready,
+            "periodSeconds": 15,
+            "timeoutSeconds": 3,
+            "failureThreshold": 4,
+        },
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "32Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "runAsNonRoot": true,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},
+            {"name": ROOT_VOLUME, "mountPath": ROOT_DIR, "readOnly": true},
+        ],
+    }))
+}
+
+fn token_volume() -> Value {
+    json!({
+        "name": TOKEN_VOLUME,
+        "projected": {
+            "sources": [{
+                "serviceAccountToken": {
+                    "audience": TOKEN_AUDIENCE,
+                    "expirationSeconds": 43200,
+                    "path": "isthmus-ca",
+                },
+            }],
+        },
+    })
+}
+
+fn root_volume() -> Value {
+    json!({
+        "name": ROOT_VOLUME,
+        "configMap": {"name": ROOT_CONFIG_MAP},
+    })
+}
+
+/// `map[key]` as a mapping to change, created when absent or `null`.
+fn object_mut<'a>(
+    map: &'a mut Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a mut Map<String, Value>, InjectError> {
+    let slot = map.entry(key).or_insert(Value::Null);
+    if slot.is_null() {
+        *slot = Value::Object(Map::new());
+    }
+    slot.as_object_mut()
+        .ok_or_else(|| InjectError::new(path, "must be a mapping"))
+}
+
+/// `map[key]` as a list to change, created when absent or `null`.
+fn array_mut<'a>(
+    map: &'a mut Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a mut Vec<Value>, InjectError> {
+    let slot = map.entry(key).or_insert(Value::Null);
+    if slot.is_null() {
+        *slot = Value::Array(Vec::new());
+    }
+    slot.as_array_mut()
+        .ok_or_else(|| InjectError::new(path, "must be a list"))
+}
