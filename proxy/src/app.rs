@@ -80,6 +80,8 @@ struct StatusPort {
 pub enum ServeError {
     #[error("admin server")]
     Admin(#[source] std::io::Error),
+    /// Not returned at present: the status server (`status::serve`) logs and retries a failed
+    /// accept, as the admin port's server does.
     #[error("status server")]
     Status(#[source] std::io::Error),
 }
@@ -252,14 +254,19 @@ impl Bound {
         let admin_server = axum::serve(admin_listener, admin)
             .with_graceful_shutdown(stopped(servers_stopped.clone()))
             .into_future();
+        // Bounded connections (header timeout, connection cap): the status port listens on
+        // every address.
         let status_server = async move {
-            match status {
-                Some(status) => axum::serve(status.listener, status.router)
-                    .with_graceful_shutdown(stopped(servers_stopped))
-                    .await
-                    .map_err(ServeError::Status),
-                None => Ok(()),
+            if let Some(status) = status {
+                crate::status::serve(
+                    status.listener,
+                    status.router,
+                    crate::status::Limits::default(),
+                    stopped(servers_stopped),
+                )
+                .await;
             }
+            Ok(())
         };
         // Both end at the drain's end; one failing ends the other.
         let server = async move {

@@ -39,9 +39,20 @@
 //! transparent-capture rules exclude (`capture.rs`), so they reach the application directly,
 //! never through the outbound listener; the status port itself is one of the proxy ports that
 //! inbound capture leaves alone (`capture::PROXY_INBOUND_PORTS`).
+//!
+//! An injected sidecar listens on every address (`0.0.0.0:15020`: the kubelet comes from the
+//! node), so anyone in the cluster can reach the port, and [`serve`] bounds what a client can
+//! hold: HTTP/1.1 only, a request head must arrive within [`HEADER_TIMEOUT`] (also the longest
+//! a kept-alive connection stays idle) and fit in [`MAX_HEAD`], and at most
+//! [`MAX_CONNECTIONS`] connections are open at once (more are closed as soon as they are
+//! accepted). A request in progress is bounded by its probe's `timeoutSeconds`. On shutdown it
+//! stops accepting, lets the requests in progress finish (idle connections close at once) and
+//! returns once every connection has closed.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,18 +64,28 @@ use axum::routing::get;
 use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http_body_util::{BodyExt as _, Empty};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::admin::AdminState;
 
 /// The probe kinds of `/app-health/<container>/<kind>`.
 pub const PROBE_KINDS: [&str; 3] = ["readyz", "livez", "startupz"];
+
+/// How long a client may take to send a request's head, and stay idle between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once; the kubelet needs a few per probed container.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The largest request head (hyper answers a larger one `431` or closes the connection).
+pub const MAX_HEAD: usize = 64 * 1024;
 
 /// How much of the application's body an HTTP probe reads and passes on (the kubelet's limit).
 const MAX_BODY: usize = 10 * 1024;
@@ -664,6 +685,107 @@ pub fn router(ready: AdminState, probers: AppProbers) -> Result<Router, rustls::
         ))
 }
 
+/// The bounds [`serve`] holds its connections to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a client may take to send a request's head, and stay idle between requests.
+    pub header_timeout: Duration,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    /// [`HEADER_TIMEOUT`] and [`MAX_CONNECTIONS`].
+    fn default() -> Self {
+        Self {
+            header_timeout: HEADER_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Serves `router` (the status port's, [`router`]) on `listener` within `limits` until `stop`
+/// resolves; then stops accepting, lets the requests in progress finish (idle connections
+/// close at once) and returns once every connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stop: impl Future<Output = ()> + Send,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, closed) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut stop = pin!(stop);
+    // Warned once each time the limit is reached, not for every connection refused.
+    let mut full = false;
+    loop {
+        let stream = tokio::select! {
+            () = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // As axum's own accept loop: a connection that failed before it was
+                    // accepted is nothing; anything else (out of file descriptors) is waited
+                    // out.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        tracing::error!(error = %e, "status port: accept failed");
+                        tokio::select! {
+                            () = &mut stop => break,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if !full {
+                tracing::warn!(
+                    limit = limits.max_connections,
+                    "status port: too many connections open, closing new ones"
+                );
+                full = true;
+            }
+            drop(stream);
+            continue;
+        };
+        full = false;
+        let service = TowerToHyperService::new(router.clone());
+        let mut closed = closed.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(MAX_HEAD);
+            let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = async {
+                    let _ = closed.wait_for(|closed| *closed).await;
+                } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "status port connection ended");
+            }
+        });
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -715,7 +837,12 @@ mod tests {
         let router = router(ready, AppProbers::parse(probers).unwrap()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(serve(
+            listener,
+            router,
+            Limits::default(),
+            std::future::pending(),
+        ));
         address
     }
 
@@ -924,6 +1051,185 @@ mod tests {
         let (code, body) = get(waiting, "/healthz/ready").await;
         assert_eq!(code, 503);
         assert!(body.starts_with("PRE_INITIALIZING: "), "{body}");
+    }
+
+    /// The status port (no probes) within `limits`, stopped when `stop` is sent or dropped;
+    /// its address and the server's task.
+    async fn bounded_status_port(
+        limits: Limits,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let router = router(AdminState::new(None), AppProbers::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, limits, async move {
+            let _ = stopped.await;
+        }));
+        (address, stop, server)
+    }
+
+    /// `GET /healthz/ready` on a kept-alive connection; the status code.
+    async fn ready_on(stream: &mut TcpStream) -> u16 {
+        stream
+            .write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: status\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0; 1024];
+        // The answer is `LIVE\n`: its head and those 5 bytes.
+        while !response.ends_with(b"\r\n\r\nLIVE\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&response));
+            response.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&response[9..12]).parse().unwrap()
+    }
+
+    /// Waits (at most 5 s) for the server to close `stream`; what it had sent.
+    async fn closed_by_server(stream: &mut TcpStream) -> Vec<u8> {
+        let mut sent = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sent)).await {
+            Ok(Ok(_)) => {}
+            // Closed with what the client sent unread: a reset.
+            Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+            Err(_) => panic!("the connection is still open"),
+        }
+        sent
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_no_whole_head_is_disconnected_after_the_header_timeout() {
+        let timeout = Duration::from_millis(300);
+        let (address, _stop, _server) = bounded_status_port(Limits {
+            header_timeout: timeout,
+            max_connections: 8,
+        })
+        .await;
+        let started = tokio::time::Instant::now();
+        // Nothing at all.
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        // Half a head.
+        let mut half = TcpStream::connect(address).await.unwrap();
+        half.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: sta")
+            .await
+            .unwrap();
+        // A kept-alive connection, idle after its request.
+        let mut idle = TcpStream::connect(address).await.unwrap();
+        assert_eq!(ready_on(&mut idle).await, 200);
+        for stream in [&mut silent, &mut half, &mut idle] {
+            assert_eq!(
+                closed_by_server(stream).await,
+                b"",
+                "no answer, just closed"
+            );
+        }
+        assert!(
+            started.elapsed() >= timeout,
+            "not before the timeout: {:?}",
+            started.elapsed()
+        );
+        // The port still answers.
+        assert_eq!(get(address, "/healthz/ready").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_once() {
+        let (address, _stop, _server) = bounded_status_port(Limits {
+            header_timeout: Duration::from_secs(60),
+            max_connections: 2,
+        })
+        .await;
+        // Two connections, answered and kept open.
+        let mut first = TcpStream::connect(address).await.unwrap();
+        assert_eq!(ready_on(&mut first).await, 200);
+        let mut second = TcpStream::connect(address).await.unwrap();
+        assert_eq!(ready_on(&mut second).await, 200);
+        // A third: closed without an answer, long before the header timeout.
+        for _ in 0..3 {
+            let mut over = TcpStream::connect(address).await.unwrap();
+            let _ = over
+                .write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: status\r\n\r\n")
+                .await;
+            assert_eq!(closed_by_server(&mut over).await, b"");
+        }
+        // The open ones are still served.
+        assert_eq!(ready_on(&mut second).await, 200);
+        // One closes: its place is free again (once the server has seen it close).
+        drop(first);
+        let served = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut next = TcpStream::connect(address).await.unwrap();
+                next.write_all(
+                    b"GET /healthz/ready HTTP/1.1\r\nHost: status\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                let mut response = Vec::new();
+                let _ = next.read_to_end(&mut response).await;
+                if !response.is_empty() {
+                    return response;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a connection is served again");
+        assert!(served.starts_with(b"HTTP/1.1 200 "), "{served:?}");
+    }
+
+    #[tokio::test]
+    async fn stopping_closes_idle_connections_and_lets_requests_in_progress_finish() {
+        // An application that accepts and never answers: its probe takes its whole 1 s timeout.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let probers = format!("{{{}}}", http_prober("/app-health/app/readyz", port, "/"));
+        let router = router(AdminState::new(None), AppProbers::parse(&probers).unwrap()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            Limits {
+                header_timeout: Duration::from_secs(60),
+                max_connections: 8,
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut idle = TcpStream::connect(address).await.unwrap();
+        assert_eq!(ready_on(&mut idle).await, 200);
+        let probing = tokio::spawn(get(address, "/app-health/app/readyz"));
+        // The probe's request is in progress.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stop.send(());
+        assert_eq!(
+            closed_by_server(&mut idle).await,
+            b"",
+            "the idle one closes at once"
+        );
+        let (code, body) = probing.await.unwrap();
+        assert_eq!(code, 503, "answered, not cut");
+        assert!(body.contains("timed out after 1s"), "{body}");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server returns once its connections have closed")
+            .unwrap();
+        assert!(
+            TcpStream::connect(address).await.is_err(),
+            "no more accepted"
+        );
     }
 
     /// `app::bind` binds the status port when asked and says where.

@@ -19,35 +19,6 @@ use isthmus_e2e::kube::ApiServer;
 use isthmus_e2e::{Isthmusd, bin, curl_with};
 use serde_json::{Value, json};
 
-/// The webhook configurations as `manifests/base` has them, without a `caBundle`: `isthmusd`
-/// writes it.
-const WEBHOOK_CONFIGURATIONS: &str = "apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: isthmus-sidecar-injector}
-webhooks:
-- name: namespace.sidecar-injector.isthmus.io
-  admissionReviewVersions: [v1]
-  sideEffects: None
-  clientConfig: {service: {name: isthmusd, namespace: isthmus-system, path: /inject, port: 443}}
-  rules: [{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [pods]}]
-- name: object.sidecar-injector.isthmus.io
-  admissionReviewVersions: [v1]
-  sideEffects: None
-  clientConfig: {service: {name: isthmusd, namespace: isthmus-system, path: /inject, port: 443}}
-  rules: [{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [pods]}]
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata: {name: isthmus-validator}
-webhooks:
-- name: validation.isthmus.io
-  admissionReviewVersions: [v1]
-  sideEffects: None
-  failurePolicy: Ignore
-  clientConfig: {service: {name: isthmusd, namespace: isthmus-system, path: /validate, port: 443}}
-  rules: [{operations: [CREATE, UPDATE], apiGroups: [networking.istio.io], apiVersions: ['*'], resources: [virtualservices]}]
-";
-
 /// The name the API server dials: `isthmusd`'s `Service`.
 const SERVICE_HOST: &str = "isthmusd.isthmus-system.svc";
 
@@ -64,7 +35,9 @@ impl Webhooks {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let api = ApiServer::start();
-        api.apply(WEBHOOK_CONFIGURATIONS);
+        // The webhook configurations as installed, without a `caBundle`: isthmusd writes it.
+        let manifests = workspace().join("manifests/base/webhooks.yaml");
+        api.apply(&std::fs::read_to_string(manifests).unwrap());
         let kubeconfig = api.kubeconfig(dir.path()).to_string_lossy().into_owned();
         let daemon = Isthmusd::start(
             dir.path(),
@@ -143,7 +116,7 @@ fn wait_for_bundle(api: &ApiServer, daemon: &Isthmusd) -> String {
                 .map(|w| w["clientConfig"]["caBundle"].as_str().map(str::to_owned))
         })
         .collect();
-        if bundles.len() == 3 && bundles.iter().all(|b| b.is_some() && *b == bundles[0]) {
+        if bundles.len() == 4 && bundles.iter().all(|b| b.is_some() && *b == bundles[0]) {
             let pem = base64::engine::general_purpose::STANDARD
                 .decode(bundles[0].as_ref().unwrap())
                 .unwrap();
@@ -266,7 +239,7 @@ fn assert_injected_as_documented(pod: &Value, app: &str) {
         "isthmus-ca-root-cert"
     );
     // The pod's own volume is still there.
-    assert!(volumes.as_array().unwrap().len() >= 3);
+    assert!(container(volumes, "kube-api-access-x7k2p")["projected"].is_object());
     let app_container = container(&pod["spec"]["containers"], app);
     assert_eq!(
         app_container["readinessProbe"]["httpGet"],
@@ -352,6 +325,22 @@ fn validation_denies_a_bad_virtual_service_at_its_field_and_allows_a_good_one() 
 
     let response = webhooks.review("/validate", &fixture("virtualservice-update-good.json"));
     assert_eq!(response["allowed"], true, "{response}");
+
+    // An object stored while the webhook was down stays updatable where its spec does not
+    // change (a label, a finalizer removed), and while it is being deleted.
+    let mut relabel = fixture("virtualservice-create-bad.json");
+    relabel["request"]["operation"] = json!("UPDATE");
+    relabel["request"]["oldObject"] = relabel["request"]["object"].clone();
+    relabel["request"]["object"]["metadata"]["labels"] = json!({"team": "reviews"});
+    let response = webhooks.review("/validate", &relabel);
+    assert_eq!(response["allowed"], true, "{response}");
+    let mut changed = relabel.clone();
+    changed["request"]["object"]["spec"]["hosts"] = json!(["reviews", "reviews.bookinfo"]);
+    let response = webhooks.review("/validate", &changed);
+    assert_eq!(
+        response["allowed"], false,
+        "a changed spec is checked: {response}"
+    );
 
     // A deletion is never refused.
     let mut delete = fixture("virtualservice-create-bad.json");

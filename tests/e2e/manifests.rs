@@ -746,6 +746,12 @@ fn every_container_is_hardened_probed_and_bounded() {
         dockerfile.contains(&format!("-t {} .", image())),
         "{dockerfile}"
     );
+    // The injected init container (`isthmus-proxy capture`) runs iptables-restore from it.
+    let runtime_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(
+        runtime_stage.contains("install -y --no-install-recommends ca-certificates iptables"),
+        "the image must carry iptables for the capture init container:\n{dockerfile}"
+    );
     for kustomization in KUSTOMIZATIONS {
         let docs = rendered(kustomization);
         let deployments: Vec<&Value> = of_kind(&docs, "Deployment").collect();

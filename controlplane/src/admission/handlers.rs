@@ -25,7 +25,7 @@ pub fn inject(review: &Review, settings: &InjectSettings) -> AdmissionResponse {
             review.allow()
         }
         Ok(Injection::Injected(injected)) => {
-            let patch = json_patch::diff(pod, &injected);
+            let patch = super::inject::patch::patch(pod, &injected);
             match review.allow().with_patch(patch) {
                 Ok(response) => response,
                 Err(e) => review.deny(format!("isthmus sidecar injection: {e}")),
@@ -36,7 +36,8 @@ pub fn inject(review: &Review, settings: &InjectSettings) -> AdmissionResponse {
 }
 
 /// The validator's answer: `CREATE`/`UPDATE` of a configuration kind is refused with every
-/// problem at its field path when it fails validation.
+/// problem at its field path when it fails validation; an update that leaves `spec` as it was,
+/// or of an object being deleted, is allowed.
 pub fn validate(review: &Review) -> AdmissionResponse {
     let subresource = review.request.sub_resource.as_deref().unwrap_or("");
     let (true, "", Some(object)) = (
@@ -46,6 +47,16 @@ pub fn validate(review: &Review) -> AdmissionResponse {
     ) else {
         return review.allow();
     };
+    // An object already stored (created while the webhook was down, or valid under an older
+    // release) must stay updatable where its configuration does not change: finalizers, labels,
+    // deletion.
+    if review.request.operation == Operation::Update {
+        let deleting = object.pointer("/metadata/deletionTimestamp").is_some();
+        let old_spec = review.old_object.as_ref().and_then(|old| old.get("spec"));
+        if deleting || (old_spec.is_some() && old_spec == object.get("spec")) {
+            return review.allow();
+        }
+    }
     match check_object(object, review.namespace()) {
         Ok(()) => review.allow(),
         Err(message) => review.deny(message),

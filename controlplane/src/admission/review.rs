@@ -30,6 +30,8 @@ pub struct Review {
     pub request: AdmissionRequest<DynamicObject>,
     /// The object as sent (`None` for `DELETE`).
     pub object: Option<Value>,
+    /// The object as it was, on `UPDATE` and `DELETE`.
+    pub old_object: Option<Value>,
 }
 
 impl Review {
@@ -50,12 +52,18 @@ impl Review {
             .insert("object".into(), Value::Null)
             .filter(|o| !o.is_null());
         // Neither is needed as a typed object; kube-rs's `DynamicObject` would insist on fields.
-        request.insert("oldObject".into(), Value::Null);
+        let old_object = request
+            .insert("oldObject".into(), Value::Null)
+            .filter(|o| !o.is_null());
         let review: AdmissionReview<DynamicObject> =
             serde_json::from_value(value).map_err(ReviewError::BadRequest)?;
         let request: AdmissionRequest<DynamicObject> =
             review.try_into().map_err(|_| ReviewError::NoRequest)?;
-        Ok(Self { request, object })
+        Ok(Self {
+            request,
+            object,
+            old_object,
+        })
     }
 
     /// The namespace the object is in: the request's, else the object's, else `default`.
@@ -97,12 +105,12 @@ impl Review {
 }
 
 /// The response as the body the API server reads.
-pub fn to_body(response: AdmissionResponse) -> Value {
+pub fn to_body(mut response: AdmissionResponse) -> Value {
     // The API reference types `patch` as bytes, which JSON carries as base64; kube-rs writes
     // the bytes as a list of numbers, which only Go's lenient decoder takes.
     let patch = response
         .patch
-        .as_ref()
+        .take()
         .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
     let mut review = serde_json::to_value(response.into_review()).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut review {

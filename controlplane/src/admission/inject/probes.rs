@@ -49,6 +49,9 @@ pub fn rewrite(container: &mut Map<String, Value>, probers: &mut Probers) {
             let Some(port) = resolve_port(http.get("port"), ports.as_ref()) else {
                 continue;
             };
+            if !sidecar_can_send(http) {
+                continue;
+            }
             let mut http = http.clone();
             http.insert("port".into(), json!(port));
             json!({ "httpGet": http, "timeoutSeconds": timeout })
@@ -69,6 +72,40 @@ pub fn rewrite(container: &mut Map<String, Value>, probers: &mut Probers) {
         );
         probers.insert(path, original);
     }
+}
+
+/// Whether the sidecar can send this `httpGet` as it is (it refuses, at start, what it cannot
+/// put on the wire): a probe it could not send is left to the kubelet.
+fn sidecar_can_send(http: &Map<String, Value>) -> bool {
+    let text = |key: &str| http.get(key).and_then(Value::as_str).unwrap_or("");
+    let visible = |s: &str| s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    let scheme_ok = http.get("scheme").is_none_or(|scheme| {
+        scheme
+            .as_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
+    });
+    let host = text("host");
+    let host_ok = host.is_empty()
+        || host.parse::<std::net::IpAddr>().is_ok()
+        || host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    let headers_ok = match http.get("httpHeaders") {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(headers)) => headers.iter().all(|h| {
+            let name = h.get("name").and_then(Value::as_str).unwrap_or("");
+            let value = h.get("value").and_then(Value::as_str).unwrap_or("");
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                && value
+                    .bytes()
+                    .all(|b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b))
+        }),
+        Some(_) => false,
+    };
+    scheme_ok && visible(text("path")) && host_ok && headers_ok
 }
 
 /// A probe's port as a number: an integer, a numeric string, or the name of one of the

@@ -28,7 +28,12 @@ pub const TOKEN_VOLUME: &str = "isthmus-token";
 pub const ROOT_VOLUME: &str = "isthmus-ca-root";
 
 /// Istio's capture annotations, as `isthmus-proxy capture` flags.
-const CAPTURE_ANNOTATIONS: [(&str, &str, Syntax); 3] = [
+const CAPTURE_ANNOTATIONS: [(&str, &str, Syntax); 6] = [
+    (
+        "traffic.sidecar.istio.io/includeInboundPorts",
+        "--include-inbound-ports",
+        Syntax::PortsOrAll,
+    ),
     (
         "traffic.sidecar.istio.io/excludeInboundPorts",
         "--exclude-inbound-ports",
@@ -42,17 +47,63 @@ const CAPTURE_ANNOTATIONS: [(&str, &str, Syntax); 3] = [
     (
         "traffic.sidecar.istio.io/includeOutboundIPRanges",
         "--include-outbound-ip-ranges",
+        Syntax::RangesOrAll,
+    ),
+    (
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+        "--exclude-outbound-ip-ranges",
         Syntax::Ranges,
+    ),
+    (
+        "traffic.sidecar.istio.io/excludeInterfaces",
+        "--exclude-interfaces",
+        Syntax::Interfaces,
     ),
 ];
 
 /// The annotation that replaces the sidecar's image for one pod.
 const IMAGE_ANNOTATION: &str = "sidecar.istio.io/proxyImage";
 
+/// What a capture annotation holds: a comma list of
 #[derive(Clone, Copy)]
 enum Syntax {
+    /// ports; empty is none;
     Ports,
+    /// ports, or `*` for all; empty is none (so the flag is passed even empty);
+    PortsOrAll,
+    /// IPv4 CIDRs; empty is none;
     Ranges,
+    /// IPv4 CIDRs, or `*` for all; empty is none (the flag is passed even empty);
+    RangesOrAll,
+    /// network interface names; empty is none.
+    Interfaces,
+}
+
+impl Syntax {
+    fn accepts(self, item: &str) -> bool {
+        match self {
+            Self::Ports => item.parse::<u16>().is_ok_and(|p| p > 0),
+            Self::PortsOrAll => item == "*" || Self::Ports.accepts(item),
+            Self::Ranges => is_ipv4_cidr(item),
+            Self::RangesOrAll => item == "*" || is_ipv4_cidr(item),
+            Self::Interfaces => is_interface_name(item),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Self::Ports => "a port number",
+            Self::PortsOrAll => "\"*\" or a port number",
+            Self::Ranges => "an IPv4 CIDR",
+            Self::RangesOrAll => "\"*\" or an IPv4 CIDR",
+            Self::Interfaces => "a network interface name",
+        }
+    }
+
+    /// An empty value means "none" and still changes the default ("all").
+    fn empty_is_meaningful(self) -> bool {
+        matches!(self, Self::PortsOrAll | Self::RangesOrAll)
+    }
 }
 
 /// Adds the sidecar, its init container, volumes and annotation to `pod`, and rewrites its
@@ -127,27 +178,26 @@ fn capture_flags(metadata: Option<&Map<String, Value>>) -> Result<Vec<String>, I
             .filter(|s| !s.is_empty())
             .collect();
         let path = format!("metadata.annotations[{annotation:?}]");
-        for item in &items {
-            let ok = match syntax {
-                Syntax::Ports => item.parse::<u16>().is_ok_and(|p| p > 0),
-                Syntax::Ranges => *item == "*" || is_ipv4_cidr(item),
-            };
-            if !ok {
-                let expected = match syntax {
-                    Syntax::Ports => "a port number",
-                    Syntax::Ranges => "\"*\" or an IPv4 CIDR",
-                };
-                return Err(InjectError::new(
-                    path,
-                    format!("{item:?} is not {expected}"),
-                ));
-            }
+        if let Some(item) = items.iter().find(|item| !syntax.accepts(item)) {
+            return Err(InjectError::new(
+                path,
+                format!("{item:?} is not {}", syntax.expected()),
+            ));
         }
-        if !items.is_empty() {
+        if !items.is_empty() || syntax.empty_is_meaningful() {
             flags.push(format!("{flag}={}", items.join(",")));
         }
     }
     Ok(flags)
+}
+
+/// A Linux interface name: 1 to 15 of `[A-Za-z0-9_.-]`, not `.` or `..`.
+fn is_interface_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn is_ipv4_cidr(s: &str) -> bool {
@@ -182,6 +232,7 @@ fn init_container(image: &str, capture_flags: Vec<String>) -> Value {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": false,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     })
 }
@@ -259,6 +310,7 @@ fn sidecar(
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [
             {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},

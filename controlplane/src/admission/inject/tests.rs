@@ -114,6 +114,17 @@ fn http_and_tcp_probes_go_through_the_status_port_and_exec_probes_stay() {
 }
 
 #[test]
+fn a_probe_the_sidecar_could_not_send_is_left_to_the_kubelet() {
+    let mut pod = pod();
+    pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] = json!("/health check");
+    let injected = injected(&pod);
+    assert_eq!(
+        injected["spec"]["containers"][0]["readinessProbe"],
+        pod["spec"]["containers"][0]["readinessProbe"]
+    );
+}
+
+#[test]
 fn the_rewrite_annotation_false_keeps_the_probes() {
     let mut pod = pod();
     pod["metadata"]["annotations"] = json!({probes::REWRITE_ANNOTATION: "false"});
@@ -168,6 +179,42 @@ fn the_patch_turns_the_pod_into_the_injected_pod() {
 }
 
 #[test]
+fn an_existing_init_container_list_gets_insertions_not_a_rewrite() {
+    let mut original = pod();
+    original["spec"]["initContainers"] =
+        json!([{"name": "migrate", "image": "db-migrate", "args": ["up"]}]);
+    let injected = injected(&original);
+    let patch = patch::patch(&original, &injected);
+    let mut patched = original.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    assert_eq!(patched, injected);
+    let init_ops: Vec<String> = serde_json::to_value(&patch)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| {
+            op["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/spec/initContainers")
+        })
+        .map(|op| {
+            format!(
+                "{} {}",
+                op["op"].as_str().unwrap(),
+                op["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        init_ops,
+        ["add /spec/initContainers/0", "add /spec/initContainers/0"]
+    );
+    assert_eq!(patched["spec"]["initContainers"][2]["name"], "migrate");
+}
+
+#[test]
 fn capture_annotations_become_flags_and_bad_ones_name_the_annotation() {
     let mut pod = pod();
     pod["metadata"]["annotations"] = json!({
@@ -189,6 +236,27 @@ fn capture_annotations_become_flags_and_bad_ones_name_the_annotation() {
         args.contains(&"--include-outbound-ip-ranges=10.96.0.0/12"),
         "{args:?}"
     );
+
+    // An empty include list means "none", as in Istio, and is passed on as such.
+    pod["metadata"]["annotations"]["traffic.sidecar.istio.io/includeOutboundIPRanges"] = json!("");
+    pod["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeInterfaces"] = json!("eth1");
+    let init = &injected(&pod)["spec"]["initContainers"][0]["args"];
+    let args: Vec<&str> = init
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--include-outbound-ip-ranges="), "{args:?}");
+    assert!(args.contains(&"--exclude-interfaces=eth1"), "{args:?}");
+    pod["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeInterfaces"] =
+        json!("eth1 -j ACCEPT");
+    let error = inject_pod(&pod, "shop", &settings()).unwrap_err();
+    assert!(
+        error.reason.contains("not a network interface name"),
+        "{error}"
+    );
+    pod["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeInterfaces"] = json!("eth1");
 
     pod["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeInboundPorts"] = json!("http");
     let error = inject_pod(&pod, "shop", &settings()).unwrap_err();
