@@ -18,6 +18,23 @@ use crate::config::ProxyConfig;
 use crate::runtime::Runtime;
 use crate::xds::client::XdsStatus;
 
+/// `/ready` (and the status port's `/healthz/ready`): `200 LIVE` once the proxy has what it
+/// needs, else `503` saying what is missing.
+pub(crate) fn readiness(state: AdminState) -> axum::routing::MethodRouter {
+    get(move || {
+        let missing = state.not_ready();
+        async move {
+            match missing {
+                None => (StatusCode::OK, "LIVE\n".to_owned()),
+                Some(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("PRE_INITIALIZING: {why}\n"),
+                ),
+            }
+        }
+    })
+}
+
 /// What the admin port reads; each part is there only if that half of the proxy runs.
 #[derive(Debug, Clone)]
 pub struct AdminState {
@@ -98,21 +115,7 @@ pub fn router(state: AdminState) -> Router {
     let dump = state;
     Router::new()
         .route("/stats/prometheus", get(metrics_format::handler(registry)))
-        .route(
-            "/ready",
-            get(move || {
-                let missing = ready.not_ready();
-                async move {
-                    match missing {
-                        None => (StatusCode::OK, "LIVE\n".to_owned()),
-                        Some(why) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("PRE_INITIALIZING: {why}\n"),
-                        ),
-                    }
-                }
-            }),
-        )
+        .route("/ready", readiness(ready))
         .route(
             "/certs",
             get(move || {

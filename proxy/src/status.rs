@@ -655,21 +655,7 @@ pub fn router(ready: AdminState, probers: AppProbers) -> Result<Router, rustls::
         tls: Arc::new(probe_tls()?),
     });
     Ok(Router::new()
-        .route(
-            "/healthz/ready",
-            get(move || {
-                let missing = ready.not_ready();
-                async move {
-                    match missing {
-                        None => (StatusCode::OK, "LIVE\n".to_owned()),
-                        Some(why) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("PRE_INITIALIZING: {why}\n"),
-                        ),
-                    }
-                }
-            }),
-        )
+        .route("/healthz/ready", crate::admin::readiness(ready))
         .route(
             "/app-health/{container}/{kind}",
             get(

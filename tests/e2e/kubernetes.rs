@@ -22,19 +22,7 @@ fn kubernetes_isthmusd(
     td: &str,
     extra: &[&str],
 ) -> Isthmusd {
-    let kubeconfig = api.kubeconfig(dir);
-    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    // The gateways reach the discovery port on loopback here, not through a cluster Service.
-    let mut args = vec![
-        "--config-source",
-        "kubernetes",
-        "--kubeconfig",
-        &kubeconfig,
-        "--federation-advertise-host",
-        "127.0.0.1",
-    ];
-    args.extend_from_slice(extra);
-    Isthmusd::start(dir, td, &args).unwrap()
+    api.isthmusd(dir, td, extra)
 }
 
 fn config_status(daemon: &Isthmusd) -> Value {

@@ -53,18 +53,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 fn kubernetes_isthmusd(dir: &Path, api: &ApiServer, extra: &[&str]) -> Isthmusd {
-    let kubeconfig = api.kubeconfig(dir);
-    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--config-source",
-        "kubernetes",
-        "--kubeconfig",
-        &kubeconfig,
-        "--federation-advertise-host",
-        "127.0.0.1",
-    ];
-    args.extend_from_slice(extra);
-    Isthmusd::start(dir, "cluster.local", &args).unwrap()
+    api.isthmusd(dir, "cluster.local", extra)
 }
 
 fn namespace(name: &str) -> String {

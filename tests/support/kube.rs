@@ -65,6 +65,23 @@ current-context: test
         path
     }
 
+    /// Starts `isthmusd --config-source kubernetes` against this server for `trust_domain`,
+    /// plus `extra` flags; the gateways reach the discovery port on loopback here, not through a
+    /// cluster `Service`.
+    pub fn isthmusd(&self, dir: &Path, trust_domain: &str, extra: &[&str]) -> crate::Isthmusd {
+        let kubeconfig = self.kubeconfig(dir).to_string_lossy().into_owned();
+        let mut args = vec![
+            "--config-source",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig,
+            "--federation-advertise-host",
+            "127.0.0.1",
+        ];
+        args.extend_from_slice(extra);
+        crate::Isthmusd::start(dir, trust_domain, &args).unwrap()
+    }
+
     /// `apply_yaml`, failing the test on an error.
     pub fn apply(&self, yaml: &str) {
         if let Err(e) = self.server.apply_yaml(yaml) {
