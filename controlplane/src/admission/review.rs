@@ -55,6 +55,25 @@ impl Review {
         let old_object = request
             .insert("oldObject".into(), Value::Null)
             .filter(|o| !o.is_null());
+        // The API server always sends these; a hand-made review may not, and nothing here
+        // depends on them.
+        request
+            .entry("userInfo")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !request.contains_key("resource") {
+            let kind = request.get("kind").cloned().unwrap_or(Value::Null);
+            let field = |key: &str| {
+                kind.get(key)
+                    .cloned()
+                    .unwrap_or(Value::String(String::new()))
+            };
+            let resource = serde_json::json!({
+                "group": field("group"),
+                "version": field("version"),
+                "resource": "",
+            });
+            request.insert("resource".into(), resource);
+        }
         let review: AdmissionReview<DynamicObject> =
             serde_json::from_value(value).map_err(ReviewError::BadRequest)?;
         let request: AdmissionRequest<DynamicObject> =
@@ -122,4 +141,87 @@ pub fn to_body(mut response: AdmissionResponse) -> Value {
         }
     }
     review
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn body(review: &Value) -> Vec<u8> {
+        serde_json::to_vec(review).unwrap()
+    }
+
+    #[test]
+    fn a_minimal_review_parses_and_keeps_its_objects_as_sent() {
+        let object = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"namespace": "shop"},
+            "spec": {"containers": [{"name": "a", "futureField": {"x": 1}}]}});
+        let review = Review::parse(&body(&json!({
+            "apiVersion": API_VERSION, "kind": "AdmissionReview",
+            "request": {"uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "UPDATE", "object": object, "oldObject": object},
+        })))
+        .unwrap();
+        assert_eq!(review.request.uid, "u1");
+        assert_eq!(review.object.as_ref(), Some(&object));
+        assert_eq!(review.old_object.as_ref(), Some(&object));
+        assert_eq!(review.namespace(), "shop");
+        assert!(review.creates_or_updates());
+    }
+
+    #[test]
+    fn other_bodies_are_refused_with_the_reason() {
+        let refused = |value: Value| Review::parse(&body(&value)).unwrap_err().to_string();
+        assert!(
+            refused(json!({"kind": "Pod"})).contains("not an admission.k8s.io/v1 AdmissionReview")
+        );
+        assert!(
+            refused(json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}))
+                .contains("v1beta1")
+        );
+        assert_eq!(
+            refused(json!({"apiVersion": API_VERSION, "kind": "AdmissionReview"})),
+            "the AdmissionReview has no request"
+        );
+        assert!(
+            Review::parse(b"{")
+                .unwrap_err()
+                .to_string()
+                .starts_with("the body is not JSON")
+        );
+        let no_uid = json!({"apiVersion": API_VERSION, "kind": "AdmissionReview",
+            "request": {"kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE"}});
+        assert!(refused(no_uid).contains("uid"));
+    }
+
+    #[test]
+    fn the_answer_carries_the_uid_and_the_patch_as_base64() {
+        let review = Review::parse(&body(&json!({
+            "apiVersion": API_VERSION, "kind": "AdmissionReview",
+            "request": {"uid": "u2", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "CREATE", "object": {"metadata": {}}},
+        })))
+        .unwrap();
+        let patch: json_patch::Patch =
+            serde_json::from_value(json!([{"op": "add", "path": "/metadata/labels", "value": {}}]))
+                .unwrap();
+        let answer = to_body(review.allow().with_patch(patch).unwrap());
+        assert_eq!(answer["apiVersion"], API_VERSION);
+        assert_eq!(answer["response"]["uid"], "u2");
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&bytes).unwrap(),
+            json!([{"op": "add", "path": "/metadata/labels", "value": {}}])
+        );
+        let denied = to_body(review.deny("spec.x: bad".into()));
+        assert_eq!(denied["response"]["allowed"], false);
+        assert_eq!(denied["response"]["status"]["code"], 400);
+        assert_eq!(denied["response"]["status"]["message"], "spec.x: bad");
+    }
 }

@@ -79,11 +79,11 @@ struct Args {
     /// default. Any local process can then name any node and receive its private key.
     #[arg(long)]
     xds_plaintext_addr: Option<SocketAddr>,
-    /// Address of the debug port (metrics, readiness).
+    /// Address of the debug port (metrics, readiness, liveness).
     #[arg(long, default_value = "0.0.0.0:15014")]
     debug_addr: SocketAddr,
     /// Also answer /debug/* (configuration, every peer's export catalog) to callers that are
-    /// not on loopback. Off: only /metrics and /ready answer them.
+    /// not on loopback. Off: only /metrics, /ready and /healthz answer them.
     #[arg(long)]
     debug_allow_remote: bool,
     /// Address of the admission webhooks' HTTPS port (sidecar injection at /inject,

@@ -9,6 +9,7 @@
 //! be restricted by name, so it has a row of its own. A non-default
 //! `--injector-webhook-config` or `--validator-webhook-config` needs the same name in the role.
 
+use super::leader::DEFAULT_LEASE_NAME;
 use super::root_publisher::ROOT_CERT_CONFIG_MAP;
 use super::webhook_bundle::{DEFAULT_INJECTOR_CONFIG, DEFAULT_VALIDATOR_CONFIG};
 
@@ -135,13 +136,21 @@ pub const API_ACCESS: &[Access] = &[
         &["create"],
         Scope::Cluster,
     ),
-    // The status writer's lease.
+    // The status writer's lease: created once (a create names no object yet), then read and
+    // renewed by name only.
     rule(
         "coordination.k8s.io",
         "leases",
-        &["get", "create", "update"],
+        &["create"],
         Scope::OwnNamespace,
     ),
+    Access {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "update"],
+        scope: Scope::OwnNamespace,
+        resource_names: &[DEFAULT_LEASE_NAME],
+    },
     // The admission webhooks' `caBundle`, kept at the mesh root by the lease holder
     // (`webhook_bundle.rs`: watch by name, replace with the `resourceVersion`).
     named(

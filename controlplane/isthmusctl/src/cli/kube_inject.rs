@@ -1,7 +1,8 @@
 //! `isthmusctl kube-inject -f FILE|-`: the injection webhook's code run offline, as
 //! `istioctl kube-inject`. Reads multi-document YAML, injects the pods of `Pod`, `Deployment`,
-//! `StatefulSet`, `DaemonSet`, `ReplicaSet`, `Job` and `CronJob` documents, and writes every
-//! document back (other kinds unchanged), so that the result can go to `kubectl apply -f -`.
+//! `StatefulSet`, `DaemonSet`, `ReplicaSet`, `Job` and `CronJob` documents (also as the items of
+//! a `List`), and writes every document back (other kinds unchanged), so that the result can go
+//! to `kubectl apply -f -`.
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;

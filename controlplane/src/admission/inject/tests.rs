@@ -287,6 +287,15 @@ fn workloads_are_injected_in_their_pod_template_and_other_kinds_pass() {
         out["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][1]["name"],
         PROXY_CONTAINER
     );
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [cron.clone(), {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}]});
+    let Outcome::Injected(out) = inject_document(&list, &settings()).unwrap() else {
+        panic!("not injected");
+    };
+    assert_eq!(
+        out["items"][0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][1]["name"],
+        PROXY_CONTAINER
+    );
+    assert_eq!(out["items"][1], list["items"][1]);
     let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
     assert_eq!(
         inject_document(&config_map, &settings()).unwrap(),

@@ -1,7 +1,7 @@
 //! The pods inside workload kinds, for `isthmusctl kube-inject`: a `Pod` itself, the pod
 //! template of a `Deployment`, `StatefulSet`, `DaemonSet`, `ReplicaSet` or `Job`
-//! (`spec.template`) and of a `CronJob` (`spec.jobTemplate.spec.template`). Other kinds pass
-//! through unchanged.
+//! (`spec.template`) and of a `CronJob` (`spec.jobTemplate.spec.template`), and those inside a
+//! `v1` `List` (what `kubectl get -o yaml` prints). Other kinds pass through unchanged.
 
 use serde_json::Value;
 
@@ -41,6 +41,9 @@ pub fn inject_document(
         .and_then(Value::as_str)
         .unwrap_or("");
     let kind = document.get("kind").and_then(Value::as_str).unwrap_or("");
+    if (api_version, kind) == ("v1", "List") {
+        return inject_list(document, settings);
+    }
     let Some(path) = pod_path(api_version, kind) else {
         return Ok(Outcome::NotAWorkload);
     };
@@ -78,4 +81,34 @@ pub fn inject_document(
             Ok(Outcome::Injected(out))
         }
     }
+}
+
+/// A `List`: each item as a document of its own; injected if any item was.
+fn inject_list(list: &Value, settings: &InjectSettings) -> Result<Outcome, InjectError> {
+    let Some(items) = list.get("items").and_then(Value::as_array) else {
+        return Ok(Outcome::NotAWorkload);
+    };
+    let mut out = list.clone();
+    let mut injected = false;
+    for (i, item) in items.iter().enumerate() {
+        let outcome = inject_document(item, settings).map_err(|e| {
+            let path = if e.path.is_empty() {
+                format!("items[{i}]")
+            } else {
+                format!("items[{i}].{}", e.path)
+            };
+            InjectError::new(path, e.reason)
+        })?;
+        if let (Outcome::Injected(item), Some(slot)) =
+            (outcome, out.pointer_mut(&format!("/items/{i}")))
+        {
+            *slot = item;
+            injected = true;
+        }
+    }
+    Ok(if injected {
+        Outcome::Injected(out)
+    } else {
+        Outcome::NotAWorkload
+    })
 }
