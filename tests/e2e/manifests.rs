@@ -762,6 +762,15 @@ fn every_container_is_hardened_probed_and_bounded() {
         );
         for deployment in deployments {
             let name = str_at(deployment, "/metadata/name");
+            // Proxies themselves (the gateways) opt out of injection; isthmusd's namespace is
+            // never injected.
+            if name != "isthmusd" {
+                assert_eq!(
+                    deployment.pointer("/spec/template/metadata/labels/sidecar.istio.io~1inject"),
+                    Some(&Value::String("false".into())),
+                    "{kustomization}: {name} must not get a sidecar"
+                );
+            }
             for c in array_at(deployment, "/spec/template/spec/containers") {
                 let at = format!("{kustomization}: {name}/{}", str_at(c, "/name"));
                 assert_eq!(str_at(c, "/image"), image(), "{at}");
