@@ -18,7 +18,7 @@ seconds=${1:?usage: tests/fuzz.sh SECONDS [TARGET...]}
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all=(client_hello envoy_config yaml_config discovery_importer http_edge admission_review)
+all=(client_hello envoy_config yaml_config discovery_importer http_edge admission_review telemetry_headers)
 targets=("${@:-${all[@]}}")
 jobs=${FUZZ_JOBS:-1}
 

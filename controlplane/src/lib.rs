@@ -18,7 +18,8 @@
 //! - [`server`]: TLS accept loop for gRPC, the debug/metrics HTTP port;
 //! - [`daemon`]: `isthmusd`'s start-up and shutdown;
 //! - [`federation`]: discovery importers per peer, federation status, what crosses between
-//!   meshes from configuration alone.
+//!   meshes from configuration alone;
+//! - [`telemetry`]: `isthmusd`'s metrics of xDS and federation (the CA's are in [`ca`]).
 //!
 //! `fuzzing` (hidden) holds the body of the `yaml_config` fuzz target.
 
@@ -35,4 +36,5 @@ pub mod model;
 pub mod pipeline;
 pub mod private_files;
 pub mod server;
+pub mod telemetry;
 pub mod xds;

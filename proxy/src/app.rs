@@ -65,6 +65,8 @@ pub struct Bound {
     /// The long-lived tasks: certificate renewal, xDS client, listener manager (with its
     /// accept loops). Per-connection tasks are detached and hold a drain `Watch` instead.
     tasks: JoinSet<()>,
+    /// Its span exporters are flushed at the end.
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// The status port, bound (`status.rs`).
@@ -100,7 +102,20 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
         }
         None => None,
     };
-    let metrics = Arc::new(Metrics::default());
+    let telemetry = options.telemetry.then(|| {
+        let tracer = crate::telemetry::trace::Tracer::new();
+        Arc::new(crate::telemetry::Telemetry {
+            tracer: match &options.node_id {
+                Some(id) => tracer.with_node_id(id.clone()),
+                None => tracer,
+            },
+            ..Default::default()
+        })
+    });
+    let metrics = Arc::new(Metrics {
+        telemetry: telemetry.clone(),
+        ..Metrics::default()
+    });
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let mut admin = AdminState::new(certs.clone()).with_metrics(registry);
@@ -173,6 +188,7 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
         drain,
         drain_timeout: options.drain_timeout,
         tasks,
+        telemetry,
     })
 }
 
@@ -238,6 +254,7 @@ impl Bound {
             drain,
             drain_timeout,
             mut tasks,
+            telemetry,
             ..
         } = self;
         // The drain runs here, not in the servers' shutdown futures (axum spawns those): dropping
@@ -293,6 +310,10 @@ impl Bound {
             }
         };
         tasks.shutdown().await;
+        // The last spans of the drain reach the collector.
+        if let Some(telemetry) = telemetry {
+            telemetry.tracer.shutdown().await;
+        }
         tracing::info!("isthmus-proxy stopped");
         served
     }

@@ -104,6 +104,19 @@ pub struct Options {
     /// On SIGTERM: how long requests in flight may take to finish before the proxy exits.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Istio's standard metrics, the federation gateway metrics and tracing (`off`: only the
+    /// proxy's own `isthmus_proxy_*` metrics; the benchmarks' baseline).
+    #[arg(long, default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set, env = "ISTHMUS_TELEMETRY")]
+    pub telemetry: bool,
+}
+
+/// `on` or `off`.
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("{other:?}: expected on or off")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,6 +160,7 @@ impl Default for Options {
             handshake_timeout: Duration::from_secs(10),
             concurrency: None,
             drain_timeout: Duration::from_secs(5),
+            telemetry: true,
         }
     }
 }

@@ -256,6 +256,7 @@ fn edge_config() -> (&'static HttpManager, &'static RouteTable) {
             allow_connect: true,
             stream_idle_timeout: Some(Duration::from_secs(300)),
             request_timeout: None,
+            tracing: None,
         };
         (hcm, table)
     });
@@ -627,4 +628,64 @@ fn route_table() -> RouteTable {
             )],
         ),
     }
+}
+
+/// Telemetry headers a peer or an application sends: the first byte chooses.
+///
+/// - even: the rest is an `x-envoy-peer-metadata` value, through the decoder and the bounded
+///   cache. Beyond not panicking: what is named has label-sized values, and this side's own
+///   header for it names it again;
+/// - odd: the rest is header lines (`name: value`), through the trace-context extraction
+///   (`traceparent`, `tracestate`, `b3`, `x-b3-*`), then re-injected and extracted again: the
+///   context carried on is the one read.
+pub fn telemetry_headers(data: &[u8]) {
+    use crate::telemetry::peer_metadata::{OwnHeaders, PeerCache, decode};
+    use crate::telemetry::trace::propagation;
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    if first % 2 == 0 {
+        let direct = decode(rest);
+        if let Some(peer) = &direct {
+            for value in [&peer.workload, &peer.namespace, &peer.app] {
+                assert!(!value.is_empty() && value.len() <= 253, "label {value:?}");
+            }
+            let own = OwnHeaders::new("id", &peer.workload, &peer.namespace, &peer.app, "m");
+            assert_eq!(decode(own.metadata.as_bytes()).as_ref(), Some(peer));
+        }
+        if let Ok(value) = http::HeaderValue::from_bytes(rest) {
+            // From a peer that proved to be of the namespace the header names.
+            let namespace = direct.as_ref().map_or("ns", |p| &*p.namespace);
+            let id = format!("spiffe://td/ns/{namespace}/sa/sa");
+            let cached = PeerCache::default().lookup(&value, &id);
+            if rest.len() <= 8 * 1024 && !namespace.contains('/') {
+                assert_eq!(
+                    cached.as_deref(),
+                    direct.as_ref(),
+                    "the cache decodes alike"
+                );
+            }
+            // Never from a peer of another namespace.
+            if direct.is_some() {
+                let other = PeerCache::default()
+                    .lookup(&value, &format!("spiffe://td/ns/{namespace}x/sa/sa"));
+                assert!(other.is_none(), "believed for another namespace");
+            }
+        }
+        return;
+    }
+    let mut headers = http::HeaderMap::new();
+    for line in rest.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value.trim_ascii()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let _ = propagation::extract(&headers);
 }

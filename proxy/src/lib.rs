@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod status;
 pub mod tcp;
+pub mod telemetry;
 pub mod transport;
 pub mod tunnel;
 pub mod upstream;

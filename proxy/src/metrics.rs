@@ -64,10 +64,15 @@ pub struct Metrics {
     pub outlier_ejections: Family<ClusterLabels, Counter>,
     pub upstream_overflows: Family<OverflowLabels, Counter>,
     pub upstream_retry_overflows: Family<ClusterLabels, Counter>,
+    /// Istio's standard metrics, the gateways' and tracing; `None` with `--telemetry off`.
+    pub telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.register(registry);
+        }
         let r = registry.sub_registry_with_prefix("isthmus_proxy");
         r.register(
             "xds_updates",

@@ -13,6 +13,11 @@
 //!   answers `200` when the connection opens. A probe that cannot connect, fails its TLS or
 //!   HTTP exchange, or takes longer than its `timeoutSeconds` answers `503` with the reason; a
 //!   path with no probe, `404`.
+//! - `GET /stats/prometheus`: the proxy's metrics, exactly the admin port's `/stats/prometheus`
+//!   (the same registry and the same `Accept` negotiation: the request goes to the admin
+//!   router), so that Prometheus in the cluster, which cannot reach the loopback admin port,
+//!   scrapes the sidecar at the port and path the injector's `prometheus.io/*` annotations name,
+//!   as it scrapes Istio's pilot-agent.
 //!
 //! `--app-probers` (env `ISTHMUS_KUBE_APP_PROBERS`) is Istio's `ISTIO_KUBE_APP_PROBERS` JSON: an
 //! object from the rewritten path to the original probe,
@@ -647,15 +652,38 @@ impl Probes {
     }
 }
 
-/// The status port's routes: readiness by `ready`'s rule, the application probes of `probers`.
+/// `/stats/prometheus`: the admin router's own answer to `GET /stats/prometheus` with the
+/// request's `Accept`, so that both ports serve the same registry the same way.
+fn metrics(admin: AdminState) -> axum::routing::MethodRouter {
+    let admin = TowerToHyperService::new(crate::admin::router(admin));
+    get(move |headers: HeaderMap| {
+        let mut request = http::Request::new(axum::body::Body::empty());
+        *request.uri_mut() = http::Uri::from_static("/stats/prometheus");
+        if let Some(accept) = headers.get(header::ACCEPT) {
+            request.headers_mut().insert(header::ACCEPT, accept.clone());
+        }
+        let answer = hyper::service::Service::call(&admin, request);
+        async move {
+            match answer.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    })
+}
+
+/// The status port's routes: readiness by `ready`'s rule, the application probes of `probers`,
+/// the admin port's metrics.
 /// Fails only if the HTTPS probes' TLS configuration cannot be built.
 pub fn router(ready: AdminState, probers: AppProbers) -> Result<Router, rustls::Error> {
     let probes = Arc::new(Probes {
         probers,
         tls: Arc::new(probe_tls()?),
     });
+    let metrics = metrics(ready.clone());
     Ok(Router::new()
         .route("/healthz/ready", crate::admin::readiness(ready))
+        .route("/stats/prometheus", metrics)
         .route(
             "/app-health/{container}/{kind}",
             get(
@@ -1037,6 +1065,87 @@ mod tests {
         let (code, body) = get(waiting, "/healthz/ready").await;
         assert_eq!(code, 503);
         assert!(body.starts_with("PRE_INITIALIZING: "), "{body}");
+    }
+
+    #[tokio::test]
+    async fn stats_prometheus_is_the_admin_ports_metrics() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        registry.register("isthmus_proxy_things", "Things", counter.clone());
+        counter.inc_by(3);
+        let state = AdminState::new(None).with_metrics(registry);
+        let status = status_port_with(state.clone(), "").await;
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(admin_listener, crate::admin::router(state)).await });
+
+        for accept in [
+            None,
+            Some("*/*"),
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+        ] {
+            let on_status = raw_get(status, "/stats/prometheus", accept).await;
+            let on_admin = raw_get(admin, "/stats/prometheus", accept).await;
+            assert_eq!(on_status, on_admin, "Accept {accept:?}");
+            let (code, content_type, body) = on_status;
+            assert_eq!(code, 200);
+            assert!(body.contains("isthmus_proxy_things_total 3"), "{body}");
+            assert_eq!(
+                content_type.starts_with("application/openmetrics-text"),
+                accept.is_some_and(|a| a.starts_with("application/openmetrics-text")),
+                "{content_type}"
+            );
+        }
+    }
+
+    /// `GET path` with `accept` (none: no header): status, content type, body.
+    async fn raw_get(
+        address: SocketAddr,
+        path: &str,
+        accept: Option<&str>,
+    ) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let accept = accept
+            .map(|a| format!("Accept: {a}\r\n"))
+            .unwrap_or_default();
+        let head =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{accept}Connection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8(response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type: ")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        // Both servers may frame the body differently (chunked or not): compare it unframed.
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            unchunk(body)
+        } else {
+            body.to_owned()
+        };
+        (head[9..12].parse().unwrap(), content_type, body)
+    }
+
+    fn unchunk(mut chunked: &str) -> String {
+        let mut body = String::new();
+        loop {
+            let (size, rest) = chunked.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            if size == 0 {
+                return body;
+            }
+            body.push_str(&rest[..size]);
+            chunked = &rest[size + 2..];
+        }
     }
 
     /// The status port (no probes) within `limits`, stopped when `stop` is sent or dropped;

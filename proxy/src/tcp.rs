@@ -11,7 +11,9 @@ use std::time::Duration;
 use crate::config::cluster::Discovery;
 use crate::config::listener::TcpProxy;
 use crate::runtime::Runtime;
+use crate::telemetry::tcp::{Meter, TcpContext};
 use crate::transport::Io;
+use prometheus_client::metrics::counter::Counter;
 
 /// Why the TCP proxy ended a connection with an error.
 #[derive(Debug, thiserror::Error)]
@@ -28,11 +30,13 @@ pub enum TcpError {
 
 /// `destination`: where the downstream connection was going (its original destination on a
 /// capture listener), for passthrough clusters.
+/// `telemetry`: the connection's, when telemetry is on and the node is known.
 pub async fn proxy<D: Io>(
     downstream: D,
     tcp: &TcpProxy,
     runtime: &Runtime,
     destination: SocketAddr,
+    telemetry: Option<TcpContext>,
 ) -> Result<(), TcpError> {
     let name = pick_cluster(&tcp.clusters);
     let cluster = runtime
@@ -40,15 +44,23 @@ pub async fn proxy<D: Io>(
         .get(name)
         .ok_or_else(|| TcpError::NoCluster(name.to_owned()))?
         .clone();
-    let (upstream, host) = match cluster.cluster.discovery {
-        Discovery::OriginalDst => cluster.connect_original(destination).await?,
-        _ => cluster.connect().await?,
+    let facts = &cluster.cluster.telemetry;
+    let refused = |reason| {
+        if let Some(t) = &telemetry {
+            t.refused(facts, reason);
+        }
     };
+    let connected = match cluster.cluster.discovery {
+        Discovery::OriginalDst => cluster.connect_original(destination).await,
+        _ => cluster.connect().await,
+    };
+    let (upstream, host, peer) = connected.inspect_err(|_| refused("upstream_connect"))?;
     let upstream: crate::transport::BoxedIo = match &tcp.tunnel {
         Some(authority) => match crate::tunnel::open(upstream, authority).await {
             Ok(stream) => Box::new(stream),
             Err(e) => {
                 cluster.record(&host, crate::upstream::outlier::Outcome::GatewayError);
+                refused("tunnel_refused");
                 return Err(e.into());
             }
         },
@@ -57,7 +69,10 @@ pub async fn proxy<D: Io>(
     cluster.record(&host, crate::upstream::outlier::Outcome::Success);
     // Open on the host until the copy ends or the connection's task is dropped.
     let _active = host.track_active();
-    copy_with_idle_timeout(downstream, upstream, tcp.idle_timeout)
+    let meter = telemetry
+        .map(|t| t.meter(&cluster.cluster.name, facts, peer))
+        .unwrap_or_default();
+    copy_with_idle_timeout(downstream, upstream, tcp.idle_timeout, &meter)
         .await
         .map_err(TcpError::from)
 }
@@ -69,19 +84,23 @@ fn pick_cluster(clusters: &[(String, u32)]) -> &str {
 }
 
 /// Copies both ways; stops when both directions are done, or when no byte moved for `idle`.
-async fn copy_with_idle_timeout<A: Io, B: Io>(
+/// `a` is the downstream side: its reads count as received, `b`'s as sent (`meter`).
+pub async fn copy_with_idle_timeout<A: Io, B: Io>(
     a: A,
     b: B,
     idle: Option<Duration>,
+    meter: &Meter,
 ) -> std::io::Result<()> {
     let moved = Arc::new(AtomicU64::new(0));
     let mut a = Counted {
         inner: a,
         moved: moved.clone(),
+        bytes: meter.received.clone(),
     };
     let mut b = Counted {
         inner: b,
         moved: moved.clone(),
+        bytes: meter.sent.clone(),
     };
     let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
     let Some(idle) = idle else {
@@ -104,10 +123,11 @@ async fn copy_with_idle_timeout<A: Io, B: Io>(
     }
 }
 
-/// Counts the bytes read through a stream.
+/// Counts the bytes read through a stream (for the idle timeout, and into a metric).
 struct Counted<S> {
     inner: S,
     moved: Arc<AtomicU64>,
+    bytes: Option<Counter>,
 }
 
 impl<S: Io> tokio::io::AsyncRead for Counted<S> {
@@ -120,6 +140,11 @@ impl<S: Io> tokio::io::AsyncRead for Counted<S> {
         let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0
+            && let Some(bytes) = &self.bytes
+        {
+            bytes.inc_by(n as u64);
+        }
         result
     }
 }
@@ -169,7 +194,7 @@ mod tests {
         let task = tokio::spawn({
             let runtime = runtime.clone();
             let destination: SocketAddr = ([127, 0, 0, 1], port).into();
-            async move { proxy(downstream, &tcp, &runtime, destination).await }
+            async move { proxy(downstream, &tcp, &runtime, destination, None).await }
         });
         // Bytes made it through: the proxy is copying, the host counted as busy.
         client.write_all(b"ping").await.unwrap();

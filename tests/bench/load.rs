@@ -106,6 +106,31 @@ pub fn proc_cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds of `pid`'s live threads, to the nanosecond (the first field of each thread's
+/// `/proc/<pid>/task/<tid>/schedstat`): `/proc/<pid>/stat` counts in ticks of 10 ms, too
+/// coarse for a turn of 2 s at a few tenths of a core. Threads that ended are not counted (the
+/// proxies' threads live as long as they do). Falls back to [`proc_cpu_seconds`] where the
+/// kernel has no `schedstat`.
+pub fn proc_cpu_precise(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return proc_cpu_seconds(pid);
+    };
+    let mut nanos = 0u64;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        nanos += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    if nanos == 0 {
+        proc_cpu_seconds(pid)
+    } else {
+        nanos as f64 / 1e9
+    }
+}
+
 pub fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -248,6 +273,8 @@ pub struct Turns {
     pub errors: u64,
     /// CPU seconds of the set-up's processes during its own turns.
     pub cpu: f64,
+    /// The same, turn by turn (each `slice` seconds long), in the order they ran.
+    pub cpu_turns: Vec<f64>,
 }
 
 /// The slice actually used, and the seconds each set-up gets (whole slices).
@@ -267,7 +294,7 @@ pub async fn in_turns(
     (seconds, slice): (u64, u64),
 ) -> Vec<Turns> {
     let (slice, measured) = slices(seconds, slice);
-    let cpu = |pids: &[u32]| pids.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>();
+    let cpu = |pids: &[u32]| pids.iter().map(|p| proc_cpu_precise(*p)).sum::<f64>();
     let run = async |s: &Setup<'_>, seconds: u64| {
         load(
             s.target,
@@ -290,13 +317,16 @@ pub async fn in_turns(
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
             errors: 0,
             cpu: 0.0,
+            cpu_turns: Vec::new(),
         })
         .collect();
     for _ in 0..measured / slice {
         for (s, t) in setups.iter().zip(&mut all) {
             let before = cpu(s.pids);
             let (latency, errors) = run(s, slice).await;
-            t.cpu += cpu(s.pids) - before;
+            let used = cpu(s.pids) - before;
+            t.cpu += used;
+            t.cpu_turns.push(used);
             t.latency.add(&latency).unwrap();
             t.errors += errors;
         }

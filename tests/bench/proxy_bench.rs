@@ -1,8 +1,11 @@
 //! `isthmus-proxy-bench`: latency, CPU and memory of a sidecar pair, side by side in one run:
-//! no proxy (client -> app), an `isthmus-proxy` pair and an Envoy 1.40 pair (client sidecar ->
-//! mTLS -> server sidecar -> app), all configured by one `isthmusd`: HTTP/1.1 and HTTP/2 with
-//! 1 KiB responses, raw TCP with 1 KiB exchanges, and the maximum HTTP/1.1 throughput of each
-//! pair pinned to one core.
+//! no proxy (client -> app), an `isthmus-proxy` pair with its telemetry (Istio's standard
+//! metrics and, with `--trace-sampling` above 0, tracing to a stand-in OTLP collector), the same
+//! pair with `--telemetry off`, and an Envoy 1.40 pair (client sidecar -> mTLS -> server
+//! sidecar -> app), all configured by one `isthmusd`: HTTP/1.1 and HTTP/2 with 1 KiB
+//! responses, raw TCP with 1 KiB exchanges, and the maximum HTTP/1.1 throughput of each pair
+//! pinned to one core. The run fails if the telemetry pair did not count the load in
+//! `istio_requests_total` / `istio_tcp_*`, or the other pair did.
 //!
 //! The load is open-loop at a constant rate: each request has a scheduled send time, and its
 //! latency is measured from that time, so a stalled proxy is charged for the requests that
@@ -21,21 +24,26 @@
     clippy::unwrap_used
 )]
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use isthmus_e2e::mesh::{bootstrap, mesh_yaml, workload_yaml, write};
-use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::{Isthmusd, free_port};
 
 #[path = "load.rs"]
 mod load;
 use load::{
-    Client, Protocol, Setup, TCP_MESSAGE, app, in_turns, proc_cpu_seconds, rss_mib, slices, tcp_app,
+    Client, Protocol, Setup, TCP_MESSAGE, app, in_turns, proc_cpu_precise, rss_mib, slices, tcp_app,
 };
 
 #[derive(Debug, Parser)]
@@ -60,6 +68,12 @@ struct Args {
     /// pinned to CPU 1, the load generator and the application to CPU 0); 0 skips it.
     #[arg(long, default_value_t = 5)]
     throughput_seconds: u64,
+    /// Percentage of requests traced (`isthmusd --tracing-sampling`), the spans going to a
+    /// stand-in OTLP/gRPC collector of this program; 0: no tracing configured. It is configured
+    /// for every sidecar `isthmusd` serves, Envoy's included; `--telemetry off` turns it off in
+    /// that `isthmus-proxy` pair.
+    #[arg(long, default_value_t = 1.0)]
+    trace_sampling: f64,
 }
 
 /// The figures of one set-up.
@@ -69,6 +83,8 @@ struct Figures {
     errors: u64,
     /// Proxy CPU seconds (client + server sidecar) during the measured load.
     cpu: f64,
+    /// The same, turn by turn.
+    cpu_turns: Vec<f64>,
     /// Resident set of the two sidecars (MiB), idle and after the load.
     rss_idle: f64,
     rss_load: f64,
@@ -95,6 +111,7 @@ async fn measure_in_turns(setups: &[Setup<'_>], protocol: Protocol, args: &Args)
             latency: t.latency,
             errors: t.errors,
             cpu: t.cpu,
+            cpu_turns: t.cpu_turns,
             rss_idle,
             rss_load: rss(s.pids),
         })
@@ -123,7 +140,7 @@ async fn throughput(
     seconds: u64,
 ) -> (f64, u64, f64) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let cpu_before: f64 = pids.iter().map(|p| proc_cpu_seconds(*p)).sum();
+    let cpu_before: f64 = pids.iter().map(|p| proc_cpu_precise(*p)).sum();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..32 {
@@ -156,7 +173,7 @@ async fn throughput(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = pids.iter().map(|p| proc_cpu_seconds(*p)).sum::<f64>() - cpu_before;
+    let cpu = pids.iter().map(|p| proc_cpu_precise(*p)).sum::<f64>() - cpu_before;
     (done as f64 / elapsed, errors, cpu / elapsed)
 }
 
@@ -184,6 +201,183 @@ fn wait_for_route(outbound: u16, url: &str) -> anyhow::Result<()> {
     anyhow::bail!("no route through the sidecar on port {outbound} to {url}")
 }
 
+/// An `isthmus-proxy` sidecar of this bench, killed on drop. Its telemetry is switched with
+/// the environment (`ISTHMUS_TELEMETRY=on|off`, the `--telemetry` flag's variable), so that
+/// both pairs start the same way and differ by that alone.
+struct Sidecar {
+    child: std::process::Child,
+    admin: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sidecar {
+    fn start(dir: &Path, name: &str, telemetry: bool, args: &[String]) -> Self {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let log = dir.join(format!("{name}.log"));
+        let child = std::process::Command::new(isthmus_e2e::bin("isthmus-proxy"))
+            .args(["--admin-addr", &admin])
+            .args(args)
+            .env("ISTHMUS_TELEMETRY", if telemetry { "on" } else { "off" })
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the proxy log"))
+            .spawn()
+            .expect("spawn isthmus-proxy");
+        Self { child, admin, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An admin-port GET: (status, body).
+    fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        isthmus_e2e::envoy::curl(&[&format!("http://{}{path}", self.admin)])
+            .map_err(|e| anyhow::anyhow!("{}{path}: {e}", self.admin))
+    }
+
+    /// Waits up to `limit` for `/ready` to answer 200.
+    fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if matches!(self.get("/ready"), Ok((200, _))) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!(
+            "{} not ready after {limit:?}:\n{}",
+            self.log.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
+/// What the stand-in OTLP collector received: calls and bytes by the caller's `user-agent`.
+#[derive(Default)]
+struct Collector {
+    by_agent: parking_lot::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+}
+
+/// A stand-in OTLP/gRPC collector on a loopback port: HTTP/2 with prior knowledge, every call
+/// answered at once with an empty message and `grpc-status: 0` (a valid
+/// `ExportTraceServiceResponse`); counts the calls and the bytes they carried.
+async fn otlp_collector() -> (SocketAddr, Arc<Collector>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let collector = Arc::new(Collector::default());
+    let counts = collector.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let counts = counts.clone();
+                        async move {
+                            let agent = request
+                                .headers()
+                                .get(hyper::header::USER_AGENT)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("(none)")
+                                .to_owned();
+                            let size = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_or(0, |b| b.to_bytes().len());
+                            {
+                                let mut by_agent = counts.by_agent.lock();
+                                let entry = by_agent.entry(agent).or_default();
+                                entry.0 += 1;
+                                entry.1 += size as u64;
+                            }
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert(
+                                "grpc-status",
+                                hyper::header::HeaderValue::from_static("0"),
+                            );
+                            // One gRPC message: not compressed, 0 bytes long.
+                            let frames = [
+                                Ok::<_, Infallible>(Frame::data(Bytes::from_static(&[0; 5]))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(StreamBody::new(tokio_stream::iter(frames)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, collector)
+}
+
+/// The sum of the samples of `name` (Prometheus text) whose labels contain `label`.
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Checks that each sidecar of the telemetry pair counted the load in Istio's `metric` (with
+/// its own `reporter`), and that the pair with `--telemetry off` has no such series; the
+/// counts, as a line for the report.
+fn check_istio_metric(
+    metric: &str,
+    on: [(&Sidecar, &str); 2],
+    off: [&Sidecar; 2],
+) -> anyhow::Result<String> {
+    let scrape = |proxy: &Sidecar| -> anyhow::Result<String> {
+        match proxy.get("/stats/prometheus")? {
+            (200, body) => Ok(body),
+            (status, body) => anyhow::bail!("/stats/prometheus: {status} {body}"),
+        }
+    };
+    let mut counts = Vec::new();
+    for (proxy, reporter) in on {
+        let n = metric_sum(&scrape(proxy)?, metric, &format!("reporter=\"{reporter}\""));
+        anyhow::ensure!(
+            n > 0.0,
+            "the telemetry pair's {reporter} sidecar has no {metric}{{reporter=\"{reporter}\"}}: its telemetry did not run"
+        );
+        counts.push(format!("{reporter} {n:.0}"));
+    }
+    for proxy in off {
+        let text = scrape(proxy)?;
+        anyhow::ensure!(
+            !text.lines().any(|l| l.starts_with("istio_")),
+            "the pair with --telemetry off exports Istio metrics"
+        );
+    }
+    Ok(format!(
+        "telemetry check: {metric} in the telemetry pair: {}; none in the pair with --telemetry off",
+        counts.join(", ")
+    ))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -191,10 +385,39 @@ async fn main() -> anyhow::Result<()> {
     let root: &Path = dir.path();
     let config = root.join("config");
     std::fs::create_dir_all(&config)?;
-    let app_addr = app(args.body).await;
     let ip = "127.0.90";
-    // echo-v1 behind Envoy, echo-v2 behind isthmus-proxy; a client of each kind.
-    write(&config, "mesh.yaml", &mesh_yaml(ip, free_port()));
+    // The set-up's fixed addresses (the sidecars' inbound TCP listeners): a proxy left running
+    // by an interrupted run would take the load of a set-up and make it fail.
+    for last in 1..=6 {
+        let taken = format!("{ip}.{last}:7000");
+        anyhow::ensure!(
+            std::net::TcpListener::bind(&taken).is_ok(),
+            "{taken} is taken (a proxy left running by an earlier bench?)"
+        );
+    }
+    let app_addr = app(args.body).await;
+    // echo-v1 behind Envoy, echo-v2 behind isthmus-proxy, echo-v3 behind isthmus-proxy
+    // --telemetry off; a client of each kind.
+    let inbound = free_port();
+    let mesh = mesh_yaml(ip, inbound);
+    let subsets = "  - {name: v2, labels: {version: v2}}\n";
+    anyhow::ensure!(mesh.contains(subsets), "mesh_yaml's subsets changed");
+    let mesh = mesh.replace(
+        subsets,
+        &format!("{subsets}  - {{name: v3, labels: {{version: v3}}}}\n"),
+    );
+    write(
+        &config,
+        "mesh.yaml",
+        &format!(
+            "{mesh}---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-v3, namespace: shop}}
+spec: {{address: {ip}.5, labels: {{app: echo, version: v3}}, serviceAccount: echo, ports: {{http: {inbound}}}}}
+"
+        ),
+    );
     write(
         &config,
         "client-b.yaml",
@@ -202,48 +425,68 @@ async fn main() -> anyhow::Result<()> {
     );
     write(
         &config,
+        "client-c.yaml",
+        &workload_yaml("client-c", &format!("{ip}.6"), "app: client", "client"),
+    );
+    let tcp_service = |version: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tcp-{version}, namespace: shop}}
+spec:
+  hosts: [tcp-{version}.shop.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 7000, name: tcp-echo}}]
+  workloadSelector: {{labels: {{version: {version}}}}}
+"
+        )
+    };
+    write(
+        &config,
         "routes.yaml",
-        "apiVersion: networking.istio.io/v1
+        &format!(
+            "apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: echo, namespace: shop}
+metadata: {{name: echo, namespace: shop}}
 spec:
   hosts: [echo.shop.local]
   http:
-  - match: [{headers: {x-server: {exact: isthmus}}}]
-    route: [{destination: {host: echo.shop.local, subset: v2}}]
-  - route: [{destination: {host: echo.shop.local, subset: v1}}]
+  - match: [{{headers: {{x-server: {{exact: isthmus}}}}}}]
+    route: [{{destination: {{host: echo.shop.local, subset: v2}}}}]
+  - match: [{{headers: {{x-server: {{exact: isthmus-off}}}}}}]
+    route: [{{destination: {{host: echo.shop.local, subset: v3}}}}]
+  - route: [{{destination: {{host: echo.shop.local, subset: v1}}}}]
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata: {name: default, namespace: shop}
-spec: {mtls: {mode: STRICT}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: tcp-v1, namespace: shop}
-spec:
-  hosts: [tcp-v1.shop.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 7000, name: tcp-echo}]
-  workloadSelector: {labels: {version: v1}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: tcp-v2, namespace: shop}
-spec:
-  hosts: [tcp-v2.shop.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 7000, name: tcp-echo}]
-  workloadSelector: {labels: {version: v2}}
-",
+metadata: {{name: default, namespace: shop}}
+spec: {{mtls: {{mode: STRICT}}}}
+{}{}{}",
+            tcp_service("v1"),
+            tcp_service("v2"),
+            tcp_service("v3"),
+        ),
     );
-    let daemon = Isthmusd::start(root, "red.local", &[]).context("isthmusd")?;
+    let (collector_addr, collector) = otlp_collector().await;
+    let collector_endpoint = collector_addr.to_string();
+    let sampling = args.trace_sampling.to_string();
+    let tracing: Vec<&str> = if args.trace_sampling > 0.0 {
+        vec![
+            "--tracing-otlp-endpoint",
+            &collector_endpoint,
+            "--tracing-sampling",
+            &sampling,
+        ]
+    } else {
+        Vec::new()
+    };
+    let daemon = Isthmusd::start(root, "red.local", &tracing).context("isthmusd")?;
     let xds = daemon.xds.to_string();
     let tcp_addr = tcp_app().await;
     // TCP: each client sidecar has a local port for its pair's TCP service.
-    let (envoy_tcp, isthmus_tcp) = (free_port(), free_port());
+    let (envoy_tcp, isthmus_tcp, off_tcp) = (free_port(), free_port(), free_port());
     let envoy = |name: &str, args: &[&str]| {
         let file = bootstrap(root, name, args);
         isthmus_e2e::envoy::Envoy::start(root, name, &file).expect("start Envoy")
@@ -279,7 +522,7 @@ spec:
             &format!("tcp-v1.shop.local:7000={envoy_tcp}"),
         ],
     );
-    let sidecar = |name: &str, ip: String, metadata: Vec<String>| {
+    let sidecar = |name: &str, ip: String, telemetry: bool, metadata: Vec<String>| {
         let mut a = vec![
             "--node-id".to_owned(),
             format!("sidecar~{ip}~{name}.shop~shop.svc.cluster.local"),
@@ -292,11 +535,9 @@ spec:
         for m in metadata {
             a.extend(["--metadata".to_owned(), m]);
         }
-        IsthmusProxy::start(root, name, &a)
+        Sidecar::start(root, name, telemetry, &a)
     };
-    let isthmus_server = sidecar(
-        "echo-v2",
-        format!("{ip}.2"),
+    let server_metadata = || {
         vec![
             format!(
                 "APP_PORTS=http={},tcp-echo={}",
@@ -304,28 +545,66 @@ spec:
                 tcp_addr.port()
             ),
             format!("OUTBOUND_PORT={}", free_port()),
-        ],
-    );
+        ]
+    };
+    let isthmus_server = sidecar("echo-v2", format!("{ip}.2"), true, server_metadata());
     let isthmus_out = free_port();
     let isthmus_client = sidecar(
         "client-b",
         format!("{ip}.4"),
+        true,
         vec![
             format!("OUTBOUND_PORT={isthmus_out}"),
             format!("OUTBOUND_TCP_PORTS=tcp-v2.shop.local:7000={isthmus_tcp}"),
         ],
     );
+    let off_server = sidecar("echo-v3", format!("{ip}.5"), false, server_metadata());
+    let off_out = free_port();
+    let off_client = sidecar(
+        "client-c",
+        format!("{ip}.6"),
+        false,
+        vec![
+            format!("OUTBOUND_PORT={off_out}"),
+            format!("OUTBOUND_TCP_PORTS=tcp-v3.shop.local:7000={off_tcp}"),
+        ],
+    );
     let url = "http://echo.shop.local:8080/";
-    wait_for_route(envoy_out, url)?;
-    isthmus_server
-        .wait_ready(Duration::from_secs(20))
-        .map_err(anyhow::Error::msg)?;
-    isthmus_client
-        .wait_ready(Duration::from_secs(20))
-        .map_err(anyhow::Error::msg)?;
+    for outbound in [envoy_out, isthmus_out, off_out] {
+        wait_for_route(outbound, url)?;
+    }
+    for proxy in [&isthmus_server, &isthmus_client, &off_server, &off_client] {
+        proxy.wait_ready(Duration::from_secs(20))?;
+    }
+    if args.trace_sampling > 0.0 {
+        // The telemetry pair must have taken the HCM `tracing` (a refused listener would
+        // leave it without the route, and `/ready` would not say so).
+        let dump = isthmus_client.get("/config_dump")?.1;
+        anyhow::ensure!(
+            dump.contains("isthmus-otlp"),
+            "the telemetry pair's client sidecar has no isthmus-otlp cluster: tracing is not configured"
+        );
+    }
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    println!(
+        "telemetry pair: Istio's standard metrics{}; Envoy pair: Envoy's own stats{}",
+        if args.trace_sampling > 0.0 {
+            format!(
+                " and tracing at {} % to a stand-in OTLP collector ({collector_endpoint})",
+                args.trace_sampling
+            )
+        } else {
+            ", no tracing".to_owned()
+        },
+        if args.trace_sampling > 0.0 {
+            format!(" and the same tracing at {} %", args.trace_sampling)
+        } else {
+            String::new()
+        },
+    );
 
     let isthmus_pids = [isthmus_client.pid(), isthmus_server.pid()];
+    let off_pids = [off_client.pid(), off_server.pid()];
     let envoy_pids = [envoy_client.pid(), envoy_server.pid()];
     for (protocol, label) in [
         (Protocol::Http1, "HTTP/1.1"),
@@ -350,13 +629,20 @@ spec:
                 header: None,
                 pids: &[],
             },
-            // One route table for both clients: the isthmus pair is chosen by a header.
+            // One route table for all clients: the isthmus pairs are chosen by a header.
             Setup {
-                name: "isthmus-proxy pair",
+                name: "isthmus-proxy pair, telemetry on",
                 target: local(isthmus_out),
                 url,
                 header: Some(("x-server", "isthmus")),
                 pids: &isthmus_pids,
+            },
+            Setup {
+                name: "isthmus-proxy pair, --telemetry off",
+                target: local(off_out),
+                url,
+                header: Some(("x-server", "isthmus-off")),
+                pids: &off_pids,
             },
             Setup {
                 name: "Envoy pair",
@@ -366,7 +652,19 @@ spec:
                 pids: &envoy_pids,
             },
         ];
-        report(&measure_in_turns(&setups, protocol, &args).await, &args);
+        let figures = measure_in_turns(&setups, protocol, &args).await;
+        report(&figures, &args);
+        println!(
+            "{}",
+            check_istio_metric(
+                "istio_requests_total",
+                [
+                    (&isthmus_client, "source"),
+                    (&isthmus_server, "destination")
+                ],
+                [&off_client, &off_server],
+            )?
+        );
     }
 
     println!(
@@ -385,11 +683,18 @@ spec:
             pids: &[],
         },
         Setup {
-            name: "isthmus-proxy pair",
+            name: "isthmus-proxy pair, telemetry on",
             target: local(isthmus_tcp),
             url: "/",
             header: None,
             pids: &isthmus_pids,
+        },
+        Setup {
+            name: "isthmus-proxy pair, --telemetry off",
+            target: local(off_tcp),
+            url: "/",
+            header: None,
+            pids: &off_pids,
         },
         Setup {
             name: "Envoy pair",
@@ -403,11 +708,22 @@ spec:
         &measure_in_turns(&setups, Protocol::Tcp, &args).await,
         &args,
     );
+    println!(
+        "{}",
+        check_istio_metric(
+            "istio_tcp_connections_opened_total",
+            [
+                (&isthmus_client, "source"),
+                (&isthmus_server, "destination")
+            ],
+            [&off_client, &off_server],
+        )?
+    );
 
     if args.throughput_seconds > 0 {
         // The pair under test on CPU 1; this process (load generator and application) on 0.
         pin(std::process::id(), 0);
-        for pid in isthmus_pids.iter().chain(&envoy_pids) {
+        for pid in isthmus_pids.iter().chain(&off_pids).chain(&envoy_pids) {
             pin(*pid, 1);
         }
         println!(
@@ -418,10 +734,16 @@ spec:
         println!("|---|---|---|---|");
         let runs = [
             (
-                "isthmus-proxy pair",
+                "isthmus-proxy pair, telemetry on",
                 isthmus_out,
                 Some(("x-server", "isthmus")),
                 &isthmus_pids,
+            ),
+            (
+                "isthmus-proxy pair, --telemetry off",
+                off_out,
+                Some(("x-server", "isthmus-off")),
+                &off_pids,
             ),
             ("Envoy pair", envoy_out, None, &envoy_pids),
         ];
@@ -434,8 +756,24 @@ spec:
             rates.push(rps);
         }
         println!(
-            "\nthroughput per core, isthmus-proxy / Envoy: {:.2}",
-            rates[0] / rates[1].max(1.0)
+            "\nthroughput per core, telemetry on / off: {:.2}; isthmus-proxy (telemetry on) / Envoy: {:.2}",
+            rates[0] / rates[1].max(1.0),
+            rates[0] / rates[2].max(1.0)
+        );
+    }
+    if args.trace_sampling > 0.0 {
+        let by_agent = collector.by_agent.lock();
+        println!(
+            "\nstand-in OTLP collector, export calls by user-agent: {}",
+            if by_agent.is_empty() {
+                "none".to_owned()
+            } else {
+                by_agent
+                    .iter()
+                    .map(|(agent, (calls, bytes))| format!("{agent}: {calls} calls, {bytes} B"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
         );
     }
     Ok(())
@@ -480,18 +818,40 @@ fn report(all: &[Figures], args: &Args) {
             },
         );
     }
-    if let [direct, ours, envoy] = all {
+    if let [direct, on, off, envoy] = all {
         let added = |f: &Figures| q(f, 0.99) - q(direct, 0.99);
-        // A ratio of added latencies means something only when both pairs add some.
-        let p99_ratio = if added(ours) > 0.0 && added(envoy) > 0.0 {
-            format!("{:.2}", added(ours) / added(envoy))
-        } else {
-            "n/a (a pair was not slower than direct)".to_owned()
+        let mut ratios: Vec<f64> = on
+            .cpu_turns
+            .iter()
+            .zip(&off.cpu_turns)
+            .map(|(a, b)| a / b.max(1e-9))
+            .collect();
+        let listed = ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        ratios.sort_by(f64::total_cmp);
+        let median = match ratios.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => ratios[n / 2],
+            n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
         };
         println!(
-            "\nadded p99, isthmus-proxy / Envoy: {p99_ratio}; proxy CPU, isthmus-proxy / Envoy: {:.2}; RSS under load, isthmus-proxy / Envoy: {:.2}",
-            ours.cpu / envoy.cpu.max(0.001),
-            ours.rss_load / envoy.rss_load.max(0.001),
+            "\nproxy CPU, telemetry on / off: {:.3} over the run; turn by turn (each on-turn against the off-turn right after it): median {median:.3}, range {:.3}–{:.3} [{listed}]",
+            on.cpu / off.cpu.max(1e-9),
+            ratios.first().copied().unwrap_or(f64::NAN),
+            ratios.last().copied().unwrap_or(f64::NAN),
+        );
+        println!(
+            "added p99 ms: telemetry on {:.2}, off {:.2}, Envoy {:.2}; proxy CPU / Envoy's: telemetry on {:.2}, off {:.2}; RSS under load, telemetry on / off: {:.2}, on / Envoy: {:.2}",
+            added(on),
+            added(off),
+            added(envoy),
+            on.cpu / envoy.cpu.max(1e-9),
+            off.cpu / envoy.cpu.max(1e-9),
+            on.rss_load / off.rss_load.max(0.001),
+            on.rss_load / envoy.rss_load.max(0.001),
         );
     }
 }

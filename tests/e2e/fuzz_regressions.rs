@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 type Body = fn(&[u8]);
 
 /// Each target of `fuzz/fuzz_targets/` and the function it calls.
-const TARGETS: [(&str, Body); 6] = [
+const TARGETS: [(&str, Body); 7] = [
     ("client_hello", isthmus_proxy::fuzzing::client_hello),
     ("envoy_config", isthmus_proxy::fuzzing::envoy_config),
     ("yaml_config", isthmus_controlplane::fuzzing::yaml_config),
@@ -25,6 +25,10 @@ const TARGETS: [(&str, Body); 6] = [
     (
         "admission_review",
         isthmus_controlplane::fuzzing::admission_review,
+    ),
+    (
+        "telemetry_headers",
+        isthmus_proxy::fuzzing::telemetry_headers,
     ),
 ];
 

@@ -223,3 +223,126 @@ fn certificate_rotation_under_load_drops_no_request() {
     assert_ne!(first.1, last.1, "the server's certificate did not rotate");
     assert!(sent > 50, "only {sent} requests");
 }
+
+/// Traces across implementations (issue 19): with `--tracing-otlp-endpoint`, an Envoy client
+/// sidecar's span is the parent of an `isthmus-proxy` server sidecar's, and an
+/// `isthmus-proxy` client's the parent of an Envoy server's; every span reaches a real OTLP
+/// receiver tagged with the mesh.
+#[test]
+fn envoy_and_isthmus_proxy_spans_join_one_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = root.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let receiver = isthmus_e2e::otlp::Receiver::start(&root.join("otlp")).unwrap();
+    let ip = "127.0.78";
+    let inbound = free_port();
+    write(&config, "mesh.yaml", &mesh_yaml(ip, inbound));
+    write(&config, "routes.yaml", HEADER_ROUTES);
+    write(
+        &config,
+        "client-b.yaml",
+        &workload_yaml("client-b", &format!("{ip}.4"), "app: client", "client"),
+    );
+    let endpoint = receiver.endpoint();
+    let daemon = Isthmusd::start(
+        root,
+        "red.local",
+        &[
+            "--mesh-id",
+            "red",
+            "--tracing-otlp-endpoint",
+            &endpoint,
+            "--tracing-sampling",
+            "100",
+        ],
+    )
+    .unwrap();
+    let xds = daemon.xds.to_string();
+    // v1 behind Envoy, v2 behind isthmus-proxy; clients: isthmus-proxy and Envoy.
+    let app_v1 = Echo::start(root, "v1").unwrap();
+    let app_v2 = Echo::start(root, "v2").unwrap();
+    let _v1 = envoy_server(
+        root,
+        &xds,
+        "echo-v1",
+        &format!("{ip}.1"),
+        app_v1.addr.port(),
+    );
+    let v2 = IsthmusProxy::sidecar(
+        root,
+        &daemon,
+        &format!("{ip}.2"),
+        "echo-v2",
+        &[
+            format!("APP_PORTS=http={}", app_v2.addr.port()),
+            format!("OUTBOUND_PORT={}", free_port()),
+        ],
+    );
+    let isthmus_out = free_port();
+    let client = IsthmusProxy::sidecar(
+        root,
+        &daemon,
+        &format!("{ip}.4"),
+        "client-b",
+        &[format!("OUTBOUND_PORT={isthmus_out}")],
+    );
+    let envoy_out = free_port();
+    let envoy_client = envoy_client(root, &xds, &format!("{ip}.3"), envoy_out);
+    let diagnostics = || format!("client:\n{}\nserver v2:\n{}", client.logs(), v2.logs());
+    wait_for(200, isthmus_out, &[], &diagnostics);
+    wait_for(200, envoy_out, &["x-version: v2"], &diagnostics);
+
+    // isthmus-proxy -> Envoy, and Envoy -> isthmus-proxy, one request each, each in a trace
+    // of the application's (Envoy keeps no x-request-id from outside: trace ids find them).
+    let app_span = "eee19b7ec3c1b174";
+    let to_envoy = "11111111111111111111111111111111";
+    let to_isthmus = "22222222222222222222222222222222";
+    let traceparent = |trace: &str| format!("traceparent: 00-{trace}-{app_span}-01");
+    let (status, _) = call(isthmus_out, &[&traceparent(to_envoy)]).unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = call(envoy_out, &["x-version: v2", &traceparent(to_isthmus)]).unwrap();
+    assert_eq!(status, 200);
+
+    let pair = |spans: &[isthmus_e2e::otlp::Span], trace: &str| {
+        let mine: Vec<_> = spans
+            .iter()
+            .filter(|s| s.trace_id == trace)
+            .cloned()
+            .collect();
+        let client = mine.iter().find(|s| s.kind == "SPAN_KIND_CLIENT")?.clone();
+        let server = mine.iter().find(|s| s.kind == "SPAN_KIND_SERVER")?.clone();
+        Some((client, server))
+    };
+    // Envoy flushes every 5 s, isthmus-proxy every second.
+    let spans = receiver.wait_for(Duration::from_secs(30), |s| {
+        pair(s, to_envoy).is_some() && pair(s, to_isthmus).is_some()
+    });
+    for (id, client_scope, server_scope) in [
+        (to_envoy, "isthmus-proxy", "envoy"),
+        (to_isthmus, "envoy", "isthmus-proxy"),
+    ] {
+        let (client_span, server_span) = pair(&spans, id).unwrap_or_else(|| {
+            panic!(
+                "{id}: no client and server span; received:\n{spans:#?}\n{}\nEnvoy client:\n{}",
+                diagnostics(),
+                envoy_client.logs()
+            )
+        });
+        assert_eq!(
+            client_span.parent_span_id, app_span,
+            "{id}: {client_span:#?}"
+        );
+        assert_eq!(
+            server_span.parent_span_id, client_span.span_id,
+            "{id}: {client_span:#?}\n{server_span:#?}"
+        );
+        assert_eq!(client_span.scope, client_scope, "{id}: {client_span:#?}");
+        assert_eq!(server_span.scope, server_scope, "{id}: {server_span:#?}");
+        for span in [&client_span, &server_span] {
+            assert_eq!(span.attribute("isthmus.mesh"), Some("red"), "{span:#?}");
+        }
+        assert_eq!(client_span.service_name, "client.shop", "{client_span:#?}");
+        assert_eq!(server_span.service_name, "echo.shop", "{server_span:#?}");
+    }
+}

@@ -285,6 +285,24 @@ fn grpc_unary_and_streaming_calls_cross_both_sidecars_with_their_statuses() {
         "spiffe://red.local/ns/shop/sa/client",
         &logs,
     );
+    // Istio's request metrics name the protocol and the gRPC status, on both sides.
+    for (proxy, reporter) in [(&client, "source"), (&server, "destination")] {
+        let (_, stats) = proxy.admin_get("/stats/prometheus");
+        let calls = istio_series(&stats, "istio_requests_total", reporter);
+        assert!(
+            calls.iter().any(|l| l.contains("request_protocol=\"grpc\"")
+                && l.contains("grpc_response_status=\"0\"")
+                && l.contains("destination_service=\"grpc-echo.shop.local\"")
+                && l.contains("source_principal=\"spiffe://red.local/ns/shop/sa/client\"")),
+            "{reporter}: {calls:#?}"
+        );
+    }
+}
+
+/// The series of `metric` that `reporter` reports in `stats`.
+fn istio_series<'s>(stats: &'s str, metric: &str, reporter: &str) -> Vec<&'s str> {
+    let head = format!("{metric}{{reporter=\"{reporter}\"");
+    stats.lines().filter(|l| l.starts_with(&head)).collect()
 }
 
 /// An opaque TCP service on echo v1.
@@ -336,4 +354,26 @@ fn a_local_tcp_port_carries_opaque_bytes_across_both_sidecars() {
         ),
         "the server sidecar's TCP listener carried it: {stats}"
     );
+    // Istio's TCP metrics on both sides: the caller by its certificate, the service, bytes.
+    for (proxy, reporter) in [(&client, "source"), (&server, "destination")] {
+        let (_, stats) = proxy.admin_get("/stats/prometheus");
+        let opened = istio_series(&stats, "istio_tcp_connections_opened_total", reporter);
+        assert!(
+            opened.iter().any(
+                |l| l.contains("destination_service=\"tcp-echo.shop.local\"")
+                    && l.contains("request_protocol=\"tcp\"")
+                    && l.contains("source_principal=\"spiffe://red.local/ns/shop/sa/client\"")
+            ),
+            "{reporter}: {opened:#?}"
+        );
+        let received = istio_series(&stats, "istio_tcp_received_bytes_total", reporter);
+        assert!(
+            received.iter().any(|l| l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)),
+            "{reporter}: {received:#?}"
+        );
+    }
 }

@@ -18,6 +18,8 @@ pub mod in_process;
 pub mod kube;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
+pub mod promtool;
 pub mod proxy;
 pub mod test_api_server;
 pub mod traffic;

@@ -78,6 +78,15 @@ impl Up {
 
     /// With `PATH` set to `path` for the run's processes.
     pub fn start_with_path(dir: &Path, path: Option<&str>) -> Self {
+        Self::launch(dir, path, &[])
+    }
+
+    /// With more flags for `isthmusctl up` (`--otlp-endpoint`, ...).
+    pub fn start_with_args(dir: &Path, args: &[&str]) -> Self {
+        Self::launch(dir, None, args)
+    }
+
+    fn launch(dir: &Path, path: Option<&str>, args: &[&str]) -> Self {
         let state = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(state.path().join("up.log")).unwrap();
         let mut command = isthmusctl();
@@ -89,6 +98,7 @@ impl Up {
             .arg(dir)
             .arg("--state")
             .arg(state.path())
+            .args(args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

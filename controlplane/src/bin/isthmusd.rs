@@ -11,6 +11,7 @@ use isthmus_controlplane::ca::TtlPolicy;
 use isthmus_controlplane::config::watch::WatchSettings;
 use isthmus_controlplane::daemon::{DaemonConfig, FederationSettings, KubernetesSettings, run};
 use isthmus_controlplane::kubernetes::webhook_bundle::WebhookConfigs;
+use isthmus_controlplane::model::telemetry::{TelemetrySettings, TracingSettings};
 use isthmus_federation::discovery::ImporterSettings;
 use isthmus_identity::TrustDomain;
 
@@ -138,9 +139,33 @@ struct Args {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     federation_stale_after: Duration,
 
+    /// This mesh's name: the `source_mesh` / `destination_mesh` label of the proxies' metrics
+    /// and the `isthmus.mesh` attribute of their spans. Default: the trust domain.
+    #[arg(long, env = "ISTHMUS_MESH_ID")]
+    mesh_id: Option<String>,
+    /// Send the proxies' spans to this OTLP/gRPC collector (`host:port`, e.g. Jaeger's 4317).
+    /// No tracing without it.
+    #[arg(long)]
+    tracing_otlp_endpoint: Option<String>,
+    /// Percentage of requests that start a sampled trace (0 to 100; Istio's default is 1).
+    #[arg(long, default_value = "1", value_parser = parse_percent)]
+    tracing_sampling: f64,
+
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+}
+
+/// A percentage from 0 to 100.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a number: {e}"))?;
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not a percentage from 0 to 100"))
+    }
 }
 
 #[tokio::main]
@@ -221,6 +246,15 @@ async fn main() -> std::process::ExitCode {
             max: args.max_workload_cert_ttl,
         },
         drain_timeout: args.drain_timeout,
+        telemetry: TelemetrySettings {
+            mesh_id: args.mesh_id.filter(|m| !m.is_empty()),
+            tracing: args
+                .tracing_otlp_endpoint
+                .map(|otlp_endpoint| TracingSettings {
+                    otlp_endpoint,
+                    sampling_percent: args.tracing_sampling,
+                }),
+        },
     };
     match run(config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

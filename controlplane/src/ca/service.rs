@@ -57,7 +57,7 @@ impl<A: Authenticator> CertificateService for CaService<A> {
         let signed =
             tokio::task::spawn_blocking(move || authority.sign(&csr, &who, validity_seconds))
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(|e| self.refuse("internal", tonic::Code::Internal, e.to_string()))?;
         let issued =
             signed.map_err(|e| self.refuse(e.reason(), e.code(), format!("{entitled}: {e}")))?;
         self.metrics.issued.inc();

@@ -10,6 +10,7 @@ use isthmus_identity::TrustDomain;
 
 use crate::ca::TtlPolicy;
 use crate::config::watch::WatchSettings;
+use crate::model::telemetry::TelemetrySettings;
 
 /// Everything `isthmusd` is started with.
 #[derive(Debug, Clone)]
@@ -56,6 +57,8 @@ pub struct DaemonConfig {
     /// At shutdown, how long requests in progress may take to finish before every connection
     /// is closed (xDS streams and discovery watches do not end by themselves).
     pub drain_timeout: Duration,
+    /// The mesh's name (`--mesh-id`) and trace export (`--tracing-*`), pushed to proxies.
+    pub telemetry: TelemetrySettings,
 }
 
 impl DaemonConfig {
@@ -88,6 +91,7 @@ impl DaemonConfig {
             federation_advertise_host: None,
             federation: FederationSettings::default(),
             drain_timeout: Duration::from_secs(1),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }

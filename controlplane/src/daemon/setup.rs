@@ -23,7 +23,7 @@ use crate::auth::CallerAuthenticator;
 use crate::auth::token_review::TokenReviewAuthenticator;
 use crate::auth::tokens::TokenStore;
 use crate::ca::local_source::LocalSource;
-use crate::ca::metrics::CaMetrics;
+use crate::ca::metrics::{CaExpiry, CaMetrics};
 use crate::ca::service::CaService;
 use crate::ca::{Authority, CaMaterial};
 use crate::config::ConfigStore;
@@ -37,6 +37,8 @@ use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::private_files::{create_private_dir, write_private};
 use crate::server::debug::DebugState;
 use crate::server::tls_incoming::HandshakeLimits;
+use crate::telemetry::federation::sample as federation_sample;
+use crate::telemetry::{FederationMetrics, FederationRecorder, XdsMetrics};
 use crate::xds::cache::SnapshotCache;
 use crate::xds::server::{AdsServer, Port as AdsPort};
 use crate::xds::streams::StreamRegistry;
@@ -151,6 +153,8 @@ pub(super) struct Ca {
     /// The local trust domain's roots.
     pub bundle: TrustBundle,
     pub roots_pem: String,
+    /// When the roots and the signing chain expire (for the metrics).
+    pub expiry: CaExpiry,
 }
 
 /// Creates the state directory, loads or generates the CA there, publishes its root.
@@ -166,6 +170,7 @@ pub(super) fn state_and_ca(config: &DaemonConfig) -> Result<Ca, DaemonError> {
     .map_err(DaemonError::CaMaterial)?;
     tracing::info!(origin = %material.origin, trust_domain = %config.trust_domain, "CA loaded");
     let roots_pem = material.roots_pem();
+    let expiry = CaExpiry::of(&material);
     let bundle = TrustBundle::new(config.trust_domain.clone(), material.roots.clone())
         .map_err(DaemonError::Roots)?;
     let authority = Authority::new(config.trust_domain.clone(), material, config.ttl)
@@ -179,6 +184,7 @@ pub(super) fn state_and_ca(config: &DaemonConfig) -> Result<Ca, DaemonError> {
         authority: Arc::new(authority),
         bundle,
         roots_pem,
+        expiry,
     })
 }
 
@@ -319,6 +325,7 @@ pub(super) fn pipeline(
             discovery_address: addresses.federation.map(|a| discovery_address(config, a)),
             control_plane_identity: own.identity.clone(),
             initial_sync: config.federation.initial_sync,
+            telemetry: config.telemetry.clone(),
         },
     );
     tasks.spawn("pipeline", task);
@@ -348,6 +355,8 @@ pub(super) struct Federation {
     /// The peers' roots: the discovery port's clients are verified against them.
     pub peer_bundles: SharedBundles,
     pub status: watch::Receiver<Arc<FederationStatus>>,
+    /// The per-peer metrics (registered with the others by [`servers`]).
+    pub metrics: FederationMetrics,
 }
 
 /// Starts an importer per peer (they feed the pipeline through `imports`), the exporter of
@@ -371,6 +380,23 @@ pub(super) fn federation(
     );
     tasks.spawn("federation importers", importers);
     let exporter = Exporter::new(pipeline.exports.clone(), config.federation.heartbeat);
+    // Every configured peer's series exist from now on, kept up to date by a task.
+    let metrics = FederationMetrics::default();
+    let mut recorder = FederationRecorder::new(metrics.clone());
+    recorder.record(&federation_sample(
+        &pipeline.model.borrow(),
+        &imported.borrow(),
+        &pipeline.exports.borrow(),
+    ));
+    tasks.spawn(
+        "federation metrics",
+        crate::telemetry::federation::run(
+            recorder,
+            pipeline.model.clone(),
+            imported.clone(),
+            pipeline.exports.clone(),
+        ),
+    );
     // Spawned by `status::spawn`: it ends when the pipeline's task (owned) ends and the model
     // is no longer published.
     // Maistra's `pod`: which control plane replica saw it.
@@ -426,6 +452,7 @@ pub(super) fn federation(
         exporter,
         peer_bundles,
         status,
+        metrics,
     }
 }
 
@@ -492,6 +519,9 @@ pub(super) fn servers(
         })?;
     let mut registry = Registry::default();
     let ca_metrics = CaMetrics::register(&mut registry);
+    ca_metrics.set_expiry(&ca.expiry);
+    let xds_metrics = XdsMetrics::register(&mut registry);
+    federation.metrics.register(&mut registry);
     // Kubernetes mode: projected service-account tokens, checked by TokenReview; otherwise
     // bootstrap tokens.
     let authenticator = match kube {
@@ -509,6 +539,7 @@ pub(super) fn servers(
         }),
         port: AdsPort::Mtls,
         joins: Some(flow.pipeline.joins.clone()),
+        metrics: xds_metrics,
     };
     // Only peers' certificates: each verified against its own peer's root.
     let verifier = SpiffeVerifier::new(federation.peer_bundles, PeerPolicy::AnyTrusted);

@@ -763,7 +763,7 @@ spec:
         let state = ImportState {
             catalog: Some(Arc::new(Catalog::new(offers.iter().map(|n| offered(n))))),
             status,
-            stale_since: None,
+            ..ImportState::default()
         };
         [("green".to_owned(), state)].into()
     }

@@ -8,6 +8,7 @@ pub mod imports;
 pub mod peers;
 pub mod policy;
 pub mod registry;
+pub mod telemetry;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -57,6 +58,8 @@ pub struct MeshModel {
     /// egress gateways carry to a peer (set by whoever runs the model; by default `isthmusd`
     /// in `isthmus-system`).
     pub control_plane_identity: Option<SpiffeId>,
+    /// The mesh's name and trace export (set by whoever runs the model; not configuration).
+    pub telemetry: telemetry::TelemetrySettings,
 }
 
 impl MeshModel {
@@ -159,6 +162,7 @@ impl MeshModel {
                 "isthmusd",
             )
             .ok(),
+            telemetry: telemetry::TelemetrySettings::default(),
         }
     }
 

@@ -24,6 +24,7 @@ use crate::config::ConfigSnapshot;
 use crate::federation::{self, ImportStates};
 use crate::model::federation::discovery_exports;
 use crate::model::imports::RemoteCatalogs;
+use crate::model::telemetry::TelemetrySettings;
 use crate::model::{MeshModel, ProxyNode};
 use crate::xds::cache::SnapshotCache;
 use crate::xds::generate::{
@@ -48,6 +49,8 @@ pub struct PipelineSettings {
     /// At start, how long proxies wait for every peer's first full list before they are
     /// configured without it (see [`Pipeline::new`]).
     pub initial_sync: Duration,
+    /// The mesh's name and trace export, for the proxies' telemetry.
+    pub telemetry: TelemetrySettings,
 }
 
 /// The running pipeline's outputs.
@@ -99,6 +102,7 @@ impl Pipeline {
         );
         first.discovery_address = settings.discovery_address.clone();
         first.control_plane_identity = Some(settings.control_plane_identity.clone());
+        first.telemetry = settings.telemetry.clone();
         let (exports_tx, exports_rx) = watch::channel(Arc::new(discovery_exports(&first)));
         let (model_tx, model_rx) = watch::channel(Arc::new(first));
         let (errors_tx, errors_rx) = watch::channel(BTreeMap::new());
@@ -213,6 +217,7 @@ impl Worker {
         );
         model.discovery_address = self.settings.discovery_address.clone();
         model.control_plane_identity = Some(self.settings.control_plane_identity.clone());
+        model.telemetry = self.settings.telemetry.clone();
         for w in &model.warnings {
             tracing::warn!(resource = %w.resource, "{}", w.message);
         }

@@ -1,18 +1,37 @@
 //! The snapshot each proxy should have, by node id. The model pipeline sets them; each stream
 //! watches its node's. A watch channel keeps only the newest value, so a burst of updates
-//! reaches a slow stream as one push.
+//! reaches a slow stream as one push. Each snapshot carries when it was published (set and
+//! different from the one before), from which streams time convergence
+//! (`telemetry::stream`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::resources::ProxySnapshot;
 
+/// A node's snapshot and when it was published (tokio's clock).
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub snapshot: Arc<ProxySnapshot>,
+    pub at: Instant,
+}
+
+impl Published {
+    fn now(snapshot: ProxySnapshot) -> Self {
+        Self {
+            snapshot: Arc::new(snapshot),
+            at: Instant::now(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SnapshotCache {
-    nodes: RwLock<HashMap<String, watch::Sender<Arc<ProxySnapshot>>>>,
+    nodes: RwLock<HashMap<String, watch::Sender<Published>>>,
 }
 
 impl SnapshotCache {
@@ -22,28 +41,31 @@ impl SnapshotCache {
         match nodes.get(node_id) {
             Some(tx) => {
                 tx.send_if_modified(|current| {
-                    let changed = **current != snapshot;
+                    let changed = *current.snapshot != snapshot;
                     if changed {
-                        *current = Arc::new(snapshot);
+                        *current = Published::now(snapshot);
                     }
                     changed
                 });
             }
             None => {
-                nodes.insert(node_id.to_owned(), watch::channel(Arc::new(snapshot)).0);
+                nodes.insert(
+                    node_id.to_owned(),
+                    watch::channel(Published::now(snapshot)).0,
+                );
             }
         }
     }
 
     /// Watches `node_id`'s snapshot ([`ProxySnapshot::pending`] until one is set).
-    pub fn subscribe(&self, node_id: &str) -> watch::Receiver<Arc<ProxySnapshot>> {
+    pub fn subscribe(&self, node_id: &str) -> watch::Receiver<Published> {
         if let Some(tx) = self.nodes.read().get(node_id) {
             return tx.subscribe();
         }
         self.nodes
             .write()
             .entry(node_id.to_owned())
-            .or_insert_with(|| watch::channel(Arc::new(ProxySnapshot::pending())).0)
+            .or_insert_with(|| watch::channel(Published::now(ProxySnapshot::pending())).0)
             .subscribe()
     }
 
@@ -52,12 +74,47 @@ impl SnapshotCache {
         self.nodes
             .read()
             .get(node_id)
-            .map(|tx| tx.borrow().clone())
+            .map(|tx| tx.borrow().snapshot.clone())
             .filter(|s| !s.is_pending())
     }
 
     /// Forgets nodes nobody watches any more.
     pub fn prune(&self) {
         self.nodes.write().retain(|_, tx| tx.receiver_count() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::xds::resources::{CLUSTER, TypeResources};
+
+    fn snapshot(version: &str) -> ProxySnapshot {
+        ProxySnapshot::default().with(
+            CLUSTER,
+            TypeResources::new([(
+                version.to_owned(),
+                isthmus_proto::envoy::google::protobuf::Any::default(),
+            )]),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_is_stamped_when_published_not_when_set_again_unchanged() {
+        let cache = SnapshotCache::default();
+        let mut rx = cache.subscribe("n");
+        assert!(rx.borrow_and_update().snapshot.is_pending());
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cache.set("n", snapshot("a"));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().at, start + Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cache.set("n", snapshot("a"));
+        assert!(!rx.has_changed().unwrap(), "unchanged: not published");
+        cache.set("n", snapshot("b"));
+        assert_eq!(rx.borrow_and_update().at, start + Duration::from_secs(2));
     }
 }

@@ -302,6 +302,27 @@ impl DeltaStream {
         }
     }
 
+    /// The types with something due: a first answer or queued names (sendable or waiting for
+    /// the answer to the response in flight); none before the node's snapshot is computed.
+    pub fn due_types(&self) -> impl Iterator<Item = &str> {
+        self.types
+            .iter()
+            .filter(|(_, s)| self.computed && (s.answer_due || !s.outbox.is_empty()))
+            .map(|(type_url, _)| type_url.as_str())
+    }
+
+    /// Whether the proxy holds everything due to it: the node's snapshot is computed, nothing
+    /// is queued or awaiting an answer, and no type's last answer was a NACK.
+    pub fn in_sync(&self) -> bool {
+        self.computed
+            && self.types.values().all(|s| {
+                s.in_flight.is_none()
+                    && s.outbox.is_empty()
+                    && !s.answer_due
+                    && s.replies.nack.is_none()
+            })
+    }
+
     /// Whether [`Self::next_response`] may have something to send.
     pub fn has_pending(&self) -> bool {
         self.computed && self.types.values().any(TypeState::can_send)

@@ -1,5 +1,6 @@
 //! Envoy's `AggregatedDiscoveryService` over tonic: each stream runs in its own task, feeding
-//! requests and snapshot changes to its state machine ([`SotwStream`] or [`DeltaStream`]).
+//! requests and snapshot changes to its state machine ([`SotwStream`] or [`DeltaStream`]),
+//! and recording its pushes, NACKs and convergence ([`StreamTelemetry`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
@@ -17,12 +18,13 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
-use super::cache::SnapshotCache;
+use super::cache::{Published, SnapshotCache};
 use super::delta::DeltaStream;
 use super::resources::ProxySnapshot;
 use super::sotw::{ProtocolError, SotwStream};
 use super::status::{Reply, TypeStatus};
 use super::streams::StreamRegistry;
+use crate::telemetry::{StreamTelemetry, XdsMetrics};
 
 /// What the stream runner needs of a protocol's state machine: requests and snapshots go in,
 /// responses come out one at a time, when the stream has room for them.
@@ -41,6 +43,11 @@ pub(super) trait StreamMachine: Default + Send + 'static {
     fn on_snapshot(&mut self, snapshot: &ProxySnapshot);
     fn has_pending(&self) -> bool;
     fn next_response(&mut self) -> Option<Self::Response>;
+    fn type_of(response: &Self::Response) -> &str;
+    /// The types a response is due for (sendable now or waiting for the proxy's answer).
+    fn due_types(&self) -> Vec<&str>;
+    /// Whether the proxy has accepted everything due to it.
+    fn in_sync(&self) -> bool;
     fn status(&self) -> Vec<TypeStatus>;
 }
 
@@ -81,6 +88,16 @@ impl StreamMachine for SotwMachine {
     fn next_response(&mut self) -> Option<DiscoveryResponse> {
         self.outbox.pop_front()
     }
+    fn type_of(response: &DiscoveryResponse) -> &str {
+        &response.type_url
+    }
+    fn due_types(&self) -> Vec<&str> {
+        self.outbox.iter().map(|r| r.type_url.as_str()).collect()
+    }
+    fn in_sync(&self) -> bool {
+        // A queued response is awaiting its answer already.
+        self.stream.in_sync()
+    }
     fn status(&self) -> Vec<TypeStatus> {
         self.stream.status()
     }
@@ -111,6 +128,15 @@ impl StreamMachine for DeltaStream {
     }
     fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
         DeltaStream::next_response(self)
+    }
+    fn type_of(response: &DeltaDiscoveryResponse) -> &str {
+        &response.type_url
+    }
+    fn due_types(&self) -> Vec<&str> {
+        DeltaStream::due_types(self).collect()
+    }
+    fn in_sync(&self) -> bool {
+        DeltaStream::in_sync(self)
     }
     fn status(&self) -> Vec<TypeStatus> {
         DeltaStream::status(self)
@@ -193,10 +219,13 @@ pub struct AdsServer {
     pub port: Port,
     /// Told of each node when its first stream names it, so its snapshot gets computed.
     pub joins: Option<mpsc::Sender<NodeInfo>>,
+    /// Where streams count connections, pushes, NACKs and convergence.
+    pub metrics: XdsMetrics,
 }
 
 impl AdsServer {
-    /// A server on `port` whose streams `gate` admits, with an empty cache.
+    /// A server on `port` whose streams `gate` admits, with an empty cache and metrics of its
+    /// own (not registered anywhere).
     pub fn new(port: Port, gate: Arc<dyn NodeGate>) -> Self {
         Self {
             cache: Arc::default(),
@@ -204,6 +233,7 @@ impl AdsServer {
             gate,
             port,
             joins: None,
+            metrics: XdsMetrics::new(),
         }
     }
 }
@@ -258,7 +288,10 @@ async fn run_stream<M>(
     let id = stream.id();
     let mut machine = M::default();
     let mut node_id = String::new();
-    let mut snapshots: Option<watch::Receiver<Arc<ProxySnapshot>>> = None;
+    let mut snapshots: Option<watch::Receiver<Published>> = None;
+    let mut telemetry = StreamTelemetry::new(server.metrics.clone());
+    // Counts the stream in `pilot_xds` once its node is admitted, until it ends.
+    let mut _connected = None;
     loop {
         let changed = async {
             match snapshots.as_mut() {
@@ -271,6 +304,7 @@ async fn run_stream<M>(
             permit = tx.reserve(), if ready => {
                 let Ok(permit) = permit else { break };
                 if let Some(response) = machine.next_response() {
+                    telemetry.sent(M::type_of(&response));
                     permit.send(Ok(response));
                 }
             }
@@ -296,13 +330,17 @@ async fn run_stream<M>(
                         break;
                     }
                     snapshots = Some(server.cache.subscribe(&node.id));
+                    _connected = Some(server.metrics.connected());
                     node_id.clone_from(&node.id);
                     if let Some(joins) = &server.joins {
                         let _ = joins.send(node).await;
                     }
                 }
-                match answer_request(&mut machine, request, snapshots.as_mut()) {
-                    Ok(reply) => log_reply(&node_id, reply),
+                match answer_request(&mut machine, request, snapshots.as_mut(), &mut telemetry) {
+                    Ok(reply) => {
+                        telemetry.reply(reply.as_ref());
+                        log_reply(&node_id, reply);
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
                         break;
@@ -313,10 +351,13 @@ async fn run_stream<M>(
                 if !still_open {
                     break;
                 }
-                let snapshot = snapshots.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
-                machine.on_snapshot(&snapshot);
+                if let Some(published) = snapshots.as_mut().map(|rx| rx.borrow_and_update().clone()) {
+                    machine.on_snapshot(&published.snapshot);
+                    telemetry.changed(published.at, !published.snapshot.is_pending(), machine.in_sync());
+                }
             }
         }
+        telemetry.settle(machine.due_types(), machine.in_sync());
         stream.update(&node_id, machine.status());
     }
 }
@@ -327,18 +368,28 @@ async fn run_stream<M>(
 fn answer_request<M: StreamMachine>(
     machine: &mut M,
     request: M::Request,
-    snapshots: Option<&mut watch::Receiver<Arc<ProxySnapshot>>>,
+    snapshots: Option<&mut watch::Receiver<Published>>,
+    telemetry: &mut StreamTelemetry,
 ) -> Result<Option<Reply>, ProtocolError> {
-    let (changed, snapshot) = match snapshots {
+    let (changed, published) = match snapshots {
         Some(rx) => (
             rx.has_changed().unwrap_or(false),
-            rx.borrow_and_update().clone(),
+            Some(rx.borrow_and_update().clone()),
         ),
-        None => (false, Arc::default()),
+        None => (false, None),
     };
+    let snapshot = published
+        .as_ref()
+        .map(|p| p.snapshot.clone())
+        .unwrap_or_default();
     let reply = machine.on_request(request, &snapshot)?;
-    if changed {
-        machine.on_snapshot(&snapshot);
+    let computed = published.is_some() && !snapshot.is_pending();
+    match published {
+        Some(published) if changed => {
+            machine.on_snapshot(&snapshot);
+            telemetry.changed(published.at, computed, machine.in_sync());
+        }
+        _ => telemetry.seen(computed),
     }
     Ok(reply)
 }
@@ -397,24 +448,43 @@ mod tests {
     /// RDS subscription) must not swallow the CDS and LDS changes.
     #[test]
     fn a_request_that_sees_a_new_snapshot_also_sends_the_other_types() {
-        let (tx, mut rx) = watch::channel(Arc::new(ProxySnapshot::default()));
+        let published = |snapshot| Published {
+            snapshot: Arc::new(snapshot),
+            at: tokio::time::Instant::now(),
+        };
+        let (tx, mut rx) = watch::channel(published(ProxySnapshot::default()));
+        let mut telemetry = StreamTelemetry::new(XdsMetrics::new());
         let mut machine = DeltaStream::default();
         for type_url in [CLUSTER, LISTENER] {
-            answer_request(&mut machine, request(type_url, &[]), Some(&mut rx)).unwrap();
+            answer_request(
+                &mut machine,
+                request(type_url, &[]),
+                Some(&mut rx),
+                &mut telemetry,
+            )
+            .unwrap();
             let empty = machine.next_response().unwrap();
             assert!(empty.resources.is_empty());
             let mut ack = request(type_url, &[]);
             ack.response_nonce = empty.nonce;
-            answer_request(&mut machine, ack, Some(&mut rx)).unwrap();
+            answer_request(&mut machine, ack, Some(&mut rx), &mut telemetry).unwrap();
         }
         assert!(machine.next_response().is_none());
-        tx.send_replace(Arc::new(
+        assert!(machine.in_sync());
+        tx.send_replace(published(
             ProxySnapshot::default()
                 .with(CLUSTER, one("c"))
                 .with(LISTENER, one("l"))
                 .with(ROUTE, one("r")),
         ));
-        answer_request(&mut machine, request(ROUTE, &["r"]), Some(&mut rx)).unwrap();
+        answer_request(
+            &mut machine,
+            request(ROUTE, &["r"]),
+            Some(&mut rx),
+            &mut telemetry,
+        )
+        .unwrap();
+        assert!(!machine.in_sync());
         let responses: Vec<_> = std::iter::from_fn(|| machine.next_response()).collect();
         let mut sent: Vec<(String, Vec<String>)> = responses
             .iter()

@@ -24,6 +24,8 @@ struct TypeState {
     /// `None`: wildcard.
     names: Option<BTreeSet<String>>,
     sent_nonce: Option<String>,
+    /// The response last sent has not been answered yet.
+    awaiting: bool,
     replies: ReplyState,
 }
 
@@ -56,6 +58,7 @@ impl SotwStream {
                 return Ok((None, None)); // stale
             }
             let version = state.replies.sent_version.clone().unwrap_or_default();
+            state.awaiting = false;
             reply = Some(
                 state
                     .replies
@@ -109,6 +112,14 @@ impl SotwStream {
         due.iter().map(|t| self.respond(t, snapshot)).collect()
     }
 
+    /// Whether the proxy has answered every response and accepted the last one of each type:
+    /// it holds what it was last sent.
+    pub fn in_sync(&self) -> bool {
+        self.types
+            .values()
+            .all(|s| !s.awaiting && s.replies.nack.is_none())
+    }
+
     /// Per-type status of this stream.
     pub fn status(&self) -> Vec<TypeStatus> {
         self.types
@@ -139,6 +150,7 @@ impl SotwStream {
         };
         state.replies.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
+        state.awaiting = true;
         DiscoveryResponse {
             version_info: version,
             resources,
@@ -146,5 +158,72 @@ impl SotwStream {
             nonce,
             ..DiscoveryResponse::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use isthmus_proto::envoy::google::protobuf::Any;
+    use isthmus_proto::envoy::google::rpc::Status;
+
+    use super::*;
+    use crate::xds::resources::{CLUSTER, TypeResources};
+
+    fn snapshot(name: &str) -> ProxySnapshot {
+        ProxySnapshot::default().with(
+            CLUSTER,
+            TypeResources::new([(
+                name.to_owned(),
+                Any {
+                    type_url: CLUSTER.into(),
+                    value: name.as_bytes().to_vec(),
+                },
+            )]),
+        )
+    }
+
+    fn answer(response: &DiscoveryResponse, error: Option<&str>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: CLUSTER.into(),
+            version_info: response.version_info.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail: error.map(|message| Status {
+                message: message.into(),
+                ..Status::default()
+            }),
+            ..DiscoveryRequest::default()
+        }
+    }
+
+    #[test]
+    fn in_sync_once_the_last_response_is_accepted() {
+        let mut stream = SotwStream::default();
+        let first = DiscoveryRequest {
+            node: Some(Node::default()),
+            type_url: CLUSTER.into(),
+            ..DiscoveryRequest::default()
+        };
+        let (sent, _) = stream.on_request(first, &snapshot("a")).unwrap();
+        let sent = sent.unwrap();
+        assert!(!stream.in_sync(), "awaiting the answer");
+        stream
+            .on_request(answer(&sent, None), &snapshot("a"))
+            .unwrap();
+        assert!(stream.in_sync());
+
+        let changed = stream.on_snapshot(&snapshot("b"));
+        assert!(!stream.in_sync());
+        let (_, reply) = stream
+            .on_request(answer(&changed[0], Some("c: required")), &snapshot("b"))
+            .unwrap();
+        assert!(matches!(reply, Some(Reply::Nack { .. })));
+        assert!(!stream.in_sync(), "rejected");
+        let changed = stream.on_snapshot(&snapshot("c"));
+        stream
+            .on_request(answer(&changed[0], None), &snapshot("c"))
+            .unwrap();
+        assert!(stream.in_sync());
     }
 }

@@ -62,6 +62,12 @@ pub struct ImportState {
     pub status: WatchStatus,
     /// When the imports became stale (tokio's clock), for [`expire_stale`].
     pub stale_since: Option<Instant>,
+    /// When the last full list was applied (the wall clock, for metrics; `status` has it as
+    /// text).
+    pub last_full_sync: Option<SystemTime>,
+    /// Full lists and changes received from the peer on every stream of this importer, whether
+    /// they applied or not (heartbeats are not counted): a counter for metrics.
+    pub events_received: u64,
 }
 
 /// Dials one of the peer's addresses.
@@ -207,27 +213,42 @@ async fn session(
                     Ok(Ok(None)) => return "stream closed by the peer".into(),
                     Ok(Ok(Some(event))) => event,
                 };
+                let counted = u64::from(is_catalog_event(&event));
                 match on_event(&mut catalog, &mut synced, event) {
                     Step::Ignored | Step::Heartbeat => {}
                     Step::Publish { full } => {
                         let published = Arc::new(catalog.clone());
+                        let now = SystemTime::now();
                         state.send_modify(|s| {
                             s.catalog = Some(published);
                             s.stale_since = None;
                             s.status.stale = false;
                             s.status.stale_until = None;
                             s.status.expired = false;
-                            s.status.stream.event(full, SystemTime::now());
+                            s.status.stream.event(full, now);
+                            if full {
+                                s.last_full_sync = Some(now);
+                            }
+                            s.events_received += counted;
                         });
                     }
                     Step::Resync { ours, theirs } => {
                         tracing::warn!(peer, ours, theirs, "checksum mismatch; asking for a resync");
-                        state.send_modify(|s| s.status.checksum_mismatches += 1);
+                        state.send_modify(|s| {
+                            s.status.checksum_mismatches += 1;
+                            s.events_received += counted;
+                        });
                         if !ask_resync(&tx, "checksum mismatch").await {
                             return "internal: request channel closed".into();
                         }
                     }
-                    Step::End(why) => return why,
+                    Step::End(why) => {
+                        state.send_if_modified(|s| {
+                            s.events_received += counted;
+                            counted > 0
+                        });
+                        return why;
+                    }
                 }
             }
             _ = resync.tick() => {
@@ -282,6 +303,14 @@ pub fn on_event(catalog: &mut Catalog, synced: &mut bool, event: WatchEvent) -> 
     }
 }
 
+/// Whether `event` is a full list or a change (what [`ImportState::events_received`] counts).
+fn is_catalog_event(event: &WatchEvent) -> bool {
+    matches!(
+        event.event,
+        Some(watch_event::Event::Full(_) | watch_event::Event::Change(_))
+    )
+}
+
 async fn ask_resync(tx: &mpsc::Sender<WatchRequest>, reason: &str) -> bool {
     tx.send(WatchRequest {
         request: Some(watch_request::Request::Resync(Resync {
@@ -310,6 +339,25 @@ mod tests {
             catalog: Some(Arc::new(Catalog::default())),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn full_lists_and_changes_are_counted_heartbeats_are_not() {
+        use isthmus_proto::federation::{Change, FullList, Heartbeat};
+        let event = |event| WatchEvent {
+            event: Some(event),
+            checksum: 0,
+        };
+        assert!(is_catalog_event(&event(watch_event::Event::Full(
+            FullList::default()
+        ))));
+        assert!(is_catalog_event(&event(watch_event::Event::Change(
+            Change::default()
+        ))));
+        assert!(!is_catalog_event(&event(watch_event::Event::Heartbeat(
+            Heartbeat::default()
+        ))));
+        assert!(!is_catalog_event(&WatchEvent::default()));
     }
 
     #[tokio::test(start_paused = true)]

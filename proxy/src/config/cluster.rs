@@ -33,6 +33,9 @@ pub struct Cluster {
     pub panic_threshold: f64,
     pub protocol: UpstreamProtocol,
     pub tls: Option<UpstreamTls>,
+    /// The service and mesh it leads to (telemetry; Istio's `istio.services` metadata and
+    /// `isthmus.telemetry`).
+    pub telemetry: std::sync::Arc<super::telemetry::ClusterFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +166,7 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
         lb_subset_config,
         common_lb_config,
         transport_socket,
-        metadata: _,
+        metadata,
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
@@ -322,6 +325,7 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
             &path.field("typed_extension_protocol_options"),
         )?,
         tls: tls::upstream(transport_socket, &path.field("transport_socket"))?,
+        telemetry: std::sync::Arc::new(super::telemetry::cluster_facts(metadata.as_ref())),
         discovery,
         name,
     })

@@ -36,6 +36,9 @@ pub struct Listener {
     pub original_dst: bool,
     pub chains: Vec<FilterChain>,
     pub default_chain: Option<FilterChain>,
+    /// Who the node is, for telemetry (`isthmus.telemetry` metadata), when the control plane
+    /// says.
+    pub telemetry: Option<std::sync::Arc<super::telemetry::NodeFacts>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub struct FilterChain {
     /// Network RBAC filters, in order.
     pub rbac: Vec<Rules>,
     pub terminal: Terminal,
+    /// A federation gateway's chain: the peer it serves (telemetry).
+    pub peer: Option<crate::telemetry::labels::Label>,
 }
 
 /// Envoy's filter chain match, the parts this proxy honours. Empty fields match anything.
@@ -92,6 +97,8 @@ pub struct HttpManager {
     pub allow_connect: bool,
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
+    /// Spans of its requests (`tracing`: the OpenTelemetry provider), when configured.
+    pub tracing: Option<std::sync::Arc<super::tracing::Tracing>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,7 +154,7 @@ pub fn convert(l: EnvoyListener, path: &Path) -> Checked<Listener> {
         filter_chains,
         fcds_config,
         default_filter_chain,
-        metadata: _,
+        metadata,
         deprecated_v1,
         drain_type: _,
         listener_filters,
@@ -241,6 +248,7 @@ pub fn convert(l: EnvoyListener, path: &Path) -> Checked<Listener> {
         original_dst,
         chains,
         default_chain,
+        telemetry: super::telemetry::node_facts(metadata.as_ref()),
     })
 }
 
@@ -269,7 +277,7 @@ fn chain(c: EnvoyChain, path: &Path) -> Checked<FilterChain> {
         filter_chain_match,
         filters,
         use_proxy_proto,
-        metadata: _,
+        metadata,
         transport_socket,
         transport_socket_connect_timeout: _,
         name,
@@ -311,6 +319,7 @@ fn chain(c: EnvoyChain, path: &Path) -> Checked<FilterChain> {
         tls,
         rbac: rbac_filters,
         terminal: required(terminal, &path.field("filters"))?,
+        peer: super::telemetry::cluster_facts(metadata.as_ref()).peer,
     })
 }
 
@@ -435,7 +444,7 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         route_specifier,
         strip_port_mode,
     } = typed(any, path)?;
-    reject_set!(path; add_user_agent, tracing, common_http_protocol_options,
+    reject_set!(path; add_user_agent, common_http_protocol_options,
         http1_safe_max_connection_duration, http2_protocol_options, http3_protocol_options,
         server_header_transformation, scheme_header_transformation, stream_flush_timeout,
         request_headers_timeout, access_log, access_log_flush_interval,
@@ -548,7 +557,19 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         stream_idle_timeout: opt_duration(stream_idle_timeout, &path.field("stream_idle_timeout"))?,
         request_timeout: opt_duration(request_timeout, &path.field("request_timeout"))?
             .filter(|d| !d.is_zero()),
+        tracing: tracing_of(tracing, path)?,
     })
+}
+
+/// The manager's `tracing` (`config/tracing.rs`); none without a provider.
+fn tracing_of(
+    tracing: Option<http_connection_manager::Tracing>,
+    path: &Path,
+) -> Checked<Option<std::sync::Arc<super::tracing::Tracing>>> {
+    let Some(tracing) = tracing else {
+        return Ok(None);
+    };
+    Ok(super::tracing::convert(tracing, &path.field("tracing"))?.map(std::sync::Arc::new))
 }
 
 /// RBAC filters, then the router, which must be last.

@@ -1,7 +1,7 @@
 //! The proxy's configuration: Envoy xDS v3 resources converted, at the edge, into a validated
 //! model that the data path works on. This is the profile `docs/xds-profile.md` documents:
 //! every field a conversion does not honour is refused with its path (`filter_chains[0]
-//! .filters[1].typed_config(HttpConnectionManager).tracing: not supported by isthmus-proxy`),
+//! .filters[1].typed_config(HttpConnectionManager).via: not supported by isthmus-proxy`),
 //! so a resource is either applied as meant or NACKed, never half-understood.
 //!
 //! The model holds values as the data path uses them — `http::HeaderName` and `HeaderValue`,
@@ -27,8 +27,10 @@ pub mod rbac;
 pub mod route;
 #[allow(deprecated)]
 pub mod secret;
+pub mod telemetry;
 #[allow(deprecated)]
 pub mod tls;
+pub mod tracing;
 
 #[cfg(test)]
 mod tests;

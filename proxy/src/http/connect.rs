@@ -10,14 +10,17 @@ use super::{Body, local_reply};
 use crate::config::route::{Forward, Targets};
 use crate::drain;
 use crate::runtime::Runtime;
+use crate::telemetry::tcp::TcpContext;
 
 /// Answers the CONNECT `request` and joins its payload to a host of the route's cluster,
-/// holding `drain` (a drain waits for the tunnel and ends it at its deadline).
+/// holding `drain` (a drain waits for the tunnel and ends it at its deadline). `telemetry`:
+/// a federation gateway's tunnel metrics.
 pub async fn terminate(
     mut request: http::Request<Incoming>,
     action: &Forward,
     runtime: &Runtime,
     drain: &drain::Watch,
+    telemetry: Option<TcpContext>,
 ) -> http::Response<Body> {
     let cluster_name = match &action.targets {
         Targets::Cluster(name) => name.as_str(),
@@ -29,9 +32,12 @@ pub async fn terminate(
     let Some(cluster) = runtime.clusters.get(cluster_name).cloned() else {
         return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
-    let (mut upstream, _host) = match cluster.connect().await {
+    let (upstream, _host, _) = match cluster.connect().await {
         Ok(connected) => connected,
         Err(e) => {
+            if let Some(t) = &telemetry {
+                t.refused(&cluster.cluster.telemetry, "upstream_connect");
+            }
             tracing::debug!(cluster = cluster_name, error = %e, "CONNECT upstream failed");
             return local_reply(
                 http::StatusCode::SERVICE_UNAVAILABLE,
@@ -41,6 +47,9 @@ pub async fn terminate(
     };
     let downstream = hyper::upgrade::on(&mut request);
     let name = cluster_name.to_owned();
+    let meter = telemetry
+        .map(|t| t.meter(cluster_name, &cluster.cluster.telemetry, None))
+        .unwrap_or_default();
     // Detached, ending when either side closes or the drain is over. Over HTTP/1.1 the
     // connection is handed over here (over HTTP/2 the tunnel is one stream of it): the task
     // holds a drain `Watch` of its own, so a drain waits for the tunnel (up to the deadline).
@@ -53,11 +62,10 @@ pub async fn terminate(
                 return;
             }
         };
-        let mut downstream = TokioIo::new(downstream);
+        let downstream = TokioIo::new(downstream);
         match drain
-            .until_ended(tokio::io::copy_bidirectional(
-                &mut downstream,
-                &mut upstream,
+            .until_ended(crate::tcp::copy_with_idle_timeout(
+                downstream, upstream, None, &meter,
             ))
             .await
         {
@@ -123,9 +131,11 @@ mod tests {
             allow_connect: true,
             stream_idle_timeout: None,
             request_timeout: None,
+            tracing: None,
         };
         let mut config = testing::config([testing::cluster("backend", port)]);
         let chain = FilterChain {
+            peer: None,
             name: "http".to_owned(),
             matcher: ChainMatch::default(),
             tls: None,
@@ -147,6 +157,8 @@ mod tests {
         let (_runtime_tx, latest) = tokio::sync::watch::channel(runtime.clone());
         let (trigger, drain) = drain::new();
         let connection = Connection {
+            telemetry: None,
+            gateway: None,
             runtime,
             latest,
             pool: Arc::default(),

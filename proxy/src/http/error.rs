@@ -140,7 +140,36 @@ impl RequestError {
     }
 
     /// The local answer, as Envoy words it.
+    /// The local answer, in Envoy's words, carrying its response flag for telemetry.
     pub fn reply(&self) -> http::Response<Body> {
+        let mut response = self.answer();
+        response
+            .extensions_mut()
+            .insert(crate::telemetry::request::ResponseFlags(
+                self.response_flag(),
+            ));
+        response
+    }
+
+    /// Envoy's response flag (Istio's `response_flags` label).
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            Self::NoCluster => "NC",
+            Self::NoHealthyUpstream => "UH",
+            Self::UpgradeRefused(_) => "-",
+            Self::InvalidRequest(_) => "DPE",
+            Self::Overflow(_) => "UO",
+            Self::Timeout => "UT",
+            Self::Upstream { retried: true, .. } => "URX",
+            Self::Upstream {
+                error: SendError::Connect(_),
+                ..
+            } => "UF",
+            Self::Upstream { .. } => "UC",
+        }
+    }
+
+    fn answer(&self) -> http::Response<Body> {
         let status = self.status();
         match self {
             Self::NoCluster | Self::NoHealthyUpstream => local_reply(status, "no healthy upstream"),

@@ -28,7 +28,7 @@ use isthmus_runtime::backoff::Backoff;
 use rand::Rng;
 
 use super::error::RequestError;
-use super::pool::{Pool, SendError};
+use super::pool::{Pool, SendError, VerifiedUpstream};
 use super::{Body, Connection, TlsPeer};
 use crate::config::listener::{ForwardClientCert, HttpManager};
 use crate::config::route::{
@@ -36,6 +36,8 @@ use crate::config::route::{
 };
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::telemetry::peer_metadata;
+use crate::telemetry::request::{Counted, Outgoing, RequestBytes, UpstreamFacts};
 use crate::upstream::breakers::{Breaker, Slot};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::{ClusterRuntime, Host};
@@ -94,6 +96,8 @@ pub async fn forward(
     }
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
+    let outgoing = parts.extensions.remove::<Outgoing>();
+    let request_bytes = parts.extensions.remove::<RequestBytes>();
     let head = upstream_head(
         &mut parts,
         &edits,
@@ -110,28 +114,47 @@ pub async fn forward(
 
     if let (Some(protocol), Some(on_upgrade)) = (&upgrade, on_upgrade) {
         let mut response = match upgrade_request(parts, &target) {
-            Ok(upstream) => {
+            Ok(mut upstream) => {
+                if let Some(outgoing) = outgoing {
+                    add_outgoing(upstream.headers_mut(), outgoing, to_mesh(&cluster));
+                }
                 super::upgrade::forward(on_upgrade, upstream, protocol, &cluster, &conn.drain).await
             }
             Err(e) => e.reply(),
         };
         edit(response.headers_mut(), edits.iter().map(|e| &e.response));
+        response.extensions_mut().insert(UpstreamFacts {
+            cluster: Arc::from(cluster_name),
+            facts: cluster.cluster.telemetry.clone(),
+            principal: None,
+        });
         return response;
     }
 
     // A request with a body goes once (it is streamed, not kept for a retry).
     let retry = action.retry.as_ref().filter(|_| body.is_end_stream());
-    let body: Body = body
+    let mut body: Body = body
         .map_err(|e| Box::new(e) as super::BoxError)
         .boxed_unsync();
+    if let Some(RequestBytes(bytes)) = request_bytes {
+        body = Body::new(Counted { body, bytes });
+    }
     let per_try = retry.and_then(|r| r.per_try_timeout).or(action.timeout);
     let metrics = &runtime.metrics;
-    let exchange = match Exchange::new(
+    let mut exchange = match Exchange::new(
         &conn.pool, &cluster, metrics, parts, &target, retry, per_try,
     ) {
         Ok(exchange) => exchange,
         Err(e) => return e.reply(),
     };
+    let mut upstream_facts = outgoing.map(|outgoing| {
+        add_outgoing(&mut exchange.headers, outgoing, to_mesh(&cluster));
+        UpstreamFacts {
+            cluster: Arc::from(cluster_name),
+            facts: cluster.cluster.telemetry.clone(),
+            principal: None,
+        }
+    });
     let mut response = match with_retries(&exchange, body).await {
         Ok(Ok(response)) => response,
         // The last attempt's failure is answered like a response: edited.
@@ -139,12 +162,54 @@ pub async fn forward(
         // Answered at once, as is.
         Err(refused) => {
             tracing::debug!(cluster = cluster_name, reason = refused.reason(), error = %refused, "request not sent");
-            return refused.reply();
+            let mut response = refused.reply();
+            if let Some(facts) = upstream_facts {
+                response.extensions_mut().insert(facts);
+            }
+            return response;
         }
     };
     strip_hop_by_hop(response.headers_mut());
     edit(response.headers_mut(), edits.iter().map(|e| &e.response));
+    if let Some(mut facts) = upstream_facts.take() {
+        // Who the upstream proved to be with its certificate (`destination_principal`).
+        facts.principal = response
+            .extensions()
+            .get::<VerifiedUpstream>()
+            .map(|v| v.0.clone());
+        response.extensions_mut().insert(facts);
+    }
     response
+}
+
+/// Whether a cluster leads to mesh workloads: TLS that verifies SPIFFE identities (never an
+/// external service, which must not learn who calls it).
+fn to_mesh(cluster: &ClusterRuntime) -> bool {
+    cluster.cluster.tls.as_ref().is_some_and(|t| {
+        !t.context.peer_ids.is_empty()
+            && t.context
+                .peer_ids
+                .iter()
+                .all(|id| id.starts_with("spiffe://"))
+    })
+}
+
+/// The telemetry headers of the upstream request: this side's metadata (only toward a mesh
+/// workload, over verified mTLS) and the trace context (replacing the caller's).
+fn add_outgoing(headers: &mut HeaderMap, outgoing: Outgoing, to_mesh: bool) {
+    if let (true, Some((metadata, id))) = (to_mesh, outgoing.metadata) {
+        headers.insert(HeaderName::from_static(peer_metadata::HEADER), metadata);
+        headers.insert(HeaderName::from_static(peer_metadata::ID_HEADER), id);
+    }
+    // Traces (issue 19): the caller's context goes whole (a stale `b3` too), ours replaces it.
+    if !outgoing.trace.is_empty() {
+        for name in crate::telemetry::trace::propagation::HEADERS {
+            headers.remove(name);
+        }
+    }
+    for (name, value) in &outgoing.trace {
+        headers.insert(name.clone(), value.clone());
+    }
 }
 
 /// The outcome of one attempt: the upstream's response, or why there is none.
@@ -644,7 +709,7 @@ fn client_cert_header(headers: &mut HeaderMap, hcm: &HttpManager, tls: Option<&T
     }
 }
 
-fn request_id() -> HeaderValue {
+pub fn request_id() -> HeaderValue {
     let bytes: [u8; 16] = rand::rng().random();
     let hex = hex::encode(bytes);
     let id = format!(

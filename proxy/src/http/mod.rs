@@ -31,6 +31,8 @@ use crate::config::route::{Action, Route, RouteTable, VirtualHost};
 use crate::drain;
 use crate::metrics::{ListenerLabels, ResponseLabels};
 use crate::runtime::{ChainId, Runtime};
+use crate::telemetry::request::ConnectionTelemetry;
+use crate::telemetry::tcp::TcpContext;
 use crate::transport::BoxedIo;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -57,6 +59,11 @@ pub struct Connection {
     /// The connection's part in a drain: held by the connection, and by the tunnels (CONNECT,
     /// upgrades) it hands over, so that a drain waits for them and ends them at its deadline.
     pub drain: drain::Watch,
+    /// A sidecar's request telemetry (Istio's metrics, metadata exchange, spans); `None` with
+    /// telemetry off or on a gateway.
+    pub telemetry: Option<ConnectionTelemetry>,
+    /// A federation gateway's tunnel telemetry.
+    pub gateway: Option<TcpContext>,
 }
 
 /// The verified peer of an mTLS connection, and this side's identity.
@@ -123,9 +130,15 @@ pub async fn serve_connection(
         let conn = conn.clone();
         let responses = responses.clone();
         async move {
+            let mut request = request;
+            let observation = conn.telemetry.as_ref().map(|t| t.begin(&mut request));
             let response = handle(request, &conn).await;
             let class = usize::from(response.status().as_u16() / 100).clamp(1, 5);
             responses[class - 1].inc();
+            let response = match observation {
+                Some(o) => o.finish(response),
+                None => response,
+            };
             Ok::<_, Infallible>(response)
         }
     });
@@ -196,7 +209,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         RouteSource::Inline(table) => Some(&**table),
     };
     let Some(table) = table else {
-        return local_reply(http::StatusCode::NOT_FOUND, "");
+        return flagged(local_reply(http::StatusCode::NOT_FOUND, ""), "NR");
     };
     let authority = request_authority(&request);
     let peer = ConnectionFacts {
@@ -207,7 +220,12 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         tls: conn.tls.is_some(),
     };
     let (vh, route) = match decide(&request, &authority, hcm, table, &peer) {
-        Verdict::Refused(status) => return local_reply(status, ""),
+        Verdict::Refused(status) => {
+            if let Some(g) = &conn.gateway {
+                g.refused(&Default::default(), "not_exported");
+            }
+            return flagged(local_reply(status, ""), "NR");
+        }
         Verdict::Denied(policy) => {
             let path = request.uri().path();
             tracing::info!(listener = conn.listener, peer = ?peer.peer, path, policy = ?policy, "request denied by RBAC");
@@ -218,7 +236,13 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
                     listener: conn.listener.clone(),
                 })
                 .inc();
-            return local_reply(http::StatusCode::FORBIDDEN, "RBAC: access denied");
+            if let Some(g) = &conn.gateway {
+                g.refused(&Default::default(), "rbac");
+            }
+            return flagged(
+                local_reply(http::StatusCode::FORBIDDEN, "RBAC: access denied"),
+                "RBAC",
+            );
         }
         Verdict::Route { vh, route } => (vh, route),
     };
@@ -241,7 +265,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
                 // The profile terminates CONNECT; it never forwards the request itself.
                 return local_reply(http::StatusCode::FORBIDDEN, "");
             }
-            connect::terminate(request, action, &latest, &conn.drain).await
+            connect::terminate(request, action, &latest, &conn.drain, conn.gateway.clone()).await
         }
         Action::Forward(action) => {
             let edits = forward::Levels {
@@ -253,6 +277,14 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
             forward::forward(request, action, &edits, &authority, hcm, conn, &latest).await
         }
     }
+}
+
+/// A local answer with Envoy's response flag for it (Istio's `response_flags`).
+fn flagged(mut response: http::Response<Body>, flag: &'static str) -> http::Response<Body> {
+    response
+        .extensions_mut()
+        .insert(crate::telemetry::request::ResponseFlags(flag));
+    response
 }
 
 /// The request's authority as routing sees it: the URI's, else the `Host` header's, lower-case.

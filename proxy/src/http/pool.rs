@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::Body;
 use crate::config::cluster::HttpVersion;
 use crate::upstream::breakers::{Breaker, ClusterLoad};
-use crate::upstream::{ClusterKey, ClusterRuntime, ConnectError, Host};
+use crate::upstream::{ClusterKey, ClusterRuntime, ConnectError, Host, UpstreamPeer};
 
 /// Idle HTTP/1.1 connections kept per host.
 const MAX_IDLE_PER_HOST: usize = 64;
@@ -38,8 +38,10 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 type HostKey = (String, u16);
 /// Where a connection belongs: its cluster (by value) and host.
 type Key = (ClusterKey, HostKey);
-/// An idle HTTP/1.1 connection and since when.
-type Idle = (http1::SendRequest<Body>, Instant);
+/// An idle HTTP/1.1 connection, since when, and who its peer proved to be.
+type Idle = (http1::SendRequest<Body>, Instant, UpstreamPeer);
+/// A shared HTTP/2 connection and who its peer proved to be.
+type Shared = (http2::SendRequest<Body>, UpstreamPeer);
 /// Connections by cluster, then host. Only the clusters of the current runtime have an
 /// entry: a connection of any other cluster is not pooled.
 type ByCluster<C> = HashMap<ClusterKey, HashMap<HostKey, C>>;
@@ -48,7 +50,7 @@ type ByCluster<C> = HashMap<ClusterKey, HashMap<HostKey, C>>;
 pub struct Pool {
     http1: Mutex<ByCluster<Vec<Idle>>>,
     /// `None`: a live host of a live cluster with no shared connection yet.
-    http2: Mutex<ByCluster<Option<http2::SendRequest<Body>>>>,
+    http2: Mutex<ByCluster<Option<Shared>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -92,10 +94,10 @@ impl Pool {
                 .lock()
                 .get(&key.0)
                 .and_then(|hosts| hosts.get(&key.1).cloned().flatten());
-            let mut sender = match existing {
-                Some(s) if !s.is_closed() => s,
+            let (mut sender, peer) = match existing {
+                Some((s, peer)) if !s.is_closed() => (s, peer),
                 _ => {
-                    let (io, _) = cluster.connect_to(host).await?;
+                    let (io, peer) = cluster.connect_to(host).await?;
                     let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                         .await
                         .map_err(SendError::Handshake)?;
@@ -113,18 +115,18 @@ impl Pool {
                         .get_mut(&key.0)
                         .and_then(|hosts| hosts.get_mut(&key.1))
                     {
-                        *slot = Some(sender.clone());
+                        *slot = Some((sender.clone(), peer.clone()));
                     }
-                    sender
+                    (sender, peer)
                 }
             };
             let response = sender
                 .send_request(request)
                 .await
                 .map_err(SendError::Reset)?;
-            return Ok(response.map(box_incoming));
+            return Ok(with_peer(response.map(box_incoming), peer));
         }
-        let mut sender = loop {
+        let (mut sender, peer) = loop {
             let candidate = self
                 .http1
                 .lock()
@@ -134,15 +136,15 @@ impl Pool {
             match candidate {
                 // Back in the pool as soon as its response body ended: the connection task
                 // may not have caught up yet, so wait for it rather than drop the connection.
-                Some((mut s, since)) if since.elapsed() < idle && !s.is_closed() => {
+                Some((mut s, since, peer)) if since.elapsed() < idle && !s.is_closed() => {
                     if s.ready().await.is_ok() {
-                        break s;
+                        break (s, peer);
                     }
                 }
                 Some(_) => {}
                 None => {
-                    let io = match cluster.connect_to(host).await {
-                        Ok((io, _)) => io,
+                    let (io, peer) = match cluster.connect_to(host).await {
+                        Ok(connected) => connected,
                         // At `max_connections`: wait as a pending request for a connection
                         // to come back or close, if `max_pending_requests` allows.
                         Err(ConnectError::Overflow(_)) => {
@@ -159,7 +161,7 @@ impl Pool {
                     tokio::spawn(async move {
                         let _ = conn.with_upgrades().await;
                     });
-                    break sender;
+                    break (sender, peer);
                 }
             }
         };
@@ -169,12 +171,14 @@ impl Pool {
             .map_err(SendError::Reset)?;
         let pool = Arc::downgrade(self);
         let load = cluster.load.clone();
-        Ok(response.map(|body| {
+        let back = (sender, pool, key, load, peer.clone());
+        let response = response.map(|body| {
             Body::new(ReturnOnEnd {
                 body,
-                back: Some((sender, pool, key, load)),
+                back: Some(back),
             })
-        }))
+        });
+        Ok(with_peer(response, peer))
     }
 
     /// Sends an upgrade request (WebSocket) on a new HTTP/1.1 connection of its own: after a
@@ -233,14 +237,20 @@ impl Pool {
         keep(&mut self.http2.lock(), &hosts);
     }
 
-    fn give_back(&self, sender: http1::SendRequest<Body>, key: Key, load: &ClusterLoad) {
+    fn give_back(
+        &self,
+        sender: http1::SendRequest<Body>,
+        key: Key,
+        load: &ClusterLoad,
+        peer: UpstreamPeer,
+    ) {
         {
             let mut idle = self.http1.lock();
             // A cluster or host the current runtime no longer has: the connection is dropped.
             if let Some(list) = idle.get_mut(&key.0).and_then(|hosts| hosts.get_mut(&key.1))
                 && list.len() < MAX_IDLE_PER_HOST
             {
-                list.push((sender, Instant::now()));
+                list.push((sender, Instant::now(), peer));
             }
         }
         load.freed.notify_waiters();
@@ -299,6 +309,17 @@ impl Pool {
     }
 }
 
+/// The verified upstream of a response (its SPIFFE ID), for telemetry.
+#[derive(Debug, Clone)]
+pub struct VerifiedUpstream(pub Arc<str>);
+
+fn with_peer(mut response: http::Response<Body>, peer: UpstreamPeer) -> http::Response<Body> {
+    if let Some(peer) = peer {
+        response.extensions_mut().insert(VerifiedUpstream(peer));
+    }
+    response
+}
+
 fn box_incoming(body: Incoming) -> Body {
     use http_body_util::BodyExt;
     body.map_err(|e| Box::new(e) as super::BoxError)
@@ -308,7 +329,13 @@ fn box_incoming(body: Incoming) -> Body {
 /// A response body that returns its HTTP/1.1 connection to the pool once read to the end.
 /// Where a connection goes back to: the pool (if still there), its key, and the cluster's
 /// breakers to wake pending requests.
-type GiveBack = (http1::SendRequest<Body>, Weak<Pool>, Key, Arc<ClusterLoad>);
+type GiveBack = (
+    http1::SendRequest<Body>,
+    Weak<Pool>,
+    Key,
+    Arc<ClusterLoad>,
+    UpstreamPeer,
+);
 
 struct ReturnOnEnd {
     body: Incoming,
@@ -317,10 +344,10 @@ struct ReturnOnEnd {
 
 impl ReturnOnEnd {
     fn give_back(&mut self) {
-        if let Some((sender, pool, key, load)) = self.back.take()
+        if let Some((sender, pool, key, load, peer)) = self.back.take()
             && let Some(pool) = pool.upgrade()
         {
-            pool.give_back(sender, key, &load);
+            pool.give_back(sender, key, &load, peer);
         }
     }
 }

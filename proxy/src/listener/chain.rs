@@ -127,6 +127,7 @@ mod tests {
 
     fn chain(name: &str, m: ChainMatch) -> FilterChain {
         FilterChain {
+            peer: None,
             name: name.into(),
             matcher: m,
             tls: None,
@@ -142,6 +143,7 @@ mod tests {
 
     fn listener(chains: Vec<FilterChain>, default: Option<FilterChain>) -> Listener {
         Listener {
+            telemetry: None,
             name: "l".into(),
             address: "127.0.0.1:1".parse().unwrap(),
             direction: Direction::Inbound,

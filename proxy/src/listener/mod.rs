@@ -30,13 +30,17 @@ use self::error::{ConnectionError, ErrorChain, InspectorError};
 use self::rewind::Rewind;
 use crate::authz::{self, Decision, Subject};
 use crate::config::ProxyConfig;
-use crate::config::listener::Terminal;
+use crate::config::listener::{Direction, Terminal};
 use crate::config::secret::Secret;
+use crate::config::telemetry::GatewaySide;
 use crate::drain;
 use crate::http::pool::Pool;
 use crate::http::{Connection, TlsPeer};
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::runtime::{Runtime, Settings};
+use crate::telemetry::labels::{Reporter, Workload, unknown};
+use crate::telemetry::request::{ConnectionTelemetry, UpstreamFacts};
+use crate::telemetry::tcp::TcpContext;
 use crate::upstream::outlier::HealthRegistry;
 use sha2::{Digest, Sha256};
 
@@ -65,6 +69,9 @@ pub async fn run(
     let draining = loop {
         let current = config.borrow_and_update().clone();
         let runtime = Runtime::build(current.clone(), &health, &metrics, settings);
+        if let Some(telemetry) = &metrics.telemetry {
+            telemetry.tracer.configure(trace_collector(&runtime));
+        }
         // Before any request can use it: removed or changed clusters' pooled connections go.
         pool.prune(runtime.clusters.values().map(AsRef::as_ref));
         runtime_tx.send_replace(Arc::new(runtime));
@@ -175,9 +182,16 @@ async fn accept_loop(
         // removal does not cut it short.
         tokio::spawn(async move {
             let metrics = runtime.metrics.clone();
+            let gateway = gateway_side(&runtime, &name);
             if let Err(error) = serve(&name, stream, remote, runtime, latest, pool, drain).await {
                 if error.is_refusal() {
                     metrics.refused(&name, error.reason());
+                    if let (Some(side), Some(telemetry)) = (gateway, &metrics.telemetry) {
+                        // Before a chain (and so a peer) is known.
+                        telemetry
+                            .gateway
+                            .refused(side.as_str(), unknown(), error.reason());
+                    }
                 }
                 tracing::debug!(
                     listener = &*name,
@@ -189,6 +203,62 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// The cluster (and its service) the first forwarding route of `hcm` leads to.
+fn inbound_service(
+    runtime: &Runtime,
+    hcm: &crate::config::listener::HttpManager,
+) -> Option<UpstreamFacts> {
+    use crate::config::listener::RouteSource;
+    use crate::config::route::{Action, Targets};
+    let table = match &hcm.routes {
+        RouteSource::Rds(name) => runtime.config.routes.get(name).map(|t| &**t),
+        RouteSource::Inline(table) => Some(&**table),
+    }?;
+    let cluster = table
+        .virtual_hosts
+        .iter()
+        .flat_map(|vh| &vh.routes)
+        .find_map(|r| match &r.action {
+            Action::Forward(f) => match &f.targets {
+                Targets::Cluster(name) => Some(name.as_str()),
+                Targets::Weighted(targets) => targets.first().map(|t| t.cluster.as_str()),
+            },
+            _ => None,
+        })?;
+    let runtime_cluster = runtime.clusters.get(cluster)?;
+    Some(UpstreamFacts {
+        cluster: Arc::from(cluster),
+        facts: runtime_cluster.cluster.telemetry.clone(),
+        principal: None,
+    })
+}
+
+/// Where spans go: the first endpoint (`host:port`) of the collector cluster the first traced
+/// connection manager names.
+fn trace_collector(runtime: &Runtime) -> Option<String> {
+    let cluster = runtime
+        .config
+        .listeners
+        .values()
+        .flat_map(|l| l.chains.iter().chain(&l.default_chain))
+        .find_map(|c| match &c.terminal {
+            Terminal::Http(hcm) => hcm.tracing.as_ref().map(|t| t.collector_cluster.clone()),
+            Terminal::Tcp(_) => None,
+        })?;
+    runtime.clusters.get(&cluster)?.first_address()
+}
+
+/// The federation side of a gateway's listener.
+fn gateway_side(runtime: &Runtime, name: &str) -> Option<GatewaySide> {
+    runtime
+        .config
+        .listeners
+        .get(name)?
+        .telemetry
+        .as_ref()?
+        .gateway
 }
 
 /// One downstream connection, from the first byte to the terminal filter. A refusal is counted
@@ -285,16 +355,19 @@ async fn serve(
             return Err(ConnectionError::Rbac);
         }
     }
+    let tcp_telemetry = tcp_context(&runtime, listener, chain, peer.clone());
     match &chain.terminal {
         // `drain` lives until the copy ends: a TCP connection counts as open work (a drain
         // waits for it up to the deadline) but is not cut, having no request boundary.
         Terminal::Tcp(tcp) => {
-            let result = crate::tcp::proxy(io, tcp, &runtime, local).await;
+            let result = crate::tcp::proxy(io, tcp, &runtime, local, tcp_telemetry).await;
             drop(drain);
             Ok(result?)
         }
         Terminal::Http(hcm) => {
             let codec = hcm.codec;
+            let telemetry = request_telemetry(remote, &runtime, listener, hcm, tls.as_ref());
+            let gateway = tcp_telemetry.filter(|t| t.node.gateway.is_some());
             let connection = Connection {
                 runtime: runtime.clone(),
                 latest,
@@ -306,10 +379,70 @@ async fn serve(
                 server_name: facts.server_name.clone(),
                 tls,
                 drain,
+                telemetry,
+                gateway,
             };
             Ok(crate::http::serve_connection(io, codec, connection).await?)
         }
     }
+}
+
+/// The telemetry of a connection on `listener`'s `chain`, when telemetry is on and the control
+/// plane said who the node is.
+fn tcp_context(
+    runtime: &Runtime,
+    listener: &crate::config::listener::Listener,
+    chain: &crate::config::listener::FilterChain,
+    peer_id: Option<String>,
+) -> Option<TcpContext> {
+    Some(TcpContext {
+        telemetry: runtime.metrics.telemetry.clone()?,
+        node: listener.telemetry.clone()?,
+        direction: listener.direction,
+        peer_id,
+        chain_peer: chain.peer.clone(),
+    })
+}
+
+/// A sidecar's HTTP request telemetry on `listener` (not a gateway's: it carries tunnels).
+fn request_telemetry(
+    remote: SocketAddr,
+    runtime: &Runtime,
+    listener: &crate::config::listener::Listener,
+    hcm: &crate::config::listener::HttpManager,
+    tls: Option<&TlsPeer>,
+) -> Option<ConnectionTelemetry> {
+    let telemetry = runtime.metrics.telemetry.clone()?;
+    let node = listener.telemetry.clone().filter(|n| n.gateway.is_none())?;
+    let reporter = match listener.direction {
+        Direction::Inbound => Reporter::Destination,
+        Direction::Outbound => Reporter::Source,
+        Direction::Unspecified => return None,
+    };
+    let peer_id = tls.and_then(|t| t.peer_id.as_deref());
+    let peer = peer_id.map(|id| {
+        let mut caller = Workload::unknown();
+        caller.principal = telemetry.principals.label(id);
+        caller.mesh = node.mesh_of(id);
+        Arc::new(caller)
+    });
+    // A request answered before a cluster is chosen (RBAC, no route) is still for this
+    // workload's service: the one its inbound routes lead to.
+    let served = (reporter == Reporter::Destination)
+        .then(|| inbound_service(runtime, hcm))
+        .flatten();
+    Some(ConnectionTelemetry {
+        served,
+        remote,
+        peers: telemetry.peers.clone(),
+        telemetry,
+        node,
+        reporter,
+        peer,
+        mutual_tls: peer_id.is_some(),
+        peer_id: peer_id.map(Arc::from),
+        tracing: hcm.tracing.clone(),
+    })
 }
 
 /// One open downstream connection in `downstream_connections_active`: counted when made,

@@ -68,6 +68,10 @@ impl Drop for Active {
     }
 }
 
+/// The SPIFFE ID an upstream proved with its certificate (TLS origination); `None` over
+/// plaintext or without a SPIFFE ID.
+pub type UpstreamPeer = Option<Arc<str>>;
+
 /// A cluster ready to be used: its hosts by priority, how to pick among them, and its TLS
 /// client configuration.
 #[derive(Debug)]
@@ -314,6 +318,15 @@ impl ClusterRuntime {
         hosts.iter().filter(|h| usable(h)).cloned().collect()
     }
 
+    /// The first host's `host:port` (a static collector's address, say).
+    pub fn first_address(&self) -> Option<String> {
+        let host = self.priorities.iter().flatten().next()?;
+        Some(match host.host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]:{}", host.port),
+            Err(_) => format!("{}:{}", host.host, host.port),
+        })
+    }
+
     /// Picks a host to send to.
     pub fn pick(&self) -> Option<Arc<Host>> {
         self.balancer.pick(&self.usable_hosts())
@@ -362,7 +375,7 @@ impl ClusterRuntime {
     pub async fn connect_original(
         &self,
         destination: SocketAddr,
-    ) -> Result<(BoxedIo, Arc<Host>), ConnectError> {
+    ) -> Result<(BoxedIo, Arc<Host>, UpstreamPeer), ConnectError> {
         let host = Arc::new(Host {
             host: destination.ip().to_string(),
             port: destination.port(),
@@ -371,17 +384,18 @@ impl ClusterRuntime {
             active: AtomicUsize::new(0),
             health: Arc::default(),
         });
-        let (io, _) = self.connect_to(&host).await?;
-        Ok((io, host))
+        let (io, peer) = self.connect_to(&host).await?;
+        Ok((io, host, peer))
     }
 
-    /// Picks a host and connects to it (TLS included), within the cluster's connect timeout.
-    pub async fn connect(&self) -> Result<(BoxedIo, Arc<Host>), ConnectError> {
+    /// Picks a host and connects to it (TLS included), within the cluster's connect timeout;
+    /// also says who the host proved to be.
+    pub async fn connect(&self) -> Result<(BoxedIo, Arc<Host>, UpstreamPeer), ConnectError> {
         let host = self
             .pick()
             .ok_or_else(|| ConnectError::NoHost(self.cluster.name.clone()))?;
         match self.connect_to(&host).await {
-            Ok((io, _)) => Ok((io, host)),
+            Ok((io, peer)) => Ok((io, host, peer)),
             // An overflow says nothing of the host's health.
             Err(e @ ConnectError::Overflow(_)) => Err(e),
             Err(e) => {
@@ -391,9 +405,9 @@ impl ClusterRuntime {
         }
     }
 
-    /// Connects to `host`; also says whether TLS negotiated HTTP/2 (ALPN `h2`).
+    /// Connects to `host`; also says who the peer proved to be over TLS (its SPIFFE ID).
     /// The connection holds a slot of the cluster's `max_connections` until it closes.
-    pub async fn connect_to(&self, host: &Host) -> Result<(BoxedIo, bool), ConnectError> {
+    pub async fn connect_to(&self, host: &Host) -> Result<(BoxedIo, UpstreamPeer), ConnectError> {
         let Some(slot) = self
             .load
             .try_acquire(Breaker::Connections, &self.cluster.limits)
@@ -413,10 +427,10 @@ impl ClusterRuntime {
         if result.is_err() {
             Metrics::cluster(&self.metrics.upstream_connect_failures, &self.cluster.name);
         }
-        result.map(|(io, h2)| (Box::new(SlotIo { inner: io, slot }) as BoxedIo, h2))
+        result.map(|(io, peer)| (Box::new(SlotIo { inner: io, slot }) as BoxedIo, peer))
     }
 
-    async fn dial(&self, host: &Host) -> Result<(BoxedIo, bool), ConnectError> {
+    async fn dial(&self, host: &Host) -> Result<(BoxedIo, UpstreamPeer), ConnectError> {
         let io_err = |source| ConnectError::Io {
             host: host.host.clone(),
             port: host.port,
@@ -433,7 +447,7 @@ impl ClusterRuntime {
         let tcp = TcpStream::connect(addr).await.map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
         let Some(tls) = &self.tls else {
-            return Ok((Box::new(tcp), false));
+            return Ok((Box::new(tcp), None));
         };
         let tls_err = |reason: String| ConnectError::Tls {
             cluster: self.cluster.name.clone(),
@@ -456,8 +470,9 @@ impl ClusterRuntime {
             .connect(name, tcp)
             .await
             .map_err(|e| tls_err(format!("TLS handshake with {addr}: {e}")))?;
-        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        Ok((Box::new(stream), h2))
+        let peer = isthmus_identity::peer_identity(stream.get_ref().1)
+            .map(|id| Arc::from(id.to_string().as_str()));
+        Ok((Box::new(stream), peer))
     }
 }
 

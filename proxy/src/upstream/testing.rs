@@ -28,6 +28,7 @@ use crate::upstream::outlier::HealthRegistry;
 /// A plaintext, least-request cluster with one endpoint, `127.0.0.1:port`.
 pub fn cluster(name: &str, port: u16) -> Cluster {
     Cluster {
+        telemetry: Default::default(),
         name: name.to_owned(),
         discovery: Discovery::Static(LoadAssignment {
             cluster_name: name.to_owned(),
@@ -62,6 +63,7 @@ pub fn cluster(name: &str, port: u16) -> Cluster {
 /// An inbound listener `in` on `127.0.0.1:0` with these filter chains and no default one.
 pub fn listener(chains: Vec<FilterChain>) -> Arc<Listener> {
     Arc::new(Listener {
+        telemetry: None,
         name: "in".to_owned(),
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
         direction: Direction::Inbound,

@@ -15,6 +15,7 @@ pub mod kube_inject;
 pub mod manifests;
 pub mod status;
 pub mod token;
+pub mod top;
 pub mod up;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +61,9 @@ pub enum Command {
     /// Follow one imported service along its path (name, sidecar, egress gateway, peer
     /// ingress gateway, endpoint, authorization) and say at which hop and why it breaks.
     Doctor(doctor::DoctorCommand),
+    /// Golden signals of every service and peer of the running meshes, from the sidecars'
+    /// metrics (requests per second, success rate, p50/p99 latency, callers' mesh).
+    Top(top::TopCommand),
     /// Run every mesh a folder describes on this machine, until Ctrl-C.
     Up(up::UpCommand),
     /// Run examples/two-meshes, drive traffic through it, and report what that proved.
@@ -79,6 +83,7 @@ impl Cli {
             Command::KubeInject(cmd) => cmd.run(),
             Command::Federation(cmd) => cmd.run().await,
             Command::Doctor(cmd) => cmd.run().await,
+            Command::Top(cmd) => cmd.run().await,
             Command::Up(cmd) => cmd.run().await,
             Command::Demo(cmd) => cmd.run().await,
         }

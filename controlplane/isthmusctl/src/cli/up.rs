@@ -9,6 +9,7 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::runner::processes::tail;
+use crate::runner::run::RunOptions;
 use crate::runner::run_file::default_state;
 use crate::runner::{RunFile, Runner};
 
@@ -20,6 +21,43 @@ pub struct UpCommand {
     /// operator commands read).
     #[arg(long, env = "ISTHMUS_UP_STATE", default_value_os_t = default_state())]
     pub state: PathBuf,
+    /// Send every proxy's spans to this OTLP/gRPC collector (`host:port`, e.g. Jaeger's
+    /// 4317); passed to every isthmusd as `--tracing-otlp-endpoint`. No tracing without it.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// Percentage (0 to 100) of requests that start a sampled trace; isthmusd's default, 1,
+    /// without it.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    pub trace_sampling: Option<f64>,
+}
+
+/// `host:port` (`[v6]:port` for IPv6).
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    let bad = || format!("{text:?} is not host:port");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        }
+    };
+    if host_ok && port != 0 {
+        Ok(text.to_owned())
+    } else {
+        Err(bad())
+    }
+}
+
+/// A percentage from 0 to 100.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
+    }
 }
 
 impl UpCommand {
@@ -29,8 +67,14 @@ impl UpCommand {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut hangup = signal(SignalKind::hangup())?;
-        let mut runner =
-            Runner::start(&self.dir, &self.state, &|step| eprintln!("· {step}")).await?;
+        let options = RunOptions {
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            trace_sampling: self.trace_sampling,
+        };
+        let mut runner = Runner::start_with(&self.dir, &self.state, options, &|step| {
+            eprintln!("· {step}")
+        })
+        .await?;
         print!("{}", runner.table());
         println!(
             "\nEverything is up. Logs: {}/<mesh>/logs; run file: {}.\nEdits of {} apply as you save them. Ctrl-C stops everything.",
@@ -95,4 +139,48 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracing_flags_are_checked_and_passed_to_isthmusd() {
+        for ok in ["127.0.0.1:4317", "jaeger.observability:4317", "[::1]:4317"] {
+            assert_eq!(parse_endpoint(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "jaeger",
+            "jaeger:0",
+            "http://jaeger:4317",
+            ":4317",
+            "[nope]:1",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_percent("12.5"), Ok(12.5));
+        assert!(parse_percent("101").is_err());
+        assert!(parse_percent("-1").is_err());
+
+        assert_eq!(
+            RunOptions::default().isthmusd_args("red"),
+            ["--mesh-id", "red"]
+        );
+        let options = RunOptions {
+            otlp_endpoint: Some("127.0.0.1:4317".into()),
+            trace_sampling: Some(100.0),
+        };
+        assert_eq!(
+            options.isthmusd_args("green"),
+            [
+                "--mesh-id",
+                "green",
+                "--tracing-otlp-endpoint",
+                "127.0.0.1:4317",
+                "--tracing-sampling",
+                "100"
+            ]
+        );
+    }
 }

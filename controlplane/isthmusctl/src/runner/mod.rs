@@ -7,6 +7,7 @@
 //! - [`processes`]: starting, watching and stopping the processes (process groups);
 //! - [`run`]: the order things start in, readiness, reloads, the run file operators read;
 //! - [`run_file`]: `STATE/run.json`, what a running `up` started and where;
+//! - [`prometheus`]: `STATE/prometheus.yml`, a Prometheus configuration scraping the run;
 //! - [`offline`]: a description's meshes as configuration, for dry runs;
 //! - [`http`]: one-shot HTTP requests (admin and debug ports, calls through a sidecar).
 
@@ -15,6 +16,7 @@ pub mod http;
 pub mod offline;
 pub mod plan;
 pub mod processes;
+pub mod prometheus;
 pub mod run;
 pub mod run_file;
 

@@ -49,6 +49,34 @@ pub struct Runner {
     /// The run's address block, `127.<block>.0.0/16`, held by `_block_lock`.
     block: u8,
     _block_lock: TcpListener,
+    /// What every `isthmusd` is started with beyond the description (`up`'s flags).
+    pub options: RunOptions,
+}
+
+/// `isthmusctl up`'s settings for every mesh's `isthmusd`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunOptions {
+    /// The OTLP/gRPC collector (`host:port`) the proxies send spans to
+    /// (`--tracing-otlp-endpoint`); no tracing without it.
+    pub otlp_endpoint: Option<String>,
+    /// Percentage of requests that start a sampled trace (`--tracing-sampling`); isthmusd's
+    /// default (1) without it.
+    pub trace_sampling: Option<f64>,
+}
+
+impl RunOptions {
+    /// `isthmusd`'s flags for `mesh`: its name (`--mesh-id`, always: the `Mesh` document's),
+    /// and tracing when asked for.
+    pub fn isthmusd_args(&self, mesh: &str) -> Vec<String> {
+        let mut args = vec!["--mesh-id".to_owned(), mesh.to_owned()];
+        if let Some(endpoint) = &self.otlp_endpoint {
+            args.extend(["--tracing-otlp-endpoint".to_owned(), endpoint.clone()]);
+        }
+        if let Some(percent) = self.trace_sampling {
+            args.extend(["--tracing-sampling".to_owned(), percent.to_string()]);
+        }
+        args
+    }
 }
 
 /// The problems of a description, one per line, as an error.
@@ -61,6 +89,16 @@ impl Runner {
     /// Reads `dir` and starts every mesh it describes, keeping state under `state`; `progress`
     /// hears each step. On failure nothing is left running.
     pub async fn start(dir: &Path, state: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<Self> {
+        Self::start_with(dir, state, RunOptions::default(), progress).await
+    }
+
+    /// [`Runner::start`], every `isthmusd` started with `options`.
+    pub async fn start_with(
+        dir: &Path,
+        state: &Path,
+        options: RunOptions,
+        progress: &dyn Fn(&str),
+    ) -> anyhow::Result<Self> {
         let description = read_description(dir).map_err(|e| located(&e))?;
         std::fs::create_dir_all(state)
             .with_context(|| format!("cannot create the state folder {}", state.display()))?;
@@ -82,6 +120,7 @@ impl Runner {
             supervisor: Supervisor::new(state.display().to_string()),
             block,
             _block_lock: lock,
+            options,
         };
         match runner.bring_up(progress).await {
             Ok(()) => Ok(runner),
@@ -151,7 +190,10 @@ impl Runner {
         // A command that cannot run usually says so at once.
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.fail_on_exit()?;
-        self.run_file().write(&self.state)?;
+        let run = self.run_file();
+        // Before run.json, whose presence tells waiting tests that everything is in place.
+        super::prometheus::write(&self.state, &run)?;
+        run.write(&self.state)?;
         Ok(())
     }
 
@@ -180,6 +222,7 @@ impl Runner {
         ]
         .map(str::to_owned)
         .to_vec();
+        let args = [args, self.options.isthmusd_args(&mesh.name)].concat();
         self.supervisor.start(ProcessSpec {
             name: name.clone(),
             program: our_binary("isthmusd"),

@@ -10,7 +10,13 @@
 //! - the volumes `isthmus-token` (a service-account token projected for the audience
 //!   `isthmus-ca`) and `isthmus-ca-root` (the `ConfigMap` `isthmus-ca-root-cert`);
 //! - the applications' HTTP and TCP probes rewritten to the status port ([`super::probes`]);
-//! - the annotation `sidecar.isthmus.io/status` saying what was added.
+//! - the annotation `sidecar.isthmus.io/status` saying what was added;
+//! - Istio's scrape annotations, `prometheus.io/scrape: "true"`, `prometheus.io/port: "15020"`,
+//!   `prometheus.io/path: /stats/prometheus` (the sidecar's metrics on its status port), unless
+//!   the pod has a `prometheus.io/scrape`, `port` or `path` annotation of its own: those are
+//!   left as they are (Istio's agent would merge the application's metrics into its own; ours
+//!   does not, so the pod's own scraping is kept and `docs/observability.md`'s Kubernetes
+//!   configuration scrapes such sidecars by the status annotation instead).
 
 use serde_json::{Map, Value, json};
 
@@ -59,6 +65,14 @@ const CAPTURE_ANNOTATIONS: [(&str, &str, Syntax); 6] = [
         "--exclude-interfaces",
         Syntax::Interfaces,
     ),
+];
+
+/// Istio's annotations for Prometheus's pod discovery: the sidecar's metrics on the status
+/// port ([`STATUS_PORT`]).
+pub const PROMETHEUS_ANNOTATIONS: [(&str, &str); 3] = [
+    ("prometheus.io/scrape", "true"),
+    ("prometheus.io/port", "15020"),
+    ("prometheus.io/path", "/stats/prometheus"),
 ];
 
 /// The annotation that replaces the sidecar's image for one pod.
@@ -151,6 +165,14 @@ pub fn add_sidecar(
     let metadata = object_mut(pod, "metadata", "metadata")?;
     let annotations = object_mut(metadata, "annotations", "metadata.annotations")?;
     annotations.insert(STATUS_ANNOTATION.into(), Value::String(status_annotation()));
+    if !PROMETHEUS_ANNOTATIONS
+        .iter()
+        .any(|(name, _)| annotations.contains_key(*name))
+    {
+        for (name, value) in PROMETHEUS_ANNOTATIONS {
+            annotations.insert(name.into(), Value::String(value.into()));
+        }
+    }
     Ok(())
 }
 
@@ -367,4 +389,48 @@ fn array_mut<'a>(
     }
     slot.as_array_mut()
         .ok_or_else(|| InjectError::new(path, "must be a list"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn injected(annotations: Value) -> Map<String, Value> {
+        let mut pod = json!({
+            "metadata": {"name": "web", "namespace": "shop", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+        });
+        let settings = InjectSettings::new("cluster.local".parse().unwrap(), "isthmus-system");
+        add_sidecar(pod.as_object_mut().unwrap(), &settings).unwrap();
+        pod["metadata"]["annotations"].as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn the_sidecars_metrics_are_announced_on_the_status_port() {
+        assert_eq!(PROMETHEUS_ANNOTATIONS[1].1, STATUS_PORT.to_string());
+        let annotations = injected(Value::Null);
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], "15020");
+        assert_eq!(annotations["prometheus.io/path"], "/stats/prometheus");
+        assert!(annotations[STATUS_ANNOTATION].is_string());
+        let annotations = injected(json!({"team": "shop"}));
+        assert_eq!(annotations["prometheus.io/port"], "15020");
+        assert_eq!(annotations["team"], "shop");
+    }
+
+    #[test]
+    fn a_pods_own_scrape_annotations_are_kept() {
+        let own = json!({"prometheus.io/scrape": "true", "prometheus.io/port": "9090"});
+        let annotations = injected(own);
+        assert_eq!(annotations["prometheus.io/port"], "9090");
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert!(!annotations.contains_key("prometheus.io/path"));
+        let annotations = injected(json!({"prometheus.io/scrape": "false"}));
+        assert_eq!(annotations["prometheus.io/scrape"], "false");
+        assert!(!annotations.contains_key("prometheus.io/port"));
+    }
 }

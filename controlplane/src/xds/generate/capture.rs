@@ -19,6 +19,7 @@ use isthmus_proto::envoy::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
 };
 use isthmus_proto::envoy::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
 use super::endpoints::socket;
@@ -70,7 +71,11 @@ fn service_ranges(service: &Service) -> Vec<CidrRange> {
 }
 
 /// The outbound capture listener and the passthrough cluster its default chain uses.
-pub fn virtual_outbound(node: &ProxyNode, visible: &[&Service]) -> (Listener, Cluster) {
+pub fn virtual_outbound(
+    node: &ProxyNode,
+    visible: &[&Service],
+    tracing: Option<&Tracing>,
+) -> (Listener, Cluster) {
     let mut chains = Vec::new();
     let http_ports: BTreeSet<u32> = visible
         .iter()
@@ -85,7 +90,7 @@ pub fn virtual_outbound(node: &ProxyNode, visible: &[&Service]) -> (Listener, Cl
                 destination_port: Some(UInt32Value { value: *port }),
                 ..Default::default()
             }),
-            filters: vec![outbound_http()],
+            filters: vec![outbound_http(tracing)],
             ..Default::default()
         });
     }

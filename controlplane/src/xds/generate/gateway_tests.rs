@@ -313,3 +313,128 @@ fn a_workload_that_is_no_peers_gateway_gets_nothing() {
     let gw = gateway(&model, workload);
     assert!(gw.listeners.is_empty() && gw.clusters.is_empty());
 }
+
+/// The telemetry facts of `metadata` (`isthmus.telemetry.facts`), flattened to strings:
+/// `service.name`, `meshes` as `td=mesh,...`.
+fn facts(
+    metadata: Option<&isthmus_proto::envoy::envoy::config::core::v3::Metadata>,
+    _key: &str,
+) -> std::collections::BTreeMap<String, String> {
+    use isthmus_proto::envoy::google::protobuf::value::Kind;
+    let Some(s) = metadata.and_then(|m| m.filter_metadata.get("isthmus.telemetry")) else {
+        return Default::default();
+    };
+    assert_eq!(s.fields.len(), 1, "one field: deterministic encoding");
+    let Some(Kind::StringValue(text)) = s.fields.get("facts").and_then(|v| v.kind.clone()) else {
+        panic!("facts is a string: {s:?}");
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in json.as_object().expect("object") {
+        match v {
+            serde_json::Value::String(s) => {
+                out.insert(k.clone(), s.clone());
+            }
+            serde_json::Value::Object(inner) if k == "meshes" => {
+                let pairs: Vec<String> = inner
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                out.insert(k.clone(), pairs.join(","));
+            }
+            serde_json::Value::Object(inner) => {
+                for (ik, iv) in inner {
+                    out.insert(
+                        format!("{k}.{ik}"),
+                        iv.as_str().unwrap_or_default().to_owned(),
+                    );
+                }
+            }
+            other => panic!("{k}: {other}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn telemetry_metadata_names_meshes_services_and_peers() {
+    let ca = TestCa::new("green.local");
+    let mut model = model(&ca.root_pem());
+    model.telemetry.mesh_id = Some("red".into());
+    let workload = model
+        .workloads
+        .get(&("istio-system".to_owned(), "gateway".to_owned()))
+        .expect("the gateway workload")
+        .clone();
+    let gw = gateway(&model, &workload);
+
+    // The gateway's listeners: who it is, which side, and every mesh by trust domain.
+    let egress = facts(
+        listener(&gw, "federation-egress").metadata.as_ref(),
+        "isthmus.telemetry",
+    );
+    assert_eq!(egress["gateway"], "egress");
+    assert_eq!(egress["mesh"], "red");
+    assert_eq!(egress["meshes"], "green.local=green,red.local=red");
+    assert_eq!(
+        egress["principal"],
+        "spiffe://red.local/ns/istio-system/sa/gateway"
+    );
+    let ingress = facts(
+        listener(&gw, "federation-ingress").metadata.as_ref(),
+        "isthmus.telemetry",
+    );
+    assert_eq!(ingress["gateway"], "ingress");
+
+    // Tunnels and ingress clusters: the peer and the service they carry.
+    let tunnel = gw
+        .clusters
+        .iter()
+        .find(|c| c.name == "federation|green|9080|ratings.bookinfo.svc.red-exports.local")
+        .expect("the tunnel to green's ratings");
+    let t = facts(tunnel.metadata.as_ref(), "isthmus.telemetry");
+    assert_eq!(t["peer"], "green");
+    assert_eq!(t["tunnel"], "ratings.bookinfo.svc.red-exports.local");
+    let chain = listener(&gw, "federation-ingress")
+        .filter_chains
+        .first()
+        .expect("a chain");
+    assert_eq!(
+        facts(chain.metadata.as_ref(), "isthmus.telemetry")["peer"],
+        "green"
+    );
+
+    // A sidecar's cluster to the imported service: Istio's `services`, and green's mesh.
+    let mut clusters = vec![
+        isthmus_proto::envoy::envoy::config::cluster::v3::Cluster {
+            name: "outbound|9080||ratings.bookinfo.svc.green-imports.local".into(),
+            ..Default::default()
+        },
+        isthmus_proto::envoy::envoy::config::cluster::v3::Cluster {
+            name: "outbound|9080||reviews.bookinfo.svc.cluster.local".into(),
+            ..Default::default()
+        },
+        isthmus_proto::envoy::envoy::config::cluster::v3::Cluster {
+            name: "PassthroughCluster".into(),
+            ..Default::default()
+        },
+    ];
+    super::telemetry::label_clusters(&model, None, &mut clusters);
+    let imported = &clusters[0];
+    assert_eq!(
+        facts(imported.metadata.as_ref(), "isthmus.telemetry")["mesh"],
+        "green"
+    );
+    let f = facts(imported.metadata.as_ref(), "isthmus.telemetry");
+    assert_eq!(
+        f["service.host"],
+        "ratings.bookinfo.svc.green-imports.local"
+    );
+    assert_eq!(f["service.name"], "ratings");
+    assert_eq!(f["service.namespace"], "bookinfo");
+    assert_eq!(
+        facts(clusters[1].metadata.as_ref(), "isthmus.telemetry")["mesh"],
+        "red"
+    );
+    assert!(clusters[2].metadata.is_none(), "no service: no metadata");
+}

@@ -51,6 +51,7 @@ use super::names::{
     FEDERATION_INGRESS_LISTENER, discovery_sni, federation_egress_cluster,
     federation_ingress_cluster, imported_sni, peer_root_secret,
 };
+use super::telemetry::{GatewaySide, gateway_metadata, label_gateway_listener};
 use super::tls::{downstream_mtls_for, downstream_peer_mtls, upstream_peer_mtls};
 use super::{duration, pack};
 use crate::model::imports::LOCAL_DOMAIN;
@@ -117,14 +118,21 @@ pub fn gateway(model: &MeshModel, workload: &Workload) -> Gateway {
         if let Some(port) = port
             && !chains.is_empty()
         {
-            out.listeners.push(Listener {
+            let mut listener = Listener {
                 name: name.into(),
                 address: Some(socket(&workload.address, port)),
                 listener_filters: vec![tls_inspector()],
                 filter_chains: chains,
                 traffic_direction: TrafficDirection::Outbound as i32,
                 ..Default::default()
-            });
+            };
+            let side = if name == FEDERATION_EGRESS_LISTENER {
+                GatewaySide::Egress
+            } else {
+                GatewaySide::Ingress
+            };
+            label_gateway_listener(model, workload, side, &mut listener);
+            out.listeners.push(listener);
         }
     }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -182,6 +190,7 @@ fn egress(
 fn tunnel_chain(peer: &str, server_name: &str, cluster: &str, authority: &str) -> FilterChain {
     FilterChain {
         name: format!("{peer}|{server_name}"),
+        metadata: Some(gateway_metadata(Some(peer), None)),
         filter_chain_match: Some(FilterChainMatch {
             server_names: vec![server_name.to_owned()],
             ..Default::default()
@@ -205,6 +214,7 @@ fn tunnel_chain(peer: &str, server_name: &str, cluster: &str, authority: &str) -
 /// HTTP/2 over mTLS to the peer's ingress, the peer verified against its own root alone.
 fn tunnel_cluster(name: &str, peer: &Peer, sni: &str) -> Cluster {
     let mut c = static_cluster(name, &peer.service_addresses);
+    c.metadata = Some(gateway_metadata(Some(&peer.name), Some(sni)));
     c.transport_socket = Some(upstream_peer_mtls(
         sni,
         &peer_root_secret(peer.trust_domain.as_str()),
@@ -276,7 +286,9 @@ fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Optio
                 .filter(|e| e.via_peer.is_none())
                 .map(|e| format!("{}:{}", e.address, e.port_for(port)))
                 .collect();
-            clusters.push(static_cluster(&name, &endpoints));
+            let mut cluster = static_cluster(&name, &endpoints);
+            cluster.metadata = Some(gateway_metadata(None, Some(&service.key.hostname)));
+            clusters.push(cluster);
             virtual_hosts.push(connect_host(
                 &format!("{}:{}", exported.hostname, port.number),
                 &name,
@@ -290,10 +302,10 @@ fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Optio
             DISCOVERY_AUTHORITY,
             FEDERATION_DISCOVERY_CLUSTER,
         ));
-        clusters.push(static_cluster(
-            FEDERATION_DISCOVERY_CLUSTER,
-            std::slice::from_ref(address),
-        ));
+        let mut discovery =
+            static_cluster(FEDERATION_DISCOVERY_CLUSTER, std::slice::from_ref(address));
+        discovery.metadata = Some(gateway_metadata(None, Some(DISCOVERY_AUTHORITY)));
+        clusters.push(discovery);
     }
     if server_names.is_empty() {
         return None;
@@ -318,6 +330,7 @@ fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Optio
     };
     Some(FilterChain {
         name: format!("federation-ingress|{}", peer.name),
+        metadata: Some(gateway_metadata(Some(&peer.name), None)),
         filter_chain_match: Some(FilterChainMatch {
             server_names,
             ..Default::default()

@@ -30,6 +30,7 @@ use isthmus_proto::envoy::envoy::extensions::filters::listener::tls_inspector::v
 use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
+use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use isthmus_proto::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use isthmus_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy,
@@ -140,6 +141,7 @@ pub fn inbound_listeners(workload: &Workload, inbound: &Inbound) -> Vec<Listener
 pub fn inbound(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Inbound {
     let mtls = model.mtls_policy(workload);
     let policies = model.authorization_policies(workload);
+    let tracing = super::tracing::hcm_tracing(model, workload);
     let mut ports = Vec::new();
     let mut clusters = Vec::new();
     let mut routes = Vec::new();
@@ -160,7 +162,7 @@ pub fn inbound(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Inbo
         let filters = if port.protocol.is_http() {
             let rules = rbac_rules(&policies, Layer::Http);
             routes.push(inbound_routes(port.number, &cluster_name, rules));
-            vec![inbound_http(port.number)]
+            vec![inbound_http(port.number, tracing.as_ref())]
         } else {
             let mut filters: Vec<Filter> = rbac_rules(&policies, Layer::Tcp)
                 .into_iter()
@@ -249,7 +251,7 @@ pub(super) fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
 /// The inbound HTTP filters: RBAC DENY, RBAC ALLOW, router. The policies themselves live in
 /// the inbound route configuration (RDS, per-route config), so a policy change applies to
 /// the next request on connections that are already open, without draining listeners.
-fn inbound_http(port: u32) -> Filter {
+fn inbound_http(port: u32, tracing: Option<&Tracing>) -> Filter {
     let rbac = |name: &str| HttpFilter {
         name: name.to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack(
@@ -266,6 +268,7 @@ fn inbound_http(port: u32) -> Filter {
         })),
         http_filters: vec![rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER), router()],
         upgrade_configs: websocket(),
+        tracing: tracing.cloned(),
         // The application sees who called it (x-forwarded-client-cert, URI = SPIFFE ID).
         forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::SanitizeSet
             as i32,
@@ -365,12 +368,12 @@ fn app_cluster(name: &str, address: &str, port: u32, protocol: Protocol) -> Clus
 }
 
 /// The application's HTTP proxy: every visible HTTP service, routed by RDS.
-pub fn outbound(node: &ProxyNode) -> Listener {
+pub fn outbound(node: &ProxyNode, tracing: Option<&Tracing>) -> Listener {
     Listener {
         name: OUTBOUND_LISTENER.into(),
         address: Some(socket(&node.outbound_address, node.outbound_port)),
         filter_chains: vec![FilterChain {
-            filters: vec![outbound_http()],
+            filters: vec![outbound_http(tracing)],
             ..Default::default()
         }],
         traffic_direction: TrafficDirection::Outbound as i32,
@@ -401,7 +404,7 @@ pub fn outbound_tcp(node: &ProxyNode) -> Vec<Listener> {
 
 /// The outbound HTTP connection manager: routes of every visible HTTP service (RDS
 /// `outbound`), by authority.
-pub(super) fn outbound_http() -> Filter {
+pub(super) fn outbound_http(tracing: Option<&Tracing>) -> Filter {
     let hcm = HttpConnectionManager {
         stat_prefix: "outbound_http".into(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
@@ -411,6 +414,7 @@ pub(super) fn outbound_http() -> Filter {
         })),
         http_filters: vec![router()],
         upgrade_configs: websocket(),
+        tracing: tracing.cloned(),
         // Requests in absolute form (`GET http://svc:port/ HTTP/1.1`, as HTTP proxies get).
         http_protocol_options: Some(
             isthmus_proto::envoy::envoy::config::core::v3::Http1ProtocolOptions {

@@ -26,9 +26,11 @@ mod names;
 mod rbac;
 mod routes;
 mod secrets;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod tracing;
 mod visibility;
 
 use isthmus_proto::envoy::google::protobuf::{Any, Duration};
@@ -99,12 +101,10 @@ pub fn view_key(workload: &Workload) -> ViewKey {
 pub fn outbound_view(model: &MeshModel, workload: &Workload) -> OutboundView {
     let visible = visibility::visible_services(model, workload);
     let route = routes::outbound_routes(model, workload, &visible);
+    let mut clusters = clusters::outbound(model, &visible);
+    telemetry::label_clusters(model, None, &mut clusters);
     OutboundView {
-        clusters: TypeResources::new(
-            clusters::outbound(model, &visible)
-                .iter()
-                .map(|c| (c.name.clone(), pack(c))),
-        ),
+        clusters: TypeResources::new(clusters.iter().map(|c| (c.name.clone(), pack(c)))),
         endpoints: TypeResources::new(
             endpoints::outbound(model, workload, &visible)
                 .iter()
@@ -138,17 +138,20 @@ pub fn proxy_snapshot_with_view(
     if node.role == NodeRole::Router {
         return gateway_snapshot(model, workload, secrets);
     }
-    let inbound = listeners::inbound(model, node, workload);
-    let (listeners, local_clusters) = match node.interception {
+    let mut inbound = listeners::inbound(model, node, workload);
+    telemetry::label_clusters(model, Some(workload), &mut inbound.clusters);
+    let hcm_tracing = tracing::hcm_tracing(model, workload);
+    let (mut listeners, mut local_clusters) = match node.interception {
         Interception::Explicit => {
             let mut listeners = listeners::inbound_listeners(workload, &inbound);
-            listeners.push(listeners::outbound(node));
+            listeners.push(listeners::outbound(node, hcm_tracing.as_ref()));
             listeners.extend(listeners::outbound_tcp(node));
             (listeners, Vec::new())
         }
         Interception::Redirect => {
             let visible = visibility::visible_services(model, workload);
-            let (outbound, passthrough) = capture::virtual_outbound(node, &visible);
+            let (outbound, passthrough) =
+                capture::virtual_outbound(node, &visible, hcm_tracing.as_ref());
             // A workload that serves nothing gets no inbound listener (a listener needs a
             // chain): redirected connections are refused by the kernel.
             let inbound = capture::virtual_inbound(&inbound);
@@ -160,6 +163,9 @@ pub fn proxy_snapshot_with_view(
             (listeners, vec![passthrough])
         }
     };
+    // Traces (issue 19): the collector's cluster, which the HCMs' `tracing` names.
+    local_clusters.extend(tracing::otlp_cluster(model));
+    telemetry::label_sidecar_listeners(model, workload, &mut listeners);
     let listeners = TypeResources::new(listeners.iter().map(|l| (l.name.clone(), pack(l))));
     let inbound_routes =
         TypeResources::new(inbound.routes.iter().map(|r| (r.name.clone(), pack(r))));

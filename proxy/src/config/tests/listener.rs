@@ -168,12 +168,14 @@ fn listeners_convert_to_their_model() {
             "an HTTP listener with its routes over RDS",
             http(hcm()),
             Expect::Model(Listener {
+                telemetry: None,
                 name: "l".into(),
                 address: "127.0.0.1:15001".parse().unwrap(),
                 direction: Direction::Unspecified,
                 tls_inspector: false,
                 original_dst: false,
                 chains: vec![FilterChain {
+                    peer: None,
                     name: String::new(),
                     matcher: ChainMatch::default(),
                     tls: None,
@@ -190,6 +192,7 @@ fn listeners_convert_to_their_model() {
                         allow_connect: false,
                         stream_idle_timeout: None,
                         request_timeout: None,
+                        tracing: None,
                     })),
                 }],
                 default_chain: None,

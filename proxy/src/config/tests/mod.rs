@@ -10,6 +10,7 @@ mod listener;
 mod rbac;
 mod route;
 mod tls;
+mod tracing;
 
 use std::fmt::Debug;
 
