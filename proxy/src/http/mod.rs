@@ -61,7 +61,7 @@ pub struct Connection {
     pub drain: drain::Watch,
     /// A sidecar's request telemetry (Istio's metrics, metadata exchange, spans); `None` with
     /// telemetry off or on a gateway.
-    pub telemetry: Option<ConnectionTelemetry>,
+    pub telemetry: Option<Arc<ConnectionTelemetry>>,
     /// A federation gateway's tunnel telemetry.
     pub gateway: Option<TcpContext>,
 }

@@ -411,7 +411,7 @@ fn request_telemetry(
     listener: &crate::config::listener::Listener,
     hcm: &crate::config::listener::HttpManager,
     tls: Option<&TlsPeer>,
-) -> Option<ConnectionTelemetry> {
+) -> Option<Arc<ConnectionTelemetry>> {
     let telemetry = runtime.metrics.telemetry.clone()?;
     let node = listener.telemetry.clone().filter(|n| n.gateway.is_none())?;
     let reporter = match listener.direction {
@@ -431,10 +431,12 @@ fn request_telemetry(
     let served = (reporter == Reporter::Destination)
         .then(|| inbound_service(runtime, hcm))
         .flatten();
-    Some(ConnectionTelemetry {
+    Some(Arc::new(ConnectionTelemetry {
         served,
         remote,
         peers: telemetry.peers.clone(),
+        handles: Arc::default(),
+        last_peer: parking_lot::Mutex::default(),
         telemetry,
         node,
         reporter,
@@ -442,7 +444,7 @@ fn request_telemetry(
         mutual_tls: peer_id.is_some(),
         peer_id: peer_id.map(Arc::from),
         tracing: hcm.tracing.clone(),
-    })
+    }))
 }
 
 /// One open downstream connection in `downstream_connections_active`: counted when made,

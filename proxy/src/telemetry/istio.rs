@@ -110,16 +110,17 @@ impl IstioMetrics {
 
     /// Records one finished request.
     pub fn request(&self, labels: &RequestLabels, done: Finished) {
-        self.requests.get_or_create(labels).inc();
-        self.duration
-            .get_or_create(labels)
-            .observe(done.duration_ms);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(done.request_bytes as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(done.response_bytes as f64);
+        self.handles(labels).record(done);
+    }
+
+    /// The series of one label set, to record into without looking them up again.
+    pub fn handles(&self, labels: &RequestLabels) -> RequestHandles {
+        RequestHandles {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
     }
 
     /// A TCP connection's counters (opened counted now; the byte counters to update as bytes
@@ -131,6 +132,59 @@ impl IstioMetrics {
             received: self.tcp_received.get_or_create(labels).clone(),
             closed: self.tcp_closed.get_or_create(labels).clone(),
         }
+    }
+}
+
+/// The four series of one request label set.
+#[derive(Debug, Clone)]
+pub struct RequestHandles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl RequestHandles {
+    pub fn record(&self, done: Finished) {
+        self.requests.inc();
+        self.duration.observe(done.duration_ms);
+        self.request_bytes.observe(done.request_bytes as f64);
+        self.response_bytes.observe(done.response_bytes as f64);
+    }
+}
+
+/// A connection's recent label sets and their series: its requests mostly repeat a few
+/// (same caller, same service, same outcome), so the families (a hash of every label, four
+/// times, under their locks) are asked once per label set and connection, not per request.
+#[derive(Debug, Default)]
+pub struct HandleCache {
+    entries: parking_lot::Mutex<Vec<(RequestLabels, RequestHandles)>>,
+}
+
+impl HandleCache {
+    /// Label sets a connection keeps.
+    const SIZE: usize = 8;
+
+    pub fn record(&self, metrics: &IstioMetrics, labels: RequestLabels, done: Finished) {
+        let cached = self
+            .entries
+            .lock()
+            .iter()
+            .find(|(l, _)| *l == labels)
+            .map(|(_, h)| h.clone());
+        let handles = match cached {
+            Some(handles) => handles,
+            None => {
+                let handles = metrics.handles(&labels);
+                let mut entries = self.entries.lock();
+                if entries.len() >= Self::SIZE {
+                    entries.remove(0);
+                }
+                entries.push((labels, handles.clone()));
+                handles
+            }
+        };
+        handles.record(done);
     }
 }
 

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body as _, Frame, SizeHint};
 
 use super::Telemetry;
-use super::istio::Finished;
+use super::istio::{Finished, HandleCache};
 use super::labels::{self, CallLabels, Label, Reporter, RequestLabels, Service, Workload};
 use super::peer_metadata::{self, PeerCache};
 use super::trace::{RequestSpan, SpanKind};
@@ -50,7 +50,7 @@ pub struct Outgoing {
 }
 
 /// What one connection's requests share.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnectionTelemetry {
     pub telemetry: Arc<Telemetry>,
     pub node: Arc<NodeFacts>,
@@ -61,6 +61,11 @@ pub struct ConnectionTelemetry {
     pub peer_id: Option<Arc<str>>,
     pub mutual_tls: bool,
     pub peers: Arc<PeerCache>,
+    /// This connection's label sets and their series.
+    pub handles: Arc<HandleCache>,
+    /// The last metadata header this connection read and whom it named: a connection's peer
+    /// sends the same bytes on every request.
+    pub last_peer: parking_lot::Mutex<Option<PeerMemo>>,
     /// The connection manager's tracing settings.
     pub tracing: Option<Arc<Tracing>>,
     /// Destination reporter: the service this workload serves here, for requests answered
@@ -70,6 +75,13 @@ pub struct ConnectionTelemetry {
     pub remote: std::net::SocketAddr,
 }
 
+/// A metadata header, the identity it came from, and whom it named.
+pub type PeerMemo = (
+    HeaderValue,
+    String,
+    Option<Arc<peer_metadata::PeerWorkload>>,
+);
+
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static PEER_METADATA: HeaderName = HeaderName::from_static(peer_metadata::HEADER);
 static PEER_METADATA_ID: HeaderName = HeaderName::from_static(peer_metadata::ID_HEADER);
@@ -78,7 +90,7 @@ impl ConnectionTelemetry {
     /// At a request's head: strips the caller's metadata (reading it only from a verified
     /// caller, destination reporter), starts the span, and says what the upstream request
     /// carries.
-    pub fn begin<B>(&self, request: &mut http::Request<B>) -> Observation {
+    pub fn begin<B>(self: &Arc<Self>, request: &mut http::Request<B>) -> Observation {
         // The id the forward path would give it, now, so that the span carries it too.
         if !request.headers().contains_key(&REQUEST_ID) {
             request
@@ -95,8 +107,8 @@ impl ConnectionTelemetry {
                 Reporter::Source => SpanKind::Client,
                 Reporter::Destination => SpanKind::Server,
             };
-            // Envoy's span name: the authority, then `/*`.
-            let name = format!("{}/*", crate::http::request_authority(request));
+            // Envoy's span name: the authority, then `/*` (made only for a sampled span).
+            let name = || format!("{}/*", crate::http::request_authority(request));
             let span = self
                 .telemetry
                 .tracer
@@ -114,7 +126,7 @@ impl ConnectionTelemetry {
             Reporter::Destination => self.peer_id.as_deref(),
             Reporter::Source => None,
         };
-        let (caller_sent, caller) = take_peer(headers, &self.peers, verified);
+        let (caller_sent, caller) = take_peer(headers, self, verified);
         let mut outgoing = Outgoing::default();
         if self.reporter == Reporter::Source {
             outgoing.metadata = Some((
@@ -131,7 +143,7 @@ impl ConnectionTelemetry {
         extensions.insert(bytes.clone());
         Observation {
             state: Some(Pending {
-                conn: self.clone(),
+                conn: Arc::clone(self),
                 start: tokio::time::Instant::now(),
                 grpc,
                 head,
@@ -153,7 +165,7 @@ pub struct Observation {
 
 #[derive(Debug)]
 struct Pending {
-    conn: ConnectionTelemetry,
+    conn: Arc<ConnectionTelemetry>,
     start: tokio::time::Instant,
     grpc: bool,
     head: bool,
@@ -197,7 +209,7 @@ impl Observation {
             Reporter::Source => upstream.as_ref().and_then(|u| u.principal.as_deref()),
             Reporter::Destination => None,
         };
-        let (_, callee) = take_peer(headers, &pending.conn.peers, verified);
+        let (_, callee) = take_peer(headers, &pending.conn, verified);
         if pending.conn.reporter == Reporter::Destination
             && pending.caller_sent
             && pending.conn.peer.is_some()
@@ -251,6 +263,7 @@ impl Pending {
         }
         Recorder {
             telemetry: self.conn.telemetry.clone(),
+            handles: self.conn.handles.clone(),
             call,
             status,
             grpc: self.grpc,
@@ -339,14 +352,25 @@ fn side(
 /// a peer that proved to be `verified`, whom they describe.
 fn take_peer(
     headers: &mut HeaderMap,
-    peers: &PeerCache,
+    conn: &ConnectionTelemetry,
     verified: Option<&str>,
 ) -> (bool, Option<Arc<peer_metadata::PeerWorkload>>) {
     headers.remove(&PEER_METADATA_ID);
     let Some(value) = headers.remove(&PEER_METADATA) else {
         return (false, None);
     };
-    (true, verified.and_then(|id| peers.lookup(&value, id)))
+    let Some(id) = verified else {
+        return (true, None);
+    };
+    if let Some((v, i, found)) = &*conn.last_peer.lock()
+        && *v == value
+        && i == id
+    {
+        return (true, found.clone());
+    }
+    let found = conn.peers.lookup(&value, id);
+    *conn.last_peer.lock() = Some((value, id.to_owned(), found.clone()));
+    (true, found)
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
@@ -367,6 +391,7 @@ enum Outcome {
 #[derive(Debug)]
 struct Recorder {
     telemetry: Arc<Telemetry>,
+    handles: Arc<HandleCache>,
     call: CallLabels,
     status: u16,
     grpc: bool,
@@ -397,7 +422,8 @@ impl Recorder {
             request_bytes: self.request_bytes.0.load(Ordering::Relaxed),
             response_bytes: self.response_bytes,
         };
-        self.telemetry.istio.request(&labels, finished);
+        self.handles
+            .record(&self.telemetry.istio, labels.clone(), finished);
         if let Some(mut span) = self.span.take() {
             if span.is_recording() {
                 span.set_attribute("isthmus.response_flags", labels.call.flags.to_owned());

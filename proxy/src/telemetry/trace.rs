@@ -38,7 +38,7 @@ use opentelemetry_sdk::trace::{
 };
 use parking_lot::Mutex;
 
-use self::propagation::{Incoming, Outgoing, Parent};
+use self::propagation::{Format, Incoming, Outgoing, Parent};
 use crate::config::tracing::Tracing;
 
 /// The span's side of the call: a client sidecar's (outbound) or a server sidecar's
@@ -70,7 +70,9 @@ const MAX_SERVICES: usize = 16;
 const MAX_HEADER_ATTRIBUTE: usize = 256;
 
 /// Makes the provider for (collector endpoint, service name); `None` if it cannot.
-type ProviderFactory = dyn Fn(&str, &str) -> Option<SdkTracerProvider> + Send + Sync;
+/// (collector endpoint, service name, resource attributes) -> a provider.
+type ProviderFactory =
+    dyn Fn(&str, &str, &[(String, String)]) -> Option<SdkTracerProvider> + Send + Sync;
 
 /// The proxy's tracer. Process-wide; cheap to clone.
 #[derive(Clone)]
@@ -190,25 +192,30 @@ impl Tracer {
         &self,
         tracing: &Tracing,
         kind: SpanKind,
-        name: String,
+        name: impl FnOnce() -> String,
         headers: &http::HeaderMap,
     ) -> Option<RequestSpan> {
         let incoming = propagation::extract(headers);
-        let (parent, decided, trace_state) = match incoming {
+        let (parent, decided, trace_state, b3) = match incoming {
             Some(Incoming {
                 parent,
                 sampled,
                 trace_state,
-                ..
-            }) => (parent, sampled, trace_state),
-            None => (None, None, None),
+                format,
+            }) => (parent, sampled, trace_state, format != Format::W3c),
+            None => (None, None, None, false),
         };
+        // B3 goes on wherever the trace's origin spoke it: a W3C context that came with B3
+        // alongside (a sidecar upstream of this one sent both) keeps both.
+        let b3 = b3
+            || headers.contains_key(propagation::B3_TRACE_ID)
+            || headers.contains_key(propagation::B3);
         let sampled = decided.unwrap_or_else(|| sample(tracing.sampling));
         let recorded = sampled
-            .then(|| self.exporting(&tracing.service_name))
+            .then(|| self.exporting(tracing))
             .flatten()
             .map(|tracer| {
-                let builder = SpanBuilder::from_name(name).with_kind(kind.into());
+                let builder = SpanBuilder::from_name(name()).with_kind(kind.into());
                 let parent_cx = match parent {
                     Some(p) => Context::new().with_remote_span_context(SpanContext::new(
                         TraceId::from(p.trace_id),
@@ -246,12 +253,15 @@ impl Tracer {
             parent,
             sampled,
             trace_state,
+            b3,
             span: recorded,
         })
     }
 
-    /// The tracer of `service_name`'s provider for the current collector, made on first use.
-    fn exporting(&self, service_name: &str) -> Option<SdkTracer> {
+    /// The tracer of the service's provider for the current collector, made on first use; its
+    /// resource carries the manager's tags (the mesh, workload and namespace `isthmusd` sets).
+    fn exporting(&self, tracing: &Tracing) -> Option<SdkTracer> {
+        let service_name = tracing.service_name.as_str();
         let mut state = self.inner.state.lock();
         let endpoint = state.endpoint.clone()?;
         if let Some(exporting) = state.providers.get(service_name) {
@@ -260,15 +270,16 @@ impl Tracer {
         if state.providers.len() >= MAX_SERVICES {
             return None;
         }
-        let exporting = (self.inner.factory)(&endpoint, service_name).map(|provider| {
-            let scope = InstrumentationScope::builder("isthmus-proxy")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build();
-            Exporting {
-                tracer: provider.tracer_with_scope(scope),
-                provider,
-            }
-        });
+        let exporting =
+            (self.inner.factory)(&endpoint, service_name, &tracing.tags).map(|provider| {
+                let scope = InstrumentationScope::builder("isthmus-proxy")
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build();
+                Exporting {
+                    tracer: provider.tracer_with_scope(scope),
+                    provider,
+                }
+            });
         let tracer = exporting.as_ref().map(|e| e.tracer.clone());
         state.providers.insert(service_name.to_owned(), exporting);
         tracer
@@ -304,6 +315,8 @@ pub struct RequestSpan {
     parent: Option<Parent>,
     sampled: bool,
     trace_state: Option<String>,
+    /// The caller spoke B3: it is sent on in B3 too (W3C always).
+    b3: bool,
     span: Option<Recording>,
 }
 
@@ -364,6 +377,7 @@ impl RequestSpan {
                 parent_span_id: self.parent.map(|p| p.span_id),
                 sampled: self.sampled,
                 trace_state: self.trace_state.as_deref(),
+                b3: self.b3,
             },
         );
     }
@@ -467,7 +481,11 @@ impl Drop for Inner {
 
 /// The OTLP/gRPC provider for `service_name`, exporting to `endpoint`: batches on tokio
 /// (`None` outside a runtime, or for an endpoint tonic refuses).
-fn otlp_provider(endpoint: &str, service_name: &str) -> Option<SdkTracerProvider> {
+fn otlp_provider(
+    endpoint: &str,
+    service_name: &str,
+    resource: &[(String, String)],
+) -> Option<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig as _;
     use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 
@@ -490,7 +508,7 @@ fn otlp_provider(endpoint: &str, service_name: &str) -> Option<SdkTracerProvider
             .build(),
     )
     .build();
-    Some(provider(processor, service_name))
+    Some(provider(processor, service_name, resource))
 }
 
 /// A provider for `service_name` over `processor`: every span it is asked for is recorded
@@ -498,6 +516,7 @@ fn otlp_provider(endpoint: &str, service_name: &str) -> Option<SdkTracerProvider
 fn provider(
     processor: impl opentelemetry_sdk::trace::SpanProcessor + 'static,
     service_name: &str,
+    resource: &[(String, String)],
 ) -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_span_processor(processor)
@@ -505,6 +524,11 @@ fn provider(
         .with_resource(
             Resource::builder_empty()
                 .with_service_name(service_name.to_owned())
+                .with_attributes(
+                    resource
+                        .iter()
+                        .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+                )
                 .build(),
         )
         .build()

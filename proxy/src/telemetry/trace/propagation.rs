@@ -7,18 +7,19 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
-pub const B3: &str = "b3";
-pub const B3_TRACE_ID: &str = "x-b3-traceid";
-pub const B3_SPAN_ID: &str = "x-b3-spanid";
-pub const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
-pub const B3_SAMPLED: &str = "x-b3-sampled";
-pub const B3_FLAGS: &str = "x-b3-flags";
+// Header names as values, not `&str`: a `&str` key is parsed and validated at every lookup.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const B3: HeaderName = HeaderName::from_static("b3");
+pub const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// Every header [`inject`] writes or removes: strip these from a request before adding the
 /// injected ones.
-pub const HEADERS: [&str; 8] = [
+pub const HEADERS: [HeaderName; 8] = [
     TRACEPARENT,
     TRACESTATE,
     B3,
@@ -72,6 +73,8 @@ pub struct Outgoing<'a> {
     pub parent_span_id: Option<u64>,
     pub sampled: bool,
     pub trace_state: Option<&'a str>,
+    /// Send B3 too (the caller spoke B3); W3C is always sent.
+    pub b3: bool,
 }
 
 /// The request's trace context: `traceparent` (with `tracestate`), else `b3`, else `x-b3-*`.
@@ -99,15 +102,16 @@ pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
     b3_multi(headers)
 }
 
-/// Writes the context naming `out.span_id` as the next hop's parent, in both forms; removes
-/// what would contradict it (a stale `b3`, `x-b3-flags`, `x-b3-parentspanid`, `tracestate`).
+/// Writes the context naming `out.span_id` as the next hop's parent: W3C, and B3 multi when
+/// the caller spoke B3; removes what would contradict it (a stale `b3`, `x-b3-flags`,
+/// `x-b3-parentspanid`, `tracestate`, and the other B3 headers when B3 is not sent).
 pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
     for name in [B3, B3_FLAGS, B3_PARENT_SPAN_ID, TRACESTATE] {
         headers.remove(name);
     }
-    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(name, value);
         }
     };
     let flag = if out.sampled { "1" } else { "0" };
@@ -124,6 +128,12 @@ pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
     if let Some(state) = out.trace_state.filter(|s| !s.is_empty()) {
         set(headers, TRACESTATE, state.to_owned());
     }
+    if !out.b3 {
+        for name in [B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED] {
+            headers.remove(name);
+        }
+        return;
+    }
     set(headers, B3_TRACE_ID, format!("{:032x}", out.trace_id));
     set(headers, B3_SPAN_ID, format!("{:016x}", out.span_id));
     if let Some(parent) = out.parent_span_id {
@@ -133,7 +143,7 @@ pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
 }
 
 /// The header's value when it appears exactly once and is visible ASCII.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+fn single(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
     let mut values = headers.get_all(name).iter();
     let value = values.next()?;
     if values.next().is_some() {
@@ -696,6 +706,7 @@ mod tests {
                 parent_span_id: Some(SPAN),
                 sampled: true,
                 trace_state: Some("congo=t61rcWkgMzE"),
+                b3: true,
             },
         );
         assert_eq!(
@@ -731,6 +742,7 @@ mod tests {
                 parent_span_id: None,
                 sampled: false,
                 trace_state: None,
+                b3: true,
             },
         );
         assert_eq!(
@@ -745,5 +757,25 @@ mod tests {
         assert_eq!(b3_only.format, Format::B3Multi);
         assert_eq!(b3_only.parent, parent(7, 9));
         assert_eq!(b3_only.sampled, Some(false));
+
+        // A caller that did not speak B3: W3C alone, and no B3 left behind.
+        inject(
+            &mut h,
+            &Outgoing {
+                trace_id: 7,
+                span_id: 10,
+                parent_span_id: None,
+                sampled: true,
+                trace_state: None,
+                b3: false,
+            },
+        );
+        assert_eq!(
+            get(&h, "traceparent").as_deref(),
+            Some("00-00000000000000000000000000000007-000000000000000a-01")
+        );
+        for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "b3"] {
+            assert_eq!(get(&h, name), None, "{name}");
+        }
     }
 }

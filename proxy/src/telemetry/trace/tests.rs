@@ -18,6 +18,7 @@ use super::*;
 struct Capture {
     spans: Arc<Mutex<Vec<SpanData>>>,
     service: Arc<Mutex<Option<String>>>,
+    mesh: Arc<Mutex<Option<String>>>,
 }
 
 impl SpanExporter for Capture {
@@ -29,6 +30,9 @@ impl SpanExporter for Capture {
     fn set_resource(&mut self, resource: &Resource) {
         *self.service.lock() = resource
             .get(&Key::new("service.name"))
+            .map(|v| v.to_string());
+        *self.mesh.lock() = resource
+            .get(&Key::new("isthmus.mesh"))
             .map(|v| v.to_string());
     }
 }
@@ -42,10 +46,16 @@ fn tracer() -> (Tracer, Capture, Made) {
     let capture = Capture::default();
     let made = Arc::new(Mutex::new(Vec::new()));
     let (c, m) = (capture.clone(), made.clone());
-    let factory: Arc<ProviderFactory> = Arc::new(move |endpoint: &str, service: &str| {
-        m.lock().push((endpoint.to_owned(), service.to_owned()));
-        Some(provider(SimpleSpanProcessor::new(c.clone()), service))
-    });
+    let factory: Arc<ProviderFactory> = Arc::new(
+        move |endpoint: &str, service: &str, resource: &[(String, String)]| {
+            m.lock().push((endpoint.to_owned(), service.to_owned()));
+            Some(provider(
+                SimpleSpanProcessor::new(c.clone()),
+                service,
+                resource,
+            ))
+        },
+    );
     let tracer = Tracer::with_factory(None, factory).with_node_id("sidecar~10.0.0.1~web.shop");
     tracer.configure(Some("127.0.0.1:4317".into()));
     (tracer, capture, made)
@@ -155,7 +165,7 @@ fn sampling_follows_the_caller_else_the_configured_share() {
             .start(
                 &settings(sampling),
                 SpanKind::Server,
-                "web.shop:80/*".into(),
+                || "web.shop:80/*".into(),
                 &headers(&pairs),
             )
             .unwrap_or_else(|| panic!("{why}: no span"));
@@ -166,15 +176,21 @@ fn sampling_follows_the_caller_else_the_configured_share() {
             continued,
             "{why}"
         );
-        // The decision travels on, in both forms.
+        // The decision travels on, in W3C, and in B3 too to a caller that spoke B3.
+        // B3 goes on where the caller sent any B3 header.
+        let spoke_b3 = pairs
+            .iter()
+            .any(|(k, _)| *k == "b3" || *k == "x-b3-traceid")
+            || propagation::extract(&headers(&pairs)).is_some_and(|i| i.format != Format::W3c);
         let mut out = HeaderMap::new();
         span.inject(&mut out);
         let next = propagation::extract(&out).unwrap();
         assert_eq!(next.format, Format::W3c, "{why}");
         assert_eq!(next.sampled, Some(sampled), "{why}");
         assert_eq!(
-            out.get("x-b3-sampled").unwrap(),
-            if sampled { "1" } else { "0" },
+            out.get("x-b3-sampled")
+                .map(|v| v.to_str().unwrap_or_default()),
+            spoke_b3.then_some(if sampled { "1" } else { "0" }),
             "{why}"
         );
         span.end(200);
@@ -190,7 +206,7 @@ fn a_partial_share_samples_about_that_share() {
                 .start(
                     &settings(0.25),
                     SpanKind::Client,
-                    "x/*".into(),
+                    || "x/*".into(),
                     &HeaderMap::new(),
                 )
                 .is_some_and(|s| s.is_sampled())
@@ -212,7 +228,7 @@ fn a_sampled_span_is_recorded_as_the_child_of_the_caller() {
         .start(
             &settings(0.0),
             SpanKind::Client,
-            "ratings.bookinfo:9080/*".into(),
+            || "ratings.bookinfo:9080/*".into(),
             &request,
         )
         .unwrap();
@@ -257,6 +273,11 @@ fn a_sampled_span_is_recorded_as_the_child_of_the_caller() {
     assert!(matches!(s.status, Status::Error { .. }));
     assert_eq!(capture.service.lock().as_deref(), Some("web.shop"));
     assert_eq!(
+        capture.mesh.lock().as_deref(),
+        Some("red"),
+        "the mesh is a resource attribute too"
+    );
+    assert_eq!(
         *made.lock(),
         [("127.0.0.1:4317".to_owned(), "web.shop".to_owned())]
     );
@@ -267,6 +288,7 @@ fn a_sampled_span_is_recorded_as_the_child_of_the_caller() {
     assert_eq!(format!("{:016x}", next.parent.unwrap().span_id), span_id);
     assert_eq!(next.trace_state.as_deref(), Some("congo=t61rcWkgMzE"));
     assert_eq!(upstream.get("b3"), None);
+    // The caller sent B3 too (a stale one): B3 goes on, naming this span.
     assert_eq!(
         upstream.get("x-b3-parentspanid").unwrap(),
         "00f067aa0ba902b7"
@@ -281,7 +303,7 @@ fn a_root_span_and_a_success() {
         .start(
             &settings(1.0),
             SpanKind::Server,
-            "web.shop:80/*".into(),
+            || "web.shop:80/*".into(),
             &HeaderMap::new(),
         )
         .unwrap();
@@ -304,7 +326,7 @@ fn a_span_dropped_without_an_end_is_still_exported() {
         .start(
             &settings(1.0),
             SpanKind::Client,
-            "x/*".into(),
+            || "x/*".into(),
             &HeaderMap::new(),
         )
         .unwrap();
@@ -327,7 +349,7 @@ fn without_a_collector_the_context_still_travels() {
         .start(
             &settings(1.0),
             SpanKind::Client,
-            "x/*".into(),
+            || "x/*".into(),
             &headers(&[("traceparent", PARENT)]),
         )
         .unwrap();
@@ -353,7 +375,7 @@ fn a_new_collector_gets_new_providers() {
         t.start(
             &settings(1.0),
             SpanKind::Client,
-            "x/*".into(),
+            || "x/*".into(),
             &HeaderMap::new(),
         )
         .unwrap()
@@ -376,7 +398,7 @@ fn a_new_collector_gets_new_providers() {
 #[test]
 fn the_otlp_exporter_needs_a_runtime() {
     // Outside tokio: no exporter (and no panic); the span is not recorded.
-    assert!(otlp_provider("127.0.0.1:4317", "web.shop").is_none());
+    assert!(otlp_provider("127.0.0.1:4317", "web.shop", &[]).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,7 +410,7 @@ async fn the_otlp_exporter_starts_and_stops_without_a_collector() {
         .start(
             &settings(1.0),
             SpanKind::Client,
-            "x/*".into(),
+            || "x/*".into(),
             &HeaderMap::new(),
         )
         .unwrap();
@@ -401,7 +423,7 @@ async fn the_otlp_exporter_starts_and_stops_without_a_collector() {
         .start(
             &settings(1.0),
             SpanKind::Client,
-            "x/*".into(),
+            || "x/*".into(),
             &HeaderMap::new(),
         )
         .unwrap();
