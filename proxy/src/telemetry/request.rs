@@ -545,3 +545,6 @@ impl http_body::Body for Counted {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+//! One request's telemetry in process: who is named from what, which headers go where, and
+//! when a request counts as complete.
+
+use std::collections::HashMap;
+
+use http_body_util::BodyExt;
+use isthmus_proto::envoy::envoy::config::core::v3::Metadata;
+use isthmus_proto::envoy::google::protobuf::{Struct, Value, value::Kind};
+use prometheus_client::registry::Registry;
+
+use super::*;
+use crate::config::telemetry::{FACTS_FIELD, TELEMETRY_KEY, node_facts};
+use crate::telemetry::peer_metadata::OwnHeaders;
+
+const CLIENT: &str = "spiffe://red.local/ns/shop/sa/client";
+
+/// Green's `ratings` sidecar, inbound: its registry, and the connection of a verified caller.
+fn server(peer_id: Option<&str>) -> (Registry, Arc<ConnectionTelemetry>) {
+    let facts = r#"{"app":"ratings","mesh":"green","meshes":{"green.local":"green","red.local":"red"},"namespace":"bookinfo","principal":"spiffe://green.local/ns/bookinfo/sa/ratings","workload":"ratings"}"#;
+    let metadata = Metadata {
+        filter_metadata: HashMap::from([(
+            TELEMETRY_KEY.to_owned(),
+            Struct {
+                fields: HashMap::from([(
+                    FACTS_FIELD.to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(facts.to_owned())),
+                    },
+                )]),
+            },
+        )]),
+        ..Default::default()
+    };
+    let node = node_facts(Some(&metadata)).expect("facts");
+    let telemetry = Arc::new(Telemetry::default());
+    let mut registry = Registry::default();
+    telemetry.register(&mut registry);
+    let peer = peer_id.map(|id| {
+        let mut caller = Workload::unknown();
+        caller.principal = Arc::from(id);
+        caller.mesh = node.mesh_of(id);
+        Arc::new(caller)
+    });
+    let conn = Arc::new(ConnectionTelemetry {
+        peers: telemetry.peers.clone(),
+        telemetry,
+        node,
+        reporter: Reporter::Destination,
+        peer,
+        peer_id: peer_id.map(Arc::from),
+        mutual_tls: peer_id.is_some(),
+        tracing: None,
+        served: None,
+        remote: "127.0.0.1:5000".parse().expect("address"),
+        handles: Arc::default(),
+        last_peer: parking_lot::Mutex::default(),
+    });
+    (registry, conn)
+}
+
+fn request(method: http::Method, caller: Option<&OwnHeaders>) -> http::Request<()> {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri("http://ratings.bookinfo.svc.cluster.local:9080/")
+        .body(())
+        .expect("request");
+    if let Some(h) = caller {
+        let headers = request.headers_mut();
+        headers.insert(peer_metadata::HEADER, h.metadata.clone());
+        headers.insert(peer_metadata::ID_HEADER, h.id.clone());
+    }
+    request
+}
+
+fn response(status: u16, body: &'static str) -> http::Response<Body> {
+    let mut response = http::Response::new(crate::http::full(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
+    response
+}
+
+/// The `istio_requests_total` lines of the registry.
+fn requests(registry: &Registry) -> Vec<String> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("encodes");
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn one_with(lines: &[String], parts: &[&str]) -> bool {
+    lines.len() == 1 && parts.iter().all(|p| lines[0].contains(p))
+}
+
+#[tokio::test]
+async fn a_verified_callers_metadata_names_it_and_is_answered_then_removed() {
+    let (registry, conn) = server(Some(CLIENT));
+    let client = OwnHeaders::new("client.shop", "client", "shop", "web", "red");
+    let mut req = request(http::Method::GET, Some(&client));
+    let observation = conn.begin(&mut req);
+    assert!(
+        req.headers().get(peer_metadata::HEADER).is_none(),
+        "stripped"
+    );
+    assert!(
+        req.headers().get(peer_metadata::ID_HEADER).is_none(),
+        "stripped"
+    );
+    assert!(req.headers().contains_key("x-request-id"), "an id is given");
+    let answered = observation.finish(response(200, "hello"));
+    assert_eq!(
+        answered.headers().get(peer_metadata::HEADER),
+        Some(&conn.node.headers.metadata),
+        "the caller learns who answered"
+    );
+    assert!(
+        requests(&registry).is_empty(),
+        "recorded only when the body ends"
+    );
+    let body = answered
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"hello");
+    let lines = requests(&registry);
+    assert!(
+        one_with(
+            &lines,
+            &[
+                "reporter=\"destination\"",
+                "source_workload=\"client\"",
+                "source_workload_namespace=\"shop\"",
+                "source_app=\"web\"",
+                "source_principal=\"spiffe://red.local/ns/shop/sa/client\"",
+                "source_mesh=\"red\"",
+                "destination_workload=\"ratings\"",
+                "destination_mesh=\"green\"",
+                "response_flags=\"-\"",
+                "connection_security_policy=\"mutual_tls\"",
+                "response_code=\"200\"",
+                "} 1",
+            ]
+        ),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn metadata_for_another_namespace_or_from_an_unverified_caller_names_no_one() {
+    let liar = OwnHeaders::new("admin.kube-system", "admin", "kube-system", "admin", "red");
+    for peer in [Some(CLIENT), None] {
+        let (registry, conn) = server(peer);
+        let mut req = request(http::Method::GET, Some(&liar));
+        let observation = conn.begin(&mut req);
+        assert!(
+            req.headers().get(peer_metadata::HEADER).is_none(),
+            "stripped anyway"
+        );
+        let answered = observation.finish(response(200, ""));
+        // An unverified caller gets nothing back either.
+        assert_eq!(
+            answered.headers().get(peer_metadata::HEADER).is_some(),
+            peer.is_some(),
+            "{peer:?}"
+        );
+        drop(answered.into_body().collect().await.expect("body"));
+        let lines = requests(&registry);
+        assert!(
+            one_with(&lines, &["source_workload=\"unknown\""]),
+            "{peer:?}: {lines:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_given_up_before_its_answer_is_code_0_dc() {
+    let (registry, conn) = server(Some(CLIENT));
+    let mut req = request(http::Method::GET, None);
+    drop(conn.begin(&mut req));
+    let lines = requests(&registry);
+    assert!(
+        one_with(&lines, &["response_code=\"0\"", "response_flags=\"DC\""]),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_dropped_midway_is_dc_but_a_head_answer_is_complete() {
+    let (registry, conn) = server(Some(CLIENT));
+    let mut req = request(http::Method::GET, None);
+    let observation = conn.begin(&mut req);
+    // A streamed body of unknown length: one frame, then the client goes away.
+    let mut partial = response(200, "");
+    *partial.body_mut() = Body::new(Endless { sent: false });
+    let mut answered = observation.finish(partial);
+    let frame = answered.body_mut().frame().await;
+    assert!(frame.is_some_and(|f| f.is_ok_and(|f| f.is_data())));
+    drop(answered);
+    let lines = requests(&registry);
+    assert!(one_with(&lines, &["response_flags=\"DC\""]), "{lines:#?}");
+
+    let (registry, conn) = server(Some(CLIENT));
+    let mut req = request(http::Method::HEAD, None);
+    let observation = conn.begin(&mut req);
+    // hyper drops a HEAD answer's body unread.
+    drop(observation.finish(response(200, "not sent")));
+    let lines = requests(&registry);
+    assert!(
+        one_with(&lines, &["response_flags=\"-\"", "response_code=\"200\""]),
+        "{lines:#?}"
+    );
+}
+
+/// A body that sends one frame and then never ends.
+struct Endless {
+    sent: bool,
+}
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.sent {
+            return Poll::Pending;
+        }
+        self.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part")))))
+    }
+}
