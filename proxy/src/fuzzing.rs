@@ -651,7 +651,12 @@ pub fn telemetry_headers(data: &[u8]) {
                 assert!(!value.is_empty() && value.len() <= 253, "label {value:?}");
             }
             let own = OwnHeaders::new("id", &peer.workload, &peer.namespace, &peer.app, "m");
-            assert_eq!(decode(own.metadata.as_bytes()).as_ref(), Some(peer));
+            let again = decode(own.metadata.as_bytes()).expect("our own header decodes");
+            assert_eq!(
+                (&again.workload, &again.namespace, &again.app),
+                (&peer.workload, &peer.namespace, &peer.app)
+            );
+            assert!(again.once_per_connection, "ours offers the exchange once");
         }
         if let Ok(value) = http::HeaderValue::from_bytes(rest) {
             // From a peer that proved to be of the namespace the header names.

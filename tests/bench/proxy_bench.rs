@@ -212,6 +212,19 @@ struct Sidecar {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
+        // A profiler wrapping the proxy writes its profile when the proxy exits on SIGTERM.
+        if std::env::var_os("ISTHMUS_BENCH_PROXY_WRAPPER").is_some() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -221,7 +234,19 @@ impl Sidecar {
     fn start(dir: &Path, name: &str, telemetry: bool, args: &[String]) -> Self {
         let admin = format!("127.0.0.1:{}", free_port());
         let log = dir.join(format!("{name}.log"));
-        let child = std::process::Command::new(isthmus_e2e::bin("isthmus-proxy"))
+        // `ISTHMUS_BENCH_PROXY_WRAPPER="valgrind --tool=callgrind"` runs each sidecar under a
+        // profiler that counts instructions, which do not move with the machine's noise.
+        let wrapper = std::env::var("ISTHMUS_BENCH_PROXY_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = std::process::Command::new(program);
+                command.args(words).arg(isthmus_e2e::bin("isthmus-proxy"));
+                command
+            }
+            None => std::process::Command::new(isthmus_e2e::bin("isthmus-proxy")),
+        };
+        let child = command
             .args(["--admin-addr", &admin])
             .args(args)
             .env("ISTHMUS_TELEMETRY", if telemetry { "on" } else { "off" })

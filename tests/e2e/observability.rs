@@ -870,7 +870,9 @@ fn dashboards_and_rules_have_data_on_a_real_prometheus_scraping_isthmusctl_up() 
     }
 
     // Exactly N calls from red to green, counted by red's client sidecar (reporter source)
-    // and green's ratings sidecar (reporter destination), there and in Prometheus.
+    // and green's ratings sidecar (reporter destination), there and in Prometheus; each side
+    // names the other's workload on every call, although the metadata exchange goes once per
+    // connection between two isthmus-proxy sidecars.
     let source = [
         ("reporter", "source"),
         ("source_mesh", "red"),
@@ -881,11 +883,17 @@ fn dashboards_and_rules_have_data_on_a_real_prometheus_scraping_isthmusctl_up() 
         ("source_mesh", "red"),
         ("destination_mesh", "green"),
     ];
+    let named_source = [&source[..], &[("destination_workload", "ratings")]].concat();
+    let named_destination = [&destination[..], &[("source_workload", "client")]].concat();
     let client_admin = client["admin"].as_str().unwrap();
     let ratings_admin = ratings["admin"].as_str().unwrap();
     let before = (
         requests_on(client_admin, &source),
         requests_on(ratings_admin, &destination),
+    );
+    let named_before = (
+        requests_on(client_admin, &named_source),
+        requests_on(ratings_admin, &named_destination),
     );
     const N: usize = 7;
     call(client_proxy, RATINGS, 200, N);
@@ -902,6 +910,14 @@ fn dashboards_and_rules_have_data_on_a_real_prometheus_scraping_isthmusctl_up() 
         }
     });
     assert_eq!(after, Ok(want), "{N} calls after {before:?}");
+    assert_eq!(
+        (
+            requests_on(client_admin, &named_source),
+            requests_on(ratings_admin, &named_destination),
+        ),
+        (named_before.0 + N as f64, named_before.1 + N as f64),
+        "every call names the other side's workload"
+    );
     let on_client = r#"sum(istio_requests_total{reporter="source", source_mesh="red", destination_mesh="green", mesh="red", workload="client"})"#;
     let on_ratings = r#"sum(istio_requests_total{reporter="destination", source_mesh="red", destination_mesh="green", mesh="green", workload="ratings"})"#;
     let seen = eventually(Duration::from_secs(20), || {

@@ -36,7 +36,7 @@ use crate::config::route::{
 };
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::telemetry::peer_metadata;
+use crate::telemetry::peer_metadata::{self, MetadataHeaders};
 use crate::telemetry::request::{Counted, Outgoing, RequestBytes, UpstreamFacts};
 use crate::upstream::breakers::{Breaker, Slot};
 use crate::upstream::outlier::Outcome;
@@ -97,7 +97,7 @@ pub async fn forward(
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let outgoing = parts.extensions.remove::<Outgoing>();
-    let request_bytes = parts.extensions.remove::<RequestBytes>();
+    let request_bytes = outgoing.as_ref().map(|o| o.bytes.clone());
     let head = upstream_head(
         &mut parts,
         &edits,
@@ -116,7 +116,7 @@ pub async fn forward(
         let mut response = match upgrade_request(parts, &target) {
             Ok(mut upstream) => {
                 if let Some(outgoing) = outgoing {
-                    add_outgoing(upstream.headers_mut(), outgoing, to_mesh(&cluster));
+                    add_outgoing(upstream.headers_mut(), &outgoing, to_mesh(&cluster));
                 }
                 super::upgrade::forward(on_upgrade, upstream, protocol, &cluster, &conn.drain).await
             }
@@ -127,6 +127,7 @@ pub async fn forward(
             cluster: Arc::from(cluster_name),
             facts: cluster.cluster.telemetry.clone(),
             principal: None,
+            exchange: None,
         });
         return response;
     }
@@ -136,7 +137,10 @@ pub async fn forward(
     let mut body: Body = body
         .map_err(|e| Box::new(e) as super::BoxError)
         .boxed_unsync();
-    if let Some(RequestBytes(bytes)) = request_bytes {
+    // A request without a body (most) has no bytes to count.
+    if let Some(RequestBytes(bytes)) = request_bytes
+        && !body.is_end_stream()
+    {
         body = Body::new(Counted { body, bytes });
     }
     let per_try = retry.and_then(|r| r.per_try_timeout).or(action.timeout);
@@ -148,11 +152,15 @@ pub async fn forward(
         Err(e) => return e.reply(),
     };
     let mut upstream_facts = outgoing.map(|outgoing| {
-        add_outgoing(&mut exchange.headers, outgoing, to_mesh(&cluster));
+        if let Some(trace) = &outgoing.trace {
+            crate::telemetry::trace::propagation::inject(&mut exchange.headers, trace);
+        }
+        exchange.metadata = outgoing.metadata.filter(|_| to_mesh(&cluster));
         UpstreamFacts {
             cluster: Arc::from(cluster_name),
             facts: cluster.cluster.telemetry.clone(),
             principal: None,
+            exchange: None,
         }
     });
     let mut response = match with_retries(&exchange, body).await {
@@ -173,10 +181,10 @@ pub async fn forward(
     edit(response.headers_mut(), edits.iter().map(|e| &e.response));
     if let Some(mut facts) = upstream_facts.take() {
         // Who the upstream proved to be with its certificate (`destination_principal`).
-        facts.principal = response
-            .extensions()
-            .get::<VerifiedUpstream>()
-            .map(|v| v.0.clone());
+        if let Some(verified) = response.extensions().get::<VerifiedUpstream>() {
+            facts.principal = Some(verified.id.clone());
+            facts.exchange = Some(verified.exchange.clone());
+        }
         response.extensions_mut().insert(facts);
     }
     response
@@ -194,21 +202,17 @@ fn to_mesh(cluster: &ClusterRuntime) -> bool {
     })
 }
 
-/// The telemetry headers of the upstream request: this side's metadata (only toward a mesh
-/// workload, over verified mTLS) and the trace context (replacing the caller's).
-fn add_outgoing(headers: &mut HeaderMap, outgoing: Outgoing, to_mesh: bool) {
-    if let (true, Some((metadata, id))) = (to_mesh, outgoing.metadata) {
-        headers.insert(HeaderName::from_static(peer_metadata::HEADER), metadata);
-        headers.insert(HeaderName::from_static(peer_metadata::ID_HEADER), id);
+/// The telemetry headers of an upgrade request (its own connection, no exchange kept): this
+/// side's metadata (only toward a mesh workload, over verified mTLS) and the trace context
+/// (replacing the caller's).
+fn add_outgoing(headers: &mut HeaderMap, outgoing: &Outgoing, to_mesh: bool) {
+    if let (true, Some((metadata, id))) = (to_mesh, outgoing.metadata.clone()) {
+        headers.insert(peer_metadata::HEADER_NAME, metadata);
+        headers.insert(peer_metadata::ID_HEADER_NAME, id);
     }
-    // Traces (issue 19): the caller's context goes whole (a stale `b3` too), ours replaces it.
-    if !outgoing.trace.is_empty() {
-        for name in crate::telemetry::trace::propagation::HEADERS {
-            headers.remove(name);
-        }
-    }
-    for (name, value) in &outgoing.trace {
-        headers.insert(name.clone(), value.clone());
+    // Traces (issue 19): ours replaces the caller's context, a stale `b3` included.
+    if let Some(trace) = &outgoing.trace {
+        crate::telemetry::trace::propagation::inject(headers, trace);
     }
 }
 
@@ -229,6 +233,9 @@ struct Exchange<'a> {
     /// `None` when the request has a body (it cannot be replayed).
     retry: Option<&'a Retry>,
     per_try: Option<Duration>,
+    /// This side's metadata-exchange headers, for a mesh upstream: the pool adds them on a
+    /// connection whose callee does not keep them yet.
+    metadata: Option<MetadataHeaders>,
 }
 
 impl<'a> Exchange<'a> {
@@ -264,6 +271,7 @@ impl<'a> Exchange<'a> {
             headers,
             retry,
             per_try,
+            metadata: None,
         })
     }
 
@@ -354,7 +362,15 @@ async fn attempt(
         x.metrics.overflow(x.cluster_name(), "max_requests");
         return Err(RequestError::Overflow("max_requests"));
     };
-    let sent = send_attempt(x.pool, x.cluster, host, request, x.per_try).await;
+    let sent = send_attempt(
+        x.pool,
+        x.cluster,
+        host,
+        request,
+        x.per_try,
+        x.metadata.as_ref(),
+    )
+    .await;
     drop(open);
     let outcome = match sent {
         None => Err(RequestError::Timeout),
@@ -497,9 +513,10 @@ async fn send_attempt(
     host: &Arc<Host>,
     request: http::Request<Body>,
     per_try: Option<Duration>,
+    metadata: Option<&MetadataHeaders>,
 ) -> Option<Result<http::Response<Body>, SendError>> {
     let active = host.track_active();
-    let sent = pool.send(cluster, host, request);
+    let sent = pool.send(cluster, host, request, metadata);
     let outcome = match per_try {
         Some(t) => tokio::time::timeout(t, sent).await.ok(),
         None => Some(sent.await),
@@ -710,17 +727,20 @@ fn client_cert_header(headers: &mut HeaderMap, hcm: &HttpManager, tls: Option<&T
 }
 
 pub fn request_id() -> HeaderValue {
-    let bytes: [u8; 16] = rand::rng().random();
-    let hex = hex::encode(bytes);
-    let id = format!(
-        "{}-{}-4{}-a{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[13..16],
-        &hex[17..20],
-        &hex[20..32]
-    );
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    // A version-4 UUID, `xxxxxxxx-xxxx-4xxx-axxx-xxxxxxxxxxxx`, written in place: this runs
+    // for every request that comes without one.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let random: u128 = rand::rng().random();
+    let mut id = *b"00000000-0000-4000-a000-000000000000";
+    let mut bits = random;
+    for (i, byte) in id.iter_mut().enumerate().rev() {
+        if matches!(i, 8 | 13 | 14 | 18 | 19 | 23) {
+            continue;
+        }
+        *byte = DIGITS[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits and dashes are a valid header value")
 }
 
 /// The redirect's answer: its status and `Location` (scheme, host, port and path from the
@@ -777,6 +797,24 @@ mod tests {
     use crate::config::route::HeaderAdd;
     use crate::upstream::testing;
 
+    /// `x-request-id` is a version-4 UUID in lower-case hex, different each time.
+    #[test]
+    fn request_ids_are_v4_uuids() {
+        let a = request_id();
+        let b = request_id();
+        assert_ne!(a, b);
+        let id = a.to_str().unwrap();
+        assert_eq!(id.len(), 36, "{id}");
+        for (i, c) in id.bytes().enumerate() {
+            match i {
+                8 | 13 | 18 | 23 => assert_eq!(c, b'-', "{id}"),
+                14 => assert_eq!(c, b'4', "{id}"),
+                19 => assert_eq!(c, b'a', "{id}"),
+                _ => assert!(c.is_ascii_digit() || (b'a'..=b'f').contains(&c), "{id}"),
+            }
+        }
+    }
+
     /// A client reset drops the request's future mid-flight: the host must not stay busy for
     /// least-request balancing.
     #[tokio::test]
@@ -791,7 +829,7 @@ mod tests {
                 let request = http::Request::get("/")
                     .body(super::super::full(Bytes::new()))
                     .unwrap();
-                send_attempt(&pool, &cluster, &host, request, None).await
+                send_attempt(&pool, &cluster, &host, request, None, None).await
             }
         });
         // The request reached the upstream, which never answers: the attempt is in flight.
@@ -815,7 +853,7 @@ mod tests {
         let request = http::Request::get("/")
             .body(super::super::full(Bytes::new()))
             .unwrap();
-        let response = send_attempt(&pool, &cluster, &host, request, None)
+        let response = send_attempt(&pool, &cluster, &host, request, None, None)
             .await
             .unwrap()
             .unwrap();

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::Body;
 use crate::config::cluster::HttpVersion;
+use crate::telemetry::peer_metadata::{self, MetadataHeaders, UpstreamExchange};
 use crate::upstream::breakers::{Breaker, ClusterLoad};
 use crate::upstream::{ClusterKey, ClusterRuntime, ConnectError, Host, UpstreamPeer};
 
@@ -39,9 +40,9 @@ type HostKey = (String, u16);
 /// Where a connection belongs: its cluster (by value) and host.
 type Key = (ClusterKey, HostKey);
 /// An idle HTTP/1.1 connection, since when, and who its peer proved to be.
-type Idle = (http1::SendRequest<Body>, Instant, UpstreamPeer);
+type Idle = (http1::SendRequest<Body>, Instant, PooledPeer);
 /// A shared HTTP/2 connection and who its peer proved to be.
-type Shared = (http2::SendRequest<Body>, UpstreamPeer);
+type Shared = (http2::SendRequest<Body>, PooledPeer);
 /// Connections by cluster, then host. Only the clusters of the current runtime have an
 /// entry: a connection of any other cluster is not pooled.
 type ByCluster<C> = HashMap<ClusterKey, HashMap<HostKey, C>>;
@@ -75,12 +76,14 @@ pub enum SendError {
 }
 
 impl Pool {
-    /// Sends `request` to `host` of `cluster`, over a pooled or new connection.
+    /// Sends `request` to `host` of `cluster`, over a pooled or new connection, with this
+    /// side's `metadata` headers unless that connection's callee keeps them already.
     pub async fn send(
         self: &Arc<Self>,
         cluster: &ClusterRuntime,
         host: &Host,
-        request: http::Request<Body>,
+        mut request: http::Request<Body>,
+        metadata: Option<&MetadataHeaders>,
     ) -> Result<http::Response<Body>, SendError> {
         let key: Key = (cluster.key.clone(), (host.host.clone(), host.port));
         let idle = cluster
@@ -98,6 +101,7 @@ impl Pool {
                 Some((s, peer)) if !s.is_closed() => (s, peer),
                 _ => {
                     let (io, peer) = cluster.connect_to(host).await?;
+                    let peer = PooledPeer::new(peer);
                     let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                         .await
                         .map_err(SendError::Handshake)?;
@@ -120,6 +124,7 @@ impl Pool {
                     (sender, peer)
                 }
             };
+            peer.add_metadata(&mut request, metadata);
             let response = sender
                 .send_request(request)
                 .await
@@ -153,6 +158,7 @@ impl Pool {
                         }
                         Err(e) => return Err(e.into()),
                     };
+                    let peer = PooledPeer::new(peer);
                     let (sender, conn) = http1::handshake(TokioIo::new(io))
                         .await
                         .map_err(SendError::Handshake)?;
@@ -165,6 +171,7 @@ impl Pool {
                 }
             }
         };
+        peer.add_metadata(&mut request, metadata);
         let response = sender
             .send_request(request)
             .await
@@ -242,7 +249,7 @@ impl Pool {
         sender: http1::SendRequest<Body>,
         key: Key,
         load: &ClusterLoad,
-        peer: UpstreamPeer,
+        peer: PooledPeer,
     ) {
         {
             let mut idle = self.http1.lock();
@@ -309,13 +316,49 @@ impl Pool {
     }
 }
 
-/// The verified upstream of a response (its SPIFFE ID), for telemetry.
+/// The verified upstream of a response, for telemetry: its SPIFFE ID and its connection's
+/// metadata exchange.
 #[derive(Debug, Clone)]
-pub struct VerifiedUpstream(pub Arc<str>);
+pub struct VerifiedUpstream {
+    pub id: Arc<str>,
+    pub exchange: Arc<UpstreamExchange>,
+}
 
-fn with_peer(mut response: http::Response<Body>, peer: UpstreamPeer) -> http::Response<Body> {
-    if let Some(peer) = peer {
-        response.extensions_mut().insert(VerifiedUpstream(peer));
+/// Who a pooled connection's peer proved to be, and what the metadata exchange on that
+/// connection settled.
+#[derive(Debug, Clone)]
+struct PooledPeer {
+    id: UpstreamPeer,
+    exchange: Arc<UpstreamExchange>,
+}
+
+impl PooledPeer {
+    fn new(id: UpstreamPeer) -> Self {
+        Self {
+            id,
+            exchange: Arc::default(),
+        }
+    }
+
+    /// This side's metadata, for a verified peer that does not keep it yet.
+    fn add_metadata(&self, request: &mut http::Request<Body>, metadata: Option<&MetadataHeaders>) {
+        if let Some((metadata, id)) = metadata
+            && self.id.is_some()
+            && !self.exchange.keeps(metadata)
+        {
+            let headers = request.headers_mut();
+            headers.insert(peer_metadata::HEADER_NAME, metadata.clone());
+            headers.insert(peer_metadata::ID_HEADER_NAME, id.clone());
+        }
+    }
+}
+
+fn with_peer(mut response: http::Response<Body>, peer: PooledPeer) -> http::Response<Body> {
+    if let Some(id) = peer.id {
+        response.extensions_mut().insert(VerifiedUpstream {
+            id,
+            exchange: peer.exchange,
+        });
     }
     response
 }
@@ -334,7 +377,7 @@ type GiveBack = (
     Weak<Pool>,
     Key,
     Arc<ClusterLoad>,
-    UpstreamPeer,
+    PooledPeer,
 );
 
 struct ReturnOnEnd {
@@ -394,6 +437,35 @@ mod tests {
     use crate::runtime::Runtime;
     use crate::upstream::testing;
 
+    /// This side's metadata goes to a verified upstream until it says it keeps that very
+    /// value; never to an unverified one; again when this side's metadata changes.
+    #[test]
+    fn metadata_goes_until_the_upstream_keeps_it() {
+        let ours = (
+            http::HeaderValue::from_static("bWV0YWRhdGE="),
+            http::HeaderValue::from_static("client.shop"),
+        );
+        let sent = |peer: &PooledPeer, metadata: &MetadataHeaders| {
+            let mut request = http::Request::new(super::super::full(Bytes::new()));
+            peer.add_metadata(&mut request, Some(metadata));
+            let headers = request.headers();
+            let both = headers.contains_key(peer_metadata::HEADER_NAME)
+                && headers.contains_key(peer_metadata::ID_HEADER_NAME);
+            assert_eq!(both, headers.contains_key(peer_metadata::HEADER_NAME));
+            both
+        };
+        assert!(!sent(&PooledPeer::new(None), &ours), "unverified");
+        let verified = PooledPeer::new(Some(Arc::from("spiffe://green.local/ns/b/sa/r")));
+        assert!(sent(&verified, &ours));
+        verified.exchange.set_kept(ours.0.clone());
+        assert!(!sent(&verified, &ours), "kept");
+        let changed = (
+            http::HeaderValue::from_static("Y2hhbmdlZA=="),
+            ours.1.clone(),
+        );
+        assert!(sent(&verified, &changed), "a changed value goes again");
+    }
+
     fn clusters(runtime: &Runtime) -> impl Iterator<Item = &ClusterRuntime> {
         runtime.clusters.values().map(AsRef::as_ref)
     }
@@ -422,7 +494,7 @@ mod tests {
         let request = http::Request::get(uri)
             .body(super::super::full(Bytes::new()))
             .unwrap();
-        let response = pool.send(cluster, &host, request).await?;
+        let response = pool.send(cluster, &host, request, None).await?;
         let body = response.into_body().collect().await.unwrap().to_bytes();
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
@@ -613,7 +685,7 @@ mod tests {
             .body(super::super::full(Bytes::new()))
             .unwrap();
         // The response head is in; its body is not read yet.
-        let response = pool.send(cluster, &host, request).await.unwrap();
+        let response = pool.send(cluster, &host, request, None).await.unwrap();
         pool.prune(clusters(&after));
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");

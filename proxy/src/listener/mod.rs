@@ -232,6 +232,7 @@ fn inbound_service(
         cluster: Arc::from(cluster),
         facts: runtime_cluster.cluster.telemetry.clone(),
         principal: None,
+        exchange: None,
     })
 }
 
@@ -437,6 +438,7 @@ fn request_telemetry(
         peers: telemetry.peers.clone(),
         handles: Arc::default(),
         last_peer: parking_lot::Mutex::default(),
+        other_side: parking_lot::Mutex::default(),
         telemetry,
         node,
         reporter,

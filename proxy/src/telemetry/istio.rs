@@ -39,6 +39,22 @@ pub struct IstioMetrics {
     pub tcp_received: Family<CallLabels, Counter>,
     pub tcp_opened: Family<CallLabels, Counter>,
     pub tcp_closed: Family<CallLabels, Counter>,
+    /// Every request label set's series, by a fast hash: the families hash all labels with
+    /// SipHash, four times, under their locks. Holds what the families hold, no more.
+    series: parking_lot::Mutex<SeriesMap<RequestLabels, RequestHandles>>,
+    /// The same for TCP connections.
+    tcp_series: parking_lot::Mutex<SeriesMap<CallLabels, TcpHandles>>,
+}
+
+type SeriesMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The four series of one TCP label set.
+#[derive(Debug, Clone)]
+struct TcpHandles {
+    opened: Counter,
+    sent: Counter,
+    received: Counter,
+    closed: Counter,
 }
 
 impl Default for IstioMetrics {
@@ -52,6 +68,8 @@ impl Default for IstioMetrics {
             tcp_received: Family::default(),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
+            series: parking_lot::Mutex::default(),
+            tcp_series: parking_lot::Mutex::default(),
         }
     }
 }
@@ -115,22 +133,40 @@ impl IstioMetrics {
 
     /// The series of one label set, to record into without looking them up again.
     pub fn handles(&self, labels: &RequestLabels) -> RequestHandles {
-        RequestHandles {
+        if let Some(handles) = self.series.lock().get(labels) {
+            return handles.clone();
+        }
+        let handles = RequestHandles {
             requests: self.requests.get_or_create(labels).clone(),
             duration: self.duration.get_or_create(labels).clone(),
             request_bytes: self.request_bytes.get_or_create(labels).clone(),
             response_bytes: self.response_bytes.get_or_create(labels).clone(),
-        }
+        };
+        self.series.lock().insert(labels.clone(), handles.clone());
+        handles
     }
 
     /// A TCP connection's counters (opened counted now; the byte counters to update as bytes
     /// move; closed when the returned guard drops).
     pub fn tcp_connection(&self, labels: &CallLabels) -> TcpCounters {
-        self.tcp_opened.get_or_create(labels).inc();
+        let cached = self.tcp_series.lock().get(labels).cloned();
+        let handles = cached.unwrap_or_else(|| {
+            let handles = TcpHandles {
+                opened: self.tcp_opened.get_or_create(labels).clone(),
+                sent: self.tcp_sent.get_or_create(labels).clone(),
+                received: self.tcp_received.get_or_create(labels).clone(),
+                closed: self.tcp_closed.get_or_create(labels).clone(),
+            };
+            self.tcp_series
+                .lock()
+                .insert(labels.clone(), handles.clone());
+            handles
+        });
+        handles.opened.inc();
         TcpCounters {
-            sent: self.tcp_sent.get_or_create(labels).clone(),
-            received: self.tcp_received.get_or_create(labels).clone(),
-            closed: self.tcp_closed.get_or_create(labels).clone(),
+            sent: handles.sent,
+            received: handles.received,
+            closed: handles.closed,
         }
     }
 }

@@ -10,6 +10,16 @@
 //! [`MAX_PEERS`] in all are ever named (beyond that a new one is `unknown`), so no peer can grow
 //! the metrics' series without bound nor use up another mesh's share; well-formed headers are
 //! cached by their bytes, so requests do not pay for decoding.
+//!
+//! Between two `isthmus-proxy` sidecars the exchange happens once per connection, not per
+//! request: a caller's metadata offers it ([`ONCE_PER_CONNECTION_FIELD`]), a callee that keeps
+//! it for the rest of the connection says so with [`KEPT_HEADER_NAME`] beside its own, and the
+//! caller then sends neither on that connection again (until its own metadata changes), both
+//! sides keeping what they learnt ([`UpstreamExchange`] on the caller's side, the connection's
+//! memo on the callee's). Like Istio's exchange, this takes the verified TLS peer to be the
+//! sidecar that wrote the metadata: no pooling L7 hop between two sidecars. The three headers cost more to write, parse
+//! and strip than all of the request's metrics. A peer that does not answer so (Envoy) gets
+//! them on every request, as Istio sends them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,6 +35,51 @@ use super::labels::Label;
 
 pub const HEADER: &str = "x-envoy-peer-metadata";
 pub const ID_HEADER: &str = "x-envoy-peer-metadata-id";
+/// The same names as values: a `&str` key is parsed and validated at every lookup.
+pub const HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
+pub const ID_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(ID_HEADER);
+/// A callee's answer that it keeps the caller's metadata for the rest of the connection.
+pub const KEPT_HEADER_NAME: http::HeaderName =
+    http::HeaderName::from_static("x-isthmus-peer-metadata-kept");
+
+/// This side's metadata headers: `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id`.
+pub type MetadataHeaders = (HeaderValue, HeaderValue);
+
+/// The field of an `isthmus-proxy` sidecar's metadata that offers the exchange once per
+/// connection: a callee answers [`KEPT_HEADER_NAME`] only to a caller whose metadata says so,
+/// so that no other caller (an Istio sidecar) or its application ever sees that header.
+pub const ONCE_PER_CONNECTION_FIELD: &str = "ISTHMUS_EXCHANGE_ONCE_PER_CONNECTION";
+
+/// One upstream connection's metadata exchange, on the caller's side: which of this side's
+/// metadata the callee keeps (requests then go without it, until this side's metadata
+/// changes) and what the callee said about itself (its later responses say nothing).
+#[derive(Debug, Default)]
+pub struct UpstreamExchange {
+    kept: Mutex<Option<HeaderValue>>,
+    callee: Mutex<Option<Arc<PeerWorkload>>>,
+}
+
+impl UpstreamExchange {
+    /// Whether the callee keeps `metadata`, this side's header as it is now.
+    pub fn keeps(&self, metadata: &HeaderValue) -> bool {
+        self.kept.lock().as_ref() == Some(metadata)
+    }
+
+    /// The callee said it keeps `metadata`.
+    pub fn set_kept(&self, metadata: HeaderValue) {
+        *self.kept.lock() = Some(metadata);
+    }
+
+    /// What the callee said about itself, read from its metadata header.
+    pub fn remember(&self, callee: Option<Arc<PeerWorkload>>) {
+        *self.callee.lock() = callee;
+    }
+
+    pub fn remembered(&self) -> Option<Arc<PeerWorkload>> {
+        self.callee.lock().clone()
+    }
+}
+
 /// Distinct workloads ever named from headers, in all.
 pub const MAX_PEERS: usize = 1024;
 /// Distinct workloads ever named from headers, per trust domain.
@@ -42,6 +97,8 @@ pub struct PeerWorkload {
     pub workload: Label,
     pub namespace: Label,
     pub app: Label,
+    /// An `isthmus-proxy` sidecar, offering the exchange once per connection.
+    pub once_per_connection: bool,
 }
 
 /// This side's headers, built once per listener configuration.
@@ -67,6 +124,12 @@ impl OwnHeaders {
             ("NAME", string(workload)),
             ("NAMESPACE", string(namespace)),
             ("WORKLOAD_NAME", string(workload)),
+            (
+                ONCE_PER_CONNECTION_FIELD,
+                Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            ),
         ];
         fields.sort_by(|a, b| a.0.cmp(b.0));
         let mut encoded = Vec::new();
@@ -188,10 +251,17 @@ pub fn decode(bytes: &[u8]) -> Option<PeerWorkload> {
         .or_else(|| label("app.kubernetes.io/name"))
         .or_else(|| label("service.istio.io/canonical-name"))
         .unwrap_or(workload);
+    let once_per_connection = matches!(
+        s.fields
+            .get(ONCE_PER_CONNECTION_FIELD)
+            .and_then(|v| v.kind.as_ref()),
+        Some(Kind::BoolValue(true))
+    );
     Some(PeerWorkload {
         workload: Arc::from(workload),
         namespace: Arc::from(namespace),
         app: Arc::from(app),
+        once_per_connection,
     })
 }
 

@@ -17,7 +17,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use super::Telemetry;
 use super::istio::{Finished, HandleCache};
 use super::labels::{self, CallLabels, Label, Reporter, RequestLabels, Service, Workload};
-use super::peer_metadata::{self, PeerCache};
+use super::peer_metadata::{self, PeerCache, UpstreamExchange};
 use super::trace::{RequestSpan, SpanKind};
 use crate::config::telemetry::{ClusterFacts, NodeFacts};
 use crate::config::tracing::Tracing;
@@ -30,6 +30,8 @@ pub struct UpstreamFacts {
     pub cluster: Arc<str>,
     pub facts: Arc<ClusterFacts>,
     pub principal: Option<Label>,
+    /// The upstream connection's metadata exchange (a verified upstream).
+    pub exchange: Option<Arc<UpstreamExchange>>,
 }
 
 /// Envoy's response flags of a local answer (`NR`, `UH`, `UF`, `UO`, `UT`, `URX`, `UC`,
@@ -46,7 +48,10 @@ pub struct RequestBytes(pub Arc<AtomicU64>);
 #[derive(Debug, Clone, Default)]
 pub struct Outgoing {
     pub metadata: Option<(HeaderValue, HeaderValue)>,
-    pub trace: HeaderMap,
+    pub trace: Option<crate::telemetry::trace::propagation::Outgoing>,
+    /// Where the forward path counts the request body's bytes (one extension, not two:
+    /// each costs an allocation per request).
+    pub bytes: RequestBytes,
 }
 
 /// What one connection's requests share.
@@ -66,6 +71,9 @@ pub struct ConnectionTelemetry {
     /// The last metadata header this connection read and whom it named: a connection's peer
     /// sends the same bytes on every request.
     pub last_peer: parking_lot::Mutex<Option<PeerMemo>>,
+    /// The other side's labels in this connection's last request: its requests mostly name
+    /// the same one, whose labels are then shared rather than built again.
+    pub other_side: parking_lot::Mutex<Option<Arc<Workload>>>,
     /// The connection manager's tracing settings.
     pub tracing: Option<Arc<Tracing>>,
     /// Destination reporter: the service this workload serves here, for requests answered
@@ -83,8 +91,9 @@ pub type PeerMemo = (
 );
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static PEER_METADATA: HeaderName = HeaderName::from_static(peer_metadata::HEADER);
-static PEER_METADATA_ID: HeaderName = HeaderName::from_static(peer_metadata::ID_HEADER);
+const PEER_METADATA: HeaderName = peer_metadata::HEADER_NAME;
+const PEER_METADATA_ID: HeaderName = peer_metadata::ID_HEADER_NAME;
+const KEPT: HeaderName = peer_metadata::KEPT_HEADER_NAME;
 
 impl ConnectionTelemetry {
     /// At a request's head: strips the caller's metadata (reading it only from a verified
@@ -126,7 +135,11 @@ impl ConnectionTelemetry {
             Reporter::Destination => self.peer_id.as_deref(),
             Reporter::Source => None,
         };
-        let (caller_sent, caller) = take_peer(headers, self, verified);
+        let (caller_sent, mut caller) = take_peer(headers, self, verified);
+        if !caller_sent && let Some(id) = verified {
+            // A caller told that this connection keeps its metadata sends it no more.
+            caller = self.kept_caller(id);
+        }
         let mut outgoing = Outgoing::default();
         if self.reporter == Reporter::Source {
             outgoing.metadata = Some((
@@ -134,13 +147,9 @@ impl ConnectionTelemetry {
                 self.node.headers.id.clone(),
             ));
         }
-        if let Some(span) = &span {
-            span.inject(&mut outgoing.trace);
-        }
-        let bytes = RequestBytes::default();
-        let extensions = request.extensions_mut();
-        extensions.insert(outgoing);
-        extensions.insert(bytes.clone());
+        outgoing.trace = span.as_ref().map(RequestSpan::outgoing);
+        let bytes = outgoing.bytes.clone();
+        request.extensions_mut().insert(outgoing);
         Observation {
             state: Some(Pending {
                 conn: Arc::clone(self),
@@ -209,7 +218,20 @@ impl Observation {
             Reporter::Source => upstream.as_ref().and_then(|u| u.principal.as_deref()),
             Reporter::Destination => None,
         };
-        let (_, callee) = take_peer(headers, &pending.conn, verified);
+        let (callee_sent, mut callee) = take_peer(headers, &pending.conn, verified);
+        let kept = headers.remove(&KEPT).is_some();
+        if let Some(exchange) = upstream.as_ref().and_then(|u| u.exchange.as_ref())
+            && pending.conn.reporter == Reporter::Source
+        {
+            if callee_sent {
+                exchange.remember(callee.clone());
+                if kept {
+                    exchange.set_kept(pending.conn.node.headers.metadata.clone());
+                }
+            } else {
+                callee = exchange.remembered();
+            }
+        }
         if pending.conn.reporter == Reporter::Destination
             && pending.caller_sent
             && pending.conn.peer.is_some()
@@ -222,6 +244,15 @@ impl Observation {
                 PEER_METADATA_ID.clone(),
                 pending.conn.node.headers.id.clone(),
             );
+            // The connection's memo holds what the caller said: an isthmus-proxy caller,
+            // which offered it, may stop saying it on this connection.
+            if pending
+                .caller
+                .as_ref()
+                .is_some_and(|c| c.once_per_connection)
+            {
+                headers.insert(KEPT.clone(), HeaderValue::from_static("1"));
+            }
         }
         let call = pending.call_labels(upstream.as_ref(), callee.as_deref(), flags);
         let status = response.status().as_u16();
@@ -299,7 +330,7 @@ impl Pending {
                     .or_else(|| principal.as_deref().map(|p| self.conn.node.mesh_of(p)))
                     .unwrap_or_else(labels::unknown);
                 let destination = side(callee, principal, mesh);
-                (me, Arc::new(destination))
+                (me, self.conn.shared(destination))
             }
             Reporter::Destination => {
                 let source = match (&self.conn.peer, &self.caller) {
@@ -310,7 +341,7 @@ impl Pending {
                             Some(p) => (Some(p.principal.clone()), p.mesh.clone()),
                             None => (None, labels::unknown()),
                         };
-                        Arc::new(side(caller.as_deref(), principal, mesh))
+                        self.conn.shared(side(caller.as_deref(), principal, mesh))
                     }
                 };
                 (source, me)
@@ -371,6 +402,29 @@ fn take_peer(
     let found = conn.peers.lookup(&value, id);
     *conn.last_peer.lock() = Some((value, id.to_owned(), found.clone()));
     (true, found)
+}
+
+impl ConnectionTelemetry {
+    /// `labels`, shared with the connection's last request when they are the same.
+    fn shared(&self, labels: Workload) -> Arc<Workload> {
+        let mut memo = self.other_side.lock();
+        if let Some(last) = &*memo
+            && **last == labels
+        {
+            return last.clone();
+        }
+        let labels = Arc::new(labels);
+        *memo = Some(labels.clone());
+        labels
+    }
+
+    /// What the verified caller `id` said last on this connection, when it said anything.
+    fn kept_caller(&self, id: &str) -> Option<Arc<peer_metadata::PeerWorkload>> {
+        match &*self.last_peer.lock() {
+            Some((_, said_by, found)) if said_by == id => found.clone(),
+            _ => None,
+        }
+    }
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {

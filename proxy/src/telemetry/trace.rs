@@ -364,22 +364,23 @@ impl fmt::Debug for RequestSpan {
 }
 
 impl RequestSpan {
-    /// Writes `traceparent` (and `tracestate`) and the B3 multi headers (`x-b3-traceid`,
-    /// `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`) naming this span as the parent;
-    /// removes a stale `b3` and `x-b3-flags`. Injecting into a fresh map and merging it into
-    /// the upstream request? Remove [`propagation::HEADERS`] from the request first.
+    /// Writes `traceparent` (and `tracestate`), and the B3 multi headers (`x-b3-traceid`,
+    /// `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`) when the caller spoke B3, naming
+    /// this span as the parent; removes what would contradict it (see [`propagation::inject`]).
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        propagation::inject(
-            headers,
-            &Outgoing {
-                trace_id: self.trace_id,
-                span_id: self.span_id,
-                parent_span_id: self.parent.map(|p| p.span_id),
-                sampled: self.sampled,
-                trace_state: self.trace_state.as_deref(),
-                b3: self.b3,
-            },
-        );
+        propagation::inject(headers, &self.outgoing());
+    }
+
+    /// The context the next hop gets, for [`propagation::inject`] into the upstream request.
+    pub fn outgoing(&self) -> Outgoing {
+        Outgoing {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent.map(|p| p.span_id),
+            sampled: self.sampled,
+            trace_state: self.trace_state.clone(),
+            b3: self.b3,
+        }
     }
 
     /// Sets an attribute of the recorded span (nothing when not sampled).

@@ -14,8 +14,15 @@ use crate::telemetry::peer_metadata::OwnHeaders;
 
 const CLIENT: &str = "spiffe://red.local/ns/shop/sa/client";
 
+const RATINGS: &str = "spiffe://green.local/ns/bookinfo/sa/ratings";
+
 /// Green's `ratings` sidecar, inbound: its registry, and the connection of a verified caller.
 fn server(peer_id: Option<&str>) -> (Registry, Arc<ConnectionTelemetry>) {
+    sidecar(Reporter::Destination, peer_id)
+}
+
+/// A sidecar of green's `ratings` workload, as `reporter` (outbound: `Source`).
+fn sidecar(reporter: Reporter, peer_id: Option<&str>) -> (Registry, Arc<ConnectionTelemetry>) {
     let facts = r#"{"app":"ratings","mesh":"green","meshes":{"green.local":"green","red.local":"red"},"namespace":"bookinfo","principal":"spiffe://green.local/ns/bookinfo/sa/ratings","workload":"ratings"}"#;
     let metadata = Metadata {
         filter_metadata: HashMap::from([(
@@ -45,7 +52,7 @@ fn server(peer_id: Option<&str>) -> (Registry, Arc<ConnectionTelemetry>) {
         peers: telemetry.peers.clone(),
         telemetry,
         node,
-        reporter: Reporter::Destination,
+        reporter,
         peer,
         peer_id: peer_id.map(Arc::from),
         mutual_tls: peer_id.is_some(),
@@ -54,6 +61,7 @@ fn server(peer_id: Option<&str>) -> (Registry, Arc<ConnectionTelemetry>) {
         remote: "127.0.0.1:5000".parse().expect("address"),
         handles: Arc::default(),
         last_peer: parking_lot::Mutex::default(),
+        other_side: parking_lot::Mutex::default(),
     });
     (registry, conn)
 }
@@ -232,4 +240,174 @@ impl http_body::Body for Endless {
         self.sent = true;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part")))))
     }
+}
+
+/// Between two `isthmus-proxy` sidecars the metadata goes once per connection: the callee
+/// says it keeps it, and the caller's later requests on that connection, without it, are still
+/// named. An unverified caller is never told so.
+#[tokio::test]
+async fn a_kept_callers_later_requests_are_named_without_its_metadata() {
+    let (registry, conn) = server(Some(CLIENT));
+    let client = OwnHeaders::new("client.shop", "client", "shop", "web", "red");
+    let mut first = request(http::Method::GET, Some(&client));
+    let answered = conn.begin(&mut first).finish(response(200, "a"));
+    assert_eq!(
+        answered.headers().get(peer_metadata::KEPT_HEADER_NAME),
+        Some(&HeaderValue::from_static("1")),
+        "the caller may stop sending it"
+    );
+    drop(answered.into_body().collect().await.expect("body"));
+    let mut later = request(http::Method::GET, None);
+    let answered = conn.begin(&mut later).finish(response(200, "b"));
+    assert!(
+        answered.headers().get(peer_metadata::HEADER).is_none(),
+        "a caller that sent nothing gets nothing back"
+    );
+    drop(answered.into_body().collect().await.expect("body"));
+    let lines = requests(&registry);
+    assert!(
+        one_with(&lines, &["source_workload=\"client\"", "} 2"]),
+        "{lines:#?}"
+    );
+
+    let (_, unverified) = server(None);
+    let mut req = request(http::Method::GET, Some(&client));
+    let answered = unverified.begin(&mut req).finish(response(200, ""));
+    assert!(
+        answered
+            .headers()
+            .get(peer_metadata::KEPT_HEADER_NAME)
+            .is_none()
+    );
+
+    // An Istio sidecar's metadata does not offer it: its application never sees the marker.
+    let (_, conn) = server(Some(CLIENT));
+    let istio = {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let fields = [("NAMESPACE", "shop"), ("WORKLOAD_NAME", "client")]
+            .into_iter()
+            .map(|(k, v)| {
+                let value = Value {
+                    kind: Some(Kind::StringValue(v.to_owned())),
+                };
+                (k.to_owned(), value)
+            })
+            .collect();
+        let encoded = Struct { fields }.encode_to_vec();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(encoded);
+        OwnHeaders {
+            metadata: HeaderValue::from_str(&encoded).expect("base64"),
+            id: HeaderValue::from_static("client.shop"),
+        }
+    };
+    let mut req = request(http::Method::GET, Some(&istio));
+    let answered = conn.begin(&mut req).finish(response(200, ""));
+    assert!(
+        answered.headers().get(peer_metadata::HEADER).is_some(),
+        "answered as Istio answers"
+    );
+    assert!(
+        answered
+            .headers()
+            .get(peer_metadata::KEPT_HEADER_NAME)
+            .is_none()
+    );
+}
+
+/// The caller's side: a response that says the callee keeps this side's metadata settles the
+/// connection's exchange, and later responses on it, which say nothing, name the callee from
+/// what the first said. The marker never reaches the application.
+#[tokio::test]
+async fn a_callee_that_keeps_the_metadata_is_named_from_the_first_answer() {
+    let (registry, conn) = sidecar(Reporter::Source, None);
+    let exchange = Arc::new(UpstreamExchange::default());
+    let upstream = || UpstreamFacts {
+        cluster: Arc::from("outbound|9080||ratings.bookinfo.svc.cluster.local"),
+        facts: Arc::default(),
+        principal: Some(Arc::from(RATINGS)),
+        exchange: Some(exchange.clone()),
+    };
+    let ratings = OwnHeaders::new(
+        "ratings.bookinfo",
+        "ratings-v1",
+        "bookinfo",
+        "ratings",
+        "green",
+    );
+    let mut first = response(200, "a");
+    first.extensions_mut().insert(upstream());
+    let headers = first.headers_mut();
+    headers.insert(peer_metadata::HEADER_NAME, ratings.metadata.clone());
+    headers.insert(peer_metadata::ID_HEADER_NAME, ratings.id.clone());
+    headers.insert(
+        peer_metadata::KEPT_HEADER_NAME,
+        HeaderValue::from_static("1"),
+    );
+    let mut req = request(http::Method::GET, None);
+    let answered = conn.begin(&mut req).finish(first);
+    assert!(answered.headers().get(peer_metadata::HEADER).is_none());
+    assert!(
+        answered
+            .headers()
+            .get(peer_metadata::KEPT_HEADER_NAME)
+            .is_none()
+    );
+    assert!(
+        exchange.keeps(&conn.node.headers.metadata),
+        "later requests go without this side's metadata"
+    );
+    drop(answered.into_body().collect().await.expect("body"));
+
+    let mut later = response(200, "b");
+    later.extensions_mut().insert(upstream());
+    let mut req = request(http::Method::GET, None);
+    drop(
+        conn.begin(&mut req)
+            .finish(later)
+            .into_body()
+            .collect()
+            .await
+            .expect("body"),
+    );
+    let lines = requests(&registry);
+    assert!(
+        one_with(
+            &lines,
+            &[
+                "reporter=\"source\"",
+                "destination_workload=\"ratings-v1\"",
+                "destination_principal=\"spiffe://green.local/ns/bookinfo/sa/ratings\"",
+                "} 2"
+            ]
+        ),
+        "{lines:#?}"
+    );
+}
+
+/// A marker without the callee's metadata (not an exchange) settles nothing.
+#[tokio::test]
+async fn a_marker_alone_settles_nothing() {
+    let (_, conn) = sidecar(Reporter::Source, None);
+    let exchange = Arc::new(UpstreamExchange::default());
+    let mut answer = response(200, "");
+    answer.extensions_mut().insert(UpstreamFacts {
+        cluster: Arc::from("outbound|9080||ratings.bookinfo.svc.cluster.local"),
+        facts: Arc::default(),
+        principal: Some(Arc::from(RATINGS)),
+        exchange: Some(exchange.clone()),
+    });
+    answer.headers_mut().insert(
+        peer_metadata::KEPT_HEADER_NAME,
+        HeaderValue::from_static("1"),
+    );
+    let mut req = request(http::Method::GET, None);
+    let answered = conn.begin(&mut req).finish(answer);
+    assert!(
+        answered
+            .headers()
+            .get(peer_metadata::KEPT_HEADER_NAME)
+            .is_none()
+    );
+    assert!(!exchange.keeps(&conn.node.headers.metadata));
 }

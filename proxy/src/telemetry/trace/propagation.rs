@@ -64,15 +64,15 @@ pub struct Incoming {
 }
 
 /// The context to send on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outgoing<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
     pub trace_id: u128,
     /// This proxy's span: the next hop's parent.
     pub span_id: u64,
     /// This span's own parent, for `x-b3-parentspanid`.
     pub parent_span_id: Option<u64>,
     pub sampled: bool,
-    pub trace_state: Option<&'a str>,
+    pub trace_state: Option<String>,
     /// Send B3 too (the caller spoke B3); W3C is always sent.
     pub b3: bool,
 }
@@ -105,41 +105,64 @@ pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
 /// Writes the context naming `out.span_id` as the next hop's parent: W3C, and B3 multi when
 /// the caller spoke B3; removes what would contradict it (a stale `b3`, `x-b3-flags`,
 /// `x-b3-parentspanid`, `tracestate`, and the other B3 headers when B3 is not sent).
-pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
-    for name in [B3, B3_FLAGS, B3_PARENT_SPAN_ID, TRACESTATE] {
-        headers.remove(name);
-    }
-    let set = |headers: &mut HeaderMap, name: HeaderName, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
+pub fn inject(headers: &mut HeaderMap, out: &Outgoing) {
+    // One pass over the names first: most requests carry none of these, and a removal by name
+    // hashes it, seven times per request otherwise.
+    let stale = headers.keys().any(|name| {
+        let name = name.as_str();
+        name == "b3" || name == "tracestate" || name.starts_with("x-b3-")
+    });
+    if stale {
+        for name in [B3, B3_FLAGS, B3_PARENT_SPAN_ID, TRACESTATE] {
+            headers.remove(name);
         }
-    };
-    let flag = if out.sampled { "1" } else { "0" };
-    set(
-        headers,
-        TRACEPARENT,
-        format!(
-            "00-{:032x}-{:016x}-{}",
-            out.trace_id,
-            out.span_id,
-            if out.sampled { "01" } else { "00" }
-        ),
-    );
-    if let Some(state) = out.trace_state.filter(|s| !s.is_empty()) {
-        set(headers, TRACESTATE, state.to_owned());
+    }
+    // `00-<trace>-<span>-<flags>`, written in place: this runs for every request.
+    let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&mut traceparent[3..35], out.trace_id);
+    hex_into(&mut traceparent[36..52], u128::from(out.span_id));
+    traceparent[54] = if out.sampled { b'1' } else { b'0' };
+    headers.insert(TRACEPARENT, ascii_value(&traceparent));
+    if let Some(state) = out.trace_state.as_deref().filter(|s| !s.is_empty())
+        && let Ok(value) = HeaderValue::from_str(state)
+    {
+        headers.insert(TRACESTATE, value);
     }
     if !out.b3 {
-        for name in [B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED] {
-            headers.remove(name);
+        if stale {
+            for name in [B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED] {
+                headers.remove(name);
+            }
         }
         return;
     }
-    set(headers, B3_TRACE_ID, format!("{:032x}", out.trace_id));
-    set(headers, B3_SPAN_ID, format!("{:016x}", out.span_id));
+    let mut trace = [0u8; 32];
+    hex_into(&mut trace, out.trace_id);
+    headers.insert(B3_TRACE_ID, ascii_value(&trace));
+    let mut span = [0u8; 16];
+    hex_into(&mut span, u128::from(out.span_id));
+    headers.insert(B3_SPAN_ID, ascii_value(&span));
     if let Some(parent) = out.parent_span_id {
-        set(headers, B3_PARENT_SPAN_ID, format!("{parent:016x}"));
+        hex_into(&mut span, u128::from(parent));
+        headers.insert(B3_PARENT_SPAN_ID, ascii_value(&span));
     }
-    set(headers, B3_SAMPLED, flag.to_owned());
+    let flag = if out.sampled { "1" } else { "0" };
+    headers.insert(B3_SAMPLED, HeaderValue::from_static(flag));
+}
+
+/// A header value of bytes this module wrote: lower-case hex, digits and `-`.
+fn ascii_value(bytes: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(bytes).expect("hex digits and dashes are a valid header value")
+}
+
+/// `value`'s low `out.len()` hex digits, lower case, most significant first.
+fn hex_into(out: &mut [u8], value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut v = value;
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 /// The header's value when it appears exactly once and is visible ASCII.
@@ -314,21 +337,60 @@ fn b3_span_id(s: &str) -> Option<u64> {
 
 /// Lower-case hex (W3C), at most 32 digits.
 fn hex_lower(b: &[u8]) -> Option<u128> {
-    if b.iter().any(u8::is_ascii_uppercase) {
-        return None;
-    }
-    hex_any(b)
+    hex_digits(b, &HEX_LOWER)
 }
 
 /// Hex of either case, 1 to 32 digits.
 fn hex_any(b: &[u8]) -> Option<u128> {
+    hex_digits(b, &HEX_ANY)
+}
+
+/// Not a digit, in the tables below.
+const NOT_HEX: u8 = 0xff;
+
+/// Each byte's value as a hex digit (lower case only, as W3C wants), else [`NOT_HEX`].
+static HEX_LOWER: [u8; 256] = hex_table(false);
+/// Each byte's value as a hex digit of either case, else [`NOT_HEX`].
+static HEX_ANY: [u8; 256] = hex_table(true);
+
+const fn hex_table(upper: bool) -> [u8; 256] {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        if upper {
+            table[b'A' as usize + i] = 10 + i as u8;
+        }
+        i += 1;
+    }
+    table
+}
+
+/// 1 to 32 digits by `table`, read by table lookup: this runs for every traced request.
+fn hex_digits(b: &[u8], table: &[u8; 256]) -> Option<u128> {
     if b.is_empty() || b.len() > 32 {
         return None;
     }
-    b.iter().try_fold(0u128, |acc, c| {
-        let digit = char::from(*c).to_digit(16)?;
-        Some((acc << 4) | u128::from(digit))
-    })
+    // Two 64-bit halves: cheaper than shifting a u128 per digit.
+    let split = b.len().saturating_sub(16);
+    let (high, low) = b.split_at(split);
+    let half = |digits: &[u8]| -> Option<u64> {
+        let mut acc = 0u64;
+        for c in digits {
+            let d = table[usize::from(*c)];
+            if d == NOT_HEX {
+                return None;
+            }
+            acc = (acc << 4) | u64::from(d);
+        }
+        Some(acc)
+    };
+    Some((u128::from(half(high)?) << 64) | u128::from(half(low)?))
 }
 
 #[cfg(test)]
@@ -705,7 +767,7 @@ mod tests {
                 span_id: 0x1111_2222_3333_4444,
                 parent_span_id: Some(SPAN),
                 sampled: true,
-                trace_state: Some("congo=t61rcWkgMzE"),
+                trace_state: Some("congo=t61rcWkgMzE".into()),
                 b3: true,
             },
         );
