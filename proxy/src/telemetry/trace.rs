@@ -364,14 +364,9 @@ impl fmt::Debug for RequestSpan {
 }
 
 impl RequestSpan {
-    /// Writes `traceparent` (and `tracestate`), and the B3 multi headers (`x-b3-traceid`,
-    /// `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`) when the caller spoke B3, naming
-    /// this span as the parent; removes what would contradict it (see [`propagation::inject`]).
-    pub fn inject(&self, headers: &mut http::HeaderMap) {
-        propagation::inject(headers, &self.outgoing());
-    }
-
-    /// The context the next hop gets, for [`propagation::inject`] into the upstream request.
+    /// The context the next hop gets, for [`propagation::inject`] into the upstream request:
+    /// `traceparent` (and `tracestate`), and B3 multi when the caller spoke B3, naming this
+    /// span as the parent.
     pub fn outgoing(&self) -> Outgoing {
         Outgoing {
             trace_id: self.trace_id,

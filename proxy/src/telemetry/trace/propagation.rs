@@ -17,19 +17,6 @@ pub const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentsp
 pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 pub const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
-/// Every header [`inject`] writes or removes: strip these from a request before adding the
-/// injected ones.
-pub const HEADERS: [HeaderName; 8] = [
-    TRACEPARENT,
-    TRACESTATE,
-    B3,
-    B3_TRACE_ID,
-    B3_SPAN_ID,
-    B3_PARENT_SPAN_ID,
-    B3_SAMPLED,
-    B3_FLAGS,
-];
-
 /// W3C: vendors must propagate at least 512 characters of `tracestate`; a longer one (or one
 /// with more than 32 members) is dropped whole rather than cut.
 const MAX_TRACESTATE: usize = 512;

@@ -183,7 +183,7 @@ fn sampling_follows_the_caller_else_the_configured_share() {
             .any(|(k, _)| *k == "b3" || *k == "x-b3-traceid")
             || propagation::extract(&headers(&pairs)).is_some_and(|i| i.format != Format::W3c);
         let mut out = HeaderMap::new();
-        span.inject(&mut out);
+        propagation::inject(&mut out, &span.outgoing());
         let next = propagation::extract(&out).unwrap();
         assert_eq!(next.format, Format::W3c, "{why}");
         assert_eq!(next.sampled, Some(sampled), "{why}");
@@ -236,7 +236,7 @@ fn a_sampled_span_is_recorded_as_the_child_of_the_caller() {
     span.set_attribute("upstream_cluster", "outbound|9080||ratings".into());
     span.set_attribute("isthmus.mesh", "red".into());
     let mut upstream = request.clone();
-    span.inject(&mut upstream);
+    propagation::inject(&mut upstream, &span.outgoing());
     let span_id = span.span_id();
     span.end(503);
 
@@ -308,7 +308,7 @@ fn a_root_span_and_a_success() {
         )
         .unwrap();
     let mut out = HeaderMap::new();
-    span.inject(&mut out);
+    propagation::inject(&mut out, &span.outgoing());
     assert_eq!(out.get("x-b3-parentspanid"), None, "a root has no parent");
     span.end(204);
     let spans = capture.spans.lock().clone();
@@ -356,7 +356,7 @@ fn without_a_collector_the_context_still_travels() {
     assert!(span.is_sampled());
     assert!(!span.is_recording());
     let mut out = HeaderMap::new();
-    span.inject(&mut out);
+    propagation::inject(&mut out, &span.outgoing());
     let next = propagation::extract(&out).unwrap();
     assert_eq!(
         next.parent.unwrap().trace_id,
