@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     const PROTOS: &[&str] = &[
         "isthmus/ca/v1/ca.proto",
         "isthmus/federation/v1/discovery.proto",
+        "isthmus/dns/v1/name_table.proto",
     ];
     let descriptors = protox::compile(PROTOS, ["."])?;
     tonic_prost_build::configure()

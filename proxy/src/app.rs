@@ -47,6 +47,7 @@ use crate::listener::BoundListeners;
 use crate::metrics::Metrics;
 use crate::status::AppProbers;
 use crate::xds::client::{Protocol, XdsClient};
+use crate::config::XdsType;
 use crate::xds::state::AdsState;
 
 /// A started proxy whose ports are bound, not yet serving its admin port.
@@ -59,6 +60,8 @@ pub struct Bound {
     admin: axum::Router,
     /// With `--status-addr`.
     status: Option<StatusPort>,
+    /// With `--dns-addr`: where the DNS proxy listens (UDP and TCP).
+    dns_address: Option<SocketAddr>,
     listeners: watch::Receiver<BoundListeners>,
     drain: drain::Trigger,
     drain_timeout: Duration,
@@ -121,6 +124,15 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
     let mut admin = AdminState::new(certs.clone()).with_metrics(registry);
     let (drain, watch) = drain::new();
     let (addresses, listeners) = watch::channel(BoundListeners::new());
+    // Checked before anything binds.
+    let upstream = match options.dns_addr {
+        Some(_) if options.node_id.is_none() => return Err(StartError::DnsNeedsXds),
+        Some(_) => Some(
+            crate::dns::Upstream::read(&options.resolv_conf).map_err(StartError::ResolvConf)?,
+        ),
+        None => None,
+    };
+    let mut dns_address = None;
     if let Some(node_id) = &options.node_id {
         let channel = bootstrap::xds_channel(&options, certs.as_ref())?;
         let node = bootstrap::node(node_id, options.role, &options.metadata);
@@ -129,8 +141,27 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
         } else {
             Protocol::Delta
         };
-        let (client, config, status) =
-            XdsClient::new(channel, protocol, AdsState::new(node), metrics.clone());
+        // The name table only when the DNS proxy runs (Envoy's five types otherwise).
+        let types = XdsType::ALL
+            .into_iter()
+            .chain(options.dns_addr.map(|_| XdsType::NameTable));
+        let (client, config, status) = XdsClient::new(
+            channel,
+            protocol,
+            AdsState::with_types(node, types),
+            metrics.clone(),
+        );
+        if let (Some(address), Some(upstream)) = (options.dns_addr, upstream) {
+            let server = crate::dns::bind(address, upstream, config.clone(), metrics.clone())
+                .await
+                .map_err(|source| StartError::DnsBind { address, source })?;
+            dns_address = Some(
+                server
+                    .local_addr()
+                    .map_err(|source| StartError::DnsBind { address, source })?,
+            );
+            tasks.spawn(server.serve());
+        }
         let (runtime_tx, runtime) = watch::channel(Arc::default());
         tasks.spawn(crate::listener::run(
             config.clone(),
@@ -177,6 +208,7 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
         node = ?options.node_id,
         admin = %admin_address,
         status = ?status.as_ref().map(|s| s.address),
+        dns = ?dns_address,
         "isthmus-proxy started"
     );
     Ok(Bound {
@@ -184,6 +216,7 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
         admin_listener,
         admin: crate::admin::router(admin),
         status,
+        dns_address,
         listeners,
         drain,
         drain_timeout: options.drain_timeout,
@@ -232,6 +265,11 @@ impl Bound {
     /// `None` without `--status-addr`.
     pub fn status_address(&self) -> Option<SocketAddr> {
         self.status.as_ref().map(|s| s.address)
+    }
+
+    /// The address the DNS proxy listens on (UDP and TCP); `None` without `--dns-addr`.
+    pub fn dns_address(&self) -> Option<SocketAddr> {
+        self.dns_address
     }
 
     /// The data-plane listeners bound now, by name, and their changes: empty at start (LDS

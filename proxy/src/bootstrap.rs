@@ -89,6 +89,16 @@ pub struct Options {
     /// /app-health/<container>/<readyz|livez|startupz>. Off unless given.
     #[arg(long, env = "ISTHMUS_STATUS_ADDR")]
     pub status_addr: Option<SocketAddr>,
+    /// The DNS proxy's address, UDP and TCP (Istio's 127.0.0.1:15053; the capture rules of
+    /// `isthmus-proxy capture --capture-dns` send the application's DNS there). It answers
+    /// the mesh's names from the table isthmusd pushes and forwards the rest to the
+    /// resolvers of --resolv-conf. Off unless given; needs --node-id.
+    #[arg(long, env = "ISTHMUS_DNS_ADDR")]
+    pub dns_addr: Option<SocketAddr>,
+    /// The pod's original resolver settings: where the DNS proxy forwards names that are not
+    /// the mesh's, and the search domains of short names.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// The application's original probes, as Istio's injector writes them
     /// (ISTIO_KUBE_APP_PROBERS JSON: {"/app-health/<container>/<kind>": {"httpGet": {...}} or
     /// {"tcpSocket": {...}}, "timeoutSeconds": N}), answered on the status port.
@@ -156,6 +166,8 @@ impl Default for Options {
             xds_sotw: false,
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
             status_addr: None,
+            dns_addr: None,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
             app_probers: None,
             handshake_timeout: Duration::from_secs(10),
             concurrency: None,
@@ -217,6 +229,16 @@ pub enum StartError {
     AppProbers(#[source] ProbersError),
     #[error("the application probes' TLS configuration")]
     ProbeTls(#[source] rustls::Error),
+    #[error("--dns-addr needs --node-id: the names come from isthmusd")]
+    DnsNeedsXds,
+    #[error("the pod's resolver settings (--resolv-conf)")]
+    ResolvConf(#[source] crate::dns::resolv_conf::ResolvConfError),
+    #[error("DNS proxy address {address}")]
+    DnsBind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("status address {address}")]
     StatusBind {
         address: SocketAddr,

@@ -14,6 +14,10 @@
 //!   (`includeOutboundIPRanges`) other than `*`, every destination outside those ranges;
 //! - traffic on the interfaces of `--exclude-interfaces` (`excludeInterfaces`), either way.
 //!
+//! With `--capture-dns` (Istio's `ISTIO_META_DNS_CAPTURE`), the application's DNS to the name
+//! servers of its `resolv.conf` (any server with `--capture-all-dns`), UDP and TCP port 53, is
+//! redirected to the sidecar's DNS proxy (15053), the proxy's own queries excepted.
+//!
 //! Every list flag takes its whole value at once, comma-separated (`--flag=a,b`; given once),
 //! items trimmed and empty items ignored, as Istio splits annotations; an empty value
 //! (`--flag=` or `--flag ""`) is the empty list. For the exclusions that means "none" (their
@@ -43,6 +47,7 @@ const INBOUND: &str = "ISTHMUS_INBOUND";
 const IN_REDIRECT: &str = "ISTHMUS_IN_REDIRECT";
 const OUTPUT: &str = "ISTHMUS_OUTPUT";
 const REDIRECT: &str = "ISTHMUS_REDIRECT";
+const DNS: &str = "ISTHMUS_DNS";
 
 /// Linux's longest interface name (`IFNAMSIZ` less the terminating NUL).
 const MAX_INTERFACE_NAME: usize = 15;
@@ -95,6 +100,21 @@ pub struct CaptureArgs {
     /// (`traffic.sidecar.istio.io/excludeInterfaces`).
     #[arg(long, default_value = "", hide_default_value = true, value_parser = interfaces)]
     pub exclude_interfaces: ::std::vec::Vec<Interface>,
+    /// Send the application's DNS (UDP and TCP to port 53) to the sidecar's DNS proxy
+    /// (`--dns-port`), Istio's DNS capture: by default only DNS to the name servers of
+    /// `--resolv-conf`, so an application that asks a server of its own choosing still
+    /// reaches it.
+    #[arg(long)]
+    pub capture_dns: bool,
+    /// With `--capture-dns`: DNS to any server is captured.
+    #[arg(long)]
+    pub capture_all_dns: bool,
+    /// Where captured DNS goes (the proxy's `--dns-addr` port).
+    #[arg(long, default_value_t = 15053)]
+    pub dns_port: u16,
+    /// The pod's resolver settings: their name servers are whose DNS `--capture-dns` captures.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: std::path::PathBuf,
     /// Print the `iptables-restore` script instead of installing it.
     #[arg(long)]
     pub dry_run: bool,
@@ -249,11 +269,15 @@ fn interfaces(text: &str) -> Result<Vec<Interface>, String> {
 }
 
 impl CaptureArgs {
-    /// The `iptables-restore --noflush` script of the `nat` table.
-    pub fn script(&self) -> String {
+    /// The `iptables-restore --noflush` script of the `nat` table, DNS captured (with
+    /// `--capture-dns`) to `name_servers` (all with `--capture-all-dns`).
+    pub fn script(&self, name_servers: &[Ipv4Addr]) -> String {
         let mut s = String::from("*nat\n");
         for chain in [INBOUND, IN_REDIRECT, OUTPUT, REDIRECT] {
             let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+        if self.capture_dns {
+            let _ = writeln!(s, ":{DNS} - [0:0]");
         }
         self.inbound(&mut s);
         let _ = writeln!(
@@ -261,7 +285,7 @@ impl CaptureArgs {
             "-A {IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
             self.inbound_port
         );
-        self.outbound(&mut s);
+        self.outbound(&mut s, name_servers);
         let _ = writeln!(
             s,
             "-A {REDIRECT} -p tcp -j REDIRECT --to-ports {}",
@@ -307,14 +331,21 @@ impl CaptureArgs {
     /// Outbound: the included destinations (all by default) but the proxy's own traffic,
     /// loopback, and the excluded ports and destinations; nothing at all when no destination is
     /// included.
-    fn outbound(&self, s: &mut String) {
-        if self.include_outbound_ip_ranges == Ranges::Cidrs(Vec::new()) {
+    fn outbound(&self, s: &mut String, name_servers: &[Ipv4Addr]) {
+        let capture_tcp = self.include_outbound_ip_ranges != Ranges::Cidrs(Vec::new());
+        if !capture_tcp && !self.capture_dns {
             return;
         }
         for name in &self.exclude_interfaces {
             let _ = writeln!(s, "-A OUTPUT -o {name} -j RETURN");
         }
         let gid = self.proxy_gid.unwrap_or(self.proxy_uid);
+        if self.capture_dns {
+            self.dns(s, gid, name_servers);
+        }
+        if !capture_tcp {
+            return;
+        }
         let _ = writeln!(s, "-A OUTPUT -p tcp -j {OUTPUT}");
         let _ = writeln!(
             s,
@@ -344,10 +375,54 @@ impl CaptureArgs {
         }
     }
 
+    /// DNS to port 53 (UDP, and TCP before the TCP capture sees it) redirected to the DNS
+    /// proxy, but the proxy's own (its forwarding to the real servers).
+    fn dns(&self, s: &mut String, gid: u32, name_servers: &[Ipv4Addr]) {
+        for protocol in ["udp", "tcp"] {
+            let _ = writeln!(s, "-A OUTPUT -p {protocol} --dport 53 -j {DNS}");
+        }
+        let _ = writeln!(
+            s,
+            "-A {DNS} -m owner --uid-owner {} -j RETURN",
+            self.proxy_uid
+        );
+        let _ = writeln!(s, "-A {DNS} -m owner --gid-owner {gid} -j RETURN");
+        let port = self.dns_port;
+        for protocol in ["udp", "tcp"] {
+            if self.capture_all_dns {
+                let _ = writeln!(s, "-A {DNS} -p {protocol} -j REDIRECT --to-ports {port}");
+                continue;
+            }
+            for server in unique(name_servers.iter().copied()) {
+                let _ = writeln!(
+                    s,
+                    "-A {DNS} -d {server}/32 -p {protocol} -j REDIRECT --to-ports {port}"
+                );
+            }
+        }
+    }
+
+    /// The IPv4 name servers of `--resolv-conf` (read only with `--capture-dns` and without
+    /// `--capture-all-dns`).
+    fn name_servers(&self) -> anyhow::Result<Vec<Ipv4Addr>> {
+        if !self.capture_dns || self.capture_all_dns {
+            return Ok(Vec::new());
+        }
+        let upstream = crate::dns::Upstream::read(&self.resolv_conf)?;
+        Ok(upstream
+            .servers
+            .iter()
+            .filter_map(|s| match s.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
     /// Installs the rules with `iptables-restore --noflush` (or prints them).
     pub fn run(&self) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let script = self.script();
+        let script = self.script(&self.name_servers()?);
         if self.dry_run {
             std::io::stdout().write_all(script.as_bytes())?;
             return Ok(());
@@ -390,7 +465,7 @@ mod tests {
 
     #[test]
     fn defaults_capture_everything_but_the_proxy_its_ports_and_loopback() {
-        let script = args(&[]).script();
+        let script = args(&[]).script(&[]);
         for line in [
             "-A PREROUTING -p tcp -j ISTHMUS_INBOUND",
             "-A ISTHMUS_INBOUND -p tcp --dport 15020 -j RETURN",
@@ -409,6 +484,36 @@ mod tests {
     }
 
     #[test]
+    fn dns_to_the_pods_name_servers_goes_to_the_dns_proxy_but_the_proxys_own() {
+        let servers = [Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(10, 96, 0, 11)];
+        let script = args(&["--capture-dns"]).script(&servers);
+        let lines: Vec<&str> = script.lines().collect();
+        let at = |line: &str| {
+            lines
+                .iter()
+                .position(|l| *l == line)
+                .unwrap_or_else(|| panic!("{line}\n{script}"))
+        };
+        at(":ISTHMUS_DNS - [0:0]");
+        let udp = at("-A OUTPUT -p udp --dport 53 -j ISTHMUS_DNS");
+        let tcp = at("-A OUTPUT -p tcp --dport 53 -j ISTHMUS_DNS");
+        let tcp_capture = at("-A OUTPUT -p tcp -j ISTHMUS_OUTPUT");
+        assert!(udp < tcp_capture && tcp < tcp_capture, "DNS first\n{script}");
+        let own = at("-A ISTHMUS_DNS -m owner --uid-owner 1337 -j RETURN");
+        let redirect = at("-A ISTHMUS_DNS -d 10.96.0.10/32 -p udp -j REDIRECT --to-ports 15053");
+        assert!(own < redirect);
+        at("-A ISTHMUS_DNS -d 10.96.0.11/32 -p tcp -j REDIRECT --to-ports 15053");
+        // Every server, and another port.
+        let all = args(&["--capture-dns", "--capture-all-dns", "--dns-port", "5353"]).script(&[]);
+        assert!(all.contains("-A ISTHMUS_DNS -p udp -j REDIRECT --to-ports 5353\n"), "{all}");
+        // DNS capture without outbound TCP capture.
+        let dns_only = args(&["--capture-dns", "--include-outbound-ip-ranges="]).script(&servers);
+        assert!(dns_only.contains("-j ISTHMUS_DNS") && !dns_only.contains("-j ISTHMUS_OUTPUT"));
+        // Off by default.
+        assert!(!args(&[]).script(&servers).contains("ISTHMUS_DNS"));
+    }
+
+    #[test]
     fn exclusions_and_included_ranges_are_istios_annotations() {
         let script = args(&[
             "--proxy-uid",
@@ -422,7 +527,7 @@ mod tests {
             "--include-outbound-ip-ranges",
             "10.0.0.0/8,192.168.1.7",
         ])
-        .script();
+        .script(&[]);
         for line in [
             "-A ISTHMUS_INBOUND -p tcp --dport 22 -j RETURN",
             "-A ISTHMUS_INBOUND -p tcp --dport 9000 -j RETURN",
@@ -459,7 +564,7 @@ mod tests {
         ] {
             let parsed = args(flags);
             assert_eq!(parsed.include_outbound_ip_ranges, Ranges::Cidrs(vec![]));
-            let script = parsed.script();
+            let script = parsed.script(&[]);
             assert!(
                 !script.contains("-j ISTHMUS_REDIRECT"),
                 "{flags:?}\n{script}"
@@ -473,7 +578,7 @@ mod tests {
             assert!(script.starts_with("*nat\n") && script.ends_with("COMMIT\n"));
         }
         // `*` among the items: everything, as before.
-        let script = args(&["--include-outbound-ip-ranges=10.0.0.0/8,*"]).script();
+        let script = args(&["--include-outbound-ip-ranges=10.0.0.0/8,*"]).script(&[]);
         assert!(
             has(&script, "-A ISTHMUS_OUTPUT -j ISTHMUS_REDIRECT"),
             "{script}"
@@ -497,7 +602,7 @@ mod tests {
                 }
             ]
         );
-        let script = parsed.script();
+        let script = parsed.script(&[]);
         let redirect = at(&script, "-A ISTHMUS_OUTPUT -j ISTHMUS_REDIRECT");
         assert!(at(&script, "-A ISTHMUS_OUTPUT -d 169.254.169.254/32 -j RETURN") < redirect);
         assert!(at(&script, "-A ISTHMUS_OUTPUT -d 10.96.0.0/12 -j RETURN") < redirect);
@@ -507,7 +612,7 @@ mod tests {
             "--include-outbound-ip-ranges=10.0.0.0/8",
             "--exclude-outbound-ip-ranges=10.96.0.0/12,10.96.0.0/12",
         ])
-        .script();
+        .script(&[]);
         let redirect = at(
             &script,
             "-A ISTHMUS_OUTPUT -d 10.0.0.0/8 -j ISTHMUS_REDIRECT",
@@ -519,7 +624,7 @@ mod tests {
         for flags in [&[][..], &["--exclude-outbound-ip-ranges="]] {
             let parsed = args(flags);
             assert!(parsed.exclude_outbound_ip_ranges.is_empty());
-            assert!(!parsed.script().contains("-d 10."));
+            assert!(!parsed.script(&[]).contains("-d 10."));
         }
     }
 
@@ -533,7 +638,7 @@ mod tests {
             parsed.include_inbound_ports,
             Ports::Only(vec![9080, 8080, 9080, 15020, 22])
         );
-        let script = parsed.script();
+        let script = parsed.script(&[]);
         let first_redirect = at(
             &script,
             "-A ISTHMUS_INBOUND -p tcp --dport 8080 -j ISTHMUS_IN_REDIRECT",
@@ -573,7 +678,7 @@ mod tests {
         ] {
             let parsed = args(flags);
             assert_eq!(parsed.include_inbound_ports, Ports::All, "{flags:?}");
-            let script = parsed.script();
+            let script = parsed.script(&[]);
             assert!(has(
                 &script,
                 "-A ISTHMUS_INBOUND -p tcp -j ISTHMUS_IN_REDIRECT"
@@ -591,7 +696,7 @@ mod tests {
         ] {
             let parsed = args(flags);
             assert_eq!(parsed.include_inbound_ports, Ports::Only(vec![]));
-            let script = parsed.script();
+            let script = parsed.script(&[]);
             assert!(
                 !script.contains("-j ISTHMUS_IN_REDIRECT"),
                 "{flags:?}\n{script}"
@@ -605,7 +710,7 @@ mod tests {
             assert!(has(&script, "-A ISTHMUS_OUTPUT -j ISTHMUS_REDIRECT"));
         }
         // Neither direction: the chains, and nothing jumps to them.
-        let script = args(&["--include-inbound-ports=", "--include-outbound-ip-ranges="]).script();
+        let script = args(&["--include-inbound-ports=", "--include-outbound-ip-ranges="]).script(&[]);
         assert!(!script.contains("-A PREROUTING") && !script.contains("-A OUTPUT"));
         assert!(script.starts_with("*nat\n") && script.ends_with("COMMIT\n"));
     }
@@ -619,7 +724,7 @@ mod tests {
             .map(Interface::as_str)
             .collect();
         assert_eq!(names, ["eth1", "cni.0_a-b"]);
-        let script = parsed.script();
+        let script = parsed.script(&[]);
         let inbound = at(&script, "-A PREROUTING -p tcp -j ISTHMUS_INBOUND");
         let outbound = at(&script, "-A OUTPUT -p tcp -j ISTHMUS_OUTPUT");
         for name in names {
@@ -630,12 +735,12 @@ mod tests {
         // The longest name Linux allows.
         assert!(
             args(&["--exclude-interfaces=abcdefghijklmno"])
-                .script()
+                .script(&[])
                 .contains("-i abcdefghijklmno ")
         );
         // None by default, and an empty value is none.
         for flags in [&[][..], &["--exclude-interfaces="]] {
-            let script = args(flags).script();
+            let script = args(flags).script(&[]);
             assert!(
                 !script.contains(" -i ") && !script.contains(" -o "),
                 "{script}"
@@ -648,7 +753,7 @@ mod tests {
         let parsed = args(&["--exclude-inbound-ports=", "--exclude-outbound-ports", ""]);
         assert!(parsed.exclude_inbound_ports.is_empty());
         assert!(parsed.exclude_outbound_ports.is_empty());
-        assert_eq!(parsed.script(), args(&[]).script());
+        assert_eq!(parsed.script(&[]), args(&[]).script(&[]));
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod capture;
 pub mod config;
+pub mod dns;
 pub mod drain;
 #[doc(hidden)]
 pub mod fuzzing;

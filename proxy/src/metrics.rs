@@ -1,7 +1,7 @@
 //! The proxy's own metrics, on the admin port at `/stats/prometheus`: connections accepted and
 //! refused (with the reason: hostile or broken input is counted, never fatal), HTTP responses
 //! by code class, upstream connect failures, retries, timeouts and ejections, and xDS updates
-//! accepted and rejected per type.
+//! accepted and rejected per type, and the DNS proxy's queries by result.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -50,9 +50,21 @@ pub struct XdsLabels {
     pub result: String,
 }
 
+/// A DNS query the DNS proxy handled, by protocol and what became of it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// `udp` or `tcp`.
+    pub protocol: &'static str,
+    /// `mesh` (answered from the name table), `forwarded` (answered by the pod's own
+    /// resolver), `upstream_failure` (SERVFAIL: no resolver answered, or too many waiting),
+    /// `malformed` (FORMERR or dropped), `refused` (NOTIMP, FORMERR for several questions).
+    pub result: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub xds_updates: Family<XdsLabels, Counter>,
+    pub dns_requests: Family<DnsLabels, Counter>,
     pub downstream_cx_total: Family<ListenerLabels, Counter>,
     pub downstream_cx_active: Family<ListenerLabels, Gauge>,
     pub downstream_cx_refused: Family<RefusedLabels, Counter>,
@@ -74,6 +86,11 @@ impl Metrics {
             telemetry.register(registry);
         }
         let r = registry.sub_registry_with_prefix("isthmus_proxy");
+        r.register(
+            "dns_requests",
+            "DNS queries the sidecar's DNS proxy handled, by protocol and result",
+            self.dns_requests.clone(),
+        );
         r.register(
             "xds_updates",
             "xDS responses applied (accepted) or NACKed (rejected), by type",

@@ -151,6 +151,11 @@ struct Args {
     #[arg(long, default_value = "1", value_parser = parse_percent)]
     tracing_sampling: f64,
 
+    /// Where imported services and `ServiceEntry`s without addresses get a virtual address
+    /// (an IPv4 CIDR; Istio's auto-allocation range by default). Kept in STATE/vips.json.
+    #[arg(long, default_value = isthmus_controlplane::model::vips::DEFAULT_RANGE)]
+    vip_range: isthmus_controlplane::model::vips::VipRange,
+
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -255,6 +260,7 @@ async fn main() -> std::process::ExitCode {
                     sampling_percent: args.tracing_sampling,
                 }),
         },
+        vip_range: args.vip_range,
     };
     match run(config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

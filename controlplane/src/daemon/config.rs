@@ -11,6 +11,7 @@ use isthmus_identity::TrustDomain;
 use crate::ca::TtlPolicy;
 use crate::config::watch::WatchSettings;
 use crate::model::telemetry::TelemetrySettings;
+use crate::model::vips::VipRange;
 
 /// Everything `isthmusd` is started with.
 #[derive(Debug, Clone)]
@@ -59,6 +60,9 @@ pub struct DaemonConfig {
     pub drain_timeout: Duration,
     /// The mesh's name (`--mesh-id`) and trace export (`--tracing-*`), pushed to proxies.
     pub telemetry: TelemetrySettings,
+    /// Where imported services and address-less `ServiceEntry`s get a virtual address
+    /// (`--vip-range`, Istio's 240.240.0.0/16 by default).
+    pub vip_range: VipRange,
 }
 
 impl DaemonConfig {
@@ -92,6 +96,7 @@ impl DaemonConfig {
             federation: FederationSettings::default(),
             drain_timeout: Duration::from_secs(1),
             telemetry: TelemetrySettings::default(),
+            vip_range: VipRange::default(),
         }
     }
 }

@@ -326,6 +326,8 @@ pub(super) fn pipeline(
             control_plane_identity: own.identity.clone(),
             initial_sync: config.federation.initial_sync,
             telemetry: config.telemetry.clone(),
+            vip_range: config.vip_range,
+            state_dir: Some(config.state_dir.clone()),
         },
     );
     tasks.spawn("pipeline", task);
@@ -579,6 +581,7 @@ pub(super) fn servers(
                 streams: ads.streams.clone(),
                 cache: ads.cache.clone(),
                 node_errors: flow.pipeline.node_errors.clone(),
+                model: flow.pipeline.model.clone(),
                 federation: federation.status,
                 allow_remote: config.debug_allow_remote,
             },

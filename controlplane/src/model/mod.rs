@@ -9,6 +9,7 @@ pub mod peers;
 pub mod policy;
 pub mod registry;
 pub mod telemetry;
+pub mod vips;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,9 @@ pub struct MeshModel {
     pub control_plane_identity: Option<SpiffeId>,
     /// The mesh's name and trace export (set by whoever runs the model; not configuration).
     pub telemetry: telemetry::TelemetrySettings,
+    /// The addresses allocated to services that declare none ([`vips`]; set by whoever runs
+    /// the model with [`MeshModel::assign_virtual_addresses`]).
+    pub virtual_addresses: vips::VipTable,
 }
 
 impl MeshModel {
@@ -163,7 +167,21 @@ impl MeshModel {
             )
             .ok(),
             telemetry: telemetry::TelemetrySettings::default(),
+            virtual_addresses: vips::VipTable::new(),
         }
+    }
+
+    /// Gives every service without addresses whose host `table` names that address, as if
+    /// it had declared it: capture chains and the DNS name table then see it like any other.
+    pub fn assign_virtual_addresses(&mut self, table: &vips::VipTable) {
+        for service in self.services.values_mut() {
+            if let Some(ip) = table.get(&service.key.hostname)
+                && service.addresses.is_empty()
+            {
+                service.addresses = vec![ip.to_string()];
+            }
+        }
+        self.virtual_addresses = table.clone();
     }
 
     pub fn service_of_host(&self, host: &str) -> Option<&Service> {

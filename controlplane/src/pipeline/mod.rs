@@ -9,8 +9,10 @@
 
 pub mod certs;
 pub mod gate;
+pub mod vips;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +27,7 @@ use crate::federation::{self, ImportStates};
 use crate::model::federation::discovery_exports;
 use crate::model::imports::RemoteCatalogs;
 use crate::model::telemetry::TelemetrySettings;
+use crate::model::vips::VipRange;
 use crate::model::{MeshModel, ProxyNode};
 use crate::xds::cache::SnapshotCache;
 use crate::xds::generate::{
@@ -34,6 +37,7 @@ use crate::xds::generate::{
 use crate::xds::server::NodeInfo;
 use crate::xds::streams::StreamRegistry;
 use certs::ProxyCertificates;
+use vips::VipStore;
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -51,6 +55,10 @@ pub struct PipelineSettings {
     pub initial_sync: Duration,
     /// The mesh's name and trace export, for the proxies' telemetry.
     pub telemetry: TelemetrySettings,
+    /// Where services without addresses get theirs.
+    pub vip_range: VipRange,
+    /// Where the allocated addresses are kept across restarts (`None`: memory only).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The running pipeline's outputs.
@@ -79,6 +87,7 @@ struct Worker {
     nodes: BTreeMap<String, ProxyNode>,
     /// Outbound views of the model in force, shared by proxies that look alike.
     views: HashMap<ViewKey, Arc<OutboundView>>,
+    vips: VipStore,
 }
 
 impl Pipeline {
@@ -94,15 +103,13 @@ impl Pipeline {
         settings: PipelineSettings,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let catalogs = federation::catalogs(&imports.borrow_and_update());
-        let mut first = MeshModel::build_with_imports(
+        let mut vips = VipStore::open(settings.vip_range, settings.state_dir.as_deref());
+        let first = model_of(
+            &settings,
             config.borrow_and_update().clone(),
             &catalogs,
-            &settings.trust_domain,
-            &settings.root_namespace,
+            &mut vips,
         );
-        first.discovery_address = settings.discovery_address.clone();
-        first.control_plane_identity = Some(settings.control_plane_identity.clone());
-        first.telemetry = settings.telemetry.clone();
         let (exports_tx, exports_rx) = watch::channel(Arc::new(discovery_exports(&first)));
         let (model_tx, model_rx) = watch::channel(Arc::new(first));
         let (errors_tx, errors_rx) = watch::channel(BTreeMap::new());
@@ -118,6 +125,7 @@ impl Pipeline {
             node_errors: errors_tx,
             nodes: BTreeMap::new(),
             views: HashMap::new(),
+            vips,
         };
         // A proxy that comes back with configuration before the peers' catalogs have arrived
         // would be sent one without its imports, and lose them until they do: right after an
@@ -197,6 +205,27 @@ impl Pipeline {
     }
 }
 
+/// The model of `snapshot` with what peers export, what the settings add, and the allocated
+/// virtual addresses.
+fn model_of(
+    settings: &PipelineSettings,
+    snapshot: Arc<ConfigSnapshot>,
+    catalogs: &RemoteCatalogs,
+    vips: &mut VipStore,
+) -> MeshModel {
+    let mut model = MeshModel::build_with_imports(
+        snapshot,
+        catalogs,
+        &settings.trust_domain,
+        &settings.root_namespace,
+    );
+    model.discovery_address = settings.discovery_address.clone();
+    model.control_plane_identity = Some(settings.control_plane_identity.clone());
+    model.telemetry = settings.telemetry.clone();
+    vips.assign(&mut model);
+    model
+}
+
 impl Worker {
     /// Whether every usable peer's catalog has arrived (its first full list, or stale imports
     /// an importer holds).
@@ -209,15 +238,7 @@ impl Worker {
     }
 
     fn rebuild(&mut self, snapshot: Arc<ConfigSnapshot>) {
-        let mut model = MeshModel::build_with_imports(
-            snapshot,
-            &self.catalogs,
-            &self.settings.trust_domain,
-            &self.settings.root_namespace,
-        );
-        model.discovery_address = self.settings.discovery_address.clone();
-        model.control_plane_identity = Some(self.settings.control_plane_identity.clone());
-        model.telemetry = self.settings.telemetry.clone();
+        let model = model_of(&self.settings, snapshot, &self.catalogs, &mut self.vips);
         for w in &model.warnings {
             tracing::warn!(resource = %w.resource, "{}", w.message);
         }

@@ -1,7 +1,7 @@
 //! `isthmusd`'s debug port (15014): Prometheus metrics (OpenMetrics or the classic text format,
 //! by `Accept`), readiness, configuration status, the connected xDS streams with their per-type
 //! versions and ACK/NACK state, proxies that get no configuration and why, and a per-proxy dump
-//! of what it is sent. `/debug/*` shows configuration and every peer's export catalog, so it
+//! of what it is sent, every service's virtual addresses (`/debug/addresses`). `/debug/*` shows configuration and every peer's export catalog, so it
 //! answers loopback callers only (`kubectl port-forward`, `isthmusctl status` on the host)
 //! unless `isthmusd --debug-allow-remote`; `/metrics` and `/ready` answer anyone.
 
@@ -22,6 +22,7 @@ use axum::extract::Query;
 use tokio::sync::watch;
 
 use crate::config::ConfigStore;
+use crate::model::MeshModel;
 use crate::xds::cache::SnapshotCache;
 use crate::xds::dump;
 use crate::xds::streams::StreamRegistry;
@@ -35,6 +36,8 @@ pub struct DebugState {
     pub cache: Arc<SnapshotCache>,
     /// Per node id, why it gets no (new) configuration.
     pub node_errors: watch::Receiver<BTreeMap<String, String>>,
+    /// The model in force (its allocated virtual addresses).
+    pub model: watch::Receiver<Arc<MeshModel>>,
     /// The federation resources' status.
     pub federation: watch::Receiver<Arc<crate::federation::status::FederationStatus>>,
     /// Whether `/debug/*` answers callers that are not on loopback.
@@ -67,6 +70,7 @@ pub fn router(state: DebugState) -> Router {
         streams,
         cache,
         node_errors,
+        model,
         federation,
         allow_remote,
     } = state;
@@ -77,6 +81,13 @@ pub fn router(state: DebugState) -> Router {
             get(move || {
                 let status = federation.borrow().as_ref().clone();
                 async move { axum::Json(status) }
+            }),
+        )
+        .route(
+            "/debug/addresses",
+            get(move || {
+                let body = addresses(&model.borrow());
+                async move { body }
             }),
         )
         .route(
@@ -129,6 +140,25 @@ pub fn router(state: DebugState) -> Router {
                 }
             }),
         )
+}
+
+/// Every service's virtual addresses: declared, or allocated (`"allocated": true`).
+fn addresses(model: &MeshModel) -> axum::Json<serde_json::Value> {
+    let services: Vec<serde_json::Value> = model
+        .services
+        .values()
+        .filter(|s| !s.addresses.is_empty())
+        .map(|s| {
+            json!({
+                "host": s.key.hostname,
+                "namespace": s.key.namespace,
+                "addresses": s.addresses,
+                "allocated": model.virtual_addresses.contains_key(&s.key.hostname),
+                "importedFrom": s.imported_from,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "services": services }))
 }
 
 /// The configuration in force and the problems of the newest load.

@@ -1,6 +1,7 @@
 //! A readable dump of a proxy's snapshot, for `/debug/config_dump` and `isthmusctl status
 //! --dump`: per type its version, per resource its version and the decoded message.
 
+use isthmus_proto::dns::{NAME_TABLE_TYPE, NameTable};
 use isthmus_proto::envoy::envoy::config::cluster::v3::Cluster;
 use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use isthmus_proto::envoy::envoy::config::listener::v3::Listener;
@@ -31,12 +32,13 @@ fn describe(type_url: &str, any: &Any) -> String {
             Ok(other) => format!("{other:#?}"),
             Err(e) => format!("undecodable: {e}"),
         },
+        NAME_TABLE_TYPE => decode::<NameTable>(any),
         _ => format!("{} bytes", any.value.len()),
     }
 }
 
 pub fn snapshot_json(snapshot: &ProxySnapshot) -> Value {
-    let types: serde_json::Map<String, Value> = [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET]
+    let types: serde_json::Map<String, Value> = [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET, NAME_TABLE_TYPE]
         .into_iter()
         .filter_map(|type_url| {
             let resources = snapshot.get(type_url)?;

@@ -13,9 +13,10 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-/// Types whose empty subscription means "everything" (Envoy's wildcard LDS and CDS).
+/// Types whose empty subscription means "everything" (Envoy's wildcard LDS and CDS, and the
+/// sidecar DNS proxy's name table).
 pub fn is_wildcard_type(type_url: &str) -> bool {
-    type_url == LISTENER || type_url == CLUSTER
+    type_url == LISTENER || type_url == CLUSTER || type_url == isthmus_proto::dns::NAME_TABLE_TYPE
 }
 
 /// One resource, its version the hash of its encoding.

@@ -15,6 +15,7 @@ pub mod check;
 #[allow(deprecated)]
 pub mod cluster;
 pub mod decode;
+pub mod dns;
 #[allow(deprecated)]
 pub mod endpoint;
 #[allow(deprecated)]
@@ -44,10 +45,12 @@ use isthmus_proto::envoy::envoy::config::listener::v3::Listener as EnvoyListener
 use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
 use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::Secret as EnvoySecret;
 use isthmus_proto::envoy::google::protobuf::Any;
+use isthmus_proto::dns::{NAME_TABLE_TYPE, NameTable};
 use prost::Name;
 
 use self::check::{Checked, Invalid, Path};
 use self::cluster::{Cluster, Discovery};
+use self::dns::NameIndex;
 use self::endpoint::LoadAssignment;
 use self::listener::{Listener, RouteSource, Terminal};
 use self::route::RouteTable;
@@ -61,6 +64,9 @@ pub enum XdsType {
     Listener,
     Route,
     Secret,
+    /// `isthmus.dns.v1.NameTable`: the DNS proxy's names, subscribed to only when the DNS
+    /// proxy runs (not in [`XdsType::ALL`], Envoy's types).
+    NameTable,
 }
 
 impl XdsType {
@@ -79,11 +85,15 @@ impl XdsType {
             XdsType::Listener => EnvoyListener::type_url(),
             XdsType::Route => RouteConfiguration::type_url(),
             XdsType::Secret => EnvoySecret::type_url(),
+            XdsType::NameTable => NAME_TABLE_TYPE.to_owned(),
         }
     }
 
     pub fn from_type_url(url: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.type_url() == url)
+        Self::ALL
+            .into_iter()
+            .chain([XdsType::NameTable])
+            .find(|t| t.type_url() == url)
     }
 
     /// Envoy's short name: `CDS`, `EDS`, ...
@@ -94,12 +104,17 @@ impl XdsType {
             XdsType::Listener => "LDS",
             XdsType::Route => "RDS",
             XdsType::Secret => "SDS",
+            XdsType::NameTable => "NDS",
         }
     }
 
-    /// LDS and CDS are subscribed to as a whole; the others by the names those reference.
+    /// LDS, CDS and the name table are subscribed to as a whole; the others by the names
+    /// those reference.
     pub fn is_wildcard(self) -> bool {
-        matches!(self, XdsType::Cluster | XdsType::Listener)
+        matches!(
+            self,
+            XdsType::Cluster | XdsType::Listener | XdsType::NameTable
+        )
     }
 }
 
@@ -111,6 +126,7 @@ pub enum Resource {
     Cluster(Arc<Cluster>),
     Endpoints(Arc<LoadAssignment>),
     Secret(Arc<Secret>),
+    Names(Arc<NameIndex>),
 }
 
 /// Decodes and validates one resource of `kind`; its name must be `name`.
@@ -131,6 +147,10 @@ pub fn convert(kind: XdsType, name: &str, any: &Any) -> Checked<Resource> {
             Resource::Endpoints(named(any, name, |e| &e.cluster_name, endpoint::convert)?)
         }
         XdsType::Secret => Resource::Secret(named(any, name, |s| &s.name, secret::convert)?),
+        XdsType::NameTable => {
+            let table: NameTable = decode::typed(any, &root)?;
+            Resource::Names(Arc::new(dns::convert(table, &root)?))
+        }
     })
 }
 
@@ -164,6 +184,8 @@ pub struct ProxyConfig {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub endpoints: BTreeMap<String, Arc<LoadAssignment>>,
     pub secrets: BTreeMap<String, Arc<Secret>>,
+    /// The DNS proxy's name tables (one, `name-table`, when it runs).
+    pub names: BTreeMap<String, Arc<NameIndex>>,
 }
 
 impl ProxyConfig {
@@ -174,6 +196,7 @@ impl ProxyConfig {
             Resource::Cluster(r) => drop(self.clusters.insert(name, r)),
             Resource::Endpoints(r) => drop(self.endpoints.insert(name, r)),
             Resource::Secret(r) => drop(self.secrets.insert(name, r)),
+            Resource::Names(r) => drop(self.names.insert(name, r)),
         }
     }
 
@@ -184,6 +207,7 @@ impl ProxyConfig {
             XdsType::Cluster => drop(self.clusters.remove(name)),
             XdsType::Endpoint => drop(self.endpoints.remove(name)),
             XdsType::Secret => drop(self.secrets.remove(name)),
+            XdsType::NameTable => drop(self.names.remove(name)),
         }
     }
 
@@ -227,7 +251,7 @@ impl ProxyConfig {
                     }
                 }
             }
-            XdsType::Cluster | XdsType::Listener => {}
+            XdsType::Cluster | XdsType::Listener | XdsType::NameTable => {}
         }
         names
     }

@@ -31,6 +31,8 @@ pub(crate) fn resource_name(kind: XdsType, bytes: &[u8]) -> Option<String> {
         XdsType::Route => RouteConfiguration::decode(bytes).ok()?.name,
         XdsType::Endpoint => ClusterLoadAssignment::decode(bytes).ok()?.cluster_name,
         XdsType::Secret => Secret::decode(bytes).ok()?.name,
+        // The table does not name itself: there is one.
+        XdsType::NameTable => isthmus_proto::dns::NAME_TABLE_RESOURCE.to_owned(),
     })
 }
 

@@ -69,10 +69,16 @@ pub struct AdsState {
 }
 
 impl AdsState {
+    /// A client of Envoy's five types.
     pub fn new(node: Node) -> Self {
+        Self::with_types(node, XdsType::ALL)
+    }
+
+    /// A client of `types` (Envoy's, plus the name table when the DNS proxy runs).
+    pub fn with_types(node: Node, types: impl IntoIterator<Item = XdsType>) -> Self {
         Self {
             node,
-            types: XdsType::ALL
+            types: types
                 .into_iter()
                 .map(|t| (t, TypeState::default()))
                 .collect(),
@@ -89,7 +95,8 @@ impl AdsState {
     /// node.
     pub fn start_stream(&mut self) -> Vec<DeltaDiscoveryRequest> {
         let mut requests = Vec::new();
-        for kind in XdsType::ALL {
+        let kinds: Vec<XdsType> = self.types.keys().copied().collect();
+        for kind in kinds {
             let wanted = self.config.wanted(kind);
             let state = self.state(kind);
             state.requested = false;
@@ -118,7 +125,9 @@ impl AdsState {
 
     /// Applies (or rejects) one response.
     pub fn on_response(&mut self, response: DeltaDiscoveryResponse) -> Outcome {
-        let Some(kind) = XdsType::from_type_url(&response.type_url) else {
+        let Some(kind) = XdsType::from_type_url(&response.type_url)
+            .filter(|k| self.types.contains_key(k))
+        else {
             // Not a type this proxy asked for: NACK so the server sees it.
             return Outcome {
                 requests: vec![nack(

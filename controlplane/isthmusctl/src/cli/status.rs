@@ -1,6 +1,7 @@
 //! `isthmusctl status`: the configuration in force (and why the newest change was rejected, if
 //! it was), every connected proxy with its version and ACK/NACK state per xDS type, and the
-//! federation peers (the stream each way) with what crosses under which name.
+//! federation peers (the stream each way) with what crosses under which name, and the virtual
+//! addresses allocated to services that declare none.
 
 use std::fmt::Write as _;
 
@@ -72,6 +73,8 @@ impl StatusCommand {
             print!("{}", render(&config, &xds));
             let federation = get_json(addr, "/debug/federation").await?;
             print!("{}", render_federation(&federation));
+            let addresses = get_json(addr, "/debug/addresses").await?;
+            print!("{}", render_addresses(&addresses));
             if label.is_some() {
                 println!();
             }
@@ -148,6 +151,39 @@ pub fn render(config: &Value, xds: &Value) -> String {
             out,
             "{node:<56} NO CONFIG: {}",
             reason.as_str().unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// The virtual addresses isthmusd allocated (imported services, `ServiceEntry`s without
+/// addresses), from `/debug/addresses`; declared ones are the configuration's own.
+pub fn render_addresses(status: &Value) -> String {
+    let mut out = String::new();
+    let allocated: Vec<&Value> = status["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["allocated"] == true)
+        .collect();
+    if allocated.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<56} {:<16} FROM", "ALLOCATED ADDRESS FOR", "ADDRESS");
+    for service in allocated {
+        let from = match service["importedFrom"].as_str() {
+            Some(peer) => format!("imported from {peer}"),
+            None => format!(
+                "ServiceEntry in {}",
+                service["namespace"].as_str().unwrap_or_default()
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<56} {:<16} {from}",
+            service["host"].as_str().unwrap_or_default(),
+            service["addresses"][0].as_str().unwrap_or_default(),
         );
     }
     out

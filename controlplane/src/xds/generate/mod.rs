@@ -17,6 +17,7 @@
 
 mod capture;
 mod clusters;
+mod dns;
 mod endpoints;
 #[cfg(test)]
 mod gateway_tests;
@@ -33,6 +34,7 @@ mod tls;
 mod tracing;
 mod visibility;
 
+use isthmus_proto::dns::{NAME_TABLE_RESOURCE, NAME_TABLE_TYPE};
 use isthmus_proto::envoy::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
@@ -80,6 +82,8 @@ pub struct OutboundView {
     clusters: TypeResources,
     endpoints: TypeResources,
     routes: TypeResources,
+    /// The DNS proxy's name table.
+    names: TypeResources,
 }
 
 /// Workloads with equal keys get the same [`OutboundView`].
@@ -111,6 +115,10 @@ pub fn outbound_view(model: &MeshModel, workload: &Workload) -> OutboundView {
                 .map(|e| (e.cluster_name.clone(), pack(e))),
         ),
         routes: TypeResources::new([(route.name.clone(), pack(&route))]),
+        names: TypeResources::new([(
+            NAME_TABLE_RESOURCE.to_owned(),
+            pack(&dns::name_table(&visible)),
+        )]),
     }
 }
 
@@ -189,6 +197,7 @@ pub fn proxy_snapshot_with_view(
         )
         .with(ENDPOINT, view.endpoints.clone())
         .with(SECRET, secrets)
+        .with(NAME_TABLE_TYPE, view.names.clone())
 }
 
 /// A gateway node: the federation gateways its workload is (nothing else: an Isthmus
