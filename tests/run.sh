@@ -18,6 +18,10 @@ command -v curl >/dev/null || missing+=(curl)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v iptables >/dev/null || missing+=(iptables)
 command -v setpriv >/dev/null || missing+=(util-linux)
+# The pod's own resolver behind the sidecar's DNS proxy (tests/e2e/reach.rs), and glibc's
+# `getent` (libc-bin) as the unmodified application's resolver.
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+command -v getent >/dev/null || missing+=(libc-bin)
 # kubectl kustomize renders the manifests (tests/e2e/manifests.rs).
 command -v kubectl >/dev/null || missing+=(kubectl)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -42,12 +42,12 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::AdminState;
 use crate::bootstrap::{self, Options, StartError};
+use crate::config::XdsType;
 use crate::drain;
 use crate::listener::BoundListeners;
 use crate::metrics::Metrics;
 use crate::status::AppProbers;
 use crate::xds::client::{Protocol, XdsClient};
-use crate::config::XdsType;
 use crate::xds::state::AdsState;
 
 /// A started proxy whose ports are bound, not yet serving its admin port.
@@ -127,9 +127,9 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
     // Checked before anything binds.
     let upstream = match options.dns_addr {
         Some(_) if options.node_id.is_none() => return Err(StartError::DnsNeedsXds),
-        Some(_) => Some(
-            crate::dns::Upstream::read(&options.resolv_conf).map_err(StartError::ResolvConf)?,
-        ),
+        Some(_) => {
+            Some(crate::dns::Upstream::read(&options.resolv_conf).map_err(StartError::ResolvConf)?)
+        }
         None => None,
     };
     let mut dns_address = None;

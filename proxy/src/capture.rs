@@ -498,14 +498,20 @@ mod tests {
         let udp = at("-A OUTPUT -p udp --dport 53 -j ISTHMUS_DNS");
         let tcp = at("-A OUTPUT -p tcp --dport 53 -j ISTHMUS_DNS");
         let tcp_capture = at("-A OUTPUT -p tcp -j ISTHMUS_OUTPUT");
-        assert!(udp < tcp_capture && tcp < tcp_capture, "DNS first\n{script}");
+        assert!(
+            udp < tcp_capture && tcp < tcp_capture,
+            "DNS first\n{script}"
+        );
         let own = at("-A ISTHMUS_DNS -m owner --uid-owner 1337 -j RETURN");
         let redirect = at("-A ISTHMUS_DNS -d 10.96.0.10/32 -p udp -j REDIRECT --to-ports 15053");
         assert!(own < redirect);
         at("-A ISTHMUS_DNS -d 10.96.0.11/32 -p tcp -j REDIRECT --to-ports 15053");
         // Every server, and another port.
         let all = args(&["--capture-dns", "--capture-all-dns", "--dns-port", "5353"]).script(&[]);
-        assert!(all.contains("-A ISTHMUS_DNS -p udp -j REDIRECT --to-ports 5353\n"), "{all}");
+        assert!(
+            all.contains("-A ISTHMUS_DNS -p udp -j REDIRECT --to-ports 5353\n"),
+            "{all}"
+        );
         // DNS capture without outbound TCP capture.
         let dns_only = args(&["--capture-dns", "--include-outbound-ip-ranges="]).script(&servers);
         assert!(dns_only.contains("-j ISTHMUS_DNS") && !dns_only.contains("-j ISTHMUS_OUTPUT"));
@@ -710,7 +716,8 @@ mod tests {
             assert!(has(&script, "-A ISTHMUS_OUTPUT -j ISTHMUS_REDIRECT"));
         }
         // Neither direction: the chains, and nothing jumps to them.
-        let script = args(&["--include-inbound-ports=", "--include-outbound-ip-ranges="]).script(&[]);
+        let script =
+            args(&["--include-inbound-ports=", "--include-outbound-ip-ranges="]).script(&[]);
         assert!(!script.contains("-A PREROUTING") && !script.contains("-A OUTPUT"));
         assert!(script.starts_with("*nat\n") && script.ends_with("COMMIT\n"));
     }

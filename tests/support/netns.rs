@@ -78,9 +78,12 @@ pub fn setpriv_args(uid: u32) -> Vec<String> {
 
 /// Joins `a` and `b` with a veth pair, `a_ip` and `b_ip` on a /24.
 pub fn link(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) -> anyhow::Result<()> {
-    // Interface names are at most 15 bytes, and unique on the machine while they are created.
+    // Interface names are at most 15 bytes, and unique on the machine while they are created
+    // (a test may join several pairs).
+    static PAIRS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let tag = std::process::id() % 1_000_000;
-    let (va, vb) = (format!("ith{tag}a"), format!("ith{tag}b"));
+    let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (va, vb) = (format!("ith{tag}x{n}a"), format!("ith{tag}x{n}b"));
     run(Command::new("ip").args([
         "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
     ]))?;

@@ -242,7 +242,12 @@ mod tests {
         assert_eq!(second["c.example"], first["c.example"]);
         assert!(!second.contains_key("b.example"));
         // From nothing (a lost state file), the same names find the same slots.
-        let fresh = allocate(&VipTable::new(), &names(&["a.example"]), &BTreeSet::new(), range);
+        let fresh = allocate(
+            &VipTable::new(),
+            &names(&["a.example"]),
+            &BTreeSet::new(),
+            range,
+        );
         assert_eq!(fresh.table["a.example"], first["a.example"]);
     }
 

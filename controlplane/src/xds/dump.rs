@@ -38,24 +38,31 @@ fn describe(type_url: &str, any: &Any) -> String {
 }
 
 pub fn snapshot_json(snapshot: &ProxySnapshot) -> Value {
-    let types: serde_json::Map<String, Value> = [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET, NAME_TABLE_TYPE]
-        .into_iter()
-        .filter_map(|type_url| {
-            let resources = snapshot.get(type_url)?;
-            let items: serde_json::Map<String, Value> = resources
-                .items()
-                .map(|r| {
-                    (
-                        r.name.to_string(),
-                        json!({"version": r.version_string(), "config": describe(type_url, &r.body)}),
-                    )
-                })
-                .collect();
-            Some((
-                type_url.to_owned(),
-                json!({"version": resources.version, "resources": items}),
-            ))
-        })
-        .collect();
+    let types: serde_json::Map<String, Value> = [
+        LISTENER,
+        ROUTE,
+        CLUSTER,
+        ENDPOINT,
+        SECRET,
+        NAME_TABLE_TYPE,
+    ]
+    .into_iter()
+    .filter_map(|type_url| {
+        let resources = snapshot.get(type_url)?;
+        let items: serde_json::Map<String, Value> = resources
+            .items()
+            .map(|r| {
+                (
+                    r.name.to_string(),
+                    json!({"version": r.version_string(), "config": describe(type_url, &r.body)}),
+                )
+            })
+            .collect();
+        Some((
+            type_url.to_owned(),
+            json!({"version": resources.version, "resources": items}),
+        ))
+    })
+    .collect();
     Value::Object(types)
 }

@@ -38,9 +38,12 @@ pub fn convert(table: NameTable, path: &Path) -> Checked<NameIndex> {
         check_name(&name).map_err(|why| Invalid::new(&at, why))?;
         let mut ips = Vec::with_capacity(info.ips.len());
         for (i, ip) in info.ips.iter().enumerate() {
-            let parsed: IpAddr = ip
-                .parse()
-                .map_err(|_| Invalid::new(&at.field("ips").index(i), format!("{ip:?} is not an IP address")))?;
+            let parsed: IpAddr = ip.parse().map_err(|_| {
+                Invalid::new(
+                    &at.field("ips").index(i),
+                    format!("{ip:?} is not an IP address"),
+                )
+            })?;
             ips.push(parsed);
         }
         names.insert(name.to_ascii_lowercase(), ips);
@@ -93,12 +96,17 @@ mod tests {
     #[test]
     fn names_and_addresses_are_checked_at_their_path() {
         let ok = convert(
-            table(&[("Ratings.bookinfo.svc.green-imports.local", &["240.240.0.7", "2001:2::7"])]),
+            table(&[(
+                "Ratings.bookinfo.svc.green-imports.local",
+                &["240.240.0.7", "2001:2::7"],
+            )]),
             &Path::root(),
         )
         .unwrap();
         assert_eq!(
-            ok.get("ratings.bookinfo.svc.green-imports.local").unwrap().len(),
+            ok.get("ratings.bookinfo.svc.green-imports.local")
+                .unwrap()
+                .len(),
             2
         );
         let bad_ip = convert(table(&[("a.example", &["not-an-ip"])]), &Path::root()).unwrap_err();
@@ -106,9 +114,18 @@ mod tests {
             bad_ip.to_string(),
             "table[\"a.example\"].ips[0]: \"not-an-ip\" is not an IP address"
         );
-        for bad in ["", "a..example", "a.example.", "spaces in.example", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "a..example",
+            "a.example.",
+            "spaces in.example",
+            &"x".repeat(64),
+        ] {
             let err = convert(table(&[(bad, &["10.0.0.1"])]), &Path::root()).unwrap_err();
-            assert!(err.to_string().contains("is not a DNS name"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("is not a DNS name"),
+                "{bad}: {err}"
+            );
         }
     }
 }

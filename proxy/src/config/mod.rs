@@ -39,13 +39,13 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use isthmus_proto::dns::{NAME_TABLE_TYPE, NameTable};
 use isthmus_proto::envoy::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use isthmus_proto::envoy::envoy::config::listener::v3::Listener as EnvoyListener;
 use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
 use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::Secret as EnvoySecret;
 use isthmus_proto::envoy::google::protobuf::Any;
-use isthmus_proto::dns::{NAME_TABLE_TYPE, NameTable};
 use prost::Name;
 
 use self::check::{Checked, Invalid, Path};

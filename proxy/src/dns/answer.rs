@@ -7,7 +7,8 @@
 //!   (`ratings.bookinfo.shop.svc.cluster.local` for `ratings.bookinfo`), or a short name
 //!   itself (`ratings.bookinfo`): if the short name with another search domain is in the table,
 //!   a CNAME to that name and its addresses, so the application's resolver stops at its first
-//!   try instead of walking its search list through the upstream server.
+//!   try instead of walking its search list through the upstream server; likewise a whole
+//!   mesh name with a search domain appended.
 //! - Everything else, and classes other than IN, is forwarded.
 //! - A query that is not one standard question gets FORMERR or NOTIMP; a response is ignored.
 
@@ -125,12 +126,16 @@ fn expand<'a>(
             .filter(|rest| !rest.is_empty())
     });
     let short = stripped.unwrap_or(asked);
-    search.iter().find_map(|domain| {
-        let candidate = format!("{short}.{domain}");
-        (candidate != asked)
-            .then(|| table.get(&candidate).map(|ips| (candidate.clone(), ips)))
-            .flatten()
-    })
+    let with_domains = search.iter().map(|domain| format!("{short}.{domain}"));
+    // Last, the short name as a whole name (a resolver's last try): a search domain appended
+    // to a whole mesh name (`ratings.bookinfo.svc.green-imports.local.shop.svc.cluster.local`)
+    // is answered as that name rather than sent upstream, where only an NXDOMAIN would keep
+    // the resolver walking its list.
+    let whole = stripped.map(str::to_owned);
+    with_domains
+        .chain(whole)
+        .filter(|candidate| candidate != asked)
+        .find_map(|candidate| table.get(&candidate).map(|ips| (candidate, ips)))
 }
 
 /// A query for tests and benches: `name` of `kind`, recursion desired.
@@ -158,7 +163,10 @@ mod tests {
                 "ratings.bookinfo.svc.green-imports.local",
                 vec!["240.240.3.4"],
             ),
-            ("reviews.bookinfo.svc.cluster.local", vec!["10.96.0.9", "fd00::9"]),
+            (
+                "reviews.bookinfo.svc.cluster.local",
+                vec!["10.96.0.9", "fd00::9"],
+            ),
             ("db.example.com", vec!["240.240.0.1"]),
         ] {
             index.names.insert(
@@ -170,9 +178,13 @@ mod tests {
     }
 
     fn search() -> Vec<String> {
-        ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]
-            .map(str::to_owned)
-            .to_vec()
+        [
+            "shop.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local",
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     fn answers(decision: &Decision) -> (ResponseCode, Vec<String>) {
@@ -190,7 +202,15 @@ mod tests {
     #[test]
     fn mesh_names_are_answered_with_their_addresses_of_the_family_asked() {
         let t = table();
-        let a = decide(&query(1, "Ratings.Bookinfo.svc.green-imports.local.", RecordType::A), &t, &search());
+        let a = decide(
+            &query(
+                1,
+                "Ratings.Bookinfo.svc.green-imports.local.",
+                RecordType::A,
+            ),
+            &t,
+            &search(),
+        );
         assert_eq!(
             answers(&a),
             (
@@ -198,10 +218,21 @@ mod tests {
                 vec!["Ratings.Bookinfo.svc.green-imports.local. 240.240.3.4".to_owned()]
             )
         );
-        let aaaa = decide(&query(2, "reviews.bookinfo.svc.cluster.local.", RecordType::AAAA), &t, &search());
-        assert_eq!(answers(&aaaa).1, ["reviews.bookinfo.svc.cluster.local. fd00::9"]);
+        let aaaa = decide(
+            &query(2, "reviews.bookinfo.svc.cluster.local.", RecordType::AAAA),
+            &t,
+            &search(),
+        );
+        assert_eq!(
+            answers(&aaaa).1,
+            ["reviews.bookinfo.svc.cluster.local. fd00::9"]
+        );
         // The name exists: no IPv6 address is an empty answer, not NXDOMAIN.
-        let none = decide(&query(3, "db.example.com.", RecordType::AAAA), &t, &search());
+        let none = decide(
+            &query(3, "db.example.com.", RecordType::AAAA),
+            &t,
+            &search(),
+        );
         assert_eq!(answers(&none), (ResponseCode::NoError, vec![]));
         let txt = decide(&query(4, "db.example.com.", RecordType::TXT), &t, &search());
         assert_eq!(answers(&txt), (ResponseCode::NoError, vec![]));
@@ -223,13 +254,33 @@ mod tests {
                 "reviews.bookinfo.svc.cluster.local. 10.96.0.9"
             ]
         );
+        // A whole mesh name with a search domain appended (ndots:5 tries those first).
+        let appended = decide(
+            &query(5, "db.example.com.svc.cluster.local.", RecordType::A),
+            &t,
+            &search(),
+        );
+        assert_eq!(
+            answers(&appended).1,
+            [
+                "db.example.com.svc.cluster.local. db.example.com.",
+                "db.example.com. 240.240.0.1"
+            ]
+        );
         // The short name itself, as a resolver with a low ndots sends it.
         let short = decide(&query(2, "reviews.bookinfo.", RecordType::A), &t, &search());
         assert_eq!(answers(&short).1.len(), 2);
         // Not a mesh name, with or without a search domain: forwarded.
-        for name in ["www.example.org.", "www.example.org.shop.svc.cluster.local.", "shop.svc.cluster.local."] {
+        for name in [
+            "www.example.org.",
+            "www.example.org.shop.svc.cluster.local.",
+            "shop.svc.cluster.local.",
+        ] {
             assert!(
-                matches!(decide(&query(3, name, RecordType::A), &t, &search()), Decision::Forward),
+                matches!(
+                    decide(&query(3, name, RecordType::A), &t, &search()),
+                    Decision::Forward
+                ),
                 "{name}"
             );
         }
@@ -251,10 +302,15 @@ mod tests {
         chaos.queries_mut()[0].set_query_class(DNSClass::CH);
         assert!(matches!(decide(&chaos, &t, &[]), Decision::Forward));
         // Unparseable bytes: FORMERR with the id when there is a header, else silence.
-        let Decision::Reply(formerr) = malformed(&[0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff]) else {
+        let Decision::Reply(formerr) =
+            malformed(&[0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff])
+        else {
             panic!("a header deserves an answer");
         };
-        assert_eq!((formerr.id(), formerr.response_code()), (0x1234, ResponseCode::FormErr));
+        assert_eq!(
+            (formerr.id(), formerr.response_code()),
+            (0x1234, ResponseCode::FormErr)
+        );
         assert!(matches!(malformed(&[1, 2, 3]), Decision::Drop));
     }
 }

@@ -20,7 +20,10 @@ pub enum ForwardError {
     #[error("no name server in resolv.conf")]
     NoServer,
     #[error("no answer from {server} in {timeout:?}")]
-    Timeout { server: SocketAddr, timeout: Duration },
+    Timeout {
+        server: SocketAddr,
+        timeout: Duration,
+    },
     #[error("name server {server}")]
     Io {
         server: SocketAddr,

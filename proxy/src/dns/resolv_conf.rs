@@ -75,7 +75,11 @@ mod tests {
         assert_eq!(upstream.servers, ["10.96.0.10:53".parse().unwrap()]);
         assert_eq!(
             upstream.search,
-            ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
         );
         assert_eq!(upstream.timeout, Duration::from_secs(2));
         let empty = Upstream::parse(b"").unwrap();

@@ -125,8 +125,8 @@ impl AdsState {
 
     /// Applies (or rejects) one response.
     pub fn on_response(&mut self, response: DeltaDiscoveryResponse) -> Outcome {
-        let Some(kind) = XdsType::from_type_url(&response.type_url)
-            .filter(|k| self.types.contains_key(k))
+        let Some(kind) =
+            XdsType::from_type_url(&response.type_url).filter(|k| self.types.contains_key(k))
         else {
             // Not a type this proxy asked for: NACK so the server sees it.
             return Outcome {

@@ -170,7 +170,11 @@ pub fn render_addresses(status: &Value) -> String {
         return out;
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<56} {:<16} FROM", "ALLOCATED ADDRESS FOR", "ADDRESS");
+    let _ = writeln!(
+        out,
+        "{:<56} {:<16} FROM",
+        "ALLOCATED ADDRESS FOR", "ADDRESS"
+    );
     for service in allocated {
         let from = match service["importedFrom"].as_str() {
             Some(peer) => format!("imported from {peer}"),
