@@ -180,3 +180,126 @@ async fn a_port_in_use_is_named_with_its_address_and_cause() {
         std::io::ErrorKind::AddrInUse
     );
 }
+
+/// `ServiceEntry`s without addresses: `db` (static), `api` (resolved by DNS), a wildcard and
+/// a `resolution: NONE` one (neither gets an address), and `extra` entries after them.
+fn address_less(extra: &[&str]) -> String {
+    let entry = |name: &str, host: &str, resolution: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: ['{host}']
+  location: MESH_EXTERNAL
+  resolution: {resolution}
+  ports: [{{number: 5432, name: tcp-db}}]
+  endpoints: [{{address: 10.1.2.3}}]
+---
+"
+        )
+    };
+    let mut text = entry("db", "db.example.internal", "STATIC")
+        + &entry("api", "api.example.com", "DNS")
+        + &entry("wild", "*.example.org", "DNS")
+        + &entry("none", "none.example.com", "NONE");
+    for (i, host) in extra.iter().enumerate() {
+        text += &entry(&format!("extra{i}"), host, "STATIC");
+    }
+    text
+}
+
+/// The allocated addresses on `/debug/addresses`, by host, once there are `count`.
+async fn allocated(debug: SocketAddr, count: usize) -> std::collections::BTreeMap<String, String> {
+    let wait = async {
+        loop {
+            let (_, body) = get(debug, "/debug/addresses").await;
+            let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let found: std::collections::BTreeMap<String, String> = status["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["allocated"] == true)
+                .map(|s| {
+                    (
+                        s["host"].as_str().unwrap().to_owned(),
+                        s["addresses"][0].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            if found.len() == count {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the allocated addresses on /debug/addresses")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocated_addresses_survive_reloads_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let yaml = config.config_dir.join("mesh.yaml");
+    std::fs::write(&yaml, address_less(&[])).unwrap();
+    let state_dir = config.state_dir.clone();
+
+    let bound = bind(config.clone()).await.unwrap();
+    let debug = bound.addresses().debug;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(bound.serve(async {
+        let _ = stopped.await;
+    }));
+    let first = allocated(debug, 2).await;
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        ["api.example.com", "db.example.internal"],
+        "no address for a wildcard or resolution NONE"
+    );
+    for ip in first.values() {
+        assert!(ip.starts_with("240.240."), "{first:?}");
+    }
+    assert_ne!(first["api.example.com"], first["db.example.internal"]);
+    // Kept in the state folder, privately.
+    let file = state_dir.join("vips.json");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A reload that adds a name keeps the others' addresses.
+    std::fs::write(&yaml, address_less(&["new.example.internal"])).unwrap();
+    let second = allocated(debug, 3).await;
+    assert_eq!(second["api.example.com"], first["api.example.com"]);
+    assert_eq!(second["db.example.internal"], first["db.example.internal"]);
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+
+    // A restart, with one name gone: the rest keep theirs.
+    std::fs::write(
+        &yaml,
+        address_less(&["new.example.internal"])
+            .replace("db.example.internal", "other.example.internal"),
+    )
+    .unwrap();
+    let bound = bind(config).await.unwrap();
+    let debug = bound.addresses().debug;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(bound.serve(async {
+        let _ = stopped.await;
+    }));
+    let third = allocated(debug, 3).await;
+    assert_eq!(third["api.example.com"], first["api.example.com"]);
+    assert_eq!(
+        third["new.example.internal"],
+        second["new.example.internal"]
+    );
+    assert!(!third.contains_key("db.example.internal"));
+    let distinct: std::collections::BTreeSet<&String> = third.values().collect();
+    assert_eq!(distinct.len(), 3, "{third:?}");
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+}

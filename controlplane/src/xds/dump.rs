@@ -38,18 +38,12 @@ fn describe(type_url: &str, any: &Any) -> String {
 }
 
 pub fn snapshot_json(snapshot: &ProxySnapshot) -> Value {
-    let types: serde_json::Map<String, Value> = [
-        LISTENER,
-        ROUTE,
-        CLUSTER,
-        ENDPOINT,
-        SECRET,
-        NAME_TABLE_TYPE,
-    ]
-    .into_iter()
-    .filter_map(|type_url| {
-        let resources = snapshot.get(type_url)?;
-        let items: serde_json::Map<String, Value> = resources
+    let types: serde_json::Map<String, Value> =
+        [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET, NAME_TABLE_TYPE]
+            .into_iter()
+            .filter_map(|type_url| {
+                let resources = snapshot.get(type_url)?;
+                let items: serde_json::Map<String, Value> = resources
             .items()
             .map(|r| {
                 (
@@ -58,11 +52,11 @@ pub fn snapshot_json(snapshot: &ProxySnapshot) -> Value {
                 )
             })
             .collect();
-        Some((
-            type_url.to_owned(),
-            json!({"version": resources.version, "resources": items}),
-        ))
-    })
-    .collect();
+                Some((
+                    type_url.to_owned(),
+                    json!({"version": resources.version, "resources": items}),
+                ))
+            })
+            .collect();
     Value::Object(types)
 }

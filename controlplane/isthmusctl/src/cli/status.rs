@@ -325,6 +325,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn allocated_addresses_are_listed_with_where_their_names_come_from() {
+        let status = json!({"services": [
+            {"host": "ratings.bookinfo.svc.green-imports.local", "namespace": "istio-system",
+             "addresses": ["240.240.12.7"], "allocated": true, "importedFrom": "green"},
+            {"host": "api.example.com", "namespace": "shop",
+             "addresses": ["240.240.200.1"], "allocated": true, "importedFrom": null},
+            {"host": "echo.shop.svc.cluster.local", "namespace": "shop",
+             "addresses": ["10.96.0.10"], "allocated": false, "importedFrom": null},
+        ]});
+        let text = render_addresses(&status);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("ALLOCATED ADDRESS FOR"), "{text}");
+        assert!(
+            lines[2].starts_with("ratings.bookinfo.svc.green-imports.local")
+                && lines[2].contains("240.240.12.7")
+                && lines[2].ends_with("imported from green"),
+            "{text}"
+        );
+        assert!(lines[3].ends_with("ServiceEntry in shop"), "{text}");
+        assert!(!text.contains("10.96.0.10"), "declared addresses are the config's: {text}");
+        assert_eq!(render_addresses(&json!({"services": []})), "");
+    }
+
+    #[test]
     fn federation_report_names_peer_states_and_what_crosses() {
         let status = json!({
             "serviceMeshPeers": {"istio-system/green": {"discoveryStatus": {"active": [{"pod": "x",
