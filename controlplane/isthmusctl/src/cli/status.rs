@@ -344,7 +344,10 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].ends_with("ServiceEntry in shop"), "{text}");
-        assert!(!text.contains("10.96.0.10"), "declared addresses are the config's: {text}");
+        assert!(
+            !text.contains("10.96.0.10"),
+            "declared addresses are the config's: {text}"
+        );
         assert_eq!(render_addresses(&json!({"services": []})), "");
     }
 

@@ -6,6 +6,7 @@
 //! Everything works on the pod as JSON, never through a typed round trip: a field newer than
 //! this build's Kubernetes types passes through unchanged instead of being dropped by a patch.
 
+pub mod dns_capture;
 pub mod patch;
 pub mod policy;
 pub mod probes;

@@ -10,6 +10,8 @@
 //! - the volumes `isthmus-token` (a service-account token projected for the audience
 //!   `isthmus-ca`) and `isthmus-ca-root` (the `ConfigMap` `isthmus-ca-root-cert`);
 //! - the applications' HTTP and TCP probes rewritten to the status port ([`super::probes`]);
+//! - with DNS capture ([`super::dns_capture`]), `--capture-dns` in the init container and the
+//!   sidecar's DNS proxy on 127.0.0.1:15053 (`ISTHMUS_DNS_ADDR`);
 //! - the annotation `sidecar.isthmus.io/status` saying what was added;
 //! - Istio's scrape annotations, `prometheus.io/scrape: "true"`, `prometheus.io/port: "15020"`,
 //!   `prometheus.io/path: /stats/prometheus` (the sidecar's metrics on its status port), unless
@@ -20,6 +22,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::dns_capture::{DNS_ADDRESS, dns_capture};
 use super::probes::{self, Probers, REWRITE_ANNOTATION};
 use super::settings::{
     PROXY_UID, ROOT_CONFIG_MAP, ROOT_DIR, ROOT_FILE, STATUS_PORT, TOKEN_AUDIENCE, TOKEN_DIR,
@@ -127,7 +130,11 @@ pub fn add_sidecar(
     settings: &InjectSettings,
 ) -> Result<(), InjectError> {
     let metadata = super::optional_object(pod, "metadata", "metadata")?.cloned();
-    let capture_flags = capture_flags(metadata.as_ref())?;
+    let mut capture_flags = capture_flags(metadata.as_ref())?;
+    let dns = dns_capture(metadata.as_ref())?;
+    if dns {
+        capture_flags.push("--capture-dns".to_owned());
+    }
     let image = meta_value(metadata.as_ref(), "annotations", IMAGE_ANNOTATION)
         .unwrap_or(&settings.proxy_image)
         .to_owned();
@@ -159,7 +166,7 @@ pub fn add_sidecar(
     volumes.push(token_volume());
     volumes.push(root_volume());
     let init_containers = array_mut(spec, "initContainers", "spec.initContainers")?;
-    let sidecar = sidecar(&image, settings, &probers)?;
+    let sidecar = sidecar(&image, settings, &probers, dns)?;
     init_containers.splice(0..0, [init_container(&image, capture_flags), sidecar]);
 
     let metadata = object_mut(pod, "metadata", "metadata")?;
@@ -263,6 +270,7 @@ fn sidecar(
     image: &str,
     settings: &InjectSettings,
     probers: &Probers,
+    dns: bool,
 ) -> Result<Value, InjectError> {
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let value = |name: &str, value: String| json!({"name": name, "value": value});
@@ -289,6 +297,9 @@ fn sidecar(
         value("ISTHMUS_ROOT_CERT", ROOT_FILE.to_owned()),
         value("ISTHMUS_STATUS_ADDR", format!("0.0.0.0:{STATUS_PORT}")),
     ];
+    if dns {
+        env.push(value("ISTHMUS_DNS_ADDR", DNS_ADDRESS.to_owned()));
+    }
     if !probers.is_empty() {
         let json = serde_json::to_string(probers)
             .map_err(|e| InjectError::new("spec.containers", format!("probes: {e}")))?;

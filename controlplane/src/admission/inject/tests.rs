@@ -306,3 +306,26 @@ fn workloads_are_injected_in_their_pod_template_and_other_kinds_pass() {
     let error = inject_document(&broken, &settings()).unwrap_err();
     assert_eq!(error.path, "spec.template.spec.containers");
 }
+
+#[test]
+fn a_pod_asking_for_dns_capture_gets_the_rule_and_the_dns_proxy() {
+    let plain = injected(&pod());
+    let init = &plain["spec"]["initContainers"];
+    assert!(!init[0]["args"].to_string().contains("--capture-dns"));
+    assert!(!init[1]["env"].to_string().contains("ISTHMUS_DNS_ADDR"));
+
+    let mut asking = pod();
+    asking["metadata"]["annotations"] =
+        json!({"proxy.istio.io/config": "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n"});
+    let pod = injected(&asking);
+    let init = pod["spec"]["initContainers"].as_array().unwrap();
+    assert!(
+        init[0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--capture-dns")),
+        "{}",
+        init[0]
+    );
+    assert_eq!(env(&init[1], "ISTHMUS_DNS_ADDR"), "127.0.0.1:15053");
+}
