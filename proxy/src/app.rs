@@ -127,8 +127,16 @@ pub async fn bind(options: Options) -> Result<Bound, StartError> {
     // Checked before anything binds.
     let upstream = match options.dns_addr {
         Some(_) if options.node_id.is_none() => return Err(StartError::DnsNeedsXds),
-        Some(_) => {
-            Some(crate::dns::Upstream::read(&options.resolv_conf).map_err(StartError::ResolvConf)?)
+        // Elsewhere it would answer (and forward for) anyone who can reach it.
+        Some(address) if !address.ip().is_loopback() => {
+            return Err(StartError::DnsNotLoopback { address });
+        }
+        Some(address) => {
+            let mut upstream =
+                crate::dns::Upstream::read(&options.resolv_conf).map_err(StartError::ResolvConf)?;
+            // Never itself: a query would go round until the forwarding slots ran out.
+            upstream.servers.retain(|server| *server != address);
+            Some(upstream)
         }
         None => None,
     };

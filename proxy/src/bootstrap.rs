@@ -231,6 +231,8 @@ pub enum StartError {
     ProbeTls(#[source] rustls::Error),
     #[error("--dns-addr needs --node-id: the names come from isthmusd")]
     DnsNeedsXds,
+    #[error("--dns-addr {address}: the DNS proxy listens on loopback only (the pod's own)")]
+    DnsNotLoopback { address: SocketAddr },
     #[error("the pod's resolver settings (--resolv-conf)")]
     ResolvConf(#[source] crate::dns::resolv_conf::ResolvConfError),
     #[error("DNS proxy address {address}")]

@@ -292,7 +292,56 @@ impl CaptureArgs {
             self.outbound_port
         );
         s.push_str("COMMIT\n");
+        if self.capture_dns {
+            self.dns_zones(&mut s, name_servers);
+        }
         s
+    }
+
+    /// The `raw` table's conntrack zones of captured DNS (Istio's): the proxy's queries to the
+    /// name servers and their answers in zone 1; the application's queries (redirected to the
+    /// proxy) and the proxy's answers to them in zone 2, so an answer meets the query's NAT
+    /// entry and leaves with the name server's address. Without them an application query that
+    /// happens to reuse the source port of one of the proxy's would match the proxy's
+    /// conntrack entry, skip the redirect and reach the name server directly. The first `CT`
+    /// rule a packet meets sets its zone, so the proxy's own rules come first.
+    fn dns_zones(&self, s: &mut String, name_servers: &[Ipv4Addr]) {
+        let gid = self.proxy_gid.unwrap_or(self.proxy_uid);
+        let servers: Vec<Option<Ipv4Addr>> = if self.capture_all_dns {
+            vec![None]
+        } else {
+            unique(name_servers.iter().copied())
+                .into_iter()
+                .map(Some)
+                .collect()
+        };
+        s.push_str("*raw\n");
+        for owner in [
+            format!("--uid-owner {}", self.proxy_uid),
+            format!("--gid-owner {gid}"),
+        ] {
+            for server in &servers {
+                let to = server.map(|ip| format!(" -d {ip}/32")).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "-A OUTPUT{to} -p udp --dport 53 -m owner {owner} -j CT --zone 1"
+                );
+            }
+            let _ = writeln!(
+                s,
+                "-A OUTPUT -p udp --sport {} -m owner {owner} -j CT --zone 2",
+                self.dns_port
+            );
+        }
+        for server in &servers {
+            let to = server.map(|ip| format!(" -d {ip}/32")).unwrap_or_default();
+            let _ = writeln!(s, "-A OUTPUT{to} -p udp --dport 53 -j CT --zone 2");
+        }
+        for server in &servers {
+            let from = server.map(|ip| format!(" -s {ip}/32")).unwrap_or_default();
+            let _ = writeln!(s, "-A PREROUTING{from} -p udp --sport 53 -j CT --zone 1");
+        }
+        s.push_str("COMMIT\n");
     }
 
     /// Inbound: the included ports (all by default) but the proxy's own and the excluded ones;
@@ -409,14 +458,18 @@ impl CaptureArgs {
             return Ok(Vec::new());
         }
         let upstream = crate::dns::Upstream::read(&self.resolv_conf)?;
-        Ok(upstream
-            .servers
-            .iter()
-            .filter_map(|s| match s.ip() {
-                std::net::IpAddr::V4(v4) => Some(v4),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect())
+        let mut v4 = Vec::new();
+        for server in &upstream.servers {
+            match server.ip() {
+                std::net::IpAddr::V4(ip) => v4.push(ip),
+                // The rules are IPv4 (iptables) only.
+                std::net::IpAddr::V6(ip) => tracing::warn!(
+                    server = %ip,
+                    "IPv6 name server in resolv.conf: its DNS is not captured"
+                ),
+            }
+        }
+        Ok(v4)
     }
 
     /// Installs the rules with `iptables-restore --noflush` (or prints them).
@@ -515,8 +568,25 @@ mod tests {
         // DNS capture without outbound TCP capture.
         let dns_only = args(&["--capture-dns", "--include-outbound-ip-ranges="]).script(&servers);
         assert!(dns_only.contains("-j ISTHMUS_DNS") && !dns_only.contains("-j ISTHMUS_OUTPUT"));
+        // Conntrack zones keep the proxy's own DNS apart from the application's.
+        for line in [
+            "*raw",
+            "-A OUTPUT -d 10.96.0.10/32 -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1",
+            "-A OUTPUT -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2",
+            "-A PREROUTING -s 10.96.0.11/32 -p udp --sport 53 -j CT --zone 1",
+        ] {
+            assert!(lines.contains(&line), "{line}\n{script}");
+        }
+        // The application's queries share zone 2 with the answers, after the proxy's own.
+        let app_zone = at("-A OUTPUT -d 10.96.0.10/32 -p udp --dport 53 -j CT --zone 2");
+        assert!(
+            at("-A OUTPUT -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2")
+                < app_zone
+        );
+        assert!(script.ends_with("COMMIT\n"));
         // Off by default.
-        assert!(!args(&[]).script(&servers).contains("ISTHMUS_DNS"));
+        let plain = args(&[]).script(&servers);
+        assert!(!plain.contains("ISTHMUS_DNS") && !plain.contains("*raw"));
     }
 
     #[test]

@@ -311,11 +311,12 @@ fn unmodified_applications_reach_imported_services_by_name_across_overlapping_ne
         pod.run("ip", &["route", "add", "default", "via", NODE_IP])
             .unwrap();
     }
-    // The red pod's resolver is dnsmasq on its node, with the search list of a pod in `shop`.
+    // The red pod's resolver is dnsmasq on its node, with the search list of a pod in `shop`
+    // (a 1 s timeout, so a lost answer fails the test in seconds rather than glibc's minutes).
     let _resolv = ResolvConf::write(
         &red_app,
         &format!(
-            "nameserver {NODE_IP}\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+            "nameserver {NODE_IP}\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:1\n"
         ),
     );
     let _dnsmasq = spawn(

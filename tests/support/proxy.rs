@@ -175,10 +175,16 @@ impl IsthmusProxy {
         let concurrency: Vec<String> = std::env::var("ISTHMUS_E2E_PROXY_CONCURRENCY")
             .map(|n| vec!["--concurrency".to_owned(), n])
             .unwrap_or_default();
+        // `ISTHMUS_E2E_PROXY_ARGS="--dns-addr 127.0.0.1:0"`: more flags for every proxy
+        // (benchmarks: the DNS proxy on, docs/benchmarks.md).
+        let extra: Vec<String> = std::env::var("ISTHMUS_E2E_PROXY_ARGS")
+            .map(|a| a.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
         let child = command
             .args(["--admin-addr", &admin])
             .args(args)
             .args(&concurrency)
+            .args(&extra)
             // `ISTHMUS_E2E_PROXY_LOG=debug` for more detail when a test fails.
             .env(
                 "RUST_LOG",

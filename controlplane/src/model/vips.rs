@@ -6,8 +6,12 @@
 //! Pure: [`allocate`] maps the previous table and the names that want an address to the new
 //! table. An address is kept as long as its name exists; a new name starts at a slot derived
 //! from a hash of the name (so two control planes allocating the same names from nothing
-//! agree) and probes upwards for a free one. The pipeline keeps the table in the state
-//! directory, so addresses survive restarts and reloads.
+//! agree) and probes upwards for a free one. The address of a name that goes is held for
+//! [`HOLD_SECONDS`] before another name may take it, and its name gets it back if it returns
+//! meanwhile: at start, before the configuration is loaded and the peers' catalogs have
+//! arrived, every name is missing for a moment, and an application may still hold a cached
+//! answer for a name removed by mistake. The pipeline keeps the table in the state directory,
+//! so addresses survive restarts and reloads.
 //!
 //! Left out, as Istio does: wildcard hosts (no single name to answer), `resolution: NONE`
 //! (traffic goes where the application connects, so a made-up address would lead nowhere) and
@@ -26,6 +30,19 @@ pub const DEFAULT_RANGE: &str = "240.240.0.0/16";
 
 /// Host name to its allocated address.
 pub type VipTable = BTreeMap<String, Ipv4Addr>;
+
+/// How long an address whose name went is held for that name (an hour).
+pub const HOLD_SECONDS: u64 = 3600;
+
+/// An address whose name is no longer wanted, and since when (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Held {
+    pub address: Ipv4Addr,
+    pub since: u64,
+}
+
+/// Host name to the address held for it.
+pub type HeldTable = BTreeMap<String, Held>;
 
 /// An IPv4 range addresses are allocated from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,15 +147,27 @@ pub fn declared<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeSet
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Allocation {
     pub table: VipTable,
+    /// Addresses held for names that went.
+    pub held: HeldTable,
     /// Names left without an address: the range is full.
     pub exhausted: Vec<String>,
 }
 
-/// The new table: `previous`'s address for every `wanted` name that had a usable one, and a
-/// free address for each of the others; names no longer wanted give theirs back. `reserved`
-/// addresses (declared by services) are never handed out.
+/// The state [`allocate`] starts from.
+#[derive(Debug, Clone, Copy)]
+pub struct Previous<'a> {
+    pub table: &'a VipTable,
+    pub held: &'a HeldTable,
+    /// Unix seconds now.
+    pub now: u64,
+}
+
+/// The new table: the previous address for every `wanted` name that had a usable one (in the
+/// table, or held for it), and a free address for each of the others; names no longer wanted
+/// have theirs held ([`HOLD_SECONDS`]). `reserved` addresses (declared by services) are never
+/// handed out.
 pub fn allocate(
-    previous: &VipTable,
+    previous: Previous<'_>,
     wanted: &BTreeSet<String>,
     reserved: &BTreeSet<Ipv4Addr>,
     range: VipRange,
@@ -146,11 +175,44 @@ pub fn allocate(
     let mut table = VipTable::new();
     let mut used: BTreeSet<Ipv4Addr> = reserved.clone();
     for name in wanted {
-        if let Some(ip) = previous.get(name).copied()
+        let earlier = previous
+            .table
+            .get(name)
+            .copied()
+            .or_else(|| previous.held.get(name).map(|h| h.address));
+        if let Some(ip) = earlier
             && range.usable(ip)
             && used.insert(ip)
         {
             table.insert(name.clone(), ip);
+        }
+    }
+    // Held: what went now, and what went within the hold and has not come back.
+    let mut held = HeldTable::new();
+    let went = previous
+        .table
+        .iter()
+        .filter(|(name, _)| !wanted.contains(*name))
+        .map(|(name, address)| {
+            let since = previous.now;
+            (
+                name,
+                Held {
+                    address: *address,
+                    since,
+                },
+            )
+        });
+    let still = previous
+        .held
+        .iter()
+        .filter(|(name, h)| {
+            !wanted.contains(*name) && previous.now.saturating_sub(h.since) < HOLD_SECONDS
+        })
+        .map(|(name, h)| (name, *h));
+    for (name, h) in still.chain(went) {
+        if range.usable(h.address) && used.insert(h.address) {
+            held.insert(name.clone(), h);
         }
     }
     let mut exhausted = Vec::new();
@@ -168,7 +230,11 @@ pub fn allocate(
             None => exhausted.push(name.clone()),
         }
     }
-    Allocation { table, exhausted }
+    Allocation {
+        table,
+        held,
+        exhausted,
+    }
 }
 
 /// Where a name's search for a free address starts: the first bytes of its SHA-256, so the
@@ -184,6 +250,19 @@ mod tests {
 
     fn names(list: &[&str]) -> BTreeSet<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn from(table: &VipTable) -> Previous<'_> {
+        static NONE: HeldTable = HeldTable::new();
+        Previous {
+            table,
+            held: &NONE,
+            now: 1_000_000,
+        }
+    }
+
+    fn fresh() -> VipTable {
+        VipTable::new()
     }
 
     #[test]
@@ -212,7 +291,7 @@ mod tests {
     fn every_name_gets_a_distinct_usable_address_in_the_range() {
         let wanted: BTreeSet<String> = (0..2000).map(|i| format!("s{i}.example")).collect();
         let range = VipRange::default();
-        let a = allocate(&VipTable::new(), &wanted, &BTreeSet::new(), range);
+        let a = allocate(from(&fresh()), &wanted, &BTreeSet::new(), range);
         assert!(a.exhausted.is_empty());
         assert_eq!(a.table.len(), 2000);
         let distinct: BTreeSet<_> = a.table.values().collect();
@@ -224,7 +303,7 @@ mod tests {
     fn addresses_stay_while_their_names_exist_whatever_else_changes() {
         let range = VipRange::default();
         let first = allocate(
-            &VipTable::new(),
+            from(&fresh()),
             &names(&["a.example", "b.example", "c.example"]),
             &BTreeSet::new(),
             range,
@@ -232,7 +311,7 @@ mod tests {
         .table;
         // b goes, d and e come: a and c keep theirs.
         let second = allocate(
-            &first,
+            from(&first),
             &names(&["a.example", "c.example", "d.example", "e.example"]),
             &BTreeSet::new(),
             range,
@@ -242,13 +321,69 @@ mod tests {
         assert_eq!(second["c.example"], first["c.example"]);
         assert!(!second.contains_key("b.example"));
         // From nothing (a lost state file), the same names find the same slots.
-        let fresh = allocate(
-            &VipTable::new(),
+        let again = allocate(
+            from(&fresh()),
             &names(&["a.example"]),
             &BTreeSet::new(),
             range,
         );
-        assert_eq!(fresh.table["a.example"], first["a.example"]);
+        assert_eq!(again.table["a.example"], first["a.example"]);
+    }
+
+    #[test]
+    fn a_name_that_goes_has_its_address_held_then_released() {
+        let range: VipRange = "10.0.0.0/28".parse().unwrap();
+        let start = allocate(from(&fresh()), &names(&["a", "b"]), &BTreeSet::new(), range);
+        // Everything missing for a moment (configuration not loaded yet): nothing is lost.
+        let empty = allocate(
+            Previous {
+                table: &start.table,
+                held: &start.held,
+                now: 1_000,
+            },
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            range,
+        );
+        assert!(empty.table.is_empty());
+        assert_eq!(empty.held.len(), 2);
+        // A new name meanwhile does not take a held address; the old names get theirs back.
+        let back = allocate(
+            Previous {
+                table: &empty.table,
+                held: &empty.held,
+                now: 1_010,
+            },
+            &names(&["a", "b", "c"]),
+            &BTreeSet::new(),
+            range,
+        );
+        assert_eq!(back.table["a"], start.table["a"]);
+        assert_eq!(back.table["b"], start.table["b"]);
+        assert!(back.held.is_empty());
+        // After the hold, the address is free again.
+        let gone = allocate(
+            Previous {
+                table: &back.table,
+                held: &back.held,
+                now: 2_000,
+            },
+            &names(&["b", "c"]),
+            &BTreeSet::new(),
+            range,
+        );
+        assert!(gone.held.contains_key("a"));
+        let later = allocate(
+            Previous {
+                table: &gone.table,
+                held: &gone.held,
+                now: 2_000 + HOLD_SECONDS,
+            },
+            &names(&["b", "c"]),
+            &BTreeSet::new(),
+            range,
+        );
+        assert!(later.held.is_empty());
     }
 
     #[test]
@@ -257,7 +392,7 @@ mod tests {
         // 16 addresses: .0 unusable, one declared, so 14 to hand out.
         let reserved: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 0, 0, 5)].into();
         let wanted: BTreeSet<String> = (0..16).map(|i| format!("s{i:02}")).collect();
-        let a = allocate(&VipTable::new(), &wanted, &reserved, range);
+        let a = allocate(from(&fresh()), &wanted, &reserved, range);
         assert_eq!(a.table.len(), 14);
         assert_eq!(a.exhausted.len(), 2);
         assert!(!a.table.values().any(|ip| reserved.contains(ip)));
@@ -269,7 +404,12 @@ mod tests {
         previous.insert("x".into(), Ipv4Addr::new(10, 0, 0, 7));
         previous.insert("y".into(), Ipv4Addr::new(10, 0, 0, 7));
         previous.insert("z".into(), Ipv4Addr::new(192, 168, 0, 1));
-        let b = allocate(&previous, &names(&["x", "y", "z"]), &BTreeSet::new(), range);
+        let b = allocate(
+            from(&previous),
+            &names(&["x", "y", "z"]),
+            &BTreeSet::new(),
+            range,
+        );
         assert_eq!(b.table["x"], Ipv4Addr::new(10, 0, 0, 7));
         assert_ne!(b.table["y"], Ipv4Addr::new(10, 0, 0, 7));
         assert!(range.contains(b.table["z"]));

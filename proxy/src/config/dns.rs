@@ -35,7 +35,7 @@ pub fn convert(table: NameTable, path: &Path) -> Checked<NameIndex> {
     let table_path = path.field("table");
     for (name, info) in table {
         let at = table_path.key(&name);
-        check_name(&name).map_err(|why| Invalid::new(&at, why))?;
+        isthmus_runtime::dns_name::check(&name).map_err(|why| Invalid::new(&at, why))?;
         let mut ips = Vec::with_capacity(info.ips.len());
         for (i, ip) in info.ips.iter().enumerate() {
             let parsed: IpAddr = ip.parse().map_err(|_| {
@@ -49,26 +49,6 @@ pub fn convert(table: NameTable, path: &Path) -> Checked<NameIndex> {
         names.insert(name.to_ascii_lowercase(), ips);
     }
     Ok(NameIndex { names })
-}
-
-/// A host name as DNS carries it: at most 253 bytes, labels of 1 to 63 letters, digits,
-/// `-` or `_`, no trailing dot.
-fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!("{name:?} is not a DNS name (1 to 253 bytes)"));
-    }
-    for label in name.split('.') {
-        let ok = (1..=63).contains(&label.len())
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(format!(
-                "{name:?} is not a DNS name (label {label:?}: 1 to 63 letters, digits, '-' or '_')"
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

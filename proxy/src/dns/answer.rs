@@ -2,13 +2,13 @@
 //! the search domains (no I/O): an answer of its own for the mesh's names, or "forward it".
 //!
 //! - A and AAAA of a name in the table: its addresses of that family (none: an empty answer,
-//!   NOERROR, since the name exists); any other type of such a name: an empty answer.
-//! - A name the table lacks that is a short name with a search domain appended
-//!   (`ratings.bookinfo.shop.svc.cluster.local` for `ratings.bookinfo`), or a short name
-//!   itself (`ratings.bookinfo`): if the short name with another search domain is in the table,
-//!   a CNAME to that name and its addresses, so the application's resolver stops at its first
-//!   try instead of walking its search list through the upstream server; likewise a whole
-//!   mesh name with a search domain appended.
+//!   NOERROR, since the name exists). Other types (SRV, TXT, ...) are forwarded, as Istio does.
+//! - A name the table lacks that is a short name with the first search domain appended (what
+//!   a resolver sends first: `ratings.bookinfo.shop.svc.cluster.local` for
+//!   `ratings.bookinfo`), or a short name itself (`ratings.bookinfo`): if the short name with
+//!   a search domain, or as a whole name, is in the table, a CNAME to that name and its
+//!   addresses, so the application's resolver stops at its first try instead of walking its
+//!   search list through the upstream server.
 //! - Everything else, and classes other than IN, is forwarded.
 //! - A query that is not one standard question gets FORMERR or NOTIMP; a response is ignored.
 
@@ -54,7 +54,9 @@ pub fn decide(query: &Message, table: &NameIndex, search: &[String]) -> Decision
     let [question] = query.queries() else {
         return Decision::Reply(reply_to(query, ResponseCode::FormErr));
     };
-    if question.query_class() != DNSClass::IN {
+    if question.query_class() != DNSClass::IN
+        || !matches!(question.query_type(), RecordType::A | RecordType::AAAA)
+    {
         return Decision::Forward;
     }
     let asked = name_text(question.name());
@@ -112,14 +114,16 @@ fn name_text(name: &Name) -> String {
     text.to_ascii_lowercase()
 }
 
-/// The table entry a short name stands for: `asked` with a search domain removed (if it ends
-/// with one) or as it is, then each search domain appended in turn.
+/// The table entry a short name stands for: `asked` with the first search domain removed (if
+/// it ends with it) or as it is, then each search domain appended in turn. Only the first: a
+/// resolver appends it first, and a name that ends with a later one (`x.cluster.local`) may
+/// well be meant as written.
 fn expand<'a>(
     asked: &str,
     table: &'a NameIndex,
     search: &[String],
 ) -> Option<(String, &'a [IpAddr])> {
-    let stripped = search.iter().find_map(|domain| {
+    let stripped = search.first().and_then(|domain| {
         asked
             .strip_suffix(domain.as_str())
             .and_then(|rest| rest.strip_suffix('.'))
@@ -234,8 +238,9 @@ mod tests {
             &search(),
         );
         assert_eq!(answers(&none), (ResponseCode::NoError, vec![]));
+        // Other types are the upstream's to answer (SRV, TXT of a host).
         let txt = decide(&query(4, "db.example.com.", RecordType::TXT), &t, &search());
-        assert_eq!(answers(&txt), (ResponseCode::NoError, vec![]));
+        assert!(matches!(txt, Decision::Forward));
     }
 
     #[test]
@@ -256,17 +261,27 @@ mod tests {
         );
         // A whole mesh name with a search domain appended (ndots:5 tries those first).
         let appended = decide(
-            &query(5, "db.example.com.svc.cluster.local.", RecordType::A),
+            &query(5, "db.example.com.shop.svc.cluster.local.", RecordType::A),
             &t,
             &search(),
         );
         assert_eq!(
             answers(&appended).1,
             [
-                "db.example.com.svc.cluster.local. db.example.com.",
+                "db.example.com.shop.svc.cluster.local. db.example.com.",
                 "db.example.com. 240.240.0.1"
             ]
         );
+        // A later search domain is taken as written: forwarded.
+        for name in ["db.example.com.cluster.local.", "reviews.cluster.local."] {
+            assert!(
+                matches!(
+                    decide(&query(6, name, RecordType::A), &t, &search()),
+                    Decision::Forward
+                ),
+                "{name}"
+            );
+        }
         // The short name itself, as a resolver with a low ndots sends it.
         let short = decide(&query(2, "reviews.bookinfo.", RecordType::A), &t, &search());
         assert_eq!(answers(&short).1.len(), 2);

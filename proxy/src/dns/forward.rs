@@ -11,8 +11,10 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use super::resolv_conf::Upstream;
 
-/// The largest DNS message over UDP the proxy relays (EDNS's usual ceiling).
+/// The largest DNS query over UDP the proxy takes (EDNS's usual ceiling).
 pub const MAX_UDP: usize = 4096;
+/// The largest answer it relays: a UDP datagram's limit, so an upstream answer is never cut.
+const MAX_ANSWER: usize = 65_535;
 
 /// Why no upstream answered.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +68,7 @@ async fn udp_once(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> 
     let socket = UdpSocket::bind(local).await?;
     socket.connect(server).await?;
     socket.send(query).await?;
-    let mut buffer = vec![0; MAX_UDP];
+    let mut buffer = vec![0; MAX_ANSWER];
     loop {
         let n = socket.recv(&mut buffer).await?;
         // The answer to this query: same id (anything else is stray, and waited past).

@@ -43,9 +43,23 @@ impl Upstream {
         })
     }
 
-    /// From the file's text. No `nameserver` means the local one, as glibc does.
+    /// From the file's text. No `nameserver` means the local one, as glibc does. Lines glibc
+    /// would skip (an option it does not know, a typo) are skipped with a warning, as glibc
+    /// does, rather than keeping the pod from starting; no usable `nameserver` line at all
+    /// among lines that were meant as such is an error.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let config = resolv_conf::Config::parse(bytes).map_err(|e| e.to_string())?;
+        let (config, errors) = resolv_conf::Config::parse_with_errors(bytes);
+        for error in &errors {
+            tracing::warn!(%error, "resolv.conf: line skipped");
+        }
+        let meant_servers = String::from_utf8_lossy(bytes)
+            .lines()
+            .any(|l| l.trim_start().starts_with("nameserver"));
+        if config.nameservers.is_empty() && meant_servers {
+            return Err(errors
+                .first()
+                .map_or_else(|| "no usable nameserver".to_owned(), ToString::to_string));
+        }
         let servers = config
             .get_nameservers_or_local()
             .into_iter()
@@ -89,5 +103,10 @@ mod tests {
             empty.servers
         );
         assert!(Upstream::parse(b"nameserver not-an-ip\n").is_err());
+        // A line glibc would skip is skipped, not fatal.
+        let odd =
+            Upstream::parse(b"nameserver 10.96.0.10\noptions ndots:5 no-such-option\nbogus line\n")
+                .unwrap();
+        assert_eq!(odd.servers, ["10.96.0.10:53".parse().unwrap()]);
     }
 }

@@ -2,6 +2,8 @@
 //! are answered there, without a task per query), forwarded queries in tasks of their own
 //! (at most [`MAX_FORWARDS`] at once; more get SERVFAIL at once), and a TCP listener with a
 //! task per connection (at most [`MAX_TCP`], each closed after [`TCP_IDLE`] without a query).
+//! Those tasks belong to the serving future (a `JoinSet` each): when it is dropped they end
+//! with it, and with them the sockets they hold.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use super::answer::{self, Decision};
 use super::forward::{self, MAX_UDP};
@@ -31,7 +34,7 @@ pub const TCP_IDLE: Duration = Duration::from_secs(10);
 struct Shared {
     config: watch::Receiver<Arc<ProxyConfig>>,
     upstream: Upstream,
-    forwards: Semaphore,
+    forwards: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -52,10 +55,18 @@ impl Shared {
             .inc();
     }
 
-    /// The proxy's own reply to `bytes`, or `None` to forward it (or to drop it).
+    /// The proxy's own reply to `bytes`, or `None` to forward it (or to drop it). Over UDP a
+    /// reply larger than the client takes (512 bytes, or its EDNS size) is cut to its question
+    /// with TC set, so the client asks again over TCP.
     fn local(&self, protocol: &'static str, bytes: &[u8]) -> Local {
         let decision = match Message::from_vec(bytes) {
-            Ok(query) => answer::decide(&query, &self.names(), &self.upstream.search),
+            Ok(query) => {
+                let mut decision = answer::decide(&query, &self.names(), &self.upstream.search);
+                if let (Decision::Reply(reply), "udp") = (&mut decision, protocol) {
+                    fit(reply, query.max_payload());
+                }
+                decision
+            }
             Err(_) => {
                 self.count(protocol, "malformed");
                 return match answer::malformed(bytes) {
@@ -95,6 +106,19 @@ fn encode(message: &Message) -> Option<Vec<u8>> {
     message.to_vec().ok()
 }
 
+/// `reply` cut to its header and question, TC set, when it is longer than `max` bytes.
+fn fit(reply: &mut Message, max: u16) {
+    let too_long = reply
+        .to_vec()
+        .is_ok_and(|bytes| bytes.len() > usize::from(max.max(512)));
+    if too_long {
+        reply.take_answers();
+        reply.take_additionals();
+        reply.take_name_servers();
+        reply.set_truncated(true);
+    }
+}
+
 /// SERVFAIL for `query` (its id and question, copied from its bytes when they parse).
 fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     let parsed = Message::from_vec(query).ok()?;
@@ -128,7 +152,7 @@ pub async fn bind(
         shared: Arc::new(Shared {
             config,
             upstream,
-            forwards: Semaphore::new(MAX_FORWARDS),
+            forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
             metrics,
         }),
     })
@@ -148,7 +172,9 @@ impl DnsServer {
 
 async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     let mut buffer = vec![0u8; MAX_UDP];
+    let mut forwards = JoinSet::new();
     loop {
+        while forwards.try_join_next().is_some() {}
         let (n, from) = match socket.recv_from(&mut buffer).await {
             Ok(received) => received,
             Err(e) => {
@@ -164,16 +190,16 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
             }
             Local::Reply(None) | Local::Drop => {}
             Local::Forward => {
-                let Ok(permit) = shared.forwards.try_acquire() else {
+                let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
                     shared.count("udp", "upstream_failure");
                     if let Some(reply) = servfail(query) {
                         let _ = socket.send_to(&reply, from).await;
                     }
                     continue;
                 };
-                permit.forget();
                 let (socket, shared, query) = (socket.clone(), shared.clone(), query.to_vec());
-                tokio::spawn(async move {
+                forwards.spawn(async move {
+                    let _permit = permit;
                     let reply = match forward::udp(&shared.upstream, &query).await {
                         Ok(reply) => {
                             shared.count("udp", "forwarded");
@@ -188,7 +214,6 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                     if let Some(reply) = reply {
                         let _ = socket.send_to(&reply, from).await;
                     }
-                    shared.forwards.add_permits(1);
                 });
             }
         }
@@ -196,18 +221,24 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
 }
 
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    let connections = Arc::new(Semaphore::new(MAX_TCP));
+    let mut connections = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        while connections.try_join_next().is_some() {}
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::debug!(error = %e, "DNS proxy: TCP accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         // Over the bound: the connection is closed at once.
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        if connections.len() >= MAX_TCP {
             continue;
-        };
+        }
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        connections.spawn(async move {
             let _ = serve_connection(stream, &shared).await;
         });
     }

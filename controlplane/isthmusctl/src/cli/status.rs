@@ -73,8 +73,10 @@ impl StatusCommand {
             print!("{}", render(&config, &xds));
             let federation = get_json(addr, "/debug/federation").await?;
             print!("{}", render_federation(&federation));
-            let addresses = get_json(addr, "/debug/addresses").await?;
-            print!("{}", render_addresses(&addresses));
+            // An isthmusd older than the allocation has no such page: nothing to list.
+            if let Ok(addresses) = get_json(addr, "/debug/addresses").await {
+                print!("{}", render_addresses(&addresses));
+            }
             if label.is_some() {
                 println!();
             }

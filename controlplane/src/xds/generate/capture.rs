@@ -28,6 +28,7 @@ use super::names::{
     INBOUND_CAPTURE_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, outbound_cluster,
 };
 use super::{duration, pack};
+use crate::model::vips::VipTable;
 use crate::model::{ProxyNode, Service};
 
 fn original_dst() -> ListenerFilter {
@@ -56,24 +57,28 @@ fn cidr(text: &str) -> Option<CidrRange> {
 }
 
 /// The addresses that say a captured connection goes to `service`: its virtual addresses,
-/// else its endpoints' IP addresses.
-fn service_ranges(service: &Service) -> Vec<CidrRange> {
-    let from_vips: Vec<CidrRange> = service.addresses.iter().filter_map(|a| cidr(a)).collect();
-    if !from_vips.is_empty() {
-        return from_vips;
+/// else its endpoints' IP addresses. An allocated address (`allocated`) is only the DNS
+/// proxy's answer: an application that resolves the name elsewhere still connects to an
+/// endpoint, so those match too.
+fn service_ranges(service: &Service, allocated: bool) -> Vec<CidrRange> {
+    let mut ranges: Vec<CidrRange> = service.addresses.iter().filter_map(|a| cidr(a)).collect();
+    if !ranges.is_empty() && !allocated {
+        return ranges;
     }
     let ips: BTreeSet<&str> = service
         .endpoints
         .iter()
         .map(|e| e.address.as_str())
         .collect();
-    ips.into_iter().filter_map(cidr).collect()
+    ranges.extend(ips.into_iter().filter_map(cidr));
+    ranges
 }
 
 /// The outbound capture listener and the passthrough cluster its default chain uses.
 pub fn virtual_outbound(
     node: &ProxyNode,
     visible: &[&Service],
+    allocated: &VipTable,
     tracing: Option<&Tracing>,
 ) -> (Listener, Cluster) {
     let mut chains = Vec::new();
@@ -98,7 +103,7 @@ pub fn virtual_outbound(
     // claim a (port, addresses) pair keeps it.
     let mut claimed = BTreeSet::new();
     for service in visible {
-        let ranges = service_ranges(service);
+        let ranges = service_ranges(service, allocated.contains_key(&service.key.hostname));
         if ranges.is_empty() {
             continue;
         }

@@ -1,7 +1,8 @@
 //! The name table of a sidecar's DNS proxy (`isthmus.dns.v1.NameTable`, issue 20): every
 //! service the workload can see, by host name, with its virtual addresses (declared, cluster
-//! IPs, or allocated by `isthmusd`). Wildcard hosts and services without an address (a
-//! `resolution: NONE` entry, a headless Service) are left to the pod's own resolver.
+//! IPs, or allocated by `isthmusd`). Wildcard hosts, services without an address (a
+//! `resolution: NONE` entry, a headless Service) and names DNS cannot carry (a peer's odd
+//! catalog entry, say: the proxy would refuse the whole table for it) are left out.
 
 use std::net::IpAddr;
 
@@ -13,7 +14,7 @@ pub fn name_table(visible: &[&Service]) -> NameTable {
     let mut table = NameTable::default();
     for service in visible {
         let host = service.key.hostname.to_ascii_lowercase();
-        if host.contains('*') || table.table.contains_key(&host) {
+        if table.table.contains_key(&host) || isthmus_runtime::dns_name::check(&host).is_err() {
             continue;
         }
         let ips: Vec<String> = service

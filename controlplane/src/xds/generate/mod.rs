@@ -158,8 +158,12 @@ pub fn proxy_snapshot_with_view(
         }
         Interception::Redirect => {
             let visible = visibility::visible_services(model, workload);
-            let (outbound, passthrough) =
-                capture::virtual_outbound(node, &visible, hcm_tracing.as_ref());
+            let (outbound, passthrough) = capture::virtual_outbound(
+                node,
+                &visible,
+                &model.virtual_addresses,
+                hcm_tracing.as_ref(),
+            );
             // A workload that serves nothing gets no inbound listener (a listener needs a
             // chain): redirected connections are refused by the kernel.
             let inbound = capture::virtual_inbound(&inbound);

@@ -864,6 +864,64 @@ spec:
     assert_eq!(ports, BTreeSet::from([19080, 7000]));
 }
 
+#[test]
+fn allocated_addresses_match_beside_the_endpoints_and_fill_the_name_table() {
+    let extra = "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cache, namespace: shop}
+spec:
+  hosts: [cache.shop.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 6379, name: tcp-redis}]
+  endpoints: [{address: 10.1.0.7}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wild, namespace: shop}
+spec:
+  hosts: ['*.wild.example']
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls}]
+";
+    let mut model = model(extra);
+    let table = crate::model::vips::VipTable::from([(
+        "cache.shop.local".to_owned(),
+        std::net::Ipv4Addr::new(240, 240, 1, 2),
+    )]);
+    model.assign_virtual_addresses(&table);
+    let mut captured = node("reviews-v1");
+    captured.interception = crate::model::Interception::Redirect;
+    let s = proxy_snapshot(&model, &captured, &secrets()).unwrap();
+    let outbound = &decoded::<Listener>(&s, LISTENER)["virtualOutbound"];
+    let cache = outbound
+        .filter_chains
+        .iter()
+        .find(|c| c.name.ends_with("cache.shop.local"))
+        .unwrap();
+    let ranges: Vec<String> = cache
+        .filter_chain_match
+        .as_ref()
+        .unwrap()
+        .prefix_ranges
+        .iter()
+        .map(|r| r.address_prefix.clone())
+        .collect();
+    // The DNS proxy's answer, and what any other resolver would give.
+    assert_eq!(ranges, ["240.240.1.2", "10.1.0.7"]);
+
+    let names = &decoded::<isthmus_proto::dns::NameTable>(&s, isthmus_proto::dns::NAME_TABLE_TYPE)
+        [isthmus_proto::dns::NAME_TABLE_RESOURCE];
+    assert_eq!(names.table["cache.shop.local"].ips, ["240.240.1.2"]);
+    assert!(
+        !names.table.keys().any(|n| n.contains('*')),
+        "no wildcard: {:?}",
+        names.table.keys()
+    );
+}
+
 fn address_of(a: &isthmus_proto::envoy::envoy::config::core::v3::Address) -> (String, u32) {
     use isthmus_proto::envoy::envoy::config::core::v3::{address, socket_address};
     match &a.address {
