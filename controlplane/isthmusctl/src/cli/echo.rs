@@ -2,7 +2,8 @@
 //! answer naming the service and showing the request (method, path, headers), so a test can
 //! see which backend answered and what the sidecar forwarded (e.g. the caller's identity in
 //! `x-forwarded-client-cert`). `?delay_ms=N` answers after N milliseconds (at most a minute),
-//! for tests of timeouts and draining. With `--grpc-listen` it also serves a gRPC echo
+//! for tests of timeouts and draining; `?status=N` answers with that status (for tests of
+//! retries and outlier detection). With `--grpc-listen` it also serves a gRPC echo
 //! (`echo_grpc.rs`).
 
 use std::collections::BTreeMap;
@@ -80,16 +81,27 @@ impl EchoCommand {
     }
 }
 
-/// The `delay_ms` query parameter, capped at a minute.
-fn delay(request: &Request) -> Option<std::time::Duration> {
-    let ms: u64 = request
+/// The value of query parameter `name`.
+fn query<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
+    request
         .uri()
         .query()?
         .split('&')
-        .find_map(|pair| pair.strip_prefix("delay_ms="))?
-        .parse()
-        .ok()?;
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The `delay_ms` query parameter, capped at a minute.
+fn delay(request: &Request) -> Option<std::time::Duration> {
+    let ms: u64 = query(request, "delay_ms")?.parse().ok()?;
     Some(std::time::Duration::from_millis(ms.min(60_000)))
+}
+
+/// The `status` query parameter, when it is a status code.
+fn status(request: &Request) -> axum::http::StatusCode {
+    query(request, "status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|code| axum::http::StatusCode::from_u16(code).ok())
+        .unwrap_or(axum::http::StatusCode::OK)
 }
 
 fn answer(name: &str, request: &Request) -> axum::response::Response {
@@ -109,5 +121,10 @@ fn answer(name: &str, request: &Request) -> axum::response::Response {
         "path": request.uri().path_and_query().map(ToString::to_string),
         "headers": headers,
     });
-    ([("x-echo-name", name.to_owned())], axum::Json(body)).into_response()
+    (
+        status(request),
+        [("x-echo-name", name.to_owned())],
+        axum::Json(body),
+    )
+        .into_response()
 }
