@@ -11,7 +11,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::envoy::Echo;
+use crate::envoy::{Echo, Envoy};
 use crate::mesh::write;
 use crate::proxy::IsthmusProxy;
 use crate::{Isthmusd, curl_with, free_port};
@@ -192,8 +192,17 @@ pub const ALLOW_RED_CLIENT: &str =
 pub const DENY_RED_CLIENT: &str =
     "  action: DENY\n  rules: [{from: [{source: {principals: [red.local/ns/shop/sa/client]}}]}]";
 
+/// Which federation gateway is a stock Envoy instead of `isthmus-proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvoyGateway {
+    GreenIngress,
+    RedEgress,
+}
+
 /// Two meshes on loopback, each with its own `isthmusd`, CA and trust domain: green's ingress
-/// gateway and ratings sidecar, red's egress gateway and client sidecar, all `isthmus-proxy`.
+/// gateway and ratings sidecar, red's egress gateway and client sidecar, all `isthmus-proxy`
+/// (in that order in `proxies`) unless one gateway is an Envoy (then in `envoy`, and missing
+/// from `proxies`).
 #[derive(Debug)]
 pub struct Federation {
     pub dir: tempfile::TempDir,
@@ -203,6 +212,7 @@ pub struct Federation {
     pub red_root_pem: String,
     _echo: Option<Echo>,
     pub proxies: Vec<IsthmusProxy>,
+    pub envoy: Option<Envoy>,
 }
 
 impl Federation {
@@ -216,12 +226,21 @@ impl Federation {
         let dir = tempfile::tempdir().unwrap();
         let echo = Echo::start(dir.path(), "ratings-v1").unwrap();
         let port = echo.addr.port();
-        Self::start_in(dir, port, Some(echo), isthmusd_args)
+        Self::start_in(dir, port, Some(echo), isthmusd_args, None)
     }
 
     /// With green's ratings application already listening on 127.0.0.1:`app_port`.
     pub fn start_with_app(app_port: u16) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), app_port, None, &[])
+        Self::start_in(tempfile::tempdir().unwrap(), app_port, None, &[], None)
+    }
+
+    /// As [`Federation::start`], with one gateway a stock Envoy 1.40 configured by its
+    /// `isthmusd` (`isthmusctl bootstrap envoy --role federation`).
+    pub fn start_with_envoy(gateway: EnvoyGateway) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let echo = Echo::start(dir.path(), "ratings-v1").unwrap();
+        let port = echo.addr.port();
+        Self::start_in(dir, port, Some(echo), &[], Some(gateway))
     }
 
     fn start_in(
@@ -229,6 +248,7 @@ impl Federation {
         app_port: u16,
         echo: Option<Echo>,
         isthmusd_args: &[&str],
+        envoy_gateway: Option<EnvoyGateway>,
     ) -> Self {
         let ports = Ports {
             ingress: free_port(),
@@ -259,46 +279,68 @@ impl Federation {
         std::fs::create_dir_all(&proxies_dir).unwrap();
         // Each as its own workload identity, on the mTLS port (as `isthmusctl up` runs them).
         let gateway = ["--role".to_owned(), "federation".to_owned()];
-        let proxies = vec![
-            IsthmusProxy::with_identity(
+        let gateway = ["--role".to_owned(), "federation".to_owned()];
+        let mut proxies = Vec::new();
+        let mut envoy = None;
+        if envoy_gateway == Some(EnvoyGateway::GreenIngress) {
+            envoy = Some(envoy_gateway_for(
+                &proxies_dir,
+                &green,
+                "ingress-red",
+                "127.0.20.2",
+            ));
+        } else {
+            proxies.push(IsthmusProxy::with_identity(
                 &proxies_dir,
                 &green,
                 GREEN_INGRESS_NODE,
                 "green-ingress",
                 "spiffe://green.local/ns/istio-system/sa/ingress-red-service-account",
                 &gateway,
-            ),
-            IsthmusProxy::with_identity(
+            ));
+        }
+        proxies.push(IsthmusProxy::with_identity(
+            &proxies_dir,
+            &green,
+            "sidecar~127.0.20.3~ratings-v1.bookinfo~bookinfo.svc.cluster.local",
+            "green-ratings",
+            "spiffe://green.local/ns/bookinfo/sa/ratings",
+            &[
+                "--metadata".to_owned(),
+                format!("APP_PORTS=http={}", ports.ratings_app),
+            ],
+        ));
+        if envoy_gateway == Some(EnvoyGateway::RedEgress) {
+            envoy = Some(envoy_gateway_for(
                 &proxies_dir,
-                &green,
-                "sidecar~127.0.20.3~ratings-v1.bookinfo~bookinfo.svc.cluster.local",
-                "green-ratings",
-                "spiffe://green.local/ns/bookinfo/sa/ratings",
-                &[
-                    "--metadata".to_owned(),
-                    format!("APP_PORTS=http={}", ports.ratings_app),
-                ],
-            ),
-            IsthmusProxy::with_identity(
+                &red,
+                "egress-green",
+                "127.0.10.2",
+            ));
+        } else {
+            proxies.push(IsthmusProxy::with_identity(
                 &proxies_dir,
                 &red,
                 "router~127.0.10.2~egress-green.istio-system~istio-system.svc.cluster.local",
                 "red-egress",
                 "spiffe://red.local/ns/istio-system/sa/egress-green-service-account",
                 &gateway,
-            ),
-            IsthmusProxy::with_identity(
-                &proxies_dir,
-                &red,
-                "sidecar~127.0.10.3~client.shop~shop.svc.cluster.local",
-                "red-client",
-                "spiffe://red.local/ns/shop/sa/client",
-                &[
-                    "--metadata".to_owned(),
-                    format!("OUTBOUND_PORT={}", ports.outbound),
-                ],
-            ),
-        ];
+            ));
+        }
+        proxies.push(IsthmusProxy::with_identity(
+            &proxies_dir,
+            &red,
+            "sidecar~127.0.10.3~client.shop~shop.svc.cluster.local",
+            "red-client",
+            "spiffe://red.local/ns/shop/sa/client",
+            &[
+                "--metadata".to_owned(),
+                format!("OUTBOUND_PORT={}", ports.outbound),
+            ],
+        ));
+        if let Some(envoy) = &envoy {
+            wait_envoy_live(envoy);
+        }
         for proxy in &proxies {
             if let Err(e) = proxy.wait_ready(Duration::from_secs(30)) {
                 panic!(
@@ -317,7 +359,18 @@ impl Federation {
             red_root_pem,
             _echo: echo,
             proxies,
+            envoy,
         }
+    }
+
+    /// Logs of every gateway and sidecar, the last lines of each.
+    pub fn logs(&self) -> String {
+        let tail = |text: String| text.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+        let mut all: Vec<String> = self.proxies.iter().map(|p| tail(p.logs())).collect();
+        if let Some(envoy) = &self.envoy {
+            all.push(tail(envoy.logs()));
+        }
+        all.join("\n-----\n")
     }
 
     /// Waits up to 30 s for a cross-mesh call to pass; on timeout, fails with what each part
@@ -329,14 +382,12 @@ impl Federation {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let tail = |text: String| text.lines().rev().take(15).collect::<Vec<_>>().join("\n");
-        let proxies: Vec<String> = self.proxies.iter().map(|p| tail(p.logs())).collect();
         panic!(
             "no cross-mesh call passed in 30 s: {:?}\nred: {}\ngreen: {}\nproxies (last lines first):\n{}",
             self.call(IMPORTED),
             self.red.http_get("/debug/federation"),
             self.green().http_get("/debug/federation"),
-            proxies.join("\n-----\n")
+            self.logs()
         );
     }
 
@@ -408,4 +459,56 @@ impl Federation {
             ],
         )
     }
+}
+
+/// A stock Envoy as the federation gateway `workload` (in `istio-system`, at `address`),
+/// bootstrapped by `isthmusctl bootstrap envoy --role federation` against `daemon`'s plaintext
+/// xDS port (its certificates come over SDS).
+fn envoy_gateway_for(
+    dir: &std::path::Path,
+    daemon: &Isthmusd,
+    workload: &str,
+    address: &str,
+) -> Envoy {
+    let file = dir.join(format!("envoy-{workload}.json"));
+    let out = crate::isthmusctl(&[
+        "bootstrap",
+        "envoy",
+        "--role",
+        "federation",
+        "--workload",
+        workload,
+        "--namespace",
+        "istio-system",
+        "--address",
+        address,
+        "--xds-address",
+        &daemon.xds.to_string(),
+        "--insecure-plaintext",
+        "--admin-port",
+        "0",
+        "-o",
+        &file.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Envoy::start(dir, workload, &file).unwrap()
+}
+
+/// Waits up to 30 s for an Envoy to be initialised (its listeners and clusters from xDS).
+fn wait_envoy_live(envoy: &Envoy) {
+    for _ in 0..300 {
+        if envoy.admin_get("/ready").trim() == "LIVE" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "Envoy gateway {} not ready in 30 s:\n{}",
+        envoy.name,
+        envoy.logs()
+    );
 }

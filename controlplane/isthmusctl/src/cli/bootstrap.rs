@@ -3,7 +3,9 @@
 //!
 //! The node id is Istio's `sidecar~<ip>~<workload>.<namespace>~<namespace>.svc.cluster.local`;
 //! node metadata carries the application's ports and the outbound listener's port (see
-//! `model::workload`). Over the mTLS port, Envoy authenticates to `isthmusd` with a workload
+//! `model::workload`). With `--role federation` the Envoy is a federation gateway instead: a
+//! `router~…` node with `ISTHMUS_ROLE: federation`, whose listener `isthmusd` derives from the
+//! `ServiceMeshPeer` that names its workload as a gateway. Over the mTLS port, Envoy authenticates to `isthmusd` with a workload
 //! certificate from `isthmusctl cert request` (files in `--tls-dir`); `isthmusd` then sends
 //! configuration only for the workload that certificate names.
 
@@ -67,6 +69,10 @@ pub struct EnvoyBootstrap {
     /// capture to 15001/15006).
     #[arg(long, default_value = "NONE", value_parser = ["NONE", "REDIRECT"])]
     interception_mode: String,
+    /// What the Envoy is: a workload's sidecar, or a federation gateway (ingress or egress:
+    /// which, `isthmusd` knows from the `ServiceMeshPeer`s that name `--workload`).
+    #[arg(long, default_value = "sidecar", value_parser = ["sidecar", "federation"])]
+    role: String,
     /// Use state-of-the-world ADS instead of delta (incremental) ADS.
     #[arg(long)]
     sotw: bool,
@@ -98,6 +104,13 @@ fn socket_address(address: &str, port: u16) -> Value {
 
 impl EnvoyBootstrap {
     fn render(&self) -> anyhow::Result<Value> {
+        if self.role == "federation"
+            && !(self.app_ports.is_empty() && self.outbound_tcp_ports.is_empty())
+        {
+            bail!(
+                "--role federation: a gateway has no application (--app-port, --outbound-tcp-port are a sidecar's)"
+            );
+        }
         for pair in &self.app_ports {
             match pair.split_once('=') {
                 Some((name, port)) if !name.is_empty() && port.parse::<u16>().is_ok() => {}
@@ -110,9 +123,12 @@ impl EnvoyBootstrap {
             .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
             .with_context(|| format!("--xds-address {:?}: expected host:port", self.xds_address))?;
         let ns = &self.namespace;
+        let gateway = self.role == "federation";
         let node_id = format!(
-            "sidecar~{}~{}.{ns}~{ns}.svc.cluster.local",
-            self.address, self.workload
+            "{}~{}~{}.{ns}~{ns}.svc.cluster.local",
+            if gateway { "router" } else { "sidecar" },
+            self.address,
+            self.workload
         );
         let mut xds_cluster = json!({
             "name": "xds-grpc",
@@ -164,18 +180,27 @@ impl EnvoyBootstrap {
             });
         }
         let ads = json!({"ads": {}, "resource_api_version": "V3"});
+        let metadata = if gateway {
+            json!({
+                "ISTHMUS_ROLE": "federation",
+                "NAMESPACE": ns,
+                "WORKLOAD_NAME": self.workload,
+            })
+        } else {
+            json!({
+                "APP_PORTS": self.app_ports.join(","),
+                "OUTBOUND_PORT": self.outbound_port.to_string(),
+                "INTERCEPTION_MODE": self.interception_mode,
+                "OUTBOUND_TCP_PORTS": self.outbound_tcp_ports.join(","),
+                "NAMESPACE": ns,
+                "WORKLOAD_NAME": self.workload,
+            })
+        };
         Ok(json!({
             "node": {
                 "id": node_id,
                 "cluster": format!("{}.{ns}", self.workload),
-                "metadata": {
-                    "APP_PORTS": self.app_ports.join(","),
-                    "OUTBOUND_PORT": self.outbound_port.to_string(),
-                    "INTERCEPTION_MODE": self.interception_mode,
-                    "OUTBOUND_TCP_PORTS": self.outbound_tcp_ports.join(","),
-                    "NAMESPACE": ns,
-                    "WORKLOAD_NAME": self.workload,
-                }
+                "metadata": metadata
             },
             "admin": {"address": socket_address("127.0.0.1", self.admin_port)},
             "dynamic_resources": {

@@ -285,7 +285,9 @@ fn the_ingress_gateway_admits_the_peers_client_id_to_what_is_exported_only() {
         domains,
         [
             "reviews.bookinfo.svc.green-exports.local:9080",
-            "discovery.federation.local"
+            "discovery.federation.local",
+            // Any port, also for Envoy, which matches a port-less domain only without one.
+            "discovery.federation.local:*"
         ]
     );
     let reviews = gw

@@ -295,13 +295,16 @@ fn ingress(model: &MeshModel, peer: &Peer, clusters: &mut Vec<Cluster>) -> Optio
             ));
         }
     }
-    // The peer's control plane watching our exports (any port: the name decides).
+    // The peer's control plane watching our exports (any port: the name decides; Envoy
+    // matches a domain without a port only against an authority without one, so the port
+    // wildcard too).
     if let Some(address) = &model.discovery_address {
         server_names.push(DISCOVERY_AUTHORITY.to_owned());
-        virtual_hosts.push(connect_host(
-            DISCOVERY_AUTHORITY,
-            FEDERATION_DISCOVERY_CLUSTER,
-        ));
+        let mut discovery_host = connect_host(DISCOVERY_AUTHORITY, FEDERATION_DISCOVERY_CLUSTER);
+        discovery_host
+            .domains
+            .push(format!("{DISCOVERY_AUTHORITY}:*"));
+        virtual_hosts.push(discovery_host);
         let mut discovery =
             static_cluster(FEDERATION_DISCOVERY_CLUSTER, std::slice::from_ref(address));
         discovery.metadata = Some(gateway_metadata(None, Some(DISCOVERY_AUTHORITY)));
