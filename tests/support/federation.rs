@@ -279,7 +279,6 @@ impl Federation {
         std::fs::create_dir_all(&proxies_dir).unwrap();
         // Each as its own workload identity, on the mTLS port (as `isthmusctl up` runs them).
         let gateway = ["--role".to_owned(), "federation".to_owned()];
-        let gateway = ["--role".to_owned(), "federation".to_owned()];
         let mut proxies = Vec::new();
         let mut envoy = None;
         if envoy_gateway == Some(EnvoyGateway::GreenIngress) {
