@@ -104,6 +104,9 @@ pub enum NodeRole {
     Sidecar,
     /// A gateway: in Isthmus, a federation ingress or egress gateway of some peer.
     Router,
+    /// A proxyless gRPC client: a `sidecar~` node whose metadata says `GENERATOR: grpc`
+    /// (Istio's), gRPC's own xDS client in the application.
+    Proxyless,
 }
 
 /// How traffic reaches a sidecar (Istio's `INTERCEPTION_MODE` node metadata).
@@ -165,6 +168,16 @@ impl ProxyNode {
                 )));
             }
         }
+        let role = match metadata.get("GENERATOR").map(String::as_str) {
+            Some("grpc") if role == NodeRole::Sidecar => NodeRole::Proxyless,
+            Some("grpc") => {
+                return Err(err(
+                    "metadata GENERATOR \"grpc\" (a proxyless gRPC client) needs a sidecar~ node id"
+                        .into(),
+                ));
+            }
+            _ => role,
+        };
         let namespace = domain.split('.').next().unwrap_or_default();
         let workload = workload_ns
             .strip_suffix(&format!(".{namespace}"))

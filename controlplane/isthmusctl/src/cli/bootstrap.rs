@@ -23,6 +23,75 @@ use isthmus_controlplane::daemon::control_plane_identity;
 pub enum BootstrapCommand {
     /// Write an Envoy (v3) bootstrap for the sidecar of a workload.
     Envoy(EnvoyBootstrap),
+    /// Write the xDS bootstrap of a proxyless gRPC client (`GRPC_XDS_BOOTSTRAP`), for
+    /// `xds:///<host>:<port>` targets.
+    Grpc(GrpcBootstrap),
+}
+
+#[derive(Debug, Args)]
+pub struct GrpcBootstrap {
+    /// The WorkloadEntry the client application runs as.
+    #[arg(long)]
+    workload: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's address (the node id's IP field).
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// isthmusd's plaintext xDS address (--xds-plaintext-addr).
+    #[arg(long)]
+    xds_address: String,
+    /// Required: the client connects without TLS to an isthmusd started with
+    /// --xds-plaintext-addr (loopback only; it trusts the node id). gRPC's bootstrap cannot
+    /// check isthmusd's SPIFFE identity, so there is no mTLS form yet.
+    #[arg(long, required = true)]
+    insecure_plaintext: bool,
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+impl GrpcBootstrap {
+    fn render(&self) -> anyhow::Result<Value> {
+        let ns = &self.namespace;
+        if self
+            .xds_address
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
+            bail!("--xds-address {:?}: expected host:port", self.xds_address);
+        }
+        Ok(json!({
+            "xds_servers": [{
+                "server_uri": self.xds_address,
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"]
+            }],
+            "node": {
+                "id": format!("sidecar~{}~{}.{ns}~{ns}.svc.cluster.local", self.address, self.workload),
+                "cluster": format!("{}.{ns}", self.workload),
+                "metadata": {
+                    "GENERATOR": "grpc",
+                    "NAMESPACE": ns,
+                    "WORKLOAD_NAME": self.workload,
+                },
+                "locality": {}
+            }
+        }))
+    }
+}
+
+fn write_json(value: &Value, output: Option<&PathBuf>) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    match output {
+        Some(path) => {
+            std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            println!("{text}");
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -84,16 +153,8 @@ pub struct EnvoyBootstrap {
 impl BootstrapCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
-            Self::Envoy(b) => {
-                let bootstrap = b.render()?;
-                let text = serde_json::to_string_pretty(&bootstrap)?;
-                match &b.output {
-                    Some(path) => std::fs::write(path, text + "\n")
-                        .with_context(|| format!("writing {}", path.display()))?,
-                    None => println!("{text}"),
-                }
-                Ok(())
-            }
+            Self::Envoy(b) => write_json(&b.render()?, b.output.as_ref()),
+            Self::Grpc(b) => write_json(&b.render()?, b.output.as_ref()),
         }
     }
 }

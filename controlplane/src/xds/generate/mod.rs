@@ -24,6 +24,7 @@ mod gateway_tests;
 mod gateways;
 mod listeners;
 mod names;
+mod proxyless;
 mod rbac;
 mod routes;
 mod secrets;
@@ -143,8 +144,10 @@ pub fn proxy_snapshot_with_view(
     view: &OutboundView,
     secrets: &ProxySecrets,
 ) -> ProxySnapshot {
-    if node.role == NodeRole::Router {
-        return gateway_snapshot(model, workload, secrets);
+    match node.role {
+        NodeRole::Router => return gateway_snapshot(model, workload, secrets),
+        NodeRole::Proxyless => return proxyless::proxyless_snapshot(model, workload),
+        NodeRole::Sidecar => {}
     }
     let mut inbound = listeners::inbound(model, node, workload);
     telemetry::label_clusters(model, Some(workload), &mut inbound.clusters);
@@ -225,6 +228,11 @@ fn gateway_snapshot(
         )
         .with(ENDPOINT, TypeResources::default())
         .with(SECRET, secrets)
+}
+
+/// Named messages as one type's resources.
+fn resources_of<M: Message + Name>(messages: &[M], name: impl Fn(&M) -> &String) -> TypeResources {
+    TypeResources::new(messages.iter().map(|m| (name(m).clone(), pack(m))))
 }
 
 /// A message as `Any`, with its type URL.

@@ -935,3 +935,61 @@ fn address_of(a: &isthmus_proto::envoy::envoy::config::core::v3::Address) -> (St
         _ => panic!("not a socket address"),
     }
 }
+
+#[test]
+fn a_proxyless_grpc_client_gets_api_listeners_plaintext_eds_clusters_and_weighted_localities() {
+    let grpc_node = ProxyNode::from_metadata(
+        "sidecar~127.0.0.1~web.shop~shop.svc.cluster.local",
+        &BTreeMap::from([("GENERATOR".to_owned(), "grpc".to_owned())]),
+    )
+    .unwrap();
+    assert_eq!(grpc_node.role, NodeRole::Proxyless);
+    let model = model("");
+    let s = proxy_snapshot(&model, &grpc_node, &secrets()).unwrap();
+    let listeners = decoded::<Listener>(&s, LISTENER);
+    // Named as the client's target; the first HTTP port also under the bare host.
+    let reviews = &listeners["reviews.shop.local:9080"];
+    assert!(listeners.contains_key("reviews.shop.local"));
+    assert!(reviews.address.is_none() && reviews.filter_chains.is_empty());
+    let any = reviews
+        .api_listener
+        .as_ref()
+        .and_then(|a| a.api_listener.as_ref())
+        .unwrap();
+    let hcm = isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["envoy.filters.http.router"]);
+    // TCP ports are not gRPC's.
+    assert!(
+        !listeners.keys().any(|k| k.contains(":7000")),
+        "{listeners:?}"
+    );
+    // No transport socket (SDS is not gRPC's), no DNS clusters, no inbound, no secrets.
+    let clusters = clusters(&s);
+    assert!(clusters.contains_key("outbound|9080||reviews.shop.local"));
+    assert!(clusters.values().all(|c| c.transport_socket.is_none()));
+    assert!(
+        !clusters
+            .keys()
+            .any(|k| k.contains("httpbin") || k.starts_with("inbound"))
+    );
+    assert!(s.get(SECRET).is_none_or(TypeResources::is_empty));
+    // Every locality weighted (gRPC drops a locality without a weight).
+    let endpoints = decoded::<ClusterLoadAssignment>(&s, ENDPOINT);
+    let reviews = &endpoints["outbound|9080||reviews.shop.local"];
+    assert!(!reviews.endpoints.is_empty());
+    for locality in &reviews.endpoints {
+        let weight = locality.load_balancing_weight.map(|w| w.value);
+        assert_eq!(
+            weight,
+            Some(u32::try_from(locality.lb_endpoints.len()).unwrap())
+        );
+    }
+    // A router node cannot be a proxyless client.
+    let err = ProxyNode::from_metadata(
+        "router~127.0.0.1~gw.shop~shop.svc.cluster.local",
+        &BTreeMap::from([("GENERATOR".to_owned(), "grpc".to_owned())]),
+    )
+    .unwrap_err();
+    assert!(err.reason.contains("GENERATOR"), "{err}");
+}

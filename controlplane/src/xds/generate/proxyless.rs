@@ -1,0 +1,128 @@
+//! What a proxyless gRPC client gets: gRPC's own xDS client (grpc-go, grpc-java, grpcio with an
+//! `xds:///host:port` target; gRPC proposals A27 and later), as Istio serves it to nodes whose
+//! metadata says `GENERATOR: grpc`.
+//!
+//! - LDS: one API listener per HTTP (and gRPC) port of every visible service, named as the
+//!   client's target (`<host>:<port>`, and `<host>` for the service's first HTTP port), whose
+//!   connection manager carries its route configuration inline: the virtual host the sidecar
+//!   would route that port by (so a `VirtualService`'s matches, weights, retries and timeouts
+//!   hold), and the router as the only filter;
+//! - CDS: the sidecar's EDS clusters without the transport socket (a plaintext client; the
+//!   certificates of a sidecar come over SDS, which gRPC does not speak), with their load
+//!   balancing, outlier detection and circuit breakers;
+//! - EDS: the sidecar's endpoints, each locality weighted by its endpoints' weights (gRPC
+//!   drops a locality without a weight; Envoy ignores the weight without locality-weighted
+//!   balancing).
+//!
+//! gRPC subscribes to LDS and CDS resources by name and ignores the others, so every client
+//! of a view gets the same resources. No RDS, no SDS.
+
+use isthmus_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use isthmus_proto::envoy::envoy::config::listener::v3::{ApiListener, Listener};
+use isthmus_proto::envoy::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+
+use isthmus_proto::envoy::google::protobuf::UInt32Value;
+
+use super::listeners::router;
+use super::{clusters, endpoints, pack, resources_of, routes, visibility};
+use crate::model::{MeshModel, Workload};
+use crate::xds::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, ROUTE, TypeResources};
+
+/// Everything a proxyless gRPC client of `workload` is sent.
+pub fn proxyless_snapshot(model: &MeshModel, workload: &Workload) -> ProxySnapshot {
+    let visible = visibility::visible_services(model, workload);
+    let route = routes::outbound_routes(model, workload, &visible);
+    let hosts: Vec<&str> = visible.iter().map(|s| s.key.hostname.as_str()).collect();
+    let listeners: Vec<Listener> = route
+        .virtual_hosts
+        .iter()
+        .flat_map(|vh| api_listeners(vh, &hosts))
+        .collect();
+    let clusters: Vec<Cluster> = clusters::outbound(model, &visible)
+        .into_iter()
+        .filter_map(plaintext_eds)
+        .collect();
+    let mut endpoints = endpoints::outbound(model, workload, &visible);
+    for assignment in &mut endpoints {
+        weigh_localities(assignment);
+    }
+    ProxySnapshot::default()
+        .with(LISTENER, resources_of(&listeners, |l| &l.name))
+        .with(ROUTE, TypeResources::default())
+        .with(CLUSTER, resources_of(&clusters, |c| &c.name))
+        .with(ENDPOINT, resources_of(&endpoints, |e| &e.cluster_name))
+}
+
+/// The API listeners of one virtual host: its `host:port` name, and the bare host when the
+/// virtual host answers to it (the first HTTP port).
+fn api_listeners(vh: &VirtualHost, hosts: &[&str]) -> Vec<Listener> {
+    let mut names = vec![vh.name.clone()];
+    if let Some((host, _port)) = vh.name.rsplit_once(':')
+        && hosts.contains(&host)
+        && vh.domains.iter().any(|d| d == host)
+    {
+        names.push(host.to_owned());
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let hcm = HttpConnectionManager {
+                stat_prefix: name.clone(),
+                route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
+                    RouteConfiguration {
+                        name: name.clone(),
+                        virtual_hosts: vec![vh.clone()],
+                        ..Default::default()
+                    },
+                )),
+                http_filters: vec![router()],
+                ..Default::default()
+            };
+            Listener {
+                name,
+                api_listener: Some(ApiListener {
+                    api_listener: Some(pack(&hcm)),
+                }),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// An EDS cluster as a plaintext gRPC client uses it; other kinds (DNS, original destination)
+/// are left out, and a route to them fails as to a cluster that does not exist.
+fn plaintext_eds(mut c: Cluster) -> Option<Cluster> {
+    let eds = matches!(
+        c.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(t)) if t == cluster::DiscoveryType::Eds as i32
+    );
+    if !eds {
+        return None;
+    }
+    c.transport_socket = None;
+    c.transport_socket_matches.clear();
+    c.typed_extension_protocol_options.clear();
+    Some(c)
+}
+
+/// Gives every locality without a weight the sum of its endpoints' weights (1 each unless
+/// set).
+fn weigh_localities(assignment: &mut ClusterLoadAssignment) {
+    for locality in &mut assignment.endpoints {
+        if locality.load_balancing_weight.is_some() {
+            continue;
+        }
+        let weight: u32 = locality
+            .lb_endpoints
+            .iter()
+            .map(|e| e.load_balancing_weight.map_or(1, |w| w.value.max(1)))
+            .fold(0u32, u32::saturating_add);
+        if weight > 0 {
+            locality.load_balancing_weight = Some(UInt32Value { value: weight });
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Proxyless gRPC: grpcio's own xDS client (Python, `xds:///` target, a bootstrap written by
+//! `isthmusctl bootstrap grpc`) configured by `isthmusd` with no sidecar. Three gRPC echo
+//! servers (`isthmusctl echo --grpc-listen`) are the endpoints of `ratings`: two of subset v1,
+//! one of v2; a `VirtualService` splits 90/10 between the subsets. Over 1,000 calls the split
+//! holds within ±5 points, both v1 endpoints are used evenly, and `isthmusd` shows the client
+//! with every type ACKed and no NACK.
+
+#![allow(clippy::unwrap_used)]
+// test helpers: a failed unwrap is a failed test
+// Wall-clock time is right here: these tests drive real processes.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use isthmus_e2e::mesh::write;
+use isthmus_e2e::{Isthmusd, bin, isthmusctl};
+use serde_json::Value;
+
+const TARGET: &str = "xds:///ratings.shop.svc.cluster.local:9080";
+const CLIENT_NODE: &str = "sidecar~127.0.0.1~client.shop~shop.svc.cluster.local";
+
+/// `isthmusctl echo` serving gRPC as `name`; killed on drop.
+struct GrpcEcho {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl GrpcEcho {
+    fn start(dir: &Path, name: &str) -> Self {
+        let file = dir.join(format!("{name}.grpc-addr"));
+        let mut child = Command::new(bin("isthmusctl"))
+            .args(["echo", "--listen", "127.0.0.1:0", "--name", name])
+            .args(["--grpc-listen", "127.0.0.1:0", "--grpc-address-file"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(addr) = text.trim().parse()
+            {
+                return Self { child, addr };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{name} did not publish its gRPC address");
+    }
+}
+
+impl Drop for GrpcEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mesh(endpoints: &[(&GrpcEcho, &str)]) -> String {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(echo, version)| {
+            format!(
+                "  - {{address: 127.0.0.1, ports: {{grpc: {}}}, labels: {{version: {version}}}}}\n",
+                echo.addr.port()
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: shop}}
+spec: {{address: 127.0.0.1, serviceAccount: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: shop}}
+spec:
+  hosts: [ratings.shop.svc.cluster.local]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: grpc, protocol: GRPC}}]
+  endpoints:
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings, namespace: shop}}
+spec:
+  host: ratings.shop.svc.cluster.local
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: shop}}
+spec:
+  hosts: [ratings.shop.svc.cluster.local]
+  http:
+  - route:
+    - {{destination: {{host: ratings.shop.svc.cluster.local, subset: v1}}, weight: 90}}
+    - {{destination: {{host: ratings.shop.svc.cluster.local, subset: v2}}, weight: 10}}
+"
+    )
+}
+
+/// The client: `calls` unary calls on one channel, counting which server answered (field 1 of
+/// `EchoReply`, decoded by hand so the test needs no generated stubs).
+const CLIENT: &str = r#"
+import collections, json, sys
+import grpc
+target, calls = sys.argv[1], int(sys.argv[2])
+channel = grpc.insecure_channel(target)
+unary = channel.unary_unary(
+    "/isthmus.echo.v1.Echo/Unary",
+    request_serializer=lambda b: b,
+    response_deserializer=lambda b: b,
+)
+counts = collections.Counter()
+for i in range(calls):
+    reply = unary(b"\x0a\x02hi", timeout=10, wait_for_ready=(i == 0))
+    assert reply[0] == 0x0A, reply
+    counts[reply[2 : 2 + reply[1]].decode()] += 1
+print(json.dumps(counts))
+"#;
+
+fn run_client(dir: &Path, bootstrap: &Path, calls: u32) -> BTreeMap<String, u32> {
+    let script = dir.join("client.py");
+    std::fs::write(&script, CLIENT).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([TARGET, &calls.to_string()])
+        .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_grpcio_xds_client_balances_and_follows_a_90_10_split_with_every_type_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        GrpcEcho::start(dir.path(), "v1-a"),
+        GrpcEcho::start(dir.path(), "v1-b"),
+        GrpcEcho::start(dir.path(), "v2"),
+    );
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    write(
+        &dir.path().join("config"),
+        "mesh.yaml",
+        &mesh(&[(&a, "v1"), (&b, "v1"), (&c, "v2")]),
+    );
+    let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
+    let bootstrap = dir.path().join("grpc-bootstrap.json");
+    let out = isthmusctl(&[
+        "bootstrap",
+        "grpc",
+        "--workload",
+        "client",
+        "--namespace",
+        "shop",
+        "--xds-address",
+        &daemon.xds.to_string(),
+        "--insecure-plaintext",
+        "-o",
+        &bootstrap.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let counts = run_client(dir.path(), &bootstrap, 1000);
+    let count = |name: &str| counts.get(name).copied().unwrap_or(0);
+    assert_eq!(counts.values().sum::<u32>(), 1000, "{counts:?}");
+    let v1 = count("v1-a") + count("v1-b");
+    assert!(
+        (850..=950).contains(&v1),
+        "90/10 within ±5 points: {counts:?}"
+    );
+    // Round robin over v1's two endpoints.
+    assert!(
+        count("v1-a").abs_diff(count("v1-b")) <= v1 / 5,
+        "balanced over both v1 endpoints: {counts:?}"
+    );
+
+    // `isthmusd`'s view of the client: a SotW stream, every type it asked for ACKed, no NACK.
+    // Read from a second client kept running (the first has gone, and its stream with it).
+    let mut client = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import grpc, time, sys\n\
+             ch = grpc.insecure_channel(sys.argv[1])\n\
+             u = ch.unary_unary('/isthmus.echo.v1.Echo/Unary', request_serializer=lambda b: b, response_deserializer=lambda b: b)\n\
+             u(b'\\x0a\\x02hi', timeout=10, wait_for_ready=True)\n\
+             print('ready', flush=True)\n\
+             time.sleep(30)\n",
+        )
+        .arg(TARGET)
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let stream = (0..50)
+        .find_map(|_| {
+            let status: Value = serde_json::from_str(&daemon.http_get("/debug/xds")).unwrap();
+            let stream = status["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["node"] == CLIENT_NODE)
+                .cloned();
+            let acked = stream.as_ref().is_some_and(|s| {
+                s["types"].as_array().unwrap().len() == 3
+                    && s["types"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|t| t["acked"].is_string() && t["acked"] == t["sent"])
+            });
+            if acked {
+                stream
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            }
+        })
+        .unwrap_or_else(|| panic!("{}", daemon.http_get("/debug/xds")));
+    // `isthmusctl status` lists it with its versions.
+    let out = isthmusctl(&["status", "--debug-addr", &daemon.debug.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(text.contains(CLIENT_NODE), "{text}");
+    for t in stream["types"].as_array().unwrap() {
+        assert!(text.contains(t["acked"].as_str().unwrap()), "{text}");
+    }
+    assert!(!text.contains("NACK"), "{text}");
+    assert_eq!(stream["protocol"], "sotw", "{stream:#}");
+    let types: Vec<&str> = stream["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["typeUrl"].as_str().unwrap())
+        .collect();
+    for url in [
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+    ] {
+        assert!(types.contains(&url), "{url}: {stream:#}");
+    }
+    for t in stream["types"].as_array().unwrap() {
+        assert!(t["nack"].is_null(), "{stream:#}");
+    }
+}
