@@ -31,8 +31,11 @@
 //! `iptables-restore` splits its lines on blanks, and an option's argument is the word after it
 //! even when it starts with `-`).
 //!
-//! The rules are one `iptables-restore --noflush` script for the `nat` table, so they are
-//! installed all at once or not at all; `--dry-run` prints it.
+//! The rules are one `iptables-restore --noflush` script: with `--capture-dns` the `raw` table's
+//! conntrack zones first, then the `nat` table. `iptables-nft` applies it as one transaction;
+//! legacy `iptables-restore` commits table by table and stops at the first that fails, so the
+//! redirects are installed whole or not at all either way (at worst the zones alone, which
+//! change nothing without them). `--dry-run` prints it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -270,9 +273,16 @@ fn interfaces(text: &str) -> Result<Vec<Interface>, String> {
 
 impl CaptureArgs {
     /// The `iptables-restore --noflush` script of the `nat` table, DNS captured (with
-    /// `--capture-dns`) to `name_servers` (all with `--capture-all-dns`).
+    /// `--capture-dns`) to `name_servers` (all with `--capture-all-dns`), after the `raw`
+    /// table's conntrack zones of captured DNS.
     pub fn script(&self, name_servers: &[Ipv4Addr]) -> String {
-        let mut s = String::from("*nat\n");
+        let mut s = String::new();
+        // First: where a table is committed on its own (legacy iptables), a kernel without
+        // the CT target fails the script before any redirect is in place.
+        if self.capture_dns {
+            self.dns_zones(&mut s, name_servers);
+        }
+        s.push_str("*nat\n");
         for chain in [INBOUND, IN_REDIRECT, OUTPUT, REDIRECT] {
             let _ = writeln!(s, ":{chain} - [0:0]");
         }
@@ -292,9 +302,6 @@ impl CaptureArgs {
             self.outbound_port
         );
         s.push_str("COMMIT\n");
-        if self.capture_dns {
-            self.dns_zones(&mut s, name_servers);
-        }
         s
     }
 
@@ -583,7 +590,17 @@ mod tests {
             at("-A OUTPUT -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2")
                 < app_zone
         );
-        assert!(script.ends_with("COMMIT\n"));
+        assert!(script.starts_with("*raw\n") && script.ends_with("COMMIT\n"));
+        assert!(at("*raw") < at("*nat"), "zones before redirects\n{script}");
+        // With every server: Istio's rules, no address.
+        for line in [
+            "-A OUTPUT -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1",
+            "-A OUTPUT -p udp --dport 53 -j CT --zone 2",
+            "-A PREROUTING -p udp --sport 53 -j CT --zone 1",
+            "-A OUTPUT -p udp --sport 5353 -m owner --uid-owner 1337 -j CT --zone 2",
+        ] {
+            assert!(all.lines().any(|l| l == line), "{line}\n{all}");
+        }
         // Off by default.
         let plain = args(&[]).script(&servers);
         assert!(!plain.contains("ISTHMUS_DNS") && !plain.contains("*raw"));

@@ -36,11 +36,13 @@ fn cert(f: &Federation, daemon: &Isthmusd, identity: &str) -> PathBuf {
     request_cert(daemon, &dir, identity)
 }
 
-/// A refusal in the TLS handshake (an alert, or the connection closed).
+/// The gateway refused the connection in the TLS handshake: it sent an alert, reset or closed
+/// the connection (not the probe refusing the gateway's certificate).
 fn refused_in_handshake(out: &Result<u16, ProbeError>) -> bool {
     // A TLS 1.3 server refuses a client certificate after the client's side of the handshake
-    // is done: the alert then comes with the first read.
-    matches!(out, Err(e) if e.stage == Stage::Tls || e.tls_alert().is_some())
+    // is done: the alert then comes with the first read, at the CONNECT stage.
+    matches!(out, Err(e) if matches!(e.stage, Stage::Tls | Stage::Http2 | Stage::Connect)
+        && (e.tls_alert().is_some() || e.is_reset() || e.is_closed()))
 }
 
 /// The cross-mesh call passes, green's workload answers and sees red's client identity, and

@@ -5,11 +5,17 @@
 //! - LDS: one API listener per HTTP (and gRPC) port of every visible service, named as the
 //!   client's target (`<host>:<port>`, and `<host>` for the service's first HTTP port), whose
 //!   connection manager carries its route configuration inline: the virtual host the sidecar
-//!   would route that port by (so a `VirtualService`'s matches, weights, retries and timeouts
-//!   hold), and the router as the only filter;
+//!   would route that port by (so a `VirtualService`'s matches, weights and retries hold; a
+//!   route timeout becomes gRPC's `max_stream_duration`, a zero retry count no retry policy,
+//!   both of which gRPC reads differently from Envoy), and the router as the only filter;
 //! - CDS: the sidecar's EDS clusters without the transport socket (a plaintext client; the
-//!   certificates of a sidecar come over SDS, which gRPC does not speak), with their load
-//!   balancing, outlier detection and circuit breakers;
+//!   certificates of a sidecar come over SDS, which gRPC does not speak), round robin where the
+//!   sidecar would use least request or random (gRPC's core has neither), with circuit
+//!   breakers;
+//!
+//! Services reached only through a peer (imported ones) are left out, and so are endpoints
+//! that lead to a peer (`importAsLocal`): their path starts with an mTLS session whose SNI the
+//! egress gateway routes by, which a plaintext client cannot open.
 //! - EDS: the sidecar's endpoints, each locality weighted by its endpoints' weights (gRPC
 //!   drops a locality without a weight; Envoy ignores the weight without locality-weighted
 //!   balancing).
@@ -20,7 +26,9 @@
 use isthmus_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
 use isthmus_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use isthmus_proto::envoy::envoy::config::listener::v3::{ApiListener, Listener};
-use isthmus_proto::envoy::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use isthmus_proto::envoy::envoy::config::route::v3::{
+    RouteAction, RouteConfiguration, VirtualHost, route, route_action,
+};
 use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
@@ -29,13 +37,34 @@ use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
 use super::listeners::router;
 use super::{clusters, endpoints, pack, resources_of, routes, visibility};
-use crate::model::{MeshModel, Workload};
+use crate::model::{MeshModel, Service, Workload};
 use crate::xds::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, ROUTE, TypeResources};
 
 /// Everything a proxyless gRPC client of `workload` is sent.
 pub fn proxyless_snapshot(model: &MeshModel, workload: &Workload) -> ProxySnapshot {
-    let visible = visibility::visible_services(model, workload);
-    let route = routes::outbound_routes(model, workload, &visible);
+    let local: Vec<Service> = visibility::visible_services(model, workload)
+        .into_iter()
+        .filter(|s| s.imported_from.is_none())
+        .map(|s| Service {
+            endpoints: s
+                .endpoints
+                .iter()
+                .filter(|e| e.via_peer.is_none())
+                .cloned()
+                .collect(),
+            failover: Vec::new(),
+            ..s.clone()
+        })
+        .collect();
+    let visible: Vec<&Service> = local.iter().collect();
+    let mut route = routes::outbound_routes(model, workload, &visible);
+    for vh in &mut route.virtual_hosts {
+        for r in &mut vh.routes {
+            if let Some(route::Action::Route(action)) = &mut r.action {
+                for_grpc(action);
+            }
+        }
+    }
     let hosts: Vec<&str> = visible.iter().map(|s| s.key.hostname.as_str()).collect();
     let listeners: Vec<Listener> = route
         .virtual_hosts
@@ -106,7 +135,30 @@ fn plaintext_eds(mut c: Cluster) -> Option<Cluster> {
     c.transport_socket = None;
     c.transport_socket_matches.clear();
     c.typed_extension_protocol_options.clear();
+    if c.lb_policy != cluster::LbPolicy::RingHash as i32 {
+        c.lb_policy = cluster::LbPolicy::RoundRobin as i32;
+        c.lb_config = None;
+    }
     Some(c)
+}
+
+/// What gRPC reads differently from Envoy in a route: the timeout is `max_stream_duration`
+/// (A31: `timeout` is ignored), and a retry policy with no retries is refused (A44) where
+/// Envoy reads it as "no retries".
+fn for_grpc(action: &mut RouteAction) {
+    if let Some(timeout) = action.timeout.filter(|t| t.seconds > 0 || t.nanos > 0) {
+        action.max_stream_duration = Some(route_action::MaxStreamDuration {
+            max_stream_duration: Some(timeout),
+            ..Default::default()
+        });
+    }
+    if action
+        .retry_policy
+        .as_ref()
+        .is_some_and(|p| p.num_retries.is_some_and(|n| n.value == 0))
+    {
+        action.retry_policy = None;
+    }
 }
 
 /// Gives every locality without a weight the sum of its endpoints' weights (1 each unless

@@ -968,6 +968,12 @@ fn a_proxyless_grpc_client_gets_api_listeners_plaintext_eds_clusters_and_weighte
     let clusters = clusters(&s);
     assert!(clusters.contains_key("outbound|9080||reviews.shop.local"));
     assert!(clusters.values().all(|c| c.transport_socket.is_none()));
+    // Round robin where a sidecar has least request (no DestinationRule): gRPC's core has
+    // no least request.
+    assert_eq!(
+        clusters["outbound|9080||reviews.shop.local"].lb_policy,
+        cluster::LbPolicy::RoundRobin as i32
+    );
     assert!(
         !clusters
             .keys()
