@@ -144,6 +144,13 @@ pub struct WorkloadEntrySpec {
 
 const KNOWN_PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"];
 
+/// Istio's protocols that it carries as opaque TCP unless a protocol filter is enabled (and
+/// `GRPC-WEB`, routed as gRPC): accepted, and carried the same way here.
+const OPAQUE_PROTOCOLS: &[&str] = &["MONGO", "REDIS", "MYSQL", "GRPC-WEB"];
+
+/// Istio's protocols that Isthmus does not carry.
+const UNSUPPORTED_PROTOCOLS: &[&str] = &["UDP", "HTTP_PROXY"];
+
 /// `spec.hosts`: at least one, each a valid host name.
 fn validate_hosts(v: &mut Validator, hosts: &[String]) {
     v.check(
@@ -198,11 +205,25 @@ impl Validate for ServiceEntry {
                 validate_port(v, &format!("spec.ports[{i}].targetPort"), target);
             }
             if let Some(p) = &port.protocol {
-                v.check(
-                    KNOWN_PROTOCOLS.contains(&p.to_ascii_uppercase().as_str()),
-                    format!("spec.ports[{i}].protocol"),
-                    format!("{p:?} is not one of {}", KNOWN_PROTOCOLS.join(", ")),
-                );
+                let upper = p.to_ascii_uppercase();
+                if UNSUPPORTED_PROTOCOLS.contains(&upper.as_str()) {
+                    v.check(
+                        false,
+                        format!("spec.ports[{i}].protocol"),
+                        format!("{p} is not supported by Isthmus"),
+                    );
+                } else {
+                    v.check(
+                        KNOWN_PROTOCOLS.contains(&upper.as_str())
+                            || OPAQUE_PROTOCOLS.contains(&upper.as_str()),
+                        format!("spec.ports[{i}].protocol"),
+                        format!(
+                            "{p:?} is not one of {}, {}",
+                            KNOWN_PROTOCOLS.join(", "),
+                            OPAQUE_PROTOCOLS.join(", ")
+                        ),
+                    );
+                }
             }
         }
         v.check(
@@ -543,7 +564,16 @@ const RETRY_ON: &[&str] = &[
 impl Validate for VirtualService {
     fn validate(&self, v: &mut Validator) {
         let s = &self.spec;
-        validate_hosts(v, &s.hosts);
+        if s.hosts.is_empty() {
+            // A delegate (child) VirtualService, which a parent's `delegate` names.
+            v.check(
+                false,
+                "spec.hosts",
+                "a VirtualService without hosts is a delegate: delegation is not supported by Isthmus",
+            );
+        } else {
+            validate_hosts(v, &s.hosts);
+        }
         v.check(
             !s.http.is_empty() || !s.tcp.is_empty(),
             "spec",

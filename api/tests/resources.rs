@@ -276,7 +276,7 @@ fn all_semantic_errors_are_reported_at_once() {
         {"route": [{"destination": {"host": "a"}, "weight": 10}, {"destination": {"host": "b"}}]},
         {"directResponse": {"status": 99}}]})));
     assert!(
-        errs.contains(&"spec.hosts: at least one host is required".to_owned()),
+        errs.contains(&"spec.hosts: a VirtualService without hosts is a delegate: delegation is not supported by Isthmus".to_owned()),
         "{errs:?}"
     );
     assert!(
@@ -308,4 +308,28 @@ fn hostile_values_never_panic() {
     ] {
         let _ = parse(doc);
     }
+}
+
+#[test]
+fn istios_opaque_protocols_are_accepted_and_udp_is_not_supported() {
+    let se = |protocol: &str| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"hosts": ["db.shop.local"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+                "ports": [{"number": 27017, "name": "db", "protocol": protocol}]}})
+    };
+    for protocol in [
+        "MONGO", "REDIS", "MYSQL", "GRPC-WEB", "mongo", "TCP", "HTTP",
+    ] {
+        assert!(parse(se(protocol)).is_ok(), "{protocol}");
+    }
+    assert_eq!(
+        errors(se("UDP")),
+        ["spec.ports[0].protocol: UDP is not supported by Isthmus"]
+    );
+    let unknown = errors(se("SMTP"));
+    assert!(
+        unknown.len() == 1 && unknown[0].contains("\"SMTP\" is not one of"),
+        "{unknown:?}"
+    );
 }

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod registry;
 pub mod telemetry;
 pub mod vips;
+pub mod vs_gateways;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -113,8 +114,24 @@ impl MeshModel {
         for (key, resource) in config.iter().map(|(k, r, _)| (k, r)) {
             match resource {
                 Resource::VirtualService(vs) => {
-                    for host in &vs.spec.hosts {
-                        claim(&mut routes, &mut warnings, host, key, &vs.spec, "routes");
+                    let (for_sidecars, unserved) = vs_gateways::for_sidecars(&vs.spec);
+                    if !unserved.is_empty() {
+                        warnings.push(ModelWarning {
+                            resource: key.clone(),
+                            message: format!(
+                                "spec.gateways: {} not served by Isthmus (Istio's Gateway kind is not supported yet): {}",
+                                unserved.join(", "),
+                                if for_sidecars.is_some() {
+                                    "only the routes bound to the mesh (sidecars) apply"
+                                } else {
+                                    "this VirtualService applies to no proxy"
+                                }
+                            ),
+                        });
+                    }
+                    let Some(spec) = for_sidecars else { continue };
+                    for host in &spec.hosts {
+                        claim(&mut routes, &mut warnings, host, key, &spec, "routes");
                     }
                 }
                 Resource::DestinationRule(dr) => {

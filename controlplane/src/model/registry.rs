@@ -48,7 +48,8 @@ impl Protocol {
             "grpc" | "grpc-web" => Self::Grpc,
             "https" => Self::Https,
             "tls" => Self::Tls,
-            "tcp" => Self::Tcp,
+            // Istio carries these as opaque TCP unless a protocol filter is on.
+            "tcp" | "mongo" | "redis" | "mysql" => Self::Tcp,
             _ => return None,
         })
     }

@@ -999,3 +999,43 @@ fn a_proxyless_grpc_client_gets_api_listeners_plaintext_eds_clusters_and_weighte
     .unwrap_err();
     assert!(err.reason.contains("GENERATOR"), "{err}");
 }
+
+#[test]
+fn a_virtual_service_bound_to_a_gateway_only_routes_no_sidecar_and_names_the_gateway() {
+    let edge_only = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: shop}
+spec:
+  hosts: [reviews.shop.local]
+  gateways: [istio-system/public]
+  http:
+  - route: [{destination: {host: reviews.shop.local, subset: v2}}]
+";
+    let model = model(edge_only);
+    assert!(!model.routes.contains_key("reviews.shop.local"));
+    let warning = model
+        .warnings
+        .iter()
+        .find(|w| w.resource.name == "edge")
+        .expect("a warning on the VirtualService");
+    assert!(
+        warning.message.contains("istio-system/public")
+            && warning.message.contains("applies to no proxy"),
+        "{}",
+        warning.message
+    );
+    // The sidecar keeps its default route to the service.
+    let s = proxy_snapshot(&model, &node("web"), &secrets()).unwrap();
+    let routes = outbound_routes(&s);
+    let vh = routes
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "reviews.shop.local:9080")
+        .unwrap();
+    assert_eq!(vh.routes.len(), 1, "{vh:?}");
+    // Bound to the mesh too: the sidecars take it.
+    let both = edge_only.replace("[istio-system/public]", "[istio-system/public, mesh]");
+    let both = super::tests::model(&both);
+    assert!(both.routes.contains_key("reviews.shop.local"));
+}
