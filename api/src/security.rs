@@ -227,6 +227,41 @@ const CONDITION_KEYS: &[&str] = &[
     "connection.sni",
 ];
 
+/// Istio's other condition keys (whole, or a prefix ending in `[` or `.`): valid Istio that
+/// Isthmus does not evaluate yet.
+const ISTIO_CONDITION_KEYS: &[&str] = &[
+    "remote.ip",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "request.auth.claims[",
+    "request.regex.headers[",
+    "experimental.envoy.filters.",
+];
+
+/// Why `key` is refused, or `None` when Isthmus evaluates it.
+fn condition_key_problem(key: &str) -> Option<String> {
+    let evaluated = CONDITION_KEYS.contains(&key)
+        || (key.starts_with("request.headers[") && key.ends_with(']'));
+    if evaluated {
+        return None;
+    }
+    let istio = ISTIO_CONDITION_KEYS.iter().any(|k| {
+        if k.ends_with('[') {
+            key.starts_with(k) && key.ends_with(']') && key.len() > k.len() + 1
+        } else if k.ends_with('.') {
+            key.starts_with(k) && key.len() > k.len()
+        } else {
+            key == *k
+        }
+    });
+    Some(if istio {
+        format!("{key} is not supported by Isthmus")
+    } else {
+        format!("{key:?} is not an Istio condition key")
+    })
+}
+
 impl Validate for AuthorizationPolicy {
     fn validate(&self, v: &mut Validator) {
         let s = &self.spec;
@@ -249,13 +284,9 @@ impl Validate for AuthorizationPolicy {
                 }
             }
             for (j, cond) in rule.when.iter().enumerate() {
-                let known = CONDITION_KEYS.contains(&cond.key.as_str())
-                    || (cond.key.starts_with("request.headers[") && cond.key.ends_with(']'));
-                v.check(
-                    known,
-                    format!("spec.rules[{i}].when[{j}].key"),
-                    format!("{:?} is not a supported condition key", cond.key),
-                );
+                if let Some(problem) = condition_key_problem(&cond.key) {
+                    v.check(false, format!("spec.rules[{i}].when[{j}].key"), problem);
+                }
                 v.check(
                     !cond.values.is_empty() || !cond.not_values.is_empty(),
                     format!("spec.rules[{i}].when[{j}]"),

@@ -182,7 +182,17 @@ fn bad_fields_are_reported_by_path() {
         (
             json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x"},
                 "spec": {"rules": [{"when": [{"key": "request.auth.claims[iss]", "values": ["a"]}]}]}}),
-            "spec.rules[0].when[0].key: \"request.auth.claims[iss]\" is not a supported condition key",
+            "spec.rules[0].when[0].key: request.auth.claims[iss] is not supported by Isthmus",
+        ),
+        (
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x"},
+                "spec": {"rules": [{"when": [{"key": "request.regex.headers[x-a]", "values": ["a.*"]}]}]}}),
+            "spec.rules[0].when[0].key: request.regex.headers[x-a] is not supported by Isthmus",
+        ),
+        (
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x"},
+                "spec": {"rules": [{"when": [{"key": "source.nmespace", "values": ["a"]}]}]}}),
+            "spec.rules[0].when[0].key: \"source.nmespace\" is not an Istio condition key",
         ),
         (
             json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"},
