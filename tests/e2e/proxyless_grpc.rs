@@ -127,6 +127,7 @@ spec:
 const CLIENT: &str = r#"
 import collections, json, sys
 import grpc
+import grpc.experimental
 target, calls = sys.argv[1], int(sys.argv[2])
 channel = grpc.insecure_channel(target)
 unary = channel.unary_unary(
@@ -288,4 +289,122 @@ fn a_grpcio_xds_client_balances_and_follows_a_90_10_split_with_every_type_acked(
     for t in stream["types"].as_array().unwrap() {
         assert!(t["nack"].is_null(), "{stream:#}");
     }
+}
+
+/// One call on a channel with gRPC's xDS credentials (`secure`) or plaintext: the raw reply,
+/// or the error's status code.
+const SECURE_CLIENT: &str = r#"
+import sys
+import grpc
+import grpc.experimental
+target, secure = sys.argv[1], sys.argv[2] == "secure"
+if secure:
+    creds = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
+    channel = grpc.secure_channel(target, creds)
+else:
+    channel = grpc.insecure_channel(target)
+unary = channel.unary_unary(
+    "/isthmus.echo.v1.Echo/Unary",
+    request_serializer=lambda b: b,
+    response_deserializer=lambda b: b,
+)
+try:
+    reply = unary(b"\x0a\x02hi", timeout=5, wait_for_ready=secure)
+    sys.stdout.buffer.write(reply)
+except grpc.RpcError as e:
+    print("status:", e.code().name)
+"#;
+
+#[test]
+fn with_xds_credentials_a_grpcio_client_calls_a_strict_sidecar_over_mtls_as_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = GrpcEcho::start(dir.path(), "secure-v1");
+    let inbound = isthmus_e2e::free_port();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    write(
+        &dir.path().join("config"),
+        "mesh.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: shop}}
+spec: {{address: 127.0.0.1, serviceAccount: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: shop}}
+spec:
+  hosts: [secure.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: grpc, protocol: GRPC}}]
+  workloadSelector: {{labels: {{app: secure}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: secure-v1, namespace: shop}}
+spec: {{address: 127.0.0.61, labels: {{app: secure}}, serviceAccount: secure, ports: {{grpc: {inbound}}}}}
+---
+{strict}",
+            strict = isthmus_e2e::mesh::STRICT
+        ),
+    );
+    let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
+    let sidecar = isthmus_e2e::proxy::IsthmusProxy::sidecar(
+        dir.path(),
+        &daemon,
+        "127.0.0.61",
+        "secure-v1",
+        &[format!("APP_PORTS=grpc={}", echo.addr.port())],
+    );
+    sidecar.wait_ready(Duration::from_secs(20)).unwrap();
+    let certs =
+        isthmus_e2e::request_cert(&daemon, dir.path(), "spiffe://red.local/ns/shop/sa/client");
+    let bootstrap = dir.path().join("grpc-bootstrap.json");
+    let out = isthmusctl(&[
+        "bootstrap",
+        "grpc",
+        "--workload",
+        "client",
+        "--namespace",
+        "shop",
+        "--xds-address",
+        &daemon.xds.to_string(),
+        "--insecure-plaintext",
+        "--cert-dir",
+        &certs.to_string_lossy(),
+        "-o",
+        &bootstrap.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = dir.path().join("secure_client.py");
+    std::fs::write(&script, SECURE_CLIENT).unwrap();
+    let call = |mode: &str| {
+        let out = Command::new("python3")
+            .arg(&script)
+            .args(["xds:///secure.shop.svc.cluster.local:9080", mode])
+            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // mTLS with the client's own identity, which the sidecar passes on to the application.
+    let reply = call("secure");
+    assert!(
+        reply.contains("secure-v1") && reply.contains("spiffe://red.local/ns/shop/sa/client"),
+        "{reply:?}\n{}",
+        sidecar.logs()
+    );
+    // The same client without xDS credentials speaks plaintext, which STRICT refuses.
+    let refused = call("plaintext");
+    assert!(refused.starts_with("status: "), "{refused:?}");
+    assert!(!refused.contains("secure-v1"));
 }

@@ -95,6 +95,9 @@ pub struct ProxyNode {
     /// Local ports for TCP services (explicit mode), from `OUTBOUND_TCP_PORTS`
     /// (`db.shop.local:5432=15432,…`): (host, service port) -> local port.
     pub outbound_tcp_ports: BTreeMap<(String, u32), u32>,
+    /// A proxyless gRPC client with gRPC's xDS credentials and a `default` certificate
+    /// provider in its bootstrap (`ISTHMUS_XDS_CREDENTIALS: true`): its clusters originate mTLS.
+    pub xds_credentials: bool,
 }
 
 /// What kind of proxy a node is, from the first part of its id.
@@ -239,6 +242,10 @@ impl ProxyNode {
             role,
             interception,
             outbound_tcp_ports,
+            xds_credentials: role == NodeRole::Proxyless
+                && metadata
+                    .get("ISTHMUS_XDS_CREDENTIALS")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true")),
             namespace: namespace.to_owned(),
             workload: (*workload).to_owned(),
             app_ports,

@@ -46,6 +46,12 @@ pub struct GrpcBootstrap {
     /// check isthmusd's SPIFFE identity, so there is no mTLS form yet.
     #[arg(long, required = true)]
     insecure_plaintext: bool,
+    /// Directory with cert-chain.pem, key.pem and root-cert.pem (`isthmusctl cert request`):
+    /// the `default` certificate provider (file_watcher) of gRPC's xDS credentials, so that the
+    /// client's calls are mTLS with that identity (the application creates its channel with
+    /// xDS credentials).
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
     /// Write here instead of standard output.
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -61,7 +67,7 @@ impl GrpcBootstrap {
         {
             bail!("--xds-address {:?}: expected host:port", self.xds_address);
         }
-        Ok(json!({
+        let mut bootstrap = json!({
             "xds_servers": [{
                 "server_uri": self.xds_address,
                 "channel_creds": [{"type": "insecure"}],
@@ -77,7 +83,30 @@ impl GrpcBootstrap {
                 },
                 "locality": {}
             }
-        }))
+        });
+        if let Some(dir) = &self.cert_dir {
+            let file = |name: &str| -> anyhow::Result<String> {
+                let path = dir.join(name);
+                if !path.is_file() {
+                    bail!(
+                        "--cert-dir {}: {name} is missing (isthmusctl cert request writes it)",
+                        dir.display()
+                    );
+                }
+                Ok(path.display().to_string())
+            };
+            bootstrap["certificate_providers"] = json!({"default": {
+                "plugin_name": "file_watcher",
+                "config": {
+                    "certificate_file": file("cert-chain.pem")?,
+                    "private_key_file": file("key.pem")?,
+                    "ca_certificate_file": file("root-cert.pem")?,
+                    "refresh_interval": "60s"
+                }
+            }});
+            bootstrap["node"]["metadata"]["ISTHMUS_XDS_CREDENTIALS"] = json!("true");
+        }
+        Ok(bootstrap)
     }
 }
 

@@ -146,7 +146,7 @@ pub fn proxy_snapshot_with_view(
 ) -> ProxySnapshot {
     match node.role {
         NodeRole::Router => return gateway_snapshot(model, workload, secrets),
-        NodeRole::Proxyless => return proxyless::proxyless_snapshot(model, workload),
+        NodeRole::Proxyless => return proxyless::proxyless_snapshot(model, node, workload),
         NodeRole::Sidecar => {}
     }
     let mut inbound = listeners::inbound(model, node, workload);

@@ -8,8 +8,9 @@
 //!   would route that port by (so a `VirtualService`'s matches, weights and retries hold; a
 //!   route timeout becomes gRPC's `max_stream_duration`, a zero retry count no retry policy,
 //!   both of which gRPC reads differently from Envoy), and the router as the only filter;
-//! - CDS: the sidecar's EDS clusters without the transport socket (a plaintext client; the
-//!   certificates of a sidecar come over SDS, which gRPC does not speak), round robin where the
+//! - CDS: the sidecar's EDS clusters; their mTLS only for a client with gRPC's xDS
+//!   credentials (`ISTHMUS_XDS_CREDENTIALS`), rewritten to its certificate provider (gRPC does
+//!   not speak SDS), else no transport socket; round robin where the
 //!   sidecar would use least request or random (gRPC's core has neither), with circuit
 //!   breakers;
 //!
@@ -36,12 +37,16 @@ use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_m
 use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
 use super::listeners::router;
-use super::{clusters, endpoints, pack, resources_of, routes, visibility};
-use crate::model::{MeshModel, Service, Workload};
+use super::{clusters, endpoints, pack, resources_of, routes, tls, visibility};
+use crate::model::{MeshModel, ProxyNode, Service, Workload};
 use crate::xds::resources::{CLUSTER, ENDPOINT, LISTENER, ProxySnapshot, ROUTE, TypeResources};
 
 /// Everything a proxyless gRPC client of `workload` is sent.
-pub fn proxyless_snapshot(model: &MeshModel, workload: &Workload) -> ProxySnapshot {
+pub fn proxyless_snapshot(
+    model: &MeshModel,
+    node: &ProxyNode,
+    workload: &Workload,
+) -> ProxySnapshot {
     let local: Vec<Service> = visibility::visible_services(model, workload)
         .into_iter()
         .filter(|s| s.imported_from.is_none())
@@ -73,7 +78,7 @@ pub fn proxyless_snapshot(model: &MeshModel, workload: &Workload) -> ProxySnapsh
         .collect();
     let clusters: Vec<Cluster> = clusters::outbound(model, &visible)
         .into_iter()
-        .filter_map(plaintext_eds)
+        .filter_map(|c| eds_for_grpc(c, node.xds_credentials))
         .collect();
     let mut endpoints = endpoints::outbound(model, workload, &visible);
     for assignment in &mut endpoints {
@@ -122,9 +127,11 @@ fn api_listeners(vh: &VirtualHost, hosts: &[&str]) -> Vec<Listener> {
         .collect()
 }
 
-/// An EDS cluster as a plaintext gRPC client uses it; other kinds (DNS, original destination)
-/// are left out, and a route to them fails as to a cluster that does not exist.
-fn plaintext_eds(mut c: Cluster) -> Option<Cluster> {
+/// An EDS cluster as a gRPC client uses it; other kinds (DNS, original destination) are left
+/// out, and a route to them fails as to a cluster that does not exist. With xDS credentials,
+/// the sidecar's mTLS becomes gRPC's (A29): certificates and roots from the bootstrap's
+/// `default` certificate provider, the same peer identities; without, no transport socket.
+fn eds_for_grpc(mut c: Cluster, xds_credentials: bool) -> Option<Cluster> {
     let eds = matches!(
         c.cluster_discovery_type,
         Some(cluster::ClusterDiscoveryType::Type(t)) if t == cluster::DiscoveryType::Eds as i32
@@ -132,7 +139,11 @@ fn plaintext_eds(mut c: Cluster) -> Option<Cluster> {
     if !eds {
         return None;
     }
-    c.transport_socket = None;
+    c.transport_socket = if xds_credentials {
+        c.transport_socket.as_ref().and_then(tls::for_grpc)
+    } else {
+        None
+    };
     c.transport_socket_matches.clear();
     c.typed_extension_protocol_options.clear();
     if c.lb_policy != cluster::LbPolicy::RingHash as i32 {

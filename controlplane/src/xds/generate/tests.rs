@@ -991,6 +991,43 @@ fn a_proxyless_grpc_client_gets_api_listeners_plaintext_eds_clusters_and_weighte
             Some(u32::try_from(locality.lb_endpoints.len()).unwrap())
         );
     }
+    // With gRPC's xDS credentials: the sidecar's mTLS through the `default` certificate
+    // provider, the same peer identity.
+    let with_credentials = ProxyNode::from_metadata(
+        "sidecar~127.0.0.1~web.shop~shop.svc.cluster.local",
+        &BTreeMap::from([
+            ("GENERATOR".to_owned(), "grpc".to_owned()),
+            ("ISTHMUS_XDS_CREDENTIALS".to_owned(), "true".to_owned()),
+        ]),
+    )
+    .unwrap();
+    let s = proxy_snapshot(&model, &with_credentials, &secrets()).unwrap();
+    let tls =
+        upstream_tls(&super::tests::clusters(&s)["outbound|9080||reviews.shop.local"]).unwrap();
+    let common = tls.common_tls_context.unwrap();
+    assert_eq!(
+        common
+            .tls_certificate_provider_instance
+            .unwrap()
+            .instance_name,
+        "default"
+    );
+    assert!(common.tls_certificate_sds_secret_configs.is_empty());
+    let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+        common.validation_context_type
+    else {
+        panic!("a plain validation context");
+    };
+    assert_eq!(
+        v.ca_certificate_provider_instance.unwrap().certificate_name,
+        "ROOTCA"
+    );
+    #[allow(deprecated)]
+    let sans = format!("{:?}", v.match_subject_alt_names);
+    assert!(
+        sans.contains("spiffe://red.local/ns/shop/sa/reviews"),
+        "{sans}"
+    );
     // A router node cannot be a proxyless client.
     let err = ProxyNode::from_metadata(
         "router~127.0.0.1~gw.shop~shop.svc.cluster.local",

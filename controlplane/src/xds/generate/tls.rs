@@ -1,5 +1,6 @@
 //! TLS contexts of sidecars: certificates and trust bundles come from SDS over the same ADS
-//! stream, so a rotation is one SDS push and no listener or cluster changes.
+//! stream, so a rotation is one SDS push and no listener or cluster changes. Proxyless gRPC
+//! clients get the same contexts with gRPC's certificate provider in place of SDS.
 
 use isthmus_proto::envoy::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, TransportSocket, config_source,
@@ -137,4 +138,58 @@ pub fn upstream_peer_mtls(sni: &str, peer_roots: &str) -> TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
     }
+}
+
+/// A sidecar's upstream mTLS as a proxyless gRPC client with xDS credentials does it (gRPC's
+/// A29): its certificate and the roots from the bootstrap's `default` certificate provider
+/// (`default` and `ROOTCA`), the same peer identities, gRPC's own ALPN; `None` when `socket` is
+/// not an upstream TLS context.
+pub fn for_grpc(socket: &TransportSocket) -> Option<TransportSocket> {
+    use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::CertificateProviderPluginInstance;
+    use prost::Message as _;
+
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+        return None;
+    };
+    let sidecar = UpstreamTlsContext::decode(any.value.as_slice()).ok()?;
+    let sans: Vec<StringMatcher> = match sidecar
+        .common_tls_context
+        .and_then(|c| c.validation_context_type)
+    {
+        Some(common_tls_context::ValidationContextType::CombinedValidationContext(c)) => c
+            .default_validation_context
+            .map(|v| {
+                v.match_typed_subject_alt_names
+                    .into_iter()
+                    .filter_map(|m| m.matcher)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let provider = |certificate_name: &str| CertificateProviderPluginInstance {
+        instance_name: "default".into(),
+        certificate_name: certificate_name.into(),
+    };
+    // gRPC reads the untyped SAN matchers (any SAN type: the peers' are URIs).
+    #[allow(deprecated)]
+    let validation = CertificateValidationContext {
+        ca_certificate_provider_instance: Some(provider("ROOTCA")),
+        match_subject_alt_names: sans,
+        ..Default::default()
+    };
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_provider_instance: Some(provider("default")),
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContext(validation),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
+    })
 }
