@@ -143,6 +143,34 @@ for i in range(calls):
 print(json.dumps(counts))
 "#;
 
+/// `isthmusctl bootstrap grpc` for the workload `client` in `shop`, with `extra` flags.
+fn grpc_bootstrap(dir: &Path, daemon: &Isthmusd, extra: &[&str]) -> std::path::PathBuf {
+    let bootstrap = dir.join("grpc-bootstrap.json");
+    let xds = daemon.xds.to_string();
+    let file = bootstrap.to_string_lossy().into_owned();
+    let mut args = vec![
+        "bootstrap",
+        "grpc",
+        "--workload",
+        "client",
+        "--namespace",
+        "shop",
+        "--xds-address",
+        &xds,
+        "--insecure-plaintext",
+        "-o",
+        &file,
+    ];
+    args.extend_from_slice(extra);
+    let out = isthmusctl(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bootstrap
+}
+
 fn run_client(dir: &Path, bootstrap: &Path, calls: u32) -> BTreeMap<String, u32> {
     let script = dir.join("client.py");
     std::fs::write(&script, CLIENT).unwrap();
@@ -180,25 +208,7 @@ fn a_grpcio_xds_client_balances_and_follows_a_90_10_split_with_every_type_acked(
         &mesh(&[(&a, "v1"), (&b, "v1"), (&c, "v2")]),
     );
     let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
-    let bootstrap = dir.path().join("grpc-bootstrap.json");
-    let out = isthmusctl(&[
-        "bootstrap",
-        "grpc",
-        "--workload",
-        "client",
-        "--namespace",
-        "shop",
-        "--xds-address",
-        &daemon.xds.to_string(),
-        "--insecure-plaintext",
-        "-o",
-        &bootstrap.to_string_lossy(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bootstrap = grpc_bootstrap(dir.path(), &daemon, &[]);
 
     let counts = run_client(dir.path(), &bootstrap, 1000);
     let count = |name: &str| counts.get(name).copied().unwrap_or(0);
@@ -359,27 +369,8 @@ spec: {{address: 127.0.0.61, labels: {{app: secure}}, serviceAccount: secure, po
     sidecar.wait_ready(Duration::from_secs(20)).unwrap();
     let certs =
         isthmus_e2e::request_cert(&daemon, dir.path(), "spiffe://red.local/ns/shop/sa/client");
-    let bootstrap = dir.path().join("grpc-bootstrap.json");
-    let out = isthmusctl(&[
-        "bootstrap",
-        "grpc",
-        "--workload",
-        "client",
-        "--namespace",
-        "shop",
-        "--xds-address",
-        &daemon.xds.to_string(),
-        "--insecure-plaintext",
-        "--cert-dir",
-        &certs.to_string_lossy(),
-        "-o",
-        &bootstrap.to_string_lossy(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let certs = certs.to_string_lossy();
+    let bootstrap = grpc_bootstrap(dir.path(), &daemon, &["--cert-dir", &certs]);
     let script = dir.path().join("secure_client.py");
     std::fs::write(&script, SECURE_CLIENT).unwrap();
     let call = |mode: &str| {

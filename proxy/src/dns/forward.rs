@@ -36,9 +36,28 @@ pub enum ForwardError {
 
 /// The first answer to `query` (its bytes as they came) from the upstream servers over UDP.
 pub async fn udp(upstream: &Upstream, query: &[u8]) -> Result<Vec<u8>, ForwardError> {
+    first_answer(upstream, query, udp_once).await
+}
+
+/// The first answer to `query` from the upstream servers over TCP (length-prefixed).
+pub async fn tcp(upstream: &Upstream, query: &[u8]) -> Result<Vec<u8>, ForwardError> {
+    first_answer(upstream, query, tcp_once).await
+}
+
+/// Asks each server in turn, each for the upstream's timeout, until one answers; else the
+/// last server's failure.
+async fn first_answer<'q, F, Fut>(
+    upstream: &Upstream,
+    query: &'q [u8],
+    ask: F,
+) -> Result<Vec<u8>, ForwardError>
+where
+    F: Fn(SocketAddr, &'q [u8]) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Vec<u8>>>,
+{
     let mut last = ForwardError::NoServer;
     for server in &upstream.servers {
-        match tokio::time::timeout(upstream.timeout, udp_once(*server, query)).await {
+        match tokio::time::timeout(upstream.timeout, ask(*server, query)).await {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(source)) => {
                 last = ForwardError::Io {
@@ -77,29 +96,6 @@ async fn udp_once(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> 
             return Ok(buffer);
         }
     }
-}
-
-/// The first answer to `query` from the upstream servers over TCP (length-prefixed).
-pub async fn tcp(upstream: &Upstream, query: &[u8]) -> Result<Vec<u8>, ForwardError> {
-    let mut last = ForwardError::NoServer;
-    for server in &upstream.servers {
-        match tokio::time::timeout(upstream.timeout, tcp_once(*server, query)).await {
-            Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(source)) => {
-                last = ForwardError::Io {
-                    server: *server,
-                    source,
-                }
-            }
-            Err(_) => {
-                last = ForwardError::Timeout {
-                    server: *server,
-                    timeout: upstream.timeout,
-                }
-            }
-        }
-    }
-    Err(last)
 }
 
 async fn tcp_once(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
