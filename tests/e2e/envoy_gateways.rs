@@ -56,12 +56,7 @@ fn assert_crosses(f: &Federation) {
         body.contains(&format!("URI={RED_CLIENT}")),
         "green's sidecar saw red's caller identity (end-to-end mTLS): {body}"
     );
-    let watch = || -> serde_json::Value {
-        let status: serde_json::Value =
-            serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
-        status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"][0]["watch"]
-            .clone()
-    };
+    let watch = || f.red_watch();
     until(
         "red's discovery stream through its egress gateway",
         Duration::from_secs(10),

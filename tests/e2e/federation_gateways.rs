@@ -31,12 +31,7 @@ fn red_reaches_greens_exported_service_with_its_own_identity_end_to_end() {
     assert_eq!(status, 200, "{body}");
     // Discovery itself came through the gateways: red's stream is to its egress gateway.
     // (Status settles 200 ms after a change; the call may have passed before.)
-    let watch = || -> serde_json::Value {
-        let status: serde_json::Value =
-            serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
-        status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"][0]["watch"]
-            .clone()
-    };
+    let watch = || f.red_watch();
     until(
         "red's status to show the stream",
         Duration::from_secs(5),
@@ -140,12 +135,7 @@ fn a_withdrawn_export_stops_traffic_within_2s_and_a_lost_peer_control_plane_does
     // Green's control plane dies: traffic keeps flowing; red marks the peer disconnected and
     // its imports stale.
     drop(f.green.take());
-    let watch = || {
-        let status: serde_json::Value =
-            serde_json::from_str(&f.red.http_get("/debug/federation")).unwrap();
-        status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"][0]["watch"]
-            .clone()
-    };
+    let watch = || f.red_watch();
     until(
         "red to see green's control plane gone",
         Duration::from_secs(40),

@@ -362,6 +362,14 @@ impl Federation {
         }
     }
 
+    /// Red's discovery watch of green, as red's `/debug/federation` shows it.
+    pub fn red_watch(&self) -> serde_json::Value {
+        let status: serde_json::Value =
+            serde_json::from_str(&self.red.http_get("/debug/federation")).unwrap();
+        status["serviceMeshPeers"]["istio-system/green"]["discoveryStatus"]["active"][0]["watch"]
+            .clone()
+    }
+
     /// Logs of every gateway and sidecar, the last lines of each.
     pub fn logs(&self) -> String {
         let tail = |text: String| text.lines().rev().take(15).collect::<Vec<_>>().join("\n");
