@@ -2,7 +2,9 @@
 //! `CustomResource` derive, schemas by `schemars`), as checked in under `manifests/crds/`.
 //! `isthmusctl manifests crds` writes them; a test fails when the checked-in files are stale.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 use super::federation::{KubeExportedServiceSet, KubeImportedServiceSet, KubeServiceMeshPeer};
@@ -13,7 +15,7 @@ use super::security::{KubeAuthorizationPolicy, KubePeerAuthentication};
 
 /// Every CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         KubeServiceEntry::crd(),
         KubeWorkloadEntry::crd(),
         KubeVirtualService::crd(),
@@ -23,7 +25,53 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         KubeServiceMeshPeer::crd(),
         KubeExportedServiceSet::crd(),
         KubeImportedServiceSet::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            let spec = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                .and_then(|s| s.properties.as_mut())
+                .and_then(|p| p.get_mut("spec"));
+            if let Some(spec) = spec {
+                keep_unknown_fields(spec);
+            }
+        }
+    }
+    crds
+}
+
+/// Every object of a `spec` keeps the fields its schema does not list: the API server would
+/// otherwise prune a field of Istio's API that Isthmus does not implement, silently, before
+/// any webhook sees it. Isthmus itself refuses such a field at its path ("not supported by
+/// Isthmus", or "unknown field" for a typo), in the validating webhook and in the watch.
+fn keep_unknown_fields(schema: &mut JSONSchemaProps) {
+    if schema.properties.is_some() {
+        schema.x_kubernetes_preserve_unknown_fields = Some(true);
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.items.iter_mut().flat_map(|items| match items {
+            JSONSchemaPropsOrArray::Schema(s) => std::slice::from_mut(s.as_mut()),
+            JSONSchemaPropsOrArray::Schemas(s) => s.as_mut_slice(),
+        }))
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|a| match a {
+                    JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        )
+        .chain(schema.one_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten());
+    for child in children {
+        keep_unknown_fields(child);
+    }
 }
 
 const HEADER: &str =

@@ -50,6 +50,7 @@ pub mod duration;
 pub mod federation;
 pub mod meta;
 pub mod networking;
+pub mod published;
 pub mod security;
 
 use serde::de::DeserializeOwned;
@@ -256,16 +257,16 @@ pub fn from_value(value: Value) -> Result<Resource, ResourceError> {
         .unwrap_or("<unnamed>")
         .to_owned();
     let typed = |value| match kind {
-        Kind::ServiceEntry => typed(value).map(Resource::ServiceEntry),
-        Kind::WorkloadEntry => typed(value).map(Resource::WorkloadEntry),
-        Kind::VirtualService => typed(value).map(Resource::VirtualService),
-        Kind::DestinationRule => typed(value).map(Resource::DestinationRule),
-        Kind::PeerAuthentication => typed(value).map(Resource::PeerAuthentication),
-        Kind::AuthorizationPolicy => typed(value).map(Resource::AuthorizationPolicy),
-        Kind::ServiceMeshPeer => typed(value).map(Resource::ServiceMeshPeer),
-        Kind::ExportedServiceSet => typed(value).map(Resource::ExportedServiceSet),
-        Kind::ImportedServiceSet => typed(value).map(Resource::ImportedServiceSet),
-        Kind::ConfigMap => typed(value).map(Resource::ConfigMap),
+        Kind::ServiceEntry => typed(kind, value).map(Resource::ServiceEntry),
+        Kind::WorkloadEntry => typed(kind, value).map(Resource::WorkloadEntry),
+        Kind::VirtualService => typed(kind, value).map(Resource::VirtualService),
+        Kind::DestinationRule => typed(kind, value).map(Resource::DestinationRule),
+        Kind::PeerAuthentication => typed(kind, value).map(Resource::PeerAuthentication),
+        Kind::AuthorizationPolicy => typed(kind, value).map(Resource::AuthorizationPolicy),
+        Kind::ServiceMeshPeer => typed(kind, value).map(Resource::ServiceMeshPeer),
+        Kind::ExportedServiceSet => typed(kind, value).map(Resource::ExportedServiceSet),
+        Kind::ImportedServiceSet => typed(kind, value).map(Resource::ImportedServiceSet),
+        Kind::ConfigMap => typed(kind, value).map(Resource::ConfigMap),
     };
     let invalid = |errors| ResourceError::Invalid {
         kind: kind.name(),
@@ -298,18 +299,90 @@ fn validate_metadata(meta: &ObjectMeta, v: &mut Validator) {
     }
 }
 
-/// Deserializes with the failing field's path, then validates.
-fn typed<T: DeserializeOwned + Validate>(value: Value) -> Result<T, Vec<FieldError>> {
-    let resource: T = serde_path_to_error::deserialize(value).map_err(|e| {
-        vec![FieldError {
-            path: e.path().to_string(),
-            reason: shorten_reason(&e.into_inner().to_string()),
-        }]
-    })?;
+/// At most this many fields of one document are reported as unknown or unsupported.
+const MAX_FIELD_REFUSALS: usize = 64;
+
+/// Deserializes with the failing field's path, then validates. Every unknown or unsupported
+/// field is reported, not only the first: each is taken out of the document and the rest is
+/// read again, then what remains is validated too.
+fn typed<T: DeserializeOwned + Validate>(
+    kind: Kind,
+    mut value: Value,
+) -> Result<T, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let resource = loop {
+        let error = match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(resource) => break resource,
+            Err(error) => error,
+        };
+        let path = error.path().to_string();
+        let steps = published::steps(error.path());
+        let reason = error.into_inner().to_string();
+        let refusal = steps
+            .as_deref()
+            .and_then(|steps| field_refusal(kind, steps, &reason));
+        match (refusal, steps) {
+            (Some(reason), Some(steps))
+                if errors.len() < MAX_FIELD_REFUSALS && published::remove(&mut value, &steps) =>
+            {
+                errors.push(FieldError { path, reason });
+            }
+            _ => {
+                errors.push(FieldError {
+                    path,
+                    reason: shorten_reason(&reason),
+                });
+                return Err(errors);
+            }
+        }
+    };
     let mut v = Validator::new();
     resource.validate(&mut v);
-    v.finish()?;
-    Ok(resource)
+    if let Err(more) = v.finish() {
+        // A rule on what holds a refused field (a route with only a `delegate`: "exactly one
+        // of route, redirect …") is about the document without it: not reported.
+        let around_refused = |e: &FieldError| {
+            errors.iter().any(|refused: &FieldError| {
+                refused.path.strip_prefix(&e.path).is_some_and(|rest| {
+                    e.path.is_empty() || rest.starts_with('.') || rest.starts_with('[')
+                })
+            })
+        };
+        let more: Vec<FieldError> = more.into_iter().filter(|e| !around_refused(e)).collect();
+        errors.extend(more);
+    }
+    if errors.is_empty() {
+        Ok(resource)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The refusal of a field the typed model does not take, when reading can go on without it: a
+/// field of the published API (or one of its values) Isthmus does not implement, or a field no
+/// API has.
+fn field_refusal(kind: Kind, steps: &[published::Step], reason: &str) -> Option<String> {
+    const UNSUPPORTED: &str = "not supported by Isthmus";
+    if reason == UNSUPPORTED {
+        return Some(UNSUPPORTED.to_owned());
+    }
+    let published = published::node_at(kind, steps);
+    if reason.starts_with("unknown field `") {
+        return Some(match published {
+            Some(_) => UNSUPPORTED.to_owned(),
+            None => shorten_reason(reason),
+        });
+    }
+    // `simple: PASSTHROUGH`: a value of the published enum that the model has no variant for.
+    let variant = reason
+        .strip_prefix("unknown variant `")?
+        .split('`')
+        .next()?;
+    published?
+        .values
+        .iter()
+        .any(|value| value.as_str() == Some(variant))
+        .then(|| format!("{variant} is {UNSUPPORTED}"))
 }
 
 /// serde's "unknown field `x`, expected one of `a`, `b`, …" lists every field, including the

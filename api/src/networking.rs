@@ -367,7 +367,7 @@ pub struct HttpMatchRequest {
     #[serde(default)]
     pub authority: Option<StringMatch>,
     #[serde(default)]
-    pub headers: BTreeMap<String, StringMatch>,
+    pub headers: BTreeMap<String, ValueMatch>,
     #[serde(default)]
     pub port: Option<u32>,
     #[serde(default)]
@@ -375,11 +375,11 @@ pub struct HttpMatchRequest {
     #[serde(default)]
     pub gateways: Vec<String>,
     #[serde(default)]
-    pub query_params: BTreeMap<String, StringMatch>,
+    pub query_params: BTreeMap<String, ValueMatch>,
     #[serde(default)]
     pub ignore_uri_case: bool,
     #[serde(default)]
-    pub without_headers: BTreeMap<String, StringMatch>,
+    pub without_headers: BTreeMap<String, ValueMatch>,
     #[serde(default)]
     pub source_namespace: Option<String>,
     #[serde(default)]
@@ -394,6 +394,42 @@ pub enum StringMatch {
     Exact(String),
     Prefix(String),
     Regex(String),
+}
+
+/// A header's or query parameter's match: at most one of `exact`, `prefix` or `regex`; none
+/// (`{}`) matches when the header or parameter is present, as in Istio.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+impl ValueMatch {
+    /// The value's match; `None` when presence is enough.
+    pub fn string_match(&self) -> Option<StringMatch> {
+        let Self {
+            exact,
+            prefix,
+            regex,
+        } = self.clone();
+        exact
+            .map(StringMatch::Exact)
+            .or(prefix.map(StringMatch::Prefix))
+            .or(regex.map(StringMatch::Regex))
+    }
+
+    fn count(&self) -> usize {
+        [&self.exact, &self.prefix, &self.regex]
+            .iter()
+            .filter(|m| m.is_some())
+            .count()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -499,6 +535,8 @@ pub struct HttpRewrite {
 #[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRetry {
+    /// Unset or 0: no retries (Istio's reading of the field).
+    #[serde(default)]
     pub attempts: u32,
     #[serde(default)]
     pub per_try_timeout: Option<IstioDuration>,
@@ -627,8 +665,16 @@ fn validate_http_route(v: &mut Validator, path: &str, r: &HttpRoute) {
             ("queryParams", &m.query_params),
             ("withoutHeaders", &m.without_headers),
         ] {
-            for (key, sm) in map {
-                validate_string_match(v, &format!("{mpath}.{field}.{key}"), sm);
+            for (key, m) in map {
+                let path = format!("{mpath}.{field}.{key}");
+                v.check(
+                    m.count() <= 1,
+                    &path,
+                    "at most one of exact, prefix or regex",
+                );
+                if let Some(sm) = m.string_match() {
+                    validate_string_match(v, &path, &sm);
+                }
             }
         }
         if let Some(port) = m.port {
@@ -915,6 +961,7 @@ pub struct OutlierDetection {
 #[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientTlsSettings {
+    #[serde(default)]
     pub mode: TlsMode,
     #[serde(default)]
     pub sni: Option<String>,
@@ -934,10 +981,11 @@ pub struct ClientTlsSettings {
     pub ca_crl: Option<Unsupported>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TlsMode {
+    #[default]
     Disable,
     Simple,
     Mutual,
@@ -993,7 +1041,7 @@ impl Validate for DestinationRule {
             v.check(
                 matches!(tls.mode, TlsMode::Disable | TlsMode::IstioMutual),
                 "spec.trafficPolicy.tls.mode",
-                "only DISABLE and ISTIO_MUTUAL are supported by Isthmus",
+                "SIMPLE and MUTUAL are not supported by Isthmus (DISABLE and ISTIO_MUTUAL are)",
             );
         }
     }

@@ -128,6 +128,18 @@ pub enum Action {
     Custom,
 }
 
+impl Action {
+    /// The name as written in YAML.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "ALLOW",
+            Self::Deny => "DENY",
+            Self::Audit => "AUDIT",
+            Self::Custom => "CUSTOM",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -268,7 +280,10 @@ impl Validate for AuthorizationPolicy {
         v.check(
             matches!(s.action, Action::Allow | Action::Deny),
             "spec.action",
-            "only ALLOW and DENY are supported by Isthmus",
+            format!(
+                "{} is not supported by Isthmus (ALLOW and DENY are)",
+                s.action.name()
+            ),
         );
         for (i, rule) in s.rules.iter().enumerate() {
             for (j, to) in rule.to.iter().enumerate() {

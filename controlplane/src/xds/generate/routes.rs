@@ -167,12 +167,14 @@ fn regex(s: &str) -> RegexMatcher {
     }
 }
 
-fn header(name: &str, m: &StringMatch, invert: bool) -> HeaderMatcher {
+/// A header's match; `None`: the header has to be present.
+fn header(name: &str, m: Option<&StringMatch>, invert: bool) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_ascii_lowercase(),
-        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-            string_matcher(m, false),
-        )),
+        header_match_specifier: Some(match m {
+            Some(m) => header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(m, false)),
+            None => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
+        }),
         invert_match: invert,
         ..Default::default()
     }
@@ -197,10 +199,18 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
         (":scheme", &m.scheme),
     ]
     .into_iter()
-    .filter_map(|(name, sm)| sm.as_ref().map(|sm| header(name, sm, false)))
+    .filter_map(|(name, sm)| sm.as_ref().map(|sm| header(name, Some(sm), false)))
     .collect();
-    headers.extend(m.headers.iter().map(|(k, v)| header(k, v, false)));
-    headers.extend(m.without_headers.iter().map(|(k, v)| header(k, v, true)));
+    headers.extend(
+        m.headers
+            .iter()
+            .map(|(k, v)| header(k, v.string_match().as_ref(), false)),
+    );
+    headers.extend(
+        m.without_headers
+            .iter()
+            .map(|(k, v)| header(k, v.string_match().as_ref(), true)),
+    );
     RouteMatch {
         path_specifier,
         case_sensitive: m.ignore_uri_case.then_some(BoolValue { value: false }),
@@ -210,11 +220,14 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
             .iter()
             .map(|(k, v)| QueryParameterMatcher {
                 name: k.clone(),
-                query_parameter_match_specifier: Some(
-                    query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
-                        string_matcher(v, false),
+                query_parameter_match_specifier: Some(match v.string_match() {
+                    Some(m) => query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                        string_matcher(&m, false),
                     ),
-                ),
+                    None => {
+                        query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true)
+                    }
+                }),
             })
             .collect(),
         ..Default::default()

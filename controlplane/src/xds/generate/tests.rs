@@ -9,7 +9,9 @@ use isthmus_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
 use isthmus_proto::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use isthmus_proto::envoy::envoy::config::listener::v3::{Listener, listener_filter};
 use isthmus_proto::envoy::envoy::config::rbac::v3::rbac;
-use isthmus_proto::envoy::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+use isthmus_proto::envoy::envoy::config::route::v3::{
+    RouteConfiguration, header_matcher, query_parameter_matcher, route, route_action,
+};
 use isthmus_proto::envoy::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
 use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     Secret, SpiffeCertValidatorConfig, UpstreamTlsContext, common_tls_context, secret,
@@ -311,6 +313,23 @@ fn routes_from_virtual_services() {
             assert_eq!(retry.num_retries.as_ref().unwrap().value, 2);
             assert!(!rc.virtual_hosts.iter().any(|v| v.name.starts_with("httpbin")), "TLS is not HTTP");
         }),
+        (
+            "an empty match is a presence match (Istio's `{}`), also inverted and on a query parameter",
+            vs("  - match: [{headers: {x-canary: {}}, withoutHeaders: {x-legacy: {}}, queryParams: {debug: {}}}]
+    route: [{destination: {host: reviews.shop.local, subset: v2}}]
+"),
+            |rc| {
+                let vh = rc.virtual_hosts.iter().find(|v| v.name == "reviews.shop.local:9080").unwrap();
+                let m = vh.routes[0].r#match.as_ref().unwrap();
+                let present = Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true));
+                assert_eq!((m.headers[0].name.as_str(), &m.headers[0].header_match_specifier, m.headers[0].invert_match), ("x-canary", &present, false));
+                assert_eq!((m.headers[1].name.as_str(), &m.headers[1].header_match_specifier, m.headers[1].invert_match), ("x-legacy", &present, true));
+                assert_eq!(
+                    m.query_parameters[0].query_parameter_match_specifier,
+                    Some(query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true))
+                );
+            },
+        ),
         (
             "header match to a subset, then a weighted default",
             vs("  - match: [{headers: {X-Version: {exact: v2}}, uri: {prefix: /api}}, {queryParams: {v: {regex: '2.*'}}}]
