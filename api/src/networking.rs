@@ -963,20 +963,28 @@ pub struct OutlierDetection {
 pub struct ClientTlsSettings {
     #[serde(default)]
     pub mode: TlsMode,
+    /// The SNI of a `SIMPLE` or `MUTUAL` origination; the rule's host when unset.
     #[serde(default)]
     pub sni: Option<String>,
+    /// The server's certificate must carry one of these (DNS names; `spiffe://` URIs); unset:
+    /// the SNI.
     #[serde(default)]
     pub subject_alt_names: Vec<String>,
+    /// `MUTUAL`: the certificate chain the proxy presents, a PEM file on the proxy's machine.
     #[serde(default)]
-    pub client_certificate: Option<Unsupported>,
+    pub client_certificate: Option<String>,
+    /// `MUTUAL`: its private key, a PEM file on the proxy's machine.
     #[serde(default)]
-    pub private_key: Option<Unsupported>,
+    pub private_key: Option<String>,
+    /// The roots the server's chain must verify against, a PEM file on the proxy's machine;
+    /// unset: the system's roots.
     #[serde(default)]
-    pub ca_certificates: Option<Unsupported>,
+    pub ca_certificates: Option<String>,
     #[serde(default)]
     pub credential_name: Option<Unsupported>,
+    /// Skips verifying the server's certificate (and its name): Istio's escape hatch.
     #[serde(default)]
-    pub insecure_skip_verify: Option<Unsupported>,
+    pub insecure_skip_verify: Option<bool>,
     #[serde(default)]
     pub ca_crl: Option<Unsupported>,
 }
@@ -1038,12 +1046,49 @@ impl Validate for DestinationRule {
             }
         }
         if let Some(tls) = &policy.tls {
-            v.check(
-                matches!(tls.mode, TlsMode::Disable | TlsMode::IstioMutual),
-                "spec.trafficPolicy.tls.mode",
-                "SIMPLE and MUTUAL are not supported by Isthmus (DISABLE and ISTIO_MUTUAL are)",
-            );
+            validate_client_tls(v, "spec.trafficPolicy.tls", tls);
         }
+    }
+}
+
+/// Istio's rules for a `DestinationRule`'s TLS: `MUTUAL` presents a certificate and key; the
+/// file fields belong to `SIMPLE` and `MUTUAL`, not to `ISTIO_MUTUAL` (the mesh's own).
+fn validate_client_tls(v: &mut Validator, path: &str, tls: &ClientTlsSettings) {
+    let files = [
+        ("clientCertificate", &tls.client_certificate),
+        ("privateKey", &tls.private_key),
+        ("caCertificates", &tls.ca_certificates),
+    ];
+    for (name, file) in files {
+        v.check(
+            file.as_ref().is_none_or(|f| !f.trim().is_empty()),
+            format!("{path}.{name}"),
+            "an empty file name",
+        );
+        v.check(
+            tls.mode != TlsMode::IstioMutual || file.is_none(),
+            format!("{path}.{name}"),
+            "not with ISTIO_MUTUAL, which uses the mesh's own certificates",
+        );
+    }
+    if tls.mode == TlsMode::Mutual {
+        v.check(
+            tls.client_certificate.is_some(),
+            format!("{path}.clientCertificate"),
+            "MUTUAL needs a client certificate",
+        );
+        v.check(
+            tls.private_key.is_some(),
+            format!("{path}.privateKey"),
+            "MUTUAL needs a private key",
+        );
+    }
+    if let Some(sni) = &tls.sni {
+        v.check(
+            is_host(sni) && !sni.contains('*'),
+            format!("{path}.sni"),
+            format!("{sni:?} is not a host name"),
+        );
     }
 }
 

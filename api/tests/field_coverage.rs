@@ -107,6 +107,18 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
                 http["route"][0]["weight"] = json!(100);
             }
         }
+        Kind::DestinationRule if path.ends_with("tls.mode") => {
+            // Istio: MUTUAL presents a certificate; the files are not ISTIO_MUTUAL's.
+            let tls = if path.starts_with("spec.subsets") {
+                &mut spec["subsets"][0]["trafficPolicy"]["tls"]
+            } else {
+                &mut spec["trafficPolicy"]["tls"]
+            };
+            if tls["mode"] == "MUTUAL" {
+                tls["clientCertificate"] = json!("/etc/certs/cert.pem");
+                tls["privateKey"] = json!("/etc/certs/key.pem");
+            }
+        }
         Kind::PeerAuthentication if path.starts_with("spec.portLevelMtls") => {
             spec["selector"] = json!({"matchLabels": {"app": "reviews"}});
         }

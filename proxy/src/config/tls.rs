@@ -1,13 +1,18 @@
 //! TLS transport sockets: what a listener's filter chain terminates and what a cluster
-//! originates. Certificates and trust bundles always come by name over SDS, so a rotation is a
-//! secret update and never a listener or cluster change.
+//! originates. The mesh's certificates and trust bundles always come by name over SDS, so a
+//! rotation is a secret update and never a listener or cluster change. TLS to a server outside
+//! the mesh (a `DestinationRule`'s `SIMPLE` or `MUTUAL`) names PEM files or carries PEM inline,
+//! and is verified as X.509 against its own roots, never as SPIFFE.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
 
 use isthmus_proto::envoy::envoy::config::core::v3::{
-    TransportSocket, TypedExtensionConfig, transport_socket,
+    DataSource, TransportSocket, TypedExtensionConfig, data_source, transport_socket,
 };
 use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext, common_tls_context,
     subject_alt_name_matcher, tls_parameters,
 };
 use isthmus_proto::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
@@ -38,8 +43,48 @@ pub struct DownstreamTls {
 /// A cluster's TLS origination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
+    /// The mesh's mTLS; for `external`, only its ALPN is set.
     pub context: TlsContext,
     pub sni: String,
+    /// TLS to a server outside the mesh, in place of the mesh's SDS names.
+    pub external: Option<ExternalTls>,
+}
+
+/// TLS to a server outside the mesh: X.509 verification against the given roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalTls {
+    /// The roots the server's chain must verify against; `None`: the server is not verified
+    /// (no validation context: Istio's `insecureSkipVerify`).
+    pub roots: Option<Pem>,
+    /// What the server's certificate must be valid for.
+    pub server_name: ServerNameCheck,
+    /// The certificate chain and key this side presents.
+    pub client_certificate: Option<(Pem, Pem)>,
+}
+
+/// PEM from a file on this machine (read when the cluster's TLS is built) or inline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Pem {
+    File(PathBuf),
+    Inline(Vec<u8>),
+}
+
+/// Which names the server's certificate is checked for (its chain is always verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerNameCheck {
+    /// The SNI sent (`auto_sni_san_validation`).
+    Sni,
+    /// One of these SANs (`match_typed_subject_alt_names`, exact).
+    OneOf(Vec<SanMatch>),
+    /// No name: the chain only (Envoy's reading of a validation context with no SAN matcher).
+    ChainOnly,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SanMatch {
+    Dns(String),
+    Uri(String),
+    Ip(IpAddr),
 }
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
@@ -104,7 +149,7 @@ pub fn upstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<
         max_session_keys: _,
         enforce_rsa_key_usage,
     } = typed(&any, &path)?;
-    reject_set!(path; auto_host_sni, auto_sni_san_validation, allow_renegotiation, enforce_rsa_key_usage);
+    reject_set!(path; auto_host_sni, allow_renegotiation, enforce_rsa_key_usage);
     // Checked here so that a connection never finds its SNI unusable.
     if !sni.is_empty() && rustls_pki_types::ServerName::try_from(sni.as_str()).is_err() {
         return Err(Invalid::new(
@@ -112,10 +157,221 @@ pub fn upstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<
             format!("{sni:?} is not a DNS name or an IP address"),
         ));
     }
+    let common_path = path.field("common_tls_context");
+    let context = required(common_tls_context, &common_path)?;
+    if !is_external(&context) {
+        reject_set!(path; auto_sni_san_validation);
+        return Ok(Some(UpstreamTls {
+            context: self::common(Some(context), &common_path)?,
+            sni,
+            external: None,
+        }));
+    }
+    if auto_sni_san_validation && sni.is_empty() {
+        return Err(Invalid::new(
+            &path.field("auto_sni_san_validation"),
+            "needs an SNI to check the server's certificate against",
+        ));
+    }
+    let (external, alpn) = external(context, auto_sni_san_validation, &common_path)?;
     Ok(Some(UpstreamTls {
-        context: common(common_tls_context, &path.field("common_tls_context"))?,
+        context: TlsContext {
+            certificate: None,
+            validation: None,
+            peer_ids: Vec::new(),
+            alpn,
+        },
         sni,
+        external: Some(external),
     }))
+}
+
+/// Whether a cluster's TLS is to a server outside the mesh: no SDS name anywhere.
+fn is_external(context: &CommonTlsContext) -> bool {
+    context.tls_certificate_sds_secret_configs.is_empty()
+        && !matches!(
+            context.validation_context_type,
+            Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(_)
+                    | common_tls_context::ValidationContextType::CombinedValidationContext(_)
+            )
+        )
+}
+
+/// TLS to a server outside the mesh: the roots and SAN matchers of an inline validation
+/// context (none: no verification), and at most one certificate with its key.
+fn external(
+    context: CommonTlsContext,
+    sni_check: bool,
+    path: &Path,
+) -> Checked<(ExternalTls, Vec<String>)> {
+    let CommonTlsContext {
+        tls_params,
+        tls_certificates,
+        tls_certificate_sds_secret_configs: _,
+        tls_certificate_provider_instance,
+        custom_tls_certificate_selector,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        alpn_protocols,
+        custom_handshaker,
+        key_log,
+        validation_context_type,
+    } = context;
+    reject_set!(path; tls_certificate_provider_instance, custom_tls_certificate_selector,
+        tls_certificate_certificate_provider, tls_certificate_certificate_provider_instance,
+        custom_handshaker, key_log);
+    if let Some(params) = tls_params {
+        tls_params_check(params, &path.field("tls_params"))?;
+    }
+    let client_certificate = match tls_certificates.len() {
+        0 => None,
+        1 => Some(certificate_files(
+            tls_certificates.into_iter().next().unwrap_or_default(),
+            &path.field("tls_certificates").index(0),
+        )?),
+        _ => {
+            return Err(Invalid::new(
+                &path.field("tls_certificates"),
+                "at most one certificate",
+            ));
+        }
+    };
+    let (roots, server_name) = match validation_context_type {
+        None => (None, ServerNameCheck::ChainOnly),
+        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
+            server_validation(v, sni_check, &path.field("validation_context"))?
+        }
+        Some(_) => {
+            return Err(Invalid::new(
+                &path.field("validation_context_type"),
+                "only an inline validation_context for TLS outside the mesh",
+            ));
+        }
+    };
+    Ok((
+        ExternalTls {
+            roots,
+            server_name,
+            client_certificate,
+        },
+        alpn_protocols,
+    ))
+}
+
+fn certificate_files(certificate: TlsCertificate, path: &Path) -> Checked<(Pem, Pem)> {
+    let TlsCertificate {
+        certificate_chain,
+        private_key,
+        pkcs12,
+        watched_directory,
+        private_key_provider,
+        password,
+        ocsp_staple,
+        signed_certificate_timestamp,
+        tls_params,
+    } = certificate;
+    reject_set!(path; pkcs12, watched_directory, private_key_provider, password, ocsp_staple,
+        signed_certificate_timestamp, tls_params);
+    Ok((
+        pem(certificate_chain, &path.field("certificate_chain"))?,
+        pem(private_key, &path.field("private_key"))?,
+    ))
+}
+
+/// The server's roots (required: without them the context would verify nothing) and names.
+fn server_validation(
+    context: CertificateValidationContext,
+    sni_check: bool,
+    path: &Path,
+) -> Checked<(Option<Pem>, ServerNameCheck)> {
+    let CertificateValidationContext {
+        trusted_ca,
+        ca_certificate_provider_instance,
+        system_root_certs,
+        watched_directory,
+        verify_certificate_spki,
+        verify_certificate_hash,
+        match_typed_subject_alt_names,
+        match_subject_alt_names,
+        require_signed_certificate_timestamp,
+        crl,
+        allow_expired_certificate,
+        trust_chain_verification,
+        custom_validator_config,
+        only_verify_leaf_cert_crl,
+        max_verify_depth,
+        suppress_client_ca_list,
+    } = context;
+    reject_set!(path; ca_certificate_provider_instance, system_root_certs, watched_directory,
+        verify_certificate_spki, verify_certificate_hash, match_subject_alt_names,
+        require_signed_certificate_timestamp, crl, allow_expired_certificate,
+        trust_chain_verification, custom_validator_config, only_verify_leaf_cert_crl,
+        max_verify_depth, suppress_client_ca_list);
+    let roots = pem(trusted_ca, &path.field("trusted_ca"))?;
+    let sans_path = path.field("match_typed_subject_alt_names");
+    let sans = match_typed_subject_alt_names
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| san_match(m, &sans_path.index(i)))
+        .collect::<Checked<Vec<_>>>()?;
+    // Envoy: `auto_sni_san_validation` replaces the SAN matchers with the SNI.
+    let server_name = match (sni_check, sans.is_empty()) {
+        (true, _) => ServerNameCheck::Sni,
+        (false, false) => ServerNameCheck::OneOf(sans),
+        (false, true) => ServerNameCheck::ChainOnly,
+    };
+    Ok((Some(roots), server_name))
+}
+
+fn san_match(matcher: SubjectAltNameMatcher, path: &Path) -> Checked<SanMatch> {
+    let SubjectAltNameMatcher {
+        san_type,
+        matcher,
+        oid,
+    } = matcher;
+    reject_set!(path; oid);
+    let value = exact(matcher, &path.field("matcher"))?;
+    use subject_alt_name_matcher::SanType;
+    match SanType::try_from(san_type) {
+        Ok(SanType::Dns) => Ok(SanMatch::Dns(value)),
+        Ok(SanType::Uri) => Ok(SanMatch::Uri(value)),
+        Ok(SanType::IpAddress) => value.parse().map(SanMatch::Ip).map_err(|_| {
+            Invalid::new(
+                &path.field("matcher"),
+                format!("{value:?} is not an IP address"),
+            )
+        }),
+        _ => Err(Invalid::new(
+            &path.field("san_type"),
+            "only DNS, URI or IP_ADDRESS",
+        )),
+    }
+}
+
+/// PEM from a file name or inline; never from an environment variable.
+fn pem(source: Option<DataSource>, path: &Path) -> Checked<Pem> {
+    let DataSource {
+        watched_directory,
+        specifier,
+    } = required(source, path)?;
+    reject_set!(path; watched_directory);
+    match specifier {
+        Some(data_source::Specifier::Filename(name)) if !name.is_empty() => {
+            Ok(Pem::File(PathBuf::from(name)))
+        }
+        Some(data_source::Specifier::InlineBytes(bytes)) if !bytes.is_empty() => {
+            Ok(Pem::Inline(bytes))
+        }
+        Some(data_source::Specifier::InlineString(text)) if !text.is_empty() => {
+            Ok(Pem::Inline(text.into_bytes()))
+        }
+        Some(data_source::Specifier::EnvironmentVariable(_)) => Err(Invalid::new(
+            path,
+            "environment_variable is not supported (a file name or inline PEM)",
+        )),
+        _ => Err(Invalid::required(path)),
+    }
 }
 
 fn common(context: Option<CommonTlsContext>, path: &Path) -> Checked<TlsContext> {

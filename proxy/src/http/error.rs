@@ -197,10 +197,18 @@ impl RequestError {
                 } else {
                     ""
                 };
+                // As Envoy: a failed TLS handshake says why (a certificate not valid for the
+                // name, an unknown issuer), so that an origination's mistake can be found.
+                let transport = match error {
+                    SendError::Connect(ConnectError::Tls { reason, .. }) => {
+                        format!(", transport failure reason: {reason}")
+                    }
+                    _ => String::new(),
+                };
                 local_reply(
                     status,
                     &format!(
-                        "upstream connect error or disconnect/reset before headers. {retried}reset reason: {reason}"
+                        "upstream connect error or disconnect/reset before headers. {retried}reset reason: {reason}{transport}"
                     ),
                 )
             }

@@ -480,6 +480,7 @@ mod tests {
                 alpn: Vec::new(),
             },
             sni: sni.to_owned(),
+            external: None,
         })
     }
 

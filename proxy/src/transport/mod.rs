@@ -1,6 +1,7 @@
 //! Byte streams: TLS configurations from SDS secrets, and the boxed stream type that
 //! connections pass around (plain TCP or TLS, either direction).
 
+pub mod external_tls;
 pub mod tls;
 
 use tokio::io::{AsyncRead, AsyncWrite};

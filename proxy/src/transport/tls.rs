@@ -41,6 +41,9 @@ pub fn client(
     config: &ProxyConfig,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let context = &tls.context;
+    if let Some(external) = &tls.external {
+        return super::external_tls::client(external, &context.alpn).map(Arc::new);
+    }
     let certs = certificate(context, config)?;
     let verifier = verifier(context, config)?;
     let alpn: Vec<&[u8]> = context.alpn.iter().map(|a| a.as_bytes()).collect();

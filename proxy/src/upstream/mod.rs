@@ -145,6 +145,12 @@ impl ClusterKey {
                         field(&mut h, item.as_bytes());
                     }
                 }
+                // Outside the mesh: the roots, names and client certificate, as configured
+                // (files by name: their content is read when the configuration changes).
+                match &tls.external {
+                    None => field(&mut h, b"mesh"),
+                    Some(external) => field(&mut h, format!("{external:?}").as_bytes()),
+                }
             }
         }
         Self {

@@ -22,6 +22,7 @@ use isthmus_proto::envoy::google::protobuf::UInt32Value;
 use super::endpoints::{dns_load_assignment, subset_endpoints};
 use super::names::{imported_sni, outbound_cluster};
 use super::tls::{ads, upstream_mtls};
+use super::tls_origination;
 use super::{duration, pack};
 use crate::model::registry::RemoteService;
 use crate::model::{MeshModel, Port, Protocol, Service};
@@ -105,7 +106,15 @@ fn cluster(
             });
         }
     }
-    if uses_mtls(service, policy) {
+    let alpn: &[&str] = match port.protocol {
+        Protocol::Http2 | Protocol::Grpc => &["h2"],
+        Protocol::Http => &["http/1.1"],
+        _ => &[],
+    };
+    let tls = policy.and_then(|p| p.tls.as_ref());
+    if let Some(tls) = tls.filter(|t| tls_origination::originates(Some(t))) {
+        c.transport_socket = Some(tls_origination::upstream_tls(tls, host, alpn));
+    } else if uses_mtls(service, policy) {
         let subset_labels = subset.and_then(|s| {
             rule.and_then(|r| r.subsets.iter().find(|x| x.name == s))
                 .map(|x| &x.labels)
@@ -113,11 +122,6 @@ fn cluster(
         let ids: BTreeSet<String> = subset_endpoints(service, subset_labels)
             .filter_map(|e| e.identity.as_ref().map(ToString::to_string))
             .collect();
-        let alpn: &[&str] = match port.protocol {
-            Protocol::Http2 | Protocol::Grpc => &["h2"],
-            Protocol::Http => &["http/1.1"],
-            _ => &[],
-        };
         // Imported (or joined by peers' copies): the session may be end to end with a peer's
         // workload, through the local egress gateway, which routes it by SNI (Istio's
         // `outbound_.<port>_._.<host>`); any of the peers' identities is expected too.

@@ -32,6 +32,7 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod tls_origination;
 mod tracing;
 mod visibility;
 

@@ -127,8 +127,8 @@ fn api_listeners(vh: &VirtualHost, hosts: &[&str]) -> Vec<Listener> {
         .collect()
 }
 
-/// An EDS cluster as a gRPC client uses it; other kinds (DNS, original destination) are left
-/// out, and a route to them fails as to a cluster that does not exist. With xDS credentials,
+/// An EDS cluster as a gRPC client uses it; other kinds (DNS, original destination) and TLS
+/// origination to servers outside the mesh are left out, and a route to them fails as to a cluster that does not exist. With xDS credentials,
 /// the sidecar's mTLS becomes gRPC's (A29): certificates and roots from the bootstrap's
 /// `default` certificate provider, the same peer identities; without, no transport socket.
 fn eds_for_grpc(mut c: Cluster, xds_credentials: bool) -> Option<Cluster> {
@@ -136,7 +136,13 @@ fn eds_for_grpc(mut c: Cluster, xds_credentials: bool) -> Option<Cluster> {
         c.cluster_discovery_type,
         Some(cluster::ClusterDiscoveryType::Type(t)) if t == cluster::DiscoveryType::Eds as i32
     );
-    if !eds {
+    // TLS origination to a server outside the mesh reads files gRPC cannot be given: such a
+    // cluster is left out rather than reached in plaintext.
+    let originates = c
+        .transport_socket
+        .as_ref()
+        .is_some_and(|s| !tls::is_mesh_mtls(s));
+    if !eds || originates {
         return None;
     }
     c.transport_socket = if xds_credentials {

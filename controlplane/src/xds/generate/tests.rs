@@ -15,6 +15,7 @@ use isthmus_proto::envoy::envoy::config::route::v3::{
 use isthmus_proto::envoy::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
 use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     Secret, SpiffeCertValidatorConfig, UpstreamTlsContext, common_tls_context, secret,
+    subject_alt_name_matcher,
 };
 use prost::Message;
 
@@ -1094,4 +1095,121 @@ spec:
     let both = edge_only.replace("[istio-system/public]", "[istio-system/public, mesh]");
     let both = super::tests::model(&both);
     assert!(both.routes.contains_key("reviews.shop.local"));
+}
+
+#[test]
+fn simple_and_mutual_tls_originate_with_the_rules_files_and_names() {
+    let extra = "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: shop}
+spec:
+  hosts: [api.example.com, billing.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 80, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: shop}
+spec:
+  host: api.example.com
+  trafficPolicy: {tls: {mode: SIMPLE}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: billing, namespace: shop}
+spec:
+  host: billing.example.com
+  trafficPolicy:
+    tls:
+      mode: MUTUAL
+      caCertificates: /etc/certs/ca.pem
+      clientCertificate: /etc/certs/cert.pem
+      privateKey: /etc/certs/key.pem
+      sni: billing.internal
+      subjectAltNames: [billing.internal, spiffe://billing.example/api]
+";
+    let s = snapshot_of(extra, "web");
+    let all = clusters(&s);
+    let validation = |tls: &UpstreamTlsContext| {
+        let common = tls.common_tls_context.clone().unwrap();
+        let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+            common.validation_context_type
+        else {
+            panic!("an inline validation context: {common:?}")
+        };
+        (v, common.tls_certificates)
+    };
+    let file = |name: &str| {
+        Some(isthmus_proto::envoy::envoy::config::core::v3::DataSource {
+            specifier: Some(
+                isthmus_proto::envoy::envoy::config::core::v3::data_source::Specifier::Filename(
+                    name.into(),
+                ),
+            ),
+            ..Default::default()
+        })
+    };
+
+    let simple = upstream_tls(&all["outbound|80||api.example.com"]).unwrap();
+    assert_eq!(simple.sni, "api.example.com", "the host is the SNI");
+    assert!(
+        simple.auto_sni_san_validation,
+        "and the certificate must be valid for it"
+    );
+    let (v, certificates) = validation(&simple);
+    assert_eq!(
+        v.trusted_ca,
+        file("/etc/ssl/certs/ca-certificates.crt"),
+        "the system's roots"
+    );
+    assert!(v.match_typed_subject_alt_names.is_empty() && certificates.is_empty());
+
+    let mutual = upstream_tls(&all["outbound|80||billing.example.com"]).unwrap();
+    assert_eq!(mutual.sni, "billing.internal");
+    assert!(
+        !mutual.auto_sni_san_validation,
+        "subjectAltNames replace the SNI check"
+    );
+    let (v, certificates) = validation(&mutual);
+    assert_eq!(v.trusted_ca, file("/etc/certs/ca.pem"));
+    let sans: Vec<(i32, String)> = v
+        .match_typed_subject_alt_names
+        .iter()
+        .map(|m| {
+            (
+                m.san_type,
+                format!("{:?}", m.matcher.as_ref().unwrap().match_pattern),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sans,
+        [
+            (
+                subject_alt_name_matcher::SanType::Dns as i32,
+                "Some(Exact(\"billing.internal\"))".into()
+            ),
+            (
+                subject_alt_name_matcher::SanType::Uri as i32,
+                "Some(Exact(\"spiffe://billing.example/api\"))".into()
+            ),
+        ]
+    );
+    assert_eq!(certificates.len(), 1);
+    assert_eq!(
+        certificates[0].certificate_chain,
+        file("/etc/certs/cert.pem")
+    );
+    assert_eq!(certificates[0].private_key, file("/etc/certs/key.pem"));
+    assert!(
+        mutual
+            .common_tls_context
+            .as_ref()
+            .unwrap()
+            .tls_certificate_sds_secret_configs
+            .is_empty(),
+        "never the mesh's own certificate to a server outside the mesh"
+    );
 }

@@ -140,6 +140,25 @@ pub fn upstream_peer_mtls(sni: &str, peer_roots: &str) -> TransportSocket {
     }
 }
 
+/// Whether `socket` is the mesh's mTLS (SDS certificates and bundles), not an origination to
+/// a server outside the mesh (`tls_origination.rs`).
+pub fn is_mesh_mtls(socket: &TransportSocket) -> bool {
+    use prost::Message as _;
+
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+        return false;
+    };
+    UpstreamTlsContext::decode(any.value.as_slice())
+        .ok()
+        .and_then(|c| c.common_tls_context)
+        .is_some_and(|c| {
+            matches!(
+                c.validation_context_type,
+                Some(common_tls_context::ValidationContextType::CombinedValidationContext(_))
+            )
+        })
+}
+
 /// A sidecar's upstream mTLS as a proxyless gRPC client with xDS credentials does it (gRPC's
 /// A29): its certificate and the roots from the bootstrap's `default` certificate provider
 /// (`default` and `ROOTCA`), the same peer identities, gRPC's own ALPN; `None` when `socket` is

@@ -1,18 +1,21 @@
 //! TLS transport sockets -> `DownstreamTls` (listeners) and `UpstreamTls` (clusters).
 
 use isthmus_proto::envoy::envoy::config::core::v3::{
-    DataSource, TransportSocket, transport_socket,
+    DataSource, TransportSocket, data_source, transport_socket,
 };
 use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext, common_tls_context,
     subject_alt_name_matcher, tls_parameters,
 };
 use isthmus_proto::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use isthmus_proto::envoy::google::protobuf::{Any, BoolValue};
 
 use super::{Expect, Table, ads, not_ads, pack, run};
-use crate::config::tls::{DownstreamTls, TlsContext, UpstreamTls, downstream, upstream};
+use crate::config::tls::{
+    DownstreamTls, ExternalTls, Pem, SanMatch, ServerNameCheck, TlsContext, UpstreamTls,
+    downstream, upstream,
+};
 
 fn socket(config: Any) -> Option<TransportSocket> {
     Some(TransportSocket {
@@ -259,6 +262,7 @@ fn upstream_tls_checks_its_sni() {
             Expect::Model(Some(UpstreamTls {
                 context: context(&["spiffe://red.local/ns/bookinfo/sa/reviews"]),
                 sni: "outbound_.9080_._.reviews.bookinfo.svc.cluster.local".into(),
+                external: None,
             })),
         ),
         (
@@ -289,6 +293,180 @@ fn upstream_tls_checks_its_sni() {
                 ..UpstreamTlsContext::default()
             })),
             Expect::Rejected("typed_config(UpstreamTlsContext).allow_renegotiation"),
+        ),
+    ];
+    run(table, upstream);
+}
+
+fn file(name: &str) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(data_source::Specifier::Filename(name.into())),
+        ..DataSource::default()
+    })
+}
+
+/// TLS to a server outside the mesh, as isthmusd writes a `DestinationRule`'s `SIMPLE`: roots
+/// from a file, the given SAN matchers, optionally a client certificate (`MUTUAL`).
+fn origination(
+    sans: Vec<SubjectAltNameMatcher>,
+    auto_sni_san_validation: bool,
+    certificate: bool,
+) -> Option<TransportSocket> {
+    socket(pack(&UpstreamTlsContext {
+        sni: "api.example.com".into(),
+        auto_sni_san_validation,
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: if certificate {
+                vec![TlsCertificate {
+                    certificate_chain: file("/etc/certs/cert.pem"),
+                    private_key: file("/etc/certs/key.pem"),
+                    ..TlsCertificate::default()
+                }]
+            } else {
+                Vec::new()
+            },
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: file("/etc/certs/ca.pem"),
+                        match_typed_subject_alt_names: sans,
+                        ..CertificateValidationContext::default()
+                    },
+                ),
+            ),
+            ..CommonTlsContext::default()
+        }),
+        ..UpstreamTlsContext::default()
+    }))
+}
+
+fn dns_san(name: &str) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: subject_alt_name_matcher::SanType::Dns as i32,
+        ..uri_san(string_matcher::MatchPattern::Exact(name.into()))
+    }
+}
+
+#[test]
+fn upstream_tls_outside_the_mesh_is_verified_as_x509() {
+    let table: Table<Option<TransportSocket>, Option<UpstreamTls>> = vec![
+        (
+            "SIMPLE: roots from a file, the SNI checked",
+            origination(Vec::new(), true, false),
+            Expect::Model(Some(UpstreamTls {
+                context: TlsContext {
+                    certificate: None,
+                    validation: None,
+                    peer_ids: Vec::new(),
+                    alpn: Vec::new(),
+                },
+                sni: "api.example.com".into(),
+                external: Some(ExternalTls {
+                    roots: Some(Pem::File("/etc/certs/ca.pem".into())),
+                    server_name: ServerNameCheck::Sni,
+                    client_certificate: None,
+                }),
+            })),
+        ),
+        (
+            "MUTUAL with subjectAltNames: a client certificate, one of the SANs",
+            origination(
+                vec![
+                    dns_san("api.example.com"),
+                    uri_san(string_matcher::MatchPattern::Exact("spiffe://x/y".into())),
+                ],
+                false,
+                true,
+            ),
+            Expect::Holds(|t| {
+                let external = t.as_ref().and_then(|t| t.external.as_ref());
+                external.is_some_and(|e| {
+                    e.server_name
+                        == ServerNameCheck::OneOf(vec![
+                            SanMatch::Dns("api.example.com".into()),
+                            SanMatch::Uri("spiffe://x/y".into()),
+                        ])
+                        && e.client_certificate
+                            == Some((
+                                Pem::File("/etc/certs/cert.pem".into()),
+                                Pem::File("/etc/certs/key.pem".into()),
+                            ))
+                })
+            }),
+        ),
+        (
+            "insecureSkipVerify: no validation context, no verification",
+            socket(pack(&UpstreamTlsContext {
+                sni: "api.example.com".into(),
+                common_tls_context: Some(CommonTlsContext::default()),
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Holds(|t| {
+                t.as_ref()
+                    .and_then(|t| t.external.as_ref())
+                    .is_some_and(|e| e.roots.is_none())
+            }),
+        ),
+        (
+            "SNI validation without an SNI",
+            socket(pack(&UpstreamTlsContext {
+                auto_sni_san_validation: true,
+                common_tls_context: Some(CommonTlsContext::default()),
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Rejected("typed_config(UpstreamTlsContext).auto_sni_san_validation"),
+        ),
+        (
+            "roots from an environment variable",
+            socket(pack(&UpstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    validation_context_type: Some(
+                        common_tls_context::ValidationContextType::ValidationContext(
+                            CertificateValidationContext {
+                                trusted_ca: Some(DataSource {
+                                    specifier: Some(data_source::Specifier::EnvironmentVariable(
+                                        "CA".into(),
+                                    )),
+                                    ..DataSource::default()
+                                }),
+                                ..CertificateValidationContext::default()
+                            },
+                        ),
+                    ),
+                    ..CommonTlsContext::default()
+                }),
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Rejected(
+                "typed_config(UpstreamTlsContext).common_tls_context.validation_context.trusted_ca",
+            ),
+        ),
+        (
+            "a validation context without roots verifies nothing: refused",
+            socket(pack(&UpstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    validation_context_type: Some(
+                        common_tls_context::ValidationContextType::ValidationContext(
+                            CertificateValidationContext::default(),
+                        ),
+                    ),
+                    ..CommonTlsContext::default()
+                }),
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Rejected(
+                "typed_config(UpstreamTlsContext).common_tls_context.validation_context.trusted_ca",
+            ),
+        ),
+        (
+            "SNI validation is for TLS outside the mesh only",
+            socket(pack(&UpstreamTlsContext {
+                sni: "reviews".into(),
+                auto_sni_san_validation: true,
+                common_tls_context: Some(mtls(peer_ids(&[]))),
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Rejected("typed_config(UpstreamTlsContext).auto_sni_san_validation"),
         ),
     ];
     run(table, upstream);

@@ -1,0 +1,226 @@
+//! TLS to servers outside the mesh (a `DestinationRule`'s `SIMPLE` or `MUTUAL`): the server's
+//! chain is verified by WebPKI against the cluster's roots, then its certificate is checked
+//! for the SNI or for one of the cluster's SANs; the client certificate, when there is one, is
+//! a plain certificate and key. Nothing of the mesh's identity is sent or expected.
+//!
+//! The PEM files are read when the cluster's TLS is built (at each configuration change); a
+//! file that cannot be read makes the cluster's connections fail with the file's name.
+
+use std::sync::Arc;
+
+use isthmus_identity::CertInfo;
+use isthmus_identity::pem::{certs_from_pem, key_from_pem};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use super::tls::TlsError;
+use crate::config::tls::{ExternalTls, Pem, SanMatch, ServerNameCheck};
+
+/// The client configuration of a cluster's TLS to a server outside the mesh.
+pub fn client(external: &ExternalTls, alpn: &[String]) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(isthmus_identity::provider());
+    let verifier: Arc<dyn ServerCertVerifier> = match &external.roots {
+        None => Arc::new(Unverified(provider.clone())),
+        Some(roots) => {
+            let mut store = RootCertStore::empty();
+            let (added, _) = store.add_parsable_certificates(read_certs(roots)?);
+            if added == 0 {
+                return Err(format!("{}: no usable root certificate", origin(roots)));
+            }
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                    .build()
+                    .map_err(|e| format!("{}: {e}", origin(roots)))?;
+            Arc::new(NamedServer {
+                webpki,
+                check: external.server_name.clone(),
+            })
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &external.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(read_certs(chain)?, read_key(key)?)
+            .map_err(|e| format!("{} with {}: {e}", origin(chain), origin(key)))?,
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(config)
+}
+
+fn origin(pem: &Pem) -> String {
+    match pem {
+        Pem::File(path) => path.display().to_string(),
+        Pem::Inline(_) => "inline PEM".to_owned(),
+    }
+}
+
+fn bytes(pem: &Pem) -> Result<Vec<u8>, TlsError> {
+    match pem {
+        Pem::File(path) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+        Pem::Inline(bytes) => Ok(bytes.clone()),
+    }
+}
+
+fn read_certs(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certs_from_pem(&bytes(pem)?, &origin(pem)).map_err(|e| e.to_string())
+}
+
+fn read_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
+    key_from_pem(&bytes(pem)?, &origin(pem)).map_err(|e| e.to_string())
+}
+
+/// WebPKI's chain verification, then the name check the cluster asks for.
+#[derive(Debug)]
+struct NamedServer {
+    webpki: Arc<WebPkiServerVerifier>,
+    check: ServerNameCheck,
+}
+
+impl NamedServer {
+    /// The chain alone: WebPKI checks the chain before the name, so a name mismatch means the
+    /// chain verified.
+    fn chain_only(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+}
+
+impl ServerCertVerifier for NamedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        sni: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let sans = match &self.check {
+            ServerNameCheck::Sni => {
+                return self
+                    .webpki
+                    .verify_server_cert(end_entity, intermediates, sni, ocsp, now);
+            }
+            ServerNameCheck::ChainOnly => {
+                return self.chain_only(end_entity, intermediates, sni, ocsp, now);
+            }
+            ServerNameCheck::OneOf(sans) => sans,
+        };
+        self.chain_only(end_entity, intermediates, sni, ocsp, now)?;
+        let info = CertInfo::parse(end_entity)
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let matches = sans.iter().any(|san| match san {
+            // WebPKI's own name matching (wildcards, case) for names and addresses.
+            SanMatch::Dns(name) => ServerName::try_from(name.as_str()).is_ok_and(|name| {
+                self.webpki
+                    .verify_server_cert(end_entity, intermediates, &name, ocsp, now)
+                    .is_ok()
+            }),
+            SanMatch::Ip(ip) => self
+                .webpki
+                .verify_server_cert(end_entity, intermediates, &ServerName::from(*ip), ocsp, now)
+                .is_ok(),
+            SanMatch::Uri(uri) => info.uri_sans.iter().any(|u| u == uri),
+        });
+        if matches {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// No verification of the server (Istio's `insecureSkipVerify`); the handshake's signatures
+/// are still checked, so the session is with the holder of the presented certificate.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
