@@ -816,14 +816,94 @@ pub struct TrafficPolicy {
     #[serde(default)]
     pub tls: Option<ClientTlsSettings>,
     #[serde(default)]
-    pub port_level_settings: Option<Unsupported>,
+    pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(default)]
     pub tunnel: Option<Unsupported>,
     #[serde(default)]
     pub proxy_protocol: Option<Unsupported>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// `trafficPolicy.portLevelSettings[]`: the policy of one port of the service, in place of the
+/// rule's (Istio: a port's settings do not inherit; what they leave unset is the default).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicy {
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default)]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default)]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+impl TrafficPolicy {
+    /// This policy's settings for `port`, if it has some.
+    fn port_settings(&self, port: u32) -> Option<&PortTrafficPolicy> {
+        self.port_level_settings
+            .iter()
+            .find(|s| s.port.is_some_and(|p| p.number == port))
+    }
+
+    /// `merged` with a port's settings in place of all four of its settings.
+    fn with_port_settings(mut merged: TrafficPolicy, settings: &PortTrafficPolicy) -> Self {
+        merged.load_balancer = settings.load_balancer.clone();
+        merged.connection_pool = settings.connection_pool.clone();
+        merged.outlier_detection = settings.outlier_detection.clone();
+        merged.tls = settings.tls.clone();
+        merged
+    }
+
+    /// This policy with the settings of `port` in place, when it has some.
+    fn for_port(&self, port: u32) -> TrafficPolicy {
+        let merged = TrafficPolicy {
+            port_level_settings: Vec::new(),
+            ..self.clone()
+        };
+        match self.port_settings(port) {
+            Some(settings) => Self::with_port_settings(merged, settings),
+            None => merged,
+        }
+    }
+}
+
+impl DestinationRuleSpec {
+    /// The traffic policy of `port` of the host, or of one of its subsets, as Istio merges it:
+    /// the rule's policy with its settings for the port; then each setting the subset's
+    /// policy gives replaces the rule's, and the subset's settings for the port replace all.
+    pub fn policy_for(&self, subset: Option<&str>, port: u32) -> Option<TrafficPolicy> {
+        let top = self.traffic_policy.as_ref().map(|p| p.for_port(port));
+        let Some(own) = subset
+            .and_then(|name| self.subsets.iter().find(|s| s.name == name))
+            .and_then(|s| s.traffic_policy.as_ref())
+        else {
+            return top;
+        };
+        let mut merged = top.unwrap_or_default();
+        if own.load_balancer.is_some() {
+            merged.load_balancer = own.load_balancer.clone();
+        }
+        if own.connection_pool.is_some() {
+            merged.connection_pool = own.connection_pool.clone();
+        }
+        if own.outlier_detection.is_some() {
+            merged.outlier_detection = own.outlier_detection.clone();
+        }
+        if own.tls.is_some() {
+            merged.tls = own.tls.clone();
+        }
+        Some(match own.port_settings(port) {
+            Some(settings) => TrafficPolicy::with_port_settings(merged, settings),
+            None => merged,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
@@ -831,7 +911,7 @@ pub struct Subset {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
-    pub traffic_policy: Option<Unsupported>,
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -1021,33 +1101,80 @@ impl Validate for DestinationRule {
                 format!("duplicate subset {:?}", subset.name),
             );
         }
-        let Some(policy) = &s.traffic_policy else {
-            return;
-        };
-        if let Some(lb) = &policy.load_balancer {
-            v.check(
-                lb.simple != Some(SimpleLb::Passthrough),
-                "spec.trafficPolicy.loadBalancer.simple",
-                "PASSTHROUGH is not supported by Isthmus",
-            );
+        if let Some(policy) = &s.traffic_policy {
+            validate_traffic_policy(v, "spec.trafficPolicy", policy);
         }
-        if let Some(od) = &policy.outlier_detection {
-            for (name, value) in [
-                ("maxEjectionPercent", od.max_ejection_percent),
-                ("minHealthPercent", od.min_health_percent),
-            ] {
-                if let Some(p) = value {
-                    v.check(
-                        p <= 100,
-                        format!("spec.trafficPolicy.outlierDetection.{name}"),
-                        format!("{p} is more than 100"),
-                    );
-                }
+        for (i, subset) in s.subsets.iter().enumerate() {
+            if let Some(policy) = &subset.traffic_policy {
+                validate_traffic_policy(v, &format!("spec.subsets[{i}].trafficPolicy"), policy);
             }
         }
-        if let Some(tls) = &policy.tls {
-            validate_client_tls(v, "spec.trafficPolicy.tls", tls);
+    }
+}
+
+fn validate_traffic_policy(v: &mut Validator, path: &str, policy: &TrafficPolicy) {
+    validate_policy_settings(
+        v,
+        path,
+        policy.load_balancer.as_ref(),
+        policy.outlier_detection.as_ref(),
+        policy.tls.as_ref(),
+    );
+    let mut ports = std::collections::BTreeSet::new();
+    for (i, settings) in policy.port_level_settings.iter().enumerate() {
+        let path = format!("{path}.portLevelSettings[{i}]");
+        match settings.port {
+            None => v.error(format!("{path}.port"), "is required"),
+            Some(port) => {
+                validate_port(v, &format!("{path}.port.number"), port.number);
+                v.check(
+                    ports.insert(port.number),
+                    format!("{path}.port.number"),
+                    format!("port {} has settings already", port.number),
+                );
+            }
         }
+        validate_policy_settings(
+            v,
+            &path,
+            settings.load_balancer.as_ref(),
+            settings.outlier_detection.as_ref(),
+            settings.tls.as_ref(),
+        );
+    }
+}
+
+/// The checks a policy and a port's settings share.
+fn validate_policy_settings(
+    v: &mut Validator,
+    path: &str,
+    lb: Option<&LoadBalancerSettings>,
+    od: Option<&OutlierDetection>,
+    tls: Option<&ClientTlsSettings>,
+) {
+    if let Some(lb) = lb {
+        v.check(
+            lb.simple != Some(SimpleLb::Passthrough),
+            format!("{path}.loadBalancer.simple"),
+            "PASSTHROUGH is not supported by Isthmus",
+        );
+    }
+    if let Some(od) = od {
+        for (name, value) in [
+            ("maxEjectionPercent", od.max_ejection_percent),
+            ("minHealthPercent", od.min_health_percent),
+        ] {
+            if let Some(p) = value {
+                v.check(
+                    p <= 100,
+                    format!("{path}.outlierDetection.{name}"),
+                    format!("{p} is more than 100"),
+                );
+            }
+        }
+    }
+    if let Some(tls) = tls {
+        validate_client_tls(v, &format!("{path}.tls"), tls);
     }
 }
 

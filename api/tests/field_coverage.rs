@@ -73,6 +73,9 @@ fn new_item(kind: Kind, list: &str) -> Value {
             json!({"name": "v1", "labels": {"version": "v1"}})
         }
         (Kind::ServiceEntry, "spec.ports") => json!({"number": 8080, "name": "http"}),
+        (Kind::DestinationRule, list) if list.ends_with("portLevelSettings") => {
+            json!({"port": {"number": 8080}})
+        }
         (Kind::DestinationRule, list) if list.ends_with("localityLbSetting.failover") => {
             json!({"from": "us-east1", "to": "us-west1"})
         }
@@ -87,6 +90,20 @@ fn new_item(kind: Kind, list: &str) -> Value {
         }
         _ => json!({}),
     }
+}
+
+/// The object holding the field at `path` (`spec.subsets[].trafficPolicy.tls.mode`: the `tls`
+/// of the first subset).
+fn parent_mut<'a>(doc: &'a mut Value, path: &str) -> &'a mut Value {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut node = doc;
+    for part in &parts[..parts.len() - 1] {
+        node = match part.strip_suffix("[]") {
+            Some(list) => &mut node[list][0],
+            None => &mut node[*part],
+        };
+    }
+    node
 }
 
 /// Changes that make the document valid again once `path` is set (Istio's one-of rules).
@@ -109,11 +126,7 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
         }
         Kind::DestinationRule if path.ends_with("tls.mode") => {
             // Istio: MUTUAL presents a certificate; the files are not ISTIO_MUTUAL's.
-            let tls = if path.starts_with("spec.subsets") {
-                &mut spec["subsets"][0]["trafficPolicy"]["tls"]
-            } else {
-                &mut spec["trafficPolicy"]["tls"]
-            };
+            let tls = parent_mut(doc, path);
             if tls["mode"] == "MUTUAL" {
                 tls["clientCertificate"] = json!("/etc/certs/cert.pem");
                 tls["privateKey"] = json!("/etc/certs/key.pem");
@@ -487,7 +500,7 @@ fn unknown_fields_stay_unknown_and_every_problem_is_reported() {
     doc["spec"]["trafficPolicy"] = json!({
         "loadBalancer": {"simple": "PASSTHROUGH", "zoneAwareLbSetting": {"enabled": true}},
         "connectionPool": {"tcp": {"maxConections": 1}},
-        "portLevelSettings": [],
+        "proxyProtocol": {"version": "V1"},
     });
     doc["spec"]["subsets"] = json!([{"name": "v1"}, {"name": "v1"}]);
     let errors: Vec<String> = from_value(doc)
@@ -500,7 +513,7 @@ fn unknown_fields_stay_unknown_and_every_problem_is_reported() {
         "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported by Isthmus",
         "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting: not supported by Isthmus",
         "spec.trafficPolicy.connectionPool.tcp.maxConections: unknown field; did you mean `maxConnections`?",
-        "spec.trafficPolicy.portLevelSettings: not supported by Isthmus",
+        "spec.trafficPolicy.proxyProtocol: not supported by Isthmus",
     ];
     for line in expected {
         assert!(errors.iter().any(|e| e == line), "{line} in {errors:#?}");

@@ -58,7 +58,9 @@ fn cluster(
 ) -> Cluster {
     let host = &service.key.hostname;
     let name = outbound_cluster(port.number, subset, host);
-    let policy = rule.and_then(|r| r.traffic_policy.as_ref());
+    // The rule's policy as it applies to this port and subset (Istio's merge).
+    let policy = rule.and_then(|r| r.policy_for(subset, port.number));
+    let policy = policy.as_ref();
     let mut c = Cluster {
         name: name.clone(),
         connect_timeout: Some(duration(

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use isthmus_api::networking::{DestinationRuleSpec, LocalityLbSetting, Resolution};
+use isthmus_api::networking::{LocalityLbSetting, Resolution, TrafficPolicy};
 use isthmus_proto::envoy::envoy::config::core::v3::{
     Address, Locality as EnvoyLocality, SocketAddress, address, socket_address,
 };
@@ -120,7 +120,8 @@ pub fn outbound(
                     // EDS carries IP addresses only; DNS names need a DNS cluster.
                     .filter(|e| e.address.parse::<IpAddr>().is_ok())
                     .filter(|e| serves(service, e, port));
-                out.push(assignment(name, endpoints, port, workload, rule));
+                let policy = rule.and_then(|r| r.policy_for(*subset, port.number));
+                out.push(assignment(name, endpoints, port, workload, policy.as_ref()));
             }
         }
     }
@@ -133,9 +134,9 @@ fn assignment<'e>(
     endpoints: impl Iterator<Item = &'e Endpoint>,
     port: &Port,
     workload: &Workload,
-    rule: Option<&DestinationRuleSpec>,
+    policy: Option<&TrafficPolicy>,
 ) -> ClusterLoadAssignment {
-    let locality_lb = rule.and_then(|r| r.traffic_policy.as_ref()).and_then(|p| {
+    let locality_lb = policy.and_then(|p| {
         // Istio applies locality load balancing only with outlier detection, which is what
         // lets Envoy notice that a priority has failed.
         p.outlier_detection.as_ref()?;

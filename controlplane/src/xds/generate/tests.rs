@@ -1213,3 +1213,65 @@ spec:
         "never the mesh's own certificate to a server outside the mesh"
     );
 }
+
+#[test]
+fn port_level_and_subset_policies_merge_as_istio_does() {
+    let extra = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.local
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {tcp: {maxConnections: 10}}
+    portLevelSettings:
+    - port: {number: 9080}
+      connectionPool: {http: {http2MaxRequests: 5}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: RANDOM}
+      portLevelSettings:
+      - port: {number: 7000}
+        tls: {mode: SIMPLE, sni: data.example.com}
+";
+    let s = snapshot_of(extra, "web");
+    let all = clusters(&s);
+    let facts = |name: &str| {
+        let c = &all[name];
+        let t = &c.circuit_breakers.as_ref().unwrap().thresholds[0];
+        (
+            cluster::LbPolicy::try_from(c.lb_policy).unwrap(),
+            t.max_connections.unwrap().value,
+            t.max_requests.unwrap().value,
+            upstream_tls(c).map(|t| t.sni),
+        )
+    };
+    let (lr, rr, random) = (
+        cluster::LbPolicy::LeastRequest,
+        cluster::LbPolicy::RoundRobin,
+        cluster::LbPolicy::Random,
+    );
+    let unlimited = u32::MAX;
+    // Port 9080's settings replace the rule's whole: Istio's default balancer, no TCP limit.
+    assert_eq!(
+        facts("outbound|9080||reviews.shop.local"),
+        (lr, unlimited, 5, Some("reviews.shop.local".into()))
+    );
+    assert_eq!(facts("outbound|7000||reviews.shop.local").0, rr);
+    assert_eq!(facts("outbound|7000||reviews.shop.local").1, 10);
+    assert_eq!(
+        facts("outbound|9080|v1|reviews.shop.local"),
+        facts("outbound|9080||reviews.shop.local")
+    );
+    // The subset's balancer over the port's settings; its own port 7000 settings replace all.
+    assert_eq!(facts("outbound|9080|v2|reviews.shop.local").0, random);
+    assert_eq!(facts("outbound|9080|v2|reviews.shop.local").2, 5);
+    assert_eq!(
+        facts("outbound|7000|v2|reviews.shop.local"),
+        (lr, unlimited, unlimited, Some("data.example.com".into()))
+    );
+}
