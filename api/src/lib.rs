@@ -51,6 +51,7 @@ pub mod federation;
 pub mod meta;
 pub mod networking;
 pub mod published;
+pub mod route_policies;
 pub mod security;
 
 use serde::de::DeserializeOwned;

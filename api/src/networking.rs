@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::Validate;
 use super::duration::IstioDuration;
 use super::meta::{Unsupported, Validator, WorkloadSelector, is_host};
+use super::route_policies::{self, CorsPolicy, HttpFaultInjection, HttpMirrorPolicy, Percent};
 
 // ---------------------------------------------------------------------------------------------
 // ServiceEntry and WorkloadEntry
@@ -339,17 +340,41 @@ pub struct HttpRoute {
     #[serde(default)]
     pub delegate: Option<Unsupported>,
     #[serde(default)]
-    pub fault: Option<Unsupported>,
+    pub fault: Option<HttpFaultInjection>,
+    /// A copy of each request (`mirrorPercentage` of them) to this destination.
     #[serde(default)]
-    pub mirror: Option<Unsupported>,
+    pub mirror: Option<Destination>,
     #[serde(default)]
-    pub mirrors: Option<Unsupported>,
+    pub mirrors: Vec<HttpMirrorPolicy>,
     #[serde(default)]
-    pub mirror_percentage: Option<Unsupported>,
+    pub mirror_percentage: Option<Percent>,
+    /// Istio's deprecated integer form of `mirrorPercentage`.
     #[serde(default)]
-    pub mirror_percent: Option<Unsupported>,
+    pub mirror_percent: Option<u32>,
     #[serde(default)]
-    pub cors_policy: Option<Unsupported>,
+    pub cors_policy: Option<CorsPolicy>,
+}
+
+impl HttpRoute {
+    /// Every mirror of the route with its share: `mirror` (with `mirrorPercentage`, or the
+    /// deprecated `mirrorPercent`; all requests when neither is set), then `mirrors`.
+    pub fn all_mirrors(&self) -> Vec<(&Destination, Percent)> {
+        let single = self.mirror.as_ref().map(|d| {
+            let share = self.mirror_percentage.unwrap_or(Percent {
+                value: self.mirror_percent.map_or(100.0, f64::from),
+            });
+            (d, share)
+        });
+        single
+            .into_iter()
+            .chain(self.mirrors.iter().map(|m| {
+                (
+                    &m.destination,
+                    m.percentage.unwrap_or(Percent { value: 100.0 }),
+                )
+            }))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -636,7 +661,51 @@ impl Validate for VirtualService {
     }
 }
 
+pub(crate) fn validate_value_match(v: &mut Validator, path: &str, m: &ValueMatch) {
+    v.check(
+        m.count() <= 1,
+        path,
+        "at most one of exact, prefix or regex",
+    );
+    if let Some(sm) = m.string_match() {
+        validate_string_match(v, path, &sm);
+    }
+}
+
 fn validate_http_route(v: &mut Validator, path: &str, r: &HttpRoute) {
+    if let Some(fault) = &r.fault {
+        route_policies::validate_fault(v, &format!("{path}.fault"), fault);
+    }
+    if let Some(cors) = &r.cors_policy {
+        route_policies::validate_cors(v, &format!("{path}.corsPolicy"), cors);
+    }
+    if let Some(mirror) = &r.mirror {
+        validate_destination(v, &format!("{path}.mirror"), mirror);
+    }
+    route_policies::validate_mirror_percent(
+        v,
+        &format!("{path}.mirrorPercentage"),
+        r.mirror_percentage,
+    );
+    if let Some(p) = r.mirror_percent {
+        v.check(
+            p <= 100,
+            format!("{path}.mirrorPercent"),
+            format!("{p} is more than 100"),
+        );
+    }
+    for (i, m) in r.mirrors.iter().enumerate() {
+        validate_destination(
+            v,
+            &format!("{path}.mirrors[{i}].destination"),
+            &m.destination,
+        );
+        route_policies::validate_mirror_percent(
+            v,
+            &format!("{path}.mirrors[{i}].percentage"),
+            m.percentage,
+        );
+    }
     let actions = [
         !r.route.is_empty(),
         r.redirect.is_some(),
@@ -666,15 +735,7 @@ fn validate_http_route(v: &mut Validator, path: &str, r: &HttpRoute) {
             ("withoutHeaders", &m.without_headers),
         ] {
             for (key, m) in map {
-                let path = format!("{mpath}.{field}.{key}");
-                v.check(
-                    m.count() <= 1,
-                    &path,
-                    "at most one of exact, prefix or regex",
-                );
-                if let Some(sm) = m.string_match() {
-                    validate_string_match(v, &path, &sm);
-                }
+                validate_value_match(v, &format!("{mpath}.{field}.{key}"), m);
             }
         }
         if let Some(port) = m.port {

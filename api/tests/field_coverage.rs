@@ -120,6 +120,14 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
             {
                 http.as_object_mut().unwrap().remove("route");
             }
+            // A fault's abort needs a status, its delay a fixed delay.
+            let fault = &mut http["fault"];
+            if path.starts_with("spec.http[].fault.abort.percentage") {
+                fault["abort"]["httpStatus"] = json!(503);
+            }
+            if path.starts_with("spec.http[].fault.delay.percent") {
+                fault["delay"]["fixedDelay"] = json!("1s");
+            }
             if path.starts_with("spec.http[].route[].weight") {
                 http["route"][0]["weight"] = json!(100);
             }
@@ -281,6 +289,7 @@ fn string_sample(path: &str, leaf: &str) -> String {
         "privateKey" => "/etc/certs/key.pem",
         "credentialName" | "credentialNames" => "api-credentials",
         "serviceAccount" => "reviews",
+        "grpcStatus" => "UNAVAILABLE",
         _ => "v1",
     };
     sample.to_owned()

@@ -96,15 +96,15 @@ fn bad_fields_are_reported_by_path() {
         // Istio fields Isthmus does not implement.
         (
             vs(
-                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "mirror": {"host": "m"}}]}),
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "delegate": {"name": "m"}}]}),
             ),
-            "spec.http[0].mirror: not supported by Isthmus",
+            "spec.http[0].delegate: not supported by Isthmus",
         ),
         (
             vs(
-                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "fault": {}}]}),
+                json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "fault": {"delay": {"fixedDelay": "1s", "exponentialDelay": "1s"}}}]}),
             ),
-            "spec.http[0].fault: not supported by Isthmus",
+            "spec.http[0].fault.delay.exponentialDelay: not supported by Isthmus",
         ),
         (
             vs(json!({"hosts": ["r"], "tls": [{"match": []}]})),

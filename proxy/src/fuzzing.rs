@@ -242,6 +242,8 @@ fn edge_config() -> (&'static HttpManager, &'static RouteTable) {
     let (hcm, table) = CONFIG.get_or_init(|| {
         let table = route_table();
         let hcm = HttpManager {
+            cors_filter: false,
+            fault_filter: false,
             stat_prefix: "inbound_0.0.0.0_9080".into(),
             codec: Codec::Auto,
             routes: RouteSource::Inline(Box::new(table.clone())),
@@ -399,6 +401,7 @@ fn edits(
 
 fn route(name: &str, path: PathMatch, action: Action) -> Route {
     Route {
+        policies: Default::default(),
         name: name.into(),
         matcher: RouteMatch {
             path,
@@ -415,6 +418,7 @@ fn route(name: &str, path: PathMatch, action: Action) -> Route {
 
 fn to(cluster: &str) -> Forward {
     Forward {
+        mirrors: Vec::new(),
         targets: Targets::Cluster(cluster.into()),
         timeout: Some(Duration::from_secs(15)),
         idle_timeout: None,
@@ -523,6 +527,7 @@ fn route_table() -> RouteTable {
         .rbac
         .insert("envoy.filters.http.rbac".into(), None);
     let reviews = VirtualHost {
+        policies: Default::default(),
         name: "reviews.bookinfo.svc.cluster.local:9080".into(),
         domains: vec![
             Domain::Exact("reviews.bookinfo.svc.cluster.local:9080".into()),
@@ -565,6 +570,7 @@ fn route_table() -> RouteTable {
         rbac: HashMap::new(),
     };
     let tunnel = VirtualHost {
+        policies: Default::default(),
         name: "connect".into(),
         domains: vec![Domain::Suffix(".svc.cluster.local:15008".into())],
         routes: vec![route(
@@ -579,6 +585,7 @@ fn route_table() -> RouteTable {
         rbac: HashMap::new(),
     };
     let wildcard = VirtualHost {
+        policies: Default::default(),
         name: "wildcard".into(),
         domains: vec![
             Domain::Suffix(".green.mesh".into()),
@@ -601,6 +608,7 @@ fn route_table() -> RouteTable {
         rbac: HashMap::new(),
     };
     let any = VirtualHost {
+        policies: Default::default(),
         name: "allow_any".into(),
         domains: vec![Domain::Any],
         routes: vec![route(

@@ -61,7 +61,7 @@ fn a_bad_change_is_reported_and_the_last_good_configuration_stays() {
             "{ROUTES}---\n{}",
             ROUTES
                 .replace("name: reviews", "name: ratings")
-                .replace("  - route:", "  - mirror: {host: x}\n    route:")
+                .replace("  - route:", "  - delegate: {name: x}\n    route:")
         ),
     );
     let status = wait_for(&daemon, "the rejection", |s| {
@@ -74,7 +74,7 @@ fn a_bad_change_is_reported_and_the_last_good_configuration_stays() {
     );
     assert_eq!(error["document"], 2);
     assert_eq!(error["resource"], "VirtualService ratings");
-    assert_eq!(error["path"], "spec.http[0].mirror");
+    assert_eq!(error["path"], "spec.http[0].delegate");
     assert_eq!(error["reason"], "not supported by Isthmus");
     assert_eq!(status["version"], 1, "the last good configuration stays");
     assert_eq!(status["resources"]["VirtualService"], 1);
@@ -136,7 +136,10 @@ fn isthmusctl_status_names_the_rejected_file_document_and_field() {
     write(
         &config,
         "routes.yaml",
-        &ROUTES.replace("  - route:", "  - fault: {abort: {}}\n    route:"),
+        &ROUTES.replace(
+            "  - route:",
+            "  - fault: {abort: {http2Error: x}}\n    route:",
+        ),
     );
     wait_for(&daemon, "the rejection", |s| {
         !s["errors"].as_array().unwrap().is_empty()
@@ -150,6 +153,6 @@ fn isthmusctl_status_names_the_rejected_file_document_and_field() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("CONFIG   version 1"), "{text}");
-    assert!(text.contains("routes.yaml:1 (document 1): VirtualService reviews: spec.http[0].fault: not supported by Isthmus"), "{text}");
+    assert!(text.contains("routes.yaml:1 (document 1): VirtualService reviews: spec.http[0].fault.abort.http2Error: not supported by Isthmus"), "{text}");
     assert!(text.contains("(no proxy connected)"), "{text}");
 }

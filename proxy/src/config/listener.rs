@@ -23,6 +23,7 @@ use super::cluster::http1_check;
 use super::decode::{ads_source, opt_duration, short_type, socket_address, typed};
 use super::rbac::{self, Cidr, Rules};
 use super::route::{self, RouteTable};
+use super::route_policies;
 use super::tls::{self, DownstreamTls};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +86,9 @@ pub struct HttpManager {
     pub routes: RouteSource,
     /// RBAC filters before the router, in order, by filter name.
     pub rbac: Vec<(String, Option<Rules>)>,
+    /// The fault and CORS filters are in the chain: routes' fault and CORS settings apply.
+    pub fault_filter: bool,
+    pub cors_filter: bool,
     pub forward_client_cert: ForwardClientCert,
     /// With `SanitizeSet`: put the peer's URI SAN into `x-forwarded-client-cert`.
     pub set_client_cert_uri: bool,
@@ -544,13 +548,16 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         Some(h1) => http1_check(h1, &path.field("http_protocol_options"))?,
         None => false,
     };
+    let chain = http_filters_chain(http_filters, &path.field("http_filters"))?;
     Ok(HttpManager {
         stat_prefix,
         upgrades,
         allow_connect,
         codec,
         routes,
-        rbac: http_filters_chain(http_filters, &path.field("http_filters"))?,
+        rbac: chain.rbac,
+        fault_filter: chain.fault,
+        cors_filter: chain.cors,
         forward_client_cert,
         set_client_cert_uri,
         allow_absolute_url,
@@ -572,13 +579,21 @@ fn tracing_of(
     Ok(super::tracing::convert(tracing, &path.field("tracing"))?.map(std::sync::Arc::new))
 }
 
-/// RBAC filters, then the router, which must be last.
-fn http_filters_chain(
-    filters: Vec<HttpFilter>,
-    path: &Path,
-) -> Checked<Vec<(String, Option<Rules>)>> {
+/// The HTTP filters of a connection manager, the router last.
+struct HttpFilters {
+    rbac: Vec<(String, Option<Rules>)>,
+    fault: bool,
+    cors: bool,
+}
+
+/// RBAC, fault and CORS filters in any order, then the router, which must be last.
+fn http_filters_chain(filters: Vec<HttpFilter>, path: &Path) -> Checked<HttpFilters> {
     let count = filters.len();
-    let mut rbac_filters = Vec::new();
+    let mut chain = HttpFilters {
+        rbac: Vec::new(),
+        fault: false,
+        cors: false,
+    };
     let mut router = false;
     for (i, f) in filters.into_iter().enumerate() {
         let path = path.index(i);
@@ -594,9 +609,18 @@ fn http_filters_chain(
             _ => return Err(Invalid::required(&path.field("typed_config"))),
         };
         let path = path.typed("typed_config", short_type(&any));
+        let last = i + 1 == count;
         match any.type_url.rsplit('/').next().unwrap_or_default() {
-            HTTP_RBAC if i + 1 < count => rbac_filters.push((name, rbac::http(&any, &path)?)),
-            ROUTER if i + 1 == count => {
+            HTTP_RBAC if !last => chain.rbac.push((name, rbac::http(&any, &path)?)),
+            route_policies::FAULT_TYPE if !last => {
+                route_policies::fault_filter(&any, &path)?;
+                chain.fault = true;
+            }
+            route_policies::CORS_FILTER_TYPE if !last => {
+                route_policies::cors_filter(&any, &path)?;
+                chain.cors = true;
+            }
+            ROUTER if last => {
                 router = true;
                 router_check(&any, &path)?;
             }
@@ -604,7 +628,7 @@ fn http_filters_chain(
                 return Err(Invalid::new(
                     &path,
                     format!(
-                        "HTTP filter {other} is not supported here (rbac filters, then the router last)"
+                        "HTTP filter {other} is not supported here (rbac, fault and cors filters, then the router last)"
                     ),
                 ));
             }
@@ -613,7 +637,7 @@ fn http_filters_chain(
     if !router {
         return Err(Invalid::new(path, "the router filter must be last"));
     }
-    Ok(rbac_filters)
+    Ok(chain)
 }
 
 fn router_check(any: &Any, path: &Path) -> Checked<()> {

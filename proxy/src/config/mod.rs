@@ -26,6 +26,7 @@ pub mod matcher;
 pub mod rbac;
 #[allow(deprecated)]
 pub mod route;
+pub mod route_policies;
 #[allow(deprecated)]
 pub mod secret;
 pub mod telemetry;

@@ -24,6 +24,7 @@ use super::check::{Checked, Invalid, Path, each, reject_set, required};
 use super::decode::{duration, opt_duration, short_type, typed, u32_or};
 use super::matcher::{self, HeaderMatch, QueryMatch};
 use super::rbac::{self, Rules};
+use super::route_policies::{self, Cors, Fault, Mirror};
 
 /// The largest direct response body accepted (Envoy's default limit).
 const MAX_DIRECT_BODY: usize = 4096;
@@ -45,6 +46,16 @@ pub struct VirtualHost {
     pub headers: Edits,
     /// Per HTTP filter (by name): the RBAC rules that replace the filter's own here.
     pub rbac: HashMap<String, Option<Rules>>,
+    /// Fault injection and CORS for the virtual host's routes that set none of their own.
+    pub policies: RoutePolicies,
+}
+
+/// What the fault and CORS filters do on a route (or a virtual host), when the connection
+/// manager has those filters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RoutePolicies {
+    pub fault: Option<Fault>,
+    pub cors: Option<Cors>,
 }
 
 /// How a virtual host's domain matches the authority (port included or not).
@@ -65,6 +76,7 @@ pub struct Route {
     pub action: Action,
     pub headers: Edits,
     pub rbac: HashMap<String, Option<Rules>>,
+    pub policies: RoutePolicies,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +138,8 @@ pub struct Forward {
     /// A CONNECT request is terminated here and its payload sent as TCP to the cluster
     /// (`upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]`).
     pub terminate_connect: bool,
+    /// Copies of the requests to other clusters (`request_mirror_policies`).
+    pub mirrors: Vec<Mirror>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -309,7 +323,7 @@ fn virtual_host(vh: EnvoyVirtualHost, path: &Path) -> Checked<VirtualHost> {
     }
     let domains = each(domains, path, "domains", domain)?;
     let routes = each(routes, path, "routes", self::route)?;
-    let (headers, rbac) = level(
+    let (headers, rbac, policies) = level(
         (request_headers_to_add, request_headers_to_remove),
         (response_headers_to_add, response_headers_to_remove),
         typed_per_filter_config,
@@ -321,6 +335,7 @@ fn virtual_host(vh: EnvoyVirtualHost, path: &Path) -> Checked<VirtualHost> {
         routes,
         headers,
         rbac,
+        policies,
     })
 }
 
@@ -345,41 +360,53 @@ fn domain(d: String, path: &Path) -> Checked<Domain> {
     }
 }
 
-/// What a virtual host and a route both carry, in this order: the header edits of their level
-/// and their RBAC overrides per filter (`typed_per_filter_config`).
+/// What a virtual host and a route both carry, in this order: the header edits of their level,
+/// their RBAC overrides per filter, and their fault and CORS (`typed_per_filter_config`).
 fn level(
     request: (Vec<HeaderValueOption>, Vec<String>),
     response: (Vec<HeaderValueOption>, Vec<String>),
     typed_per_filter_config: HashMap<String, Any>,
     path: &Path,
-) -> Checked<(Edits, HashMap<String, Option<Rules>>)> {
-    Ok((
-        edits(request, response, path)?,
-        per_filter(
-            typed_per_filter_config,
-            &path.field("typed_per_filter_config"),
-        )?,
-    ))
+) -> Checked<(Edits, HashMap<String, Option<Rules>>, RoutePolicies)> {
+    let (rbac, policies) = per_filter(
+        typed_per_filter_config,
+        &path.field("typed_per_filter_config"),
+    )?;
+    Ok((edits(request, response, path)?, rbac, policies))
 }
 
-/// RBAC overrides per filter name; anything else per filter is outside the profile.
+/// RBAC overrides per filter name, and the fault and CORS filters' settings; anything else per
+/// filter is outside the profile.
 fn per_filter(
     configs: HashMap<String, Any>,
     path: &Path,
-) -> Checked<HashMap<String, Option<Rules>>> {
-    configs
-        .into_iter()
-        .map(|(filter, any)| {
-            let path = path.key(&filter).typed("typed_config", short_type(&any));
-            if !any
-                .type_url
-                .ends_with("envoy.extensions.filters.http.rbac.v3.RBACPerRoute")
-            {
-                return Err(Invalid::new(&path, "only RBACPerRoute"));
+) -> Checked<(HashMap<String, Option<Rules>>, RoutePolicies)> {
+    let mut rbac = HashMap::new();
+    let mut policies = RoutePolicies::default();
+    // In name order, so that an error names the same filter every time.
+    let mut configs: Vec<(String, Any)> = configs.into_iter().collect();
+    configs.sort_by(|a, b| a.0.cmp(&b.0));
+    for (filter, any) in configs {
+        let path = path.key(&filter).typed("typed_config", short_type(&any));
+        match any.type_url.rsplit('/').next().unwrap_or_default() {
+            "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => {
+                rbac.insert(filter, rbac::per_route(&any, &path)?);
             }
-            Ok((filter, rbac::per_route(&any, &path)?))
-        })
-        .collect()
+            route_policies::FAULT_TYPE => {
+                policies.fault = Some(route_policies::fault(&any, &path)?);
+            }
+            route_policies::CORS_POLICY_TYPE => {
+                policies.cors = Some(route_policies::cors(&any, &path)?);
+            }
+            _ => {
+                return Err(Invalid::new(
+                    &path,
+                    "only RBACPerRoute, HTTPFault or CorsPolicy",
+                ));
+            }
+        }
+    }
+    Ok((rbac, policies))
 }
 
 fn route(r: EnvoyRoute, path: &Path) -> Checked<Route> {
@@ -406,7 +433,7 @@ fn route(r: EnvoyRoute, path: &Path) -> Checked<Route> {
         &path.field("match"),
     )?;
     let action = self::action(required(action, &path.field("action"))?, path)?;
-    let (headers, rbac) = level(
+    let (headers, rbac, policies) = level(
         (request_headers_to_add, request_headers_to_remove),
         (response_headers_to_add, response_headers_to_remove),
         typed_per_filter_config,
@@ -418,6 +445,7 @@ fn route(r: EnvoyRoute, path: &Path) -> Checked<Route> {
         action,
         headers,
         rbac,
+        policies,
     })
 }
 
@@ -507,7 +535,7 @@ fn forward(r: RouteAction, path: &Path) -> Checked<Forward> {
     } = r;
     reject_set!(path; cluster_not_found_response_code, metadata_match, regex_rewrite, path_rewrite_policy,
         path_rewrite, append_x_forwarded_host, flush_timeout, early_data_policy, retry_policy_typed_config,
-        request_mirror_policies, priority, rate_limits, include_vh_rate_limits, hash_policy, cors,
+        priority, rate_limits, include_vh_rate_limits, hash_policy, cors,
         max_grpc_timeout, grpc_timeout_offset, internal_redirect_policy,
         internal_redirect_action, max_internal_redirects, hedge_policy, max_stream_duration);
     let targets = match required(cluster_specifier, path)? {
@@ -543,6 +571,12 @@ fn forward(r: RouteAction, path: &Path) -> Checked<Forward> {
         prefix_rewrite,
         host_rewrite,
         terminate_connect: connect_upgrade(upgrade_configs, &path.field("upgrade_configs"))?,
+        mirrors: each(
+            request_mirror_policies,
+            path,
+            "request_mirror_policies",
+            route_policies::mirror,
+        )?,
     })
 }
 

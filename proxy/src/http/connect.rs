@@ -99,6 +99,7 @@ mod tests {
     /// A listener `in` whose one chain terminates CONNECT to the cluster `backend` on `port`.
     fn connect_config(port: u16) -> Arc<ProxyConfig> {
         let route = Route {
+            policies: Default::default(),
             name: "tunnel".to_owned(),
             matcher: RouteMatch {
                 path: PathMatch::Connect,
@@ -108,6 +109,7 @@ mod tests {
                 grpc: false,
             },
             action: Action::Forward(Forward {
+                mirrors: Vec::new(),
                 targets: Targets::Cluster("backend".to_owned()),
                 timeout: None,
                 idle_timeout: None,
@@ -120,6 +122,8 @@ mod tests {
             rbac: HashMap::new(),
         };
         let manager = HttpManager {
+            cors_filter: false,
+            fault_filter: false,
             stat_prefix: "in".to_owned(),
             codec: Codec::Http1,
             routes: RouteSource::Inline(Box::new(testing::table(route))),

@@ -29,6 +29,7 @@ use rand::Rng;
 
 use super::error::RequestError;
 use super::pool::{Pool, SendError, VerifiedUpstream};
+use super::route_policies::sampled;
 use super::{Body, Connection, TlsPeer};
 use crate::config::listener::{ForwardClientCert, HttpManager};
 use crate::config::route::{
@@ -74,7 +75,7 @@ pub async fn forward(
     authority: &str,
     hcm: &HttpManager,
     conn: &Connection,
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
 ) -> http::Response<Body> {
     let (cluster_name, target_edits) = pick_target(&action.targets);
     let Some(cluster) = runtime.clusters.get(cluster_name).cloned() else {
@@ -111,6 +112,20 @@ pub async fn forward(
         Ok(target) => target,
         Err(e) => return e.reply(),
     };
+    // Mirrors get a copy of a request without a body (a body is streamed once, not kept),
+    // as sent upstream, with `-shadow` on its authority; their answers are ignored.
+    if upgrade.is_none() && body.is_end_stream() {
+        for mirror in action.mirrors.iter().filter(|m| sampled(m.share)) {
+            shadow(
+                &parts,
+                &target,
+                &mirror.cluster,
+                &conn.pool,
+                runtime,
+                action.timeout,
+            );
+        }
+    }
 
     if let (Some(protocol), Some(on_upgrade)) = (&upgrade, on_upgrade) {
         let mut response = match upgrade_request(parts, &target) {
@@ -188,6 +203,54 @@ pub async fn forward(
         response.extensions_mut().insert(facts);
     }
     response
+}
+
+/// Sends a copy of the request head to the mirror `cluster`, in the background.
+fn shadow(
+    parts: &http::request::Parts,
+    target: &Target,
+    cluster: &str,
+    pool: &Arc<Pool>,
+    runtime: &Arc<Runtime>,
+    timeout: Option<Duration>,
+) {
+    let Some(cluster) = runtime.clusters.get(cluster).cloned() else {
+        tracing::debug!(cluster, "mirror cluster unknown: not mirrored");
+        return;
+    };
+    let mut copy = http::Request::new(());
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    let (copy, ()) = copy.into_parts();
+    let target = Target {
+        authority: shadow_authority(&target.authority),
+        path_and_query: target.path_and_query.clone(),
+    };
+    let (pool, runtime) = (pool.clone(), runtime.clone());
+    tokio::spawn(async move {
+        let exchange = Exchange::new(
+            &pool,
+            &cluster,
+            &runtime.metrics,
+            copy,
+            &target,
+            None,
+            timeout,
+        );
+        if let Ok(exchange) = exchange {
+            let _ignored = with_retries(&exchange, super::full(Bytes::new())).await;
+        }
+    });
+}
+
+/// Envoy's shadow host: `-shadow` after the host, before the port.
+fn shadow_authority(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => format!("{host}-shadow:{port}"),
+        _ => format!("{authority}-shadow"),
+    }
 }
 
 /// Whether a cluster leads to mesh workloads: TLS that verifies SPIFFE identities (never an

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod error;
 pub mod forward;
 pub mod pool;
+pub mod route_policies;
 pub mod router;
 pub mod upgrade;
 
@@ -31,7 +32,7 @@ use crate::config::route::{Action, Route, RouteTable, VirtualHost};
 use crate::drain;
 use crate::metrics::{ListenerLabels, ResponseLabels};
 use crate::runtime::{ChainId, Runtime};
-use crate::telemetry::request::ConnectionTelemetry;
+use crate::telemetry::request::{ConnectionTelemetry, ResponseFlags};
 use crate::telemetry::tcp::TcpContext;
 use crate::transport::BoxedIo;
 
@@ -247,6 +248,48 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         Verdict::Route { vh, route } => (vh, route),
     };
 
+    // CORS, then fault injection, as Istio orders the filters; a route's own settings, else
+    // its virtual host's.
+    let mut cors_headers = http::HeaderMap::new();
+    if hcm.cors_filter
+        && let Some(cors) = route.policies.cors.as_ref().or(vh.policies.cors.as_ref())
+    {
+        match route_policies::cors(&request, cors) {
+            route_policies::CorsVerdict::Answer(answer) => return answer,
+            route_policies::CorsVerdict::Pass(headers) => cors_headers = headers,
+        }
+    }
+    let mut delayed = false;
+    if hcm.fault_filter
+        && let Some(fault) = route.policies.fault.as_ref().or(vh.policies.fault.as_ref())
+    {
+        let outcome = route_policies::fault(&request, fault).await;
+        if let Some(mut abort) = outcome.abort {
+            abort.headers_mut().extend(cors_headers);
+            return flagged(abort, "FI");
+        }
+        delayed = outcome.delayed;
+    }
+    let mut response = respond(request, conn, hcm, &latest, table, vh, route, &authority).await;
+    response.headers_mut().extend(cors_headers);
+    if delayed && response.extensions().get::<ResponseFlags>().is_none() {
+        response = flagged(response, "DI");
+    }
+    response
+}
+
+/// The route's action on the request.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    request: http::Request<Incoming>,
+    conn: &Connection,
+    hcm: &HttpManager,
+    latest: &Arc<Runtime>,
+    table: &RouteTable,
+    vh: &VirtualHost,
+    route: &Route,
+    authority: &str,
+) -> http::Response<Body> {
     match &route.action {
         Action::Direct { status, body } => {
             let mut response = local_reply(*status, body.as_deref().unwrap_or_default());
@@ -257,7 +300,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
             response
         }
         Action::Redirect(redirect) => {
-            forward::redirect(redirect, &request, &authority, conn.tls.is_some())
+            forward::redirect(redirect, &request, authority, conn.tls.is_some())
                 .unwrap_or_else(|e| e.reply())
         }
         Action::Forward(action) if facts_connect(&request) => {
@@ -265,7 +308,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
                 // The profile terminates CONNECT; it never forwards the request itself.
                 return local_reply(http::StatusCode::FORBIDDEN, "");
             }
-            connect::terminate(request, action, &latest, &conn.drain, conn.gateway.clone()).await
+            connect::terminate(request, action, latest, &conn.drain, conn.gateway.clone()).await
         }
         Action::Forward(action) => {
             let edits = forward::Levels {
@@ -274,7 +317,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
                 vhost: &vh.headers,
                 table: &table.headers,
             };
-            forward::forward(request, action, &edits, &authority, hcm, conn, &latest).await
+            forward::forward(request, action, &edits, authority, hcm, conn, latest).await
         }
     }
 }

@@ -148,6 +148,7 @@ mod tests {
 
     fn vh(name: &str, domains: Vec<Domain>, routes: Vec<Route>) -> VirtualHost {
         VirtualHost {
+            policies: Default::default(),
             name: name.into(),
             domains,
             routes,
@@ -163,6 +164,7 @@ mod tests {
         query: Vec<QueryMatch>,
     ) -> Route {
         Route {
+            policies: Default::default(),
             name: name.into(),
             matcher: RouteMatch {
                 path,

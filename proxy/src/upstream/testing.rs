@@ -79,6 +79,7 @@ pub fn table(route: Route) -> RouteTable {
     RouteTable {
         name: "r".into(),
         virtual_hosts: vec![VirtualHost {
+            policies: Default::default(),
             name: "all".into(),
             domains: vec![Domain::Any],
             routes: vec![route],

@@ -412,7 +412,10 @@ pub(super) fn outbound_http(tracing: Option<&Tracing>) -> Filter {
             config_source: Some(ads()),
             route_config_name: OUTBOUND_ROUTE.into(),
         })),
-        http_filters: vec![router()],
+        http_filters: super::route_policies::http_filters()
+            .into_iter()
+            .chain([router()])
+            .collect(),
         upgrade_configs: websocket(),
         tracing: tracing.cloned(),
         // Requests in absolute form (`GET http://svc:port/ HTTP/1.1`, as HTTP proxies get).

@@ -26,6 +26,7 @@ mod listeners;
 mod names;
 mod proxyless;
 mod rbac;
+mod route_policies;
 mod routes;
 mod secrets;
 mod telemetry;

@@ -30,6 +30,7 @@ use isthmus_proto::envoy::google::protobuf::{BoolValue, UInt32Value};
 use base64::Engine;
 
 use super::names::{OUTBOUND_ROUTE, outbound_cluster};
+use super::route_policies;
 use super::{duration, pack};
 use crate::model::{MeshModel, Port, Service, Workload};
 
@@ -133,6 +134,10 @@ fn http_route(
             request_headers_to_remove: req_remove.clone(),
             response_headers_to_add: resp_add.clone(),
             response_headers_to_remove: resp_remove.clone(),
+            typed_per_filter_config: route_policies::per_filter(
+                r.fault.as_ref(),
+                r.cors_policy.as_ref(),
+            ),
             ..Default::default()
         })
         .collect()
@@ -149,7 +154,7 @@ fn applies(m: &HttpMatchRequest, workload: &Workload, port: &Port) -> bool {
             .is_none_or(|ns| *ns == workload.namespace)
 }
 
-fn string_matcher(m: &StringMatch, ignore_case: bool) -> StringMatcher {
+pub(super) fn string_matcher(m: &StringMatch, ignore_case: bool) -> StringMatcher {
     StringMatcher {
         match_pattern: Some(match m {
             StringMatch::Exact(s) => string_matcher::MatchPattern::Exact(s.clone()),
@@ -330,8 +335,16 @@ fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> r
         }
     };
     let rewrite = r.rewrite.as_ref();
+    let mirrors = r
+        .all_mirrors()
+        .into_iter()
+        .map(|(d, share)| {
+            route_policies::mirror(destination_cluster(model, service, port, d), share)
+        })
+        .collect();
     route::Action::Route(RouteAction {
         cluster_specifier: Some(cluster_specifier),
+        request_mirror_policies: mirrors,
         prefix_rewrite: rewrite.and_then(|w| w.uri.clone()).unwrap_or_default(),
         host_rewrite_specifier: rewrite
             .and_then(|w| w.authority.clone())

@@ -181,6 +181,8 @@ fn listeners_convert_to_their_model() {
                     tls: None,
                     rbac: vec![],
                     terminal: Terminal::Http(Box::new(HttpManager {
+                        cors_filter: false,
+                        fault_filter: false,
                         stat_prefix: "in".into(),
                         codec: Codec::Auto,
                         routes: RouteSource::Rds("r".into()),

@@ -88,6 +88,7 @@ fn add(key: &str, value: &str) -> HeaderValueOption {
 
 fn everything(action: Action) -> Route {
     Route {
+        policies: Default::default(),
         name: String::new(),
         matcher: RouteMatch {
             path: PathMatch::Prefix("/".into()),
@@ -104,6 +105,7 @@ fn everything(action: Action) -> Route {
 
 fn forward(targets: Targets) -> Forward {
     Forward {
+        mirrors: Vec::new(),
         targets,
         timeout: Some(Duration::from_secs(15)),
         idle_timeout: None,
