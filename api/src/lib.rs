@@ -323,10 +323,17 @@ fn typed<T: DeserializeOwned + Validate>(
             .as_deref()
             .and_then(|steps| field_refusal(kind, steps, &reason));
         match (refusal, steps) {
-            (Some(reason), Some(steps))
-                if errors.len() < MAX_FIELD_REFUSALS && published::remove(&mut value, &steps) =>
-            {
+            (Some(reason), Some(steps)) if published::remove(&mut value, &steps) => {
                 errors.push(FieldError { path, reason });
+                if errors.len() >= MAX_FIELD_REFUSALS {
+                    errors.push(FieldError {
+                        path: String::new(),
+                        reason: format!(
+                            "{MAX_FIELD_REFUSALS} fields refused; the rest are not shown"
+                        ),
+                    });
+                    return Err(errors);
+                }
             }
             _ => {
                 errors.push(FieldError {

@@ -1163,23 +1163,25 @@ impl Validate for DestinationRule {
             );
         }
         if let Some(policy) = &s.traffic_policy {
-            validate_traffic_policy(v, "spec.trafficPolicy", policy);
+            validate_traffic_policy(v, "spec.trafficPolicy", policy, &s.host);
         }
         for (i, subset) in s.subsets.iter().enumerate() {
             if let Some(policy) = &subset.traffic_policy {
-                validate_traffic_policy(v, &format!("spec.subsets[{i}].trafficPolicy"), policy);
+                let path = format!("spec.subsets[{i}].trafficPolicy");
+                validate_traffic_policy(v, &path, policy, &s.host);
             }
         }
     }
 }
 
-fn validate_traffic_policy(v: &mut Validator, path: &str, policy: &TrafficPolicy) {
+fn validate_traffic_policy(v: &mut Validator, path: &str, policy: &TrafficPolicy, host: &str) {
     validate_policy_settings(
         v,
         path,
         policy.load_balancer.as_ref(),
         policy.outlier_detection.as_ref(),
         policy.tls.as_ref(),
+        host,
     );
     let mut ports = std::collections::BTreeSet::new();
     for (i, settings) in policy.port_level_settings.iter().enumerate() {
@@ -1201,6 +1203,7 @@ fn validate_traffic_policy(v: &mut Validator, path: &str, policy: &TrafficPolicy
             settings.load_balancer.as_ref(),
             settings.outlier_detection.as_ref(),
             settings.tls.as_ref(),
+            host,
         );
     }
 }
@@ -1212,6 +1215,7 @@ fn validate_policy_settings(
     lb: Option<&LoadBalancerSettings>,
     od: Option<&OutlierDetection>,
     tls: Option<&ClientTlsSettings>,
+    host: &str,
 ) {
     if let Some(lb) = lb {
         v.check(
@@ -1235,13 +1239,13 @@ fn validate_policy_settings(
         }
     }
     if let Some(tls) = tls {
-        validate_client_tls(v, &format!("{path}.tls"), tls);
+        validate_client_tls(v, &format!("{path}.tls"), tls, host);
     }
 }
 
 /// Istio's rules for a `DestinationRule`'s TLS: `MUTUAL` presents a certificate and key; the
 /// file fields belong to `SIMPLE` and `MUTUAL`, not to `ISTIO_MUTUAL` (the mesh's own).
-fn validate_client_tls(v: &mut Validator, path: &str, tls: &ClientTlsSettings) {
+fn validate_client_tls(v: &mut Validator, path: &str, tls: &ClientTlsSettings, host: &str) {
     let files = [
         ("clientCertificate", &tls.client_certificate),
         ("privateKey", &tls.private_key),
@@ -1273,11 +1277,37 @@ fn validate_client_tls(v: &mut Validator, path: &str, tls: &ClientTlsSettings) {
     }
     if let Some(sni) = &tls.sni {
         v.check(
-            is_host(sni) && !sni.contains('*'),
+            is_sni(sni),
             format!("{path}.sni"),
-            format!("{sni:?} is not a host name"),
+            format!("{sni:?} is not a name a TLS client can send"),
         );
     }
+    let originates = matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual);
+    if originates && tls.sni.is_none() {
+        // The host is the SNI, and without subjectAltNames the name the server is checked for.
+        let checked_some_other_way =
+            !tls.subject_alt_names.is_empty() || tls.insecure_skip_verify == Some(true);
+        if host.starts_with('*') {
+            v.check(
+                checked_some_other_way,
+                format!("{path}.sni"),
+                "a wildcard host with SIMPLE or MUTUAL needs sni or subjectAltNames: taking the SNI from each request is not supported by Isthmus",
+            );
+        } else {
+            v.check(
+                is_sni(host),
+                "spec.host",
+                format!("{host:?} is not a name a TLS client can send as SNI: set tls.sni"),
+            );
+        }
+    }
+}
+
+/// A DNS name a TLS client can send (rustls' rules: no numeric last label, no wildcard).
+fn is_sni(name: &str) -> bool {
+    !name.contains('*')
+        && name.parse::<std::net::IpAddr>().is_err()
+        && rustls_pki_types::DnsName::try_from(name).is_ok()
 }
 
 #[cfg(test)]

@@ -343,3 +343,55 @@ fn istios_opaque_protocols_are_accepted_and_udp_is_not_supported() {
         "{unknown:?}"
     );
 }
+
+#[test]
+fn tls_origination_needs_a_name_to_send_and_to_check() {
+    let dr = |host: &str, tls: Value| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+               "metadata": {"name": "api"}, "spec": {"host": host, "trafficPolicy": {"tls": tls}}})
+    };
+    // A wildcard host names no server: the certificate would be checked for nothing.
+    assert_eq!(
+        errors(dr("*.example.com", json!({"mode": "SIMPLE"}))),
+        [
+            "spec.trafficPolicy.tls.sni: a wildcard host with SIMPLE or MUTUAL needs sni or subjectAltNames: taking the SNI from each request is not supported by Isthmus"
+        ]
+    );
+    for tls in [
+        json!({"mode": "SIMPLE", "sni": "api.example.com"}),
+        json!({"mode": "SIMPLE", "subjectAltNames": ["api.example.com"]}),
+        json!({"mode": "SIMPLE", "insecureSkipVerify": true}),
+    ] {
+        assert!(parse(dr("*.example.com", tls.clone())).is_ok(), "{tls}");
+    }
+    // Names rustls would refuse to send, which would otherwise fail every connection.
+    for sni in ["a.123", "10.0.0.1", "*.example.com", "two words"] {
+        let e = errors(dr("api.example.com", json!({"mode": "SIMPLE", "sni": sni})));
+        assert!(
+            e[0].starts_with("spec.trafficPolicy.tls.sni: "),
+            "{sni}: {e:?}"
+        );
+    }
+    let e = errors(dr("api.123", json!({"mode": "SIMPLE"})));
+    assert!(e[0].starts_with("spec.host: "), "{e:?}");
+    // MUTUAL presents a certificate; ISTIO_MUTUAL takes no files.
+    assert_eq!(
+        errors(dr(
+            "api.example.com",
+            json!({"mode": "MUTUAL", "caCertificates": "/ca.pem"})
+        )),
+        [
+            "spec.trafficPolicy.tls.clientCertificate: MUTUAL needs a client certificate",
+            "spec.trafficPolicy.tls.privateKey: MUTUAL needs a private key"
+        ]
+    );
+    assert_eq!(
+        errors(dr(
+            "api.example.com",
+            json!({"mode": "ISTIO_MUTUAL", "caCertificates": "/ca.pem"})
+        )),
+        [
+            "spec.trafficPolicy.tls.caCertificates: not with ISTIO_MUTUAL, which uses the mesh's own certificates"
+        ]
+    );
+}

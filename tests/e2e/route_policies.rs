@@ -290,12 +290,13 @@ fn check_policies(outbound: u16, mirror: &Recorder, logs: &dyn Fn() -> String) {
         "{aborted} of 1000 aborted, not 50 % ± 5 %"
     );
 
-    // Delay: the answer comes after the fixed delay.
+    // Delay: the answer comes after the fixed delay (Envoy's timers may fire a little early
+    // by this clock; without the fault the answer takes about a millisecond).
     let started = Instant::now();
     let r = client.send("GET", "/delay", &[]);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
+        started.elapsed() >= Duration::from_millis(900),
         "{:?}",
         started.elapsed()
     );

@@ -63,10 +63,31 @@ pub struct ExternalTls {
 }
 
 /// PEM from a file on this machine (read when the cluster's TLS is built) or inline.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Pem {
     File(PathBuf),
     Inline(Vec<u8>),
+}
+
+/// Inline PEM may be a private key: never printed (the admin's config dump shows clusters).
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Inline(bytes) => write!(f, "Inline(<{} bytes>)", bytes.len()),
+        }
+    }
+}
+
+impl Pem {
+    /// The PEM itself: a file's content as it is now, or the inline bytes; `None` when the
+    /// file cannot be read.
+    pub fn content(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Self::File(path) => std::fs::read(path).ok().map(std::borrow::Cow::Owned),
+            Self::Inline(bytes) => Some(std::borrow::Cow::Borrowed(bytes)),
+        }
+    }
 }
 
 /// Which names the server's certificate is checked for (its chain is always verified).

@@ -1,6 +1,6 @@
 //! TLS to servers outside the mesh (a `DestinationRule`'s `SIMPLE` or `MUTUAL`): the server's
-//! chain is verified by WebPKI against the cluster's roots, then its certificate is checked
-//! for the SNI or for one of the cluster's SANs; the client certificate, when there is one, is
+//! chain is verified by WebPKI against the cluster's roots (once), then its certificate is
+//! checked for the SNI or for one of the cluster's SANs; the client certificate, when there is one, is
 //! a plain certificate and key. Nothing of the mesh's identity is sent or expected.
 //!
 //! The PEM files are read when the cluster's TLS is built (at each configuration change); a
@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use isthmus_identity::CertInfo;
 use isthmus_identity::pem::{certs_from_pem, key_from_pem};
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -30,12 +31,9 @@ pub fn client(external: &ExternalTls, alpn: &[String]) -> Result<rustls::ClientC
             if added == 0 {
                 return Err(format!("{}: no usable root certificate", origin(roots)));
             }
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
-                    .build()
-                    .map_err(|e| format!("{}: {e}", origin(roots)))?;
             Arc::new(NamedServer {
-                webpki,
+                roots: Arc::new(store),
+                provider: provider.clone(),
                 check: external.server_name.clone(),
             })
         }
@@ -79,33 +77,27 @@ fn read_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
     key_from_pem(&bytes(pem)?, &origin(pem)).map_err(|e| e.to_string())
 }
 
-/// WebPKI's chain verification, then the name check the cluster asks for.
+/// WebPKI's chain verification against the cluster's roots, then the name check the cluster
+/// asks for.
 #[derive(Debug)]
 struct NamedServer {
-    webpki: Arc<WebPkiServerVerifier>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
     check: ServerNameCheck,
 }
 
-impl NamedServer {
-    /// The chain alone: WebPKI checks the chain before the name, so a name mismatch means the
-    /// chain verified.
-    fn chain_only(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        match self
-            .webpki
-            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
-        {
-            Err(Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+/// Whether the certificate carries `san`: names and addresses by WebPKI's rules; a DNS SAN
+/// with a `*` and a URI compared as written (as Envoy's exact matchers do).
+fn carries(cert: &ParsedCertificate<'_>, der: &CertificateDer<'_>, san: &SanMatch) -> bool {
+    let listed = || CertInfo::parse(der).ok();
+    match san {
+        SanMatch::Dns(name) if name.contains('*') => {
+            listed().is_some_and(|info| info.dns_sans.iter().any(|d| d == name))
         }
+        SanMatch::Dns(name) => ServerName::try_from(name.as_str())
+            .is_ok_and(|name| verify_server_name(cert, &name).is_ok()),
+        SanMatch::Ip(ip) => verify_server_name(cert, &ServerName::from(*ip)).is_ok(),
+        SanMatch::Uri(uri) => listed().is_some_and(|info| info.uri_sans.iter().any(|u| u == uri)),
     }
 }
 
@@ -115,41 +107,27 @@ impl ServerCertVerifier for NamedServer {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         sni: &ServerName<'_>,
-        ocsp: &[u8],
+        _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let sans = match &self.check {
-            ServerNameCheck::Sni => {
-                return self
-                    .webpki
-                    .verify_server_cert(end_entity, intermediates, sni, ocsp, now);
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        match &self.check {
+            ServerNameCheck::Sni => verify_server_name(&cert, sni)?,
+            ServerNameCheck::ChainOnly => {}
+            ServerNameCheck::OneOf(sans) => {
+                if !sans.iter().any(|san| carries(&cert, end_entity, san)) {
+                    return Err(Error::InvalidCertificate(CertificateError::NotValidForName));
+                }
             }
-            ServerNameCheck::ChainOnly => {
-                return self.chain_only(end_entity, intermediates, sni, ocsp, now);
-            }
-            ServerNameCheck::OneOf(sans) => sans,
-        };
-        self.chain_only(end_entity, intermediates, sni, ocsp, now)?;
-        let info = CertInfo::parse(end_entity)
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let matches = sans.iter().any(|san| match san {
-            // WebPKI's own name matching (wildcards, case) for names and addresses.
-            SanMatch::Dns(name) => ServerName::try_from(name.as_str()).is_ok_and(|name| {
-                self.webpki
-                    .verify_server_cert(end_entity, intermediates, &name, ocsp, now)
-                    .is_ok()
-            }),
-            SanMatch::Ip(ip) => self
-                .webpki
-                .verify_server_cert(end_entity, intermediates, &ServerName::from(*ip), ocsp, now)
-                .is_ok(),
-            SanMatch::Uri(uri) => info.uri_sans.iter().any(|u| u == uri),
-        });
-        if matches {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
         }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -158,7 +136,12 @@ impl ServerCertVerifier for NamedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -167,11 +150,18 @@ impl ServerCertVerifier for NamedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -145,11 +145,23 @@ impl ClusterKey {
                         field(&mut h, item.as_bytes());
                     }
                 }
-                // Outside the mesh: the roots, names and client certificate, as configured
-                // (files by name: their content is read when the configuration changes).
+                // Outside the mesh: the roots, names and client certificate, by content (a
+                // file read now, at the configuration change that builds its TLS): trust
+                // withdrawn ends what it allowed.
                 match &tls.external {
                     None => field(&mut h, b"mesh"),
-                    Some(external) => field(&mut h, format!("{external:?}").as_bytes()),
+                    Some(external) => {
+                        field(&mut h, b"external");
+                        field(&mut h, format!("{:?}", external.server_name).as_bytes());
+                        let certificate =
+                            external.client_certificate.iter().flat_map(|(c, k)| [c, k]);
+                        for pem in external.roots.iter().chain(certificate) {
+                            match pem.content() {
+                                Some(bytes) => field(&mut h, &Sha256::digest(&bytes)[..]),
+                                None => field(&mut h, b"unreadable"),
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -476,8 +488,13 @@ impl ClusterRuntime {
             .connect(name, tcp)
             .await
             .map_err(|e| tls_err(format!("TLS handshake with {addr}: {e}")))?;
-        let peer = isthmus_identity::peer_identity(stream.get_ref().1)
-            .map(|id| Arc::from(id.to_string().as_str()));
+        // A server outside the mesh is not verified as a SPIFFE identity: whatever URI SAN it
+        // shows is not a mesh peer (telemetry's `destination_principal`).
+        let peer = match self.cluster.tls.as_ref().and_then(|t| t.external.as_ref()) {
+            Some(_) => None,
+            None => isthmus_identity::peer_identity(stream.get_ref().1)
+                .map(|id| Arc::from(id.to_string().as_str())),
+        };
         Ok((Box::new(stream), peer))
     }
 }

@@ -350,7 +350,12 @@ fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> r
             .and_then(|w| w.authority.clone())
             .map(route_action::HostRewriteSpecifier::HostRewriteLiteral),
         timeout: Some(duration(r.timeout.as_ref().map_or(Duration::ZERO, |t| t.0))),
-        retry_policy: Some(retry_policy(r.retries.as_ref())),
+        // Istio: `attempts: 0` (or unset) is no retry policy at all, so that a `perTryTimeout`
+        // never cuts the one attempt.
+        retry_policy: match &r.retries {
+            Some(retries) if retries.attempts == 0 => None,
+            retries => Some(retry_policy(retries.as_ref())),
+        },
         ..Default::default()
     })
 }
