@@ -20,7 +20,7 @@ import yaml
 
 ISTIO_KINDS = {
     "networking.istio.io": ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule"],
-    "security.istio.io": ["PeerAuthentication", "AuthorizationPolicy"],
+    "security.istio.io": ["PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"],
 }
 MAISTRA_KINDS = {
     "federation.maistra.io": ["ServiceMeshPeer", "ExportedServiceSet", "ImportedServiceSet"],

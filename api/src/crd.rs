@@ -11,7 +11,7 @@ use super::federation::{KubeExportedServiceSet, KubeImportedServiceSet, KubeServ
 use super::networking::{
     KubeDestinationRule, KubeServiceEntry, KubeVirtualService, KubeWorkloadEntry,
 };
-use super::security::{KubeAuthorizationPolicy, KubePeerAuthentication};
+use super::security::{KubeAuthorizationPolicy, KubePeerAuthentication, KubeRequestAuthentication};
 
 /// Every CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -22,6 +22,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         KubeDestinationRule::crd(),
         KubePeerAuthentication::crd(),
         KubeAuthorizationPolicy::crd(),
+        KubeRequestAuthentication::crd(),
         KubeServiceMeshPeer::crd(),
         KubeExportedServiceSet::crd(),
         KubeImportedServiceSet::crd(),

@@ -71,6 +71,7 @@ pub enum Resource {
     DestinationRule(networking::DestinationRule),
     PeerAuthentication(security::PeerAuthentication),
     AuthorizationPolicy(security::AuthorizationPolicy),
+    RequestAuthentication(security::RequestAuthentication),
     ServiceMeshPeer(federation::ServiceMeshPeer),
     ExportedServiceSet(federation::ExportedServiceSet),
     ImportedServiceSet(federation::ImportedServiceSet),
@@ -105,6 +106,7 @@ typed_resources!(
     DestinationRule: networking::DestinationRule,
     PeerAuthentication: security::PeerAuthentication,
     AuthorizationPolicy: security::AuthorizationPolicy,
+    RequestAuthentication: security::RequestAuthentication,
     ServiceMeshPeer: federation::ServiceMeshPeer,
     ExportedServiceSet: federation::ExportedServiceSet,
     ImportedServiceSet: federation::ImportedServiceSet,
@@ -120,6 +122,7 @@ pub enum Kind {
     DestinationRule,
     PeerAuthentication,
     AuthorizationPolicy,
+    RequestAuthentication,
     ServiceMeshPeer,
     ExportedServiceSet,
     ImportedServiceSet,
@@ -128,7 +131,7 @@ pub enum Kind {
 
 impl Kind {
     /// `(api group, kind)` of every supported kind.
-    pub const ALL: [(Kind, &'static str, &'static str); 10] = [
+    pub const ALL: [(Kind, &'static str, &'static str); 11] = [
         (Kind::ServiceEntry, "networking.istio.io", "ServiceEntry"),
         (Kind::WorkloadEntry, "networking.istio.io", "WorkloadEntry"),
         (
@@ -150,6 +153,11 @@ impl Kind {
             Kind::AuthorizationPolicy,
             "security.istio.io",
             "AuthorizationPolicy",
+        ),
+        (
+            Kind::RequestAuthentication,
+            "security.istio.io",
+            "RequestAuthentication",
         ),
         (
             Kind::ServiceMeshPeer,
@@ -264,6 +272,7 @@ pub fn from_value(value: Value) -> Result<Resource, ResourceError> {
         Kind::DestinationRule => typed(kind, value).map(Resource::DestinationRule),
         Kind::PeerAuthentication => typed(kind, value).map(Resource::PeerAuthentication),
         Kind::AuthorizationPolicy => typed(kind, value).map(Resource::AuthorizationPolicy),
+        Kind::RequestAuthentication => typed(kind, value).map(Resource::RequestAuthentication),
         Kind::ServiceMeshPeer => typed(kind, value).map(Resource::ServiceMeshPeer),
         Kind::ExportedServiceSet => typed(kind, value).map(Resource::ExportedServiceSet),
         Kind::ImportedServiceSet => typed(kind, value).map(Resource::ImportedServiceSet),
@@ -436,6 +445,7 @@ impl Resource {
             Self::DestinationRule(_) => Kind::DestinationRule,
             Self::PeerAuthentication(_) => Kind::PeerAuthentication,
             Self::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Self::RequestAuthentication(_) => Kind::RequestAuthentication,
             Self::ServiceMeshPeer(_) => Kind::ServiceMeshPeer,
             Self::ExportedServiceSet(_) => Kind::ExportedServiceSet,
             Self::ImportedServiceSet(_) => Kind::ImportedServiceSet,
@@ -451,6 +461,7 @@ impl Resource {
             Self::DestinationRule(r) => &r.metadata,
             Self::PeerAuthentication(r) => &r.metadata,
             Self::AuthorizationPolicy(r) => &r.metadata,
+            Self::RequestAuthentication(r) => &r.metadata,
             Self::ServiceMeshPeer(r) => &r.metadata,
             Self::ExportedServiceSet(r) => &r.metadata,
             Self::ImportedServiceSet(r) => &r.metadata,

@@ -1,4 +1,5 @@
-//! `security.istio.io/v1`: `PeerAuthentication` and `AuthorizationPolicy`.
+//! `security.istio.io/v1`: `PeerAuthentication`, `AuthorizationPolicy` and
+//! `RequestAuthentication`.
 
 use std::collections::BTreeMap;
 
@@ -175,10 +176,11 @@ pub struct Source {
     pub ip_blocks: Vec<String>,
     #[serde(default)]
     pub not_ip_blocks: Vec<String>,
+    /// `<iss>/<sub>` of the request's verified JWT (`*`: any valid token).
     #[serde(default)]
-    pub request_principals: Option<Unsupported>,
+    pub request_principals: Vec<String>,
     #[serde(default)]
-    pub not_request_principals: Option<Unsupported>,
+    pub not_request_principals: Vec<String>,
     #[serde(default)]
     pub remote_ip_blocks: Option<Unsupported>,
     #[serde(default)]
@@ -237,24 +239,29 @@ const CONDITION_KEYS: &[&str] = &[
     "destination.ip",
     "destination.port",
     "connection.sni",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
 ];
 
 /// Istio's other condition keys (whole, or a prefix ending in `[` or `.`): valid Istio that
 /// Isthmus does not evaluate yet.
 const ISTIO_CONDITION_KEYS: &[&str] = &[
     "remote.ip",
-    "request.auth.principal",
-    "request.auth.audiences",
-    "request.auth.presenter",
-    "request.auth.claims[",
     "request.regex.headers[",
     "experimental.envoy.filters.",
 ];
 
 /// Why `key` is refused, or `None` when Isthmus evaluates it.
 fn condition_key_problem(key: &str) -> Option<String> {
+    let bracketed = |prefix: &str| {
+        key.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(']'))
+            .is_some_and(|inner| !inner.is_empty())
+    };
     let evaluated = CONDITION_KEYS.contains(&key)
-        || (key.starts_with("request.headers[") && key.ends_with(']'));
+        || bracketed("request.headers[")
+        || bracketed("request.auth.claims[");
     if evaluated {
         return None;
     }
@@ -310,4 +317,149 @@ impl Validate for AuthorizationPolicy {
             }
         }
     }
+}
+
+resource!(
+    /// Which JWTs a workload accepts: a request that carries a token must carry a valid one
+    /// (else 401); whether a token is required at all is an `AuthorizationPolicy`'s
+    /// `requestPrincipals`.
+    RequestAuthentication,
+    RequestAuthenticationSpec
+);
+
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "security.istio.io",
+        version = "v1",
+        kind = "RequestAuthentication",
+        plural = "requestauthentications",
+        shortname = "ra",
+        namespaced,
+        root = "KubeRequestAuthentication",
+        doc = "The JWT issuers a workload accepts, with their keys."
+    )
+)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRule>,
+    #[serde(default)]
+    pub target_ref: Option<Unsupported>,
+    #[serde(default)]
+    pub target_refs: Option<Unsupported>,
+}
+
+/// One accepted issuer: its keys, audiences and where the token is.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    pub issuer: String,
+    /// The token's `aud` must hold one of these; empty: any (Istio).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The keys, a JWKS document inline.
+    #[serde(default)]
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Where the token is; unset (with `fromParams`): `Authorization: Bearer`, then
+    /// `?access_token=`.
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Option<Unsupported>,
+    #[serde(default)]
+    pub output_payload_to_header: Option<Unsupported>,
+    #[serde(default)]
+    pub output_claim_to_headers: Option<Unsupported>,
+    /// Keep the token on the request (Istio removes it by default).
+    #[serde(default)]
+    pub forward_original_token: bool,
+    #[serde(default)]
+    pub space_delimited_claims: Option<Unsupported>,
+    #[serde(default)]
+    pub timeout: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    pub name: String,
+    /// Stripped from the header's value (`"Bearer "`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+impl Validate for RequestAuthentication {
+    fn validate(&self, v: &mut Validator) {
+        let mut issuers = std::collections::BTreeSet::new();
+        for (i, rule) in self.spec.jwt_rules.iter().enumerate() {
+            let path = format!("spec.jwtRules[{i}]");
+            v.check(
+                !rule.issuer.is_empty(),
+                format!("{path}.issuer"),
+                "is required",
+            );
+            v.check(
+                issuers.insert(rule.issuer.as_str()),
+                format!("{path}.issuer"),
+                format!("issuer {:?} has a rule already", rule.issuer),
+            );
+            // With both, Istio uses the inline keys.
+            match (&rule.jwks, &rule.jwks_uri) {
+                (Some(jwks), _) => {
+                    if let Err(e) = serde_json::from_str::<serde_json::Value>(jwks)
+                        .map_err(|e| e.to_string())
+                        .and_then(|doc| match doc.get("keys") {
+                            Some(serde_json::Value::Array(keys)) if !keys.is_empty() => Ok(()),
+                            _ => Err("no \"keys\" list".to_owned()),
+                        })
+                    {
+                        v.error(format!("{path}.jwks"), format!("not a JWKS document: {e}"));
+                    }
+                }
+                (None, Some(_)) => v.error(
+                    format!("{path}.jwksUri"),
+                    "not supported by Isthmus yet: give the keys inline in jwks",
+                ),
+                // Istio would discover the keys from the issuer (OpenID discovery).
+                (None, None) => v.error(
+                    format!("{path}.jwks"),
+                    "keys discovered from the issuer are not supported by Isthmus: give jwks",
+                ),
+            }
+            for (j, header) in rule.from_headers.iter().enumerate() {
+                v.check(
+                    http_header_name(&header.name),
+                    format!("{path}.fromHeaders[{j}].name"),
+                    format!("{:?} is not a header name", header.name),
+                );
+            }
+            for (j, param) in rule.from_params.iter().enumerate() {
+                v.check(
+                    !param.is_empty(),
+                    format!("{path}.fromParams[{j}]"),
+                    "an empty parameter name",
+                );
+            }
+        }
+    }
+}
+
+/// RFC 9110 token characters.
+fn http_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

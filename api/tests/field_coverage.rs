@@ -41,6 +41,7 @@ fn base(kind: Kind) -> Value {
         ),
         Kind::PeerAuthentication => ("security.istio.io/v1", "PeerAuthentication", json!({})),
         Kind::AuthorizationPolicy => ("security.istio.io/v1", "AuthorizationPolicy", json!({})),
+        Kind::RequestAuthentication => ("security.istio.io/v1", "RequestAuthentication", json!({})),
         Kind::ServiceMeshPeer => (
             "federation.maistra.io/v1",
             "ServiceMeshPeer",
@@ -84,6 +85,9 @@ fn new_item(kind: Kind, list: &str) -> Value {
         }
         (Kind::ImportedServiceSet, "spec.importRules") => {
             json!({"type": "NameSelector", "nameSelector": {"namespace": "bookinfo", "name": "ratings"}})
+        }
+        (Kind::RequestAuthentication, "spec.jwtRules") => {
+            json!({"issuer": "https://issuer.example.com", "jwks": JWKS})
         }
         (Kind::AuthorizationPolicy, "spec.rules[].when") => {
             json!({"key": "request.headers[x-user]", "values": ["alice"]})
@@ -140,6 +144,10 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
                 tls["privateKey"] = json!("/etc/certs/key.pem");
             }
         }
+        Kind::RequestAuthentication if path.ends_with("jwksUri") => {
+            // The inline keys would take precedence over the URL.
+            spec["jwtRules"][0].as_object_mut().unwrap().remove("jwks");
+        }
         Kind::PeerAuthentication if path.starts_with("spec.portLevelMtls") => {
             spec["selector"] = json!({"matchLabels": {"app": "reviews"}});
         }
@@ -179,6 +187,9 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
         _ => {}
     }
 }
+
+/// A JWKS document with one RSA key.
+const JWKS: &str = r#"{"keys": [{"kty": "RSA", "e": "AQAB", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw"}]}"#;
 
 /// The port protocols Istio knows (its `pkg/config/protocol`).
 const ISTIO_PROTOCOLS: &[&str] = &[
@@ -290,6 +301,9 @@ fn string_sample(path: &str, leaf: &str) -> String {
         "credentialName" | "credentialNames" => "api-credentials",
         "serviceAccount" => "reviews",
         "grpcStatus" => "UNAVAILABLE",
+        "issuer" => "https://issuer.example.com",
+        "jwks" => JWKS,
+        "jwksUri" | "jwks_uri" => "https://issuer.example.com/jwks.json",
         _ => "v1",
     };
     sample.to_owned()

@@ -181,8 +181,8 @@ fn bad_fields_are_reported_by_path() {
         ),
         (
             json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x"},
-                "spec": {"rules": [{"when": [{"key": "request.auth.claims[iss]", "values": ["a"]}]}]}}),
-            "spec.rules[0].when[0].key: request.auth.claims[iss] is not supported by Isthmus",
+                "spec": {"rules": [{"when": [{"key": "request.regex.headers[x-user]", "values": ["a"]}]}]}}),
+            "spec.rules[0].when[0].key: request.regex.headers[x-user] is not supported by Isthmus",
         ),
         (
             json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x"},

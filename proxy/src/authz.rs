@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::matcher::{HeaderMatch, RequestHead};
-use crate::config::rbac::{Action, Permission, Principal, Rules};
+use crate::config::rbac::{Action, Permission, Principal, Rules, ValueMatch};
 
 /// What a decision may look at.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +20,9 @@ pub struct Subject<'a> {
     pub headers: Option<RequestHead<'a>>,
     /// The request path without the query.
     pub path: Option<&'a str>,
+    /// The request's verified JWT payloads (the JWT filter's metadata); `None` on a
+    /// connection or without the filter.
+    pub jwt: Option<&'a crate::http::jwt::JwtMetadata>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,21 @@ fn principal(p: &Principal, s: &Subject<'_>) -> bool {
         Principal::DirectRemoteIp(c) | Principal::RemoteIp(c) => c.contains(s.remote),
         Principal::Header(m) => header(m, s),
         Principal::UrlPath(m) => s.path.is_some_and(|p| m.matches(p)),
+        Principal::JwtClaim { key, path, value } => s
+            .jwt
+            .and_then(|payloads| payloads.get(key))
+            .and_then(|payload| path.iter().try_fold(payload, |v, k| v.get(k)))
+            .is_some_and(|claim| value_matches(value, claim)),
+    }
+}
+
+fn value_matches(m: &ValueMatch, value: &serde_json::Value) -> bool {
+    match m {
+        ValueMatch::Present => true,
+        ValueMatch::String(s) => value.as_str().is_some_and(|v| s.matches(v)),
+        ValueMatch::OneOf(inner) => value
+            .as_array()
+            .is_some_and(|items| items.iter().any(|item| value_matches(inner, item))),
     }
 }
 
@@ -98,6 +116,7 @@ mod tests {
 
     fn subject(peer: Option<&str>) -> Subject<'_> {
         Subject {
+            jwt: None,
             peer,
             remote: "127.0.0.3".parse().unwrap(),
             local: "127.0.0.1:9080".parse().unwrap(),

@@ -169,6 +169,7 @@ pub fn http_edge(data: &[u8]) {
     };
     let (hcm, table) = edge_config();
     let plaintext = ConnectionFacts {
+        jwt: None,
         peer: None,
         remote: IpAddr::from([10, 0, 0, 7]),
         local: SocketAddr::from(([10, 0, 0, 5], 15006)),
@@ -181,6 +182,7 @@ pub fn http_edge(data: &[u8]) {
         local_id: Some("spiffe://red.local/ns/bookinfo/sa/reviews".into()),
     };
     let mtls = ConnectionFacts {
+        jwt: None,
         peer: mtls_peer.peer_id.as_deref(),
         remote: IpAddr::from([127, 0, 0, 6]),
         local: SocketAddr::from(([127, 0, 0, 5], 15006)),
@@ -242,6 +244,7 @@ fn edge_config() -> (&'static HttpManager, &'static RouteTable) {
     let (hcm, table) = CONFIG.get_or_init(|| {
         let table = route_table();
         let hcm = HttpManager {
+            jwt: None,
             cors_filter: false,
             fault_filter: false,
             stat_prefix: "inbound_0.0.0.0_9080".into(),

@@ -76,7 +76,7 @@ fn examples_validate_against_the_crd_schemas() {
     )
     .unwrap();
     assert!(
-        text.contains("9 CRD schemas checked for structure"),
+        text.contains("10 CRD schemas checked for structure"),
         "{text}"
     );
     assert!(!text.contains("FAIL"), "{text}");

@@ -172,6 +172,13 @@ pub const RESOURCES: &[ResourceType] = &[
         true,
     ),
     res(
+        "security.istio.io",
+        "requestauthentications",
+        "RequestAuthentication",
+        true,
+        true,
+    ),
+    res(
         "federation.maistra.io",
         "servicemeshpeers",
         "ServiceMeshPeer",

@@ -42,7 +42,7 @@ const READ_GET: &[&str] = &["get", "list", "watch"];
 
 /// Everything `isthmusd --config-source kubernetes` does against the API server.
 pub const API_ACCESS: &[Access] = &[
-    // The nine Istio and Maistra kinds of the configuration.
+    // The ten Istio and Maistra kinds of the configuration.
     rule(
         "networking.istio.io",
         "serviceentries",
@@ -76,6 +76,12 @@ pub const API_ACCESS: &[Access] = &[
     rule(
         "security.istio.io",
         "authorizationpolicies",
+        READ_LIST,
+        Scope::Cluster,
+    ),
+    rule(
+        "security.istio.io",
+        "requestauthentications",
         READ_LIST,
         Scope::Cluster,
     ),

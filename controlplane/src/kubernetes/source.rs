@@ -32,7 +32,7 @@ use crate::config::snapshot::DEFAULT_NAMESPACE;
 use crate::config::{ConfigError, ConfigSnapshot, ConfigStore, ResourceKey, SourceRef};
 
 /// The Istio and Maistra kinds read from the API server: (kind, group, plural).
-pub const CONFIG_KINDS: [(Kind, &str, &str); 9] = [
+pub const CONFIG_KINDS: [(Kind, &str, &str); 10] = [
     (Kind::ServiceEntry, "networking.istio.io", "serviceentries"),
     (
         Kind::WorkloadEntry,
@@ -58,6 +58,11 @@ pub const CONFIG_KINDS: [(Kind, &str, &str); 9] = [
         Kind::AuthorizationPolicy,
         "security.istio.io",
         "authorizationpolicies",
+    ),
+    (
+        Kind::RequestAuthentication,
+        "security.istio.io",
+        "requestauthentications",
     ),
     (
         Kind::ServiceMeshPeer,

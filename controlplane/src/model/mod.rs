@@ -219,6 +219,14 @@ impl MeshModel {
     )> {
         policy::authorization_policies(&self.config, &self.root_namespace, workload)
     }
+
+    /// The JWT rules of every `RequestAuthentication` that applies to `workload`.
+    pub fn jwt_rules(&self, workload: &Workload) -> Vec<&isthmus_api::security::JwtRule> {
+        policy::request_authentications(&self.config, &self.root_namespace, workload)
+            .into_iter()
+            .flat_map(|(_, p)| &p.jwt_rules)
+            .collect()
+    }
 }
 
 fn claim<T: Clone>(

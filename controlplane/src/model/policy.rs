@@ -4,15 +4,15 @@
 //!   over the namespace's policy without selector, which wins over the mesh-wide one (root
 //!   namespace, no selector). `UNSET` inherits from the next level; the default is PERMISSIVE.
 //!   Port-level modes override the workload's mode for that port.
-//! - `AuthorizationPolicy`: every policy of the root namespace and of the workload's namespace
-//!   whose selector (if any) matches the workload's labels.
+//! - `AuthorizationPolicy` and `RequestAuthentication`: every policy of the root namespace and
+//!   of the workload's namespace whose selector (if any) matches the workload's labels.
 
 use std::collections::BTreeMap;
 
 use isthmus_api::meta::WorkloadSelector;
 use isthmus_api::security::{
     AuthorizationPolicy, AuthorizationPolicySpec, MtlsMode, PeerAuthentication,
-    PeerAuthenticationSpec,
+    PeerAuthenticationSpec, RequestAuthentication, RequestAuthenticationSpec,
 };
 
 use super::workload::Workload;
@@ -108,6 +108,22 @@ pub fn authorization_policies<'a>(
 ) -> Vec<(&'a ResourceKey, &'a AuthorizationPolicySpec)> {
     snapshot
         .of_type::<AuthorizationPolicy>()
+        .map(|(k, p)| (k, &p.spec))
+        .filter(|(k, p)| {
+            (k.namespace == workload.namespace || k.namespace == root_namespace)
+                && selects(p.selector.as_ref(), workload)
+        })
+        .collect()
+}
+
+/// The `RequestAuthentication`s that apply to `workload`, in key order.
+pub fn request_authentications<'a>(
+    snapshot: &'a ConfigSnapshot,
+    root_namespace: &str,
+    workload: &Workload,
+) -> Vec<(&'a ResourceKey, &'a RequestAuthenticationSpec)> {
+    snapshot
+        .of_type::<RequestAuthentication>()
         .map(|(k, p)| (k, &p.spec))
         .filter(|(k, p)| {
             (k.namespace == workload.namespace || k.namespace == root_namespace)

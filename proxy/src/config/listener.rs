@@ -89,6 +89,8 @@ pub struct HttpManager {
     /// The fault and CORS filters are in the chain: routes' fault and CORS settings apply.
     pub fault_filter: bool,
     pub cors_filter: bool,
+    /// The JWT filter, which runs before RBAC.
+    pub jwt: Option<std::sync::Arc<super::jwt_authn::JwtAuthn>>,
     pub forward_client_cert: ForwardClientCert,
     /// With `SanitizeSet`: put the peer's URI SAN into `x-forwarded-client-cert`.
     pub set_client_cert_uri: bool,
@@ -558,6 +560,7 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         rbac: chain.rbac,
         fault_filter: chain.fault,
         cors_filter: chain.cors,
+        jwt: chain.jwt.map(std::sync::Arc::new),
         forward_client_cert,
         set_client_cert_uri,
         allow_absolute_url,
@@ -584,6 +587,7 @@ struct HttpFilters {
     rbac: Vec<(String, Option<Rules>)>,
     fault: bool,
     cors: bool,
+    jwt: Option<super::jwt_authn::JwtAuthn>,
 }
 
 /// RBAC, fault and CORS filters in any order, then the router, which must be last.
@@ -593,6 +597,7 @@ fn http_filters_chain(filters: Vec<HttpFilter>, path: &Path) -> Checked<HttpFilt
         rbac: Vec::new(),
         fault: false,
         cors: false,
+        jwt: None,
     };
     let mut router = false;
     for (i, f) in filters.into_iter().enumerate() {
@@ -620,6 +625,13 @@ fn http_filters_chain(filters: Vec<HttpFilter>, path: &Path) -> Checked<HttpFilt
                 route_policies::cors_filter(&any, &path)?;
                 chain.cors = true;
             }
+            // Before any RBAC filter, which reads what it verified.
+            super::jwt_authn::JWT_AUTHN_TYPE if !last && chain.rbac.is_empty() => {
+                if chain.jwt.is_some() {
+                    return Err(Invalid::new(&path, "one JWT filter"));
+                }
+                chain.jwt = Some(super::jwt_authn::convert(&any, &path)?);
+            }
             ROUTER if last => {
                 router = true;
                 router_check(&any, &path)?;
@@ -628,7 +640,7 @@ fn http_filters_chain(filters: Vec<HttpFilter>, path: &Path) -> Checked<HttpFilt
                 return Err(Invalid::new(
                     &path,
                     format!(
-                        "HTTP filter {other} is not supported here (rbac, fault and cors filters, then the router last)"
+                        "HTTP filter {other} is not supported here (jwt_authn before rbac, fault and cors filters, then the router last)"
                     ),
                 ));
             }

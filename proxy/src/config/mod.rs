@@ -18,6 +18,7 @@ pub mod decode;
 pub mod dns;
 #[allow(deprecated)]
 pub mod endpoint;
+pub mod jwt_authn;
 #[allow(deprecated)]
 pub mod listener;
 #[allow(deprecated)]

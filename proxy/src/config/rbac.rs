@@ -6,18 +6,22 @@ use std::net::IpAddr;
 
 use isthmus_proto::envoy::envoy::config::core::v3::CidrRange;
 use isthmus_proto::envoy::envoy::config::rbac::v3::{
-    Permission as EnvoyPermission, Policy as EnvoyPolicy, Principal as EnvoyPrincipal,
-    Rbac as EnvoyRbac, permission, principal, rbac,
+    MetadataSource, Permission as EnvoyPermission, Policy as EnvoyPolicy,
+    Principal as EnvoyPrincipal, Rbac as EnvoyRbac, permission, principal, rbac,
 };
 use isthmus_proto::envoy::envoy::extensions::filters::http::rbac::v3::{
     Rbac as HttpRbac, RbacPerRoute,
 };
 use isthmus_proto::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
-use isthmus_proto::envoy::envoy::r#type::matcher::v3::{PathMatcher, path_matcher};
+use isthmus_proto::envoy::envoy::r#type::matcher::v3::{
+    MetadataMatcher, PathMatcher, ValueMatcher, list_matcher, metadata_matcher, path_matcher,
+    value_matcher,
+};
 use isthmus_proto::envoy::google::protobuf::Any;
 
 use super::check::{Checked, Invalid, Path, each, reject_set, required};
 use super::decode::typed;
+use super::jwt_authn::JWT_AUTHN_FILTER;
 use super::matcher::{self, HeaderMatch, Matcher};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +77,22 @@ pub enum Principal {
     RemoteIp(Cidr),
     Header(HeaderMatch),
     UrlPath(Matcher),
+    /// A claim of a verified JWT: the JWT filter's dynamic metadata, under the provider's
+    /// payload key, then a path into the payload.
+    JwtClaim {
+        key: String,
+        path: Vec<String>,
+        value: ValueMatch,
+    },
+}
+
+/// Envoy's `ValueMatcher`, for JSON claims.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueMatch {
+    String(Matcher),
+    Present,
+    /// A list with an element that matches.
+    OneOf(Box<ValueMatch>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +286,79 @@ fn principal(p: EnvoyPrincipal, path: &Path) -> Checked<Principal> {
         Identifier::RemoteIp(c) => Principal::RemoteIp(cidr(c, &path.field("remote_ip"))?),
         Identifier::Header(h) => Principal::Header(matcher::header(h, &path.field("header"))?),
         Identifier::UrlPath(p) => Principal::UrlPath(url_path(p, &path.field("url_path"))?),
+        Identifier::SourcedMetadata(s) => {
+            let path = path.field("sourced_metadata");
+            if s.metadata_source != MetadataSource::Dynamic as i32 {
+                return Err(Invalid::new(
+                    &path.field("metadata_source"),
+                    "only DYNAMIC metadata",
+                ));
+            }
+            jwt_claim(
+                required(s.metadata_matcher, &path.field("metadata_matcher"))?,
+                &path.field("metadata_matcher"),
+            )?
+        }
+        #[allow(deprecated)]
+        Identifier::Metadata(m) => jwt_claim(m, &path.field("metadata"))?,
         _ => return Err(Invalid::unsupported(&path.field("identifier"))),
+    })
+}
+
+/// A metadata matcher on the JWT filter's payloads (the only dynamic metadata there is here).
+fn jwt_claim(m: MetadataMatcher, path: &Path) -> Checked<Principal> {
+    let MetadataMatcher {
+        filter,
+        path: segments,
+        value,
+        invert,
+    } = m;
+    reject_set!(path; invert);
+    if filter != JWT_AUTHN_FILTER {
+        return Err(Invalid::new(
+            &path.field("filter"),
+            format!("only {JWT_AUTHN_FILTER}'s metadata"),
+        ));
+    }
+    let mut keys = segments
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| match s.segment {
+            Some(metadata_matcher::path_segment::Segment::Key(k)) => Ok(k),
+            None => Err(Invalid::required(&path.field("path").index(i))),
+        });
+    let key = keys
+        .next()
+        .ok_or_else(|| Invalid::required(&path.field("path")))??;
+    let rest = keys.collect::<Checked<Vec<String>>>()?;
+    Ok(Principal::JwtClaim {
+        key,
+        path: rest,
+        value: value_match(required(value, &path.field("value"))?, &path.field("value"))?,
+    })
+}
+
+fn value_match(v: ValueMatcher, path: &Path) -> Checked<ValueMatch> {
+    use value_matcher::MatchPattern;
+    Ok(match required(v.match_pattern, path)? {
+        MatchPattern::StringMatch(m) => {
+            ValueMatch::String(matcher::string(Some(m), &path.field("string_match"))?)
+        }
+        MatchPattern::PresentMatch(true) => ValueMatch::Present,
+        MatchPattern::ListMatch(list) => {
+            let path = path.field("list_match");
+            match required(list.match_pattern, &path)? {
+                list_matcher::MatchPattern::OneOf(inner) => {
+                    ValueMatch::OneOf(Box::new(value_match(*inner, &path.field("one_of"))?))
+                }
+            }
+        }
+        _ => {
+            return Err(Invalid::new(
+                path,
+                "only string_match, present_match: true or list_match",
+            ));
+        }
     })
 }
 

@@ -122,6 +122,7 @@ mod tests {
             rbac: HashMap::new(),
         };
         let manager = HttpManager {
+            jwt: None,
             cors_filter: false,
             fault_filter: false,
             stat_prefix: "in".to_owned(),

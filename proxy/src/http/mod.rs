@@ -6,6 +6,7 @@
 pub mod connect;
 pub mod error;
 pub mod forward;
+pub mod jwt;
 pub mod pool;
 pub mod route_policies;
 pub mod router;
@@ -212,6 +213,16 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
     let Some(table) = table else {
         return flagged(local_reply(http::StatusCode::NOT_FOUND, ""), "NR");
     };
+    // The JWT filter runs first: a token that fails is answered here (401), and what it
+    // verified is what RBAC's `requestPrincipals` see.
+    let mut request = request;
+    let jwt_payloads = match &hcm.jwt {
+        Some(authn) => match jwt::authenticate(&mut request, authn) {
+            Ok(payloads) => Some(payloads),
+            Err(failure) => return jwt::unauthorized(&request, failure),
+        },
+        None => None,
+    };
     let authority = request_authority(&request);
     let peer = ConnectionFacts {
         peer: conn.tls.as_ref().and_then(|t| t.peer_id.as_deref()),
@@ -219,6 +230,7 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         local: conn.local,
         server_name: conn.server_name.as_deref(),
         tls: conn.tls.is_some(),
+        jwt: jwt_payloads.as_ref(),
     };
     let (vh, route) = match decide(&request, &authority, hcm, table, &peer) {
         Verdict::Refused(status) => {
@@ -355,6 +367,8 @@ pub struct ConnectionFacts<'a> {
     pub server_name: Option<&'a str>,
     /// The connection is TLS (the `:scheme` of a request that does not say).
     pub tls: bool,
+    /// The request's verified JWT payloads (the JWT filter ran before RBAC).
+    pub jwt: Option<&'a jwt::JwtMetadata>,
 }
 
 /// What the connection manager makes of a request before any I/O.
@@ -422,6 +436,7 @@ pub fn decide<'t, B>(
         server_name: conn.server_name,
         headers: Some(head),
         path: Some(path),
+        jwt: conn.jwt,
     };
     for (filter, own) in &hcm.rbac {
         let rules = route

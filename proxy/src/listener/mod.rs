@@ -343,6 +343,7 @@ async fn serve(
     };
     let peer = tls.as_ref().and_then(|t| t.peer_id.clone());
     let subject = Subject {
+        jwt: None,
         peer: peer.as_deref(),
         remote: remote.ip(),
         local,

@@ -141,6 +141,8 @@ pub fn inbound_listeners(workload: &Workload, inbound: &Inbound) -> Vec<Listener
 pub fn inbound(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Inbound {
     let mtls = model.mtls_policy(workload);
     let policies = model.authorization_policies(workload);
+    let jwt_rules = model.jwt_rules(workload);
+    let issuers: Vec<&str> = jwt_rules.iter().map(|r| r.issuer.as_str()).collect();
     let tracing = super::tracing::hcm_tracing(model, workload);
     let mut ports = Vec::new();
     let mut clusters = Vec::new();
@@ -160,11 +162,11 @@ pub fn inbound(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Inbo
             port.protocol,
         ));
         let filters = if port.protocol.is_http() {
-            let rules = rbac_rules(&policies, Layer::Http);
+            let rules = rbac_rules(&policies, Layer::Http, &issuers);
             routes.push(inbound_routes(port.number, &cluster_name, rules));
-            vec![inbound_http(port.number, tracing.as_ref())]
+            vec![inbound_http(port.number, tracing.as_ref(), &jwt_rules)]
         } else {
-            let mut filters: Vec<Filter> = rbac_rules(&policies, Layer::Tcp)
+            let mut filters: Vec<Filter> = rbac_rules(&policies, Layer::Tcp, &issuers)
                 .into_iter()
                 .map(|rules| Filter {
                     name: "envoy.filters.network.rbac".into(),
@@ -248,10 +250,15 @@ pub(super) fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     }
 }
 
-/// The inbound HTTP filters: RBAC DENY, RBAC ALLOW, router. The policies themselves live in
-/// the inbound route configuration (RDS, per-route config), so a policy change applies to
-/// the next request on connections that are already open, without draining listeners.
-fn inbound_http(port: u32, tracing: Option<&Tracing>) -> Filter {
+/// The inbound HTTP filters: the JWT filter (with `RequestAuthentication`s), RBAC DENY, RBAC
+/// ALLOW, router. The policies themselves live in the inbound route configuration (RDS,
+/// per-route config), so a policy change applies to the next request on connections that are
+/// already open, without draining listeners.
+fn inbound_http(
+    port: u32,
+    tracing: Option<&Tracing>,
+    jwt_rules: &[&isthmus_api::security::JwtRule],
+) -> Filter {
     let rbac = |name: &str| HttpFilter {
         name: name.to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack(
@@ -266,7 +273,10 @@ fn inbound_http(port: u32, tracing: Option<&Tracing>) -> Filter {
             config_source: Some(ads()),
             route_config_name: inbound_route(port),
         })),
-        http_filters: vec![rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER), router()],
+        http_filters: super::jwt::jwt_filter(jwt_rules)
+            .into_iter()
+            .chain([rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER), router()])
+            .collect(),
         upgrade_configs: websocket(),
         tracing: tracing.cloned(),
         // The application sees who called it (x-forwarded-client-cert, URI = SPIFFE ID).

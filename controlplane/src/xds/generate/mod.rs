@@ -22,10 +22,12 @@ mod endpoints;
 #[cfg(test)]
 mod gateway_tests;
 mod gateways;
+mod jwt;
 mod listeners;
 mod names;
 mod proxyless;
 mod rbac;
+mod rbac_jwt;
 mod route_policies;
 mod routes;
 mod secrets;

@@ -21,6 +21,7 @@ use isthmus_proto::envoy::envoy::r#type::matcher::v3::{
 };
 use isthmus_proto::envoy::google::protobuf::UInt32Value;
 
+use super::rbac_jwt;
 use crate::config::ResourceKey;
 
 /// Whether the filter sees HTTP requests or only connections.
@@ -31,9 +32,11 @@ pub enum Layer {
 }
 
 /// The RBAC configurations for a workload: DENY first, then ALLOW (each only if needed).
+/// `issuers`: the JWT issuers the workload accepts (`requestPrincipals` are matched per issuer).
 pub fn rbac_rules(
     policies: &[(&ResourceKey, &AuthorizationPolicySpec)],
     layer: Layer,
+    issuers: &[&str],
 ) -> Vec<Rbac> {
     let mut out = Vec::new();
     for action in [Action::Deny, Action::Allow] {
@@ -47,7 +50,7 @@ pub fn rbac_rules(
         let mut rules = HashMap::new();
         for (key, policy) in of_action {
             for (i, rule) in policy.rules.iter().enumerate() {
-                if let Some(p) = rule_policy(rule, layer, action) {
+                if let Some(p) = rule_policy(rule, layer, action, issuers) {
                     rules.insert(
                         format!("ns[{}]-policy[{}]-rule[{i}]", key.namespace, key.name),
                         p,
@@ -71,8 +74,9 @@ pub fn rbac_rules(
     out
 }
 
-fn rule_policy(rule: &Rule, layer: Layer, action: Action) -> Option<Policy> {
+fn rule_policy(rule: &Rule, layer: Layer, action: Action, issuers: &[&str]) -> Option<Policy> {
     let needs_http = rule.to.iter().any(|t| http_only(&t.operation))
+        || rule.from.iter().any(|f| request_only(&f.source))
         || rule.when.iter().any(|c| c.key.starts_with("request."));
     if layer == Layer::Tcp && needs_http && action == Action::Allow {
         return None;
@@ -81,14 +85,17 @@ fn rule_policy(rule: &Rule, layer: Layer, action: Action) -> Option<Policy> {
     let mut principals: Vec<Principal> = Vec::new();
     if !rule.from.is_empty() {
         principals.push(or_ids(
-            rule.from.iter().map(|f| source(&f.source)).collect(),
+            rule.from
+                .iter()
+                .map(|f| source(&f.source, layer, issuers))
+                .collect(),
         ));
     }
     principals.extend(
         rule.when
             .iter()
             .filter(keep)
-            .filter_map(principal_condition),
+            .filter_map(|c| principal_condition(c, issuers)),
     );
     let mut permissions: Vec<Permission> = Vec::new();
     if !rule.to.is_empty() {
@@ -197,7 +204,12 @@ fn ip_block(block: &str) -> Principal {
     }
 }
 
-fn source(s: &Source) -> Principal {
+/// A source field only a request has (its JWT).
+fn request_only(s: &Source) -> bool {
+    !s.request_principals.is_empty() || !s.not_request_principals.is_empty()
+}
+
+fn source(s: &Source, layer: Layer, issuers: &[&str]) -> Principal {
     let mut all = Vec::new();
     let mut field = |values: &[String], negate: bool, f: &dyn Fn(&str) -> Principal| {
         if values.is_empty() {
@@ -212,6 +224,11 @@ fn source(s: &Source) -> Principal {
     field(&s.not_namespaces, true, &namespace_of);
     field(&s.ip_blocks, false, &ip_block);
     field(&s.not_ip_blocks, true, &ip_block);
+    if layer == Layer::Http {
+        let request_principal = |v: &str| rbac_jwt::request_principal(v, issuers);
+        field(&s.request_principals, false, &request_principal);
+        field(&s.not_request_principals, true, &request_principal);
+    }
     and_ids(all)
 }
 
@@ -274,7 +291,17 @@ fn operation(o: &Operation, layer: Layer) -> Permission {
 }
 
 /// Conditions on the caller.
-fn principal_condition(c: &Condition) -> Option<Principal> {
+fn principal_condition(c: &Condition, issuers: &[&str]) -> Option<Principal> {
+    if c.key.starts_with("request.auth.") {
+        let key = c.key.clone();
+        let issuers: Vec<String> = issuers.iter().map(|i| (*i).to_owned()).collect();
+        let f = move |v: &str| {
+            let issuers: Vec<&str> = issuers.iter().map(String::as_str).collect();
+            rbac_jwt::auth_condition(&key, v, &issuers)
+                .unwrap_or_else(|| not_id(and_ids(Vec::new())))
+        };
+        return Some(condition(c, &f, or_ids, not_id));
+    }
     let f: &dyn Fn(&str) -> Principal = match c.key.as_str() {
         "source.principal" => &principal_of,
         "source.namespace" => &namespace_of,

@@ -181,6 +181,7 @@ fn listeners_convert_to_their_model() {
                     tls: None,
                     rbac: vec![],
                     terminal: Terminal::Http(Box::new(HttpManager {
+                        jwt: None,
                         cors_filter: false,
                         fault_filter: false,
                         stat_prefix: "in".into(),
