@@ -1046,10 +1046,27 @@ pub struct TcpSettings {
     pub connect_timeout: Option<IstioDuration>,
     #[serde(default)]
     pub idle_timeout: Option<IstioDuration>,
+    /// TCP keepalive on the connections to the service.
     #[serde(default)]
-    pub tcp_keepalive: Option<Unsupported>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
     #[serde(default)]
     pub max_connection_duration: Option<Unsupported>,
+}
+
+/// `connectionPool.tcp.tcpKeepalive`: what the system does not set is its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default)]
+    pub probes: Option<u32>,
+    /// Idle time before the first probe.
+    #[serde(default)]
+    pub time: Option<IstioDuration>,
+    /// Time between probes.
+    #[serde(default)]
+    pub interval: Option<IstioDuration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -1068,10 +1085,22 @@ pub struct HttpSettings {
     pub idle_timeout: Option<IstioDuration>,
     #[serde(default)]
     pub max_concurrent_streams: Option<u32>,
+    /// `UPGRADE`: HTTP/1.1 requests go to the service over HTTP/2.
     #[serde(default)]
-    pub h2_upgrade_policy: Option<Unsupported>,
+    pub h2_upgrade_policy: Option<H2UpgradePolicy>,
     #[serde(default)]
     pub use_client_protocol: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum H2UpgradePolicy {
+    /// The mesh's default, which is `DO_NOT_UPGRADE` (Istio's).
+    #[default]
+    Default,
+    DoNotUpgrade,
+    Upgrade,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -1090,8 +1119,10 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<u32>,
     #[serde(default)]
     pub min_health_percent: Option<u32>,
+    /// Istio's deprecated form: gateway errors (502, 503, 504; connection failures on TCP),
+    /// read when neither `consecutive5xxErrors` nor `consecutiveGatewayErrors` is set.
     #[serde(default)]
-    pub consecutive_errors: Option<Unsupported>,
+    pub consecutive_errors: Option<u32>,
     #[serde(default)]
     pub consecutive_local_origin_failures: Option<Unsupported>,
     #[serde(default)]

@@ -47,7 +47,7 @@ pub struct FaultDelay {
     /// it is not also told it lacks `fixedDelay`.
     #[serde(default)]
     pub exponential_delay: Option<IstioDuration>,
-    /// Unset: every request.
+    /// Unset (and no `percent`): no request, as in Istio.
     #[serde(default)]
     pub percentage: Option<Percent>,
     /// Istio's deprecated integer percentage, read when `percentage` is unset.
@@ -58,7 +58,7 @@ pub struct FaultDelay {
 impl FaultDelay {
     pub fn share(&self) -> Percent {
         self.percentage.unwrap_or(Percent {
-            value: self.percent.map_or(100.0, f64::from),
+            value: self.percent.map_or(0.0, f64::from),
         })
     }
 }
@@ -74,14 +74,14 @@ pub struct FaultAbort {
     pub grpc_status: Option<String>,
     #[serde(default)]
     pub http2_error: Option<Unsupported>,
-    /// Unset: every request.
+    /// Unset: no request, as in Istio.
     #[serde(default)]
     pub percentage: Option<Percent>,
 }
 
 impl FaultAbort {
     pub fn share(&self) -> Percent {
-        self.percentage.unwrap_or(Percent { value: 100.0 })
+        self.percentage.unwrap_or_default()
     }
 
     /// The gRPC status code of `grpcStatus`, by name or number.

@@ -384,8 +384,10 @@ pub struct JwtRule {
     /// Keep the token on the request (Istio removes it by default).
     #[serde(default)]
     pub forward_original_token: bool,
+    /// Claims whose string value is a space-separated list (`scope` and `permission` always
+    /// are, as in Istio).
     #[serde(default)]
-    pub space_delimited_claims: Option<Unsupported>,
+    pub space_delimited_claims: Vec<String>,
     #[serde(default)]
     pub timeout: Option<Unsupported>,
 }
@@ -421,17 +423,25 @@ impl Validate for RequestAuthentication {
                     if let Err(e) = serde_json::from_str::<serde_json::Value>(jwks)
                         .map_err(|e| e.to_string())
                         .and_then(|doc| match doc.get("keys") {
-                            Some(serde_json::Value::Array(keys)) if !keys.is_empty() => Ok(()),
-                            _ => Err("no \"keys\" list".to_owned()),
+                            Some(serde_json::Value::Array(keys)) if keys.iter().any(usable_jwk) => {
+                                Ok(())
+                            }
+                            _ => Err("no usable key (kty RSA, EC, OKP or oct)".to_owned()),
                         })
                     {
                         v.error(format!("{path}.jwks"), format!("not a JWKS document: {e}"));
                     }
                 }
-                (None, Some(_)) => v.error(
-                    format!("{path}.jwksUri"),
-                    "not supported by Isthmus yet: give the keys inline in jwks",
-                ),
+                (None, Some(uri)) => {
+                    let web = uri.parse::<http::Uri>().is_ok_and(|u| {
+                        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                    });
+                    v.check(
+                        web,
+                        format!("{path}.jwksUri"),
+                        format!("{uri:?} is not an http or https URL"),
+                    );
+                }
                 // Istio would discover the keys from the issuer (OpenID discovery).
                 (None, None) => v.error(
                     format!("{path}.jwks"),
@@ -454,6 +464,14 @@ impl Validate for RequestAuthentication {
             }
         }
     }
+}
+
+/// A JWK of a type proxies verify with.
+fn usable_jwk(key: &serde_json::Value) -> bool {
+    matches!(
+        key.get("kty").and_then(serde_json::Value::as_str),
+        Some("RSA" | "EC" | "OKP" | "oct")
+    )
 }
 
 /// RFC 9110 token characters.

@@ -196,8 +196,8 @@ fn bad_fields_are_reported_by_path() {
         ),
         (
             json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"},
-                "spec": {"host": "r", "trafficPolicy": {"outlierDetection": {"consecutiveErrors": 5}}}}),
-            "spec.trafficPolicy.outlierDetection.consecutiveErrors: not supported by Isthmus",
+                "spec": {"host": "r", "trafficPolicy": {"outlierDetection": {"consecutiveLocalOriginFailures": 5}}}}),
+            "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures: not supported by Isthmus",
         ),
         (
             json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"},

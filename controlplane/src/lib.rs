@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod federation;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jwks;
 pub mod kubernetes;
 pub mod model;
 pub mod pipeline;

@@ -825,3 +825,46 @@ fn the_request_circuit_breaker_overflows_at_once() {
         "{metrics}"
     );
 }
+
+/// `connectionPool.tcp.tcpKeepalive`: the sidecar's connection to the service carries the
+/// keepalive timer the rule sets (as the kernel reports it, `ss -o`).
+#[test]
+fn tcp_keepalive_is_set_on_upstream_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = isthmus_e2e::envoy::Echo::start(dir.path(), "a").unwrap();
+    let policy = "    connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}\n";
+    let (_daemon, proxy, outbound) = web_client_with(dir.path(), &[app.addr.port()], policy, &[]);
+    assert_eq!(web(outbound, "/").0, 200);
+    let port = app.addr.port();
+    let out = Command::new("ss")
+        .args([
+            "-tnoH",
+            "state",
+            "established",
+            "dst",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The pooled connection to the app: its keepalive timer runs from the rule's 7 s.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("timer:(keepalive,") && !l.contains("timer:(keepalive,0")),
+        "no keepalive timer on the connection to {port}:\n{text}\n{}",
+        proxy.logs()
+    );
+    // `ss` writes 6.9 s as `6.992ms` (seconds, then milliseconds) or `6sec`: whole seconds
+    // first. Just opened, the timer is a little under the rule's 7 s.
+    let timer = text.split("timer:(keepalive,").nth(1).unwrap_or_default();
+    let whole_seconds: String = timer.chars().take_while(char::is_ascii_digit).collect();
+    let seconds_first = timer[whole_seconds.len()..].starts_with('.')
+        || timer[whole_seconds.len()..].starts_with("sec");
+    assert!(
+        seconds_first
+            && whole_seconds
+                .parse::<u32>()
+                .is_ok_and(|s| (5..=7).contains(&s)),
+        "{text}"
+    );
+}

@@ -11,8 +11,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use isthmus_e2e::envoy::{Echo, curl};
-use isthmus_e2e::mesh::{envoy_server, until};
+use isthmus_e2e::envoy::{Echo, Envoy, curl};
+use isthmus_e2e::mesh::{bootstrap, until};
 use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::{Isthmusd, free_port};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -60,7 +60,8 @@ fn claims(iss: &str, sub: &str, aud: &str, exp: u64, groups: &[&str]) -> Value {
     json!({"iss": iss, "sub": sub, "aud": aud, "exp": exp, "iat": now(), "groups": groups})
 }
 
-fn config(jwks: &str, isthmus_port: u16, envoy_port: u16) -> String {
+/// `keys`: the rule's `jwks: '…'` or `jwksUri: …` line.
+fn config(keys: &str, isthmus_port: u16, envoy_port: u16) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -89,7 +90,7 @@ spec:
   jwtRules:
   - issuer: {ISSUER}
     audiences: [api]
-    jwks: '{jwks}'
+    {keys}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -167,7 +168,7 @@ fn check_tokens(address: &str, keys: &Keys, logs: &dyn Fn() -> String) {
     assert_eq!(status, 200, "{body}\n{}", logs());
     let echoed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     assert!(
-        echoed["headers"].get("authorization").is_none(),
+        echoed["headers"].is_object() && echoed["headers"].get("authorization").is_none(),
         "the token is removed once verified: {body}"
     );
 
@@ -204,14 +205,149 @@ fn keys_and_config(dir: &std::path::Path) -> (Keys, u16, u16) {
     };
     let jwks = json!({"keys": [keys.trusted.jwk]}).to_string();
     let (isthmus_port, envoy_port) = (free_port(), free_port());
+    write_config(dir, &format!("jwks: '{jwks}'"), isthmus_port, envoy_port);
+    (keys, isthmus_port, envoy_port)
+}
+
+fn write_config(dir: &std::path::Path, keys: &str, isthmus_port: u16, envoy_port: u16) {
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::write(
         config_dir.join("jwt.yaml"),
-        config(&jwks, isthmus_port, envoy_port),
+        config(keys, isthmus_port, envoy_port),
     )
     .unwrap();
-    (keys, isthmus_port, envoy_port)
+}
+
+/// A JWKS endpoint (`GET /jwks.json`) serving `document`; counts the requests.
+struct JwksServer {
+    port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    fn start(document: String) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{document}",
+                    document.len()
+                );
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        Self { port, hits }
+    }
+}
+
+/// The `api-isthmus` workload's sidecar, its outbound port a free one (tests run at once).
+fn isthmus_sidecar(dir: &std::path::Path, daemon: &Isthmusd, app: u16) -> IsthmusProxy {
+    IsthmusProxy::sidecar(
+        dir,
+        daemon,
+        "127.0.75.1",
+        "api-isthmus",
+        &[
+            format!("APP_PORTS=http={app}"),
+            format!("OUTBOUND_PORT={}", free_port()),
+        ],
+    )
+}
+
+/// A stock Envoy as the `api-envoy` workload's sidecar, its outbound port a free one.
+fn envoy_sidecar(dir: &std::path::Path, daemon: &Isthmusd, app: u16) -> Envoy {
+    let file = bootstrap(
+        dir,
+        "api-envoy",
+        &[
+            "--workload",
+            "api-envoy",
+            "--address",
+            "127.0.75.2",
+            "--xds-address",
+            &daemon.xds.to_string(),
+            "--app-port",
+            &format!("http={app}"),
+            "--outbound-port",
+            &free_port().to_string(),
+        ],
+    );
+    Envoy::start(dir, "api-envoy", &file).expect("start Envoy")
+}
+
+/// `jwksUri`: `isthmusd` fetches the keys and pushes them inline; a URI that answers nothing
+/// leaves keys that verify nothing (tokens 401, no token passes), as in Istio.
+#[test]
+fn keys_from_a_jwks_uri_are_fetched_by_isthmusd_and_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = Echo::start(dir.path(), "api").unwrap();
+    let keys = Keys {
+        trusted: Signer::new("trusted"),
+        stranger: Signer::new("trusted"),
+    };
+    let server = JwksServer::start(json!({"keys": [keys.trusted.jwk]}).to_string());
+    let (port, envoy_port) = (free_port(), free_port());
+    write_config(
+        dir.path(),
+        &format!("jwksUri: 'http://127.0.0.1:{}/jwks.json'", server.port),
+        port,
+        envoy_port,
+    );
+    let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
+    let sidecar = isthmus_sidecar(dir.path(), &daemon, echo.addr.port());
+    sidecar.wait_ready(Duration::from_secs(20)).unwrap();
+    let envoy = envoy_sidecar(dir.path(), &daemon, echo.addr.port());
+    let alice = keys
+        .trusted
+        .token(claims(ISSUER, "alice", "api", now() + 3600, &["admins"]));
+    let addresses = [
+        format!("127.0.75.1:{port}"),
+        format!("127.0.75.2:{envoy_port}"),
+    ];
+    for address in &addresses {
+        until(
+            "the fetched keys verify the token",
+            Duration::from_secs(20),
+            || call(address, "/secure", Some(&alice)).0 == 200,
+        );
+        check_tokens(address, &keys, &|| {
+            format!("{}\n{}", sidecar.logs(), envoy.logs())
+        });
+    }
+    assert!(server.hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // A URI nothing answers: the issuer's tokens fail, requests without one pass.
+    write_config(
+        dir.path(),
+        &format!("jwksUri: 'http://127.0.0.1:{}/jwks.json'", free_port()),
+        port,
+        envoy_port,
+    );
+    for address in &addresses {
+        until(
+            "keys that verify nothing replace them",
+            Duration::from_secs(20),
+            || call(address, "/open", Some(&alice)).0 == 401,
+        );
+        assert_eq!(call(address, "/open", None).0, 200, "{address}");
+    }
+    let rejected: Vec<(String, u64)> = envoy
+        .stats()
+        .into_iter()
+        .filter(|(k, v)| k.ends_with("update_rejected") && *v > 0)
+        .collect();
+    assert!(rejected.is_empty(), "{rejected:?}\n{}", envoy.logs());
 }
 
 #[test]
@@ -220,13 +356,7 @@ fn isthmus_proxy_verifies_tokens_and_authorizes_on_them() {
     let echo = Echo::start(dir.path(), "api").unwrap();
     let (keys, port, _) = keys_and_config(dir.path());
     let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
-    let sidecar = IsthmusProxy::sidecar(
-        dir.path(),
-        &daemon,
-        "127.0.75.1",
-        "api-isthmus",
-        &[format!("APP_PORTS=http={}", echo.addr.port())],
-    );
+    let sidecar = isthmus_sidecar(dir.path(), &daemon, echo.addr.port());
     sidecar.wait_ready(Duration::from_secs(20)).unwrap();
     check_tokens(&format!("127.0.75.1:{port}"), &keys, &|| sidecar.logs());
 }
@@ -237,13 +367,7 @@ fn stock_envoy_takes_the_same_jwt_configuration_with_no_rejected_update() {
     let echo = Echo::start(dir.path(), "api").unwrap();
     let (keys, _, port) = keys_and_config(dir.path());
     let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
-    let envoy = envoy_server(
-        dir.path(),
-        &daemon.xds.to_string(),
-        "api-envoy",
-        "127.0.75.2",
-        echo.addr.port(),
-    );
+    let envoy = envoy_sidecar(dir.path(), &daemon, echo.addr.port());
     check_tokens(&format!("127.0.75.2:{port}"), &keys, &|| envoy.logs());
     let rejected: Vec<(String, u64)> = envoy
         .stats()

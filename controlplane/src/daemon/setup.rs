@@ -311,9 +311,12 @@ pub(super) fn pipeline(
 ) -> Flow {
     let cache = Arc::new(SnapshotCache::default());
     let streams = Arc::new(StreamRegistry::default());
+    let (jwks, resolver) = crate::jwks::resolver::start(store.subscribe());
+    tasks.spawn("jwks resolver", resolver);
     let (pipeline, task) = Pipeline::new(
         store.subscribe(),
         imports,
+        jwks,
         cache.clone(),
         streams.clone(),
         ca.authority.clone(),

@@ -65,6 +65,9 @@ pub struct MeshModel {
     /// The addresses allocated to services that declare none ([`vips`]; set by whoever runs
     /// the model with [`MeshModel::assign_virtual_addresses`]).
     pub virtual_addresses: vips::VipTable,
+    /// The keys fetched for `RequestAuthentication` rules that name a `jwksUri`, by URI (set
+    /// by whoever runs the model: `isthmusd`'s JWKS resolver).
+    pub jwks: Arc<BTreeMap<String, String>>,
 }
 
 impl MeshModel {
@@ -185,6 +188,7 @@ impl MeshModel {
             .ok(),
             telemetry: telemetry::TelemetrySettings::default(),
             virtual_addresses: vips::VipTable::new(),
+            jwks: Arc::default(),
         }
     }
 

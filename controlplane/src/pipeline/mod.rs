@@ -24,6 +24,7 @@ use isthmus_federation::discovery::Exports;
 
 use crate::config::ConfigSnapshot;
 use crate::federation::{self, ImportStates};
+use crate::jwks::JwksCache;
 use crate::model::federation::discovery_exports;
 use crate::model::imports::RemoteCatalogs;
 use crate::model::telemetry::TelemetrySettings;
@@ -83,6 +84,8 @@ struct Worker {
     exports: watch::Sender<Arc<Exports>>,
     /// What peers export to us, as the model in force was built with.
     catalogs: RemoteCatalogs,
+    /// The fetched JWKS documents, by URI.
+    jwks: Arc<BTreeMap<String, String>>,
     node_errors: watch::Sender<BTreeMap<String, String>>,
     nodes: BTreeMap<String, ProxyNode>,
     /// Outbound views of the model in force, shared by proxies that look alike.
@@ -97,17 +100,20 @@ impl Pipeline {
     pub fn new(
         mut config: watch::Receiver<Arc<ConfigSnapshot>>,
         mut imports: watch::Receiver<Arc<ImportStates>>,
+        mut jwks: watch::Receiver<Arc<JwksCache>>,
         cache: Arc<SnapshotCache>,
         streams: Arc<StreamRegistry>,
         authority: Arc<Authority>,
         settings: PipelineSettings,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let catalogs = federation::catalogs(&imports.borrow_and_update());
+        let keys = Arc::new(jwks.borrow_and_update().resolved());
         let mut vips = VipStore::open(settings.vip_range, settings.state_dir.as_deref());
         let first = model_of(
             &settings,
             config.borrow_and_update().clone(),
             &catalogs,
+            &keys,
             &mut vips,
         );
         let (exports_tx, exports_rx) = watch::channel(Arc::new(discovery_exports(&first)));
@@ -122,6 +128,7 @@ impl Pipeline {
             model: model_tx,
             exports: exports_tx,
             catalogs,
+            jwks: keys,
             node_errors: errors_tx,
             nodes: BTreeMap::new(),
             views: HashMap::new(),
@@ -182,6 +189,18 @@ impl Pipeline {
                             worker.push_all().await;
                         }
                     }
+                    changed = jwks.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let keys = Arc::new(jwks.borrow_and_update().resolved());
+                        if keys != worker.jwks {
+                            worker.jwks = keys;
+                            let snapshot = worker.model.borrow().config.clone();
+                            worker.rebuild(snapshot);
+                            worker.push_all().await;
+                        }
+                    }
                     joined = joins_rx.recv() => {
                         let Some(node): Option<NodeInfo> = joined else { return };
                         if synced || !node.holds_config {
@@ -211,6 +230,7 @@ fn model_of(
     settings: &PipelineSettings,
     snapshot: Arc<ConfigSnapshot>,
     catalogs: &RemoteCatalogs,
+    jwks: &Arc<BTreeMap<String, String>>,
     vips: &mut VipStore,
 ) -> MeshModel {
     let mut model = MeshModel::build_with_imports(
@@ -222,6 +242,7 @@ fn model_of(
     model.discovery_address = settings.discovery_address.clone();
     model.control_plane_identity = Some(settings.control_plane_identity.clone());
     model.telemetry = settings.telemetry.clone();
+    model.jwks = jwks.clone();
     vips.assign(&mut model);
     model
 }
@@ -238,7 +259,13 @@ impl Worker {
     }
 
     fn rebuild(&mut self, snapshot: Arc<ConfigSnapshot>) {
-        let model = model_of(&self.settings, snapshot, &self.catalogs, &mut self.vips);
+        let model = model_of(
+            &self.settings,
+            snapshot,
+            &self.catalogs,
+            &self.jwks,
+            &mut self.vips,
+        );
         for w in &model.warnings {
             tracing::warn!(resource = %w.resource, "{}", w.message);
         }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use isthmus_proto::envoy::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster as EnvoyCluster, OutlierDetection, circuit_breakers, cluster,
+    CircuitBreakers, Cluster as EnvoyCluster, OutlierDetection, UpstreamConnectionOptions,
+    circuit_breakers, cluster,
 };
 use isthmus_proto::envoy::envoy::config::core::v3::{
     Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions,
@@ -33,9 +34,38 @@ pub struct Cluster {
     pub panic_threshold: f64,
     pub protocol: UpstreamProtocol,
     pub tls: Option<UpstreamTls>,
+    /// TCP keepalive on the connections to the cluster's hosts.
+    pub keepalive: Option<Keepalive>,
     /// The service and mesh it leads to (telemetry; Istio's `istio.services` metadata and
     /// `isthmus.telemetry`).
     pub telemetry: std::sync::Arc<super::telemetry::ClusterFacts>,
+}
+
+/// `upstream_connection_options.tcp_keepalive`: unset fields keep the system's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub probes: Option<u32>,
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+}
+
+fn keepalive(o: UpstreamConnectionOptions, path: &Path) -> Checked<Option<Keepalive>> {
+    let UpstreamConnectionOptions {
+        tcp_keepalive,
+        set_local_interface_name_on_upstream_connections,
+        happy_eyeballs_config,
+    } = o;
+    reject_set!(path; set_local_interface_name_on_upstream_connections, happy_eyeballs_config);
+    Ok(tcp_keepalive.map(|k| {
+        let secs = |v: Option<isthmus_proto::envoy::google::protobuf::UInt32Value>| {
+            v.map(|v| Duration::from_secs(u64::from(v.value.max(1))))
+        };
+        Keepalive {
+            probes: k.keepalive_probes.map(|v| v.value),
+            time: secs(k.keepalive_time),
+            interval: secs(k.keepalive_interval),
+        }
+    }))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +220,7 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
         http2_protocol_options, dns_jitter, dns_failure_refresh_rate, dns_resolvers,
         use_tcp_for_dns_lookups, dns_resolution_config, typed_dns_resolver_config,
         cleanup_interval, upstream_bind_config, lb_subset_config, protocol_selection,
-        upstream_connection_options, close_connections_on_host_health_failure,
+        close_connections_on_host_health_failure,
         ignore_health_on_host_removal, filters, load_balancing_policy, lrs_server,
         lrs_report_endpoint_metrics, track_timeout_budgets, upstream_config, track_cluster_stats,
         preconnect_policy, connection_pool_per_downstream_connection, queuing_policies, lb_config);
@@ -325,6 +355,10 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
             &path.field("typed_extension_protocol_options"),
         )?,
         tls: tls::upstream(transport_socket, &path.field("transport_socket"))?,
+        keepalive: upstream_connection_options
+            .map(|o| keepalive(o, &path.field("upstream_connection_options")))
+            .transpose()?
+            .flatten(),
         telemetry: std::sync::Arc::new(super::telemetry::cluster_facts(metadata.as_ref())),
         discovery,
         name,

@@ -25,6 +25,9 @@ pub const JWT_AUTHN_FILTER: &str = "envoy.filters.http.jwt_authn";
 pub struct JwtAuthn {
     pub providers: Vec<Provider>,
     pub requirement: Requirement,
+    /// CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) pass
+    /// unchecked: browsers never send them a token.
+    pub bypass_cors_preflight: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +46,8 @@ pub struct Provider {
     pub from_params: Vec<String>,
     /// The payload is kept in the filter's metadata under this key (empty: not kept).
     pub payload_key: String,
+    /// Claims kept as lists of their space-separated words (`scope`).
+    pub space_delimited_claims: Vec<String>,
     pub clock_skew_seconds: u64,
     pub require_expiration: bool,
 }
@@ -69,8 +74,7 @@ pub fn convert(any: &Any, path: &Path) -> Checked<JwtAuthn> {
         strip_failure_response,
         stat_prefix: _,
     } = typed(any, path)?;
-    reject_set!(path; filter_state_rules, bypass_cors_preflight, requirement_map,
-        strip_failure_response);
+    reject_set!(path; filter_state_rules, requirement_map, strip_failure_response);
     // Sorted by name: a stable order for the indices and for errors.
     let mut providers: Vec<(String, JwtProvider)> = providers.into_iter().collect();
     providers.sort_by(|a, b| a.0.cmp(&b.0));
@@ -110,6 +114,7 @@ pub fn convert(any: &Any, path: &Path) -> Checked<JwtAuthn> {
     Ok(JwtAuthn {
         providers,
         requirement,
+        bypass_cors_preflight,
     })
 }
 
@@ -150,8 +155,8 @@ fn provider(name: String, p: JwtProvider, path: &Path) -> Checked<Provider> {
         jwks_source_specifier,
     } = p;
     reject_set!(path; subjects, max_lifetime, from_cookies, forward_payload_header,
-        pad_forward_payload_header, normalize_payload_in_metadata, header_in_metadata,
-        failed_status_in_metadata, claim_to_headers);
+        pad_forward_payload_header, header_in_metadata, failed_status_in_metadata,
+        claim_to_headers);
     let keys_path = path.field("local_jwks");
     let keys = match required(jwks_source_specifier, path)? {
         jwt_provider::JwksSourceSpecifier::LocalJwks(source) => jwks(source, &keys_path)?,
@@ -186,6 +191,9 @@ fn provider(name: String, p: JwtProvider, path: &Path) -> Checked<Provider> {
         from_headers,
         from_params,
         payload_key: payload_in_metadata,
+        space_delimited_claims: normalize_payload_in_metadata
+            .map(|n| n.space_delimited_claims)
+            .unwrap_or_default(),
         // Envoy's default.
         clock_skew_seconds: if clock_skew_seconds == 0 {
             60
@@ -209,12 +217,22 @@ fn jwks(source: DataSource, path: &Path) -> Checked<JwkSet> {
         }
         _ => return Err(Invalid::new(path, "only an inline JWKS")),
     };
-    let keys: JwkSet = serde_json::from_str(&text)
-        .map_err(|e| Invalid::new(path, format!("not a JWKS document: {e}")))?;
-    if keys.keys.is_empty() {
-        return Err(Invalid::new(path, "a JWKS without keys"));
+    #[derive(serde::Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
     }
-    Ok(keys)
+    let document: Document = serde_json::from_str(&text)
+        .map_err(|e| Invalid::new(path, format!("not a JWKS document: {e}")))?;
+    // As Envoy: a key of a type or curve this proxy cannot use is left out, not the set.
+    let keys: Vec<_> = document
+        .keys
+        .into_iter()
+        .filter_map(|k| serde_json::from_value(k).ok())
+        .collect();
+    if keys.is_empty() {
+        return Err(Invalid::new(path, "a JWKS without a usable key"));
+    }
+    Ok(JwkSet { keys })
 }
 
 fn requirement(r: JwtRequirement, providers: &[Provider], path: &Path) -> Checked<Requirement> {

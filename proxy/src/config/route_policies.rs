@@ -91,6 +91,11 @@ fn share(f: Option<FractionalPercent>, path: &Path) -> Checked<PerMillion> {
     f.map_or(Ok(MILLION as PerMillion), |f| fraction(f, path))
 }
 
+/// Envoy's fault filter: a fault without a percentage applies to no request.
+fn fault_share(f: Option<FractionalPercent>, path: &Path) -> Checked<PerMillion> {
+    f.map_or(Ok(0), |f| fraction(f, path))
+}
+
 fn runtime_share(f: Option<RuntimeFractionalPercent>, path: &Path) -> Checked<PerMillion> {
     let Some(RuntimeFractionalPercent {
         default_value,
@@ -164,7 +169,7 @@ fn fault_delay(d: EnvoyDelay, path: &Path) -> Checked<(Duration, PerMillion)> {
             return Err(Invalid::unsupported(&path.field("header_delay")));
         }
     };
-    Ok((fixed, share(percentage, &path.field("percentage"))?))
+    Ok((fixed, fault_share(percentage, &path.field("percentage"))?))
 }
 
 fn fault_abort(a: EnvoyAbort, path: &Path) -> Checked<(Abort, PerMillion)> {
@@ -199,7 +204,7 @@ fn fault_abort(a: EnvoyAbort, path: &Path) -> Checked<(Abort, PerMillion)> {
             return Err(Invalid::unsupported(&path.field("header_abort")));
         }
     };
-    Ok((abort, share(percentage, &path.field("percentage"))?))
+    Ok((abort, fault_share(percentage, &path.field("percentage"))?))
 }
 
 fn header_value(text: String, path: &Path) -> Checked<Option<HeaderValue>> {

@@ -218,6 +218,13 @@ fn shadow(
         tracing::debug!(cluster, "mirror cluster unknown: not mirrored");
         return;
     };
+    let Ok(slot) = pool.mirrors.0.clone().try_acquire_owned() else {
+        tracing::debug!(cluster = %cluster.cluster.name, "too many mirrored requests in flight: not mirrored");
+        return;
+    };
+    // A mirror never runs longer than this, whatever the route's timeout.
+    const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+    let timeout = Some(timeout.map_or(MIRROR_TIMEOUT, |t| t.min(MIRROR_TIMEOUT)));
     let mut copy = http::Request::new(());
     *copy.method_mut() = parts.method.clone();
     *copy.uri_mut() = parts.uri.clone();
@@ -228,19 +235,13 @@ fn shadow(
         authority: shadow_authority(&target.authority),
         path_and_query: target.path_and_query.clone(),
     };
-    let (pool, runtime) = (pool.clone(), runtime.clone());
+    let (pool, metrics) = (pool.clone(), runtime.metrics.clone());
     tokio::spawn(async move {
-        let exchange = Exchange::new(
-            &pool,
-            &cluster,
-            &runtime.metrics,
-            copy,
-            &target,
-            None,
-            timeout,
-        );
+        let _slot = slot;
+        let exchange = Exchange::new(&pool, &cluster, &metrics, copy, &target, None, timeout);
         if let Ok(exchange) = exchange {
-            let _ignored = with_retries(&exchange, super::full(Bytes::new())).await;
+            let sent = with_retries(&exchange, super::full(Bytes::new()));
+            let _ignored = tokio::time::timeout(MIRROR_TIMEOUT, sent).await;
         }
     });
 }

@@ -58,27 +58,30 @@ struct Found {
 /// with [`unauthorized`]). The tokens of providers that do not forward them are removed from
 /// the request.
 pub fn authenticate<B>(request: &mut Request<B>, authn: &JwtAuthn) -> Result<JwtMetadata, Failure> {
-    let found: Vec<Option<Found>> = authn.providers.iter().map(|p| find(request, p)).collect();
+    let preflight = request.method() == http::Method::OPTIONS
+        && request.headers().contains_key(header::ORIGIN)
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if authn.bypass_cors_preflight && preflight {
+        return Ok(JwtMetadata::new());
+    }
+    let found: Vec<Vec<Found>> = authn.providers.iter().map(|p| find(request, p)).collect();
     let mut metadata = JwtMetadata::new();
     let mut verified = vec![None; authn.providers.len()];
-    let outcome = satisfies(
+    satisfies(
         &authn.requirement,
         authn,
         &found,
         &mut verified,
         &mut metadata,
-    );
-    outcome?;
+    )?;
     for ((provider, found), ok) in authn.providers.iter().zip(&found).zip(&verified) {
-        if let (
-            false,
-            Some(Found {
-                header: Some(h), ..
-            }),
-            Some(Ok(())),
-        ) = (provider.forward, found, ok)
-        {
-            request.headers_mut().remove(h);
+        if provider.forward || !matches!(ok, Some(Ok(()))) {
+            continue;
+        }
+        for name in found.iter().filter_map(|f| f.header.as_ref()) {
+            request.headers_mut().remove(name);
         }
     }
     Ok(metadata)
@@ -88,7 +91,7 @@ pub fn authenticate<B>(request: &mut Request<B>, authn: &JwtAuthn) -> Result<Jwt
 fn satisfies(
     r: &Requirement,
     authn: &JwtAuthn,
-    found: &[Option<Found>],
+    found: &[Vec<Found>],
     verified: &mut [Option<Result<(), Failure>>],
     metadata: &mut JwtMetadata,
 ) -> Result<(), Failure> {
@@ -97,14 +100,21 @@ fn satisfies(
             if let Some(outcome) = verified[*i] {
                 return outcome;
             }
-            let outcome = match &found[*i] {
-                None => Err(Failure::Missing),
-                Some(f) => verify(&f.token, &authn.providers[*i]).map(|payload| {
-                    let key = &authn.providers[*i].payload_key;
-                    if !key.is_empty() {
-                        metadata.insert(key.clone(), payload);
-                    }
-                }),
+            let provider = &authn.providers[*i];
+            // Every token must verify; the first one's payload is kept.
+            let outcome = match found[*i].as_slice() {
+                [] => Err(Failure::Missing),
+                tokens => tokens
+                    .iter()
+                    .map(|f| verify(&f.token, provider))
+                    .collect::<Result<Vec<Value>, Failure>>()
+                    .map(|payloads| {
+                        if !provider.payload_key.is_empty()
+                            && let Some(first) = payloads.into_iter().next()
+                        {
+                            metadata.insert(provider.payload_key.clone(), first);
+                        }
+                    }),
             };
             verified[*i] = Some(outcome);
             outcome
@@ -117,20 +127,26 @@ fn satisfies(
                     return last;
                 }
             }
-            // The most telling failure: a token that failed beats a missing one.
-            let failures: Vec<Failure> = (0..authn.providers.len())
-                .filter_map(|i| match verified[i] {
-                    Some(Err(f)) if f != Failure::Missing => Some(f),
+            // The most telling failure: a token of a known issuer that failed, then an
+            // unknown issuer, then a missing token.
+            let failures: Vec<Failure> = verified
+                .iter()
+                .filter_map(|v| match v {
+                    Some(Err(f)) if *f != Failure::Missing => Some(*f),
                     _ => None,
                 })
                 .collect();
-            failures.first().map_or(last, |f| Err(*f))
+            failures
+                .iter()
+                .find(|f| **f != Failure::UnknownIssuer)
+                .or(failures.first())
+                .map_or(last, |f| Err(*f))
         }
         Requirement::All(list) => list
             .iter()
             .try_for_each(|r| satisfies(r, authn, found, verified, metadata)),
         Requirement::AllowMissing => {
-            if found.iter().all(Option::is_none) {
+            if found.iter().all(Vec::is_empty) {
                 Ok(())
             } else {
                 // A token is there: it must have been verified by another requirement.
@@ -146,9 +162,11 @@ fn satisfies(
     }
 }
 
-/// The provider's token on the request: its headers (value prefix stripped), then its query
-/// parameters; `Authorization: Bearer` and `access_token` when it names neither.
-fn find<B>(request: &Request<B>, p: &Provider) -> Option<Found> {
+/// Every token of the provider on the request: each value of its headers that carries the
+/// prefix, and each of its query parameters (names and values percent-decoded);
+/// `Authorization: Bearer` and `access_token` when it names neither. All of them must verify: a
+/// second token must never ride along unchecked beside a good one.
+fn find<B>(request: &Request<B>, p: &Provider) -> Vec<Found> {
     let bearer = [(header::AUTHORIZATION, "Bearer ".to_owned())];
     let default_params = ["access_token".to_owned()];
     let (headers, params): (&[(http::HeaderName, String)], &[String]) =
@@ -157,37 +175,66 @@ fn find<B>(request: &Request<B>, p: &Provider) -> Option<Found> {
         } else {
             (&p.from_headers, &p.from_params)
         };
+    let mut found = Vec::new();
     for (name, prefix) in headers {
-        let Some(value) = request.headers().get(name).and_then(|v| v.to_str().ok()) else {
-            continue;
-        };
-        let token = match value.strip_prefix(prefix.as_str()) {
-            Some(t) => t,
-            // `Bearer` is case-insensitive (RFC 6750).
-            None if prefix.eq_ignore_ascii_case("bearer ")
-                && value.len() > prefix.len()
-                && value[..prefix.len()].eq_ignore_ascii_case(prefix) =>
-            {
-                &value[prefix.len()..]
-            }
-            None => continue,
-        };
-        return Some(Found {
-            token: token.trim().to_owned(),
-            header: Some(name.clone()),
-        });
+        for value in request.headers().get_all(name) {
+            // A value that is not text cannot be read: counted as a token that fails.
+            let Ok(value) = value.to_str() else {
+                found.push(Found {
+                    token: String::new(),
+                    header: Some(name.clone()),
+                });
+                continue;
+            };
+            let token = match value.strip_prefix(prefix.as_str()) {
+                Some(t) => t,
+                // `Bearer` is case-insensitive (RFC 6750).
+                None if prefix.eq_ignore_ascii_case("bearer ")
+                    && value.len() > prefix.len()
+                    && value.is_char_boundary(prefix.len())
+                    && value[..prefix.len()].eq_ignore_ascii_case(prefix) =>
+                {
+                    &value[prefix.len()..]
+                }
+                None => continue,
+            };
+            found.push(Found {
+                token: token.trim().to_owned(),
+                header: Some(name.clone()),
+            });
+        }
     }
-    let query = request.uri().query()?;
-    for pair in query.split('&') {
+    for pair in request.uri().query().unwrap_or_default().split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if params.iter().any(|p| p == name) && !value.is_empty() {
-            return Some(Found {
-                token: value.to_owned(),
+        if params.iter().any(|p| *p == percent_decoded(name)) {
+            found.push(Found {
+                token: percent_decoded(value),
                 header: None,
             });
         }
     }
-    None
+    found
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|b| (*b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, ..) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The token verified by the provider: its payload.
@@ -214,35 +261,54 @@ fn verify(token: &str, p: &Provider) -> Result<Value, Failure> {
     validation.leeway = p.clock_skew_seconds;
     // jsonwebtoken checks `exp` by default, `nbf` only when asked; Envoy checks both.
     validation.validate_nbf = true;
-    validation.required_spec_claims.clear();
+    // Envoy: `aud` is required when the provider names audiences (jsonwebtoken only refuses
+    // a wrong one), `exp` only when asked.
+    let mut required = Vec::new();
     if p.require_expiration {
-        validation.set_required_spec_claims(&["exp"]);
+        required.push("exp");
     }
     if p.audiences.is_empty() {
         validation.validate_aud = false;
     } else {
         validation.set_audience(&p.audiences);
+        required.push("aud");
     }
+    validation.set_required_spec_claims(&required);
     let mut failure = Failure::NoKey;
     for key in candidates {
         let Ok(key) = DecodingKey::from_jwk(key) else {
             continue;
         };
         match jsonwebtoken::decode::<Value>(token, &key, &validation) {
-            Ok(data) => return Ok(data.claims),
+            Ok(data) => return Ok(split_claims(data.claims, &p.space_delimited_claims)),
             Err(e) => {
                 failure = match e.kind() {
                     ErrorKind::ExpiredSignature => return Err(Failure::Expired),
                     ErrorKind::ImmatureSignature => return Err(Failure::NotYetValid),
                     ErrorKind::InvalidAudience => return Err(Failure::Audience),
                     ErrorKind::InvalidAlgorithm => Failure::NoKey,
-                    ErrorKind::MissingRequiredClaim(_) => return Err(Failure::Signature),
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                        return Err(Failure::Audience);
+                    }
+                    ErrorKind::MissingRequiredClaim(_) => return Err(Failure::Expired),
                     _ => Failure::Signature,
                 };
             }
         }
     }
     Err(failure)
+}
+
+/// The claims Envoy keeps as lists of their space-separated words (`scope: "read write"`).
+fn split_claims(mut payload: Value, claims: &[String]) -> Value {
+    for claim in claims {
+        if let Some(v) = payload.get_mut(claim)
+            && let Some(text) = v.as_str()
+        {
+            *v = Value::Array(text.split_whitespace().map(Value::from).collect());
+        }
+    }
+    payload
 }
 
 fn unverified_issuer(token: &str) -> Option<String> {
@@ -302,6 +368,7 @@ mod tests {
             from_headers: Vec::new(),
             from_params: Vec::new(),
             payload_key: "payload".into(),
+            space_delimited_claims: vec!["scope".into()],
             clock_skew_seconds: 60,
             require_expiration: false,
         }
@@ -316,6 +383,7 @@ mod tests {
                 Requirement::Provider(1),
                 Requirement::AllowMissing,
             ]),
+            bypass_cors_preflight: false,
         }
     }
 
@@ -429,5 +497,84 @@ mod tests {
             ..authn()
         };
         assert!(authenticate(&mut request(Some("Bearer nonsense"), "/"), &lenient).is_ok());
+    }
+
+    /// Tokens that must not ride along beside a good one, nor hide from the check.
+    #[test]
+    fn every_token_on_the_request_is_checked() {
+        let good = token(
+            json!({"iss": "https://a.example", "sub": "s", "aud": "api", "exp": exp(600)}),
+            SECRET,
+        );
+        let forged = token(
+            json!({"iss": "https://a.example", "sub": "admin", "aud": "api", "exp": exp(600)}),
+            b"another secret of enough length here",
+        );
+        // A second Authorization value.
+        let mut r = Request::builder()
+            .uri("/")
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .header("authorization", format!("Bearer {forged}"))
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(authenticate(&mut r, &authn()), Err(Failure::Signature));
+        // A good header and a forged query parameter, also percent-encoded.
+        for query in ["access_token", "access%5Ftoken", "%61ccess_token"] {
+            let uri = format!("/x?{query}={forged}");
+            assert_eq!(
+                outcome(Some(&format!("Bearer {good}")), &uri),
+                Err(Failure::Signature),
+                "{uri}"
+            );
+        }
+        // A header value that is not text is a token that fails, not a missing one.
+        let mut r = Request::builder()
+            .uri("/")
+            .header(
+                "authorization",
+                http::HeaderValue::from_bytes(b"Bearer \xff")
+                    .unwrap_or(HeaderValue::from_static("x")),
+            )
+            .body(())
+            .unwrap_or_default();
+        assert!(authenticate(&mut r, &authn()).is_err());
+    }
+
+    #[test]
+    fn a_token_without_the_audience_is_refused_and_scopes_are_lists() {
+        let no_aud = token(
+            json!({"iss": "https://a.example", "sub": "s", "exp": exp(600)}),
+            SECRET,
+        );
+        assert_eq!(
+            outcome(Some(&format!("Bearer {no_aud}")), "/"),
+            Err(Failure::Audience)
+        );
+        let scoped = token(
+            json!({"iss": "https://a.example", "sub": "s", "aud": ["web", "api"], "exp": exp(600), "scope": "read write"}),
+            SECRET,
+        );
+        let metadata = outcome(Some(&format!("Bearer {scoped}")), "/").unwrap_or_default();
+        assert_eq!(metadata["payload"]["scope"], json!(["read", "write"]));
+    }
+
+    #[test]
+    fn a_cors_preflight_passes_when_the_filter_says_so() {
+        let preflight = || {
+            Request::builder()
+                .method(http::Method::OPTIONS)
+                .uri("/")
+                .header("origin", "https://app.example")
+                .header("access-control-request-method", "POST")
+                .header("authorization", "Bearer nonsense")
+                .body(())
+                .unwrap_or_default()
+        };
+        assert!(authenticate(&mut preflight(), &authn()).is_err());
+        let bypass = JwtAuthn {
+            bypass_cors_preflight: true,
+            ..authn()
+        };
+        assert!(authenticate(&mut preflight(), &bypass).is_ok());
     }
 }

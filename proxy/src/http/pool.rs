@@ -52,6 +52,22 @@ pub struct Pool {
     http1: Mutex<ByCluster<Vec<Idle>>>,
     /// `None`: a live host of a live cluster with no shared connection yet.
     http2: Mutex<ByCluster<Option<Shared>>>,
+    /// Mirrored requests in flight (their answers are awaited in the background).
+    pub mirrors: MirrorSlots,
+}
+
+/// At most this many mirrored requests in flight per proxy; beyond, a request is not
+/// mirrored (a slow mirror must never make the proxy pile up work).
+pub const MAX_MIRRORS: usize = 1024;
+
+/// The slots of [`MAX_MIRRORS`].
+#[derive(Debug, Clone)]
+pub struct MirrorSlots(pub Arc<tokio::sync::Semaphore>);
+
+impl Default for MirrorSlots {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS)))
+    }
 }
 
 impl std::fmt::Debug for Pool {

@@ -464,6 +464,9 @@ impl ClusterRuntime {
         };
         let tcp = TcpStream::connect(addr).await.map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
+        if let Some(k) = &self.cluster.keepalive {
+            keepalive(&tcp, k).map_err(io_err)?;
+        }
         let Some(tls) = &self.tls else {
             return Ok((Box::new(tcp), None));
         };
@@ -497,6 +500,22 @@ impl ClusterRuntime {
         };
         Ok((Box::new(stream), peer))
     }
+}
+
+/// TCP keepalive on an upstream connection (`SO_KEEPALIVE` and the idle time, interval and
+/// probe count that are set).
+fn keepalive(tcp: &TcpStream, k: &crate::config::cluster::Keepalive) -> io::Result<()> {
+    let mut params = socket2::TcpKeepalive::new();
+    if let Some(time) = k.time {
+        params = params.with_time(time);
+    }
+    if let Some(interval) = k.interval {
+        params = params.with_interval(interval);
+    }
+    if let Some(probes) = k.probes {
+        params = params.with_retries(probes);
+    }
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&params)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use crate::upstream::outlier::HealthRegistry;
 /// A plaintext, least-request cluster with one endpoint, `127.0.0.1:port`.
 pub fn cluster(name: &str, port: u16) -> Cluster {
     Cluster {
+        keepalive: None,
         telemetry: Default::default(),
         name: name.to_owned(),
         discovery: Discovery::Static(LoadAssignment {

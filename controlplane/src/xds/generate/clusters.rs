@@ -5,13 +5,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use isthmus_api::networking::{
-    DestinationRuleSpec, Location, OutlierDetection, Resolution, SimpleLb, TlsMode, TrafficPolicy,
+    DestinationRuleSpec, H2UpgradePolicy, Location, OutlierDetection, Resolution, SimpleLb,
+    TlsMode, TrafficPolicy,
 };
 use isthmus_proto::envoy::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
+    circuit_breakers, cluster,
 };
 use isthmus_proto::envoy::envoy::config::core::v3::{
     Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions,
+    TcpKeepalive,
 };
 use isthmus_proto::envoy::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
@@ -85,7 +88,8 @@ fn cluster(
                 ..Default::default()
             }
         }),
-        typed_extension_protocol_options: protocol_options(port.protocol, policy),
+        typed_extension_protocol_options: protocol_options(upstream_protocol(port, policy), policy),
+        upstream_connection_options: tcp_keepalive(policy),
         ..Default::default()
     };
     match service.resolution {
@@ -108,7 +112,7 @@ fn cluster(
             });
         }
     }
-    let alpn: &[&str] = match port.protocol {
+    let alpn: &[&str] = match upstream_protocol(port, policy) {
         Protocol::Http2 | Protocol::Grpc => &["h2"],
         Protocol::Http => &["http/1.1"],
         _ => &[],
@@ -155,6 +159,40 @@ fn uses_mtls(service: &Service, policy: Option<&TrafficPolicy>) -> bool {
     }
 }
 
+/// The protocol spoken to the service: an HTTP/1.1 port goes over HTTP/2 with
+/// `h2UpgradePolicy: UPGRADE` (the mesh's default, as Istio's, is not to upgrade).
+fn upstream_protocol(port: &Port, policy: Option<&TrafficPolicy>) -> Protocol {
+    let upgrade = policy
+        .and_then(|p| p.connection_pool.as_ref())
+        .and_then(|p| p.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy)
+        == Some(H2UpgradePolicy::Upgrade);
+    match port.protocol {
+        Protocol::Http if upgrade => Protocol::Http2,
+        other => other,
+    }
+}
+
+/// `connectionPool.tcp.tcpKeepalive` on the upstream connections (whole seconds, as Envoy).
+fn tcp_keepalive(policy: Option<&TrafficPolicy>) -> Option<UpstreamConnectionOptions> {
+    let k = policy
+        .and_then(|p| p.connection_pool.as_ref())
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| t.tcp_keepalive)?;
+    let secs = |d: Option<isthmus_api::duration::IstioDuration>| {
+        d.and_then(|d| u32::try_from(d.0.as_secs().max(1)).ok())
+            .and_then(u32v)
+    };
+    Some(UpstreamConnectionOptions {
+        tcp_keepalive: Some(TcpKeepalive {
+            keepalive_probes: k.probes.and_then(u32v),
+            keepalive_time: secs(k.time),
+            keepalive_interval: secs(k.interval),
+        }),
+        ..Default::default()
+    })
+}
+
 /// Istio's default is least request.
 fn lb_policy(policy: Option<&TrafficPolicy>) -> cluster::LbPolicy {
     match policy
@@ -192,6 +230,22 @@ fn circuit_breakers(policy: Option<&TrafficPolicy>) -> CircuitBreakers {
 }
 
 fn outlier_detection(o: &OutlierDetection) -> EnvoyOutlier {
+    // Istio's deprecated `consecutiveErrors` counts gateway errors only (5xx ejection off),
+    // when neither of the fields that replaced it is set.
+    let legacy = o
+        .consecutive_errors
+        .filter(|_| o.consecutive_5xx_errors.is_none() && o.consecutive_gateway_errors.is_none());
+    if let Some(n) = legacy {
+        return EnvoyOutlier {
+            consecutive_gateway_failure: u32v(n),
+            enforcing_consecutive_gateway_failure: u32v(100),
+            enforcing_consecutive_5xx: u32v(0),
+            ..outlier_detection(&OutlierDetection {
+                consecutive_errors: None,
+                ..o.clone()
+            })
+        };
+    }
     EnvoyOutlier {
         consecutive_5xx: o.consecutive_5xx_errors.and_then(u32v),
         // Envoy does not enforce gateway-error ejection unless told to.

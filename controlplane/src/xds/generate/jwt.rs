@@ -26,17 +26,32 @@ pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 /// Where a verified token's payload is kept in the filter's metadata.
 pub const PAYLOAD_KEY: &str = "payload";
 
-/// The JWT filter of a workload's inbound HTTP ports; `None` without rules.
-pub fn jwt_filter(rules: &[&JwtRule]) -> Option<HttpFilter> {
+/// Keys that verify nothing: a rule whose `jwksUri` has not been fetched (yet) gets them, so
+/// that its issuer's tokens fail (401) while requests without a token pass, as in Istio. A
+/// modulus no one holds the private key of.
+const KEYS_NOT_FETCHED: &str = r#"{"keys":[{"kty":"RSA","kid":"isthmus-jwks-not-fetched","alg":"RS256","e":"AQAB","n":"w8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDww"}]}"#;
+
+/// The JWT filter of a workload's inbound HTTP ports; `None` without rules. `fetched`: the
+/// keys `isthmusd` fetched, by `jwksUri`.
+pub fn jwt_filter(
+    rules: &[&JwtRule],
+    fetched: &std::collections::BTreeMap<String, String>,
+) -> Option<HttpFilter> {
     if rules.is_empty() {
         return None;
     }
     let mut providers = HashMap::new();
     let mut any = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        // Validation guarantees inline keys: a rule without them has no provider.
-        let Some(jwks) = &rule.jwks else {
-            continue;
+        // Inline keys first (Istio's precedence), then the fetched ones; validation
+        // guarantees one of the two fields.
+        let jwks = match (&rule.jwks, &rule.jwks_uri) {
+            (Some(jwks), _) => jwks.clone(),
+            (None, Some(uri)) => fetched
+                .get(uri)
+                .cloned()
+                .unwrap_or_else(|| KEYS_NOT_FETCHED.to_owned()),
+            (None, None) => continue,
         };
         let name = format!("origins-{i}");
         providers.insert(
@@ -55,9 +70,19 @@ pub fn jwt_filter(rules: &[&JwtRule]) -> Option<HttpFilter> {
                     .collect(),
                 from_params: rule.from_params.clone(),
                 payload_in_metadata: PAYLOAD_KEY.into(),
+                // Istio's: `scope` and `permission` are lists written as one string.
+                normalize_payload_in_metadata: Some(jwt_provider::NormalizePayload {
+                    space_delimited_claims: ["scope", "permission"]
+                        .into_iter()
+                        .map(str::to_owned)
+                        .chain(rule.space_delimited_claims.iter().cloned())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
+                }),
                 jwks_source_specifier: Some(jwt_provider::JwksSourceSpecifier::LocalJwks(
                     DataSource {
-                        specifier: Some(data_source::Specifier::InlineString(jwks.clone())),
+                        specifier: Some(data_source::Specifier::InlineString(jwks)),
                         ..Default::default()
                     },
                 )),
@@ -72,6 +97,8 @@ pub fn jwt_filter(rules: &[&JwtRule]) -> Option<HttpFilter> {
         requires_type: Some(jwt_requirement::RequiresType::AllowMissing(Empty {})),
     });
     let config = JwtAuthentication {
+        // As Istio: a browser's CORS preflight carries no token.
+        bypass_cors_preflight: true,
         providers,
         rules: vec![RequirementRule {
             r#match: Some(RouteMatch {

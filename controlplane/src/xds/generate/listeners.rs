@@ -164,7 +164,11 @@ pub fn inbound(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Inbo
         let filters = if port.protocol.is_http() {
             let rules = rbac_rules(&policies, Layer::Http, &issuers);
             routes.push(inbound_routes(port.number, &cluster_name, rules));
-            vec![inbound_http(port.number, tracing.as_ref(), &jwt_rules)]
+            vec![inbound_http(
+                port.number,
+                tracing.as_ref(),
+                super::jwt::jwt_filter(&jwt_rules, &model.jwks),
+            )]
         } else {
             let mut filters: Vec<Filter> = rbac_rules(&policies, Layer::Tcp, &issuers)
                 .into_iter()
@@ -254,11 +258,7 @@ pub(super) fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
 /// ALLOW, router. The policies themselves live in the inbound route configuration (RDS,
 /// per-route config), so a policy change applies to the next request on connections that are
 /// already open, without draining listeners.
-fn inbound_http(
-    port: u32,
-    tracing: Option<&Tracing>,
-    jwt_rules: &[&isthmus_api::security::JwtRule],
-) -> Filter {
+fn inbound_http(port: u32, tracing: Option<&Tracing>, jwt: Option<HttpFilter>) -> Filter {
     let rbac = |name: &str| HttpFilter {
         name: name.to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack(
@@ -273,7 +273,7 @@ fn inbound_http(
             config_source: Some(ads()),
             route_config_name: inbound_route(port),
         })),
-        http_filters: super::jwt::jwt_filter(jwt_rules)
+        http_filters: jwt
             .into_iter()
             .chain([rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER), router()])
             .collect(),

@@ -1275,3 +1275,52 @@ spec:
         (lr, unlimited, unlimited, Some("data.example.com".into()))
     );
 }
+
+#[test]
+fn h2_upgrade_and_the_deprecated_consecutive_errors_follow_istio() {
+    let extra = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.local
+  trafficPolicy:
+    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
+    outlierDetection: {consecutiveErrors: 3}
+";
+    let s = snapshot_of(extra, "web");
+    let all = clusters(&s);
+    let c = &all["outbound|9080||reviews.shop.local"];
+    let http2 = |c: &Cluster| {
+        use http_protocol_options::explicit_http_config::ProtocolConfig;
+        use isthmus_proto::envoy::envoy::extensions::upstreams::http::v3::{
+            HttpProtocolOptions, http_protocol_options,
+        };
+        let any = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        let options = HttpProtocolOptions::decode(any.value.as_slice()).unwrap();
+        matches!(
+            options.upstream_protocol_options,
+            Some(
+                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(_)),
+                    }
+                )
+            )
+        )
+    };
+    assert!(http2(c), "HTTP/1.1 upgraded");
+    let tls = upstream_tls(c).unwrap();
+    assert_eq!(tls.common_tls_context.unwrap().alpn_protocols, ["h2"]);
+    let od = c.outlier_detection.as_ref().unwrap();
+    assert_eq!(od.consecutive_gateway_failure.unwrap().value, 3);
+    assert_eq!(od.enforcing_consecutive_gateway_failure.unwrap().value, 100);
+    assert_eq!(
+        od.enforcing_consecutive_5xx.unwrap().value,
+        0,
+        "5xx ejection off"
+    );
+    // Without the rule: HTTP/1.1 stays.
+    let plain = clusters(&snapshot_of("", "web"));
+    assert!(!http2(&plain["outbound|9080||reviews.shop.local"]));
+}

@@ -125,6 +125,7 @@ fn clusters_convert_to_their_model() {
             "an EDS cluster with Envoy's defaults",
             eds("outbound|9080||reviews"),
             Expect::Model(Cluster {
+                keepalive: None,
                 telemetry: Default::default(),
                 name: "outbound|9080||reviews".into(),
                 discovery: Discovery::Eds {
