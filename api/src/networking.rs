@@ -983,12 +983,82 @@ pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
     #[serde(default)]
     pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// Session affinity: requests with the same key go to the same host while it stays.
     #[serde(default)]
-    pub consistent_hash: Option<Unsupported>,
+    pub consistent_hash: Option<ConsistentHashLb>,
     #[serde(default)]
     pub warmup_duration_secs: Option<Unsupported>,
     #[serde(default)]
     pub warmup: Option<Unsupported>,
+}
+
+/// `loadBalancer.consistentHash`: one hash key (a header, a cookie, the source IP or a query
+/// parameter) and the ring's size.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHashLb {
+    #[serde(default)]
+    pub http_header_name: Option<String>,
+    #[serde(default)]
+    pub http_cookie: Option<HashCookie>,
+    #[serde(default)]
+    pub use_source_ip: Option<bool>,
+    #[serde(default)]
+    pub http_query_parameter_name: Option<String>,
+    #[serde(default)]
+    pub ring_hash: Option<RingHash>,
+    /// Maglev's table: consistent hashing too; `isthmus-proxy` hashes the same way for both.
+    #[serde(default)]
+    pub maglev: Option<MaglevHash>,
+    /// Istio's deprecated form of `ringHash.minimumRingSize`.
+    #[serde(default)]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HashCookie {
+    pub name: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// With a TTL, a request without the cookie gets one (set on its response).
+    #[serde(default)]
+    pub ttl: Option<IstioDuration>,
+    #[serde(default)]
+    pub attributes: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    #[serde(default)]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaglevHash {
+    #[serde(default)]
+    pub table_size: Option<u64>,
+}
+
+impl ConsistentHashLb {
+    /// How many hash keys are set (Istio wants exactly one).
+    fn keys(&self) -> usize {
+        [
+            self.http_header_name.is_some(),
+            self.http_cookie.is_some(),
+            self.use_source_ip == Some(true),
+            self.http_query_parameter_name.is_some(),
+        ]
+        .iter()
+        .filter(|k| **k)
+        .count()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1254,6 +1324,32 @@ fn validate_policy_settings(
             format!("{path}.loadBalancer.simple"),
             "PASSTHROUGH is not supported by Isthmus",
         );
+        if let Some(hash) = &lb.consistent_hash {
+            let path = format!("{path}.loadBalancer.consistentHash");
+            v.check(
+                lb.simple.is_none(),
+                &path,
+                "simple or consistentHash, not both",
+            );
+            // Without a key, requests spread as with no affinity (Envoy's reading).
+            v.check(
+                hash.keys() <= 1,
+                &path,
+                "at most one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+            );
+            v.check(
+                hash.ring_hash.is_none() || hash.maglev.is_none(),
+                &path,
+                "ringHash or maglev, not both",
+            );
+            if let Some(cookie) = &hash.http_cookie {
+                v.check(
+                    !cookie.name.is_empty(),
+                    format!("{path}.httpCookie.name"),
+                    "is required",
+                );
+            }
+        }
     }
     if let Some(od) = od {
         for (name, value) in [

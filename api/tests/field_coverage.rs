@@ -226,7 +226,8 @@ fn samples(path: &str, node: &SchemaNode) -> Vec<Value> {
         "Timeout", "timeout", "Interval", "interval", "Time", "Duration",
     ]
     .iter()
-    .any(|suffix| leaf.ends_with(suffix));
+    .any(|suffix| leaf.ends_with(suffix))
+        || leaf == "ttl";
     match node.value_type.as_deref() {
         Some("string") if node.duration || duration_named => vec![json!("5s")],
         Some("string") => vec![json!(string_sample(path, leaf))],

@@ -421,6 +421,7 @@ fn route(name: &str, path: PathMatch, action: Action) -> Route {
 
 fn to(cluster: &str) -> Forward {
     Forward {
+        hash: Vec::new(),
         mirrors: Vec::new(),
         targets: Targets::Cluster(cluster.into()),
         timeout: Some(Duration::from_secs(15)),

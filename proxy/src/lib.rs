@@ -40,6 +40,7 @@ pub mod dns;
 pub mod drain;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hashing;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -89,6 +89,10 @@ pub enum LbPolicy {
     /// Power of two choices on outstanding requests.
     LeastRequest,
     Random,
+    /// Envoy's RING_HASH and MAGLEV: a request's hash (its route's `hash_policy`) picks the
+    /// host, the same host while it stays (rendezvous hashing here, so neither the ring size
+    /// nor the table size matters); a request without one is placed at random.
+    ConsistentHash,
 }
 
 /// Circuit breakers of the default priority (Envoy's defaults: 1024, 1024, 1024, 3).
@@ -223,7 +227,7 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
         close_connections_on_host_health_failure,
         ignore_health_on_host_removal, filters, load_balancing_policy, lrs_server,
         lrs_report_endpoint_metrics, track_timeout_budgets, upstream_config, track_cluster_stats,
-        preconnect_policy, connection_pool_per_downstream_connection, queuing_policies, lb_config);
+        preconnect_policy, connection_pool_per_downstream_connection, queuing_policies);
     if name.is_empty() {
         return Err(Invalid::required(&path.field("name")));
     }
@@ -308,14 +312,26 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
             cluster::LbPolicy::RoundRobin,
             cluster::LbPolicy::LeastRequest,
             cluster::LbPolicy::Random,
+            cluster::LbPolicy::RingHash,
+            cluster::LbPolicy::Maglev,
         ],
         &path.field("lb_policy"),
     )?;
     let lb = match lb {
         cluster::LbPolicy::LeastRequest => LbPolicy::LeastRequest,
         cluster::LbPolicy::Random => LbPolicy::Random,
+        cluster::LbPolicy::RingHash | cluster::LbPolicy::Maglev => LbPolicy::ConsistentHash,
         _ => LbPolicy::RoundRobin,
     };
+    // The ring's or the table's size: accepted for a consistent hash (it needs neither).
+    match (&lb_config, lb) {
+        (None, _)
+        | (
+            Some(cluster::LbConfig::RingHashLbConfig(_) | cluster::LbConfig::MaglevLbConfig(_)),
+            LbPolicy::ConsistentHash,
+        ) => {}
+        _ => return Err(Invalid::unsupported(&path.field("lb_config"))),
+    }
     let mut panic_threshold = 50.0;
     if let Some(common) = common_lb_config {
         let path = path.field("common_lb_config");

@@ -140,6 +140,22 @@ pub struct Forward {
     pub terminate_connect: bool,
     /// Copies of the requests to other clusters (`request_mirror_policies`).
     pub mirrors: Vec<Mirror>,
+    /// What a consistent-hash cluster hashes the request on (`hash_policy`), in order.
+    pub hash: Vec<HashKey>,
+}
+
+/// One part of a request's hash (Envoy's `hash_policy`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    /// A cookie's value; with a TTL, a request without the cookie gets one (on its response).
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+    },
+    SourceIp,
+    QueryParameter(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -535,7 +551,7 @@ fn forward(r: RouteAction, path: &Path) -> Checked<Forward> {
     } = r;
     reject_set!(path; cluster_not_found_response_code, metadata_match, regex_rewrite, path_rewrite_policy,
         path_rewrite, append_x_forwarded_host, flush_timeout, early_data_policy, retry_policy_typed_config,
-        priority, rate_limits, include_vh_rate_limits, hash_policy, cors,
+        priority, rate_limits, include_vh_rate_limits, cors,
         max_grpc_timeout, grpc_timeout_offset, internal_redirect_policy,
         internal_redirect_action, max_internal_redirects, hedge_policy, max_stream_duration);
     let targets = match required(cluster_specifier, path)? {
@@ -577,6 +593,63 @@ fn forward(r: RouteAction, path: &Path) -> Checked<Forward> {
             "request_mirror_policies",
             route_policies::mirror,
         )?,
+        hash: each(hash_policy, path, "hash_policy", hash_key)?,
+    })
+}
+
+fn hash_key(p: route_action::HashPolicy, path: &Path) -> Checked<HashKey> {
+    use route_action::hash_policy::PolicySpecifier;
+    let route_action::HashPolicy {
+        policy_specifier,
+        terminal,
+    } = p;
+    reject_set!(path; terminal);
+    Ok(match required(policy_specifier, path)? {
+        PolicySpecifier::Header(h) => {
+            let path = path.field("header");
+            let regex_rewrite = h.regex_rewrite;
+            reject_set!(path; regex_rewrite);
+            HashKey::Header(
+                http::HeaderName::try_from(h.header_name.as_str()).map_err(|_| {
+                    Invalid::new(
+                        &path.field("header_name"),
+                        format!("{:?} is not a header name", h.header_name),
+                    )
+                })?,
+            )
+        }
+        PolicySpecifier::Cookie(c) => {
+            let path = path.field("cookie");
+            let attributes = c.attributes;
+            reject_set!(path; attributes);
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b))
+            {
+                return Err(Invalid::new(
+                    &path.field("name"),
+                    format!("{:?} is not a cookie name", c.name),
+                ));
+            }
+            HashKey::Cookie {
+                name: c.name,
+                ttl: c
+                    .ttl
+                    .map(|t| duration(&t, &path.field("ttl")))
+                    .transpose()?,
+                path: c.path,
+            }
+        }
+        PolicySpecifier::ConnectionProperties(c) if c.source_ip => HashKey::SourceIp,
+        PolicySpecifier::QueryParameter(q) if !q.name.is_empty() => HashKey::QueryParameter(q.name),
+        _ => {
+            return Err(Invalid::new(
+                path,
+                "only header, cookie, connection_properties.source_ip or query_parameter",
+            ));
+        }
     })
 }
 

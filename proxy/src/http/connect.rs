@@ -109,6 +109,7 @@ mod tests {
                 grpc: false,
             },
             action: Action::Forward(Forward {
+                hash: Vec::new(),
                 mirrors: Vec::new(),
                 targets: Targets::Cluster("backend".to_owned()),
                 timeout: None,

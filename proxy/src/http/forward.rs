@@ -160,12 +160,23 @@ pub async fn forward(
     }
     let per_try = retry.and_then(|r| r.per_try_timeout).or(action.timeout);
     let metrics = &runtime.metrics;
+    let (hash, set_cookie) = if action.hash.is_empty() {
+        (None, None)
+    } else {
+        super::affinity::request_hash(
+            &action.hash,
+            &parts.headers,
+            parts.uri.query(),
+            conn.remote.ip(),
+        )
+    };
     let mut exchange = match Exchange::new(
         &conn.pool, &cluster, metrics, parts, &target, retry, per_try,
     ) {
         Ok(exchange) => exchange,
         Err(e) => return e.reply(),
     };
+    exchange.hash = hash;
     let mut upstream_facts = outgoing.map(|outgoing| {
         if let Some(trace) = &outgoing.trace {
             crate::telemetry::trace::propagation::inject(&mut exchange.headers, trace);
@@ -194,6 +205,9 @@ pub async fn forward(
     };
     strip_hop_by_hop(response.headers_mut());
     edit(response.headers_mut(), edits.iter().map(|e| &e.response));
+    if let Some(cookie) = set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     if let Some(mut facts) = upstream_facts.take() {
         // Who the upstream proved to be with its certificate (`destination_principal`).
         if let Some(verified) = response.extensions().get::<VerifiedUpstream>() {
@@ -300,6 +314,8 @@ struct Exchange<'a> {
     /// This side's metadata-exchange headers, for a mesh upstream: the pool adds them on a
     /// connection whose callee does not keep them yet.
     metadata: Option<MetadataHeaders>,
+    /// The request's hash for a consistent-hash cluster (`hash_policy`).
+    hash: Option<u64>,
 }
 
 impl<'a> Exchange<'a> {
@@ -336,6 +352,7 @@ impl<'a> Exchange<'a> {
             retry,
             per_try,
             metadata: None,
+            hash: None,
         })
     }
 
@@ -404,8 +421,10 @@ fn retry_slot(x: &Exchange<'_>) -> Option<Slot> {
 /// The host of the next attempt: with `previous_hosts`, one not tried yet when there is one.
 fn choose_host(x: &Exchange<'_>, tried: &[Arc<Host>]) -> Option<Arc<Host>> {
     match x.retry {
-        Some(r) if r.avoid_previous_hosts && !tried.is_empty() => x.cluster.pick_avoiding(tried),
-        _ => x.cluster.pick(),
+        Some(r) if r.avoid_previous_hosts && !tried.is_empty() => {
+            x.cluster.pick_avoiding(tried, x.hash)
+        }
+        _ => x.cluster.pick_hashed(x.hash),
     }
 }
 

@@ -3,6 +3,7 @@
 //! pooled connections, with Envoy's header handling and its error answers (404 no route, 403
 //! RBAC, 503 no healthy upstream or connect failure, 504 timeout).
 
+pub mod affinity;
 pub mod connect;
 pub mod error;
 pub mod forward;

@@ -24,6 +24,19 @@ impl Balancer {
         }
     }
 
+    /// For a consistent hash: the host with the highest weighted score for `hash`
+    /// (rendezvous hashing: a host that goes moves only its own requests); else [`Self::pick`].
+    pub fn pick_hashed(&self, hosts: &[Arc<Host>], hash: Option<u64>) -> Option<Arc<Host>> {
+        let (LbPolicy::ConsistentHash, Some(hash)) = (self.policy, hash) else {
+            return self.pick(hosts);
+        };
+        hosts
+            .iter()
+            .map(|h| (rendezvous_score(hash, h), h))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, h)| h.clone())
+    }
+
     /// One of `hosts` (the usable ones, which change as hosts are ejected and come back).
     pub fn pick(&self, hosts: &[Arc<Host>]) -> Option<Arc<Host>> {
         let total_weight: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
@@ -35,7 +48,7 @@ impl Balancer {
                     let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % total_weight.max(1);
                     weighted(hosts, slot)
                 }
-                LbPolicy::Random => {
+                LbPolicy::Random | LbPolicy::ConsistentHash => {
                     weighted(hosts, rand::rng().random_range(0..total_weight.max(1)))
                 }
                 LbPolicy::LeastRequest => {
@@ -51,6 +64,16 @@ impl Balancer {
             }),
         }
     }
+}
+
+/// Weighted rendezvous score of `host` for `hash`: `-w / ln(u)`, `u` uniform in (0, 1) from
+/// the hash of the request and the host's address.
+fn rendezvous_score(hash: u64, host: &Host) -> f64 {
+    let key = crate::hashing::fnv1a(format!("{}:{}", host.host, host.port).as_bytes());
+    let mixed = crate::hashing::mix(hash ^ key);
+    // In (0, 1): never 0 (ln) nor 1 (a zero denominator).
+    let u = ((mixed >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(host.weight.max(1)) / u.ln()
 }
 
 /// The host that covers `slot` of the cumulative weights (the last one past them).
@@ -109,5 +132,38 @@ mod tests {
         // Only when both choices land on the busy host: about a quarter.
         assert!(busy < 350, "{busy}");
         assert!(b.pick(&[]).is_none());
+    }
+
+    #[test]
+    fn a_consistent_hash_keeps_keys_and_moves_only_a_gone_hosts_keys() {
+        let all = hosts(&[1, 1, 1, 1]);
+        let b = Balancer::new(LbPolicy::ConsistentHash);
+        let pick =
+            |hosts: &[Arc<Host>], key: u64| b.pick_hashed(hosts, Some(key)).unwrap().host.clone();
+        let before: Vec<String> = (0..1000)
+            .map(|k| pick(&all, crate::hashing::mix(k)))
+            .collect();
+        // The same key, the same host; the keys spread over every host.
+        for k in 0..1000 {
+            assert_eq!(pick(&all, crate::hashing::mix(k)), before[k as usize]);
+        }
+        let mut counts: HashMap<&String, usize> = HashMap::new();
+        for h in &before {
+            *counts.entry(h).or_default() += 1;
+        }
+        assert!(
+            counts.len() == 4 && counts.values().all(|c| (150..350).contains(c)),
+            "{counts:?}"
+        );
+        // Without host 0, only its keys move.
+        let rest: Vec<Arc<Host>> = all[1..].to_vec();
+        for k in 0..1000u64 {
+            let now = pick(&rest, crate::hashing::mix(k));
+            if before[k as usize] != "10.0.0.0" {
+                assert_eq!(now, before[k as usize], "key {k} moved");
+            }
+        }
+        // No key: placed at random, never refused.
+        assert!(b.pick_hashed(&all, None).is_some());
     }
 }

@@ -350,11 +350,16 @@ impl ClusterRuntime {
         self.balancer.pick(&self.usable_hosts())
     }
 
+    /// [`ClusterRuntime::pick`] by the request's hash, for a consistent-hash cluster.
+    pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
+        self.balancer.pick_hashed(&self.usable_hosts(), hash)
+    }
+
     /// As [`ClusterRuntime::pick`], for a retry that avoids the hosts already `tried` (Envoy's
     /// `previous_hosts` predicate): a host not tried yet when there is one. (Envoy picks again
     /// up to `host_selection_retry_max_attempts` times; leaving the tried hosts out is that,
     /// without the chance of landing on one again.)
-    pub fn pick_avoiding(&self, tried: &[Arc<Host>]) -> Option<Arc<Host>> {
+    pub fn pick_avoiding(&self, tried: &[Arc<Host>], hash: Option<u64>) -> Option<Arc<Host>> {
         let usable = self.usable_hosts();
         let untried: Vec<Arc<Host>> = usable
             .iter()
@@ -362,7 +367,7 @@ impl ClusterRuntime {
             .cloned()
             .collect();
         let hosts = if untried.is_empty() { usable } else { untried };
-        self.balancer.pick(&hosts)
+        self.balancer.pick_hashed(&hosts, hash)
     }
 
     /// Records what an attempt to `host` came to, and ejects it if outlier detection says so
@@ -544,12 +549,14 @@ mod tests {
             let backend = runtime.clusters["backend"].clone();
             let first = backend.priorities[0][0].clone();
             for _ in 0..50 {
-                let picked = backend.pick_avoiding(std::slice::from_ref(&first)).unwrap();
+                let picked = backend
+                    .pick_avoiding(std::slice::from_ref(&first), None)
+                    .unwrap();
                 assert_eq!(picked.port, 10002, "{lb:?}");
             }
             // Every host tried: any host will do, rather than none.
             let all = backend.priorities[0].clone();
-            assert!(backend.pick_avoiding(&all).is_some());
+            assert!(backend.pick_avoiding(&all, None).is_some());
         }
     }
 }

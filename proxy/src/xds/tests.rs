@@ -231,7 +231,7 @@ fn an_unsupported_field_nacks_with_its_path_and_the_last_good_config_stays() {
         &[],
     ));
     let mut bad = eds_cluster("c2");
-    bad.lb_policy = cluster::LbPolicy::Maglev as i32;
+    bad.lb_policy = cluster::LbPolicy::LoadBalancingPolicyConfig as i32;
     let mut also_bad = eds_cluster("c3");
     also_bad.alt_stat_name = "fine".into();
     also_bad.lrs_server = ads();
@@ -249,7 +249,7 @@ fn an_unsupported_field_nacks_with_its_path_and_the_last_good_config_stays() {
         .message
         .clone();
     assert!(
-        error.contains("CDS \"c2\": lb_policy: Maglev is not supported"),
+        error.contains("CDS \"c2\": lb_policy: LoadBalancingPolicyConfig is not supported"),
         "{error}"
     );
     assert!(

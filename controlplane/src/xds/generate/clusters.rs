@@ -25,7 +25,7 @@ use isthmus_proto::envoy::google::protobuf::UInt32Value;
 use super::endpoints::{dns_load_assignment, subset_endpoints};
 use super::names::{imported_sni, outbound_cluster};
 use super::tls::{ads, upstream_mtls};
-use super::tls_origination;
+use super::{consistent_hash, tls_origination};
 use super::{duration, pack};
 use crate::model::registry::RemoteService;
 use crate::model::{MeshModel, Port, Protocol, Service};
@@ -74,6 +74,7 @@ fn cluster(
                 .map_or(CONNECT_TIMEOUT, |d| d.0),
         )),
         lb_policy: lb_policy(policy) as i32,
+        lb_config: consistent_hash::of(policy).and_then(|h| consistent_hash::cluster_lb(h).1),
         circuit_breakers: Some(circuit_breakers(policy)),
         outlier_detection: policy
             .and_then(|p| p.outlier_detection.as_ref())
@@ -195,6 +196,9 @@ fn tcp_keepalive(policy: Option<&TrafficPolicy>) -> Option<UpstreamConnectionOpt
 
 /// Istio's default is least request.
 fn lb_policy(policy: Option<&TrafficPolicy>) -> cluster::LbPolicy {
+    if let Some(hash) = consistent_hash::of(policy) {
+        return consistent_hash::cluster_lb(hash).0;
+    }
     match policy
         .and_then(|p| p.load_balancer.as_ref())
         .and_then(|lb| lb.simple)

@@ -17,6 +17,7 @@
 
 mod capture;
 mod clusters;
+mod consistent_hash;
 mod dns;
 mod endpoints;
 #[cfg(test)]

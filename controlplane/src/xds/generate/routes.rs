@@ -30,7 +30,7 @@ use isthmus_proto::envoy::google::protobuf::{BoolValue, UInt32Value};
 use base64::Engine;
 
 use super::names::{OUTBOUND_ROUTE, outbound_cluster};
-use super::route_policies;
+use super::{consistent_hash, route_policies};
 use super::{duration, pack};
 use crate::model::{MeshModel, Port, Service, Workload};
 
@@ -64,7 +64,7 @@ pub fn outbound_routes(
                     .iter()
                     .flat_map(|r| http_route(model, workload, service, port, r))
                     .collect(),
-                None => vec![default_route(service, port)],
+                None => vec![default_route(model, service, port)],
             };
             virtual_hosts.push(VirtualHost {
                 name: format!("{host}:{}", port.number),
@@ -84,7 +84,7 @@ pub fn outbound_routes(
     }
 }
 
-fn default_route(service: &Service, port: &Port) -> Route {
+fn default_route(model: &MeshModel, service: &Service, port: &Port) -> Route {
     Route {
         name: "default".into(),
         r#match: Some(RouteMatch {
@@ -99,6 +99,15 @@ fn default_route(service: &Service, port: &Port) -> Route {
             ))),
             timeout: Some(duration(Duration::ZERO)),
             retry_policy: Some(retry_policy(None)),
+            hash_policy: consistent_hash::route_policy(
+                model,
+                &Destination {
+                    host: service.key.hostname.clone(),
+                    subset: None,
+                    port: None,
+                },
+                port.number,
+            ),
             ..Default::default()
         })),
         ..Default::default()
@@ -342,9 +351,16 @@ fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> r
             route_policies::mirror(destination_cluster(model, service, port, d), share)
         })
         .collect();
+    // Affinity toward the route's destination (the first, when weighted: Istio's choice).
+    let hash_policy = r
+        .route
+        .first()
+        .map(|d| consistent_hash::route_policy(model, &d.destination, port.number))
+        .unwrap_or_default();
     route::Action::Route(RouteAction {
         cluster_specifier: Some(cluster_specifier),
         request_mirror_policies: mirrors,
+        hash_policy,
         prefix_rewrite: rewrite.and_then(|w| w.uri.clone()).unwrap_or_default(),
         host_rewrite_specifier: rewrite
             .and_then(|w| w.authority.clone())

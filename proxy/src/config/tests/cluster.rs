@@ -270,12 +270,33 @@ fn clusters_outside_the_profile_are_rejected_at_their_path() {
             Expect::Rejected("lb_policy"),
         ),
         (
-            "a ring hash balancer",
+            "a balancer from load_balancing_policy",
             EnvoyCluster {
-                lb_policy: cluster::LbPolicy::RingHash as i32,
+                lb_policy: cluster::LbPolicy::LoadBalancingPolicyConfig as i32,
                 ..eds("c")
             },
             Expect::Rejected("lb_policy"),
+        ),
+        (
+            "a ring hash balancer is a consistent hash",
+            EnvoyCluster {
+                lb_policy: cluster::LbPolicy::RingHash as i32,
+                lb_config: Some(cluster::LbConfig::RingHashLbConfig(
+                    cluster::RingHashLbConfig::default(),
+                )),
+                ..eds("c")
+            },
+            Expect::Holds(|c| c.lb == LbPolicy::ConsistentHash),
+        ),
+        (
+            "a ring size for a balancer that has no ring",
+            EnvoyCluster {
+                lb_config: Some(cluster::LbConfig::RingHashLbConfig(
+                    cluster::RingHashLbConfig::default(),
+                )),
+                ..eds("c")
+            },
+            Expect::Rejected("lb_config"),
         ),
         (
             "a panic threshold over 100 %",

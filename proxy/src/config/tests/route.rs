@@ -105,6 +105,7 @@ fn everything(action: Action) -> Route {
 
 fn forward(targets: Targets) -> Forward {
     Forward {
+        hash: Vec::new(),
         mirrors: Vec::new(),
         targets,
         timeout: Some(Duration::from_secs(15)),
