@@ -23,21 +23,24 @@ use crate::config::tls::{ExternalTls, Pem, SanMatch, ServerNameCheck};
 /// The client configuration of a cluster's TLS to a server outside the mesh.
 pub fn client(external: &ExternalTls, alpn: &[String]) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(isthmus_identity::provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match &external.roots {
-        None => Arc::new(Unverified(provider.clone())),
+    let roots = match &external.roots {
+        // Istio's `insecureSkipVerify`: no roots, nothing verified but the handshake's
+        // signatures (the session is with the holder of the certificate it shows).
+        None => None,
         Some(roots) => {
             let mut store = RootCertStore::empty();
             let (added, _) = store.add_parsable_certificates(read_certs(roots)?);
             if added == 0 {
                 return Err(format!("{}: no usable root certificate", origin(roots)));
             }
-            Arc::new(NamedServer {
-                roots: Arc::new(store),
-                provider: provider.clone(),
-                check: external.server_name.clone(),
-            })
+            Some(Arc::new(store))
         }
     };
+    let verifier: Arc<dyn ServerCertVerifier> = Arc::new(NamedServer {
+        roots,
+        provider: provider.clone(),
+        check: external.server_name.clone(),
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -78,10 +81,10 @@ fn read_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// WebPKI's chain verification against the cluster's roots, then the name check the cluster
-/// asks for.
+/// asks for; without roots, neither.
 #[derive(Debug)]
 struct NamedServer {
-    roots: Arc<RootCertStore>,
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
     check: ServerNameCheck,
 }
@@ -110,10 +113,13 @@ impl ServerCertVerifier for NamedServer {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
@@ -162,55 +168,5 @@ impl ServerCertVerifier for NamedServer {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// No verification of the server (Istio's `insecureSkipVerify`); the handshake's signatures
-/// are still checked, so the session is with the holder of the presented certificate.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
