@@ -168,6 +168,22 @@ fn validate_hosts(v: &mut Validator, hosts: &[String]) {
     }
 }
 
+/// RFC 9110's token: a header or cookie name.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Trial division: only called on numbers up to Maglev's bound.
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d: &u64| d.saturating_mul(*d) <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
 /// `10.96.0.10` or `10.96.0.0/16` (IPv4 or IPv6).
 pub fn is_ip_or_cidr(text: &str) -> bool {
     let (ip, len) = match text.split_once('/') {
@@ -1344,9 +1360,50 @@ fn validate_policy_settings(
             );
             if let Some(cookie) = &hash.http_cookie {
                 v.check(
-                    !cookie.name.is_empty(),
+                    is_token(&cookie.name),
                     format!("{path}.httpCookie.name"),
-                    "is required",
+                    format!("{:?} is not a cookie name", cookie.name),
+                );
+                if let Some(p) = &cookie.path {
+                    v.check(
+                        p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic() && b != b';'),
+                        format!("{path}.httpCookie.path"),
+                        format!("{p:?} is not a cookie path"),
+                    );
+                }
+            }
+            if let Some(name) = &hash.http_header_name {
+                v.check(
+                    is_token(name),
+                    format!("{path}.httpHeaderName"),
+                    format!("{name:?} is not a header name"),
+                );
+            }
+            if let Some(name) = &hash.http_query_parameter_name {
+                v.check(
+                    !name.is_empty(),
+                    format!("{path}.httpQueryParameterName"),
+                    "an empty parameter name",
+                );
+            }
+            // Envoy's bounds: a prime Maglev table of at most 5000011 entries, a ring of at
+            // most 8M.
+            if let Some(size) = hash.maglev.and_then(|m| m.table_size) {
+                v.check(
+                    size <= 5_000_011 && is_prime(size),
+                    format!("{path}.maglev.tableSize"),
+                    format!("{size} is not a prime number up to 5000011"),
+                );
+            }
+            let ring = hash
+                .ring_hash
+                .and_then(|r| r.minimum_ring_size)
+                .or(hash.minimum_ring_size);
+            if let Some(size) = ring {
+                v.check(
+                    size <= 8_388_608,
+                    format!("{path}.ringHash.minimumRingSize"),
+                    format!("{size} is more than 8388608"),
                 );
             }
         }

@@ -318,6 +318,8 @@ fn integer_sample(leaf: &str, node: &SchemaNode) -> i64 {
         "status" | "httpStatus" => 503,
         "grpcStatus" => 14,
         "maxEjectionPercent" | "minHealthPercent" => 50,
+        // Maglev's table is prime (Envoy's default size).
+        "tableSize" => 65537,
         // Integers in the schema may be bounded (percentages, ports).
         _ => node.minimum.map_or(1, |m| (m as i64).max(1)),
     }

@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JwksCache {
     pub entries: BTreeMap<String, JwksEntry>,
+    /// Every URI of the configuration has been tried once: proxies that reconnect after a
+    /// restart wait for this, so they never trade their keys for ones that verify nothing.
+    pub settled: bool,
 }
 
 /// One URI: its last good document, and the last fetch's error.

@@ -73,6 +73,7 @@ pub fn start(
                 };
                 due.insert(uri, Instant::now() + next);
             }
+            cache.settled = true;
             tx.send_if_modified(|current| {
                 let changed = **current != cache;
                 if changed {

@@ -86,6 +86,8 @@ struct Worker {
     catalogs: RemoteCatalogs,
     /// The fetched JWKS documents, by URI.
     jwks: Arc<BTreeMap<String, String>>,
+    /// Every `jwksUri` has been tried once (see `peers_synced`).
+    jwks_settled: bool,
     node_errors: watch::Sender<BTreeMap<String, String>>,
     nodes: BTreeMap<String, ProxyNode>,
     /// Outbound views of the model in force, shared by proxies that look alike.
@@ -107,7 +109,10 @@ impl Pipeline {
         settings: PipelineSettings,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let catalogs = federation::catalogs(&imports.borrow_and_update());
-        let keys = Arc::new(jwks.borrow_and_update().resolved());
+        let (keys, jwks_settled) = {
+            let cache = jwks.borrow_and_update();
+            (Arc::new(cache.resolved()), cache.settled)
+        };
         let mut vips = VipStore::open(settings.vip_range, settings.state_dir.as_deref());
         let first = model_of(
             &settings,
@@ -129,6 +134,7 @@ impl Pipeline {
             exports: exports_tx,
             catalogs,
             jwks: keys,
+            jwks_settled,
             node_errors: errors_tx,
             nodes: BTreeMap::new(),
             views: HashMap::new(),
@@ -193,7 +199,11 @@ impl Pipeline {
                         if changed.is_err() {
                             return;
                         }
-                        let keys = Arc::new(jwks.borrow_and_update().resolved());
+                        let (keys, settled) = {
+                            let cache = jwks.borrow_and_update();
+                            (Arc::new(cache.resolved()), cache.settled)
+                        };
+                        worker.jwks_settled = settled;
                         if keys != worker.jwks {
                             worker.jwks = keys;
                             let snapshot = worker.model.borrow().config.clone();
@@ -251,6 +261,11 @@ impl Worker {
     /// Whether every usable peer's catalog has arrived (its first full list, or stale imports
     /// an importer holds).
     fn peers_synced(&self) -> bool {
+        // The keys of `jwksUri`s count too: a proxy that comes back holding real keys must
+        // not get keys that verify nothing while isthmusd has not fetched them yet.
+        if !self.jwks_settled {
+            return false;
+        }
         let model = self.model.borrow();
         model
             .peers

@@ -229,9 +229,8 @@ fn jwks(source: DataSource, path: &Path) -> Checked<JwkSet> {
         .into_iter()
         .filter_map(|k| serde_json::from_value(k).ok())
         .collect();
-    if keys.is_empty() {
-        return Err(Invalid::new(path, "a JWKS without a usable key"));
-    }
+    // None usable: the issuer's tokens fail (401), as Envoy treats a JWKS it cannot use; the
+    // listener is not refused for it.
     Ok(JwkSet { keys })
 }
 

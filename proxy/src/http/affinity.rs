@@ -39,9 +39,14 @@ pub fn request_hash(
                         } else {
                             format!("; Path={path}")
                         };
+                        // A zero TTL is a session cookie (no Max-Age, which would delete it);
+                        // a part of a second counts as one.
+                        let max_age = match ttl.as_millis() {
+                            0 => String::new(),
+                            ms => format!("; Max-Age={}", ms.div_ceil(1000)),
+                        };
                         set_cookie = HeaderValue::from_str(&format!(
-                            "{name}=\"{value}\"; Max-Age={}{path}; HttpOnly",
-                            ttl.as_secs()
+                            "{name}=\"{value}\"{max_age}{path}; HttpOnly"
                         ))
                         .ok();
                     }

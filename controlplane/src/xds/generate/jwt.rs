@@ -28,8 +28,8 @@ pub const PAYLOAD_KEY: &str = "payload";
 
 /// Keys that verify nothing: a rule whose `jwksUri` has not been fetched (yet) gets them, so
 /// that its issuer's tokens fail (401) while requests without a token pass, as in Istio. A
-/// modulus no one holds the private key of.
-const KEYS_NOT_FETCHED: &str = r#"{"keys":[{"kty":"RSA","kid":"isthmus-jwks-not-fetched","alg":"RS256","e":"AQAB","n":"w8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDw8PDww"}]}"#;
+/// freshly generated RSA-2048 public key whose private key was thrown away.
+const KEYS_NOT_FETCHED: &str = r#"{"keys":[{"kty":"RSA","kid":"isthmus-jwks-not-fetched","alg":"RS256","e":"AQAB","n":"nbBv46nK5Ohe8NfkqzV-28jdJjNj2Qe3ulIsFmYjO4JPpPw7Vy_nkUFo4A3DbfObOUgZkCrZwbvBQoKb-xvyUZqPb4yBxbFe-hkFFRnt4Mn4C0U8H1-DPRpxbYOeD8zjKHNDxMGUy71fYqb24pkiwrEQi9ApURj-PeWCb0_7cpkzdd7UzHlu6uQ-m1kbFRv8L4YWypJ4f4iiwPq_heKKGfrZjZC9wSENH_nVwKeLOgWfG_L2_8N1v_kMKcROTNEtwesHMb4t8W-G4RnoOLc3JOrNBNgo3IBKcB6SdSXIJC3RYvqzdSzUbUttZ_6LksKUirFMUNQM3ngoSFxd3ycvIw"}]}"#;
 
 /// The JWT filter of a workload's inbound HTTP ports; `None` without rules. `fetched`: the
 /// keys `isthmusd` fetched, by `jwksUri`.
