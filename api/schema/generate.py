@@ -19,7 +19,7 @@ import sys
 import yaml
 
 ISTIO_KINDS = {
-    "networking.istio.io": ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule"],
+    "networking.istio.io": ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Gateway"],
     "security.istio.io": ["PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"],
 }
 MAISTRA_KINDS = {

@@ -8,6 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 use super::federation::{KubeExportedServiceSet, KubeImportedServiceSet, KubeServiceMeshPeer};
+use super::gateway::KubeGateway;
 use super::networking::{
     KubeDestinationRule, KubeServiceEntry, KubeVirtualService, KubeWorkloadEntry,
 };
@@ -20,6 +21,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         KubeWorkloadEntry::crd(),
         KubeVirtualService::crd(),
         KubeDestinationRule::crd(),
+        KubeGateway::crd(),
         KubePeerAuthentication::crd(),
         KubeAuthorizationPolicy::crd(),
         KubeRequestAuthentication::crd(),

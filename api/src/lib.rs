@@ -48,6 +48,7 @@ pub mod core;
 pub mod crd;
 pub mod duration;
 pub mod federation;
+pub mod gateway;
 pub mod meta;
 pub mod networking;
 pub mod published;
@@ -69,6 +70,7 @@ pub enum Resource {
     WorkloadEntry(networking::WorkloadEntry),
     VirtualService(networking::VirtualService),
     DestinationRule(networking::DestinationRule),
+    Gateway(gateway::Gateway),
     PeerAuthentication(security::PeerAuthentication),
     AuthorizationPolicy(security::AuthorizationPolicy),
     RequestAuthentication(security::RequestAuthentication),
@@ -104,6 +106,7 @@ typed_resources!(
     WorkloadEntry: networking::WorkloadEntry,
     VirtualService: networking::VirtualService,
     DestinationRule: networking::DestinationRule,
+    Gateway: gateway::Gateway,
     PeerAuthentication: security::PeerAuthentication,
     AuthorizationPolicy: security::AuthorizationPolicy,
     RequestAuthentication: security::RequestAuthentication,
@@ -120,6 +123,7 @@ pub enum Kind {
     WorkloadEntry,
     VirtualService,
     DestinationRule,
+    Gateway,
     PeerAuthentication,
     AuthorizationPolicy,
     RequestAuthentication,
@@ -131,7 +135,7 @@ pub enum Kind {
 
 impl Kind {
     /// `(api group, kind)` of every supported kind.
-    pub const ALL: [(Kind, &'static str, &'static str); 11] = [
+    pub const ALL: [(Kind, &'static str, &'static str); 12] = [
         (Kind::ServiceEntry, "networking.istio.io", "ServiceEntry"),
         (Kind::WorkloadEntry, "networking.istio.io", "WorkloadEntry"),
         (
@@ -144,6 +148,7 @@ impl Kind {
             "networking.istio.io",
             "DestinationRule",
         ),
+        (Kind::Gateway, "networking.istio.io", "Gateway"),
         (
             Kind::PeerAuthentication,
             "security.istio.io",
@@ -270,6 +275,7 @@ pub fn from_value(value: Value) -> Result<Resource, ResourceError> {
         Kind::WorkloadEntry => typed(kind, value).map(Resource::WorkloadEntry),
         Kind::VirtualService => typed(kind, value).map(Resource::VirtualService),
         Kind::DestinationRule => typed(kind, value).map(Resource::DestinationRule),
+        Kind::Gateway => typed(kind, value).map(Resource::Gateway),
         Kind::PeerAuthentication => typed(kind, value).map(Resource::PeerAuthentication),
         Kind::AuthorizationPolicy => typed(kind, value).map(Resource::AuthorizationPolicy),
         Kind::RequestAuthentication => typed(kind, value).map(Resource::RequestAuthentication),
@@ -443,6 +449,7 @@ impl Resource {
             Self::WorkloadEntry(_) => Kind::WorkloadEntry,
             Self::VirtualService(_) => Kind::VirtualService,
             Self::DestinationRule(_) => Kind::DestinationRule,
+            Self::Gateway(_) => Kind::Gateway,
             Self::PeerAuthentication(_) => Kind::PeerAuthentication,
             Self::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Self::RequestAuthentication(_) => Kind::RequestAuthentication,
@@ -459,6 +466,7 @@ impl Resource {
             Self::WorkloadEntry(r) => &r.metadata,
             Self::VirtualService(r) => &r.metadata,
             Self::DestinationRule(r) => &r.metadata,
+            Self::Gateway(r) => &r.metadata,
             Self::PeerAuthentication(r) => &r.metadata,
             Self::AuthorizationPolicy(r) => &r.metadata,
             Self::RequestAuthentication(r) => &r.metadata,

@@ -325,8 +325,9 @@ pub struct VirtualServiceSpec {
     pub http: Vec<HttpRoute>,
     #[serde(default)]
     pub tcp: Vec<TcpRoute>,
+    /// Routes of TLS traffic by its SNI, unterminated (a gateway's `PASSTHROUGH` servers).
     #[serde(default)]
-    pub tls: Option<Unsupported>,
+    pub tls: Vec<TlsRoute>,
     #[serde(default)]
     pub export_to: Vec<String>,
 }
@@ -613,6 +614,36 @@ pub struct L4MatchAttributes {
     pub source_namespace: Option<String>,
 }
 
+/// A route of TLS connections by their SNI (the TLS is not terminated).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatchAttributes {
+    /// The SNIs this match takes (`*` wildcards as in hosts).
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default)]
+    pub destination_subnets: Option<Unsupported>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -654,26 +685,70 @@ impl Validate for VirtualService {
             validate_hosts(v, &s.hosts);
         }
         v.check(
-            !s.http.is_empty() || !s.tcp.is_empty(),
+            !s.http.is_empty() || !s.tcp.is_empty() || !s.tls.is_empty(),
             "spec",
-            "at least one http or tcp route is required",
+            "at least one http, tls or tcp route is required",
         );
+        for (i, route) in s.tls.iter().enumerate() {
+            validate_tls_route(v, &format!("spec.tls[{i}]"), route, &s.hosts);
+        }
         for (i, route) in s.http.iter().enumerate() {
             validate_http_route(v, &format!("spec.http[{i}]"), route);
         }
         for (i, route) in s.tcp.iter().enumerate() {
-            let path = format!("spec.tcp[{i}]");
-            v.check(
-                !route.route.is_empty(),
-                format!("{path}.route"),
-                "at least one destination is required",
-            );
-            let weights: Vec<_> = route.route.iter().map(|r| r.weight).collect();
-            validate_weights(v, &format!("{path}.route"), &weights);
-            for (j, r) in route.route.iter().enumerate() {
-                validate_destination(v, &format!("{path}.route[{j}].destination"), &r.destination);
+            validate_l4_destinations(v, &format!("spec.tcp[{i}].route"), &route.route);
+        }
+    }
+}
+
+/// Istio's rules: a TLS route needs a match with SNI hosts, each within the
+/// `VirtualService`'s hosts, and destinations.
+fn validate_tls_route(v: &mut Validator, path: &str, route: &TlsRoute, hosts: &[String]) {
+    v.check(
+        !route.matches.is_empty(),
+        format!("{path}.match"),
+        "at least one match (with sniHosts) is required",
+    );
+    for (i, m) in route.matches.iter().enumerate() {
+        let path = format!("{path}.match[{i}]");
+        v.check(
+            !m.sni_hosts.is_empty(),
+            format!("{path}.sniHosts"),
+            "at least one SNI host is required",
+        );
+        for (j, sni) in m.sni_hosts.iter().enumerate() {
+            let path = format!("{path}.sniHosts[{j}]");
+            if !is_host(sni) {
+                v.error(path, format!("{sni:?} is not a valid host"));
+            } else if !hosts
+                .iter()
+                .any(|h| crate::gateway::hosts_intersect(h, sni))
+            {
+                v.error(
+                    path,
+                    format!("{sni:?} is not one of the VirtualService's hosts"),
+                );
             }
         }
+        if let Some(port) = m.port {
+            validate_port(v, &format!("{path}.port"), port);
+        }
+    }
+    validate_l4_destinations(v, &format!("{path}.route"), &route.route);
+}
+
+/// A TCP or TLS route's destinations (`path` is the route's `route`): at least one, weights
+/// that add up, valid destinations.
+fn validate_l4_destinations(v: &mut Validator, path: &str, destinations: &[RouteDestination]) {
+    v.check(
+        !destinations.is_empty(),
+        path,
+        "at least one destination is required",
+    );
+    let weights: Vec<_> = destinations.iter().map(|r| r.weight).collect();
+    validate_weights(v, path, &weights);
+    for (j, r) in destinations.iter().enumerate() {
+        validate_destination(v, &format!("{path}[{j}].destination"), &r.destination);
     }
 }
 

@@ -39,6 +39,13 @@ fn base(kind: Kind) -> Value {
             "DestinationRule",
             json!({"host": "reviews"}),
         ),
+        Kind::Gateway => (
+            "networking.istio.io/v1",
+            "Gateway",
+            json!({"selector": {"istio": "ingressgateway"},
+                   "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                                "hosts": ["*"]}]}),
+        ),
         Kind::PeerAuthentication => ("security.istio.io/v1", "PeerAuthentication", json!({})),
         Kind::AuthorizationPolicy => ("security.istio.io/v1", "AuthorizationPolicy", json!({})),
         Kind::RequestAuthentication => ("security.istio.io/v1", "RequestAuthentication", json!({})),
@@ -144,6 +151,7 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
                 tls["privateKey"] = json!("/etc/certs/key.pem");
             }
         }
+        Kind::Gateway => gateway_fix_up(path, &mut spec["servers"][0]),
         Kind::RequestAuthentication if path.ends_with("jwksUri") => {
             // The inline keys would take precedence over the URL.
             spec["jwtRules"][0].as_object_mut().unwrap().remove("jwks");
@@ -188,6 +196,42 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
     }
 }
 
+/// A gateway server made valid for the TLS field or protocol at `path`: HTTPS terminates with
+/// files (MUTUAL with the clients' roots), TLS passes through.
+fn gateway_fix_up(path: &str, server: &mut Value) {
+    let protocol = server["port"]["protocol"]
+        .as_str()
+        .unwrap()
+        .to_ascii_uppercase();
+    let tls_field =
+        path.starts_with("spec.servers[].tls") && path != "spec.servers[].tls.httpsRedirect";
+    if !tls_field && protocol != "HTTPS" && protocol != "TLS" {
+        return;
+    }
+    let passthrough = server["tls"]["mode"] == "PASSTHROUGH" || (!tls_field && protocol == "TLS");
+    if passthrough {
+        server["port"]["protocol"] = json!("TLS");
+        server["tls"]["mode"] = json!("PASSTHROUGH");
+        return;
+    }
+    server["port"]["protocol"] = json!("HTTPS");
+    let tls = &mut server["tls"];
+    for (field, file) in [
+        ("serverCertificate", "/etc/certs/cert.pem"),
+        ("privateKey", "/etc/certs/key.pem"),
+    ] {
+        if tls[field].is_null() {
+            tls[field] = json!(file);
+        }
+    }
+    if path.ends_with("subjectAltNames") && tls["mode"].is_null() {
+        tls["mode"] = json!("MUTUAL");
+    }
+    if tls["mode"] == "MUTUAL" && tls["caCertificates"].is_null() {
+        tls["caCertificates"] = json!("/etc/certs/ca.pem");
+    }
+}
+
 /// A JWKS document with one RSA key.
 const JWKS: &str = r#"{"keys": [{"kty": "RSA", "e": "AQAB", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw"}]}"#;
 
@@ -218,7 +262,7 @@ fn samples(path: &str, node: &SchemaNode) -> Vec<Value> {
         .rsplit('.')
         .next()
         .unwrap_or(path);
-    if leaf == "protocol" && path.starts_with("spec.ports") {
+    if leaf == "protocol" && (path.starts_with("spec.ports") || path.starts_with("spec.servers")) {
         // A string in the schema; Istio's protocol names are its enum (case does not matter).
         return ISTIO_PROTOCOLS.iter().map(|p| json!(p)).collect();
     }
@@ -269,7 +313,8 @@ fn samples(path: &str, node: &SchemaNode) -> Vec<Value> {
 
 fn string_sample(path: &str, leaf: &str) -> String {
     let sample = match leaf {
-        "host" | "hosts" | "sniHosts" | "exportedHost" => "reviews.default.svc.cluster.local",
+        "host" | "hosts" | "exportedHost" => "reviews.default.svc.cluster.local",
+        "sniHosts" => "reviews",
         "address" | "addresses" if path.starts_with("spec.remote") => "green-ingress.example.com",
         "address" => "10.0.0.2",
         "addresses" | "ipBlocks" | "notIpBlocks" | "remoteIpBlocks" | "notRemoteIpBlocks"
@@ -297,7 +342,7 @@ fn string_sample(path: &str, leaf: &str) -> String {
         "retryOn" => "5xx,connect-failure",
         "sni" => "api.example.com",
         "caCertificates" | "caCrl" => "/etc/certs/ca.pem",
-        "clientCertificate" => "/etc/certs/cert.pem",
+        "clientCertificate" | "serverCertificate" => "/etc/certs/cert.pem",
         "privateKey" => "/etc/certs/key.pem",
         "credentialName" | "credentialNames" => "api-credentials",
         "serviceAccount" => "reviews",

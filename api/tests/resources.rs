@@ -108,7 +108,14 @@ fn bad_fields_are_reported_by_path() {
         ),
         (
             vs(json!({"hosts": ["r"], "tls": [{"match": []}]})),
-            "spec.tls: not supported by Isthmus",
+            "spec.tls[0].match: at least one match (with sniHosts) is required",
+        ),
+        (
+            vs(
+                json!({"hosts": ["r"], "tls": [{"match": [{"sniHosts": ["other.example.com"]}],
+                                              "route": [{"destination": {"host": "r"}}]}]}),
+            ),
+            "spec.tls[0].match[0].sniHosts[0]: \"other.example.com\" is not one of the VirtualService's hosts",
         ),
         // Typos.
         (
@@ -255,8 +262,31 @@ fn bad_fields_are_reported_by_path() {
         ),
         // The envelope.
         (
-            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"}, "spec": {}}),
-            "unsupported resource type networking.istio.io/v1 Gateway",
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "x"}, "spec": {}}),
+            "unsupported resource type gateway.networking.k8s.io/v1 Gateway",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"},
+                   "spec": {"servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"]}]}}),
+            "spec.servers[0].tls: an HTTPS server needs tls",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"},
+                   "spec": {"servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+                                         "tls": {"mode": "SIMPLE", "credentialName": "edge-cert"}}]}}),
+            "spec.servers[0].tls.credentialName: not supported by Isthmus",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"},
+                   "spec": {"servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+                                         "tls": {"mode": "SIMPLE", "serverCertificate": "certs/a.pem", "privateKey": "/k.pem"}}]}}),
+            "spec.servers[0].tls.serverCertificate: \"certs/a.pem\" is not an absolute path",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"},
+                   "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]},
+                                        {"port": {"number": 80, "name": "tls", "protocol": "TLS"}, "hosts": ["*"], "tls": {"mode": "PASSTHROUGH"}}]}}),
+            "spec.servers[1].port.protocol: port 80 is already HTTP in spec.servers[0]",
         ),
         (
             json!({"kind": "VirtualService"}),

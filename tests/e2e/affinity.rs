@@ -188,10 +188,5 @@ fn stock_envoy_keeps_a_key_on_its_host_with_no_rejected_update() {
     );
     let envoy = Envoy::start(dir.path(), "client", &file).unwrap();
     check_affinity(outbound, &|| envoy.logs());
-    let rejected: Vec<(String, u64)> = envoy
-        .stats()
-        .into_iter()
-        .filter(|(k, v)| k.ends_with("update_rejected") && *v > 0)
-        .collect();
-    assert!(rejected.is_empty(), "{rejected:?}\n{}", envoy.logs());
+    envoy.assert_no_rejected_update();
 }

@@ -14,7 +14,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use isthmus_e2e::envoy::Envoy;
 use isthmus_e2e::federation::{DENY_RED_CLIENT, EnvoyGateway, Federation, IMPORTED};
 use isthmus_e2e::h2connect::{self, ProbeError, Stage};
 use isthmus_e2e::mesh::until;
@@ -76,26 +75,6 @@ fn assert_crosses(f: &Federation) {
     );
 }
 
-/// Envoy took every update `isthmusd` sent it.
-fn assert_no_rejected_update(envoy: &Envoy) {
-    for stat in [
-        "listener_manager.lds.update_rejected",
-        "cluster_manager.cds.update_rejected",
-    ] {
-        assert_eq!(envoy.stat(stat), Some(0), "{stat}\n{}", envoy.logs());
-    }
-    for stat in [
-        "listener_manager.lds.update_success",
-        "cluster_manager.cds.update_success",
-    ] {
-        assert!(
-            envoy.stat(stat).unwrap_or(0) > 0,
-            "{stat}\n{}",
-            envoy.logs()
-        );
-    }
-}
-
 #[test]
 fn an_envoy_ingress_gateway_admits_the_peer_and_refuses_the_rest() {
     let f = Federation::start_with_envoy(EnvoyGateway::GreenIngress);
@@ -147,7 +126,7 @@ fn an_envoy_ingress_gateway_admits_the_peer_and_refuses_the_rest() {
         refused_in_handshake(&out),
         "a red identity other than the clientID: {out:?}"
     );
-    assert_no_rejected_update(envoy);
+    envoy.assert_no_rejected_update();
 }
 
 #[test]
@@ -184,5 +163,5 @@ fn an_envoy_egress_gateway_carries_only_imported_services() {
         refused_in_handshake(&out),
         "a workload on the discovery chain: {out:?}"
     );
-    assert_no_rejected_update(envoy);
+    envoy.assert_no_rejected_update();
 }

@@ -76,7 +76,7 @@ fn examples_validate_against_the_crd_schemas() {
     )
     .unwrap();
     assert!(
-        text.contains("10 CRD schemas checked for structure"),
+        text.contains("11 CRD schemas checked for structure"),
         "{text}"
     );
     assert!(!text.contains("FAIL"), "{text}");
@@ -757,8 +757,8 @@ fn every_container_is_hardened_probed_and_bounded() {
         let deployments: Vec<&Value> = of_kind(&docs, "Deployment").collect();
         assert_eq!(
             deployments.len(),
-            3,
-            "{kustomization}: isthmusd and two gateways"
+            4,
+            "{kustomization}: isthmusd, two federation gateways and the ingress gateway"
         );
         for deployment in deployments {
             let name = str_at(deployment, "/metadata/name");
@@ -1009,5 +1009,64 @@ fn overlays_carry_the_example_federation_yaml() {
             docs.iter()
                 .all(|d| !str_at(d, "/apiVersion").starts_with("local.isthmus.dev/"))
         );
+    }
+}
+
+/// The ingress gateway: an `isthmus-proxy --role ingress` that Istio's `Gateway` selectors
+/// (`istio: ingressgateway`) pick, binding the servers' ports 80 and 443 without root, behind a
+/// Service that exposes those ports.
+#[test]
+fn the_ingress_gateway_is_what_istio_gateways_select_and_binds_its_ports() {
+    for kustomization in KUSTOMIZATIONS {
+        let docs = rendered(kustomization);
+        let deployment = of_kind(&docs, "Deployment")
+            .find(|d| str_at(d, "/metadata/name") == "istio-ingressgateway")
+            .unwrap_or_else(|| panic!("{kustomization}: no istio-ingressgateway Deployment"));
+        let template = deployment.pointer("/spec/template").unwrap();
+        assert_eq!(
+            str_at(template, "/metadata/labels/istio"),
+            "ingressgateway",
+            "{kustomization}"
+        );
+        let container = &array_at(template, "/spec/containers")[0];
+        let args: Vec<&str> = array_at(container, "/args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            args.contains(&"--role=ingress"),
+            "{kustomization}: {args:?}"
+        );
+        assert!(
+            args.iter().any(|a| a.starts_with("--node-id=router~")),
+            "{kustomization}: {args:?}"
+        );
+        let sysctls = array_at(template, "/spec/securityContext/sysctls");
+        assert!(
+            sysctls
+                .iter()
+                .any(|s| s["name"] == "net.ipv4.ip_unprivileged_port_start" && s["value"] == "0"),
+            "{kustomization}: ports 80 and 443 need unprivileged binding: {sysctls:?}"
+        );
+        let named: Vec<(&str, u64)> = array_at(container, "/ports")
+            .iter()
+            .map(|p| (str_at(p, "/name"), p["containerPort"].as_u64().unwrap()))
+            .collect();
+        let service = of_kind(&docs, "Service")
+            .find(|s| str_at(s, "/metadata/name") == "istio-ingressgateway")
+            .unwrap();
+        assert_eq!(
+            str_at(service, "/spec/selector/app"),
+            str_at(template, "/metadata/labels/app")
+        );
+        for port in array_at(service, "/spec/ports") {
+            let target = str_at(port, "/targetPort");
+            let number = port["port"].as_u64().unwrap();
+            // The Service's port is the Gateway's, and the pod listens on that same number.
+            assert!(
+                named.contains(&(target, number)),
+                "{kustomization}: Service port {number} -> {target}, pod ports {named:?}"
+            );
+        }
     }
 }

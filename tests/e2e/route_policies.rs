@@ -399,10 +399,5 @@ fn stock_envoy_takes_the_same_policies_with_no_rejected_update() {
         outbound,
     );
     check_policies(outbound, &setup.mirror, &|| envoy.logs());
-    let rejected: Vec<(String, u64)> = envoy
-        .stats()
-        .into_iter()
-        .filter(|(k, v)| k.ends_with("update_rejected") && *v > 0)
-        .collect();
-    assert!(rejected.is_empty(), "{rejected:?}\n{}", envoy.logs());
+    envoy.assert_no_rejected_update();
 }

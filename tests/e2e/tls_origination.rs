@@ -8,98 +8,14 @@
 // Wall-clock time is right here: these tests wait on real processes.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use isthmus_e2e::certs::{HttpsServer, Usage as ExtendedKeyUsagePurpose, ca, leaf};
 use isthmus_e2e::envoy::curl;
 use isthmus_e2e::mesh::{envoy_client, until};
 use isthmus_e2e::proxy::IsthmusProxy;
 use isthmus_e2e::{Isthmusd, free_port};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
-
-/// `openssl s_server -www` (its status page names the client certificate it got), killed on
-/// drop.
-struct HttpsServer {
-    child: Child,
-    port: u16,
-}
-
-impl HttpsServer {
-    fn start(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
-        let port = free_port();
-        let mut command = Command::new("openssl");
-        command
-            .args(["s_server", "-www", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-cert")
-            .arg(cert)
-            .arg("-key")
-            .arg(key);
-        if let Some(ca) = client_ca {
-            // A client certificate is required and verified against `ca`.
-            command.args(["-Verify", "1", "-CAfile"]).arg(ca);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl s_server");
-        let server = Self { child, port };
-        until("s_server listens", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        server
-    }
-}
-
-impl Drop for HttpsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A CA, written to `<dir>/<name>-ca.pem`.
-fn ca(dir: &Path, name: &str) -> (CertifiedIssuer<'static, KeyPair>, PathBuf) {
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("{name} CA"));
-    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let file = dir.join(format!("{name}-ca.pem"));
-    std::fs::write(&file, issuer.pem()).unwrap();
-    (issuer, file)
-}
-
-/// A certificate for `names` signed by `ca`, written to `<dir>/<name>.pem` and
-/// `<dir>/<name>-key.pem`.
-fn leaf(
-    dir: &Path,
-    name: &str,
-    names: &[&str],
-    ca: &CertifiedIssuer<'static, KeyPair>,
-    usage: ExtendedKeyUsagePurpose,
-) -> (PathBuf, PathBuf) {
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    let (cert_file, key_file) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}-key.pem")),
-    );
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (cert_file, key_file)
-}
 
 /// One external host: its name, the server it leads to, and the `DestinationRule`'s `tls`.
 struct Host {
@@ -346,10 +262,5 @@ fn stock_envoy_takes_the_same_origination_with_no_rejected_update() {
         outbound,
     );
     check_origination(outbound, &|| envoy.logs());
-    let rejected: Vec<(String, u64)> = envoy
-        .stats()
-        .into_iter()
-        .filter(|(k, v)| k.ends_with("update_rejected") && *v > 0)
-        .collect();
-    assert!(rejected.is_empty(), "{rejected:?}\n{}", envoy.logs());
+    envoy.assert_no_rejected_update();
 }

@@ -124,6 +124,23 @@ impl Envoy {
     }
 
     /// One counter or gauge; `None` when Envoy has no such stat.
+    /// Envoy took every update it was sent: no `*update_rejected` counter above 0, and
+    /// listeners and clusters were updated at least once.
+    pub fn assert_no_rejected_update(&self) {
+        let rejected: Vec<(String, u64)> = self
+            .stats()
+            .into_iter()
+            .filter(|(k, v)| k.ends_with("update_rejected") && *v > 0)
+            .collect();
+        assert!(rejected.is_empty(), "{rejected:?}\n{}", self.logs());
+        for stat in [
+            "listener_manager.lds.update_success",
+            "cluster_manager.cds.update_success",
+        ] {
+            assert!(self.stat(stat).unwrap_or(0) > 0, "{stat}\n{}", self.logs());
+        }
+    }
+
     pub fn stat(&self, name: &str) -> Option<u64> {
         self.stats()
             .into_iter()

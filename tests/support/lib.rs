@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use isthmus_controlplane::daemon::Addresses;
 
+pub mod certs;
 pub mod discovery;
 pub mod envoy;
 pub mod federation;

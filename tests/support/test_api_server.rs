@@ -157,6 +157,7 @@ pub const RESOURCES: &[ResourceType] = &[
         true,
         true,
     ),
+    res("networking.istio.io", "gateways", "Gateway", true, true),
     res(
         "security.istio.io",
         "peerauthentications",

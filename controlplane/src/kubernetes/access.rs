@@ -67,6 +67,7 @@ pub const API_ACCESS: &[Access] = &[
         READ_LIST,
         Scope::Cluster,
     ),
+    rule("networking.istio.io", "gateways", READ_LIST, Scope::Cluster),
     rule(
         "security.istio.io",
         "peerauthentications",

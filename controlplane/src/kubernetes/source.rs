@@ -32,7 +32,7 @@ use crate::config::snapshot::DEFAULT_NAMESPACE;
 use crate::config::{ConfigError, ConfigSnapshot, ConfigStore, ResourceKey, SourceRef};
 
 /// The Istio and Maistra kinds read from the API server: (kind, group, plural).
-pub const CONFIG_KINDS: [(Kind, &str, &str); 10] = [
+pub const CONFIG_KINDS: [(Kind, &str, &str); 11] = [
     (Kind::ServiceEntry, "networking.istio.io", "serviceentries"),
     (
         Kind::WorkloadEntry,
@@ -49,6 +49,7 @@ pub const CONFIG_KINDS: [(Kind, &str, &str); 10] = [
         "networking.istio.io",
         "destinationrules",
     ),
+    (Kind::Gateway, "networking.istio.io", "gateways"),
     (
         Kind::PeerAuthentication,
         "security.istio.io",

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod federation;
 pub mod imports;
+pub mod ingress;
 pub mod peers;
 pub mod policy;
 pub mod registry;
@@ -48,6 +49,11 @@ pub struct MeshModel {
     pub routes: BTreeMap<String, (ResourceKey, VirtualServiceSpec)>,
     /// Host name to its `DestinationRule` (the first one, by key).
     pub destination_rules: BTreeMap<String, (ResourceKey, DestinationRuleSpec)>,
+    /// Istio `Gateway`s by `<namespace>/<name>`.
+    pub gateways: BTreeMap<String, (ResourceKey, isthmus_api::gateway::GatewaySpec)>,
+    /// `VirtualService`s bound to at least one of those gateways, whole (each gateway takes
+    /// its share with `vs_gateways::bound_to`).
+    pub gateway_routes: Vec<(ResourceKey, VirtualServiceSpec)>,
     pub warnings: Vec<ModelWarning>,
     /// The usable `ServiceMeshPeer`s.
     pub peers: Vec<peers::Peer>,
@@ -114,25 +120,39 @@ impl MeshModel {
         }
         let mut routes = BTreeMap::new();
         let mut destination_rules = BTreeMap::new();
+        let gateways = ingress::gateways(&config);
+        let mut gateway_routes = Vec::new();
         for (key, resource) in config.iter().map(|(k, r, _)| (k, r)) {
             match resource {
                 Resource::VirtualService(vs) => {
-                    let (for_sidecars, unserved) = vs_gateways::for_sidecars(&vs.spec);
+                    let (for_sidecars, named) = vs_gateways::for_sidecars(&key.namespace, &vs.spec);
+                    let unserved: Vec<&String> = named
+                        .iter()
+                        .filter(|g| !gateways.contains_key(*g))
+                        .collect();
                     if !unserved.is_empty() {
                         warnings.push(ModelWarning {
                             resource: key.clone(),
                             message: format!(
-                                "spec.gateways: {} not served by Isthmus (Istio's Gateway kind is not supported yet): {}",
-                                unserved.join(", "),
-                                if for_sidecars.is_some() {
-                                    "only the routes bound to the mesh (sidecars) apply"
-                                } else {
-                                    "this VirtualService applies to no proxy"
-                                }
+                                "spec.gateways: no Gateway {} in the configuration: the routes bound to it apply to no proxy",
+                                unserved
+                                    .iter()
+                                    .map(|g| g.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
                             ),
                         });
                     }
+                    if named.len() > unserved.len() {
+                        gateway_routes.push((key.clone(), vs.spec.clone()));
+                    }
                     let Some(spec) = for_sidecars else { continue };
+                    if !spec.tls.is_empty() {
+                        warnings.push(ModelWarning {
+                            resource: key.clone(),
+                            message: "spec.tls: TLS routes apply on ingress gateways only in Isthmus; sidecars carry TLS to the destination they connect to".into(),
+                        });
+                    }
                     for host in &spec.hosts {
                         claim(&mut routes, &mut warnings, host, key, &spec, "routes");
                     }
@@ -176,6 +196,8 @@ impl MeshModel {
             services_of_workload,
             routes,
             destination_rules,
+            gateways,
+            gateway_routes,
             warnings,
             peers,
             imports,

@@ -159,10 +159,10 @@ impl ProxyNode {
         match (role, metadata.get("ISTHMUS_ROLE").map(String::as_str)) {
             (_, None)
             | (NodeRole::Sidecar, Some("sidecar"))
-            | (NodeRole::Router, Some("federation")) => {}
+            | (NodeRole::Router, Some("federation" | "ingress" | "egress")) => {}
             (_, Some(started_as)) => {
                 return Err(err(format!(
-                    "ISTHMUS_ROLE {started_as:?} does not fit a {} node id (sidecar: --role sidecar; router~: a federation gateway, --role federation)",
+                    "ISTHMUS_ROLE {started_as:?} does not fit a {} node id (sidecar: --role sidecar; router~: a gateway, --role federation or ingress)",
                     if role == NodeRole::Router {
                         "router~"
                     } else {

@@ -2,7 +2,9 @@
 //! originates. The mesh's certificates and trust bundles always come by name over SDS, so a
 //! rotation is a secret update and never a listener or cluster change. TLS to a server outside
 //! the mesh (a `DestinationRule`'s `SIMPLE` or `MUTUAL`) names PEM files or carries PEM inline,
-//! and is verified as X.509 against its own roots, never as SPIFFE.
+//! and is verified as X.509 against its own roots, never as SPIFFE. So does an ingress
+//! gateway's HTTPS server (a `Gateway`'s `SIMPLE` or `MUTUAL`): its certificate and the roots
+//! of its clients are PEM, its clients checked as X.509 and for SANs.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -36,8 +38,54 @@ pub struct TlsContext {
 /// A filter chain's TLS termination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownstreamTls {
+    /// The mesh's mTLS; for `external`, only its ALPN is set.
     pub context: TlsContext,
     pub require_client_certificate: bool,
+    /// TLS with a certificate from PEM (`tls_certificates`), in place of the mesh's SDS names.
+    pub external: Option<ExternalServerTls>,
+}
+
+/// A server outside the mesh's identity (an ingress gateway's HTTPS): a plain certificate and,
+/// for `MUTUAL`, X.509 verification of the client against the given roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalServerTls {
+    /// The certificate chain this side presents, and its private key.
+    pub certificate: (Pem, Pem),
+    /// How a client certificate is verified; `None`: none is asked for.
+    pub clients: Option<ClientValidation>,
+    pub versions: TlsVersions,
+}
+
+/// The inline validation context of an external server: client certificates must chain to
+/// `roots`, and carry one of `sans` unless it is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientValidation {
+    pub roots: Pem,
+    pub sans: Vec<SanMatch>,
+}
+
+/// The TLS versions rustls speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// The versions a context allows, both bounds included (`tls_params`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsVersions {
+    pub min: TlsVersion,
+    pub max: TlsVersion,
+}
+
+/// Envoy's defaults for a server (`TLS_AUTO`): TLS 1.2 to 1.3.
+impl Default for TlsVersions {
+    fn default() -> Self {
+        Self {
+            min: TlsVersion::Tls12,
+            max: TlsVersion::Tls13,
+        }
+    }
 }
 
 /// A cluster's TLS origination.
@@ -150,10 +198,113 @@ pub fn downstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Optio
         session_ticket_keys_type,
     } = typed(&any, &path)?;
     reject_set!(path; require_sni, session_timeout, ocsp_staple_policy, full_scan_certs_on_sni_mismatch, session_ticket_keys_type);
+    let common_path = path.field("common_tls_context");
+    let context = required(common_tls_context, &common_path)?;
+    let (context, external) = if context.tls_certificates.is_empty() {
+        (self::common(Some(context), &common_path)?, None)
+    } else {
+        let (external, alpn) = external_server(context, &common_path)?;
+        (
+            TlsContext {
+                certificate: None,
+                validation: None,
+                peer_ids: Vec::new(),
+                alpn,
+            },
+            Some(external),
+        )
+    };
+    let require_client_certificate = require_client_certificate.is_some_and(|b| b.value);
+    let verifies_clients =
+        context.validation.is_some() || external.as_ref().is_some_and(|e| e.clients.is_some());
+    // Envoy refuses it too: nothing to verify the required certificate against.
+    if require_client_certificate && !verifies_clients {
+        return Err(Invalid::new(
+            &path.field("require_client_certificate"),
+            "needs a validation context to verify the client's certificate against",
+        ));
+    }
     Ok(Some(DownstreamTls {
-        context: common(common_tls_context, &path.field("common_tls_context"))?,
-        require_client_certificate: require_client_certificate.is_some_and(|b| b.value),
+        context,
+        require_client_certificate,
+        external,
     }))
+}
+
+/// A server with a certificate from PEM: exactly one certificate, no SDS name, and an inline
+/// validation context (the client's roots and SANs) or none.
+fn external_server(
+    context: CommonTlsContext,
+    path: &Path,
+) -> Checked<(ExternalServerTls, Vec<String>)> {
+    let CommonTlsContext {
+        tls_params,
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        tls_certificate_provider_instance,
+        custom_tls_certificate_selector,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        alpn_protocols,
+        custom_handshaker,
+        key_log,
+        validation_context_type,
+    } = context;
+    reject_set!(path; tls_certificate_provider_instance, custom_tls_certificate_selector,
+        tls_certificate_certificate_provider, tls_certificate_certificate_provider_instance,
+        custom_handshaker, key_log);
+    if !tls_certificate_sds_secret_configs.is_empty() {
+        return Err(Invalid::new(
+            &path.field("tls_certificate_sds_secret_configs"),
+            "not with tls_certificates: one certificate, from PEM or over SDS",
+        ));
+    }
+    let versions = match tls_params {
+        None => TlsVersions::default(),
+        Some(params) => {
+            let path = path.field("tls_params");
+            let versions = tls_params_check(params, &path)?;
+            if versions.min > versions.max {
+                return Err(Invalid::new(
+                    &path.field("tls_minimum_protocol_version"),
+                    "above tls_maximum_protocol_version",
+                ));
+            }
+            versions
+        }
+    };
+    let certificate = match <[TlsCertificate; 1]>::try_from(tls_certificates) {
+        Ok([certificate]) => {
+            certificate_files(certificate, &path.field("tls_certificates").index(0))?
+        }
+        Err(_) => {
+            return Err(Invalid::new(
+                &path.field("tls_certificates"),
+                "exactly one certificate",
+            ));
+        }
+    };
+    let clients = match validation_context_type {
+        None => None,
+        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
+            let (roots, sans) = x509_validation(v, &path.field("validation_context"))?;
+            Some(ClientValidation { roots, sans })
+        }
+        Some(_) => {
+            return Err(Invalid::new(
+                &path.field("validation_context_type"),
+                "only an inline validation_context with tls_certificates",
+            ));
+        }
+    };
+    Ok((
+        ExternalServerTls {
+            certificate,
+            clients,
+            versions,
+        },
+        alpn_protocols,
+    ))
 }
 
 pub fn upstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<UpstreamTls>> {
@@ -300,12 +451,28 @@ fn certificate_files(certificate: TlsCertificate, path: &Path) -> Checked<(Pem, 
     ))
 }
 
-/// The server's roots (required: without them the context would verify nothing) and names.
+/// The server's roots and the names it is checked for.
 fn server_validation(
     context: CertificateValidationContext,
     sni_check: bool,
     path: &Path,
 ) -> Checked<(Option<Pem>, ServerNameCheck)> {
+    let (roots, sans) = x509_validation(context, path)?;
+    // Envoy: `auto_sni_san_validation` replaces the SAN matchers with the SNI.
+    let server_name = match (sni_check, sans.is_empty()) {
+        (true, _) => ServerNameCheck::Sni,
+        (false, false) => ServerNameCheck::OneOf(sans),
+        (false, true) => ServerNameCheck::ChainOnly,
+    };
+    Ok((Some(roots), server_name))
+}
+
+/// An inline validation context outside the mesh: its roots (required: without them it would
+/// verify nothing) and its exact SAN matchers.
+fn x509_validation(
+    context: CertificateValidationContext,
+    path: &Path,
+) -> Checked<(Pem, Vec<SanMatch>)> {
     let CertificateValidationContext {
         trusted_ca,
         ca_certificate_provider_instance,
@@ -336,13 +503,7 @@ fn server_validation(
         .enumerate()
         .map(|(i, m)| san_match(m, &sans_path.index(i)))
         .collect::<Checked<Vec<_>>>()?;
-    // Envoy: `auto_sni_san_validation` replaces the SAN matchers with the SNI.
-    let server_name = match (sni_check, sans.is_empty()) {
-        (true, _) => ServerNameCheck::Sni,
-        (false, false) => ServerNameCheck::OneOf(sans),
-        (false, true) => ServerNameCheck::ChainOnly,
-    };
-    Ok((Some(roots), server_name))
+    Ok((roots, sans))
 }
 
 fn san_match(matcher: SubjectAltNameMatcher, path: &Path) -> Checked<SanMatch> {
@@ -471,7 +632,11 @@ fn common(context: Option<CommonTlsContext>, path: &Path) -> Checked<TlsContext>
     })
 }
 
-fn tls_params_check(params: TlsParameters, path: &Path) -> Checked<()> {
+/// The version bounds of `tls_params` (`TLS_AUTO`: Envoy's server defaults, 1.2 and 1.3); the
+/// mesh's contexts check them and keep rustls' 1.2 and 1.3. TLS 1.0 and 1.1 are refused, never
+/// clamped to 1.2: a minimum of 1.0 tells Envoy to accept 1.0 clients, which a clamp would turn
+/// away without a word, and a maximum of 1.1 leaves nothing rustls speaks.
+fn tls_params_check(params: TlsParameters, path: &Path) -> Checked<TlsVersions> {
     let TlsParameters {
         tls_minimum_protocol_version,
         tls_maximum_protocol_version,
@@ -482,28 +647,34 @@ fn tls_params_check(params: TlsParameters, path: &Path) -> Checked<()> {
     } = params;
     reject_set!(path; cipher_suites, ecdh_curves, signature_algorithms, compliance_policies);
     use tls_parameters::TlsProtocol;
-    let ok = |v: i32| {
-        [
-            TlsProtocol::TlsAuto,
-            TlsProtocol::TlSv12,
-            TlsProtocol::TlSv13,
-        ]
-        .iter()
-        .any(|p| *p as i32 == v)
+    let version = |value: i32, auto: TlsVersion, field: &str| match TlsProtocol::try_from(value) {
+        Ok(TlsProtocol::TlsAuto) => Ok(auto),
+        Ok(TlsProtocol::TlSv12) => Ok(TlsVersion::Tls12),
+        Ok(TlsProtocol::TlSv13) => Ok(TlsVersion::Tls13),
+        Ok(old) => Err(Invalid::new(
+            &path.field(field),
+            format!(
+                "{} is not supported: TLS 1.2 or 1.3 only (rustls)",
+                old.as_str_name()
+            ),
+        )),
+        Err(_) => Err(Invalid::new(
+            &path.field(field),
+            format!("unknown value {value}"),
+        )),
     };
-    if !ok(tls_minimum_protocol_version) {
-        return Err(Invalid::new(
-            &path.field("tls_minimum_protocol_version"),
-            "TLS 1.2 or 1.3 only",
-        ));
-    }
-    if !ok(tls_maximum_protocol_version) {
-        return Err(Invalid::new(
-            &path.field("tls_maximum_protocol_version"),
-            "TLS 1.2 or 1.3 only",
-        ));
-    }
-    Ok(())
+    Ok(TlsVersions {
+        min: version(
+            tls_minimum_protocol_version,
+            TlsVersion::Tls12,
+            "tls_minimum_protocol_version",
+        )?,
+        max: version(
+            tls_maximum_protocol_version,
+            TlsVersion::Tls13,
+            "tls_maximum_protocol_version",
+        )?,
+    })
 }
 
 fn sds(config: Option<SdsSecretConfig>, path: &Path) -> Checked<String> {

@@ -846,6 +846,15 @@ pub fn redirect<B>(
             .map_or(host.as_str(), |(h, _)| h)
             .to_owned();
         host = format!("{bare}:{port}");
+    } else if r.scheme.is_some() {
+        // As Envoy: a scheme change drops the old scheme's default port (`http://a:80` to
+        // `https://a`), and keeps any other.
+        let old_default = if tls { ":443" } else { ":80" };
+        if scheme != if tls { "https" } else { "http" }
+            && let Some(bare) = host.strip_suffix(old_default)
+        {
+            host = bare.to_owned();
+        }
     }
     let path = match (&r.path, &r.prefix_rewrite) {
         (Some(p), _) => p.clone(),
@@ -983,11 +992,36 @@ mod tests {
             path: Some("/new".into()),
             strip_query: true,
             status: http::StatusCode::PERMANENT_REDIRECT,
-            ..moved
+            ..moved.clone()
         };
         assert_eq!(
             to(everything, false),
             (308, "https://www.example.com:8443/new".into())
+        );
+        // A scheme change drops the old scheme's default port only (Envoy's rule).
+        let to_https = Redirect {
+            scheme: Some(Scheme::HTTPS),
+            ..moved
+        };
+        let at = |authority: &str, tls: bool| {
+            let response = redirect(&to_https, &request, authority, tls).unwrap();
+            response.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            at("shop.local:80", false),
+            "https://shop.local/old/page?q=1"
+        );
+        assert_eq!(at("[::1]:80", false), "https://[::1]/old/page?q=1");
+        assert_eq!(
+            at("shop.local:8080", false),
+            "https://shop.local:8080/old/page?q=1"
+        );
+        assert_eq!(
+            at("shop.local:80", true),
+            "https://shop.local:80/old/page?q=1"
         );
     }
 

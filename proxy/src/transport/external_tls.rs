@@ -27,14 +27,7 @@ pub fn client(external: &ExternalTls, alpn: &[String]) -> Result<rustls::ClientC
         // Istio's `insecureSkipVerify`: no roots, nothing verified but the handshake's
         // signatures (the session is with the holder of the certificate it shows).
         None => None,
-        Some(roots) => {
-            let mut store = RootCertStore::empty();
-            let (added, _) = store.add_parsable_certificates(read_certs(roots)?);
-            if added == 0 {
-                return Err(format!("{}: no usable root certificate", origin(roots)));
-            }
-            Some(Arc::new(store))
-        }
+        Some(roots) => Some(Arc::new(root_store(roots)?)),
     };
     let verifier: Arc<dyn ServerCertVerifier> = Arc::new(NamedServer {
         roots,
@@ -56,7 +49,18 @@ pub fn client(external: &ExternalTls, alpn: &[String]) -> Result<rustls::ClientC
     Ok(config)
 }
 
-fn origin(pem: &Pem) -> String {
+/// The roots in `pem`; none usable is an error.
+pub(super) fn root_store(pem: &Pem) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(read_certs(pem)?);
+    if added == 0 {
+        return Err(format!("{}: no usable root certificate", origin(pem)));
+    }
+    Ok(store)
+}
+
+/// Where PEM comes from, for messages: the file's path.
+pub(super) fn origin(pem: &Pem) -> String {
     match pem {
         Pem::File(path) => path.display().to_string(),
         Pem::Inline(_) => "inline PEM".to_owned(),
@@ -72,11 +76,11 @@ fn bytes(pem: &Pem) -> Result<Vec<u8>, TlsError> {
     }
 }
 
-fn read_certs(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(super) fn read_certs(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     certs_from_pem(&bytes(pem)?, &origin(pem)).map_err(|e| e.to_string())
 }
 
-fn read_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(super) fn read_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
     key_from_pem(&bytes(pem)?, &origin(pem)).map_err(|e| e.to_string())
 }
 
@@ -91,7 +95,11 @@ struct NamedServer {
 
 /// Whether the certificate carries `san`: names and addresses by WebPKI's rules; a DNS SAN
 /// with a `*` and a URI compared as written (as Envoy's exact matchers do).
-fn carries(cert: &ParsedCertificate<'_>, der: &CertificateDer<'_>, san: &SanMatch) -> bool {
+pub(super) fn carries(
+    cert: &ParsedCertificate<'_>,
+    der: &CertificateDer<'_>,
+    san: &SanMatch,
+) -> bool {
     let listed = || CertInfo::parse(der).ok();
     match san {
         SanMatch::Dns(name) if name.contains('*') => {

@@ -1,6 +1,7 @@
-//! Byte streams: TLS configurations from SDS secrets, and the boxed stream type that
-//! connections pass around (plain TCP or TLS, either direction).
+//! Byte streams: TLS configurations from SDS secrets (or from PEM outside the mesh), and the
+//! boxed stream type that connections pass around (plain TCP or TLS, either direction).
 
+pub mod edge_tls;
 pub mod external_tls;
 pub mod tls;
 

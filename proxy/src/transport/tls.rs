@@ -25,6 +25,10 @@ pub fn server(
     config: &ProxyConfig,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let context = &tls.context;
+    if let Some(external) = &tls.external {
+        return super::edge_tls::server(external, tls.require_client_certificate, &context.alpn)
+            .map(Arc::new);
+    }
     let certs = certificate(context, config)?.ok_or("a TLS listener needs a certificate")?;
     let mut verifier = verifier(context, config)?;
     if !tls.require_client_certificate {

@@ -167,9 +167,10 @@ pub struct EnvoyBootstrap {
     /// capture to 15001/15006).
     #[arg(long, default_value = "NONE", value_parser = ["NONE", "REDIRECT"])]
     interception_mode: String,
-    /// What the Envoy is: a workload's sidecar, or a federation gateway (ingress or egress:
-    /// which, `isthmusd` knows from the `ServiceMeshPeer`s that name `--workload`).
-    #[arg(long, default_value = "sidecar", value_parser = ["sidecar", "federation"])]
+    /// What the Envoy is: a workload's sidecar, a federation gateway (ingress or egress:
+    /// which, `isthmusd` knows from the `ServiceMeshPeer`s that name `--workload`), or an
+    /// ingress gateway (serving the Istio `Gateway`s whose selector picks the workload).
+    #[arg(long, default_value = "sidecar", value_parser = ["sidecar", "federation", "ingress"])]
     role: String,
     /// Use state-of-the-world ADS instead of delta (incremental) ADS.
     #[arg(long)]
@@ -194,11 +195,11 @@ fn socket_address(address: &str, port: u16) -> Value {
 
 impl EnvoyBootstrap {
     fn render(&self) -> anyhow::Result<Value> {
-        if self.role == "federation"
-            && !(self.app_ports.is_empty() && self.outbound_tcp_ports.is_empty())
-        {
+        let gateway = self.role != "sidecar";
+        if gateway && !(self.app_ports.is_empty() && self.outbound_tcp_ports.is_empty()) {
             bail!(
-                "--role federation: a gateway has no application (--app-port, --outbound-tcp-port are a sidecar's)"
+                "--role {}: a gateway has no application (--app-port, --outbound-tcp-port are a sidecar's)",
+                self.role
             );
         }
         for pair in &self.app_ports {
@@ -213,7 +214,6 @@ impl EnvoyBootstrap {
             .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
             .with_context(|| format!("--xds-address {:?}: expected host:port", self.xds_address))?;
         let ns = &self.namespace;
-        let gateway = self.role == "federation";
         let node_id = format!(
             "{}~{}~{}.{ns}~{ns}.svc.cluster.local",
             if gateway { "router" } else { "sidecar" },

@@ -64,6 +64,9 @@ pub struct WorkloadDescription {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub outbound_port: u16,
+    /// `ingress`: the proxy is an ingress gateway (a `router` node serving the Istio
+    /// `Gateway`s whose selector picks the workload's labels) and runs no command.
+    pub ingress: bool,
 }
 
 impl WorkloadDescription {
@@ -113,6 +116,9 @@ struct WorkloadSpec {
     env: BTreeMap<String, String>,
     #[serde(default)]
     outbound_port: Option<u16>,
+    /// `sidecar` (the default) or `ingress`.
+    #[serde(default)]
+    role: Option<String>,
 }
 
 /// Reads DIR; either every mesh, or every problem found.
@@ -353,6 +359,24 @@ fn workload(
             ));
         }
     }
+    let ingress = match spec.role.as_deref() {
+        None | Some("sidecar") => false,
+        Some("ingress") => true,
+        Some(other) => {
+            return Err(at(
+                source,
+                Some("spec.role"),
+                format!("{other:?}: a workload's role is sidecar or ingress"),
+            ));
+        }
+    };
+    if ingress && (!spec.command.is_empty() || !spec.ports.is_empty()) {
+        return Err(at(
+            source,
+            Some("spec.role"),
+            "an ingress gateway runs no command and serves no ports of its own (its Gateway's servers say where it listens)".into(),
+        ));
+    }
     if spec.outbound_port == Some(0) {
         return Err(at(
             source,
@@ -373,6 +397,7 @@ fn workload(
         command: spec.command,
         env: spec.env,
         outbound_port: spec.outbound_port.unwrap_or(DEFAULT_OUTBOUND_PORT),
+        ingress,
     })
 }
 

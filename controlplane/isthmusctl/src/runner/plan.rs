@@ -99,7 +99,8 @@ impl WorkloadPlan {
     pub fn node_id(&self) -> String {
         let w = &self.workload;
         format!(
-            "sidecar~{}~{}.{ns}~{ns}.svc.cluster.local",
+            "{}~{}~{}.{ns}~{ns}.svc.cluster.local",
+            if w.ingress { "router" } else { "sidecar" },
             self.address,
             w.name,
             ns = w.namespace

@@ -162,7 +162,16 @@ impl Runner {
             for workload in &mesh.workloads {
                 self.start_sidecar(index, mesh, workload)?;
                 proxies.push((
-                    format!("{}: sidecar of {}", mesh.name, workload.workload.key()),
+                    format!(
+                        "{}: {} {}",
+                        mesh.name,
+                        if workload.workload.ingress {
+                            "ingress gateway"
+                        } else {
+                            "sidecar of"
+                        },
+                        workload.workload.key()
+                    ),
                     workload.admin(),
                 ));
             }
@@ -311,6 +320,9 @@ impl Runner {
         w: &WorkloadPlan,
     ) -> anyhow::Result<()> {
         let mut args = vec!["--node-id".to_owned(), w.node_id()];
+        if w.workload.ingress {
+            args.extend(["--role".to_owned(), "ingress".to_owned()]);
+        }
         for m in w.metadata() {
             args.extend(["--metadata".to_owned(), m]);
         }
@@ -621,8 +633,20 @@ impl Runner {
                 let _ = writeln!(
                     out,
                     "{m:<6} {:<44} {:<30} {:<22} {}",
-                    format!("sidecar of {key} (sa {})", w.workload.service_account),
-                    format!("http proxy {}", w.outbound()),
+                    format!(
+                        "{} {key} (sa {})",
+                        if w.workload.ingress {
+                            "ingress gateway"
+                        } else {
+                            "sidecar of"
+                        },
+                        w.workload.service_account
+                    ),
+                    if w.workload.ingress {
+                        format!("listens on {}", w.address)
+                    } else {
+                        format!("http proxy {}", w.outbound())
+                    },
                     w.admin().to_string(),
                     pid(&format!("{m}/sidecar/{key}"))
                 );

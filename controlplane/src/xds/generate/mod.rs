@@ -23,6 +23,9 @@ mod endpoints;
 #[cfg(test)]
 mod gateway_tests;
 mod gateways;
+mod ingress;
+#[cfg(test)]
+mod ingress_tests;
 mod jwt;
 mod listeners;
 mod names;
@@ -150,7 +153,7 @@ pub fn proxy_snapshot_with_view(
     secrets: &ProxySecrets,
 ) -> ProxySnapshot {
     match node.role {
-        NodeRole::Router => return gateway_snapshot(model, workload, secrets),
+        NodeRole::Router => return gateway_snapshot(model, workload, view, secrets),
         NodeRole::Proxyless => return proxyless::proxyless_snapshot(model, node, workload),
         NodeRole::Sidecar => {}
     }
@@ -212,26 +215,43 @@ pub fn proxy_snapshot_with_view(
         .with(NAME_TABLE_TYPE, view.names.clone())
 }
 
-/// A gateway node: the federation gateways its workload is (nothing else: an Isthmus
-/// `router` node serves federation only).
+/// A gateway node: the federation gateways its workload is, and the ingress servers of the
+/// `Gateway`s that select it (which send requests on through the workload's outbound view).
 fn gateway_snapshot(
     model: &MeshModel,
     workload: &Workload,
+    view: &OutboundView,
     secrets: &ProxySecrets,
 ) -> ProxySnapshot {
     let gateway = gateways::gateway(model, workload);
+    let mut ingress = ingress::ingress(model, workload);
+    telemetry::label_sidecar_listeners(model, workload, &mut ingress.listeners);
     let secrets = TypeResources::new(secrets.to_envoy().iter().map(|s| (s.name.clone(), pack(s))));
+    let listeners = TypeResources::new(
+        gateway
+            .listeners
+            .iter()
+            .chain(&ingress.listeners)
+            .map(|l| (l.name.clone(), pack(l))),
+    );
+    let own_clusters =
+        TypeResources::new(gateway.clusters.iter().map(|c| (c.name.clone(), pack(c))));
+    let ingress_routes =
+        TypeResources::new(ingress.routes.iter().map(|r| (r.name.clone(), pack(r))));
+    // A federation-only gateway needs none of the mesh's clusters.
+    let (clusters, endpoints) = if ingress.is_empty() {
+        (own_clusters, TypeResources::default())
+    } else {
+        (
+            TypeResources::merge(&[&own_clusters, &view.clusters]),
+            view.endpoints.clone(),
+        )
+    };
     ProxySnapshot::default()
-        .with(
-            LISTENER,
-            TypeResources::new(gateway.listeners.iter().map(|l| (l.name.clone(), pack(l)))),
-        )
-        .with(ROUTE, TypeResources::default())
-        .with(
-            CLUSTER,
-            TypeResources::new(gateway.clusters.iter().map(|c| (c.name.clone(), pack(c)))),
-        )
-        .with(ENDPOINT, TypeResources::default())
+        .with(LISTENER, listeners)
+        .with(ROUTE, ingress_routes)
+        .with(CLUSTER, clusters)
+        .with(ENDPOINT, endpoints)
         .with(SECRET, secrets)
 }
 

@@ -62,7 +62,7 @@ pub fn outbound_routes(
                 Some((_, vs)) => vs
                     .http
                     .iter()
-                    .flat_map(|r| http_route(model, workload, service, port, r))
+                    .flat_map(|r| http_route(model, workload, Scope::new(host, port.number), r))
                     .collect(),
                 None => vec![default_route(model, service, port)],
             };
@@ -114,12 +114,26 @@ fn default_route(model: &MeshModel, service: &Service, port: &Port) -> Route {
     }
 }
 
-/// Envoy routes for one `VirtualService` HTTP route, as this proxy sees it on `port`.
-fn http_route(
+/// Where routes are served: a sidecar's virtual host of a service port, or a gateway's port
+/// (no service: `host` empty). A destination without a port takes this port when it names
+/// this host, else its service's only port.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Scope<'a> {
+    pub host: &'a str,
+    pub port: u32,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(host: &'a str, port: u32) -> Self {
+        Self { host, port }
+    }
+}
+
+/// Envoy routes for one `VirtualService` HTTP route, as this proxy sees it in `scope`.
+pub(super) fn http_route(
     model: &MeshModel,
     workload: &Workload,
-    service: &Service,
-    port: &Port,
+    scope: Scope<'_>,
     r: &HttpRoute,
 ) -> Vec<Route> {
     let matches: Vec<Option<&HttpMatchRequest>> = if r.matches.is_empty() {
@@ -127,11 +141,11 @@ fn http_route(
     } else {
         r.matches
             .iter()
-            .filter(|m| applies(m, workload, port))
+            .filter(|m| applies(m, workload, scope.port))
             .map(Some)
             .collect()
     };
-    let action = action(model, service, port, r);
+    let action = action(model, scope, r);
     let (req_add, req_remove, resp_add, resp_remove) = header_edits(r.headers.as_ref());
     matches
         .into_iter()
@@ -153,8 +167,8 @@ fn http_route(
 }
 
 /// The parts of a match decided by who is asking and on which port.
-fn applies(m: &HttpMatchRequest, workload: &Workload, port: &Port) -> bool {
-    m.port.is_none_or(|p| p == port.number)
+fn applies(m: &HttpMatchRequest, workload: &Workload, port: u32) -> bool {
+    m.port.is_none_or(|p| p == port)
         && m.source_labels
             .iter()
             .all(|(k, v)| workload.labels.get(k) == Some(v))
@@ -249,25 +263,20 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
 }
 
 /// The cluster a destination names, as seen from a virtual host on `port` of `service`.
-fn destination_cluster(
-    model: &MeshModel,
-    service: &Service,
-    port: &Port,
-    d: &Destination,
-) -> String {
+pub(super) fn destination_cluster(model: &MeshModel, scope: Scope<'_>, d: &Destination) -> String {
     let number = d.port.as_ref().map(|p| p.number).unwrap_or_else(|| {
-        if d.host == service.key.hostname {
-            return port.number;
+        if d.host == scope.host {
+            return scope.port;
         }
         match model.service_of_host(&d.host).map(|s| s.ports.as_slice()) {
             Some([only]) => only.number,
-            _ => port.number,
+            _ => scope.port,
         }
     });
     outbound_cluster(number, d.subset.as_deref(), &d.host)
 }
 
-fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> route::Action {
+fn action(model: &MeshModel, scope: Scope<'_>, r: &HttpRoute) -> route::Action {
     if let Some(redirect) = &r.redirect {
         use redirect_action::RedirectResponseCode as Code;
         let code = match redirect.redirect_code.unwrap_or(301) {
@@ -313,7 +322,7 @@ fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> r
     }
     let cluster_specifier = match r.route.as_slice() {
         [only] if only.headers.is_none() => route_action::ClusterSpecifier::Cluster(
-            destination_cluster(model, service, port, &only.destination),
+            destination_cluster(model, scope, &only.destination),
         ),
         destinations => {
             // Several destinations of the same cluster (subsets aside) are merged by Envoy's
@@ -324,7 +333,7 @@ fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> r
                     let (req_add, req_remove, resp_add, resp_remove) =
                         header_edits(d.headers.as_ref());
                     weighted_cluster::ClusterWeight {
-                        name: destination_cluster(model, service, port, &d.destination),
+                        name: destination_cluster(model, scope, &d.destination),
                         weight: Some(UInt32Value {
                             value: d.weight.unwrap_or(100),
                         }),
@@ -347,15 +356,13 @@ fn action(model: &MeshModel, service: &Service, port: &Port, r: &HttpRoute) -> r
     let mirrors = r
         .all_mirrors()
         .into_iter()
-        .map(|(d, share)| {
-            route_policies::mirror(destination_cluster(model, service, port, d), share)
-        })
+        .map(|(d, share)| route_policies::mirror(destination_cluster(model, scope, d), share))
         .collect();
     // Affinity toward the route's destination (the first, when weighted: Istio's choice).
     let hash_policy = r
         .route
         .first()
-        .map(|d| consistent_hash::route_policy(model, &d.destination, port.number))
+        .map(|d| consistent_hash::route_policy(model, &d.destination, scope.port))
         .unwrap_or_default();
     route::Action::Route(RouteAction {
         cluster_specifier: Some(cluster_specifier),

@@ -76,7 +76,7 @@ fn node(workload: &str) -> ProxyNode {
     .unwrap()
 }
 
-fn secrets() -> ProxySecrets {
+pub(super) fn secrets() -> ProxySecrets {
     ProxySecrets {
         certificate_chain_pem: "CHAIN".into(),
         private_key_pem: "KEY".to_owned().into(),
@@ -87,7 +87,7 @@ fn secrets() -> ProxySecrets {
     }
 }
 
-fn model(extra: &str) -> MeshModel {
+pub(super) fn model(extra: &str) -> MeshModel {
     let yaml = format!("{MESH}{extra}");
     let snapshot = load_text(&yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e:?}"));
     MeshModel::build(
@@ -97,11 +97,14 @@ fn model(extra: &str) -> MeshModel {
     )
 }
 
-fn snapshot_of(extra: &str, workload: &str) -> ProxySnapshot {
+pub(super) fn snapshot_of(extra: &str, workload: &str) -> ProxySnapshot {
     proxy_snapshot(&model(extra), &node(workload), &secrets()).unwrap()
 }
 
-fn decoded<M: Message + Default>(s: &ProxySnapshot, type_url: &str) -> BTreeMap<String, M> {
+pub(super) fn decoded<M: Message + Default>(
+    s: &ProxySnapshot,
+    type_url: &str,
+) -> BTreeMap<String, M> {
     s.get(type_url)
         .map(|t| {
             t.items()
@@ -116,7 +119,7 @@ fn decoded<M: Message + Default>(s: &ProxySnapshot, type_url: &str) -> BTreeMap<
         .unwrap_or_default()
 }
 
-fn clusters(s: &ProxySnapshot) -> BTreeMap<String, Cluster> {
+pub(super) fn clusters(s: &ProxySnapshot) -> BTreeMap<String, Cluster> {
     decoded(s, CLUSTER)
 }
 
@@ -1078,7 +1081,7 @@ spec:
         .expect("a warning on the VirtualService");
     assert!(
         warning.message.contains("istio-system/public")
-            && warning.message.contains("applies to no proxy"),
+            && warning.message.contains("apply to no proxy"),
         "{}",
         warning.message
     );

@@ -91,7 +91,7 @@ fn file(path: &str) -> DataSource {
 }
 
 /// An exact match on a SAN: a URI (`spiffe://…`), an IP address, or a DNS name.
-fn san_matcher(san: &str) -> SubjectAltNameMatcher {
+pub(super) fn san_matcher(san: &str) -> SubjectAltNameMatcher {
     let san_type = if san.contains("://") {
         subject_alt_name_matcher::SanType::Uri
     } else if san.parse::<std::net::IpAddr>().is_ok() {

@@ -13,8 +13,8 @@ use isthmus_proto::envoy::google::protobuf::{Any, BoolValue};
 
 use super::{Expect, Table, ads, not_ads, pack, run};
 use crate::config::tls::{
-    DownstreamTls, ExternalTls, Pem, SanMatch, ServerNameCheck, TlsContext, UpstreamTls,
-    downstream, upstream,
+    ClientValidation, DownstreamTls, ExternalServerTls, ExternalTls, Pem, SanMatch,
+    ServerNameCheck, TlsContext, TlsVersion, TlsVersions, UpstreamTls, downstream, upstream,
 };
 
 fn socket(config: Any) -> Option<TransportSocket> {
@@ -124,6 +124,7 @@ fn downstream_tls_converts_to_its_model() {
             Expect::Model(Some(DownstreamTls {
                 context: context(&[CLIENT]),
                 require_client_certificate: true,
+                external: None,
             })),
         ),
         (
@@ -225,6 +226,18 @@ fn downstream_tls_outside_the_profile_is_rejected_at_its_path() {
                 ..DownstreamTlsContext::default()
             })),
             Expect::Rejected("typed_config(DownstreamTlsContext).require_sni"),
+        ),
+        (
+            "a client certificate required, nothing to verify it against",
+            socket(pack(&DownstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    tls_certificate_sds_secret_configs: vec![sds("default")],
+                    ..CommonTlsContext::default()
+                }),
+                require_client_certificate: Some(BoolValue { value: true }),
+                ..DownstreamTlsContext::default()
+            })),
+            Expect::Rejected("typed_config(DownstreamTlsContext).require_client_certificate"),
         ),
         (
             "another transport socket",
@@ -470,4 +483,315 @@ fn upstream_tls_outside_the_mesh_is_verified_as_x509() {
         ),
     ];
     run(table, upstream);
+}
+
+/// An ingress gateway's HTTPS server as isthmusd writes a `Gateway`'s `tls`: the certificate
+/// from files, ALPN, TLS 1.2 to 1.3; for `MUTUAL`, the clients' roots and SANs, a certificate
+/// required.
+fn gateway_server(mutual: Option<Vec<SubjectAltNameMatcher>>) -> DownstreamTlsContext {
+    DownstreamTlsContext {
+        require_client_certificate: mutual.is_some().then_some(BoolValue { value: true }),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: file("/etc/gw/cert.pem"),
+                private_key: file("/etc/gw/key.pem"),
+                ..TlsCertificate::default()
+            }],
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            tls_params: Some(TlsParameters {
+                tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv12 as i32,
+                tls_maximum_protocol_version: tls_parameters::TlsProtocol::TlSv13 as i32,
+                ..TlsParameters::default()
+            }),
+            validation_context_type: mutual.map(|sans| {
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: file("/etc/gw/ca.pem"),
+                        match_typed_subject_alt_names: sans,
+                        ..CertificateValidationContext::default()
+                    },
+                )
+            }),
+            ..CommonTlsContext::default()
+        }),
+        ..DownstreamTlsContext::default()
+    }
+}
+
+/// `context` after `edit`.
+fn edited(
+    mut context: DownstreamTlsContext,
+    edit: impl FnOnce(&mut DownstreamTlsContext, &mut CommonTlsContext),
+) -> Option<TransportSocket> {
+    let mut common = context.common_tls_context.take().unwrap_or_default();
+    edit(&mut context, &mut common);
+    context.common_tls_context = Some(common);
+    socket(pack(&context))
+}
+
+fn alpn_only() -> TlsContext {
+    TlsContext {
+        certificate: None,
+        validation: None,
+        peer_ids: Vec::new(),
+        alpn: vec!["h2".into(), "http/1.1".into()],
+    }
+}
+
+fn gateway_certificate() -> (Pem, Pem) {
+    (
+        Pem::File("/etc/gw/cert.pem".into()),
+        Pem::File("/etc/gw/key.pem".into()),
+    )
+}
+
+fn versions(t: &Option<DownstreamTls>) -> Option<TlsVersions> {
+    Some(t.as_ref()?.external.as_ref()?.versions)
+}
+
+fn protocol(p: tls_parameters::TlsProtocol) -> i32 {
+    p as i32
+}
+
+#[test]
+fn downstream_tls_with_a_certificate_from_pem_converts_to_its_model() {
+    use tls_parameters::TlsProtocol;
+    let table: Table<Option<TransportSocket>, Option<DownstreamTls>> = vec![
+        (
+            "SIMPLE: the certificate from files, no client certificate asked for",
+            socket(pack(&gateway_server(None))),
+            Expect::Model(Some(DownstreamTls {
+                context: alpn_only(),
+                require_client_certificate: false,
+                external: Some(ExternalServerTls {
+                    certificate: gateway_certificate(),
+                    clients: None,
+                    versions: TlsVersions {
+                        min: TlsVersion::Tls12,
+                        max: TlsVersion::Tls13,
+                    },
+                }),
+            })),
+        ),
+        (
+            "MUTUAL with subjectAltNames: the clients' roots and one of the SANs, required",
+            socket(pack(&gateway_server(Some(vec![
+                dns_san("client.example.com"),
+                uri_san(string_matcher::MatchPattern::Exact(
+                    "spiffe://partner/ns/a/sa/b".into(),
+                )),
+                SubjectAltNameMatcher {
+                    san_type: subject_alt_name_matcher::SanType::IpAddress as i32,
+                    ..dns_san("10.1.2.3")
+                },
+            ])))),
+            Expect::Model(Some(DownstreamTls {
+                context: alpn_only(),
+                require_client_certificate: true,
+                external: Some(ExternalServerTls {
+                    certificate: gateway_certificate(),
+                    clients: Some(ClientValidation {
+                        roots: Pem::File("/etc/gw/ca.pem".into()),
+                        sans: vec![
+                            SanMatch::Dns("client.example.com".into()),
+                            SanMatch::Uri("spiffe://partner/ns/a/sa/b".into()),
+                            SanMatch::Ip([10, 1, 2, 3].into()),
+                        ],
+                    }),
+                    versions: TlsVersions::default(),
+                }),
+            })),
+        ),
+        (
+            "MUTUAL without subjectAltNames, a certificate optional",
+            edited(gateway_server(Some(Vec::new())), |c, _| {
+                c.require_client_certificate = None;
+            }),
+            Expect::Holds(|t| {
+                t.as_ref().is_some_and(|t| {
+                    !t.require_client_certificate
+                        && t.external
+                            .as_ref()
+                            .is_some_and(|e| e.clients.as_ref().is_some_and(|c| c.sans.is_empty()))
+                })
+            }),
+        ),
+        (
+            "inline PEM, as bytes and as a string",
+            edited(gateway_server(None), |_, common| {
+                common.tls_certificates[0].certificate_chain = Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineBytes(b"CERT".to_vec())),
+                    ..DataSource::default()
+                });
+                common.tls_certificates[0].private_key = Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString("KEY".into())),
+                    ..DataSource::default()
+                });
+            }),
+            Expect::Holds(|t| {
+                t.as_ref()
+                    .and_then(|t| t.external.as_ref())
+                    .is_some_and(|e| {
+                        e.certificate
+                            == (Pem::Inline(b"CERT".to_vec()), Pem::Inline(b"KEY".to_vec()))
+                    })
+            }),
+        ),
+        (
+            "TLS_AUTO: Envoy's server defaults, 1.2 to 1.3",
+            edited(gateway_server(None), |_, common| {
+                common.tls_params = Some(TlsParameters::default());
+            }),
+            Expect::Holds(|t| versions(t) == Some(TlsVersions::default())),
+        ),
+        (
+            "no tls_params: the same",
+            edited(gateway_server(None), |_, common| common.tls_params = None),
+            Expect::Holds(|t| versions(t) == Some(TlsVersions::default())),
+        ),
+        (
+            "TLS 1.3 only",
+            edited(gateway_server(None), |_, common| {
+                common.tls_params = Some(TlsParameters {
+                    tls_minimum_protocol_version: protocol(TlsProtocol::TlSv13),
+                    ..TlsParameters::default()
+                });
+            }),
+            Expect::Holds(|t| {
+                versions(t)
+                    == Some(TlsVersions {
+                        min: TlsVersion::Tls13,
+                        max: TlsVersion::Tls13,
+                    })
+            }),
+        ),
+        (
+            "TLS 1.2 only",
+            edited(gateway_server(None), |_, common| {
+                common.tls_params = Some(TlsParameters {
+                    tls_maximum_protocol_version: protocol(TlsProtocol::TlSv12),
+                    ..TlsParameters::default()
+                });
+            }),
+            Expect::Holds(|t| {
+                versions(t)
+                    == Some(TlsVersions {
+                        min: TlsVersion::Tls12,
+                        max: TlsVersion::Tls12,
+                    })
+            }),
+        ),
+    ];
+    run(table, downstream);
+}
+
+#[test]
+fn downstream_tls_with_a_certificate_from_pem_outside_the_profile_is_rejected_at_its_path() {
+    use tls_parameters::TlsProtocol;
+    let table: Table<Option<TransportSocket>, Option<DownstreamTls>> = vec![
+        (
+            "two certificates",
+            edited(gateway_server(None), |_, common| {
+                common
+                    .tls_certificates
+                    .push(common.tls_certificates[0].clone());
+            }),
+            Expect::Rejected(down!("tls_certificates")),
+        ),
+        (
+            "a certificate from PEM and one over SDS",
+            edited(gateway_server(None), |_, common| {
+                common.tls_certificate_sds_secret_configs = vec![sds("default")];
+            }),
+            Expect::Rejected(down!("tls_certificate_sds_secret_configs")),
+        ),
+        (
+            "a client certificate required, no validation context",
+            edited(gateway_server(None), |c, _| {
+                c.require_client_certificate = Some(BoolValue { value: true });
+            }),
+            Expect::Rejected("typed_config(DownstreamTlsContext).require_client_certificate"),
+        ),
+        (
+            "a minimum of TLS 1.1",
+            edited(gateway_server(None), |_, common| {
+                common.tls_params = Some(TlsParameters {
+                    tls_minimum_protocol_version: protocol(TlsProtocol::TlSv11),
+                    ..TlsParameters::default()
+                });
+            }),
+            Expect::Rejected(down!("tls_params.tls_minimum_protocol_version")),
+        ),
+        (
+            "a maximum of TLS 1.0",
+            edited(gateway_server(None), |_, common| {
+                common.tls_params = Some(TlsParameters {
+                    tls_maximum_protocol_version: protocol(TlsProtocol::TlSv10),
+                    ..TlsParameters::default()
+                });
+            }),
+            Expect::Rejected(down!("tls_params.tls_maximum_protocol_version")),
+        ),
+        (
+            "a minimum above the maximum",
+            edited(gateway_server(None), |_, common| {
+                common.tls_params = Some(TlsParameters {
+                    tls_minimum_protocol_version: protocol(TlsProtocol::TlSv13),
+                    tls_maximum_protocol_version: protocol(TlsProtocol::TlSv12),
+                    ..TlsParameters::default()
+                });
+            }),
+            Expect::Rejected(down!("tls_params.tls_minimum_protocol_version")),
+        ),
+        (
+            "the mesh's trust bundles over SDS for the clients",
+            edited(gateway_server(None), |_, common| {
+                common.validation_context_type = Some(
+                    common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                        sds("ROOTCA"),
+                    ),
+                );
+            }),
+            Expect::Rejected(down!("validation_context_type")),
+        ),
+        (
+            "clients' SANs without their roots",
+            edited(gateway_server(Some(vec![dns_san("c")])), |_, common| {
+                if let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+                    &mut common.validation_context_type
+                {
+                    v.trusted_ca = None;
+                }
+            }),
+            Expect::Rejected(down!("validation_context.trusted_ca")),
+        ),
+        (
+            "an EMAIL SAN",
+            socket(pack(&gateway_server(Some(vec![SubjectAltNameMatcher {
+                san_type: subject_alt_name_matcher::SanType::Email as i32,
+                ..dns_san("ops@example.com")
+            }])))),
+            Expect::Rejected(down!(
+                "validation_context.match_typed_subject_alt_names[0].san_type"
+            )),
+        ),
+        (
+            "a certificate without its key",
+            edited(gateway_server(None), |_, common| {
+                common.tls_certificates[0].private_key = None;
+            }),
+            Expect::Rejected(down!("tls_certificates[0].private_key")),
+        ),
+        (
+            "a key from an environment variable",
+            edited(gateway_server(None), |_, common| {
+                common.tls_certificates[0].private_key = Some(DataSource {
+                    specifier: Some(data_source::Specifier::EnvironmentVariable("KEY".into())),
+                    ..DataSource::default()
+                });
+            }),
+            Expect::Rejected(down!("tls_certificates[0].private_key")),
+        ),
+    ];
+    run(table, downstream);
 }

@@ -119,3 +119,35 @@ fn meshes_sharing_a_trust_domain_are_refused() {
     let said = errors(dir.path());
     assert!(said.contains("share a name or trust domain"), "{said}");
 }
+
+#[test]
+fn an_ingress_workload_is_a_gateway_without_command_or_ports() {
+    let workload = |spec: &str| {
+        format!(
+            "{MESH}---\napiVersion: local.isthmus.dev/v1alpha1\nkind: Workload\nmetadata: {{name: edge, namespace: istio-system}}\nspec: {spec}\n"
+        )
+    };
+    let dir = folder(&[(
+        "m.yaml",
+        &workload("{role: ingress, labels: {istio: ingressgateway}}"),
+    )]);
+    let d = read_description(dir.path()).unwrap();
+    let edge = &d.meshes[0].workloads[0];
+    assert!(edge.ingress);
+    assert_eq!(
+        edge.labels.get("istio").map(String::as_str),
+        Some("ingressgateway")
+    );
+    let dir = folder(&[("m.yaml", &workload("{role: egress}"))]);
+    let text = errors(dir.path());
+    assert!(
+        text.contains("spec.role") && text.contains("sidecar or ingress"),
+        "{text}"
+    );
+    let dir = folder(&[(
+        "m.yaml",
+        &workload("{role: ingress, command: [isthmusctl, echo]}"),
+    )]);
+    let text = errors(dir.path());
+    assert!(text.contains("runs no command"), "{text}");
+}
