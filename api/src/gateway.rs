@@ -104,8 +104,11 @@ pub struct ServerTlsSettings {
     pub min_protocol_version: Option<TlsProtocolVersion>,
     #[serde(default)]
     pub max_protocol_version: Option<TlsProtocolVersion>,
+    /// Kubernetes mode: the `Secret` (in the gateway workload's namespace) holding the
+    /// certificate and key (`tls.crt`/`tls.key`, or `cert`/`key`) and, for `MUTUAL`, the
+    /// clients' roots (`ca.crt`/`cacert`, or the `Secret` `<name>-cacert`).
     #[serde(default)]
-    pub credential_name: Option<Unsupported>,
+    pub credential_name: Option<String>,
     #[serde(default)]
     pub credential_names: Option<Unsupported>,
     #[serde(default)]
@@ -196,26 +199,42 @@ impl Server {
     /// The TLS mode a server works in; `None` for plaintext HTTP.
     pub fn tls_mode(&self) -> Option<ServerTlsMode> {
         let tls = self.tls.as_ref()?;
-        match (tls.https_redirect, tls.mode) {
-            (_, Some(mode)) => Some(mode),
-            (true, None) => None,
-            (false, None) => Some(ServerTlsMode::Simple),
+        let plain_http = self.port.server_protocol() == Ok(ServerProtocol::Http);
+        match (tls.mode, plain_http) {
+            (Some(mode), _) => Some(mode),
+            // `httpsRedirect` alone on an HTTP server; an HTTPS server terminates (SIMPLE).
+            (None, true) => None,
+            (None, false) => Some(ServerTlsMode::Simple),
         }
     }
 
-    /// Whether `host` (a `VirtualService` host, in `namespace`) is one this server accepts:
-    /// the server's hosts are `[namespace/]host`, where the namespace `*` or none is any and
-    /// `.` is the gateway's own, and hosts match as Istio's wildcards do.
-    pub fn accepts(&self, gateway_namespace: &str, vs_namespace: &str, host: &str) -> bool {
-        self.hosts.iter().any(|entry| {
+    /// What of `host` (a `VirtualService` host, or a `tls` route's SNI, in `vs_namespace`) this
+    /// server serves: for each of the server's hosts that takes that namespace, the narrower
+    /// of the two patterns, when they meet. The server's hosts are `[namespace/]host`, where
+    /// the namespace `*` or none is any and `.` is the gateway's own.
+    pub fn serves(&self, gateway_namespace: &str, vs_namespace: &str, host: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for entry in &self.hosts {
             let (ns, pattern) = split_host(entry);
             let ns_ok = match ns {
                 None | Some("*") => true,
                 Some(".") => vs_namespace == gateway_namespace,
                 Some(ns) => ns == vs_namespace,
             };
-            ns_ok && hosts_intersect(pattern, host)
-        })
+            if let Some(name) = narrower(pattern, host).filter(|_| ns_ok)
+                && !out.contains(&name)
+            {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// Whether this server serves anything of `host` (see [`Server::serves`]).
+    pub fn accepts(&self, gateway_namespace: &str, vs_namespace: &str, host: &str) -> bool {
+        !self
+            .serves(gateway_namespace, vs_namespace, host)
+            .is_empty()
     }
 }
 
@@ -229,18 +248,33 @@ pub fn split_host(entry: &str) -> (Option<&str>, &str) {
 
 /// Whether two host patterns (each `*`, `*.suffix` or a name) have a name in common.
 pub fn hosts_intersect(a: &str, b: &str) -> bool {
-    fn covers(wild: &str, other: &str) -> bool {
-        match wild.strip_prefix('*') {
-            Some("") => true,
-            Some(suffix) => {
-                let other_suffix = other.strip_prefix('*').unwrap_or(other);
-                other_suffix.ends_with(suffix) && other_suffix.len() > suffix.len()
-                    || other_suffix == suffix && other.starts_with('*')
-            }
-            None => wild.eq_ignore_ascii_case(other),
+    host_covers(a, b) || host_covers(b, a)
+}
+
+/// Whether every name `other` (a pattern) matches, `pattern` matches too: `*` covers all,
+/// `*.example.com` covers `a.example.com` and `*.shop.example.com`, a name only itself.
+pub fn host_covers(pattern: &str, other: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => {
+            let other_suffix = other.strip_prefix('*').unwrap_or(other);
+            (other_suffix.ends_with(suffix) && other_suffix.len() > suffix.len())
+                || (other_suffix == suffix && other.starts_with('*'))
         }
+        None => pattern.eq_ignore_ascii_case(other),
     }
-    covers(a, b) || covers(b, a)
+}
+
+/// The names two host patterns have in common, as one pattern: the narrower of the two
+/// (Istio's intersection of a server's and a `VirtualService`'s hosts), if they meet.
+pub fn narrower(a: &str, b: &str) -> Option<String> {
+    if host_covers(a, b) {
+        Some(b.to_ascii_lowercase())
+    } else if host_covers(b, a) {
+        Some(a.to_ascii_lowercase())
+    } else {
+        None
+    }
 }
 
 impl Validate for Gateway {
@@ -382,28 +416,48 @@ fn validate_tls(
             }
         }
         Some(ServerTlsMode::Simple | ServerTlsMode::Mutual) => {
-            for (field, value) in [
-                ("serverCertificate", &tls.server_certificate),
-                ("privateKey", &tls.private_key),
-            ] {
-                match value {
-                    None => v.error(
+            if let Some(name) = &tls.credential_name {
+                v.check(
+                    super::meta::is_dns_subdomain(name),
+                    format!("{path}.credentialName"),
+                    format!("{name:?} is not a Secret name"),
+                );
+                for (field, set) in [
+                    ("serverCertificate", tls.server_certificate.is_some()),
+                    ("privateKey", tls.private_key.is_some()),
+                    ("caCertificates", tls.ca_certificates.is_some()),
+                ] {
+                    v.check(
+                        !set,
                         format!("{path}.{field}"),
-                        "is required to terminate TLS (credentialName is not supported by Isthmus)",
-                    ),
-                    Some(file) => v.check(
-                        file.starts_with('/'),
-                        format!("{path}.{field}"),
-                        format!("{file:?} is not an absolute path"),
-                    ),
+                        "not with credentialName, whose Secret holds it",
+                    );
+                }
+            } else {
+                for (field, value) in [
+                    ("serverCertificate", &tls.server_certificate),
+                    ("privateKey", &tls.private_key),
+                ] {
+                    match value {
+                        None => v.error(
+                            format!("{path}.{field}"),
+                            "is required to terminate TLS (or credentialName)",
+                        ),
+                        Some(file) => v.check(
+                            file.starts_with('/'),
+                            format!("{path}.{field}"),
+                            format!("{file:?} is not an absolute path"),
+                        ),
+                    }
                 }
             }
             if mode == Some(ServerTlsMode::Mutual) {
                 match &tls.ca_certificates {
-                    None => v.error(
+                    None if tls.credential_name.is_none() => v.error(
                         format!("{path}.caCertificates"),
                         "MUTUAL needs the roots of the clients' certificates",
                     ),
+                    None => {}
                     Some(file) => v.check(
                         file.starts_with('/'),
                         format!("{path}.caCertificates"),
@@ -455,6 +509,12 @@ mod tests {
             ..Default::default()
         };
         assert!(server.accepts("gw", "gw", "a.example.com"));
+        // The narrower pattern of each pair: a VirtualService's `*` takes only the server's.
+        assert_eq!(server.serves("gw", "gw", "*"), ["a.example.com"]);
+        assert_eq!(
+            server.serves("gw", "shop", "*.example.com"),
+            ["*.example.com"]
+        );
         assert!(!server.accepts("gw", "other", "a.example.com"));
         assert!(server.accepts("gw", "shop", "anything.example.com"));
         assert!(!server.accepts("gw", "gw", "b.example.com"));

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Validate;
 use super::duration::IstioDuration;
-use super::meta::{Unsupported, Validator, WorkloadSelector, is_host};
+use super::meta::{Unsupported, Validator, WorkloadSelector, is_dns_subdomain, is_host};
 use super::route_policies::{self, CorsPolicy, HttpFaultInjection, HttpMirrorPolicy, Percent};
 
 // ---------------------------------------------------------------------------------------------
@@ -720,13 +720,10 @@ fn validate_tls_route(v: &mut Validator, path: &str, route: &TlsRoute, hosts: &[
             let path = format!("{path}.sniHosts[{j}]");
             if !is_host(sni) {
                 v.error(path, format!("{sni:?} is not a valid host"));
-            } else if !hosts
-                .iter()
-                .any(|h| crate::gateway::hosts_intersect(h, sni))
-            {
+            } else if !hosts.iter().any(|h| crate::gateway::host_covers(h, sni)) {
                 v.error(
                     path,
-                    format!("{sni:?} is not one of the VirtualService's hosts"),
+                    format!("{sni:?} is not within the VirtualService's hosts"),
                 );
             }
         }
@@ -1024,6 +1021,28 @@ impl TrafficPolicy {
 }
 
 impl DestinationRuleSpec {
+    /// Every `credentialName` of the rule's TLS settings (rule, ports, subsets).
+    pub fn credential_names(&self) -> impl Iterator<Item = &String> {
+        fn of_tls(tls: Option<&ClientTlsSettings>) -> Option<&String> {
+            tls?.credential_name.as_ref()
+        }
+        self.traffic_policy
+            .iter()
+            .chain(
+                self.subsets
+                    .iter()
+                    .filter_map(|s| s.traffic_policy.as_ref()),
+            )
+            .flat_map(|policy| {
+                of_tls(policy.tls.as_ref()).into_iter().chain(
+                    policy
+                        .port_level_settings
+                        .iter()
+                        .filter_map(|p| of_tls(p.tls.as_ref())),
+                )
+            })
+    }
+
     /// The traffic policy of `port` of the host, or of one of its subsets, as Istio merges it:
     /// the rule's policy with its settings for the port; then each setting the subset's
     /// policy gives replaces the rule's, and the subset's settings for the port replace all.
@@ -1313,8 +1332,11 @@ pub struct ClientTlsSettings {
     /// unset: the system's roots.
     #[serde(default)]
     pub ca_certificates: Option<String>,
+    /// Kubernetes mode: the `Secret` (in the client workload's namespace) holding the client
+    /// certificate and key (`MUTUAL`) and the server's roots (`ca.crt`/`cacert`, or the
+    /// `Secret` `<name>-cacert`), in place of the file fields.
     #[serde(default)]
-    pub credential_name: Option<Unsupported>,
+    pub credential_name: Option<String>,
     /// Skips verifying the server's certificate (and its name): Istio's escape hatch.
     #[serde(default)]
     pub insecure_skip_verify: Option<bool>,
@@ -1522,16 +1544,34 @@ fn validate_client_tls(v: &mut Validator, path: &str, tls: &ClientTlsSettings, h
             "not with ISTIO_MUTUAL, which uses the mesh's own certificates",
         );
     }
-    if tls.mode == TlsMode::Mutual {
+    if let Some(name) = &tls.credential_name {
+        v.check(
+            is_dns_subdomain(name),
+            format!("{path}.credentialName"),
+            format!("{name:?} is not a Secret name"),
+        );
+        v.check(
+            matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual),
+            format!("{path}.credentialName"),
+            "only with SIMPLE or MUTUAL",
+        );
+        for (name, file) in files {
+            v.check(
+                file.is_none(),
+                format!("{path}.{name}"),
+                "not with credentialName, whose Secret holds it",
+            );
+        }
+    } else if tls.mode == TlsMode::Mutual {
         v.check(
             tls.client_certificate.is_some(),
             format!("{path}.clientCertificate"),
-            "MUTUAL needs a client certificate",
+            "MUTUAL needs a client certificate (or credentialName)",
         );
         v.check(
             tls.private_key.is_some(),
             format!("{path}.privateKey"),
-            "MUTUAL needs a private key",
+            "MUTUAL needs a private key (or credentialName)",
         );
     }
     if let Some(sni) = &tls.sni {

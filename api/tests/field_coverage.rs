@@ -143,6 +143,10 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
                 http["route"][0]["weight"] = json!(100);
             }
         }
+        Kind::DestinationRule if path.ends_with("tls.credentialName") => {
+            // A Secret's certificate is for TLS origination.
+            parent_mut(doc, path)["mode"] = json!("SIMPLE");
+        }
         Kind::DestinationRule if path.ends_with("tls.mode") => {
             // Istio: MUTUAL presents a certificate; the files are not ISTIO_MUTUAL's.
             let tls = parent_mut(doc, path);
@@ -216,18 +220,19 @@ fn gateway_fix_up(path: &str, server: &mut Value) {
     }
     server["port"]["protocol"] = json!("HTTPS");
     let tls = &mut server["tls"];
+    let from_secret = path.ends_with("tls.credentialName");
     for (field, file) in [
         ("serverCertificate", "/etc/certs/cert.pem"),
         ("privateKey", "/etc/certs/key.pem"),
     ] {
-        if tls[field].is_null() {
+        if tls[field].is_null() && !from_secret {
             tls[field] = json!(file);
         }
     }
     if path.ends_with("subjectAltNames") && tls["mode"].is_null() {
         tls["mode"] = json!("MUTUAL");
     }
-    if tls["mode"] == "MUTUAL" && tls["caCertificates"].is_null() {
+    if tls["mode"] == "MUTUAL" && tls["caCertificates"].is_null() && !from_secret {
         tls["caCertificates"] = json!("/etc/certs/ca.pem");
     }
 }

@@ -115,7 +115,7 @@ fn bad_fields_are_reported_by_path() {
                 json!({"hosts": ["r"], "tls": [{"match": [{"sniHosts": ["other.example.com"]}],
                                               "route": [{"destination": {"host": "r"}}]}]}),
             ),
-            "spec.tls[0].match[0].sniHosts[0]: \"other.example.com\" is not one of the VirtualService's hosts",
+            "spec.tls[0].match[0].sniHosts[0]: \"other.example.com\" is not within the VirtualService's hosts",
         ),
         // Typos.
         (
@@ -273,8 +273,8 @@ fn bad_fields_are_reported_by_path() {
         (
             json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"},
                    "spec": {"servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
-                                         "tls": {"mode": "SIMPLE", "credentialName": "edge-cert"}}]}}),
-            "spec.servers[0].tls.credentialName: not supported by Isthmus",
+                                         "tls": {"mode": "SIMPLE", "credentialName": "edge-cert", "privateKey": "/k.pem"}}]}}),
+            "spec.servers[0].tls.privateKey: not with credentialName, whose Secret holds it",
         ),
         (
             json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "x"},
@@ -411,8 +411,8 @@ fn tls_origination_needs_a_name_to_send_and_to_check() {
             json!({"mode": "MUTUAL", "caCertificates": "/ca.pem"})
         )),
         [
-            "spec.trafficPolicy.tls.clientCertificate: MUTUAL needs a client certificate",
-            "spec.trafficPolicy.tls.privateKey: MUTUAL needs a private key"
+            "spec.trafficPolicy.tls.clientCertificate: MUTUAL needs a client certificate (or credentialName)",
+            "spec.trafficPolicy.tls.privateKey: MUTUAL needs a private key (or credentialName)"
         ]
     );
     assert_eq!(

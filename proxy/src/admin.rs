@@ -233,6 +233,14 @@ fn config_dump(state: &AdminState) -> axum::Json<serde_json::Value> {
                 crate::config::secret::Secret::TrustBundles(b) => json!({
                     "trust_domains": b.iter().map(|b| b.trust_domain().to_string()).collect::<Vec<_>>()
                 }),
+                // A credential's certificate: what it is, never its key.
+                crate::config::secret::Secret::PlainCertificate(c) => json!({
+                    "plain_certificate": c.leaf().subject,
+                    "dns_sans": c.leaf().dns_sans,
+                    "uri_sans": c.leaf().uri_sans,
+                    "not_after": format_time(c.leaf().not_after),
+                }),
+                crate::config::secret::Secret::Roots(r) => json!({"roots": r.subjects()}),
             };
             (name.clone(), described)
         })

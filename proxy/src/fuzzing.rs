@@ -223,7 +223,13 @@ pub fn http_edge(data: &[u8]) {
                     let edits = [target, levels.route, levels.vhost, levels.table];
                     let (mut parts, ()) = request.clone().into_parts();
                     let Ok(target) = forward::upstream_head(
-                        &mut parts, &edits, action, &levels, &authority, hcm, tls,
+                        &mut parts,
+                        &edits,
+                        action,
+                        &levels,
+                        &authority,
+                        hcm,
+                        (tls, std::net::Ipv4Addr::LOCALHOST.into()),
                     ) else {
                         continue;
                     };
@@ -256,6 +262,7 @@ fn edge_config() -> (&'static HttpManager, &'static RouteTable) {
             ],
             forward_client_cert: ForwardClientCert::SanitizeSet,
             set_client_cert_uri: true,
+            use_remote_address: false,
             allow_absolute_url: true,
             upgrades: vec!["websocket".into()],
             allow_connect: true,

@@ -226,38 +226,6 @@ data:
     )
 }
 
-/// A proxy as a pod runs it: its certificate from `daemon`'s CA with the pod's
-/// service-account token (checked by TokenReview), then xDS over mTLS.
-fn pod_proxy(
-    dir: &std::path::Path,
-    api: &ApiServer,
-    daemon: &Isthmusd,
-    node_id: &str,
-    (namespace, service_account): (&str, &str),
-    td: &str,
-    extra: &[&str],
-) -> isthmus_e2e::proxy::IsthmusProxy {
-    let token = api.token(dir, namespace, service_account);
-    let mut args: Vec<String> = [
-        "--node-id",
-        node_id,
-        "--identity",
-        &format!("spiffe://{td}/ns/{namespace}/sa/{service_account}"),
-        "--token-file",
-        &token.to_string_lossy(),
-        "--root-cert",
-        &daemon.root_file().to_string_lossy(),
-        "--ca-address",
-        &daemon.grpc.to_string(),
-        "--xds-address",
-        &daemon.grpc.to_string(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
-    isthmus_e2e::proxy::IsthmusProxy::start(dir, &format!("{namespace}-{service_account}"), &args)
-}
-
 fn call(outbound: u16) -> Result<(u16, String), isthmus_e2e::CurlError> {
     isthmus_e2e::curl_with(
         std::process::Command::new("curl"),
@@ -361,36 +329,32 @@ spec:
     let app_ports = format!("APP_PORTS=http={}", echo.addr.port());
     let outbound_port = format!("OUTBOUND_PORT={outbound}");
     let proxies = [
-        pod_proxy(
+        green_api.pod_proxy(
             &proxies_dir,
-            &green_api,
             &green,
             "router~127.0.20.2~ingress-red-0.istio-system~istio-system.svc.cluster.local",
             ("istio-system", "ingress-red-service-account"),
             "green.local",
             &["--role", "federation"],
         ),
-        pod_proxy(
+        green_api.pod_proxy(
             &proxies_dir,
-            &green_api,
             &green,
             "sidecar~127.0.20.3~ratings-v1.bookinfo~bookinfo.svc.cluster.local",
             ("bookinfo", "ratings"),
             "green.local",
             &["--metadata", &app_ports],
         ),
-        pod_proxy(
+        red_api.pod_proxy(
             &proxies_dir,
-            &red_api,
             &red,
             "router~127.0.10.2~egress-green-0.istio-system~istio-system.svc.cluster.local",
             ("istio-system", "egress-green-service-account"),
             "red.local",
             &["--role", "federation"],
         ),
-        pod_proxy(
+        red_api.pod_proxy(
             &proxies_dir,
-            &red_api,
             &red,
             "sidecar~127.0.10.3~client.shop~shop.svc.cluster.local",
             ("shop", "client"),

@@ -111,6 +111,38 @@ spec:
             .unwrap();
     }
 
+    /// A proxy as a pod runs it: its certificate from `daemon`'s CA with the pod's
+    /// service-account token (checked by TokenReview), then xDS over mTLS.
+    pub fn pod_proxy(
+        &self,
+        dir: &Path,
+        daemon: &crate::Isthmusd,
+        node_id: &str,
+        (namespace, service_account): (&str, &str),
+        td: &str,
+        extra: &[&str],
+    ) -> crate::proxy::IsthmusProxy {
+        let token = self.token(dir, namespace, service_account);
+        let mut args: Vec<String> = [
+            "--node-id",
+            node_id,
+            "--identity",
+            &format!("spiffe://{td}/ns/{namespace}/sa/{service_account}"),
+            "--token-file",
+            &token.to_string_lossy(),
+            "--root-cert",
+            &daemon.root_file().to_string_lossy(),
+            "--ca-address",
+            &daemon.grpc.to_string(),
+            "--xds-address",
+            &daemon.grpc.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        crate::proxy::IsthmusProxy::start(dir, &format!("{namespace}-{service_account}"), &args)
+    }
+
     /// Registers a projected service-account token for the CA and writes it to a file.
     pub fn token(&self, dir: &Path, namespace: &str, service_account: &str) -> PathBuf {
         let token = format!("sa-token-{namespace}-{service_account}");

@@ -107,6 +107,7 @@ pub const RESOURCES: &[ResourceType] = &[
     res("", "pods", "Pod", true, true),
     res("", "namespaces", "Namespace", false, true),
     res("", "configmaps", "ConfigMap", true, false),
+    res("", "secrets", "Secret", true, false),
     res(
         "discovery.k8s.io",
         "endpointslices",
@@ -1220,6 +1221,9 @@ struct Selector {
     labels: Vec<Requirement>,
     name: Option<String>,
     namespace: Option<String>,
+    /// `type=` and `type!=` (Secrets).
+    type_: Option<String>,
+    not_type: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1237,6 +1241,17 @@ impl Selector {
             selector.labels.push(parse_label_term(term)?);
         }
         for term in terms(params.get("fieldSelector")) {
+            if let Some((field, value)) = term.split_once("!=") {
+                // The API server's one field a `!=` is used on here: a Secret's type.
+                if field.trim() != "type" {
+                    return Err(bad_request(format!(
+                        "field label not supported: {}",
+                        field.trim()
+                    )));
+                }
+                selector.not_type = Some(value.trim().to_owned());
+                continue;
+            }
             let (field, value) = term
                 .split_once("==")
                 .or_else(|| term.split_once('='))
@@ -1244,6 +1259,7 @@ impl Selector {
             match field.trim() {
                 "metadata.name" => selector.name = Some(value.trim().to_owned()),
                 "metadata.namespace" => selector.namespace = Some(value.trim().to_owned()),
+                "type" => selector.type_ = Some(value.trim().to_owned()),
                 other => {
                     return Err(bad_request(format!("field label not supported: {other}")));
                 }
@@ -1259,8 +1275,11 @@ impl Selector {
                 .is_none_or(|w| meta[f].as_str().unwrap_or_default() == w)
         };
         let labels = &meta["labels"];
+        let kind_of = object["type"].as_str().unwrap_or_default();
         field("name", &self.name)
             && field("namespace", &self.namespace)
+            && self.type_.as_ref().is_none_or(|t| kind_of == t)
+            && self.not_type.as_ref().is_none_or(|t| kind_of != t)
             && self.labels.iter().all(|r| match r {
                 Requirement::Equals(k, v) => labels[k].as_str() == Some(v),
                 Requirement::NotEquals(k, v) => labels[k].as_str() != Some(v),

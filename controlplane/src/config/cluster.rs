@@ -6,16 +6,62 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Services and pods of the cluster, by (namespace, name).
+/// Services, pods and TLS `Secret`s of the cluster, by (namespace, name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
     pub services: BTreeMap<(String, String), ClusterService>,
     pub pods: BTreeMap<(String, String), ClusterPod>,
+    /// `Secret`s with a certificate or roots in them, for `credentialName`.
+    pub credentials: BTreeMap<(String, String), Arc<TlsCredential>>,
 }
 
 impl ClusterState {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.pods.is_empty()
+        self.services.is_empty() && self.pods.is_empty() && self.credentials.is_empty()
+    }
+
+    /// What `credentialName` names for a proxy in `namespace`: the `Secret`'s certificate
+    /// and key, and its roots or else those of the `Secret` `<name>-cacert` (Istio's rules).
+    pub fn credential(&self, namespace: &str, name: &str) -> Option<TlsCredential> {
+        let get = |n: &str| self.credentials.get(&(namespace.to_owned(), n.to_owned()));
+        let own = get(name);
+        let roots = own
+            .and_then(|c| c.roots.clone())
+            .or_else(|| get(&format!("{name}-cacert")).and_then(|c| c.roots.clone()));
+        if own.is_none() && roots.is_none() {
+            return None;
+        }
+        Some(TlsCredential {
+            certificate_chain: own.and_then(|c| c.certificate_chain.clone()),
+            private_key: own.and_then(|c| c.private_key.clone()),
+            roots,
+        })
+    }
+}
+
+/// The TLS material of one `Secret` (`kubernetes.io/tls`'s `tls.crt`, `tls.key`, `ca.crt`, or
+/// Istio's generic `cert`, `key`, `cacert`), as PEM.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsCredential {
+    pub certificate_chain: Option<Vec<u8>>,
+    pub private_key: Option<zeroize::Zeroizing<Vec<u8>>>,
+    pub roots: Option<Vec<u8>>,
+}
+
+/// A private key is never printed (`/debug/config` shows the snapshot).
+impl std::fmt::Debug for TlsCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCredential")
+            .field(
+                "certificate_chain",
+                &self.certificate_chain.as_ref().map(Vec::len),
+            )
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("roots", &self.roots.as_ref().map(Vec::len))
+            .finish()
     }
 }
 

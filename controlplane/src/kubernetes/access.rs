@@ -133,6 +133,9 @@ pub const API_ACCESS: &[Access] = &[
     ),
     rule("", "pods", READ_LIST, Scope::Cluster),
     rule("", "namespaces", READ_LIST, Scope::Cluster),
+    // `credentialName`: the TLS keys of `Secret`s (service-account tokens excluded by the
+    // watch's field selector), served only to proxies of the `Secret`'s namespace.
+    rule("", "secrets", READ_LIST, Scope::Cluster),
     // Peers' roots (`ServiceMeshPeer.spec.security.certificateChain`), which live beside the
     // federation resources.
     rule("", "configmaps", READ_LIST, Scope::RootNamespace),

@@ -21,6 +21,7 @@
 //! double in `tests/support/test_api_server.rs`.
 
 pub mod access;
+pub mod credentials;
 pub mod leader;
 pub mod registry;
 pub mod root_publisher;

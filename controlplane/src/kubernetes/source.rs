@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures::{FutureExt, StreamExt};
 use isthmus_api::{Kind, Resource};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store, store::Writer};
@@ -26,6 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource as KubeResource};
 use serde_json::{Map, Value, json};
 
+use super::credentials::{SECRET_FIELD_SELECTOR, credentials, trim_secret};
 use super::registry::{Pod, cluster_state};
 use crate::config::directory::check_document;
 use crate::config::snapshot::DEFAULT_NAMESPACE;
@@ -120,6 +121,7 @@ struct Stores {
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
+    secrets: Store<Secret>,
 }
 
 /// Starts one reflector per kind on `client` and returns the task that keeps `store` in step
@@ -169,6 +171,19 @@ pub fn watch_cluster(
             |s: &mut EndpointSlice| trim_meta(&mut s.metadata),
         ),
         pods: typed(&mut streams, Api::all(client.clone()), "Pod", trim_pod),
+        secrets: {
+            let writer = Writer::<Secret>::new(());
+            let reader = writer.as_reader();
+            let config = watcher::Config::default().fields(SECRET_FIELD_SELECTOR);
+            streams.push(reflect_with(
+                writer,
+                Api::all(client.clone()),
+                "Secret",
+                trim_secret,
+                config,
+            ));
+            reader
+        },
         namespaces: typed(
             &mut streams,
             Api::all(client),
@@ -219,7 +234,22 @@ where
     K: KubeResource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let events = watcher(api, watcher::Config::default()).modify(trim);
+    reflect_with(writer, api, name, trim, watcher::Config::default())
+}
+
+/// [`reflect`] with the watch's own configuration (a field selector).
+fn reflect_with<K>(
+    writer: Writer<K>,
+    api: Api<K>,
+    name: &'static str,
+    trim: fn(&mut K),
+    config: watcher::Config,
+) -> BoxStream<'static, ()>
+where
+    K: KubeResource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let events = watcher(api, config).modify(trim);
     reflector::reflector(writer, events)
         .default_backoff()
         .filter_map(move |event| async move {
@@ -320,10 +350,18 @@ async fn all_ready(stores: &Stores) -> Result<(), reflector::store::WriterDroppe
     pending.push(async { ("EndpointSlice", stores.slices.wait_until_ready().await) }.boxed());
     pending.push(async { ("Pod", stores.pods.wait_until_ready().await) }.boxed());
     pending.push(async { ("Namespace", stores.namespaces.wait_until_ready().await) }.boxed());
+    pending.push(async { ("Secret", stores.secrets.wait_until_ready().await) }.boxed());
     let mut waiting: Vec<&str> = CONFIG_KINDS
         .iter()
         .map(|(k, ..)| k.name())
-        .chain(["ConfigMap", "Service", "EndpointSlice", "Pod", "Namespace"])
+        .chain([
+            "ConfigMap",
+            "Service",
+            "EndpointSlice",
+            "Pod",
+            "Namespace",
+            "Secret",
+        ])
         .collect();
     let mut report = tokio::time::interval(Duration::from_secs(10));
     report.tick().await;
@@ -425,7 +463,7 @@ fn publish(
     let services = stores.services.state();
     let slices = stores.slices.state();
     let pods = stores.pods.state();
-    let cluster = cluster_state(
+    let mut cluster = cluster_state(
         services
             .iter()
             .filter(|s| scope.contains(s.metadata.namespace.as_deref()))
@@ -436,6 +474,14 @@ fn publish(
             .map(AsRef::as_ref),
         pods.iter()
             .filter(|p| scope.contains(p.metadata.namespace.as_deref()))
+            .map(AsRef::as_ref),
+    );
+    cluster.credentials = credentials(
+        stores
+            .secrets
+            .state()
+            .iter()
+            .filter(|s| scope.contains(s.metadata.namespace.as_deref()))
             .map(AsRef::as_ref),
     );
     tracing::debug!(

@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use isthmus_api::gateway::{GatewaySpec, Server};
+use isthmus_api::gateway::{GatewaySpec, Server, ServerTlsMode};
 use isthmus_api::networking::VirtualServiceSpec;
 
-use super::{MeshModel, Workload, vs_gateways};
+use super::{MeshModel, ModelWarning, Workload, vs_gateways};
 use crate::config::{ConfigSnapshot, ResourceKey};
 
 /// Every `Gateway`, by `<namespace>/<name>`.
@@ -38,18 +38,17 @@ pub struct IngressServer<'m> {
 }
 
 impl IngressServer<'_> {
-    /// A name for what is generated from this server, unique on the workload: the server's
-    /// `name` when it has one, else its index, with its gateway.
+    /// A name for what is generated from this server, unique on the workload:
+    /// `<index>.<gateway name>.<gateway namespace>` (a namespace has no dots, so no two
+    /// gateways' names can meet; the index, not the server's own name, which may be anything).
     pub fn id(&self) -> String {
-        let gateway = self.gateway.replace('/', ".");
-        match &self.server.name {
-            Some(name) => format!("{gateway}.{name}"),
-            None => format!("{gateway}.{}", self.index),
-        }
+        let (namespace, name) = self.gateway.split_once('/').unwrap_or(("", self.gateway));
+        format!("{}.{name}.{namespace}", self.index)
     }
 
-    /// The `VirtualService`s bound to this server's gateway, each with the part bound to it,
-    /// keeping those with a host the server accepts.
+    /// The `VirtualService`s bound to this server's gateway and visible to its namespace
+    /// (`exportTo`), each with the part bound to it and the hosts of it the server serves
+    /// (the narrower pattern of each pair, [`Server::serves`]).
     pub fn routes<'m>(
         &self,
         model: &'m MeshModel,
@@ -57,33 +56,42 @@ impl IngressServer<'_> {
         model
             .gateway_routes
             .iter()
+            .filter(|(key, spec)| {
+                exported_to(&spec.export_to, &key.namespace, self.gateway_namespace)
+            })
             .filter_map(|(key, spec)| {
                 let part = vs_gateways::bound_to(&key.namespace, spec, self.gateway)?;
-                let hosts: Vec<String> = part
-                    .hosts
-                    .iter()
-                    .filter(|h| {
-                        self.server
-                            .accepts(self.gateway_namespace, &key.namespace, h)
-                    })
-                    .cloned()
-                    .collect();
+                let mut hosts: Vec<String> = Vec::new();
+                for host in &part.hosts {
+                    for served in self
+                        .server
+                        .serves(self.gateway_namespace, &key.namespace, host)
+                    {
+                        if !hosts.contains(&served) {
+                            hosts.push(served);
+                        }
+                    }
+                }
                 (!hosts.is_empty()).then_some((key, part, hosts))
             })
             .collect()
     }
 }
 
+/// Whether a resource of `namespace` with `exportTo` is visible in `to` (Istio: none or `*`
+/// is everywhere, `.` its own namespace).
+fn exported_to(export_to: &[String], namespace: &str, to: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == to || (e == "." && namespace == to))
+}
+
 /// The servers `workload` serves, in (gateway, index) order.
 pub fn servers_of<'m>(model: &'m MeshModel, workload: &Workload) -> Vec<IngressServer<'m>> {
     let mut out = Vec::new();
     for (name, (key, spec)) in &model.gateways {
-        let picked = !spec.selector.is_empty()
-            && spec
-                .selector
-                .iter()
-                .all(|(k, v)| workload.labels.get(k) == Some(v));
-        if !picked {
+        if !picks(spec, workload) {
             continue;
         }
         for (index, server) in spec.servers.iter().enumerate() {
@@ -96,4 +104,64 @@ pub fn servers_of<'m>(model: &'m MeshModel, workload: &Workload) -> Vec<IngressS
         }
     }
     out
+}
+
+/// A warning for each `Gateway` server whose `credentialName` a picked workload's namespace
+/// cannot serve (no such `Secret`, or no certificate and key in it, or no roots for
+/// `MUTUAL`): that server is not served by that workload.
+pub fn credential_warnings(
+    config: &ConfigSnapshot,
+    gateways: &BTreeMap<String, (ResourceKey, GatewaySpec)>,
+    workloads: &BTreeMap<(String, String), Workload>,
+) -> Vec<ModelWarning> {
+    let mut out = Vec::new();
+    for (key, spec) in gateways.values() {
+        for workload in workloads.values().filter(|w| picks(spec, w)) {
+            for (i, server) in spec.servers.iter().enumerate() {
+                let Some(tls) = &server.tls else { continue };
+                let Some(name) = &tls.credential_name else {
+                    continue;
+                };
+                let mutual = server.tls_mode() == Some(ServerTlsMode::Mutual);
+                let found = config.cluster().credential(&workload.namespace, name);
+                let usable = found.as_ref().is_some_and(|c| {
+                    c.certificate_chain.is_some()
+                        && c.private_key.is_some()
+                        && (!mutual || c.roots.is_some())
+                });
+                if usable {
+                    continue;
+                }
+                let needs = if mutual {
+                    "tls.crt, tls.key and ca.crt (or a Secret <name>-cacert)"
+                } else {
+                    "tls.crt and tls.key"
+                };
+                out.push(ModelWarning {
+                    resource: key.clone(),
+                    message: format!(
+                        "spec.servers[{i}].tls.credentialName: no Secret {}/{name} with {needs} for the gateway workload {}/{}{}: the server is not served there",
+                        workload.namespace,
+                        workload.namespace,
+                        workload.name,
+                        if config.cluster().is_empty() {
+                            " (Secrets are read in Kubernetes mode only)"
+                        } else {
+                            ""
+                        },
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether `spec`'s selector picks `workload` (an empty selector picks none).
+fn picks(spec: &GatewaySpec, workload: &Workload) -> bool {
+    !spec.selector.is_empty()
+        && spec
+            .selector
+            .iter()
+            .all(|(k, v)| workload.labels.get(k) == Some(v))
 }

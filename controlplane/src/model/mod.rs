@@ -158,6 +158,16 @@ impl MeshModel {
                     }
                 }
                 Resource::DestinationRule(dr) => {
+                    if config.cluster().is_empty()
+                        && let Some(name) = dr.spec.credential_names().next()
+                    {
+                        warnings.push(ModelWarning {
+                            resource: key.clone(),
+                            message: format!(
+                                "tls.credentialName {name}: Secrets are read in Kubernetes mode only; the rule's TLS fails until it has one"
+                            ),
+                        });
+                    }
                     claim(
                         &mut destination_rules,
                         &mut warnings,
@@ -171,6 +181,7 @@ impl MeshModel {
             }
         }
         let workloads = workload::build_workloads(&config, trust_domain);
+        warnings.extend(ingress::credential_warnings(&config, &gateways, &workloads));
         let mut services_of_workload: BTreeMap<(String, String), Vec<ServiceKey>> = BTreeMap::new();
         for service in services.values() {
             for name in service

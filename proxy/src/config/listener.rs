@@ -94,6 +94,9 @@ pub struct HttpManager {
     pub forward_client_cert: ForwardClientCert,
     /// With `SanitizeSet`: put the peer's URI SAN into `x-forwarded-client-cert`.
     pub set_client_cert_uri: bool,
+    /// The edge (`use_remote_address`, an ingress gateway): `x-forwarded-proto` is what the
+    /// client used and its address is appended to `x-forwarded-for`, whatever it sent.
+    pub use_remote_address: bool,
     /// Accept `GET http://host/path` (the app uses the proxy as its HTTP proxy).
     pub allow_absolute_url: bool,
     /// Upgrade protocols proxied (`upgrade_configs`, lowercase: `websocket`); other upgrade
@@ -416,7 +419,7 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         access_log_flush_interval,
         flush_access_log_on_new_request,
         access_log_options,
-        use_remote_address: _,
+        use_remote_address,
         xff_num_trusted_hops,
         original_ip_detection_extensions,
         early_header_mutation_extensions,
@@ -563,6 +566,7 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         jwt: chain.jwt.map(std::sync::Arc::new),
         forward_client_cert,
         set_client_cert_uri,
+        use_remote_address: use_remote_address.is_some_and(|b| b.value),
         allow_absolute_url,
         stream_idle_timeout: opt_duration(stream_idle_timeout, &path.field("stream_idle_timeout"))?,
         request_timeout: opt_duration(request_timeout, &path.field("request_timeout"))?

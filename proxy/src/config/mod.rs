@@ -235,21 +235,19 @@ impl ProxyConfig {
                     }
                 }
             }
+            // The mesh's secrets and the credentials' (`kubernetes://…`) of TLS outside the
+            // mesh, of listeners and clusters alike.
             XdsType::Secret => {
-                let mut add = |ctx: &tls::TlsContext| {
-                    names.extend(ctx.certificate.iter().cloned());
-                    names.extend(ctx.validation.iter().cloned());
-                };
                 for l in self.listeners.values() {
                     for chain in l.chains.iter().chain(&l.default_chain) {
                         if let Some(t) = &chain.tls {
-                            add(&t.context);
+                            names.extend(t.secret_names().map(str::to_owned));
                         }
                     }
                 }
                 for c in self.clusters.values() {
                     if let Some(t) = &c.tls {
-                        add(&t.context);
+                        names.extend(t.secret_names().map(str::to_owned));
                     }
                 }
             }

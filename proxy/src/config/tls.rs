@@ -1,10 +1,16 @@
 //! TLS transport sockets: what a listener's filter chain terminates and what a cluster
 //! originates. The mesh's certificates and trust bundles always come by name over SDS, so a
 //! rotation is a secret update and never a listener or cluster change. TLS to a server outside
-//! the mesh (a `DestinationRule`'s `SIMPLE` or `MUTUAL`) names PEM files or carries PEM inline,
-//! and is verified as X.509 against its own roots, never as SPIFFE. So does an ingress
-//! gateway's HTTPS server (a `Gateway`'s `SIMPLE` or `MUTUAL`): its certificate and the roots
-//! of its clients are PEM, its clients checked as X.509 and for SANs.
+//! the mesh (a `DestinationRule`'s `SIMPLE` or `MUTUAL`) names PEM files, carries PEM inline, or
+//! names a credential's secrets over SDS (Istio's `credentialName`: `kubernetes://NAME` and
+//! `kubernetes://NAME-cacert`), and is verified as X.509 against its own roots, never as
+//! SPIFFE. So does an ingress gateway's HTTPS server (a `Gateway`'s `SIMPLE` or `MUTUAL`): its
+//! certificate and the roots of its clients are PEM or a credential's secrets, its clients
+//! checked as X.509 and for SANs.
+//!
+//! Which of the two a context is follows from its SDS names: a credential's name
+//! ([`is_credential`]) makes it a context outside the mesh, where every SDS name must be a
+//! credential's; the mesh's contexts name only the mesh's secrets.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -22,6 +28,7 @@ use isthmus_proto::envoy::google::protobuf::Any;
 
 use super::check::{Checked, Invalid, Path, reject_set, required};
 use super::decode::{ads_source, short_type, typed};
+use super::secret::{CREDENTIAL_PREFIX, is_credential};
 
 /// The TLS settings both directions share.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,14 +42,37 @@ pub struct TlsContext {
     pub alpn: Vec<String>,
 }
 
+impl TlsContext {
+    /// The mesh's SDS names of this context.
+    fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.certificate
+            .iter()
+            .chain(&self.validation)
+            .map(String::as_str)
+    }
+}
+
 /// A filter chain's TLS termination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownstreamTls {
     /// The mesh's mTLS; for `external`, only its ALPN is set.
     pub context: TlsContext,
     pub require_client_certificate: bool,
-    /// TLS with a certificate from PEM (`tls_certificates`), in place of the mesh's SDS names.
+    /// TLS with a certificate outside the mesh (from PEM, `tls_certificates`, or a
+    /// credential's secret over SDS), in place of the mesh's SDS names.
     pub external: Option<ExternalServerTls>,
+}
+
+impl DownstreamTls {
+    /// Every SDS name the termination needs (what the proxy subscribes to): the mesh's
+    /// secrets, or a credential's.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        let external = self.external.iter().flat_map(|e| {
+            let roots = e.clients.as_ref().and_then(|c| c.roots.secret());
+            e.certificate.secret().into_iter().chain(roots)
+        });
+        self.context.secret_names().chain(external)
+    }
 }
 
 /// A server outside the mesh's identity (an ingress gateway's HTTPS): a plain certificate and,
@@ -50,18 +80,57 @@ pub struct DownstreamTls {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalServerTls {
     /// The certificate chain this side presents, and its private key.
-    pub certificate: (Pem, Pem),
+    pub certificate: ExternalCertificate,
     /// How a client certificate is verified; `None`: none is asked for.
     pub clients: Option<ClientValidation>,
     pub versions: TlsVersions,
 }
 
-/// The inline validation context of an external server: client certificates must chain to
-/// `roots`, and carry one of `sans` unless it is empty.
+/// The validation context of an external server: client certificates must chain to `roots`,
+/// and carry one of `sans` unless it is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientValidation {
-    pub roots: Pem,
+    pub roots: ExternalRoots,
     pub sans: Vec<SanMatch>,
+}
+
+/// A certificate outside the mesh's identity, with its key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ExternalCertificate {
+    /// `tls_certificates`: the chain and the key as PEM files or inline.
+    Pem { chain: Pem, key: Pem },
+    /// `tls_certificate_sds_secret_configs`: a credential's secret (`kubernetes://NAME`), a
+    /// plain certificate (`Secret::PlainCertificate`).
+    Sds(String),
+}
+
+impl ExternalCertificate {
+    /// The SDS name, if the certificate comes over SDS.
+    pub fn secret(&self) -> Option<&str> {
+        match self {
+            Self::Pem { .. } => None,
+            Self::Sds(name) => Some(name),
+        }
+    }
+}
+
+/// Roots outside the mesh's trust domains.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ExternalRoots {
+    /// An inline `validation_context`'s `trusted_ca`: a PEM file or inline PEM.
+    Pem(Pem),
+    /// A credential's roots over SDS (`kubernetes://NAME-cacert`, `Secret::Roots`).
+    Sds(String),
+}
+
+impl ExternalRoots {
+    /// The SDS name, if the roots come over SDS.
+    pub fn secret(&self) -> Option<&str> {
+        match self {
+            Self::Pem(_) => None,
+            Self::Sds(name) => Some(name),
+        }
+    }
 }
 
 /// The TLS versions rustls speaks.
@@ -98,16 +167,30 @@ pub struct UpstreamTls {
     pub external: Option<ExternalTls>,
 }
 
+impl UpstreamTls {
+    /// Every SDS name the origination needs (what the proxy subscribes to): the mesh's
+    /// secrets, or a credential's.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        let external = self.external.iter().flat_map(|e| {
+            let certificate = e.client_certificate.as_ref().and_then(|c| c.secret());
+            certificate
+                .into_iter()
+                .chain(e.roots.as_ref().and_then(|r| r.secret()))
+        });
+        self.context.secret_names().chain(external)
+    }
+}
+
 /// TLS to a server outside the mesh: X.509 verification against the given roots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalTls {
     /// The roots the server's chain must verify against; `None`: the server is not verified
     /// (no validation context: Istio's `insecureSkipVerify`).
-    pub roots: Option<Pem>,
+    pub roots: Option<ExternalRoots>,
     /// What the server's certificate must be valid for.
     pub server_name: ServerNameCheck,
     /// The certificate chain and key this side presents.
-    pub client_certificate: Option<(Pem, Pem)>,
+    pub client_certificate: Option<ExternalCertificate>,
 }
 
 /// PEM from a file on this machine (read when the cluster's TLS is built) or inline.
@@ -200,20 +283,13 @@ pub fn downstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Optio
     reject_set!(path; require_sni, session_timeout, ocsp_staple_policy, full_scan_certs_on_sni_mismatch, session_ticket_keys_type);
     let common_path = path.field("common_tls_context");
     let context = required(common_tls_context, &common_path)?;
-    let (context, external) = if context.tls_certificates.is_empty() {
-        (self::common(Some(context), &common_path)?, None)
-    } else {
-        let (external, alpn) = external_server(context, &common_path)?;
-        (
-            TlsContext {
-                certificate: None,
-                validation: None,
-                peer_ids: Vec::new(),
-                alpn,
-            },
-            Some(external),
-        )
-    };
+    let (context, external) =
+        if context.tls_certificates.is_empty() && !names_a_credential(&context) {
+            (self::common(Some(context), &common_path)?, None)
+        } else {
+            let (external, alpn) = external_server(context, &common_path)?;
+            (alpn_only(alpn), Some(external))
+        };
     let require_client_certificate = require_client_certificate.is_some_and(|b| b.value);
     let verifies_clients =
         context.validation.is_some() || external.as_ref().is_some_and(|e| e.clients.is_some());
@@ -231,8 +307,51 @@ pub fn downstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Optio
     }))
 }
 
-/// A server with a certificate from PEM: exactly one certificate, no SDS name, and an inline
-/// validation context (the client's roots and SANs) or none.
+/// The context of TLS outside the mesh: its ALPN only.
+fn alpn_only(alpn: Vec<String>) -> TlsContext {
+    TlsContext {
+        certificate: None,
+        validation: None,
+        peer_ids: Vec::new(),
+        alpn,
+    }
+}
+
+/// Whether any SDS name of the context is a credential's (`kubernetes://…`): then the context
+/// is TLS outside the mesh.
+fn names_a_credential(context: &CommonTlsContext) -> bool {
+    use common_tls_context::ValidationContextType;
+    let validation = match &context.validation_context_type {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => Some(&s.name),
+        Some(ValidationContextType::CombinedValidationContext(c)) => c
+            .validation_context_sds_secret_config
+            .as_ref()
+            .map(|s| &s.name),
+        _ => None,
+    };
+    context
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|s| &s.name)
+        .chain(validation)
+        .any(|name| is_credential(name))
+}
+
+/// Whether the context names any secret over SDS.
+fn names_a_secret(context: &CommonTlsContext) -> bool {
+    !context.tls_certificate_sds_secret_configs.is_empty()
+        || matches!(
+            context.validation_context_type,
+            Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(_)
+                    | common_tls_context::ValidationContextType::CombinedValidationContext(_)
+            )
+        )
+}
+
+/// A server with a certificate outside the mesh: exactly one, from PEM (`tls_certificates`) or
+/// a credential's secret over SDS; the clients' roots and SANs from an inline validation
+/// context or a credential's roots over SDS, or no validation context.
 fn external_server(
     context: CommonTlsContext,
     path: &Path,
@@ -253,12 +372,23 @@ fn external_server(
     reject_set!(path; tls_certificate_provider_instance, custom_tls_certificate_selector,
         tls_certificate_certificate_provider, tls_certificate_certificate_provider_instance,
         custom_handshaker, key_log);
-    if !tls_certificate_sds_secret_configs.is_empty() {
-        return Err(Invalid::new(
-            &path.field("tls_certificate_sds_secret_configs"),
-            "not with tls_certificates: one certificate, from PEM or over SDS",
-        ));
-    }
+    let certificate = match external_certificate(
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        "exactly one certificate",
+        path,
+    )? {
+        Some(certificate) => certificate,
+        None => {
+            return Err(Invalid::new(
+                &path.field("tls_certificate_sds_secret_configs"),
+                format!(
+                    "required: a TLS server outside the mesh presents a certificate \
+                     (tls_certificates, or a {CREDENTIAL_PREFIX} secret)"
+                ),
+            ));
+        }
+    };
     let versions = match tls_params {
         None => TlsVersions::default(),
         Some(params) => {
@@ -273,28 +403,11 @@ fn external_server(
             versions
         }
     };
-    let certificate = match <[TlsCertificate; 1]>::try_from(tls_certificates) {
-        Ok([certificate]) => {
-            certificate_files(certificate, &path.field("tls_certificates").index(0))?
-        }
-        Err(_) => {
-            return Err(Invalid::new(
-                &path.field("tls_certificates"),
-                "exactly one certificate",
-            ));
-        }
-    };
     let clients = match validation_context_type {
         None => None,
-        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
-            let (roots, sans) = x509_validation(v, &path.field("validation_context"))?;
+        Some(v) => {
+            let (roots, sans) = external_validation(v, path)?;
             Some(ClientValidation { roots, sans })
-        }
-        Some(_) => {
-            return Err(Invalid::new(
-                &path.field("validation_context_type"),
-                "only an inline validation_context with tls_certificates",
-            ));
         }
     };
     Ok((
@@ -305,6 +418,124 @@ fn external_server(
         },
         alpn_protocols,
     ))
+}
+
+/// The one certificate of a context outside the mesh, from PEM or from a credential's secret
+/// (never both); `None`: neither. `many`: what to say of more than one.
+fn external_certificate(
+    tls_certificates: Vec<TlsCertificate>,
+    sds_configs: Vec<SdsSecretConfig>,
+    many: &str,
+    path: &Path,
+) -> Checked<Option<ExternalCertificate>> {
+    let sds_path = path.field("tls_certificate_sds_secret_configs");
+    if !tls_certificates.is_empty() && !sds_configs.is_empty() {
+        return Err(Invalid::new(
+            &sds_path,
+            "not with tls_certificates: one certificate, from PEM or over SDS",
+        ));
+    }
+    if tls_certificates.len() > 1 {
+        return Err(Invalid::new(&path.field("tls_certificates"), many));
+    }
+    if sds_configs.len() > 1 {
+        return Err(Invalid::new(&sds_path, many));
+    }
+    if let Some(certificate) = tls_certificates.into_iter().next() {
+        return certificate_files(certificate, &path.field("tls_certificates").index(0)).map(Some);
+    }
+    match sds_configs.into_iter().next() {
+        None => Ok(None),
+        Some(config) => credential(Some(config), &sds_path.index(0))
+            .map(|name| Some(ExternalCertificate::Sds(name))),
+    }
+}
+
+/// An SDS name that must be a credential's: TLS outside the mesh never uses the mesh's
+/// certificate or trust bundles.
+fn credential(config: Option<SdsSecretConfig>, path: &Path) -> Checked<String> {
+    let name = sds(config, path)?;
+    if !is_credential(&name) {
+        return Err(Invalid::new(
+            &path.field("name"),
+            format!(
+                "{name:?} is not a credential ({CREDENTIAL_PREFIX}NAME): TLS outside the mesh \
+                 does not use the mesh's secrets, and the mesh's TLS does not use a credential's"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// The roots and SAN matchers of a validation context outside the mesh: an inline
+/// `validation_context` (`trusted_ca` and the SANs), a credential's roots over SDS
+/// (`validation_context_sds_secret_config`), or both forms combined (the SANs in
+/// `combined_validation_context.default_validation_context`, the roots over SDS).
+fn external_validation(
+    validation: common_tls_context::ValidationContextType,
+    path: &Path,
+) -> Checked<(ExternalRoots, Vec<SanMatch>)> {
+    use common_tls_context::ValidationContextType;
+    match validation {
+        ValidationContextType::ValidationContext(v) => {
+            let (roots, sans) = x509_validation(v, &path.field("validation_context"))?;
+            Ok((ExternalRoots::Pem(roots), sans))
+        }
+        ValidationContextType::ValidationContextSdsSecretConfig(s) => {
+            let name = credential(Some(s), &path.field("validation_context_sds_secret_config"))?;
+            Ok((ExternalRoots::Sds(name), Vec::new()))
+        }
+        ValidationContextType::CombinedValidationContext(c) => {
+            let path = path.field("combined_validation_context");
+            let common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context,
+                validation_context_sds_secret_config,
+                validation_context_certificate_provider,
+                validation_context_certificate_provider_instance,
+            } = c;
+            reject_set!(path; validation_context_certificate_provider, validation_context_certificate_provider_instance);
+            let name = credential(
+                validation_context_sds_secret_config,
+                &path.field("validation_context_sds_secret_config"),
+            )?;
+            let sans = match default_validation_context {
+                None => Vec::new(),
+                Some(v) => credential_sans(v, &path.field("default_validation_context"))?,
+            };
+            Ok((ExternalRoots::Sds(name), sans))
+        }
+        _ => Err(Invalid::new(
+            &path.field("validation_context_type"),
+            "only validation_context, validation_context_sds_secret_config or \
+             combined_validation_context",
+        )),
+    }
+}
+
+/// The SAN matchers next to a credential's roots: nothing else (the roots are the secret's).
+fn credential_sans(context: CertificateValidationContext, path: &Path) -> Checked<Vec<SanMatch>> {
+    let ValidationParts {
+        trusted_ca,
+        sans,
+        custom_validator,
+    } = validation_parts(context, path)?;
+    if trusted_ca.is_some() {
+        return Err(Invalid::new(
+            &path.field("trusted_ca"),
+            "the roots are the credential secret's (validation_context_sds_secret_config)",
+        ));
+    }
+    if custom_validator.is_some() {
+        return Err(Invalid::new(
+            &path.field("custom_validator_config"),
+            "not outside the mesh: certificates are verified as X.509",
+        ));
+    }
+    let path = path.field("match_typed_subject_alt_names");
+    sans.into_iter()
+        .enumerate()
+        .map(|(i, m)| san_match(m, &path.index(i)))
+        .collect()
 }
 
 pub fn upstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<UpstreamTls>> {
@@ -347,31 +578,21 @@ pub fn upstream(socket: Option<TransportSocket>, path: &Path) -> Checked<Option<
     }
     let (external, alpn) = external(context, auto_sni_san_validation, &common_path)?;
     Ok(Some(UpstreamTls {
-        context: TlsContext {
-            certificate: None,
-            validation: None,
-            peer_ids: Vec::new(),
-            alpn,
-        },
+        context: alpn_only(alpn),
         sni,
         external: Some(external),
     }))
 }
 
-/// Whether a cluster's TLS is to a server outside the mesh: no SDS name anywhere.
+/// Whether a cluster's TLS is to a server outside the mesh: no SDS name anywhere, or a
+/// credential's (then every SDS name must be a credential's).
 fn is_external(context: &CommonTlsContext) -> bool {
-    context.tls_certificate_sds_secret_configs.is_empty()
-        && !matches!(
-            context.validation_context_type,
-            Some(
-                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(_)
-                    | common_tls_context::ValidationContextType::CombinedValidationContext(_)
-            )
-        )
+    !names_a_secret(context) || names_a_credential(context)
 }
 
 /// TLS to a server outside the mesh: the roots and SAN matchers of an inline validation
-/// context (none: no verification), and at most one certificate with its key.
+/// context or of a credential's roots over SDS (none: no verification), and at most one
+/// certificate with its key, from PEM or a credential's secret.
 fn external(
     context: CommonTlsContext,
     sni_check: bool,
@@ -380,7 +601,7 @@ fn external(
     let CommonTlsContext {
         tls_params,
         tls_certificates,
-        tls_certificate_sds_secret_configs: _,
+        tls_certificate_sds_secret_configs,
         tls_certificate_provider_instance,
         custom_tls_certificate_selector,
         tls_certificate_certificate_provider,
@@ -396,29 +617,23 @@ fn external(
     if let Some(params) = tls_params {
         tls_params_check(params, &path.field("tls_params"))?;
     }
-    let client_certificate = match tls_certificates.len() {
-        0 => None,
-        1 => Some(certificate_files(
-            tls_certificates.into_iter().next().unwrap_or_default(),
-            &path.field("tls_certificates").index(0),
-        )?),
-        _ => {
-            return Err(Invalid::new(
-                &path.field("tls_certificates"),
-                "at most one certificate",
-            ));
-        }
-    };
+    let client_certificate = external_certificate(
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        "at most one certificate",
+        path,
+    )?;
     let (roots, server_name) = match validation_context_type {
         None => (None, ServerNameCheck::ChainOnly),
-        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
-            server_validation(v, sni_check, &path.field("validation_context"))?
-        }
-        Some(_) => {
-            return Err(Invalid::new(
-                &path.field("validation_context_type"),
-                "only an inline validation_context for TLS outside the mesh",
-            ));
+        Some(v) => {
+            let (roots, sans) = external_validation(v, path)?;
+            // Envoy: `auto_sni_san_validation` replaces the SAN matchers with the SNI.
+            let server_name = match (sni_check, sans.is_empty()) {
+                (true, _) => ServerNameCheck::Sni,
+                (false, false) => ServerNameCheck::OneOf(sans),
+                (false, true) => ServerNameCheck::ChainOnly,
+            };
+            (Some(roots), server_name)
         }
     };
     Ok((
@@ -431,7 +646,7 @@ fn external(
     ))
 }
 
-fn certificate_files(certificate: TlsCertificate, path: &Path) -> Checked<(Pem, Pem)> {
+fn certificate_files(certificate: TlsCertificate, path: &Path) -> Checked<ExternalCertificate> {
     let TlsCertificate {
         certificate_chain,
         private_key,
@@ -445,26 +660,10 @@ fn certificate_files(certificate: TlsCertificate, path: &Path) -> Checked<(Pem, 
     } = certificate;
     reject_set!(path; pkcs12, watched_directory, private_key_provider, password, ocsp_staple,
         signed_certificate_timestamp, tls_params);
-    Ok((
-        pem(certificate_chain, &path.field("certificate_chain"))?,
-        pem(private_key, &path.field("private_key"))?,
-    ))
-}
-
-/// The server's roots and the names it is checked for.
-fn server_validation(
-    context: CertificateValidationContext,
-    sni_check: bool,
-    path: &Path,
-) -> Checked<(Option<Pem>, ServerNameCheck)> {
-    let (roots, sans) = x509_validation(context, path)?;
-    // Envoy: `auto_sni_san_validation` replaces the SAN matchers with the SNI.
-    let server_name = match (sni_check, sans.is_empty()) {
-        (true, _) => ServerNameCheck::Sni,
-        (false, false) => ServerNameCheck::OneOf(sans),
-        (false, true) => ServerNameCheck::ChainOnly,
-    };
-    Ok((Some(roots), server_name))
+    Ok(ExternalCertificate::Pem {
+        chain: pem(certificate_chain, &path.field("certificate_chain"))?,
+        key: pem(private_key, &path.field("private_key"))?,
+    })
 }
 
 /// An inline validation context outside the mesh: its roots (required: without them it would
@@ -686,8 +885,10 @@ fn sds(config: Option<SdsSecretConfig>, path: &Path) -> Checked<String> {
     Ok(name)
 }
 
-/// The two parts of a validation context this proxy uses; every other field is refused.
+/// The three parts of a validation context this proxy uses; every other field is refused.
+/// Where each may be is the caller's to say.
 pub(super) struct ValidationParts {
+    pub trusted_ca: Option<DataSource>,
     pub sans: Vec<SubjectAltNameMatcher>,
     pub custom_validator: Option<TypedExtensionConfig>,
 }
@@ -714,13 +915,12 @@ pub(super) fn validation_parts(
         max_verify_depth,
         suppress_client_ca_list,
     } = context;
-    // A bare `trusted_ca` would trust its roots for every trust domain; Isthmus binds roots to
-    // their domain through the SPIFFE validator.
-    reject_set!(path; trusted_ca, ca_certificate_provider_instance, system_root_certs,
+    reject_set!(path; ca_certificate_provider_instance, system_root_certs,
         watched_directory, verify_certificate_spki, verify_certificate_hash, match_subject_alt_names,
         require_signed_certificate_timestamp, crl, allow_expired_certificate, trust_chain_verification,
         only_verify_leaf_cert_crl, max_verify_depth, suppress_client_ca_list);
     Ok(ValidationParts {
+        trusted_ca,
         sans: match_typed_subject_alt_names,
         custom_validator: custom_validator_config,
     })
@@ -729,6 +929,15 @@ pub(super) fn validation_parts(
 /// The exact URI SANs a peer may present; nothing else of a validation context.
 fn san_matchers(context: CertificateValidationContext, path: &Path) -> Checked<Vec<String>> {
     let parts = validation_parts(context, path)?;
+    // A bare `trusted_ca` would trust its roots for every trust domain; Isthmus binds the
+    // mesh's roots to their domain through the SPIFFE validator.
+    if parts.trusted_ca.is_some() {
+        return Err(Invalid::new(
+            &path.field("trusted_ca"),
+            "not in the mesh's TLS: roots bound to no trust domain would vouch for every \
+             domain (the mesh's come over SDS, with the SPIFFE validator)",
+        ));
+    }
     if parts.custom_validator.is_some() {
         return Err(Invalid::new(
             &path.field("custom_validator_config"),

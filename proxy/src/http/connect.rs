@@ -132,6 +132,7 @@ mod tests {
             rbac: Vec::new(),
             forward_client_cert: ForwardClientCert::Sanitize,
             set_client_cert_uri: false,
+            use_remote_address: false,
             allow_absolute_url: false,
             upgrades: Vec::new(),
             allow_connect: true,

@@ -106,7 +106,7 @@ pub async fn forward(
         levels,
         authority,
         hcm,
-        conn.tls.as_ref(),
+        (conn.tls.as_ref(), conn.remote.ip()),
     );
     let target = match head {
         Ok(target) => target,
@@ -560,13 +560,20 @@ pub fn upstream_head(
     levels: &Levels<'_>,
     authority: &str,
     hcm: &HttpManager,
-    tls: Option<&TlsPeer>,
+    (tls, remote): (Option<&TlsPeer>, std::net::IpAddr),
 ) -> Result<Target, RequestError> {
     strip_hop_by_hop(&mut parts.headers);
     edit(&mut parts.headers, edits.iter().map(|e| &e.request));
     client_cert_header(&mut parts.headers, hcm, tls);
-    if !parts.headers.contains_key("x-forwarded-proto") {
-        let proto = if tls.is_some() { "https" } else { "http" };
+    let proto = if tls.is_some() { "https" } else { "http" };
+    if hcm.use_remote_address {
+        // The edge, as Envoy's `use_remote_address`: what the client says it came over, or
+        // from, is not believed.
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        append_forwarded_for(&mut parts.headers, remote);
+    } else if !parts.headers.contains_key("x-forwarded-proto") {
         parts
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static(proto));
@@ -584,6 +591,25 @@ pub fn upstream_head(
         authority,
         path_and_query,
     })
+}
+
+/// `x-forwarded-for` with `remote` appended (several such headers are joined first).
+fn append_forwarded_for(headers: &mut http::HeaderMap, remote: std::net::IpAddr) {
+    let prior: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = if prior.is_empty() {
+        remote.to_string()
+    } else {
+        format!("{},{remote}", prior.join(","))
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
 }
 
 /// One attempt on the wire, within `per_try` (`None`: timed out). The host counts it as open
@@ -1023,6 +1049,27 @@ mod tests {
             at("shop.local:80", true),
             "https://shop.local:80/old/page?q=1"
         );
+    }
+
+    #[test]
+    fn the_edge_appends_the_client_address_and_sets_the_scheme_it_used() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.8.8.8, 10.7.7.7"),
+        );
+        append_forwarded_for(&mut headers, "192.0.2.1".parse().unwrap());
+        assert_eq!(
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["10.9.9.9,10.8.8.8, 10.7.7.7,192.0.2.1"]
+        );
+        let mut empty = http::HeaderMap::new();
+        append_forwarded_for(&mut empty, "2001:db8::1".parse().unwrap());
+        assert_eq!(empty["x-forwarded-for"], "2001:db8::1");
     }
 
     #[test]

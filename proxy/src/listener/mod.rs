@@ -330,8 +330,13 @@ async fn serve(
                 .map_err(|_| ConnectionError::TlsHandshakeTimeout)?
                 .map_err(ConnectionError::TlsHandshake)?;
             let session = tls.get_ref().1;
+            // A chain terminating TLS for clients outside the mesh (a gateway's `Gateway`
+            // server) names no mesh identity, whatever URI its client certificates carry.
+            let edge = chain.tls.as_ref().is_some_and(|t| t.external.is_some());
             let peer = TlsPeer {
-                peer_id: isthmus_identity::peer_identity(session).map(|id| id.to_string()),
+                peer_id: isthmus_identity::peer_identity(session)
+                    .filter(|_| !edge)
+                    .map(|id| id.to_string()),
                 peer_hash: session
                     .peer_certificates()
                     .and_then(|c| c.first())
@@ -476,7 +481,7 @@ fn local_identity(
     let name = chain.tls.as_ref()?.context.certificate.as_ref()?;
     match &**runtime.config.secrets.get(name)? {
         Secret::Certificate(cert) => Some(cert.spiffe_id().to_string()),
-        Secret::TrustBundles(_) => None,
+        Secret::TrustBundles(_) | Secret::PlainCertificate(_) | Secret::Roots(_) => None,
     }
 }
 

@@ -1,11 +1,14 @@
 //! TLS termination with a certificate outside the mesh's identity (an ingress gateway's
-//! `SIMPLE` / `MUTUAL` server): the certificate chain and key from PEM, the TLS versions and
-//! ALPN of the filter chain, and for `MUTUAL` a client certificate verified by WebPKI against
-//! the chain's roots, then checked for one of its SANs. Nothing of the mesh's SPIFFE identity
-//! is presented or expected.
+//! `SIMPLE` / `MUTUAL` server): the certificate chain and key from PEM or from a credential's
+//! secret over SDS (`kubernetes://NAME`), the TLS versions and ALPN of the filter chain, and
+//! for `MUTUAL` a client certificate verified by WebPKI against the chain's roots (PEM, or the
+//! credential's `kubernetes://NAME-cacert`), then checked for one of its SANs. Nothing of the
+//! mesh's SPIFFE identity is presented or expected: the mesh's certificate and trust bundles
+//! are refused here.
 //!
 //! The PEM files are read when the chain's TLS is built (at each configuration change); a file
-//! that cannot be read makes the chain's connections fail with the file's name.
+//! that cannot be read, or a secret not received yet, makes the chain's connections fail with
+//! its name (the listener stays).
 
 use std::sync::Arc;
 
@@ -17,15 +20,20 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::external_tls::{carries, origin, read_certs, read_key, root_store};
+use super::external_tls::{
+    carries, certificate_and_key, certificate_origin, external_roots, roots_origin,
+};
 use super::tls::TlsError;
+use crate::config::ProxyConfig;
 use crate::config::tls::{ClientValidation, ExternalServerTls, SanMatch, TlsVersion};
 
-/// The server configuration of a filter chain with a certificate from PEM.
+/// The server configuration of a filter chain with a certificate outside the mesh; `config`:
+/// the secrets a credential's certificate or roots come from.
 pub fn server(
     tls: &ExternalServerTls,
     require_client_certificate: bool,
     alpn: &[String],
+    config: &ProxyConfig,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(isthmus_identity::provider());
     let versions: Vec<&'static SupportedProtocolVersion> = [
@@ -45,18 +53,19 @@ pub fn server(
             clients,
             require_client_certificate,
             provider,
+            config,
         )?),
     };
-    let (chain, key) = &tls.certificate;
-    let mut config = builder
-        .with_single_cert(read_certs(chain)?, read_key(key)?)
-        .map_err(|e| format!("{} with {}: {e}", origin(chain), origin(key)))?;
+    let (chain, key) = certificate_and_key(&tls.certificate, config)?;
+    let mut server = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("{}: {e}", certificate_origin(&tls.certificate)))?;
     // As the mesh's servers: no resumption, so every connection is verified by the
     // configuration in force when it starts.
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(config)
+    server.session_storage = Arc::new(NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+    server.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(server)
 }
 
 /// WebPKI against the chain's roots, a certificate required or only asked for, then the SANs.
@@ -64,15 +73,16 @@ fn client_verifier(
     clients: &ClientValidation,
     required: bool,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    config: &ProxyConfig,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let roots = Arc::new(root_store(&clients.roots)?);
+    let roots = Arc::new(external_roots(&clients.roots, config)?);
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider);
     if !required {
         builder = builder.allow_unauthenticated();
     }
     let chain = builder
         .build()
-        .map_err(|e| format!("{}: {e}", origin(&clients.roots)))?;
+        .map_err(|e| format!("{}: {e}", roots_origin(&clients.roots)))?;
     if clients.sans.is_empty() {
         return Ok(chain);
     }
@@ -149,52 +159,21 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
+    use rcgen::ExtendedKeyUsagePurpose;
     use rustls::ProtocolVersion;
     use rustls_pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
-    use crate::config::tls::{Pem, TlsVersions};
-
-    /// A certificate authority outside any mesh, as an operator's PKI would be.
-    struct Ca {
-        issuer: Issuer<'static, KeyPair>,
-        pem: String,
-    }
-
-    impl Ca {
-        fn new(name: &str) -> Self {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let pem = params.self_signed(&key).unwrap().pem();
-            Self {
-                issuer: Issuer::new(params, key),
-                pem,
-            }
-        }
-
-        /// A leaf for `names` (DNS names or IP addresses): its certificate and key, PEM.
-        fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-            let key = KeyPair::generate().unwrap();
-            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-            let mut params = CertificateParams::new(names).unwrap();
-            params.extended_key_usages = vec![usage];
-            let cert = params.signed_by(&key, &self.issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        }
-
-        fn client(&self, names: &[&str]) -> Option<(String, String)> {
-            Some(self.issue(names, ExtendedKeyUsagePurpose::ClientAuth))
-        }
-    }
+    use crate::config::check::Path;
+    use crate::config::tls::{
+        DownstreamTls, ExternalCertificate, ExternalRoots, Pem, TlsVersions, downstream,
+    };
+    use crate::transport::testing::{
+        Ca, certificate_secret, dns_sans, roots_secret, sds, tls_socket, with_raw_secret,
+        with_secrets,
+    };
 
     /// A directory of its own, removed with it.
     struct Dir(PathBuf);
@@ -230,7 +209,7 @@ mod tests {
         dir: Dir,
         ca: Ca,
         other: Ca,
-        certificate: (Pem, Pem),
+        certificate: ExternalCertificate,
     }
 
     impl Pki {
@@ -239,7 +218,10 @@ mod tests {
             let ca = Ca::new("gateway CA");
             let (cert, key) = ca.issue(&["gw.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
             Self {
-                certificate: (dir.file("cert.pem", &cert), dir.file("key.pem", &key)),
+                certificate: ExternalCertificate::Pem {
+                    chain: dir.file("cert.pem", &cert),
+                    key: dir.file("key.pem", &key),
+                },
                 other: Ca::new("another CA"),
                 dir,
                 ca,
@@ -251,7 +233,7 @@ mod tests {
             ExternalServerTls {
                 certificate: self.certificate.clone(),
                 clients: mutual.map(|sans| ClientValidation {
-                    roots: self.dir.file("ca.pem", &self.ca.pem),
+                    roots: ExternalRoots::Pem(self.dir.file("ca.pem", &self.ca.pem)),
                     sans,
                 }),
                 versions: TlsVersions::default(),
@@ -263,7 +245,7 @@ mod tests {
 
     fn server_config(tls: &ExternalServerTls, require: bool) -> Arc<rustls::ServerConfig> {
         let alpn = ALPN.map(String::from);
-        Arc::new(server(tls, require, &alpn).unwrap())
+        Arc::new(server(tls, require, &alpn, &ProxyConfig::default()).unwrap())
     }
 
     /// A client trusting `roots` for the server, presenting `certificate` if any.
@@ -450,12 +432,12 @@ mod tests {
             .ca
             .issue(&["gw.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
         let tls = ExternalServerTls {
-            certificate: (
-                Pem::Inline(cert.into_bytes()),
-                Pem::Inline(key.into_bytes()),
-            ),
+            certificate: ExternalCertificate::Pem {
+                chain: Pem::Inline(cert.into_bytes()),
+                key: Pem::Inline(key.into_bytes()),
+            },
             clients: Some(ClientValidation {
-                roots: Pem::Inline(pki.ca.pem.clone().into_bytes()),
+                roots: ExternalRoots::Pem(Pem::Inline(pki.ca.pem.clone().into_bytes())),
                 sans: Vec::new(),
             }),
             versions: TlsVersions {
@@ -478,19 +460,25 @@ mod tests {
     fn unusable_files_are_named() {
         let pki = Pki::new();
         let missing = pki.dir.0.join("missing.pem");
-        let (cert, _) = pki.certificate.clone();
+        let ExternalCertificate::Pem { chain: cert, .. } = pki.certificate.clone() else {
+            unreachable!()
+        };
+        let none = ProxyConfig::default();
 
         let mut tls = pki.gateway(None);
-        tls.certificate = (cert.clone(), Pem::File(missing.clone()));
-        let err = server(&tls, false, &[]).unwrap_err();
+        tls.certificate = ExternalCertificate::Pem {
+            chain: cert.clone(),
+            key: Pem::File(missing.clone()),
+        };
+        let err = server(&tls, false, &[], &none).unwrap_err();
         assert!(err.contains(&missing.display().to_string()), "{err}");
 
         let mut tls = pki.gateway(Some(Vec::new()));
         tls.clients = Some(ClientValidation {
-            roots: Pem::File(missing.clone()),
+            roots: ExternalRoots::Pem(Pem::File(missing.clone())),
             sans: Vec::new(),
         });
-        let err = server(&tls, true, &[]).unwrap_err();
+        let err = server(&tls, true, &[], &none).unwrap_err();
         assert!(err.contains(&missing.display().to_string()), "{err}");
 
         // A key that is not the certificate's: both files named.
@@ -499,11 +487,246 @@ mod tests {
             .issue(&["gw.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
         let wrong = pki.dir.file("wrong-key.pem", &wrong_key);
         let mut tls = pki.gateway(None);
-        tls.certificate = (cert, wrong.clone());
-        let err = server(&tls, false, &[]).unwrap_err();
+        tls.certificate = ExternalCertificate::Pem {
+            chain: cert,
+            key: wrong.clone(),
+        };
+        let err = server(&tls, false, &[], &none).unwrap_err();
         let Pem::File(wrong) = wrong else {
             unreachable!()
         };
         assert!(err.contains(&wrong.display().to_string()), "{err}");
+    }
+
+    /// A `Gateway` server with `credentialName: gw` as isthmusd writes it, converted by the
+    /// proxy: the certificate `kubernetes://gw` over SDS, ALPN, TLS 1.2 to 1.3; for `MUTUAL`,
+    /// the clients' SANs and the roots `kubernetes://gw-cacert` over SDS, a certificate
+    /// required.
+    fn credential_gateway(mutual: Option<&[&str]>) -> DownstreamTls {
+        use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
+            CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsParameters,
+            common_tls_context, tls_parameters,
+        };
+        use isthmus_proto::envoy::google::protobuf::BoolValue;
+        let validation = mutual.map(|sans| {
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: dns_sans(sans),
+                        ..CertificateValidationContext::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds("kubernetes://gw-cacert")),
+                    ..Default::default()
+                },
+            )
+        });
+        let context = DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds("kubernetes://gw")],
+                alpn_protocols: ALPN.map(String::from).to_vec(),
+                tls_params: Some(TlsParameters {
+                    tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv12 as i32,
+                    tls_maximum_protocol_version: tls_parameters::TlsProtocol::TlSv13 as i32,
+                    ..TlsParameters::default()
+                }),
+                validation_context_type: validation,
+                ..CommonTlsContext::default()
+            }),
+            require_client_certificate: mutual.is_some().then_some(BoolValue { value: true }),
+            ..DownstreamTlsContext::default()
+        };
+        downstream(tls_socket(&context), &Path::root())
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The credential `gw`: `gw.example.com`'s certificate from `ca`, and `roots` as its
+    /// `-cacert`.
+    fn credential(ca: &Ca, roots: &Ca) -> ProxyConfig {
+        with_secrets([
+            (
+                "kubernetes://gw",
+                certificate_secret("kubernetes://gw", &ca.server(&["gw.example.com"])),
+            ),
+            (
+                "kubernetes://gw-cacert",
+                roots_secret("kubernetes://gw-cacert", &roots.pem),
+            ),
+        ])
+    }
+
+    #[tokio::test]
+    async fn simple_over_sds_presents_the_credential_certificate() {
+        let (ca, other) = (Ca::new("gateway CA"), Ca::new("another CA"));
+        let tls = credential_gateway(None);
+        assert_eq!(
+            tls.secret_names().collect::<Vec<_>>(),
+            ["kubernetes://gw"],
+            "what the proxy subscribes to"
+        );
+
+        // Not received yet: the chain's connections fail, saying which secret is missing.
+        let err = crate::transport::tls::server(&tls, &ProxyConfig::default()).unwrap_err();
+        assert_eq!(err, r#"secret "kubernetes://gw" not received yet"#);
+
+        let server = crate::transport::tls::server(&tls, &credential(&ca, &ca)).unwrap();
+        let session = handshake(server.clone(), client_config(&ca.pem, None, BOTH))
+            .await
+            .unwrap();
+        assert_eq!(session.alpn.as_deref(), Some(&b"h2"[..]));
+        assert!(!session.client_certificate);
+        let session = handshake(server.clone(), client_config(&ca.pem, None, TLS12))
+            .await
+            .unwrap();
+        assert_eq!(session.version, Some(ProtocolVersion::TLSv1_2));
+
+        // The certificate is the credential's: a client trusting another CA refuses it.
+        let err = handshake(server, client_config(&other.pem, None, BOTH)).await;
+        assert!(err.is_err(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn mutual_over_sds_verifies_clients_against_the_credential_roots() {
+        let (ca, other) = (Ca::new("gateway CA"), Ca::new("another CA"));
+        let tls = credential_gateway(Some(&["client.example.com"]));
+        assert!(tls.require_client_certificate);
+        assert_eq!(
+            tls.secret_names().collect::<Vec<_>>(),
+            ["kubernetes://gw", "kubernetes://gw-cacert"]
+        );
+
+        // The roots not received yet: named.
+        let only_certificate = with_secrets([(
+            "kubernetes://gw",
+            certificate_secret("kubernetes://gw", &ca.server(&["gw.example.com"])),
+        )]);
+        let err = crate::transport::tls::server(&tls, &only_certificate).unwrap_err();
+        assert_eq!(err, r#"secret "kubernetes://gw-cacert" not received yet"#);
+
+        let server = crate::transport::tls::server(&tls, &credential(&ca, &ca)).unwrap();
+        let client = |certificate| client_config(&ca.pem, certificate, BOTH);
+        for versions in [BOTH, TLS12] {
+            let good = ca.client(&["client.example.com"]);
+            let session = handshake(server.clone(), client_config(&ca.pem, good, versions))
+                .await
+                .unwrap();
+            assert!(session.client_certificate);
+            assert_eq!(session.peer_id, None, "not a mesh identity");
+        }
+
+        let none = handshake(server.clone(), client(None)).await;
+        assert!(none.is_err(), "no certificate: {none:?}");
+        let other_ca = handshake(
+            server.clone(),
+            client(other.client(&["client.example.com"])),
+        );
+        assert!(other_ca.await.is_err(), "another CA's certificate");
+        let err = handshake(server.clone(), client(ca.client(&["intruder.example.com"])))
+            .await
+            .unwrap_err();
+        assert!(err.contains("NotValidForName"), "another SAN: {err}");
+
+        // The roots are the `-cacert` secret's: the same client, refused under other roots.
+        let server = crate::transport::tls::server(&tls, &credential(&ca, &other)).unwrap();
+        let err = handshake(server, client(ca.client(&["client.example.com"]))).await;
+        assert!(err.is_err(), "the CA is not the secret's: {err:?}");
+    }
+
+    #[tokio::test]
+    async fn mutual_over_sds_without_sans_takes_any_client_of_the_roots() {
+        use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
+            CommonTlsContext, DownstreamTlsContext, common_tls_context,
+        };
+        let ca = Ca::new("gateway CA");
+        // `validation_context_sds_secret_config` alone, and no certificate required.
+        let context = DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds("kubernetes://gw")],
+                validation_context_type: Some(
+                    common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                        sds("kubernetes://gw-cacert"),
+                    ),
+                ),
+                ..CommonTlsContext::default()
+            }),
+            ..DownstreamTlsContext::default()
+        };
+        let tls = downstream(tls_socket(&context), &Path::root())
+            .unwrap()
+            .unwrap();
+        let server = crate::transport::tls::server(&tls, &credential(&ca, &ca)).unwrap();
+        let session = handshake(server.clone(), client_config(&ca.pem, None, BOTH))
+            .await
+            .unwrap();
+        assert!(!session.client_certificate);
+        let any = ca.client(&["whoever.example.com"]);
+        let session = handshake(server, client_config(&ca.pem, any, BOTH))
+            .await
+            .unwrap();
+        assert!(session.client_certificate);
+    }
+
+    #[test]
+    fn the_mesh_and_the_credentials_never_use_each_others_secrets() {
+        use isthmus_identity::SpiffeId;
+        use isthmus_identity::testing::TestCa;
+
+        use crate::config::secret::Secret;
+        use crate::config::tls::TlsContext;
+
+        let ca = Ca::new("gateway CA");
+        let mesh = TestCa::new("red.local");
+        let svid =
+            mesh.issue(&SpiffeId::parse("spiffe://red.local/ns/istio-system/sa/gw").unwrap());
+        let svid = Secret::Certificate(Arc::new(svid));
+        let bundles = Secret::TrustBundles(vec![mesh.bundle()]);
+        let server = |tls: &DownstreamTls, config: &ProxyConfig| {
+            crate::transport::tls::server(tls, config).unwrap_err()
+        };
+
+        // An edge server never presents the mesh's identity nor trusts the mesh's bundles.
+        let gateway = credential_gateway(Some(&[]));
+        let config = with_raw_secret(credential(&ca, &ca), "kubernetes://gw", svid.clone());
+        let err = server(&gateway, &config);
+        assert!(err.contains("is a SPIFFE certificate"), "{err}");
+        let config = with_raw_secret(
+            credential(&ca, &ca),
+            "kubernetes://gw-cacert",
+            bundles.clone(),
+        );
+        let err = server(&gateway, &config);
+        assert!(err.contains("is SPIFFE trust bundles"), "{err}");
+        // Nor a certificate as roots, nor roots as a certificate.
+        let config = credential(&ca, &ca);
+        let swapped = with_raw_secret(
+            config.clone(),
+            "kubernetes://gw",
+            (*config.secrets["kubernetes://gw-cacert"]).clone(),
+        );
+        let err = server(&gateway, &swapped);
+        assert!(err.contains("holds roots, not a certificate"), "{err}");
+
+        // The mesh's TLS never presents a plain certificate nor trusts plain roots.
+        let mesh_tls = DownstreamTls {
+            context: TlsContext {
+                certificate: Some("default".into()),
+                validation: Some("ROOTCA".into()),
+                peer_ids: Vec::new(),
+                alpn: Vec::new(),
+            },
+            require_client_certificate: true,
+            external: None,
+        };
+        let plain = (*config.secrets["kubernetes://gw"]).clone();
+        let roots = (*config.secrets["kubernetes://gw-cacert"]).clone();
+        let mesh_config = |certificate: &Secret, validation: &Secret| {
+            let config = with_raw_secret(ProxyConfig::default(), "default", certificate.clone());
+            with_raw_secret(config, "ROOTCA", validation.clone())
+        };
+        assert!(crate::transport::tls::server(&mesh_tls, &mesh_config(&svid, &bundles)).is_ok());
+        let err = server(&mesh_tls, &mesh_config(&plain, &bundles));
+        assert!(err.contains("is a plain certificate"), "{err}");
+        let err = server(&mesh_tls, &mesh_config(&svid, &roots));
+        assert!(err.contains("holds plain roots"), "{err}");
     }
 }

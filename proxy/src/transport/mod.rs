@@ -3,6 +3,8 @@
 
 pub mod edge_tls;
 pub mod external_tls;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;
 
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -1,7 +1,9 @@
 //! rustls configurations from the applied configuration: a filter chain's TLS termination and
 //! a cluster's TLS origination, with the certificate and trust bundles named over SDS. Peers
 //! are verified as SPIFFE identities against the bundle of their own trust domain, then
-//! against the expected URI SANs.
+//! against the expected URI SANs. Only the mesh's SPIFFE secrets are used here: a plain
+//! certificate or plain roots (a credential's, `Secret::PlainCertificate` / `Secret::Roots`)
+//! is refused; TLS outside the mesh goes to `edge_tls.rs` / `external_tls.rs`.
 //!
 //! Configurations are built when the configuration changes; connections keep the one they
 //! started with, so a certificate or bundle rotation never drops an open connection.
@@ -26,8 +28,13 @@ pub fn server(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let context = &tls.context;
     if let Some(external) = &tls.external {
-        return super::edge_tls::server(external, tls.require_client_certificate, &context.alpn)
-            .map(Arc::new);
+        return super::edge_tls::server(
+            external,
+            tls.require_client_certificate,
+            &context.alpn,
+            config,
+        )
+        .map(Arc::new);
     }
     let certs = certificate(context, config)?.ok_or("a TLS listener needs a certificate")?;
     let mut verifier = verifier(context, config)?;
@@ -46,7 +53,7 @@ pub fn client(
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let context = &tls.context;
     if let Some(external) = &tls.external {
-        return super::external_tls::client(external, &context.alpn).map(Arc::new);
+        return super::external_tls::client(external, &context.alpn, config).map(Arc::new);
     }
     let certs = certificate(context, config)?;
     let verifier = verifier(context, config)?;
@@ -73,7 +80,11 @@ fn certificate(
             cell.store(cert);
             Ok(Some(Arc::new(cell)))
         }
-        Some(Secret::TrustBundles(_)) => Err(format!(
+        Some(Secret::PlainCertificate(_)) => Err(format!(
+            "secret {name:?} is a plain certificate (no SPIFFE ID): the mesh's TLS presents \
+             only a SPIFFE certificate"
+        )),
+        Some(Secret::TrustBundles(_) | Secret::Roots(_)) => Err(format!(
             "secret {name:?} is a trust bundle, not a certificate"
         )),
         None => Err(format!("secret {name:?} not received yet")),
@@ -87,7 +98,13 @@ fn verifier(context: &TlsContext, config: &ProxyConfig) -> Result<SpiffeVerifier
         .ok_or("a TLS context without a validation context cannot verify its peer")?;
     let bundles = match config.secrets.get(name).map(|s| &**s) {
         Some(Secret::TrustBundles(b)) => b,
-        Some(Secret::Certificate(_)) => {
+        Some(Secret::Roots(_)) => {
+            return Err(format!(
+                "secret {name:?} holds plain roots (trusted_ca): the mesh verifies its peers \
+                 only against SPIFFE trust bundles, each root for its own trust domain"
+            ));
+        }
+        Some(Secret::Certificate(_) | Secret::PlainCertificate(_)) => {
             return Err(format!(
                 "secret {name:?} is a certificate, not a trust bundle"
             ));

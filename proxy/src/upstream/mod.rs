@@ -24,6 +24,7 @@ use crate::config::ProxyConfig;
 use crate::config::cluster::{Cluster, Discovery, HttpVersion};
 use crate::config::endpoint::LoadAssignment;
 use crate::config::secret::Secret;
+use crate::config::tls::{ExternalCertificate, ExternalRoots, Pem};
 use crate::metrics::Metrics;
 use crate::transport::{BoxedIo, tls};
 
@@ -146,20 +147,40 @@ impl ClusterKey {
                     }
                 }
                 // Outside the mesh: the roots, names and client certificate, by content (a
-                // file read now, at the configuration change that builds its TLS): trust
-                // withdrawn ends what it allowed.
+                // file read now, at the configuration change that builds its TLS; a
+                // credential's secret as it is now): trust withdrawn ends what it allowed.
                 match &tls.external {
                     None => field(&mut h, b"mesh"),
                     Some(external) => {
                         field(&mut h, b"external");
                         field(&mut h, format!("{:?}", external.server_name).as_bytes());
-                        let certificate =
-                            external.client_certificate.iter().flat_map(|(c, k)| [c, k]);
-                        for pem in external.roots.iter().chain(certificate) {
-                            match pem.content() {
-                                Some(bytes) => field(&mut h, &Sha256::digest(&bytes)[..]),
-                                None => field(&mut h, b"unreadable"),
+                        let mut sds: Vec<&'a str> = Vec::new();
+                        match &external.roots {
+                            None => field(&mut h, b"no roots"),
+                            Some(ExternalRoots::Pem(pem)) => pem_field(&mut h, pem),
+                            Some(ExternalRoots::Sds(name)) => {
+                                field(&mut h, b"roots over SDS");
+                                sds.push(name);
                             }
+                        }
+                        match &external.client_certificate {
+                            None => field(&mut h, b"no certificate"),
+                            Some(ExternalCertificate::Pem { chain, key }) => {
+                                pem_field(&mut h, chain);
+                                pem_field(&mut h, key);
+                            }
+                            Some(ExternalCertificate::Sds(name)) => {
+                                field(&mut h, b"certificate over SDS");
+                                sds.push(name);
+                            }
+                        }
+                        for name in sds {
+                            field(&mut h, b"sds");
+                            field(&mut h, name.as_bytes());
+                            let digest = secrets
+                                .entry(name)
+                                .or_insert_with(|| secret_digest(config.secrets.get(name)));
+                            field(&mut h, &digest[..]);
                         }
                     }
                 }
@@ -185,6 +206,20 @@ fn secret_digest(secret: Option<&Arc<Secret>>) -> [u8; 32] {
             field(&mut h, b"certificate");
             field(&mut h, cert.spiffe_id().to_string().as_bytes());
         }
+        // A credential's certificate by content, as one from PEM: a new one ends the
+        // connections made with the one before.
+        Some(Secret::PlainCertificate(cert)) => {
+            field(&mut h, b"plain certificate");
+            for der in cert.chain() {
+                field(&mut h, der);
+            }
+        }
+        Some(Secret::Roots(roots)) => {
+            field(&mut h, b"roots");
+            for der in roots.certificates() {
+                field(&mut h, der);
+            }
+        }
         Some(Secret::TrustBundles(bundles)) => {
             field(&mut h, b"bundles");
             for bundle in bundles {
@@ -197,6 +232,14 @@ fn secret_digest(secret: Option<&Arc<Secret>>) -> [u8; 32] {
         }
     }
     h.finalize().into()
+}
+
+/// PEM by its content as it is now (a file read now); an unreadable file as such.
+fn pem_field(h: &mut Sha256, pem: &Pem) {
+    match pem.content() {
+        Some(bytes) => field(h, &Sha256::digest(&bytes)[..]),
+        None => field(h, b"unreadable"),
+    }
 }
 
 /// One length-prefixed field of a digest: no two different settings hash the same bytes.

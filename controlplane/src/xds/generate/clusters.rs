@@ -27,6 +27,7 @@ use super::names::{imported_sni, outbound_cluster};
 use super::tls::{ads, upstream_mtls};
 use super::{consistent_hash, tls_origination};
 use super::{duration, pack};
+use crate::config::cluster::TlsCredential;
 use crate::model::registry::RemoteService;
 use crate::model::{MeshModel, Port, Protocol, Service};
 
@@ -34,8 +35,9 @@ use crate::model::{MeshModel, Port, Protocol, Service};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const UNLIMITED: u32 = u32::MAX;
 
-/// One cluster per (service, port, subset), sorted by name.
-pub fn outbound(model: &MeshModel, services: &[&Service]) -> Vec<Cluster> {
+/// One cluster per (service, port, subset), sorted by name, for proxies in `namespace` (whose
+/// `Secret`s a rule's `credentialName` names).
+pub fn outbound(model: &MeshModel, services: &[&Service], namespace: &str) -> Vec<Cluster> {
     let mut clusters = Vec::new();
     for service in services {
         let rule = model
@@ -43,9 +45,19 @@ pub fn outbound(model: &MeshModel, services: &[&Service]) -> Vec<Cluster> {
             .get(&service.key.hostname)
             .map(|(_, r)| r);
         for port in &service.ports {
-            clusters.push(cluster(service, port, None, rule));
+            let credential = |policy: Option<&TrafficPolicy>| {
+                let name = policy?.tls.as_ref()?.credential_name.as_ref()?;
+                super::credentials::lookup(model, namespace, name)
+            };
+            clusters.push(cluster(service, port, None, rule, &credential));
             for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
-                clusters.push(cluster(service, port, Some(&subset.name), rule));
+                clusters.push(cluster(
+                    service,
+                    port,
+                    Some(&subset.name),
+                    rule,
+                    &credential,
+                ));
             }
         }
     }
@@ -58,6 +70,7 @@ fn cluster(
     port: &Port,
     subset: Option<&str>,
     rule: Option<&DestinationRuleSpec>,
+    credential: &dyn Fn(Option<&TrafficPolicy>) -> Option<TlsCredential>,
 ) -> Cluster {
     let host = &service.key.hostname;
     let name = outbound_cluster(port.number, subset, host);
@@ -120,7 +133,13 @@ fn cluster(
     };
     let tls = policy.and_then(|p| p.tls.as_ref());
     if let Some(tls) = tls.filter(|t| tls_origination::originates(Some(t))) {
-        c.transport_socket = Some(tls_origination::upstream_tls(tls, host, alpn));
+        let credential = credential(policy);
+        c.transport_socket = Some(tls_origination::upstream_tls(
+            tls,
+            host,
+            alpn,
+            credential.as_ref(),
+        ));
     } else if uses_mtls(service, policy) {
         let subset_labels = subset.and_then(|s| {
             rule.and_then(|r| r.subsets.iter().find(|x| x.name == s))

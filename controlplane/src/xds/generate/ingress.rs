@@ -19,7 +19,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use isthmus_api::gateway::{ServerProtocol, ServerTlsMode, TlsProtocolVersion, split_host};
+use isthmus_api::gateway::{
+    ServerProtocol, ServerTlsMode, TlsProtocolVersion, narrower, split_host,
+};
 use isthmus_api::networking::{RouteDestination, TlsRoute};
 use isthmus_proto::envoy::envoy::config::core::v3::{
     DataSource, TrafficDirection, TransportSocket, data_source, transport_socket,
@@ -28,8 +30,8 @@ use isthmus_proto::envoy::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, filter,
 };
 use isthmus_proto::envoy::envoy::config::route::v3::{
-    RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost, redirect_action, route,
-    route_match,
+    DirectResponseAction, RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost,
+    redirect_action, route, route_match,
 };
 use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, Rds, http_connection_manager,
@@ -43,10 +45,12 @@ use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
 };
 use isthmus_proto::envoy::google::protobuf::BoolValue;
 
+use super::credentials;
 use super::endpoints::socket;
-use super::listeners::{hcm_filter, router, tls_inspector};
+use super::listeners::{hcm_filter, policy_filters, rbac_per_filter, router, tls_inspector};
+use super::rbac::{Layer, rbac_rules};
 use super::routes::{Scope, destination_cluster, http_route};
-use super::tls::ads;
+use super::tls::{ads, sds};
 use super::tls_origination::san_matcher;
 use super::{pack, route_policies, tracing};
 use crate::model::ingress::{IngressServer, servers_of};
@@ -57,6 +61,8 @@ use crate::model::{MeshModel, Workload};
 pub struct Ingress {
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
+    /// The `credentialName`s its chains present (SDS, `credentials.rs`).
+    pub credentials: BTreeSet<String>,
 }
 
 impl Ingress {
@@ -77,7 +83,7 @@ pub fn ingress(model: &MeshModel, workload: &Workload) -> Ingress {
                 .push(server);
         }
     }
-    let tracing = tracing::hcm_tracing(model, workload);
+    let policies = Policies::of(model, workload);
     let mut out = Ingress::default();
     for (port, servers) in by_port {
         let http: Vec<&IngressServer<'_>> = servers
@@ -90,44 +96,79 @@ pub fn ingress(model: &MeshModel, workload: &Workload) -> Ingress {
             // Servers of other protocols on an HTTP port were refused by validation when in
             // one `Gateway`; across `Gateway`s, HTTP wins the port, as in Istio.
             let name = format!("http.{port}");
-            out.routes
-                .push(route_configuration(model, workload, port, &name, &http));
+            out.routes.push(route_configuration(
+                model,
+                workload,
+                port,
+                &name,
+                &http,
+                &policies,
+                (&[], &BTreeSet::new()),
+            ));
             chains.push(FilterChain {
-                filters: vec![ingress_hcm(port, &name, tracing.as_ref())],
+                filters: vec![ingress_hcm(port, &name, &policies)],
                 ..Default::default()
             });
         } else {
             listener_filters.push(tls_inspector());
-            let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
+            // First which chain takes which SNIs, then each terminating chain's routes, which
+            // must not serve a host another chain of the port takes by SNI (a client could
+            // send that chain's SNI and the other host, and skip its MUTUAL check).
+            let mut claimed = ClaimedNames::default();
+            let mut planned: Vec<(Vec<String>, Planned<'_, '_>)> = Vec::new();
             for server in &servers {
                 match server.server.tls_mode() {
                     Some(ServerTlsMode::Passthrough) => {
                         for (names, filter) in passthrough(model, workload, port, server) {
-                            if seen.insert(names.clone()) {
-                                chains.push(sni_chain(names, None, filter));
+                            if let Some(names) = claimed.claim(names) {
+                                planned.push((names, Planned::Pass(Box::new(filter))));
                             }
                         }
                     }
                     Some(mode) => {
-                        let names = sni_names(server);
-                        if !seen.insert(names.clone()) {
-                            continue;
+                        // A `credentialName` whose `Secret` (in the gateway's namespace) lacks
+                        // what the mode needs serves nothing: no chain, and a model warning.
+                        if let Some(name) = credential_name(server) {
+                            if !credential_usable(model, workload, name, mode) {
+                                continue;
+                            }
+                            out.credentials.insert(name.clone());
                         }
+                        if let Some(names) = claimed.claim(sni_names(server)) {
+                            planned.push((names, Planned::Terminate(server, mode)));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            for (i, (names, plan)) in planned.iter().enumerate() {
+                match plan {
+                    Planned::Pass(filter) => {
+                        chains.push(sni_chain(names.clone(), None, (**filter).clone()));
+                    }
+                    Planned::Terminate(server, mode) => {
+                        let others: BTreeSet<String> = planned
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .flat_map(|(_, (n, _))| n.iter().cloned())
+                            .collect();
                         let route_name = format!("https.{port}.{}", server.id());
                         out.routes.push(route_configuration(
                             model,
                             workload,
                             port,
                             &route_name,
-                            &[server],
+                            &[*server],
+                            &policies,
+                            (names, &others),
                         ));
                         chains.push(sni_chain(
-                            names,
-                            Some(terminate(server, mode)),
-                            ingress_hcm(port, &route_name, tracing.as_ref()),
+                            names.clone(),
+                            Some(terminate(server, *mode)),
+                            ingress_hcm(port, &route_name, &policies),
                         ));
                     }
-                    None => {}
                 }
             }
         }
@@ -144,6 +185,80 @@ pub fn ingress(model: &MeshModel, workload: &Workload) -> Ingress {
         });
     }
     out
+}
+
+fn credential_name<'s>(server: &IngressServer<'s>) -> Option<&'s String> {
+    server.server.tls.as_ref()?.credential_name.as_ref()
+}
+
+/// Whether `workload`'s namespace has the `Secret` `name` with a certificate and key, and for
+/// `MUTUAL` roots.
+pub fn credential_usable(
+    model: &MeshModel,
+    workload: &Workload,
+    name: &str,
+    mode: ServerTlsMode,
+) -> bool {
+    credentials::lookup(model, &workload.namespace, name).is_some_and(|c| {
+        credentials::has_certificate(&c) && (mode != ServerTlsMode::Mutual || c.roots.is_some())
+    })
+}
+
+/// A chain of a TLS port, before its routes are built.
+enum Planned<'s, 'm> {
+    /// `PASSTHROUGH`: the TCP proxy of a `tls` route.
+    Pass(Box<Filter>),
+    /// `SIMPLE` / `MUTUAL`: TLS terminated, then HTTP routes.
+    Terminate(&'s IngressServer<'m>, ServerTlsMode),
+}
+
+/// The SNIs the chains of one port have taken: each name goes to the first chain that names
+/// it (as Istio merges servers), and one chain at most takes any SNI; Envoy refuses two
+/// chains with the same match.
+#[derive(Default)]
+struct ClaimedNames {
+    names: BTreeSet<String>,
+    any: bool,
+}
+
+impl ClaimedNames {
+    /// What of `names` is still free (empty: any SNI), or `None` when nothing is.
+    fn claim(&mut self, names: Vec<String>) -> Option<Vec<String>> {
+        if names.is_empty() {
+            if self.any {
+                return None;
+            }
+            self.any = true;
+            return Some(names);
+        }
+        let free: Vec<String> = names
+            .into_iter()
+            .filter(|n| self.names.insert(n.clone()))
+            .collect();
+        (!free.is_empty()).then_some(free)
+    }
+}
+
+/// The authorization the gateway workload's policies ask for, as on a sidecar's inbound HTTP
+/// ports: `RequestAuthentication` (the JWT filter) and `AuthorizationPolicy` (RBAC, per
+/// virtual host), with its traces' settings.
+struct Policies {
+    jwt: Option<isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
+    rbac: std::collections::HashMap<String, isthmus_proto::envoy::google::protobuf::Any>,
+    tracing: Option<http_connection_manager::Tracing>,
+}
+
+impl Policies {
+    fn of(model: &MeshModel, workload: &Workload) -> Self {
+        let policies = model.authorization_policies(workload);
+        let jwt_rules = model.jwt_rules(workload);
+        let issuers: Vec<&str> = jwt_rules.iter().map(|r| r.issuer.as_str()).collect();
+        Self {
+            jwt: super::jwt::jwt_filter(&jwt_rules, &model.jwks),
+            rbac: rbac_per_filter(rbac_rules(&policies, Layer::Http, &issuers)),
+            tracing: tracing::hcm_tracing(model, workload),
+        }
+    }
 }
 
 /// The SNIs an HTTPS server's chain matches: its hosts' names; none (any SNI, and clients
@@ -182,17 +297,31 @@ fn route_configuration(
     port: u32,
     name: &str,
     servers: &[&IngressServer<'_>],
+    policies: &Policies,
+    (sni, others): (&[String], &BTreeSet<String>),
 ) -> RouteConfiguration {
     let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
     let mut claimed = BTreeSet::new();
+    // Behind a chain matched on SNIs, only what those names take (as Host) is served.
+    let within_sni = |host: String| -> Vec<String> {
+        if sni.is_empty() {
+            vec![host]
+        } else {
+            sni.iter().filter_map(|n| narrower(n, &host)).collect()
+        }
+    };
     for server in servers {
         let redirect = server.server.tls.as_ref().is_some_and(|t| {
             t.https_redirect && server.server.port.server_protocol() == Ok(ServerProtocol::Http)
         });
         for (_, part, hosts) in server.routes(model) {
-            for host in hosts {
+            // A VirtualService with no HTTP route (only `tls` or `tcp` ones) claims no host.
+            if part.http.is_empty() && !redirect {
+                continue;
+            }
+            for host in hosts.into_iter().flat_map(&within_sni) {
                 let host = host.to_ascii_lowercase();
-                if !claimed.insert(host.clone()) {
+                if others.contains(&host) || !claimed.insert(host.clone()) {
                     continue;
                 }
                 let routes = if redirect {
@@ -211,16 +340,47 @@ fn route_configuration(
                     name: format!("{host}:{port}"),
                     domains,
                     routes,
+                    typed_per_filter_config: policies.rbac.clone(),
                     ..Default::default()
                 });
             }
         }
+    }
+    // Hosts other chains of the port take by SNI: 421, as the Gateway API says, whatever
+    // wildcard here would match them (Envoy prefers the exact or longer domain).
+    for host in others {
+        let mut domains = vec![host.clone()];
+        if host != "*" {
+            domains.push(format!("{host}:{port}"));
+        }
+        virtual_hosts.push(VirtualHost {
+            name: format!("misdirected:{host}:{port}"),
+            domains,
+            routes: vec![misdirected()],
+            ..Default::default()
+        });
     }
     RouteConfiguration {
         name: name.to_owned(),
         virtual_hosts,
         // A destination the gateway has no cluster for answers 503, as on sidecars.
         validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// A request for a host that another chain of the port serves: 421 Misdirected Request.
+fn misdirected() -> Route {
+    Route {
+        name: "misdirected".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status: 421,
+            ..Default::default()
+        })),
         ..Default::default()
     }
 }
@@ -246,11 +406,8 @@ fn https_redirect() -> Route {
 
 /// The HTTP connection manager of an ingress port: the edge of the mesh, so the caller's
 /// address is the remote one (`use_remote_address`), as Istio's gateways set it.
-fn ingress_hcm(
-    port: u32,
-    route_name: &str,
-    tracing: Option<&http_connection_manager::Tracing>,
-) -> Filter {
+fn ingress_hcm(port: u32, route_name: &str, policies: &Policies) -> Filter {
+    let [cors, fault] = route_policies::http_filters();
     let hcm = HttpConnectionManager {
         stat_prefix: format!("outbound_0.0.0.0_{port}"),
         codec_type: http_connection_manager::CodecType::Auto as i32,
@@ -258,35 +415,66 @@ fn ingress_hcm(
             config_source: Some(ads()),
             route_config_name: route_name.to_owned(),
         })),
-        http_filters: route_policies::http_filters()
-            .into_iter()
-            .chain([router()])
+        // CORS first, so that a preflight is answered without a token; then the workload's
+        // policies; then the route's fault.
+        http_filters: std::iter::once(cors)
+            .chain(policy_filters(policies.jwt.clone()))
+            .chain([fault, router()])
             .collect(),
         use_remote_address: Some(BoolValue { value: true }),
-        tracing: tracing.cloned(),
+        tracing: policies.tracing.clone(),
         ..Default::default()
     };
     hcm_filter(&hcm)
 }
 
-/// TLS terminated with the server's certificate files; `MUTUAL` verifies the client.
+/// TLS terminated with the server's certificate (files, or the SDS secrets of its
+/// `credentialName`); `MUTUAL` verifies the client.
 fn terminate(server: &IngressServer<'_>, mode: ServerTlsMode) -> TransportSocket {
     let tls = server.server.tls.clone().unwrap_or_default();
     let file = |path: &Option<String>| DataSource {
         specifier: path.clone().map(data_source::Specifier::Filename),
         ..Default::default()
     };
-    let validation = (mode == ServerTlsMode::Mutual).then(|| {
-        common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
-            trusted_ca: Some(file(&tls.ca_certificates)),
-            match_typed_subject_alt_names: tls
-                .subject_alt_names
-                .iter()
-                .map(|san| san_matcher(san))
-                .collect(),
-            ..Default::default()
-        })
+    let sans = tls
+        .subject_alt_names
+        .iter()
+        .map(|san| san_matcher(san))
+        .collect();
+    let credential = tls.credential_name.as_deref();
+    let validation = (mode == ServerTlsMode::Mutual).then(|| match credential {
+        Some(name) => common_tls_context::ValidationContextType::CombinedValidationContext(
+            common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_typed_subject_alt_names: sans,
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds(&credentials::roots_secret(name))),
+                ..Default::default()
+            },
+        ),
+        None => common_tls_context::ValidationContextType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(file(&tls.ca_certificates)),
+                match_typed_subject_alt_names: sans,
+                ..Default::default()
+            },
+        ),
     });
+    let (tls_certificates, tls_certificate_sds_secret_configs) = match credential {
+        Some(name) => (
+            Vec::new(),
+            vec![sds(&credentials::certificate_secret(name))],
+        ),
+        None => (
+            vec![TlsCertificate {
+                certificate_chain: Some(file(&tls.server_certificate)),
+                private_key: Some(file(&tls.private_key)),
+                ..Default::default()
+            }],
+            Vec::new(),
+        ),
+    };
     let version = |v: Option<TlsProtocolVersion>| match v {
         None | Some(TlsProtocolVersion::Auto) => TlsProtocol::TlsAuto as i32,
         Some(TlsProtocolVersion::V1_2) => TlsProtocol::TlSv12 as i32,
@@ -300,11 +488,8 @@ fn terminate(server: &IngressServer<'_>, mode: ServerTlsMode) -> TransportSocket
         });
     let context = DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![TlsCertificate {
-                certificate_chain: Some(file(&tls.server_certificate)),
-                private_key: Some(file(&tls.private_key)),
-                ..Default::default()
-            }],
+            tls_certificates,
+            tls_certificate_sds_secret_configs,
             alpn_protocols: vec!["h2".into(), "http/1.1".into()],
             tls_params,
             validation_context_type: validation,
@@ -343,19 +528,26 @@ fn passthrough(
                 if !applies {
                     continue;
                 }
+                // What of each SNI the server serves (the narrower pattern of the pair).
                 let names: BTreeSet<String> = m
                     .sni_hosts
                     .iter()
-                    .filter(|sni| {
+                    .flat_map(|sni| {
                         server
                             .server
-                            .accepts(server.gateway_namespace, &key.namespace, sni)
+                            .serves(server.gateway_namespace, &key.namespace, sni)
                     })
-                    .map(|sni| sni.to_ascii_lowercase())
                     .collect();
-                if !names.is_empty() {
-                    out.push((names.into_iter().collect(), filter.clone()));
+                if names.is_empty() {
+                    continue;
                 }
+                // `*` is any SNI, which Envoy says with no `server_names` at all.
+                let names = if names.contains("*") {
+                    Vec::new()
+                } else {
+                    names.into_iter().collect()
+                };
+                out.push((names, filter.clone()));
             }
         }
     }

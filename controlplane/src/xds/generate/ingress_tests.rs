@@ -153,7 +153,7 @@ fn gateway_servers_become_listeners_with_tls_by_sni_redirects_and_passthrough() 
         panic!("{admin:?}")
     };
     assert_eq!(v.match_typed_subject_alt_names.len(), 1);
-    let shop_routes = &routes["https.8443.istio-system.public.1"];
+    let shop_routes = &routes["https.8443.1.public.istio-system"];
     let vh = &shop_routes.virtual_hosts[0];
     assert_eq!(vh.domains[0], "shop.example.com");
     let Some(route::Action::Route(action)) = &vh.routes[0].action else {
@@ -167,7 +167,7 @@ fn gateway_servers_become_listeners_with_tls_by_sni_redirects_and_passthrough() 
     );
     // The admin server takes only VirtualServices of namespace `shop`: edge is one.
     assert_eq!(
-        routes["https.8443.istio-system.public.admin"].virtual_hosts[0].domains[0],
+        routes["https.8443.2.public.istio-system"].virtual_hosts[0].domains[0],
         "admin.example.com"
     );
 
@@ -206,9 +206,10 @@ fn a_server_of_another_namespace_or_an_unknown_gateway_gets_nothing() {
     let s = proxy_snapshot(&model, &ingress_node(), &secrets()).unwrap();
     let routes: BTreeMap<String, RouteConfiguration> = decoded(&s, ROUTE);
     assert!(
-        routes["https.8443.istio-system.public.admin"]
+        routes["https.8443.2.public.istio-system"]
             .virtual_hosts
-            .is_empty()
+            .iter()
+            .all(|v| v.name.starts_with("misdirected:")),
     );
     // A VirtualService naming a Gateway that does not exist is warned about by name.
     let model = super::tests::model(&EDGE.replace(
@@ -222,5 +223,222 @@ fn a_server_of_another_namespace_or_an_unknown_gateway_gets_nothing() {
             .any(|w| w.message.contains("istio-system/nowhere")),
         "{:?}",
         model.warnings
+    );
+}
+
+#[test]
+fn overlapping_hosts_narrow_each_sni_goes_to_one_chain_and_policies_apply() {
+    let yaml = format!(
+        "{EDGE}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: second, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  # admin.example.com is already the first Gateway's: only other.example.com is left.
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: ['*/admin.example.com', '*/other.example.com']
+    tls: {{mode: SIMPLE, serverCertificate: /certs/o.pem, privateKey: /certs/o.key}}
+  - port: {{number: 9443, name: tls, protocol: TLS}}
+    hosts: ['*/*']
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: greedy, namespace: shop}}
+spec:
+  hosts: ['*']
+  gateways: [istio-system/second]
+  http:
+  - route: [{{destination: {{host: reviews.shop.local, port: {{number: 9080}}}}}}]
+  tls:
+  - match: [{{sniHosts: ['*']}}]
+    route: [{{destination: {{host: reviews.shop.local, port: {{number: 7000}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: private, namespace: shop}}
+spec:
+  hosts: [private.example.com]
+  exportTo: [.]
+  gateways: [istio-system/public]
+  http:
+  - route: [{{destination: {{host: reviews.shop.local, port: {{number: 9080}}}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge-deny, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]
+"
+    );
+    let model = model(&yaml);
+    let s = proxy_snapshot(&model, &ingress_node(), &secrets()).unwrap();
+    let listeners: BTreeMap<String, Listener> = decoded(&s, LISTENER);
+    let names = |l: &Listener| -> Vec<Vec<String>> {
+        l.filter_chains
+            .iter()
+            .map(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .map(|m| m.server_names.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    // Each SNI in one chain at most (Envoy refuses equal matches), the first server's.
+    assert_eq!(
+        names(&listeners["0.0.0.0_8443"]),
+        [
+            vec!["shop.example.com".to_owned()],
+            vec!["admin.example.com".to_owned()],
+            vec!["other.example.com".to_owned()],
+        ]
+    );
+    // `*` as SNI: one chain with no server_names after the first Gateway's db.example.com.
+    assert_eq!(
+        names(&listeners["0.0.0.0_9443"]),
+        [vec!["db.example.com".to_owned()], vec![]]
+    );
+    let routes: BTreeMap<String, RouteConfiguration> = decoded(&s, ROUTE);
+    // The VirtualService's `*` takes only what the server names, and behind its chain only
+    // what that chain's SNI is; a host another chain takes by SNI is 421 (no MUTUAL bypass by
+    // sending one chain's SNI and another's Host).
+    let second = &routes["https.8443.0.second.istio-system"];
+    let domains: Vec<(&str, &str)> = second
+        .virtual_hosts
+        .iter()
+        .map(|v| (v.domains[0].as_str(), v.routes[0].name.as_str()))
+        .collect();
+    assert_eq!(
+        domains,
+        [
+            ("other.example.com", ""),
+            ("admin.example.com", "misdirected"),
+            ("shop.example.com", "misdirected"),
+        ]
+    );
+    let shop = &routes["https.8443.1.public.istio-system"];
+    let Some(route::Action::DirectResponse(answer)) = &shop
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains[0] == "admin.example.com")
+        .unwrap()
+        .routes[0]
+        .action
+    else {
+        panic!("{shop:?}")
+    };
+    assert_eq!(answer.status, 421);
+    // exportTo `.`: not visible to a gateway of another namespace.
+    assert!(
+        routes
+            .values()
+            .flat_map(|r| &r.virtual_hosts)
+            .all(|v| !v.domains.iter().any(|d| d.starts_with("private."))),
+    );
+    // The gateway's AuthorizationPolicy is its virtual hosts' RBAC.
+    let vh = &routes["https.8443.1.public.istio-system"].virtual_hosts[0];
+    assert!(
+        vh.typed_per_filter_config
+            .keys()
+            .any(|k| k.contains("rbac")),
+        "{vh:?}"
+    );
+}
+
+#[test]
+fn a_destination_rules_credential_name_is_the_client_namespaces_secret_over_sds() {
+    use std::sync::Arc;
+
+    use isthmus_identity::TrustDomain;
+    use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
+        Secret, UpstreamTlsContext,
+    };
+
+    use crate::config::cluster::{ClusterState, TlsCredential};
+    use crate::config::load_text;
+
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin, namespace: shop}}
+spec:
+  host: httpbin.org
+  trafficPolicy:
+    tls: {{mode: MUTUAL, credentialName: egress-cert}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: stranger, namespace: other}}
+spec: {{address: 127.0.0.40, serviceAccount: stranger}}
+",
+        super::tests::MESH
+    );
+    let credential = TlsCredential {
+        certificate_chain: Some(b"CHAIN".to_vec()),
+        private_key: Some(zeroize::Zeroizing::new(b"KEY".to_vec())),
+        roots: Some(b"ROOTS".to_vec()),
+    };
+    let cluster = ClusterState {
+        credentials: [(
+            ("shop".to_owned(), "egress-cert".to_owned()),
+            Arc::new(credential),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let snapshot = load_text(&yaml, std::path::Path::new("t.yaml"))
+        .unwrap()
+        .with_cluster(Arc::new(cluster));
+    let model = MeshModel::build(
+        Arc::new(snapshot),
+        &TrustDomain::new("red.local").unwrap(),
+        "istio-system",
+    );
+    let of = |workload: &str, namespace: &str| {
+        let node = ProxyNode::from_metadata(
+            &format!("sidecar~127.0.0.1~{workload}.{namespace}~{namespace}.svc.cluster.local"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        proxy_snapshot(&model, &node, &secrets()).unwrap()
+    };
+    let web = of("web", "shop");
+    let sent: BTreeMap<String, Secret> = decoded(&web, crate::xds::resources::SECRET);
+    assert!(
+        sent.contains_key("kubernetes://egress-cert"),
+        "{:?}",
+        sent.keys()
+    );
+    assert!(sent.contains_key("kubernetes://egress-cert-cacert"));
+    let cluster = &clusters(&web)["outbound|443||httpbin.org"];
+    let socket = cluster.transport_socket.as_ref().unwrap();
+    let Some(
+        isthmus_proto::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+            any,
+        ),
+    ) = &socket.config_type
+    else {
+        panic!()
+    };
+    let tls = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    let common = tls.common_tls_context.unwrap();
+    assert_eq!(
+        common.tls_certificate_sds_secret_configs[0].name,
+        "kubernetes://egress-cert"
+    );
+    assert!(common.tls_certificates.is_empty());
+    // Another namespace's proxy gets no Secret of `shop` (its TLS fails closed).
+    let stranger = of("stranger", "other");
+    let sent: BTreeMap<String, Secret> = decoded(&stranger, crate::xds::resources::SECRET);
+    assert!(
+        sent.keys().all(|k| !k.starts_with("kubernetes://")),
+        "{:?}",
+        sent.keys()
     );
 }

@@ -35,7 +35,7 @@ use isthmus_proto::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as
 use isthmus_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy,
 };
-use isthmus_proto::envoy::google::protobuf::BoolValue;
+use isthmus_proto::envoy::google::protobuf::{Any, BoolValue};
 
 use super::clusters::protocol_options;
 use super::endpoints::socket;
@@ -259,13 +259,6 @@ pub(super) fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
 /// per-route config), so a policy change applies to the next request on connections that are
 /// already open, without draining listeners.
 fn inbound_http(port: u32, tracing: Option<&Tracing>, jwt: Option<HttpFilter>) -> Filter {
-    let rbac = |name: &str| HttpFilter {
-        name: name.to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack(
-            &HttpRbac::default(),
-        ))),
-        ..Default::default()
-    };
     hcm_filter(&HttpConnectionManager {
         stat_prefix: format!("inbound_{port}"),
         codec_type: http_connection_manager::CodecType::Auto as i32,
@@ -273,10 +266,7 @@ fn inbound_http(port: u32, tracing: Option<&Tracing>, jwt: Option<HttpFilter>) -
             config_source: Some(ads()),
             route_config_name: inbound_route(port),
         })),
-        http_filters: jwt
-            .into_iter()
-            .chain([rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER), router()])
-            .collect(),
+        http_filters: policy_filters(jwt).into_iter().chain([router()]).collect(),
         upgrade_configs: websocket(),
         tracing: tracing.cloned(),
         // The application sees who called it (x-forwarded-client-cert, URI = SPIFFE ID).
@@ -292,9 +282,24 @@ fn inbound_http(port: u32, tracing: Option<&Tracing>, jwt: Option<HttpFilter>) -
     })
 }
 
-/// The inbound route configuration of an HTTP port: everything to the application, with the
-/// workload's authorization policies.
-fn inbound_routes(port: u32, cluster: &str, rules: Vec<Rbac>) -> RouteConfiguration {
+/// The HTTP filters that enforce a workload's `RequestAuthentication` (`jwt`, when it has
+/// one) and `AuthorizationPolicy`s: JWT, then RBAC DENY and ALLOW, empty here and configured
+/// per virtual host by [`rbac_per_filter`] (so a policy change needs no listener change).
+pub(super) fn policy_filters(jwt: Option<HttpFilter>) -> Vec<HttpFilter> {
+    let rbac = |name: &str| HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+            &HttpRbac::default(),
+        ))),
+        ..Default::default()
+    };
+    jwt.into_iter()
+        .chain([rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER)])
+        .collect()
+}
+
+/// The per-filter configuration of [`policy_filters`]' RBAC filters for `rules`.
+pub(super) fn rbac_per_filter(rules: Vec<Rbac>) -> HashMap<String, Any> {
     let mut per_filter = HashMap::new();
     for rules in rules {
         let filter = if rules.action == rbac::Action::Deny as i32 {
@@ -310,6 +315,13 @@ fn inbound_routes(port: u32, cluster: &str, rules: Vec<Rbac>) -> RouteConfigurat
         };
         per_filter.insert(filter.to_owned(), pack(&config));
     }
+    per_filter
+}
+
+/// The inbound route configuration of an HTTP port: everything to the application, with the
+/// workload's authorization policies.
+fn inbound_routes(port: u32, cluster: &str, rules: Vec<Rbac>) -> RouteConfiguration {
+    let per_filter = rbac_per_filter(rules);
     let route = Route {
         name: "default".into(),
         r#match: Some(RouteMatch {

@@ -18,6 +18,7 @@
 mod capture;
 mod clusters;
 mod consistent_hash;
+mod credentials;
 mod dns;
 mod endpoints;
 #[cfg(test)]
@@ -93,6 +94,8 @@ pub struct OutboundView {
     routes: TypeResources,
     /// The DNS proxy's name table.
     names: TypeResources,
+    /// The `credentialName` secrets the clusters name (the namespace's `Secret`s).
+    secrets: TypeResources,
 }
 
 /// Workloads with equal keys get the same [`OutboundView`].
@@ -114,8 +117,15 @@ pub fn view_key(workload: &Workload) -> ViewKey {
 pub fn outbound_view(model: &MeshModel, workload: &Workload) -> OutboundView {
     let visible = visibility::visible_services(model, workload);
     let route = routes::outbound_routes(model, workload, &visible);
-    let mut clusters = clusters::outbound(model, &visible);
+    let mut clusters = clusters::outbound(model, &visible, &workload.namespace);
     telemetry::label_clusters(model, None, &mut clusters);
+    let credential_names = visible
+        .iter()
+        .filter_map(|s| model.destination_rules.get(&s.key.hostname))
+        .flat_map(|(_, rule)| rule.credential_names())
+        .cloned()
+        .collect();
+    let secrets = credentials::secrets(model, &workload.namespace, &credential_names);
     OutboundView {
         clusters: TypeResources::new(clusters.iter().map(|c| (c.name.clone(), pack(c)))),
         endpoints: TypeResources::new(
@@ -128,6 +138,7 @@ pub fn outbound_view(model: &MeshModel, workload: &Workload) -> OutboundView {
             NAME_TABLE_RESOURCE.to_owned(),
             pack(&dns::name_table(&visible)),
         )]),
+        secrets: resources_of(&secrets, |s| &s.name),
     }
 }
 
@@ -211,7 +222,7 @@ pub fn proxy_snapshot_with_view(
             TypeResources::merge(&[&inbound_clusters, &view.clusters]),
         )
         .with(ENDPOINT, view.endpoints.clone())
-        .with(SECRET, secrets)
+        .with(SECRET, TypeResources::merge(&[&secrets, &view.secrets]))
         .with(NAME_TABLE_TYPE, view.names.clone())
 }
 
@@ -226,7 +237,13 @@ fn gateway_snapshot(
     let gateway = gateways::gateway(model, workload);
     let mut ingress = ingress::ingress(model, workload);
     telemetry::label_sidecar_listeners(model, workload, &mut ingress.listeners);
-    let secrets = TypeResources::new(secrets.to_envoy().iter().map(|s| (s.name.clone(), pack(s))));
+    let mut secrets = secrets.to_envoy();
+    secrets.extend(credentials::secrets(
+        model,
+        &workload.namespace,
+        &ingress.credentials,
+    ));
+    let secrets = resources_of(&secrets, |s| &s.name);
     let listeners = TypeResources::new(
         gateway
             .listeners
@@ -239,12 +256,13 @@ fn gateway_snapshot(
     let ingress_routes =
         TypeResources::new(ingress.routes.iter().map(|r| (r.name.clone(), pack(r))));
     // A federation-only gateway needs none of the mesh's clusters.
-    let (clusters, endpoints) = if ingress.is_empty() {
-        (own_clusters, TypeResources::default())
+    let (clusters, endpoints, secrets) = if ingress.is_empty() {
+        (own_clusters, TypeResources::default(), secrets)
     } else {
         (
             TypeResources::merge(&[&own_clusters, &view.clusters]),
             view.endpoints.clone(),
+            TypeResources::merge(&[&secrets, &view.secrets]),
         )
     };
     ProxySnapshot::default()

@@ -76,7 +76,7 @@ pub fn proxyless_snapshot(
         .iter()
         .flat_map(|vh| api_listeners(vh, &hosts))
         .collect();
-    let clusters: Vec<Cluster> = clusters::outbound(model, &visible)
+    let clusters: Vec<Cluster> = clusters::outbound(model, &visible, &workload.namespace)
         .into_iter()
         .filter_map(|c| eds_for_grpc(c, node.xds_credentials))
         .collect();

@@ -24,7 +24,7 @@ use crate::config::load_text;
 use crate::model::MeshModel;
 use crate::xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 
-const MESH: &str = "
+pub(super) const MESH: &str = "
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: shop}

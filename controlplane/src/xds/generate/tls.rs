@@ -28,7 +28,7 @@ pub fn ads() -> ConfigSource {
     }
 }
 
-fn sds(name: &str) -> SdsSecretConfig {
+pub(super) fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_owned(),
         sds_config: Some(ads()),

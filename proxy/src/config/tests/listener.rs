@@ -190,6 +190,7 @@ fn listeners_convert_to_their_model() {
                         rbac: vec![],
                         forward_client_cert: ForwardClientCert::Sanitize,
                         set_client_cert_uri: false,
+                        use_remote_address: false,
                         allow_absolute_url: false,
                         upgrades: vec![],
                         allow_connect: false,

@@ -9,6 +9,7 @@ mod endpoint;
 mod listener;
 mod rbac;
 mod route;
+mod secret;
 mod tls;
 mod tracing;
 

@@ -13,8 +13,9 @@ use isthmus_proto::envoy::google::protobuf::{Any, BoolValue};
 
 use super::{Expect, Table, ads, not_ads, pack, run};
 use crate::config::tls::{
-    ClientValidation, DownstreamTls, ExternalServerTls, ExternalTls, Pem, SanMatch,
-    ServerNameCheck, TlsContext, TlsVersion, TlsVersions, UpstreamTls, downstream, upstream,
+    ClientValidation, DownstreamTls, ExternalCertificate, ExternalRoots, ExternalServerTls,
+    ExternalTls, Pem, SanMatch, ServerNameCheck, TlsContext, TlsVersion, TlsVersions, UpstreamTls,
+    downstream, upstream,
 };
 
 fn socket(config: Any) -> Option<TransportSocket> {
@@ -375,7 +376,7 @@ fn upstream_tls_outside_the_mesh_is_verified_as_x509() {
                 },
                 sni: "api.example.com".into(),
                 external: Some(ExternalTls {
-                    roots: Some(Pem::File("/etc/certs/ca.pem".into())),
+                    roots: Some(ExternalRoots::Pem(Pem::File("/etc/certs/ca.pem".into()))),
                     server_name: ServerNameCheck::Sni,
                     client_certificate: None,
                 }),
@@ -400,10 +401,10 @@ fn upstream_tls_outside_the_mesh_is_verified_as_x509() {
                             SanMatch::Uri("spiffe://x/y".into()),
                         ])
                         && e.client_certificate
-                            == Some((
-                                Pem::File("/etc/certs/cert.pem".into()),
-                                Pem::File("/etc/certs/key.pem".into()),
-                            ))
+                            == Some(ExternalCertificate::Pem {
+                                chain: Pem::File("/etc/certs/cert.pem".into()),
+                                key: Pem::File("/etc/certs/key.pem".into()),
+                            })
                 })
             }),
         ),
@@ -538,11 +539,11 @@ fn alpn_only() -> TlsContext {
     }
 }
 
-fn gateway_certificate() -> (Pem, Pem) {
-    (
-        Pem::File("/etc/gw/cert.pem".into()),
-        Pem::File("/etc/gw/key.pem".into()),
-    )
+fn gateway_certificate() -> ExternalCertificate {
+    ExternalCertificate::Pem {
+        chain: Pem::File("/etc/gw/cert.pem".into()),
+        key: Pem::File("/etc/gw/key.pem".into()),
+    }
 }
 
 fn versions(t: &Option<DownstreamTls>) -> Option<TlsVersions> {
@@ -591,7 +592,7 @@ fn downstream_tls_with_a_certificate_from_pem_converts_to_its_model() {
                 external: Some(ExternalServerTls {
                     certificate: gateway_certificate(),
                     clients: Some(ClientValidation {
-                        roots: Pem::File("/etc/gw/ca.pem".into()),
+                        roots: ExternalRoots::Pem(Pem::File("/etc/gw/ca.pem".into())),
                         sans: vec![
                             SanMatch::Dns("client.example.com".into()),
                             SanMatch::Uri("spiffe://partner/ns/a/sa/b".into()),
@@ -633,7 +634,10 @@ fn downstream_tls_with_a_certificate_from_pem_converts_to_its_model() {
                     .and_then(|t| t.external.as_ref())
                     .is_some_and(|e| {
                         e.certificate
-                            == (Pem::Inline(b"CERT".to_vec()), Pem::Inline(b"KEY".to_vec()))
+                            == ExternalCertificate::Pem {
+                                chain: Pem::Inline(b"CERT".to_vec()),
+                                key: Pem::Inline(b"KEY".to_vec()),
+                            }
                     })
             }),
         ),
@@ -752,7 +756,7 @@ fn downstream_tls_with_a_certificate_from_pem_outside_the_profile_is_rejected_at
                     ),
                 );
             }),
-            Expect::Rejected(down!("validation_context_type")),
+            Expect::Rejected(down!("validation_context_sds_secret_config.name")),
         ),
         (
             "clients' SANs without their roots",
@@ -794,4 +798,517 @@ fn downstream_tls_with_a_certificate_from_pem_outside_the_profile_is_rejected_at
         ),
     ];
     run(table, downstream);
+}
+
+/// A context with Istio's `credentialName` as isthmusd writes it: the certificate
+/// `kubernetes://gw` over SDS (none when `certificate` is false), ALPN, and the validation
+/// given.
+fn credential_common(
+    certificate: bool,
+    validation: Option<common_tls_context::ValidationContextType>,
+) -> CommonTlsContext {
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: if certificate {
+            vec![sds("kubernetes://gw")]
+        } else {
+            Vec::new()
+        },
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        validation_context_type: validation,
+        ..CommonTlsContext::default()
+    }
+}
+
+/// The credential's roots `kubernetes://gw-cacert` with these SAN matchers next to them.
+fn credential_roots(sans: Vec<SubjectAltNameMatcher>) -> common_tls_context::ValidationContextType {
+    common_tls_context::ValidationContextType::CombinedValidationContext(
+        common_tls_context::CombinedCertificateValidationContext {
+            default_validation_context: Some(CertificateValidationContext {
+                match_typed_subject_alt_names: sans,
+                ..CertificateValidationContext::default()
+            }),
+            validation_context_sds_secret_config: Some(sds("kubernetes://gw-cacert")),
+            ..Default::default()
+        },
+    )
+}
+
+/// A `Gateway` server with `credentialName: gw`: `SIMPLE` (no validation) or `MUTUAL`.
+fn credential_server(
+    validation: Option<common_tls_context::ValidationContextType>,
+) -> DownstreamTlsContext {
+    DownstreamTlsContext {
+        require_client_certificate: validation.is_some().then_some(BoolValue { value: true }),
+        common_tls_context: Some(credential_common(true, validation)),
+        ..DownstreamTlsContext::default()
+    }
+}
+
+fn ip_san(address: &str) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: subject_alt_name_matcher::SanType::IpAddress as i32,
+        ..dns_san(address)
+    }
+}
+
+#[test]
+fn downstream_tls_with_a_credential_over_sds_converts_to_its_model() {
+    let table: Table<Option<TransportSocket>, Option<DownstreamTls>> = vec![
+        (
+            "SIMPLE: the credential's certificate, no client certificate asked for",
+            socket(pack(&credential_server(None))),
+            Expect::Model(Some(DownstreamTls {
+                context: alpn_only(),
+                require_client_certificate: false,
+                external: Some(ExternalServerTls {
+                    certificate: ExternalCertificate::Sds("kubernetes://gw".into()),
+                    clients: None,
+                    versions: TlsVersions::default(),
+                }),
+            })),
+        ),
+        (
+            "MUTUAL: the credential's roots over SDS and the SANs next to them, required",
+            socket(pack(&credential_server(Some(credential_roots(vec![
+                dns_san("client.example.com"),
+                uri_san(string_matcher::MatchPattern::Exact(
+                    "spiffe://partner/ns/a/sa/b".into(),
+                )),
+                ip_san("10.1.2.3"),
+            ]))))),
+            Expect::Model(Some(DownstreamTls {
+                context: alpn_only(),
+                require_client_certificate: true,
+                external: Some(ExternalServerTls {
+                    certificate: ExternalCertificate::Sds("kubernetes://gw".into()),
+                    clients: Some(ClientValidation {
+                        roots: ExternalRoots::Sds("kubernetes://gw-cacert".into()),
+                        sans: vec![
+                            SanMatch::Dns("client.example.com".into()),
+                            SanMatch::Uri("spiffe://partner/ns/a/sa/b".into()),
+                            SanMatch::Ip([10, 1, 2, 3].into()),
+                        ],
+                    }),
+                    versions: TlsVersions::default(),
+                }),
+            })),
+        ),
+        (
+            "MUTUAL without subjectAltNames: an empty default context",
+            socket(pack(&credential_server(Some(credential_roots(Vec::new()))))),
+            Expect::Holds(|t| {
+                t.as_ref()
+                    .and_then(|t| t.external.as_ref()?.clients.as_ref())
+                    .is_some_and(|c| {
+                        c.sans.is_empty()
+                            && c.roots == ExternalRoots::Sds("kubernetes://gw-cacert".into())
+                    })
+            }),
+        ),
+        (
+            "MUTUAL without subjectAltNames: the roots' SDS name alone",
+            socket(pack(&credential_server(Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
+                    "kubernetes://gw-cacert",
+                )),
+            )))),
+            Expect::Holds(|t| {
+                t.as_ref()
+                    .and_then(|t| t.external.as_ref()?.clients.as_ref())
+                    .is_some_and(|c| c.sans.is_empty())
+            }),
+        ),
+        (
+            "TLS 1.3 only",
+            edited(credential_server(None), |_, common| {
+                common.tls_params = Some(TlsParameters {
+                    tls_minimum_protocol_version: protocol(tls_parameters::TlsProtocol::TlSv13),
+                    ..TlsParameters::default()
+                });
+            }),
+            Expect::Holds(|t| {
+                versions(t)
+                    == Some(TlsVersions {
+                        min: TlsVersion::Tls13,
+                        max: TlsVersion::Tls13,
+                    })
+            }),
+        ),
+        (
+            "a certificate from files, the clients' roots of a credential",
+            edited(gateway_server(None), |c, common| {
+                c.require_client_certificate = Some(BoolValue { value: true });
+                common.validation_context_type = Some(credential_roots(Vec::new()));
+            }),
+            Expect::Holds(|t| {
+                t.as_ref()
+                    .and_then(|t| t.external.as_ref())
+                    .is_some_and(|e| {
+                        e.certificate == gateway_certificate()
+                            && e.clients.as_ref().is_some_and(|c| {
+                                c.roots == ExternalRoots::Sds("kubernetes://gw-cacert".into())
+                            })
+                    })
+            }),
+        ),
+        (
+            "the names subscribed to: the credential's two secrets",
+            socket(pack(&credential_server(Some(credential_roots(Vec::new()))))),
+            Expect::Holds(|t| {
+                t.as_ref().is_some_and(|t| {
+                    t.secret_names().collect::<Vec<_>>()
+                        == ["kubernetes://gw", "kubernetes://gw-cacert"]
+                })
+            }),
+        ),
+    ];
+    run(table, downstream);
+}
+
+#[test]
+fn downstream_tls_with_a_credential_over_sds_outside_the_profile_is_rejected_at_its_path() {
+    let table: Table<Option<TransportSocket>, Option<DownstreamTls>> = vec![
+        (
+            "the credential's certificate, the mesh's trust bundles",
+            edited(credential_server(None), |c, common| {
+                c.require_client_certificate = Some(BoolValue { value: true });
+                common.validation_context_type = Some(
+                    common_tls_context::ValidationContextType::CombinedValidationContext(
+                        common_tls_context::CombinedCertificateValidationContext {
+                            validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                            ..Default::default()
+                        },
+                    ),
+                );
+            }),
+            Expect::Rejected(down!(
+                "combined_validation_context.validation_context_sds_secret_config.name"
+            )),
+        ),
+        (
+            "the mesh's certificate, the credential's roots",
+            edited(
+                credential_server(Some(credential_roots(Vec::new()))),
+                |_, common| {
+                    common.tls_certificate_sds_secret_configs = vec![sds("default")];
+                },
+            ),
+            Expect::Rejected(down!("tls_certificate_sds_secret_configs[0].name")),
+        ),
+        (
+            "two credentials' certificates",
+            edited(credential_server(None), |_, common| {
+                common
+                    .tls_certificate_sds_secret_configs
+                    .push(sds("kubernetes://other"));
+            }),
+            Expect::Rejected(down!("tls_certificate_sds_secret_configs")),
+        ),
+        (
+            "a credential's certificate and one from files",
+            edited(credential_server(None), |_, common| {
+                common.tls_certificates = vec![TlsCertificate {
+                    certificate_chain: file("/etc/gw/cert.pem"),
+                    private_key: file("/etc/gw/key.pem"),
+                    ..TlsCertificate::default()
+                }];
+            }),
+            Expect::Rejected(down!("tls_certificate_sds_secret_configs")),
+        ),
+        (
+            "the credential's roots but no certificate to present",
+            socket(pack(&DownstreamTlsContext {
+                common_tls_context: Some(credential_common(
+                    false,
+                    Some(credential_roots(Vec::new())),
+                )),
+                ..DownstreamTlsContext::default()
+            })),
+            Expect::Rejected(down!("tls_certificate_sds_secret_configs")),
+        ),
+        (
+            "the credential's certificate not over ADS",
+            edited(credential_server(None), |_, common| {
+                common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig {
+                    name: "kubernetes://gw".into(),
+                    sds_config: not_ads(),
+                }];
+            }),
+            Expect::Rejected(down!(
+                "tls_certificate_sds_secret_configs[0].sds_config.config_source_specifier"
+            )),
+        ),
+        (
+            "roots next to the credential's roots",
+            edited(
+                credential_server(Some(credential_roots(Vec::new()))),
+                |_, common| {
+                    if let Some(
+                        common_tls_context::ValidationContextType::CombinedValidationContext(c),
+                    ) = &mut common.validation_context_type
+                        && let Some(v) = &mut c.default_validation_context
+                    {
+                        v.trusted_ca = file("/etc/gw/ca.pem");
+                    }
+                },
+            ),
+            Expect::Rejected(down!(
+                "combined_validation_context.default_validation_context.trusted_ca"
+            )),
+        ),
+        (
+            "the SPIFFE validator next to the credential's roots",
+            edited(
+                credential_server(Some(credential_roots(Vec::new()))),
+                |_, common| {
+                    if let Some(
+                        common_tls_context::ValidationContextType::CombinedValidationContext(c),
+                    ) = &mut common.validation_context_type
+                        && let Some(v) = &mut c.default_validation_context
+                    {
+                        v.custom_validator_config = Some(Default::default());
+                    }
+                },
+            ),
+            Expect::Rejected(down!(
+                "combined_validation_context.default_validation_context.custom_validator_config"
+            )),
+        ),
+        (
+            "an EMAIL SAN",
+            socket(pack(&credential_server(Some(credential_roots(vec![
+                SubjectAltNameMatcher {
+                    san_type: subject_alt_name_matcher::SanType::Email as i32,
+                    ..dns_san("ops@example.com")
+                },
+            ]))))),
+            Expect::Rejected(down!(
+                "combined_validation_context.default_validation_context.match_typed_subject_alt_names[0].san_type"
+            )),
+        ),
+        (
+            "a SAN suffix",
+            socket(pack(&credential_server(Some(credential_roots(vec![
+                uri_san(string_matcher::MatchPattern::Suffix(".example.com".into())),
+            ]))))),
+            Expect::Rejected(down!(
+                "combined_validation_context.default_validation_context.match_typed_subject_alt_names[0].matcher"
+            )),
+        ),
+        (
+            "a client certificate required, no roots",
+            edited(credential_server(None), |c, _| {
+                c.require_client_certificate = Some(BoolValue { value: true });
+            }),
+            Expect::Rejected("typed_config(DownstreamTlsContext).require_client_certificate"),
+        ),
+        (
+            "a minimum of TLS 1.1",
+            edited(credential_server(None), |_, common| {
+                common.tls_params = Some(TlsParameters {
+                    tls_minimum_protocol_version: protocol(tls_parameters::TlsProtocol::TlSv11),
+                    ..TlsParameters::default()
+                });
+            }),
+            Expect::Rejected(down!("tls_params.tls_minimum_protocol_version")),
+        ),
+    ];
+    run(table, downstream);
+}
+
+/// A `DestinationRule` with `credentialName: gw`: the SNI, the credential's certificate
+/// (`MUTUAL`), the validation given.
+fn credential_client(
+    certificate: bool,
+    validation: Option<common_tls_context::ValidationContextType>,
+    auto_sni_san_validation: bool,
+) -> Option<TransportSocket> {
+    socket(pack(&UpstreamTlsContext {
+        sni: "api.example.com".into(),
+        auto_sni_san_validation,
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: Vec::new(),
+            ..credential_common(certificate, validation)
+        }),
+        ..UpstreamTlsContext::default()
+    }))
+}
+
+/// A path inside the upstream context.
+macro_rules! up {
+    ($rest:literal) => {
+        concat!(
+            "typed_config(UpstreamTlsContext).common_tls_context.",
+            $rest
+        )
+    };
+}
+
+#[test]
+fn upstream_tls_with_a_credential_over_sds_converts_to_its_model() {
+    let roots_alone = || {
+        Some(
+            common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
+                "kubernetes://gw-cacert",
+            )),
+        )
+    };
+    let table: Table<Option<TransportSocket>, Option<UpstreamTls>> = vec![
+        (
+            "MUTUAL without subjectAltNames: the credential's certificate and roots, the SNI checked",
+            credential_client(true, roots_alone(), true),
+            Expect::Model(Some(UpstreamTls {
+                context: TlsContext {
+                    alpn: Vec::new(),
+                    ..alpn_only()
+                },
+                sni: "api.example.com".into(),
+                external: Some(ExternalTls {
+                    roots: Some(ExternalRoots::Sds("kubernetes://gw-cacert".into())),
+                    server_name: ServerNameCheck::Sni,
+                    client_certificate: Some(ExternalCertificate::Sds("kubernetes://gw".into())),
+                }),
+            })),
+        ),
+        (
+            "SIMPLE with subjectAltNames: the credential's roots, one of the SANs",
+            credential_client(
+                false,
+                Some(credential_roots(vec![dns_san("api.example.com")])),
+                false,
+            ),
+            Expect::Model(Some(UpstreamTls {
+                context: TlsContext {
+                    alpn: Vec::new(),
+                    ..alpn_only()
+                },
+                sni: "api.example.com".into(),
+                external: Some(ExternalTls {
+                    roots: Some(ExternalRoots::Sds("kubernetes://gw-cacert".into())),
+                    server_name: ServerNameCheck::OneOf(vec![SanMatch::Dns(
+                        "api.example.com".into(),
+                    )]),
+                    client_certificate: None,
+                }),
+            })),
+        ),
+        (
+            "the credential's certificate, roots inline",
+            credential_client(
+                true,
+                Some(
+                    common_tls_context::ValidationContextType::ValidationContext(
+                        CertificateValidationContext {
+                            trusted_ca: file("/etc/certs/ca.pem"),
+                            ..CertificateValidationContext::default()
+                        },
+                    ),
+                ),
+                true,
+            ),
+            Expect::Holds(|t| {
+                t.as_ref()
+                    .and_then(|t| t.external.as_ref())
+                    .is_some_and(|e| {
+                        e.roots == Some(ExternalRoots::Pem(Pem::File("/etc/certs/ca.pem".into())))
+                            && e.client_certificate
+                                == Some(ExternalCertificate::Sds("kubernetes://gw".into()))
+                    })
+            }),
+        ),
+        (
+            "insecureSkipVerify: the credential's certificate, no validation",
+            credential_client(true, None, false),
+            Expect::Holds(|t| {
+                t.as_ref()
+                    .and_then(|t| t.external.as_ref())
+                    .is_some_and(|e| e.roots.is_none() && e.client_certificate.is_some())
+            }),
+        ),
+        (
+            "the names subscribed to: the credential's two secrets",
+            credential_client(true, roots_alone(), true),
+            Expect::Holds(|t| {
+                t.as_ref().is_some_and(|t| {
+                    t.secret_names().collect::<Vec<_>>()
+                        == ["kubernetes://gw", "kubernetes://gw-cacert"]
+                })
+            }),
+        ),
+    ];
+    run(table, upstream);
+}
+
+#[test]
+fn upstream_tls_with_a_credential_over_sds_outside_the_profile_is_rejected_at_its_path() {
+    let table: Table<Option<TransportSocket>, Option<UpstreamTls>> = vec![
+        (
+            "the credential's certificate, the mesh's trust bundles",
+            credential_client(
+                true,
+                Some(
+                    common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                        sds("ROOTCA"),
+                    ),
+                ),
+                true,
+            ),
+            Expect::Rejected(up!("validation_context_sds_secret_config.name")),
+        ),
+        (
+            "the mesh's certificate, the credential's roots",
+            socket(pack(&UpstreamTlsContext {
+                sni: "api.example.com".into(),
+                common_tls_context: Some(CommonTlsContext {
+                    tls_certificate_sds_secret_configs: vec![sds("default")],
+                    validation_context_type: Some(credential_roots(Vec::new())),
+                    ..CommonTlsContext::default()
+                }),
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Rejected(up!("tls_certificate_sds_secret_configs[0].name")),
+        ),
+        (
+            "a credential's certificate and one from files",
+            socket(pack(&UpstreamTlsContext {
+                sni: "api.example.com".into(),
+                common_tls_context: Some(CommonTlsContext {
+                    tls_certificates: vec![TlsCertificate {
+                        certificate_chain: file("/etc/certs/cert.pem"),
+                        private_key: file("/etc/certs/key.pem"),
+                        ..TlsCertificate::default()
+                    }],
+                    ..credential_common(true, Some(credential_roots(Vec::new())))
+                }),
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Rejected(up!("tls_certificate_sds_secret_configs")),
+        ),
+        (
+            "SNI validation without an SNI",
+            socket(pack(&UpstreamTlsContext {
+                auto_sni_san_validation: true,
+                common_tls_context: Some(credential_common(
+                    true,
+                    Some(credential_roots(Vec::new())),
+                )),
+                ..UpstreamTlsContext::default()
+            })),
+            Expect::Rejected("typed_config(UpstreamTlsContext).auto_sni_san_validation"),
+        ),
+        (
+            "a DNS SAN in the mesh's validation context",
+            client(
+                "reviews",
+                mtls(CertificateValidationContext {
+                    match_typed_subject_alt_names: vec![dns_san("reviews")],
+                    ..CertificateValidationContext::default()
+                }),
+            ),
+            Expect::Rejected(up!(
+                "combined_validation_context.default_validation_context.match_typed_subject_alt_names[0].san_type"
+            )),
+        ),
+    ];
+    run(table, upstream);
 }
