@@ -134,6 +134,6 @@ mod tests {
     fn unsupported_fields_are_preserved_for_isthmus_to_reject() {
         let crd = KubeVirtualService::crd();
         let json = serde_json::to_string(&crd).unwrap_or_default();
-        assert!(json.contains("\"delegate\":{\"description\":\"Not supported by Isthmus: setting it is an error.\",\"x-kubernetes-preserve-unknown-fields\":true"), "{json}");
+        assert!(json.contains("\"statPrefix\":{\"description\":\"Not supported by Isthmus: setting it is an error.\",\"x-kubernetes-preserve-unknown-fields\":true"), "{json}");
     }
 }

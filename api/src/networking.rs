@@ -354,8 +354,10 @@ pub struct HttpRoute {
     pub retries: Option<HttpRetry>,
     #[serde(default)]
     pub headers: Option<Headers>,
+    /// The `VirtualService` (without hosts) whose HTTP routes take this route's place, each
+    /// match within this route's (Istio's delegation, one level).
     #[serde(default)]
-    pub delegate: Option<Unsupported>,
+    pub delegate: Option<Delegate>,
     #[serde(default)]
     pub fault: Option<HttpFaultInjection>,
     /// A copy of each request (`mirrorPercentage` of them) to this destination.
@@ -614,6 +616,17 @@ pub struct L4MatchAttributes {
     pub source_namespace: Option<String>,
 }
 
+/// Where a delegated route's routes are: a `VirtualService` without hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delegate {
+    pub name: String,
+    /// The parent's namespace when unset.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
 /// A route of TLS connections by their SNI (the TLS is not terminated).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "crd", derive(JsonSchema))]
@@ -675,11 +688,19 @@ impl Validate for VirtualService {
     fn validate(&self, v: &mut Validator) {
         let s = &self.spec;
         if s.hosts.is_empty() {
-            // A delegate (child) VirtualService, which a parent's `delegate` names.
+            // A delegate (child) `VirtualService`, which a parent's `delegate` names: HTTP
+            // routes only, and no further delegation (Istio's one level).
+            for (i, route) in s.http.iter().enumerate() {
+                v.check(
+                    route.delegate.is_none(),
+                    format!("spec.http[{i}].delegate"),
+                    "a delegate VirtualService (no hosts) cannot delegate again",
+                );
+            }
             v.check(
-                false,
-                "spec.hosts",
-                "a VirtualService without hosts is a delegate: delegation is not supported by Isthmus",
+                s.tcp.is_empty() && s.tls.is_empty(),
+                "spec",
+                "a delegate VirtualService (no hosts) has HTTP routes only",
             );
         } else {
             validate_hosts(v, &s.hosts);
@@ -798,12 +819,27 @@ fn validate_http_route(v: &mut Validator, path: &str, r: &HttpRoute) {
         !r.route.is_empty(),
         r.redirect.is_some(),
         r.direct_response.is_some(),
+        r.delegate.is_some(),
     ];
     v.check(
         actions.iter().filter(|a| **a).count() == 1,
         path,
-        "exactly one of route, redirect or directResponse is required",
+        "exactly one of route, redirect, directResponse or delegate is required",
     );
+    if let Some(d) = &r.delegate {
+        v.check(
+            super::meta::is_dns_subdomain(&d.name),
+            format!("{path}.delegate.name"),
+            format!("{:?} is not a VirtualService name", d.name),
+        );
+        if let Some(ns) = &d.namespace {
+            v.check(
+                super::meta::is_dns_label(ns),
+                format!("{path}.delegate.namespace"),
+                format!("{ns:?} is not a namespace"),
+            );
+        }
+    }
     for (i, m) in r.matches.iter().enumerate() {
         let mpath = format!("{path}.match[{i}]");
         let named = [

@@ -139,6 +139,10 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
             if path.starts_with("spec.http[].fault.delay.percent") {
                 fault["delay"]["fixedDelay"] = json!("1s");
             }
+            // Istio's validation wants the delegate's name.
+            if path.starts_with("spec.http[].delegate") && http["delegate"]["name"].is_null() {
+                http["delegate"]["name"] = json!("reviews-routes");
+            }
             if path.starts_with("spec.http[].route[].weight") {
                 http["route"][0]["weight"] = json!(100);
             }

@@ -98,7 +98,7 @@ fn bad_fields_are_reported_by_path() {
             vs(
                 json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "delegate": {"name": "m"}}]}),
             ),
-            "spec.http[0].delegate: not supported by Isthmus",
+            "spec.http[0]: exactly one of route, redirect, directResponse or delegate is required",
         ),
         (
             vs(
@@ -164,7 +164,7 @@ fn bad_fields_are_reported_by_path() {
             vs(
                 json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}], "redirect": {"uri": "/x"}}]}),
             ),
-            "spec.http[0]: exactly one of route, redirect or directResponse",
+            "spec.http[0]: exactly one of route, redirect, directResponse or delegate",
         ),
         (
             vs(
@@ -314,9 +314,13 @@ fn bad_fields_are_reported_by_path() {
 fn all_semantic_errors_are_reported_at_once() {
     let errs = errors(vs(json!({"hosts": [], "http": [
         {"route": [{"destination": {"host": "a"}, "weight": 10}, {"destination": {"host": "b"}}]},
-        {"directResponse": {"status": 99}}]})));
+        {"directResponse": {"status": 99}},
+        {"delegate": {"name": "deeper"}}]})));
     assert!(
-        errs.contains(&"spec.hosts: a VirtualService without hosts is a delegate: delegation is not supported by Isthmus".to_owned()),
+        errs.contains(
+            &"spec.http[2].delegate: a delegate VirtualService (no hosts) cannot delegate again"
+                .to_owned()
+        ),
         "{errs:?}"
     );
     assert!(

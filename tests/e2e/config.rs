@@ -59,9 +59,10 @@ fn a_bad_change_is_reported_and_the_last_good_configuration_stays() {
         "routes.yaml",
         &format!(
             "{ROUTES}---\n{}",
-            ROUTES
-                .replace("name: reviews", "name: ratings")
-                .replace("  - route:", "  - delegate: {name: x}\n    route:")
+            ROUTES.replace("name: reviews", "name: ratings").replace(
+                "  - route:",
+                "  - rewrite: {uriRegexRewrite: {match: a, rewrite: b}}\n    route:",
+            )
         ),
     );
     let status = wait_for(&daemon, "the rejection", |s| {
@@ -74,7 +75,7 @@ fn a_bad_change_is_reported_and_the_last_good_configuration_stays() {
     );
     assert_eq!(error["document"], 2);
     assert_eq!(error["resource"], "VirtualService ratings");
-    assert_eq!(error["path"], "spec.http[0].delegate");
+    assert_eq!(error["path"], "spec.http[0].rewrite.uriRegexRewrite");
     assert_eq!(error["reason"], "not supported by Isthmus");
     assert_eq!(status["version"], 1, "the last good configuration stays");
     assert_eq!(status["resources"]["VirtualService"], 1);

@@ -226,7 +226,10 @@ fn envoy_sidecars_are_configured_by_isthmusd_end_to_end() {
         "routes.yaml",
         &format!(
             "{HEADER_ROUTES}---\n{}",
-            SPLIT_ROUTES.replace("  - route:", "  - delegate: {name: x}\n    route:")
+            SPLIT_ROUTES.replace(
+                "  - route:",
+                "  - rewrite: {uriRegexRewrite: {match: a, rewrite: b}}\n    route:",
+            )
         ),
     );
     let debug = daemon.debug.to_string();
@@ -236,7 +239,7 @@ fn envoy_sidecars_are_configured_by_isthmusd_end_to_end() {
         || {
             let out = isthmusctl(&["status", "--debug-addr", &debug]);
             String::from_utf8_lossy(&out.stdout).contains(
-            "routes.yaml:11 (document 2): VirtualService echo: spec.http[0].delegate: not supported by Isthmus",
+            "routes.yaml:11 (document 2): VirtualService echo: spec.http[0].rewrite.uriRegexRewrite: not supported by Isthmus",
         )
         },
     );

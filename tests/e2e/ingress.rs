@@ -95,9 +95,17 @@ spec:
   hosts: [shop.example.com, admin.example.com]
   gateways: [istio-system/public]
   http:
+  # Delegated: the team's VirtualService (no hosts) says where /ratings goes.
   - match: [{{uri: {{prefix: /ratings}}}}]
-    route: [{{destination: {{host: ratings.bookinfo.svc.green-imports.local, port: {{number: 9080}}}}}}]
+    delegate: {{name: ratings-routes, namespace: shop}}
   - route: [{{destination: {{host: frontend.shop.svc.cluster.local, port: {{number: 9080}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings-routes, namespace: shop}}
+spec:
+  http:
+  - route: [{{destination: {{host: ratings.bookinfo.svc.green-imports.local, port: {{number: 9080}}}}}}]
 ---
 {secure}",
         gateway = gateway_yaml("istio-system", certs),
@@ -338,6 +346,16 @@ spec:
   hosts: [shop.example.com, admin.example.com]
   gateways: [public]
   http:
+  - match: [{{uri: {{prefix: /}}}}]
+    delegate: {{name: edge-routes}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge-routes, namespace: shop}}
+spec:
+  http:
+  - match: [{{uri: {{prefix: /nowhere}}}}]
+    directResponse: {{status: 418}}
   - route: [{{destination: {{host: echo.shop.local, subset: v1}}}}]
 ---
 {secure}",
@@ -414,6 +432,9 @@ fn a_stock_envoy_is_the_same_ingress_gateway_with_no_rejected_update() {
         body.contains("URI=spiffe://red.local/ns/shop/sa/ingress"),
         "echo's sidecar did not see the gateway's identity: {body}"
     );
+    // The delegate's own match, within the parent's.
+    let (status, _) = https(address, "shop.example.com", 8443, "/nowhere", ca, &[]).unwrap();
+    assert_eq!(status, 418);
     let resolve = format!("shop.example.com:8080:{address}");
     let (status, head) = curl(&[
         "-i",

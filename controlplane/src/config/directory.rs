@@ -253,7 +253,10 @@ spec:
 
     #[test]
     fn errors_name_file_document_line_resource_and_field() {
-        let bad = VS.replace("  - route:", "  - delegate: {name: m}\n    route:");
+        let bad = VS.replace(
+            "  - route:",
+            "  - rewrite: {uriRegexRewrite: {match: a, rewrite: b}}\n    route:",
+        );
         let dir = dir_with(&[
             ("good.yaml", SE),
             ("routes.yaml", &format!("{SE}---\n{bad}")),
@@ -265,7 +268,7 @@ spec:
             && e.contains("good.yaml:1 (document 1)")), "{text:#?}");
         let mirror = errors
             .iter()
-            .find(|e| e.path.as_deref() == Some("spec.http[0].delegate"))
+            .find(|e| e.path.as_deref() == Some("spec.http[0].rewrite.uriRegexRewrite"))
             .unwrap();
         assert_eq!(mirror.document, Some(2));
         assert_eq!(mirror.line, Some(9));
@@ -273,7 +276,7 @@ spec:
         assert!(mirror.file.ends_with("routes.yaml"));
         assert_eq!(
             mirror.to_string().rsplit_once("routes.yaml").unwrap().1,
-            ":9 (document 2): VirtualService reviews: spec.http[0].delegate: not supported by Isthmus"
+            ":9 (document 2): VirtualService reviews: spec.http[0].rewrite.uriRegexRewrite: not supported by Isthmus"
         );
     }
 

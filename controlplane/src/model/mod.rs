@@ -3,6 +3,7 @@
 //! [`ConfigSnapshot`]; per-proxy xDS resources are computed from it by [`crate::xds::generate`].
 
 pub mod cluster;
+pub mod delegation;
 pub mod federation;
 pub mod imports;
 pub mod ingress;
@@ -125,7 +126,12 @@ impl MeshModel {
         for (key, resource) in config.iter().map(|(k, r, _)| (k, r)) {
             match resource {
                 Resource::VirtualService(vs) => {
-                    let (for_sidecars, named) = vs_gateways::for_sidecars(&key.namespace, &vs.spec);
+                    // A delegate (no hosts) routes nothing by itself: its parents take it in.
+                    if vs.spec.hosts.is_empty() {
+                        continue;
+                    }
+                    let spec = delegation::expand(&config, key, &vs.spec, &mut warnings);
+                    let (for_sidecars, named) = vs_gateways::for_sidecars(&key.namespace, &spec);
                     let unserved: Vec<&String> = named
                         .iter()
                         .filter(|g| !gateways.contains_key(*g))
@@ -144,7 +150,7 @@ impl MeshModel {
                         });
                     }
                     if named.len() > unserved.len() {
-                        gateway_routes.push((key.clone(), vs.spec.clone()));
+                        gateway_routes.push((key.clone(), spec.clone()));
                     }
                     let Some(spec) = for_sidecars else { continue };
                     if !spec.tls.is_empty() {
