@@ -263,6 +263,7 @@ fn edge_config() -> (&'static HttpManager, &'static RouteTable) {
             forward_client_cert: ForwardClientCert::SanitizeSet,
             set_client_cert_uri: true,
             use_remote_address: false,
+            strip_any_host_port: false,
             allow_absolute_url: true,
             upgrades: vec!["websocket".into()],
             allow_connect: true,

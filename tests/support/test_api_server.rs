@@ -1223,7 +1223,7 @@ struct Selector {
     namespace: Option<String>,
     /// `type=` and `type!=` (Secrets).
     type_: Option<String>,
-    not_type: Option<String>,
+    not_types: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1249,7 +1249,7 @@ impl Selector {
                         field.trim()
                     )));
                 }
-                selector.not_type = Some(value.trim().to_owned());
+                selector.not_types.push(value.trim().to_owned());
                 continue;
             }
             let (field, value) = term
@@ -1279,7 +1279,7 @@ impl Selector {
         field("name", &self.name)
             && field("namespace", &self.namespace)
             && self.type_.as_ref().is_none_or(|t| kind_of == t)
-            && self.not_type.as_ref().is_none_or(|t| kind_of != t)
+            && self.not_types.iter().all(|t| kind_of != t)
             && self.labels.iter().all(|r| match r {
                 Requirement::Equals(k, v) => labels[k].as_str() == Some(v),
                 Requirement::NotEquals(k, v) => labels[k].as_str() != Some(v),

@@ -21,13 +21,15 @@ impl ClusterState {
     }
 
     /// What `credentialName` names for a proxy in `namespace`: the `Secret`'s certificate
-    /// and key, and its roots or else those of the `Secret` `<name>-cacert` (Istio's rules).
+    /// and key, and the roots of the `Secret` `<name>-cacert`, or else its own (Istio's
+    /// order: cert-manager writes the issuer's CA into `ca.crt`, which must not replace the
+    /// clients' roots given separately).
     pub fn credential(&self, namespace: &str, name: &str) -> Option<TlsCredential> {
         let get = |n: &str| self.credentials.get(&(namespace.to_owned(), n.to_owned()));
         let own = get(name);
-        let roots = own
+        let roots = get(&format!("{name}-cacert"))
             .and_then(|c| c.roots.clone())
-            .or_else(|| get(&format!("{name}-cacert")).and_then(|c| c.roots.clone()));
+            .or_else(|| own.and_then(|c| c.roots.clone()));
         if own.is_none() && roots.is_none() {
             return None;
         }

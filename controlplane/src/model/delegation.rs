@@ -65,7 +65,7 @@ pub fn expand(
             ));
             continue;
         }
-        if !exported_to(&child.export_to, namespace, &key.namespace) {
+        if !super::ingress::exported_to(&child.export_to, namespace, &key.namespace) {
             warn(format!(
                 "spec.http[{i}].delegate: VirtualService {namespace}/{} is not exported to namespace {}: the route applies to no request",
                 delegate.name, key.namespace
@@ -83,14 +83,6 @@ pub fn expand(
         }
     }
     out
-}
-
-/// Whether a resource of `namespace` with `exportTo` is visible in `to`.
-fn exported_to(export_to: &[String], namespace: &str, to: &str) -> bool {
-    export_to.is_empty()
-        || export_to
-            .iter()
-            .any(|e| e == "*" || e == to || (e == "." && namespace == to))
 }
 
 /// The delegate's route within the parent's, or `None` when their matches conflict.

@@ -32,6 +32,8 @@ pub struct IngressServer<'m> {
     /// `<namespace>/<name>` of its `Gateway`.
     pub gateway: &'m str,
     pub gateway_namespace: &'m str,
+    /// The namespace of the gateway workload serving it (what `exportTo` is checked for).
+    pub workload_namespace: &'m str,
     /// Its index in `spec.servers`.
     pub index: usize,
     pub server: &'m Server,
@@ -57,7 +59,7 @@ impl IngressServer<'_> {
             .gateway_routes
             .iter()
             .filter(|(key, spec)| {
-                exported_to(&spec.export_to, &key.namespace, self.gateway_namespace)
+                exported_to(&spec.export_to, &key.namespace, self.workload_namespace)
             })
             .filter_map(|(key, spec)| {
                 let part = vs_gateways::bound_to(&key.namespace, spec, self.gateway)?;
@@ -80,7 +82,7 @@ impl IngressServer<'_> {
 
 /// Whether a resource of `namespace` with `exportTo` is visible in `to` (Istio: none or `*`
 /// is everywhere, `.` its own namespace).
-fn exported_to(export_to: &[String], namespace: &str, to: &str) -> bool {
+pub(crate) fn exported_to(export_to: &[String], namespace: &str, to: &str) -> bool {
     export_to.is_empty()
         || export_to
             .iter()
@@ -88,7 +90,7 @@ fn exported_to(export_to: &[String], namespace: &str, to: &str) -> bool {
 }
 
 /// The servers `workload` serves, in (gateway, index) order.
-pub fn servers_of<'m>(model: &'m MeshModel, workload: &Workload) -> Vec<IngressServer<'m>> {
+pub fn servers_of<'m>(model: &'m MeshModel, workload: &'m Workload) -> Vec<IngressServer<'m>> {
     let mut out = Vec::new();
     for (name, (key, spec)) in &model.gateways {
         if !picks(spec, workload) {
@@ -98,6 +100,7 @@ pub fn servers_of<'m>(model: &'m MeshModel, workload: &Workload) -> Vec<IngressS
             out.push(IngressServer {
                 gateway: name,
                 gateway_namespace: &key.namespace,
+                workload_namespace: &workload.namespace,
                 index,
                 server,
             });

@@ -97,6 +97,9 @@ pub struct HttpManager {
     /// The edge (`use_remote_address`, an ingress gateway): `x-forwarded-proto` is what the
     /// client used and its address is appended to `x-forwarded-for`, whatever it sent.
     pub use_remote_address: bool,
+    /// `strip_any_host_port`: the authority loses its port before routing, and the request
+    /// goes on (and is redirected) without it.
+    pub strip_any_host_port: bool,
     /// Accept `GET http://host/path` (the app uses the proxy as its HTTP proxy).
     pub allow_absolute_url: bool,
     /// Upgrade protocols proxied (`upgrade_configs`, lowercase: `websocket`); other upgrade
@@ -465,7 +468,20 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         request_id_extension, local_reply_config, strip_matching_host_port,
         path_normalization_options, strip_trailing_host_dot, proxy_status_config,
         typed_header_validation_config, append_x_forwarded_port, append_local_overload,
-        add_proxy_protocol_connection_state, forward_proto_config, strip_port_mode);
+        add_proxy_protocol_connection_state, forward_proto_config);
+    // Virtual hosts are chosen on the authority without its port here, as Envoy's
+    // `strip_any_host_port` (what an ingress gateway sets) does; that setting also takes the
+    // port off the request itself. Envoy's other port modes are not this proxy's.
+    let strip_any_host_port = match strip_port_mode {
+        None => false,
+        Some(http_connection_manager::StripPortMode::StripAnyHostPort(true)) => true,
+        Some(_) => {
+            return Err(Invalid::new(
+                &path.field("strip_port_mode"),
+                "only strip_any_host_port: true (virtual hosts are matched without the port)",
+            ));
+        }
+    };
     // Accepted with this proxy's own behaviour: its server name, header size bound (60 KiB),
     // drain timings, request ids, 100-continue and remote address handling.
     use http_connection_manager::{CodecType, ForwardClientCertDetails as F, RouteSpecifier};
@@ -567,6 +583,7 @@ fn http_manager(any: &Any, path: &Path) -> Checked<HttpManager> {
         forward_client_cert,
         set_client_cert_uri,
         use_remote_address: use_remote_address.is_some_and(|b| b.value),
+        strip_any_host_port,
         allow_absolute_url,
         stream_idle_timeout: opt_duration(stream_idle_timeout, &path.field("stream_idle_timeout"))?,
         request_timeout: opt_duration(request_timeout, &path.field("request_timeout"))?

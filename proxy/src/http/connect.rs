@@ -133,6 +133,7 @@ mod tests {
             forward_client_cert: ForwardClientCert::Sanitize,
             set_client_cert_uri: false,
             use_remote_address: false,
+            strip_any_host_port: false,
             allow_absolute_url: false,
             upgrades: Vec::new(),
             allow_connect: true,

@@ -224,7 +224,12 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         },
         None => None,
     };
-    let authority = request_authority(&request);
+    let mut authority = request_authority(&request);
+    if hcm.strip_any_host_port {
+        // Envoy's `strip_any_host_port`: the port is gone before routing, and from what goes
+        // upstream and into a redirect's `Location`.
+        authority = without_port(&authority).to_owned();
+    }
     let peer = ConnectionFacts {
         peer: conn.tls.as_ref().and_then(|t| t.peer_id.as_deref()),
         remote: conn.remote.ip(),
@@ -343,6 +348,20 @@ fn flagged(mut response: http::Response<Body>, flag: &'static str) -> http::Resp
     response
 }
 
+/// `host:port` without its port (`[::1]:80` -> `[::1]`); anything else as it is.
+fn without_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            host
+        }
+        _ => authority,
+    }
+}
+
 /// The request's authority as routing sees it: the URI's, else the `Host` header's, lower-case.
 pub fn request_authority<B>(request: &http::Request<B>) -> String {
     request
@@ -456,4 +475,24 @@ pub fn decide<'t, B>(
 
 fn facts_connect(request: &http::Request<Incoming>) -> bool {
     request.method() == http::Method::CONNECT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_port;
+
+    #[test]
+    fn an_authority_loses_only_its_port() {
+        for (authority, bare) in [
+            ("shop.example.com:8443", "shop.example.com"),
+            ("shop.example.com", "shop.example.com"),
+            ("[::1]:80", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("10.0.0.1:8080", "10.0.0.1"),
+            ("shop.example.com:", "shop.example.com:"),
+            ("shop.example.com:x1", "shop.example.com:x1"),
+        ] {
+            assert_eq!(without_port(authority), bare, "{authority}");
+        }
+    }
 }

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use isthmus_api::gateway::{
-    ServerProtocol, ServerTlsMode, TlsProtocolVersion, narrower, split_host,
+    ServerProtocol, ServerTlsMode, TlsProtocolVersion, host_covers, narrower, split_host,
 };
 use isthmus_api::networking::{RouteDestination, TlsRoute};
 use isthmus_proto::envoy::envoy::config::core::v3::{
@@ -47,7 +47,9 @@ use isthmus_proto::envoy::google::protobuf::BoolValue;
 
 use super::credentials;
 use super::endpoints::socket;
-use super::listeners::{hcm_filter, policy_filters, rbac_per_filter, router, tls_inspector};
+use super::listeners::{
+    hcm_filter, network_rbac_filters, policy_filters, rbac_per_filter, router, tls_inspector,
+};
 use super::rbac::{Layer, rbac_rules};
 use super::routes::{Scope, destination_cluster, http_route};
 use super::tls::{ads, sds};
@@ -97,13 +99,7 @@ pub fn ingress(model: &MeshModel, workload: &Workload) -> Ingress {
             // one `Gateway`; across `Gateway`s, HTTP wins the port, as in Istio.
             let name = format!("http.{port}");
             out.routes.push(route_configuration(
-                model,
-                workload,
-                port,
-                &name,
-                &http,
-                &policies,
-                (&[], &BTreeSet::new()),
+                model, workload, port, &name, &http, &policies, None,
             ));
             chains.push(FilterChain {
                 filters: vec![ingress_hcm(port, &name, &policies)],
@@ -127,32 +123,34 @@ pub fn ingress(model: &MeshModel, workload: &Workload) -> Ingress {
                     }
                     Some(mode) => {
                         // A `credentialName` whose `Secret` (in the gateway's namespace) lacks
-                        // what the mode needs serves nothing: no chain, and a model warning.
-                        if let Some(name) = credential_name(server) {
-                            if !credential_usable(model, workload, name, mode) {
-                                continue;
-                            }
-                            out.credentials.insert(name.clone());
-                        }
+                        // what the mode needs is not served (a model warning says why), but
+                        // its names stay its own: no other chain serves them meanwhile.
+                        let usable = credential_name(server)
+                            .is_none_or(|name| credential_usable(model, workload, name, mode));
                         if let Some(names) = claimed.claim(sni_names(server)) {
-                            planned.push((names, Planned::Terminate(server, mode)));
+                            if usable {
+                                out.credentials.extend(credential_name(server).cloned());
+                                planned.push((names, Planned::Terminate(server, mode)));
+                            } else {
+                                planned.push((names, Planned::Unserved));
+                            }
                         }
                     }
                     None => {}
                 }
             }
+            let all_names: Vec<&[String]> = planned.iter().map(|(n, _)| n.as_slice()).collect();
             for (i, (names, plan)) in planned.iter().enumerate() {
                 match plan {
                     Planned::Pass(filter) => {
-                        chains.push(sni_chain(names.clone(), None, (**filter).clone()));
+                        let filters = policies
+                            .network_rbac(port)
+                            .into_iter()
+                            .chain([(**filter).clone()])
+                            .collect();
+                        chains.push(sni_chain(names.clone(), None, filters));
                     }
                     Planned::Terminate(server, mode) => {
-                        let others: BTreeSet<String> = planned
-                            .iter()
-                            .enumerate()
-                            .filter(|(j, _)| *j != i)
-                            .flat_map(|(_, (n, _))| n.iter().cloned())
-                            .collect();
                         let route_name = format!("https.{port}.{}", server.id());
                         out.routes.push(route_configuration(
                             model,
@@ -161,14 +159,15 @@ pub fn ingress(model: &MeshModel, workload: &Workload) -> Ingress {
                             &route_name,
                             &[*server],
                             &policies,
-                            (names, &others),
+                            Some((i, &all_names)),
                         ));
                         chains.push(sni_chain(
                             names.clone(),
                             Some(terminate(server, *mode)),
-                            ingress_hcm(port, &route_name, &policies),
+                            vec![ingress_hcm(port, &route_name, &policies)],
                         ));
                     }
+                    Planned::Unserved => {}
                 }
             }
         }
@@ -210,6 +209,28 @@ enum Planned<'s, 'm> {
     Pass(Box<Filter>),
     /// `SIMPLE` / `MUTUAL`: TLS terminated, then HTTP routes.
     Terminate(&'s IngressServer<'m>, ServerTlsMode),
+    /// A server that cannot be served (its `credentialName` is missing): its names are kept
+    /// from the other chains.
+    Unserved,
+}
+
+/// Which chain of a TLS port Envoy picks for SNI `host` (each chain's names given): an exact
+/// name, else the longest wildcard that covers it, else the chain with no names.
+fn owner(all_names: &[&[String]], host: &str) -> Option<usize> {
+    if let Some(i) = all_names
+        .iter()
+        .position(|names| names.iter().any(|n| n == host))
+    {
+        return Some(i);
+    }
+    let wildcard = all_names
+        .iter()
+        .enumerate()
+        .flat_map(|(i, names)| names.iter().map(move |n| (i, n)))
+        .filter(|(_, n)| n.starts_with('*') && host_covers(n, host))
+        .max_by_key(|(_, n)| n.len())
+        .map(|(i, _)| i);
+    wildcard.or_else(|| all_names.iter().position(|names| names.is_empty()))
 }
 
 /// The SNIs the chains of one port have taken: each name goes to the first chain that names
@@ -243,17 +264,25 @@ impl ClaimedNames {
 /// ports: `RequestAuthentication` (the JWT filter) and `AuthorizationPolicy` (RBAC, per
 /// virtual host), with its traces' settings.
 struct Policies {
+    /// `AuthorizationPolicy` at the connection layer, for `PASSTHROUGH` chains.
+    tcp_rbac: Vec<isthmus_proto::envoy::envoy::config::rbac::v3::Rbac>,
     jwt: Option<isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
     rbac: std::collections::HashMap<String, isthmus_proto::envoy::google::protobuf::Any>,
     tracing: Option<http_connection_manager::Tracing>,
 }
 
 impl Policies {
+    /// The network RBAC filters of a `PASSTHROUGH` chain on `port`.
+    fn network_rbac(&self, port: u32) -> Vec<Filter> {
+        network_rbac_filters(&self.tcp_rbac, &format!("outbound_0.0.0.0_{port}."))
+    }
+
     fn of(model: &MeshModel, workload: &Workload) -> Self {
         let policies = model.authorization_policies(workload);
         let jwt_rules = model.jwt_rules(workload);
         let issuers: Vec<&str> = jwt_rules.iter().map(|r| r.issuer.as_str()).collect();
         Self {
+            tcp_rbac: rbac_rules(&policies, Layer::Tcp, &issuers),
             jwt: super::jwt::jwt_filter(&jwt_rules, &model.jwks),
             rbac: rbac_per_filter(rbac_rules(&policies, Layer::Http, &issuers)),
             tracing: tracing::hcm_tracing(model, workload),
@@ -277,14 +306,18 @@ fn sni_names(server: &IngressServer<'_>) -> Vec<String> {
     }
 }
 
-fn sni_chain(names: Vec<String>, tls: Option<TransportSocket>, filter: Filter) -> FilterChain {
+fn sni_chain(
+    names: Vec<String>,
+    tls: Option<TransportSocket>,
+    filters: Vec<Filter>,
+) -> FilterChain {
     FilterChain {
         filter_chain_match: (!names.is_empty()).then(|| FilterChainMatch {
             server_names: names,
             ..Default::default()
         }),
         transport_socket: tls,
-        filters: vec![filter],
+        filters,
         ..Default::default()
     }
 }
@@ -298,18 +331,33 @@ fn route_configuration(
     name: &str,
     servers: &[&IngressServer<'_>],
     policies: &Policies,
-    (sni, others): (&[String], &BTreeSet<String>),
+    chains: Option<(usize, &[&[String]])>,
 ) -> RouteConfiguration {
     let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
     let mut claimed = BTreeSet::new();
-    // Behind a chain matched on SNIs, only what those names take (as Host) is served.
+    // Behind a chain of a TLS port, only the hosts that SNI would bring to this very chain:
+    // what its names take, and of that what no other chain takes more specifically.
+    let sni: &[String] = chains.map_or(&[], |(me, all)| all[me]);
     let within_sni = |host: String| -> Vec<String> {
-        if sni.is_empty() {
+        let narrowed = if sni.is_empty() {
             vec![host]
         } else {
             sni.iter().filter_map(|n| narrower(n, &host)).collect()
-        }
+        };
+        narrowed
+            .into_iter()
+            .filter(|h| chains.is_none_or(|(me, all)| owner(all, h) == Some(me)))
+            .collect()
     };
+    let others: BTreeSet<String> = chains
+        .map(|(me, all)| {
+            all.iter()
+                .enumerate()
+                .filter(|(j, _)| *j != me)
+                .flat_map(|(_, names)| names.iter().cloned())
+                .collect()
+        })
+        .unwrap_or_default();
     for server in servers {
         let redirect = server.server.tls.as_ref().is_some_and(|t| {
             t.https_redirect && server.server.port.server_protocol() == Ok(ServerProtocol::Http)
@@ -321,7 +369,7 @@ fn route_configuration(
             }
             for host in hosts.into_iter().flat_map(&within_sni) {
                 let host = host.to_ascii_lowercase();
-                if others.contains(&host) || !claimed.insert(host.clone()) {
+                if !claimed.insert(host.clone()) {
                     continue;
                 }
                 let routes = if redirect {
@@ -348,7 +396,7 @@ fn route_configuration(
     }
     // Hosts other chains of the port take by SNI: 421, as the Gateway API says, whatever
     // wildcard here would match them (Envoy prefers the exact or longer domain).
-    for host in others {
+    for host in &others {
         let mut domains = vec![host.clone()];
         if host != "*" {
             domains.push(format!("{host}:{port}"));
@@ -422,6 +470,11 @@ fn ingress_hcm(port: u32, route_name: &str, policies: &Policies) -> Filter {
             .chain([fault, router()])
             .collect(),
         use_remote_address: Some(BoolValue { value: true }),
+        // Envoy matches a Host with a port only against domains with that port; a gateway
+        // matches on the name (so a `:1234` cannot slip past a 421 virtual host).
+        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
+            true,
+        )),
         tracing: policies.tracing.clone(),
         ..Default::default()
     };

@@ -442,3 +442,93 @@ spec: {{address: 127.0.0.40, serviceAccount: stranger}}
         sent.keys()
     );
 }
+
+#[test]
+fn a_host_is_routed_only_behind_the_chain_its_sni_would_pick() {
+    let yaml = "---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ingress, namespace: istio-system}
+spec: {address: 127.0.0.30, labels: {istio: ingressgateway}, serviceAccount: ingress}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ['*.example.com']
+    tls: {mode: SIMPLE, serverCertificate: /c/a.pem, privateKey: /c/a.key}
+  - port: {number: 8443, name: secure, protocol: HTTPS}
+    hosts: ['*.secure.example.com']
+    tls: {mode: MUTUAL, serverCertificate: /c/b.pem, privateKey: /c/b.key, caCertificates: /c/ca.pem}
+  # Its Secret is missing (directory mode): not served, but its name is still its own.
+  - port: {number: 8443, name: vault, protocol: HTTPS}
+    hosts: [vault.example.com]
+    tls: {mode: MUTUAL, credentialName: vault-cert}
+  - port: {number: 9443, name: tls, protocol: TLS}
+    hosts: [db.example.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: shop}
+spec:
+  hosts: [a.secure.example.com, b.example.com, vault.example.com, db.example.com]
+  gateways: [istio-system/public]
+  http:
+  - route: [{destination: {host: reviews.shop.local, port: {number: 9080}}}]
+  tls:
+  - match: [{sniHosts: [db.example.com]}]
+    route: [{destination: {host: reviews.shop.local, port: {number: 7000}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge-deny, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]
+";
+    let model = super::tests::model(yaml);
+    let s = proxy_snapshot(&model, &ingress_node(), &secrets()).unwrap();
+    let routes: BTreeMap<String, RouteConfiguration> = decoded(&s, ROUTE);
+    let hosts = |name: &str| -> Vec<(String, bool)> {
+        routes[name]
+            .virtual_hosts
+            .iter()
+            .map(|v| (v.domains[0].clone(), v.name.starts_with("misdirected:")))
+            .collect()
+    };
+    // `a.secure.example.com` is the MUTUAL chain's: behind the wildcard chain it is 421 (the
+    // longer wildcard's virtual host), never routed; the unserved vault's name too.
+    let wide = hosts("https.8443.0.public.istio-system");
+    assert!(wide.contains(&("b.example.com".into(), false)), "{wide:?}");
+    assert!(
+        !wide.iter().any(|(h, _)| h == "a.secure.example.com"),
+        "{wide:?}"
+    );
+    assert!(
+        wide.contains(&("*.secure.example.com".into(), true)),
+        "{wide:?}"
+    );
+    assert!(
+        wide.contains(&("vault.example.com".into(), true)),
+        "{wide:?}"
+    );
+    let secure = hosts("https.8443.1.public.istio-system");
+    assert_eq!(secure[0], ("a.secure.example.com".into(), false));
+    assert!(!routes.contains_key("https.8443.2.public.istio-system"));
+    // PASSTHROUGH: the gateway's policy at the connection layer, before the TCP proxy.
+    let listeners: BTreeMap<String, Listener> = decoded(&s, LISTENER);
+    let pass = chain_for(&listeners["0.0.0.0_9443"], "db.example.com");
+    let names: Vec<&str> = pass.filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.network.rbac",
+            "envoy.filters.network.tcp_proxy"
+        ]
+    );
+}

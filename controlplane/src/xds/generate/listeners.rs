@@ -170,17 +170,10 @@ pub fn inbound(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Inbo
                 super::jwt::jwt_filter(&jwt_rules, &model.jwks),
             )]
         } else {
-            let mut filters: Vec<Filter> = rbac_rules(&policies, Layer::Tcp, &issuers)
-                .into_iter()
-                .map(|rules| Filter {
-                    name: "envoy.filters.network.rbac".into(),
-                    config_type: Some(filter::ConfigType::TypedConfig(pack(&NetworkRbac {
-                        rules: Some(rules),
-                        stat_prefix: format!("inbound_{}.", port.number),
-                        ..Default::default()
-                    }))),
-                })
-                .collect();
+            let mut filters = network_rbac_filters(
+                &rbac_rules(&policies, Layer::Tcp, &issuers),
+                &format!("inbound_{}.", port.number),
+            );
             filters.push(tcp_proxy(port.number, &cluster_name));
             filters
         };
@@ -295,6 +288,21 @@ pub(super) fn policy_filters(jwt: Option<HttpFilter>) -> Vec<HttpFilter> {
     };
     jwt.into_iter()
         .chain([rbac(RBAC_DENY_FILTER), rbac(RBAC_ALLOW_FILTER)])
+        .collect()
+}
+
+/// `AuthorizationPolicy` at the connection layer: a network RBAC filter per configuration.
+pub(super) fn network_rbac_filters(rules: &[Rbac], stat_prefix: &str) -> Vec<Filter> {
+    rules
+        .iter()
+        .map(|rules| Filter {
+            name: "envoy.filters.network.rbac".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack(&NetworkRbac {
+                rules: Some(rules.clone()),
+                stat_prefix: stat_prefix.to_owned(),
+                ..Default::default()
+            }))),
+        })
         .collect()
 }
 

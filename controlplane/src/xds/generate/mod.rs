@@ -238,11 +238,12 @@ fn gateway_snapshot(
     let mut ingress = ingress::ingress(model, workload);
     telemetry::label_sidecar_listeners(model, workload, &mut ingress.listeners);
     let mut secrets = secrets.to_envoy();
-    secrets.extend(credentials::secrets(
-        model,
-        &workload.namespace,
-        &ingress.credentials,
-    ));
+    // A credential the outbound view (a `DestinationRule`) has already is sent once.
+    secrets.extend(
+        credentials::secrets(model, &workload.namespace, &ingress.credentials)
+            .into_iter()
+            .filter(|s| ingress.is_empty() || !view.secrets.contains(&s.name)),
+    );
     let secrets = resources_of(&secrets, |s| &s.name);
     let listeners = TypeResources::new(
         gateway

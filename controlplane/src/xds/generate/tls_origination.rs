@@ -51,10 +51,12 @@ pub fn upstream_tls(
         .iter()
         .map(|san| san_matcher(san))
         .collect();
+    // The credential's roots over SDS; also when the Secret is missing altogether, so that
+    // the connections fail until it comes rather than trusting the system's roots meanwhile.
     let secret_roots = settings
         .credential_name
         .as_ref()
-        .filter(|_| credential.is_some_and(|c| c.roots.is_some()));
+        .filter(|_| credential.is_none_or(|c| c.roots.is_some()));
     let validation = match (insecure, secret_roots) {
         (true, _) => None,
         (false, Some(name)) => Some(

@@ -191,6 +191,7 @@ fn listeners_convert_to_their_model() {
                         forward_client_cert: ForwardClientCert::Sanitize,
                         set_client_cert_uri: false,
                         use_remote_address: false,
+                        strip_any_host_port: false,
                         allow_absolute_url: false,
                         upgrades: vec![],
                         allow_connect: false,
