@@ -1230,8 +1230,81 @@ pub struct LocalityLbSetting {
     pub failover_priority: Vec<String>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Shares of traffic by locality, for callers of a locality (`from`): no failover then.
     #[serde(default)]
-    pub distribute: Option<Unsupported>,
+    pub distribute: Vec<LocalityDistribute>,
+}
+
+/// Callers in `from` (`region/zone/subzone`, `*` for the rest) send `to`'s shares (percent,
+/// adding up to 100) to those localities.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityDistribute {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+/// Whether a locality (`region`, `zone`, `subzone`) is within `pattern`: `region/zone/subzone`
+/// with `*` for "the rest", and a shorter pattern for all below it (Istio's matching).
+pub fn locality_matches(locality: [&str; 3], pattern: &str) -> bool {
+    for (i, segment) in pattern.split('/').enumerate() {
+        if segment == "*" {
+            return true;
+        }
+        if i >= 3 || locality[i] != segment {
+            return false;
+        }
+    }
+    true
+}
+
+/// A locality pattern: up to three non-empty `/`-separated parts, `*` only as the last.
+fn is_locality_pattern(pattern: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('/').collect();
+    parts.len() <= 3
+        && parts.iter().all(|p| !p.is_empty())
+        && parts
+            .iter()
+            .enumerate()
+            .all(|(i, p)| !p.contains('*') || (*p == "*" && i == parts.len() - 1))
+}
+
+fn validate_locality_lb(v: &mut Validator, path: &str, setting: &LocalityLbSetting) {
+    if setting.distribute.is_empty() {
+        return;
+    }
+    v.check(
+        setting.failover.is_empty() && setting.failover_priority.is_empty(),
+        format!("{path}.distribute"),
+        "distribute and failover (or failoverPriority) cannot both be set",
+    );
+    for (i, d) in setting.distribute.iter().enumerate() {
+        let path = format!("{path}.distribute[{i}]");
+        v.check(
+            is_locality_pattern(&d.from),
+            format!("{path}.from"),
+            format!(
+                "{:?} is not a locality (region/zone/subzone, * last)",
+                d.from
+            ),
+        );
+        for locality in d.to.keys() {
+            v.check(
+                is_locality_pattern(locality),
+                format!("{path}.to"),
+                format!("{locality:?} is not a locality (region/zone/subzone, * last)"),
+            );
+        }
+        let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
+        v.check(
+            total == 100,
+            format!("{path}.to"),
+            format!("the shares add up to {total}, not 100"),
+        );
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1468,6 +1541,13 @@ fn validate_policy_settings(
     host: &str,
 ) {
     if let Some(lb) = lb {
+        if let Some(setting) = &lb.locality_lb_setting {
+            validate_locality_lb(
+                v,
+                &format!("{path}.loadBalancer.localityLbSetting"),
+                setting,
+            );
+        }
         v.check(
             lb.simple != Some(SimpleLb::Passthrough),
             format!("{path}.loadBalancer.simple"),
@@ -1669,6 +1749,38 @@ mod tests {
             "10.96/16",
         ] {
             assert!(!is_ip_or_cidr(bad), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod locality_tests {
+    use super::{is_locality_pattern, locality_matches};
+
+    #[test]
+    fn locality_patterns_match_as_istio_reads_them() {
+        let here = ["us-west", "zone1", "sub1"];
+        for (pattern, matches) in [
+            ("*", true),
+            ("us-west", true),
+            ("us-west/*", true),
+            ("us-west/zone1/*", true),
+            ("us-west/zone1/sub1", true),
+            ("us-west/zone2/*", false),
+            ("us-east/*", false),
+            ("us-west/zone1/sub2", false),
+        ] {
+            assert_eq!(locality_matches(here, pattern), matches, "{pattern}");
+        }
+        for (pattern, ok) in [
+            ("us-west/zone1/*", true),
+            ("*", true),
+            ("us-*/zone1", false),
+            ("*/zone1", false),
+            ("a/b/c/d", false),
+            ("a//b", false),
+        ] {
+            assert_eq!(is_locality_pattern(pattern), ok, "{pattern}");
         }
     }
 }

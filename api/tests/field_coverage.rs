@@ -147,6 +147,14 @@ fn fix_up(kind: Kind, path: &str, doc: &mut Value) {
                 http["route"][0]["weight"] = json!(100);
             }
         }
+        Kind::DestinationRule if path.contains("localityLbSetting.distribute[]") => {
+            // Istio's rule: the shares of a `to` add up to 100.
+            let item = parent_mut(doc, path);
+            item["to"] = json!({"us-west1/*": 100});
+            if item["from"].is_null() {
+                item["from"] = json!("us-east1/*");
+            }
+        }
         Kind::DestinationRule if path.ends_with("tls.credentialName") => {
             // A Secret's certificate is for TLS origination.
             parent_mut(doc, path)["mode"] = json!("SIMPLE");

@@ -260,6 +260,19 @@ fn bad_fields_are_reported_by_path() {
             json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "vm"}, "spec": {"serviceAccount": "../x"}}),
             "spec.serviceAccount: \"../x\" is not a valid service account name",
         ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"},
+                   "spec": {"host": "r", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
+                       "distribute": [{"from": "eu/*", "to": {"eu/a/*": 70, "us/*": 20}}]}}}}}),
+            "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: the shares add up to 90, not 100",
+        ),
+        (
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"},
+                   "spec": {"host": "r", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
+                       "failover": [{"from": "eu", "to": "us"}],
+                       "distribute": [{"from": "eu/*", "to": {"us/*": 100}}]}}}}}),
+            "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute: distribute and failover (or failoverPriority) cannot both be set",
+        ),
         // The envelope.
         (
             json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "x"}, "spec": {}}),

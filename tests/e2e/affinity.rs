@@ -1,6 +1,7 @@
-//! `DestinationRule` `consistentHash` on the caller's sidecar, real processes: two backends
-//! behind one service, requests keyed by a header or by a cookie the sidecar sets, through
-//! `isthmus-proxy` and through a stock Envoy on the same configuration.
+//! `DestinationRule` load balancing on the caller's sidecar, real processes: two backends
+//! behind one service, requests kept on a host by a header or by a cookie the sidecar sets
+//! (`consistentHash`), and shared 80/20 between two localities (`localityLbSetting.distribute`),
+//! through `isthmus-proxy` and through a stock Envoy on the same configuration.
 
 #![allow(clippy::unwrap_used)]
 // test helpers: a failed unwrap is a failed test
@@ -48,7 +49,33 @@ spec:
         "apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: client, namespace: shop}}
-spec: {{address: 127.0.76.1, serviceAccount: client}}
+spec: {{address: 127.0.76.1, serviceAccount: client, locality: eu/a}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: by-locality, namespace: shop}}
+spec:
+  hosts: [by-locality.shop.local]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {a}}}, locality: eu/a}}
+  - {{address: 127.0.0.1, ports: {{http: {b}}}, locality: us/b}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: by-locality, namespace: shop}}
+spec:
+  host: by-locality.shop.local
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: us/*
+          to: {{us/*: 100}}
+        - from: eu/*
+          to: {{eu/a/*: 80, us/*: 20}}
 {}{}",
         service("by-header", "{httpHeaderName: x-user}"),
         service(
@@ -131,6 +158,24 @@ fn check_affinity(outbound: u16, logs: &dyn Fn() -> String) {
     }
 }
 
+/// The client's locality (eu/a) sends 80 % to eu/a's backend and 20 % to us/b's.
+fn check_distribution(outbound: u16, logs: &dyn Fn() -> String) {
+    let mut a = 0;
+    const N: u32 = 500;
+    for _ in 0..N {
+        let (status, backend, _) = call(outbound, "by-locality", &[]);
+        assert_eq!(status, 200, "{}", logs());
+        if backend == "a" {
+            a += 1;
+        }
+    }
+    let share = f64::from(a) * 100.0 / f64::from(N);
+    assert!(
+        (73.0..=87.0).contains(&share),
+        "{share} % to eu/a, not 80 ± 7"
+    );
+}
+
 fn setup(dir: &Path) -> (Echo, Echo, Isthmusd) {
     let a = Echo::start(dir, "a").unwrap();
     let b = Echo::start(dir, "b").unwrap();
@@ -146,7 +191,7 @@ fn setup(dir: &Path) -> (Echo, Echo, Isthmusd) {
 }
 
 #[test]
-fn isthmus_proxy_keeps_a_key_on_its_host() {
+fn isthmus_proxy_keeps_a_key_on_its_host_and_shares_by_locality() {
     let dir = tempfile::tempdir().unwrap();
     let (_a, _b, daemon) = setup(dir.path());
     let outbound = free_port();
@@ -165,10 +210,11 @@ fn isthmus_proxy_keeps_a_key_on_its_host() {
     );
     proxy.wait_ready(Duration::from_secs(20)).unwrap();
     check_affinity(outbound, &|| proxy.logs());
+    check_distribution(outbound, &|| proxy.logs());
 }
 
 #[test]
-fn stock_envoy_keeps_a_key_on_its_host_with_no_rejected_update() {
+fn stock_envoy_keeps_a_key_on_its_host_and_shares_by_locality_with_no_rejected_update() {
     let dir = tempfile::tempdir().unwrap();
     let (_a, _b, daemon) = setup(dir.path());
     let outbound = free_port();
@@ -188,5 +234,6 @@ fn stock_envoy_keeps_a_key_on_its_host_with_no_rejected_update() {
     );
     let envoy = Envoy::start(dir.path(), "client", &file).unwrap();
     check_affinity(outbound, &|| envoy.logs());
+    check_distribution(outbound, &|| envoy.logs());
     envoy.assert_no_rejected_update();
 }

@@ -32,6 +32,9 @@ pub struct Cluster {
     pub outlier: Option<Outlier>,
     /// Below this share of healthy hosts (percent), Envoy balances over all hosts anyway.
     pub panic_threshold: f64,
+    /// `locality_weighted_lb_config`: within a priority, each locality gets its
+    /// `load_balancing_weight`'s share; a locality without one gets nothing.
+    pub locality_weighted: bool,
     pub protocol: UpstreamProtocol,
     pub tls: Option<UpstreamTls>,
     /// TCP keepalive on the connections to the cluster's hosts.
@@ -333,6 +336,7 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
         _ => return Err(Invalid::unsupported(&path.field("lb_config"))),
     }
     let mut panic_threshold = 50.0;
+    let mut locality_weighted = false;
     if let Some(common) = common_lb_config {
         let path = path.field("common_lb_config");
         let cluster::CommonLbConfig {
@@ -345,7 +349,19 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
             locality_config_specifier,
         } = common;
         reject_set!(path; ignore_new_hosts_until_first_hc, close_connections_on_host_set_change,
-            consistent_hashing_lb_config, override_host_status, locality_config_specifier);
+            consistent_hashing_lb_config, override_host_status);
+        match locality_config_specifier {
+            None => {}
+            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                _,
+            )) => locality_weighted = true,
+            Some(_) => {
+                return Err(Invalid::new(
+                    &path.field("zone_aware_lb_config"),
+                    "not supported (locality_weighted_lb_config is)",
+                ));
+            }
+        }
         if let Some(p) = healthy_panic_threshold {
             if !(0.0..=100.0).contains(&p.value) {
                 return Err(Invalid::new(
@@ -366,6 +382,7 @@ pub fn convert(c: EnvoyCluster, path: &Path) -> Checked<Cluster> {
             .map(|o| outlier(o, &path.field("outlier_detection")))
             .transpose()?,
         panic_threshold,
+        locality_weighted,
         protocol: protocol(
             typed_extension_protocol_options,
             &path.field("typed_extension_protocol_options"),

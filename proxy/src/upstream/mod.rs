@@ -270,7 +270,7 @@ pub fn build(
                 overprovisioning: assignment.as_ref().map_or(140, |a| a.overprovisioning),
                 balancer: Balancer::new(cluster.lb),
                 priorities: assignment
-                    .map(|a| by_priority(name, &a, health))
+                    .map(|a| by_priority(name, &a, health, cluster.locality_weighted))
                     .unwrap_or_default(),
                 tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
                 cluster: cluster.clone(),
@@ -295,11 +295,15 @@ pub fn build(
     clusters
 }
 
-/// The healthy hosts, grouped by priority, best first.
+/// The healthy hosts, grouped by priority, best first. Locality-weighted, a host weighs its
+/// locality's weight shared among the locality's hosts by their own weights (so that picking
+/// a host is picking a locality by its weight, then a host in it, as Envoy does); a locality
+/// without a weight has no host.
 fn by_priority(
     cluster: &str,
     assignment: &LoadAssignment,
     health: &HealthRegistry,
+    locality_weighted: bool,
 ) -> Vec<Vec<Arc<Host>>> {
     let mut priorities: Vec<u32> = assignment.groups.iter().map(|g| g.priority).collect();
     priorities.sort_unstable();
@@ -311,12 +315,25 @@ fn by_priority(
                 .groups
                 .iter()
                 .filter(|g| g.priority == priority)
-                .flat_map(|g| &g.endpoints)
-                .map(|e| {
+                .filter(|g| !locality_weighted || g.weight.is_some_and(|w| w > 0))
+                .flat_map(|g| {
+                    let total: u64 = g.endpoints.iter().map(|e| u64::from(e.weight.max(1))).sum();
+                    g.endpoints.iter().map(move |e| {
+                        let weight = match g.weight.filter(|_| locality_weighted) {
+                            // Scaled by 1,000 so that small shares keep their precision.
+                            Some(w) => {
+                                u64::from(w) * u64::from(e.weight.max(1)) * 1000 / total.max(1)
+                            }
+                            None => u64::from(e.weight),
+                        };
+                        (e, u32::try_from(weight.max(1)).unwrap_or(u32::MAX))
+                    })
+                })
+                .map(|(e, weight)| {
                     Arc::new(Host {
                         host: e.host.clone(),
                         port: e.port,
-                        weight: e.weight,
+                        weight,
                         eds_healthy: e.healthy,
                         active: AtomicUsize::new(0),
                         health: health.get(cluster, &e.host, e.port),

@@ -51,6 +51,7 @@ pub fn cluster(name: &str, port: u16) -> Cluster {
         limits: Limits::default(),
         outlier: None,
         panic_threshold: 50.0,
+        locality_weighted: false,
         protocol: UpstreamProtocol {
             http: None,
             idle_timeout: None,

@@ -106,6 +106,16 @@ fn cluster(
         upstream_connection_options: tcp_keepalive(policy),
         ..Default::default()
     };
+    // `distribute`: the endpoints' localities carry weights (`endpoints.rs`).
+    if super::endpoints::distribution(policy).is_some() {
+        c.common_lb_config
+            .get_or_insert_with(Default::default)
+            .locality_config_specifier = Some(
+            cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                cluster::common_lb_config::LocalityWeightedLbConfig {},
+            ),
+        );
+    }
     match service.resolution {
         Resolution::Dns | Resolution::DnsRoundRobin => {
             let kind = if service.resolution == Resolution::Dns {

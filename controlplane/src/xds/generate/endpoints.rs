@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use isthmus_api::networking::{LocalityLbSetting, Resolution, TrafficPolicy};
+use isthmus_api::networking::{LocalityLbSetting, Resolution, TrafficPolicy, locality_matches};
 use isthmus_proto::envoy::envoy::config::core::v3::{
     Address, Locality as EnvoyLocality, SocketAddress, address, socket_address,
 };
@@ -136,6 +136,9 @@ fn assignment<'e>(
     workload: &Workload,
     policy: Option<&TrafficPolicy>,
 ) -> ClusterLoadAssignment {
+    if let Some(setting) = distribution(policy) {
+        return distributed(name, endpoints, port, workload, setting);
+    }
     let locality_lb = policy.and_then(|p| {
         // Istio applies locality load balancing only with outlier detection, which is what
         // lets Envoy notice that a priority has failed.
@@ -170,6 +173,90 @@ fn assignment<'e>(
                 lb_endpoints,
                 priority: renumber[&p],
                 ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The rule's `localityLbSetting` when it distributes traffic by locality (`distribute`, not
+/// turned off): the cluster is then locality-weighted (`clusters.rs`).
+pub fn distribution(policy: Option<&TrafficPolicy>) -> Option<&LocalityLbSetting> {
+    policy?
+        .load_balancer
+        .as_ref()?
+        .locality_lb_setting
+        .as_ref()
+        .filter(|s| s.enabled != Some(false) && !s.distribute.is_empty())
+}
+
+/// Istio's `distribute`: every locality weighs what its endpoints weigh, unless the first
+/// rule whose `from` takes the caller's locality says otherwise. Then each of its `to`
+/// patterns (the most specific first) shares its percentage among the localities it takes,
+/// in proportion to their own weights, and a locality no pattern takes gets no traffic.
+fn distributed<'e>(
+    name: String,
+    endpoints: impl Iterator<Item = &'e Endpoint>,
+    port: &Port,
+    workload: &Workload,
+    setting: &LocalityLbSetting,
+) -> ClusterLoadAssignment {
+    let mut groups: BTreeMap<Locality, (u32, Vec<LbEndpoint>)> = BTreeMap::new();
+    for e in endpoints {
+        let group = groups.entry(e.locality.clone()).or_default();
+        group.0 = group.0.saturating_add(e.weight.max(1));
+        group.1.push(lb_endpoint(e, port));
+    }
+    fn parts(l: &Locality) -> [&str; 3] {
+        [l.region.as_str(), l.zone.as_str(), l.subzone.as_str()]
+    }
+    let rule = setting
+        .distribute
+        .iter()
+        .find(|d| locality_matches(parts(&workload.locality), &d.from));
+    let mut weights: BTreeMap<Locality, u32> =
+        groups.iter().map(|(l, (w, _))| (l.clone(), *w)).collect();
+    if let Some(rule) = rule {
+        let mut to: Vec<(&String, &u32)> = rule.to.iter().collect();
+        // Exact localities before wildcards, longer patterns before shorter ones.
+        to.sort_by_key(|(pattern, _)| {
+            (
+                pattern.ends_with('*'),
+                std::cmp::Reverse(pattern.split('/').count()),
+            )
+        });
+        let mut unassigned: Vec<Locality> = groups.keys().cloned().collect();
+        let mut assigned = BTreeMap::new();
+        for (pattern, share) in to {
+            let taken: Vec<Locality> = unassigned
+                .iter()
+                .filter(|l| locality_matches(parts(l), pattern))
+                .cloned()
+                .collect();
+            unassigned.retain(|l| !taken.contains(l));
+            let total: u64 = taken.iter().map(|l| u64::from(weights[l])).sum();
+            for l in taken {
+                let own = u64::from(weights[&l]);
+                let weight = (own * u64::from(*share)).div_ceil(total.max(1));
+                if weight > 0 {
+                    assigned.insert(l, u32::try_from(weight).unwrap_or(u32::MAX));
+                }
+            }
+        }
+        weights = assigned;
+    }
+    ClusterLoadAssignment {
+        cluster_name: name,
+        endpoints: groups
+            .into_iter()
+            .filter_map(|(locality, (_, lb_endpoints))| {
+                let weight = *weights.get(&locality)?;
+                Some(LocalityLbEndpoints {
+                    locality: envoy_locality(&locality),
+                    lb_endpoints,
+                    load_balancing_weight: Some(UInt32Value { value: weight }),
+                    ..Default::default()
+                })
             })
             .collect(),
         ..Default::default()

@@ -697,6 +697,59 @@ spec: {host: reviews.shop.local, subsets: [{name: v2, labels: {version: v2}}]}
 }
 
 #[test]
+fn distribute_weighs_localities_for_the_callers_of_a_locality() {
+    let rule = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.local
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - {from: eu/*, to: {eu/a/*: 80, us/*: 20}}
+";
+    let weights = |workload: &str| -> Vec<(String, u32, u32)> {
+        let s = snapshot_of(rule, workload);
+        let cla: ClusterLoadAssignment = decoded::<ClusterLoadAssignment>(&s, ENDPOINT)
+            .remove("outbound|9080||reviews.shop.local")
+            .unwrap();
+        cla.endpoints
+            .iter()
+            .map(|l| {
+                (
+                    l.locality.as_ref().unwrap().region.clone(),
+                    l.load_balancing_weight.as_ref().unwrap().value,
+                    l.priority,
+                )
+            })
+            .collect()
+    };
+    // web is in eu/a: the rule's shares, one priority.
+    assert_eq!(
+        weights("web"),
+        [("eu".to_owned(), 80, 0), ("us".to_owned(), 20, 0)]
+    );
+    // reviews-v2 is in us/b, which no rule takes: each locality weighs its endpoints.
+    assert_eq!(
+        weights("reviews-v2"),
+        [("eu".to_owned(), 1, 0), ("us".to_owned(), 1, 0)]
+    );
+    let cluster = &clusters(&snapshot_of(rule, "web"))["outbound|9080||reviews.shop.local"];
+    assert!(
+        matches!(
+            cluster
+                .common_lb_config
+                .as_ref()
+                .and_then(|c| c.locality_config_specifier.as_ref()),
+            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        ),
+        "{cluster:?}"
+    );
+}
+
+#[test]
 fn secrets_carry_the_certificate_and_one_bundle_per_trust_domain() {
     let s = snapshot_of("", "web");
     let sent = decoded::<Secret>(&s, SECRET);

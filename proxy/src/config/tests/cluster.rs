@@ -136,6 +136,7 @@ fn clusters_convert_to_their_model() {
                 limits: Limits::default(),
                 outlier: None,
                 panic_threshold: 50.0,
+                locality_weighted: false,
                 protocol: UpstreamProtocol {
                     http: None,
                     idle_timeout: None,
