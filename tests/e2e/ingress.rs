@@ -212,6 +212,22 @@ fn https(
     curl(&args)
 }
 
+/// The answer was a refusal on an open connection: the TLS handshake failed, or the
+/// connection was cut in or right after it (TLS 1.3 refuses a client certificate after the
+/// client's side of the handshake, so curl sees an alert, a reset or a broken pipe), or curl
+/// refused the gateway's certificate. Never "nothing listens" nor a timeout; each caller also
+/// makes a good call afterwards, so a gateway that died fails the test.
+fn assert_refused_in_tls(answer: &Result<(u16, String), isthmus_e2e::CurlError>, what: &str) {
+    use isthmus_e2e::CurlFailure::{Refused, Timeout};
+    match answer {
+        Err(e) => assert!(
+            e.status.is_none() && !matches!(e.kind(), Refused | Timeout),
+            "{what}: {e:?}"
+        ),
+        Ok(answer) => panic!("{what}: answered {answer:?}"),
+    }
+}
+
 /// `call` again until it answers 200 (configuration still arriving), for up to 30 s; its last
 /// answer.
 fn until_ok(
@@ -288,7 +304,14 @@ fn the_ingress_gateway_terminates_tls_routes_to_mesh_and_imported_services_and_p
     )
     .unwrap();
     assert_eq!(status, 404);
-    assert!(https(&address, "nowhere.example.com", 8443, "/", ca, &["-k"]).is_err());
+    assert_refused_in_tls(
+        &https(&address, "nowhere.example.com", 8443, "/", ca, &["-k"]),
+        "a SNI no server takes",
+    );
+    assert!(matches!(
+        https(&address, "shop.example.com", 8443, "/", ca, &[]),
+        Ok((200, _))
+    ));
 
     // Plain HTTP is redirected to HTTPS.
     let resolve = format!("shop.example.com:8080:{address}");
@@ -318,16 +341,26 @@ fn the_ingress_gateway_terminates_tls_routes_to_mesh_and_imported_services_and_p
         ("a SAN the server does not name", Some(&certs.intruder)),
         ("a certificate of another CA", Some(&certs.forged)),
     ] {
-        let answer = admin(cert);
-        assert!(answer.is_err(), "{what}: {answer:?}");
+        assert_refused_in_tls(&admin(cert), what);
     }
+    assert!(
+        matches!(admin(Some(&certs.ops)), Ok((200, _))),
+        "the gateway still answers"
+    );
 
     // PASSTHROUGH: the client's TLS reaches the server outside the mesh untouched (its own
     // certificate), by SNI; another SNI finds no route.
     let (status, body) = https(&address, "secure.example.com", 9443, "/", ca, &[]).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("s_server"), "{body}");
-    assert!(https(&address, "other.example.com", 9443, "/", ca, &["-k"]).is_err());
+    assert_refused_in_tls(
+        &https(&address, "other.example.com", 9443, "/", ca, &["-k"]),
+        "a SNI no tls route takes",
+    );
+    assert!(matches!(
+        https(&address, "secure.example.com", 9443, "/", ca, &[]),
+        Ok((200, _))
+    ));
 }
 
 /// The `Gateway` and routes of the stock Envoy test: `echo.shop.local` behind HTTPS.
@@ -454,8 +487,15 @@ fn a_stock_envoy_is_the_same_ingress_gateway_with_no_rejected_update() {
         certs.admin(address, Some(&certs.ops)),
         Ok((200, _))
     ));
-    assert!(certs.admin(address, None).is_err());
-    assert!(certs.admin(address, Some(&certs.intruder)).is_err());
+    assert_refused_in_tls(&certs.admin(address, None), "no client certificate");
+    assert_refused_in_tls(
+        &certs.admin(address, Some(&certs.intruder)),
+        "a SAN the server does not name",
+    );
+    assert!(matches!(
+        certs.admin(address, Some(&certs.ops)),
+        Ok((200, _))
+    ));
     let (status, body) = https(address, "secure.example.com", 9443, "/", ca, &[]).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("s_server"), "{body}");
@@ -605,7 +645,14 @@ spec:
         "{rotated:?}\n{}",
         gateway.logs()
     );
-    assert!(https(address, "shop.example.com", 8443, "/", &certs.ca, &[]).is_err());
+    assert_refused_in_tls(
+        &https(address, "shop.example.com", 8443, "/", &certs.ca, &[]),
+        "the rotated-away certificate's CA",
+    );
+    assert!(matches!(
+        https(address, "shop.example.com", 8443, "/", &next_ca_file, &[]),
+        Ok((200, _))
+    ));
 
     // A stock Envoy as a second replica takes the same SDS credential with no rejected update.
     api.pod(
@@ -661,6 +708,7 @@ spec:
             .delete("Secret", Some("istio-system"), "edge-cert")
     );
     isthmus_e2e::mesh::until("the server gone", Duration::from_secs(20), || {
+        // No chain is left on the port: its listener goes, and connections are refused.
         https(address, "shop.example.com", 8443, "/", &next_ca_file, &[]).is_err()
     });
     isthmus_e2e::mesh::until(
