@@ -229,13 +229,6 @@ impl Server {
         }
         out
     }
-
-    /// Whether this server serves anything of `host` (see [`Server::serves`]).
-    pub fn accepts(&self, gateway_namespace: &str, vs_namespace: &str, host: &str) -> bool {
-        !self
-            .serves(gateway_namespace, vs_namespace, host)
-            .is_empty()
-    }
 }
 
 /// `ns/host` -> (`Some("ns")`, `host`); `host` -> (`None`, `host`).
@@ -244,11 +237,6 @@ pub fn split_host(entry: &str) -> (Option<&str>, &str) {
         Some((ns, host)) => (Some(ns), host),
         None => (None, entry),
     }
-}
-
-/// Whether two host patterns (each `*`, `*.suffix` or a name) have a name in common.
-pub fn hosts_intersect(a: &str, b: &str) -> bool {
-    host_covers(a, b) || host_covers(b, a)
 }
 
 /// Whether every name `other` (a pattern) matches, `pattern` matches too: `*` covers all,
@@ -488,17 +476,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hosts_intersect_like_istio_wildcards() {
+    fn hosts_meet_like_istio_wildcards() {
         for (a, b, expected) in [
-            ("*", "bookinfo.example.com", true),
-            ("*.example.com", "bookinfo.example.com", true),
-            ("*.example.com", "example.com", false),
-            ("*.example.com", "*.shop.example.com", true),
-            ("bookinfo.example.com", "BOOKINFO.example.com", true),
-            ("a.example.com", "b.example.com", false),
-            ("*.com", "*.example.com", true),
+            ("*", "bookinfo.example.com", Some("bookinfo.example.com")),
+            (
+                "*.example.com",
+                "bookinfo.example.com",
+                Some("bookinfo.example.com"),
+            ),
+            ("*.example.com", "example.com", None),
+            (
+                "*.example.com",
+                "*.shop.example.com",
+                Some("*.shop.example.com"),
+            ),
+            (
+                "bookinfo.example.com",
+                "BOOKINFO.example.com",
+                Some("bookinfo.example.com"),
+            ),
+            ("a.example.com", "b.example.com", None),
+            ("*.com", "*.example.com", Some("*.example.com")),
         ] {
-            assert_eq!(hosts_intersect(a, b), expected, "{a} vs {b}");
+            assert_eq!(narrower(a, b).as_deref(), expected, "{a} vs {b}");
+            assert_eq!(narrower(b, a).as_deref(), expected, "{b} vs {a}");
         }
     }
 
@@ -508,15 +509,21 @@ mod tests {
             hosts: vec!["./a.example.com".into(), "shop/*".into()],
             ..Default::default()
         };
-        assert!(server.accepts("gw", "gw", "a.example.com"));
+        assert_eq!(
+            server.serves("gw", "gw", "a.example.com"),
+            ["a.example.com"]
+        );
         // The narrower pattern of each pair: a VirtualService's `*` takes only the server's.
         assert_eq!(server.serves("gw", "gw", "*"), ["a.example.com"]);
         assert_eq!(
             server.serves("gw", "shop", "*.example.com"),
             ["*.example.com"]
         );
-        assert!(!server.accepts("gw", "other", "a.example.com"));
-        assert!(server.accepts("gw", "shop", "anything.example.com"));
-        assert!(!server.accepts("gw", "gw", "b.example.com"));
+        assert!(server.serves("gw", "other", "a.example.com").is_empty());
+        assert_eq!(
+            server.serves("gw", "shop", "anything.example.com"),
+            ["anything.example.com"]
+        );
+        assert!(server.serves("gw", "gw", "b.example.com").is_empty());
     }
 }
