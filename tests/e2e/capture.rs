@@ -65,7 +65,80 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {{name: default, namespace: shop}}
 spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: shop}}
+spec:
+  hosts: [secure.example.test]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: canary, namespace: shop}}
+spec:
+  hosts: [canary.example.test]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  endpoints: [{{address: {SERVER_IP}, ports: {{tls: {TLS_OUTSIDE_PORT}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure, namespace: shop}}
+spec:
+  hosts: [secure.example.test]
+  tls:
+  - match: [{{port: 443, sniHosts: [secure.example.test]}}]
+    route: [{{destination: {{host: canary.example.test}}}}]
 "
+    )
+}
+
+/// A TLS server outside the mesh on the server host (`openssl s_server`), which the `tls`
+/// route above sends `secure.example.test` to.
+const TLS_OUTSIDE_PORT: u16 = 18443;
+
+/// Starts the TLS server outside the mesh in `netns`; the CA file the client verifies it
+/// with.
+fn tls_outside(netns: &Netns, dir: &Path) -> (Running, std::path::PathBuf) {
+    use isthmus_e2e::certs::{Usage, ca, leaf};
+    let (issuer, ca_file) = ca(dir, "outside");
+    let (cert, key) = leaf(
+        dir,
+        "canary-server",
+        &["secure.example.test"],
+        &issuer,
+        Usage::ServerAuth,
+    );
+    let server = netns
+        .command("openssl")
+        .args(["s_server", "-www", "-accept"])
+        .arg(format!("0.0.0.0:{TLS_OUTSIDE_PORT}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Running(server), ca_file)
+}
+
+/// The common name of the certificate the client meets for `https://secure.example.test/`
+/// when the name resolves to an address nothing listens on: only the sidecar's `tls` route
+/// (port 443 and the SNI) can reach a server.
+fn secure_call(netns: &Netns, ca: &Path) -> Result<String, String> {
+    isthmus_e2e::certs::server_common_name(
+        netns.command("curl"),
+        ca,
+        "secure.example.test",
+        443,
+        "10.99.0.1",
     )
 }
 
@@ -170,7 +243,10 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
         .unwrap();
     // isthmusd (15012) and a service outside the mesh (18080) are not captured.
     // The rules as the injected init container installs them: `isthmus-proxy capture`.
-    install_capture(&server_ns, &["--exclude-inbound-ports", "15012,18080"]);
+    install_capture(
+        &server_ns,
+        &["--exclude-inbound-ports", "15012,18080,18443"],
+    );
     install_capture(&client_ns, &[]);
 
     let root = dir.path().join("isthmusd");
@@ -182,6 +258,7 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
     let _echo = echo(&server_ns, "127.0.0.1:8080", "echo");
     let _db = echo(&server_ns, "127.0.0.1:5000", "db");
     let _outside = echo(&server_ns, "0.0.0.0:18080", "outside");
+    let (_tls_outside, outside_ca) = tls_outside(&server_ns, dir.path());
     let server = sidecar(&server_ns, dir.path(), &daemon, "echo", SERVER_IP);
     let client = sidecar(&client_ns, dir.path(), &daemon, "client", CLIENT_IP);
     for proxy in [&server, &client] {
@@ -238,6 +315,15 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
     assert!(
         !body.contains("x-forwarded-client-cert"),
         "TCP is not HTTP-processed: {body}"
+    );
+
+    // TLS by SNI (a `VirtualService` `tls` route): the client's TLS to port 443 with the SNI
+    // secure.example.test goes, unterminated, to the canary server; the client verifies
+    // that server's certificate end to end.
+    assert_eq!(
+        secure_call(&client_ns, &outside_ca)
+            .unwrap_or_else(|e| panic!("{e}\nclient sidecar:\n{}", client.logs())),
+        "canary-server"
     );
 
     // Outside the mesh: passed through to where it was going.
@@ -306,6 +392,11 @@ fn iptables_capture_reaches_services_by_their_original_destination() {
         .expect("opaque TCP through Envoy");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"name\":\"db\""), "{body}");
+    assert_eq!(
+        secure_call(&client_ns, &outside_ca)
+            .unwrap_or_else(|e| panic!("{e}\nEnvoy:\n{}", envoy.logs())),
+        "canary-server"
+    );
     let (status, body) = client_ns
         .curl(&[&format!("http://{SERVER_IP}:18080/outside")])
         .expect("passthrough through Envoy");

@@ -99,3 +99,45 @@ impl Drop for HttpsServer {
         let _ = self.child.wait();
     }
 }
+
+/// The common name of the server certificate `curl` meets, and verifies against `ca`, for
+/// `https://<sni>:<port>/` with the name resolved to `address`. `curl` is the command to run
+/// it with (a network namespace's, or plain `curl`). curl reports the certificate before it
+/// verifies it: only a success counts.
+pub fn server_common_name(
+    mut curl: Command,
+    ca: &Path,
+    sni: &str,
+    port: u16,
+    address: &str,
+) -> Result<String, String> {
+    let out = curl
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{certs}",
+        ])
+        .arg("--cacert")
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{sni}:{port}:{address}"))
+        .arg(format!("https://{sni}:{port}/"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "curl {sni}: {}: {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Subject:"))
+        .map(|s| s.trim().trim_start_matches("CN =").trim().to_owned())
+        .ok_or_else(|| format!("curl {sni}: no server certificate: {text}"))
+}

@@ -153,12 +153,6 @@ impl MeshModel {
                         gateway_routes.push((key.clone(), spec.clone()));
                     }
                     let Some(spec) = for_sidecars else { continue };
-                    if !spec.tls.is_empty() {
-                        warnings.push(ModelWarning {
-                            resource: key.clone(),
-                            message: "spec.tls: TLS routes apply on ingress gateways only in Isthmus; sidecars carry TLS to the destination they connect to".into(),
-                        });
-                    }
                     for host in &spec.hosts {
                         claim(&mut routes, &mut warnings, host, key, &spec, "routes");
                     }

@@ -21,6 +21,7 @@ use isthmus_proto::envoy::google::protobuf::Any;
 use super::check::{Checked, Invalid, Path, each, reject_set, required};
 use super::cluster::http1_check;
 use super::decode::{ads_source, opt_duration, short_type, socket_address, typed};
+use super::listener_filter::{PortPredicate, port_predicate};
 use super::rbac::{self, Cidr, Rules};
 use super::route::{self, RouteTable};
 use super::route_policies;
@@ -33,6 +34,8 @@ pub struct Listener {
     pub direction: Direction,
     /// Read the ClientHello's SNI and ALPN (and whether it is TLS at all) before choosing.
     pub tls_inspector: bool,
+    /// The destination ports on which the TLS inspector does not run (`filter_disabled`).
+    pub tls_inspector_disabled: Option<PortPredicate>,
     /// Choose by the original destination of a redirected connection (`SO_ORIGINAL_DST`).
     pub original_dst: bool,
     pub chains: Vec<FilterChain>,
@@ -215,11 +218,22 @@ pub fn convert(l: EnvoyListener, path: &Path) -> Checked<Listener> {
         _ => Direction::Unspecified,
     };
     let mut tls_inspector = false;
+    let mut tls_inspector_disabled = None;
     let mut original_dst = use_original_dst.is_some_and(|b| b.value);
     for (i, f) in listener_filters.into_iter().enumerate() {
         let path = path.field("listener_filters").index(i);
-        match listener_filter_type(f, &path)?.as_str() {
-            TLS_INSPECTOR => tls_inspector = true,
+        let (kind, disabled) = listener_filter_type(f, &path)?;
+        match kind.as_str() {
+            TLS_INSPECTOR => {
+                tls_inspector = true;
+                tls_inspector_disabled = disabled;
+            }
+            ORIGINAL_DST if disabled.is_some() => {
+                return Err(Invalid::new(
+                    &path.field("filter_disabled"),
+                    "original_dst runs on every connection of a capture listener",
+                ));
+            }
             ORIGINAL_DST => original_dst = true,
             other => {
                 return Err(Invalid::new(
@@ -257,6 +271,7 @@ pub fn convert(l: EnvoyListener, path: &Path) -> Checked<Listener> {
         name,
         direction,
         tls_inspector,
+        tls_inspector_disabled,
         original_dst,
         chains,
         default_chain,
@@ -264,21 +279,29 @@ pub fn convert(l: EnvoyListener, path: &Path) -> Checked<Listener> {
     })
 }
 
-/// The type of a listener filter's typed config (only type-identified filters are accepted).
-fn listener_filter_type(f: ListenerFilter, path: &Path) -> Checked<String> {
+/// The type of a listener filter's typed config (only type-identified filters are accepted),
+/// and the ports where it does not run.
+fn listener_filter_type(
+    f: ListenerFilter,
+    path: &Path,
+) -> Checked<(String, Option<PortPredicate>)> {
     let ListenerFilter {
         name: _,
         filter_disabled,
         config_type,
     } = f;
-    reject_set!(path; filter_disabled);
+    let disabled = filter_disabled
+        .map(|p| port_predicate(p, &path.field("filter_disabled")))
+        .transpose()?;
     match config_type {
-        Some(listener_filter::ConfigType::TypedConfig(any)) => Ok(any
-            .type_url
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned()),
+        Some(listener_filter::ConfigType::TypedConfig(any)) => Ok((
+            any.type_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            disabled,
+        )),
         _ => Err(Invalid::required(&path.field("typed_config"))),
     }
 }

@@ -21,6 +21,7 @@ pub mod endpoint;
 pub mod jwt_authn;
 #[allow(deprecated)]
 pub mod listener;
+pub mod listener_filter;
 #[allow(deprecated)]
 pub mod matcher;
 #[allow(deprecated)]

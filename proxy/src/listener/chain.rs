@@ -148,6 +148,7 @@ mod tests {
             address: "127.0.0.1:1".parse().unwrap(),
             direction: Direction::Inbound,
             tls_inspector: true,
+            tls_inspector_disabled: None,
             original_dst: false,
             chains,
             default_chain: default,

@@ -307,7 +307,12 @@ async fn serve(
         stream.local_addr().map_err(ConnectionError::LocalAddress)?
     };
     let mut stream = stream;
-    let (prefix, facts) = if listener.tls_inspector {
+    let inspect = listener.tls_inspector
+        && !listener
+            .tls_inspector_disabled
+            .as_ref()
+            .is_some_and(|off| off.matches(local.port()));
+    let (prefix, facts) = if inspect {
         read_hello(&mut stream, local, runtime.settings.handshake_timeout).await?
     } else {
         (Vec::new(), plaintext_facts(local))

@@ -70,6 +70,7 @@ pub fn listener(chains: Vec<FilterChain>) -> Arc<Listener> {
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
         direction: Direction::Inbound,
         tls_inspector: false,
+        tls_inspector_disabled: None,
         original_dst: false,
         chains,
         default_chain: None,

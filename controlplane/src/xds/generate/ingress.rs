@@ -22,12 +22,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use isthmus_api::gateway::{
     ServerProtocol, ServerTlsMode, TlsProtocolVersion, host_covers, narrower, split_host,
 };
-use isthmus_api::networking::{RouteDestination, TlsRoute};
 use isthmus_proto::envoy::envoy::config::core::v3::{
     DataSource, TrafficDirection, TransportSocket, data_source, transport_socket,
 };
 use isthmus_proto::envoy::envoy::config::listener::v3::{
-    Filter, FilterChain, FilterChainMatch, Listener, filter,
+    Filter, FilterChain, FilterChainMatch, Listener,
 };
 use isthmus_proto::envoy::envoy::config::route::v3::{
     DirectResponseAction, RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost,
@@ -35,9 +34,6 @@ use isthmus_proto::envoy::envoy::config::route::v3::{
 };
 use isthmus_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, Rds, http_connection_manager,
-};
-use isthmus_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{
-    TcpProxy, tcp_proxy,
 };
 use isthmus_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate,
@@ -47,11 +43,12 @@ use isthmus_proto::envoy::google::protobuf::BoolValue;
 
 use super::credentials;
 use super::endpoints::socket;
+use super::l4_routes::to_destinations;
 use super::listeners::{
     hcm_filter, network_rbac_filters, policy_filters, rbac_per_filter, router, tls_inspector,
 };
 use super::rbac::{Layer, rbac_rules};
-use super::routes::{Scope, destination_cluster, http_route};
+use super::routes::{Scope, http_route};
 use super::tls::{ads, sds};
 use super::tls_origination::san_matcher;
 use super::{pack, route_policies, tracing};
@@ -569,7 +566,12 @@ fn passthrough(
     let mut out = Vec::new();
     for (key, part, _) in server.routes(model) {
         for route in &part.tls {
-            let filter = tcp_to(model, port, route);
+            let filter = to_destinations(
+                model,
+                Scope::new("", port),
+                &format!("outbound_0.0.0.0_{port}"),
+                &route.route,
+            );
             for m in &route.matches {
                 let applies = m.port.is_none_or(|p| p == port)
                     && m.source_labels
@@ -605,32 +607,4 @@ fn passthrough(
         }
     }
     out
-}
-
-/// A TCP proxy to a `tls` route's destinations (weighted when several).
-fn tcp_to(model: &MeshModel, port: u32, route: &TlsRoute) -> Filter {
-    let cluster =
-        |d: &RouteDestination| destination_cluster(model, Scope::new("", port), &d.destination);
-    let specifier = match route.route.as_slice() {
-        [only] => tcp_proxy::ClusterSpecifier::Cluster(cluster(only)),
-        many => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
-            clusters: many
-                .iter()
-                .filter(|d| d.weight.unwrap_or(100) > 0)
-                .map(|d| tcp_proxy::weighted_cluster::ClusterWeight {
-                    name: cluster(d),
-                    weight: d.weight.unwrap_or(100),
-                    ..Default::default()
-                })
-                .collect(),
-        }),
-    };
-    Filter {
-        name: "envoy.filters.network.tcp_proxy".into(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
-            stat_prefix: format!("outbound_0.0.0.0_{port}"),
-            cluster_specifier: Some(specifier),
-            ..Default::default()
-        }))),
-    }
 }

@@ -37,8 +37,10 @@ use isthmus_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 use isthmus_proto::envoy::google::protobuf::{Any, BoolValue};
 
+use super::capture::sni_chain;
 use super::clusters::protocol_options;
 use super::endpoints::socket;
+use super::l4_routes::port_routes;
 use super::names::{
     OUTBOUND_LISTENER, OUTBOUND_ROUTE, RBAC_ALLOW_FILTER, RBAC_DENY_FILTER, inbound_cluster,
     inbound_listener, inbound_route,
@@ -113,6 +115,37 @@ pub(super) fn tls_inspector() -> ListenerFilter {
             &TlsInspector::default(),
         ))),
         ..Default::default()
+    }
+}
+
+/// The TLS inspector for `ports` only: on other ports a connection's first bytes are not
+/// awaited (a server-first protocol there would wait for the inspector's timeout).
+pub(super) fn tls_inspector_on(ports: &std::collections::BTreeSet<u32>) -> ListenerFilter {
+    use isthmus_proto::envoy::envoy::config::listener::v3::ListenerFilterChainMatchPredicate as Predicate;
+    use isthmus_proto::envoy::envoy::config::listener::v3::listener_filter_chain_match_predicate::{
+        MatchSet, Rule,
+    };
+    use isthmus_proto::envoy::envoy::r#type::v3::Int32Range;
+    let on_port = |port: u32| Predicate {
+        rule: Some(Rule::DestinationPortRange(Int32Range {
+            start: i32::try_from(port).unwrap_or(i32::MAX),
+            end: i32::try_from(port + 1).unwrap_or(i32::MAX),
+        })),
+    };
+    // Envoy's `or_match` takes two rules or more.
+    let on_any = match ports.iter().collect::<Vec<_>>().as_slice() {
+        [only] => on_port(**only),
+        many => Predicate {
+            rule: Some(Rule::OrMatch(MatchSet {
+                rules: many.iter().map(|p| on_port(**p)).collect(),
+            })),
+        },
+    };
+    ListenerFilter {
+        filter_disabled: Some(Predicate {
+            rule: Some(Rule::NotMatch(Box::new(on_any))),
+        }),
+        ..tls_inspector()
     }
 }
 
@@ -412,19 +445,52 @@ pub fn outbound(node: &ProxyNode, tracing: Option<&Tracing>) -> Listener {
 }
 
 /// Explicit mode's local ports for TCP services (`OUTBOUND_TCP_PORTS`): each a listener on
-/// `OUTBOUND_ADDRESS:<local port>` proxying to the service's cluster.
-pub fn outbound_tcp(node: &ProxyNode) -> Vec<Listener> {
+/// `OUTBOUND_ADDRESS:<local port>` for the service port, with its L4 routes (`l4_routes.rs`).
+pub fn outbound_tcp(model: &MeshModel, node: &ProxyNode, workload: &Workload) -> Vec<Listener> {
     node.outbound_tcp_ports
         .iter()
         .map(|((host, port), local)| {
             let cluster = super::names::outbound_cluster(*port, None, host);
+            let service = model.service_of_host(host);
+            let service_port = service.and_then(|s| s.ports.iter().find(|p| p.number == *port));
+            let (by_sni, default) = match (service, service_port) {
+                (Some(service), Some(service_port)) => {
+                    let routes = port_routes(model, workload, service, service_port, &cluster);
+                    let default = routes.for_service(service);
+                    (routes.by_sni, default)
+                }
+                _ => (Vec::new(), tcp_proxy_to(&cluster, &cluster)),
+            };
+            let inspects = !by_sni.is_empty();
+            let listener_filters = if inspects {
+                vec![tls_inspector()]
+            } else {
+                Vec::new()
+            };
+            // The chain without a match takes what no SNI chain does.
+            let filter_chains = by_sni
+                .into_iter()
+                .map(|(name, filter)| {
+                    sni_chain(
+                        format!("{cluster}|sni:{name}"),
+                        None,
+                        Vec::new(),
+                        &name,
+                        filter,
+                    )
+                })
+                .chain([FilterChain {
+                    name: cluster.clone(),
+                    filters: vec![default],
+                    ..Default::default()
+                }])
+                .collect();
             Listener {
                 name: format!("outbound_tcp_{local}"),
                 address: Some(socket(&node.outbound_address, *local)),
-                filter_chains: vec![FilterChain {
-                    filters: vec![tcp_proxy_to(&cluster, &cluster)],
-                    ..Default::default()
-                }],
+                listener_filters,
+                continue_on_listener_filters_timeout: inspects,
+                filter_chains,
                 traffic_direction: TrafficDirection::Outbound as i32,
                 ..Default::default()
             }

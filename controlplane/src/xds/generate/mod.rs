@@ -28,6 +28,9 @@ mod ingress;
 #[cfg(test)]
 mod ingress_tests;
 mod jwt;
+#[cfg(test)]
+mod l4_route_tests;
+mod l4_routes;
 mod listeners;
 mod names;
 mod proxyless;
@@ -175,17 +178,13 @@ pub fn proxy_snapshot_with_view(
         Interception::Explicit => {
             let mut listeners = listeners::inbound_listeners(workload, &inbound);
             listeners.push(listeners::outbound(node, hcm_tracing.as_ref()));
-            listeners.extend(listeners::outbound_tcp(node));
+            listeners.extend(listeners::outbound_tcp(model, node, workload));
             (listeners, Vec::new())
         }
         Interception::Redirect => {
             let visible = visibility::visible_services(model, workload);
-            let (outbound, passthrough) = capture::virtual_outbound(
-                node,
-                &visible,
-                &model.virtual_addresses,
-                hcm_tracing.as_ref(),
-            );
+            let (outbound, passthrough) =
+                capture::virtual_outbound(model, node, workload, &visible, hcm_tracing.as_ref());
             // A workload that serves nothing gets no inbound listener (a listener needs a
             // chain): redirected connections are refused by the kernel.
             let inbound = capture::virtual_inbound(&inbound);

@@ -32,6 +32,7 @@ use base64::Engine;
 use super::names::{OUTBOUND_ROUTE, outbound_cluster};
 use super::{consistent_hash, route_policies};
 use super::{duration, pack};
+use crate::model::ingress::exported_to;
 use crate::model::{MeshModel, Port, Service, Workload};
 
 const DEFAULT_RETRY_ON: &str =
@@ -58,7 +59,10 @@ pub fn outbound_routes(
                 domains.extend(names.iter().map(|name| (*name).clone()));
                 first_http = false;
             }
-            let routes = match model.routes.get(host) {
+            let exported = model.routes.get(host).filter(|(key, vs)| {
+                exported_to(&vs.export_to, &key.namespace, &workload.namespace)
+            });
+            let routes = match exported {
                 Some((_, vs)) => vs
                     .http
                     .iter()

@@ -173,6 +173,7 @@ fn listeners_convert_to_their_model() {
                 address: "127.0.0.1:15001".parse().unwrap(),
                 direction: Direction::Unspecified,
                 tls_inspector: false,
+                tls_inspector_disabled: None,
                 original_dst: false,
                 chains: vec![FilterChain {
                     peer: None,
@@ -257,13 +258,121 @@ fn listeners_convert_to_their_model() {
                     && l.chains[0].matcher.destination_port == Some(9080)
             }),
         ),
+        (
+            "a TLS inspector disabled except on two ports",
+            inspector_disabled(not_match(or_match(vec![port(443), port(8443)]))),
+            Expect::Holds(|l| {
+                let off = l.tls_inspector_disabled.as_ref().unwrap();
+                l.tls_inspector && !off.matches(443) && !off.matches(8443) && off.matches(3306)
+            }),
+        ),
+        (
+            "a TLS inspector disabled on a port range, and on any port",
+            inspector_disabled(and_match(vec![
+                range(1000, 2000),
+                Predicate {
+                    rule: Some(Rule::AnyMatch(true)),
+                },
+            ])),
+            Expect::Holds(|l| {
+                let off = l.tls_inspector_disabled.as_ref().unwrap();
+                off.matches(1000) && off.matches(1999) && !off.matches(2000) && !off.matches(999)
+            }),
+        ),
     ];
     run(table, convert);
+}
+
+type Predicate =
+    isthmus_proto::envoy::envoy::config::listener::v3::ListenerFilterChainMatchPredicate;
+use isthmus_proto::envoy::envoy::config::listener::v3::listener_filter_chain_match_predicate::{
+    MatchSet, Rule,
+};
+
+fn range(start: i32, end: i32) -> Predicate {
+    Predicate {
+        rule: Some(Rule::DestinationPortRange(
+            isthmus_proto::envoy::envoy::r#type::v3::Int32Range { start, end },
+        )),
+    }
+}
+
+fn port(p: i32) -> Predicate {
+    range(p, p + 1)
+}
+
+fn not_match(p: Predicate) -> Predicate {
+    Predicate {
+        rule: Some(Rule::NotMatch(Box::new(p))),
+    }
+}
+
+fn or_match(rules: Vec<Predicate>) -> Predicate {
+    Predicate {
+        rule: Some(Rule::OrMatch(MatchSet { rules })),
+    }
+}
+
+fn and_match(rules: Vec<Predicate>) -> Predicate {
+    Predicate {
+        rule: Some(Rule::AndMatch(MatchSet { rules })),
+    }
+}
+
+/// [`by_sni`] with its TLS inspector disabled where `predicate` holds.
+fn inspector_disabled(predicate: Predicate) -> EnvoyListener {
+    let mut l = by_sni(true);
+    l.listener_filters[0].filter_disabled = Some(predicate);
+    l
+}
+
+/// `n` nested `not_match`es around one port.
+fn nested(n: usize) -> Predicate {
+    (0..n).fold(port(443), |p, _| not_match(p))
 }
 
 #[test]
 fn listeners_outside_the_profile_are_rejected_at_their_path() {
     let table: Table<EnvoyListener, Listener> = vec![
+        (
+            "a filter_disabled without a rule",
+            inspector_disabled(Predicate { rule: None }),
+            Expect::Rejected("listener_filters[0].filter_disabled.rule"),
+        ),
+        (
+            "an or_match of one rule",
+            inspector_disabled(or_match(vec![port(443)])),
+            Expect::Rejected("listener_filters[0].filter_disabled.or_match.rules"),
+        ),
+        (
+            "an empty port range",
+            inspector_disabled(range(443, 443)),
+            Expect::Rejected("listener_filters[0].filter_disabled.destination_port_range.end"),
+        ),
+        (
+            "a port range from a negative port",
+            inspector_disabled(range(-1, 443)),
+            Expect::Rejected("listener_filters[0].filter_disabled.destination_port_range.start"),
+        ),
+        (
+            "any_match false",
+            inspector_disabled(Predicate {
+                rule: Some(Rule::AnyMatch(false)),
+            }),
+            Expect::Rejected("listener_filters[0].filter_disabled.any_match"),
+        ),
+        (
+            "a predicate nested too deep",
+            inspector_disabled(nested(40)),
+            // Refused at level 16 (the root is level 0).
+            Expect::Rejected(Box::leak(
+                format!(
+                    "listener_filters[0].filter_disabled{}",
+                    ".not_match".repeat(16)
+                )
+                .into_boxed_str(),
+            )),
+        ),
         (
             "a tunnel hostname with a format operator",
             tcp_listener(tunnelling("%REQUESTED_SERVER_NAME%:443")),
