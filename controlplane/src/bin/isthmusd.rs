@@ -100,8 +100,11 @@ struct Args {
     /// Longest lifetime a workload may request.
     #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
     max_workload_cert_ttl: Duration,
-    /// How long configuration changes settle before they are pushed to proxies.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    /// How long the pipeline gathers configuration changes that arrive together before it
+    /// pushes to proxies. Sources settle their own bursts first (the configuration directory:
+    /// 50 ms of quiet; Kubernetes: 50 ms of quiet, at most 500 ms), so this only folds what
+    /// lands at once. Peers' imports wait for 30 ms of quiet (at most 300 ms).
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     push_debounce: Duration,
     /// At shutdown, how long requests in progress may take to finish before every connection
     /// is closed. xDS streams and discovery watches do not end by themselves: those are closed

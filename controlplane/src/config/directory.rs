@@ -6,43 +6,22 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use isthmus_api::{Resource, ResourceError, from_value};
 
 use super::error::ConfigError;
+use super::loader::DirLoader;
 use super::snapshot::{ConfigSnapshot, DEFAULT_NAMESPACE, ResourceKey, SourceRef};
 use super::yaml::documents;
 
 /// Reads and validates every document under `dir`.
 pub fn load_dir(dir: &Path) -> Result<ConfigSnapshot, Vec<ConfigError>> {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    collect_files(dir, &mut files, &mut errors);
-    files.sort();
-
-    let mut resources: BTreeMap<ResourceKey, (Resource, SourceRef)> = BTreeMap::new();
-    for file in files {
-        let text = match std::fs::read(&file) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => text,
-                Err(_) => {
-                    errors.push(ConfigError::file(file, "not UTF-8 text"));
-                    continue;
-                }
-            },
-            Err(e) => {
-                errors.push(ConfigError::file(file, format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        add_text(&text, &file, &mut resources, &mut errors);
-    }
-    if errors.is_empty() {
-        Ok(ConfigSnapshot::from_map(resources))
-    } else {
-        Err(errors)
-    }
+    DirLoader::default().load(dir)
 }
+
+/// A document read: its resource and where, or its errors.
+pub(super) type ParsedDocument = Result<(Arc<Resource>, SourceRef), Vec<ConfigError>>;
 
 /// Reads the YAML text `text` (named `file` in errors) into a snapshot, as one file of a directory.
 pub fn load_text(text: &str, file: &Path) -> Result<ConfigSnapshot, Vec<ConfigError>> {
@@ -50,7 +29,7 @@ pub fn load_text(text: &str, file: &Path) -> Result<ConfigSnapshot, Vec<ConfigEr
     let mut errors = Vec::new();
     add_text(text, file, &mut resources, &mut errors);
     if errors.is_empty() {
-        Ok(ConfigSnapshot::from_map(resources))
+        Ok(ConfigSnapshot::from_shared(resources))
     } else {
         Err(errors)
     }
@@ -60,30 +39,39 @@ pub fn load_text(text: &str, file: &Path) -> Result<ConfigSnapshot, Vec<ConfigEr
 fn add_text(
     text: &str,
     file: &Path,
-    resources: &mut BTreeMap<ResourceKey, (Resource, SourceRef)>,
+    resources: &mut BTreeMap<ResourceKey, (Arc<Resource>, SourceRef)>,
     errors: &mut Vec<ConfigError>,
 ) {
-    let docs = match documents(text) {
-        Ok(docs) => docs,
-        Err(e) => {
-            errors.push(ConfigError {
-                line: e.line,
-                ..ConfigError::file(file.to_owned(), format!("invalid YAML: {}", e.reason))
-            });
-            return;
-        }
-    };
-    for doc in docs {
-        let source = SourceRef {
-            file: file.to_owned(),
-            document: doc.index,
-            line: doc.line,
-        };
-        match check_document(doc.value, &source) {
-            Ok(resource) => insert(resources, errors, resource, source),
+    for document in parse_text(text, file) {
+        match document {
+            Ok((resource, source)) => insert(resources, errors, resource, source),
             Err(e) => errors.extend(e),
         }
     }
+}
+
+/// Each document of one file's text, validated: its resource, or its errors (or the file's,
+/// when it is not YAML).
+pub(super) fn parse_text(text: &str, file: &Path) -> Vec<ParsedDocument> {
+    let docs = match documents(text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            return vec![Err(vec![ConfigError {
+                line: e.line,
+                ..ConfigError::file(file.to_owned(), format!("invalid YAML: {}", e.reason))
+            }])];
+        }
+    };
+    docs.into_iter()
+        .map(|doc| {
+            let source = SourceRef {
+                file: file.to_owned(),
+                document: doc.index,
+                line: doc.line,
+            };
+            check_document(doc.value, &source).map(|resource| (Arc::new(resource), source))
+        })
+        .collect()
 }
 
 /// Validates one document read from `source`: the resource, or every problem located.
@@ -94,10 +82,10 @@ pub fn check_document(
     from_value(value).map_err(|e| resource_errors(source, e))
 }
 
-fn insert(
-    resources: &mut BTreeMap<ResourceKey, (Resource, SourceRef)>,
+pub(super) fn insert(
+    resources: &mut BTreeMap<ResourceKey, (Arc<Resource>, SourceRef)>,
     errors: &mut Vec<ConfigError>,
-    resource: Resource,
+    resource: Arc<Resource>,
     source: SourceRef,
 ) {
     let meta = resource.metadata();
@@ -151,7 +139,7 @@ fn resource_errors(source: &SourceRef, e: ResourceError) -> Vec<ConfigError> {
 }
 
 /// Appends the YAML files under `dir` to `out`; a directory that cannot be read is an error.
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>) {
+pub(super) fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {

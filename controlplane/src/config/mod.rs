@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod directory;
 pub mod error;
+pub mod loader;
 pub mod snapshot;
 pub mod store;
 pub mod watch;

@@ -53,13 +53,26 @@ impl fmt::Display for SourceRef {
 /// The configuration in force. Built whole and replaced whole, never edited in place.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigSnapshot {
-    resources: BTreeMap<ResourceKey, (Resource, SourceRef)>,
+    /// Shared with the directory loader's cache of parsed documents (a document that did not
+    /// change is the same resource, not a copy).
+    resources: BTreeMap<ResourceKey, (Arc<Resource>, SourceRef)>,
     /// Kubernetes `Service`s, their endpoints and `Pod`s (Kubernetes mode only).
     cluster: Arc<ClusterState>,
 }
 
 impl ConfigSnapshot {
     pub(crate) fn from_map(resources: BTreeMap<ResourceKey, (Resource, SourceRef)>) -> Self {
+        Self::from_shared(
+            resources
+                .into_iter()
+                .map(|(k, (r, s))| (k, (Arc::new(r), s)))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn from_shared(
+        resources: BTreeMap<ResourceKey, (Arc<Resource>, SourceRef)>,
+    ) -> Self {
         Self {
             resources,
             cluster: Arc::default(),
@@ -86,12 +99,12 @@ impl ConfigSnapshot {
     }
 
     pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
-        self.resources.get(key).map(|(r, _)| r)
+        self.resources.get(key).map(|(r, _)| &**r)
     }
 
     /// Every resource with its key and origin, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&ResourceKey, &Resource, &SourceRef)> {
-        self.resources.iter().map(|(k, (r, s))| (k, r, s))
+        self.resources.iter().map(|(k, (r, s))| (k, &**r, s))
     }
 
     /// Resources of one kind (a range of the map: keys sort by kind first).
@@ -104,7 +117,7 @@ impl ConfigSnapshot {
         self.resources
             .range(from..)
             .take_while(move |(k, _)| k.kind == kind)
-            .map(|(k, (r, _))| (k, r))
+            .map(|(k, (r, _))| (k, &**r))
     }
 
     /// The resources of type `T` (one kind), typed, in key order.

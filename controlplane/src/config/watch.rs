@@ -8,7 +8,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::directory::load_dir;
+use super::loader::DirLoader;
 use super::store::ConfigStore;
 
 /// Timing of reloads.
@@ -23,7 +23,7 @@ pub struct WatchSettings {
 impl Default for WatchSettings {
     fn default() -> Self {
         Self {
-            debounce: Duration::from_millis(100),
+            debounce: Duration::from_millis(50),
             resync: Duration::from_secs(30),
         }
     }
@@ -45,7 +45,9 @@ pub fn watch_dir(
         }
     })?;
     watcher.watch(&dir, RecursiveMode::Recursive)?;
-    store.apply(load_dir(&dir));
+    // Files that did not change are not parsed again (a large directory, one edit).
+    let mut loader = DirLoader::default();
+    store.apply(loader.load(&dir));
     Ok(async move {
         // The watch lives as long as the task; its sender, in the watcher's callback, too, so
         // `rx` does not close while the task runs.
@@ -64,9 +66,21 @@ pub fn watch_dir(
                 _ = resync.tick() => {}
             }
             let dir = dir.clone();
-            let loaded = tokio::task::spawn_blocking(move || load_dir(&dir)).await;
-            if let Ok(loaded) = loaded {
-                store.apply(loaded);
+            let mut taken = std::mem::take(&mut loader);
+            let loaded = tokio::task::spawn_blocking(move || {
+                let started = tokio::time::Instant::now();
+                let loaded = taken.load(&dir);
+                tracing::debug!(elapsed = ?started.elapsed(), "configuration directory read");
+                (taken, loaded)
+            })
+            .await;
+            match loaded {
+                Ok((back, loaded)) => {
+                    loader = back;
+                    store.apply(loaded);
+                }
+                // The loader went with the task: the next reload parses every file again.
+                Err(e) => tracing::error!(error = %e, "reading the configuration directory failed"),
             }
         }
     })

@@ -5,7 +5,9 @@ use serde_saphyr::Spanned;
 
 /// A bound on what one file may make the parser do (nesting, aliases, size), so a hostile file
 /// (a "billion laughs" alias bomb, say) is refused rather than exhausting memory.
-const MAX_FILE_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_FILE_BYTES: usize = 8 * 1024 * 1024;
+/// The most documents one file may hold.
+pub const MAX_DOCUMENTS: usize = 65_536;
 
 /// One YAML document of a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +39,7 @@ pub fn documents(text: &str) -> Result<Vec<Document>, YamlError> {
     // (a generated file of a thousand services is a few thousand documents).
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
-            max_documents: 65_536,
+            max_documents: MAX_DOCUMENTS,
             max_nodes: 2_000_000,
             max_events: 8_000_000,
         },

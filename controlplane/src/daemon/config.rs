@@ -42,7 +42,9 @@ pub struct DaemonConfig {
     /// Serve `/debug/*` to callers that are not on loopback too.
     pub debug_allow_remote: bool,
     pub ttl: TtlPolicy,
-    /// How long configuration changes settle before they are pushed.
+    /// How long the pipeline gathers configuration changes that arrive together before it
+    /// rebuilds and pushes. The sources settle their own bursts first (the directory watch,
+    /// the Kubernetes watches), so this only folds what lands at once.
     pub push_debounce: Duration,
     /// How the configuration directory is watched and reloaded.
     pub config_watch: WatchSettings,
@@ -88,7 +90,7 @@ impl DaemonConfig {
             proxy_image: crate::admission::inject::settings::DEFAULT_PROXY_IMAGE.to_owned(),
             debug_allow_remote: false,
             ttl: TtlPolicy::default(),
-            push_debounce: Duration::from_millis(100),
+            push_debounce: Duration::from_millis(10),
             config_watch: WatchSettings::default(),
             root_namespace: "istio-system".to_owned(),
             federation_addr: Some(any_port),

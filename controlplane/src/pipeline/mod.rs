@@ -1,8 +1,11 @@
 //! The one-way flow from configuration to proxies: config snapshot -> mesh model -> per-proxy
 //! snapshot -> [`SnapshotCache`] (which the xDS streams watch).
 //!
-//! Configuration changes are debounced (100 ms by default): a burst of edits becomes one
-//! model and one push. A proxy that connects gets its snapshot at once. Each proxy's snapshot
+//! Configuration changes are gathered for `debounce` (10 ms by default) before a rebuild:
+//! the sources settle their own bursts first (the directory watch waits for 50 ms of quiet,
+//! the Kubernetes source for 50 ms, at most 500 ms), so a burst of edits is one push without
+//! a second long wait here. Peers' imports are not settled at their source: they wait for
+//! 30 ms of quiet (at most 300 ms), so several peers' updates are one rebuild. A proxy that connects gets its snapshot at once. Each proxy's snapshot
 //! holds a certificate for its workload identity, re-issued at half-life; an unchanged
 //! resource keeps its version, so a push carries only what changed (an endpoint change is an
 //! EDS push, a renewal an SDS push).
@@ -39,6 +42,11 @@ use crate::xds::server::NodeInfo;
 use crate::xds::streams::StreamRegistry;
 use certs::ProxyCertificates;
 use vips::VipStore;
+
+/// How long imports must be quiet before a rebuild, and the longest a rebuild waits for that
+/// under a steady stream of peers' updates.
+const IMPORTS_QUIET: Duration = Duration::from_millis(30);
+const IMPORTS_MAX_WAIT: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -185,7 +193,18 @@ impl Pipeline {
                         if changed.is_err() {
                             return;
                         }
-                        tokio::time::sleep(worker.settings.debounce).await;
+                        // Peers' updates are not settled at their source: wait for a quiet
+                        // moment (bounded), so several peers' lists are one rebuild.
+                        let deadline = tokio::time::Instant::now() + IMPORTS_MAX_WAIT;
+                        let quiet = worker.settings.debounce.max(IMPORTS_QUIET);
+                        loop {
+                            let until = deadline.min(tokio::time::Instant::now() + quiet);
+                            match tokio::time::timeout_at(until, imports.changed()).await {
+                                Ok(Ok(())) => continue,
+                                Ok(Err(_)) => return,
+                                Err(_) => break,
+                            }
+                        }
                         let catalogs = federation::catalogs(&imports.borrow_and_update());
                         // Status-only changes (heartbeats, timestamps) do not rebuild.
                         if catalogs != worker.catalogs {
@@ -274,6 +293,7 @@ impl Worker {
     }
 
     fn rebuild(&mut self, snapshot: Arc<ConfigSnapshot>) {
+        let started = tokio::time::Instant::now();
         let model = model_of(
             &self.settings,
             snapshot,
@@ -294,6 +314,7 @@ impl Worker {
         });
         self.model.send_replace(Arc::new(model));
         self.views.clear();
+        tracing::debug!(elapsed = ?started.elapsed(), "model rebuilt");
     }
 
     async fn join(&mut self, info: NodeInfo) {
@@ -313,9 +334,11 @@ impl Worker {
         self.nodes.retain(|id, _| connected.contains(id));
         self.cache.prune();
         let nodes: Vec<ProxyNode> = self.nodes.values().cloned().collect();
+        let started = tokio::time::Instant::now();
         for node in &nodes {
             self.push(node).await;
         }
+        tracing::debug!(proxies = nodes.len(), elapsed = ?started.elapsed(), "snapshots computed");
         let model = self.model.borrow().clone();
         let in_use: HashSet<_> = nodes
             .iter()
