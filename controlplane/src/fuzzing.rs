@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use isthmus_identity::TrustDomain;
 
-use crate::config::directory::load_text;
+use crate::config::directory::{load_text, parse_text};
+use crate::config::loader::read_again;
 use crate::model::MeshModel;
 
 /// The input as one YAML file of a configuration directory: every document validated into a
@@ -17,7 +18,24 @@ pub fn yaml_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match load_text(text, Path::new("fuzz.yaml")) {
+    // A reload after an earlier version of the file (the input without its last line, then
+    // without its first document) keeps unchanged documents: it must give exactly what a
+    // whole-file parse gives, errors and their lines included.
+    let file = Path::new("fuzz.yaml");
+    let whole = parse_text(text, file);
+    let without_last_line = text
+        .trim_end_matches('\n')
+        .rsplit_once('\n')
+        .map_or("", |(a, _)| a);
+    let without_first_document = text.split_once("\n---").map_or("", |(_, b)| b);
+    for before in [without_last_line, without_first_document, text] {
+        let again = read_again(file, before.as_bytes(), data);
+        assert!(
+            again == whole,
+            "read again after {before:?}: {again:?}\nwhole: {whole:?}"
+        );
+    }
+    match load_text(text, file) {
         Ok(snapshot) => {
             let trust_domain = TrustDomain::new("cluster.local").expect("a valid trust domain");
             let _ = MeshModel::build(Arc::new(snapshot), &trust_domain, "istio-system");

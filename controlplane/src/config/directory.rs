@@ -21,7 +21,7 @@ pub fn load_dir(dir: &Path) -> Result<ConfigSnapshot, Vec<ConfigError>> {
 }
 
 /// A document read: its resource and where, or its errors.
-pub(super) type ParsedDocument = Result<(Arc<Resource>, SourceRef), Vec<ConfigError>>;
+pub type ParsedDocument = Result<(Arc<Resource>, SourceRef), Vec<ConfigError>>;
 
 /// Reads the YAML text `text` (named `file` in errors) into a snapshot, as one file of a directory.
 pub fn load_text(text: &str, file: &Path) -> Result<ConfigSnapshot, Vec<ConfigError>> {
@@ -52,7 +52,7 @@ fn add_text(
 
 /// Each document of one file's text, validated: its resource, or its errors (or the file's,
 /// when it is not YAML).
-pub(super) fn parse_text(text: &str, file: &Path) -> Vec<ParsedDocument> {
+pub fn parse_text(text: &str, file: &Path) -> Vec<ParsedDocument> {
     let docs = match documents(text) {
         Ok(docs) => docs,
         Err(e) => {

@@ -110,6 +110,13 @@ fn parse_file(file: &Path, bytes: Vec<u8>, before: ParsedFile) -> ParsedFile {
     }
 }
 
+/// `after`, the text of `file` read again after `before`: what [`DirLoader`] takes from the
+/// file (for the fuzz target, which checks it against a whole-file parse).
+pub fn read_again(file: &Path, before: &[u8], after: &[u8]) -> Vec<ParsedDocument> {
+    let earlier = parse_file(file, before.to_vec(), ParsedFile::default());
+    parse_file(file, after.to_vec(), earlier).documents
+}
+
 /// The valid documents by the text of the chunk each starts in; a chunk that holds more than
 /// one document is not remembered.
 fn remember(chunks: &[(&str, u64)], documents: &[ParsedDocument]) -> HashMap<String, Known> {
