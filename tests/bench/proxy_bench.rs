@@ -68,6 +68,11 @@ struct Args {
     /// pinned to CPU 1, the load generator and the application to CPU 0); 0 skips it.
     #[arg(long, default_value_t = 5)]
     throughput_seconds: u64,
+    /// Seconds of the connection-churn run per pair: raw TCP clients that open a connection,
+    /// exchange one message and close it, closed loop, pinned as the throughput run (each
+    /// connection through a pair is a new mTLS handshake between its sidecars); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    churn_seconds: u64,
     /// Percentage of requests traced (`isthmusd --tracing-sampling`), the spans going to a
     /// stand-in OTLP/gRPC collector of this program; 0: no tracing configured. It is configured
     /// for every sidecar `isthmusd` serves, Envoy's included; `--telemetry off` turns it off in
@@ -130,6 +135,56 @@ fn pin(pid: u32, cpu: u32) {
     );
 }
 
+/// What closed-loop `workers` (each answering its (done, errors)) did since `started`:
+/// (per second, errors, the `pids`' CPU share of one core since `cpu_before`).
+async fn closed_loop_figures(
+    workers: Vec<tokio::task::JoinHandle<(u64, u64)>>,
+    pids: &[u32],
+    cpu_before: f64,
+    started: Instant,
+) -> (f64, u64, f64) {
+    let (mut done, mut errors) = (0, 0);
+    for w in workers {
+        let (d, e) = w.await.unwrap();
+        done += d;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = pids.iter().map(|p| proc_cpu_precise(*p)).sum::<f64>() - cpu_before;
+    (done as f64 / elapsed, errors, cpu / elapsed)
+}
+
+/// Connection churn, closed loop: 32 clients, each opening a connection to `target`, writing
+/// one `TCP_MESSAGE`, reading it back and closing, for `seconds`; (connections per second,
+/// errors, proxy CPU share of one core).
+async fn churn(target: SocketAddr, pids: &[u32], seconds: u64) -> (f64, u64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let cpu_before: f64 = pids.iter().map(|p| proc_cpu_precise(*p)).sum();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        workers.push(tokio::spawn(async move {
+            let (mut done, mut errors) = (0u64, 0u64);
+            let url = hyper::Uri::from_static("/");
+            while Instant::now() < deadline {
+                let ok = match Client::connect(target, Protocol::Tcp).await {
+                    Ok(mut client) => client.get(&url, None).await,
+                    Err(_) => false,
+                };
+                if ok {
+                    done += 1;
+                } else {
+                    errors += 1;
+                    // A refused connect would otherwise spin.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            (done, errors)
+        }));
+    }
+    closed_loop_figures(workers, pids, cpu_before, started).await
+}
+
 /// Closed loop, as fast as it goes: `connections` clients sending back to back for
 /// `seconds`; (requests per second, errors, proxy CPU share of one core).
 async fn throughput(
@@ -166,15 +221,7 @@ async fn throughput(
             (done, errors)
         }));
     }
-    let (mut done, mut errors) = (0, 0);
-    for w in workers {
-        let (d, e) = w.await.unwrap();
-        done += d;
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = pids.iter().map(|p| proc_cpu_precise(*p)).sum::<f64>() - cpu_before;
-    (done as f64 / elapsed, errors, cpu / elapsed)
+    closed_loop_figures(workers, pids, cpu_before, started).await
 }
 
 fn wait_for_route(outbound: u16, url: &str) -> anyhow::Result<()> {
@@ -745,12 +792,14 @@ spec: {{mtls: {{mode: STRICT}}}}
         )?
     );
 
-    if args.throughput_seconds > 0 {
+    if args.throughput_seconds > 0 || args.churn_seconds > 0 {
         // The pair under test on CPU 1; this process (load generator and application) on 0.
         pin(std::process::id(), 0);
         for pid in isthmus_pids.iter().chain(&off_pids).chain(&envoy_pids) {
             pin(*pid, 1);
         }
+    }
+    if args.throughput_seconds > 0 {
         println!(
             "\nMaximum throughput, HTTP/1.1, 32 connections, closed loop, {} s; both proxies of a pair share CPU 1",
             args.throughput_seconds
@@ -784,6 +833,56 @@ spec: {{mtls: {{mode: STRICT}}}}
             "\nthroughput per core, telemetry on / off: {:.2}; isthmus-proxy (telemetry on) / Envoy: {:.2}",
             rates[0] / rates[1].max(1.0),
             rates[0] / rates[2].max(1.0)
+        );
+    }
+    if args.churn_seconds > 0 {
+        println!(
+            "\nConnection churn, raw TCP: 32 clients each opening a connection, exchanging {TCP_MESSAGE} B and closing it, closed loop, {} s per pair (a new mTLS handshake between the sidecars per connection); both proxies of a pair share CPU 1",
+            args.churn_seconds
+        );
+        println!(
+            "\n| set-up | connections/s | errors | proxy CPU (cores) | connections/s per core |"
+        );
+        println!("|---|---|---|---|---|");
+        let runs = [
+            (
+                "isthmus-proxy pair, telemetry on",
+                isthmus_tcp,
+                &isthmus_pids,
+            ),
+            ("isthmus-proxy pair, --telemetry off", off_tcp, &off_pids),
+            ("Envoy pair", envoy_tcp, &envoy_pids),
+        ];
+        let mut per_core = Vec::new();
+        for (name, port, pids) in runs {
+            let _ = churn(local(port), pids, 1).await;
+            let (rate, errors, cpu) = churn(local(port), pids, args.churn_seconds).await;
+            let rate_per_core = rate / cpu.max(1e-9);
+            println!("| {name} | {rate:.0} | {errors} | {cpu:.2} | {rate_per_core:.0} |");
+            per_core.push(rate_per_core);
+        }
+        println!(
+            "\nnew connections per second per core, isthmus-proxy (telemetry on) / Envoy: {:.2}; telemetry off / Envoy: {:.2}",
+            per_core[0] / per_core[2].max(1e-9),
+            per_core[1] / per_core[2].max(1e-9)
+        );
+        // Envoy resumes TLS sessions by default (a client keeps one session per cluster, a
+        // server issues tickets); isthmus-proxy never does (docs/identity.md). Its counters say
+        // how many of the pair's handshakes were resumed.
+        let ssl = |envoy: &isthmus_e2e::envoy::Envoy, what: &str| -> u64 {
+            envoy
+                .stats()
+                .iter()
+                .filter(|(name, _)| name.ends_with(&format!(".ssl.{what}")))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        println!(
+            "Envoy pair's TLS handshakes (the whole run): client sidecar {} of which {} resumed; server sidecar {} of which {} resumed",
+            ssl(&envoy_client, "handshake"),
+            ssl(&envoy_client, "session_reused"),
+            ssl(&envoy_server, "handshake"),
+            ssl(&envoy_server, "session_reused"),
         );
     }
     if args.trace_sampling > 0.0 {

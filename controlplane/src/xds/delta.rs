@@ -21,6 +21,7 @@ use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
+use super::known::Known;
 use super::resources::{
     NamedResource, ProxySnapshot, TypeResources, is_wildcard_type, parse_version,
 };
@@ -42,7 +43,7 @@ struct TypeState {
     wildcard: bool,
     names: BTreeSet<Arc<str>>,
     /// What the proxy holds, as far as it was sent: name to version.
-    known: BTreeMap<Arc<str>, u64>,
+    known: Known,
     /// Names due: sent as they are in `last` when the response is built, or as removals if
     /// `last` no longer has them.
     outbox: BTreeSet<Arc<str>>,
@@ -84,14 +85,23 @@ impl TypeState {
     fn plan_all(&mut self, typed: Option<&TypeResources>) {
         if let Some(typed) = typed {
             for item in typed.items() {
-                if self.in_scope(&item.name) && self.known.get(&item.name) != Some(&item.version) {
+                if self.in_scope(&item.name)
+                    && self.known.get(&item.name, true) != Some(item.version)
+                {
                     self.outbox.insert(item.name.clone());
                 }
             }
         }
-        for name in self.known.keys() {
+        let TypeState {
+            known,
+            outbox,
+            wildcard,
+            names,
+            ..
+        } = self;
+        for name in known.names(|n| *wildcard || names.contains(n)) {
             if typed.is_none_or(|t| !t.contains(name)) {
-                self.outbox.insert(name.clone());
+                outbox.insert(name.clone());
             }
         }
     }
@@ -116,7 +126,10 @@ impl TypeState {
                     Ordering::Less => {
                         if let Some(gone) = o.next()
                             && !now.contains(&gone.name)
-                            && self.known.contains_key(&gone.name)
+                            && self
+                                .known
+                                .get(&gone.name, self.in_scope(&gone.name))
+                                .is_some()
                         {
                             self.outbox.insert(gone.name.clone());
                         }
@@ -130,7 +143,7 @@ impl TypeState {
                         let Some(item) = n.next() else { break };
                         if old_item.is_none_or(|a| a.version != item.version)
                             && self.in_scope(&item.name)
-                            && self.known.get(&item.name) != Some(&item.version)
+                            && self.known.get(&item.name, true) != Some(item.version)
                         {
                             self.outbox.insert(item.name.clone());
                         }
@@ -147,6 +160,8 @@ impl TypeState {
             outbox,
             known,
             last,
+            wildcard,
+            names,
             ..
         } = self;
         let (mut resources, mut removed, mut bytes) = (Vec::new(), Vec::new(), 0);
@@ -156,23 +171,35 @@ impl TypeState {
             let Some(name) = outbox.pop_first() else {
                 break;
             };
+            let in_scope = *wildcard || names.contains(&name);
             match last.as_ref().and_then(|t| t.get(&name)) {
                 Some(item) => {
-                    if known.get(&name) != Some(&item.version) {
+                    if known.get(&name, in_scope) != Some(item.version) {
                         known.insert(item.name.clone(), item.version);
                         bytes += item.body.value.len() + name.len();
                         resources.push(to_resource(item));
                     }
                 }
                 None => {
-                    if known.remove(&name).is_some() {
+                    if known.get(&name, in_scope).is_some() {
+                        known.forget(&name);
                         bytes += name.len();
                         removed.push(name.to_string());
                     }
                 }
             }
         }
+        self.settle_if_done();
         (resources, removed)
+    }
+
+    /// With nothing due after a comparison with `last` under this subscription, the proxy
+    /// holds exactly the subscribed part of `last` (see [`DeltaStream::plan`]): the shared
+    /// snapshot then says all the stream needs to remember.
+    fn settle_if_done(&mut self) {
+        if self.outbox.is_empty() && self.diffed.is_some() {
+            self.known.settle(self.last.as_ref());
+        }
     }
 }
 
@@ -235,24 +262,31 @@ impl DeltaStream {
         if first {
             state.wildcard =
                 request.resource_names_subscribe.is_empty() && is_wildcard_type(&type_url);
-            state.known = request
-                .initial_resource_versions
-                .into_iter()
-                .map(|(name, version)| {
+            state.known = Known::reported(request.initial_resource_versions.into_iter().map(
+                |(name, version)| {
                     let version = parse_version(&version).unwrap_or(FOREIGN_VERSION);
                     (shared_name(typed, name), version)
-                })
-                .collect();
+                },
+            ));
             state.answer_due = true;
         }
-        let resubscribed = first
-            || !request.resource_names_subscribe.is_empty()
-            || !request.resource_names_unsubscribe.is_empty();
+        let narrowed = first || !request.resource_names_unsubscribe.is_empty();
+        let resubscribed = narrowed || !request.resource_names_subscribe.is_empty();
+        if !state.wildcard && request.resource_names_subscribe.iter().any(|n| n == "*") {
+            // Everything becomes subscribed: what the base says is kept for the names that
+            // were, and no more.
+            let TypeState { known, names, .. } = &mut *state;
+            known.detach(|n| names.contains(n));
+        }
         for name in request.resource_names_subscribe {
             if name == "*" {
                 state.wildcard = true;
             } else {
-                state.names.insert(shared_name(typed, name));
+                let name = shared_name(typed, name);
+                if !state.in_scope(&name) {
+                    state.known.subscribed(&name);
+                }
+                state.names.insert(name);
             }
         }
         for name in request.resource_names_unsubscribe {
@@ -261,12 +295,13 @@ impl DeltaStream {
             } else {
                 state.names.remove(name.as_str());
             }
-            state.known.remove(name.as_str());
+            state.known.forget(name.as_str());
         }
         if resubscribed {
             // A changed subscription needs a resource-by-resource comparison; an ACK does not.
             state.diffed = None;
-            // Forget the proxy's copies of, and stop sending, anything no longer subscribed.
+            // Forget the proxy's copies of, and stop sending, anything no longer subscribed. A
+            // subscription that only grew leaves the proxy's copies all in it.
             let TypeState {
                 known,
                 outbox,
@@ -274,8 +309,11 @@ impl DeltaStream {
                 names,
                 ..
             } = state;
-            known.retain(|name, _| *wildcard || names.contains(name));
-            outbox.retain(|name| *wildcard || names.contains(name));
+            let in_scope = |name: &str| *wildcard || names.contains(name);
+            if narrowed {
+                known.retain(in_scope);
+            }
+            outbox.retain(|name| in_scope(name));
         }
 
         if snapshot.is_pending() {
@@ -398,6 +436,14 @@ impl DeltaStream {
             }
             _ => state.plan_all(typed),
         }
+        state.settle_if_done();
+    }
+
+    /// Names the streams' types keep apart from their shared snapshots: none once every type
+    /// is settled.
+    #[cfg(test)]
+    pub fn kept_changes(&self) -> usize {
+        self.types.values().map(|t| t.known.changes_len()).sum()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod delta;
 pub mod dump;
 pub mod generate;
 pub mod grpc;
+pub mod known;
 pub mod resources;
 pub mod server;
 pub mod sotw;

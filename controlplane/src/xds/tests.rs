@@ -433,6 +433,40 @@ fn delta_a_resource_that_changes_while_a_response_is_in_flight_is_sent_once_as_i
     assert_eq!(r2.system_version_info, v3.get(CLUSTER).unwrap().version);
 }
 
+/// Up to `max_items` resources of `type_url` named `<prefix><n>` (`n` below `names`), each with
+/// one of three contents.
+fn random_resources(
+    rng: &mut rand::rngs::StdRng,
+    type_url: &str,
+    prefix: &str,
+    (max_items, names): (usize, usize),
+) -> TypeResources {
+    use rand::Rng;
+    let items: Vec<(String, String)> = (0..rng.random_range(0..max_items))
+        .map(|_| {
+            (
+                format!("{prefix}{}", rng.random_range(0..names)),
+                rng.random_range(0..3).to_string(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = items
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    res(type_url, &refs)
+}
+
+/// A delta proxy applying a response to what it holds (name to version).
+fn apply_delta(proxy: &mut HashMap<String, String>, r: &DeltaDiscoveryResponse) {
+    for x in &r.resources {
+        proxy.insert(x.name.clone(), x.version.clone());
+    }
+    for name in &r.removed_resources {
+        proxy.remove(name);
+    }
+}
+
 /// Whatever sequence of snapshots arrives (shared parts kept, changed, emptied; resources
 /// added, changed, removed, moved between parts), and whenever the proxy answers, a delta
 /// proxy that applies every response ends up holding exactly the snapshot.
@@ -441,19 +475,7 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let random_part = |rng: &mut rand::rngs::StdRng, prefix: &str| {
-        let items: Vec<(String, String)> = (0..rng.random_range(0..12))
-            .map(|_| {
-                (
-                    format!("{prefix}{}", rng.random_range(0..20)),
-                    rng.random_range(0..3).to_string(),
-                )
-            })
-            .collect();
-        let refs: Vec<(&str, &str)> = items
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect();
-        res(CLUSTER, &refs)
+        random_resources(rng, CLUSTER, prefix, (12, 20))
     };
     let mut a = random_part(&mut rng, "a");
     let mut b = random_part(&mut rng, "b");
@@ -461,14 +483,6 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
     let mut first = dreq(CLUSTER, &[], &[], "");
     first.node = node();
     let mut proxy: HashMap<String, String> = HashMap::new();
-    let apply = |proxy: &mut HashMap<String, String>, r: &DeltaDiscoveryResponse| {
-        for x in &r.resources {
-            proxy.insert(x.name.clone(), x.version.clone());
-        }
-        for name in &r.removed_resources {
-            proxy.remove(name);
-        }
-    };
     let merged = TypeResources::merge(&[&a, &b]);
     let mut snap = ProxySnapshot::default().with(CLUSTER, merged);
     s.on_request(first, &snap).unwrap();
@@ -502,7 +516,7 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
         if unanswered.is_none() && rng.random_range(0..3) == 0 {
             unanswered = s.next_response();
             if let Some(r) = &unanswered {
-                apply(&mut proxy, r);
+                apply_delta(&mut proxy, r);
             }
             continue;
         }
@@ -510,7 +524,7 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
             ack(&mut s, &r, &snap);
         }
         while let Some(r) = s.next_response() {
-            apply(&mut proxy, &r);
+            apply_delta(&mut proxy, &r);
             ack(&mut s, &r, &snap);
         }
         let expected: HashMap<String, String> = merged
@@ -518,6 +532,11 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
             .map(|r| (r.name.to_string(), r.version_string()))
             .collect();
         assert_eq!(proxy, expected, "step {step}");
+        assert_eq!(
+            s.kept_changes(),
+            0,
+            "step {step}: nothing due, nothing kept"
+        );
     }
 }
 
@@ -556,4 +575,132 @@ fn nothing_is_answered_before_the_nodes_snapshot_is_computed() {
     let responses = s.on_snapshot(&snap);
     assert_eq!(responses.len(), 1);
     assert_eq!(names(&responses[0].resources), ["a"]);
+}
+
+/// The same for a type subscribed by name (EDS): subscriptions that grow and shrink while
+/// snapshots change and responses go unanswered, and reconnections that report what the proxy
+/// holds. The proxy ends up holding exactly the subscribed part of the snapshot, and a stream
+/// with nothing due remembers nothing beside the shared snapshot.
+#[test]
+fn delta_pushes_keep_the_proxy_equal_to_its_subscribed_part_of_the_snapshot() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeSet;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // Up to 150 resources: a push then takes more than one response (100 at most), and
+    // subscriptions change between them.
+    let random_part = |rng: &mut rand::rngs::StdRng, prefix: &str| {
+        random_resources(rng, ENDPOINT, prefix, (150, 160))
+    };
+    let some_names = |rng: &mut rand::rngs::StdRng| -> Vec<String> {
+        (0..rng.random_range(1..240))
+            .map(|_| {
+                let prefix = if rng.random_range(0..2) == 0 {
+                    "a"
+                } else {
+                    "b"
+                };
+                format!("{prefix}{}", rng.random_range(0..160))
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let connect =
+        |subscribed: &BTreeSet<String>, proxy: &HashMap<String, String>, snap: &ProxySnapshot| {
+            let mut s = DeltaStream::default();
+            let names: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+            let mut first = dreq(ENDPOINT, &names, &[], "");
+            first.node = node();
+            first.initial_resource_versions = proxy.clone();
+            s.on_request(first, snap).unwrap();
+            s
+        };
+    let (mut a, mut b) = (random_part(&mut rng, "a"), random_part(&mut rng, "b"));
+    let mut snap = ProxySnapshot::default().with(ENDPOINT, TypeResources::merge(&[&a, &b]));
+    let mut subscribed: BTreeSet<String> = some_names(&mut rng).into_iter().collect();
+    let mut proxy: HashMap<String, String> = HashMap::new();
+    let mut s = connect(&subscribed, &proxy, &snap);
+    let mut unanswered: Option<DeltaDiscoveryResponse> = None;
+    // Subscribed to everything (`*`) besides the names.
+    let mut wildcard = false;
+    for step in 0..800 {
+        match rng.random_range(0..9) {
+            0 => a = random_part(&mut rng, "a"),
+            1 => b = random_part(&mut rng, "b"),
+            2 => {
+                let more = some_names(&mut rng);
+                let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+                s.on_request(dreq(ENDPOINT, &refs, &[], ""), &snap).unwrap();
+                subscribed.extend(more);
+            }
+            3 => {
+                // The proxy forgets what it unsubscribes from.
+                let gone: Vec<String> = some_names(&mut rng)
+                    .into_iter()
+                    .filter(|n| subscribed.contains(n))
+                    .collect();
+                let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
+                s.on_request(dreq(ENDPOINT, &[], &refs, ""), &snap).unwrap();
+                for name in &gone {
+                    subscribed.remove(name);
+                    if !wildcard {
+                        proxy.remove(name);
+                    }
+                }
+            }
+            4 => {
+                // A new stream, told what the proxy holds (a response in flight is lost).
+                unanswered = None;
+                wildcard = false;
+                proxy.retain(|name, _| subscribed.contains(name));
+                s = connect(&subscribed, &proxy, &snap);
+            }
+            5 => {
+                // Everything, or back to the names alone (the proxy drops the rest).
+                if wildcard {
+                    s.on_request(dreq(ENDPOINT, &[], &["*"], ""), &snap)
+                        .unwrap();
+                    proxy.retain(|name, _| subscribed.contains(name));
+                } else {
+                    s.on_request(dreq(ENDPOINT, &["*"], &[], ""), &snap)
+                        .unwrap();
+                }
+                wildcard = !wildcard;
+            }
+            _ => {}
+        }
+        let merged = TypeResources::merge(&[&a, &b]);
+        snap = ProxySnapshot::default().with(ENDPOINT, merged.clone());
+        s.on_snapshot(&snap);
+        // A slow proxy, for a few steps: it answers one response only after the next change
+        // (snapshots and subscriptions change while pushes are half done).
+        if rng.random_range(0..2) == 0 {
+            if let Some(r) = unanswered.take() {
+                ack(&mut s, &r, &snap);
+            }
+            unanswered = s.next_response();
+            if let Some(r) = &unanswered {
+                apply_delta(&mut proxy, r);
+            }
+            continue;
+        }
+        if let Some(r) = unanswered.take() {
+            ack(&mut s, &r, &snap);
+        }
+        while let Some(r) = s.next_response() {
+            apply_delta(&mut proxy, &r);
+            ack(&mut s, &r, &snap);
+        }
+        let expected: HashMap<String, String> = merged
+            .items()
+            .filter(|r| wildcard || subscribed.contains(&*r.name))
+            .map(|r| (r.name.to_string(), r.version_string()))
+            .collect();
+        assert_eq!(proxy, expected, "step {step}");
+        assert_eq!(
+            s.kept_changes(),
+            0,
+            "step {step}: nothing due, nothing kept"
+        );
+    }
 }

@@ -3,12 +3,13 @@
 //! (`peer_metadata.rs`), the verified certificates and the control plane's metadata
 //! (`config/telemetry.rs`); a federation gateway's own metrics (`gateway.rs`); and one span per
 //! sidecar per request (`trace`). `request.rs` follows one HTTP request from head to the end of
-//! its response.
+//! its response; `header_scan.rs` finds the headers it reads in one pass.
 //!
 //! With `--telemetry off` none of it runs (the benchmarks' baseline); the proxy's own
 //! `isthmus_proxy_*` metrics stay.
 
 pub mod gateway;
+pub mod header_scan;
 pub mod istio;
 pub mod labels;
 pub mod peer_metadata;

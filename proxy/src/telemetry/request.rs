@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body as _, Frame, SizeHint};
 
 use super::Telemetry;
+use super::header_scan::HeaderScan;
 use super::istio::{Finished, HandleCache};
 use super::labels::{self, CallLabels, Label, Reporter, RequestLabels, Service, Workload};
 use super::peer_metadata::{self, PeerCache, UpstreamExchange};
@@ -100,8 +101,9 @@ impl ConnectionTelemetry {
     /// caller, destination reporter), starts the span, and says what the upstream request
     /// carries.
     pub fn begin<B>(self: &Arc<Self>, request: &mut http::Request<B>) -> Observation {
+        let scan = HeaderScan::of(request.headers());
         // The id the forward path would give it, now, so that the span carries it too.
-        if !request.headers().contains_key(&REQUEST_ID) {
+        if !scan.request_id {
             request
                 .headers_mut()
                 .insert(REQUEST_ID.clone(), crate::http::forward::request_id());
@@ -118,10 +120,10 @@ impl ConnectionTelemetry {
             };
             // Envoy's span name: the authority, then `/*` (made only for a sampled span).
             let name = || format!("{}/*", crate::http::request_authority(request));
-            let span = self
-                .telemetry
-                .tracer
-                .start(tracing, kind, name, request.headers());
+            let span =
+                self.telemetry
+                    .tracer
+                    .start_scanned(tracing, kind, name, request.headers(), scan);
             span.map(|mut span| {
                 if span.is_recording() {
                     span.set_attribute("http.method", request.method().to_string());
@@ -135,7 +137,7 @@ impl ConnectionTelemetry {
             Reporter::Destination => self.peer_id.as_deref(),
             Reporter::Source => None,
         };
-        let (caller_sent, mut caller) = take_peer(headers, self, verified);
+        let (caller_sent, mut caller) = take_peer(headers, scan, self, verified);
         if !caller_sent && let Some(id) = verified {
             // A caller told that this connection keeps its metadata sends it no more.
             caller = self.kept_caller(id);
@@ -214,12 +216,13 @@ impl Observation {
             .remove::<ResponseFlags>()
             .map_or("-", |f| f.0);
         let headers = response.headers_mut();
+        let scan = HeaderScan::of(headers);
         let verified = match pending.conn.reporter {
             Reporter::Source => upstream.as_ref().and_then(|u| u.principal.as_deref()),
             Reporter::Destination => None,
         };
-        let (callee_sent, mut callee) = take_peer(headers, &pending.conn, verified);
-        let kept = headers.remove(&KEPT).is_some();
+        let (callee_sent, mut callee) = take_peer(headers, scan, &pending.conn, verified);
+        let kept = scan.kept && headers.remove(&KEPT).is_some();
         if let Some(exchange) = upstream.as_ref().and_then(|u| u.exchange.as_ref())
             && pending.conn.reporter == Reporter::Source
         {
@@ -383,9 +386,13 @@ fn side(
 /// a peer that proved to be `verified`, whom they describe.
 fn take_peer(
     headers: &mut HeaderMap,
+    scan: HeaderScan,
     conn: &ConnectionTelemetry,
     verified: Option<&str>,
 ) -> (bool, Option<Arc<peer_metadata::PeerWorkload>>) {
+    if !scan.peer_metadata {
+        return (false, None);
+    }
     headers.remove(&PEER_METADATA_ID);
     let Some(value) = headers.remove(&PEER_METADATA) else {
         return (false, None);

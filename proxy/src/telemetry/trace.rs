@@ -40,6 +40,7 @@ use parking_lot::Mutex;
 
 use self::propagation::{Format, Incoming, Outgoing, Parent};
 use crate::config::tracing::Tracing;
+use crate::telemetry::header_scan::HeaderScan;
 
 /// The span's side of the call: a client sidecar's (outbound) or a server sidecar's
 /// (inbound).
@@ -195,7 +196,19 @@ impl Tracer {
         name: impl FnOnce() -> String,
         headers: &http::HeaderMap,
     ) -> Option<RequestSpan> {
-        let incoming = propagation::extract(headers);
+        self.start_scanned(tracing, kind, name, headers, HeaderScan::of(headers))
+    }
+
+    /// [`Self::start`], with `headers`' telemetry headers already found.
+    pub fn start_scanned(
+        &self,
+        tracing: &Tracing,
+        kind: SpanKind,
+        name: impl FnOnce() -> String,
+        headers: &http::HeaderMap,
+        scan: HeaderScan,
+    ) -> Option<RequestSpan> {
+        let incoming = propagation::extract_scanned(headers, scan);
         let (parent, decided, trace_state, b3) = match incoming {
             Some(Incoming {
                 parent,
@@ -207,9 +220,7 @@ impl Tracer {
         };
         // B3 goes on wherever the trace's origin spoke it: a W3C context that came with B3
         // alongside (a sidecar upstream of this one sent both) keeps both.
-        let b3 = b3
-            || headers.contains_key(propagation::B3_TRACE_ID)
-            || headers.contains_key(propagation::B3);
+        let b3 = b3 || scan.b3 || (scan.x_b3 && headers.contains_key(propagation::B3_TRACE_ID));
         let sampled = decided.unwrap_or_else(|| sample(tracing.sampling));
         let recorded = sampled
             .then(|| self.exporting(tracing))
@@ -229,10 +240,10 @@ impl Tracer {
                     )),
                     None => Context::new(),
                 };
-                Recording {
+                Box::new(Recording {
                     span: tracer.build_with_context(builder, &parent_cx),
                     attributes: self.start_attributes(tracing, headers),
-                }
+                })
             });
         let (trace_id, span_id) = match &recorded {
             Some(recording) => {
@@ -317,7 +328,9 @@ pub struct RequestSpan {
     trace_state: Option<String>,
     /// The caller spoke B3: it is sent on in B3 too (W3C always).
     b3: bool,
-    span: Option<Recording>,
+    /// Boxed: an SDK span is several hundred bytes, and most requests are not sampled, yet
+    /// their `RequestSpan` moves with the request from its head to its response's end.
+    span: Option<Box<Recording>>,
 }
 
 /// A sampled span under way, and its attributes: kept here, one value per key (a later

@@ -7,6 +7,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::telemetry::header_scan::HeaderScan;
+
 // Header names as values, not `&str`: a `&str` key is parsed and validated at every lookup.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -66,17 +68,24 @@ pub struct Outgoing {
 
 /// The request's trace context: `traceparent` (with `tracestate`), else `b3`, else `x-b3-*`.
 pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
-    if let Some(traceparent) = single(headers, TRACEPARENT)
+    extract_scanned(headers, HeaderScan::of(headers))
+}
+
+/// [`extract`], with the headers present already known: no lookup by a name that is absent.
+pub fn extract_scanned(headers: &HeaderMap, scan: HeaderScan) -> Option<Incoming> {
+    if scan.traceparent
+        && let Some(traceparent) = single(headers, TRACEPARENT)
         && let Some((parent, sampled)) = parse_traceparent(traceparent)
     {
         return Some(Incoming {
             format: Format::W3c,
             parent: Some(parent),
             sampled: Some(sampled),
-            trace_state: trace_state(headers),
+            trace_state: scan.tracestate.then(|| trace_state(headers)).flatten(),
         });
     }
-    if let Some(b3) = single(headers, B3)
+    if scan.b3
+        && let Some(b3) = single(headers, B3)
         && let Some((parent, sampled)) = parse_b3_single(b3)
     {
         return Some(Incoming {
@@ -85,6 +94,9 @@ pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
             sampled,
             trace_state: None,
         });
+    }
+    if !scan.x_b3 {
+        return None;
     }
     b3_multi(headers)
 }
