@@ -42,7 +42,8 @@ const FOREIGN_VERSION: u64 = u64::MAX;
 struct TypeState {
     wildcard: bool,
     names: BTreeSet<Arc<str>>,
-    /// What the proxy holds, as far as it was sent: name to version.
+    /// What the proxy holds, as far as it was sent: the last snapshot it was sent in full and
+    /// what differs since.
     known: Known,
     /// Names due: sent as they are in `last` when the response is built, or as removals if
     /// `last` no longer has them.

@@ -76,12 +76,12 @@ impl Known {
     /// Every name the proxy holds, given the subscription.
     pub fn names<'a>(
         &'a self,
-        in_scope: impl Fn(&str) -> bool + 'a,
+        in_scope: impl Fn(&str) -> bool + Copy + 'a,
     ) -> impl Iterator<Item = &'a Arc<str>> + 'a {
         let changed = self
             .changes
             .iter()
-            .filter(|(_, version)| version.is_some())
+            .filter(move |(name, version)| version.is_some() && in_scope(name))
             .map(|(name, _)| name);
         let kept = self
             .base

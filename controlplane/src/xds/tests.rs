@@ -463,7 +463,7 @@ fn apply_delta(proxy: &mut HashMap<String, String>, r: &DeltaDiscoveryResponse) 
         proxy.insert(x.name.clone(), x.version.clone());
     }
     for name in &r.removed_resources {
-        proxy.remove(name);
+        assert!(proxy.remove(name).is_some(), "{name} removed, never held");
     }
 }
 
@@ -624,7 +624,7 @@ fn delta_pushes_keep_the_proxy_equal_to_its_subscribed_part_of_the_snapshot() {
     // Subscribed to everything (`*`) besides the names.
     let mut wildcard = false;
     for step in 0..800 {
-        match rng.random_range(0..9) {
+        match rng.random_range(0..10) {
             0 => a = random_part(&mut rng, "a"),
             1 => b = random_part(&mut rng, "b"),
             2 => {
@@ -653,6 +653,10 @@ fn delta_pushes_keep_the_proxy_equal_to_its_subscribed_part_of_the_snapshot() {
                 unanswered = None;
                 wildcard = false;
                 proxy.retain(|name, _| subscribed.contains(name));
+                // It also says it holds a resource that no snapshot has, at a version this
+                // server never made.
+                subscribed.insert("a999".to_owned());
+                proxy.insert("a999".to_owned(), "not-a-version".to_owned());
                 s = connect(&subscribed, &proxy, &snap);
             }
             5 => {
@@ -666,6 +670,27 @@ fn delta_pushes_keep_the_proxy_equal_to_its_subscribed_part_of_the_snapshot() {
                         .unwrap();
                 }
                 wildcard = !wildcard;
+            }
+            6 => {
+                // More names and fewer in one request.
+                let more = some_names(&mut rng);
+                let gone: Vec<String> = some_names(&mut rng)
+                    .into_iter()
+                    .filter(|n| subscribed.contains(n) && !more.contains(n))
+                    .collect();
+                let (add, drop): (Vec<&str>, Vec<&str>) = (
+                    more.iter().map(String::as_str).collect(),
+                    gone.iter().map(String::as_str).collect(),
+                );
+                s.on_request(dreq(ENDPOINT, &add, &drop, ""), &snap)
+                    .unwrap();
+                for name in &gone {
+                    subscribed.remove(name);
+                    if !wildcard {
+                        proxy.remove(name);
+                    }
+                }
+                subscribed.extend(more);
             }
             _ => {}
         }

@@ -101,6 +101,8 @@ impl ConnectionTelemetry {
     /// caller, destination reporter), starts the span, and says what the upstream request
     /// carries.
     pub fn begin<B>(self: &Arc<Self>, request: &mut http::Request<B>) -> Observation {
+        // What the request carries, read once: nothing below removes or adds a telemetry
+        // header before the scan's last use (`take_peer`) but `x-request-id`.
         let scan = HeaderScan::of(request.headers());
         // The id the forward path would give it, now, so that the span carries it too.
         if !scan.request_id {
