@@ -467,6 +467,22 @@ fn apply_delta(proxy: &mut HashMap<String, String>, r: &DeltaDiscoveryResponse) 
     }
 }
 
+/// The proxy answers the response it holds, then takes and answers every response due.
+fn answer_everything(
+    s: &mut DeltaStream,
+    unanswered: Option<DeltaDiscoveryResponse>,
+    proxy: &mut HashMap<String, String>,
+    snap: &ProxySnapshot,
+) {
+    if let Some(r) = unanswered {
+        ack(s, &r, snap);
+    }
+    while let Some(r) = s.next_response() {
+        apply_delta(proxy, &r);
+        ack(s, &r, snap);
+    }
+}
+
 /// Whatever sequence of snapshots arrives (shared parts kept, changed, emptied; resources
 /// added, changed, removed, moved between parts), and whenever the proxy answers, a delta
 /// proxy that applies every response ends up holding exactly the snapshot.
@@ -520,13 +536,7 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
             }
             continue;
         }
-        if let Some(r) = unanswered.take() {
-            ack(&mut s, &r, &snap);
-        }
-        while let Some(r) = s.next_response() {
-            apply_delta(&mut proxy, &r);
-            ack(&mut s, &r, &snap);
-        }
+        answer_everything(&mut s, unanswered.take(), &mut proxy, &snap);
         let expected: HashMap<String, String> = merged
             .items()
             .map(|r| (r.name.to_string(), r.version_string()))
@@ -709,13 +719,7 @@ fn delta_pushes_keep_the_proxy_equal_to_its_subscribed_part_of_the_snapshot() {
             }
             continue;
         }
-        if let Some(r) = unanswered.take() {
-            ack(&mut s, &r, &snap);
-        }
-        while let Some(r) = s.next_response() {
-            apply_delta(&mut proxy, &r);
-            ack(&mut s, &r, &snap);
-        }
+        answer_everything(&mut s, unanswered.take(), &mut proxy, &snap);
         let expected: HashMap<String, String> = merged
             .items()
             .filter(|r| wildcard || subscribed.contains(&*r.name))
