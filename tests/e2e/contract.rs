@@ -141,7 +141,7 @@ fn proxy_verdict(node_id: &str, snapshot: &ProxySnapshot) -> Vec<String> {
                     .map(|r| Resource {
                         name: r.name.to_string(),
                         version: r.version.to_string(),
-                        resource: Some(r.body.clone()),
+                        resource: Some(r.body()),
                         ..Resource::default()
                     })
                     .collect()

@@ -193,13 +193,13 @@ mod seeds {
                 let kind = type_url.rsplit('.').next().unwrap_or_default();
                 // The three largest: the most structure.
                 let mut items: Vec<_> = resources.items().collect();
-                items.sort_by_key(|r| std::cmp::Reverse(r.body.value.len()));
+                items.sort_by_key(|r| std::cmp::Reverse(r.body().value.len()));
                 for (i, r) in items.iter().take(3).enumerate() {
-                    if String::from_utf8_lossy(&r.body.value).contains("PRIVATE KEY") {
+                    if String::from_utf8_lossy(&r.body().value).contains("PRIVATE KEY") {
                         continue;
                     }
                     let mut data = vec![selector];
-                    data.extend_from_slice(&r.body.value);
+                    data.extend_from_slice(&r.body().value);
                     write("envoy_config", &format!("{workload}-{kind}-{i}"), &data);
                 }
                 if type_url == CLUSTER {
@@ -210,7 +210,7 @@ mod seeds {
                             .map(|r| Resource {
                                 name: r.name.to_string(),
                                 version: r.version.to_string(),
-                                resource: Some(r.body.clone()),
+                                resource: Some(r.body()),
                                 ..Resource::default()
                             })
                             .collect(),
@@ -226,7 +226,7 @@ mod seeds {
                 if type_url == LISTENER {
                     let sotw = DiscoveryResponse {
                         version_info: "1".into(),
-                        resources: items.iter().map(|r| r.body.clone()).collect(),
+                        resources: items.iter().map(|r| r.body()).collect(),
                         type_url: type_url.into(),
                         nonce: "n1".into(),
                         ..DiscoveryResponse::default()

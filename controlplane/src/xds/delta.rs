@@ -17,10 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use isthmus_proto::envoy::envoy::config::core::v3::Node;
-use isthmus_proto::envoy::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use isthmus_proto::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
+use super::delta_response::DeltaResponse;
 use super::known::Known;
 use super::resources::{
     NamedResource, ProxySnapshot, TypeResources, is_wildcard_type, parse_version,
@@ -156,7 +155,7 @@ impl TypeState {
 
     /// Takes the next bounded batch off the outbox: resources as they are now, removals of
     /// what the proxy holds and is gone. Entries that turned out to need nothing are dropped.
-    fn take_batch(&mut self) -> (Vec<Resource>, Vec<String>) {
+    fn take_batch(&mut self) -> (Vec<NamedResource>, Vec<String>) {
         let TypeState {
             outbox,
             known,
@@ -177,8 +176,8 @@ impl TypeState {
                 Some(item) => {
                     if known.get(&name, in_scope) != Some(item.version) {
                         known.insert(item.name.clone(), item.version);
-                        bytes += item.body.value.len() + name.len();
-                        resources.push(to_resource(item));
+                        bytes += item.encoded_body().len() + name.len();
+                        resources.push(item.clone());
                     }
                 }
                 None => {
@@ -201,15 +200,6 @@ impl TypeState {
         if self.outbox.is_empty() && self.diffed.is_some() {
             self.known.settle(self.last.as_ref());
         }
-    }
-}
-
-fn to_resource(item: &NamedResource) -> Resource {
-    Resource {
-        name: item.name.to_string(),
-        version: item.version_string(),
-        resource: Some(item.body.clone()),
-        ..Resource::default()
     }
 }
 
@@ -370,7 +360,7 @@ impl DeltaStream {
     /// The next response to send: for the first type (in type URL order, so clusters before
     /// endpoints, secrets before listeners, listeners before routes) that has something due
     /// and no response awaiting an answer.
-    pub fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
+    pub fn next_response(&mut self) -> Option<DeltaResponse> {
         if !self.computed {
             return None;
         }
@@ -396,13 +386,12 @@ impl DeltaStream {
                 complete: state.outbox.is_empty(),
             });
             state.replies.sent_version = Some(version.clone());
-            return Some(DeltaDiscoveryResponse {
+            return Some(DeltaResponse {
                 system_version_info: version,
                 resources,
                 removed_resources: removed,
                 type_url: type_url.clone(),
                 nonce,
-                ..DeltaDiscoveryResponse::default()
             });
         }
         None

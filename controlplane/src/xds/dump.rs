@@ -48,7 +48,7 @@ pub fn snapshot_json(snapshot: &ProxySnapshot) -> Value {
             .map(|r| {
                 (
                     r.name.to_string(),
-                    json!({"version": r.version_string(), "config": describe(type_url, &r.body)}),
+                    json!({"version": r.version_string(), "config": describe(type_url, &r.body())}),
                 )
             })
             .collect();

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod delta;
+pub mod delta_response;
 pub mod dump;
 pub mod generate;
 pub mod grpc;

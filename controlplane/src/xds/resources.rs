@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use isthmus_proto::envoy::google::protobuf::Any;
+use prost::Message;
 use sha2::{Digest, Sha256};
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -23,18 +25,38 @@ pub fn is_wildcard_type(type_url: &str) -> bool {
 ///
 /// The name is shared (streams remember what each proxy holds by name, a thousand proxies
 /// times a few thousand names) and the version is a number (shown as 16 hex digits on the
-/// wire), so that per-proxy bookkeeping stays small.
+/// wire), so that per-proxy bookkeeping stays small. The body is kept as the encoded
+/// `google.protobuf.Any`, made once and shared: a delta response to any number of proxies
+/// refers to these bytes and copies them only into its gRPC frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedResource {
     pub name: Arc<str>,
     pub version: u64,
-    pub body: Any,
+    encoded_body: Bytes,
 }
 
 impl NamedResource {
+    fn new(name: Arc<str>, body: &Any) -> Self {
+        Self {
+            name,
+            version: content_version(body),
+            encoded_body: body.encode_to_vec().into(),
+        }
+    }
+
     /// The version as xDS carries it.
     pub fn version_string(&self) -> String {
         format_version(self.version)
+    }
+
+    /// The body, decoded (a copy).
+    pub fn body(&self) -> Any {
+        Any::decode(self.encoded_body.clone()).expect("encoded from an Any by NamedResource::new")
+    }
+
+    /// The body as the encoded `google.protobuf.Any`, shared.
+    pub fn encoded_body(&self) -> &Bytes {
+        &self.encoded_body
     }
 }
 
@@ -76,15 +98,7 @@ impl TypeResources {
             .into_iter()
             .map(|(name, body)| {
                 let name: Arc<str> = name.into();
-                let version = content_version(&body);
-                (
-                    name.clone(),
-                    NamedResource {
-                        name,
-                        version,
-                        body,
-                    },
-                )
+                (name.clone(), NamedResource::new(name, &body))
             })
             .collect();
         let mut hasher = Sha256::new();

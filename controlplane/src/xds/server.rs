@@ -11,7 +11,7 @@ use isthmus_proto::envoy::envoy::config::core::v3::Node;
 use isthmus_proto::envoy::google::protobuf::value;
 
 use isthmus_proto::envoy::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -20,6 +20,7 @@ use tonic::{Request, Status, Streaming};
 
 use super::cache::{Published, SnapshotCache};
 use super::delta::DeltaStream;
+use super::delta_response::DeltaResponse;
 use super::resources::ProxySnapshot;
 use super::sotw::{ProtocolError, SotwStream};
 use super::status::{Reply, TypeStatus};
@@ -105,7 +106,7 @@ impl StreamMachine for SotwMachine {
 
 impl StreamMachine for DeltaStream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
     const PROTOCOL: &'static str = "delta";
     fn node_of(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
@@ -126,10 +127,10 @@ impl StreamMachine for DeltaStream {
     fn has_pending(&self) -> bool {
         DeltaStream::has_pending(self)
     }
-    fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
+    fn next_response(&mut self) -> Option<DeltaResponse> {
         DeltaStream::next_response(self)
     }
-    fn type_of(response: &DeltaDiscoveryResponse) -> &str {
+    fn type_of(response: &DeltaResponse) -> &str {
         &response.type_url
     }
     fn due_types(&self) -> Vec<&str> {
@@ -491,7 +492,7 @@ mod tests {
             .map(|r| {
                 (
                     r.type_url.clone(),
-                    r.resources.iter().map(|x| x.name.clone()).collect(),
+                    r.resources.iter().map(|x| x.name.to_string()).collect(),
                 )
             })
             .collect();

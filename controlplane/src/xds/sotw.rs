@@ -143,7 +143,7 @@ impl SotwStream {
                             .as_ref()
                             .is_none_or(|names| names.contains(&*r.name))
                     })
-                    .map(|r| r.body.clone())
+                    .map(|r| r.body())
                     .collect(),
             ),
             None => (String::new(), Vec::new()),

@@ -229,7 +229,9 @@ fn dnames(r: &DeltaDiscoveryResponse) -> Vec<String> {
 
 /// The next response, which must exist.
 fn next(s: &mut DeltaStream) -> DeltaDiscoveryResponse {
-    s.next_response().expect("a response is due")
+    s.next_response()
+        .map(|r| r.to_envoy())
+        .expect("a response is due")
 }
 
 /// The proxy's ACK of `r`.
@@ -249,7 +251,7 @@ fn delta_sends_only_changes_and_removals() {
     assert_eq!(dnames(&r1), ["a", "b"], "wildcard CDS gets everything");
     assert!(matches!(ack(&mut s, &r1, &v1), Some(Reply::Ack { .. })));
     assert!(
-        s.next_response().is_none(),
+        s.next_response().map(|r| r.to_envoy()).is_none(),
         "node sent once; an ACK needs no answer"
     );
 
@@ -262,7 +264,7 @@ fn delta_sends_only_changes_and_removals() {
     ack(&mut s, &r2, &v2);
     s.on_snapshot(&v2);
     assert!(
-        !s.has_pending() && s.next_response().is_none(),
+        !s.has_pending() && s.next_response().map(|r| r.to_envoy()).is_none(),
         "nothing left to send"
     );
 }
@@ -279,10 +281,10 @@ fn delta_unsubscribe_and_resubscribe() {
     // Unsubscribing needs no answer, and changes to `a` are no longer sent.
     s.on_request(dreq(ENDPOINT, &[], &["a"], &r1.nonce), &snap)
         .unwrap();
-    assert!(s.next_response().is_none());
+    assert!(s.next_response().map(|r| r.to_envoy()).is_none());
     let changed = snapshot(&[], &[("a", "2"), ("b", "1")]);
     s.on_snapshot(&changed);
-    assert!(s.next_response().is_none());
+    assert!(s.next_response().map(|r| r.to_envoy()).is_none());
     // Subscribing again sends it again, though its version is one the proxy once had.
     s.on_request(dreq(ENDPOINT, &["a"], &[], ""), &changed)
         .unwrap();
@@ -327,11 +329,11 @@ fn delta_nack_is_recorded_and_not_resent() {
         ..Status::default()
     });
     let reply = s.on_request(n, &v1).unwrap();
-    assert!(s.next_response().is_none());
+    assert!(s.next_response().map(|r| r.to_envoy()).is_none());
     assert!(matches!(reply, Some(Reply::Nack { reason, .. }) if reason == "bad cluster"));
     assert_eq!(s.status()[0].nack.as_deref(), Some("bad cluster"));
     s.on_snapshot(&v1);
-    assert!(s.next_response().is_none());
+    assert!(s.next_response().map(|r| r.to_envoy()).is_none());
     assert_eq!(
         s.on_request(dreq("", &[], &[], ""), &v1).unwrap_err(),
         ProtocolError::MissingTypeUrl
@@ -350,9 +352,9 @@ fn delta_splits_a_big_push_into_bounded_responses_one_in_flight() {
     s.on_request(first, &snap).unwrap();
     let mut chunks = Vec::new();
     let mut replies = Vec::new();
-    while let Some(chunk) = s.next_response() {
+    while let Some(chunk) = s.next_response().map(|r| r.to_envoy()) {
         assert!(
-            s.next_response().is_none(),
+            s.next_response().map(|r| r.to_envoy()).is_none(),
             "the next part waits for the proxy's answer"
         );
         replies.push(ack(&mut s, &chunk, &snap));
@@ -392,7 +394,7 @@ fn delta_responses_are_bounded_in_bytes() {
     first.node = node();
     s.on_request(first, &snap).unwrap();
     let mut sizes = Vec::new();
-    while let Some(chunk) = s.next_response() {
+    while let Some(chunk) = s.next_response().map(|r| r.to_envoy()) {
         let bytes: usize = chunk
             .resources
             .iter()
@@ -416,7 +418,10 @@ fn delta_a_resource_that_changes_while_a_response_is_in_flight_is_sent_once_as_i
     // Two changes to `a` and the removal of `b` before the proxy answers.
     let v2 = snapshot(&[("a", "2"), ("b", "1")], &[]);
     s.on_snapshot(&v2);
-    assert!(s.next_response().is_none(), "one response in flight");
+    assert!(
+        s.next_response().map(|r| r.to_envoy()).is_none(),
+        "one response in flight"
+    );
     let v3 = snapshot(&[("a", "3")], &[]);
     s.on_snapshot(&v3);
     ack(&mut s, &r1, &v3);
@@ -477,7 +482,7 @@ fn answer_everything(
     if let Some(r) = unanswered {
         ack(s, &r, snap);
     }
-    while let Some(r) = s.next_response() {
+    while let Some(r) = s.next_response().map(|r| r.to_envoy()) {
         apply_delta(proxy, &r);
         ack(s, &r, snap);
     }
@@ -530,7 +535,7 @@ fn delta_pushes_keep_the_proxy_equal_to_the_snapshot() {
         s.on_snapshot(&snap);
         // Sometimes the proxy takes one response and answers later, after more changes.
         if unanswered.is_none() && rng.random_range(0..3) == 0 {
-            unanswered = s.next_response();
+            unanswered = s.next_response().map(|r| r.to_envoy());
             if let Some(r) = &unanswered {
                 apply_delta(&mut proxy, r);
             }
@@ -564,11 +569,12 @@ fn nothing_is_answered_before_the_nodes_snapshot_is_computed() {
     d.on_request(first, &pending).unwrap();
     d.on_request(dreq(ENDPOINT, &["a"], &[], ""), &pending)
         .unwrap();
-    assert!(!d.has_pending() && d.next_response().is_none());
+    assert!(!d.has_pending() && d.next_response().map(|r| r.to_envoy()).is_none());
     d.on_snapshot(&snap);
-    let sent: Vec<(String, Vec<String>)> = std::iter::from_fn(|| d.next_response())
-        .map(|r| (r.type_url.clone(), dnames(&r)))
-        .collect();
+    let sent: Vec<(String, Vec<String>)> =
+        std::iter::from_fn(|| d.next_response().map(|r| r.to_envoy()))
+            .map(|r| (r.type_url.clone(), dnames(&r)))
+            .collect();
     assert_eq!(
         sent,
         [
@@ -713,7 +719,7 @@ fn delta_pushes_keep_the_proxy_equal_to_its_subscribed_part_of_the_snapshot() {
             if let Some(r) = unanswered.take() {
                 ack(&mut s, &r, &snap);
             }
-            unanswered = s.next_response();
+            unanswered = s.next_response().map(|r| r.to_envoy());
             if let Some(r) = &unanswered {
                 apply_delta(&mut proxy, r);
             }

@@ -111,7 +111,7 @@ pub(super) fn decoded<M: Message + Default>(
                 .map(|r| {
                     (
                         r.name.to_string(),
-                        M::decode(r.body.value.as_slice()).unwrap(),
+                        M::decode(r.body().value.as_slice()).unwrap(),
                     )
                 })
                 .collect()

@@ -220,7 +220,7 @@ spec: {address: 127.0.0.22, serviceAccount: client}
             .map(|t| {
                 t.items()
                     .map(|r| {
-                        let body = M::decode(r.body.value.as_slice()).unwrap();
+                        let body = M::decode(r.body().value.as_slice()).unwrap();
                         (r.name.to_string(), body)
                     })
                     .collect()
