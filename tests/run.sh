@@ -22,6 +22,10 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 # `getent` (libc-bin) as the unmodified application's resolver.
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v getent >/dev/null || missing+=(libc-bin)
+# jemalloc, isthmusd's allocator, is built from its C sources (tikv-jemalloc-sys): make and a
+# C compiler.
+command -v make >/dev/null || missing+=(make)
+command -v cc >/dev/null || missing+=(gcc)
 # kubectl kustomize renders the manifests (tests/e2e/manifests.rs).
 command -v kubectl >/dev/null || missing+=(kubectl)
 if [ ${#missing[@]} -gt 0 ]; then

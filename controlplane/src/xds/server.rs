@@ -14,8 +14,8 @@ use isthmus_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Status, Streaming};
 
 use super::cache::{Published, SnapshotCache};
@@ -248,6 +248,11 @@ fn peer_identity<T>(request: &Request<T>) -> Option<SpiffeId> {
 
 pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Where a stream's task hands its responses to gRPC. Boxed: the channel allocates its slots
+/// 32 at a time, and a `Status` is a few hundred bytes, so a thousand idle streams held
+/// megabytes of empty slots.
+type Outbound<T> = mpsc::Sender<Box<Result<T, Status>>>;
+
 impl AdsServer {
     pub(super) fn check_peer<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         match self.port {
@@ -272,14 +277,14 @@ impl AdsServer {
         // Responses are built when the channel has room, so it holds only a couple.
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(run_stream::<M>(self.clone(), inbound, tx, caller));
-        Box::pin(ReceiverStream::new(rx))
+        Box::pin(ReceiverStream::new(rx).map(|response| *response))
     }
 }
 
 async fn run_stream<M>(
     server: AdsServer,
     mut inbound: Streaming<M::Request>,
-    tx: mpsc::Sender<Result<M::Response, Status>>,
+    tx: Outbound<M::Response>,
     caller: Caller,
 ) where
     M: StreamMachine,
@@ -306,7 +311,7 @@ async fn run_stream<M>(
                 let Ok(permit) = permit else { break };
                 if let Some(response) = machine.next_response() {
                     telemetry.sent(M::type_of(&response));
-                    permit.send(Ok(response));
+                    permit.send(Box::new(Ok(response)));
                 }
             }
             message = inbound.message() => {
@@ -327,7 +332,7 @@ async fn run_stream<M>(
                     node.holds_config = M::holds_config(&request);
                     if let Err(reason) = server.gate.admit(&node, &caller) {
                         tracing::warn!(node = node.id, caller = caller.describe(), reason, "xDS stream refused");
-                        let _ = tx.send(Err(Status::permission_denied(format!("node {}: {reason}", node.id)))).await;
+                        let _ = tx.send(Box::new(Err(Status::permission_denied(format!("node {}: {reason}", node.id))))).await;
                         break;
                     }
                     snapshots = Some(server.cache.subscribe(&node.id));
@@ -343,7 +348,7 @@ async fn run_stream<M>(
                         log_reply(&node_id, reply);
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                        let _ = tx.send(Box::new(Err(Status::invalid_argument(e.to_string())))).await;
                         break;
                     }
                 }
