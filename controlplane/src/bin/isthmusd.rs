@@ -24,7 +24,9 @@ use isthmus_identity::TrustDomain;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The options jemalloc reads when it starts (its `malloc_conf`, under the prefix this build
-/// of jemalloc uses). `Option<&u8>` has the layout of a C `const char *`.
+/// of jemalloc uses). `Option<&u8>` has the layout of a C `const char *`. The environment
+/// variable `_RJEM_MALLOC_CONF` (prefixed too, not `MALLOC_CONF`) is read after these and
+/// overrides them.
 #[allow(unsafe_code)] // exporting a symbol by name is all this does
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: Option<&u8> =
@@ -317,5 +319,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The options reach jemalloc: the symbol's name follows the build's prefix, and nothing
+    /// would say so if it did not.
+    #[test]
+    fn jemalloc_reads_the_options() {
+        use tikv_jemalloc_ctl::opt;
+        assert_eq!(opt::narenas::read().expect("opt.narenas"), 2);
+        assert!(opt::background_thread::read().expect("opt.background_thread"));
     }
 }

@@ -249,8 +249,8 @@ fn peer_identity<T>(request: &Request<T>) -> Option<SpiffeId> {
 pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Where a stream's task hands its responses to gRPC. Boxed: the channel allocates its slots
-/// 32 at a time, and a `Status` is a few hundred bytes, so a thousand idle streams held
-/// megabytes of empty slots.
+/// 32 at a time, and a response is over a hundred bytes (its strings and vectors), so a
+/// thousand idle streams held megabytes of empty slots.
 type Outbound<T> = mpsc::Sender<Box<Result<T, Status>>>;
 
 impl AdsServer {
