@@ -14,6 +14,32 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// The node of the workload `web` (127.0.0.1, namespace `app`) that the tests' configurations
+/// declare.
+fn web_node() -> Node {
+    Node {
+        id: "sidecar~127.0.0.1~web.app~app.svc.cluster.local".into(),
+        ..Node::default()
+    }
+}
+
+/// A request stream whose first request is `first`, and where to send the next ones.
+async fn opened<T>(first: T) -> (mpsc::Sender<T>, ReceiverStream<T>) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(first).await.unwrap();
+    (tx, ReceiverStream::new(rx))
+}
+
+/// The stream's next message, within `limit`.
+async fn next_within<T>(responses: &mut tonic::Streaming<T>, limit: Duration) -> T {
+    tokio::time::timeout(limit, responses.next())
+        .await
+        .expect("a response in time")
+        .expect("the stream is open")
+        .expect("a message, not an error")
+}
 
 #[tokio::test]
 async fn ads_stream_is_served_and_visible_in_status() {
@@ -33,27 +59,18 @@ spec: {address: 127.0.0.1, serviceAccount: web}
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", daemon.xds))
         .await
         .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DiscoveryRequest {
-        node: Some(Node {
-            id: "sidecar~127.0.0.1~web.app~app.svc.cluster.local".into(),
-            ..Node::default()
-        }),
+    let (tx, requests) = opened(DiscoveryRequest {
+        node: Some(web_node()),
         type_url: CDS.into(),
         ..DiscoveryRequest::default()
     })
-    .await
-    .unwrap();
+    .await;
     let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .stream_aggregated_resources(requests)
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(5), responses.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = next_within(&mut responses, Duration::from_secs(5)).await;
     assert_eq!(first.type_url, CDS);
     tx.send(DiscoveryRequest {
         type_url: CDS.into(),
@@ -84,6 +101,87 @@ spec: {address: 127.0.0.1, serviceAccount: web}
         Value::from(first.version_info),
         "{status}"
     );
+}
+
+/// A resource larger than what a delta response copies into its frame (the outbound route
+/// table of 300 services, tens of kilobytes) arrives whole and decodes: its bytes go to HTTP/2
+/// as the snapshot's own buffer, between the chunks written for the response around it.
+#[tokio::test]
+async fn delta_stream_carries_a_large_route_table_whole() {
+    use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
+    use isthmus_proto::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use prost::Message;
+
+    const SERVICES: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    let mut yaml = String::from(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: app}
+spec: {address: 127.0.0.1, serviceAccount: web}
+",
+    );
+    for s in 0..SERVICES {
+        yaml.push_str(&format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc-{s}, namespace: app}}
+spec:
+  hosts: [svc-{s}.app.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 80, name: http}}]
+  endpoints: [{{address: 10.0.{}.{}}}]
+",
+            s / 256,
+            s % 256
+        ));
+    }
+    std::fs::write(dir.path().join("config/mesh.yaml"), yaml).unwrap();
+    let daemon = Isthmusd::start(dir.path(), "red.local", &[]).unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", daemon.xds))
+        .await
+        .unwrap();
+    let (_tx, requests) = opened(DeltaDiscoveryRequest {
+        node: Some(web_node()),
+        type_url: ROUTE.into(),
+        resource_names_subscribe: vec!["outbound".into()],
+        ..DeltaDiscoveryRequest::default()
+    })
+    .await;
+    let mut responses = client
+        .delta_aggregated_resources(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let response = next_within(&mut responses, Duration::from_secs(10)).await;
+    assert_eq!(response.type_url, ROUTE);
+    let [resource] = response.resources.as_slice() else {
+        panic!("one route table: {:?}", response.resources.len());
+    };
+    assert_eq!(resource.name, "outbound");
+    assert_eq!(resource.version.len(), 16, "{}", resource.version);
+    let body = resource.resource.as_ref().unwrap();
+    assert_eq!(body.type_url, ROUTE);
+    assert!(
+        body.value.len() > 4 * 8 * 1024,
+        "large enough to be sent as a shared chunk: {} bytes",
+        body.value.len()
+    );
+    let table = RouteConfiguration::decode(body.value.as_slice()).unwrap();
+    assert_eq!(table.name, "outbound");
+    for s in [0, SERVICES / 2, SERVICES - 1] {
+        let host = format!("svc-{s}.app.local");
+        assert!(
+            table
+                .virtual_hosts
+                .iter()
+                .any(|v| v.domains.iter().any(|d| d.starts_with(&host))),
+            "{host} has a virtual host"
+        );
+    }
+    assert!(!response.nonce.is_empty());
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! memory and a third of its time. Here a response holds references to the shared resources,
 //! and their bytes are copied once, into the frame.
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
@@ -27,6 +27,11 @@ const RESOURCE_NAME: u32 = 3;
 /// Resource versions are 16 hex digits on the wire.
 const VERSION_LEN: usize = 16;
 
+/// Bodies this long or longer go to HTTP/2 as chunks of their own, the snapshot's buffers
+/// themselves; shorter ones are copied into the frame (each chunk becomes a DATA frame of its
+/// own, too many for a response of small endpoints).
+pub const SHARED_BODY_MIN: usize = 8 * 1024;
+
 /// A `DeltaDiscoveryResponse` to encode. Encoding only: decoding one skips every field.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeltaResponse {
@@ -38,6 +43,51 @@ pub struct DeltaResponse {
 }
 
 impl DeltaResponse {
+    /// `prefix` (gRPC's message header) and the encoding, in chunks that concatenate to them:
+    /// each body of [`SHARED_BODY_MIN`] bytes or more is the snapshot's own buffer, so a
+    /// route table pushed to a thousand proxies is not copied a thousand times; the rest is
+    /// written into one buffer.
+    pub fn encode_chunks(&self, prefix: &[u8]) -> Vec<Bytes> {
+        let shared: usize = self
+            .resources
+            .iter()
+            .map(|r| r.encoded_body().len())
+            .filter(|len| *len >= SHARED_BODY_MIN)
+            .sum();
+        let mut buf = BytesMut::with_capacity(prefix.len() + self.encoded_len() - shared);
+        let mut chunks = Vec::new();
+        buf.put_slice(prefix);
+        self.put_head(&mut buf);
+        for resource in &self.resources {
+            put_resource_head(resource, &mut buf);
+            let body = resource.encoded_body();
+            if body.len() >= SHARED_BODY_MIN {
+                chunks.push(buf.split().freeze());
+                chunks.push(body.clone());
+            } else {
+                buf.put_slice(body);
+            }
+            put_string(RESOURCE_NAME, &resource.name, &mut buf);
+        }
+        self.put_tail(&mut buf);
+        if !buf.is_empty() {
+            chunks.push(buf.freeze());
+        }
+        chunks
+    }
+
+    fn put_head(&self, buf: &mut impl BufMut) {
+        put_string(SYSTEM_VERSION_INFO, &self.system_version_info, buf);
+    }
+
+    fn put_tail(&self, buf: &mut impl BufMut) {
+        put_string(TYPE_URL, &self.type_url, buf);
+        put_string(NONCE, &self.nonce, buf);
+        for name in &self.removed_resources {
+            put_bytes(REMOVED_RESOURCES, name.as_bytes(), buf);
+        }
+    }
+
     /// The response as the generated type (decoded from this encoding): what a proxy reads.
     #[cfg(test)]
     pub fn to_envoy(
@@ -53,6 +103,16 @@ fn resource_len(resource: &NamedResource) -> usize {
     string_len(RESOURCE_NAME, &resource.name)
         + delimited_len(RESOURCE_VERSION, VERSION_LEN)
         + delimited_len(RESOURCE_BODY, body)
+}
+
+/// A resource up to its body: the field's key and length, the version, the body's key and
+/// length. Then come the body and the name.
+fn put_resource_head(resource: &NamedResource, buf: &mut impl BufMut) {
+    encoding::encode_key(RESOURCES, WireType::LengthDelimited, buf);
+    encoding::encode_varint(resource_len(resource) as u64, buf);
+    put_bytes(RESOURCE_VERSION, &version_digits(resource.version), buf);
+    encoding::encode_key(RESOURCE_BODY, WireType::LengthDelimited, buf);
+    encoding::encode_varint(resource.encoded_body().len() as u64, buf);
 }
 
 /// The length of a length-delimited field of `len` bytes.
@@ -96,19 +156,13 @@ impl Message for DeltaResponse {
     // Fields in the order of their numbers, as prost's generated types write them, so that
     // both encode alike.
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        put_string(SYSTEM_VERSION_INFO, &self.system_version_info, buf);
+        self.put_head(buf);
         for resource in &self.resources {
-            encoding::encode_key(RESOURCES, WireType::LengthDelimited, buf);
-            encoding::encode_varint(resource_len(resource) as u64, buf);
-            put_bytes(RESOURCE_VERSION, &version_digits(resource.version), buf);
-            put_bytes(RESOURCE_BODY, resource.encoded_body(), buf);
+            put_resource_head(resource, buf);
+            buf.put_slice(resource.encoded_body());
             put_string(RESOURCE_NAME, &resource.name, buf);
         }
-        put_string(TYPE_URL, &self.type_url, buf);
-        put_string(NONCE, &self.nonce, buf);
-        for name in &self.removed_resources {
-            put_bytes(REMOVED_RESOURCES, name.as_bytes(), buf);
-        }
+        self.put_tail(buf);
     }
 
     fn merge_field(
@@ -207,6 +261,53 @@ mod tests {
         assert_eq!(ours.encoded_len(), generated.encoded_len());
         assert_eq!(ours.encode_to_vec(), generated.encode_to_vec());
         assert_eq!(ours.to_envoy(), generated);
+    }
+
+    #[test]
+    fn chunks_are_the_encoding_with_large_bodies_shared() {
+        let body = |len: usize| Any {
+            type_url: ENDPOINT.into(),
+            value: vec![9; len],
+        };
+        let typed = TypeResources::new([
+            ("a".to_owned(), body(10)),
+            ("b".to_owned(), body(SHARED_BODY_MIN)),
+            ("c".to_owned(), body(3)),
+            ("d".to_owned(), body(SHARED_BODY_MIN * 4)),
+        ]);
+        let response = DeltaResponse {
+            system_version_info: typed.version.clone(),
+            resources: typed.items().cloned().collect(),
+            type_url: ENDPOINT.into(),
+            removed_resources: vec!["gone".into()],
+            nonce: "7".into(),
+        };
+        let chunks = response.encode_chunks(b"PREFX");
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut expected = b"PREFX".to_vec();
+        expected.extend(response.encode_to_vec());
+        assert_eq!(joined, expected);
+        // head+a, b's body, b's name+c+d's head, d's body, d's name+tail.
+        assert_eq!(chunks.len(), 5);
+        for (i, name) in [(1, "b"), (3, "d")] {
+            let shared = typed.get(name).unwrap().encoded_body();
+            assert_eq!(
+                chunks[i].as_ptr(),
+                shared.as_ptr(),
+                "{name}'s body is not copied"
+            );
+            assert_eq!(chunks[i].len(), shared.len());
+        }
+        // Nothing shared: one chunk.
+        let small = DeltaResponse {
+            resources: typed
+                .items()
+                .filter(|r| r.encoded_body().len() < SHARED_BODY_MIN)
+                .cloned()
+                .collect(),
+            ..response.clone()
+        };
+        assert_eq!(small.encode_chunks(b"P").len(), 1);
     }
 
     #[test]

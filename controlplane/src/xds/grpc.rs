@@ -4,9 +4,11 @@
 //! the largest response it ever carried (often twice that) until the stream ends. A proxy's
 //! outbound route configuration can be a few hundred kilobytes, so a thousand idle streams
 //! would hold a few hundred megabytes of empty buffer. Here each response is encoded into its
-//! own exactly sized frame, freed once HTTP/2 has written it. Requests are still decoded by
-//! tonic.
+//! own exactly sized frame, freed once HTTP/2 has written it; a delta response's large
+//! resources are not copied at all, but handed to HTTP/2 as the snapshot's own buffers
+//! ([`DeltaResponse::encode_chunks`]). Requests are still decoded by tonic.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -14,6 +16,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
+use isthmus_proto::envoy::envoy::service::discovery::v3::DiscoveryResponse;
 use prost::Message;
 use tonic::Status;
 use tonic::body::Body;
@@ -24,6 +27,7 @@ use tonic::server::NamedService;
 use tonic_prost::ProstCodec;
 
 use super::delta::DeltaStream;
+use super::delta_response::DeltaResponse;
 use super::server::{AdsServer, ResponseStream, SotwMachine, StreamMachine};
 
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -50,10 +54,11 @@ impl AdsService {
     where
         M: StreamMachine,
         M::Request: Message + Default,
-        M::Response: Message,
+        M::Response: GrpcResponse,
     {
         let (parts, body) = request.into_parts();
-        let decoder = ProstCodec::<M::Response, M::Request>::default().decoder();
+        // Only the decoder: responses are framed here.
+        let decoder = ProstCodec::<(), M::Request>::default().decoder();
         let inbound = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
         let request = tonic::Request::from_parts(
             MetadataMap::from_headers(parts.headers),
@@ -90,9 +95,27 @@ impl Service<http::Request<Body>> for AdsService {
     }
 }
 
-fn grpc_response<T: Message + 'static>(responses: ResponseStream<T>) -> http::Response<Body> {
+/// A response as the bytes of one gRPC message, in one or more chunks.
+pub(super) trait GrpcResponse: Send + 'static {
+    fn frame(&self) -> Result<Vec<Bytes>, Status>;
+}
+
+impl GrpcResponse for DiscoveryResponse {
+    fn frame(&self) -> Result<Vec<Bytes>, Status> {
+        frame(self).map(|bytes| vec![bytes])
+    }
+}
+
+impl GrpcResponse for DeltaResponse {
+    fn frame(&self) -> Result<Vec<Bytes>, Status> {
+        Ok(self.encode_chunks(&message_prefix(self.encoded_len())?))
+    }
+}
+
+fn grpc_response<T: GrpcResponse>(responses: ResponseStream<T>) -> http::Response<Body> {
     let mut response = http::Response::new(Body::new(GrpcFrames {
         responses,
+        chunks: VecDeque::new(),
         done: false,
     }));
     response.headers_mut().insert(
@@ -105,10 +128,12 @@ fn grpc_response<T: Message + 'static>(responses: ResponseStream<T>) -> http::Re
 /// A response body of length-prefixed gRPC messages, then the status in the trailers.
 struct GrpcFrames<T> {
     responses: ResponseStream<T>,
+    /// The rest of the message being sent.
+    chunks: VecDeque<Bytes>,
     done: bool,
 }
 
-impl<T: Message> http_body::Body for GrpcFrames<T> {
+impl<T: GrpcResponse> http_body::Body for GrpcFrames<T> {
     type Data = Bytes;
     type Error = Status;
 
@@ -117,12 +142,21 @@ impl<T: Message> http_body::Body for GrpcFrames<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
+        if let Some(chunk) = this.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
         if this.done {
             return Poll::Ready(None);
         }
         let frame = match ready!(this.responses.as_mut().poll_next(cx)) {
-            Some(Ok(message)) => match frame(&message) {
-                Ok(bytes) => Frame::data(bytes),
+            Some(Ok(message)) => match message.frame() {
+                Ok(chunks) => {
+                    this.chunks = chunks.into();
+                    match this.chunks.pop_front() {
+                        Some(first) => Frame::data(first),
+                        None => Frame::data(Bytes::new()),
+                    }
+                }
                 Err(status) => {
                     this.done = true;
                     Frame::trailers(trailers(&status))
@@ -141,18 +175,24 @@ impl<T: Message> http_body::Body for GrpcFrames<T> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.chunks.is_empty()
     }
 }
 
-/// One message as gRPC frames it: not compressed, 4-byte big-endian length, the encoding.
+/// What precedes a gRPC message of `len` bytes: not compressed, 4-byte big-endian length.
+fn message_prefix(len: usize) -> Result<[u8; 5], Status> {
+    let len = u32::try_from(len)
+        .map_err(|_| Status::resource_exhausted(format!("a {len}-byte response is too big")))?;
+    let [a, b, c, d] = len.to_be_bytes();
+    Ok([0, a, b, c, d])
+}
+
+/// One message as gRPC frames it: the prefix, then the encoding.
 fn frame<T: Message>(message: &T) -> Result<Bytes, Status> {
     let len = message.encoded_len();
-    let prefix = u32::try_from(len)
-        .map_err(|_| Status::resource_exhausted(format!("a {len}-byte response is too big")))?;
+    let prefix = message_prefix(len)?;
     let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    buf.extend_from_slice(&prefix.to_be_bytes());
+    buf.extend_from_slice(&prefix);
     message
         .encode(&mut buf)
         .map_err(|e| Status::internal(format!("encoding a response: {e}")))?;
