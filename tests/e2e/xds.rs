@@ -108,6 +108,7 @@ spec: {address: 127.0.0.1, serviceAccount: web}
 /// as the snapshot's own buffer, between the chunks written for the response around it.
 #[tokio::test]
 async fn delta_stream_carries_a_large_route_table_whole() {
+    use isthmus_controlplane::xds::delta_response::SHARED_BODY_MIN;
     use isthmus_proto::envoy::envoy::config::route::v3::RouteConfiguration;
     use isthmus_proto::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use prost::Message;
@@ -165,7 +166,7 @@ spec:
     let body = resource.resource.as_ref().unwrap();
     assert_eq!(body.type_url, ROUTE);
     assert!(
-        body.value.len() > 4 * 8 * 1024,
+        body.value.len() > 4 * SHARED_BODY_MIN,
         "large enough to be sent as a shared chunk: {} bytes",
         body.value.len()
     );

@@ -4,8 +4,9 @@
 //! Building the generated `DeltaDiscoveryResponse` would copy every resource's body (and its
 //! name and version as new strings) into the response, which then waits in the stream's queue
 //! until gRPC frames it: during an initial sync of a thousand proxies, most of `isthmusd`'s
-//! memory and a third of its time. Here a response holds references to the shared resources,
-//! and their bytes are copied once, into the frame.
+//! memory and a third of its time. Here a response holds references to the shared resources:
+//! small bodies are copied once, into the frame, and large ones not at all
+//! ([`DeltaResponse::encode_chunks`]).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -287,7 +288,7 @@ mod tests {
         let mut expected = b"PREFX".to_vec();
         expected.extend(response.encode_to_vec());
         assert_eq!(joined, expected);
-        // head+a, b's body, b's name+c+d's head, d's body, d's name+tail.
+        // prefix, head, a, b's head; b's body; b's name, c, d's head; d's body; d's name, tail.
         assert_eq!(chunks.len(), 5);
         for (i, name) in [(1, "b"), (3, "d")] {
             let shared = typed.get(name).unwrap().encoded_body();

@@ -4,8 +4,8 @@
 //! the largest response it ever carried (often twice that) until the stream ends. A proxy's
 //! outbound route configuration can be a few hundred kilobytes, so a thousand idle streams
 //! would hold a few hundred megabytes of empty buffer. Here each response is encoded into its
-//! own exactly sized frame, freed once HTTP/2 has written it; a delta response's large
-//! resources are not copied at all, but handed to HTTP/2 as the snapshot's own buffers
+//! own exactly sized buffer, freed once HTTP/2 has written the last of it; a delta response's
+//! large resources are not copied at all, but handed to HTTP/2 as the snapshot's own buffers
 //! ([`DeltaResponse::encode_chunks`]). Requests are still decoded by tonic.
 
 use std::collections::VecDeque;
