@@ -1,7 +1,8 @@
 //! The proxy's own metrics, on the admin port at `/stats/prometheus`: connections accepted and
 //! refused (with the reason: hostile or broken input is counted, never fatal), HTTP responses
 //! by code class, upstream connect failures, retries, timeouts and ejections, and xDS updates
-//! accepted and rejected per type, and the DNS proxy's queries by result.
+//! accepted and rejected per type, the DNS proxy's queries by result, and mesh mTLS handshakes
+//! by side and whether they resumed a session.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -61,6 +62,15 @@ pub struct DnsLabels {
     pub result: &'static str,
 }
 
+/// A mesh mTLS handshake the proxy completed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `downstream` (the proxy is the server) or `upstream` (the proxy is the client).
+    pub side: &'static str,
+    /// `true` when the handshake resumed a session (no certificates exchanged).
+    pub resumed: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub xds_updates: Family<XdsLabels, Counter>,
@@ -68,6 +78,7 @@ pub struct Metrics {
     pub downstream_cx_total: Family<ListenerLabels, Counter>,
     pub downstream_cx_active: Family<ListenerLabels, Gauge>,
     pub downstream_cx_refused: Family<RefusedLabels, Counter>,
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
     pub http_responses: Family<ResponseLabels, Counter>,
     pub http_rbac_denied: Family<ListenerLabels, Counter>,
     pub upstream_connect_failures: Family<ClusterLabels, Counter>,
@@ -110,6 +121,11 @@ impl Metrics {
             "downstream_connections_refused",
             "Downstream connections closed before their terminal filter, by reason",
             self.downstream_cx_refused.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "Mesh mTLS handshakes completed, by side (downstream: as the server, upstream: as the client) and whether a session was resumed",
+            self.tls_handshakes.clone(),
         );
         r.register(
             "http_responses",
@@ -158,6 +174,17 @@ impl Metrics {
             .get_or_create(&RefusedLabels {
                 listener: listener.to_owned(),
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a completed mesh mTLS handshake on `side` (`downstream` or `upstream`).
+    pub fn handshake(&self, side: &'static str, conn: &rustls::CommonState) {
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        self.tls_handshakes
+            .get_or_create(&HandshakeLabels {
+                side,
+                resumed: if resumed { "true" } else { "false" },
             })
             .inc();
     }

@@ -866,9 +866,30 @@ spec: {{mtls: {{mode: STRICT}}}}
             per_core[0] / per_core[2].max(1e-9),
             per_core[1] / per_core[2].max(1e-9)
         );
-        // Envoy resumes TLS sessions by default (a client keeps one session per cluster, a
-        // server issues tickets); isthmus-proxy never does (docs/identity.md). Its counters say
-        // how many of the pair's handshakes were resumed.
+        // Both resume TLS sessions (docs/identity.md); each one's counters say how many of the
+        // pair's handshakes were resumed.
+        let handshakes = |proxy: &Sidecar, side: &str| -> anyhow::Result<(f64, f64)> {
+            let text = proxy.get("/stats/prometheus")?.1;
+            let side = format!("side=\"{side}\"");
+            Ok((
+                metric_sum(&text, "isthmus_proxy_tls_handshakes_total", &side),
+                metric_sum(
+                    &text,
+                    "isthmus_proxy_tls_handshakes_total",
+                    &format!("{side},resumed=\"true\""),
+                ),
+            ))
+        };
+        for (name, client, server) in [
+            ("telemetry on", &isthmus_client, &isthmus_server),
+            ("telemetry off", &off_client, &off_server),
+        ] {
+            let (c, c_resumed) = handshakes(client, "upstream")?;
+            let (s, s_resumed) = handshakes(server, "downstream")?;
+            println!(
+                "isthmus-proxy pair's TLS handshakes ({name}, the whole run): client sidecar {c:.0} of which {c_resumed:.0} resumed; server sidecar {s:.0} of which {s_resumed:.0} resumed"
+            );
+        }
         let ssl = |envoy: &isthmus_e2e::envoy::Envoy, what: &str| -> u64 {
             envoy
                 .stats()

@@ -317,23 +317,26 @@ spec:
   workloadSelector: {labels: {version: v1}}
 ";
 
+/// A sidecar pair on `ip` in front of the gRPC echo server, which answers plain HTTP too, with
+/// `TCP_SERVICE` on a local TCP port of the client.
+fn tcp_pair(dir: &Path, ip: &str) -> (GrpcEcho, Pair) {
+    let (echo, http, _) = grpc_echo(dir);
+    let app_ports = format!("http={http},tcp-echo={http}");
+    (echo, pair(dir, ip, &app_ports, TCP_SERVICE))
+}
+
 /// Explicit mode's local port for a TCP service (`OUTBOUND_TCP_PORTS`): the application
 /// connects to a local port, and the bytes cross both sidecars over mTLS untouched.
 #[test]
 fn a_local_tcp_port_carries_opaque_bytes_across_both_sidecars() {
     let dir = tempfile::tempdir().unwrap();
-    let (_echo, http, _) = grpc_echo(dir.path());
+    let (_echo, pair) = tcp_pair(dir.path(), "127.0.77");
     let Pair {
         server,
         client,
         tcp_local,
         ..
-    } = pair(
-        dir.path(),
-        "127.0.77",
-        &format!("http={http},tcp-echo={http}"),
-        TCP_SERVICE,
-    );
+    } = pair;
     let local = tcp_local;
     let listeners = client.config_dump()["listeners"].clone();
     assert!(
@@ -376,4 +379,63 @@ fn a_local_tcp_port_carries_opaque_bytes_across_both_sidecars() {
             "{reporter}: {received:#?}"
         );
     }
+}
+
+/// The sum of a counter's series whose labels contain `labels`.
+fn counter(stats: &str, metric: &str, labels: &str) -> f64 {
+    stats
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sidecars resume TLS sessions between them: the first connection is a full handshake, the
+/// next ones resume its session, and the server still knows the caller by its certificate.
+#[test]
+fn later_connections_between_two_sidecars_resume_the_tls_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, pair) = tcp_pair(dir.path(), "127.0.13");
+    let Pair {
+        server,
+        client,
+        tcp_local,
+        ..
+    } = pair;
+    for _ in 0..3 {
+        let (status, body) = curl(&[&format!("http://127.0.0.1:{tcp_local}/raw")])
+            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", client.logs(), server.logs()));
+        assert_eq!(status, 200, "{body}");
+    }
+    let handshakes = "isthmus_proxy_tls_handshakes_total";
+    let (_, client_stats) = client.admin_get("/stats/prometheus");
+    let (_, server_stats) = server.admin_get("/stats/prometheus");
+    let upstream = "side=\"upstream\",resumed=\"true\"";
+    let downstream = "side=\"downstream\",resumed=\"true\"";
+    assert_eq!(
+        counter(&client_stats, handshakes, upstream),
+        2.0,
+        "{client_stats}"
+    );
+    assert_eq!(
+        counter(&server_stats, handshakes, downstream),
+        2.0,
+        "{server_stats}"
+    );
+    assert_eq!(
+        counter(
+            &server_stats,
+            handshakes,
+            "side=\"downstream\",resumed=\"false\""
+        ),
+        1.0,
+        "{server_stats}"
+    );
+    // A resumed connection's caller is the certificate of the session's first handshake.
+    let opened = counter(
+        &server_stats,
+        "istio_tcp_connections_opened_total",
+        "source_principal=\"spiffe://red.local/ns/shop/sa/client\"",
+    );
+    assert_eq!(opened, 3.0, "{server_stats}");
 }

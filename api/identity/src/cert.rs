@@ -40,14 +40,7 @@ pub struct CertInfo {
 impl CertInfo {
     /// Decodes a DER certificate. Trailing bytes after the certificate are an error.
     pub fn parse(der: &[u8]) -> Result<Self, CertError> {
-        let (rest, cert) =
-            X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(CertError::Malformed(format!(
-                "{} bytes of trailing data",
-                rest.len()
-            )));
-        }
+        let cert = decode(der)?;
         let mut uri_sans = Vec::new();
         let mut dns_sans = Vec::new();
         let san = cert
@@ -75,11 +68,7 @@ impl CertInfo {
 
     /// The SPIFFE ID in the single URI SAN, as the X.509-SVID specification requires.
     pub fn spiffe_id(&self) -> Result<SpiffeId, CertError> {
-        match self.uri_sans.as_slice() {
-            [] => Err(CertError::NoSpiffeId),
-            [uri] => Ok(SpiffeId::parse(uri)?),
-            many => Err(CertError::MultipleUriSans(many.len())),
-        }
+        spiffe_id_of(self.uri_sans.iter().map(String::as_str))
     }
 
     /// Whether `at` lies within the validity period.
@@ -92,6 +81,72 @@ impl CertInfo {
         self.not_after
             .duration_since(self.not_before)
             .unwrap_or_default()
+    }
+}
+
+/// What checking a peer needs from its certificate, decoded on every handshake: the SPIFFE ID,
+/// the CA flag and the validity. [`CertInfo`] also formats the names and copies the key, which
+/// a handshake does not need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerCert {
+    pub id: SpiffeId,
+    pub is_ca: bool,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl PeerCert {
+    /// Decodes a DER certificate as an X.509 SVID: the same errors as [`CertInfo::parse`]
+    /// followed by [`CertInfo::spiffe_id`].
+    pub fn parse(der: &[u8]) -> Result<Self, CertError> {
+        let cert = decode(der)?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| CertError::Malformed(format!("subjectAltName: {e}")))?;
+        let uris = san
+            .iter()
+            .flat_map(|ext| ext.value.general_names.iter())
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            });
+        Ok(Self {
+            id: spiffe_id_of(uris)?,
+            is_ca: cert.is_ca(),
+            not_before: to_system_time(cert.validity().not_before.timestamp()),
+            not_after: to_system_time(cert.validity().not_after.timestamp()),
+        })
+    }
+}
+
+/// Decodes one DER certificate; trailing bytes after it are an error.
+fn decode(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CertError::Malformed(format!(
+            "{} bytes of trailing data",
+            rest.len()
+        )));
+    }
+    Ok(cert)
+}
+
+/// A certificate's validity period, and nothing else (for CA certificates in a peer's chain).
+pub(crate) fn validity_of(der: &[u8]) -> Result<(SystemTime, SystemTime), CertError> {
+    let cert = decode(der)?;
+    Ok((
+        to_system_time(cert.validity().not_before.timestamp()),
+        to_system_time(cert.validity().not_after.timestamp()),
+    ))
+}
+
+/// The SPIFFE ID of a certificate whose URI SANs are `uris`: exactly one, a SPIFFE ID.
+fn spiffe_id_of<'a>(mut uris: impl Iterator<Item = &'a str>) -> Result<SpiffeId, CertError> {
+    match (uris.next(), uris.next()) {
+        (None, _) => Err(CertError::NoSpiffeId),
+        (Some(uri), None) => Ok(SpiffeId::parse(uri)?),
+        (Some(_), Some(_)) => Err(CertError::MultipleUriSans(2 + uris.count())),
     }
 }
 

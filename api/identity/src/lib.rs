@@ -10,7 +10,9 @@
 //! - `verify`: path building against the bundle of the claimed trust domain only
 //!   ([`verify_svid`]);
 //! - `tls`: rustls client and server configurations for mesh mTLS ([`SpiffeVerifier`],
-//!   [`PeerPolicy`]);
+//!   [`PeerPolicy`]), session resumption where the configuration allows it
+//!   ([`enable_server_resumption`], [`enable_client_resumption`], [`verified_peer`]);
+//! - `sessions`: the client's store of TLS 1.3 session tickets;
 //! - `credentials`: a workload's own key, chain and roots, and the cell that hands the current
 //!   ones to every new handshake ([`WorkloadCertificate`], [`CredentialCell`]);
 //! - `csr`: a workload's key pair and certificate signing request ([`generate_csr`]);
@@ -33,6 +35,7 @@ mod csr;
 mod manager;
 pub mod pem;
 pub mod profile;
+mod sessions;
 mod spiffe;
 mod tls;
 mod verify;
@@ -49,7 +52,8 @@ pub use csr::{CsrError, KeyAndCsr, generate_csr};
 pub use manager::{CertManager, CertManagerConfig, CertificateSource, IssueError, IssuedChain};
 pub use spiffe::{SpiffeId, SpiffeIdError, SpiffeIdErrorKind, TrustDomain};
 pub use tls::{
-    PeerPolicy, SharedBundles, SpiffeVerifier, client_config, peer_identity, provider,
-    server_config, shared_bundles, verify_error_of,
+    PeerPolicy, SharedBundles, SpiffeVerifier, client_config, enable_client_resumption,
+    enable_server_resumption, peer_identity, provider, server_config, shared_bundles,
+    verified_peer, verify_error_of,
 };
-pub use verify::{Usage, VerifyError, verify_svid};
+pub use verify::{Usage, VerifyError, check_still_valid, verify_svid};

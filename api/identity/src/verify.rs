@@ -4,12 +4,12 @@
 //! building. That is what keeps a peer mesh's root from vouching for anyone outside its own
 //! trust domain.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::bundle::TrustBundles;
-use super::cert::{CertError, CertInfo, format_time};
+use super::cert::{CertError, PeerCert, format_time, validity_of};
 use super::spiffe::{SpiffeId, TrustDomain};
 
 /// Why a peer's certificate was not accepted. Carried inside the rustls error, so a caller can
@@ -59,9 +59,8 @@ pub fn verify_svid(
     now: UnixTime,
     usage: Usage,
 ) -> Result<SpiffeId, VerifyError> {
-    let info = CertInfo::parse(end_entity)?;
-    let id = info.spiffe_id()?;
-    if info.is_ca {
+    let PeerCert { id, is_ca, .. } = PeerCert::parse(end_entity)?;
+    if is_ca {
         return Err(VerifyError::LeafIsCa { id });
     }
     let Some(bundle) = bundles.get(id.trust_domain()) else {
@@ -101,6 +100,40 @@ pub fn verify_svid(
         },
     })?;
     Ok(id)
+}
+
+/// Checks a chain verified earlier once more at `now`, and returns its SPIFFE ID. A resumed TLS
+/// session carries the chain its first handshake verified, and resuming skips verification; of
+/// what that verification decided, only the validity periods can change while the bundles and
+/// the policy stay the same. `chain` is the leaf first, then the intermediates the peer sent.
+pub fn check_still_valid(
+    chain: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Result<SpiffeId, VerifyError> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(CertError::Malformed("no certificate".to_owned()).into());
+    };
+    let leaf = PeerCert::parse(leaf)?;
+    let in_force = |(not_before, not_after): (SystemTime, SystemTime)| {
+        if now > not_after {
+            Err(VerifyError::Expired {
+                id: leaf.id.clone(),
+                not_after: format_time(not_after),
+            })
+        } else if now < not_before {
+            Err(VerifyError::NotYetValid {
+                id: leaf.id.clone(),
+                not_before: format_time(not_before),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    in_force((leaf.not_before, leaf.not_after))?;
+    for der in intermediates {
+        in_force(validity_of(der)?)?;
+    }
+    Ok(leaf.id)
 }
 
 fn format_unix(t: UnixTime) -> String {

@@ -14,9 +14,10 @@ pub mod original_dst;
 pub mod rewind;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncReadExt;
@@ -338,10 +339,16 @@ async fn serve(
             // A chain terminating TLS for clients outside the mesh (a gateway's `Gateway`
             // server) names no mesh identity, whatever URI its client certificates carry.
             let edge = chain.tls.as_ref().is_some_and(|t| t.external.is_some());
+            let peer_id = if edge {
+                None
+            } else {
+                runtime.metrics.handshake("downstream", session);
+                isthmus_identity::verified_peer(session, SystemTime::now()).map_err(|e| {
+                    ConnectionError::TlsHandshake(io::Error::new(io::ErrorKind::InvalidData, e))
+                })?
+            };
             let peer = TlsPeer {
-                peer_id: isthmus_identity::peer_identity(session)
-                    .filter(|_| !edge)
-                    .map(|id| id.to_string()),
+                peer_id: peer_id.map(|id| id.to_string()),
                 peer_hash: session
                     .peer_certificates()
                     .and_then(|c| c.first())

@@ -60,8 +60,9 @@ pub fn server(
     let mut server = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("{}: {e}", certificate_origin(&tls.certificate)))?;
-    // As the mesh's servers: no resumption, so every connection is verified by the
-    // configuration in force when it starts.
+    // No resumption (unlike the mesh's TLS, whose resumed sessions are checked again by
+    // `verified_peer`): every connection is verified by the configuration in force when it
+    // starts.
     server.session_storage = Arc::new(NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
     server.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();

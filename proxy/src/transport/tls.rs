@@ -7,12 +7,17 @@
 //!
 //! Configurations are built when the configuration changes; connections keep the one they
 //! started with, so a certificate or bundle rotation never drops an open connection.
+//!
+//! Both sides resume TLS sessions (as Envoy does), each configuration with its own session
+//! state: a session resumes only under the bundles and peer policy that verified it, since a
+//! change to either builds new configurations. A resumed connection's peer chain is checked
+//! again for validity at that moment (`isthmus_identity::verified_peer`).
 
 use std::sync::Arc;
 
 use isthmus_identity::{
     CredentialCell, PeerPolicy, SpiffeId, SpiffeVerifier, TrustBundles, client_config,
-    server_config, shared_bundles,
+    enable_client_resumption, enable_server_resumption, server_config, shared_bundles,
 };
 
 use crate::config::ProxyConfig;
@@ -42,9 +47,10 @@ pub fn server(
         verifier = verifier.allow_anonymous_clients();
     }
     let alpn: Vec<&[u8]> = context.alpn.iter().map(|a| a.as_bytes()).collect();
-    server_config(certs, Arc::new(verifier), &alpn)
-        .map(Arc::new)
-        .map_err(|e| format!("TLS server configuration: {e}"))
+    let mut server = server_config(certs, Arc::new(verifier), &alpn)
+        .map_err(|e| format!("TLS server configuration: {e}"))?;
+    enable_server_resumption(&mut server).map_err(|e| format!("TLS session tickets: {e}"))?;
+    Ok(Arc::new(server))
 }
 
 pub fn client(
@@ -58,13 +64,14 @@ pub fn client(
     let certs = certificate(context, config)?;
     let verifier = verifier(context, config)?;
     let alpn: Vec<&[u8]> = context.alpn.iter().map(|a| a.as_bytes()).collect();
-    client_config(
+    let mut client = client_config(
         certs.map(|c| c as Arc<dyn rustls::client::ResolvesClientCert>),
         Arc::new(verifier),
         &alpn,
     )
-    .map(Arc::new)
-    .map_err(|e| format!("TLS client configuration: {e}"))
+    .map_err(|e| format!("TLS client configuration: {e}"))?;
+    enable_client_resumption(&mut client);
+    Ok(Arc::new(client))
 }
 
 fn certificate(

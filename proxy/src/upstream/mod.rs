@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use rustls_pki_types::ServerName;
@@ -560,8 +560,12 @@ impl ClusterRuntime {
         // shows is not a mesh peer (telemetry's `destination_principal`).
         let peer = match self.cluster.tls.as_ref().and_then(|t| t.external.as_ref()) {
             Some(_) => None,
-            None => isthmus_identity::peer_identity(stream.get_ref().1)
-                .map(|id| Arc::from(id.to_string().as_str())),
+            None => {
+                self.metrics.handshake("upstream", stream.get_ref().1);
+                isthmus_identity::verified_peer(stream.get_ref().1, SystemTime::now())
+                    .map_err(|e| tls_err(format!("resumed TLS session with {addr}: {e}")))?
+                    .map(|id| Arc::from(id.to_string().as_str()))
+            }
         };
         Ok((Box::new(stream), peer))
     }
