@@ -132,13 +132,19 @@ fn decode(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
     Ok(cert)
 }
 
-/// A certificate's validity period, and nothing else (for CA certificates in a peer's chain).
-pub(crate) fn validity_of(der: &[u8]) -> Result<(SystemTime, SystemTime), CertError> {
+/// A CA certificate's validity period, or `None` if it is self-issued (a root: subject and
+/// issuer the same).
+pub(crate) fn validity_unless_self_issued(
+    der: &[u8],
+) -> Result<Option<(SystemTime, SystemTime)>, CertError> {
     let cert = decode(der)?;
-    Ok((
+    if cert.subject().as_raw() == cert.issuer().as_raw() {
+        return Ok(None);
+    }
+    Ok(Some((
         to_system_time(cert.validity().not_before.timestamp()),
         to_system_time(cert.validity().not_after.timestamp()),
-    ))
+    )))
 }
 
 /// The SPIFFE ID of a certificate whose URI SANs are `uris`: exactly one, a SPIFFE ID.

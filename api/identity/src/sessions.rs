@@ -17,7 +17,8 @@ use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSes
 use rustls_pki_types::ServerName;
 
 /// Tickets kept per server: about the number of connections a client opens to one server at
-/// once. A ticket holds a copy of the server's chain (about 1.5 KiB with the secret).
+/// once. A ticket holds a copy of the server's chain, and the ticket itself carries the
+/// client's: about 3–5 KiB each.
 pub(crate) const TICKETS_PER_SERVER: usize = 32;
 
 /// Servers a store keeps tickets for. A mesh client configuration serves one cluster, whose

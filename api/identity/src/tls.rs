@@ -279,9 +279,9 @@ pub fn client_config(
 /// Resumption skips the client's certificate, so it is only for a configuration whose verifier
 /// never changes (the proxy builds a new configuration, with new ticket keys, when a bundle or
 /// the peer policy changes), and each resumed connection's peer goes through [`verified_peer`].
-/// A TLS 1.2 client may resume too; its resumed session then has no forward secrecy until the
-/// ticket keys rotate (every 6 hours, and with every new configuration), as with any TLS 1.2
-/// ticket.
+/// A TLS 1.2 client gets tickets too (as from Envoy): its session's master secret is in the
+/// ticket, so the session is only as secret as the ticket keys, which stay in memory, rotate
+/// every 6 hours (a ticket lasts up to 12) and are replaced with every new configuration.
 pub fn enable_server_resumption(config: &mut rustls::ServerConfig) -> Result<(), rustls::Error> {
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     config.send_tls13_tickets = 1;
@@ -312,7 +312,11 @@ pub fn verified_peer(
     let Some(chain) = conn.peer_certificates().filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
-    if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+    let verified_now = matches!(
+        conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full | rustls::HandshakeKind::FullWithHelloRetryRequest)
+    );
+    if !verified_now {
         return check_still_valid(chain, now)
             .map(Some)
             .map_err(into_rustls_error);

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::bundle::TrustBundles;
-use super::cert::{CertError, PeerCert, format_time, validity_of};
+use super::cert::{CertError, PeerCert, format_time, validity_unless_self_issued};
 use super::spiffe::{SpiffeId, TrustDomain};
 
 /// Why a peer's certificate was not accepted. Carried inside the rustls error, so a caller can
@@ -105,7 +105,9 @@ pub fn verify_svid(
 /// Checks a chain verified earlier once more at `now`, and returns its SPIFFE ID. A resumed TLS
 /// session carries the chain its first handshake verified, and resuming skips verification; of
 /// what that verification decided, only the validity periods can change while the bundles and
-/// the policy stay the same. `chain` is the leaf first, then the intermediates the peer sent.
+/// the policy stay the same. `chain` is the leaf first, then the certificates the peer sent
+/// with it. Self-issued ones among those are skipped: a peer may send its root along, and path
+/// building ends at the bundle's copy of a root, whatever the dates of the copy sent.
 pub fn check_still_valid(
     chain: &[CertificateDer<'_>],
     now: SystemTime,
@@ -131,7 +133,9 @@ pub fn check_still_valid(
     };
     in_force((leaf.not_before, leaf.not_after))?;
     for der in intermediates {
-        in_force(validity_of(der)?)?;
+        if let Some(period) = validity_unless_self_issued(der)? {
+            in_force(period)?;
+        }
     }
     Ok(leaf.id)
 }

@@ -243,6 +243,34 @@ async fn an_expired_intermediate_in_the_resumed_chain_is_refused() {
     );
 }
 
+/// A self-signed CA certificate that expired a month ago.
+fn expired_root() -> rustls_pki_types::CertificateDer<'static> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(60);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    params.self_signed(&key).unwrap().der().clone()
+}
+
+#[tokio::test]
+async fn an_expired_root_sent_along_with_the_chain_refuses_neither_kind_of_handshake() {
+    // Path building ends at the bundle's root and never uses a root the peer sends along, so
+    // a full handshake accepts the chain; the check of a resumed one must agree.
+    let ca = TestCa::new("red.local");
+    let (mut chain, key) = ca.issue_raw(Some(CLIENT_ID), false);
+    chain.push(expired_root());
+    let client_cert = WorkloadCertificate::new(chain, key, vec![ca.root().clone()]).unwrap();
+    let server_cert = ca.issue(&id(SERVER_ID));
+    let (server_tls, client_tls) = (server(&ca, &server_cert), client(&ca, &client_cert));
+    let now = SystemTime::now();
+    for kind in [HandshakeKind::Full, HandshakeKind::Resumed] {
+        let (s, _) = connect(&server_tls, &client_tls, now).await;
+        assert_eq!(s.kind, Some(kind));
+        assert_eq!(s.peer.unwrap(), Some(id(CLIENT_ID)), "{kind:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_session_resumes_only_under_the_configurations_that_verified_it() {
     let p = pair();

@@ -13,12 +13,16 @@
 //! change to either builds new configurations. A resumed connection's peer chain is checked
 //! again for validity at that moment (`isthmus_identity::verified_peer`).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use isthmus_identity::{
     CredentialCell, PeerPolicy, SpiffeId, SpiffeVerifier, TrustBundles, client_config,
     enable_client_resumption, enable_server_resumption, server_config, shared_bundles,
 };
+
+use parking_lot::Mutex;
 
 use crate::config::ProxyConfig;
 use crate::config::secret::Secret;
@@ -72,6 +76,44 @@ pub fn client(
     .map_err(|e| format!("TLS client configuration: {e}"))?;
     enable_client_resumption(&mut client);
     Ok(Arc::new(client))
+}
+
+/// Hosts of one cluster that get a client configuration of their own (below); the others share
+/// the cluster's.
+const HOSTS_WITH_OWN_SESSIONS: usize = 32;
+
+/// A mesh cluster's client configurations, one per host: the cluster's, each with its own
+/// ticket store. A ticket opens a session only on the host that issued it, and a cluster's
+/// hosts often share one SNI (Istio's `outbound_.<port>_._.<host>`), which is what rustls keys
+/// its tickets by; with one store per cluster, a connection would often offer a ticket of
+/// another host and make a full handshake. The copies share the cluster's verifier and
+/// certificate, so they verify exactly as it does.
+#[derive(Debug, Default)]
+pub struct PerHostSessions {
+    configs: Mutex<HashMap<SocketAddr, Arc<rustls::ClientConfig>>>,
+}
+
+impl PerHostSessions {
+    /// The configuration to reach `host` with, `cluster`'s own past
+    /// [`HOSTS_WITH_OWN_SESSIONS`] hosts.
+    pub fn config(
+        &self,
+        cluster: &Arc<rustls::ClientConfig>,
+        host: SocketAddr,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut configs = self.configs.lock();
+        if let Some(config) = configs.get(&host) {
+            return config.clone();
+        }
+        if configs.len() >= HOSTS_WITH_OWN_SESSIONS {
+            return cluster.clone();
+        }
+        let mut config = (**cluster).clone();
+        enable_client_resumption(&mut config);
+        let config = Arc::new(config);
+        configs.insert(host, config.clone());
+        config
+    }
 }
 
 fn certificate(
@@ -139,4 +181,43 @@ fn verifier(context: &TlsContext, config: &ProxyConfig) -> Result<SpiffeVerifier
         )
     };
     Ok(SpiffeVerifier::new(shared_bundles(all), policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use super::{HOSTS_WITH_OWN_SESSIONS, PerHostSessions};
+
+    fn cluster_config() -> Arc<rustls::ClientConfig> {
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(isthmus_identity::provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    }
+
+    fn host(i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], u16::try_from(10_000 + i).unwrap()))
+    }
+
+    #[test]
+    fn each_host_keeps_one_configuration_of_its_own_up_to_the_limit() {
+        let cluster = cluster_config();
+        let sessions = PerHostSessions::default();
+        let a = sessions.config(&cluster, host(0));
+        assert!(!Arc::ptr_eq(&a, &cluster), "a copy, with its own tickets");
+        assert!(Arc::ptr_eq(&a, &sessions.config(&cluster, host(0))));
+        let b = sessions.config(&cluster, host(1));
+        assert!(!Arc::ptr_eq(&a, &b));
+        for i in 2..HOSTS_WITH_OWN_SESSIONS {
+            sessions.config(&cluster, host(i));
+        }
+        let past_the_limit = sessions.config(&cluster, host(HOSTS_WITH_OWN_SESSIONS));
+        assert!(Arc::ptr_eq(&past_the_limit, &cluster));
+        assert!(Arc::ptr_eq(&a, &sessions.config(&cluster, host(0))));
+    }
 }

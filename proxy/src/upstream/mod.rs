@@ -85,6 +85,8 @@ pub struct ClusterRuntime {
     pub balancer: Balancer,
     /// `None`: plaintext; `Some(Err)`: TLS that cannot be set up yet (a missing secret).
     pub tls: Option<Result<Arc<rustls::ClientConfig>, tls::TlsError>>,
+    /// For a mesh cluster, `tls` copied per host, so that sessions resume host by host.
+    pub sessions: tls::PerHostSessions,
     pub metrics: Arc<Metrics>,
     /// Circuit breaker counters (open connections, pending and open requests, retries).
     pub load: Arc<ClusterLoad>,
@@ -273,6 +275,7 @@ pub fn build(
                     .map(|a| by_priority(name, &a, health, cluster.locality_weighted))
                     .unwrap_or_default(),
                 tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
+                sessions: tls::PerHostSessions::default(),
                 cluster: cluster.clone(),
                 metrics: metrics.clone(),
                 load: health.load(name),
@@ -552,20 +555,29 @@ impl ClusterRuntime {
             ServerName::try_from(sni.to_owned())
                 .map_err(|e| tls_err(format!("SNI {sni:?}: {e}")))?
         };
-        let stream = tokio_rustls::TlsConnector::from(config.clone())
+        let external = self
+            .cluster
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.external.is_some());
+        let config = if external {
+            config.clone()
+        } else {
+            self.sessions.config(config, addr)
+        };
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| tls_err(format!("TLS handshake with {addr}: {e}")))?;
         // A server outside the mesh is not verified as a SPIFFE identity: whatever URI SAN it
         // shows is not a mesh peer (telemetry's `destination_principal`).
-        let peer = match self.cluster.tls.as_ref().and_then(|t| t.external.as_ref()) {
-            Some(_) => None,
-            None => {
-                self.metrics.handshake("upstream", stream.get_ref().1);
-                isthmus_identity::verified_peer(stream.get_ref().1, SystemTime::now())
-                    .map_err(|e| tls_err(format!("resumed TLS session with {addr}: {e}")))?
-                    .map(|id| Arc::from(id.to_string().as_str()))
-            }
+        let peer = if external {
+            None
+        } else {
+            self.metrics.handshake("upstream", stream.get_ref().1);
+            isthmus_identity::verified_peer(stream.get_ref().1, SystemTime::now())
+                .map_err(|e| tls_err(format!("resumed TLS session with {addr}: {e}")))?
+                .map(|id| Arc::from(id.to_string().as_str()))
         };
         Ok((Box::new(stream), peer))
     }
