@@ -241,8 +241,10 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
-    // No resumption: every connection is verified against the trust bundles and policy in force
-    // now, so a bundle rotation or a removed peer takes effect at the next connection.
+    // No resumption unless `enable_server_resumption` turns it on (for configurations replaced
+    // whenever their bundles or policy change): every connection is verified against the trust
+    // bundles and policy in force now, so a bundle rotation or a removed peer takes effect at
+    // the next connection.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
