@@ -41,6 +41,7 @@ pub mod drain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hashing;
+pub mod hex;
 pub mod http;
 pub mod listener;
 pub mod metrics;

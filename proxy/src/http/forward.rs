@@ -67,7 +67,9 @@ const XFCC: &str = "x-forwarded-client-cert";
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 
 /// Forwards a routed request to the route's cluster and answers with the upstream's response
-/// (or a local one), the response edits of every level applied.
+/// (or a local one), the response edits of every level applied. `outgoing`: what telemetry
+/// adds to the upstream request.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     mut request: http::Request<Incoming>,
     action: &Forward,
@@ -76,6 +78,7 @@ pub async fn forward(
     hcm: &HttpManager,
     conn: &Connection,
     runtime: &Arc<Runtime>,
+    outgoing: Option<Outgoing>,
 ) -> http::Response<Body> {
     let (cluster_name, target_edits) = pick_target(&action.targets);
     let Some(cluster) = runtime.clusters.get(cluster_name).cloned() else {
@@ -97,8 +100,7 @@ pub async fn forward(
     }
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    let outgoing = parts.extensions.remove::<Outgoing>();
-    let request_bytes = outgoing.as_ref().map(|o| o.bytes.clone());
+    let request_bytes = outgoing.as_ref().and_then(|o| o.bytes.clone());
     let head = upstream_head(
         &mut parts,
         &edits,
@@ -139,7 +141,7 @@ pub async fn forward(
         };
         edit(response.headers_mut(), edits.iter().map(|e| &e.response));
         response.extensions_mut().insert(UpstreamFacts {
-            cluster: Arc::from(cluster_name),
+            cluster: cluster.name.clone(),
             facts: cluster.cluster.telemetry.clone(),
             principal: None,
             exchange: None,
@@ -183,7 +185,7 @@ pub async fn forward(
         }
         exchange.metadata = outgoing.metadata.filter(|_| to_mesh(&cluster));
         UpstreamFacts {
-            cluster: Arc::from(cluster_name),
+            cluster: cluster.name.clone(),
             facts: cluster.cluster.telemetry.clone(),
             principal: None,
             exchange: None,
@@ -838,17 +840,15 @@ fn client_cert_header(headers: &mut HeaderMap, hcm: &HttpManager, tls: Option<&T
 pub fn request_id() -> HeaderValue {
     // A version-4 UUID, `xxxxxxxx-xxxx-4xxx-axxx-xxxxxxxxxxxx`, written in place: this runs
     // for every request that comes without one.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let random: u128 = rand::rng().random();
-    let mut id = *b"00000000-0000-4000-a000-000000000000";
-    let mut bits = random;
-    for (i, byte) in id.iter_mut().enumerate().rev() {
-        if matches!(i, 8 | 13 | 14 | 18 | 19 | 23) {
-            continue;
-        }
-        *byte = DIGITS[(bits & 0xf) as usize];
-        bits >>= 4;
-    }
+    let random: [u8; 16] = rand::rng().random();
+    let mut id = [b'-'; 36];
+    crate::hex::write(&mut id[0..8], &random[0..4]);
+    crate::hex::write(&mut id[9..13], &random[4..6]);
+    crate::hex::write(&mut id[14..18], &random[6..8]);
+    crate::hex::write(&mut id[19..23], &random[8..10]);
+    crate::hex::write(&mut id[24..36], &random[10..16]);
+    id[14] = b'4';
+    id[19] = b'a';
     HeaderValue::from_bytes(&id).expect("hex digits and dashes are a valid header value")
 }
 

@@ -34,7 +34,7 @@ use crate::config::route::{Action, Route, RouteTable, VirtualHost};
 use crate::drain;
 use crate::metrics::{ListenerLabels, ResponseLabels};
 use crate::runtime::{ChainId, Runtime};
-use crate::telemetry::request::{ConnectionTelemetry, ResponseFlags};
+use crate::telemetry::request::{ConnectionTelemetry, Observation, Outgoing, ResponseFlags};
 use crate::telemetry::tcp::TcpContext;
 use crate::transport::BoxedIo;
 
@@ -134,8 +134,9 @@ pub async fn serve_connection(
         let responses = responses.clone();
         async move {
             let mut request = request;
-            let observation = conn.telemetry.as_ref().map(|t| t.begin(&mut request));
-            let response = handle(request, &conn).await;
+            let mut observation = conn.telemetry.as_ref().map(|t| t.begin(&mut request));
+            let outgoing = observation.as_mut().and_then(Observation::take_outgoing);
+            let response = handle(request, &conn, outgoing).await;
             let class = usize::from(response.status().as_u16() / 100).clamp(1, 5);
             responses[class - 1].inc();
             let response = match observation {
@@ -202,7 +203,12 @@ pub fn full(bytes: Bytes) -> Body {
         .boxed_unsync()
 }
 
-async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Response<Body> {
+/// `outgoing`: what telemetry adds to the upstream request, if the request goes upstream.
+async fn handle(
+    request: http::Request<Incoming>,
+    conn: &Connection,
+    outgoing: Option<Outgoing>,
+) -> http::Response<Body> {
     let Some(hcm) = conn.manager() else {
         return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "listener changed");
     };
@@ -288,7 +294,10 @@ async fn handle(request: http::Request<Incoming>, conn: &Connection) -> http::Re
         }
         delayed = outcome.delayed;
     }
-    let mut response = respond(request, conn, hcm, &latest, table, vh, route, &authority).await;
+    let mut response = respond(
+        request, conn, hcm, &latest, table, vh, route, &authority, outgoing,
+    )
+    .await;
     response.headers_mut().extend(cors_headers);
     if delayed && response.extensions().get::<ResponseFlags>().is_none() {
         response = flagged(response, "DI");
@@ -307,6 +316,7 @@ async fn respond(
     vh: &VirtualHost,
     route: &Route,
     authority: &str,
+    outgoing: Option<Outgoing>,
 ) -> http::Response<Body> {
     match &route.action {
         Action::Direct { status, body } => {
@@ -335,7 +345,10 @@ async fn respond(
                 vhost: &vh.headers,
                 table: &table.headers,
             };
-            forward::forward(request, action, &edits, authority, hcm, conn, latest).await
+            forward::forward(
+                request, action, &edits, authority, hcm, conn, latest, outgoing,
+            )
+            .await
         }
     }
 }

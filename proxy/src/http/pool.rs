@@ -44,8 +44,11 @@ type Idle = (http1::SendRequest<Body>, Instant, PooledPeer);
 /// A shared HTTP/2 connection and who its peer proved to be.
 type Shared = (http2::SendRequest<Body>, PooledPeer);
 /// Connections by cluster, then host. Only the clusters of the current runtime have an
-/// entry: a connection of any other cluster is not pooled.
-type ByCluster<C> = HashMap<ClusterKey, HashMap<HostKey, C>>;
+/// entry: a connection of any other cluster is not pooled. Each request looks its cluster and
+/// host up twice (to take a connection and to give it back): a fast hash, not SipHash (the
+/// keys come from the configuration, not from requests).
+type ByCluster<C> = HashMap<ClusterKey, HashMap<HostKey, C, FastHash>, FastHash>;
+type FastHash = foldhash::fast::RandomState;
 
 #[derive(Default)]
 pub struct Pool {

@@ -230,7 +230,7 @@ fn inbound_service(
         })?;
     let runtime_cluster = runtime.clusters.get(cluster)?;
     Some(UpstreamFacts {
-        cluster: Arc::from(cluster),
+        cluster: runtime_cluster.name.clone(),
         facts: runtime_cluster.cluster.telemetry.clone(),
         principal: None,
         exchange: None,

@@ -202,25 +202,18 @@ impl HandleCache {
     const SIZE: usize = 8;
 
     pub fn record(&self, metrics: &IstioMetrics, labels: RequestLabels, done: Finished) {
-        let cached = self
-            .entries
-            .lock()
-            .iter()
-            .find(|(l, _)| *l == labels)
-            .map(|(_, h)| h.clone());
-        let handles = match cached {
-            Some(handles) => handles,
-            None => {
-                let handles = metrics.handles(&labels);
-                let mut entries = self.entries.lock();
-                if entries.len() >= Self::SIZE {
-                    entries.remove(0);
-                }
-                entries.push((labels, handles.clone()));
-                handles
-            }
-        };
+        // Recorded under the cache's lock, through the cached handles (no copies of them).
+        if let Some((_, handles)) = self.entries.lock().iter().find(|(l, _)| *l == labels) {
+            handles.record(done);
+            return;
+        }
+        let handles = metrics.handles(&labels);
         handles.record(done);
+        let mut entries = self.entries.lock();
+        if entries.len() >= Self::SIZE {
+            entries.remove(0);
+        }
+        entries.push((labels, handles));
     }
 }
 

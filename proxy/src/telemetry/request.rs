@@ -2,8 +2,8 @@
 //! request metrics on both reporters, the metadata exchange headers, and the request's span.
 //!
 //! The forward path tells the recorder what only it learns through the response's extensions
-//! ([`UpstreamFacts`], [`ResponseFlags`]) and reads what it must add to the upstream request
-//! from the request's ([`Outgoing`]); the request's body is counted into [`RequestBytes`].
+//! ([`UpstreamFacts`], [`ResponseFlags`]) and is handed what it must add to the upstream
+//! request ([`Outgoing`]); the request's body is counted into [`RequestBytes`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,9 +50,9 @@ pub struct RequestBytes(pub Arc<AtomicU64>);
 pub struct Outgoing {
     pub metadata: Option<(HeaderValue, HeaderValue)>,
     pub trace: Option<crate::telemetry::trace::propagation::Outgoing>,
-    /// Where the forward path counts the request body's bytes (one extension, not two:
-    /// each costs an allocation per request).
-    pub bytes: RequestBytes,
+    /// Where the forward path counts the request body's bytes; `None` for a request without
+    /// a body.
+    pub bytes: Option<RequestBytes>,
 }
 
 /// What one connection's requests share.
@@ -74,7 +74,7 @@ pub struct ConnectionTelemetry {
     pub last_peer: parking_lot::Mutex<Option<PeerMemo>>,
     /// The other side's labels in this connection's last request: its requests mostly name
     /// the same one, whose labels are then shared rather than built again.
-    pub other_side: parking_lot::Mutex<Option<Arc<Workload>>>,
+    pub other_side: parking_lot::Mutex<Option<SideMemo>>,
     /// The connection manager's tracing settings.
     pub tracing: Option<Arc<Tracing>>,
     /// Destination reporter: the service this workload serves here, for requests answered
@@ -82,6 +82,16 @@ pub struct ConnectionTelemetry {
     pub served: Option<UpstreamFacts>,
     /// The downstream address (the span's `peer.address`).
     pub remote: std::net::SocketAddr,
+}
+
+/// The other side's labels of a connection's last request, and what they were made of:
+/// the same parts (the same `Arc`s) make the same labels, found without building them.
+#[derive(Debug)]
+pub struct SideMemo {
+    said: Option<Arc<peer_metadata::PeerWorkload>>,
+    principal: Option<Label>,
+    mesh: Label,
+    labels: Arc<Workload>,
 }
 
 /// A metadata header, the identity it came from, and whom it named.
@@ -100,7 +110,10 @@ impl ConnectionTelemetry {
     /// At a request's head: strips the caller's metadata (reading it only from a verified
     /// caller, destination reporter), starts the span, and says what the upstream request
     /// carries.
-    pub fn begin<B>(self: &Arc<Self>, request: &mut http::Request<B>) -> Observation {
+    pub fn begin<B: http_body::Body>(
+        self: &Arc<Self>,
+        request: &mut http::Request<B>,
+    ) -> Observation {
         // What the request carries, read once: nothing below removes or adds a telemetry
         // header before the scan's last use (`take_peer`) but `x-request-id`.
         let scan = HeaderScan::of(request.headers());
@@ -152,8 +165,9 @@ impl ConnectionTelemetry {
             ));
         }
         outgoing.trace = span.as_ref().map(RequestSpan::outgoing);
+        // Most requests have no body, and nothing to count.
+        outgoing.bytes = (!request.body().is_end_stream()).then(RequestBytes::default);
         let bytes = outgoing.bytes.clone();
-        request.extensions_mut().insert(outgoing);
         Observation {
             state: Some(Pending {
                 conn: Arc::clone(self),
@@ -165,6 +179,7 @@ impl ConnectionTelemetry {
                 bytes,
                 span,
             }),
+            outgoing: Some(outgoing),
         }
     }
 }
@@ -174,6 +189,8 @@ impl ConnectionTelemetry {
 #[derive(Debug)]
 pub struct Observation {
     state: Option<Pending>,
+    /// What the upstream request carries, until the forward path takes it.
+    outgoing: Option<Outgoing>,
 }
 
 #[derive(Debug)]
@@ -186,7 +203,7 @@ struct Pending {
     caller_sent: bool,
     /// The caller's workload, from its metadata header (destination reporter).
     caller: Option<Arc<peer_metadata::PeerWorkload>>,
-    bytes: RequestBytes,
+    bytes: Option<RequestBytes>,
     span: Option<RequestSpan>,
 }
 
@@ -194,13 +211,20 @@ impl Drop for Observation {
     fn drop(&mut self) {
         if let Some(pending) = self.state.take() {
             let call = pending.call_labels(None, None, "DC");
-            let mut recorder = pending.recorder(call, 0, None, None, true);
-            recorder.record(Outcome::Complete);
+            pending
+                .recorder(call, 0, None, None, true)
+                .record(Outcome::Complete);
         }
     }
 }
 
 impl Observation {
+    /// What the forward path adds to the upstream request (handed over, not put in the
+    /// request's extensions: that would cost two allocations per request).
+    pub fn take_outgoing(&mut self) -> Option<Outgoing> {
+        self.outgoing.take()
+    }
+
     /// At the response's head: reads (and removes) the callee's metadata (source reporter,
     /// from a callee whose certificate was verified), adds ours for a verified caller
     /// (destination reporter), and wraps the body so that the request is recorded when it
@@ -259,7 +283,7 @@ impl Observation {
                 headers.insert(KEPT.clone(), HeaderValue::from_static("1"));
             }
         }
-        let call = pending.call_labels(upstream.as_ref(), callee.as_deref(), flags);
+        let call = pending.call_labels(upstream.as_ref(), callee.as_ref(), flags);
         let status = response.status().as_u16();
         let grpc_status = pending
             .grpc
@@ -315,7 +339,7 @@ impl Pending {
     fn call_labels(
         &self,
         upstream: Option<&UpstreamFacts>,
-        callee: Option<&peer_metadata::PeerWorkload>,
+        callee: Option<&Arc<peer_metadata::PeerWorkload>>,
         flags: &'static str,
     ) -> CallLabels {
         let me = self.conn.node.me.clone();
@@ -334,8 +358,7 @@ impl Pending {
                     .and_then(|u| u.facts.mesh.clone())
                     .or_else(|| principal.as_deref().map(|p| self.conn.node.mesh_of(p)))
                     .unwrap_or_else(labels::unknown);
-                let destination = side(callee, principal, mesh);
-                (me, self.conn.shared(destination))
+                (me, self.conn.shared_side(callee, principal, mesh))
             }
             Reporter::Destination => {
                 let source = match (&self.conn.peer, &self.caller) {
@@ -346,7 +369,7 @@ impl Pending {
                             Some(p) => (Some(p.principal.clone()), p.mesh.clone()),
                             None => (None, labels::unknown()),
                         };
-                        self.conn.shared(side(caller.as_deref(), principal, mesh))
+                        self.conn.shared_side(caller.as_ref(), principal, mesh)
                     }
                 };
                 (source, me)
@@ -414,16 +437,33 @@ fn take_peer(
 }
 
 impl ConnectionTelemetry {
-    /// `labels`, shared with the connection's last request when they are the same.
-    fn shared(&self, labels: Workload) -> Arc<Workload> {
+    /// The other side's labels ([`side`]), shared with the connection's last request when
+    /// they are the same.
+    fn shared_side(
+        &self,
+        said: Option<&Arc<peer_metadata::PeerWorkload>>,
+        principal: Option<Label>,
+        mesh: Label,
+    ) -> Arc<Workload> {
         let mut memo = self.other_side.lock();
         if let Some(last) = &*memo
-            && **last == labels
+            && same(last.said.as_ref(), said)
+            && same(last.principal.as_ref(), principal.as_ref())
+            && Arc::ptr_eq(&last.mesh, &mesh)
         {
-            return last.clone();
+            return last.labels.clone();
         }
-        let labels = Arc::new(labels);
-        *memo = Some(labels.clone());
+        let built = side(said.map(|s| &**s), principal.clone(), mesh.clone());
+        let labels = match &*memo {
+            Some(last) if *last.labels == built => last.labels.clone(),
+            _ => Arc::new(built),
+        };
+        *memo = Some(SideMemo {
+            said: said.cloned(),
+            principal,
+            mesh,
+            labels: labels.clone(),
+        });
         labels
     }
 
@@ -433,6 +473,15 @@ impl ConnectionTelemetry {
             Some((_, said_by, found)) if said_by == id => found.clone(),
             _ => None,
         }
+    }
+}
+
+/// Both absent, or the same allocation.
+fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 
@@ -460,14 +509,14 @@ struct Recorder {
     grpc: bool,
     grpc_status: Option<u16>,
     start: tokio::time::Instant,
-    request_bytes: RequestBytes,
+    request_bytes: Option<RequestBytes>,
     response_bytes: u64,
     no_body: bool,
     span: Option<RequestSpan>,
 }
 
 impl Recorder {
-    fn record(&mut self, outcome: Outcome) {
+    fn record(mut self, outcome: Outcome) {
         if self.call.flags == "-" {
             match outcome {
                 Outcome::Complete => {}
@@ -475,22 +524,28 @@ impl Recorder {
                 Outcome::Upstream => self.call.flags = "UR",
             }
         }
+        let (flags, grpc_status) = (
+            self.call.flags,
+            if self.grpc { self.grpc_status } else { None },
+        );
         let labels = RequestLabels {
-            call: self.call.clone(),
+            call: self.call,
             response_code: self.status,
-            grpc_status: if self.grpc { self.grpc_status } else { None },
+            grpc_status,
         };
         let finished = Finished {
             duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
-            request_bytes: self.request_bytes.0.load(Ordering::Relaxed),
+            request_bytes: self
+                .request_bytes
+                .as_ref()
+                .map_or(0, |b| b.0.load(Ordering::Relaxed)),
             response_bytes: self.response_bytes,
         };
-        self.handles
-            .record(&self.telemetry.istio, labels.clone(), finished);
-        if let Some(mut span) = self.span.take() {
+        self.handles.record(&self.telemetry.istio, labels, finished);
+        if let Some(mut span) = self.span {
             if span.is_recording() {
-                span.set_attribute("isthmus.response_flags", labels.call.flags.to_owned());
-                if let Some(status) = labels.grpc_status {
+                span.set_attribute("isthmus.response_flags", flags.to_owned());
+                if let Some(status) = grpc_status {
                     span.set_attribute("grpc.status_code", status.to_string());
                 }
             }
@@ -509,7 +564,7 @@ struct Recorded {
 
 impl Recorded {
     fn record(&mut self, outcome: Outcome) {
-        if let Some(mut r) = self.recorder.take() {
+        if let Some(r) = self.recorder.take() {
             r.record(outcome);
         }
     }

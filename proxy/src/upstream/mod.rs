@@ -78,6 +78,8 @@ pub type UpstreamPeer = Option<Arc<str>>;
 #[derive(Debug)]
 pub struct ClusterRuntime {
     pub cluster: Arc<Cluster>,
+    /// The cluster's name, shared: each request's telemetry names it.
+    pub name: Arc<str>,
     /// Hosts by priority, best first.
     pub priorities: Vec<Vec<Arc<Host>>>,
     /// EDS's overprovisioning factor (percent) for the priority load.
@@ -276,6 +278,7 @@ pub fn build(
                     .unwrap_or_default(),
                 tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
                 sessions: tls::PerHostSessions::default(),
+                name: Arc::from(name.as_str()),
                 cluster: cluster.clone(),
                 metrics: metrics.clone(),
                 load: health.load(name),

@@ -66,11 +66,14 @@ fn sidecar(reporter: Reporter, peer_id: Option<&str>) -> (Registry, Arc<Connecti
     (registry, conn)
 }
 
-fn request(method: http::Method, caller: Option<&OwnHeaders>) -> http::Request<()> {
+fn request(
+    method: http::Method,
+    caller: Option<&OwnHeaders>,
+) -> http::Request<http_body_util::Empty<Bytes>> {
     let mut request = http::Request::builder()
         .method(method)
         .uri("http://ratings.bookinfo.svc.cluster.local:9080/")
-        .body(())
+        .body(http_body_util::Empty::new())
         .expect("request");
     if let Some(h) = caller {
         let headers = request.headers_mut();

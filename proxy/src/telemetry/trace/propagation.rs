@@ -154,14 +154,10 @@ fn ascii_value(bytes: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(bytes).expect("hex digits and dashes are a valid header value")
 }
 
-/// `value`'s low `out.len()` hex digits, lower case, most significant first.
+/// `value`'s low `out.len()` hex digits (an even number), lower case, most significant first.
 fn hex_into(out: &mut [u8], value: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut v = value;
-    for byte in out.iter_mut().rev() {
-        *byte = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
-    }
+    let bytes = value.to_be_bytes();
+    crate::hex::write(out, &bytes[bytes.len() - out.len() / 2..]);
 }
 
 /// The header's value when it appears exactly once and is visible ASCII.
