@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 use crate::transport::tls;
+use crate::transport::tls_cache::TlsCache;
 use crate::upstream::outlier::HealthRegistry;
 use crate::upstream::{self, ClusterRuntime};
 
@@ -46,12 +47,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// `tls_cache`: the mesh TLS configurations of the runtime in force, kept where this one's
+    /// TLS is built from the same certificates, bundles and settings (their TLS sessions
+    /// resume across the change).
     pub fn build(
         config: Arc<ProxyConfig>,
         health: &HealthRegistry,
         metrics: &Arc<Metrics>,
         settings: Settings,
+        tls_cache: &TlsCache,
     ) -> Self {
+        tls_cache.start();
         let mut server_tls = HashMap::new();
         for (name, listener) in &config.listeners {
             let chains = listener
@@ -62,12 +68,14 @@ impl Runtime {
                 .chain(listener.default_chain.iter().map(|c| (ChainId::Default, c)));
             for (id, chain) in chains {
                 if let Some(t) = &chain.tls {
-                    server_tls.insert((name.clone(), id), tls::server(t, &config));
+                    server_tls.insert((name.clone(), id), tls_cache.server(t, &config));
                 }
             }
         }
+        let clusters = upstream::build(&config, health, metrics, tls_cache);
+        tls_cache.finish();
         Self {
-            clusters: upstream::build(&config, health, metrics),
+            clusters,
             metrics: metrics.clone(),
             settings,
             server_tls,

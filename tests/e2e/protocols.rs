@@ -438,4 +438,52 @@ fn later_connections_between_two_sidecars_resume_the_tls_session() {
         "source_principal=\"spiffe://red.local/ns/shop/sa/client\"",
     );
     assert_eq!(opened, 3.0, "{server_stats}");
+
+    // A change that leaves TLS as it was (another service) rebuilds both sidecars' runtimes
+    // but keeps their TLS configurations, ticket keys and stores: the next connection resumes.
+    let cds_updates = |proxy: &IsthmusProxy| {
+        proxy.config_dump()["xds"]["types"]
+            .as_array()
+            .and_then(|types| types.iter().find(|t| t["type"] == "CDS"))
+            .and_then(|t| t["updates_accepted"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = [cds_updates(&client), cds_updates(&server)];
+    write(
+        &dir.path().join("config"),
+        "other.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other, namespace: shop}
+spec:
+  hosts: [other.shop.local]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 127.0.0.1}]
+",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cds_updates(&client) <= before[0] || cds_updates(&server) <= before[1] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new service never reached both sidecars"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = curl(&[&format!("http://127.0.0.1:{tcp_local}/raw")])
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", client.logs(), server.logs()));
+    assert_eq!(status, 200, "{body}");
+    let (_, client_stats) = client.admin_get("/stats/prometheus");
+    let (_, server_stats) = server.admin_get("/stats/prometheus");
+    assert_eq!(
+        counter(&client_stats, handshakes, upstream),
+        3.0,
+        "resumed after the change: {client_stats}"
+    );
+    assert_eq!(
+        counter(&server_stats, handshakes, downstream),
+        3.0,
+        "{server_stats}"
+    );
 }

@@ -42,6 +42,7 @@ use crate::runtime::{Runtime, Settings};
 use crate::telemetry::labels::{Reporter, Workload, unknown};
 use crate::telemetry::request::{ConnectionTelemetry, UpstreamFacts};
 use crate::telemetry::tcp::TcpContext;
+use crate::transport::tls_cache::TlsCache;
 use crate::upstream::outlier::HealthRegistry;
 use sha2::{Digest, Sha256};
 
@@ -64,12 +65,13 @@ pub async fn run(
     let runtime_rx = runtime_tx.subscribe();
     let pool = Arc::new(Pool::default());
     let health = HealthRegistry::default();
+    let tls_cache = TlsCache::default();
     let mut accepting: JoinSet<()> = JoinSet::new();
     // By name: the configured address, the one bound, and its accept loop.
     let mut bound: HashMap<String, (SocketAddr, SocketAddr, AbortHandle)> = HashMap::new();
     let draining = loop {
         let current = config.borrow_and_update().clone();
-        let runtime = Runtime::build(current.clone(), &health, &metrics, settings);
+        let runtime = Runtime::build(current.clone(), &health, &metrics, settings, &tls_cache);
         if let Some(telemetry) = &metrics.telemetry {
             telemetry.tracer.configure(trace_collector(&runtime));
         }

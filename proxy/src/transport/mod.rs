@@ -1,11 +1,13 @@
 //! Byte streams: TLS configurations from SDS secrets (or from PEM outside the mesh), and the
 //! boxed stream type that connections pass around (plain TCP or TLS, either direction).
 
+pub mod digest;
 pub mod edge_tls;
 pub mod external_tls;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tls;
+pub mod tls_cache;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -23,9 +23,10 @@ use tokio::net::TcpStream;
 use crate::config::ProxyConfig;
 use crate::config::cluster::{Cluster, Discovery, HttpVersion};
 use crate::config::endpoint::LoadAssignment;
-use crate::config::secret::Secret;
 use crate::config::tls::{ExternalCertificate, ExternalRoots, Pem};
 use crate::metrics::Metrics;
+use crate::transport::digest::{self, CertificateBy, field};
+use crate::transport::tls_cache::TlsCache;
 use crate::transport::{BoxedIo, tls};
 
 use self::balance::Balancer;
@@ -87,8 +88,9 @@ pub struct ClusterRuntime {
     pub balancer: Balancer,
     /// `None`: plaintext; `Some(Err)`: TLS that cannot be set up yet (a missing secret).
     pub tls: Option<Result<Arc<rustls::ClientConfig>, tls::TlsError>>,
-    /// For a mesh cluster, `tls` copied per host, so that sessions resume host by host.
-    pub sessions: tls::PerHostSessions,
+    /// For a mesh cluster, `tls` copied per host, so that sessions resume host by host (kept,
+    /// with `tls`, across configuration changes that leave its TLS as it was).
+    pub sessions: Arc<tls::PerHostSessions>,
     pub metrics: Arc<Metrics>,
     /// Circuit breaker counters (open connections, pending and open requests, retries).
     pub load: Arc<ClusterLoad>,
@@ -137,9 +139,9 @@ impl ClusterKey {
                         Some(name) => {
                             field(&mut h, b"some");
                             field(&mut h, name.as_bytes());
-                            let digest = secrets
-                                .entry(name)
-                                .or_insert_with(|| secret_digest(config.secrets.get(name)));
+                            let digest = secrets.entry(name).or_insert_with(|| {
+                                digest::secret(config.secrets.get(name), CertificateBy::Identity)
+                            });
                             field(&mut h, &digest[..]);
                         }
                     }
@@ -181,9 +183,9 @@ impl ClusterKey {
                         for name in sds {
                             field(&mut h, b"sds");
                             field(&mut h, name.as_bytes());
-                            let digest = secrets
-                                .entry(name)
-                                .or_insert_with(|| secret_digest(config.secrets.get(name)));
+                            let digest = secrets.entry(name).or_insert_with(|| {
+                                digest::secret(config.secrets.get(name), CertificateBy::Identity)
+                            });
                             field(&mut h, &digest[..]);
                         }
                     }
@@ -197,47 +199,6 @@ impl ClusterKey {
     }
 }
 
-/// The content of a secret as a digest: the certificate's identity, or each trust domain with
-/// its roots (trust withdrawn must end what it allowed); a missing secret hashes as such.
-fn secret_digest(secret: Option<&Arc<Secret>>) -> [u8; 32] {
-    let mut h = Sha256::new();
-    match secret.map(|s| &**s) {
-        None => field(&mut h, b"missing"),
-        // The identity, not the chain: a renewed certificate of the same identity keeps the
-        // connections made with the one before (as Envoy does on rotation); another identity
-        // does not.
-        Some(Secret::Certificate(cert)) => {
-            field(&mut h, b"certificate");
-            field(&mut h, cert.spiffe_id().to_string().as_bytes());
-        }
-        // A credential's certificate by content, as one from PEM: a new one ends the
-        // connections made with the one before.
-        Some(Secret::PlainCertificate(cert)) => {
-            field(&mut h, b"plain certificate");
-            for der in cert.chain() {
-                field(&mut h, der);
-            }
-        }
-        Some(Secret::Roots(roots)) => {
-            field(&mut h, b"roots");
-            for der in roots.certificates() {
-                field(&mut h, der);
-            }
-        }
-        Some(Secret::TrustBundles(bundles)) => {
-            field(&mut h, b"bundles");
-            for bundle in bundles {
-                field(&mut h, bundle.trust_domain().as_str().as_bytes());
-                field(&mut h, &(bundle.roots().len() as u64).to_be_bytes());
-                for der in bundle.roots() {
-                    field(&mut h, der);
-                }
-            }
-        }
-    }
-    h.finalize().into()
-}
-
 /// PEM by its content as it is now (a file read now); an unreadable file as such.
 fn pem_field(h: &mut Sha256, pem: &Pem) {
     match pem.content() {
@@ -246,17 +207,12 @@ fn pem_field(h: &mut Sha256, pem: &Pem) {
     }
 }
 
-/// One length-prefixed field of a digest: no two different settings hash the same bytes.
-fn field(h: &mut Sha256, bytes: &[u8]) {
-    h.update((bytes.len() as u64).to_be_bytes());
-    h.update(bytes);
-}
-
 /// Every cluster of a configuration; hosts keep their outlier records from `health`.
 pub fn build(
     config: &ProxyConfig,
     health: &HealthRegistry,
     metrics: &Arc<Metrics>,
+    tls_cache: &TlsCache,
 ) -> HashMap<String, Arc<ClusterRuntime>> {
     let mut secrets = HashMap::new();
     let clusters: HashMap<String, Arc<ClusterRuntime>> = config
@@ -270,14 +226,15 @@ pub fn build(
                 }
                 Discovery::OriginalDst => None,
             };
+            let client_tls = cluster.tls.as_ref().map(|t| tls_cache.client(t, config));
             let runtime = ClusterRuntime {
                 overprovisioning: assignment.as_ref().map_or(140, |a| a.overprovisioning),
                 balancer: Balancer::new(cluster.lb),
                 priorities: assignment
                     .map(|a| by_priority(name, &a, health, cluster.locality_weighted))
                     .unwrap_or_default(),
-                tls: cluster.tls.as_ref().map(|t| tls::client(t, config)),
-                sessions: tls::PerHostSessions::default(),
+                tls: client_tls.as_ref().map(|t| t.config.clone()),
+                sessions: client_tls.map(|t| t.sessions).unwrap_or_default(),
                 name: Arc::from(name.as_str()),
                 cluster: cluster.clone(),
                 metrics: metrics.clone(),

@@ -109,6 +109,7 @@ pub fn runtime(config: &Arc<ProxyConfig>) -> Runtime {
         &HealthRegistry::default(),
         &Arc::new(Metrics::default()),
         Settings::default(),
+        &Default::default(),
     )
 }
 
