@@ -408,29 +408,25 @@ fn later_connections_between_two_sidecars_resume_the_tls_session() {
         assert_eq!(status, 200, "{body}");
     }
     let handshakes = "isthmus_proxy_tls_handshakes_total";
-    let (_, client_stats) = client.admin_get("/stats/prometheus");
-    let (_, server_stats) = server.admin_get("/stats/prometheus");
     let upstream = "side=\"upstream\",resumed=\"true\"";
     let downstream = "side=\"downstream\",resumed=\"true\"";
-    assert_eq!(
-        counter(&client_stats, handshakes, upstream),
-        2.0,
-        "{client_stats}"
-    );
-    assert_eq!(
-        counter(&server_stats, handshakes, downstream),
-        2.0,
-        "{server_stats}"
-    );
-    assert_eq!(
-        counter(
-            &server_stats,
-            handshakes,
-            "side=\"downstream\",resumed=\"false\""
-        ),
-        1.0,
-        "{server_stats}"
-    );
+    // Resumed handshakes: the client's as the upstream side, the server's as the downstream.
+    let resumed = |expected: f64| {
+        let (_, client_stats) = client.admin_get("/stats/prometheus");
+        let (_, server_stats) = server.admin_get("/stats/prometheus");
+        assert_eq!(
+            counter(&client_stats, handshakes, upstream),
+            expected,
+            "{client_stats}"
+        );
+        assert_eq!(
+            counter(&server_stats, handshakes, downstream),
+            expected,
+            "{server_stats}"
+        );
+        server_stats
+    };
+    let server_stats = resumed(2.0);
     // A resumed connection's caller is the certificate of the session's first handshake.
     let opened = counter(
         &server_stats,
@@ -474,16 +470,5 @@ spec:
     let (status, body) = curl(&[&format!("http://127.0.0.1:{tcp_local}/raw")])
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", client.logs(), server.logs()));
     assert_eq!(status, 200, "{body}");
-    let (_, client_stats) = client.admin_get("/stats/prometheus");
-    let (_, server_stats) = server.admin_get("/stats/prometheus");
-    assert_eq!(
-        counter(&client_stats, handshakes, upstream),
-        3.0,
-        "resumed after the change: {client_stats}"
-    );
-    assert_eq!(
-        counter(&server_stats, handshakes, downstream),
-        3.0,
-        "{server_stats}"
-    );
+    resumed(3.0);
 }

@@ -40,29 +40,56 @@ pub struct TlsCache {
 
 #[derive(Debug, Default)]
 struct State {
-    servers: HashMap<Key, Arc<rustls::ServerConfig>>,
-    clients: HashMap<Key, ClientTls>,
-    /// What the build under way used.
-    used_servers: HashMap<Key, Arc<rustls::ServerConfig>>,
-    used_clients: HashMap<Key, ClientTls>,
+    servers: Kept<Arc<rustls::ServerConfig>>,
+    clients: Kept<ClientTls>,
     /// Secret digests of the build under way (a secret named by many contexts is hashed once).
     secrets: HashMap<String, Key>,
+}
+
+/// Configurations of one kind: those of the last build, and those the build under way used.
+#[derive(Debug)]
+struct Kept<T> {
+    kept: HashMap<Key, T>,
+    used: HashMap<Key, T>,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Self {
+            kept: HashMap::new(),
+            used: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Clone> Kept<T> {
+    /// The configuration of `key`, kept or built (a failure is not kept).
+    fn get_or_build<E>(&mut self, key: Key, build: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let found = self.used.get(&key).or_else(|| self.kept.get(&key)).cloned();
+        let value = match found {
+            Some(value) => value,
+            None => build()?,
+        };
+        self.used.insert(key, value.clone());
+        Ok(value)
+    }
 }
 
 impl TlsCache {
     /// Starts a build: what it does not use is dropped at [`TlsCache::finish`].
     pub fn start(&self) {
         let mut state = self.state.lock();
-        state.used_servers.clear();
-        state.used_clients.clear();
+        state.servers.used.clear();
+        state.clients.used.clear();
         state.secrets.clear();
     }
 
     /// Ends a build: keeps only the configurations it used.
     pub fn finish(&self) {
         let mut state = self.state.lock();
-        state.servers = std::mem::take(&mut state.used_servers);
-        state.clients = std::mem::take(&mut state.used_clients);
+        let state = &mut *state;
+        state.servers.kept = std::mem::take(&mut state.servers.used);
+        state.clients.kept = std::mem::take(&mut state.clients.used);
         state.secrets.clear();
     }
 
@@ -80,60 +107,33 @@ impl TlsCache {
         field(&mut h, b"server");
         field(&mut h, &[u8::from(tls.require_client_certificate)]);
         context_digest(&mut h, &tls.context, config, &mut state.secrets);
-        let key: Key = h.finalize().into();
-        let found = state
-            .used_servers
-            .get(&key)
-            .or_else(|| state.servers.get(&key))
-            .cloned();
-        let server = match found {
-            Some(server) => server,
-            None => tls::server(tls, config)?,
-        };
-        state.used_servers.insert(key, server.clone());
-        Ok(server)
+        state
+            .servers
+            .get_or_build(h.finalize().into(), || tls::server(tls, config))
     }
 
     /// A cluster's TLS origination.
     pub fn client(&self, tls: &UpstreamTls, config: &ProxyConfig) -> ClientTls {
-        self.client_config(tls, config)
-            .unwrap_or_else(|e| ClientTls {
-                config: Err(e),
+        let built = || -> Result<ClientTls, TlsError> {
+            Ok(ClientTls {
+                config: Ok(tls::client(tls, config)?),
                 sessions: Arc::default(),
             })
-    }
-
-    fn client_config(
-        &self,
-        tls: &UpstreamTls,
-        config: &ProxyConfig,
-    ) -> Result<ClientTls, TlsError> {
-        if tls.external.is_some() {
-            return Ok(ClientTls {
-                config: Ok(tls::client(tls, config)?),
-                sessions: Arc::default(),
-            });
-        }
-        let mut state = self.state.lock();
-        let mut h = Sha256::new();
-        field(&mut h, b"client");
-        context_digest(&mut h, &tls.context, config, &mut state.secrets);
-        let key: Key = h.finalize().into();
-        let found = state
-            .used_clients
-            .get(&key)
-            .or_else(|| state.clients.get(&key))
-            .cloned();
-        // Clusters built from the same context share it, as one cluster's hosts do.
-        let client = match found {
-            Some(client) => client,
-            None => ClientTls {
-                config: Ok(tls::client(tls, config)?),
-                sessions: Arc::default(),
-            },
         };
-        state.used_clients.insert(key, client.clone());
-        Ok(client)
+        let client = if tls.external.is_some() {
+            built()
+        } else {
+            let mut state = self.state.lock();
+            let mut h = Sha256::new();
+            field(&mut h, b"client");
+            context_digest(&mut h, &tls.context, config, &mut state.secrets);
+            // Clusters built from the same context share it, as one cluster's hosts do.
+            state.clients.get_or_build(h.finalize().into(), built)
+        };
+        client.unwrap_or_else(|e| ClientTls {
+            config: Err(e),
+            sessions: Arc::default(),
+        })
     }
 }
 
@@ -295,7 +295,7 @@ mod tests {
         // A build without that listener drops its configuration ...
         cache.start();
         cache.finish();
-        assert!(cache.state.lock().servers.is_empty());
+        assert!(cache.state.lock().servers.kept.is_empty());
         // ... so that it comes back new.
         let (server2, _) = build(&cache, &config, &[ECHO]);
         assert!(!Arc::ptr_eq(&server, &server2));
@@ -310,7 +310,7 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("ROOTCA"), "{err}");
         cache.finish();
-        assert!(cache.state.lock().clients.is_empty());
+        assert!(cache.state.lock().clients.kept.is_empty());
         let (_, client) = build(&cache, &config, &[ECHO]);
         assert!(client.config.is_ok());
     }
