@@ -17,7 +17,7 @@ const fn pairs() -> [[u8; 2]; 256] {
 
 /// Writes `bytes` as hex into `out`, which holds exactly two digits per byte.
 pub fn write(out: &mut [u8], bytes: &[u8]) {
-    debug_assert_eq!(out.len(), 2 * bytes.len());
+    assert_eq!(out.len(), 2 * bytes.len(), "two hex digits per byte");
     for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&PAIRS[usize::from(*byte)]);
     }

@@ -437,14 +437,11 @@ fn later_connections_between_two_sidecars_resume_the_tls_session() {
 
     // A change that leaves TLS as it was (another service) rebuilds both sidecars' runtimes
     // but keeps their TLS configurations, ticket keys and stores: the next connection resumes.
-    let cds_updates = |proxy: &IsthmusProxy| {
-        proxy.config_dump()["xds"]["types"]
-            .as_array()
-            .and_then(|types| types.iter().find(|t| t["type"] == "CDS"))
-            .and_then(|t| t["updates_accepted"].as_u64())
-            .unwrap_or(0)
-    };
-    let before = [cds_updates(&client), cds_updates(&server)];
+    // `/clusters` reads the runtime in force: the change has been applied when it lists the new
+    // service's cluster.
+    let applied =
+        |proxy: &IsthmusProxy| proxy.admin_get("/clusters").1.contains("other.shop.local");
+    assert!(!applied(&client) && !applied(&server));
     write(
         &dir.path().join("config"),
         "other.yaml",
@@ -460,7 +457,7 @@ spec:
 ",
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while cds_updates(&client) <= before[0] || cds_updates(&server) <= before[1] {
+    while !applied(&client) || !applied(&server) {
         assert!(
             std::time::Instant::now() < deadline,
             "the new service never reached both sidecars"
@@ -470,5 +467,14 @@ spec:
     let (status, body) = curl(&[&format!("http://127.0.0.1:{tcp_local}/raw")])
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", client.logs(), server.logs()));
     assert_eq!(status, 200, "{body}");
-    resumed(3.0);
+    let server_stats = resumed(3.0);
+    assert_eq!(
+        counter(
+            &server_stats,
+            handshakes,
+            "side=\"downstream\",resumed=\"false\""
+        ),
+        1.0,
+        "still the one full handshake: {server_stats}"
+    );
 }

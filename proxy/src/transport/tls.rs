@@ -94,6 +94,11 @@ pub struct PerHostSessions {
 }
 
 impl PerHostSessions {
+    /// Keeps the configurations of the hosts `keep` says yes to.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.configs.lock().retain(|addr, _| keep(addr));
+    }
+
     /// The configuration to reach `host` with, `cluster`'s own past
     /// [`HOSTS_WITH_OWN_SESSIONS`] hosts.
     pub fn config(
@@ -219,5 +224,10 @@ mod tests {
         let past_the_limit = sessions.config(&cluster, host(HOSTS_WITH_OWN_SESSIONS));
         assert!(Arc::ptr_eq(&past_the_limit, &cluster));
         assert!(Arc::ptr_eq(&a, &sessions.config(&cluster, host(0))));
+        // Hosts that left give their places to new ones.
+        sessions.retain(|addr| *addr == host(0));
+        assert!(Arc::ptr_eq(&a, &sessions.config(&cluster, host(0))));
+        let new = sessions.config(&cluster, host(HOSTS_WITH_OWN_SESSIONS));
+        assert!(!Arc::ptr_eq(&new, &cluster), "a place of its own");
     }
 }

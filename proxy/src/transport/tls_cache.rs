@@ -8,8 +8,11 @@
 //! from, by content: the certificate's chain, the trust bundles, the expected peers, ALPN and,
 //! for a server, whether a client certificate is required. Anything else builds a new one,
 //! so a session still resumes only under the certificate, bundles and peer policy that
-//! verified it. Configurations outside the mesh (`external`) hold no session state and are
-//! built each time; a configuration that cannot be built yet is never kept.
+//! verified it. Filter chains with the same inputs share a server configuration; a client
+//! configuration is kept per cluster, with its hosts' ticket stores (`PerHostSessions`, pruned
+//! to the cluster's current hosts by `upstream::build`). Configurations outside the mesh
+//! (`external`) hold no session state and are built each time; a configuration that cannot be
+//! built yet is never kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -112,8 +115,9 @@ impl TlsCache {
             .get_or_build(h.finalize().into(), || tls::server(tls, config))
     }
 
-    /// A cluster's TLS origination.
-    pub fn client(&self, tls: &UpstreamTls, config: &ProxyConfig) -> ClientTls {
+    /// The TLS origination of the cluster `cluster`: kept per cluster, since its hosts' ticket
+    /// stores are the cluster's own.
+    pub fn client(&self, cluster: &str, tls: &UpstreamTls, config: &ProxyConfig) -> ClientTls {
         let built = || -> Result<ClientTls, TlsError> {
             Ok(ClientTls {
                 config: Ok(tls::client(tls, config)?),
@@ -126,8 +130,8 @@ impl TlsCache {
             let mut state = self.state.lock();
             let mut h = Sha256::new();
             field(&mut h, b"client");
+            field(&mut h, cluster.as_bytes());
             context_digest(&mut h, &tls.context, config, &mut state.secrets);
-            // Clusters built from the same context share it, as one cluster's hosts do.
             state.clients.get_or_build(h.finalize().into(), built)
         };
         client.unwrap_or_else(|e| ClientTls {
@@ -219,7 +223,7 @@ mod tests {
     ) -> (Arc<rustls::ServerConfig>, ClientTls) {
         cache.start();
         let server = cache.server(&downstream(), config).unwrap();
-        let client = cache.client(&upstream(peers), config);
+        let client = cache.client("outbound|80||echo", &upstream(peers), config);
         cache.finish();
         (server, client)
     }
@@ -287,6 +291,35 @@ mod tests {
     }
 
     #[test]
+    fn alpn_client_certificates_and_clusters_each_count() {
+        let ca = TestCa::new("red.local");
+        let config = mesh_config(&ca, "client");
+        let cache = TlsCache::default();
+        cache.start();
+        let server = cache.server(&downstream(), &config).unwrap();
+        let optional = DownstreamTls {
+            require_client_certificate: false,
+            ..downstream()
+        };
+        assert!(!Arc::ptr_eq(
+            &server,
+            &cache.server(&optional, &config).unwrap()
+        ));
+        let mut h2 = downstream();
+        h2.context.alpn = vec!["h2".into()];
+        assert!(!Arc::ptr_eq(&server, &cache.server(&h2, &config).unwrap()));
+        assert!(Arc::ptr_eq(
+            &server,
+            &cache.server(&downstream(), &config).unwrap()
+        ));
+        // Each cluster keeps its own hosts' tickets, even with the same TLS.
+        let a = cache.client("a", &upstream(&[ECHO]), &config);
+        let b = cache.client("b", &upstream(&[ECHO]), &config);
+        assert!(!Arc::ptr_eq(&a.sessions, &b.sessions));
+        cache.finish();
+    }
+
+    #[test]
     fn only_what_the_last_build_used_is_kept_and_failures_are_not() {
         let ca = TestCa::new("red.local");
         let config = mesh_config(&ca, "client");
@@ -305,7 +338,7 @@ mod tests {
         missing.secrets.remove("ROOTCA");
         cache.start();
         let err = cache
-            .client(&upstream(&[ECHO]), &missing)
+            .client("outbound|80||echo", &upstream(&[ECHO]), &missing)
             .config
             .unwrap_err();
         assert!(err.contains("ROOTCA"), "{err}");

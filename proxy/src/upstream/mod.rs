@@ -226,13 +226,27 @@ pub fn build(
                 }
                 Discovery::OriginalDst => None,
             };
-            let client_tls = cluster.tls.as_ref().map(|t| tls_cache.client(t, config));
+            let client_tls = cluster
+                .tls
+                .as_ref()
+                .map(|t| tls_cache.client(name, t, config));
+            let priorities: Vec<Vec<Arc<Host>>> = assignment
+                .as_ref()
+                .map(|a| by_priority(name, a, health, cluster.locality_weighted))
+                .unwrap_or_default();
+            // Kept sessions of hosts that left (a rollout's old pods) would hold the places
+            // of new ones.
+            if let Some(t) = &client_tls {
+                t.sessions.retain(|addr| {
+                    priorities.iter().flatten().any(|h| {
+                        h.port == addr.port() && h.host.parse::<std::net::IpAddr>() == Ok(addr.ip())
+                    })
+                });
+            }
             let runtime = ClusterRuntime {
                 overprovisioning: assignment.as_ref().map_or(140, |a| a.overprovisioning),
                 balancer: Balancer::new(cluster.lb),
-                priorities: assignment
-                    .map(|a| by_priority(name, &a, health, cluster.locality_weighted))
-                    .unwrap_or_default(),
+                priorities,
                 tls: client_tls.as_ref().map(|t| t.config.clone()),
                 sessions: client_tls.map(|t| t.sessions).unwrap_or_default(),
                 name: Arc::from(name.as_str()),
