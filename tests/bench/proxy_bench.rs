@@ -79,6 +79,23 @@ struct Args {
     /// that `isthmus-proxy` pair.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
+    /// Only these comparisons at `--rate` (for profiling one protocol); all three if none.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Compared>,
+}
+
+/// The comparisons at `--rate`, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Compared {
+    Http1,
+    Http2,
+    Tcp,
+}
+
+impl Args {
+    fn runs(&self, compared: Compared) -> bool {
+        self.only.is_empty() || self.only.contains(&compared)
+    }
 }
 
 /// The figures of one set-up.
@@ -678,13 +695,17 @@ spec: {{mtls: {{mode: STRICT}}}}
     let isthmus_pids = [isthmus_client.pid(), isthmus_server.pid()];
     let off_pids = [off_client.pid(), off_server.pid()];
     let envoy_pids = [envoy_client.pid(), envoy_server.pid()];
-    for (protocol, label) in [
-        (Protocol::Http1, "HTTP/1.1"),
+    for (protocol, compared, label) in [
+        (Protocol::Http1, Compared::Http1, "HTTP/1.1"),
         (
             Protocol::Http2,
+            Compared::Http2,
             "HTTP/2 (h2c from the client to its sidecar and to the app; HTTP/1.1 over mTLS between the sidecars)",
         ),
     ] {
+        if !args.runs(compared) {
+            continue;
+        }
         println!(
             "\n{label}: {} rps for {} s per set-up in turns of {} s, {} connections, {} B responses; each proxy on one worker thread",
             args.rate,
@@ -739,58 +760,60 @@ spec: {{mtls: {{mode: STRICT}}}}
         );
     }
 
-    println!(
-        "\nRaw TCP ({TCP_MESSAGE} B written, {TCP_MESSAGE} B read back per request): {} rps for {} s per set-up in turns of {} s, {} connections; each proxy on one worker thread",
-        args.rate,
-        slices(args.seconds, args.slice).1,
-        slices(args.seconds, args.slice).0,
-        args.connections
-    );
-    let setups = [
-        Setup {
-            name: "direct",
-            target: tcp_addr,
-            url: "/",
-            header: None,
-            pids: &[],
-        },
-        Setup {
-            name: "isthmus-proxy pair, telemetry on",
-            target: local(isthmus_tcp),
-            url: "/",
-            header: None,
-            pids: &isthmus_pids,
-        },
-        Setup {
-            name: "isthmus-proxy pair, --telemetry off",
-            target: local(off_tcp),
-            url: "/",
-            header: None,
-            pids: &off_pids,
-        },
-        Setup {
-            name: "Envoy pair",
-            target: local(envoy_tcp),
-            url: "/",
-            header: None,
-            pids: &envoy_pids,
-        },
-    ];
-    report(
-        &measure_in_turns(&setups, Protocol::Tcp, &args).await,
-        &args,
-    );
-    println!(
-        "{}",
-        check_istio_metric(
-            "istio_tcp_connections_opened_total",
-            [
-                (&isthmus_client, "source"),
-                (&isthmus_server, "destination")
-            ],
-            [&off_client, &off_server],
-        )?
-    );
+    if args.runs(Compared::Tcp) {
+        println!(
+            "\nRaw TCP ({TCP_MESSAGE} B written, {TCP_MESSAGE} B read back per request): {} rps for {} s per set-up in turns of {} s, {} connections; each proxy on one worker thread",
+            args.rate,
+            slices(args.seconds, args.slice).1,
+            slices(args.seconds, args.slice).0,
+            args.connections
+        );
+        let setups = [
+            Setup {
+                name: "direct",
+                target: tcp_addr,
+                url: "/",
+                header: None,
+                pids: &[],
+            },
+            Setup {
+                name: "isthmus-proxy pair, telemetry on",
+                target: local(isthmus_tcp),
+                url: "/",
+                header: None,
+                pids: &isthmus_pids,
+            },
+            Setup {
+                name: "isthmus-proxy pair, --telemetry off",
+                target: local(off_tcp),
+                url: "/",
+                header: None,
+                pids: &off_pids,
+            },
+            Setup {
+                name: "Envoy pair",
+                target: local(envoy_tcp),
+                url: "/",
+                header: None,
+                pids: &envoy_pids,
+            },
+        ];
+        report(
+            &measure_in_turns(&setups, Protocol::Tcp, &args).await,
+            &args,
+        );
+        println!(
+            "{}",
+            check_istio_metric(
+                "istio_tcp_connections_opened_total",
+                [
+                    (&isthmus_client, "source"),
+                    (&isthmus_server, "destination")
+                ],
+                [&off_client, &off_server],
+            )?
+        );
+    }
 
     if args.throughput_seconds > 0 || args.churn_seconds > 0 {
         // The pair under test on CPU 1; this process (load generator and application) on 0.

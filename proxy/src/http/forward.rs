@@ -68,7 +68,8 @@ const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 
 /// Forwards a routed request to the route's cluster and answers with the upstream's response
 /// (or a local one), the response edits of every level applied. `outgoing`: what telemetry
-/// adds to the upstream request.
+/// adds to the upstream request; `upstream`: where telemetry is told which cluster the request
+/// went to and who the upstream proved to be.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     mut request: http::Request<Incoming>,
@@ -79,6 +80,7 @@ pub async fn forward(
     conn: &Connection,
     runtime: &Arc<Runtime>,
     outgoing: Option<Outgoing>,
+    upstream: &mut Option<UpstreamFacts>,
 ) -> http::Response<Body> {
     let (cluster_name, target_edits) = pick_target(&action.targets);
     let Some(cluster) = runtime.clusters.get(cluster_name).cloned() else {
@@ -140,7 +142,7 @@ pub async fn forward(
             Err(e) => e.reply(),
         };
         edit(response.headers_mut(), edits.iter().map(|e| &e.response));
-        response.extensions_mut().insert(UpstreamFacts {
+        *upstream = Some(UpstreamFacts {
             cluster: cluster.name.clone(),
             facts: cluster.cluster.telemetry.clone(),
             principal: None,
@@ -198,11 +200,8 @@ pub async fn forward(
         // Answered at once, as is.
         Err(refused) => {
             tracing::debug!(cluster = cluster_name, reason = refused.reason(), error = %refused, "request not sent");
-            let mut response = refused.reply();
-            if let Some(facts) = upstream_facts {
-                response.extensions_mut().insert(facts);
-            }
-            return response;
+            *upstream = upstream_facts;
+            return refused.reply();
         }
     };
     strip_hop_by_hop(response.headers_mut());
@@ -216,7 +215,7 @@ pub async fn forward(
             facts.principal = Some(verified.id.clone());
             facts.exchange = Some(verified.exchange.clone());
         }
-        response.extensions_mut().insert(facts);
+        *upstream = Some(facts);
     }
     response
 }

@@ -34,7 +34,9 @@ use crate::config::route::{Action, Route, RouteTable, VirtualHost};
 use crate::drain;
 use crate::metrics::{ListenerLabels, ResponseLabels};
 use crate::runtime::{ChainId, Runtime};
-use crate::telemetry::request::{ConnectionTelemetry, Observation, Outgoing, ResponseFlags};
+use crate::telemetry::request::{
+    ConnectionTelemetry, Observation, Outgoing, ResponseFlags, UpstreamFacts,
+};
 use crate::telemetry::tcp::TcpContext;
 use crate::transport::BoxedIo;
 
@@ -136,11 +138,14 @@ pub async fn serve_connection(
             let mut request = request;
             let mut observation = conn.telemetry.as_ref().map(|t| t.begin(&mut request));
             let outgoing = observation.as_mut().and_then(Observation::take_outgoing);
-            let response = handle(request, &conn, outgoing).await;
+            // Told by the forward path, for telemetry: handed over, not put in the response's
+            // extensions (that would cost up to three allocations per response).
+            let mut upstream = None;
+            let response = handle(request, &conn, outgoing, &mut upstream).await;
             let class = usize::from(response.status().as_u16() / 100).clamp(1, 5);
             responses[class - 1].inc();
             let response = match observation {
-                Some(o) => o.finish(response),
+                Some(o) => o.finish(response, upstream),
                 None => response,
             };
             Ok::<_, Infallible>(response)
@@ -203,11 +208,13 @@ pub fn full(bytes: Bytes) -> Body {
         .boxed_unsync()
 }
 
-/// `outgoing`: what telemetry adds to the upstream request, if the request goes upstream.
+/// `outgoing`: what telemetry adds to the upstream request, if the request goes upstream;
+/// `upstream`: where the forward path tells telemetry where the request went.
 async fn handle(
     request: http::Request<Incoming>,
     conn: &Connection,
     outgoing: Option<Outgoing>,
+    upstream: &mut Option<UpstreamFacts>,
 ) -> http::Response<Body> {
     let Some(hcm) = conn.manager() else {
         return local_reply(http::StatusCode::SERVICE_UNAVAILABLE, "listener changed");
@@ -295,7 +302,7 @@ async fn handle(
         delayed = outcome.delayed;
     }
     let mut response = respond(
-        request, conn, hcm, &latest, table, vh, route, &authority, outgoing,
+        request, conn, hcm, &latest, table, vh, route, &authority, outgoing, upstream,
     )
     .await;
     response.headers_mut().extend(cors_headers);
@@ -317,6 +324,7 @@ async fn respond(
     route: &Route,
     authority: &str,
     outgoing: Option<Outgoing>,
+    upstream: &mut Option<UpstreamFacts>,
 ) -> http::Response<Body> {
     match &route.action {
         Action::Direct { status, body } => {
@@ -346,7 +354,7 @@ async fn respond(
                 table: &table.headers,
             };
             forward::forward(
-                request, action, &edits, authority, hcm, conn, latest, outgoing,
+                request, action, &edits, authority, hcm, conn, latest, outgoing, upstream,
             )
             .await
         }

@@ -1,9 +1,10 @@
 //! One HTTP request's telemetry, from its head to the end of its response body: Istio's
 //! request metrics on both reporters, the metadata exchange headers, and the request's span.
 //!
-//! The forward path tells the recorder what only it learns through the response's extensions
-//! ([`UpstreamFacts`], [`ResponseFlags`]) and is handed what it must add to the upstream
-//! request ([`Outgoing`]); the request's body is counted into [`RequestBytes`].
+//! The forward path tells the recorder where the request went ([`UpstreamFacts`], handed to
+//! [`Observation::finish`]) and, in the response's extensions, the flags of a local answer
+//! ([`ResponseFlags`]); it is handed what it must add to the upstream request ([`Outgoing`]);
+//! the request's body is counted into [`RequestBytes`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -228,15 +229,16 @@ impl Observation {
     /// At the response's head: reads (and removes) the callee's metadata (source reporter,
     /// from a callee whose certificate was verified), adds ours for a verified caller
     /// (destination reporter), and wraps the body so that the request is recorded when it
-    /// ends.
-    pub fn finish(mut self, mut response: http::Response<Body>) -> http::Response<Body> {
+    /// ends. `upstream`: where the forward path sent the request, if it did.
+    pub fn finish(
+        mut self,
+        mut response: http::Response<Body>,
+        upstream: Option<UpstreamFacts>,
+    ) -> http::Response<Body> {
         let Some(pending) = self.state.take() else {
             return response;
         };
-        let upstream = response
-            .extensions_mut()
-            .remove::<UpstreamFacts>()
-            .or_else(|| pending.conn.served.clone());
+        let upstream = upstream.or_else(|| pending.conn.served.clone());
         let flags = response
             .extensions_mut()
             .remove::<ResponseFlags>()

@@ -118,7 +118,7 @@ async fn a_verified_callers_metadata_names_it_and_is_answered_then_removed() {
         "stripped"
     );
     assert!(req.headers().contains_key("x-request-id"), "an id is given");
-    let answered = observation.finish(response(200, "hello"));
+    let answered = observation.finish(response(200, "hello"), None);
     assert_eq!(
         answered.headers().get(peer_metadata::HEADER),
         Some(&conn.node.headers.metadata),
@@ -169,7 +169,7 @@ async fn metadata_for_another_namespace_or_from_an_unverified_caller_names_no_on
             req.headers().get(peer_metadata::HEADER).is_none(),
             "stripped anyway"
         );
-        let answered = observation.finish(response(200, ""));
+        let answered = observation.finish(response(200, ""), None);
         // An unverified caller gets nothing back either.
         assert_eq!(
             answered.headers().get(peer_metadata::HEADER).is_some(),
@@ -205,7 +205,7 @@ async fn a_body_dropped_midway_is_dc_but_a_head_answer_is_complete() {
     // A streamed body of unknown length: one frame, then the client goes away.
     let mut partial = response(200, "");
     *partial.body_mut() = Body::new(Endless { sent: false });
-    let mut answered = observation.finish(partial);
+    let mut answered = observation.finish(partial, None);
     let frame = answered.body_mut().frame().await;
     assert!(frame.is_some_and(|f| f.is_ok_and(|f| f.is_data())));
     drop(answered);
@@ -216,7 +216,7 @@ async fn a_body_dropped_midway_is_dc_but_a_head_answer_is_complete() {
     let mut req = request(http::Method::HEAD, None);
     let observation = conn.begin(&mut req);
     // hyper drops a HEAD answer's body unread.
-    drop(observation.finish(response(200, "not sent")));
+    drop(observation.finish(response(200, "not sent"), None));
     let lines = requests(&registry);
     assert!(
         one_with(&lines, &["response_flags=\"-\"", "response_code=\"200\""]),
@@ -253,7 +253,7 @@ async fn a_kept_callers_later_requests_are_named_without_its_metadata() {
     let (registry, conn) = server(Some(CLIENT));
     let client = OwnHeaders::new("client.shop", "client", "shop", "web", "red");
     let mut first = request(http::Method::GET, Some(&client));
-    let answered = conn.begin(&mut first).finish(response(200, "a"));
+    let answered = conn.begin(&mut first).finish(response(200, "a"), None);
     assert_eq!(
         answered.headers().get(peer_metadata::KEPT_HEADER_NAME),
         Some(&HeaderValue::from_static("1")),
@@ -261,7 +261,7 @@ async fn a_kept_callers_later_requests_are_named_without_its_metadata() {
     );
     drop(answered.into_body().collect().await.expect("body"));
     let mut later = request(http::Method::GET, None);
-    let answered = conn.begin(&mut later).finish(response(200, "b"));
+    let answered = conn.begin(&mut later).finish(response(200, "b"), None);
     assert!(
         answered.headers().get(peer_metadata::HEADER).is_none(),
         "a caller that sent nothing gets nothing back"
@@ -275,7 +275,7 @@ async fn a_kept_callers_later_requests_are_named_without_its_metadata() {
 
     let (_, unverified) = server(None);
     let mut req = request(http::Method::GET, Some(&client));
-    let answered = unverified.begin(&mut req).finish(response(200, ""));
+    let answered = unverified.begin(&mut req).finish(response(200, ""), None);
     assert!(
         answered
             .headers()
@@ -305,7 +305,7 @@ async fn a_kept_callers_later_requests_are_named_without_its_metadata() {
         }
     };
     let mut req = request(http::Method::GET, Some(&istio));
-    let answered = conn.begin(&mut req).finish(response(200, ""));
+    let answered = conn.begin(&mut req).finish(response(200, ""), None);
     assert!(
         answered.headers().get(peer_metadata::HEADER).is_some(),
         "answered as Istio answers"
@@ -339,7 +339,6 @@ async fn a_callee_that_keeps_the_metadata_is_named_from_the_first_answer() {
         "green",
     );
     let mut first = response(200, "a");
-    first.extensions_mut().insert(upstream());
     let headers = first.headers_mut();
     headers.insert(peer_metadata::HEADER_NAME, ratings.metadata.clone());
     headers.insert(peer_metadata::ID_HEADER_NAME, ratings.id.clone());
@@ -348,7 +347,7 @@ async fn a_callee_that_keeps_the_metadata_is_named_from_the_first_answer() {
         HeaderValue::from_static("1"),
     );
     let mut req = request(http::Method::GET, None);
-    let answered = conn.begin(&mut req).finish(first);
+    let answered = conn.begin(&mut req).finish(first, Some(upstream()));
     assert!(answered.headers().get(peer_metadata::HEADER).is_none());
     assert!(
         answered
@@ -362,12 +361,11 @@ async fn a_callee_that_keeps_the_metadata_is_named_from_the_first_answer() {
     );
     drop(answered.into_body().collect().await.expect("body"));
 
-    let mut later = response(200, "b");
-    later.extensions_mut().insert(upstream());
+    let later = response(200, "b");
     let mut req = request(http::Method::GET, None);
     drop(
         conn.begin(&mut req)
-            .finish(later)
+            .finish(later, Some(upstream()))
             .into_body()
             .collect()
             .await
@@ -394,18 +392,18 @@ async fn a_marker_alone_settles_nothing() {
     let (_, conn) = sidecar(Reporter::Source, None);
     let exchange = Arc::new(UpstreamExchange::default());
     let mut answer = response(200, "");
-    answer.extensions_mut().insert(UpstreamFacts {
+    let upstream = UpstreamFacts {
         cluster: Arc::from("outbound|9080||ratings.bookinfo.svc.cluster.local"),
         facts: Arc::default(),
         principal: Some(Arc::from(RATINGS)),
         exchange: Some(exchange.clone()),
-    });
+    };
     answer.headers_mut().insert(
         peer_metadata::KEPT_HEADER_NAME,
         HeaderValue::from_static("1"),
     );
     let mut req = request(http::Method::GET, None);
-    let answered = conn.begin(&mut req).finish(answer);
+    let answered = conn.begin(&mut req).finish(answer, Some(upstream));
     assert!(
         answered
             .headers()
