@@ -133,11 +133,18 @@ pub async fn forward(
 
     if let (Some(protocol), Some(on_upgrade)) = (&upgrade, on_upgrade) {
         let mut response = match upgrade_request(parts, &target) {
-            Ok(mut upstream) => {
+            Ok(mut upstream_request) => {
                 if let Some(outgoing) = outgoing {
-                    add_outgoing(upstream.headers_mut(), &outgoing, to_mesh(&cluster));
+                    add_outgoing(upstream_request.headers_mut(), &outgoing, to_mesh(&cluster));
                 }
-                super::upgrade::forward(on_upgrade, upstream, protocol, &cluster, &conn.drain).await
+                super::upgrade::forward(
+                    on_upgrade,
+                    upstream_request,
+                    protocol,
+                    &cluster,
+                    &conn.drain,
+                )
+                .await
             }
             Err(e) => e.reply(),
         };
