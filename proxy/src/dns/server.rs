@@ -144,8 +144,7 @@ pub async fn bind(
     config: watch::Receiver<Arc<ProxyConfig>>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<DnsServer> {
-    let udp = UdpSocket::bind(addr).await?;
-    let tcp = TcpListener::bind(udp.local_addr()?).await?;
+    let (udp, tcp) = bind_both(addr).await?;
     Ok(DnsServer {
         udp: Arc::new(udp),
         tcp,
@@ -156,6 +155,27 @@ pub async fn bind(
             metrics,
         }),
     })
+}
+
+/// A UDP socket and a TCP listener on one port. Port 0 lets the system choose the UDP port,
+/// which another socket may hold for TCP: then the system is asked again.
+async fn bind_both(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    const ATTEMPTS: usize = 16;
+    let mut attempt = 1;
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl DnsServer {
@@ -275,5 +295,25 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> std::io::Re
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&reply);
         stream.write_all(&framed).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_both;
+
+    #[tokio::test]
+    async fn port_zero_gives_udp_and_tcp_one_port() {
+        let (udp, tcp) = bind_both("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_eq!(udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_named_port_taken_for_tcp_is_an_error_not_another_port() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        // The UDP port of the same number is most likely free; if not, the error is the same.
+        let error = bind_both(addr).await.expect_err("the TCP port is taken");
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
     }
 }
