@@ -257,6 +257,11 @@ pub async fn load(
     (h, errors.load(std::sync::atomic::Ordering::Relaxed))
 }
 
+/// CPU seconds of `pids` so far.
+fn cpu(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| proc_cpu_precise(*p)).sum()
+}
+
 /// One set-up of a side-by-side comparison: where its load goes, and the processes whose CPU
 /// it is charged.
 pub struct Setup<'a> {
@@ -265,6 +270,28 @@ pub struct Setup<'a> {
     pub url: &'a str,
     pub header: Option<(&'static str, &'static str)>,
     pub pids: &'a [u32],
+}
+
+impl Setup<'_> {
+    /// [`load`] on this set-up.
+    pub async fn run(
+        &self,
+        protocol: Protocol,
+        rate: u64,
+        seconds: u64,
+        connections: usize,
+    ) -> (Histogram<u64>, u64) {
+        load(
+            self.target,
+            self.url,
+            self.header,
+            protocol,
+            rate,
+            seconds,
+            connections,
+        )
+        .await
+    }
 }
 
 /// What one set-up measured over all its turns.
@@ -294,19 +321,7 @@ pub async fn in_turns(
     (seconds, slice): (u64, u64),
 ) -> Vec<Turns> {
     let (slice, measured) = slices(seconds, slice);
-    let cpu = |pids: &[u32]| pids.iter().map(|p| proc_cpu_precise(*p)).sum::<f64>();
-    let run = async |s: &Setup<'_>, seconds: u64| {
-        load(
-            s.target,
-            s.url,
-            s.header,
-            protocol,
-            rate,
-            seconds,
-            connections,
-        )
-        .await
-    };
+    let run = async |s: &Setup<'_>, seconds: u64| s.run(protocol, rate, seconds, connections).await;
     // Warm-up: connections, pools, TLS sessions.
     for s in setups {
         let _ = run(s, 1).await;
@@ -332,6 +347,32 @@ pub async fn in_turns(
         }
     }
     all
+}
+
+/// Open-loop load on two set-ups at once, each at `rate`, `slice` seconds at a time (after a
+/// second of warm-up), both set-ups' CPU read over the same slices: what else the machine
+/// does meanwhile (another tenant, a frequency step) weighs on both alike, where turns see it
+/// on one and not the other. The two compete for the same cores, alike too. Each slice's CPU
+/// seconds, per set-up, in the order they ran.
+pub async fn together(
+    setups: [&Setup<'_>; 2],
+    protocol: Protocol,
+    rate: u64,
+    connections: usize,
+    (seconds, slice): (u64, u64),
+) -> [Vec<f64>; 2] {
+    let (slice, measured) = slices(seconds, slice);
+    let run = async |s: &Setup<'_>, seconds: u64| s.run(protocol, rate, seconds, connections).await;
+    let [a, b] = setups;
+    let _ = tokio::join!(run(a, 1), run(b, 1));
+    let mut used = [Vec::new(), Vec::new()];
+    for _ in 0..measured / slice {
+        let before = [cpu(a.pids), cpu(b.pids)];
+        let _ = tokio::join!(run(a, slice), run(b, slice));
+        used[0].push(cpu(a.pids) - before[0]);
+        used[1].push(cpu(b.pids) - before[1]);
+    }
+    used
 }
 
 /// A multi-consumer queue of scheduled send times (one per request).

@@ -11,7 +11,9 @@
 //! latency is measured from that time, so a stalled proxy is charged for the requests that
 //! queue behind it (no coordinated omission). Each proxy runs one worker thread. The set-ups
 //! of a comparison take turns in slices of `--slice` seconds, so that the machine's drift
-//! over a run weighs on all of them alike.
+//! over a run weighs on all of them alike. Then the two `isthmus-proxy` pairs are loaded at
+//! once (`--together-seconds`), their CPU read over the same slices: telemetry's cost, with
+//! the machine's noise falling on both alike.
 //!
 //! `cargo build --release --workspace --bins && target/release/isthmus-proxy-bench`
 //! (`--help` for rate, duration, connections). Results: docs/benchmarks.md.
@@ -43,7 +45,8 @@ use isthmus_e2e::{Isthmusd, free_port};
 #[path = "load.rs"]
 mod load;
 use load::{
-    Client, Protocol, Setup, TCP_MESSAGE, app, in_turns, proc_cpu_precise, rss_mib, slices, tcp_app,
+    Client, Protocol, Setup, TCP_MESSAGE, app, in_turns, proc_cpu_precise, rss_mib, slices,
+    tcp_app, together,
 };
 
 #[derive(Debug, Parser)]
@@ -79,6 +82,11 @@ struct Args {
     /// that `isthmus-proxy` pair.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
+    /// Seconds of load on the two `isthmus-proxy` pairs at once (telemetry on and off, each at
+    /// `--rate`), after the turns of each comparison: their CPU read over the same slices, so
+    /// that the machine's noise falls on both alike; 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    together_seconds: u64,
     /// Only these comparisons at `--rate` (for profiling one protocol); all three if none.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Compared>,
@@ -747,6 +755,7 @@ spec: {{mtls: {{mode: STRICT}}}}
         ];
         let figures = measure_in_turns(&setups, protocol, &args).await;
         report(&figures, &args);
+        report_together(&setups, protocol, &args).await;
         println!(
             "{}",
             check_istio_metric(
@@ -802,6 +811,7 @@ spec: {{mtls: {{mode: STRICT}}}}
             &measure_in_turns(&setups, Protocol::Tcp, &args).await,
             &args,
         );
+        report_together(&setups, Protocol::Tcp, &args).await;
         println!(
             "{}",
             check_istio_metric(
@@ -988,28 +998,11 @@ fn report(all: &[Figures], args: &Args) {
     }
     if let [direct, on, off, envoy] = all {
         let added = |f: &Figures| q(f, 0.99) - q(direct, 0.99);
-        let mut ratios: Vec<f64> = on
-            .cpu_turns
-            .iter()
-            .zip(&off.cpu_turns)
-            .map(|(a, b)| a / b.max(1e-9))
-            .collect();
-        let listed = ratios
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        ratios.sort_by(f64::total_cmp);
-        let median = match ratios.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => ratios[n / 2],
-            n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
-        };
+        let ratios = Ratios::of(&on.cpu_turns, &off.cpu_turns);
         println!(
-            "\nproxy CPU, telemetry on / off: {:.3} over the run; turn by turn (each on-turn against the off-turn right after it): median {median:.3}, range {:.3}–{:.3} [{listed}]",
+            "\nproxy CPU, telemetry on / off: {:.3} over the run; turn by turn (each on-turn against the off-turn right after it): {}",
             on.cpu / off.cpu.max(1e-9),
-            ratios.first().copied().unwrap_or(f64::NAN),
-            ratios.last().copied().unwrap_or(f64::NAN),
+            ratios.summary(),
         );
         println!(
             "added p99 ms: telemetry on {:.2}, off {:.2}, Envoy {:.2}; proxy CPU / Envoy's: telemetry on {:.2}, off {:.2}; RSS under load, telemetry on / off: {:.2}, on / Envoy: {:.2}",
@@ -1021,5 +1014,116 @@ fn report(all: &[Figures], args: &Args) {
             on.rss_load / off.rss_load.max(0.001),
             on.rss_load / envoy.rss_load.max(0.001),
         );
+    }
+}
+
+/// The two `isthmus-proxy` pairs (`setups[1]`, telemetry on, and `setups[2]`, off) loaded at
+/// once for `--together-seconds`: CPU per 1,000 rps of each, and on / off slice by slice.
+async fn report_together(setups: &[Setup<'_>], protocol: Protocol, args: &Args) {
+    if args.together_seconds == 0 {
+        return;
+    }
+    let (slice, seconds) = slices(args.together_seconds, args.slice);
+    let [on, off] = together(
+        [&setups[1], &setups[2]],
+        protocol,
+        args.rate,
+        args.connections,
+        (seconds, slice),
+    )
+    .await;
+    let per_1000 =
+        |cpu: &[f64]| cpu.iter().sum::<f64>() / seconds as f64 * 1000.0 / args.rate as f64;
+    println!(
+        "both isthmus-proxy pairs loaded at once ({} rps each, {seconds} s in slices of {slice} s): proxy CPU per 1,000 rps, telemetry on {:.3} vCPU, off {:.3} vCPU; on / off {:.3} over the run; slice by slice: {}",
+        args.rate,
+        per_1000(&on),
+        per_1000(&off),
+        on.iter().sum::<f64>() / off.iter().sum::<f64>().max(1e-9),
+        Ratios::of(&on, &off).summary(),
+    );
+}
+
+/// Telemetry on / off, interval by interval (a turn, or a slice of both at once).
+struct Ratios {
+    /// In the order measured.
+    listed: Vec<f64>,
+    sorted: Vec<f64>,
+}
+
+impl Ratios {
+    fn of(on: &[f64], off: &[f64]) -> Self {
+        let listed: Vec<f64> = on.iter().zip(off).map(|(a, b)| a / b.max(1e-9)).collect();
+        let mut sorted = listed.clone();
+        sorted.sort_by(f64::total_cmp);
+        Self { listed, sorted }
+    }
+
+    /// `median m (95 % interval of the median a–b), range x–y [each, in order]`.
+    fn summary(&self) -> String {
+        let s = &self.sorted;
+        let median = match s.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => s[n / 2],
+            n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+        };
+        let interval = median_interval(s).map_or_else(
+            || "too few for an interval".to_owned(),
+            |(low, high)| format!("95 % interval of the median {low:.3}–{high:.3}"),
+        );
+        let listed = self
+            .listed
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!(
+            "median {median:.3} ({interval}), range {:.3}–{:.3} [{listed}]",
+            s.first().copied().unwrap_or(f64::NAN),
+            s.last().copied().unwrap_or(f64::NAN),
+        )
+    }
+}
+
+/// A 95 % confidence interval for the median of `sorted`, free of any assumption about the
+/// distribution: the order statistics `k` and `n + 1 - k`, with `k` the largest for which a
+/// fair coin shows at most `k - 1` heads in `n` tosses with probability at most 2.5 %. `None`
+/// below 6 values (no such `k`) or above 1,000 (the binomial terms underflow).
+fn median_interval(sorted: &[f64]) -> Option<(f64, f64)> {
+    let n = sorted.len();
+    if !(6..=1000).contains(&n) {
+        return None;
+    }
+    // P(X = 0), then P(X = i + 1) from P(X = i), X ~ Binomial(n, 1/2).
+    let mut term = 0.5f64.powi(i32::try_from(n).ok()?);
+    let mut below = 0.0;
+    let mut k = 0;
+    for i in 0..n {
+        below += term;
+        if below > 0.025 {
+            break;
+        }
+        // At most i heads with probability at most 2.5 %: k = i + 1 qualifies.
+        k = i + 1;
+        term *= (n - i) as f64 / (i + 1) as f64;
+    }
+    (k >= 1).then(|| (sorted[k - 1], sorted[n - k]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_interval;
+
+    #[test]
+    fn the_median_interval_is_the_binomial_order_statistics() {
+        let values = |n: usize| (1..=n).map(|i| i as f64).collect::<Vec<_>>();
+        assert_eq!(median_interval(&values(5)), None, "too few");
+        // n = 6: P(X = 0) = 1/64 ≤ 2.5 %, P(X ≤ 1) = 7/64 > 2.5 %: the extremes.
+        assert_eq!(median_interval(&values(6)), Some((1.0, 6.0)));
+        // n = 10: P(X ≤ 1) = 11/1024, P(X ≤ 2) = 56/1024 > 2.5 %: the 2nd and 9th.
+        assert_eq!(median_interval(&values(10)), Some((2.0, 9.0)));
+        // n = 30: P(X ≤ 9) ≈ 2.1 %, P(X ≤ 10) ≈ 4.9 %: the 10th and 21st.
+        assert_eq!(median_interval(&values(30)), Some((10.0, 21.0)));
+        assert_eq!(median_interval(&values(1001)), None, "too many");
     }
 }

@@ -190,7 +190,7 @@ pub async fn forward(
     exchange.hash = hash;
     let mut upstream_facts = outgoing.map(|outgoing| {
         if let Some(trace) = &outgoing.trace {
-            crate::telemetry::trace::propagation::inject(&mut exchange.headers, trace);
+            crate::telemetry::trace::propagation::inject(exchange.headers.get_mut(), trace);
         }
         exchange.metadata = outgoing.metadata.filter(|_| to_mesh(&cluster));
         UpstreamFacts {
@@ -314,8 +314,11 @@ struct Exchange<'a> {
     method: http::Method,
     version: http::Version,
     uri: http::Uri,
-    /// Edited, with `Host` for HTTP/1.1 (HTTP/2 carries the authority in the URI).
-    headers: HeaderMap,
+    /// Edited, with `Host` for HTTP/1.1 (HTTP/2 carries the authority in the URI). The last
+    /// attempt the retry policy allows takes them rather than a copy: most requests have one
+    /// attempt, and copying a header map allocates (its tables, and a header whose bytes are
+    /// not shared yet).
+    headers: parking_lot::Mutex<HeaderMap>,
     /// `None` when the request has a body (it cannot be replayed).
     retry: Option<&'a Retry>,
     per_try: Option<Duration>,
@@ -356,7 +359,7 @@ impl<'a> Exchange<'a> {
                 http::Version::HTTP_11
             },
             uri: target.uri(http2)?,
-            headers,
+            headers: parking_lot::Mutex::new(headers),
             retry,
             per_try,
             metadata: None,
@@ -369,14 +372,19 @@ impl<'a> Exchange<'a> {
     }
 
     /// The upstream request of one attempt; a retry sends an empty body (only requests
-    /// without one are retried).
-    fn request(&self, body: Option<Body>) -> http::Request<Body> {
+    /// without one are retried). `last`: no attempt follows this one, which takes the headers.
+    fn request(&self, body: Option<Body>, last: bool) -> http::Request<Body> {
         let body = body.unwrap_or_else(|| super::full(Bytes::new()));
         let mut request = http::Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.version_mut() = self.version;
         *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
+        let mut headers = self.headers.lock();
+        *request.headers_mut() = if last {
+            std::mem::take(&mut *headers)
+        } else {
+            headers.clone()
+        };
         request
     }
 }
@@ -403,7 +411,7 @@ async fn with_retries(x: &Exchange<'_>, body: Body) -> Result<Attempted, Request
         };
         let host = choose_host(x, &tried).ok_or(RequestError::NoHealthyUpstream)?;
         tried.push(host.clone());
-        let outcome = attempt(x, &host, body.take(), n > 0).await?;
+        let outcome = attempt(x, &host, body.take(), n > 0, n + 1 == attempts).await?;
         let again = retriable(x.retry, &outcome);
         last = Some(outcome);
         if !again {
@@ -436,15 +444,17 @@ fn choose_host(x: &Exchange<'_>, tried: &[Arc<Host>]) -> Option<Arc<Host>> {
     }
 }
 
-/// One attempt on `host`. `Err` when the `max_requests` breaker is open (Envoy's overflow:
-/// answered at once, never retried); otherwise the outcome, [`record`]ed.
+/// One attempt on `host`; `last` when the policy allows no other. `Err` when the
+/// `max_requests` breaker is open (Envoy's overflow: answered at once, never retried);
+/// otherwise the outcome, [`record`]ed.
 async fn attempt(
     x: &Exchange<'_>,
     host: &Arc<Host>,
     body: Option<Body>,
     retried: bool,
+    last: bool,
 ) -> Result<Attempted, RequestError> {
-    let request = x.request(body);
+    let request = x.request(body, last);
     let Some(open) = x
         .cluster
         .load
@@ -1374,6 +1384,44 @@ mod tests {
                     cluster: "backend".into(),
                 })
                 .get()
+        }
+
+        /// Every attempt sends the request's headers; the last one the policy allows takes
+        /// them instead of a copy.
+        #[tokio::test]
+        async fn each_attempt_has_the_headers_and_the_last_takes_them() {
+            let runtime = backend(&[closed_port().await], |_| {});
+            let pool = Arc::new(Pool::default());
+            let (parts, ()) = http::Request::get("/")
+                .header("x-kept", "yes")
+                .body(())
+                .unwrap()
+                .into_parts();
+            let target = Target {
+                authority: "backend".into(),
+                path_and_query: PathAndQuery::from_static("/"),
+            };
+            let cluster = &runtime.clusters["backend"];
+            let x = Exchange::new(&pool, cluster, &runtime.metrics, parts, &target, None, None)
+                .unwrap();
+            let sent = |r: &http::Request<Body>| {
+                (
+                    r.headers().get("x-kept").cloned(),
+                    r.headers().get(header::HOST).cloned(),
+                )
+            };
+            let expected = (
+                Some(HeaderValue::from_static("yes")),
+                Some(HeaderValue::from_static("backend")),
+            );
+            assert_eq!(
+                sent(&x.request(None, false)),
+                expected,
+                "a try before the last"
+            );
+            assert_eq!(sent(&x.request(None, false)), expected, "another");
+            assert_eq!(sent(&x.request(None, true)), expected, "the last");
+            assert!(x.headers.lock().is_empty(), "taken, not copied");
         }
 
         #[tokio::test]

@@ -117,17 +117,14 @@ impl ConnectionTelemetry {
     ) -> Observation {
         // What the request carries, read once: nothing below removes or adds a telemetry
         // header before the scan's last use (`take_peer`) but `x-request-id`.
-        let scan = HeaderScan::of(request.headers());
+        let scan = HeaderScan::of_request(request.headers());
         // The id the forward path would give it, now, so that the span carries it too.
         if !scan.request_id {
             request
                 .headers_mut()
                 .insert(REQUEST_ID.clone(), crate::http::forward::request_id());
         }
-        let grpc = request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let grpc = scan.grpc;
         let head = request.method() == http::Method::HEAD;
         let span = self.tracing.as_ref().and_then(|tracing| {
             let kind = match self.reporter {

@@ -196,7 +196,13 @@ impl Tracer {
         name: impl FnOnce() -> String,
         headers: &http::HeaderMap,
     ) -> Option<RequestSpan> {
-        self.start_scanned(tracing, kind, name, headers, HeaderScan::of(headers))
+        self.start_scanned(
+            tracing,
+            kind,
+            name,
+            headers,
+            HeaderScan::of_request(headers),
+        )
     }
 
     /// [`Self::start`], with `headers`' telemetry headers already found.

@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::telemetry::header_scan::HeaderScan;
+use crate::telemetry::header_scan::{HeaderScan, Traceparent};
 
 // Header names as values, not `&str`: a `&str` key is parsed and validated at every lookup.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -68,15 +68,14 @@ pub struct Outgoing {
 
 /// The request's trace context: `traceparent` (with `tracestate`), else `b3`, else `x-b3-*`.
 pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
-    extract_scanned(headers, HeaderScan::of(headers))
+    extract_scanned(headers, HeaderScan::of_request(headers))
 }
 
-/// [`extract`], with the headers present already known: no lookup by a name that is absent.
+/// [`extract`], with the request's [`HeaderScan::of_request`]: its `traceparent` is already
+/// read, and no lookup is by a name that is absent.
 pub fn extract_scanned(headers: &HeaderMap, scan: HeaderScan) -> Option<Incoming> {
-    if scan.traceparent
-        && let Some(traceparent) = single(headers, TRACEPARENT)
-        && let Some((parent, sampled)) = parse_traceparent(traceparent)
-    {
+    // `traceparent` was read in the scan.
+    if let Traceparent::Valid(parent, sampled) = scan.traceparent {
         return Some(Incoming {
             format: Format::W3c,
             parent: Some(parent),
@@ -170,10 +169,10 @@ fn single(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
     value.to_str().ok().map(str::trim)
 }
 
-/// `00-<32 hex>-<16 hex>-<2 hex>` (a later version may append `-...`): the parent and whether
-/// it was sampled.
-pub fn parse_traceparent(value: &str) -> Option<(Parent, bool)> {
-    let b = value.as_bytes();
+/// `00-<32 hex>-<16 hex>-<2 hex>` (a later version may append `-...`), spaces around it
+/// allowed: the parent and whether it was sampled.
+pub fn parse_traceparent(value: &[u8]) -> Option<(Parent, bool)> {
+    let b = value.trim_ascii();
     if b.len() < 55 || !b.is_ascii() {
         return None;
     }
@@ -187,8 +186,9 @@ pub fn parse_traceparent(value: &str) -> Option<(Parent, bool)> {
     if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
-    let trace_id = hex_lower(&b[3..35])?;
-    let span_id = u64::try_from(hex_lower(&b[36..52])?).ok()?;
+    let sixteen = |at: usize| crate::hex::parse_lower_16(b.get(at..at + 16)?.try_into().ok()?);
+    let trace_id = (u128::from(sixteen(3)?) << 64) | u128::from(sixteen(19)?);
+    let span_id = sixteen(36)?;
     let flags = hex_lower(&b[53..55])?;
     (trace_id != 0 && span_id != 0).then_some((Parent { trace_id, span_id }, flags & 1 == 1))
 }
