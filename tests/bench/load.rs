@@ -352,25 +352,28 @@ pub async fn in_turns(
 /// Open-loop load on two set-ups at once, each at `rate`, `slice` seconds at a time (after a
 /// second of warm-up), both set-ups' CPU read over the same slices: what else the machine
 /// does meanwhile (another tenant, a frequency step) weighs on both alike, where turns see it
-/// on one and not the other. The two compete for the same cores, alike too. Each slice's CPU
-/// seconds, per set-up, in the order they ran.
+/// on one and not the other. The two compete for the same cores, alike too. Per set-up: each
+/// slice's CPU seconds, in the order they ran, and the requests that failed (a set-up that
+/// drops requests would look cheaper).
 pub async fn together(
     setups: [&Setup<'_>; 2],
     protocol: Protocol,
     rate: u64,
     connections: usize,
     (seconds, slice): (u64, u64),
-) -> [Vec<f64>; 2] {
+) -> [(Vec<f64>, u64); 2] {
     let (slice, measured) = slices(seconds, slice);
     let run = async |s: &Setup<'_>, seconds: u64| s.run(protocol, rate, seconds, connections).await;
     let [a, b] = setups;
     let _ = tokio::join!(run(a, 1), run(b, 1));
-    let mut used = [Vec::new(), Vec::new()];
+    let mut used = [(Vec::new(), 0), (Vec::new(), 0)];
     for _ in 0..measured / slice {
         let before = [cpu(a.pids), cpu(b.pids)];
-        let _ = tokio::join!(run(a, slice), run(b, slice));
-        used[0].push(cpu(a.pids) - before[0]);
-        used[1].push(cpu(b.pids) - before[1]);
+        let ((_, failed_a), (_, failed_b)) = tokio::join!(run(a, slice), run(b, slice));
+        used[0].0.push(cpu(a.pids) - before[0]);
+        used[1].0.push(cpu(b.pids) - before[1]);
+        used[0].1 += failed_a;
+        used[1].1 += failed_b;
     }
     used
 }

@@ -1024,7 +1024,7 @@ async fn report_together(setups: &[Setup<'_>], protocol: Protocol, args: &Args) 
         return;
     }
     let (slice, seconds) = slices(args.together_seconds, args.slice);
-    let [on, off] = together(
+    let [(on, on_failed), (off, off_failed)] = together(
         [&setups[1], &setups[2]],
         protocol,
         args.rate,
@@ -1035,13 +1035,19 @@ async fn report_together(setups: &[Setup<'_>], protocol: Protocol, args: &Args) 
     let per_1000 =
         |cpu: &[f64]| cpu.iter().sum::<f64>() / seconds as f64 * 1000.0 / args.rate as f64;
     println!(
-        "both isthmus-proxy pairs loaded at once ({} rps each, {seconds} s in slices of {slice} s): proxy CPU per 1,000 rps, telemetry on {:.3} vCPU, off {:.3} vCPU; on / off {:.3} over the run; slice by slice: {}",
+        "both isthmus-proxy pairs loaded at once ({} rps each, {seconds} s in slices of {slice} s): proxy CPU per 1,000 rps, telemetry on {:.3} vCPU, off {:.3} vCPU; on / off {:.3} over the run; slice by slice: {}; errors: on {on_failed}, off {off_failed}",
         args.rate,
         per_1000(&on),
         per_1000(&off),
         on.iter().sum::<f64>() / off.iter().sum::<f64>().max(1e-9),
         Ratios::of(&on, &off).summary(),
     );
+    if on_failed + off_failed > 0 {
+        // A pair that drops requests spends less: its ratio is not telemetry's cost.
+        println!(
+            "warning: requests failed while both pairs were loaded; the ratio above is not comparable"
+        );
+    }
 }
 
 /// Telemetry on / off, interval by interval (a turn, or a slice of both at once).

@@ -315,9 +315,10 @@ struct Exchange<'a> {
     version: http::Version,
     uri: http::Uri,
     /// Edited, with `Host` for HTTP/1.1 (HTTP/2 carries the authority in the URI). The last
-    /// attempt the retry policy allows takes them rather than a copy: most requests have one
-    /// attempt, and copying a header map allocates (its tables, and a header whose bytes are
-    /// not shared yet).
+    /// attempt the retry policy allows takes them rather than a copy (copying a header map
+    /// allocates: its tables, and each header whose bytes are not shared yet). A route
+    /// without retries (an inbound one: `isthmusd` gives outbound routes Istio's default of
+    /// two) sends one attempt, and copies nothing.
     headers: parking_lot::Mutex<HeaderMap>,
     /// `None` when the request has a body (it cannot be replayed).
     retry: Option<&'a Retry>,
