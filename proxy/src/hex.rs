@@ -32,7 +32,7 @@ pub fn parse_lower_16(digits: &[u8; 16]) -> Option<u64> {
     Some((u64::from(high) << 32) | u64::from(low))
 }
 
-/// 8 lower-case hex digits, checked and converted in one 64-bit word (about a third of the
+/// 8 lower-case hex digits, checked and converted in one 64-bit word (about half the
 /// instructions of a table lookup per digit).
 fn parse_lower_8(digits: [u8; 8]) -> Option<u32> {
     const ONES: u64 = 0x0101_0101_0101_0101;
